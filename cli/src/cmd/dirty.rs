@@ -1,0 +1,50 @@
+//! `lifeboat dirty`: the blocks changed since the last recovery point.
+
+use anyhow::Result;
+use filter::StateFile;
+
+use crate::home::Home;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The protected disk.
+    name: String,
+    /// Print JSON: {"block_size", "disk_size", "dirty_count", "dirty_blocks": [...], "suspect", "open", "cut_generation"}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    let disk = home.disk(&a.name)?;
+    let r = StateFile::report(&disk.state_path())?;
+    if a.json {
+        let v = serde_json::json!({
+            "name": a.name,
+            "block_size": r.block_size,
+            "disk_size": r.disk_size,
+            "dirty_count": r.dirty_blocks.len(),
+            "dirty_blocks": r.dirty_blocks,
+            "suspect": r.suspect,
+            "open": r.open,
+            "cut_generation": r.cut_generation,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let bs = u64::from(r.block_size);
+    let blocks = r.disk_size.div_ceil(bs);
+    println!(
+        "{}: {} of {} blocks dirty ({} of {} bytes, block size {})",
+        a.name,
+        r.dirty_blocks.len(),
+        blocks,
+        r.dirty_blocks.len() as u64 * bs,
+        r.disk_size,
+        bs
+    );
+    if r.suspect {
+        println!("suspect: the host went down while the disk was open, or the state file was replaced;");
+        println!("         every block counts as dirty and the next cycle verifies the whole disk.");
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! `lifeboat filter`: serve a protected disk over NBD, recording every write.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use filter::control::ControlServer;
+use filter::nbd::{Listen, Server};
+use filter::Disk;
+
+use crate::home::Home;
+use crate::signals;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The protected disk.
+    name: String,
+    /// Where to listen: unix:PATH or tcp:HOST:PORT. Repeat for several.
+    #[arg(long, required = true)]
+    listen: Vec<Listen>,
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    signals::block_termination().context("blocking SIGTERM/SIGINT")?;
+    let entry = home.disk(&a.name)?;
+    let disk = Disk::open(entry.paths())?;
+    let opened = disk.state().opened();
+    if opened.newly_suspect {
+        eprintln!(
+            "lifeboat: {}: the host went down while the filter ran (or the state file's bitmaps were damaged); \
+             every block is marked to be verified",
+            a.name
+        );
+    } else if opened.was_unclean {
+        eprintln!("lifeboat: {}: the previous filter stopped without a clean shutdown; its bitmaps are intact", a.name);
+    }
+    let disk = Arc::new(disk);
+    let control = ControlServer::start(&entry.control_path(), disk.clone())?;
+    let server = Server::bind(&a.listen, &a.name, disk.clone())?;
+    let shutdown = server.shutdown_handle();
+    let name = a.name.clone();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let sig = signals::wait_termination();
+        eprintln!("lifeboat: {name}: {sig}: finishing requests in flight and stopping");
+        shutdown.shutdown();
+    })?;
+    let addrs: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
+    eprintln!("filter {} listening on {}", a.name, addrs.join(" "));
+    let served = server.run();
+    control.stop();
+    let disk = Arc::try_unwrap(disk).map_err(|_| anyhow::anyhow!("internal error: disk still referenced at shutdown"))?;
+    disk.close()?;
+    served.context("serving NBD")?;
+    eprintln!("lifeboat: {}: stopped cleanly", a.name);
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `lifeboat protect`: start protecting a disk image.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use disk_format::Geometry;
+use filter::StateFile;
+
+use crate::home::{check_name, DiskConfig, Home};
+use crate::size::parse_size;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Name of the disk: its directory in the home and its NBD export name.
+    name: String,
+    /// The raw disk image (file or block device) the VM uses.
+    #[arg(long)]
+    image: PathBuf,
+    /// Tracking granularity: a power of two from 4KiB to 1MiB. Smaller blocks
+    /// ship less per small write; larger ones keep the bitmap smaller.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    block_size: u64,
+    /// Replace the disk's state file with a new one that marks every block to
+    /// be verified (after a damaged state file was refused). The old file is
+    /// kept beside it as state.replaced-<time>.
+    #[arg(long)]
+    reset_state: bool,
+}
+
+fn random_id() -> Result<[u8; 16]> {
+    let mut id = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .context("reading /dev/urandom for a disk identity")?;
+    Ok(id)
+}
+
+fn image_size(path: &PathBuf) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("opening disk image {}", path.display()))?;
+    Ok(f.seek(SeekFrom::End(0))?)
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    check_name(&a.name)?;
+    let image = std::fs::canonicalize(&a.image)
+        .with_context(|| format!("disk image {} does not exist or cannot be reached", a.image.display()))?;
+    let size = image_size(&image)?;
+    let geometry = Geometry::new(size, a.block_size)
+        .with_context(|| format!("cannot protect {} with block size {}", image.display(), a.block_size))?;
+    let dir = home.disk_dir(&a.name);
+    let state = dir.join("state");
+    let conf = dir.join("disk.toml");
+    let existing = conf.exists();
+    if existing && !a.reset_state {
+        let old = home.disk(&a.name)?;
+        bail!(
+            "disk {:?} is already protected (image {}); to start its state over, add --reset-state",
+            a.name,
+            old.config.image.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut suspect = false;
+    let disk_id = if existing {
+        let old = home.disk(&a.name)?;
+        if old.config.image != image {
+            bail!(
+                "disk {:?} protects {}, not {}; --reset-state keeps the image — pick another name for another image",
+                a.name,
+                old.config.image.display(),
+                image.display()
+            );
+        }
+        if state.exists() {
+            // Refuse while a filter holds it; otherwise keep the old file for inspection.
+            let lock = std::fs::File::open(&state)?;
+            if !try_lock(&lock) {
+                bail!("disk {:?} is in use by a running filter or cycle; stop it before --reset-state", a.name);
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let keep = dir.join(format!("state.replaced-{now}"));
+            std::fs::rename(&state, &keep)?;
+            eprintln!("lifeboat: kept the old state file as {}", keep.display());
+        }
+        suspect = true;
+        random_id()?
+    } else {
+        random_id()?
+    };
+    StateFile::create(&state, geometry, disk_id, suspect)?;
+    let config = DiskConfig {
+        image: image.clone(),
+        block_size: geometry.block_size,
+        disk_id: disk_id.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    let tmp = conf.with_extension("toml.new");
+    std::fs::write(&tmp, toml::to_string(&config)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &conf)?;
+    println!(
+        "protected {}: image {} ({} bytes, {} blocks of {} bytes){}",
+        a.name,
+        image.display(),
+        size,
+        geometry.block_count,
+        geometry.block_size,
+        if suspect { "; state reset: every block will be verified" } else { "" }
+    );
+    println!("next: lifeboat filter {} --listen unix:/run/lifeboat/{}.sock, and point the VM's disk at it", a.name, a.name);
+    Ok(())
+}
+
+fn try_lock(f: &std::fs::File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a descriptor we own; the lock is released when `f` closes.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}

@@ -1,0 +1,117 @@
+//! `lifeboat snapshot`: a point-in-time copy of the whole disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use filter::control::ControlClient;
+use filter::{CutKind, Disk};
+
+use crate::home::Home;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The protected disk.
+    name: String,
+    /// The raw image to write (must not exist, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Bytes asked of the filter per request.
+const BATCH_BYTES: u64 = 16 << 20;
+
+/// Writes `data` at `offset` unless it is all zero (the output is sparse).
+fn write_sparse(out: &File, path: &Path, data: &[u8], offset: u64, block: usize) -> Result<()> {
+    for (i, chunk) in data.chunks(block).enumerate() {
+        if chunk.iter().any(|&b| b != 0) {
+            out.write_all_at(chunk, offset + (i * block) as u64)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    let entry = home.disk(&a.name)?;
+    if a.out.exists() && !a.force {
+        bail!("{} already exists; pass --force to overwrite it", a.out.display());
+    }
+    let tmp = a.out.with_extension("partial");
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let started = Instant::now();
+    let (size, how) = match ControlClient::connect(&entry.control_path()) {
+        Ok(client) => (from_filter(client, &out, &tmp)?, "cut by the running filter"),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+            (offline(&entry.paths(), &out, &tmp)?, "no filter running; image copied under the disk lock")
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", entry.control_path().display())),
+    };
+    out.set_len(size)?;
+    out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("renaming {} to {}", tmp.display(), a.out.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "snapshot of {} written to {} ({} bytes in {:.1} s, {:.0} MiB/s; {how})",
+        a.name,
+        a.out.display(),
+        size,
+        secs,
+        size as f64 / (1 << 20) as f64 / secs.max(1e-6)
+    );
+    Ok(())
+}
+
+fn from_filter(mut c: ControlClient, out: &File, path: &Path) -> Result<u64> {
+    let info = c.info().context("asking the filter for the disk's geometry")?;
+    let cut = c.cut(CutKind::Full).context("cutting the disk")?;
+    let bs = u64::from(info.block_size);
+    let blocks = info.disk_size.div_ceil(bs);
+    let per = (BATCH_BYTES / bs).max(1);
+    let mut buf = Vec::with_capacity(usize::try_from(BATCH_BYTES).expect("16 MiB"));
+    let mut first = 0;
+    let progress = std::io::IsTerminal::is_terminal(&io::stderr());
+    while first < blocks {
+        let n = per.min(blocks - first);
+        buf.clear();
+        c.read(first, n, &mut buf).with_context(|| format!("reading blocks {first}..{} of cut {}", first + n, cut.generation))?;
+        write_sparse(out, path, &buf, first * bs, usize::try_from(bs).expect("block fits"))?;
+        first += n;
+        if progress {
+            eprint!("\r{:5.1}% ", first as f64 * 100.0 / blocks as f64);
+            let _ = io::stderr().flush();
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    // A snapshot is not a recovery point: the cut's blocks stay dirty.
+    c.abort().context("ending the cut")?;
+    Ok(info.disk_size)
+}
+
+fn offline(paths: &filter::disk::DiskPaths, out: &File, path: &Path) -> Result<u64> {
+    let disk = Disk::open(paths.clone())?;
+    let g = disk.geometry();
+    let cut = disk.cut(CutKind::Full)?;
+    let mut buf = vec![0u8; g.block_size as usize];
+    for b in 0..g.block_count {
+        disk.read_cut_block(b, &mut buf).with_context(|| format!("reading block {b} of cut {}", cut.generation))?;
+        let len = g.block_len(b);
+        write_sparse(out, path, &buf[..len], g.block_range(b).start, len)?;
+    }
+    let _ = disk.abort_cut()?;
+    disk.close()?;
+    Ok(g.disk_size)
+}

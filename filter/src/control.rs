@@ -1,0 +1,279 @@
+//! The filter's control socket: how another process (the shipper, `lifeboat
+//! snapshot`) cuts the disk and reads the cut.
+//!
+//! A unix stream socket; requests are one text line each, replies are one
+//! text line (`ok ...` or `err MESSAGE`), followed for `blocks` and `read` by
+//! binary data whose length the line gives:
+//!
+//! | request              | reply line                          | then                         |
+//! |----------------------|-------------------------------------|------------------------------|
+//! | `info`               | `ok DISK_SIZE BLOCK_SIZE CUT`       | (CUT is the generation or `-`) |
+//! | `cut dirty` / `cut full` | `ok GENERATION DIRTY READABLE`  |                              |
+//! | `blocks`             | `ok N`                              | N little-endian u64 block indexes |
+//! | `read FIRST COUNT`   | `ok BYTES`                          | the blocks FIRST.. as at the cut, concatenated (each released) |
+//! | `finish`             | `ok N` (cut bits dropped)           |                              |
+//! | `abort`              | `ok N` (cut bits back to live)      |                              |
+//!
+//! A cut belongs to the connection that made it: if that connection closes
+//! before `finish`, the cut is aborted, so a crashed reader loses nothing.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::disk::{CutInfo, CutKind, Disk};
+
+/// Largest `read` answered in one reply.
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+const MAX_LINE: usize = 256;
+
+/// The control socket server of one disk.
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Binds `path` (replacing a stale socket file) and serves `disk` on a thread.
+    pub fn start(path: &Path, disk: Arc<Disk>) -> io::Result<ControlServer> {
+        if path.exists() {
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding control socket {}: {e}", path.display())))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Acquire) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let disk = disk.clone();
+                let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || serve(conn, &disk));
+            }
+        })?;
+        Ok(ControlServer { path: path.to_owned(), stop, thread: Some(thread) })
+    }
+
+    /// Stops accepting and removes the socket file.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = UnixStream::connect(&self.path); // wake the accept loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(conn: UnixStream, disk: &Disk) {
+    let mut owns_cut = false;
+    let result = serve_inner(&conn, disk, &mut owns_cut);
+    if owns_cut && disk.abort_cut().is_ok() {
+        eprintln!("control: a client left without finishing its cut; the cut was aborted and its blocks stay dirty");
+    }
+    if let Err(e) = result {
+        if e.kind() != io::ErrorKind::UnexpectedEof && e.kind() != io::ErrorKind::BrokenPipe {
+            eprintln!("control: connection error: {e}");
+        }
+    }
+}
+
+fn serve_inner(conn: &UnixStream, disk: &Disk, owns_cut: &mut bool) -> io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = io::BufWriter::with_capacity(1 << 20, conn.try_clone()?);
+    let mut line = String::new();
+    let mut data = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.by_ref().take(MAX_LINE as u64).read_line(&mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !line.ends_with('\n') {
+            writeln!(out, "err request line too long or not terminated")?;
+            out.flush()?;
+            return Ok(());
+        }
+        data.clear();
+        let reply = handle(line.trim(), disk, owns_cut, &mut data);
+        match reply {
+            Ok(text) => writeln!(out, "ok {text}")?,
+            Err(msg) => writeln!(out, "err {}", msg.replace('\n', " "))?,
+        }
+        out.write_all(&data)?;
+        out.flush()?;
+    }
+}
+
+fn handle(req: &str, disk: &Disk, owns_cut: &mut bool, data: &mut Vec<u8>) -> Result<String, String> {
+    let words: Vec<&str> = req.split_ascii_whitespace().collect();
+    let not_owner = || {
+        disk.cut_in_progress()
+            .map(|g| format!("cut generation {g} belongs to another control connection"))
+            .unwrap_or_else(|| "no cut is in progress; send `cut dirty` or `cut full` first".into())
+    };
+    match words.as_slice() {
+        ["info"] => {
+            let g = disk.geometry();
+            let cut = disk.cut_in_progress().map_or("-".to_string(), |g| g.to_string());
+            Ok(format!("{} {} {cut}", g.disk_size, g.block_size))
+        }
+        ["cut", kind] => {
+            let kind = match *kind {
+                "dirty" => CutKind::Dirty,
+                "full" => CutKind::Full,
+                other => return Err(format!("unknown cut kind {other:?}: use `dirty` or `full`")),
+            };
+            let CutInfo { generation, dirty_blocks, readable_blocks } = disk.cut(kind).map_err(|e| e.to_string())?;
+            *owns_cut = true;
+            Ok(format!("{generation} {dirty_blocks} {readable_blocks}"))
+        }
+        ["blocks"] if *owns_cut => {
+            let blocks = disk.cut_blocks().map_err(|e| e.to_string())?;
+            data.extend(blocks.iter().flat_map(|b| b.to_le_bytes()));
+            Ok(blocks.len().to_string())
+        }
+        ["read", first, count] if *owns_cut => {
+            let parse = |s: &str| s.parse::<u64>().map_err(|_| format!("bad number {s:?} in read request"));
+            let (first, count) = (parse(first)?, parse(count)?);
+            let g = disk.geometry();
+            let end = first.checked_add(count).filter(|&e| e <= g.block_count);
+            let Some(end) = end else {
+                return Err(format!("blocks {first}+{count} are past the disk's {} blocks", g.block_count));
+            };
+            if count * u64::from(g.block_size) > MAX_READ_BYTES {
+                return Err(format!("read of {count} blocks is over the {MAX_READ_BYTES}-byte limit; ask for fewer"));
+            }
+            for b in first..end {
+                let at = data.len();
+                data.resize(at + g.block_len(b), 0);
+                if let Err(e) = disk.read_cut_block(b, &mut data[at..]) {
+                    data.clear();
+                    return Err(e.to_string());
+                }
+            }
+            Ok(data.len().to_string())
+        }
+        ["finish"] if *owns_cut => {
+            let n = disk.finish_cut().map_err(|e| e.to_string())?;
+            *owns_cut = false;
+            Ok(n.to_string())
+        }
+        ["abort"] if *owns_cut => {
+            let n = disk.abort_cut().map_err(|e| e.to_string())?;
+            *owns_cut = false;
+            Ok(n.to_string())
+        }
+        ["blocks" | "finish" | "abort"] | ["read", _, _] => Err(not_owner()),
+        _ => Err(format!("unknown request {req:?}")),
+    }
+}
+
+/// A client of a filter's control socket.
+pub struct ControlClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+/// Disk facts the filter reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteInfo {
+    /// Disk size in bytes.
+    pub disk_size: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Generation of the cut in progress.
+    pub cut: Option<u64>,
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+impl ControlClient {
+    /// Connects to the control socket at `path`.
+    pub fn connect(path: &Path) -> io::Result<ControlClient> {
+        let s = UnixStream::connect(path)?;
+        Ok(ControlClient { reader: BufReader::with_capacity(1 << 20, s.try_clone()?), writer: s })
+    }
+
+    fn request(&mut self, req: &str) -> io::Result<String> {
+        self.writer.write_all(format!("{req}\n").as_bytes())?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the filter closed the control connection"));
+        }
+        let line = line.trim_end();
+        match line.split_once(' ') {
+            Some(("ok", rest)) => Ok(rest.to_string()),
+            Some(("err", msg)) => Err(bad(format!("the filter refused `{req}`: {msg}"))),
+            _ => Err(bad(format!("malformed control reply {line:?}"))),
+        }
+    }
+
+    fn numbers(text: &str, n: usize) -> io::Result<Vec<u64>> {
+        let v: Vec<u64> = text.split_ascii_whitespace().filter_map(|w| w.parse().ok()).collect();
+        if v.len() != n {
+            return Err(bad(format!("malformed control reply {text:?}")));
+        }
+        Ok(v)
+    }
+
+    /// Disk size, block size and the cut in progress.
+    pub fn info(&mut self) -> io::Result<RemoteInfo> {
+        let r = self.request("info")?;
+        let w: Vec<&str> = r.split_ascii_whitespace().collect();
+        let [size, bs, cut] = w.as_slice() else { return Err(bad(format!("malformed info reply {r:?}"))) };
+        let num = |s: &str| s.parse::<u64>().map_err(|_| bad(format!("malformed info reply {r:?}")));
+        Ok(RemoteInfo {
+            disk_size: num(size)?,
+            block_size: u32::try_from(num(bs)?).map_err(|_| bad(format!("malformed info reply {r:?}")))?,
+            cut: if *cut == "-" { None } else { Some(num(cut)?) },
+        })
+    }
+
+    /// Cuts the disk.
+    pub fn cut(&mut self, kind: CutKind) -> io::Result<CutInfo> {
+        let k = match kind {
+            CutKind::Dirty => "dirty",
+            CutKind::Full => "full",
+        };
+        let v = Self::numbers(&self.request(&format!("cut {k}"))?, 3)?;
+        Ok(CutInfo { generation: v[0], dirty_blocks: v[1], readable_blocks: v[2] })
+    }
+
+    /// The cut's dirty blocks.
+    pub fn blocks(&mut self) -> io::Result<Vec<u64>> {
+        let n = Self::numbers(&self.request("blocks")?, 1)?[0];
+        let mut bytes = vec![0u8; usize::try_from(n * 8).map_err(|_| bad("too many blocks".into()))?];
+        self.reader.read_exact(&mut bytes)?;
+        Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
+
+    /// Reads `count` blocks from `first` as at the cut, appending them to `out`.
+    pub fn read(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        let n = Self::numbers(&self.request(&format!("read {first} {count}"))?, 1)?[0];
+        if n > MAX_READ_BYTES {
+            return Err(bad(format!("control reply announces {n} bytes, over the limit")));
+        }
+        let at = out.len();
+        out.resize(at + usize::try_from(n).expect("<= 64 MiB"), 0);
+        self.reader.read_exact(&mut out[at..])
+    }
+
+    /// Ends the cut, dropping its bits (its point is stored).
+    pub fn finish(&mut self) -> io::Result<u64> {
+        Ok(Self::numbers(&self.request("finish")?, 1)?[0])
+    }
+
+    /// Ends the cut, returning its bits to the live map.
+    pub fn abort(&mut self) -> io::Result<u64> {
+        Ok(Self::numbers(&self.request("abort")?, 1)?[0])
+    }
+}

@@ -1,0 +1,397 @@
+//! A protected disk at run time: its image, its state file, and the cut.
+//!
+//! **Write path.** Every write, trim and write-zeroes takes the cut gate in
+//! shared mode, sets the live bits of the blocks it touches, preserves any of
+//! those blocks that a cut still needs (one local copy of the old block, the
+//! only extra work a VM write ever waits for), and only then writes the image.
+//! Because the bit is set before the data write is issued, a write
+//! acknowledged to the client is always recorded.
+//!
+//! **The cut.** [`Disk::cut`] takes the gate exclusively: it waits for the
+//! writes in flight to finish (each lands wholly before the cut) and holds off
+//! new ones for the moment it takes to move the live bits into the cut bitmap.
+//! From then on, each block of the cut's *preserve set* (the cut blocks, or
+//! every block for a full point-in-time copy) has its old contents copied to a
+//! scratch file before its first overwrite. A reader of the cut
+//! ([`Disk::read_cut_block`]) gets the copy if there is one and the image
+//! otherwise; the per-block stripe lock makes "copy or read" atomic against a
+//! concurrent writer. Reading a block releases it: later writes to it skip the
+//! copy.
+//!
+//! [`Disk::finish_cut`] ends a cut whose point is safely stored (the cut bits
+//! are dropped); [`Disk::abort_cut`] ends one that was not (the cut bits go
+//! back to the live map, so nothing is lost). Copies live only in this
+//! process: a filter that dies mid-cut is reopened with its cut merged back.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use disk_format::{blocks_touched, Geometry};
+
+use crate::bitmap::Bitmap;
+use crate::error::FilterError;
+use crate::nbd::Export;
+use crate::state_file::StateFile;
+
+const STRIPES: usize = 64;
+
+/// Which blocks a cut preserves for its reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutKind {
+    /// The blocks written since the last cut: what a replication cycle ships.
+    Dirty,
+    /// Every block: a point-in-time copy of the whole disk (`lifeboat snapshot`).
+    Full,
+}
+
+/// What a cut took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutInfo {
+    /// Generation number of this cut.
+    pub generation: u64,
+    /// Blocks moved from the live map into the cut map.
+    pub dirty_blocks: u64,
+    /// Blocks the reader may read (the preserve set).
+    pub readable_blocks: u64,
+}
+
+/// Paths of a protected disk's files.
+#[derive(Debug, Clone)]
+pub struct DiskPaths {
+    /// The raw disk image the VM uses.
+    pub image: PathBuf,
+    /// The state file.
+    pub state: PathBuf,
+    /// Scratch file for copy-before-write copies during a cut.
+    pub scratch: PathBuf,
+}
+
+struct ActiveCut {
+    generation: u64,
+}
+
+/// A protected disk, open for serving and cutting.
+pub struct Disk {
+    paths: DiskPaths,
+    image: File,
+    geometry: Geometry,
+    state: StateFile,
+    /// Copy-before-write copies of the current cut, one block-sized slot each.
+    scratch: File,
+    /// Writes and cut reads hold it shared; cut, finish and abort hold it exclusively.
+    gate: RwLock<()>,
+    /// Fast check on the write path: is any cut in progress?
+    cutting: AtomicBool,
+    cut: Mutex<Option<ActiveCut>>,
+    /// Blocks whose old contents the current cut still needs (not yet copied,
+    /// not yet read). Only meaningful while `cutting`.
+    preserve: Vec<AtomicU64>,
+    /// Block -> slot in the scratch file, striped by block number.
+    copies: Vec<Mutex<HashMap<u64, u64>>>,
+    next_slot: AtomicU64,
+}
+
+fn image_size(path: &Path, f: &File) -> Result<u64, FilterError> {
+    use std::io::Seek;
+    let mut f = f;
+    f.seek(io::SeekFrom::End(0)).map_err(FilterError::io("sizing disk image", path))
+}
+
+impl Disk {
+    /// Opens the image and the state file (locking it). Fails without changing
+    /// anything if the state file is refused or the image's size differs.
+    pub fn open(paths: DiskPaths) -> Result<Disk, FilterError> {
+        let image = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&paths.image)
+            .map_err(FilterError::io("opening disk image", &paths.image))?;
+        let state = StateFile::open(&paths.state)?;
+        let scratch = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&paths.scratch)
+            .map_err(FilterError::io("creating copy-before-write scratch file", &paths.scratch))?;
+        let geometry = state.geometry();
+        let size = image_size(&paths.image, &image)?;
+        if size != geometry.disk_size {
+            return Err(FilterError::ImageSize { path: paths.image.clone(), size, want: geometry.disk_size });
+        }
+        Ok(Disk {
+            image,
+            geometry,
+            state,
+            scratch,
+            gate: RwLock::new(()),
+            cutting: AtomicBool::new(false),
+            cut: Mutex::new(None),
+            preserve: (0..geometry.words()).map(|_| AtomicU64::new(0)).collect(),
+            copies: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_slot: AtomicU64::new(0),
+            paths,
+        })
+    }
+
+    /// The disk's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// The state file.
+    pub fn state(&self) -> &StateFile {
+        &self.state
+    }
+
+    fn preserve_map(&self) -> Bitmap<'_> {
+        Bitmap::new(&self.preserve, self.geometry.block_count)
+    }
+
+    fn stripe(&self, block: u64) -> &Mutex<HashMap<u64, u64>> {
+        &self.copies[usize::try_from(block % STRIPES as u64).expect("small")]
+    }
+
+    /// Records the blocks and copies aside what the cut still needs. Called
+    /// with the gate held shared, before the image is written.
+    fn before_write(&self, offset: u64, len: u64) -> io::Result<()> {
+        let blocks = blocks_touched(offset, len, self.geometry.block_size);
+        self.state.live().set_range(blocks.clone());
+        if self.cutting.load(Ordering::Acquire) {
+            let preserve = self.preserve_map();
+            for b in blocks {
+                if preserve.get(b) {
+                    self.copy_aside(b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies block `b`'s current (cut-time) contents to the scratch file.
+    fn copy_aside(&self, b: u64) -> io::Result<()> {
+        let mut copies = self.stripe(b).lock().expect("stripe lock");
+        if !self.preserve_map().get(b) {
+            return Ok(()); // copied or read by someone else meanwhile
+        }
+        let range = self.geometry.block_range(b);
+        let mut buf = vec![0u8; self.geometry.block_len(b)];
+        self.image.read_exact_at(&mut buf, range.start)?;
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        self.scratch.write_all_at(&buf, slot * u64::from(self.geometry.block_size))?;
+        let _ = copies.insert(b, slot);
+        self.preserve_map().clear(b);
+        Ok(())
+    }
+
+    /// Starts a cut: moves the live bits into the cut map at one instant
+    /// between writes, and begins preserving the chosen blocks.
+    pub fn cut(&self, kind: CutKind) -> Result<CutInfo, FilterError> {
+        let _gate = self.gate.write().expect("gate lock");
+        let mut cut = self.cut.lock().expect("cut lock");
+        if let Some(c) = cut.as_ref() {
+            return Err(FilterError::CutInProgress(c.generation));
+        }
+        self.scratch.set_len(0).map_err(FilterError::io("clearing copy-before-write scratch file", &self.paths.scratch))?;
+        let dirty_blocks = self.state.live().move_into(&self.state.cut());
+        let preserve = self.preserve_map();
+        preserve.clear_all();
+        let readable_blocks = match kind {
+            CutKind::Dirty => {
+                for b in self.state.cut().ones() {
+                    preserve.set(b);
+                }
+                dirty_blocks
+            }
+            CutKind::Full => {
+                preserve.fill();
+                self.geometry.block_count
+            }
+        };
+        self.next_slot.store(0, Ordering::Relaxed);
+        let generation = self.state.header().cut_generation + 1;
+        // Not synced: a cut matters only while this process lives.
+        self.state.update_header(false, |h| h.cut_generation = generation)?;
+        *cut = Some(ActiveCut { generation });
+        self.cutting.store(true, Ordering::Release);
+        Ok(CutInfo { generation, dirty_blocks, readable_blocks })
+    }
+
+    /// The blocks of the current cut's dirty set (what a cycle ships).
+    pub fn cut_blocks(&self) -> Result<Vec<u64>, FilterError> {
+        let cut = self.cut.lock().expect("cut lock");
+        if cut.is_none() {
+            return Err(FilterError::NoCut);
+        }
+        Ok(self.state.cut().ones().collect())
+    }
+
+    /// Reads block `b` as it was at the cut into `buf` (which must hold the
+    /// block: `geometry().block_len(b)` bytes) and releases it: the copy is
+    /// dropped and later writes to the block no longer copy it.
+    pub fn read_cut_block(&self, b: u64, buf: &mut [u8]) -> Result<(), FilterError> {
+        if b >= self.geometry.block_count {
+            return Err(FilterError::NotInCut(b));
+        }
+        let len = self.geometry.block_len(b);
+        let buf = &mut buf[..len];
+        let _gate = self.gate.read().expect("gate lock");
+        if !self.cutting.load(Ordering::Acquire) {
+            return Err(FilterError::NoCut);
+        }
+        let mut copies = self.stripe(b).lock().expect("stripe lock");
+        if let Some(slot) = copies.remove(&b) {
+            let at = slot * u64::from(self.geometry.block_size);
+            self.scratch
+                .read_exact_at(buf, at)
+                .map_err(FilterError::io("reading copy-before-write scratch file", &self.paths.scratch))?;
+            punch_hole(&self.scratch, at, len as u64);
+        } else if self.preserve_map().clear(b) {
+            // Not overwritten since the cut: the image still holds it, and the
+            // stripe lock keeps writers off it until we are done.
+            self.image
+                .read_exact_at(buf, self.geometry.block_range(b).start)
+                .map_err(FilterError::io("reading disk image", &self.paths.image))?;
+        } else {
+            return Err(FilterError::NotInCut(b));
+        }
+        Ok(())
+    }
+
+    fn end_cut(&self, keep_bits: bool) -> Result<u64, FilterError> {
+        let _gate = self.gate.write().expect("gate lock");
+        let mut cut = self.cut.lock().expect("cut lock");
+        if cut.take().is_none() {
+            return Err(FilterError::NoCut);
+        }
+        self.cutting.store(false, Ordering::Release);
+        self.preserve_map().clear_all();
+        for s in &self.copies {
+            s.lock().expect("stripe lock").clear();
+        }
+        let n = if keep_bits {
+            self.state.cut().move_into(&self.state.live())
+        } else {
+            let n = self.state.cut().count();
+            self.state.cut().clear_all();
+            n
+        };
+        self.scratch.set_len(0).map_err(FilterError::io("clearing copy-before-write scratch file", &self.paths.scratch))?;
+        Ok(n)
+    }
+
+    /// Ends the cut after its point is safely stored: the cut bits are dropped.
+    /// Returns how many there were.
+    pub fn finish_cut(&self) -> Result<u64, FilterError> {
+        self.end_cut(false)
+    }
+
+    /// Ends the cut without a stored point: its bits go back into the live map,
+    /// so the next cut takes them again. Returns how many.
+    pub fn abort_cut(&self) -> Result<u64, FilterError> {
+        self.end_cut(true)
+    }
+
+    /// Generation of the cut in progress, if any.
+    pub fn cut_in_progress(&self) -> Option<u64> {
+        self.cut.lock().expect("cut lock").as_ref().map(|c| c.generation)
+    }
+
+    /// Closes the disk cleanly: aborts any cut, syncs the image, writes the
+    /// bitmaps back and marks the state file clean. Call after every client
+    /// has stopped.
+    pub fn close(self) -> Result<(), FilterError> {
+        if self.cut_in_progress().is_some() {
+            let _ = self.abort_cut()?;
+        }
+        self.image.sync_all().map_err(FilterError::io("syncing disk image", &self.paths.image))?;
+        self.state.close_clean()?;
+        let _ = std::fs::remove_file(&self.paths.scratch);
+        Ok(())
+    }
+}
+
+fn punch_hole(f: &File, offset: u64, len: u64) {
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else { return };
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+    // Failure (a filesystem without hole punching) only costs scratch space.
+    let _ = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len) };
+}
+
+fn zero_range(f: &File, offset: u64, len: u64, may_trim: bool) -> io::Result<()> {
+    let mode = if may_trim {
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+    } else {
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+    };
+    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let l = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+    if unsafe { libc::fallocate(f.as_raw_fd(), mode, off, l) } == 0 {
+        return Ok(());
+    }
+    // No fallocate support (block device, odd filesystem): write zeroes.
+    let zeros = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64);
+        f.write_all_at(&zeros[..usize::try_from(n).expect("<= 1 MiB")], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}
+
+impl Export for Disk {
+    fn size(&self) -> u64 {
+        self.geometry.disk_size
+    }
+
+    fn preferred_block_size(&self) -> u32 {
+        4096
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.image.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        let _gate = self.gate.read().expect("gate lock");
+        self.before_write(offset, data.len() as u64)?;
+        self.image.write_all_at(data, offset)?;
+        if fua {
+            self.image.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.image.sync_data()
+    }
+
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        let _gate = self.gate.read().expect("gate lock");
+        self.before_write(offset, len)?;
+        punch_hole(&self.image, offset, len);
+        if fua {
+            self.image.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> io::Result<()> {
+        let _gate = self.gate.read().expect("gate lock");
+        self.before_write(offset, len)?;
+        zero_range(&self.image, offset, len, may_trim)?;
+        if fua {
+            self.image.sync_data()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! Lifeboat's write filter: the NBD server that stands between a VM and its
+//! disk image and records every block the VM changes.
+//!
+//! The filter owns the per-disk state file at run time ([`state_file`]): it
+//! maps the live and cut bitmaps, sets a bit *before* each write reaches the
+//! image, and keeps the header honest about clean and unclean shutdowns. It
+//! owns the **cut** ([`disk::Disk::cut`]): moving the live bits into the cut
+//! set and copying a cut block's old contents aside before the first
+//! overwrite, so a reader sees the disk exactly as it was at the cut. It
+//! serves the image over NBD ([`nbd`]) and takes cut requests on a control
+//! socket ([`control`]).
+//!
+//! It must not know about encryption, vaults or networks beyond NBD and its
+//! control socket.
+#![deny(missing_docs)]
+
+pub mod bitmap;
+pub mod control;
+pub mod disk;
+pub mod error;
+mod mmap;
+pub mod nbd;
+pub mod state_file;
+
+pub use disk::{CutInfo, CutKind, Disk};
+pub use error::FilterError;
+pub use state_file::{DirtyReport, StateFile};

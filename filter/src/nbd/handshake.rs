@@ -1,0 +1,220 @@
+//! The fixed-newstyle handshake: greeting, client flags, then options until
+//! the client enters transmission (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`) or
+//! leaves (`NBD_OPT_ABORT`, EOF).
+//!
+//! Options this server answers: `NBD_OPT_EXPORT_NAME`, `NBD_OPT_ABORT`,
+//! `NBD_OPT_LIST`, `NBD_OPT_INFO`, `NBD_OPT_GO`; `NBD_OPT_STARTTLS` gets
+//! `NBD_REP_ERR_POLICY` (no TLS, as qemu-nbd without credentials); every other
+//! option (structured replies, metadata contexts, extended headers, unknown)
+//! gets `NBD_REP_ERR_UNSUP`, so transmission uses simple replies only.
+
+use std::io::{self, Read, Write};
+
+use super::proto::{self, OptionRequest};
+use super::Export;
+
+/// Everything the handshake needs to know about what is served.
+pub(crate) struct ExportSpec<'a> {
+    /// The export's name; the empty (default) name also selects it.
+    pub name: &'a str,
+    /// The export.
+    pub export: &'a dyn Export,
+    /// True once the server is shutting down: options are then refused with
+    /// `NBD_REP_ERR_SHUTDOWN`.
+    pub shutting_down: &'a dyn Fn() -> bool,
+}
+
+impl ExportSpec<'_> {
+    fn matches(&self, name: &[u8]) -> bool {
+        name.is_empty() || name == self.name.as_bytes()
+    }
+}
+
+/// How the handshake ended, when it ended well.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Enter transmission; `size` is the export size advertised to the client.
+    Transmission {
+        /// The advertised size.
+        size: u64,
+    },
+    /// The client sent `NBD_OPT_ABORT`.
+    Aborted,
+}
+
+fn protocol_error(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Run the server side of the handshake. Errors are I/O errors or protocol
+/// violations that end the session (`io::ErrorKind::InvalidData`); option
+/// errors the client can recover from are answered and the loop goes on.
+pub(crate) fn negotiate<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    spec: &ExportSpec<'_>,
+) -> io::Result<Outcome> {
+    w.write_all(&proto::greeting())?;
+    let mut flags = [0u8; 4];
+    r.read_exact(&mut flags)?;
+    let client = proto::parse_client_flags(&flags).map_err(|e| protocol_error(e.to_string()))?;
+
+    let mut data = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        let mut hdr = [0u8; proto::OPTION_HEADER_LEN];
+        r.read_exact(&mut hdr)?;
+        let header = proto::parse_option_header(&hdr).map_err(|e| protocol_error(e.to_string()))?;
+        let option = header.option;
+        out.clear();
+
+        if option == proto::NBD_OPT_ABORT {
+            // Data, if any, is ignored (the spec says so); the client may have
+            // closed already, so a failed ACK is not an error.
+            proto::put_option_reply(&mut out, option, proto::NBD_REP_ACK, &[]);
+            let _ = w.write_all(&out);
+            return Ok(Outcome::Aborted);
+        }
+        if header.length > proto::MAX_OPTION_LEN {
+            if option == proto::NBD_OPT_EXPORT_NAME {
+                return Err(protocol_error(format!(
+                    "NBD_OPT_EXPORT_NAME with a {}-byte name (longer than any export name)",
+                    header.length
+                )));
+            }
+            discard(r, u64::from(header.length))?;
+            let reply = match proto::parse_option(option, &[]) {
+                Ok(OptionRequest::Unsupported(_)) => proto::NBD_REP_ERR_UNSUP,
+                _ => proto::NBD_REP_ERR_TOO_BIG,
+            };
+            let msg = format!("option data of {} bytes is too large", header.length);
+            proto::put_option_reply(&mut out, option, reply, msg.as_bytes());
+            w.write_all(&out)?;
+            continue;
+        }
+        let len = usize::try_from(header.length).map_err(|_| protocol_error("option too long"))?;
+        data.resize(len, 0);
+        r.read_exact(&mut data)?;
+
+        if (spec.shutting_down)() {
+            if option == proto::NBD_OPT_EXPORT_NAME {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "server is shutting down",
+                ));
+            }
+            proto::put_option_reply(
+                &mut out,
+                option,
+                proto::NBD_REP_ERR_SHUTDOWN,
+                b"server is shutting down",
+            );
+            w.write_all(&out)?;
+            continue;
+        }
+
+        let request = match proto::parse_option(option, &data) {
+            Ok(request) => request,
+            Err(e) => {
+                proto::put_option_reply(
+                    &mut out,
+                    option,
+                    proto::NBD_REP_ERR_INVALID,
+                    e.to_string().as_bytes(),
+                );
+                w.write_all(&out)?;
+                continue;
+            }
+        };
+        match request {
+            OptionRequest::ExportName(name) => {
+                if !spec.matches(name) {
+                    return Err(protocol_error(format!(
+                        "NBD_OPT_EXPORT_NAME for unknown export {:?} (this server exports {:?})",
+                        String::from_utf8_lossy(name),
+                        spec.name
+                    )));
+                }
+                let size = spec.export.size();
+                w.write_all(&proto::export_name_reply(
+                    size,
+                    proto::SERVER_TRANSMISSION_FLAGS,
+                    client.no_zeroes,
+                ))?;
+                return Ok(Outcome::Transmission { size });
+            }
+            OptionRequest::Abort => {
+                proto::put_option_reply(&mut out, option, proto::NBD_REP_ACK, &[]);
+                let _ = w.write_all(&out);
+                return Ok(Outcome::Aborted);
+            }
+            OptionRequest::List => {
+                proto::put_option_reply(
+                    &mut out,
+                    option,
+                    proto::NBD_REP_SERVER,
+                    &proto::rep_server_payload(spec.name, ""),
+                );
+                proto::put_option_reply(&mut out, option, proto::NBD_REP_ACK, &[]);
+            }
+            OptionRequest::StartTls => {
+                proto::put_option_reply(
+                    &mut out,
+                    option,
+                    proto::NBD_REP_ERR_POLICY,
+                    b"TLS is not supported by this server",
+                );
+            }
+            OptionRequest::Info(ref info) | OptionRequest::Go(ref info) => {
+                if !spec.matches(info.name.as_bytes()) {
+                    let msg = format!(
+                        "unknown export {:?}; this server exports {:?}",
+                        info.name, spec.name
+                    );
+                    proto::put_option_reply(
+                        &mut out,
+                        option,
+                        proto::NBD_REP_ERR_UNKNOWN,
+                        msg.as_bytes(),
+                    );
+                } else {
+                    let size = spec.export.size();
+                    let sizes = proto::BlockSizes::for_export(spec.export.preferred_block_size());
+                    let export_info =
+                        proto::info_export_payload(size, proto::SERVER_TRANSMISSION_FLAGS);
+                    proto::put_option_reply(&mut out, option, proto::NBD_REP_INFO, &export_info);
+                    // Sent whether asked or not, as qemu-nbd does: the
+                    // constraints are the spec's defaults or looser.
+                    let block_size = proto::info_block_size_payload(&sizes);
+                    proto::put_option_reply(&mut out, option, proto::NBD_REP_INFO, &block_size);
+                    if info.requests.contains(&proto::NBD_INFO_NAME) {
+                        let name = proto::info_string_payload(proto::NBD_INFO_NAME, spec.name);
+                        proto::put_option_reply(&mut out, option, proto::NBD_REP_INFO, &name);
+                    }
+                    proto::put_option_reply(&mut out, option, proto::NBD_REP_ACK, &[]);
+                    if matches!(request, OptionRequest::Go(_)) {
+                        w.write_all(&out)?;
+                        return Ok(Outcome::Transmission { size });
+                    }
+                }
+            }
+            OptionRequest::Unsupported(opt) => {
+                let msg = format!(
+                    "{} ({opt}) is not supported by this server",
+                    proto::option_name(opt)
+                );
+                proto::put_option_reply(&mut out, option, proto::NBD_REP_ERR_UNSUP, msg.as_bytes());
+            }
+        }
+        w.write_all(&out)?;
+    }
+}
+
+/// Read and drop `len` bytes.
+fn discard<R: Read>(r: &mut R, len: u64) -> io::Result<()> {
+    let copied = io::copy(&mut r.by_ref().take(len), &mut io::sink())?;
+    if copied < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}

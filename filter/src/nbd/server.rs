@@ -1,0 +1,545 @@
+//! Listeners, the accept loop, one thread per connection, and shutdown.
+//!
+//! Shutdown: [`ShutdownHandle::shutdown`] marks the server as stopping and
+//! shuts down the read side of every open connection, so each reader sees EOF
+//! (after any requests already buffered, which get `NBD_ESHUTDOWN`), its
+//! in-flight requests finish and their replies go out, and the connection
+//! closes. [`Server::run`] then wakes its accept threads by connecting to its
+//! own listeners, and returns once every connection thread has finished.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use super::handshake::{self, ExportSpec, Outcome};
+use super::{proto, transmission, Export};
+
+/// Size of each connection's read buffer: many small requests per `read`.
+const READ_BUFFER: usize = 128 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A unix socket at this path (a stale socket file there is replaced).
+    Unix(PathBuf),
+    /// A TCP `host:port` (`[v6]:port` for IPv6 literals); port 0 picks one.
+    Tcp(String),
+}
+
+/// A listen address that is neither `unix:PATH` nor `tcp:HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid listen address {given:?}: {reason}; expected unix:PATH or tcp:HOST:PORT \
+         (for example unix:/run/lifeboat/disk0.sock or tcp:127.0.0.1:10809)"
+)]
+pub struct ParseListenError {
+    /// What was given.
+    pub given: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl FromStr for Listen {
+    type Err = ParseListenError;
+
+    fn from_str(s: &str) -> Result<Listen, ParseListenError> {
+        let err = |reason| ParseListenError {
+            given: s.to_owned(),
+            reason,
+        };
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(err("the socket path is empty"));
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = s.strip_prefix("tcp:") {
+            let (host, port) = addr.rsplit_once(':').ok_or_else(|| err("no port"))?;
+            if host.is_empty() {
+                return Err(err("the host is empty"));
+            }
+            port.parse::<u16>()
+                .map_err(|_| err("the port is not a number from 0 to 65535"))?;
+            return Ok(Listen::Tcp(addr.to_owned()));
+        }
+        Err(err("unknown scheme"))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+            Listen::Tcp(addr) => write!(f, "tcp:{addr}"),
+        }
+    }
+}
+
+/// An address the server is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalAddr {
+    /// A unix socket path.
+    Unix(PathBuf),
+    /// A TCP address (with the real port when `:0` was asked for).
+    Tcp(SocketAddr),
+}
+
+impl LocalAddr {
+    /// The NBD URI of the default export at this address, as libnbd and
+    /// qemu accept it (`nbd+unix:///?socket=PATH`, `nbd://HOST:PORT/`).
+    pub fn uri(&self) -> String {
+        match self {
+            LocalAddr::Unix(path) => format!("nbd+unix:///?socket={}", path.display()),
+            LocalAddr::Tcp(addr) => format!("nbd://{addr}/"),
+        }
+    }
+}
+
+impl fmt::Display for LocalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocalAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            LocalAddr::Tcp(addr) => write!(f, "tcp:{addr}"),
+        }
+    }
+}
+
+/// A connected client socket.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Socket {
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.shutdown(how),
+            Socket::Tcp(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl Read for &Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match *self {
+            Socket::Unix(s) => (&mut &*s).read(buf),
+            Socket::Tcp(s) => (&mut &*s).read(buf),
+        }
+    }
+}
+
+impl Write for &Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match *self {
+            Socket::Unix(s) => (&mut &*s).write(buf),
+            Socket::Tcp(s) => (&mut &*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match *self {
+            Socket::Unix(s) => (&mut &*s).write_vectored(bufs),
+            Socket::Tcp(s) => (&mut &*s).write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A unix listener that removes its socket file when dropped, if the file is
+/// still the one it created.
+struct UnixSocketFile {
+    listener: UnixListener,
+    path: PathBuf,
+    ino: Option<(u64, u64)>,
+}
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        let same = fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+            == self.ino;
+        if same && self.ino.is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+enum Listener {
+    Unix(UnixSocketFile),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn local_addr(&self) -> LocalAddr {
+        match self {
+            Listener::Unix(u) => LocalAddr::Unix(u.path.clone()),
+            Listener::Tcp(t) => match t.local_addr() {
+                Ok(addr) => LocalAddr::Tcp(addr),
+                // cannot happen for a bound listener; keep a placeholder
+                Err(_) => LocalAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], 0))),
+            },
+        }
+    }
+
+    fn accept(&self) -> io::Result<(Socket, String)> {
+        match self {
+            Listener::Unix(u) => {
+                let (s, _) = u.listener.accept()?;
+                Ok((Socket::Unix(s), format!("unix:{}", u.path.display())))
+            }
+            Listener::Tcp(t) => {
+                let (s, peer) = t.accept()?;
+                // Replies are written whole; never hold one back for Nagle.
+                s.set_nodelay(true)?;
+                Ok((Socket::Tcp(s), format!("tcp:{peer}")))
+            }
+        }
+    }
+}
+
+/// State shared by the server, its accept threads, its connections and every
+/// [`ShutdownHandle`].
+struct Shared {
+    name: String,
+    export: Arc<dyn Export>,
+    stopping: AtomicBool,
+    registry: Mutex<Registry>,
+    changed: Condvar,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Registry {
+    stopping: bool,
+    connections: HashMap<u64, Arc<Socket>>,
+}
+
+impl Shared {
+    /// Record a new connection, unless the server is stopping.
+    fn register(&self, id: u64, sock: &Arc<Socket>) -> bool {
+        let mut reg = lock(&self.registry);
+        if reg.stopping {
+            return false;
+        }
+        reg.connections.insert(id, Arc::clone(sock));
+        true
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut reg = lock(&self.registry);
+        reg.connections.remove(&id);
+        self.changed.notify_all();
+    }
+}
+
+/// An NBD server for one export (see the [module docs](super)).
+pub struct Server {
+    listeners: Vec<Listener>,
+    shared: Arc<Shared>,
+}
+
+/// Stops a [`Server`] from any thread.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownHandle")
+            .field("export", &self.shared.name)
+            .finish()
+    }
+}
+
+impl ShutdownHandle {
+    /// Stop accepting connections; make every open connection finish its
+    /// in-flight requests and close. Returns at once; [`Server::run`] returns
+    /// when all of that is done. Calling it again does nothing.
+    pub fn shutdown(&self) {
+        let mut reg = lock(&self.shared.registry);
+        if reg.stopping {
+            return;
+        }
+        reg.stopping = true;
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for sock in reg.connections.values() {
+            let _ = sock.shutdown(Shutdown::Read);
+        }
+        self.shared.changed.notify_all();
+    }
+
+    /// True once [`ShutdownHandle::shutdown`] has been called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("export", &self.shared.name)
+            .field("addrs", &self.local_addrs())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Bind every listen address and get ready to serve `export` under `name`
+    /// and under the default (empty) export name, as qemu-nbd does. A stale
+    /// unix socket file (nobody listening) is replaced; a live one, or a
+    /// file that is not a socket, is an error. Errors name the address.
+    pub fn bind(listens: &[Listen], name: &str, export: Arc<dyn Export>) -> io::Result<Server> {
+        if listens.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no listen address given for the NBD server",
+            ));
+        }
+        if name.len() > proto::MAX_STRING_LEN || name.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("export name {name:?} is not a valid NBD export name (at most 4096 bytes, no NUL)"),
+            ));
+        }
+        let mut listeners = Vec::with_capacity(listens.len());
+        for listen in listens {
+            let bound = match listen {
+                Listen::Unix(path) => bind_unix(path).map(Listener::Unix),
+                Listen::Tcp(addr) => TcpListener::bind(addr.as_str()).map(Listener::Tcp),
+            };
+            let listener = bound
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+            listeners.push(listener);
+        }
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            export,
+            stopping: AtomicBool::new(false),
+            registry: Mutex::new(Registry::default()),
+            changed: Condvar::new(),
+            next_id: AtomicU64::new(1),
+        });
+        Ok(Server { listeners, shared })
+    }
+
+    /// The addresses the server is bound to, in the order given to [`Server::bind`].
+    pub fn local_addrs(&self) -> Vec<LocalAddr> {
+        self.listeners.iter().map(Listener::local_addr).collect()
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Accept and serve connections until [`ShutdownHandle::shutdown`]. Returns
+    /// only after every connection has finished its in-flight requests (every
+    /// write it accepted has returned from the export) and closed, so the
+    /// caller may then mark its state clean. Unix socket files are removed.
+    pub fn run(self) -> io::Result<()> {
+        let Server { listeners, shared } = self;
+        let mut accepters: Vec<(LocalAddr, JoinHandle<()>)> = Vec::new();
+        let mut spawn_error = None;
+        for listener in listeners {
+            let addr = listener.local_addr();
+            let shared_for_thread = Arc::clone(&shared);
+            let spawned = thread::Builder::new()
+                .name("nbd-accept".to_owned())
+                .spawn(move || accept_loop(&listener, &shared_for_thread));
+            match spawned {
+                Ok(handle) => accepters.push((addr, handle)),
+                Err(e) => {
+                    spawn_error = Some(io::Error::new(
+                        e.kind(),
+                        format!("cannot start the NBD accept thread for {addr}: {e}"),
+                    ));
+                    ShutdownHandle {
+                        shared: Arc::clone(&shared),
+                    }
+                    .shutdown();
+                    break;
+                }
+            }
+        }
+        for addr in accepters.iter().map(|(a, _)| a) {
+            eprintln!("nbd: serving {:?} on {addr}", shared.name);
+        }
+
+        let mut reg = lock(&shared.registry);
+        while !reg.stopping {
+            reg = shared.changed.wait(reg).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(reg);
+
+        for (addr, handle) in accepters {
+            match wake(&addr) {
+                Ok(()) => {
+                    let _ = handle.join();
+                }
+                Err(e) => {
+                    eprintln!("nbd: cannot wake the accept thread on {addr} ({e}); leaving it")
+                }
+            }
+        }
+
+        let mut reg = lock(&shared.registry);
+        while !reg.connections.is_empty() {
+            reg = shared.changed.wait(reg).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(reg);
+        eprintln!("nbd: server for {:?} stopped", shared.name);
+        spawn_error.map_or(Ok(()), Err)
+    }
+}
+
+fn bind_unix(path: &Path) -> io::Result<UnixSocketFile> {
+    let listener = match UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let meta = fs::symlink_metadata(path)?;
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket; remove it or choose another path",
+                ));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another server is listening on this socket",
+                ));
+            }
+            fs::remove_file(path)?;
+            UnixListener::bind(path)?
+        }
+        Err(e) => return Err(e),
+    };
+    let ino = fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    Ok(UnixSocketFile {
+        listener,
+        path: path.to_owned(),
+        ino,
+    })
+}
+
+/// Connect to our own listener so its blocked `accept` returns.
+fn wake(addr: &LocalAddr) -> io::Result<()> {
+    match addr {
+        LocalAddr::Unix(path) => UnixStream::connect(path).map(drop),
+        LocalAddr::Tcp(addr) => {
+            let mut target = *addr;
+            if target.ip().is_unspecified() {
+                let loopback = match target {
+                    SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+                    SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                };
+                target.set_ip(loopback);
+            }
+            let target = target.to_socket_addrs()?.next().unwrap_or(target);
+            TcpStream::connect_timeout(&target, Duration::from_secs(2)).map(drop)
+        }
+    }
+}
+
+fn accept_loop(listener: &Listener, shared: &Arc<Shared>) {
+    let mut failures = 0u32;
+    loop {
+        let accepted = listener.accept();
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let (sock, peer) = match accepted {
+            Ok(conn) => {
+                failures = 0;
+                conn
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: say so, back off, retry.
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    eprintln!("nbd: accept on {} failed: {e}", listener.local_addr());
+                }
+                thread::sleep(Duration::from_millis(10 * u64::from(failures.min(50))));
+                continue;
+            }
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let sock = Arc::new(sock);
+        if !shared.register(id, &sock) {
+            return;
+        }
+        let shared_for_thread = Arc::clone(shared);
+        let spawned = thread::Builder::new()
+            .name(format!("nbd-conn-{id}"))
+            .spawn(move || serve_connection(id, sock, &peer, &shared_for_thread));
+        if let Err(e) = spawned {
+            eprintln!("nbd: cannot start a thread for connection {id}: {e}; dropping it");
+            shared.unregister(id);
+        }
+    }
+}
+
+/// Unregisters a connection when its thread ends, however it ends.
+struct Registration<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+    }
+}
+
+fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, shared: &Shared) {
+    let _registration = Registration { shared, id };
+    let label = format!("nbd[{id}]");
+    eprintln!("{label}: connection from {peer}");
+    let stopping = || shared.stopping.load(Ordering::SeqCst);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, &*sock);
+    let spec = ExportSpec {
+        name: &shared.name,
+        export: &*shared.export,
+        shutting_down: &stopping,
+    };
+    let outcome = handshake::negotiate(&mut reader, &mut &*sock, &spec);
+    match outcome {
+        Ok(Outcome::Transmission { size }) => {
+            let ending =
+                transmission::serve(&sock, &mut reader, &*shared.export, size, &stopping, &label);
+            let ending = match ending {
+                transmission::Ending::Eof if stopping() => "closed for server shutdown".to_owned(),
+                other => other.to_string(),
+            };
+            eprintln!("{label}: {ending}");
+        }
+        Ok(Outcome::Aborted) => eprintln!("{label}: client ended the handshake (NBD_OPT_ABORT)"),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            eprintln!("{label}: client left during the handshake")
+        }
+        Err(e) => eprintln!("{label}: handshake failed: {e}"),
+    }
+    let _ = sock.shutdown(Shutdown::Both);
+}
