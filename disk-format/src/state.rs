@@ -359,9 +359,6 @@ mod tests {
         b[40..48].copy_from_slice(&12u64.to_le_bytes()); // block_count should be 11
         let sum = blake3::hash(&b[..CHECKSUM_AT]);
         b[CHECKSUM_AT..].copy_from_slice(sum.as_bytes());
-        assert!(matches!(
-            StateHeader::decode(&b),
-            Err(HeaderError::BadField { field: "block_count", value: 12, .. })
-        ));
+        assert!(matches!(StateHeader::decode(&b), Err(HeaderError::BadField { field: "block_count", value: 12, .. })));
     }
 }

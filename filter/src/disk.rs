@@ -199,7 +199,9 @@ impl Disk {
         if let Some(c) = cut.as_ref() {
             return Err(FilterError::CutInProgress(c.generation));
         }
-        self.scratch.set_len(0).map_err(FilterError::io("clearing copy-before-write scratch file", &self.paths.scratch))?;
+        self.scratch
+            .set_len(0)
+            .map_err(FilterError::io("clearing copy-before-write scratch file", &self.paths.scratch))?;
         let dirty_blocks = self.state.live().move_into(&self.state.cut());
         let preserve = self.preserve_map();
         preserve.clear_all();
@@ -253,12 +255,14 @@ impl Disk {
                 .read_exact_at(buf, at)
                 .map_err(FilterError::io("reading copy-before-write scratch file", &self.paths.scratch))?;
             punch_hole(&self.scratch, at, len as u64);
-        } else if self.preserve_map().clear(b) {
-            // Not overwritten since the cut: the image still holds it, and the
-            // stripe lock keeps writers off it until we are done.
+        } else if self.preserve_map().get(b) {
+            // Not overwritten since the cut: the image still holds it. While the
+            // preserve bit is set, a writer of this block must first take the
+            // stripe lock we hold, so the bit is cleared only after the read.
             self.image
                 .read_exact_at(buf, self.geometry.block_range(b).start)
                 .map_err(FilterError::io("reading disk image", &self.paths.image))?;
+            self.preserve_map().clear(b);
         } else {
             return Err(FilterError::NotInCut(b));
         }
@@ -283,7 +287,9 @@ impl Disk {
             self.state.cut().clear_all();
             n
         };
-        self.scratch.set_len(0).map_err(FilterError::io("clearing copy-before-write scratch file", &self.paths.scratch))?;
+        self.scratch
+            .set_len(0)
+            .map_err(FilterError::io("clearing copy-before-write scratch file", &self.paths.scratch))?;
         Ok(n)
     }
 

@@ -109,10 +109,8 @@ impl StateFile {
     /// flag is set (used when a damaged state file is replaced). The file is
     /// written under a temporary name, synced and renamed into place.
     pub fn create(path: &Path, geometry: Geometry, disk_id: [u8; 16], suspect: bool) -> Result<(), FilterError> {
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut header = StateHeader::new(geometry, disk_id, created);
         header.flags.suspect = suspect;
         let tmp = path.with_extension("new");
@@ -133,7 +131,8 @@ impl StateFile {
                 .map_err(FilterError::io("writing state file", &tmp))?;
             let past = geometry.words() as u64 * 8;
             let zeros = vec![0u8; usize::try_from(geometry.bitmap_len - past).expect("fits")];
-            f.write_all_at(&zeros, geometry.live_offset() + past).map_err(FilterError::io("writing state file", &tmp))?;
+            f.write_all_at(&zeros, geometry.live_offset() + past)
+                .map_err(FilterError::io("writing state file", &tmp))?;
         }
         let live: Vec<u64> = if suspect {
             let mut v = vec![u64::MAX; geometry.words()];
@@ -175,7 +174,8 @@ impl StateFile {
         }
         let (header, slot) = read_header(path, &file)?;
         let g = header.geometry;
-        let map = WordMap::map(&file, g.live_offset(), 2 * g.bitmap_len).map_err(FilterError::io("mapping state file", path))?;
+        let map = WordMap::map(&file, g.live_offset(), 2 * g.bitmap_len)
+            .map_err(FilterError::io("mapping state file", path))?;
         let words_per_map = usize::try_from(g.bitmap_len / 8).expect("fits");
         let sf = StateFile {
             path: path.to_owned(),

@@ -165,7 +165,11 @@ fn full_cut_is_crash_consistent_under_concurrent_writes() {
                 })
             };
             let ok = (lo[w as usize]..=hi[w as usize]).any(consistent_at);
-            assert!(ok, "writer {w}: copy is not the disk at one instant between seq {} and {} (round {round})", lo[w as usize], hi[w as usize]);
+            assert!(
+                ok,
+                "writer {w}: copy is not the disk at one instant between seq {} and {} (round {round})",
+                lo[w as usize], hi[w as usize]
+            );
         }
         let writes: usize = logs.iter().map(Vec::len).sum();
         assert!(d.state().live().count() > 0 && writes > 0);

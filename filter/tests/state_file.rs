@@ -58,8 +58,8 @@ fn a_process_crash_in_this_boot_keeps_the_bitmap_trusted() {
     let disk = Disk::open(paths.clone()).unwrap();
     disk.write_at(&[9; 4096], 4096 * 17, false).unwrap();
     std::mem::forget(disk); // no close: as if killed (the lock leaks with it; see below)
-    // The forgotten Disk still holds its flock on the old descriptor, so open a
-    // copy of the files, as a restarted process would find them.
+                            // The forgotten Disk still holds its flock on the old descriptor, so open a
+                            // copy of the files, as a restarted process would find them.
     let copy = tempfile::tempdir().unwrap();
     let paths2 = DiskPaths {
         image: copy.path().join("disk.img"),

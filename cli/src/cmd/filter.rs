@@ -47,7 +47,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     eprintln!("filter {} listening on {}", a.name, addrs.join(" "));
     let served = server.run();
     control.stop();
-    let disk = Arc::try_unwrap(disk).map_err(|_| anyhow::anyhow!("internal error: disk still referenced at shutdown"))?;
+    let disk =
+        Arc::try_unwrap(disk).map_err(|_| anyhow::anyhow!("internal error: disk still referenced at shutdown"))?;
     disk.close()?;
     served.context("serving NBD")?;
     eprintln!("lifeboat: {}: stopped cleanly", a.name);

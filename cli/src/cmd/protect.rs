@@ -38,8 +38,7 @@ fn random_id() -> Result<[u8; 16]> {
 
 fn image_size(path: &PathBuf) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)
-        .with_context(|| format!("opening disk image {}", path.display()))?;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening disk image {}", path.display()))?;
     Ok(f.seek(SeekFrom::End(0))?)
 }
 
@@ -108,7 +107,10 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         geometry.block_size,
         if suspect { "; state reset: every block will be verified" } else { "" }
     );
-    println!("next: lifeboat filter {} --listen unix:/run/lifeboat/{}.sock, and point the VM's disk at it", a.name, a.name);
+    println!(
+        "next: lifeboat filter {} --listen unix:/run/lifeboat/{}.sock, and point the VM's disk at it",
+        a.name, a.name
+    );
     Ok(())
 }
 

@@ -85,7 +85,8 @@ fn from_filter(mut c: ControlClient, out: &File, path: &Path) -> Result<u64> {
     while first < blocks {
         let n = per.min(blocks - first);
         buf.clear();
-        c.read(first, n, &mut buf).with_context(|| format!("reading blocks {first}..{} of cut {}", first + n, cut.generation))?;
+        c.read(first, n, &mut buf)
+            .with_context(|| format!("reading blocks {first}..{} of cut {}", first + n, cut.generation))?;
         write_sparse(out, path, &buf, first * bs, usize::try_from(bs).expect("block fits"))?;
         first += n;
         if progress {
