@@ -144,18 +144,18 @@ fn full_cut_is_crash_consistent_under_concurrent_writes() {
         let lo: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
         d.cut(CutKind::Full).unwrap();
         let hi: Vec<u64> = started.iter().map(|a| a.load(Ordering::SeqCst)).collect();
-        let mut copy = Vec::new();
-        for b in 0..BLOCKS {
-            copy.push(read_block(&d, b));
-            if b % 64 == 0 {
-                std::thread::sleep(std::time::Duration::from_millis(2)); // let writers overwrite unread blocks
-            }
+        // Let every writer overwrite blocks the reader has not read yet, so
+        // the copy depends on copy-before-write, then read while they go on.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while (0..WRITERS as usize).any(|w| acked[w].load(Ordering::SeqCst) < hi[w] + 20) {
+            assert!(std::time::Instant::now() < deadline, "writers stalled after the cut");
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        let copy: Vec<Vec<u8>> = (0..BLOCKS).map(|b| read_block(&d, b)).collect();
         stop.store(true, Ordering::Relaxed);
         let logs: Vec<Vec<(u64, u64)>> = writers.into_iter().map(|t| t.join().unwrap()).collect();
         for w in 0..WRITERS {
             let log = &logs[w as usize];
-            assert!(log.len() as u64 > hi[w as usize], "writer {w} kept writing after the cut (round {round})");
             let seen = |b: u64| u64::from_le_bytes(copy[b as usize][8..16].try_into().unwrap());
             let consistent_at = |k: u64| {
                 (0..BLOCKS / WRITERS).all(|i| {

@@ -49,11 +49,7 @@ fn protocol_error(msg: impl Into<String>) -> io::Error {
 /// Run the server side of the handshake. Errors are I/O errors or protocol
 /// violations that end the session (`io::ErrorKind::InvalidData`); option
 /// errors the client can recover from are answered and the loop goes on.
-pub(crate) fn negotiate<R: Read, W: Write>(
-    r: &mut R,
-    w: &mut W,
-    spec: &ExportSpec<'_>,
-) -> io::Result<Outcome> {
+pub(crate) fn negotiate<R: Read, W: Write>(r: &mut R, w: &mut W, spec: &ExportSpec<'_>) -> io::Result<Outcome> {
     w.write_all(&proto::greeting())?;
     let mut flags = [0u8; 4];
     r.read_exact(&mut flags)?;
@@ -98,17 +94,9 @@ pub(crate) fn negotiate<R: Read, W: Write>(
 
         if (spec.shutting_down)() {
             if option == proto::NBD_OPT_EXPORT_NAME {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "server is shutting down",
-                ));
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "server is shutting down"));
             }
-            proto::put_option_reply(
-                &mut out,
-                option,
-                proto::NBD_REP_ERR_SHUTDOWN,
-                b"server is shutting down",
-            );
+            proto::put_option_reply(&mut out, option, proto::NBD_REP_ERR_SHUTDOWN, b"server is shutting down");
             w.write_all(&out)?;
             continue;
         }
@@ -116,12 +104,7 @@ pub(crate) fn negotiate<R: Read, W: Write>(
         let request = match proto::parse_option(option, &data) {
             Ok(request) => request,
             Err(e) => {
-                proto::put_option_reply(
-                    &mut out,
-                    option,
-                    proto::NBD_REP_ERR_INVALID,
-                    e.to_string().as_bytes(),
-                );
+                proto::put_option_reply(&mut out, option, proto::NBD_REP_ERR_INVALID, e.to_string().as_bytes());
                 w.write_all(&out)?;
                 continue;
             }
@@ -131,16 +114,12 @@ pub(crate) fn negotiate<R: Read, W: Write>(
                 if !spec.matches(name) {
                     return Err(protocol_error(format!(
                         "NBD_OPT_EXPORT_NAME for unknown export {:?} (this server exports {:?})",
-                        String::from_utf8_lossy(name),
+                        clip(&String::from_utf8_lossy(name)),
                         spec.name
                     )));
                 }
                 let size = spec.export.size();
-                w.write_all(&proto::export_name_reply(
-                    size,
-                    proto::SERVER_TRANSMISSION_FLAGS,
-                    client.no_zeroes,
-                ))?;
+                w.write_all(&proto::export_name_reply(size, proto::SERVER_TRANSMISSION_FLAGS, client.no_zeroes))?;
                 return Ok(Outcome::Transmission { size });
             }
             OptionRequest::Abort => {
@@ -167,21 +146,12 @@ pub(crate) fn negotiate<R: Read, W: Write>(
             }
             OptionRequest::Info(ref info) | OptionRequest::Go(ref info) => {
                 if !spec.matches(info.name.as_bytes()) {
-                    let msg = format!(
-                        "unknown export {:?}; this server exports {:?}",
-                        info.name, spec.name
-                    );
-                    proto::put_option_reply(
-                        &mut out,
-                        option,
-                        proto::NBD_REP_ERR_UNKNOWN,
-                        msg.as_bytes(),
-                    );
+                    let msg = format!("unknown export {:?}; this server exports {:?}", clip(info.name), spec.name);
+                    proto::put_option_reply(&mut out, option, proto::NBD_REP_ERR_UNKNOWN, msg.as_bytes());
                 } else {
                     let size = spec.export.size();
                     let sizes = proto::BlockSizes::for_export(spec.export.preferred_block_size());
-                    let export_info =
-                        proto::info_export_payload(size, proto::SERVER_TRANSMISSION_FLAGS);
+                    let export_info = proto::info_export_payload(size, proto::SERVER_TRANSMISSION_FLAGS);
                     proto::put_option_reply(&mut out, option, proto::NBD_REP_INFO, &export_info);
                     // Sent whether asked or not, as qemu-nbd does: the
                     // constraints are the spec's defaults or looser.
@@ -199,15 +169,22 @@ pub(crate) fn negotiate<R: Read, W: Write>(
                 }
             }
             OptionRequest::Unsupported(opt) => {
-                let msg = format!(
-                    "{} ({opt}) is not supported by this server",
-                    proto::option_name(opt)
-                );
+                let msg = format!("{} ({opt}) is not supported by this server", proto::option_name(opt));
                 proto::put_option_reply(&mut out, option, proto::NBD_REP_ERR_UNSUP, msg.as_bytes());
             }
         }
         w.write_all(&out)?;
     }
+}
+
+/// At most the first 256 bytes of a client-supplied string, so that messages
+/// quoting it stay well within the spec's 4096-byte limit for strings.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(256);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Read and drop `len` bytes.

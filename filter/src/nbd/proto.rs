@@ -368,10 +368,7 @@ pub fn parse_option_header(buf: &[u8; OPTION_HEADER_LEN]) -> Result<OptionHeader
     if magic != IHAVEOPT {
         return Err(ProtoError::BadOptionMagic { got: magic });
     }
-    Ok(OptionHeader {
-        option: be_u32(buf, 8),
-        length: be_u32(buf, 12),
-    })
+    Ok(OptionHeader { option: be_u32(buf, 8), length: be_u32(buf, 12) })
 }
 
 /// Serialize an option request header (the client's side; tests and fuzzing).
@@ -426,11 +423,7 @@ pub fn parse_option(option: u32, data: &[u8]) -> Result<OptionRequest<'_>, Proto
         NBD_OPT_STARTTLS => Err(malformed("it takes no data")),
         NBD_OPT_INFO | NBD_OPT_GO => {
             let info = parse_info_request(data).map_err(malformed)?;
-            Ok(if option == NBD_OPT_GO {
-                OptionRequest::Go(info)
-            } else {
-                OptionRequest::Info(info)
-            })
+            Ok(if option == NBD_OPT_GO { OptionRequest::Go(info) } else { OptionRequest::Info(info) })
         }
         other => Ok(OptionRequest::Unsupported(other)),
     }
@@ -457,10 +450,7 @@ fn parse_info_request(data: &[u8]) -> Result<InfoRequest<'_>, &'static str> {
     if name.contains('\0') {
         return Err("export name contains NUL");
     }
-    let requests = rest
-        .chunks_exact(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-        .collect();
+    let requests = rest.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
     Ok(InfoRequest { name, requests })
 }
 
@@ -498,18 +488,12 @@ pub struct OptionReplyHeader {
 }
 
 /// Parse an option reply header (client side; tests and fuzzing).
-pub fn parse_option_reply_header(
-    buf: &[u8; OPTION_REPLY_HEADER_LEN],
-) -> Result<OptionReplyHeader, ProtoError> {
+pub fn parse_option_reply_header(buf: &[u8; OPTION_REPLY_HEADER_LEN]) -> Result<OptionReplyHeader, ProtoError> {
     let magic = be_u64(buf, 0);
     if magic != NBD_OPTION_REPLY_MAGIC {
         return Err(ProtoError::BadReplyMagic { got: magic });
     }
-    Ok(OptionReplyHeader {
-        option: be_u32(buf, 8),
-        reply_type: be_u32(buf, 12),
-        length: be_u32(buf, 16),
-    })
+    Ok(OptionReplyHeader { option: be_u32(buf, 8), reply_type: be_u32(buf, 12), length: be_u32(buf, 16) })
 }
 
 /// Payload of `NBD_REP_SERVER`: the name, then an optional description.
@@ -556,11 +540,7 @@ impl BlockSizes {
     /// within 512 B..=2 MiB, maximum [`MAX_BLOCK_SIZE`].
     pub fn for_export(preferred: u32) -> BlockSizes {
         let preferred = preferred.clamp(512, 2 * 1024 * 1024).next_power_of_two();
-        BlockSizes {
-            minimum: MIN_BLOCK_SIZE,
-            preferred,
-            maximum: MAX_BLOCK_SIZE,
-        }
+        BlockSizes { minimum: MIN_BLOCK_SIZE, preferred, maximum: MAX_BLOCK_SIZE }
     }
 }
 
@@ -771,10 +751,7 @@ pub fn check_request(r: &Request, export_size: u64) -> Result<Op, Errno> {
     if r.flags & !allowed != 0 {
         return Err(Errno::Inval);
     }
-    let in_range = r
-        .offset
-        .checked_add(u64::from(r.length))
-        .is_some_and(|end| end <= export_size);
+    let in_range = r.offset.checked_add(u64::from(r.length)).is_some_and(|end| end <= export_size);
     let (offset, len) = (r.offset, r.length);
     match r.command {
         Command::Read if len > MAX_BLOCK_SIZE || !in_range => Err(Errno::Inval),
@@ -786,15 +763,8 @@ pub fn check_request(r: &Request, export_size: u64) -> Result<Op, Errno> {
         Command::Trim if !in_range => Err(Errno::Inval),
         Command::Trim => Ok(Op::Trim { offset, len, fua }),
         Command::WriteZeroes if !in_range => Err(Errno::NoSpc),
-        Command::WriteZeroes => Ok(Op::WriteZeroes {
-            offset,
-            len,
-            may_trim: r.flags & NBD_CMD_FLAG_NO_HOLE == 0,
-            fua,
-        }),
-        Command::Disc | Command::Cache | Command::BlockStatus | Command::Unknown(_) => {
-            Err(Errno::Inval)
-        }
+        Command::WriteZeroes => Ok(Op::WriteZeroes { offset, len, may_trim: r.flags & NBD_CMD_FLAG_NO_HOLE == 0, fua }),
+        Command::Disc | Command::Cache | Command::BlockStatus | Command::Unknown(_) => Err(Errno::Inval),
     }
 }
 
@@ -820,14 +790,9 @@ pub struct SimpleReply {
 pub fn parse_simple_reply(buf: &[u8; SIMPLE_REPLY_LEN]) -> Result<SimpleReply, ProtoError> {
     let magic = be_u32(buf, 0);
     if magic != NBD_SIMPLE_REPLY_MAGIC {
-        return Err(ProtoError::BadReplyMagic {
-            got: u64::from(magic),
-        });
+        return Err(ProtoError::BadReplyMagic { got: u64::from(magic) });
     }
-    Ok(SimpleReply {
-        error: be_u32(buf, 4),
-        cookie: be_u64(buf, 8),
-    })
+    Ok(SimpleReply { error: be_u32(buf, 4), cookie: be_u64(buf, 8) })
 }
 
 /// Run every parser on `data` the way the fuzz targets do, checking that each
@@ -836,22 +801,13 @@ pub fn parse_simple_reply(buf: &[u8; SIMPLE_REPLY_LEN]) -> Result<SimpleReply, P
 /// does not hold), which is what the fuzzer looks for.
 pub fn fuzz_request_bytes(data: &[u8]) -> usize {
     let mut accepted = 0;
-    if let Some(hdr) = data
-        .get(..REQUEST_HEADER_LEN)
-        .and_then(|b| <&[u8; REQUEST_HEADER_LEN]>::try_from(b).ok())
-    {
+    if let Some(hdr) = data.get(..REQUEST_HEADER_LEN).and_then(|b| <&[u8; REQUEST_HEADER_LEN]>::try_from(b).ok()) {
         if let Ok(req) = parse_request_header(hdr) {
             accepted += 1;
-            assert_eq!(
-                &serialize_request_header(&req),
-                hdr,
-                "request header round trip"
-            );
-            let size = data.get(REQUEST_HEADER_LEN..).map_or(0, |rest| {
-                rest.iter()
-                    .take(8)
-                    .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-            });
+            assert_eq!(&serialize_request_header(&req), hdr, "request header round trip");
+            let size = data
+                .get(REQUEST_HEADER_LEN..)
+                .map_or(0, |rest| rest.iter().take(8).fold(0u64, |acc, b| (acc << 8) | u64::from(*b)));
             if let Ok(op) = check_request(&req, size) {
                 let (offset, len) = match op {
                     Op::Read { offset, len }
@@ -862,25 +818,16 @@ pub fn fuzz_request_bytes(data: &[u8]) -> usize {
                 };
                 assert!(
                     matches!(op, Op::Disc | Op::Flush)
-                        || offset
-                            .checked_add(u64::from(len))
-                            .is_some_and(|end| end <= size),
+                        || offset.checked_add(u64::from(len)).is_some_and(|end| end <= size),
                     "accepted an out-of-range request"
                 );
             }
         }
     }
-    if let Some(hdr) = data
-        .get(..SIMPLE_REPLY_LEN)
-        .and_then(|b| <&[u8; SIMPLE_REPLY_LEN]>::try_from(b).ok())
-    {
+    if let Some(hdr) = data.get(..SIMPLE_REPLY_LEN).and_then(|b| <&[u8; SIMPLE_REPLY_LEN]>::try_from(b).ok()) {
         if let Ok(reply) = parse_simple_reply(hdr) {
             accepted += 1;
-            assert_eq!(
-                &simple_reply(reply.error, reply.cookie),
-                hdr,
-                "simple reply round trip"
-            );
+            assert_eq!(&simple_reply(reply.error, reply.cookie), hdr, "simple reply round trip");
         }
     }
     accepted
@@ -897,17 +844,10 @@ pub fn fuzz_option_bytes(data: &[u8]) -> bool {
             assert_eq!(back.to_be_bytes(), *flags, "client flags round trip");
         }
     }
-    let option = match data
-        .get(..OPTION_HEADER_LEN)
-        .and_then(|b| <&[u8; OPTION_HEADER_LEN]>::try_from(b).ok())
-    {
+    let option = match data.get(..OPTION_HEADER_LEN).and_then(|b| <&[u8; OPTION_HEADER_LEN]>::try_from(b).ok()) {
         Some(hdr) => match parse_option_header(hdr) {
             Ok(h) => {
-                assert_eq!(
-                    &serialize_option_header(&h),
-                    hdr,
-                    "option header round trip"
-                );
+                assert_eq!(&serialize_option_header(&h), hdr, "option header round trip");
                 h.option
             }
             Err(_) => be_u32(hdr, 0) % 16,
@@ -917,11 +857,7 @@ pub fn fuzz_option_bytes(data: &[u8]) -> bool {
     let body = &data[OPTION_HEADER_LEN..];
     match parse_option(option, body) {
         Ok(OptionRequest::Info(info) | OptionRequest::Go(info)) => {
-            assert_eq!(
-                serialize_info_request(info.name.as_bytes(), &info.requests),
-                body,
-                "info round trip"
-            );
+            assert_eq!(serialize_info_request(info.name.as_bytes(), &info.requests), body, "info round trip");
             true
         }
         Ok(_) => true,

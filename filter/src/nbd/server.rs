@@ -2,10 +2,13 @@
 //!
 //! Shutdown: [`ShutdownHandle::shutdown`] marks the server as stopping and
 //! shuts down the read side of every open connection, so each reader sees EOF
-//! (after any requests already buffered, which get `NBD_ESHUTDOWN`), its
+//! (requests it had read but not yet started get `NBD_ESHUTDOWN`), its
 //! in-flight requests finish and their replies go out, and the connection
 //! closes. [`Server::run`] then wakes its accept threads by connecting to its
-//! own listeners, and returns once every connection thread has finished.
+//! own listeners, and returns once every connection thread has finished. A
+//! client that stops reading replies cannot hold that up for more than the
+//! shutdown grace ([`Server::with_shutdown_grace`]): its socket is then shut down entirely so the blocked reply
+//! fails, while its export calls still complete.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,15 +20,18 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::handshake::{self, ExportSpec, Outcome};
 use super::{proto, transmission, Export};
 
 /// Size of each connection's read buffer: many small requests per `read`.
 const READ_BUFFER: usize = 128 * 1024;
+/// How long [`Server::run`] lets connections drain after shutdown before it
+/// shuts their sockets down entirely, unless [`Server::with_shutdown_grace`].
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -57,10 +63,7 @@ impl FromStr for Listen {
     type Err = ParseListenError;
 
     fn from_str(s: &str) -> Result<Listen, ParseListenError> {
-        let err = |reason| ParseListenError {
-            given: s.to_owned(),
-            reason,
-        };
+        let err = |reason| ParseListenError { given: s.to_owned(), reason };
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(err("the socket path is empty"));
@@ -72,8 +75,7 @@ impl FromStr for Listen {
             if host.is_empty() {
                 return Err(err("the host is empty"));
             }
-            port.parse::<u16>()
-                .map_err(|_| err("the port is not a number from 0 to 65535"))?;
+            port.parse::<u16>().map_err(|_| err("the port is not a number from 0 to 65535"))?;
             return Ok(Listen::Tcp(addr.to_owned()));
         }
         Err(err("unknown scheme"))
@@ -173,10 +175,7 @@ struct UnixSocketFile {
 
 impl Drop for UnixSocketFile {
     fn drop(&mut self) {
-        let same = fs::symlink_metadata(&self.path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()))
-            == self.ino;
+        let same = fs::symlink_metadata(&self.path).ok().map(|m| (m.dev(), m.ino())) == self.ino;
         if same && self.ino.is_some() {
             let _ = fs::remove_file(&self.path);
         }
@@ -209,18 +208,19 @@ impl Listener {
             Listener::Tcp(t) => {
                 let (s, peer) = t.accept()?;
                 // Replies are written whole; never hold one back for Nagle.
-                s.set_nodelay(true)?;
+                let _ = s.set_nodelay(true);
                 Ok((Socket::Tcp(s), format!("tcp:{peer}")))
             }
         }
     }
 }
 
-/// State shared by the server, its accept threads, its connections and every
-/// [`ShutdownHandle`].
-struct Shared {
-    name: String,
-    export: Arc<dyn Export>,
+/// What the server, its accept threads, its connections and every
+/// [`ShutdownHandle`] share. It holds no reference to the export: once
+/// [`Server::run`] returns, nothing of the server keeps the export alive (the
+/// caller may `Arc::try_unwrap` it), even while a handle lives on.
+struct Control {
+    name: Arc<str>,
     stopping: AtomicBool,
     registry: Mutex<Registry>,
     changed: Condvar,
@@ -233,7 +233,7 @@ struct Registry {
     connections: HashMap<u64, Arc<Socket>>,
 }
 
-impl Shared {
+impl Control {
     /// Record a new connection, unless the server is stopping.
     fn register(&self, id: u64, sock: &Arc<Socket>) -> bool {
         let mut reg = lock(&self.registry);
@@ -254,20 +254,20 @@ impl Shared {
 /// An NBD server for one export (see the [module docs](super)).
 pub struct Server {
     listeners: Vec<Listener>,
-    shared: Arc<Shared>,
+    control: Arc<Control>,
+    export: Arc<dyn Export>,
+    grace: Duration,
 }
 
 /// Stops a [`Server`] from any thread.
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    shared: Arc<Shared>,
+    control: Arc<Control>,
 }
 
 impl fmt::Debug for ShutdownHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShutdownHandle")
-            .field("export", &self.shared.name)
-            .finish()
+        f.debug_struct("ShutdownHandle").field("export", &self.control.name).finish()
     }
 }
 
@@ -276,30 +276,27 @@ impl ShutdownHandle {
     /// in-flight requests and close. Returns at once; [`Server::run`] returns
     /// when all of that is done. Calling it again does nothing.
     pub fn shutdown(&self) {
-        let mut reg = lock(&self.shared.registry);
+        let mut reg = lock(&self.control.registry);
         if reg.stopping {
             return;
         }
         reg.stopping = true;
-        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.control.stopping.store(true, Ordering::SeqCst);
         for sock in reg.connections.values() {
             let _ = sock.shutdown(Shutdown::Read);
         }
-        self.shared.changed.notify_all();
+        self.control.changed.notify_all();
     }
 
     /// True once [`ShutdownHandle::shutdown`] has been called.
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.stopping.load(Ordering::SeqCst)
+        self.control.stopping.load(Ordering::SeqCst)
     }
 }
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server")
-            .field("export", &self.shared.name)
-            .field("addrs", &self.local_addrs())
-            .finish()
+        f.debug_struct("Server").field("export", &self.control.name).field("addrs", &self.local_addrs()).finish()
     }
 }
 
@@ -310,10 +307,7 @@ impl Server {
     /// file that is not a socket, is an error. Errors name the address.
     pub fn bind(listens: &[Listen], name: &str, export: Arc<dyn Export>) -> io::Result<Server> {
         if listens.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no listen address given for the NBD server",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listen address given for the NBD server"));
         }
         if name.len() > proto::MAX_STRING_LEN || name.contains('\0') {
             return Err(io::Error::new(
@@ -327,19 +321,17 @@ impl Server {
                 Listen::Unix(path) => bind_unix(path).map(Listener::Unix),
                 Listen::Tcp(addr) => TcpListener::bind(addr.as_str()).map(Listener::Tcp),
             };
-            let listener = bound
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+            let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
             listeners.push(listener);
         }
-        let shared = Arc::new(Shared {
-            name: name.to_owned(),
-            export,
+        let control = Arc::new(Control {
+            name: Arc::from(name),
             stopping: AtomicBool::new(false),
             registry: Mutex::new(Registry::default()),
             changed: Condvar::new(),
             next_id: AtomicU64::new(1),
         });
-        Ok(Server { listeners, shared })
+        Ok(Server { listeners, control, export, grace: SHUTDOWN_GRACE })
     }
 
     /// The addresses the server is bound to, in the order given to [`Server::bind`].
@@ -347,49 +339,52 @@ impl Server {
         self.listeners.iter().map(Listener::local_addr).collect()
     }
 
+    /// How long [`Server::run`] lets connections drain after shutdown before
+    /// closing the sockets of clients that do not read their replies
+    /// (default 10 s). Their in-flight requests finish either way.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Server {
+        self.grace = grace;
+        self
+    }
+
     /// A handle that stops the server from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            shared: Arc::clone(&self.shared),
-        }
+        ShutdownHandle { control: Arc::clone(&self.control) }
     }
 
     /// Accept and serve connections until [`ShutdownHandle::shutdown`]. Returns
     /// only after every connection has finished its in-flight requests (every
     /// write it accepted has returned from the export) and closed, so the
-    /// caller may then mark its state clean. Unix socket files are removed.
+    /// caller may then mark its state clean. A connection whose client does
+    /// not read its replies has its socket closed once the shutdown grace
+    /// has passed (its requests still finish). Unix socket files are removed.
     pub fn run(self) -> io::Result<()> {
-        let Server { listeners, shared } = self;
+        let Server { listeners, control, export, grace } = self;
+        // Accept threads hold the export weakly: one that could not be woken
+        // at shutdown must not keep it alive after run() returns.
+        let weak_export = Arc::downgrade(&export);
         let mut accepters: Vec<(LocalAddr, JoinHandle<()>)> = Vec::new();
         let mut spawn_error = None;
         for listener in listeners {
             let addr = listener.local_addr();
-            let shared_for_thread = Arc::clone(&shared);
+            let control_for_thread = Arc::clone(&control);
+            let export_for_thread = Weak::clone(&weak_export);
             let spawned = thread::Builder::new()
                 .name("nbd-accept".to_owned())
-                .spawn(move || accept_loop(&listener, &shared_for_thread));
+                .spawn(move || accept_loop(&listener, &control_for_thread, &export_for_thread));
             match spawned {
                 Ok(handle) => accepters.push((addr, handle)),
                 Err(e) => {
-                    spawn_error = Some(io::Error::new(
-                        e.kind(),
-                        format!("cannot start the NBD accept thread for {addr}: {e}"),
-                    ));
-                    ShutdownHandle {
-                        shared: Arc::clone(&shared),
-                    }
-                    .shutdown();
+                    spawn_error =
+                        Some(io::Error::new(e.kind(), format!("cannot start the NBD accept thread for {addr}: {e}")));
+                    ShutdownHandle { control: Arc::clone(&control) }.shutdown();
                     break;
                 }
             }
         }
-        for addr in accepters.iter().map(|(a, _)| a) {
-            eprintln!("nbd: serving {:?} on {addr}", shared.name);
-        }
-
-        let mut reg = lock(&shared.registry);
+        let mut reg = lock(&control.registry);
         while !reg.stopping {
-            reg = shared.changed.wait(reg).unwrap_or_else(|p| p.into_inner());
+            reg = control.changed.wait(reg).unwrap_or_else(|p| p.into_inner());
         }
         drop(reg);
 
@@ -404,12 +399,31 @@ impl Server {
             }
         }
 
-        let mut reg = lock(&shared.registry);
+        // Connections finish their in-flight requests and close. One whose
+        // client stopped reading replies could block in a write forever: after
+        // a grace period its socket is shut down entirely, which fails the
+        // write; its export calls still run to completion before it ends.
+        let deadline = Instant::now() + grace;
+        let mut reg = lock(&control.registry);
+        let mut forced = false;
         while !reg.connections.is_empty() {
-            reg = shared.changed.wait(reg).unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if now >= deadline && !forced {
+                eprintln!(
+                    "nbd: {} connection(s) still busy {:?} after shutdown; closing their sockets",
+                    reg.connections.len(),
+                    grace
+                );
+                for sock in reg.connections.values() {
+                    let _ = sock.shutdown(Shutdown::Both);
+                }
+                forced = true;
+            }
+            let wait = if forced { Duration::from_secs(3600) } else { deadline - now };
+            reg = control.changed.wait_timeout(reg, wait).unwrap_or_else(|p| p.into_inner()).0;
         }
         drop(reg);
-        eprintln!("nbd: server for {:?} stopped", shared.name);
+        drop(export);
         spawn_error.map_or(Ok(()), Err)
     }
 }
@@ -426,10 +440,7 @@ fn bind_unix(path: &Path) -> io::Result<UnixSocketFile> {
                 ));
             }
             if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another server is listening on this socket",
-                ));
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, "another server is listening on this socket"));
             }
             fs::remove_file(path)?;
             UnixListener::bind(path)?
@@ -437,11 +448,7 @@ fn bind_unix(path: &Path) -> io::Result<UnixSocketFile> {
         Err(e) => return Err(e),
     };
     let ino = fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
-    Ok(UnixSocketFile {
-        listener,
-        path: path.to_owned(),
-        ino,
-    })
+    Ok(UnixSocketFile { listener, path: path.to_owned(), ino })
 }
 
 /// Connect to our own listener so its blocked `accept` returns.
@@ -463,11 +470,11 @@ fn wake(addr: &LocalAddr) -> io::Result<()> {
     }
 }
 
-fn accept_loop(listener: &Listener, shared: &Arc<Shared>) {
+fn accept_loop(listener: &Listener, control: &Arc<Control>, export: &Weak<dyn Export>) {
     let mut failures = 0u32;
     loop {
         let accepted = listener.accept();
-        if shared.stopping.load(Ordering::SeqCst) {
+        if control.stopping.load(Ordering::SeqCst) {
             return;
         }
         let (sock, peer) = match accepted {
@@ -485,50 +492,49 @@ fn accept_loop(listener: &Listener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let Some(export) = export.upgrade() else { return };
+        let id = control.next_id.fetch_add(1, Ordering::Relaxed);
         let sock = Arc::new(sock);
-        if !shared.register(id, &sock) {
+        if !control.register(id, &sock) {
             return;
         }
-        let shared_for_thread = Arc::clone(shared);
-        let spawned = thread::Builder::new()
-            .name(format!("nbd-conn-{id}"))
-            .spawn(move || serve_connection(id, sock, &peer, &shared_for_thread));
+        let registration = Registration { control: Arc::clone(control), id };
+        let spawned = thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {
+            // The export is dropped inside serve_connection, before the
+            // registration: run() never returns while a connection thread
+            // still holds it.
+            serve_connection(id, sock, &peer, export, &registration.control);
+            drop(registration);
+        });
         if let Err(e) = spawned {
+            // the closure, and with it the registration, is dropped
             eprintln!("nbd: cannot start a thread for connection {id}: {e}; dropping it");
-            shared.unregister(id);
         }
     }
 }
 
-/// Unregisters a connection when its thread ends, however it ends.
-struct Registration<'a> {
-    shared: &'a Shared,
+/// Unregisters a connection when dropped, however its thread ends.
+struct Registration {
+    control: Arc<Control>,
     id: u64,
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
-        self.shared.unregister(self.id);
+        self.control.unregister(self.id);
     }
 }
 
-fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, shared: &Shared) {
-    let _registration = Registration { shared, id };
-    let label = format!("nbd[{id}]");
+fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, export: Arc<dyn Export>, control: &Control) {
+    let label = format!("nbd[{}#{id}]", control.name);
     eprintln!("{label}: connection from {peer}");
-    let stopping = || shared.stopping.load(Ordering::SeqCst);
+    let stopping = || control.stopping.load(Ordering::SeqCst);
     let mut reader = BufReader::with_capacity(READ_BUFFER, &*sock);
-    let spec = ExportSpec {
-        name: &shared.name,
-        export: &*shared.export,
-        shutting_down: &stopping,
-    };
+    let spec = ExportSpec { name: &control.name, export: &*export, shutting_down: &stopping };
     let outcome = handshake::negotiate(&mut reader, &mut &*sock, &spec);
     match outcome {
         Ok(Outcome::Transmission { size }) => {
-            let ending =
-                transmission::serve(&sock, &mut reader, &*shared.export, size, &stopping, &label);
+            let ending = transmission::serve(&sock, &mut reader, &*export, size, &stopping, &label);
             let ending = match ending {
                 transmission::Ending::Eof if stopping() => "closed for server shutdown".to_owned(),
                 other => other.to_string(),
@@ -536,9 +542,7 @@ fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, shared: &Shared) {
             eprintln!("{label}: {ending}");
         }
         Ok(Outcome::Aborted) => eprintln!("{label}: client ended the handshake (NBD_OPT_ABORT)"),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            eprintln!("{label}: client left during the handshake")
-        }
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => eprintln!("{label}: client left during the handshake"),
         Err(e) => eprintln!("{label}: handshake failed: {e}"),
     }
     let _ = sock.shutdown(Shutdown::Both);

@@ -178,19 +178,14 @@ pub(crate) fn serve(
         let mut workers = 0;
         for i in 0..WORKERS_PER_CONNECTION {
             let conn = &conn;
-            let spawned = thread::Builder::new()
-                .name(format!("nbd-worker-{i}"))
-                .spawn_scoped(scope, move || conn.work_loop());
+            let spawned =
+                thread::Builder::new().name(format!("nbd-worker-{i}")).spawn_scoped(scope, move || conn.work_loop());
             match spawned {
                 Ok(_) => workers += 1,
                 Err(e) => eprintln!("{label}: cannot start worker thread: {e}"),
             }
         }
-        let ending = if workers == 0 {
-            Ending::Broken
-        } else {
-            conn.read_loop(reader, size, shutting_down)
-        };
+        let ending = if workers == 0 { Ending::Broken } else { conn.read_loop(reader, size, shutting_down) };
         let mut q = lock(&conn.queue);
         q.closing = true;
         conn.work.notify_all();
@@ -201,12 +196,7 @@ pub(crate) fn serve(
 }
 
 impl Conn<'_> {
-    fn read_loop(
-        &self,
-        reader: &mut BufReader<&Socket>,
-        size: u64,
-        shutting_down: &dyn Fn() -> bool,
-    ) -> Ending {
+    fn read_loop(&self, reader: &mut BufReader<&Socket>, size: u64, shutting_down: &dyn Fn() -> bool) -> Ending {
         let mut hdr = [0u8; proto::REQUEST_HEADER_LEN];
         loop {
             if self.broken.load(Ordering::Relaxed) {
@@ -214,6 +204,7 @@ impl Conn<'_> {
             }
             match read_header(reader, &mut hdr) {
                 Ok(true) => {}
+                Ok(false) if self.broken.load(Ordering::Relaxed) => return Ending::Broken,
                 Ok(false) => return Ending::Eof,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ending::Truncated,
                 Err(_) if self.broken.load(Ordering::Relaxed) => return Ending::Broken,
@@ -227,9 +218,7 @@ impl Conn<'_> {
                 Ok(Op::Disc) => return Ending::Disconnect,
                 Ok(op) => {
                     let cost = match op {
-                        Op::Read { len, .. } | Op::Write { len, .. } => {
-                            usize::try_from(len).unwrap_or(usize::MAX)
-                        }
+                        Op::Read { len, .. } | Op::Write { len, .. } => usize::try_from(len).unwrap_or(usize::MAX),
                         _ => 0,
                     };
                     // Wait for room first, then look at the shutdown flag:
@@ -273,12 +262,7 @@ impl Conn<'_> {
                 None
             };
             let mut q = lock(&self.queue);
-            q.jobs.push_back(Job {
-                cookie: req.cookie,
-                op,
-                payload,
-                cost,
-            });
+            q.jobs.push_back(Job { cookie: req.cookie, op, payload, cost });
             if q.idle_workers > 0 {
                 self.work.notify_one();
             }
@@ -289,9 +273,7 @@ impl Conn<'_> {
     /// bytes, then charge it.
     fn reserve(&self, cost: usize) {
         let mut q = lock(&self.queue);
-        while q.in_flight >= MAX_IN_FLIGHT
-            || (q.in_flight > 0 && q.in_flight_bytes + cost > MAX_IN_FLIGHT_BYTES)
-        {
+        while q.in_flight >= MAX_IN_FLIGHT || (q.in_flight > 0 && q.in_flight_bytes + cost > MAX_IN_FLIGHT_BYTES) {
             q.reader_waiting = true;
             q = self.room.wait(q).unwrap_or_else(|p| p.into_inner());
         }
@@ -334,23 +316,13 @@ impl Conn<'_> {
     }
 
     fn execute(&self, job: Job) {
-        let Job {
-            cookie,
-            op,
-            payload,
-            ..
-        } = job;
+        let Job { cookie, op, payload, .. } = job;
         match op {
             Op::Read { offset, len } => {
                 let len = usize::try_from(len).unwrap_or(usize::MAX);
                 let mut buf = self.pool.get(len);
-                let result = self.call(&op, || {
-                    if len == 0 {
-                        Ok(())
-                    } else {
-                        self.export.read_at(&mut buf[..len], offset)
-                    }
-                });
+                let result =
+                    self.call(&op, || if len == 0 { Ok(()) } else { self.export.read_at(&mut buf[..len], offset) });
                 match result {
                     Ok(()) => self.send(&proto::simple_reply(0, cookie), &buf[..len]),
                     Err(Some(errno)) => self.send(&proto::simple_reply(errno.wire(), cookie), &[]),
@@ -361,13 +333,8 @@ impl Conn<'_> {
             Op::Write { offset, len, fua } => {
                 let buf = payload.unwrap_or_default();
                 let len = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
-                let result = self.call(&op, || {
-                    if len == 0 {
-                        Ok(())
-                    } else {
-                        self.export.write_at(&buf[..len], offset, fua)
-                    }
-                });
+                let result =
+                    self.call(&op, || if len == 0 { Ok(()) } else { self.export.write_at(&buf[..len], offset, fua) });
                 self.reply(cookie, result);
                 self.pool.put(buf);
             }
@@ -376,27 +343,16 @@ impl Conn<'_> {
                 self.reply(cookie, result);
             }
             Op::Trim { offset, len, fua } => {
-                let result = self.call(&op, || {
-                    if len == 0 {
-                        Ok(())
-                    } else {
-                        self.export.trim(offset, u64::from(len), fua)
-                    }
-                });
+                let result =
+                    self.call(&op, || if len == 0 { Ok(()) } else { self.export.trim(offset, u64::from(len), fua) });
                 self.reply(cookie, result);
             }
-            Op::WriteZeroes {
-                offset,
-                len,
-                may_trim,
-                fua,
-            } => {
+            Op::WriteZeroes { offset, len, may_trim, fua } => {
                 let result = self.call(&op, || {
                     if len == 0 {
                         Ok(())
                     } else {
-                        self.export
-                            .write_zeroes(offset, u64::from(len), may_trim, fua)
+                        self.export.write_zeroes(offset, u64::from(len), may_trim, fua)
                     }
                 });
                 self.reply(cookie, result);
@@ -413,18 +369,12 @@ impl Conn<'_> {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 if !self.export_error_logged.swap(true, Ordering::Relaxed) {
-                    eprintln!(
-                        "{}: {op:?} failed: {e} (further errors on this connection are not logged)",
-                        self.label
-                    );
+                    eprintln!("{}: {op:?} failed: {e} (further errors on this connection are not logged)", self.label);
                 }
                 Err(Some(Errno::from_io(&e)))
             }
             Err(_) => {
-                eprintln!(
-                    "{}: the export panicked during {op:?}; closing the connection",
-                    self.label
-                );
+                eprintln!("{}: the export panicked during {op:?}; closing the connection", self.label);
                 self.break_connection();
                 Err(None)
             }
@@ -448,10 +398,7 @@ impl Conn<'_> {
         let mut bufs = [IoSlice::new(header), IoSlice::new(data)];
         if let Err(e) = write_all_vectored(self.sock, &mut bufs) {
             if !self.broken.load(Ordering::Relaxed) {
-                eprintln!(
-                    "{}: cannot send a reply: {e}; closing the connection",
-                    self.label
-                );
+                eprintln!("{}: cannot send a reply: {e}; closing the connection", self.label);
             }
             self.break_connection();
         }
