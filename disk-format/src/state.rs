@@ -178,7 +178,7 @@ impl StateHeader {
         let mut b = [0u8; SLOT_SIZE];
         b[0..8].copy_from_slice(&STATE_MAGIC);
         put_u16(&mut b, 8, FORMAT_VERSION);
-        put_u16(&mut b, 10, SLOT_SIZE as u16);
+        put_u16(&mut b, 10, u16::try_from(SLOT_SIZE).expect("256 fits u16"));
         put_u32(&mut b, 12, self.flags.to_bits());
         put_u64(&mut b, 16, self.seq);
         put_u64(&mut b, 24, g.disk_size);

@@ -58,6 +58,10 @@ fn corrupt() -> Vec<(&'static str, Vec<u8>)> {
     let mut f = good.clone();
     f[HEADER_PAGE + 1] |= 0x80; // bit 15 of the live map: block 15 of an 11-block disk
     out.push(("bitmap-past-end.state", f));
+    let mut f = good.clone();
+    let cut_at = usize::try_from(g.cut_offset()).unwrap();
+    f[cut_at + 8 * 5] = 1; // a bit in padding word 5 of the cut map: block 320
+    out.push(("bitmap-padding-bit.state", f));
     out
 }
 

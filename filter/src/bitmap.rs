@@ -147,6 +147,7 @@ impl<'a> Bitmap<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test sizes are small
 mod tests {
     use super::*;
     use proptest::prelude::*;

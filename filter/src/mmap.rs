@@ -21,7 +21,7 @@ impl WordMap {
     /// Maps `len` bytes of `file` at `offset` (both multiples of the page size).
     pub(crate) fn map(file: &File, offset: u64, len: u64) -> io::Result<WordMap> {
         let len = usize::try_from(len).map_err(|_| io::Error::other("bitmap too large to map"))?;
-        assert!(offset % 4096 == 0 && len % 8 == 0, "bitmaps are page aligned");
+        assert!(offset.is_multiple_of(4096) && len.is_multiple_of(8), "bitmaps are page aligned");
         let map = MmapOptions::new().offset(offset).len(len).map_raw(file)?;
         Ok(WordMap { map, words: len / 8 })
     }

@@ -186,8 +186,11 @@ impl StateFile {
             words_per_map,
             opened: OpenReport { was_unclean: false, suspect: false, newly_suspect: false },
         };
-        for (which, bm) in [("live", sf.live()), ("cut", sf.cut())] {
-            if bm.first_bit_past_end().is_some() {
+        // Check the whole mapped region of each map, padding words included.
+        let words = sf.map.words();
+        let regions = [("live", &words[..words_per_map]), ("cut", &words[words_per_map..])];
+        for (which, region) in regions {
+            if Bitmap::new(region, g.block_count).first_bit_past_end().is_some() {
                 return Err(FilterError::BitmapOverflow { path: path.to_owned(), which, block_count: g.block_count });
             }
         }
@@ -301,18 +304,20 @@ impl StateFile {
         let (header, _) = read_header(path, &file)?;
         let g = header.geometry;
         let read_map = |offset: u64| -> Result<Vec<u64>, FilterError> {
-            let mut bytes = vec![0u8; g.words() * 8];
+            let mut bytes = vec![0u8; usize::try_from(g.bitmap_len).expect("bitmap fits in memory")];
             file.read_exact_at(&mut bytes, offset).map_err(FilterError::io("reading state file", path))?;
             Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
         };
-        let live = read_map(g.live_offset())?;
-        let cut = read_map(g.cut_offset())?;
+        let mut live = read_map(g.live_offset())?;
+        let mut cut = read_map(g.cut_offset())?;
         let last = g.words() - 1;
         for (which, m) in [("live", &live), ("cut", &cut)] {
-            if m[last] & !g.last_word_mask() != 0 {
+            if m[last] & !g.last_word_mask() != 0 || m[last + 1..].iter().any(|&w| w != 0) {
                 return Err(FilterError::BitmapOverflow { path: path.to_owned(), which, block_count: g.block_count });
             }
         }
+        live.truncate(g.words());
+        cut.truncate(g.words());
         let lost_pages = if header.flags.open {
             // Open in an earlier boot and never closed: the host went down.
             header.boot_id != current_boot_id()

@@ -1,6 +1,8 @@
 //! The cut and copy-before-write: a reader sees the disk exactly as it was at
 //! the cut while writers keep writing, and no write is ever lost from the maps.
 
+#![allow(clippy::cast_possible_truncation)] // test sizes are small
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,7 +119,7 @@ fn full_cut_is_crash_consistent_under_concurrent_writes() {
                 let (d, stop, acked, started) = (d.clone(), stop.clone(), acked.clone(), started.clone());
                 std::thread::spawn(move || {
                     let mut log = Vec::new();
-                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (w + 1) * (round + 7);
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ ((w + 1) * (round + 7));
                     let mut seq = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         x ^= x << 13;

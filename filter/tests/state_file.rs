@@ -1,6 +1,8 @@
 //! The state file at run time: clean and unclean shutdowns, suspect states,
 //! and refusal of damaged files (which must be left exactly as found).
 
+#![allow(clippy::cast_possible_truncation)] // test sizes are small
+
 use std::path::{Path, PathBuf};
 
 use disk_format::{Geometry, StateHeader, HEADER_PAGE};
@@ -133,7 +135,9 @@ fn a_resized_image_is_refused() {
 /// an error that names the file, and the file is not modified.
 #[test]
 fn corrupt_fixtures_are_refused_and_left_unchanged() {
-    let cases: [(&str, fn(&FilterError) -> bool); 5] = [
+    type Expect = fn(&FilterError) -> bool;
+    let cases: [(&str, Expect); 6] = [
+        ("bitmap-padding-bit.state", |e| matches!(e, FilterError::BitmapOverflow { which: "cut", .. })),
         ("bad-magic.state", |e| matches!(e, FilterError::Header { source: disk_format::HeaderError::BadMagic, .. })),
         ("both-slots-damaged.state", |e| matches!(e, FilterError::Header { .. })),
         ("header-only.state", |e| matches!(e, FilterError::Header { .. })),
