@@ -1,0 +1,91 @@
+//! The backend trait: a dumb, durable object store.
+
+use std::fmt;
+
+use crate::error::VaultError;
+
+/// What an object is; each kind has its own namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// The vault's configuration (one object, named `config`).
+    Config,
+    /// A pack of encrypted blocks, named by the hex of its content hash.
+    Pack,
+    /// A map page of a recovery point, named by the hex of its content hash.
+    Page,
+    /// A recovery point's root, named `DISK/SEQUENCE`.
+    Root,
+    /// Audit log segments.
+    Audit,
+}
+
+impl Kind {
+    /// Every kind, for listings and checks.
+    pub const ALL: [Kind; 5] = [Kind::Config, Kind::Pack, Kind::Page, Kind::Root, Kind::Audit];
+
+    /// The kind's directory or key prefix.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Kind::Config => "config",
+            Kind::Pack => "packs",
+            Kind::Page => "pages",
+            Kind::Root => "roots",
+            Kind::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+/// Checks an object name: one or more `/`-separated parts of
+/// `[A-Za-z0-9._-]`, none empty, `.` or `..`, none starting with `.`.
+pub fn check_name(name: &str) -> Result<(), VaultError> {
+    let bad = |why| Err(VaultError::BadName { name: name.to_string(), why });
+    if name.is_empty() || name.len() > 200 {
+        return bad("must be 1 to 200 characters");
+    }
+    for part in name.split('/') {
+        if part.is_empty() || part.starts_with('.') {
+            return bad("parts may not be empty or start with '.'");
+        }
+        if !part.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return bad("only letters, digits, '.', '_', '-' and '/' are allowed");
+        }
+    }
+    Ok(())
+}
+
+/// A store of whole objects, keyed by kind and name.
+///
+/// Contract (checked for every implementation by the conformance suite in
+/// `tests/conformance.rs`):
+/// - `put` is atomic and durable: when it returns, the whole object survives a
+///   crash of the host; before, a reader sees the old object or none, never a
+///   part. Putting an existing name replaces it atomically.
+/// - `get`/`get_range` return exactly the bytes put, or `NotFound`; a range
+///   past the end is `ShortObject`, never a short read.
+/// - `list` returns every name of a kind under a prefix, sorted; names of
+///   objects being written are never listed.
+/// - `delete` of a missing object is `NotFound`.
+/// - Names are checked with [`check_name`]; nothing escapes the vault.
+pub trait Backend: Send + Sync {
+    /// Stores `data` as the object `kind/name`, atomically and durably.
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError>;
+    /// Reads the whole object.
+    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError>;
+    /// Reads `len` bytes at `offset`.
+    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError>;
+    /// The object's size, or `None` if it does not exist.
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError>;
+    /// Names of all objects of `kind` whose name starts with `prefix`, sorted.
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError>;
+    /// Removes the object.
+    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError>;
+    /// Where the vault is, for messages (a path or URL, never a secret).
+    fn location(&self) -> String;
+}

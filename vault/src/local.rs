@@ -1,0 +1,210 @@
+//! The local directory backend: the embedded default vault, a directory that
+//! may be a mounted share at the recovery site.
+//!
+//! ```text
+//! DIR/config/config
+//! DIR/packs/ab/abcdef...     packs and pages fan out by the first two
+//! DIR/pages/ab/abcdef...     characters of their name
+//! DIR/roots/DISK/SEQUENCE
+//! DIR/audit/...
+//! DIR/tmp/                   objects being written (never listed)
+//! ```
+//!
+//! A put writes a temporary file, syncs it, renames it into place and syncs
+//! the directory, so an object is either whole and durable or absent.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::backend::{check_name, Backend, Kind};
+use crate::error::VaultError;
+
+/// A vault in a local directory.
+pub struct LocalBackend {
+    root: PathBuf,
+    tmp_seq: AtomicU64,
+}
+
+fn fans_out(kind: Kind) -> bool {
+    matches!(kind, Kind::Pack | Kind::Page)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), VaultError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(VaultError::io("syncing directory", dir))
+}
+
+impl LocalBackend {
+    /// Opens an existing vault directory (see `create` for a new one).
+    pub fn open(root: &Path) -> Result<LocalBackend, VaultError> {
+        let meta = fs::metadata(root).map_err(VaultError::io("opening vault directory", root))?;
+        if !meta.is_dir() {
+            return Err(VaultError::Io {
+                what: "opening vault directory",
+                path: root.to_owned(),
+                source: std::io::Error::new(ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        Ok(LocalBackend { root: root.to_owned(), tmp_seq: AtomicU64::new(0) })
+    }
+
+    /// Creates the vault directory (and its parents) if needed and opens it.
+    pub fn create(root: &Path) -> Result<LocalBackend, VaultError> {
+        fs::create_dir_all(root).map_err(VaultError::io("creating vault directory", root))?;
+        for kind in Kind::ALL {
+            let d = root.join(kind.prefix());
+            fs::create_dir_all(&d).map_err(VaultError::io("creating vault directory", &d))?;
+        }
+        fs::create_dir_all(root.join("tmp")).map_err(VaultError::io("creating vault directory", root))?;
+        sync_dir(root)?;
+        LocalBackend::open(root)
+    }
+
+    fn path(&self, kind: Kind, name: &str) -> Result<PathBuf, VaultError> {
+        check_name(name)?;
+        let dir = self.root.join(kind.prefix());
+        Ok(if fans_out(kind) {
+            if name.len() < 3 || name.contains('/') {
+                return Err(VaultError::BadName { name: name.into(), why: "pack and page names are single hex ids" });
+            }
+            dir.join(&name[..2]).join(name)
+        } else {
+            dir.join(name)
+        })
+    }
+
+    /// Creates `dir` and any missing parents below the vault root, syncing
+    /// each parent whose entries changed so the new directories are durable.
+    fn make_dirs(&self, dir: &Path) -> Result<(), VaultError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            if parent != self.root {
+                self.make_dirs(parent)?;
+            }
+            match fs::create_dir(dir) {
+                Ok(()) => sync_dir(parent)?,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(VaultError::Io { what: "creating vault directory", path: dir.into(), source: e }),
+            }
+        }
+        Ok(())
+    }
+
+    fn not_found(kind: Kind, name: &str) -> VaultError {
+        VaultError::NotFound { kind, name: name.to_string() }
+    }
+
+    fn open_object(&self, kind: Kind, name: &str) -> Result<(File, PathBuf), VaultError> {
+        let path = self.path(kind, name)?;
+        match File::open(&path) {
+            Ok(f) => Ok((f, path)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Self::not_found(kind, name)),
+            Err(e) => Err(VaultError::Io { what: "opening vault object", path, source: e }),
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        let path = self.path(kind, name)?;
+        let dir = path.parent().expect("object paths have a parent").to_owned();
+        self.make_dirs(&dir)?;
+        let tmp_dir = self.root.join("tmp");
+        self.make_dirs(&tmp_dir)?;
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = tmp_dir.join(format!("{}.{}.{seq}", std::process::id(), name.replace('/', "_")));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(VaultError::io("creating temporary vault object", &tmp))?;
+        let written = f.write_all(data).and_then(|()| f.sync_data());
+        drop(f);
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(VaultError::Io { what: "writing vault object", path: tmp, source: e });
+        }
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(VaultError::Io { what: "renaming vault object into place", path, source: e });
+        }
+        sync_dir(&dir)
+    }
+
+    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
+        let path = self.path(kind, name)?;
+        match fs::read(&path) {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Self::not_found(kind, name)),
+            Err(e) => Err(VaultError::Io { what: "reading vault object", path, source: e }),
+        }
+    }
+
+    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
+        let (f, path) = self.open_object(kind, name)?;
+        let size = f.metadata().map_err(VaultError::io("reading vault object", &path))?.len();
+        let end = offset.checked_add(len).unwrap_or(u64::MAX);
+        if end > size {
+            return Err(VaultError::ShortObject { kind, name: name.into(), size, offset, end });
+        }
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| VaultError::BadName { name: name.into(), why: "range too large" })?];
+        f.read_exact_at(&mut buf, offset).map_err(VaultError::io("reading vault object", &path))?;
+        Ok(buf)
+    }
+
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
+        let path = self.path(kind, name)?;
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(VaultError::Io { what: "reading vault object", path, source: e }),
+        }
+    }
+
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
+        let base = self.root.join(kind.prefix());
+        let mut out = Vec::new();
+        let mut stack = vec![(base.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(VaultError::Io { what: "listing vault directory", path: dir, source: e }),
+            };
+            for entry in entries {
+                let entry = entry.map_err(VaultError::io("listing vault directory", &dir))?;
+                let Some(file_name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                let ty = entry.file_type().map_err(VaultError::io("listing vault directory", entry.path()))?;
+                if ty.is_dir() {
+                    // Fan-out directories do not appear in names.
+                    let rel = if fans_out(kind) { rel.clone() } else { format!("{rel}{file_name}/") };
+                    stack.push((entry.path(), rel));
+                } else if ty.is_file() {
+                    let name = format!("{rel}{file_name}");
+                    if name.starts_with(prefix) && check_name(&name).is_ok() {
+                        out.push(name);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        let path = self.path(kind, name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().expect("object paths have a parent")),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Self::not_found(kind, name)),
+            Err(e) => Err(VaultError::Io { what: "deleting vault object", path, source: e }),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}

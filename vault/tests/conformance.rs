@@ -1,0 +1,99 @@
+//! The backend conformance suite: the contract of `vault::Backend`, run
+//! against every implementation (today the local directory; the receiver and
+//! object stores join when they exist).
+
+use vault::{Backend, Kind, LocalBackend, VaultError};
+
+fn suite(b: &dyn Backend) {
+    put_get_round_trip(b);
+    missing_objects(b);
+    ranges(b);
+    replace_is_whole(b);
+    listing(b);
+    names_cannot_escape(b);
+    kinds_are_separate(b);
+}
+
+fn put_get_round_trip(b: &dyn Backend) {
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    b.put(Kind::Pack, "ab01", &big).unwrap();
+    assert_eq!(b.get(Kind::Pack, "ab01").unwrap(), big);
+    assert_eq!(b.size(Kind::Pack, "ab01").unwrap(), Some(big.len() as u64));
+    b.put(Kind::Root, "disk1/00000000000000000001", b"").unwrap();
+    assert_eq!(b.get(Kind::Root, "disk1/00000000000000000001").unwrap(), b"");
+}
+
+fn missing_objects(b: &dyn Backend) {
+    assert!(matches!(b.get(Kind::Page, "ffee"), Err(VaultError::NotFound { kind: Kind::Page, .. })));
+    assert!(matches!(b.get_range(Kind::Page, "ffee", 0, 1), Err(VaultError::NotFound { .. })));
+    assert_eq!(b.size(Kind::Page, "ffee").unwrap(), None);
+    assert!(matches!(b.delete(Kind::Page, "ffee"), Err(VaultError::NotFound { .. })));
+}
+
+fn ranges(b: &dyn Backend) {
+    b.put(Kind::Pack, "cd02", b"0123456789").unwrap();
+    assert_eq!(b.get_range(Kind::Pack, "cd02", 3, 4).unwrap(), b"3456");
+    assert_eq!(b.get_range(Kind::Pack, "cd02", 10, 0).unwrap(), b"");
+    let e = b.get_range(Kind::Pack, "cd02", 8, 4).unwrap_err();
+    assert!(matches!(e, VaultError::ShortObject { size: 10, offset: 8, end: 12, .. }), "{e}");
+    assert!(e.to_string().contains("cd02"), "error names the object: {e}");
+    assert!(matches!(b.get_range(Kind::Pack, "cd02", u64::MAX, 2), Err(VaultError::ShortObject { .. })));
+}
+
+fn replace_is_whole(b: &dyn Backend) {
+    b.put(Kind::Config, "config", b"first version").unwrap();
+    b.put(Kind::Config, "config", b"second").unwrap();
+    assert_eq!(b.get(Kind::Config, "config").unwrap(), b"second");
+}
+
+fn listing(b: &dyn Backend) {
+    for n in ["web/00000000000000000002", "web/00000000000000000001", "db/00000000000000000001"] {
+        b.put(Kind::Root, n, n.as_bytes()).unwrap();
+    }
+    assert_eq!(b.list(Kind::Root, "web/").unwrap(), vec!["web/00000000000000000001", "web/00000000000000000002"]);
+    let all = b.list(Kind::Root, "").unwrap();
+    assert!(all.contains(&"db/00000000000000000001".to_string()) && all.len() >= 4);
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    b.put(Kind::Pack, "ef03", b"x").unwrap();
+    let packs = b.list(Kind::Pack, "").unwrap();
+    assert!(packs.contains(&"ab01".to_string()) && packs.contains(&"ef03".to_string()), "{packs:?}");
+    b.delete(Kind::Root, "web/00000000000000000002").unwrap();
+    assert_eq!(b.list(Kind::Root, "web/").unwrap(), vec!["web/00000000000000000001"]);
+    assert!(matches!(b.get(Kind::Root, "web/00000000000000000002"), Err(VaultError::NotFound { .. })));
+}
+
+fn names_cannot_escape(b: &dyn Backend) {
+    for bad in ["", "../x", "a/../b", "a//b", ".hidden", "a/.b", "sp ace", "new\nline", "/abs"] {
+        assert!(matches!(b.put(Kind::Root, bad, b"x"), Err(VaultError::BadName { .. })), "{bad:?} accepted");
+        assert!(matches!(b.get(Kind::Root, bad), Err(VaultError::BadName { .. })), "{bad:?} accepted by get");
+    }
+    assert!(matches!(b.put(Kind::Pack, "a/b", b"x"), Err(VaultError::BadName { .. })));
+}
+
+fn kinds_are_separate(b: &dyn Backend) {
+    b.put(Kind::Page, "aa11", b"page").unwrap();
+    b.put(Kind::Pack, "aa11", b"pack").unwrap();
+    assert_eq!(b.get(Kind::Page, "aa11").unwrap(), b"page");
+    assert_eq!(b.get(Kind::Pack, "aa11").unwrap(), b"pack");
+}
+
+#[test]
+fn local_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = LocalBackend::create(&dir.path().join("vault")).unwrap();
+    suite(&b);
+    // Nothing is left half-written in the temporary area.
+    assert_eq!(std::fs::read_dir(dir.path().join("vault/tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn local_backend_refuses_a_file_as_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("file");
+    std::fs::write(&f, b"x").unwrap();
+    let e = LocalBackend::open(&f).err().expect("refused");
+    assert!(e.to_string().contains(&f.display().to_string()), "{e}");
+    assert!(LocalBackend::open(&dir.path().join("missing")).is_err());
+}
