@@ -33,6 +33,7 @@ const MAX_LINE: usize = 256;
 /// The control socket server of one disk.
 pub struct ControlServer {
     path: PathBuf,
+    listener: Arc<UnixListener>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -45,9 +46,12 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(path)
             .map_err(|e| io::Error::new(e.kind(), format!("binding control socket {}: {e}", path.display())))?;
+        let listener = Arc::new(listener);
+        let for_thread = listener.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
+            let listener = for_thread;
             for conn in listener.incoming() {
                 if stop2.load(Ordering::Acquire) {
                     break;
@@ -57,13 +61,13 @@ impl ControlServer {
                 let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || serve(conn, &disk));
             }
         })?;
-        Ok(ControlServer { path: path.to_owned(), stop, thread: Some(thread) })
+        Ok(ControlServer { path: path.to_owned(), listener, stop, thread: Some(thread) })
     }
 
     /// Stops accepting and removes the socket file.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
-        let _ = UnixStream::connect(&self.path); // wake the accept loop
+        let _ = crate::sys::shutdown_listener(&*self.listener); // wakes the accept loop
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -21,6 +21,7 @@ pub mod error;
 mod mmap;
 pub mod nbd;
 pub mod state_file;
+mod sys;
 
 pub use disk::{CutInfo, CutKind, Disk};
 pub use error::FilterError;

@@ -4,8 +4,8 @@
 //! shuts down the read side of every open connection, so each reader sees EOF
 //! (requests it had read but not yet started get `NBD_ESHUTDOWN`), its
 //! in-flight requests finish and their replies go out, and the connection
-//! closes. [`Server::run`] then wakes its accept threads by connecting to its
-//! own listeners, and returns once every connection thread has finished. A
+//! closes. [`Server::run`] then wakes its accept threads by shutting their
+//! listening sockets down, and returns once every connection thread has finished. A
 //! client that stops reading replies cannot hold that up for more than the
 //! shutdown grace ([`Server::with_shutdown_grace`]): its socket is then shut down entirely so the blocked reply
 //! fails, while its export calls still complete.
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -185,6 +185,15 @@ impl Drop for UnixSocketFile {
 enum Listener {
     Unix(UnixSocketFile),
     Tcp(TcpListener),
+}
+
+impl std::os::unix::io::AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
+        match self {
+            Listener::Unix(u) => u.listener.as_raw_fd(),
+            Listener::Tcp(t) => t.as_raw_fd(),
+        }
+    }
 }
 
 impl Listener {
@@ -363,17 +372,19 @@ impl Server {
         // Accept threads hold the export weakly: one that could not be woken
         // at shutdown must not keep it alive after run() returns.
         let weak_export = Arc::downgrade(&export);
-        let mut accepters: Vec<(LocalAddr, JoinHandle<()>)> = Vec::new();
+        let mut accepters: Vec<(Arc<Listener>, JoinHandle<()>)> = Vec::new();
         let mut spawn_error = None;
         for listener in listeners {
+            let listener = Arc::new(listener);
             let addr = listener.local_addr();
+            let for_thread = Arc::clone(&listener);
             let control_for_thread = Arc::clone(&control);
             let export_for_thread = Weak::clone(&weak_export);
             let spawned = thread::Builder::new()
                 .name("nbd-accept".to_owned())
-                .spawn(move || accept_loop(&listener, &control_for_thread, &export_for_thread));
+                .spawn(move || accept_loop(&for_thread, &control_for_thread, &export_for_thread));
             match spawned {
-                Ok(handle) => accepters.push((addr, handle)),
+                Ok(handle) => accepters.push((listener, handle)),
                 Err(e) => {
                     spawn_error =
                         Some(io::Error::new(e.kind(), format!("cannot start the NBD accept thread for {addr}: {e}")));
@@ -388,14 +399,19 @@ impl Server {
         }
         drop(reg);
 
-        for (addr, handle) in accepters {
-            match wake(&addr) {
+        // Shutting the listening socket down wakes its accept thread. (Waking
+        // it by connecting to its address could reach another filter that has
+        // since bound the same unix socket path.) Our Arc keeps the descriptor
+        // open until the thread has returned.
+        for (listener, handle) in accepters {
+            match crate::sys::shutdown_listener(&*listener) {
                 Ok(()) => {
                     let _ = handle.join();
                 }
-                Err(e) => {
-                    eprintln!("nbd: cannot wake the accept thread on {addr} ({e}); leaving it")
-                }
+                Err(e) => eprintln!(
+                    "nbd: cannot wake the accept thread on {} ({e}); leaving it",
+                    listener.local_addr()
+                ),
             }
         }
 
@@ -452,24 +468,6 @@ fn bind_unix(path: &Path) -> io::Result<UnixSocketFile> {
 }
 
 /// Connect to our own listener so its blocked `accept` returns.
-fn wake(addr: &LocalAddr) -> io::Result<()> {
-    match addr {
-        LocalAddr::Unix(path) => UnixStream::connect(path).map(drop),
-        LocalAddr::Tcp(addr) => {
-            let mut target = *addr;
-            if target.ip().is_unspecified() {
-                let loopback = match target {
-                    SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
-                    SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-                };
-                target.set_ip(loopback);
-            }
-            let target = target.to_socket_addrs()?.next().unwrap_or(target);
-            TcpStream::connect_timeout(&target, Duration::from_secs(2)).map(drop)
-        }
-    }
-}
-
 fn accept_loop(listener: &Listener, control: &Arc<Control>, export: &Weak<dyn Export>) {
     let mut failures = 0u32;
     loop {
