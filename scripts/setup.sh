@@ -19,7 +19,7 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # Packages from bookworm itself.
 # python3-libnbd gives nbdsh (run as PATH=/usr/bin:$PATH nbdsh: the python3 first
 # on PATH may be another interpreter without the nbd module).
-base_pkgs=(libnbd-bin python3-libnbd nbdkit fio busybox-static cpio e2fsprogs gzip iproute2 python3 xxd)
+base_pkgs=(libnbd-bin python3-libnbd nbdkit fio busybox-static cpio e2fsprogs gzip iproute2 python3)
 # QEMU must come from bookworm-backports: bookworm's qemu-system-x86 7.2 would
 # replace the backports qemu-utils 10.x (qemu-img, qemu-io, qemu-nbd) with 7.2.
 bpo_pkgs=(qemu-system-x86 qemu-utils)
