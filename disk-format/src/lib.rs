@@ -1,8 +1,11 @@
 //! Every byte layout Lifeboat persists, and nothing else.
 //!
-//! This crate owns the on-disk formats: today the per-disk **state file**
-//! ([`state`]); later the pack, map page, point root, stream frame and key file
-//! formats. It parses and serializes; it never opens a file, maps memory or
+//! This crate owns the on-disk formats: the per-disk **state file**
+//! ([`state`]), the customer **key file** ([`key_file`]) and the subkeys and
+//! block sealing derived from it ([`keys`]), and the vault's objects: **packs**
+//! of encrypted blocks ([`pack`]), **map pages** ([`map_page`]), recovery-point
+//! **roots** ([`point`]) and the **vault config** ([`vault_config`]). It
+//! parses, serializes, hashes and seals; it never opens a file, maps memory or
 //! touches a socket. Every format starts with a magic derived from a versioned
 //! string, carries a format version independent of the crate version, and a
 //! checksum; `FORMAT.md` beside this file specifies every field, and the tests
@@ -10,8 +13,23 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod codec;
 pub mod geometry;
+pub mod ids;
+pub mod key_file;
+pub mod keys;
+pub mod map_page;
+pub mod pack;
+pub mod point;
 pub mod state;
+pub mod vault_config;
 
 pub use geometry::{blocks_touched, Geometry, GeometryError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 pub use state::{HeaderError, StateFlags, StateHeader, HEADER_PAGE, SLOT_SIZE, STATE_MAGIC};
+pub use ids::{BlockId, KeyFingerprint, PackId, PageId, RootId, VaultId};
+pub use key_file::{KdfParams, KeyFile, KeyFileDamage, KeyFileError, KEY_FILE_LEN};
+pub use keys::{CryptoError, Keys, MasterKey, SealFrame, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
+pub use map_page::{BuiltMap, MapBuilder, MapPage, PageError, PAGE_ENTRIES};
+pub use pack::{FinishedPack, Pack, PackEntry, PackError, PackIndex, PackTrailer, PackWriteError, PackWriter};
+pub use point::{Consistency, Root, RootError};
+pub use vault_config::{VaultConfig, VaultConfigError};

@@ -1,0 +1,517 @@
+//! Packs: immutable, content-addressed vault objects holding many sealed
+//! blocks (tens of MiB), so object stores see few, large objects.
+//!
+//! ```text
+//! header (32) ‖ blob 0 ‖ blob 1 ‖ … ‖ index (48 per blob) ‖ trailer (64)
+//! ```
+//!
+//! Blobs sit back to back in index order, the first at byte 32, the last
+//! ending where the index starts: no gaps, no overlap, no unaccounted bytes.
+//! The trailer at the very end locates and hashes the index, so a reader can
+//! fetch the last 64 bytes, then the index, then single blobs by range,
+//! without reading the whole pack. The pack's name ([`PackId`]) is BLAKE3 of
+//! all its bytes, so the vault scrubs packs without the key; the blobs inside
+//! are authenticated by the key ([`crate::keys::Keys::open_block`]). See
+//! FORMAT.md, "Pack".
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use crate::codec::{first_nonzero, get_array, get_u16, get_u32, get_u64, put_u32, put_u64, to_usize};
+use crate::geometry::MAX_BLOCK_SIZE;
+use crate::ids::{BlockId, PackId};
+use crate::keys::SEAL_OVERHEAD;
+
+/// First 8 bytes of BLAKE3("lifeboat pack v1"); at the start of the header and
+/// the end of the trailer.
+pub const PACK_MAGIC: [u8; 8] = [0x7e, 0x19, 0xcf, 0x13, 0xd3, 0x08, 0x2f, 0x09];
+/// The pack format this code writes.
+pub const PACK_VERSION: u16 = 1;
+/// Size of the pack header.
+pub const PACK_HEADER_LEN: usize = 32;
+/// Size of the pack trailer.
+pub const PACK_TRAILER_LEN: usize = 64;
+/// Size of one index entry.
+pub const INDEX_ENTRY_LEN: usize = 48;
+/// Largest plaintext a blob may hold: one block of the largest block size.
+pub const MAX_PLAIN_LEN: u32 = MAX_BLOCK_SIZE;
+
+const HEADER: u64 = PACK_HEADER_LEN as u64;
+const TRAILER: u64 = PACK_TRAILER_LEN as u64;
+const ENTRY: u64 = INDEX_ENTRY_LEN as u64;
+const OVERHEAD: u32 = 40;
+const _: () = assert!(OVERHEAD as usize == SEAL_OVERHEAD);
+// Trailer field offsets, relative to the trailer's start.
+const T_INDEX_OFFSET: usize = 0;
+const T_COUNT: usize = 8;
+const T_VERSION: usize = 12;
+const T_INDEX_HASH: usize = 16;
+const T_MAGIC: usize = 56;
+const _: () = assert!(T_INDEX_HASH + 32 + 8 == T_MAGIC && T_MAGIC + 8 == PACK_TRAILER_LEN);
+const _: () = assert!(32 + 8 + 4 + 4 == INDEX_ENTRY_LEN && PACK_HEADER_LEN == 8 + 2 + 22);
+
+/// Why a pack (or part of one) was refused. Every variant names the place:
+/// the entry number (0-based, in index order) and the byte offset in the pack.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackError {
+    /// Shorter than a header and a trailer.
+    #[error("the pack is {len} bytes, shorter than a 32-byte header and a 64-byte trailer (truncated)")]
+    TooShort {
+        /// Length of the pack.
+        len: u64,
+    },
+    /// The header is a pack's but the end is not a trailer: a pack cut
+    /// short, or one whose writer never finished.
+    #[error("the {len}-byte pack has a pack header but no trailer at its end (truncated or never finished)")]
+    Truncated {
+        /// Length of the pack.
+        len: u64,
+    },
+    /// A magic is wrong.
+    #[error("not a Lifeboat pack: wrong magic in the {place} at byte {offset}")]
+    BadMagic {
+        /// `header` or `trailer`.
+        place: &'static str,
+        /// Byte offset of the magic.
+        offset: u64,
+    },
+    /// A version this build does not know.
+    #[error("pack format version {version} in the {place} is not supported by this build (it knows version 1)")]
+    UnsupportedVersion {
+        /// `header` or `trailer`.
+        place: &'static str,
+        /// The version found.
+        version: u16,
+    },
+    /// A reserved byte is not zero.
+    #[error("byte {offset} of the pack (reserved, in the {place}) is {value:#04x}, not zero")]
+    Reserved {
+        /// `header` or `trailer`.
+        place: &'static str,
+        /// Byte offset in the pack.
+        offset: u64,
+        /// The byte found.
+        value: u8,
+    },
+    /// The trailer's count and index offset do not fit the pack's length.
+    #[error(
+        "the pack trailer says {count} index entries start at byte {index_offset}, but in a {pack_len}-byte pack \
+         the index must end at byte {index_end} (truncated, extended or damaged trailer)"
+    )]
+    CountMismatch {
+        /// Entries the trailer claims.
+        count: u32,
+        /// Index offset the trailer claims.
+        index_offset: u64,
+        /// Length of the pack.
+        pack_len: u64,
+        /// Where the index must end: `pack_len - 64`.
+        index_end: u64,
+    },
+    /// A pack holds at least one blob.
+    #[error("the pack trailer says 0 entries; a pack holds at least one blob")]
+    Empty,
+    /// The index bytes do not hash to the trailer's index hash.
+    #[error("the pack index at byte {offset} does not match the hash in the trailer (damaged index)")]
+    IndexHashMismatch {
+        /// Byte offset of the index.
+        offset: u64,
+    },
+    /// A blob starts before the previous one ends.
+    #[error(
+        "index entry {entry}: its blob at byte {offset} overlaps the previous blob, which ends at byte {expected}"
+    )]
+    Overlap {
+        /// Entry number.
+        entry: u32,
+        /// Blob offset the entry states.
+        offset: u64,
+        /// Where the blob must start.
+        expected: u64,
+    },
+    /// A blob starts after the previous one ends.
+    #[error("index entry {entry}: its blob at byte {offset} leaves a gap after the previous blob, which ends at byte {expected}")]
+    Gap {
+        /// Entry number.
+        entry: u32,
+        /// Blob offset the entry states.
+        offset: u64,
+        /// Where the blob must start.
+        expected: u64,
+    },
+    /// A blob runs into the index.
+    #[error(
+        "index entry {entry}: its {len}-byte blob at byte {offset} runs past byte {limit}, where the index starts"
+    )]
+    OutOfRange {
+        /// Entry number.
+        entry: u32,
+        /// Blob offset.
+        offset: u64,
+        /// Blob length.
+        len: u32,
+        /// Start of the index.
+        limit: u64,
+    },
+    /// The blobs end before the index starts.
+    #[error("bytes {from}..{to} of the pack belong to no blob")]
+    Unaccounted {
+        /// End of the last blob.
+        from: u64,
+        /// Start of the index.
+        to: u64,
+    },
+    /// The blob and plaintext lengths disagree, or the plaintext length is
+    /// impossible.
+    #[error(
+        "index entry {entry} (blob at byte {offset}): blob length {blob_len} and plaintext length {plain_len} are \
+         invalid: the plaintext is 1 ..= 1048576 bytes and the blob 40 bytes longer"
+    )]
+    BadLength {
+        /// Entry number.
+        entry: u32,
+        /// Blob offset.
+        offset: u64,
+        /// Blob length stated.
+        blob_len: u32,
+        /// Plaintext length stated.
+        plain_len: u32,
+    },
+    /// The all-zero id names a zero block, which is never stored.
+    #[error("index entry {entry} (blob at byte {offset}) has the all-zero block id, which is never stored")]
+    ZeroId {
+        /// Entry number.
+        entry: u32,
+        /// Blob offset.
+        offset: u64,
+    },
+    /// Two entries name the same block.
+    #[error("index entry {entry} (blob at byte {offset}) names block {id}, already named by entry {first}")]
+    DuplicateId {
+        /// Entry number.
+        entry: u32,
+        /// Blob offset.
+        offset: u64,
+        /// The block.
+        id: BlockId,
+        /// The earlier entry.
+        first: u32,
+    },
+    /// The pack's bytes do not hash to its name.
+    #[error("the pack's contents hash to {got}, not to its name {expected} (damaged, truncated or swapped)")]
+    IdMismatch {
+        /// The name it was stored or referenced under.
+        expected: PackId,
+        /// What its bytes hash to.
+        got: PackId,
+    },
+    /// An entry number past the end of the index.
+    #[error("the pack has {count} entries; there is no entry {entry}")]
+    NoSuchEntry {
+        /// Entry asked for.
+        entry: usize,
+        /// Entries in the pack.
+        count: usize,
+    },
+    /// More blobs than a pack can index (2^32 - 1).
+    #[error("a pack holds at most 4294967295 blobs")]
+    TooManyEntries,
+    /// A blob read by range has the wrong length.
+    #[error("index entry {entry}: read {got} bytes at byte {offset}, the index says {want}")]
+    BlobLength {
+        /// Entry number.
+        entry: u32,
+        /// Blob offset.
+        offset: u64,
+        /// Bytes read.
+        got: usize,
+        /// Blob length stated.
+        want: u32,
+    },
+}
+
+/// One index entry: where a sealed block sits in the pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    /// The block's id (the AAD of its seal).
+    pub id: BlockId,
+    /// Byte offset of the blob in the pack.
+    pub offset: u64,
+    /// Length of the blob (`plain_len + 40`).
+    pub blob_len: u32,
+    /// Length of the block's plaintext.
+    pub plain_len: u32,
+}
+
+impl PackEntry {
+    /// Byte range of the blob in the pack (for a ranged read).
+    pub fn range(&self) -> Range<u64> {
+        self.offset..self.offset + u64::from(self.blob_len)
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        out[..32].copy_from_slice(&self.id.0);
+        put_u64(out, 32, self.offset);
+        put_u32(out, 40, self.blob_len);
+        put_u32(out, 44, self.plain_len);
+    }
+
+    fn decode(b: &[u8]) -> PackEntry {
+        PackEntry {
+            id: BlockId(get_array(b, 0)),
+            offset: get_u64(b, 32),
+            blob_len: get_u32(b, 40),
+            plain_len: get_u32(b, 44),
+        }
+    }
+
+    /// Checks the lengths and id of entry `n` (not its position).
+    fn check(&self, n: u32) -> Result<(), PackError> {
+        if self.plain_len == 0
+            || self.plain_len > MAX_PLAIN_LEN
+            || u64::from(self.blob_len) != u64::from(self.plain_len) + u64::from(OVERHEAD)
+        {
+            return Err(PackError::BadLength {
+                entry: n,
+                offset: self.offset,
+                blob_len: self.blob_len,
+                plain_len: self.plain_len,
+            });
+        }
+        if self.id.is_zero() {
+            return Err(PackError::ZeroId { entry: n, offset: self.offset });
+        }
+        Ok(())
+    }
+
+    /// Checks that `blob`, read by range for entry `n`, has the stated length.
+    pub fn check_blob(&self, n: u32, blob: &[u8]) -> Result<(), PackError> {
+        if blob.len() as u64 != u64::from(self.blob_len) {
+            return Err(PackError::BlobLength { entry: n, offset: self.offset, got: blob.len(), want: self.blob_len });
+        }
+        Ok(())
+    }
+}
+
+/// The decoded trailer: where the index is and what it hashes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackTrailer {
+    /// Byte offset of the index.
+    pub index_offset: u64,
+    /// Number of index entries (blobs).
+    pub count: u32,
+    /// BLAKE3 of the index bytes.
+    pub index_hash: [u8; 32],
+}
+
+impl PackTrailer {
+    /// Byte range of the index in the pack.
+    pub fn index_range(&self) -> Range<u64> {
+        self.index_offset..self.index_offset + u64::from(self.count) * ENTRY
+    }
+}
+
+/// A checked pack index: entries in pack order, blobs back to back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackIndex {
+    entries: Vec<PackEntry>,
+    index_offset: u64,
+}
+
+fn check_reserved(b: &[u8], range: Range<usize>, place: &'static str, base: u64) -> Result<(), PackError> {
+    match first_nonzero(b, range) {
+        None => Ok(()),
+        Some(at) => Err(PackError::Reserved { place, offset: base + at as u64, value: b[at] }),
+    }
+}
+
+impl PackIndex {
+    /// Decodes the trailer from the pack's last bytes. `tail` holds at least
+    /// the last 64 bytes of a `pack_len`-byte pack (only its last 64 are read).
+    /// Checks magic, version, reserved bytes, and that the index exactly fills
+    /// the space before the trailer.
+    pub fn parse_trailer(tail: &[u8], pack_len: u64) -> Result<PackTrailer, PackError> {
+        if pack_len < HEADER + TRAILER || tail.len() < PACK_TRAILER_LEN || tail.len() as u64 > pack_len {
+            return Err(PackError::TooShort { len: pack_len.min(tail.len() as u64) });
+        }
+        let t = &tail[tail.len() - PACK_TRAILER_LEN..];
+        let base = pack_len - TRAILER;
+        if t[T_MAGIC..] != PACK_MAGIC {
+            return Err(PackError::BadMagic { place: "trailer", offset: base + T_MAGIC as u64 });
+        }
+        let version = get_u16(t, T_VERSION);
+        if version != PACK_VERSION {
+            return Err(PackError::UnsupportedVersion { place: "trailer", version });
+        }
+        check_reserved(t, T_VERSION + 2..T_INDEX_HASH, "trailer", base)?;
+        check_reserved(t, T_INDEX_HASH + 32..T_MAGIC, "trailer", base)?;
+        let trailer = PackTrailer {
+            index_offset: get_u64(t, T_INDEX_OFFSET),
+            count: get_u32(t, T_COUNT),
+            index_hash: get_array(t, T_INDEX_HASH),
+        };
+        let fits = trailer.index_offset >= HEADER
+            && trailer.index_offset.checked_add(u64::from(trailer.count) * ENTRY) == Some(base);
+        if !fits {
+            return Err(PackError::CountMismatch {
+                count: trailer.count,
+                index_offset: trailer.index_offset,
+                pack_len,
+                index_end: base,
+            });
+        }
+        if trailer.count == 0 {
+            return Err(PackError::Empty);
+        }
+        Ok(trailer)
+    }
+
+    /// Decodes and checks the index bytes that `trailer` locates: their hash,
+    /// every entry's lengths and id, that the blobs tile bytes
+    /// `32 .. index_offset` exactly in order, and that no block appears twice.
+    pub fn parse_index(index: &[u8], trailer: &PackTrailer) -> Result<PackIndex, PackError> {
+        let want_len = u64::from(trailer.count) * ENTRY;
+        if index.len() as u64 != want_len || blake3::hash(index) != blake3::Hash::from(trailer.index_hash) {
+            return Err(PackError::IndexHashMismatch { offset: trailer.index_offset });
+        }
+        let mut entries = Vec::with_capacity(index.len() / INDEX_ENTRY_LEN);
+        let mut seen: HashMap<BlockId, u32> = HashMap::with_capacity(entries.capacity());
+        let mut expected = HEADER;
+        for (n, raw) in (0u32..).zip(index.chunks_exact(INDEX_ENTRY_LEN)) {
+            let e = PackEntry::decode(raw);
+            e.check(n)?;
+            if e.offset < expected {
+                return Err(PackError::Overlap { entry: n, offset: e.offset, expected });
+            }
+            if e.offset > expected {
+                return Err(PackError::Gap { entry: n, offset: e.offset, expected });
+            }
+            let end = e.offset + u64::from(e.blob_len);
+            if end > trailer.index_offset {
+                return Err(PackError::OutOfRange {
+                    entry: n,
+                    offset: e.offset,
+                    len: e.blob_len,
+                    limit: trailer.index_offset,
+                });
+            }
+            if let Some(&first) = seen.get(&e.id) {
+                return Err(PackError::DuplicateId { entry: n, offset: e.offset, id: e.id, first });
+            }
+            seen.insert(e.id, n);
+            entries.push(e);
+            expected = end;
+        }
+        if expected != trailer.index_offset {
+            return Err(PackError::Unaccounted { from: expected, to: trailer.index_offset });
+        }
+        Ok(PackIndex { entries, index_offset: trailer.index_offset })
+    }
+
+    /// The entries, in pack order.
+    pub fn entries(&self) -> &[PackEntry] {
+        &self.entries
+    }
+
+    /// Byte offset of the index (the end of the blobs).
+    pub fn index_offset(&self) -> u64 {
+        self.index_offset
+    }
+
+    /// The entry number and entry naming `id`, if this pack holds it.
+    pub fn find(&self, id: &BlockId) -> Option<(u32, &PackEntry)> {
+        (0u32..).zip(&self.entries).find(|(_, e)| e.id == *id)
+    }
+}
+
+/// Checks a pack's 32-byte header: magic, version, reserved bytes.
+pub fn check_header(bytes: &[u8]) -> Result<(), PackError> {
+    if bytes.len() < PACK_HEADER_LEN {
+        return Err(PackError::TooShort { len: bytes.len() as u64 });
+    }
+    if bytes[..8] != PACK_MAGIC {
+        return Err(PackError::BadMagic { place: "header", offset: 0 });
+    }
+    let version = get_u16(bytes, 8);
+    if version != PACK_VERSION {
+        return Err(PackError::UnsupportedVersion { place: "header", version });
+    }
+    check_reserved(bytes, 10..PACK_HEADER_LEN, "header", 0)
+}
+
+/// A whole pack in memory, structurally checked.
+#[derive(Debug, Clone)]
+pub struct Pack<'a> {
+    bytes: &'a [u8],
+    index: PackIndex,
+}
+
+impl<'a> Pack<'a> {
+    /// Checks header, trailer and index. Does not hash the blobs: a flipped
+    /// bit inside a blob is found by [`Pack::verify`] (without the key) or
+    /// when the blob is opened (with it).
+    pub fn parse(bytes: &'a [u8]) -> Result<Pack<'a>, PackError> {
+        let len = bytes.len() as u64;
+        if len < HEADER + TRAILER {
+            return Err(PackError::TooShort { len });
+        }
+        check_header(bytes)?;
+        let trailer = PackIndex::parse_trailer(bytes, len).map_err(|e| match e {
+            PackError::BadMagic { .. } => PackError::Truncated { len },
+            other => other,
+        })?;
+        let r = trailer.index_range();
+        let index = PackIndex::parse_index(&bytes[to_usize(r.start)..to_usize(r.end)], &trailer)?;
+        Ok(Pack { bytes, index })
+    }
+
+    /// [`Pack::parse`], then checks that the bytes hash to `expected`: the
+    /// vault's keyless scrub. Catches any change to any byte.
+    pub fn verify(bytes: &'a [u8], expected: &PackId) -> Result<Pack<'a>, PackError> {
+        let pack = Pack::parse(bytes)?;
+        if !expected.matches(bytes) {
+            return Err(PackError::IdMismatch { expected: *expected, got: PackId::of(bytes) });
+        }
+        Ok(pack)
+    }
+
+    /// The checked index.
+    pub fn index(&self) -> &PackIndex {
+        &self.index
+    }
+
+    /// The sealed blob of entry `n`, to open with `Keys::open_block(&entry.id, blob)`.
+    pub fn blob(&self, n: usize) -> Result<(&PackEntry, &'a [u8]), PackError> {
+        let e =
+            self.index.entries.get(n).ok_or(PackError::NoSuchEntry { entry: n, count: self.index.entries.len() })?;
+        let r = e.range();
+        Ok((e, &self.bytes[to_usize(r.start)..to_usize(r.end)]))
+    }
+}
+
+/// Runs the pack parsers on `data` the way the `pack` fuzz target does: the
+/// whole input as a pack, and its tail as a trailer. An accepted pack must be
+/// exactly what [`PackWriter`] writes for the same blobs. Returns the number
+/// of entries accepted. Panics only on a real bug.
+pub fn fuzz_pack_bytes(data: &[u8]) -> usize {
+    let trailer = PackIndex::parse_trailer(data, data.len() as u64);
+    let Ok(pack) = Pack::parse(data) else { return 0 };
+    assert!(trailer.is_ok(), "a parsed pack has a valid trailer");
+    let mut w = PackWriter::new(Vec::with_capacity(data.len())).expect("Vec output");
+    for n in 0..pack.index().entries().len() {
+        let (e, blob) = pack.blob(n).expect("entry in range");
+        w.add_blob(&e.id, blob).expect("an accepted entry is accepted again");
+    }
+    let done = w.finish().expect("Vec output");
+    assert_eq!(done.out, data, "pack round trip");
+    assert_eq!(done.id, PackId::of(data));
+    assert_eq!(&done.index, pack.index());
+    pack.index().entries().len()
+}
+
+mod writer;
+pub use writer::{FinishedPack, PackWriteError, PackWriter};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! Unit tests of the pack format: round trips, named damage, bit flips, and
+//! the fuzz harness on pseudo-random input.
+#![allow(clippy::cast_possible_truncation)] // test sizes are small
+use super::*;
+use crate::keys::{Keys, MasterKey};
+use proptest::prelude::*;
+
+fn keys() -> Keys {
+    MasterKey::from_bytes([1; 32]).keys()
+}
+
+fn build(k: &Keys, blocks: &[Vec<u8>]) -> FinishedPack<Vec<u8>> {
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    for (i, b) in blocks.iter().enumerate() {
+        let id = k.block_id(b);
+        if i % 2 == 0 {
+            w.add_blob(&id, &k.seal_block(&id, b).unwrap()).unwrap();
+        } else {
+            let mut buf = b.clone();
+            let frame = k.seal_detached(&id, &mut buf).unwrap();
+            w.add_sealed(&id, &frame, &buf).unwrap();
+        }
+    }
+    w.finish().unwrap()
+}
+
+fn sample_blocks() -> Vec<Vec<u8>> {
+    vec![b"first block".to_vec(), vec![7u8; 300], b"third".to_vec()]
+}
+
+#[test]
+fn magic_is_derived_from_the_versioned_string() {
+    assert_eq!(&blake3::hash(b"lifeboat pack v1").as_bytes()[..8], &PACK_MAGIC);
+}
+
+#[test]
+fn write_parse_open() {
+    let k = keys();
+    let blocks = sample_blocks();
+    let done = build(&k, &blocks);
+    assert_eq!(done.len, done.out.len() as u64);
+    assert_eq!(done.id, PackId::of(&done.out));
+    let pack = Pack::verify(&done.out, &done.id).unwrap();
+    assert_eq!(pack.index(), &done.index);
+    for (n, b) in blocks.iter().enumerate() {
+        let (e, blob) = pack.blob(n).unwrap();
+        assert_eq!(&k.open_block(&e.id, blob).unwrap(), b);
+        assert_eq!(pack.index().find(&e.id).unwrap().0 as usize, n);
+    }
+    assert_eq!(pack.blob(3).unwrap_err(), PackError::NoSuchEntry { entry: 3, count: 3 });
+    // The ranged-read path: trailer from the tail, then the index.
+    let len = done.out.len() as u64;
+    let t = PackIndex::parse_trailer(&done.out[done.out.len() - 64..], len).unwrap();
+    let r = t.index_range();
+    let idx = PackIndex::parse_index(&done.out[r.start as usize..r.end as usize], &t).unwrap();
+    assert_eq!(idx, done.index);
+    let e = idx.entries()[1];
+    let blob = &done.out[e.range().start as usize..e.range().end as usize];
+    e.check_blob(1, blob).unwrap();
+    assert!(matches!(e.check_blob(1, &blob[1..]), Err(PackError::BlobLength { entry: 1, .. })));
+}
+
+#[test]
+fn writer_refuses_bad_blobs() {
+    let k = keys();
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    let id = k.block_id(b"x");
+    let blob = k.seal_block(&id, b"x").unwrap();
+    w.add_blob(&id, &blob).unwrap();
+    assert!(w.contains(&id));
+    assert!(matches!(
+        w.add_blob(&id, &blob),
+        Err(PackWriteError::Invalid(PackError::DuplicateId { entry: 1, first: 0, .. }))
+    ));
+    assert!(matches!(w.add_blob(&BlockId::ZERO, &blob), Err(PackWriteError::Invalid(PackError::ZeroId { .. }))));
+    assert!(matches!(
+        w.add_blob(&BlockId([3; 32]), &blob[..40]),
+        Err(PackWriteError::Invalid(PackError::BadLength { .. }))
+    ));
+    assert!(matches!(
+        w.add_blob(&BlockId([3; 32]), &blob[..39]),
+        Err(PackWriteError::Invalid(PackError::BadLength { .. }))
+    ));
+    assert_eq!((w.count(), w.bytes_written()), (1, 32 + 41));
+    assert!(matches!(PackWriter::new(Vec::new()).unwrap().finish(), Err(PackWriteError::Invalid(PackError::Empty))));
+}
+
+/// Rewrites the trailer's index hash after an edit of the index.
+fn rehash_index(p: &mut [u8]) {
+    let len = p.len();
+    let t = PackIndex::parse_trailer(p, len as u64).unwrap();
+    let r = t.index_range();
+    let h = blake3::hash(&p[r.start as usize..r.end as usize]);
+    p[len - 64 + T_INDEX_HASH..len - 64 + T_INDEX_HASH + 32].copy_from_slice(h.as_bytes());
+}
+
+fn entry_at(p: &[u8], n: usize) -> usize {
+    let t = PackIndex::parse_trailer(p, p.len() as u64).unwrap();
+    t.index_offset as usize + n * INDEX_ENTRY_LEN
+}
+
+#[test]
+fn structural_damage_is_named() {
+    let good = build(&keys(), &sample_blocks()).out;
+    let first_len = 11 + 40u64;
+    // Overlap: entry 1 starts 8 bytes early.
+    let mut p = good.clone();
+    let at = entry_at(&p, 1) + 32;
+    put_u64(&mut p, at, 32 + first_len - 8);
+    rehash_index(&mut p);
+    assert_eq!(
+        Pack::parse(&p).unwrap_err(),
+        PackError::Overlap { entry: 1, offset: 32 + first_len - 8, expected: 32 + first_len }
+    );
+    // Gap.
+    put_u64(&mut p, at, 32 + first_len + 8);
+    rehash_index(&mut p);
+    assert_eq!(
+        Pack::parse(&p).unwrap_err(),
+        PackError::Gap { entry: 1, offset: 32 + first_len + 8, expected: 32 + first_len }
+    );
+    // Lengths that disagree.
+    let mut p = good.clone();
+    let at = entry_at(&p, 2);
+    put_u32(&mut p, at + 44, 6);
+    rehash_index(&mut p);
+    assert!(matches!(Pack::parse(&p).unwrap_err(), PackError::BadLength { entry: 2, plain_len: 6, .. }));
+    // The last blob claims more than there is.
+    put_u32(&mut p, at + 40, 46 + 1);
+    put_u32(&mut p, at + 44, 6 + 1);
+    rehash_index(&mut p);
+    assert!(matches!(Pack::parse(&p).unwrap_err(), PackError::OutOfRange { entry: 2, .. }));
+    // ...or less.
+    put_u32(&mut p, at + 40, 45 - 1);
+    put_u32(&mut p, at + 44, 5 - 1);
+    rehash_index(&mut p);
+    assert!(matches!(Pack::parse(&p).unwrap_err(), PackError::Unaccounted { .. }));
+    // Same id twice.
+    let mut p = good.clone();
+    let (a, b) = (entry_at(&p, 0), entry_at(&p, 2));
+    let id0: [u8; 32] = p[a..a + 32].try_into().unwrap();
+    p[b..b + 32].copy_from_slice(&id0);
+    rehash_index(&mut p);
+    assert!(matches!(Pack::parse(&p).unwrap_err(), PackError::DuplicateId { entry: 2, first: 0, .. }));
+    // Index byte flipped, hash not updated.
+    let mut p = good.clone();
+    let at = entry_at(&p, 0);
+    p[at + 3] ^= 1;
+    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::IndexHashMismatch { offset: at as u64 });
+    // Truncated by one byte.
+    let cut = good.len() - 1;
+    assert_eq!(Pack::parse(&good[..cut]).unwrap_err(), PackError::Truncated { len: cut as u64 });
+    assert!(matches!(
+        PackIndex::parse_trailer(&good[..cut], cut as u64),
+        Err(PackError::BadMagic { place: "trailer", .. })
+    ));
+    assert_eq!(Pack::parse(&good[..95]).unwrap_err(), PackError::TooShort { len: 95 });
+    // Header damage.
+    let mut p = good.clone();
+    p[20] = 1;
+    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::Reserved { place: "header", offset: 20, value: 1 });
+}
+
+#[test]
+fn every_flipped_bit_is_detected() {
+    let k = keys();
+    let done = build(&k, &sample_blocks());
+    for byte in 0..done.out.len() {
+        for bit in 0..8 {
+            let mut p = done.out.clone();
+            p[byte] ^= 1 << bit;
+            // Without the key: the pack id catches every flip.
+            assert!(Pack::verify(&p, &done.id).is_err(), "keyless: byte {byte} bit {bit}");
+            // With the key and no id: structure or the AEAD catches it.
+            let keyed_ok = Pack::parse(&p).is_ok_and(|pack| {
+                (0..pack.index().entries().len()).all(|n| {
+                    let (e, blob) = pack.blob(n).unwrap();
+                    k.open_block(&e.id, blob).is_ok()
+                })
+            });
+            assert!(!keyed_ok, "keyed: byte {byte} bit {bit}");
+        }
+    }
+}
+
+#[test]
+fn fuzz_harness_on_pseudo_random_input() {
+    let mut rng = crate::codec::XorShift(0x2545_f491_4f6c_dd1d);
+    let good = build(&keys(), &sample_blocks()).out;
+    assert_eq!(fuzz_pack_bytes(&good), 3);
+    let mut accepted = 0;
+    for i in 0..3000 {
+        let data = if i % 2 == 0 { rng.some_bytes(400) } else { rng.mutate(&good) };
+        accepted += fuzz_pack_bytes(&data);
+    }
+    // Blob bytes are not covered by the structure: some mutations parse.
+    assert!(accepted > 0);
+}
+
+proptest! {
+    #[test]
+    fn round_trip(blocks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..2000), 1..8)) {
+        let k = keys();
+        let mut blocks = blocks;
+        blocks.sort();
+        blocks.dedup();
+        let done = build(&k, &blocks);
+        let pack = Pack::verify(&done.out, &done.id).unwrap();
+        prop_assert_eq!(pack.index().entries().len(), blocks.len());
+        for (n, b) in blocks.iter().enumerate() {
+            let (e, blob) = pack.blob(n).unwrap();
+            prop_assert_eq!(&k.open_block(&e.id, blob).unwrap(), b);
+        }
+        prop_assert_eq!(fuzz_pack_bytes(&done.out), blocks.len());
+    }
+}

@@ -1,0 +1,166 @@
+//! Streaming pack writer: header, then each sealed blob as it comes, then
+//! index and trailer, hashing everything into the pack id on the way.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use super::{
+    PackEntry, PackError, PackIndex, HEADER, INDEX_ENTRY_LEN, OVERHEAD, PACK_HEADER_LEN, PACK_MAGIC, PACK_TRAILER_LEN,
+    PACK_VERSION, TRAILER, T_COUNT, T_INDEX_HASH, T_INDEX_OFFSET, T_MAGIC, T_VERSION,
+};
+use crate::codec::{put_u16, put_u32, put_u64};
+use crate::ids::{BlockId, PackId};
+use crate::keys::{SealFrame, SEAL_OVERHEAD};
+
+fn header_bytes() -> [u8; PACK_HEADER_LEN] {
+    let mut h = [0u8; PACK_HEADER_LEN];
+    h[..8].copy_from_slice(&PACK_MAGIC);
+    put_u16(&mut h, 8, PACK_VERSION);
+    h
+}
+
+/// Why a pack could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackWriteError {
+    /// The output failed. The pack written so far is unusable: discard it.
+    #[error("writing the pack failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The blob given would make an invalid pack (nothing was written).
+    #[error("refused to add a blob: {0}")]
+    Invalid(#[from] PackError),
+}
+
+/// What [`PackWriter::finish`] returns.
+#[derive(Debug)]
+pub struct FinishedPack<W> {
+    /// The pack's name: BLAKE3 of every byte written.
+    pub id: PackId,
+    /// Total bytes written.
+    pub len: u64,
+    /// The index written, for the vault's block locations.
+    pub index: PackIndex,
+    /// The output, handed back.
+    pub out: W,
+}
+
+/// Writes a pack to any output (a `Vec<u8>`, a buffered file, a socket)
+/// while hashing it, one sealed blob at a time. Wrap a file or socket in a
+/// `BufWriter` of 1 MiB or more: the writer issues one write per part.
+#[derive(Debug)]
+pub struct PackWriter<W: Write> {
+    out: W,
+    hasher: blake3::Hasher,
+    entries: Vec<PackEntry>,
+    seen: HashMap<BlockId, u32>,
+    offset: u64,
+}
+
+impl<W: Write> PackWriter<W> {
+    /// Starts a pack: writes the header.
+    pub fn new(mut out: W) -> Result<PackWriter<W>, PackWriteError> {
+        let header = header_bytes();
+        out.write_all(&header)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&header);
+        Ok(PackWriter { out, hasher, entries: Vec::new(), seen: HashMap::new(), offset: HEADER })
+    }
+
+    /// Bytes written so far (header and blobs): compare with the target pack
+    /// size to decide when to [`finish`](PackWriter::finish).
+    pub fn bytes_written(&self) -> u64 {
+        self.offset
+    }
+
+    /// Blobs added so far.
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the pack already holds block `id`.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.seen.contains_key(id)
+    }
+
+    fn admit(&self, id: &BlockId, plain_len: usize) -> Result<PackEntry, PackError> {
+        let n = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        let plain = u32::try_from(plain_len).unwrap_or(u32::MAX);
+        let entry =
+            PackEntry { id: *id, offset: self.offset, blob_len: plain.saturating_add(OVERHEAD), plain_len: plain };
+        entry.check(n)?;
+        if n == u32::MAX {
+            return Err(PackError::TooManyEntries);
+        }
+        if let Some(&first) = self.seen.get(id) {
+            return Err(PackError::DuplicateId { entry: n, offset: self.offset, id: *id, first });
+        }
+        Ok(entry)
+    }
+
+    fn record(&mut self, entry: PackEntry) {
+        let n = u32::try_from(self.entries.len()).expect("checked by admit");
+        self.seen.insert(entry.id, n);
+        self.offset += u64::from(entry.blob_len);
+        self.entries.push(entry);
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), PackWriteError> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Appends a sealed blob (`nonce ‖ ciphertext ‖ tag`) for block `id`.
+    pub fn add_blob(&mut self, id: &BlockId, blob: &[u8]) -> Result<(), PackWriteError> {
+        let plain = blob.len().checked_sub(SEAL_OVERHEAD).ok_or_else(|| PackError::BadLength {
+            entry: u32::try_from(self.entries.len()).unwrap_or(u32::MAX),
+            offset: self.offset,
+            blob_len: u32::try_from(blob.len()).unwrap_or(u32::MAX),
+            plain_len: 0,
+        })?;
+        let entry = self.admit(id, plain)?;
+        self.put(blob)?;
+        self.record(entry);
+        Ok(())
+    }
+
+    /// Appends a blob sealed by [`crate::keys::Keys::seal_detached`]: its
+    /// frame and its ciphertext (still in the caller's buffer).
+    pub fn add_sealed(&mut self, id: &BlockId, frame: &SealFrame, ciphertext: &[u8]) -> Result<(), PackWriteError> {
+        let entry = self.admit(id, ciphertext.len())?;
+        self.put(&frame.nonce)?;
+        self.put(ciphertext)?;
+        self.put(&frame.tag)?;
+        self.record(entry);
+        Ok(())
+    }
+
+    /// Writes the index and trailer and flushes the output. A pack holds at
+    /// least one blob.
+    pub fn finish(mut self) -> Result<FinishedPack<W>, PackWriteError> {
+        let count = u32::try_from(self.entries.len()).map_err(|_| PackError::TooManyEntries)?;
+        if count == 0 {
+            return Err(PackError::Empty.into());
+        }
+        let mut index = vec![0u8; self.entries.len() * INDEX_ENTRY_LEN];
+        for (e, out) in self.entries.iter().zip(index.chunks_exact_mut(INDEX_ENTRY_LEN)) {
+            e.encode(out);
+        }
+        let mut t = [0u8; PACK_TRAILER_LEN];
+        put_u64(&mut t, T_INDEX_OFFSET, self.offset);
+        put_u32(&mut t, T_COUNT, count);
+        put_u16(&mut t, T_VERSION, PACK_VERSION);
+        t[T_INDEX_HASH..T_INDEX_HASH + 32].copy_from_slice(blake3::hash(&index).as_bytes());
+        t[T_MAGIC..].copy_from_slice(&PACK_MAGIC);
+        self.put(&index)?;
+        self.put(&t)?;
+        self.out.flush()?;
+        let index_offset = self.offset;
+        Ok(FinishedPack {
+            id: PackId(*self.hasher.finalize().as_bytes()),
+            len: index_offset + index.len() as u64 + TRAILER,
+            index: PackIndex { entries: self.entries, index_offset },
+            out: self.out,
+        })
+    }
+}

@@ -1,0 +1,499 @@
+//! Point roots: the top of a recovery point's Merkle map.
+//!
+//! A root names the disk, the cut, and every map page of the point (by
+//! [`PageId`], all-zero for an all-zero page), carries an extension blob
+//! (empty in v1; the VM definition goes there later), and ends with a MAC
+//! keyed by the root-MAC subkey. The vault can read a root's structure and
+//! follow its page ids without the key ([`Root::decode_unauthenticated`], for
+//! GC and keyless checks); anything that trusts a root's contents uses
+//! [`Root::decode`], which verifies the MAC. A root is named by BLAKE3 of its
+//! bytes ([`RootId`]). See FORMAT.md, "Point root".
+//!
+//! The root's fields are readable by whoever holds the vault: disk name and
+//! id, sizes, cut time and bytes shipped are authenticated, not encrypted.
+
+use std::ops::Range;
+
+use crate::codec::{first_nonzero, get_array, get_u32, get_u64, put_u32, put_u64, to_usize};
+use crate::geometry::{Geometry, GeometryError};
+use crate::ids::{PageId, RootId};
+use crate::keys::Keys;
+use crate::map_page::{page_blocks, page_count, MapPage, PageError};
+
+/// First 8 bytes of BLAKE3("lifeboat point root v1").
+pub const ROOT_MAGIC: [u8; 8] = [0x40, 0x55, 0xd8, 0xfc, 0x4f, 0xb8, 0x31, 0x66];
+/// The root format this code writes.
+pub const ROOT_VERSION: u16 = 1;
+/// Size of the fixed root header.
+pub const ROOT_HEADER_LEN: usize = 192;
+/// Longest disk name, in bytes of UTF-8.
+pub const MAX_DISK_NAME: usize = 64;
+/// Largest extension blob a root may carry.
+pub const MAX_EXTENSION: u32 = 16 << 20;
+/// Size of the MAC at the end of a root.
+pub const MAC_LEN: usize = 32;
+/// The shortest possible root: header, one page id, empty extension, MAC.
+pub const MIN_ROOT_LEN: usize = ROOT_HEADER_LEN + 32 + 4 + MAC_LEN;
+
+const AT_VERSION: usize = 8;
+const AT_CONSISTENCY: usize = 10;
+const AT_NAME_LEN: usize = 11;
+const AT_PAGE_COUNT: usize = 12;
+const AT_DISK_ID: usize = 16;
+const AT_NAME: usize = 32;
+const AT_SEQUENCE: usize = 96;
+const AT_CUT_TIME: usize = 104;
+const AT_CUT_GENERATION: usize = 112;
+const AT_DISK_SIZE: usize = 120;
+const AT_BLOCK_SIZE: usize = 128;
+const AT_BYTES_SHIPPED: usize = 136;
+const AT_PARENT: usize = 144;
+const _: () = assert!(AT_NAME + MAX_DISK_NAME == AT_SEQUENCE && AT_PARENT + 32 + 16 == ROOT_HEADER_LEN);
+
+/// How consistent a point is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// The disk as a power cut would have left it.
+    Crash = 1,
+    /// Taken while the guest agent had the file systems frozen.
+    App = 2,
+}
+
+impl TryFrom<u8> for Consistency {
+    type Error = RootError;
+    fn try_from(v: u8) -> Result<Consistency, RootError> {
+        match v {
+            1 => Ok(Consistency::Crash),
+            2 => Ok(Consistency::App),
+            other => Err(RootError::BadField {
+                field: "consistency",
+                value: u64::from(other),
+                why: "must be 1 (crash) or 2 (app)".to_string(),
+            }),
+        }
+    }
+}
+
+/// Why a root was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootError {
+    /// Shorter than the smallest root.
+    #[error("the point root is {len} bytes, shorter than the smallest root (260 bytes; truncated)")]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// Wrong magic.
+    #[error("not a Lifeboat point root (wrong magic)")]
+    BadMagic,
+    /// A version this build does not know.
+    #[error("point root format version {0} is not supported by this build (it knows version 1)")]
+    UnsupportedVersion(u16),
+    /// The length does not match the page count and extension length.
+    #[error(
+        "the point root is {len} bytes; its page count and extension length make it {expected} (truncated or damaged)"
+    )]
+    LengthMismatch {
+        /// Its length.
+        len: usize,
+        /// The length its fields imply (saturated on overflow).
+        expected: u64,
+    },
+    /// The MAC does not verify.
+    #[error(
+        "the point root does not authenticate: it was altered, or the key given is not the key the point was made \
+         with"
+    )]
+    BadMac,
+    /// A field holds an impossible value.
+    #[error("point root field {field} = {value} is invalid: {why}")]
+    BadField {
+        /// Field name as in FORMAT.md.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// What it should have been.
+        why: String,
+    },
+    /// The disk size and block size are not a valid geometry.
+    #[error("point root geometry is invalid: {0}")]
+    Geometry(#[from] GeometryError),
+    /// The disk name is too long or not UTF-8.
+    #[error("the point root's disk name is invalid: {0}")]
+    BadName(String),
+    /// The extension blob is larger than 16 MiB.
+    #[error("the point root's extension is {len} bytes; at most 16 MiB is allowed")]
+    ExtensionTooLarge {
+        /// Its length.
+        len: u64,
+    },
+}
+
+/// A recovery point root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    /// Crash- or app-consistent.
+    pub consistency: Consistency,
+    /// Random identity of the disk (the state file's `disk_id`).
+    pub disk_id: [u8; 16],
+    /// The protected disk's name, at most 64 bytes of UTF-8.
+    pub disk_name: String,
+    /// Point sequence number, one higher than the parent's.
+    pub sequence: u64,
+    /// The instant of the cut, nanoseconds since the Unix epoch.
+    pub cut_time_ns: u64,
+    /// The state file's cut generation of this point's cut.
+    pub cut_generation: u64,
+    /// Disk size and block size at the cut.
+    pub geometry: Geometry,
+    /// Bytes of packs and pages this point added to the vault.
+    pub bytes_shipped: u64,
+    /// The point this one was built on, if any.
+    pub parent: Option<RootId>,
+    /// One id per map page (`ceil(block_count / 512)`), zero for all-zero pages.
+    pub pages: Vec<PageId>,
+    /// Opaque extension blob (empty in v1 writers).
+    pub extension: Vec<u8>,
+}
+
+impl Root {
+    /// Serializes and MACs the root.
+    pub fn encode(&self, keys: &Keys) -> Result<Vec<u8>, RootError> {
+        let mut b = self.encode_unmacced()?;
+        let mac = keys.root_mac(&b);
+        b.extend_from_slice(mac.as_bytes());
+        Ok(b)
+    }
+
+    fn encode_unmacced(&self) -> Result<Vec<u8>, RootError> {
+        let want = page_count(&self.geometry);
+        if self.pages.len() as u64 != want {
+            return Err(RootError::BadField {
+                field: "page_count",
+                value: self.pages.len() as u64,
+                why: format!("the geometry has {want} pages"),
+            });
+        }
+        let page_count = u32::try_from(want).map_err(|_| RootError::BadField {
+            field: "page_count",
+            value: want,
+            why: "more than 2^32 - 1 pages: use a larger block size".to_string(),
+        })?;
+        let name = self.disk_name.as_bytes();
+        if name.len() > MAX_DISK_NAME {
+            return Err(RootError::BadName(format!("{} bytes, at most 64", name.len())));
+        }
+        let ext_len = u32::try_from(self.extension.len())
+            .ok()
+            .filter(|&l| l <= MAX_EXTENSION)
+            .ok_or(RootError::ExtensionTooLarge { len: self.extension.len() as u64 })?;
+        let mut b = vec![0u8; ROOT_HEADER_LEN];
+        b[..8].copy_from_slice(&ROOT_MAGIC);
+        b[AT_VERSION..AT_VERSION + 2].copy_from_slice(&ROOT_VERSION.to_le_bytes());
+        b[AT_CONSISTENCY] = self.consistency as u8;
+        b[AT_NAME_LEN] = u8::try_from(name.len()).expect("at most 64");
+        put_u32(&mut b, AT_PAGE_COUNT, page_count);
+        b[AT_DISK_ID..AT_NAME].copy_from_slice(&self.disk_id);
+        b[AT_NAME..AT_NAME + name.len()].copy_from_slice(name);
+        put_u64(&mut b, AT_SEQUENCE, self.sequence);
+        put_u64(&mut b, AT_CUT_TIME, self.cut_time_ns);
+        put_u64(&mut b, AT_CUT_GENERATION, self.cut_generation);
+        put_u64(&mut b, AT_DISK_SIZE, self.geometry.disk_size);
+        put_u32(&mut b, AT_BLOCK_SIZE, self.geometry.block_size);
+        put_u64(&mut b, AT_BYTES_SHIPPED, self.bytes_shipped);
+        b[AT_PARENT..AT_PARENT + 32].copy_from_slice(&self.parent.unwrap_or(RootId::ZERO).0);
+        b.reserve(self.pages.len() * 32 + 4 + self.extension.len() + MAC_LEN);
+        for p in &self.pages {
+            b.extend_from_slice(&p.0);
+        }
+        b.extend_from_slice(&ext_len.to_le_bytes());
+        b.extend_from_slice(&self.extension);
+        Ok(b)
+    }
+
+    /// Parses a root and verifies its MAC under `keys`. A root that was
+    /// altered in any way, or made with another key, is [`RootError::BadMac`]
+    /// (or a structural error when the alteration breaks its framing).
+    pub fn decode(bytes: &[u8], keys: &Keys) -> Result<Root, RootError> {
+        let body_len = frame(bytes)?;
+        let mac = blake3::Hash::from(get_array::<MAC_LEN>(bytes, body_len));
+        if keys.root_mac(&bytes[..body_len]) != mac {
+            return Err(RootError::BadMac);
+        }
+        parse_fields(bytes, body_len)
+    }
+
+    /// Parses a root **without verifying its MAC**: for the vault's garbage
+    /// collection and keyless structure checks, which only follow page ids
+    /// (and would at worst keep too much). Nothing read this way may be
+    /// trusted for a restore.
+    pub fn decode_unauthenticated(bytes: &[u8]) -> Result<Root, RootError> {
+        let body_len = frame(bytes)?;
+        parse_fields(bytes, body_len)
+    }
+
+    /// The blocks map page `index` covers.
+    pub fn page_blocks(&self, index: u64) -> Range<u64> {
+        page_blocks(&self.geometry, index)
+    }
+
+    /// Checks a fetched map page for page `index` of this point (id, format,
+    /// place). Not for a zero page id, which names no stored page.
+    pub fn check_page(&self, index: u64, bytes: &[u8]) -> Result<MapPage, PageError> {
+        let id = usize::try_from(index).ok().and_then(|i| self.pages.get(i)).copied().unwrap_or(PageId::ZERO);
+        MapPage::decode_expected(bytes, &id, &self.geometry, index)
+    }
+}
+
+/// Checks magic, version and that the length matches the page count and
+/// extension length. Returns the length of everything before the MAC.
+fn frame(b: &[u8]) -> Result<usize, RootError> {
+    if b.len() < MIN_ROOT_LEN {
+        return Err(RootError::TooShort { len: b.len() });
+    }
+    if b[..8] != ROOT_MAGIC {
+        return Err(RootError::BadMagic);
+    }
+    let version = u16::from_le_bytes([b[AT_VERSION], b[AT_VERSION + 1]]);
+    if version != ROOT_VERSION {
+        return Err(RootError::UnsupportedVersion(version));
+    }
+    let pages_end = ROOT_HEADER_LEN as u64 + 32 * u64::from(get_u32(b, AT_PAGE_COUNT));
+    let mismatch = |expected: u64| RootError::LengthMismatch { len: b.len(), expected };
+    if pages_end + 4 + MAC_LEN as u64 > b.len() as u64 {
+        return Err(mismatch(pages_end + 4 + MAC_LEN as u64));
+    }
+    let ext_len = get_u32(b, to_usize(pages_end));
+    let expected = pages_end + 4 + u64::from(ext_len) + MAC_LEN as u64;
+    if expected != b.len() as u64 {
+        return Err(mismatch(expected));
+    }
+    if ext_len > MAX_EXTENSION {
+        return Err(RootError::ExtensionTooLarge { len: u64::from(ext_len) });
+    }
+    Ok(b.len() - MAC_LEN)
+}
+
+/// Decodes and checks every field of a framed root.
+fn parse_fields(b: &[u8], body_len: usize) -> Result<Root, RootError> {
+    let consistency = Consistency::try_from(b[AT_CONSISTENCY])?;
+    let name_len = usize::from(b[AT_NAME_LEN]);
+    if name_len > MAX_DISK_NAME {
+        return Err(RootError::BadName(format!("length {name_len}, at most 64")));
+    }
+    if let Some(at) = first_nonzero(b, AT_NAME + name_len..AT_SEQUENCE) {
+        return Err(RootError::BadName(format!("byte {at} past the name's length must be zero")));
+    }
+    let disk_name = std::str::from_utf8(&b[AT_NAME..AT_NAME + name_len])
+        .map_err(|e| RootError::BadName(format!("not UTF-8: {e}")))?
+        .to_string();
+    for (field, range) in
+        [("reserved0", AT_BLOCK_SIZE + 4..AT_BYTES_SHIPPED), ("reserved1", AT_PARENT + 32..ROOT_HEADER_LEN)]
+    {
+        if let Some(at) = first_nonzero(b, range) {
+            return Err(RootError::BadField { field, value: u64::from(b[at]), why: format!("byte {at} must be zero") });
+        }
+    }
+    let geometry = Geometry::new(get_u64(b, AT_DISK_SIZE), u64::from(get_u32(b, AT_BLOCK_SIZE)))?;
+    let count = get_u32(b, AT_PAGE_COUNT);
+    let want = page_count(&geometry);
+    if u64::from(count) != want {
+        return Err(RootError::BadField {
+            field: "page_count",
+            value: u64::from(count),
+            why: format!("a {}-byte disk of {}-byte blocks has {want} pages", geometry.disk_size, geometry.block_size),
+        });
+    }
+    let pages_end = ROOT_HEADER_LEN + 32 * count as usize;
+    let pages = b[ROOT_HEADER_LEN..pages_end].chunks_exact(32).map(|c| PageId(get_array(c, 0))).collect();
+    let parent = RootId(get_array(b, AT_PARENT));
+    Ok(Root {
+        consistency,
+        disk_id: get_array(b, AT_DISK_ID),
+        disk_name,
+        sequence: get_u64(b, AT_SEQUENCE),
+        cut_time_ns: get_u64(b, AT_CUT_TIME),
+        cut_generation: get_u64(b, AT_CUT_GENERATION),
+        geometry,
+        bytes_shipped: get_u64(b, AT_BYTES_SHIPPED),
+        parent: (!parent.is_zero()).then_some(parent),
+        pages,
+        extension: b[pages_end + 4..body_len].to_vec(),
+    })
+}
+
+/// The key the root fuzz harness MACs with.
+fn fuzz_keys() -> Keys {
+    crate::keys::MasterKey::from_bytes([0x5a; 32]).keys()
+}
+
+/// Runs the root parsers on `data` the way the `root` fuzz target does. An
+/// input accepted without the MAC must re-encode to the same bytes (MAC
+/// aside), and the re-encoding must authenticate under the key it was made
+/// with. Returns whether the structure was accepted. Panics only on a real bug.
+pub fn fuzz_root_bytes(data: &[u8]) -> bool {
+    let keys = fuzz_keys();
+    let authentic = Root::decode(data, &keys);
+    let Ok(root) = Root::decode_unauthenticated(data) else {
+        assert!(authentic.is_err(), "MAC-checked decode accepted what the structural decode refused");
+        return false;
+    };
+    let again = root.encode(&keys).expect("an accepted root encodes");
+    assert_eq!(again[..again.len() - MAC_LEN], data[..data.len() - MAC_LEN], "root round trip");
+    assert_eq!(Root::decode(&again, &keys).expect("own encoding authenticates"), root);
+    if let Ok(r) = authentic {
+        assert_eq!(r, root);
+    }
+    true
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test sizes are small
+mod tests {
+    use super::*;
+    use crate::ids::BlockId;
+    use crate::keys::MasterKey;
+    use proptest::prelude::*;
+
+    fn keys(seed: u8) -> Keys {
+        MasterKey::from_bytes([seed; 32]).keys()
+    }
+
+    fn sample() -> Root {
+        let geometry = Geometry::new(3 * 512 * 65536 + 100, 65536).unwrap(); // 4 pages
+        Root {
+            consistency: Consistency::App,
+            disk_id: *b"disk-identity-01",
+            disk_name: "web-01-système".to_string(),
+            sequence: 42,
+            cut_time_ns: 1_790_000_000_123_456_789,
+            cut_generation: 41,
+            geometry,
+            bytes_shipped: 123_456,
+            parent: Some(RootId([9; 32])),
+            pages: vec![PageId([1; 32]), PageId::ZERO, PageId([3; 32]), PageId([4; 32])],
+            extension: b"ext".to_vec(),
+        }
+    }
+
+    #[test]
+    fn magic_is_derived_from_the_versioned_string() {
+        assert_eq!(&blake3::hash(b"lifeboat point root v1").as_bytes()[..8], &ROOT_MAGIC);
+    }
+
+    #[test]
+    fn round_trip() {
+        let (k, r) = (keys(1), sample());
+        let b = r.encode(&k).unwrap();
+        assert_eq!(b.len(), 192 + 4 * 32 + 4 + 3 + 32);
+        assert_eq!(Root::decode(&b, &k).unwrap(), r);
+        assert_eq!(Root::decode_unauthenticated(&b).unwrap(), r);
+        assert_eq!(r.page_blocks(3), 1536..1537);
+        let mut no_parent = r.clone();
+        no_parent.parent = None;
+        no_parent.extension.clear();
+        let b = no_parent.encode(&k).unwrap();
+        assert_eq!(Root::decode(&b, &k).unwrap(), no_parent);
+    }
+
+    #[test]
+    fn wrong_key_and_every_flipped_bit_are_refused() {
+        let (k, r) = (keys(1), sample());
+        let b = r.encode(&k).unwrap();
+        assert_eq!(Root::decode(&b, &keys(2)), Err(RootError::BadMac));
+        for byte in 0..b.len() {
+            for bit in 0..8 {
+                let mut c = b.clone();
+                c[byte] ^= 1 << bit;
+                assert!(Root::decode(&c, &k).is_err(), "flip of byte {byte} bit {bit} accepted");
+            }
+        }
+        // A flip inside a well-framed field is a MAC failure, whatever the field.
+        let mut c = b.clone();
+        c[AT_SEQUENCE] ^= 1;
+        assert_eq!(Root::decode(&c, &k), Err(RootError::BadMac));
+        assert_eq!(Root::decode_unauthenticated(&c).unwrap().sequence, 43);
+    }
+
+    #[test]
+    fn structural_damage_is_named() {
+        let (k, r) = (keys(1), sample());
+        let b = r.encode(&k).unwrap();
+        assert_eq!(Root::decode(&b[..100], &k), Err(RootError::TooShort { len: 100 }));
+        assert!(matches!(Root::decode(&b[..b.len() - 1], &k), Err(RootError::LengthMismatch { .. })));
+        let mut c = b.clone();
+        c[AT_VERSION] = 9;
+        assert_eq!(Root::decode(&c, &k), Err(RootError::UnsupportedVersion(9)));
+        // Fields are checked even on an authentic root (a writer bug).
+        let mut bad = r.clone();
+        bad.pages.pop();
+        assert!(matches!(bad.encode(&k), Err(RootError::BadField { field: "page_count", .. })));
+        bad.disk_name = "x".repeat(65);
+        bad.pages.push(PageId::ZERO);
+        assert!(matches!(bad.encode(&k), Err(RootError::BadName(_))));
+        let mut c = r.encode_unmacced().unwrap();
+        c[AT_CONSISTENCY] = 3;
+        let mac = k.root_mac(&c);
+        c.extend_from_slice(mac.as_bytes());
+        assert!(matches!(Root::decode(&c, &k), Err(RootError::BadField { field: "consistency", value: 3, .. })));
+    }
+
+    #[test]
+    fn check_page_uses_the_roots_page_id() {
+        let k = keys(1);
+        let mut r = sample();
+        let page = MapPage { first_block: 1536, entries: vec![BlockId([7; 32])] };
+        let bytes = page.encode();
+        r.pages[3] = PageId::of(&bytes);
+        let r = Root::decode(&r.encode(&k).unwrap(), &k).unwrap();
+        assert_eq!(r.check_page(3, &bytes).unwrap(), page);
+        assert!(matches!(r.check_page(2, &bytes), Err(PageError::IdMismatch { .. })));
+    }
+
+    #[test]
+    fn fuzz_harness_on_pseudo_random_input() {
+        let mut rng = crate::codec::XorShift(0x1234_5678_9abc_def1);
+        let good = sample().encode(&fuzz_keys()).unwrap();
+        assert!(fuzz_root_bytes(&good));
+        let mut accepted = 0;
+        for i in 0..3000 {
+            let data = if i % 2 == 0 { rng.some_bytes(500) } else { rng.mutate(&good) };
+            accepted += usize::from(fuzz_root_bytes(&data));
+        }
+        assert!(accepted > 0);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_any(
+            blocks in 1u64..5000,
+            name in "[a-z0-9-]{0,64}",
+            seq in any::<u64>(),
+            time in any::<u64>(),
+            shipped in any::<u64>(),
+            ext in proptest::collection::vec(any::<u8>(), 0..100),
+            app in any::<bool>(),
+        ) {
+            let geometry = Geometry::new(blocks * 4096 - 1, 4096).unwrap();
+            let n = page_count(&geometry);
+            let r = Root {
+                consistency: if app { Consistency::App } else { Consistency::Crash },
+                disk_id: [3; 16],
+                disk_name: name,
+                sequence: seq,
+                cut_time_ns: time,
+                cut_generation: seq / 2,
+                geometry,
+                bytes_shipped: shipped,
+                parent: (seq % 2 == 0).then_some(RootId([seq as u8 | 1; 32])),
+                pages: (0..n).map(|i| if i % 3 == 0 { PageId::ZERO } else { PageId([i as u8; 32]) }).collect(),
+                extension: ext,
+            };
+            let k = keys(7);
+            let b = r.encode(&k).unwrap();
+            prop_assert_eq!(Root::decode(&b, &k).unwrap(), r);
+            prop_assert!(fuzz_root_bytes(&b));
+        }
+    }
+}
