@@ -21,19 +21,15 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use vm_tests::clients::{nbd_uri, python_nbd, qemu_io};
+use vm_tests::lifeboat::{unix_listen, Dirty, Filter, Home, Scratch};
+use vm_tests::paths::tool;
+use vm_tests::process::assert_ok;
+use vm_tests::{blocks_of, Rng};
 
-// ---------------------------------------------------------------------------
-// Support: the lifeboat binary, a scratch home, the filter child process.
-// (Each test file in cli/tests carries its own copy: they are separate crates.)
-// ---------------------------------------------------------------------------
-
-const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 /// The state file's header page and the offsets of its two header slots
@@ -41,232 +37,27 @@ const MIB: u64 = 1024 * 1024;
 const HEADER_PAGE: u64 = 4096;
 const HEADER_SLOTS: [u64; 2] = [0, 2048];
 
-fn tool(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"].iter().map(PathBuf::from).collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not installed: run scripts/setup.sh"))
+/// A scratch directory with a home driven by the binary cargo built.
+fn scratch() -> Scratch {
+    Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), "lb-crash-")
 }
 
-/// Debian's python3 with the libnbd module (the one nbdsh uses).
-fn python_nbd() -> PathBuf {
-    let py = PathBuf::from("/usr/bin/python3");
-    let ok = Command::new(&py).args(["-c", "import nbd"]).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "/usr/bin/python3 cannot `import nbd` (python3-libnbd): run scripts/setup.sh");
-    py
-}
-
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = tempfile::Builder::new().prefix("lb-crash-").tempdir().expect("temp dir");
-        Scratch { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn home(&self) -> PathBuf {
-        self.path("home")
-    }
-    fn lifeboat(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--home").arg(self.home()).args(args).output().expect("run lifeboat")
-    }
-    fn protect(&self, name: &str, image: &Path, block_size: u64) {
-        let bs = format!("{}KiB", block_size / KIB);
-        let out = self.lifeboat(&["protect", name, "--image", image.to_str().unwrap(), "--block-size", &bs]);
-        assert_ok(&out, "lifeboat protect");
-    }
-    fn dirty(&self, name: &str) -> Dirty {
-        let out = self.lifeboat(&["dirty", name, "--json"]);
-        assert_ok(&out, "lifeboat dirty --json");
-        Dirty::parse(&out.stdout)
-    }
-    /// The disk's state file: the file in HOME/disks/NAME that starts with a
-    /// header page and is not the config.
-    fn state_file(&self, name: &str) -> PathBuf {
-        let dir = self.home().join("disks").join(name);
-        let mut files: Vec<(PathBuf, u64)> = fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .map(|p| {
-                let len = fs::metadata(&p).unwrap().len();
-                (p, len)
-            })
-            .filter(|(p, len)| *len >= HEADER_PAGE && p.extension().is_none_or(|e| e != "toml"))
-            .collect();
-        files.sort_by_key(|(p, len)| (!p.to_string_lossy().contains("state"), u64::MAX - len));
-        files.into_iter().next().unwrap_or_else(|| panic!("no state file in {}", dir.display())).0
-    }
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[derive(Debug)]
-struct Dirty {
-    block_size: u64,
-    disk_size: u64,
-    dirty_blocks: BTreeSet<u64>,
-    suspect: bool,
-}
-
-impl Dirty {
-    fn parse(stdout: &[u8]) -> Dirty {
-        let text = String::from_utf8_lossy(stdout);
-        let v: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("`dirty --json` printed invalid JSON ({e}):\n{text}"));
-        let num = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("`{k}` missing or not a number in {text}"));
-        let set: BTreeSet<u64> = v["dirty_blocks"]
-            .as_array()
-            .unwrap_or_else(|| panic!("`dirty_blocks` missing in {text}"))
-            .iter()
-            .map(|b| b.as_u64().expect("block index"))
-            .collect();
-        assert_eq!(num("dirty_count"), set.len() as u64, "dirty_count disagrees with dirty_blocks");
-        Dirty {
-            block_size: num("block_size"),
-            disk_size: num("disk_size"),
-            dirty_blocks: set,
-            suspect: v["suspect"].as_bool().unwrap_or_else(|| panic!("`suspect` missing in {text}")),
-        }
-    }
-}
-
-struct Filter {
-    child: Option<Child>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Filter {
-    fn spawn(scratch: &Scratch, name: &str, sock: &Path) -> (Filter, mpsc::Receiver<String>) {
-        let listen = format!("unix:{}", sock.display());
-        let mut child = Command::new(BIN)
-            .arg("--home")
-            .arg(scratch.home())
-            .args(["filter", name, "--listen", &listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn filter");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let pipe = child.stderr.take().unwrap();
-        let log = Arc::clone(&stderr);
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        (Filter { child: Some(child), stderr }, rx)
-    }
-    /// Starts the filter and waits for its ready line.
-    fn start(scratch: &Scratch, name: &str, sock: &Path) -> Filter {
-        let (mut filter, rx) = Filter::spawn(scratch, name, sock);
-        let ready = format!("filter {name} listening on unix:{}", sock.display());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.trim_end() == ready => return filter,
-                Ok(_) => {}
-                Err(_) => {
-                    if let Some(status) = filter.child.as_mut().unwrap().try_wait().unwrap() {
-                        panic!("lifeboat filter exited with {status} before it was ready:\n{}", filter.log());
-                    }
-                    assert!(Instant::now() < deadline, "filter not ready within 30 s:\n{}", filter.log());
-                }
-            }
-        }
-    }
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-    fn signal(&self, sig: i32) {
-        let pid = self.child.as_ref().expect("filter running").id() as i32;
-        // SAFETY: kill(2) on our own unreaped child (we hold its `Child`), so the
-        // pid still names that process.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig})");
-    }
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        let child = self.child.as_mut().expect("filter running");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.child = None;
-                panic!("lifeboat filter did not exit within {limit:?}:\n{}", self.log());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-    fn stop(mut self) {
-        self.signal(libc::SIGTERM);
-        let status = self.wait(Duration::from_secs(30));
-        assert!(status.success(), "filter exited with {status} after SIGTERM:\n{}", self.log());
-    }
-}
-
-impl Drop for Filter {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Deterministic pseudo-random numbers (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-}
-
-fn blocks_of(off: u64, len: u64, bs: u64) -> std::ops::RangeInclusive<u64> {
-    (off / bs)..=((off + len - 1) / bs)
+/// The disk's state file: the file in HOME/disks/NAME that starts with a
+/// header page and is not the config.
+fn state_file(home: &Home, name: &str) -> PathBuf {
+    let dir = home.dir.join("disks").join(name);
+    let mut files: Vec<(PathBuf, u64)> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let len = fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .filter(|(p, len)| *len >= HEADER_PAGE && p.extension().is_none_or(|e| e != "toml"))
+        .collect();
+    files.sort_by_key(|(p, len)| (!p.to_string_lossy().contains("state"), u64::MAX - len));
+    files.into_iter().next().unwrap_or_else(|| panic!("no state file in {}", dir.display())).0
 }
 
 // ---------------------------------------------------------------------------
@@ -372,14 +163,14 @@ fn write_and_kill(s: &Scratch, filter: &mut Filter, uri: &str, plan: &[Write], q
 /// The core check shared by the crash tests: kill mid-stream, then the state
 /// and the data of every acknowledged write must have survived.
 fn crash_mid_stream(qd: usize, bs: u64, size: u64, plan: Vec<Write>, kill_after: usize, seed: u64) {
-    let s = Scratch::new();
+    let s = scratch();
     let image = s.path("disk.img");
     let original = Rng::new(seed).bytes(size as usize);
     fs::write(&image, &original).unwrap();
-    s.protect("crashy", &image, bs);
+    s.home.protect("crashy", &image, bs);
     let sock = s.path("c.sock");
-    let mut filter = Filter::start(&s, "crashy", &sock);
-    let uri = format!("nbd+unix:///crashy?socket={}", sock.display());
+    let mut filter = s.home.filter("crashy", &sock);
+    let uri = nbd_uri("crashy", &sock);
     let run = write_and_kill(&s, &mut filter, &uri, &plan, qd, kill_after);
     drop(filter);
 
@@ -401,16 +192,16 @@ fn crash_mid_stream(qd: usize, bs: u64, size: u64, plan: Vec<Write>, kill_after:
         let extra: Vec<u64> = d.dirty_blocks.difference(&issued_blocks).copied().collect();
         assert!(extra.is_empty(), "{when}: blocks no write touched are dirty: {:?}", &extra[..extra.len().min(10)]);
     };
-    check(&s.dirty("crashy"), "after SIGKILL");
+    check(&s.home.dirty("crashy"), "after SIGKILL");
 
     // Restart: the filter must accept a state file left by a killed process.
-    let filter = Filter::start(&s, "crashy", &sock);
-    check(&s.dirty("crashy"), "after restart");
+    let filter = s.home.filter("crashy", &sock);
+    check(&s.home.dirty("crashy"), "after restart");
     let back = s.path("back.bin");
     let out = Command::new(tool("nbdcopy")).arg(&uri).arg(&back).output().expect("nbdcopy");
     assert_ok(&out, "nbdcopy out after restart");
     filter.stop();
-    check(&s.dirty("crashy"), "after a clean stop of the restarted filter");
+    check(&s.home.dirty("crashy"), "after a clean stop of the restarted filter");
 
     // Every acknowledged write reads back. Bytes of writes that were in flight
     // at the kill may hold either the old or the new value.
@@ -483,13 +274,13 @@ fn refused_and_untouched(s: &Scratch, name: &str, state: &Path, what: &str) {
     let before = fs::read(state).unwrap();
     let shown = state.display().to_string();
 
-    let out = s.lifeboat(&["dirty", name, "--json"]);
+    let out = s.home.run(&["dirty", name, "--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{what}: `dirty` exit status {} (stderr: {err})", out.status);
     assert!(err.contains(&shown), "{what}: `dirty` error does not name the state file {shown}:\n{err}");
 
     let sock = s.path("refused.sock");
-    let (mut filter, _rx) = Filter::spawn(s, name, &sock);
+    let mut filter = s.home.spawn_filter(name, &[unix_listen(&sock)]);
     let status = filter.wait(Duration::from_secs(30));
     let err = filter.log();
     assert_eq!(status.code(), Some(1), "{what}: `filter` exit status {status} (stderr: {err})");
@@ -503,24 +294,19 @@ fn refused_and_untouched(s: &Scratch, name: &str, state: &Path, what: &str) {
 fn protected_with_dirty_blocks(s: &Scratch, name: &str) -> PathBuf {
     let image = s.path("disk.img");
     fs::write(&image, Rng::new(5).bytes((8 * MIB) as usize)).unwrap();
-    s.protect(name, &image, 64 * KIB);
+    s.home.protect(name, &image, 64 * KIB);
     let sock = s.path("w.sock");
-    let filter = Filter::start(s, name, &sock);
-    let out = Command::new(tool("qemu-io"))
-        .args(["-f", "raw", &format!("nbd+unix:///{name}?socket={}", sock.display())])
-        .args(["-c", "write -P 7 100000 300000"])
-        .output()
-        .unwrap();
-    assert_ok(&out, "qemu-io write");
+    let filter = s.home.filter(name, &sock);
+    qemu_io(&nbd_uri(name, &sock), &["write -P 7 100000 300000"]);
     filter.stop();
-    assert_eq!(s.dirty(name).dirty_blocks, (1..=6).collect::<BTreeSet<u64>>());
-    s.state_file(name)
+    assert_eq!(s.home.dirty(name).dirty_blocks, (1..=6).collect::<BTreeSet<u64>>());
+    state_file(&s.home, name)
 }
 
 #[test]
 fn state_file_with_both_header_copies_corrupt_is_refused_and_untouched() {
     for (what, at) in [("checksum", 40u64), ("magic", 0)] {
-        let s = Scratch::new();
+        let s = scratch();
         let state = protected_with_dirty_blocks(&s, "bad");
         let mut bytes = fs::read(&state).unwrap();
         for slot in HEADER_SLOTS {
@@ -536,7 +322,7 @@ fn truncated_state_file_is_refused_and_untouched() {
     for (what, keep) in
         [("inside the bitmaps", HEADER_PAGE + 10), ("inside the header page", 100), ("to zero bytes", 0)]
     {
-        let s = Scratch::new();
+        let s = scratch();
         let state = protected_with_dirty_blocks(&s, "short");
         let f = fs::OpenOptions::new().write(true).open(&state).unwrap();
         f.set_len(keep).unwrap();
@@ -549,7 +335,7 @@ fn truncated_state_file_is_refused_and_untouched() {
 fn state_file_with_a_dirty_bit_past_the_disk_end_is_refused_and_untouched() {
     // 8 MiB in 64 KiB blocks = 128 blocks; the live bitmap page has room for
     // many more bits, which must all be zero (disk-format/FORMAT.md).
-    let s = Scratch::new();
+    let s = scratch();
     let state = protected_with_dirty_blocks(&s, "overhang");
     let mut bytes = fs::read(&state).unwrap();
     let bit = 200u64;

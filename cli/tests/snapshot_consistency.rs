@@ -21,145 +21,21 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-// ---------------------------------------------------------------------------
-// Support: the lifeboat binary, a scratch home, the filter child process.
-// (Each test file in cli/tests carries its own copy: they are separate crates.)
-// ---------------------------------------------------------------------------
+use vm_tests::clients::{nbd_uri, python_nbd};
+use vm_tests::lifeboat::Scratch;
+use vm_tests::process::wait_for;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
-fn python_nbd() -> PathBuf {
-    let py = PathBuf::from("/usr/bin/python3");
-    let ok = Command::new(&py).args(["-c", "import nbd"]).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "/usr/bin/python3 cannot `import nbd` (python3-libnbd): run scripts/setup.sh");
-    py
-}
-
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = tempfile::Builder::new().prefix("lb-snap-").tempdir().expect("temp dir");
-        Scratch { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn home(&self) -> PathBuf {
-        self.path("home")
-    }
-    fn lifeboat(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--home").arg(self.home()).args(args).output().expect("run lifeboat")
-    }
-    fn protect(&self, name: &str, image: &Path, block_size: u64) {
-        let bs = format!("{}KiB", block_size / KIB);
-        let out = self.lifeboat(&["protect", name, "--image", image.to_str().unwrap(), "--block-size", &bs]);
-        assert_ok(&out, "lifeboat protect");
-    }
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Filter {
-    child: Option<Child>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Filter {
-    fn start(scratch: &Scratch, name: &str, sock: &Path) -> Filter {
-        let listen = format!("unix:{}", sock.display());
-        let mut child = Command::new(BIN)
-            .arg("--home")
-            .arg(scratch.home())
-            .args(["filter", name, "--listen", &listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn filter");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let pipe = child.stderr.take().unwrap();
-        let log = Arc::clone(&stderr);
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        let mut filter = Filter { child: Some(child), stderr };
-        let ready = format!("filter {name} listening on {listen}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.trim_end() == ready => return filter,
-                Ok(_) => {}
-                Err(_) => {
-                    if let Some(status) = filter.child.as_mut().unwrap().try_wait().unwrap() {
-                        panic!("lifeboat filter exited with {status} before it was ready:\n{}", filter.log());
-                    }
-                    assert!(Instant::now() < deadline, "filter not ready within 30 s:\n{}", filter.log());
-                }
-            }
-        }
-    }
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-    fn stop(mut self) {
-        let child = self.child.as_mut().expect("filter running");
-        // SAFETY: kill(2) on our own unreaped child (we hold its `Child`), so the
-        // pid still names that process.
-        let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM filter");
-        let status = wait_for(child, Duration::from_secs(30), "lifeboat filter");
-        self.child = None;
-        assert!(status.success(), "filter exited with {status} after SIGTERM:\n{}", self.log());
-    }
-}
-
-impl Drop for Filter {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Waits for a child up to `limit`, killing it and failing after that.
-fn wait_for(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+/// A scratch directory with a home driven by the binary cargo built.
+fn scratch() -> Scratch {
+    Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), "lb-snap-")
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock Python's `time.monotonic_ns()` reads.
@@ -311,22 +187,22 @@ struct Config {
 }
 
 fn snapshot_while_writing(cfg: Config) {
-    let s = Scratch::new();
+    let s = scratch();
     let size = 48 * MIB + 4 * KIB; // not a multiple of 64 KiB or 1 MiB
     let nslots = size / SLOT;
     let image = s.path("disk.img");
     let original: Vec<u8> = (0..nslots).flat_map(original_slot).collect();
     fs::write(&image, &original).unwrap();
-    s.protect("snap", &image, cfg.block_size);
+    s.home.protect("snap", &image, cfg.block_size);
     let sock = s.path("s.sock");
-    let filter = Filter::start(&s, "snap", &sock);
+    let filter = s.home.filter("snap", &sock);
 
     let script = s.path("writer.py");
     fs::write(&script, WRITER).unwrap();
     let stop = s.path("stop");
     let mut writer = Command::new(python_nbd())
         .arg(&script)
-        .arg(format!("nbd+unix:///snap?socket={}", sock.display()))
+        .arg(nbd_uri("snap", &sock))
         .args([SLOT.to_string(), nslots.to_string(), cfg.seed.to_string(), cfg.mode.to_string()])
         .arg(&stop)
         .arg("2000000")
@@ -372,9 +248,9 @@ fn snapshot_while_writing(cfg: Config) {
         wait_acked(target);
         let out_file = s.path(&format!("snap{round}.raw"));
         let t_start = monotonic_ns();
-        let mut snap = Command::new(BIN)
-            .arg("--home")
-            .arg(s.home())
+        let mut snap = s
+            .home
+            .command()
             .args(["snapshot", "snap", "--out"])
             .arg(&out_file)
             .stdout(Stdio::piped())

@@ -7,16 +7,19 @@
 // Test messages are small: their lengths and patterns fit the narrower types.
 #![allow(clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::thread::{self, JoinHandle};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use filter::nbd::{Export, Listen, LocalAddr, Server, ShutdownHandle};
+use common::{server, Call, MemExport, TestServer, NAME};
+use filter::nbd::{Export, Listen, LocalAddr, Server};
 
 // ---------------------------------------------------------------- constants
 
@@ -72,206 +75,16 @@ const ESHUTDOWN: u32 = 108;
 /// HAS_FLAGS | SEND_FLUSH | SEND_FUA | SEND_TRIM | SEND_WRITE_ZEROES | CAN_MULTI_CONN
 const EXPECTED_TRANSMISSION_FLAGS: u16 = 1 | 4 | 8 | 32 | 64 | 256;
 const MIB: u64 = 1 << 20;
-const NAME: &str = "disk0";
-
-// ------------------------------------------------------------- test export
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Call {
-    Write { offset: u64, len: usize, fua: bool },
-    Flush,
-    Trim { offset: u64, len: u64, fua: bool },
-    Zero { offset: u64, len: u64, may_trim: bool, fua: bool },
-}
-
-/// A RAM disk that records calls and can be told to fail, block or dawdle.
-struct MemExport {
-    data: RwLock<Vec<u8>>,
-    calls: Mutex<Vec<Call>>,
-    /// Writes and reads at exactly this offset fail with this OS error.
-    fail_at: Mutex<Option<(u64, i32)>>,
-    /// A read at `.0` waits (up to 5 s, else EIO) until a read at `.1` has
-    /// started, then 200 ms more.
-    rendezvous: Option<(u64, u64)>,
-    second_started: Mutex<bool>,
-    started_cond: Condvar,
-    /// Writes at this offset take this long.
-    slow_write: Option<(u64, Duration)>,
-    slow_write_started: AtomicBool,
-    /// Reads at this offset wait (up to 10 s, else EIO) until `gate_open`.
-    gate: Option<u64>,
-    gate_open: Mutex<bool>,
-}
-
-impl MemExport {
-    fn new(size: usize) -> MemExport {
-        MemExport {
-            data: RwLock::new(vec![0; size]),
-            calls: Mutex::new(Vec::new()),
-            fail_at: Mutex::new(None),
-            rendezvous: None,
-            second_started: Mutex::new(false),
-            started_cond: Condvar::new(),
-            slow_write: None,
-            slow_write_started: AtomicBool::new(false),
-            gate: None,
-            gate_open: Mutex::new(false),
-        }
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    fn bytes(&self, offset: u64, len: usize) -> Vec<u8> {
-        let offset = usize::try_from(offset).unwrap();
-        self.data.read().unwrap()[offset..offset + len].to_vec()
-    }
-
-    fn check_fail(&self, offset: u64) -> io::Result<()> {
-        match *self.fail_at.lock().unwrap() {
-            Some((at, errno)) if at == offset => Err(io::Error::from_raw_os_error(errno)),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn range(offset: u64, len: u64) -> std::ops::Range<usize> {
-    let start = usize::try_from(offset).unwrap();
-    start..start + usize::try_from(len).unwrap()
-}
-
-impl Export for MemExport {
-    fn size(&self) -> u64 {
-        self.data.read().unwrap().len() as u64
-    }
-
-    fn preferred_block_size(&self) -> u32 {
-        4096
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.check_fail(offset)?;
-        if let Some((first, second)) = self.rendezvous {
-            if offset == second {
-                *self.second_started.lock().unwrap() = true;
-                self.started_cond.notify_all();
-            } else if offset == first {
-                let started = self.second_started.lock().unwrap();
-                let (started, _) =
-                    self.started_cond.wait_timeout_while(started, Duration::from_secs(5), |s| !*s).unwrap();
-                if !*started {
-                    return Err(io::Error::from_raw_os_error(libc_eio()));
-                }
-                // let the second request's reply go out first
-                drop(started);
-                thread::sleep(Duration::from_millis(200));
-            }
-        }
-        if self.gate == Some(offset) {
-            let open = self.gate_open.lock().unwrap();
-            let (open, _) = self.started_cond.wait_timeout_while(open, Duration::from_secs(10), |o| !*o).unwrap();
-            if !*open {
-                return Err(io::Error::from_raw_os_error(libc_eio()));
-            }
-        }
-        buf.copy_from_slice(&self.data.read().unwrap()[range(offset, buf.len() as u64)]);
-        Ok(())
-    }
-
-    fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()> {
-        self.check_fail(offset)?;
-        if let Some((at, delay)) = self.slow_write {
-            if at == offset {
-                self.slow_write_started.store(true, Ordering::SeqCst);
-                thread::sleep(delay);
-            }
-        }
-        self.data.write().unwrap()[range(offset, data.len() as u64)].copy_from_slice(data);
-        self.calls.lock().unwrap().push(Call::Write { offset, len: data.len(), fua });
-        Ok(())
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        self.calls.lock().unwrap().push(Call::Flush);
-        Ok(())
-    }
-
-    fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.check_fail(offset)?;
-        // Trim leaves contents unspecified; make that visible.
-        self.data.write().unwrap()[range(offset, len)].fill(0xee);
-        self.calls.lock().unwrap().push(Call::Trim { offset, len, fua });
-        Ok(())
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> io::Result<()> {
-        self.check_fail(offset)?;
-        self.data.write().unwrap()[range(offset, len)].fill(0);
-        self.calls.lock().unwrap().push(Call::Zero { offset, len, may_trim, fua });
-        Ok(())
-    }
-}
-
-fn libc_eio() -> i32 {
-    5
-}
 
 // ------------------------------------------------------------- test server
 
-struct TestServer {
-    addrs: Vec<LocalAddr>,
-    handle: ShutdownHandle,
-    thread: Option<JoinHandle<io::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
 impl TestServer {
-    /// Serve `export` on a unix socket and on tcp:127.0.0.1:0.
-    fn start(export: Arc<MemExport>) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let listens = [Listen::Unix(dir.path().join("nbd.sock")), Listen::Tcp("127.0.0.1:0".into())];
-        let server = Server::bind(&listens, NAME, export).unwrap();
-        let addrs = server.local_addrs();
-        let handle = server.shutdown_handle();
-        let thread = Some(thread::spawn(move || server.run()));
-        TestServer { addrs, handle, thread, _dir: dir }
-    }
-
-    fn unix_path(&self) -> PathBuf {
-        match &self.addrs[0] {
-            LocalAddr::Unix(p) => p.clone(),
-            other => panic!("expected a unix address, got {other}"),
-        }
-    }
-
     fn unix(&self) -> Conn {
         Conn::new(Box::new(UnixStream::connect(self.unix_path()).unwrap()))
     }
 
     fn tcp(&self) -> Conn {
-        let LocalAddr::Tcp(addr) = self.addrs[1] else { panic!("expected a tcp address") };
-        Conn::new(Box::new(TcpStream::connect(addr).unwrap()))
-    }
-
-    /// Shut down and wait for `run` to return (with a deadline).
-    fn stop(&mut self) {
-        self.handle.shutdown();
-        let thread = self.thread.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !thread.is_finished() {
-            assert!(Instant::now() < deadline, "Server::run did not return within 10 s of shutdown");
-            thread::sleep(Duration::from_millis(5));
-        }
-        thread.join().unwrap().unwrap();
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if self.thread.is_some() && !thread::panicking() {
-            self.stop();
-        }
+        Conn::new(Box::new(TcpStream::connect(self.tcp_addr()).unwrap()))
     }
 }
 
@@ -439,12 +252,6 @@ impl Conn {
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
-}
-
-fn server(size: usize) -> (Arc<MemExport>, TestServer) {
-    let export = Arc::new(MemExport::new(size));
-    let srv = TestServer::start(Arc::clone(&export));
-    (export, srv)
 }
 
 // ------------------------------------------------------------------- tests
@@ -885,7 +692,7 @@ fn shutdown_waits_for_in_flight_writes_then_refuses_connections() {
     export.slow_write = Some((0, Duration::from_millis(500)));
     let export = Arc::new(export);
     let mut srv = TestServer::start(Arc::clone(&export));
-    let socket = srv.unix_path();
+    let socket = srv.unix_path().to_path_buf();
     let LocalAddr::Tcp(tcp) = srv.addrs[1] else { panic!() };
     let mut idle = srv.tcp();
     idle.go(NAME);

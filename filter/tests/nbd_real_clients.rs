@@ -7,112 +7,14 @@
 // Test messages are small: their lengths and patterns fit the narrower types.
 #![allow(clippy::cast_possible_truncation)]
 
-use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Arc, RwLock};
-use std::thread::{self, JoinHandle};
+mod common;
 
-use filter::nbd::{Export, Listen, LocalAddr, Server, ShutdownHandle};
+use std::io;
+use std::process::{Command, Output};
+
+use common::server_named;
 
 const MIB: usize = 1 << 20;
-
-/// A RAM disk.
-struct MemExport {
-    data: RwLock<Vec<u8>>,
-}
-
-fn range(offset: u64, len: u64) -> std::ops::Range<usize> {
-    let start = usize::try_from(offset).unwrap();
-    start..start + usize::try_from(len).unwrap()
-}
-
-impl Export for MemExport {
-    fn size(&self) -> u64 {
-        self.data.read().unwrap().len() as u64
-    }
-
-    fn preferred_block_size(&self) -> u32 {
-        4096
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        buf.copy_from_slice(&self.data.read().unwrap()[range(offset, buf.len() as u64)]);
-        Ok(())
-    }
-
-    fn write_at(&self, data: &[u8], offset: u64, _fua: bool) -> io::Result<()> {
-        self.data.write().unwrap()[range(offset, data.len() as u64)].copy_from_slice(data);
-        Ok(())
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn trim(&self, offset: u64, len: u64, _fua: bool) -> io::Result<()> {
-        self.data.write().unwrap()[range(offset, len)].fill(0);
-        Ok(())
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64, _may_trim: bool, _fua: bool) -> io::Result<()> {
-        self.data.write().unwrap()[range(offset, len)].fill(0);
-        Ok(())
-    }
-}
-
-struct TestServer {
-    export: Arc<MemExport>,
-    addrs: Vec<LocalAddr>,
-    handle: ShutdownHandle,
-    thread: Option<JoinHandle<io::Result<()>>>,
-    dir: tempfile::TempDir,
-}
-
-impl TestServer {
-    fn start(size: usize, name: &str) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let export = Arc::new(MemExport { data: RwLock::new(vec![0; size]) });
-        let listens = [Listen::Unix(dir.path().join("nbd.sock")), Listen::Tcp("127.0.0.1:0".into())];
-        let server = Server::bind(&listens, name, Arc::clone(&export) as Arc<dyn Export>).unwrap();
-        let addrs = server.local_addrs();
-        let handle = server.shutdown_handle();
-        let thread = Some(thread::spawn(move || server.run()));
-        TestServer { export, addrs, handle, thread, dir }
-    }
-
-    fn socket(&self) -> &Path {
-        match &self.addrs[0] {
-            LocalAddr::Unix(p) => p,
-            other => panic!("expected a unix address, got {other}"),
-        }
-    }
-
-    fn unix_uri(&self, export: &str) -> String {
-        format!("nbd+unix:///{export}?socket={}", self.socket().display())
-    }
-
-    fn tcp_uri(&self, export: &str) -> String {
-        let LocalAddr::Tcp(addr) = self.addrs[1] else { panic!("expected a tcp address") };
-        format!("nbd://{addr}/{export}")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let result = t.join();
-            if !thread::panicking() {
-                result.unwrap().unwrap();
-            }
-        }
-    }
-}
 
 /// Run a tool; a missing tool is a failure that says how to install it.
 fn run(tool: &str, args: &[&str]) -> Output {
@@ -155,7 +57,7 @@ fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
 
 #[test]
 fn qemu_io_writes_reads_zeroes_discards_and_flushes() {
-    let srv = TestServer::start(8 * MIB, "disk0");
+    let (export, srv) = server_named(8 * MIB, "disk0");
     for uri in [srv.unix_uri(""), srv.unix_uri("disk0"), srv.tcp_uri("disk0")] {
         let (ok, out) = qemu_io(
             &uri,
@@ -180,7 +82,7 @@ fn qemu_io_writes_reads_zeroes_discards_and_flushes() {
         );
         assert!(ok, "qemu-io against {uri} failed:\n{out}");
     }
-    let data = srv.export.data.read().unwrap();
+    let data = export.data.read().unwrap();
     assert!(data[..1000].iter().all(|b| *b == 0xab));
     assert!(data[1000..4000].iter().all(|b| *b == 0x5c));
     assert!(data[65536..131072].iter().all(|b| *b == 0));
@@ -190,7 +92,7 @@ fn qemu_io_writes_reads_zeroes_discards_and_flushes() {
 #[test]
 fn qemu_io_pattern_check_can_fail() {
     // Guards the test above: a wrong pattern must be reported as a failure.
-    let srv = TestServer::start(MIB, "disk0");
+    let (_export, srv) = server_named(MIB, "disk0");
     let (ok, out) = qemu_io(&srv.unix_uri(""), &["write -P 0xab 0 64k", "read -P 0xcd 0 64k"]);
     assert!(!ok, "qemu-io should have failed the pattern check:\n{out}");
     assert!(out.contains("Pattern verification failed"), "{out}");
@@ -198,14 +100,14 @@ fn qemu_io_pattern_check_can_fail() {
 
 #[test]
 fn qemu_io_unknown_export_is_refused() {
-    let srv = TestServer::start(MIB, "disk0");
+    let (_export, srv) = server_named(MIB, "disk0");
     let (ok, out) = qemu_io(&srv.unix_uri("nope"), &["read 0 512"]);
     assert!(!ok, "{out}");
 }
 
 #[test]
 fn nbdinfo_reports_size_block_sizes_and_capabilities() {
-    let srv = TestServer::start(24 * MIB, "disk0");
+    let (_export, srv) = server_named(24 * MIB, "disk0");
     let out = run("nbdinfo", &["--json", &srv.unix_uri("disk0")]);
     assert!(out.status.success(), "{}", text(&out));
     let json: String = String::from_utf8_lossy(&out.stdout).split_whitespace().collect();
@@ -231,8 +133,8 @@ fn nbdinfo_reports_size_block_sizes_and_capabilities() {
 
 #[test]
 fn nbdinfo_lists_the_export() {
-    let srv = TestServer::start(MIB, "vm-disk-1");
-    for uri in [format!("nbd+unix://?socket={}", srv.socket().display()), srv.tcp_uri("")] {
+    let (_export, srv) = server_named(MIB, "vm-disk-1");
+    for uri in [format!("nbd+unix://?socket={}", srv.unix_path().display()), srv.tcp_uri("")] {
         let out = run("nbdinfo", &["--list", &uri]);
         let text = text(&out);
         assert!(out.status.success(), "{text}");
@@ -244,13 +146,13 @@ fn nbdinfo_lists_the_export() {
 #[test]
 fn nbdcopy_copies_in_and_out_exactly() {
     let size = 24 * MIB + 4096 * 3;
-    let srv = TestServer::start(size, "disk0");
+    let (export, srv) = server_named(size, "disk0");
     let source = random_bytes(size, 0x1234_5678_9abc_def1);
     let src_path = srv.path("in.raw");
     std::fs::write(&src_path, &source).unwrap();
     let out = run("nbdcopy", &[src_path.to_str().unwrap(), &srv.unix_uri("")]);
     assert!(out.status.success(), "nbdcopy in failed: {}", text(&out));
-    assert!(*srv.export.data.read().unwrap() == source, "the export differs from the file copied in");
+    assert!(*export.data.read().unwrap() == source, "the export differs from the file copied in");
 
     for (name, uri) in [("out-unix.raw", srv.unix_uri("disk0")), ("out-tcp.raw", srv.tcp_uri(""))] {
         let dst_path = srv.path(name);

@@ -1,5 +1,9 @@
-//! The `lifeboat` commands the VM tests use, and the `lifeboat filter` child
-//! process that serves the guest's disk.
+//! The `lifeboat` binary as the end-to-end tests drive it: a scratch directory
+//! with a lifeboat home in it, the commands (`protect`, `dirty --json`, ...),
+//! and the `lifeboat filter` child process that serves a disk.
+//!
+//! The binary's path always comes from the caller: the cli tests pass
+//! `env!("CARGO_BIN_EXE_lifeboat")`, the VM tests [`crate::paths::lifeboat_bin`].
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -9,9 +13,37 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::paths;
+use crate::process::{assert_ok, wait_timeout};
 
-/// A lifeboat home (`--home`) in a test's scratch directory.
+/// One test's scratch directory, holding a lifeboat home, images and sockets;
+/// removed on drop. It sits in the temp dir under a short name because a unix
+/// socket path is limited to 107 bytes.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    /// The lifeboat home, `<scratch>/home`.
+    pub home: Home,
+}
+
+impl Scratch {
+    /// A fresh scratch directory named `PREFIX…`, with a home driven by `bin`.
+    pub fn new(bin: impl Into<PathBuf>, prefix: &str) -> Scratch {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir");
+        let home = Home::new(bin, dir.path().join("home"));
+        Scratch { dir, home }
+    }
+
+    /// The directory itself.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `name` inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A lifeboat home (`--home`) and the binary that runs in it.
 pub struct Home {
     /// The home directory.
     pub dir: PathBuf,
@@ -26,31 +58,64 @@ pub struct Dirty {
     /// Bytes in the disk.
     pub disk_size: u64,
     /// Indexes of dirty blocks (live and cut).
-    pub blocks: BTreeSet<u64>,
+    pub dirty_blocks: BTreeSet<u64>,
     /// Whether the state cannot be trusted.
     pub suspect: bool,
 }
 
+impl Dirty {
+    /// Parses the JSON document, failing unless every field is there, no
+    /// block is listed twice and `dirty_count` agrees with `dirty_blocks`.
+    pub fn parse(stdout: &[u8]) -> Dirty {
+        let text = String::from_utf8_lossy(stdout);
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("`dirty --json` printed invalid JSON ({e}):\n{text}"));
+        let num = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("`{k}` missing or not a number in {text}"));
+        let blocks: Vec<u64> = v["dirty_blocks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("`dirty_blocks` missing in {text}"))
+            .iter()
+            .map(|b| b.as_u64().expect("block index"))
+            .collect();
+        let dirty_blocks: BTreeSet<u64> = blocks.iter().copied().collect();
+        assert_eq!(dirty_blocks.len(), blocks.len(), "dirty_blocks lists a block twice: {text}");
+        assert_eq!(num("dirty_count"), dirty_blocks.len() as u64, "dirty_count disagrees with dirty_blocks: {text}");
+        Dirty {
+            block_size: num("block_size"),
+            disk_size: num("disk_size"),
+            dirty_blocks,
+            suspect: v["suspect"].as_bool().unwrap_or_else(|| panic!("`suspect` missing in {text}")),
+        }
+    }
+}
+
+/// `unix:SOCK`, the `--listen` address of a unix socket.
+pub fn unix_listen(sock: &Path) -> String {
+    format!("unix:{}", sock.display())
+}
+
 impl Home {
-    /// A home at `dir`, driven by the binary [`paths::lifeboat_bin`] finds.
-    pub fn new(dir: PathBuf) -> Home {
-        Home { dir, bin: paths::lifeboat_bin() }
+    /// A home at `dir`, driven by the `lifeboat` binary at `bin`.
+    pub fn new(bin: impl Into<PathBuf>, dir: PathBuf) -> Home {
+        Home { dir, bin: bin.into() }
+    }
+
+    /// `lifeboat --home DIR`, to add arguments to and run.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--home").arg(&self.dir);
+        cmd
     }
 
     /// Runs `lifeboat --home DIR ARGS...`.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin).arg("--home").arg(&self.dir).args(args).output().expect("run lifeboat")
+        self.command().args(args).output().expect("run lifeboat")
     }
 
-    fn run_ok(&self, args: &[&str]) -> Output {
+    /// Runs `lifeboat --home DIR ARGS...`, which must succeed.
+    pub fn run_ok(&self, args: &[&str]) -> Output {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "lifeboat {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, &format!("lifeboat {args:?}"));
         out
     }
 
@@ -60,43 +125,27 @@ impl Home {
         self.run_ok(&["protect", name, "--image", image.to_str().unwrap(), "--block-size", &bs]);
     }
 
-    /// `lifeboat dirty NAME --json`, parsed and checked for self-consistency.
+    /// `lifeboat dirty NAME --json`, parsed and checked by [`Dirty::parse`].
     pub fn dirty(&self, name: &str) -> Dirty {
-        let out = self.run_ok(&["dirty", name, "--json"]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("`dirty --json` printed invalid JSON ({e}): {text}"));
-        let num = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("`{k}` missing in {text}"));
-        let blocks: BTreeSet<u64> = v["dirty_blocks"]
-            .as_array()
-            .unwrap_or_else(|| panic!("`dirty_blocks` missing in {text}"))
-            .iter()
-            .map(|b| b.as_u64().expect("block index"))
-            .collect();
-        assert_eq!(num("dirty_count"), blocks.len() as u64, "dirty_count disagrees with dirty_blocks");
-        Dirty {
-            block_size: num("block_size"),
-            disk_size: num("disk_size"),
-            blocks,
-            suspect: v["suspect"].as_bool().unwrap_or_else(|| panic!("`suspect` missing in {text}")),
-        }
+        Dirty::parse(&self.run_ok(&["dirty", name, "--json"]).stdout)
     }
 
-    /// Starts `lifeboat filter NAME --listen unix:SOCK` and waits for its ready
-    /// line (`filter NAME listening on unix:SOCK`), up to 30 s.
-    pub fn filter(&self, name: &str, sock: &Path) -> Filter {
-        let listen = format!("unix:{}", sock.display());
-        let mut child = Command::new(&self.bin)
-            .arg("--home")
-            .arg(&self.dir)
-            .args(["filter", name, "--listen", &listen])
+    /// Starts `lifeboat filter NAME --listen L...` and returns at once, without
+    /// waiting for it to be ready (for a filter that must refuse to start).
+    pub fn spawn_filter(&self, name: &str, listens: &[String]) -> Filter {
+        let mut cmd = self.command();
+        cmd.args(["filter", name]);
+        for l in listens {
+            cmd.args(["--listen", l]);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn lifeboat filter");
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, lines) = mpsc::channel::<String>();
         let pipe = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
         thread::spawn(move || {
@@ -106,28 +155,56 @@ impl Home {
                 let _ = tx.send(line);
             }
         });
-        let mut filter = Filter { child: Some(child), log };
-        let ready = format!("filter {name} listening on {listen}");
+        Filter { child: Some(child), log, lines }
+    }
+
+    /// Starts `lifeboat filter NAME --listen unix:SOCK` and waits for it to be
+    /// ready, as [`Home::filter_on`].
+    pub fn filter(&self, name: &str, sock: &Path) -> Filter {
+        self.filter_on(name, &[unix_listen(sock)])
+    }
+
+    /// Starts `lifeboat filter NAME --listen L...` and waits, up to 30 s, for
+    /// its ready line, which names every listener:
+    /// `filter NAME listening on L1 L2 ...` (in any order).
+    pub fn filter_on(&self, name: &str, listens: &[String]) -> Filter {
+        let mut filter = self.spawn_filter(name, listens);
+        let prefix = format!("filter {name} listening on ");
+        let mut want: Vec<&str> = listens.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        let is_ready = |line: &str| {
+            line.trim_end().strip_prefix(&prefix).is_some_and(|rest| {
+                let mut got: Vec<&str> = rest.split(' ').collect();
+                got.sort_unstable();
+                got == want
+            })
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.trim_end() == ready => return filter,
+            match filter.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if is_ready(&line) => return filter,
                 Ok(_) => {}
                 Err(_) => {
-                    if let Some(st) = filter.child.as_mut().unwrap().try_wait().unwrap() {
-                        panic!("lifeboat filter exited with {st} before it was ready:\n{}", filter.log());
+                    if let Some(status) = filter.child.as_mut().unwrap().try_wait().unwrap() {
+                        panic!("lifeboat filter exited with {status} before it was ready:\n{}", filter.log());
                     }
-                    assert!(Instant::now() < deadline, "lifeboat filter not ready in 30 s:\n{}", filter.log());
+                    assert!(
+                        Instant::now() < deadline,
+                        "lifeboat filter did not print \"{prefix}{want:?}\" within 30 s:\n{}",
+                        filter.log()
+                    );
                 }
             }
         }
     }
 }
 
-/// A running `lifeboat filter`. Dropping it SIGKILLs and reaps it.
+/// A running `lifeboat filter` child. Dropping it SIGKILLs and reaps it, so a
+/// failing test leaves no server behind.
 pub struct Filter {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
 }
 
 impl Filter {
@@ -144,28 +221,38 @@ impl Filter {
         }
     }
 
-    /// SIGTERM, then wait up to 30 s; returns the exit status.
-    pub fn terminate(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().expect("filter running");
+    /// Sends signal `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.as_ref().expect("filter running").id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child, not yet reaped (we still hold its
         // `Child` and have not waited for it), so the pid still names it.
-        let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM lifeboat filter");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                self.child = None;
-                thread::sleep(Duration::from_millis(50)); // let the log thread drain
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.child = None;
-                panic!("lifeboat filter ignored SIGTERM for 30 s:\n{}", self.log());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) on lifeboat filter");
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its status;
+    /// after that kills it and fails.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let status = wait_timeout(self.child.as_mut().expect("filter running"), limit);
+        self.child = None;
+        let Some(status) = status else {
+            panic!("lifeboat filter did not exit within {limit:?}:\n{}", self.log());
+        };
+        // Let the stderr thread drain the last lines.
+        thread::sleep(Duration::from_millis(50));
+        status
+    }
+
+    /// SIGTERM, then wait up to 30 s; returns the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// SIGTERM, and require a clean exit (status 0) within 30 s.
+    pub fn stop(mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "lifeboat filter exited with {status} after SIGTERM:\n{}", self.log());
     }
 }
 

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::paths::{self, Kernel};
+use crate::process::wait_timeout;
 use crate::serial::{self, Marker};
 
 /// One boot.
@@ -132,26 +133,16 @@ impl Vm {
             collect(Box::new(child.stderr.take().unwrap()), Arc::clone(&stderr)),
         ];
         let start = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if start.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                for r in readers {
-                    let _ = r.join();
-                }
-                let text = String::from_utf8_lossy(&console.lock().unwrap()).replace('\r', "");
-                let err = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
-                panic!("the VM did not power off within {timeout:?} ({accel}); stderr: {err}\nconsole so far:\n{text}");
-            }
-            thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_timeout(&mut child, timeout);
         let elapsed = start.elapsed();
         for r in readers {
             let _ = r.join();
         }
+        let Some(status) = status else {
+            let text = String::from_utf8_lossy(&console.lock().unwrap()).replace('\r', "");
+            let err = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+            panic!("the VM did not power off within {timeout:?} ({accel}); stderr: {err}\nconsole so far:\n{text}");
+        };
         let console = std::mem::take(&mut *console.lock().unwrap());
         let markers = serial::markers(&console)
             .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", String::from_utf8_lossy(&console).replace('\r', "")));

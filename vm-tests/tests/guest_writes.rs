@@ -28,11 +28,11 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use vm_tests::filter::Home;
 use vm_tests::initramfs::{self, GuestFile};
-use vm_tests::paths;
-use vm_tests::pseudo_random;
+use vm_tests::lifeboat::Scratch;
+use vm_tests::process::assert_ok;
 use vm_tests::qemu::Vm;
+use vm_tests::{blocks_of, paths, pseudo_random};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -84,8 +84,8 @@ fn pattern_data(i: usize, len: u64) -> Vec<u8> {
 }
 
 fn run_case(block_size: u64, export: &str) {
-    let scratch = tempfile::Builder::new().prefix("lb-vm-").tempdir().unwrap();
-    let dir = scratch.path();
+    let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vm-");
+    let dir = scratch.dir();
     let kernel = paths::kernel();
 
     // The image: ext4 in the first 32 MiB, pseudo-random bytes in the tail.
@@ -98,15 +98,15 @@ fn run_case(block_size: u64, export: &str) {
         .arg(format!("{}k", FS_SIZE / KIB))
         .output()
         .unwrap();
-    assert!(mkfs.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&mkfs.stderr));
+    assert_ok(&mkfs, "mkfs.ext4");
     let mut original = fs::read(&image).unwrap();
     original[FS_SIZE as usize..].copy_from_slice(&pseudo_random((DISK_SIZE - FS_SIZE) as usize, 77));
     fs::write(&image, &original).unwrap();
 
-    let home = Home::new(dir.join("home"));
+    let home = &scratch.home;
     home.protect("vm", &image, block_size);
     let before = home.dirty("vm");
-    assert!(before.blocks.is_empty() && !before.suspect, "fresh protection is not clean: {before:?}");
+    assert!(before.dirty_blocks.is_empty() && !before.suspect, "fresh protection is not clean: {before:?}");
 
     // The guest.
     let mut files: Vec<GuestFile> = ext4_files()
@@ -145,19 +145,13 @@ fn run_case(block_size: u64, export: &str) {
         let _ = fs::remove_file(&out);
         let cmd = format!("dump /{path} {}", out.display());
         let o = Command::new(paths::tool("debugfs")).args(["-R", &cmd]).arg(&image).output().unwrap();
-        assert!(o.status.success(), "debugfs {cmd}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_ok(&o, &format!("debugfs -R {cmd:?}"));
         let got = fs::read(&out)
             .unwrap_or_else(|e| panic!("debugfs did not dump /{path} ({e}): {}", String::from_utf8_lossy(&o.stderr)));
         assert!(got == data, "/{path} in the guest's ext4 has the wrong content ({} bytes)", got.len());
     }
     let fsck = Command::new(paths::tool("e2fsck")).arg("-fn").arg(&image).output().unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn found problems ({}):\n{}{}",
-        fsck.status,
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    assert_ok(&fsck, "e2fsck -fn of the guest's ext4");
 
     // The bitmap.
     let dirty = home.dirty("vm");
@@ -170,24 +164,24 @@ fn run_case(block_size: u64, export: &str) {
             img[r.clone()] != original[r]
         })
         .collect();
-    let missed: Vec<&u64> = changed.difference(&dirty.blocks).collect();
+    let missed: Vec<&u64> = changed.difference(&dirty.dirty_blocks).collect();
     assert!(missed.is_empty(), "blocks the guest changed are not dirty: {missed:?}");
     let pattern_blocks: BTreeSet<u64> =
-        patterns().iter().flat_map(|&(off, len)| (off / block_size)..=((off + len - 1) / block_size)).collect();
-    let missed: Vec<&u64> = pattern_blocks.difference(&dirty.blocks).collect();
+        patterns().iter().flat_map(|&(off, len)| blocks_of(off, len, block_size)).collect();
+    let missed: Vec<&u64> = pattern_blocks.difference(&dirty.dirty_blocks).collect();
     assert!(missed.is_empty(), "pattern blocks are not dirty: {missed:?}");
     let first_tail = FS_SIZE / block_size;
-    let tail_dirty: BTreeSet<u64> = dirty.blocks.iter().copied().filter(|&b| b >= first_tail).collect();
+    let tail_dirty: BTreeSet<u64> = dirty.dirty_blocks.iter().copied().filter(|&b| b >= first_tail).collect();
     assert_eq!(tail_dirty, pattern_blocks, "dirty blocks in the raw tail, which only the patterns touched");
     assert!(
-        dirty.blocks.iter().any(|&b| b < first_tail) && changed.iter().any(|&b| b < first_tail),
+        dirty.dirty_blocks.iter().any(|&b| b < first_tail) && changed.iter().any(|&b| b < first_tail),
         "the ext4 workload changed nothing"
     );
     eprintln!(
         "{} KiB blocks: {} dirty ({} in ext4, {} pattern), {} changed",
         block_size / KIB,
-        dirty.blocks.len(),
-        dirty.blocks.len() - tail_dirty.len(),
+        dirty.dirty_blocks.len(),
+        dirty.dirty_blocks.len() - tail_dirty.len(),
         tail_dirty.len(),
         changed.len()
     );
