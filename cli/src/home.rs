@@ -28,6 +28,21 @@ pub struct DiskConfig {
     pub block_size: u32,
     /// Hex of the 16-byte disk identity (also in the state file).
     pub disk_id: String,
+    /// Replication settings, once the disk has a vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
+/// Where and how often a disk replicates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    /// The vault directory.
+    pub vault: PathBuf,
+    /// The customer key file.
+    pub key: PathBuf,
+    /// Cycle interval (the RPO target), seconds.
+    pub rpo_seconds: u64,
 }
 
 /// A protected disk in the home.
@@ -85,6 +100,30 @@ impl DiskEntry {
 
     pub fn control_path(&self) -> PathBuf {
         self.dir.join("control.sock")
+    }
+
+    /// The disk identity as bytes.
+    pub fn disk_id(&self) -> Result<[u8; 16]> {
+        let hex = &self.config.disk_id;
+        let mut id = [0u8; 16];
+        if hex.len() != 32 {
+            bail!("disk.toml: disk_id {hex:?} is not 32 hex digits");
+        }
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| anyhow::anyhow!("disk.toml: disk_id {hex:?} is not hex"))?;
+        }
+        Ok(id)
+    }
+
+    /// The replication settings, or an error that says how to add them.
+    pub fn replication(&self, name: &str) -> Result<&Replication> {
+        self.config.replication.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "disk {name:?} has no vault yet; add one with \
+                 `lifeboat protect {name} --image IMAGE --vault DIR --key KEYFILE [--rpo 5m]`"
+            )
+        })
     }
 
     pub fn paths(&self) -> DiskPaths {

@@ -5,13 +5,20 @@
 //! the library crates (`filter`, `disk-format`).
 
 mod home;
+mod keyfile;
 mod signals;
 mod size;
+mod time;
 mod cmd {
     pub mod dirty;
     pub mod filter;
+    pub mod key;
+    pub mod points;
     pub mod protect;
+    pub mod restore;
+    pub mod ship;
     pub mod snapshot;
+    pub mod vault;
 }
 
 use std::path::PathBuf;
@@ -20,19 +27,28 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Lifeboat protects VM disks: a write filter records every block a VM
-/// changes, so recovery points can be cut and shipped without rescanning the disk.
+/// changes, and each replication cycle ships only those blocks, encrypted
+/// with a key only you hold, to a vault at the recovery site.
 ///
 /// Typical use:
 ///
-///   lifeboat protect web1 --image /var/lib/vms/web1.raw
+///   lifeboat key new --out /root/lifeboat.key        (keep a copy off-site)
+///
+///   lifeboat vault init /mnt/dr-vault --key /root/lifeboat.key
+///
+///   lifeboat protect web1 --image /var/lib/vms/web1.raw --vault /mnt/dr-vault --key /root/lifeboat.key
 ///
 ///   lifeboat filter web1 --listen unix:/run/lifeboat/web1.sock
 ///
 ///   qemu-system-x86_64 ... -drive file=nbd:unix:/run/lifeboat/web1.sock,format=raw,if=virtio
 ///
-///   lifeboat dirty web1 --json
+///   lifeboat ship web1 --once        (a cycle: a new recovery point)
 ///
-///   lifeboat snapshot web1 --out /backup/web1-now.raw
+///   lifeboat points web1
+///
+///   lifeboat restore web1 --point latest --out /tmp/web1.raw
+///
+/// Exit codes: 0 success, 1 failure (the message says what to do), 2 bad usage.
 #[derive(Parser)]
 #[command(name = "lifeboat", version, about, long_about, max_term_width = 100)]
 struct Cli {
@@ -68,6 +84,25 @@ enum Command {
     /// image. The copy is a raw image, sparse where the disk is zero. The
     /// dirty blocks are left as they were: a snapshot is not a recovery point.
     Snapshot(cmd::snapshot::Args),
+    /// Create or inspect the customer key.
+    #[command(subcommand)]
+    Key(cmd::key::Command),
+    /// Create or check a vault.
+    #[command(subcommand)]
+    Vault(cmd::vault::Command),
+    /// Run a replication cycle now: cut, ship the changed blocks, commit a point.
+    ///
+    /// With the filter running, the cut is taken through its control socket
+    /// while the VM keeps writing. With no filter running (VM off), the disk
+    /// is locked and its image read directly. The first cycle of a disk, and
+    /// the first after an unclean host shutdown, reads the whole disk (blocks
+    /// the vault already holds are not sent again). If the cycle fails, its
+    /// changes stay marked dirty and the next cycle ships them.
+    Ship(cmd::ship::Args),
+    /// List a disk's recovery points.
+    Points(cmd::points::Args),
+    /// Write a recovery point out as a raw image, verifying every block.
+    Restore(cmd::restore::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +113,11 @@ fn main() -> ExitCode {
         Command::Filter(a) => cmd::filter::run(&home, a),
         Command::Dirty(a) => cmd::dirty::run(&home, a),
         Command::Snapshot(a) => cmd::snapshot::run(&home, a),
+        Command::Key(c) => cmd::key::run(c),
+        Command::Vault(c) => cmd::vault::run(c),
+        Command::Ship(a) => cmd::ship::run(&home, a),
+        Command::Points(a) => cmd::points::run(&home, a),
+        Command::Restore(a) => cmd::restore::run(&home, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,11 +7,12 @@
 //!
 //! | request              | reply line                          | then                         |
 //! |----------------------|-------------------------------------|------------------------------|
-//! | `info`               | `ok DISK_SIZE BLOCK_SIZE CUT`       | (CUT is the generation or `-`) |
+//! | `info`               | `ok DISK_SIZE BLOCK_SIZE CUT SUSPECT` | (CUT is the generation or `-`; SUSPECT is 0 or 1) |
 //! | `cut dirty` / `cut full` | `ok GENERATION DIRTY READABLE`  |                              |
 //! | `blocks`             | `ok N`                              | N little-endian u64 block indexes |
 //! | `read FIRST COUNT`   | `ok BYTES`                          | the blocks FIRST.. as at the cut, concatenated (each released) |
 //! | `finish`             | `ok N` (cut bits dropped)           |                              |
+//! | `finish verified`    | `ok N`, and the suspect flag cleared (the cut was a full verify) | |
 //! | `abort`              | `ok N` (cut bits back to live)      |                              |
 //!
 //! A cut belongs to the connection that made it: if that connection closes
@@ -126,7 +127,8 @@ fn handle(req: &str, disk: &Disk, owns_cut: &mut bool, data: &mut Vec<u8>) -> Re
         ["info"] => {
             let g = disk.geometry();
             let cut = disk.cut_in_progress().map_or("-".to_string(), |g| g.to_string());
-            Ok(format!("{} {} {cut}", g.disk_size, g.block_size))
+            let suspect = u8::from(disk.state().header().flags.suspect);
+            Ok(format!("{} {} {cut} {suspect}", g.disk_size, g.block_size))
         }
         ["cut", kind] => {
             let kind = match *kind {
@@ -169,12 +171,18 @@ fn handle(req: &str, disk: &Disk, owns_cut: &mut bool, data: &mut Vec<u8>) -> Re
             *owns_cut = false;
             Ok(n.to_string())
         }
+        ["finish", "verified"] if *owns_cut => {
+            let n = disk.finish_cut().map_err(|e| e.to_string())?;
+            *owns_cut = false;
+            disk.state().clear_suspect().map_err(|e| e.to_string())?;
+            Ok(n.to_string())
+        }
         ["abort"] if *owns_cut => {
             let n = disk.abort_cut().map_err(|e| e.to_string())?;
             *owns_cut = false;
             Ok(n.to_string())
         }
-        ["blocks" | "finish" | "abort"] | ["read", _, _] => Err(not_owner()),
+        ["blocks" | "finish" | "abort"] | ["finish", "verified"] | ["read", _, _] => Err(not_owner()),
         _ => Err(format!("unknown request {req:?}")),
     }
 }
@@ -194,6 +202,8 @@ pub struct RemoteInfo {
     pub block_size: u32,
     /// Generation of the cut in progress.
     pub cut: Option<u64>,
+    /// The state is suspect: the next cycle must verify every block.
+    pub suspect: bool,
 }
 
 fn bad(msg: String) -> io::Error {
@@ -233,12 +243,13 @@ impl ControlClient {
     pub fn info(&mut self) -> io::Result<RemoteInfo> {
         let r = self.request("info")?;
         let w: Vec<&str> = r.split_ascii_whitespace().collect();
-        let [size, bs, cut] = w.as_slice() else { return Err(bad(format!("malformed info reply {r:?}"))) };
+        let [size, bs, cut, suspect] = w.as_slice() else { return Err(bad(format!("malformed info reply {r:?}"))) };
         let num = |s: &str| s.parse::<u64>().map_err(|_| bad(format!("malformed info reply {r:?}")));
         Ok(RemoteInfo {
             disk_size: num(size)?,
             block_size: u32::try_from(num(bs)?).map_err(|_| bad(format!("malformed info reply {r:?}")))?,
             cut: if *cut == "-" { None } else { Some(num(cut)?) },
+            suspect: *suspect == "1",
         })
     }
 
@@ -271,9 +282,11 @@ impl ControlClient {
         self.reader.read_exact(&mut out[at..])
     }
 
-    /// Ends the cut, dropping its bits (its point is stored).
-    pub fn finish(&mut self) -> io::Result<u64> {
-        Ok(Self::numbers(&self.request("finish")?, 1)?[0])
+    /// Ends the cut, dropping its bits (its point is stored). With
+    /// `verified`, the cut was a full verify and the suspect flag is cleared.
+    pub fn finish(&mut self, verified: bool) -> io::Result<u64> {
+        let req = if verified { "finish verified" } else { "finish" };
+        Ok(Self::numbers(&self.request(req)?, 1)?[0])
     }
 
     /// Ends the cut, returning its bits to the live map.

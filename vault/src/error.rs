@@ -2,12 +2,50 @@
 //!
 //! Policy: every error names the object (kind and name) or the path it is
 //! about; a missing object is its own variant so callers can tell "not there"
-//! from "could not read".
+//! from "could not read". Errors about a recovery point's data
+//! ([`VaultError::Damaged`]) also name the point (`DISK/SEQUENCE`) and, where
+//! there is one, the block index, and say what kind of damage it is, so a
+//! caller can match on [`Damage`] and a user reads where to look.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use disk_format::VaultConfigError;
+
 use crate::backend::Kind;
+
+/// What is wrong with an object a point needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Damage {
+    /// The object (a page, the pack holding a block) is not in the vault.
+    Missing,
+    /// The object's bytes are damaged: it does not parse, is truncated, or
+    /// does not hash to its name.
+    Corrupt,
+    /// Authentication failed: a block's AEAD tag or id, or a root's MAC.
+    Inauthentic,
+    /// The object is valid but belongs elsewhere: a root stored under another
+    /// disk's or point's name, a page for other blocks, a block of the wrong
+    /// length.
+    Misplaced,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Damage::Missing => "missing",
+            Damage::Corrupt => "damaged",
+            Damage::Inauthentic => "not authentic",
+            Damage::Misplaced => "misplaced",
+        })
+    }
+}
+
+fn block_part(block: &Option<u64>) -> String {
+    block.map(|b| format!(", block {b}")).unwrap_or_default()
+}
 
 /// What went wrong in the vault.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +88,95 @@ pub enum VaultError {
         what: &'static str,
         /// The path.
         path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The backend holds no vault config: nothing was initialised there.
+    #[error(
+        "{location} is not a Lifeboat vault (it has no vault config); create one with `lifeboat vault init {location}`"
+    )]
+    NotAVault {
+        /// The backend's location.
+        location: String,
+    },
+    /// `init` on a backend that already holds a vault config.
+    #[error("{location} is already a Lifeboat vault (it has a vault config); refusing to initialise it again")]
+    AlreadyAVault {
+        /// The backend's location.
+        location: String,
+    },
+    /// `init` on a backend that holds vault objects but no config.
+    #[error(
+        "{location} holds {what} but no vault config; refusing to initialise over them (restore the config from a \
+         copy, or use an empty location)"
+    )]
+    NotEmpty {
+        /// The backend's location.
+        location: String,
+        /// What was found, e.g. "packs".
+        what: &'static str,
+    },
+    /// The vault config is damaged.
+    #[error("the vault config of {location} is unusable: {source}")]
+    BadConfig {
+        /// The backend's location.
+        location: String,
+        /// Why.
+        #[source]
+        source: VaultConfigError,
+    },
+    /// The key given is not the vault's key.
+    #[error("vault {location}: {source}")]
+    WrongKey {
+        /// The backend's location.
+        location: String,
+        /// [`VaultConfigError::WrongKey`], naming both fingerprints.
+        #[source]
+        source: VaultConfigError,
+    },
+    /// The recovery point asked for does not exist.
+    #[error(
+        "disk {disk} has no recovery point {sequence} in vault {location} (list them with `lifeboat points {disk}`)"
+    )]
+    NoSuchPoint {
+        /// The disk.
+        disk: String,
+        /// The sequence asked for.
+        sequence: u64,
+        /// The backend's location.
+        location: String,
+    },
+    /// An object a point needs is missing, damaged, not authentic or
+    /// misplaced. Nothing read from it was returned or written as data; an
+    /// image being restored is incomplete and should be deleted.
+    #[error("point {point}{}: {object} is {damage}: {detail}", block_part(block))]
+    Damaged {
+        /// The point, as `DISK/SEQUENCE`.
+        point: String,
+        /// The block index in the disk, when one block is concerned.
+        block: Option<u64>,
+        /// The object, as `KIND/NAME` (e.g. `packs/ab12…`, `roots/web/000…07`).
+        object: String,
+        /// What kind of damage.
+        damage: Damage,
+        /// What was found, and what to do.
+        detail: String,
+    },
+    /// A caller handed the vault an object that would make it invalid
+    /// (nothing was stored).
+    #[error("refusing to store {object}: {detail}")]
+    Invalid {
+        /// The object, as `KIND/NAME`.
+        object: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Writing the restored image failed.
+    #[error("writing the restored image ({what}): {source}")]
+    Output {
+        /// What was being done, e.g. "writing block 7 at byte 458752".
+        what: String,
         /// The OS error.
         #[source]
         source: io::Error,

@@ -2,16 +2,33 @@
 //!
 //! This crate owns the target side. A [`Backend`] is a dumb store of whole
 //! objects keyed by ([`Kind`], name): it knows nothing of blocks, keys or
-//! points. Encryption happens on the host before anything reaches a backend,
-//! and the vault must never hold or ask for the key (except in restore, which
-//! is given it).
+//! points. On top of it, a [`Vault`] stores and reads the objects whose bytes
+//! `disk-format` defines — the vault config, packs of sealed blocks, map
+//! pages and point roots — under the names FORMAT.md gives them
+//! ([`store`]); rebuilds the [`BlockIndex`] from the packs' own indexes
+//! ([`index`]); restores a point to a raw image, verifying every object it
+//! reads ([`restore`]); and scrubs the whole vault, with or without the key
+//! ([`check`]).
+//!
+//! Encryption happens on the host before anything reaches a backend. The
+//! vault holds no key and no plaintext, and asks for the key only to restore
+//! (and to authenticate in `check` and `load_root` when the caller has it);
+//! it never stores it: the config records only its fingerprint.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod check;
 pub mod error;
+pub mod index;
 pub mod local;
+pub mod restore;
+pub mod store;
 
 pub use backend::{Backend, Kind};
-pub use error::VaultError;
+pub use check::{CheckReport, Problem};
+pub use error::{Damage, VaultError};
+pub use index::{BlockIndex, BlockLocation, UnreadablePack};
 pub use local::LocalBackend;
+pub use restore::RestoreReport;
+pub use store::{root_name, PointSummary, Vault};

@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use disk_format::Geometry;
 use filter::StateFile;
 
-use crate::home::{check_name, DiskConfig, Home};
-use crate::size::parse_size;
+use crate::home::{check_name, DiskConfig, Home, Replication};
+use crate::keyfile;
+use crate::size::{parse_duration, parse_size};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,6 +22,16 @@ pub struct Args {
     /// ship less per small write; larger ones keep the bitmap smaller.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     block_size: u64,
+    /// The vault to replicate to (see `lifeboat vault init`). Given for an
+    /// already protected disk, adds or changes its replication settings.
+    #[arg(long, requires = "key")]
+    vault: Option<PathBuf>,
+    /// The customer key file (see `lifeboat key new`).
+    #[arg(long, requires = "vault")]
+    key: Option<PathBuf>,
+    /// Cycle interval, the recovery point objective: 30s, 5m, 15m or any duration.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    rpo: u64,
     /// Replace the disk's state file with a new one that marks every block to
     /// be verified (after a damaged state file was refused). The old file is
     /// kept beside it as state.replaced-<time>.
@@ -53,6 +64,20 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let state = dir.join("state");
     let conf = dir.join("disk.toml");
     let existing = conf.exists();
+    let replication = match (&a.vault, &a.key) {
+        (Some(vault_dir), Some(key)) => Some(check_replication(vault_dir, key, a.rpo)?),
+        _ => None,
+    };
+    if existing && !a.reset_state && replication.is_some() {
+        let mut old = home.disk(&a.name)?;
+        if old.config.image != image {
+            bail!("disk {:?} protects {}, not {}", a.name, old.config.image.display(), image.display());
+        }
+        old.config.replication = replication;
+        write_config(&conf, &old.config)?;
+        println!("{}: replication set: vault {}, every {} s", a.name, a.vault.as_ref().map(|v| v.display().to_string()).unwrap_or_default(), a.rpo);
+        return Ok(());
+    }
     if existing && !a.reset_state {
         let old = home.disk(&a.name)?;
         bail!(
@@ -94,10 +119,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         image: image.clone(),
         block_size: geometry.block_size,
         disk_id: disk_id.iter().map(|b| format!("{b:02x}")).collect(),
+        replication,
     };
-    let tmp = conf.with_extension("toml.new");
-    std::fs::write(&tmp, toml::to_string(&config)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &conf)?;
+    write_config(&conf, &config)?;
     println!(
         "protected {}: image {} ({} bytes, {} blocks of {} bytes){}",
         a.name,
@@ -112,6 +136,23 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         a.name, a.name
     );
     Ok(())
+}
+
+fn write_config(conf: &std::path::Path, config: &DiskConfig) -> Result<()> {
+    let tmp = conf.with_extension("toml.new");
+    std::fs::write(&tmp, toml::to_string(config)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, conf).with_context(|| format!("writing {}", conf.display()))?;
+    Ok(())
+}
+
+/// Checks that the key loads and the vault accepts it, and makes both paths absolute.
+fn check_replication(vault_dir: &std::path::Path, key: &std::path::Path, rpo_seconds: u64) -> Result<Replication> {
+    let key = std::fs::canonicalize(key).with_context(|| format!("key file {} does not exist", key.display()))?;
+    let keys = keyfile::load(&key)?;
+    let vault_dir = std::fs::canonicalize(vault_dir)
+        .with_context(|| format!("vault {} does not exist; create it with `lifeboat vault init`", vault_dir.display()))?;
+    super::vault::open(&vault_dir)?.check_key(&keys)?;
+    Ok(Replication { vault: vault_dir, key, rpo_seconds })
 }
 
 fn try_lock(f: &std::fs::File) -> bool {

@@ -1,0 +1,61 @@
+//! `lifeboat points`: the recovery points of a disk.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::home::Home;
+use crate::time::rfc3339;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The protected disk.
+    name: String,
+    /// The vault to look in (default: the disk's vault from `lifeboat protect`).
+    #[arg(long)]
+    vault: Option<PathBuf>,
+    /// Print a JSON array: [{"id", "cut_time", "cut_time_ns", "consistency", "bytes_shipped", "disk_size"}].
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    let dir = match a.vault {
+        Some(v) => v,
+        None => home.disk(&a.name)?.replication(&a.name)?.vault.clone(),
+    };
+    let vault = super::vault::open(&dir)?;
+    let points = vault.points(&a.name)?;
+    if a.json {
+        let list: Vec<_> = points
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.sequence,
+                    "cut_time": rfc3339(p.cut_time_ns),
+                    "cut_time_ns": p.cut_time_ns,
+                    "consistency": format!("{:?}", p.consistency).to_lowercase() + "-consistent",
+                    "bytes_shipped": p.bytes_shipped,
+                    "disk_size": p.disk_size,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    if points.is_empty() {
+        println!("{}: no recovery points in {} yet (run `lifeboat ship {} --once`)", a.name, dir.display(), a.name);
+        return Ok(());
+    }
+    println!("{:>6}  {:<24}  {:<16}  {:>14}", "ID", "CUT TIME (UTC)", "CONSISTENCY", "BYTES SHIPPED");
+    for p in &points {
+        println!(
+            "{:>6}  {:<24}  {:<16}  {:>14}",
+            p.sequence,
+            rfc3339(p.cut_time_ns),
+            format!("{:?}", p.consistency).to_lowercase() + "-consistent",
+            p.bytes_shipped
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `lifeboat restore`: write a recovery point out as a raw image.
+
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::home::Home;
+use crate::keyfile;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The disk whose point to restore.
+    name: String,
+    /// `latest` or a point id from `lifeboat points`.
+    #[arg(long, default_value = "latest")]
+    point: String,
+    /// The raw image to write (must not exist, unless --force). Sparse where the disk is zero.
+    #[arg(long)]
+    out: PathBuf,
+    /// The customer key file (default: the disk's key from `lifeboat protect`).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The vault (default: the disk's vault from `lifeboat protect`).
+    #[arg(long)]
+    vault: Option<PathBuf>,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    let (vault_dir, key_path) = match (a.vault, a.key) {
+        (Some(v), Some(k)) => (v, k),
+        (v, k) => {
+            let entry = home.disk(&a.name).context("pass --vault and --key to restore a disk not protected on this host")?;
+            let r = entry.replication(&a.name)?;
+            (v.unwrap_or_else(|| r.vault.clone()), k.unwrap_or_else(|| r.key.clone()))
+        }
+    };
+    let keys = keyfile::load(&key_path)?;
+    let vault = super::vault::open(&vault_dir)?;
+    vault.check_key(&keys)?;
+    let points = vault.points(&a.name)?;
+    let sequence = match a.point.as_str() {
+        "latest" => match points.last() {
+            Some(p) => p.sequence,
+            None => bail!("disk {:?} has no recovery points in {}", a.name, vault_dir.display()),
+        },
+        id => {
+            let seq: u64 = id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?;
+            if !points.iter().any(|p| p.sequence == seq) {
+                bail!("disk {:?} has no point {seq} in {} (see `lifeboat points {}`)", a.name, vault_dir.display(), a.name);
+            }
+            seq
+        }
+    };
+    if a.out.exists() && !a.force {
+        bail!("{} already exists; pass --force to overwrite it", a.out.display());
+    }
+    let tmp = a.out.with_extension("partial");
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last = Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        if tty && (last.elapsed().as_millis() > 200 || done == total) {
+            last = Instant::now();
+            eprint!("\rrestoring: {:.0}%   ", done as f64 * 100.0 / total.max(1) as f64);
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let result = vault.restore(&a.name, sequence, &keys, &out, &mut progress);
+    if tty {
+        eprintln!();
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("restoring point {sequence} of disk {:?}: nothing was written to {}", a.name, a.out.display()));
+        }
+    };
+    out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out)?;
+    println!(
+        "restored point {sequence} of {} to {}: {} blocks written, {} zero, in {:.1} s (every block verified)",
+        a.name,
+        a.out.display(),
+        report.blocks_written,
+        report.zero_blocks,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! `lifeboat ship`: run a replication cycle now.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use filter::control::ControlClient;
+use shipper::{run_cycle, CycleOptions, LocalSource, Progress, RemoteSource};
+
+use crate::home::Home;
+use crate::keyfile;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The protected disk.
+    name: String,
+    /// Run one cycle and exit (the agent runs cycles on the disk's schedule).
+    #[arg(long)]
+    once: bool,
+    /// Print the cycle's report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A progress line on stderr: bytes, rate and time left.
+struct Bar {
+    total: u64,
+    done: u64,
+    started: Instant,
+    last: Instant,
+    tty: bool,
+    label: &'static str,
+}
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64, full: bool) {
+        self.total = total;
+        self.label = if full { "full sync" } else { "changes" };
+    }
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        let now = Instant::now();
+        if now.duration_since(self.last).as_millis() < if self.tty { 200 } else { 5000 } && self.done < self.total {
+            return;
+        }
+        self.last = now;
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.done as f64 / secs;
+        let left = if rate > 0.0 { (self.total - self.done.min(self.total)) as f64 / rate } else { 0.0 };
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let line = format!(
+            "{}: {:.0}/{:.0} MiB ({:.0}%), {:.0} MiB/s, {:.0} s left",
+            self.label,
+            mib(self.done),
+            mib(self.total),
+            self.done as f64 * 100.0 / self.total.max(1) as f64,
+            rate / (1u64 << 20) as f64,
+            left
+        );
+        if self.tty {
+            eprint!("\r{line}   ");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    if !a.once {
+        bail!("`lifeboat ship` runs one cycle: pass --once (the agent runs cycles on a schedule)");
+    }
+    let entry = home.disk(&a.name)?;
+    let repl = entry.replication(&a.name)?.clone();
+    let keys = keyfile::load(&repl.key)?;
+    let vault = super::vault::open(&repl.vault)?;
+    vault.check_key(&keys)?;
+    let opts = CycleOptions {
+        disk_name: &a.name,
+        disk_id: entry.disk_id()?,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut bar = Bar { total: 0, done: 0, started: Instant::now(), last: Instant::now(), tty, label: "" };
+    let report = match ControlClient::connect(&entry.control_path()) {
+        Ok(client) => {
+            let mut source = RemoteSource::new(client)?;
+            run_cycle(&mut source, &vault, &keys, &opts, &mut bar)
+        }
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            // No filter: the VM is off. Lock the disk so no filter starts meanwhile.
+            let mut source = LocalSource::open(entry.paths())?;
+            let r = run_cycle(&mut source, &vault, &keys, &opts, &mut bar);
+            source.close()?;
+            r
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", entry.control_path().display())),
+    };
+    if tty {
+        eprintln!();
+    }
+    let r = report.with_context(|| format!("cycle of disk {:?} failed; its changes stay marked dirty for the next cycle", a.name))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "disk": a.name, "sequence": r.sequence, "full": r.full, "blocks_read": r.blocks_read,
+                "zero_blocks": r.zero_blocks, "known_blocks": r.known_blocks, "new_blocks": r.new_blocks,
+                "bytes_shipped": r.bytes_shipped, "packs": r.packs, "pages": r.pages, "millis": r.millis,
+            })
+        );
+    } else {
+        println!(
+            "{}: point {} committed ({}): {} blocks read, {} new, {} already in the vault, {} zero; {} bytes shipped in {:.1} s",
+            a.name,
+            r.sequence,
+            if r.full { "full sync" } else { "incremental" },
+            r.blocks_read,
+            r.new_blocks,
+            r.known_blocks,
+            r.zero_blocks,
+            r.bytes_shipped,
+            r.millis as f64 / 1000.0
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! One replication cycle, from cut to committed point.
+
+use std::collections::HashSet;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use disk_format::ids::{BlockId, RootId};
+use disk_format::keys::Keys;
+use disk_format::map_page::MapBuilder;
+use disk_format::pack::PackWriter;
+use disk_format::point::{Consistency, Root};
+use filter::CutKind;
+use vault::Vault;
+
+use crate::error::ShipError;
+use crate::pipeline::{self, Sealed};
+use crate::source::CutSource;
+
+/// Packs are closed once they reach this size (the last one may be smaller).
+pub const PACK_TARGET: u64 = 32 << 20;
+
+/// How a cycle runs.
+pub struct CycleOptions<'a> {
+    /// The disk's name (its roots live under it in the vault).
+    pub disk_name: &'a str,
+    /// The disk's identity, recorded in every root.
+    pub disk_id: [u8; 16],
+    /// Hashing and sealing threads.
+    pub workers: usize,
+}
+
+/// Progress callbacks of a long cycle.
+pub trait Progress {
+    /// The cycle knows how many bytes it will read.
+    fn start(&mut self, total_bytes: u64, full: bool);
+    /// `bytes` more were read.
+    fn advance(&mut self, bytes: u64);
+}
+
+impl Progress for () {
+    fn start(&mut self, _: u64, _: bool) {}
+    fn advance(&mut self, _: u64) {}
+}
+
+/// What a committed cycle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Sequence number of the new point.
+    pub sequence: u64,
+    /// The whole disk was read: first cycle, or a verify after a suspect state.
+    pub full: bool,
+    /// Blocks read.
+    pub blocks_read: u64,
+    /// Blocks that were all zero.
+    pub zero_blocks: u64,
+    /// Blocks the vault already had (deduplicated).
+    pub known_blocks: u64,
+    /// Blocks sealed and stored.
+    pub new_blocks: u64,
+    /// Bytes of packs, pages and root written to the vault.
+    pub bytes_shipped: u64,
+    /// Packs written.
+    pub packs: u64,
+    /// New map pages written.
+    pub pages: u64,
+    /// Wall time of the cycle, milliseconds.
+    pub millis: u64,
+}
+
+/// Consecutive runs (first, count) of sorted block indexes.
+fn runs(blocks: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &b in blocks {
+        match out.last_mut() {
+            Some((first, count)) if *first + *count == b => *count += 1,
+            _ => out.push((b, 1)),
+        }
+    }
+    out
+}
+
+/// Runs one cycle: cut, ship, commit. On any error the cut is aborted (its
+/// blocks stay dirty for the next cycle) and no root is written.
+pub fn run_cycle(
+    source: &mut dyn CutSource,
+    vault: &Vault,
+    keys: &Keys,
+    opts: &CycleOptions<'_>,
+    progress: &mut dyn Progress,
+) -> Result<CycleReport, ShipError> {
+    let started = Instant::now();
+    vault.check_key(keys)?;
+    let geometry = source.geometry();
+    let previous = vault.latest_root(opts.disk_name, Some(keys))?;
+    let reuse = previous.as_ref().filter(|r| r.geometry == geometry);
+    let full = reuse.is_none() || source.suspect()?;
+    let info = source.cut(if full { CutKind::Full } else { CutKind::Dirty })?;
+    let cut_time_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let shipped = ship(source, vault, keys, opts, geometry, reuse, full, progress);
+    let (mut report, pages) = match shipped {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing was committed: hand the cut's blocks back.
+            let _ = source.abort();
+            return Err(e);
+        }
+    };
+    let sequence = previous.as_ref().map_or(1, |r| r.sequence + 1);
+    let parent = match &previous {
+        Some(r) => Some(RootId(*blake3::hash(&r.encode(keys).map_err(|e| ShipError::Format(e.to_string()))?).as_bytes())),
+        None => None,
+    };
+    let root = Root {
+        consistency: Consistency::Crash,
+        disk_id: opts.disk_id,
+        disk_name: opts.disk_name.to_string(),
+        sequence,
+        cut_time_ns,
+        cut_generation: info.generation,
+        geometry,
+        bytes_shipped: report.bytes_shipped,
+        parent,
+        pages,
+        extension: Vec::new(),
+    };
+    let commit = root
+        .encode(keys)
+        .map_err(|e| ShipError::Format(format!("encoding the root: {e}")))
+        .and_then(|bytes| {
+            report.bytes_shipped += bytes.len() as u64;
+            Ok(vault.put_root(opts.disk_name, sequence, &bytes)?)
+        });
+    if let Err(e) = commit {
+        let _ = source.abort();
+        return Err(e);
+    }
+    // The point is durable; the cut's blocks are no longer needed.
+    source.finish(full)?;
+    report.sequence = sequence;
+    report.millis = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ship(
+    source: &mut dyn CutSource,
+    vault: &Vault,
+    keys: &Keys,
+    opts: &CycleOptions<'_>,
+    geometry: disk_format::Geometry,
+    previous: Option<&Root>,
+    full: bool,
+    progress: &mut dyn Progress,
+) -> Result<(CycleReport, Vec<disk_format::ids::PageId>), ShipError> {
+    let blocks: Vec<u64> = if full { (0..geometry.block_count).collect() } else { source.blocks()? };
+    let total: u64 = blocks.iter().map(|&b| geometry.block_len(b) as u64).sum();
+    progress.start(total, full);
+    let fmt = |e: &dyn std::fmt::Display| ShipError::Format(e.to_string());
+    let mut map = match previous {
+        Some(r) => MapBuilder::from_previous(&r.pages, geometry)?,
+        None => MapBuilder::new(geometry),
+    };
+    let mut known = vault.block_index()?;
+    let mut report = CycleReport {
+        sequence: 0,
+        full,
+        blocks_read: 0,
+        zero_blocks: 0,
+        known_blocks: 0,
+        new_blocks: 0,
+        bytes_shipped: 0,
+        packs: 0,
+        pages: 0,
+        millis: 0,
+    };
+    let mut pack = PackWriter::new(Vec::new()).map_err(|e| fmt(&e))?;
+    let mut stored: HashSet<BlockId> = HashSet::new();
+    let mut new_packs = Vec::new();
+    {
+        let mut store_pack = |pack: PackWriter<Vec<u8>>, report: &mut CycleReport| -> Result<(), ShipError> {
+            let done = pack.finish().map_err(|e| fmt(&e))?;
+            vault.put_pack(&done.id, &done.out)?;
+            report.bytes_shipped += done.len;
+            report.packs += 1;
+            new_packs.push((done.id, done.index));
+            Ok(())
+        };
+        let mut sink = |s: &Sealed| -> Result<(), ShipError> {
+            report.blocks_read += 1;
+            match s {
+                Sealed::Zero { index, .. } => {
+                    report.zero_blocks += 1;
+                    map.set(*index, BlockId::ZERO).map_err(|e| fmt(&e))?;
+                }
+                Sealed::Known { index, id, .. } => {
+                    report.known_blocks += 1;
+                    map.set(*index, *id).map_err(|e| fmt(&e))?;
+                }
+                Sealed::New { index, id, buf, blob_len } => {
+                    map.set(*index, *id).map_err(|e| fmt(&e))?;
+                    if stored.insert(*id) {
+                        report.new_blocks += 1;
+                        pack.add_blob(id, &buf[..*blob_len]).map_err(|e| fmt(&e))?;
+                        if pack.bytes_written() >= PACK_TARGET {
+                            let full_pack = std::mem::replace(&mut pack, PackWriter::new(Vec::new()).map_err(|e| fmt(&e))?);
+                            store_pack(full_pack, &mut report)?;
+                        }
+                    } else {
+                        report.known_blocks += 1;
+                    }
+                }
+            }
+            Ok(())
+        };
+        let mut advance = |n: u64| progress.advance(n);
+        pipeline::run(source, &runs(&blocks), geometry, keys, &known, opts.workers, &mut sink, &mut advance)?;
+        if report.blocks_read != blocks.len() as u64 {
+            return Err(ShipError::Format(format!(
+                "internal error: {} of {} blocks went through the pipeline",
+                report.blocks_read,
+                blocks.len()
+            )));
+        }
+        if pack.count() > 0 {
+            store_pack(pack, &mut report)?;
+        }
+    }
+    for (id, index) in &new_packs {
+        known.add_pack(id, index);
+    }
+    let built = map.finish(|id| vault.get_page(id).map_err(ShipError::from))?;
+    for (id, bytes) in &built.new_pages {
+        if !vault.has_page(id)? {
+            vault.put_page(id, bytes)?;
+            report.bytes_shipped += bytes.len() as u64;
+            report.pages += 1;
+        }
+    }
+    Ok((report, built.pages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_group_consecutive_blocks() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[3]), vec![(3, 1)]);
+        assert_eq!(runs(&[0, 1, 2, 5, 6, 9]), vec![(0, 3), (5, 2), (9, 1)]);
+    }
+}

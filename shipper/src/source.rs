@@ -1,0 +1,126 @@
+//! Where a cycle gets its cut: the running filter, or the image directly.
+
+use std::io;
+
+use disk_format::Geometry;
+use filter::control::ControlClient;
+use filter::disk::DiskPaths;
+use filter::{CutInfo, CutKind, Disk};
+
+use crate::error::ShipError;
+
+/// A disk that can be cut and read as at the cut.
+pub trait CutSource {
+    /// Disk size and block size.
+    fn geometry(&self) -> Geometry;
+    /// The state is suspect: every block must be verified.
+    fn suspect(&mut self) -> Result<bool, ShipError>;
+    /// Cuts the disk.
+    fn cut(&mut self, kind: CutKind) -> Result<CutInfo, ShipError>;
+    /// The cut's dirty blocks, ascending.
+    fn blocks(&mut self) -> Result<Vec<u64>, ShipError>;
+    /// Appends blocks `first..first + count` as at the cut to `out` (each
+    /// block once: reading releases it).
+    fn read(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<(), ShipError>;
+    /// Ends the cut after its point is stored; `verified` clears a suspect state.
+    fn finish(&mut self, verified: bool) -> Result<(), ShipError>;
+    /// Ends the cut without a point: its blocks stay dirty.
+    fn abort(&mut self) -> Result<(), ShipError>;
+}
+
+/// The filter serving the disk, over its control socket.
+pub struct RemoteSource {
+    client: ControlClient,
+    geometry: Geometry,
+}
+
+impl RemoteSource {
+    /// Wraps a connected control client.
+    pub fn new(mut client: ControlClient) -> Result<RemoteSource, ShipError> {
+        let info = client.info().map_err(ShipError::Source)?;
+        let geometry = Geometry::new(info.disk_size, u64::from(info.block_size))
+            .map_err(|e| ShipError::Source(io::Error::other(e.to_string())))?;
+        Ok(RemoteSource { client, geometry })
+    }
+}
+
+impl CutSource for RemoteSource {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+    fn suspect(&mut self) -> Result<bool, ShipError> {
+        Ok(self.client.info().map_err(ShipError::Source)?.suspect)
+    }
+    fn cut(&mut self, kind: CutKind) -> Result<CutInfo, ShipError> {
+        self.client.cut(kind).map_err(ShipError::Source)
+    }
+    fn blocks(&mut self) -> Result<Vec<u64>, ShipError> {
+        self.client.blocks().map_err(ShipError::Source)
+    }
+    fn read(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<(), ShipError> {
+        self.client.read(first, count, out).map_err(ShipError::Source)
+    }
+    fn finish(&mut self, verified: bool) -> Result<(), ShipError> {
+        self.client.finish(verified).map(drop).map_err(ShipError::Source)
+    }
+    fn abort(&mut self) -> Result<(), ShipError> {
+        self.client.abort().map(drop).map_err(ShipError::Source)
+    }
+}
+
+/// The image itself, with no filter running: the disk is opened (and locked,
+/// so no filter can start meanwhile) and cut in this process.
+pub struct LocalSource {
+    disk: Option<Disk>,
+}
+
+impl LocalSource {
+    /// Opens and locks the disk.
+    pub fn open(paths: DiskPaths) -> Result<LocalSource, ShipError> {
+        Ok(LocalSource { disk: Some(Disk::open(paths)?) })
+    }
+
+    fn disk(&self) -> &Disk {
+        self.disk.as_ref().expect("open until closed")
+    }
+
+    /// Closes the disk cleanly (marks the state file clean).
+    pub fn close(mut self) -> Result<(), ShipError> {
+        Ok(self.disk.take().expect("open until closed").close()?)
+    }
+}
+
+impl CutSource for LocalSource {
+    fn geometry(&self) -> Geometry {
+        self.disk().geometry()
+    }
+    fn suspect(&mut self) -> Result<bool, ShipError> {
+        Ok(self.disk().state().header().flags.suspect)
+    }
+    fn cut(&mut self, kind: CutKind) -> Result<CutInfo, ShipError> {
+        Ok(self.disk().cut(kind)?)
+    }
+    fn blocks(&mut self) -> Result<Vec<u64>, ShipError> {
+        Ok(self.disk().cut_blocks()?)
+    }
+    fn read(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<(), ShipError> {
+        let g = self.geometry();
+        for b in first..first + count {
+            let at = out.len();
+            out.resize(at + g.block_len(b), 0);
+            self.disk().read_cut_block(b, &mut out[at..])?;
+        }
+        Ok(())
+    }
+    fn finish(&mut self, verified: bool) -> Result<(), ShipError> {
+        self.disk().finish_cut()?;
+        if verified {
+            self.disk().state().clear_suspect()?;
+        }
+        Ok(())
+    }
+    fn abort(&mut self) -> Result<(), ShipError> {
+        self.disk().abort_cut()?;
+        Ok(())
+    }
+}

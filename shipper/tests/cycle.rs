@@ -1,0 +1,192 @@
+//! Cycles end to end in one process: a disk written through the filter's
+//! `Disk`, shipped with a `LocalSource` into a local vault, and restored.
+
+#![allow(clippy::cast_possible_truncation)] // test sizes are small
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use disk_format::keys::{Keys, MasterKey};
+use disk_format::Geometry;
+use filter::disk::DiskPaths;
+use filter::nbd::Export;
+use filter::{Disk, StateFile};
+use shipper::{run_cycle, CycleOptions, LocalSource, ShipError};
+use vault::{Backend, Kind, LocalBackend, Vault, VaultError};
+
+const BS: u64 = 65536;
+const BLOCKS: u64 = 64;
+
+fn keys() -> Keys {
+    MasterKey::from_bytes([42; 32]).keys()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    paths: DiskPaths,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        // The last block is short: the disk is not a multiple of the block size.
+        std::fs::File::create(&image).unwrap().set_len(BLOCKS * BS - 1000).unwrap();
+        let state = dir.path().join("state");
+        StateFile::create(&state, Geometry::new(BLOCKS * BS - 1000, BS).unwrap(), [3; 16], false).unwrap();
+        let paths = DiskPaths { image, state, scratch: dir.path().join("scratch") };
+        Fixture { dir, paths }
+    }
+
+    fn write(&self, writes: &[(u64, u8)]) {
+        let d = Disk::open(self.paths.clone()).unwrap();
+        for &(block, fill) in writes {
+            let len = d.geometry().block_len(block).min(5000);
+            d.write_at(&vec![fill; len], block * BS + 100.min(BS - len as u64), false).unwrap();
+        }
+        d.close().unwrap();
+    }
+
+    fn vault(&self, backend: Box<dyn Backend>) -> Vault {
+        Vault::init(backend, &keys()).unwrap()
+    }
+
+    fn ship(&self, vault: &Vault) -> Result<shipper::CycleReport, ShipError> {
+        let mut src = LocalSource::open(self.paths.clone()).unwrap();
+        let opts = CycleOptions { disk_name: "disk1", disk_id: [3; 16], workers: 2 };
+        let r = run_cycle(&mut src, vault, &keys(), &opts, &mut ());
+        src.close().unwrap();
+        r
+    }
+
+    fn restore(&self, vault: &Vault, seq: u64) -> Vec<u8> {
+        let out = self.dir.path().join(format!("restored-{seq}.img"));
+        let f = std::fs::File::create(&out).unwrap();
+        vault.restore("disk1", seq, &keys(), &f, &mut |_, _| {}).unwrap();
+        drop(f);
+        std::fs::read(out).unwrap()
+    }
+
+    fn dirty(&self) -> Vec<u64> {
+        StateFile::report(&self.paths.state).unwrap().dirty_blocks
+    }
+}
+
+fn local(dir: &Path) -> Box<dyn Backend> {
+    Box::new(LocalBackend::create(&dir.join("vault")).unwrap())
+}
+
+#[test]
+fn full_then_incremental_points_restore_exactly() {
+    let f = Fixture::new();
+    let vault = f.vault(local(f.dir.path()));
+    f.write(&[(0, 1), (5, 2), (6, 2), (BLOCKS - 1, 9)]);
+    let r1 = f.ship(&vault).unwrap();
+    assert!(r1.full && r1.sequence == 1);
+    assert_eq!(r1.blocks_read, BLOCKS);
+    assert_eq!(r1.zero_blocks, BLOCKS - 4);
+    // Blocks 5 and 6 hold the same bytes: stored once.
+    assert_eq!((r1.new_blocks, r1.known_blocks), (3, 1));
+    assert!(f.dirty().is_empty(), "a committed point clears the cut bits");
+    let image1 = std::fs::read(&f.paths.image).unwrap();
+    assert_eq!(f.restore(&vault, 1), image1);
+
+    f.write(&[(5, 7), (20, 8)]);
+    assert_eq!(f.dirty(), vec![5, 20]);
+    let r2 = f.ship(&vault).unwrap();
+    assert!(!r2.full && r2.sequence == 2);
+    assert_eq!((r2.blocks_read, r2.new_blocks), (2, 2));
+    assert!(r2.bytes_shipped < 3 * BS, "an incremental ships about what changed: {}", r2.bytes_shipped);
+    let image2 = std::fs::read(&f.paths.image).unwrap();
+    assert_eq!(f.restore(&vault, 2), image2);
+    assert_eq!(f.restore(&vault, 1), image1, "the older point is unchanged");
+    let points = vault.points("disk1").unwrap();
+    assert_eq!(points.iter().map(|p| p.sequence).collect::<Vec<_>>(), vec![1, 2]);
+
+    // Nothing changed: a cycle still commits a point, reading nothing.
+    let r3 = f.ship(&vault).unwrap();
+    assert_eq!((r3.sequence, r3.blocks_read, r3.packs), (3, 0, 0));
+    assert_eq!(f.restore(&vault, 3), image2);
+}
+
+/// A backend that fails every put of one kind after `allow` successes.
+struct Failing {
+    inner: Box<dyn Backend>,
+    kind: Kind,
+    allow: AtomicU32,
+}
+
+impl Backend for Failing {
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        if kind == self.kind && self.allow.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Err(VaultError::Io {
+                what: "injected failure writing",
+                path: name.into(),
+                source: std::io::Error::other("disk full"),
+            });
+        }
+        self.inner.put(kind, name, data)
+    }
+    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
+        self.inner.size(kind, name)
+    }
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
+        self.inner.list(kind, prefix)
+    }
+    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.inner.delete(kind, name)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+#[test]
+fn a_failed_cycle_commits_nothing_and_loses_no_change() {
+    for kind in [Kind::Pack, Kind::Page, Kind::Root] {
+        let f = Fixture::new();
+        let vault = f.vault(Box::new(Failing { inner: local(f.dir.path()), kind, allow: AtomicU32::new(1) }));
+        f.write(&[(1, 1), (2, 2)]);
+        f.ship(&vault).unwrap();
+        f.write(&[(2, 3), (30, 4)]);
+        let e = f.ship(&vault).unwrap_err();
+        assert!(e.to_string().contains("injected failure"), "{kind}: {e}");
+        assert_eq!(vault.points("disk1").unwrap().len(), 1, "{kind}: a failed cycle left a point");
+        assert_eq!(f.dirty(), vec![2, 30], "{kind}: the failed cycle's changes must stay dirty");
+        // With the vault healthy again the next cycle ships them.
+        let healthy = Vault::open(local(f.dir.path())).unwrap();
+        let r = f.ship(&healthy).unwrap();
+        assert_eq!((r.sequence, r.blocks_read), (2, 2), "{kind}");
+        assert_eq!(f.restore(&healthy, 2), std::fs::read(&f.paths.image).unwrap(), "{kind}");
+    }
+}
+
+#[test]
+fn a_suspect_state_is_verified_in_full_and_then_cleared() {
+    let f = Fixture::new();
+    let vault = f.vault(local(f.dir.path()));
+    f.write(&[(1, 1), (2, 2)]);
+    f.ship(&vault).unwrap();
+    // Replace the state file as after a damaged one: every block suspect.
+    std::fs::remove_file(&f.paths.state).unwrap();
+    StateFile::create(&f.paths.state, Geometry::new(BLOCKS * BS - 1000, BS).unwrap(), [3; 16], true).unwrap();
+    // A change the (lost) bitmap would not know about, written behind the filter's back.
+    {
+        use std::os::unix::fs::FileExt;
+        let img = std::fs::OpenOptions::new().write(true).open(&f.paths.image).unwrap();
+        img.write_all_at(&[0xee; 512], 40 * BS).unwrap();
+    }
+    let r = f.ship(&vault).unwrap();
+    assert!(r.full, "a suspect state makes the cycle read every block");
+    assert_eq!(r.new_blocks, 1, "only the block that differs is shipped");
+    assert!(!StateFile::report(&f.paths.state).unwrap().suspect, "the verify clears suspect");
+    assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+    let r = f.ship(&vault).unwrap();
+    assert!(!r.full);
+}

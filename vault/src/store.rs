@@ -1,0 +1,318 @@
+//! The vault proper: the config, and packs, map pages and point roots stored
+//! through a [`Backend`] under the names FORMAT.md gives them.
+//!
+//! ```text
+//! config/config                  the vault config (key fingerprint, never the key)
+//! packs/HEX(PackId)              packs of sealed blocks
+//! pages/HEX(PageId)              map pages
+//! roots/DISK/SEQUENCE            point roots; SEQUENCE is 20 zero-padded digits,
+//!                                so names sort in sequence order
+//! ```
+//!
+//! The shipper writes a point's packs, then its pages, then its root, each
+//! durably ([`Backend::put`]), so a root in the vault means the whole point is
+//! (invariant 4). Reading a root with the key verifies its MAC and that it is
+//! stored under its own disk and sequence; reading one without the key
+//! ([`Vault::points`], garbage collection, [`Vault::check`] without a key)
+//! trusts nothing it says beyond listing.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use disk_format::{Consistency, Keys, MapPage, Pack, PackId, PageId, Root, RootError, VaultConfig, VaultId};
+
+use crate::backend::{check_name, Backend, Kind};
+use crate::error::{Damage, VaultError};
+
+/// The name of the vault config object.
+pub const CONFIG_NAME: &str = "config";
+
+/// The object name of point `sequence` of `disk`: `DISK/SEQUENCE`, the
+/// sequence as 20 zero-padded digits.
+pub fn root_name(disk: &str, sequence: u64) -> String {
+    format!("{disk}/{sequence:020}")
+}
+
+/// Splits a root object name into disk and sequence; `None` for a name that
+/// is not `DISK/` followed by exactly 20 digits.
+pub fn parse_root_name(name: &str) -> Option<(&str, u64)> {
+    let (disk, seq) = name.split_once('/')?;
+    if disk.is_empty() || seq.len() != 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((disk, seq.parse().ok()?))
+}
+
+/// How a point is named in messages and [`crate::Problem`]s: `DISK/SEQUENCE`.
+pub(crate) fn point_label(disk: &str, sequence: u64) -> String {
+    format!("{disk}/{sequence}")
+}
+
+/// Checks that `disk` can name roots: a single object-name part (no `/`).
+fn check_disk(disk: &str) -> Result<(), VaultError> {
+    check_name(disk)?;
+    if disk.contains('/') {
+        return Err(VaultError::BadName { name: disk.to_string(), why: "a disk name may not contain '/'" });
+    }
+    Ok(())
+}
+
+/// One recovery point as listed by [`Vault::points`].
+///
+/// Read **without** the key ([`Root::decode_unauthenticated`]): these fields
+/// are what the root says, not yet authenticated. Good for listing and
+/// choosing a point; a restore of the point verifies the root's MAC before
+/// using any of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointSummary {
+    /// The point's sequence number.
+    pub sequence: u64,
+    /// The instant of the cut, nanoseconds since the Unix epoch.
+    pub cut_time_ns: u64,
+    /// Crash- or app-consistent.
+    pub consistency: Consistency,
+    /// Bytes of packs and pages this point added to the vault.
+    pub bytes_shipped: u64,
+    /// Disk size at the cut.
+    pub disk_size: u64,
+    /// Block size of the disk.
+    pub block_size: u32,
+    /// The root's object name (`DISK/SEQUENCE`, kind [`Kind::Root`]).
+    pub root_name: String,
+}
+
+/// A vault: a backend holding a valid vault config.
+pub struct Vault {
+    backend: Box<dyn Backend>,
+    config: VaultConfig,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Vault({}, id {})", self.backend.location(), self.config.vault_id)
+    }
+}
+
+impl Vault {
+    /// Makes `backend` a vault for `keys`: writes a new config holding the
+    /// key's fingerprint (never the key). Refuses a backend that already has
+    /// a config, or holds packs or roots without one.
+    pub fn init(backend: Box<dyn Backend>, keys: &Keys) -> Result<Vault, VaultError> {
+        let location = backend.location();
+        if backend.size(Kind::Config, CONFIG_NAME)?.is_some() {
+            return Err(VaultError::AlreadyAVault { location });
+        }
+        for (kind, what) in [(Kind::Root, "point roots"), (Kind::Pack, "packs"), (Kind::Page, "map pages")] {
+            if !backend.list(kind, "")?.is_empty() {
+                return Err(VaultError::NotEmpty { location, what });
+            }
+        }
+        let mut vault_id = [0u8; 16];
+        getrandom::fill(&mut vault_id).map_err(|e| VaultError::Io {
+            what: "drawing a random vault id for",
+            path: location.clone().into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let created_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let config = VaultConfig { vault_id: VaultId(vault_id), created_unix, key_fingerprint: keys.fingerprint() };
+        backend.put(Kind::Config, CONFIG_NAME, &config.encode())?;
+        Ok(Vault { backend, config })
+    }
+
+    /// Opens the vault on `backend`: reads and checks its config.
+    pub fn open(backend: Box<dyn Backend>) -> Result<Vault, VaultError> {
+        let config = read_config(backend.as_ref())?;
+        Ok(Vault { backend, config })
+    }
+
+    /// The vault config read at open.
+    pub fn config(&self) -> &VaultConfig {
+        &self.config
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Refuses a key that is not the one the vault was created with; the
+    /// message names both fingerprints.
+    pub fn check_key(&self, keys: &Keys) -> Result<(), VaultError> {
+        self.config.check_key(keys).map_err(|source| VaultError::WrongKey { location: self.backend.location(), source })
+    }
+
+    /// Stores a finished pack durably under its id. The pack's structure
+    /// (header, index, trailer) is checked first; its id is the one
+    /// [`disk_format::PackWriter::finish`] computed while writing it (hashing
+    /// tens of MiB again here would cost the shipper throughput; `check`
+    /// verifies every pack's name).
+    pub fn put_pack(&self, id: &PackId, bytes: &[u8]) -> Result<(), VaultError> {
+        Pack::parse(bytes).map_err(|e| VaultError::Invalid { object: format!("packs/{id}"), detail: e.to_string() })?;
+        self.backend.put(Kind::Pack, &id.to_string(), bytes)
+    }
+
+    /// Stores an encoded map page durably under its id, after checking that
+    /// it hashes to the id and decodes.
+    pub fn put_page(&self, id: &PageId, bytes: &[u8]) -> Result<(), VaultError> {
+        let invalid = |detail: String| VaultError::Invalid { object: format!("pages/{id}"), detail };
+        if !id.matches(bytes) {
+            return Err(invalid(format!("the page hashes to {}, not to its id", PageId::of(bytes))));
+        }
+        MapPage::decode(bytes).map_err(|e| invalid(e.to_string()))?;
+        self.backend.put(Kind::Page, &id.to_string(), bytes)
+    }
+
+    /// Whether the map page `id` is stored.
+    pub fn has_page(&self, id: &PageId) -> Result<bool, VaultError> {
+        Ok(self.backend.size(Kind::Page, &id.to_string())?.is_some())
+    }
+
+    /// The bytes of map page `id`, unchecked: check them with
+    /// [`MapPage::decode_expected`] or [`Root::check_page`] before use.
+    pub fn get_page(&self, id: &PageId) -> Result<Vec<u8>, VaultError> {
+        self.backend.get(Kind::Page, &id.to_string())
+    }
+
+    /// Stores a point's encoded root as `DISK/SEQUENCE`, durably. The shipper
+    /// calls this last, after every pack and page of the point is stored. The
+    /// root must decode (structurally) and name this disk and sequence.
+    pub fn put_root(&self, disk: &str, sequence: u64, bytes: &[u8]) -> Result<(), VaultError> {
+        check_disk(disk)?;
+        let name = root_name(disk, sequence);
+        let invalid = |detail: String| VaultError::Invalid { object: format!("roots/{name}"), detail };
+        let root = Root::decode_unauthenticated(bytes).map_err(|e| invalid(e.to_string()))?;
+        if root.disk_name != disk || root.sequence != sequence {
+            return Err(invalid(format!("the root is point {}", point_label(&root.disk_name, root.sequence))));
+        }
+        self.backend.put(Kind::Root, &name, bytes)
+    }
+
+    /// Deletes point `sequence` of `disk` (its root only: what it alone
+    /// referenced becomes garbage). For retention pruning.
+    pub fn delete_root(&self, disk: &str, sequence: u64) -> Result<(), VaultError> {
+        check_disk(disk)?;
+        self.backend.delete(Kind::Root, &root_name(disk, sequence))
+    }
+
+    /// Reads point `sequence` of `disk`. With `keys`, checks the key against
+    /// the vault and the root's MAC (use this for anything that trusts the
+    /// root); with `None`, decodes it unauthenticated (listing and garbage
+    /// collection only). Either way, a root whose contents name another disk
+    /// or sequence than the name it is stored under is refused
+    /// ([`Damage::Misplaced`]).
+    pub fn load_root(&self, disk: &str, sequence: u64, keys: Option<&Keys>) -> Result<Root, VaultError> {
+        check_disk(disk)?;
+        if let Some(keys) = keys {
+            self.check_key(keys)?;
+        }
+        let name = root_name(disk, sequence);
+        let bytes = match self.backend.get(Kind::Root, &name) {
+            Err(VaultError::NotFound { .. }) => {
+                return Err(VaultError::NoSuchPoint {
+                    disk: disk.to_string(),
+                    sequence,
+                    location: self.backend.location(),
+                })
+            }
+            other => other?,
+        };
+        decode_root(&name, &bytes, keys).map_err(|(damage, detail)| VaultError::Damaged {
+            point: point_label(disk, sequence),
+            block: None,
+            object: format!("roots/{name}"),
+            damage,
+            detail,
+        })
+    }
+
+    /// The sequences of `disk`'s points, ascending (from the root names only).
+    pub fn sequences(&self, disk: &str) -> Result<Vec<u64>, VaultError> {
+        check_disk(disk)?;
+        let prefix = format!("{disk}/");
+        let mut seqs: Vec<u64> = self
+            .backend
+            .list(Kind::Root, &prefix)?
+            .iter()
+            .filter_map(|n| parse_root_name(n).filter(|(d, _)| *d == disk).map(|(_, s)| s))
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// The disks that have at least one point in the vault, sorted.
+    pub fn disks(&self) -> Result<Vec<String>, VaultError> {
+        let mut disks: Vec<String> = self
+            .backend
+            .list(Kind::Root, "")?
+            .iter()
+            .filter_map(|n| parse_root_name(n).map(|(d, _)| d.to_string()))
+            .collect();
+        disks.sort();
+        disks.dedup();
+        Ok(disks)
+    }
+
+    /// The newest point of `disk` (highest sequence), read as
+    /// [`Vault::load_root`] does, or `None` if the disk has no point.
+    pub fn latest_root(&self, disk: &str, keys: Option<&Keys>) -> Result<Option<Root>, VaultError> {
+        match self.sequences(disk)?.last() {
+            None => Ok(None),
+            Some(&seq) => self.load_root(disk, seq, keys).map(Some),
+        }
+    }
+
+    /// Lists `disk`'s points in sequence order. Each root is decoded
+    /// **without** the key (see [`PointSummary`]); a root that does not
+    /// decode, or names another disk or sequence, is an error naming it.
+    pub fn points(&self, disk: &str) -> Result<Vec<PointSummary>, VaultError> {
+        self.sequences(disk)?
+            .into_iter()
+            .map(|seq| {
+                let root = self.load_root(disk, seq, None)?;
+                Ok(PointSummary {
+                    sequence: seq,
+                    cut_time_ns: root.cut_time_ns,
+                    consistency: root.consistency,
+                    bytes_shipped: root.bytes_shipped,
+                    disk_size: root.geometry.disk_size,
+                    block_size: root.geometry.block_size,
+                    root_name: root_name(disk, seq),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reads and decodes the config of the vault on `backend`.
+pub(crate) fn read_config(backend: &dyn Backend) -> Result<VaultConfig, VaultError> {
+    let location = backend.location();
+    let bytes = match backend.get(Kind::Config, CONFIG_NAME) {
+        Err(VaultError::NotFound { .. }) => return Err(VaultError::NotAVault { location }),
+        other => other?,
+    };
+    VaultConfig::decode(&bytes).map_err(|source| VaultError::BadConfig { location, source })
+}
+
+/// Decodes the root stored as `name` (with the MAC when `keys` is given) and
+/// checks it is the point its name says. On failure: the kind of damage and
+/// what was found.
+pub(crate) fn decode_root(name: &str, bytes: &[u8], keys: Option<&Keys>) -> Result<Root, (Damage, String)> {
+    let root = match keys {
+        Some(keys) => Root::decode(bytes, keys),
+        None => Root::decode_unauthenticated(bytes),
+    }
+    .map_err(|e| {
+        let damage = if e == RootError::BadMac { Damage::Inauthentic } else { Damage::Corrupt };
+        (damage, e.to_string())
+    })?;
+    let (disk, sequence) = parse_root_name(name).ok_or((Damage::Misplaced, "not a root name".to_string()))?;
+    if root.disk_name != disk || root.sequence != sequence {
+        return Err((
+            Damage::Misplaced,
+            format!(
+                "the root inside is point {} of disk {:?}: a root moved or swapped between disks or points is refused",
+                root.sequence, root.disk_name
+            ),
+        ));
+    }
+    Ok(root)
+}
