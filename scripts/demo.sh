@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # THE main-job command (README): installs what is needed, builds Lifeboat, and
-# protects a demo disk image end to end:
+# protects a demo disk image end to end, replicating it to a local vault:
 #
 #   1. creates a 256 MiB raw image with some data in it,
-#   2. `lifeboat protect demo --image ...`,
+#   2. creates a customer key and a local vault, `lifeboat protect demo --image ...
+#      --vault ... --key ...`,
 #   3. serves it with `lifeboat filter demo --listen unix:...` (in the background),
 #   4. writes through the filter with qemu-io (as a VM would),
 #   5. shows `lifeboat dirty demo --json`: exactly the blocks written,
 #   6. takes `lifeboat snapshot demo --out ...` while a writer keeps writing, and
 #      checks the copy holds the data from before the cut,
-#   7. stops the filter with SIGTERM (clean shutdown),
-#   8. prints what to try next.
+#   7. replicates: `lifeboat ship demo --once` (full sync), more writes, a second
+#      (incremental) cycle, `lifeboat points demo`,
+#   8. restores the latest point and checks it byte for byte against the disk,
+#      then scrubs the vault with the key (`lifeboat vault check --read-data`),
+#   9. stops the filter with SIGTERM (clean shutdown),
+#  10. prints what to try next.
 #
 # Demo home: $LIFEBOAT_HOME, else ./.demo in the repo. Re-running replaces the
 # demo disk (only a home this script created is ever cleaned).
@@ -23,6 +28,8 @@ name=demo
 image=$home/demo.img
 sock=$home/demo.sock
 snap=$home/demo-snapshot.raw
+key=$home/demo.key
+vault=$home/vault
 size_mib=256
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -41,7 +48,7 @@ step "Creating a ${size_mib} MiB demo image in $home"
 mkdir -p "$home"
 if [ -e "$home/disks/$name" ]; then
   [ -e "$home/.lifeboat-demo" ] || die "$home/disks/$name exists and was not made by this demo; set LIFEBOAT_HOME to another folder"
-  rm -rf "${home:?}/disks/$name" "$image" "$snap"
+  rm -rf "${home:?}/disks/$name" "$image" "$snap" "$key" "$vault" "$home"/restored-*.raw
 fi
 touch "$home/.lifeboat-demo"
 truncate -s "${size_mib}M" "$image"
@@ -51,8 +58,12 @@ printf 'Lifeboat demo disk, created %s\n' "$(date -u +%FT%TZ)" |
   dd of="$image" bs=1M seek=100 conv=notrunc status=none
 echo "image: $image ($(du -h --apparent-size "$image" | cut -f1), $(du -h "$image" | cut -f1) allocated)"
 
-step "lifeboat protect $name --image $image"
-lifeboat protect "$name" --image "$image"
+step "A customer key and a vault: lifeboat key new, lifeboat vault init"
+lifeboat key new --out "$key"
+lifeboat vault init "$vault" --key "$key"
+
+step "lifeboat protect $name --image $image --vault $vault --key $key --rpo 30s"
+lifeboat protect "$name" --image "$image" --vault "$vault" --key "$key" --rpo 30s
 ls -l "$home/disks/$name"
 
 step "lifeboat filter $name --listen unix:$sock   (background)"
@@ -141,6 +152,27 @@ print(f"snapshot check ok: the cut fell after the writer's block {k} of {N}; "
       f"all other {N - k} blocks hold their data from before the cut, the rest of the disk matches")
 PY
 
+step "lifeboat ship $name --once   (the first cycle: a full sync of every non-zero block)"
+lifeboat ship "$name" --once
+
+step "More writes through the filter, then an incremental cycle"
+qemu-io -f raw "$uri" -c 'write -P 0x5a 10M 256k' -c 'write -P 0x77 180M 4096' | grep -E '^wrote'
+lifeboat dirty "$name" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("dirty blocks waiting:", d["dirty_blocks"])'
+lifeboat snapshot "$name" --out "$home/at-point-2.raw" >/dev/null   # the disk as the next cut will see it (no writer runs)
+lifeboat ship "$name" --once --json
+
+step "lifeboat points $name"
+lifeboat points "$name"
+
+step "lifeboat restore $name --point latest   (every block decrypted and verified)"
+lifeboat restore "$name" --point latest --out "$home/restored-latest.raw"
+cmp "$home/restored-latest.raw" "$home/at-point-2.raw" && echo "restored point is byte-identical to the disk at its cut"
+rm -f "$home/at-point-2.raw"
+
+step "lifeboat vault check $vault --read-data   (scrub: hashes, MACs, every block)"
+lifeboat vault check "$vault" --read-data --key "$key" 2>/dev/null
+echo "vault size: $(du -sh "$vault" | cut -f1) for $(lifeboat points "$name" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') points (the vault holds no key and no plaintext)"
+
 step "Stopping the filter (SIGTERM: finish in-flight requests, mark the state clean)"
 kill -TERM "$filter_pid"
 wait "$filter_pid" && echo "filter exited 0" || die "filter exited with $?"
@@ -157,6 +189,9 @@ cat <<EOF
   qemu-io -f raw '$uri' -c 'write -P 7 1G 4k'   # (out of range: an error, not a crash)
   qemu-io -f raw '$uri' -c 'write -P 7 64M 4k'
   $lb dirty $name --json
+  $lb ship $name --once                     # a new recovery point
+  $lb points $name --json
+  $lb restore $name --point 1 --out /tmp/demo-point-1.raw
   nbdinfo '$uri'
   # boot a VM on it:
   #   qemu-system-x86_64 ... -blockdev driver=nbd,node-name=d0,server.type=unix,server.path=$sock,export=$name \\
