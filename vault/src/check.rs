@@ -111,6 +111,11 @@ impl Vault {
         if let Some(keys) = keys {
             self.check_key(keys)?;
         }
+        // Roots are listed first: a point's packs and pages were stored
+        // before its root, so everything a listed root names was there when
+        // the packs and pages are listed below, even while a shipper adds
+        // points.
+        let roots = self.backend().list(Kind::Root, "")?;
         let mut report = CheckReport::default();
         progress("checking the vault config");
         match read_config(self.backend()) {
@@ -120,7 +125,7 @@ impl Vault {
         }
         let (index, bad_blocks) = self.check_packs(keys, &mut report, progress)?;
         let pages = self.check_pages(&index, &bad_blocks, &mut report, progress)?;
-        self.check_roots(keys, &pages, &mut report, progress)?;
+        self.check_roots(&roots, keys, &pages, &mut report, progress)?;
         Ok(report)
     }
 
@@ -232,25 +237,26 @@ impl Vault {
     /// pack and page passes found.
     fn check_roots(
         &self,
+        roots: &[String],
         keys: Option<&Keys>,
         pages: &HashMap<PageId, Result<PageInfo, String>>,
         report: &mut CheckReport,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), VaultError> {
-        for name in self.backend().list(Kind::Root, "")? {
+        for name in roots {
             progress(&format!("point root {name}"));
             let object = format!("roots/{name}");
-            let Some((disk, sequence)) = parse_root_name(&name) else {
+            let Some((disk, sequence)) = parse_root_name(name) else {
                 report.problem(object, None, None, "not a root name (DISK/ and 20 digits)".into());
                 continue;
             };
             let point = point_label(disk, sequence);
-            let bytes = match self.backend().get(Kind::Root, &name) {
+            let bytes = match self.backend().get(Kind::Root, name) {
                 Err(VaultError::NotFound { .. }) => continue, // pruned meanwhile
                 other => other?,
             };
             report.roots += 1;
-            let root = match decode_root(&name, &bytes, keys) {
+            let root = match decode_root(name, &bytes, keys) {
                 Ok(root) => root,
                 Err((damage, detail)) => {
                     report.problem(object, Some(&point), None, format!("{damage}: {detail}"));

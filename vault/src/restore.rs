@@ -452,6 +452,15 @@ impl Run<'_> {
                 end = e_end;
                 entries.next();
             }
+            if end == at {
+                // Unreachable: a parsed index tiles the pack up to its index.
+                return Err(self.damaged(
+                    first,
+                    &job.pack,
+                    Damage::Corrupt,
+                    "the index leaves bytes unaccounted".into(),
+                ));
+            }
             let mut buf = self.read(&job.pack, items.peek().map_or(first, |i| i.block), at, end - at)?;
             if at == 0 {
                 disk_format::pack::check_header(&buf)

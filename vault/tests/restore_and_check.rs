@@ -521,3 +521,15 @@ fn a_block_of_the_wrong_length_is_refused() {
     );
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
 }
+
+#[test]
+fn an_all_zero_disk_restores_to_zeros() {
+    let f = fixture();
+    let mut empty = Disk::new("empty", 3 << 20, 65536, 8);
+    let seq = empty.ship(&f.vault, &f.keys, &mut BlockIndex::new(), &[0, 5]); // written, but zeros
+    let root = f.vault.load_root("empty", seq, Some(&f.keys)).unwrap();
+    assert!(root.pages.iter().all(PageId::is_zero));
+    let got = f.restore("empty", seq).unwrap();
+    assert!(got.len() == 3 << 20 && got.iter().all(|&b| b == 0));
+    assert!(f.check(Some(&f.keys)).is_clean());
+}
