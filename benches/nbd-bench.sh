@@ -15,6 +15,8 @@
 # Clients, in this order, against each server:
 #   nbdcopy write   1 GiB of random data from a file into the export (no --flush)
 #   nbdcopy read    the whole export to /dev/null
+#   the same two with `nbdcopy -C 1` (one connection to each server: nbdcopy
+#   opens several to a server that offers multi-conn, as the filter does)
 #   fio randwrite   --ioengine=nbd, 4 KiB random writes, iodepth 32, time based
 #   fio randread    --ioengine=nbd, 4 KiB random reads, iodepth 32, time based
 # Each metric is the median over REPS repetitions; the server order alternates
@@ -114,6 +116,11 @@ run_one() { # SERVER
   record "$s" "nbdcopy write (MiB/s)" "$(python3 -c "print($bytes / 1048576 / ($t1 - $t0))")"
   t0=$(now); nbdcopy "$uri" null:; t1=$(now)
   record "$s" "nbdcopy read (MiB/s)" "$(python3 -c "print($bytes / 1048576 / ($t1 - $t0))")"
+  # One connection each: the like-for-like comparison (qemu-nbd does not offer multi-conn).
+  t0=$(now); nbdcopy -C 1 "$dir/data.bin" "$uri"; t1=$(now)
+  record "$s" "nbdcopy -C 1 write (MiB/s)" "$(python3 -c "print($bytes / 1048576 / ($t1 - $t0))")"
+  t0=$(now); nbdcopy -C 1 "$uri" null:; t1=$(now)
+  record "$s" "nbdcopy -C 1 read (MiB/s)" "$(python3 -c "print($bytes / 1048576 / ($t1 - $t0))")"
   record "$s" "fio 4k randwrite QD32 (IOPS)" "$(fio_iops "$uri" randwrite)"
   record "$s" "fio 4k randread QD32 (IOPS)" "$(fio_iops "$uri" randread)"
 
