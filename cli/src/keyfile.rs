@@ -50,7 +50,10 @@ pub fn load(path: &Path) -> Result<Keys> {
             bail!("wrong passphrase for key file {} (from {PASSPHRASE_ENV})", path.display())
         }
         Err(e) => Err(e).with_context(|| {
-            format!("key file {} is damaged or not a Lifeboat key file; restore it from your key backup", path.display())
+            format!(
+                "key file {} is damaged or not a Lifeboat key file; restore it from your key backup",
+                path.display()
+            )
         }),
     }
 }

@@ -94,7 +94,8 @@ pub fn run_cycle(
     let reuse = previous.as_ref().filter(|r| r.geometry == geometry);
     let full = reuse.is_none() || source.suspect()?;
     let info = source.cut(if full { CutKind::Full } else { CutKind::Dirty })?;
-    let cut_time_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let cut_time_ns =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let shipped = ship(source, vault, keys, opts, geometry, reuse, full, progress);
     let (mut report, pages) = match shipped {
         Ok(r) => r,
@@ -106,7 +107,9 @@ pub fn run_cycle(
     };
     let sequence = previous.as_ref().map_or(1, |r| r.sequence + 1);
     let parent = match &previous {
-        Some(r) => Some(RootId(*blake3::hash(&r.encode(keys).map_err(|e| ShipError::Format(e.to_string()))?).as_bytes())),
+        Some(r) => {
+            Some(RootId(*blake3::hash(&r.encode(keys).map_err(|e| ShipError::Format(e.to_string()))?).as_bytes()))
+        }
         None => None,
     };
     let root = Root {
@@ -122,10 +125,8 @@ pub fn run_cycle(
         pages,
         extension: Vec::new(),
     };
-    let commit = root
-        .encode(keys)
-        .map_err(|e| ShipError::Format(format!("encoding the root: {e}")))
-        .and_then(|bytes| {
+    let commit =
+        root.encode(keys).map_err(|e| ShipError::Format(format!("encoding the root: {e}"))).and_then(|bytes| {
             report.bytes_shipped += bytes.len() as u64;
             Ok(vault.put_root(opts.disk_name, sequence, &bytes)?)
         });
@@ -136,7 +137,7 @@ pub fn run_cycle(
     // The point is durable; the cut's blocks are no longer needed.
     source.finish(full)?;
     report.sequence = sequence;
-    report.millis = started.elapsed().as_millis() as u64;
+    report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
 }
 
@@ -201,7 +202,8 @@ fn ship(
                         report.new_blocks += 1;
                         pack.add_blob(id, &buf[..*blob_len]).map_err(|e| fmt(&e))?;
                         if pack.bytes_written() >= PACK_TARGET {
-                            let full_pack = std::mem::replace(&mut pack, PackWriter::new(Vec::new()).map_err(|e| fmt(&e))?);
+                            let full_pack =
+                                std::mem::replace(&mut pack, PackWriter::new(Vec::new()).map_err(|e| fmt(&e))?);
                             store_pack(full_pack, &mut report)?;
                         }
                     } else {
@@ -212,7 +214,8 @@ fn ship(
             Ok(())
         };
         let mut advance = |n: u64| progress.advance(n);
-        pipeline::run(source, &runs(&blocks), geometry, keys, &known, opts.workers, &mut sink, &mut advance)?;
+        let job = pipeline::Job { runs: &runs(&blocks), geometry, keys, known: &known, workers: opts.workers };
+        pipeline::run(source, &job, &mut sink, &mut advance)?;
         if report.blocks_read != blocks.len() as u64 {
             return Err(ShipError::Format(format!(
                 "internal error: {} of {} blocks went through the pipeline",

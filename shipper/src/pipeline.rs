@@ -36,19 +36,30 @@ struct Plain {
     buf: Vec<u8>,
 }
 
-/// Reads every block of `runs` (first, count) from `source`, seals what the
-/// vault lacks, and hands each block to `sink` in the writer thread. Returns
-/// when every block went through `sink`, or the first error.
+/// What the pipeline reads and how.
+pub(crate) struct Job<'a> {
+    /// Runs of consecutive blocks to read: (first, count).
+    pub runs: &'a [(u64, u64)],
+    /// The disk's geometry.
+    pub geometry: Geometry,
+    /// Subkeys for ids and sealing.
+    pub keys: &'a Keys,
+    /// Block ids the vault already holds (not sealed again).
+    pub known: &'a BlockIndex,
+    /// Hashing and sealing threads.
+    pub workers: usize,
+}
+
+/// Reads every block of the job's runs from `source`, seals what the vault
+/// lacks, and hands each block to `sink` in the writer thread. Returns when
+/// every block went through `sink`, or the first error.
 pub(crate) fn run(
     source: &mut dyn CutSource,
-    runs: &[(u64, u64)],
-    geometry: Geometry,
-    keys: &Keys,
-    known: &BlockIndex,
-    workers: usize,
+    job: &Job<'_>,
     sink: &mut (dyn FnMut(&Sealed) -> Result<(), ShipError> + Send),
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), ShipError> {
+    let Job { runs, geometry, keys, known, workers } = *job;
     let bs = geometry.block_size as usize;
     let pool_size = 8 * workers.max(1) + 8;
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(pool_size);

@@ -118,7 +118,9 @@ struct Failing {
 
 impl Backend for Failing {
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
-        if kind == self.kind && self.allow.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+        if kind == self.kind
+            && self.allow.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
+        {
             return Err(VaultError::Io {
                 what: "injected failure writing",
                 path: name.into(),

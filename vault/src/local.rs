@@ -147,11 +147,15 @@ impl Backend for LocalBackend {
     fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
         let (f, path) = self.open_object(kind, name)?;
         let size = f.metadata().map_err(VaultError::io("reading vault object", &path))?.len();
-        let end = offset.checked_add(len).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(len);
         if end > size {
             return Err(VaultError::ShortObject { kind, name: name.into(), size, offset, end });
         }
-        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| VaultError::BadName { name: name.into(), why: "range too large" })?];
+        let mut buf = vec![
+            0u8;
+            usize::try_from(len)
+                .map_err(|_| VaultError::BadName { name: name.into(), why: "range too large" })?
+        ];
         f.read_exact_at(&mut buf, offset).map_err(VaultError::io("reading vault object", &path))?;
         Ok(buf)
     }

@@ -75,7 +75,12 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         }
         old.config.replication = replication;
         write_config(&conf, &old.config)?;
-        println!("{}: replication set: vault {}, every {} s", a.name, a.vault.as_ref().map(|v| v.display().to_string()).unwrap_or_default(), a.rpo);
+        println!(
+            "{}: replication set: vault {}, every {} s",
+            a.name,
+            a.vault.as_ref().map(|v| v.display().to_string()).unwrap_or_default(),
+            a.rpo
+        );
         return Ok(());
     }
     if existing && !a.reset_state {
@@ -149,8 +154,9 @@ fn write_config(conf: &std::path::Path, config: &DiskConfig) -> Result<()> {
 fn check_replication(vault_dir: &std::path::Path, key: &std::path::Path, rpo_seconds: u64) -> Result<Replication> {
     let key = std::fs::canonicalize(key).with_context(|| format!("key file {} does not exist", key.display()))?;
     let keys = keyfile::load(&key)?;
-    let vault_dir = std::fs::canonicalize(vault_dir)
-        .with_context(|| format!("vault {} does not exist; create it with `lifeboat vault init`", vault_dir.display()))?;
+    let vault_dir = std::fs::canonicalize(vault_dir).with_context(|| {
+        format!("vault {} does not exist; create it with `lifeboat vault init`", vault_dir.display())
+    })?;
     super::vault::open(&vault_dir)?.check_key(&keys)?;
     Ok(Replication { vault: vault_dir, key, rpo_seconds })
 }

@@ -35,7 +35,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let (vault_dir, key_path) = match (a.vault, a.key) {
         (Some(v), Some(k)) => (v, k),
         (v, k) => {
-            let entry = home.disk(&a.name).context("pass --vault and --key to restore a disk not protected on this host")?;
+            let entry =
+                home.disk(&a.name).context("pass --vault and --key to restore a disk not protected on this host")?;
             let r = entry.replication(&a.name)?;
             (v.unwrap_or_else(|| r.vault.clone()), k.unwrap_or_else(|| r.key.clone()))
         }
@@ -52,7 +53,12 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         id => {
             let seq: u64 = id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?;
             if !points.iter().any(|p| p.sequence == seq) {
-                bail!("disk {:?} has no point {seq} in {} (see `lifeboat points {}`)", a.name, vault_dir.display(), a.name);
+                bail!(
+                    "disk {:?} has no point {seq} in {} (see `lifeboat points {}`)",
+                    a.name,
+                    vault_dir.display(),
+                    a.name
+                );
             }
             seq
         }
@@ -86,7 +92,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         Err(e) => {
             drop(out);
             let _ = std::fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("restoring point {sequence} of disk {:?}: nothing was written to {}", a.name, a.out.display()));
+            return Err(e).with_context(|| {
+                format!("restoring point {sequence} of disk {:?}: nothing was written to {}", a.name, a.out.display())
+            });
         }
     };
     out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;

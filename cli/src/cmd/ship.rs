@@ -99,7 +99,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     if tty {
         eprintln!();
     }
-    let r = report.with_context(|| format!("cycle of disk {:?} failed; its changes stay marked dirty for the next cycle", a.name))?;
+    let r = report.with_context(|| {
+        format!("cycle of disk {:?} failed; its changes stay marked dirty for the next cycle", a.name)
+    })?;
     if a.json {
         println!(
             "{}",

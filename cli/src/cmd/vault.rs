@@ -63,7 +63,11 @@ pub fn run(cmd: Command) -> Result<()> {
                 report.packs,
                 report.pages,
                 report.roots,
-                if keys.is_some() { format!(", {} blocks decrypted and verified", report.blocks_verified) } else { String::new() }
+                if keys.is_some() {
+                    format!(", {} blocks decrypted and verified", report.blocks_verified)
+                } else {
+                    String::new()
+                }
             );
             if report.problems.is_empty() {
                 println!("no problems found");

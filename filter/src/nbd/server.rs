@@ -408,10 +408,9 @@ impl Server {
                 Ok(()) => {
                     let _ = handle.join();
                 }
-                Err(e) => eprintln!(
-                    "nbd: cannot wake the accept thread on {} ({e}); leaving it",
-                    listener.local_addr()
-                ),
+                Err(e) => {
+                    eprintln!("nbd: cannot wake the accept thread on {} ({e}); leaving it", listener.local_addr())
+                }
             }
         }
 
