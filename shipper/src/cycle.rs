@@ -89,6 +89,9 @@ pub fn run_cycle(
 ) -> Result<CycleReport, ShipError> {
     let started = Instant::now();
     vault.check_key(keys)?;
+    // A cycle and a garbage collection never overlap (vault/src/gc.rs): the
+    // lease is taken before the cut, so a busy vault costs nothing to undo.
+    let _cycle = vault.begin_cycle(opts.disk_name)?;
     let geometry = source.geometry();
     let previous = vault.latest_root(opts.disk_name, Some(keys))?;
     let reuse = previous.as_ref().filter(|r| r.geometry == geometry);

@@ -18,11 +18,14 @@ pub enum Kind {
     Root,
     /// Audit log segments.
     Audit,
+    /// Leases: a restore, a cycle or a garbage collection in progress (see
+    /// `lease.rs`).
+    Lease,
 }
 
 impl Kind {
     /// Every kind, for listings and checks.
-    pub const ALL: [Kind; 5] = [Kind::Config, Kind::Pack, Kind::Page, Kind::Root, Kind::Audit];
+    pub const ALL: [Kind; 6] = [Kind::Config, Kind::Pack, Kind::Page, Kind::Root, Kind::Audit, Kind::Lease];
 
     /// The kind's directory or key prefix.
     pub fn prefix(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Kind {
             Kind::Page => "pages",
             Kind::Root => "roots",
             Kind::Audit => "audit",
+            Kind::Lease => "leases",
         }
     }
 }

@@ -172,6 +172,29 @@ pub enum VaultError {
         /// What is wrong with it.
         detail: String,
     },
+    /// Another process holds a lease that this action must wait for (a
+    /// cycle and a garbage collection exclude each other).
+    #[error("vault {location}: {action} cannot run now: {lease} is in progress; {next}")]
+    Busy {
+        /// The backend's location.
+        location: String,
+        /// What was refused.
+        action: String,
+        /// The lease in the way: its name, purpose and holder.
+        lease: String,
+        /// What to do.
+        next: String,
+    },
+    /// Garbage collection cannot tell what is referenced: it deleted nothing.
+    #[error("garbage collection of {location} deleted nothing: {object} {detail}")]
+    GcUnsafe {
+        /// The backend's location.
+        location: String,
+        /// The object in question, as `KIND/NAME`.
+        object: String,
+        /// What is wrong, and what to do.
+        detail: String,
+    },
     /// Writing the restored image failed.
     #[error("writing the restored image ({what}): {source}")]
     Output {

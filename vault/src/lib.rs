@@ -8,7 +8,11 @@
 //! ([`store`]); rebuilds the [`BlockIndex`] from the packs' own indexes
 //! ([`index`]); restores a point to a raw image, verifying every object it
 //! reads ([`restore`]); and scrubs the whole vault, with or without the key
-//! ([`check`]).
+//! ([`check`]). Recovery points are pruned by a retention ladder
+//! ([`retention`]: roots only) and what no root references is removed by
+//! garbage collection ([`gc`], without the key); leases ([`lease`]) keep a
+//! point being restored from being pruned, and keep a garbage collection and
+//! a shipper cycle from running at once.
 //!
 //! Encryption happens on the host before anything reaches a backend. The
 //! vault holds no key and no plaintext, and asks for the key only to restore
@@ -20,15 +24,21 @@
 pub mod backend;
 pub mod check;
 pub mod error;
+pub mod gc;
 pub mod index;
+pub mod lease;
 pub mod local;
 pub mod restore;
+pub mod retention;
 pub mod store;
 
 pub use backend::{Backend, Kind};
 pub use check::{CheckReport, Problem};
 pub use error::{Damage, VaultError};
+pub use gc::{GarbagePack, GcReport};
 pub use index::{BlockIndex, BlockLocation, UnreadablePack};
+pub use lease::{Hold, LeaseInfo, Liveness, Purpose};
 pub use local::LocalBackend;
 pub use restore::RestoreReport;
+pub use retention::{select, Policy, PruneReport, Selection};
 pub use store::{root_name, PointSummary, Vault};

@@ -29,6 +29,10 @@
 //! to a regular file (it is truncated and re-extended, so they read as
 //! zeros and stay sparse); on a block device they are written as zeros.
 //!
+//! The point is held ([`Vault::hold`]) for the whole restore, so retention
+//! does not prune it meanwhile; the vault must therefore be writable (the
+//! lease is an object in it).
+//!
 //! On any error the image is incomplete (other threads may have written
 //! blocks of other packs): the caller must not use it.
 
@@ -117,6 +121,8 @@ impl Vault {
         out: &File,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<RestoreReport, VaultError> {
+        // Held until the restore returns: prune keeps the point meanwhile.
+        let _hold = self.hold(disk, sequence, "restore")?;
         let root = self.load_root(disk, sequence, Some(keys))?;
         let point = point_label(disk, sequence);
         let index = self.block_index()?;

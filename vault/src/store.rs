@@ -7,6 +7,8 @@
 //! pages/HEX(PageId)              map pages
 //! roots/DISK/SEQUENCE            point roots; SEQUENCE is 20 zero-padded digits,
 //!                                so names sort in sequence order
+//! leases/...                     restores, cycles and garbage collections in
+//!                                progress (see `lease.rs`)
 //! ```
 //!
 //! The shipper writes a point's packs, then its pages, then its root, each
@@ -48,7 +50,7 @@ pub(crate) fn point_label(disk: &str, sequence: u64) -> String {
 }
 
 /// Checks that `disk` can name roots: a single object-name part (no `/`).
-fn check_disk(disk: &str) -> Result<(), VaultError> {
+pub(crate) fn check_disk(disk: &str) -> Result<(), VaultError> {
     check_name(disk)?;
     if disk.contains('/') {
         return Err(VaultError::BadName { name: disk.to_string(), why: "a disk name may not contain '/'" });

@@ -45,6 +45,10 @@ pub struct Disk {
     pub sequence: u64,
     /// Blobs per pack (small, so a point spans several packs).
     pub pack_blobs: usize,
+    /// Cut time of point 0; point `n` is cut at `cut_base_ns + n * cut_interval_ns`.
+    pub cut_base_ns: u64,
+    /// Time between two points' cuts.
+    pub cut_interval_ns: u64,
 }
 
 impl Disk {
@@ -57,6 +61,8 @@ impl Disk {
             previous: None,
             sequence: 0,
             pack_blobs,
+            cut_base_ns: 1_790_000_000_000_000_000,
+            cut_interval_ns: 30_000_000_000,
         }
     }
 
@@ -115,7 +121,7 @@ impl Disk {
             disk_id: *b"test-disk-id-001",
             disk_name: self.name.clone(),
             sequence: self.sequence,
-            cut_time_ns: 1_790_000_000_000_000_000 + self.sequence * 30_000_000_000,
+            cut_time_ns: self.cut_base_ns + self.sequence * self.cut_interval_ns,
             cut_generation: self.sequence,
             geometry: self.geometry,
             bytes_shipped: shipped,
@@ -147,4 +153,19 @@ impl From<PageError> for PageErrorOrVault {
 pub fn new_vault(dir: &std::path::Path) -> Vault {
     let backend = LocalBackend::create(&dir.join("vault")).unwrap();
     Vault::init(Box::new(backend), &master().keys()).unwrap()
+}
+
+/// Restores point `seq` of `disk` into a file under `dir`; returns its bytes.
+pub fn restore_bytes(vault: &Vault, dir: &std::path::Path, disk: &str, seq: u64) -> Result<Vec<u8>, VaultError> {
+    let path = dir.join(format!("restored-{disk}-{seq}.img"));
+    let out = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    vault.restore(disk, seq, &master().keys(), &out, &mut |_, _| {})?;
+    Ok(std::fs::read(&path).unwrap())
+}
+
+/// Names and total size of every object of `kind` in the vault.
+pub fn objects(vault: &Vault, kind: vault::Kind) -> (std::collections::BTreeSet<String>, u64) {
+    let names: std::collections::BTreeSet<String> = vault.backend().list(kind, "").unwrap().into_iter().collect();
+    let size = names.iter().map(|n| vault.backend().size(kind, n).unwrap().unwrap()).sum();
+    (names, size)
 }

@@ -1,0 +1,488 @@
+//! Leases: small objects ([`Kind::Lease`]) that say "this process is using
+//! that, don't take it away", so that retention and garbage collection,
+//! which delete, never race the processes that read or write.
+//!
+//! ```text
+//! leases/point/DISK/SEQUENCE/TOKEN   a point being restored: prune keeps it
+//! leases/cycle/DISK/TOKEN            a shipper cycle writing packs, pages, root
+//! leases/gc/TOKEN                    a garbage collection deleting objects
+//! ```
+//!
+//! `TOKEN` is 16 random hex digits, so every lease is its own object and
+//! taking one never overwrites another's. A lease is removed when its
+//! [`Hold`] is dropped.
+//!
+//! # Body (text, UTF-8)
+//!
+//! ```text
+//! lifeboat lease v1
+//! holder=<what holds it, e.g. "restore" (free text, one line)>
+//! host=<hostname, for messages only>
+//! machine=</etc/machine-id of the holder's host>
+//! boot=</proc/sys/kernel/random/boot_id when it was taken>
+//! pid=<the holder's process id>
+//! start=<the process's start time, field 22 of /proc/PID/stat>
+//! created_ns=<wall clock when taken, nanoseconds since the epoch; for messages>
+//! ```
+//!
+//! # When is a lease stale?
+//!
+//! A holder that crashed leaves its lease behind. A lease is **stale** (and
+//! may be ignored and removed) only when this host can prove its holder is
+//! gone: the lease's `machine` is this host's machine id, and either its
+//! `boot` is not this host's current boot id (the host rebooted since), or
+//! no process `pid` exists, or the process `pid` has another start time (the
+//! pid was reused). A lease from another host, a lease whose body does not
+//! parse, or one this host cannot judge (no machine id, `/proc` unreadable)
+//! is **live**: when unsure, keep. Such a lease is removed by the operator
+//! ([`Vault::break_lease`]) once they know its holder is gone.
+//!
+//! No timestamp is trusted for staleness: file times are not read at all
+//! (a backend's mtime or atime says nothing reliable, see STYLE.md), and
+//! `created_ns` is only shown in messages.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::backend::Kind;
+use crate::error::VaultError;
+use crate::store::{check_disk, root_name, Vault};
+
+const MAGIC_LINE: &str = "lifeboat lease v1";
+
+/// What a lease protects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// A point being restored (retention keeps it).
+    Point {
+        /// The disk.
+        disk: String,
+        /// The point's sequence.
+        sequence: u64,
+    },
+    /// A shipper cycle of a disk (garbage collection waits for it).
+    Cycle {
+        /// The disk.
+        disk: String,
+    },
+    /// A garbage collection (cycles wait for it).
+    Gc,
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Purpose::Point { disk, sequence } => write!(f, "a restore of point {disk}/{sequence}"),
+            Purpose::Cycle { disk } => write!(f, "a replication cycle of disk {disk}"),
+            Purpose::Gc => f.write_str("a garbage collection"),
+        }
+    }
+}
+
+/// Who holds a lease, as its body says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// What holds it (e.g. `restore`, `shipper`).
+    pub holder: String,
+    /// The holder's hostname (messages only).
+    pub host: String,
+    /// The holder's host's machine id.
+    pub machine: String,
+    /// The holder's host's boot id when it took the lease.
+    pub boot: String,
+    /// The holder's process id.
+    pub pid: u32,
+    /// The holder's process start time (clock ticks since boot).
+    pub start: u64,
+    /// When it was taken (wall clock, for messages only).
+    pub created_ns: u64,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (pid {} on host {})", self.holder, self.pid, self.host)
+    }
+}
+
+/// Whether a lease's holder is known to be gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its holder may still be running: respect it.
+    Live,
+    /// Its holder is provably gone (why): it may be removed.
+    Stale(String),
+}
+
+/// A lease found in the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The object name (kind [`Kind::Lease`]).
+    pub name: String,
+    /// What it protects (from its name).
+    pub purpose: Purpose,
+    /// Who holds it, or why the body could not be read (then it is live).
+    pub holder: Result<Holder, String>,
+    /// Whether its holder is known to be gone.
+    pub liveness: Liveness,
+}
+
+impl LeaseInfo {
+    /// Whether it must be respected.
+    pub fn is_live(&self) -> bool {
+        self.liveness == Liveness::Live
+    }
+
+    /// "leases/NAME, held by …" for messages.
+    pub fn describe(&self) -> String {
+        match &self.holder {
+            Ok(h) => format!("leases/{} ({}), held by {h}", self.name, self.purpose),
+            Err(why) => format!("leases/{} ({}), unreadable: {why}", self.name, self.purpose),
+        }
+    }
+}
+
+/// A lease this process holds; removed from the vault when dropped.
+#[must_use = "the lease is removed as soon as the Hold is dropped"]
+pub struct Hold<'v> {
+    vault: &'v Vault,
+    name: String,
+    released: bool,
+}
+
+impl fmt::Debug for Hold<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hold(leases/{})", self.name)
+    }
+}
+
+impl Hold<'_> {
+    /// The lease's object name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Removes the lease now, reporting a failure (dropping ignores it: a
+    /// lease left behind is stale once this process is gone).
+    pub fn release(mut self) -> Result<(), VaultError> {
+        self.released = true;
+        match self.vault.backend().delete(Kind::Lease, &self.name) {
+            Ok(()) | Err(VaultError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.vault.backend().delete(Kind::Lease, &self.name);
+        }
+    }
+}
+
+/// This host and process, as a lease records them.
+struct Me {
+    host: String,
+    machine: Option<String>,
+    boot: Option<String>,
+    pid: u32,
+    start: Option<u64>,
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Start time (field 22) of process `pid`, or `None` if it does not exist or
+/// cannot be read. The command name (field 2) may hold spaces and ')', so
+/// fields are counted after its last ')'.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn me() -> Me {
+    let pid = std::process::id();
+    Me {
+        host: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into()),
+        machine: read_trimmed("/etc/machine-id").or_else(|| read_trimmed("/var/lib/dbus/machine-id")),
+        boot: read_trimmed("/proc/sys/kernel/random/boot_id"),
+        pid,
+        start: process_start(pid),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+fn encode(holder: &str, me: &Me) -> String {
+    let created_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        // Nanoseconds fit in u64 until 2554.
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    });
+    format!(
+        "{MAGIC_LINE}\nholder={}\nhost={}\nmachine={}\nboot={}\npid={}\nstart={}\ncreated_ns={created_ns}\n",
+        one_line(holder),
+        one_line(&me.host),
+        me.machine.as_deref().unwrap_or(""),
+        me.boot.as_deref().unwrap_or(""),
+        me.pid,
+        me.start.unwrap_or(0),
+    )
+}
+
+fn decode(body: &[u8]) -> Result<Holder, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_string())?;
+    let mut lines = text.lines();
+    if lines.next() != Some(MAGIC_LINE) {
+        return Err(format!("does not start with {MAGIC_LINE:?}"));
+    }
+    let mut h = Holder {
+        holder: String::new(),
+        host: String::new(),
+        machine: String::new(),
+        boot: String::new(),
+        pid: 0,
+        start: 0,
+        created_ns: 0,
+    };
+    let mut seen = 0u8;
+    for line in lines {
+        let (k, v) = line.split_once('=').ok_or_else(|| format!("line {line:?} is not KEY=VALUE"))?;
+        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}={v:?} is not a number"));
+        match k {
+            "holder" => h.holder = v.to_string(),
+            "host" => h.host = v.to_string(),
+            "machine" => h.machine = v.to_string(),
+            "boot" => h.boot = v.to_string(),
+            "pid" => h.pid = u32::try_from(num(v)?).map_err(|_| format!("pid={v} is out of range"))?,
+            "start" => h.start = num(v)?,
+            "created_ns" => h.created_ns = num(v)?,
+            _ => continue, // a later version may add fields
+        }
+        seen += 1;
+    }
+    if seen < 7 {
+        return Err("fields are missing".into());
+    }
+    Ok(h)
+}
+
+/// Whether `h`'s process is provably gone, judged from this host.
+fn liveness(h: &Holder, me: &Me) -> Liveness {
+    let Some(machine) = &me.machine else { return Liveness::Live };
+    if h.machine.is_empty() || h.machine != *machine {
+        return Liveness::Live; // another host (or one that cannot say): cannot tell
+    }
+    let Some(boot) = &me.boot else { return Liveness::Live };
+    if !h.boot.is_empty() && h.boot != *boot {
+        return Liveness::Stale(format!("host {} rebooted since pid {} took it", h.host, h.pid));
+    }
+    if h.boot.is_empty() || h.start == 0 {
+        return Liveness::Live;
+    }
+    if std::fs::metadata("/proc/self/stat").is_err() {
+        return Liveness::Live; // no /proc: cannot tell
+    }
+    match process_start(h.pid) {
+        None => Liveness::Stale(format!("process {} no longer runs on host {}", h.pid, h.host)),
+        Some(start) if start != h.start => {
+            Liveness::Stale(format!("process {} on host {} is another process now (pid reused)", h.pid, h.host))
+        }
+        Some(_) => Liveness::Live,
+    }
+}
+
+fn parse_name(name: &str) -> Option<Purpose> {
+    let parts: Vec<&str> = name.split('/').collect();
+    match parts.as_slice() {
+        ["point", disk, seq, _token] if seq.len() == 20 => {
+            Some(Purpose::Point { disk: (*disk).to_string(), sequence: seq.parse().ok()? })
+        }
+        ["cycle", disk, _token] => Some(Purpose::Cycle { disk: (*disk).to_string() }),
+        ["gc", _token] => Some(Purpose::Gc),
+        _ => None,
+    }
+}
+
+fn token() -> Result<String, VaultError> {
+    let mut t = [0u8; 8];
+    getrandom::fill(&mut t).map_err(|e| VaultError::Io {
+        what: "drawing a random lease name for",
+        path: "leases".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(t.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Vault {
+    /// Writes a new lease under `prefix` (a `/`-terminated lease name prefix).
+    fn take_lease(&self, prefix: &str, holder: &str) -> Result<Hold<'_>, VaultError> {
+        let name = format!("{prefix}{}", token()?);
+        self.backend().put(Kind::Lease, &name, encode(holder, &me()).as_bytes())?;
+        Ok(Hold { vault: self, name, released: false })
+    }
+
+    /// Every lease whose name starts with `prefix`, with its liveness judged
+    /// from this host. A lease that vanishes while listed is skipped.
+    pub fn leases(&self, prefix: &str) -> Result<Vec<LeaseInfo>, VaultError> {
+        let me = me();
+        let mut out = Vec::new();
+        for name in self.backend().list(Kind::Lease, prefix)? {
+            let Some(purpose) = parse_name(&name) else {
+                // Not a name this version writes (a later version's?): when
+                // unsure, keep — it is live and blocks garbage collection
+                // (under `gc/`, cycles too).
+                out.push(LeaseInfo {
+                    name: name.clone(),
+                    purpose: Purpose::Gc,
+                    holder: Err("not a lease name Lifeboat writes".into()),
+                    liveness: Liveness::Live,
+                });
+                continue;
+            };
+            let body = match self.backend().get(Kind::Lease, &name) {
+                Err(VaultError::NotFound { .. }) => continue,
+                other => other?,
+            };
+            let holder = decode(&body);
+            let liveness = match &holder {
+                Ok(h) => liveness(h, &me),
+                Err(_) => Liveness::Live,
+            };
+            out.push(LeaseInfo { name, purpose, holder, liveness });
+        }
+        Ok(out)
+    }
+
+    /// Removes lease `name` whatever its liveness: for an operator who knows
+    /// its holder is gone (e.g. a crashed restore on another host).
+    pub fn break_lease(&self, name: &str) -> Result<(), VaultError> {
+        self.backend().delete(Kind::Lease, name)
+    }
+
+    /// Removes the stale leases among `leases`; returns their names. A lease
+    /// that vanished meanwhile counts as removed.
+    pub(crate) fn remove_stale(&self, leases: &[LeaseInfo]) -> Result<Vec<String>, VaultError> {
+        let mut removed = Vec::new();
+        for l in leases.iter().filter(|l| !l.is_live()) {
+            match self.backend().delete(Kind::Lease, &l.name) {
+                Ok(()) | Err(VaultError::NotFound { .. }) => removed.push(l.name.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Holds point `sequence` of `disk` for `holder` (e.g. "restore"): until
+    /// the returned [`Hold`] is dropped, [`Vault::prune`] keeps the point and
+    /// [`Vault::gc`] keeps what it references. The lease is written first and
+    /// the point's root checked after, so either the point is gone
+    /// ([`VaultError::NoSuchPoint`]) or every prune that lists leases from
+    /// now on sees the hold.
+    pub fn hold(&self, disk: &str, sequence: u64, holder: &str) -> Result<Hold<'_>, VaultError> {
+        check_disk(disk)?;
+        let hold = self.take_lease(&format!("point/{}/", root_name(disk, sequence)), holder)?;
+        if self.backend().size(Kind::Root, &root_name(disk, sequence))?.is_none() {
+            return Err(VaultError::NoSuchPoint {
+                disk: disk.to_string(),
+                sequence,
+                location: self.backend().location(),
+            });
+        }
+        Ok(hold)
+    }
+
+    /// Announces a shipper cycle of `disk`: call it before reading the latest
+    /// root or building the block index, and keep the [`Hold`] until the
+    /// root is written (or the cycle failed). While it is held,
+    /// [`Vault::gc`] refuses to run; if a garbage collection is running, this
+    /// refuses instead ([`VaultError::Busy`]) and the cycle should be retried
+    /// later (its blocks stay dirty: nothing is lost). See `gc.rs` for why.
+    pub fn begin_cycle(&self, disk: &str) -> Result<Hold<'_>, VaultError> {
+        check_disk(disk)?;
+        let hold = self.take_lease(&format!("cycle/{disk}/"), "shipper")?;
+        // Written first, then look: a GC that started before our lease was
+        // visible has its own lease visible to us now (it wrote it before
+        // looking for ours).
+        if let Some(gc) = self.leases("gc/")?.into_iter().find(LeaseInfo::is_live) {
+            return Err(VaultError::Busy {
+                location: self.backend().location(),
+                action: format!("a replication cycle of disk {disk}"),
+                lease: gc.describe(),
+                next: "the cycle will run again at its next interval; nothing is lost".into(),
+            });
+        }
+        Ok(hold)
+    }
+
+    /// Takes the garbage-collection lease; refuses while any live cycle
+    /// lease or other garbage collection exists.
+    pub(crate) fn begin_gc(&self) -> Result<Hold<'_>, VaultError> {
+        let hold = self.take_lease("gc/", "gc")?;
+        let leases = self.leases("")?;
+        let blocking = leases
+            .iter()
+            .find(|l| l.is_live() && l.name != hold.name && matches!(l.purpose, Purpose::Cycle { .. } | Purpose::Gc));
+        if let Some(l) = blocking {
+            return Err(VaultError::Busy {
+                location: self.backend().location(),
+                action: "garbage collection".into(),
+                lease: l.describe(),
+                next: "run it again when that is over; if its holder is gone (crashed on another host), remove \
+                       the lease with `lifeboat vault break-lease`"
+                    .into(),
+            });
+        }
+        Ok(hold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_round_trips_and_this_process_is_live() {
+        let me = me();
+        let h = decode(encode("restore\nx", &me).as_bytes()).unwrap();
+        assert_eq!(h.holder, "restore x");
+        assert_eq!(h.pid, std::process::id());
+        assert_eq!(liveness(&h, &me), Liveness::Live);
+        assert!(decode(b"lifeboat lease v1\nholder=x\n").is_err());
+        assert!(decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn dead_process_reboot_and_reused_pid_are_stale_other_hosts_are_not() {
+        let me = me();
+        if me.machine.is_none() || me.boot.is_none() || me.start.is_none() {
+            return; // cannot judge anything here: every lease is live (tested above)
+        }
+        let mut h = decode(encode("restore", &me).as_bytes()).unwrap();
+        h.pid = u32::MAX - 1; // no such process
+        assert!(matches!(liveness(&h, &me), Liveness::Stale(_)));
+        let mut h2 = decode(encode("restore", &me).as_bytes()).unwrap();
+        h2.start += 1;
+        assert!(matches!(liveness(&h2, &me), Liveness::Stale(_)));
+        let mut h3 = decode(encode("restore", &me).as_bytes()).unwrap();
+        h3.boot = "another-boot".into();
+        assert!(matches!(liveness(&h3, &me), Liveness::Stale(_)));
+        let mut h4 = h.clone();
+        h4.machine = "another-machine".into();
+        assert_eq!(liveness(&h4, &me), Liveness::Live);
+    }
+
+    #[test]
+    fn names_parse() {
+        assert_eq!(
+            parse_name("point/web/00000000000000000007/0123456789abcdef"),
+            Some(Purpose::Point { disk: "web".into(), sequence: 7 })
+        );
+        assert_eq!(parse_name("cycle/web/0123"), Some(Purpose::Cycle { disk: "web".into() }));
+        assert_eq!(parse_name("gc/0123"), Some(Purpose::Gc));
+        assert_eq!(parse_name("other"), None);
+    }
+}
