@@ -14,6 +14,9 @@
 //!   protect` / `dirty --json`, and the `lifeboat filter` child process, killed
 //!   and reaped on drop,
 //! * [`clients`]: the host NBD clients (`qemu-io`, libnbd's Python module),
+//! * [`replicate`]: key files, vaults, `ship` / `points` / `restore` /
+//!   `snapshot`, block writes and a recorded writer through libnbd, and the
+//!   vault directory as files to list, copy and damage,
 //! * [`process`]: waiting for child processes with a deadline, and checking
 //!   their exit,
 //! * [`initramfs`]: a busybox initramfs (busybox-static + cpio) whose `/init`
@@ -35,6 +38,7 @@ pub mod lifeboat;
 pub mod paths;
 pub mod process;
 pub mod qemu;
+pub mod replicate;
 pub mod serial;
 
 use std::ops::RangeInclusive;
