@@ -655,7 +655,6 @@ fn flipped_bit_in_a_root_is_named_by_restore_and_check() {
 /// other points unlistable and unrestorable (`points` and `restore` read every
 /// root first; `ship` reads the latest one with the key and stops for good).
 #[test]
-#[ignore = "product bug (issue 3): one damaged root blocks `points`, `restore` of every point and `ship`"]
 fn issue3_a_damaged_root_leaves_the_other_points_restorable() {
     let t = two_points();
     let v = t.copy("root-damaged");
@@ -669,7 +668,6 @@ fn issue3_a_damaged_root_leaves_the_other_points_restorable() {
 /// flipped bit anywhere in a root that a later root names by hash (its
 /// `parent`), as it does for packs and pages.
 #[test]
-#[ignore = "product bug (issue 3): keyless `vault check` does not verify a root against its child's parent id"]
 fn issue3_keyless_check_verifies_roots_against_their_childs_parent_id() {
     let t = two_points();
     let root = root_name(DISK, 1);

@@ -457,7 +457,6 @@ fn sigkill_of_the_shipper_or_the_filter_mid_cycle_loses_nothing() {
 /// failed and its changes wait for the next one; it says the point was
 /// committed.
 #[test]
-#[ignore = "product bug (issue 3): `ship` reports \"cycle ... failed\" for a point it committed"]
 fn issue3_a_cycle_whose_filter_dies_after_its_reads_says_its_point_was_committed() {
     let mut run = setup("lb-shipfin-");
     run.ship_uninterrupted();

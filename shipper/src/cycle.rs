@@ -64,6 +64,8 @@ pub struct CycleReport {
     pub pages: u64,
     /// Wall time of the cycle, milliseconds.
     pub millis: u64,
+    /// Things the operator should know about a cycle that still committed.
+    pub warnings: Vec<String>,
 }
 
 /// Consecutive runs (first, count) of sorted block indexes.
@@ -93,7 +95,18 @@ pub fn run_cycle(
     // lease is taken before the cut, so a busy vault costs nothing to undo.
     let _cycle = vault.begin_cycle(opts.disk_name)?;
     let geometry = source.geometry();
-    let previous = vault.latest_root(opts.disk_name, Some(keys))?;
+    let mut warnings = Vec::new();
+    let last_sequence = vault.sequences(opts.disk_name)?.last().copied().unwrap_or(0);
+    let previous = match vault.latest_root(opts.disk_name, Some(keys)) {
+        Ok(root) => root,
+        // The newest point cannot be built on: verify the whole disk instead,
+        // as for a first cycle, and number the new point after it.
+        Err(e @ vault::VaultError::Damaged { .. }) => {
+            warnings.push(format!("{e}; this cycle reads and verifies the whole disk instead of building on it"));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let reuse = previous.as_ref().filter(|r| r.geometry == geometry);
     let full = reuse.is_none() || source.suspect()?;
     let info = source.cut(if full { CutKind::Full } else { CutKind::Dirty })?;
@@ -108,7 +121,7 @@ pub fn run_cycle(
             return Err(e);
         }
     };
-    let sequence = previous.as_ref().map_or(1, |r| r.sequence + 1);
+    let sequence = last_sequence + 1;
     let parent = match &previous {
         Some(r) => {
             Some(RootId(*blake3::hash(&r.encode(keys).map_err(|e| ShipError::Format(e.to_string()))?).as_bytes()))
@@ -137,9 +150,18 @@ pub fn run_cycle(
         let _ = source.abort();
         return Err(e);
     }
-    // The point is durable; the cut's blocks are no longer needed.
-    source.finish(full)?;
+    // The point is durable; the cut's blocks are no longer needed. If the
+    // filter cannot be told (it died), nothing is lost: a restarted filter
+    // merges the cut back into its live map and the next cycle finds those
+    // blocks already in the vault.
+    if let Err(e) = source.finish(full) {
+        warnings.push(format!(
+            "point {sequence} is committed, but the filter could not be told to release its cut ({e}); \
+             the next cycle will read those blocks again (and find them already in the vault)"
+        ));
+    }
     report.sequence = sequence;
+    report.warnings = warnings;
     report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
 }
@@ -175,6 +197,7 @@ fn ship(
         packs: 0,
         pages: 0,
         millis: 0,
+        warnings: Vec::new(),
     };
     let mut pack = PackWriter::new(Vec::new()).map_err(|e| fmt(&e))?;
     let mut stored: HashSet<BlockId> = HashSet::new();

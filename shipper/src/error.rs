@@ -10,9 +10,9 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShipError {
-    /// The filter's control socket or the image could not be read.
-    #[error("reading the cut: {0}")]
-    Source(#[source] io::Error),
+    /// The filter's control socket or the image could not be used.
+    #[error("talking to the filter or reading the image: {0}")]
+    Source(io::Error),
     /// The filter refused or failed an operation on the disk.
     #[error(transparent)]
     Filter(#[from] filter::FilterError),

@@ -27,7 +27,7 @@ use disk_format::{BlockId, Keys, MapPage, Pack, PackError, PackId, PageId};
 use crate::backend::Kind;
 use crate::error::VaultError;
 use crate::index::BlockIndex;
-use crate::store::{decode_root, parse_root_name, point_label, read_config, Vault};
+use crate::store::{decode_root, parse_root_name, point_label, read_config, root_name, Vault};
 
 /// At most this many block-level problems are listed per point.
 pub const BLOCK_PROBLEMS_PER_POINT: usize = 20;
@@ -243,6 +243,9 @@ impl Vault {
         report: &mut CheckReport,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), VaultError> {
+        // (disk, sequence) -> (BLAKE3 of the root's bytes, the parent it names):
+        // a root's child records its hash, which checks it without the key.
+        let mut chain: HashMap<(String, u64), ([u8; 32], Option<disk_format::RootId>)> = HashMap::new();
         for name in roots {
             progress(&format!("point root {name}"));
             let object = format!("roots/{name}");
@@ -263,6 +266,7 @@ impl Vault {
                     continue;
                 }
             };
+            let _ = chain.insert((disk.to_string(), sequence), (*blake3::hash(&bytes).as_bytes(), root.parent));
             let g = root.geometry;
             let mut block_problems = 0usize;
             let mut note = |report: &mut CheckReport, object: String, block: u64, detail: String| {
@@ -318,6 +322,25 @@ impl Vault {
             if block_problems > BLOCK_PROBLEMS_PER_POINT {
                 let more = block_problems - BLOCK_PROBLEMS_PER_POINT;
                 report.problem(object, Some(&point), None, format!("and {more} more damaged blocks or pages"));
+            }
+        }
+        let mut links: Vec<_> = chain.iter().collect();
+        links.sort_by(|a, b| a.0.cmp(b.0));
+        for ((disk, sequence), (_, parent)) in links {
+            let Some(parent) = parent.filter(|p| !p.is_zero()) else { continue };
+            let Some(before) = sequence.checked_sub(1) else { continue };
+            if let Some((hash, _)) = chain.get(&(disk.clone(), before)) {
+                if *hash != parent.0 {
+                    report.problem(
+                        format!("roots/{}", root_name(disk, before)),
+                        Some(&point_label(disk, before)),
+                        None,
+                        format!(
+                            "altered: its bytes no longer hash to the parent id that point {} recorded",
+                            point_label(disk, *sequence)
+                        ),
+                    );
+                }
             }
         }
         Ok(())

@@ -201,6 +201,8 @@ impl Vault {
                 }
             }
         }
+        // A damaged root is kept for inspection: pruning is not repair.
+        held.extend(points.iter().filter(|p| p.damage.is_some()).map(|p| p.sequence));
         let selection = select(&points, now_ns, policy, &HashSet::new());
         let with_holds = select(&points, now_ns, policy, &held);
         let mut report = PruneReport {
@@ -227,6 +229,7 @@ mod tests {
     fn point(sequence: u64, cut_time_ns: u64) -> PointSummary {
         PointSummary {
             sequence,
+            damage: None,
             cut_time_ns,
             consistency: Consistency::Crash,
             bytes_shipped: 0,

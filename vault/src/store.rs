@@ -80,6 +80,9 @@ pub struct PointSummary {
     pub block_size: u32,
     /// The root's object name (`DISK/SEQUENCE`, kind [`Kind::Root`]).
     pub root_name: String,
+    /// Why the root could not be read, if it is damaged (the other fields
+    /// are then zero). A damaged point is listed, never restored or pruned.
+    pub damage: Option<String>,
 }
 
 /// A vault: a backend holding a valid vault config.
@@ -264,13 +267,13 @@ impl Vault {
 
     /// Lists `disk`'s points in sequence order. Each root is decoded
     /// **without** the key (see [`PointSummary`]); a root that does not
-    /// decode, or names another disk or sequence, is an error naming it.
+    /// decode, or names another disk or sequence, is listed with its
+    /// `damage`, so one damaged root never hides the other points.
     pub fn points(&self, disk: &str) -> Result<Vec<PointSummary>, VaultError> {
         self.sequences(disk)?
             .into_iter()
-            .map(|seq| {
-                let root = self.load_root(disk, seq, None)?;
-                Ok(PointSummary {
+            .map(|seq| match self.load_root(disk, seq, None) {
+                Ok(root) => Ok(PointSummary {
                     sequence: seq,
                     cut_time_ns: root.cut_time_ns,
                     consistency: root.consistency,
@@ -278,7 +281,19 @@ impl Vault {
                     disk_size: root.geometry.disk_size,
                     block_size: root.geometry.block_size,
                     root_name: root_name(disk, seq),
-                })
+                    damage: None,
+                }),
+                Err(e @ VaultError::Damaged { .. }) => Ok(PointSummary {
+                    sequence: seq,
+                    cut_time_ns: 0,
+                    consistency: Consistency::Crash,
+                    bytes_shipped: 0,
+                    disk_size: 0,
+                    block_size: 0,
+                    root_name: root_name(disk, seq),
+                    damage: Some(e.to_string()),
+                }),
+                Err(e) => Err(e),
             })
             .collect()
     }

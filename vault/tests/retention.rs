@@ -20,6 +20,7 @@ const NOW: u64 = 1_790_000_000_000_000_000;
 fn summary(sequence: u64, cut_time_ns: u64) -> PointSummary {
     PointSummary {
         sequence,
+        damage: None,
         cut_time_ns,
         consistency: Consistency::Crash,
         bytes_shipped: 0,

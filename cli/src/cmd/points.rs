@@ -30,6 +30,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         let list: Vec<_> = points
             .iter()
             .map(|p| {
+                if let Some(damage) = &p.damage {
+                    return serde_json::json!({ "id": p.sequence, "damaged": damage });
+                }
                 serde_json::json!({
                     "id": p.sequence,
                     "cut_time": rfc3339(p.cut_time_ns),
@@ -49,6 +52,10 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     }
     println!("{:>6}  {:<24}  {:<16}  {:>14}", "ID", "CUT TIME (UTC)", "CONSISTENCY", "BYTES SHIPPED");
     for p in &points {
+        if let Some(damage) = &p.damage {
+            println!("{:>6}  DAMAGED: {damage}", p.sequence);
+            continue;
+        }
         println!(
             "{:>6}  {:<24}  {:<16}  {:>14}",
             p.sequence,

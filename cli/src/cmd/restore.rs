@@ -45,24 +45,29 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let vault = super::vault::open(&vault_dir)?;
     vault.check_key(&keys)?;
     let points = vault.points(&a.name)?;
-    let sequence = match a.point.as_str() {
+    let point = match a.point.as_str() {
         "latest" => match points.last() {
-            Some(p) => p.sequence,
+            Some(p) => p,
             None => bail!("disk {:?} has no recovery points in {}", a.name, vault_dir.display()),
         },
         id => {
             let seq: u64 = id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?;
-            if !points.iter().any(|p| p.sequence == seq) {
-                bail!(
+            match points.iter().find(|p| p.sequence == seq) {
+                Some(p) => p,
+                None => bail!(
                     "disk {:?} has no point {seq} in {} (see `lifeboat points {}`)",
                     a.name,
                     vault_dir.display(),
                     a.name
-                );
+                ),
             }
-            seq
         }
     };
+    let sequence = point.sequence;
+    if let Some(damage) = &point.damage {
+        // Never fall back to another point silently: the user chooses.
+        bail!("{damage}; pick another point with --point (see `lifeboat points {}`)", a.name);
+    }
     if a.out.exists() && !a.force {
         bail!("{} already exists; pass --force to overwrite it", a.out.display());
     }

@@ -102,6 +102,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let r = report.with_context(|| {
         format!("cycle of disk {:?} failed; its changes stay marked dirty for the next cycle", a.name)
     })?;
+    for w in &r.warnings {
+        eprintln!("lifeboat: warning: {}: {w}", a.name);
+    }
     if a.json {
         println!(
             "{}",
@@ -109,6 +112,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                 "disk": a.name, "sequence": r.sequence, "full": r.full, "blocks_read": r.blocks_read,
                 "zero_blocks": r.zero_blocks, "known_blocks": r.known_blocks, "new_blocks": r.new_blocks,
                 "bytes_shipped": r.bytes_shipped, "packs": r.packs, "pages": r.pages, "millis": r.millis,
+                "warnings": r.warnings,
             })
         );
     } else {
