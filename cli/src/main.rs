@@ -6,6 +6,7 @@
 
 mod home;
 mod keyfile;
+mod output;
 mod signals;
 mod size;
 mod time;

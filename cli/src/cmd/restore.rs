@@ -1,6 +1,5 @@
 //! `lifeboat restore`: write a recovery point out as a raw image.
 
-use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::home::Home;
 use crate::keyfile;
+use crate::output::PartialFile;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -68,16 +68,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         // Never fall back to another point silently: the user chooses.
         bail!("{damage}; pick another point with --point (see `lifeboat points {}`)", a.name);
     }
-    if a.out.exists() && !a.force {
-        bail!("{} already exists; pass --force to overwrite it", a.out.display());
-    }
-    let tmp = a.out.with_extension("partial");
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let partial = PartialFile::create(&a.out, a.force)?;
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last = Instant::now();
@@ -88,22 +79,15 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             let _ = std::io::stderr().flush();
         }
     };
-    let result = vault.restore(&a.name, sequence, &keys, &out, &mut progress);
+    let result = vault.restore(&a.name, sequence, &keys, partial.file(), &mut progress);
     if tty {
         eprintln!();
     }
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            drop(out);
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e).with_context(|| {
-                format!("restoring point {sequence} of disk {:?}: nothing was written to {}", a.name, a.out.display())
-            });
-        }
-    };
-    out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out)?;
+    // On error the partial file is removed when `partial` drops.
+    let report = result.with_context(|| {
+        format!("restoring point {sequence} of disk {:?}: nothing was written to {}", a.name, a.out.display())
+    })?;
+    partial.commit()?;
     println!(
         "restored point {sequence} of {} to {}: {} blocks written, {} zero, in {:.1} s (every block verified)",
         a.name,

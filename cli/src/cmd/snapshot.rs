@@ -1,16 +1,17 @@
 //! `lifeboat snapshot`: a point-in-time copy of the whole disk.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use filter::control::ControlClient;
 use filter::{CutKind, Disk};
 
 use crate::home::Home;
+use crate::output::PartialFile;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,27 +41,18 @@ fn write_sparse(out: &File, path: &Path, data: &[u8], offset: u64, block: usize)
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
     let entry = home.disk(&a.name)?;
-    if a.out.exists() && !a.force {
-        bail!("{} already exists; pass --force to overwrite it", a.out.display());
-    }
-    let tmp = a.out.with_extension("partial");
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let partial = PartialFile::create(&a.out, a.force)?;
+    let (out, tmp) = (partial.file(), partial.path());
     let started = Instant::now();
     let (size, how) = match ControlClient::connect(&entry.control_path()) {
-        Ok(client) => (from_filter(client, &out, &tmp)?, "cut by the running filter"),
+        Ok(client) => (from_filter(client, out, tmp)?, "cut by the running filter"),
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
-            (offline(&entry.paths(), &out, &tmp)?, "no filter running; image copied under the disk lock")
+            (offline(&entry.paths(), out, tmp)?, "no filter running; image copied under the disk lock")
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", entry.control_path().display())),
     };
     out.set_len(size)?;
-    out.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("renaming {} to {}", tmp.display(), a.out.display()))?;
+    partial.commit()?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "snapshot of {} written to {} ({} bytes in {:.1} s, {:.0} MiB/s; {how})",
