@@ -16,6 +16,7 @@ mod cmd {
     pub mod key;
     pub mod points;
     pub mod protect;
+    pub mod prune;
     pub mod restore;
     pub mod ship;
     pub mod snapshot;
@@ -104,6 +105,13 @@ enum Command {
     Points(cmd::points::Args),
     /// Write a recovery point out as a raw image, verifying every block.
     Restore(cmd::restore::Args),
+    /// Apply the retention ladder: keep every recent point, then one per hour
+    /// (and optionally one per day), and delete the rest of the disk's points.
+    ///
+    /// Only the points' roots are deleted (no key needed); `lifeboat vault gc`
+    /// then frees the blocks no remaining point uses. The newest point, a
+    /// point being restored, and a damaged point are never pruned.
+    Prune(cmd::prune::Args),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +127,7 @@ fn main() -> ExitCode {
         Command::Ship(a) => cmd::ship::run(&home, a),
         Command::Points(a) => cmd::points::run(&home, a),
         Command::Restore(a) => cmd::restore::run(&home, a),
+        Command::Prune(a) => cmd::prune::run(&home, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -93,8 +93,11 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut suspect = false;
+    let mut replication = replication;
     let disk_id = if existing {
         let old = home.disk(&a.name)?;
+        // --reset-state replaces the state, not the replication settings.
+        replication = replication.or(old.config.replication.clone());
         if old.config.image != image {
             bail!(
                 "disk {:?} protects {}, not {}; --reset-state keeps the image — pick another name for another image",
@@ -115,7 +118,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             eprintln!("lifeboat: kept the old state file as {}", keep.display());
         }
         suspect = true;
-        random_id()?
+        old.disk_id()? // the same disk: its identity stays
     } else {
         random_id()?
     };

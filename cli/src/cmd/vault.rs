@@ -19,6 +19,15 @@ pub enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Delete the map pages and packs no point uses any more (after `lifeboat
+    /// prune`). Needs no key. Refuses while a replication cycle runs.
+    Gc {
+        /// The vault directory.
+        dir: PathBuf,
+        /// Report what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Scrub a vault: structure and content hashes of every object (no key
     /// needed); with --read-data, also decrypt and verify every block of every point.
     Check {
@@ -46,6 +55,24 @@ pub fn run(cmd: Command) -> Result<()> {
             let backend = LocalBackend::create(&dir)?;
             let v = Vault::init(Box::new(backend), &keys)?;
             println!("vault created in {} (accepts key {})", dir.display(), v.config().key_fingerprint);
+            Ok(())
+        }
+        Command::Gc { dir, dry_run } => {
+            let r = open(&dir)?.gc(dry_run)?;
+            let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+            println!(
+                "{}{} packs ({:.1} MiB) and {} pages ({:.1} MiB) no point uses; {} packs ({:.1} MiB) kept",
+                if dry_run { "dry run: would delete " } else { "deleted " },
+                r.packs_deleted.len(),
+                mib(r.pack_bytes_deleted),
+                r.pages_deleted.len(),
+                mib(r.page_bytes_deleted),
+                r.packs_kept,
+                mib(r.pack_bytes_kept)
+            );
+            if !r.mostly_garbage.is_empty() {
+                println!("{} kept packs are mostly unused (repacking is not implemented yet)", r.mostly_garbage.len());
+            }
             Ok(())
         }
         Command::Check { dir, read_data, key } => {
