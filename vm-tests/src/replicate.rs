@@ -432,13 +432,15 @@ const REC_MAGIC: &[u8; 8] = b"LBREC001";
 const ORIG_MAGIC: &[u8; 8] = b"LBORIG01";
 
 /// Writes records at queue depth 1 until STOP exists (checked every 16
-/// records). A record covers 1 to 3 consecutive slots; each slot carries the
+/// records). In `random` mode a record covers 1 to 3 consecutive slots at a
+/// random place; in `sweep` mode one slot each, backwards through the disk
+/// (so a copier reading forwards meets the writer). Each slot carries the
 /// record's sequence number, its own index and a fill derived from both.
 /// Prints "SEQ FIRST N T_ISSUE T_ACK" per acknowledged record
 /// (CLOCK_MONOTONIC ns), then "done".
 const RECORD_WRITER: &str = r#"
 import sys, os, time, struct, random, nbd
-uri, slot, nslots, seed, stop = sys.argv[1:6]
+uri, slot, nslots, seed, mode, stop = sys.argv[1:7]
 slot, nslots, seed = int(slot), int(nslots), int(seed)
 rng = random.Random(seed)
 h = nbd.NBD()
@@ -450,8 +452,11 @@ seq = 0
 while True:
     if seq % 16 == 0 and os.path.exists(stop):
         break
-    n = rng.choice((1, 1, 1, 2, 3))
-    first = rng.randrange(0, nslots - n + 1)
+    if mode == "sweep":
+        n, first = 1, nslots - 1 - seq % nslots
+    else:
+        n = rng.choice((1, 1, 1, 2, 3))
+        first = rng.randrange(0, nslots - n + 1)
     buf = b"".join(record(seq, first + k) for k in range(n))
     t0 = time.monotonic_ns()
     h.pwrite(buf, first * slot)
@@ -517,17 +522,35 @@ pub struct RecordWriter {
     stop: PathBuf,
 }
 
+/// Where the record writer puts its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOrder {
+    /// 1 to 3 slots at a random place each time.
+    Random,
+    /// One slot each time, backwards through the disk.
+    Sweep,
+}
+
 impl RecordWriter {
-    /// Starts writing records over `nslots` slots of the export at `uri`;
-    /// `dir` holds the script and the stop file.
+    /// Starts writing records at random places over `nslots` slots of the
+    /// export at `uri`; `dir` holds the script and the stop file.
     pub fn spawn(dir: &Path, uri: &str, nslots: u64, seed: u64) -> RecordWriter {
+        RecordWriter::spawn_ordered(dir, uri, nslots, seed, WriteOrder::Random)
+    }
+
+    /// Like [`RecordWriter::spawn`], in the given order.
+    pub fn spawn_ordered(dir: &Path, uri: &str, nslots: u64, seed: u64, order: WriteOrder) -> RecordWriter {
+        let mode = match order {
+            WriteOrder::Random => "random",
+            WriteOrder::Sweep => "sweep",
+        };
         let script = dir.join("record-writer.py");
         fs::write(&script, RECORD_WRITER).unwrap();
         let stop = dir.join("record-writer.stop");
         let mut child = Command::new(python_nbd())
             .arg(&script)
             .arg(uri)
-            .args([SLOT.to_string(), nslots.to_string(), seed.to_string()])
+            .args([SLOT.to_string(), nslots.to_string(), seed.to_string(), mode.to_string()])
             .arg(&stop)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
