@@ -457,27 +457,21 @@ impl TwoPoints {
         dir
     }
 
+    /// Runs `restore --point POINT` of the test disk from `vault` into `out`.
+    fn restore_cmd(&self, vault: &Path, point: u64, out: &Path, extra: &[&str]) -> std::process::Output {
+        let point = point.to_string();
+        let mut args = vec!["restore", DISK, "--point", &point, "--out", arg(out), "--key", arg(&self.key)];
+        args.extend(["--vault", arg(vault)]);
+        args.extend(extra);
+        self.s.home.run_env(&[], &args)
+    }
+
     /// `restore --point POINT` from `vault` must fail naming the point and
     /// every one of `names`, and — if `block` is given — that block index; it
     /// must leave no file behind. Returns the message.
     fn restore_refused(&self, vault: &Path, point: u64, names: &[String], block: Option<u64>, what: &str) -> String {
         let before: BTreeSet<_> = fs::read_dir(self.s.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        let out = self.s.path("restored.img");
-        let o = self.s.home.run_env(
-            &[],
-            &[
-                "restore",
-                DISK,
-                "--point",
-                &point.to_string(),
-                "--out",
-                arg(&out),
-                "--key",
-                arg(&self.key),
-                "--vault",
-                arg(vault),
-            ],
-        );
+        let o = self.restore_cmd(vault, point, &self.s.path("restored.img"), &[]);
         let label = format!("point {DISK}/{point}");
         let mut needles: Vec<&str> = vec![&label];
         needles.extend(names.iter().map(String::as_str));
@@ -513,22 +507,7 @@ impl TwoPoints {
     /// Point `point` restores from `vault` to exactly its image.
     fn restores(&self, vault: &Path, point: u64, what: &str) {
         let out = self.s.path("intact.img");
-        let o = self.s.home.run_env(
-            &[],
-            &[
-                "restore",
-                DISK,
-                "--point",
-                &point.to_string(),
-                "--out",
-                arg(&out),
-                "--key",
-                arg(&self.key),
-                "--vault",
-                arg(vault),
-                "--force",
-            ],
-        );
+        let o = self.restore_cmd(vault, point, &out, &["--force"]);
         assert!(
             o.status.success(),
             "{what}: intact point {point} does not restore: {}",

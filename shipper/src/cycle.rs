@@ -97,7 +97,11 @@ pub fn run_cycle(
     let geometry = source.geometry();
     let mut warnings = Vec::new();
     let last_sequence = vault.sequences(opts.disk_name)?.last().copied().unwrap_or(0);
-    let previous = match vault.latest_root(opts.disk_name, Some(keys)) {
+    let latest = match last_sequence {
+        0 => Ok(None),
+        seq => vault.load_root(opts.disk_name, seq, Some(keys)).map(Some),
+    };
+    let previous = match latest {
         Ok(root) => root,
         // The newest point cannot be built on: verify the whole disk instead,
         // as for a first cycle, and number the new point after it.
