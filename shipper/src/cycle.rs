@@ -1,6 +1,7 @@
 //! One replication cycle, from cut to committed point.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use disk_format::ids::{BlockId, RootId};
@@ -26,6 +27,29 @@ pub struct CycleOptions<'a> {
     pub disk_id: [u8; 16],
     /// Hashing and sealing threads.
     pub workers: usize,
+    /// Set from another thread to stop the cycle early (it is aborted and
+    /// fails with [`ShipError::Cancelled`]; its blocks stay dirty).
+    pub cancel: Option<&'a AtomicBool>,
+    /// The wall clock, nanoseconds since the Unix epoch: a point's cut time.
+    pub clock: &'a dyn Fn() -> u64,
+}
+
+impl<'a> CycleOptions<'a> {
+    /// Options with the system clock, no cancel flag, and one worker per CPU.
+    pub fn new(disk_name: &'a str, disk_id: [u8; 16]) -> CycleOptions<'a> {
+        CycleOptions {
+            disk_name,
+            disk_id,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cancel: None,
+            clock: &system_clock,
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch by the system clock (0 before 1970).
+pub fn system_clock() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Progress callbacks of a long cycle.
@@ -114,8 +138,7 @@ pub fn run_cycle(
     let reuse = previous.as_ref().filter(|r| r.geometry == geometry);
     let full = reuse.is_none() || source.suspect()?;
     let info = source.cut(if full { CutKind::Full } else { CutKind::Dirty })?;
-    let cut_time_ns =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let cut_time_ns = (opts.clock)();
     let shipped = ship(source, vault, keys, opts, geometry, reuse, full, progress);
     let (mut report, pages) = match shipped {
         Ok(r) => r,
@@ -244,7 +267,14 @@ fn ship(
             Ok(())
         };
         let mut advance = |n: u64| progress.advance(n);
-        let job = pipeline::Job { runs: &runs(&blocks), geometry, keys, known: &known, workers: opts.workers };
+        let job = pipeline::Job {
+            runs: &runs(&blocks),
+            geometry,
+            keys,
+            known: &known,
+            workers: opts.workers,
+            cancel: opts.cancel,
+        };
         pipeline::run(source, &job, &mut sink, &mut advance)?;
         if report.blocks_read != blocks.len() as u64 {
             return Err(ShipError::Format(format!(

@@ -33,6 +33,9 @@ pub enum ShipError {
         /// What was expected.
         want: String,
     },
+    /// The cycle was asked to stop (the agent is shutting down).
+    #[error("the cycle was cancelled (Lifeboat is stopping); its changes stay marked dirty")]
+    Cancelled,
     /// A worker thread panicked.
     #[error("internal error: a shipper thread panicked")]
     Panic,

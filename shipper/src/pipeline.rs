@@ -8,6 +8,8 @@
 //! finished or failed) it drops the pool's only sender, the reader's next
 //! take fails, and everything winds down without deadlock.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crossbeam_channel::{bounded, Receiver, Sender};
 use disk_format::ids::BlockId;
 use disk_format::keys::{Keys, NONCE_LEN, SEAL_OVERHEAD};
@@ -48,6 +50,8 @@ pub(crate) struct Job<'a> {
     pub known: &'a BlockIndex,
     /// Hashing and sealing threads.
     pub workers: usize,
+    /// Checked between read batches: set, the pipeline stops with `Cancelled`.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// Reads every block of the job's runs from `source`, seals what the vault
@@ -59,7 +63,7 @@ pub(crate) fn run(
     sink: &mut (dyn FnMut(&Sealed) -> Result<(), ShipError> + Send),
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), ShipError> {
-    let Job { runs, geometry, keys, known, workers } = *job;
+    let Job { runs, geometry, keys, known, workers, cancel } = *job;
     let bs = geometry.block_size as usize;
     let pool_size = 8 * workers.max(1) + 8;
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(pool_size);
@@ -76,7 +80,7 @@ pub(crate) fn run(
         }
         drop((work_rx, done_tx));
         let writer = s.spawn(move || write_all(&done_rx, pool_tx, sink));
-        let read = read_all(source, runs, geometry, &pool_rx, work_tx, progress);
+        let read = read_all(source, runs, geometry, cancel, &pool_rx, work_tx, progress);
         let written = writer.join().map_err(|_| ShipError::Panic)?;
         // A writer error is the cause; a read error after it is its echo.
         written.and(read)
@@ -87,6 +91,7 @@ fn read_all(
     source: &mut dyn CutSource,
     runs: &[(u64, u64)],
     geometry: Geometry,
+    cancel: Option<&AtomicBool>,
     pool: &Receiver<Vec<u8>>,
     work: Sender<Plain>,
     progress: &mut dyn FnMut(u64),
@@ -96,6 +101,9 @@ fn read_all(
     for &(first, count) in runs {
         let mut at = first;
         while at < first + count {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(ShipError::Cancelled);
+            }
             let n = per.min(first + count - at);
             chunk.clear();
             source.read(at, n, &mut chunk)?;

@@ -1,6 +1,7 @@
 //! Where a cycle gets its cut: the running filter, or the image directly.
 
 use std::io;
+use std::sync::Arc;
 
 use disk_format::Geometry;
 use filter::control::ControlClient;
@@ -68,25 +69,35 @@ impl CutSource for RemoteSource {
     }
 }
 
-/// The image itself, with no filter running: the disk is opened (and locked,
-/// so no filter can start meanwhile) and cut in this process.
+/// A disk open in this process: the image itself with no filter running (the
+/// disk is opened and locked, so no filter can start meanwhile), or the disk
+/// the agent serves over NBD in the same process.
 pub struct LocalSource {
-    disk: Option<Disk>,
+    disk: Arc<Disk>,
 }
 
 impl LocalSource {
     /// Opens and locks the disk.
     pub fn open(paths: DiskPaths) -> Result<LocalSource, ShipError> {
-        Ok(LocalSource { disk: Some(Disk::open(paths)?) })
+        Ok(LocalSource { disk: Arc::new(Disk::open(paths)?) })
+    }
+
+    /// Cuts a disk this process already has open (and may be serving).
+    pub fn shared(disk: Arc<Disk>) -> LocalSource {
+        LocalSource { disk }
     }
 
     fn disk(&self) -> &Disk {
-        self.disk.as_ref().expect("open until closed")
+        &self.disk
     }
 
-    /// Closes the disk cleanly (marks the state file clean).
-    pub fn close(mut self) -> Result<(), ShipError> {
-        Ok(self.disk.take().expect("open until closed").close()?)
+    /// Closes the disk cleanly (marks the state file clean) if this source
+    /// is its only user; otherwise just lets go of it.
+    pub fn close(self) -> Result<(), ShipError> {
+        match Arc::try_unwrap(self.disk) {
+            Ok(disk) => Ok(disk.close()?),
+            Err(_) => Ok(()),
+        }
     }
 }
 

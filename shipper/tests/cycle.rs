@@ -53,7 +53,7 @@ impl Fixture {
 
     fn ship(&self, vault: &Vault) -> Result<shipper::CycleReport, ShipError> {
         let mut src = LocalSource::open(self.paths.clone()).unwrap();
-        let opts = CycleOptions { disk_name: "disk1", disk_id: [3; 16], workers: 2 };
+        let opts = CycleOptions { workers: 2, ..CycleOptions::new("disk1", [3; 16]) };
         let r = run_cycle(&mut src, vault, &keys(), &opts, &mut ());
         src.close().unwrap();
         r

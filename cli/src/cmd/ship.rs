@@ -75,11 +75,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let keys = keyfile::load(&repl.key)?;
     let vault = super::vault::open(&repl.vault)?;
     vault.check_key(&keys)?;
-    let opts = CycleOptions {
-        disk_name: &a.name,
-        disk_id: entry.disk_id()?,
-        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-    };
+    let opts = CycleOptions::new(&a.name, entry.disk_id()?);
     let tty = std::io::stderr().is_terminal();
     let mut bar = Bar { total: 0, done: 0, started: Instant::now(), last: Instant::now(), tty, label: "" };
     let report = match ControlClient::connect(&entry.control_path()) {
