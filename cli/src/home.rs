@@ -5,6 +5,8 @@
 //! HOME/disks/NAME/state         the state file (disk-format/FORMAT.md)
 //! HOME/disks/NAME/control.sock  the running filter's control socket
 //! HOME/disks/NAME/scratch       copy-before-write copies during a cut
+//! HOME/disks/NAME/nbd.sock      the agent's NBD socket (unless `listen` says otherwise)
+//! HOME/disks/NAME/status.json   the last cycle's outcome (`lifeboat status`)
 //! ```
 
 use std::path::PathBuf;
@@ -28,6 +30,10 @@ pub struct DiskConfig {
     pub block_size: u32,
     /// Hex of the 16-byte disk identity (also in the state file).
     pub disk_id: String,
+    /// Where the agent serves the disk over NBD (`unix:PATH` or
+    /// `tcp:HOST:PORT`); empty means `unix:HOME/disks/NAME/nbd.sock`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
     /// Replication settings, once the disk has a vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<Replication>,
@@ -43,6 +49,37 @@ pub struct Replication {
     pub key: PathBuf,
     /// Cycle interval (the RPO target), seconds.
     pub rpo_seconds: u64,
+    /// The retention ladder the agent applies after each cycle.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// Which points the agent keeps (see `vault::retention::Policy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep every point cut within this many seconds.
+    pub recent_seconds: u64,
+    /// Then the newest point of each of this many clock hours.
+    pub hourly: u32,
+    /// Then the newest point of each of this many days.
+    pub daily: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention { recent_seconds: 3600, hourly: 24, daily: 0 }
+    }
+}
+
+impl Retention {
+    pub fn policy(&self) -> vault::retention::Policy {
+        vault::retention::Policy {
+            recent: std::time::Duration::from_secs(self.recent_seconds),
+            hourly: self.hourly,
+            daily: self.daily,
+        }
+    }
 }
 
 /// A protected disk in the home.
@@ -70,6 +107,26 @@ impl Home {
 
     pub fn disk_dir(&self, name: &str) -> PathBuf {
         self.root.join("disks").join(name)
+    }
+
+    /// The names of every protected disk, sorted.
+    pub fn disk_names(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("disks");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut names = Vec::new();
+        for e in entries {
+            let e = e.with_context(|| format!("listing {}", dir.display()))?;
+            let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+            if check_name(&name).is_ok() && e.path().join("disk.toml").is_file() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Loads a protected disk, with an error that says how to protect it if it is not.
@@ -124,6 +181,22 @@ impl DiskEntry {
                  `lifeboat protect {name} --image IMAGE --vault DIR --key KEYFILE [--rpo 5m]`"
             )
         })
+    }
+
+    pub fn status_path(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+
+    /// Where the agent serves the disk.
+    pub fn listen(&self) -> Result<Vec<filter::nbd::Listen>> {
+        if self.config.listen.is_empty() {
+            return Ok(vec![filter::nbd::Listen::Unix(self.dir.join("nbd.sock"))]);
+        }
+        self.config
+            .listen
+            .iter()
+            .map(|l| l.parse().map_err(|e| anyhow::anyhow!("disk.toml: listen address {l:?}: {e}")))
+            .collect()
     }
 
     pub fn paths(&self) -> DiskPaths {

@@ -7,10 +7,14 @@
 mod home;
 mod keyfile;
 mod output;
+mod replicate;
 mod signals;
 mod size;
+mod status_file;
 mod time;
 mod cmd {
+    pub mod agent;
+    pub mod audit;
     pub mod dirty;
     pub mod filter;
     pub mod key;
@@ -20,6 +24,7 @@ mod cmd {
     pub mod restore;
     pub mod ship;
     pub mod snapshot;
+    pub mod status;
     pub mod vault;
 }
 
@@ -112,6 +117,14 @@ enum Command {
     /// then frees the blocks no remaining point uses. The newest point, a
     /// point being restored, and a damaged point are never pruned.
     Prune(cmd::prune::Args),
+    /// Run Lifeboat's main job in the foreground: serve every protected disk
+    /// and replicate each on its schedule.
+    Agent(cmd::agent::Args),
+    /// Show each protected disk's replication health: RPO, last cycle, errors.
+    Status(cmd::status::Args),
+    /// Inspect and verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(cmd::audit::Command),
 }
 
 fn main() -> ExitCode {
@@ -128,6 +141,9 @@ fn main() -> ExitCode {
         Command::Points(a) => cmd::points::run(&home, a),
         Command::Restore(a) => cmd::restore::run(&home, a),
         Command::Prune(a) => cmd::prune::run(&home, a),
+        Command::Agent(a) => cmd::agent::run(&home, a),
+        Command::Status(a) => cmd::status::run(&home, a),
+        Command::Audit(c) => cmd::audit::run(&home, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,10 @@
 //! Timestamps for people and scripts: RFC 3339 in UTC.
 
+/// Nanoseconds since the Unix epoch now (0 if the clock is before 1970).
+pub fn now_ns() -> u64 {
+    shipper::cycle::system_clock()
+}
+
 /// Formats nanoseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn rfc3339(ns: u64) -> String {
     let secs = ns / 1_000_000_000;

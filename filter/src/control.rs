@@ -263,6 +263,21 @@ impl ControlClient {
         Ok(CutInfo { generation: v[0], dirty_blocks: v[1], readable_blocks: v[2] })
     }
 
+    /// Like [`ControlClient::cut`], but while another cut is in progress (a
+    /// replication cycle of the agent, another snapshot) retries every 100 ms
+    /// for up to `limit` before failing.
+    pub fn cut_when_free(&mut self, kind: CutKind, limit: std::time::Duration) -> io::Result<CutInfo> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.cut(kind) {
+                Err(e) if e.to_string().contains("already in progress") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// The cut's dirty blocks.
     pub fn blocks(&mut self) -> io::Result<Vec<u64>> {
         let n = Self::numbers(&self.request("blocks")?, 1)?[0];

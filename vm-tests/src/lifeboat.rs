@@ -158,6 +158,37 @@ impl Home {
         Filter { child: Some(child), log, lines }
     }
 
+    /// Starts `lifeboat agent ARGS...` and waits, up to 30 s, until it has
+    /// logged `NAME: serving on` for each of `names`. The returned handle is a
+    /// [`Filter`]: the agent is the filter (and the shipper) for every disk.
+    pub fn agent(&self, args: &[&str], names: &[&str]) -> Filter {
+        let mut child = self
+            .command()
+            .arg("agent")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lifeboat agent");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel::<String>();
+        let pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let mut agent = Filter { child: Some(child), log, lines };
+        for name in names {
+            agent.wait_line(&format!("{name}: serving on "), Duration::from_secs(30));
+        }
+        agent
+    }
+
     /// Starts `lifeboat filter NAME --listen unix:SOCK` and waits for it to be
     /// ready, as [`Home::filter_on`].
     pub fn filter(&self, name: &str, sock: &Path) -> Filter {
@@ -199,7 +230,7 @@ impl Home {
     }
 }
 
-/// A running `lifeboat filter` child. Dropping it SIGKILLs and reaps it, so a
+/// A running `lifeboat filter` (or `lifeboat agent`) child. Dropping it SIGKILLs and reaps it, so a
 /// failing test leaves no server behind.
 pub struct Filter {
     child: Option<Child>,
@@ -211,6 +242,24 @@ impl Filter {
     /// Everything the filter printed on stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to `limit` for a stderr line containing `needle` (a line not
+    /// yet waited for) and returns it; fails if the process exits first.
+    pub fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => {
+                    if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                        panic!("lifeboat exited with {status} before logging {needle:?}:\n{}", self.log());
+                    }
+                    assert!(Instant::now() < deadline, "lifeboat did not log {needle:?} within {limit:?}:\n{}", self.log());
+                }
+            }
+        }
     }
 
     /// Whether the process is still running.

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use disk_format::Geometry;
 use filter::StateFile;
 
-use crate::home::{check_name, DiskConfig, Home, Replication};
+use crate::home::{check_name, DiskConfig, Home, Replication, Retention};
 use crate::keyfile;
 use crate::size::{parse_duration, parse_size};
 
@@ -32,6 +32,19 @@ pub struct Args {
     /// Cycle interval, the recovery point objective: 30s, 5m, 15m or any duration.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     rpo: u64,
+    /// Keep every point cut within this long (the bottom of the retention ladder).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    keep_recent: u64,
+    /// Then keep the newest point of each of this many clock hours.
+    #[arg(long, default_value_t = 24)]
+    keep_hourly: u32,
+    /// Then keep the newest point of each of this many days (15 or more for a long ladder).
+    #[arg(long, default_value_t = 0)]
+    keep_daily: u32,
+    /// Where `lifeboat agent` serves the disk over NBD: unix:PATH or
+    /// tcp:HOST:PORT; repeat for several. Default: unix:HOME/disks/NAME/nbd.sock.
+    #[arg(long)]
+    listen: Vec<filter::nbd::Listen>,
     /// Replace the disk's state file with a new one that marks every block to
     /// be verified (after a damaged state file was refused). The old file is
     /// kept beside it as state.replaced-<time>.
@@ -65,22 +78,32 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let conf = dir.join("disk.toml");
     let existing = conf.exists();
     let replication = match (&a.vault, &a.key) {
-        (Some(vault_dir), Some(key)) => Some(check_replication(vault_dir, key, a.rpo)?),
+        (Some(vault_dir), Some(key)) => {
+            let retention = Retention { recent_seconds: a.keep_recent, hourly: a.keep_hourly, daily: a.keep_daily };
+            Some(check_replication(vault_dir, key, a.rpo, retention)?)
+        }
         _ => None,
     };
-    if existing && !a.reset_state && replication.is_some() {
+    let listen: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
+    if existing && !a.reset_state && (replication.is_some() || !listen.is_empty()) {
         let mut old = home.disk(&a.name)?;
         if old.config.image != image {
             bail!("disk {:?} protects {}, not {}", a.name, old.config.image.display(), image.display());
         }
-        old.config.replication = replication;
+        if replication.is_some() {
+            old.config.replication = replication;
+            println!(
+                "{}: replication set: vault {}, every {} s",
+                a.name,
+                a.vault.as_ref().map(|v| v.display().to_string()).unwrap_or_default(),
+                a.rpo
+            );
+        }
+        if !listen.is_empty() {
+            old.config.listen = listen;
+            println!("{}: the agent will serve it on {}", a.name, old.config.listen.join(" "));
+        }
         write_config(&conf, &old.config)?;
-        println!(
-            "{}: replication set: vault {}, every {} s",
-            a.name,
-            a.vault.as_ref().map(|v| v.display().to_string()).unwrap_or_default(),
-            a.rpo
-        );
         return Ok(());
     }
     if existing && !a.reset_state {
@@ -94,10 +117,14 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut suspect = false;
     let mut replication = replication;
+    let mut listen = listen;
     let disk_id = if existing {
         let old = home.disk(&a.name)?;
         // --reset-state replaces the state, not the replication settings.
         replication = replication.or(old.config.replication.clone());
+        if listen.is_empty() {
+            listen.clone_from(&old.config.listen);
+        }
         if old.config.image != image {
             bail!(
                 "disk {:?} protects {}, not {}; --reset-state keeps the image — pick another name for another image",
@@ -127,6 +154,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         image: image.clone(),
         block_size: geometry.block_size,
         disk_id: disk_id.iter().map(|b| format!("{b:02x}")).collect(),
+        listen,
         replication,
     };
     write_config(&conf, &config)?;
@@ -139,10 +167,19 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         geometry.block_size,
         if suspect { "; state reset: every block will be verified" } else { "" }
     );
-    println!(
-        "next: lifeboat filter {} --listen unix:/run/lifeboat/{}.sock, and point the VM's disk at it",
-        a.name, a.name
-    );
+    let entry = home.disk(&a.name)?;
+    let at: Vec<String> = entry.listen()?.iter().map(|l| l.to_string()).collect();
+    if entry.config.replication.is_some() {
+        println!("next: run `lifeboat agent`; it serves the disk on {} (point the VM's disk there)", at.join(" "));
+    } else {
+        println!(
+            "next: add a vault (`lifeboat protect {} --image {} --vault DIR --key KEYFILE`), \
+             or serve it now with `lifeboat agent` (on {})",
+            a.name,
+            image.display(),
+            at.join(" ")
+        );
+    }
     Ok(())
 }
 
@@ -154,14 +191,19 @@ fn write_config(conf: &std::path::Path, config: &DiskConfig) -> Result<()> {
 }
 
 /// Checks that the key loads and the vault accepts it, and makes both paths absolute.
-fn check_replication(vault_dir: &std::path::Path, key: &std::path::Path, rpo_seconds: u64) -> Result<Replication> {
+fn check_replication(
+    vault_dir: &std::path::Path,
+    key: &std::path::Path,
+    rpo_seconds: u64,
+    retention: Retention,
+) -> Result<Replication> {
     let key = std::fs::canonicalize(key).with_context(|| format!("key file {} does not exist", key.display()))?;
     let keys = keyfile::load(&key)?;
     let vault_dir = std::fs::canonicalize(vault_dir).with_context(|| {
         format!("vault {} does not exist; create it with `lifeboat vault init`", vault_dir.display())
     })?;
     super::vault::open(&vault_dir)?.check_key(&keys)?;
-    Ok(Replication { vault: vault_dir, key, rpo_seconds })
+    Ok(Replication { vault: vault_dir, key, rpo_seconds, retention })
 }
 
 fn try_lock(f: &std::fs::File) -> bool {

@@ -13,27 +13,38 @@ use crate::size::parse_duration;
 pub struct Args {
     /// The protected disk.
     name: String,
-    /// Keep every point cut within this long ago.
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
-    recent: u64,
-    /// Then keep the newest point of each of this many clock hours.
-    #[arg(long, default_value_t = 24)]
-    hourly: u32,
-    /// Then keep the newest point of each of this many days (15 or more for a long ladder).
-    #[arg(long, default_value_t = 0)]
-    daily: u32,
+    /// Keep every point cut within this long ago (default: the disk's
+    /// setting from `lifeboat protect --keep-recent`, else 1h).
+    #[arg(long, value_parser = parse_duration)]
+    recent: Option<u64>,
+    /// Then keep the newest point of each of this many clock hours (default:
+    /// the disk's setting, else 24).
+    #[arg(long)]
+    hourly: Option<u32>,
+    /// Then keep the newest point of each of this many days, 15 or more for a
+    /// long ladder (default: the disk's setting, else 0).
+    #[arg(long)]
+    daily: Option<u32>,
     /// The vault (default: the disk's vault from `lifeboat protect`).
     #[arg(long)]
     vault: Option<PathBuf>,
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
-    let dir = match a.vault {
-        Some(v) => v,
-        None => home.disk(&a.name)?.replication(&a.name)?.vault.clone(),
+    // The disk's own settings, when it is protected here.
+    let settings = home.disk(&a.name).ok().and_then(|e| e.config.replication.clone());
+    let dir = match (a.vault, &settings) {
+        (Some(v), _) => v,
+        (None, Some(s)) => s.vault.clone(),
+        (None, None) => home.disk(&a.name)?.replication(&a.name)?.vault.clone(),
     };
     let vault = super::vault::open(&dir)?;
-    let policy = Policy { recent: Duration::from_secs(a.recent), hourly: a.hourly, daily: a.daily };
+    let base = settings.map(|s| s.retention).unwrap_or_default();
+    let policy = Policy {
+        recent: Duration::from_secs(a.recent.unwrap_or(base.recent_seconds)),
+        hourly: a.hourly.unwrap_or(base.hourly),
+        daily: a.daily.unwrap_or(base.daily),
+    };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
     let r = vault.prune(&a.name, &policy, now)?;
     println!(

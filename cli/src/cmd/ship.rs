@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use filter::control::ControlClient;
-use shipper::{run_cycle, CycleOptions, LocalSource, Progress, RemoteSource};
+use shipper::{LocalSource, Progress, RemoteSource};
 
 use crate::home::Home;
-use crate::keyfile;
+use crate::replicate::Target;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,13 +23,40 @@ pub struct Args {
 }
 
 /// A progress line on stderr: bytes, rate and time left.
-struct Bar {
+pub struct Bar {
+    prefix: String,
     total: u64,
     done: u64,
     started: Instant,
     last: Instant,
     tty: bool,
+    quiet_when_done: bool,
     label: &'static str,
+}
+
+impl Bar {
+    /// A bar whose lines start with `prefix`; redrawn in place on a terminal,
+    /// a line every 5 s otherwise (logs).
+    pub fn new(prefix: &str, tty: bool) -> Bar {
+        let now = Instant::now();
+        Bar {
+            prefix: prefix.to_string(),
+            total: 0,
+            done: 0,
+            started: now,
+            last: now,
+            tty,
+            quiet_when_done: false,
+            label: "",
+        }
+    }
+
+    /// No final line for a cycle that finished before its first report
+    /// (the agent logs each cycle's outcome anyway).
+    pub fn quiet_when_done(mut self) -> Bar {
+        self.quiet_when_done = true;
+        self
+    }
 }
 
 impl Progress for Bar {
@@ -40,7 +67,8 @@ impl Progress for Bar {
     fn advance(&mut self, bytes: u64) {
         self.done += bytes;
         let now = Instant::now();
-        if now.duration_since(self.last).as_millis() < if self.tty { 200 } else { 5000 } && self.done < self.total {
+        let due = now.duration_since(self.last).as_millis() >= if self.tty { 200 } else { 5000 };
+        if !due && (self.done < self.total || self.quiet_when_done) {
             return;
         }
         self.last = now;
@@ -49,7 +77,8 @@ impl Progress for Bar {
         let left = if rate > 0.0 { (self.total - self.done.min(self.total)) as f64 / rate } else { 0.0 };
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let line = format!(
-            "{}: {:.0}/{:.0} MiB ({:.0}%), {:.0} MiB/s, {:.0} s left",
+            "{}{}: {:.0}/{:.0} MiB ({:.0}%), {:.0} MiB/s, {:.0} s left",
+            self.prefix,
             self.label,
             mib(self.done),
             mib(self.total),
@@ -70,23 +99,18 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     if !a.once {
         bail!("`lifeboat ship` runs one cycle: pass --once (the agent runs cycles on a schedule)");
     }
-    let entry = home.disk(&a.name)?;
-    let repl = entry.replication(&a.name)?.clone();
-    let keys = keyfile::load(&repl.key)?;
-    let vault = super::vault::open(&repl.vault)?;
-    vault.check_key(&keys)?;
-    let opts = CycleOptions::new(&a.name, entry.disk_id()?);
+    let (entry, target) = Target::load(home, &a.name)?;
     let tty = std::io::stderr().is_terminal();
-    let mut bar = Bar { total: 0, done: 0, started: Instant::now(), last: Instant::now(), tty, label: "" };
+    let mut bar = Bar::new("", tty);
     let report = match ControlClient::connect(&entry.control_path()) {
         Ok(client) => {
             let mut source = RemoteSource::new(client)?;
-            run_cycle(&mut source, &vault, &keys, &opts, &mut bar)
+            target.cycle(&mut source, None, 0, &mut bar)
         }
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             // No filter: the VM is off. Lock the disk so no filter starts meanwhile.
             let mut source = LocalSource::open(entry.paths())?;
-            let r = run_cycle(&mut source, &vault, &keys, &opts, &mut bar);
+            let r = target.cycle(&mut source, None, 0, &mut bar);
             source.close()?;
             r
         }

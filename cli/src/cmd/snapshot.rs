@@ -67,7 +67,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
 
 fn from_filter(mut c: ControlClient, out: &File, path: &Path) -> Result<u64> {
     let info = c.info().context("asking the filter for the disk's geometry")?;
-    let cut = c.cut(CutKind::Full).context("cutting the disk")?;
+    // A replication cycle may hold the disk's cut for a moment: wait for it.
+    let cut = c.cut_when_free(CutKind::Full, std::time::Duration::from_secs(300)).context("cutting the disk")?;
     let bs = u64::from(info.block_size);
     let blocks = info.disk_size.div_ceil(bs);
     let per = (BATCH_BYTES / bs).max(1);

@@ -1,0 +1,377 @@
+//! `lifeboat agent`: Lifeboat's main job. Serves every protected disk over
+//! NBD (as `lifeboat filter` does) and, in the same process, replicates each
+//! disk that has a vault on its RPO schedule, then applies its retention.
+//!
+//! Scheduling: a disk's cycles start every `rpo` seconds, measured from the
+//! previous cycle's *scheduled* start. A cycle that runs longer than the
+//! interval delays the next one, which then starts at once: nothing is
+//! skipped or lost, the RPO just grows, and the log and `lifeboat status` say
+//! so. A failed cycle leaves its changes dirty; the next attempt comes sooner
+//! (5 s, doubling up to the interval) so a short outage costs little RPO.
+//!
+//! Stopping (SIGTERM/SIGINT): a cycle in progress is cancelled (its changes
+//! stay dirty for the next run), the NBD servers finish the requests in
+//! flight, and every state file is marked clean.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use filter::control::ControlServer;
+use filter::nbd::Server;
+use filter::Disk;
+use shipper::{LocalSource, ShipError};
+use vault::VaultError;
+
+use crate::cmd::ship::Bar;
+use crate::home::Home;
+use crate::replicate::Target;
+use crate::signals;
+use crate::size::parse_duration;
+use crate::status_file;
+use crate::time::{now_ns, rfc3339};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run only these disks (default: every protected disk in the home).
+    #[arg(value_name = "NAME")]
+    disks: Vec<String>,
+    /// After pruning, collect the vault's garbage at most this often
+    /// (`0` = never: run `lifeboat vault gc` yourself). A collection briefly
+    /// holds off the cycles of every disk that uses the vault.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    gc_every: u64,
+}
+
+/// A log line on stderr with a timestamp (journald adds its own, but the
+/// agent is also run by hand).
+macro_rules! log {
+    ($($arg:tt)*) => {
+        eprintln!("{} {}", rfc3339(now_ns()), format!($($arg)*))
+    };
+}
+
+/// The stop signal, with a wait that wakes on it.
+struct Stop {
+    flag: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        let _g = self.lock.lock().expect("stop lock");
+        self.flag.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until `deadline`; true if stopping instead.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut g = self.lock.lock().expect("stop lock");
+        loop {
+            if self.is_set() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self.wake.wait_timeout(g, deadline - now).expect("stop lock").0;
+        }
+    }
+}
+
+/// One disk the agent runs.
+struct Served {
+    name: String,
+    disk: Arc<Disk>,
+    control: ControlServer,
+    target: Option<Target>,
+    status_path: std::path::PathBuf,
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    signals::block_termination().context("blocking SIGTERM/SIGINT")?;
+    let names = if a.disks.is_empty() { home.disk_names()? } else { a.disks.clone() };
+    if names.is_empty() {
+        bail!(
+            "no protected disks in this home; protect one with \
+             `lifeboat protect NAME --image IMAGE --vault DIR --key KEYFILE` (or pass the right --home / LIFEBOAT_HOME)"
+        );
+    }
+    let mut served = Vec::new();
+    let mut servers = Vec::new();
+    for name in &names {
+        match open(home, name) {
+            Ok((s, server)) => {
+                served.push(s);
+                servers.push((name.clone(), server));
+            }
+            Err(e) => {
+                log!(
+                    "lifeboat agent: error: {name}: {}; this disk is not served or replicated",
+                    crate::error_chain(&e)
+                );
+            }
+        }
+    }
+    if served.is_empty() {
+        bail!("none of the {} protected disk(s) could be started (see above)", names.len());
+    }
+    let stop = Arc::new(Stop { flag: AtomicBool::new(false), lock: Mutex::new(()), wake: Condvar::new() });
+    let shutdowns: Arc<Vec<_>> = Arc::new(servers.iter().map(|(_, s)| s.shutdown_handle()).collect());
+    let stop_all = {
+        let (stop, shutdowns) = (stop.clone(), shutdowns.clone());
+        move || {
+            stop.set();
+            for s in shutdowns.iter() {
+                s.shutdown();
+            }
+        }
+    };
+    {
+        let stop_all = stop_all.clone();
+        // Not scoped: it may wait for a signal that never comes if the agent
+        // stops because a server failed.
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            let sig = signals::wait_termination();
+            log!("lifeboat agent: {sig}: cancelling cycles in progress, finishing NBD requests in flight");
+            stop_all();
+        })?;
+    }
+    log!("lifeboat agent: running {} of {} disk(s); SIGTERM stops", served.len(), names.len(),);
+    let gc_every = Duration::from_secs(a.gc_every);
+    let mut failures = Vec::new();
+    std::thread::scope(|scope| {
+        for s in &served {
+            if let Some(t) = &s.target {
+                let (disk, stop) = (&s.disk, &*stop);
+                std::thread::Builder::new()
+                    .name(format!("cycle {}", s.name))
+                    .spawn_scoped(scope, move || schedule(t, disk, stop, gc_every))
+                    .expect("spawning a scheduler thread");
+            }
+        }
+        let handles: Vec<_> =
+            servers.into_iter().map(|(name, server)| (name, scope.spawn(move || server.run()))).collect();
+        for (name, h) in handles {
+            if let Err(e) = h.join().expect("NBD server thread") {
+                log!("lifeboat agent: error: {name}: serving NBD failed: {e}; stopping every disk");
+                failures.push(format!("serving disk {name:?} over NBD failed: {e}"));
+                stop_all();
+            }
+        }
+        // Every server has stopped: end the schedulers so the scope can close.
+        stop.set();
+    });
+    for s in served {
+        s.control.stop();
+        drop(s.target);
+        let closed = match Arc::try_unwrap(s.disk) {
+            Ok(disk) => disk.close().map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("internal error: disk still referenced at shutdown")),
+        };
+        if let Err(e) = closed {
+            log!("lifeboat agent: error: {}: closing: {e:#}", s.name);
+            failures.push(format!("closing disk {:?}: {e:#}", s.name));
+        }
+        let _ = status_file::update(&s.status_path, |st| {
+            st.agent_pid = None;
+            st.next_cycle_ns = None;
+        });
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    log!("lifeboat agent: stopped cleanly");
+    Ok(())
+}
+
+/// Opens one disk: its state file (locked), control socket and NBD listener.
+fn open(home: &Home, name: &str) -> Result<(Served, Server)> {
+    let entry = home.disk(name)?;
+    let target = match entry.config.replication {
+        Some(_) => Some(Target::load(home, name)?.1),
+        None => {
+            log!("lifeboat agent: {name}: no vault configured: served, but not replicated");
+            None
+        }
+    };
+    let disk = Disk::open(entry.paths())?;
+    let opened = disk.state().opened();
+    if opened.newly_suspect {
+        log!(
+            "lifeboat agent: {name}: the host went down while the disk was served (or its bitmaps were damaged); \
+             the next cycle verifies every block"
+        );
+    } else if opened.was_unclean {
+        log!("lifeboat agent: {name}: the previous run stopped without a clean shutdown; its bitmaps are intact");
+    }
+    let disk = Arc::new(disk);
+    let control = ControlServer::start(&entry.control_path(), disk.clone())
+        .with_context(|| format!("starting the control socket {}", entry.control_path().display()))?;
+    let listen = entry.listen()?;
+    let server = Server::bind(&listen, name, disk.clone()).with_context(|| {
+        format!("listening on {}", listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" "))
+    })?;
+    let addrs: Vec<String> = listen.iter().map(|l| l.to_string()).collect();
+    let rpo = target.as_ref().map(|t| format!(", RPO {} s", t.settings.rpo_seconds)).unwrap_or_default();
+    log!("lifeboat agent: {name}: serving on {}{rpo}", addrs.join(" "));
+    let status_path = entry.status_path();
+    status_file::update(&status_path, |st| st.agent_pid = Some(std::process::id()))?;
+    Ok((Served { name: name.to_string(), disk, control, target, status_path }, server))
+}
+
+/// Runs one disk's cycles until `stop`.
+fn schedule(t: &Target, disk: &Arc<Disk>, stop: &Stop, gc_every: Duration) {
+    let name = &t.name;
+    let interval = Duration::from_secs(t.settings.rpo_seconds.max(1));
+    let policy = t.settings.retention.policy();
+    let mut due = Instant::now(); // the first cycle runs at once
+    let mut failures = 0u32;
+    let mut last_gc: Option<Instant> = None;
+    loop {
+        let _ = status_file::update(&t.status_path, |st| {
+            st.next_cycle_ns =
+                Some(now_ns() + u64::try_from(due.saturating_duration_since(Instant::now()).as_nanos()).unwrap_or(0));
+        });
+        if stop.wait_until(due) {
+            return;
+        }
+        let start = Instant::now();
+        let late = start.duration_since(due);
+        let late_ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX);
+        let mut bar = Bar::new(&format!("{name}: "), false).quiet_when_done();
+        let mut source = LocalSource::shared(disk.clone());
+        let result = t.cycle(&mut source, Some(&stop.flag), late_ms, &mut bar);
+        let took = start.elapsed();
+        match result {
+            Ok(r) => {
+                failures = 0;
+                log!(
+                    "lifeboat agent: {name}: point {} committed ({}): {} blocks read, {} new, {} bytes shipped in {:.1} s",
+                    r.sequence,
+                    if r.full { "full sync" } else { "incremental" },
+                    r.blocks_read,
+                    r.new_blocks,
+                    r.bytes_shipped,
+                    took.as_secs_f64()
+                );
+                for w in &r.warnings {
+                    log!("lifeboat agent: warning: {name}: {w}");
+                }
+                retention(t, &policy, gc_every, &mut last_gc);
+                let delayed;
+                (due, delayed) = next_due(due, interval, Instant::now());
+                if delayed {
+                    log!(
+                        "lifeboat agent: {name}: the cycle took {:.0} s, longer than the {} s RPO; \
+                         the next one starts now (the achieved RPO grows until cycles catch up)",
+                        took.as_secs_f64(),
+                        interval.as_secs()
+                    );
+                }
+            }
+            Err(ShipError::Cancelled) => {
+                log!(
+                    "lifeboat agent: {name}: cycle cancelled after {:.1} s; its changes stay marked dirty",
+                    took.as_secs_f64()
+                );
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                let retry = Duration::from_secs(5u64 << failures.min(10).saturating_sub(1)).min(interval);
+                log!(
+                    "lifeboat agent: error: {name}: cycle failed: {e}; its changes stay marked dirty; \
+                     retrying in {} s",
+                    retry.as_secs()
+                );
+                due = Instant::now() + retry;
+            }
+        }
+    }
+}
+
+/// When the cycle after one scheduled for `due` starts: an interval later,
+/// or `now` if that has passed (the cycle overran: `true`). Never sooner than
+/// scheduled, and an overrun is not made up for with a burst of cycles.
+fn next_due(due: Instant, interval: Duration, now: Instant) -> (Instant, bool) {
+    let next = due + interval;
+    if next < now {
+        (now, true)
+    } else {
+        (next, false)
+    }
+}
+
+/// Applies the disk's retention ladder after a committed cycle, and collects
+/// the vault's garbage when points were pruned and the last collection is
+/// older than `gc_every`.
+fn retention(t: &Target, policy: &vault::retention::Policy, gc_every: Duration, last_gc: &mut Option<Instant>) {
+    let name = &t.name;
+    let pruned = match t.vault.prune(name, policy, now_ns()) {
+        Ok(r) => r.pruned.len(),
+        Err(e) => {
+            log!("lifeboat agent: warning: {name}: pruning old points failed: {e}; they are kept until the next try");
+            return;
+        }
+    };
+    if pruned > 0 {
+        log!("lifeboat agent: {name}: pruned {pruned} point(s) past the retention ladder");
+    }
+    if gc_every.is_zero() || last_gc.is_some_and(|at| at.elapsed() < gc_every) || (pruned == 0 && last_gc.is_some()) {
+        return;
+    }
+    match t.vault.gc(false) {
+        Ok(r) => {
+            *last_gc = Some(Instant::now());
+            if !r.packs_deleted.is_empty() || !r.pages_deleted.is_empty() {
+                log!(
+                    "lifeboat agent: {name}: garbage collection freed {} bytes ({} packs, {} pages)",
+                    r.pack_bytes_deleted + r.page_bytes_deleted,
+                    r.packs_deleted.len(),
+                    r.pages_deleted.len()
+                );
+            }
+        }
+        // Another disk's cycle on the same vault: collect after a later cycle.
+        Err(VaultError::Busy { .. }) => {}
+        Err(e) => log!("lifeboat agent: warning: {name}: garbage collection failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_keep_their_schedule_and_an_overrun_delays_the_next() {
+        let t0 = Instant::now();
+        let i = Duration::from_secs(30);
+        // On time: the next is an interval after the scheduled start, even if
+        // this one started late or took a while.
+        assert_eq!(next_due(t0, i, t0 + Duration::from_secs(12)), (t0 + i, false));
+        // Overran: the next starts at once, without a burst to catch up.
+        let now = t0 + Duration::from_secs(95);
+        assert_eq!(next_due(t0, i, now), (now, true));
+        let (n, d) = next_due(now, i, now + Duration::from_secs(1));
+        assert_eq!((n, d), (now + i, false));
+    }
+
+    #[test]
+    fn stop_wakes_a_sleeping_scheduler() {
+        let stop = Arc::new(Stop { flag: AtomicBool::new(false), lock: Mutex::new(()), wake: Condvar::new() });
+        assert!(!stop.wait_until(Instant::now() + Duration::from_millis(10)), "no stop yet");
+        let s2 = stop.clone();
+        let t = std::thread::spawn(move || s2.wait_until(Instant::now() + Duration::from_secs(600)));
+        std::thread::sleep(Duration::from_millis(50));
+        stop.set();
+        assert!(t.join().unwrap(), "a stop wakes the waiter instead of letting it sleep for 10 minutes");
+    }
+}

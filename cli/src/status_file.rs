@@ -1,0 +1,92 @@
+//! `HOME/disks/NAME/status.json`: the outcome of a disk's latest cycles, as
+//! written by whoever ran them (the agent or `lifeboat ship --once`) and read
+//! by `lifeboat status`. Replaced atomically; a missing or unreadable file
+//! only means "no cycle recorded here yet".
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// What `status.json` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DiskStatus {
+    /// The agent process replicating the disk, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pid: Option<u32>,
+    /// When the agent plans the next cycle (ns since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cycle_ns: Option<u64>,
+    /// The latest cycle, committed or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cycle: Option<CycleOutcome>,
+    /// The latest committed cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<CycleOutcome>,
+    /// Failed cycles since the last committed one.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+}
+
+/// One cycle's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CycleOutcome {
+    /// When the cycle started and ended (ns since the epoch).
+    pub started_ns: u64,
+    pub ended_ns: u64,
+    /// How late it started against its schedule (a slow cycle before it, or
+    /// a busy vault), milliseconds; 0 for cycles run by hand.
+    #[serde(default)]
+    pub late_ms: u64,
+    /// The committed point, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default)]
+    pub blocks_read: u64,
+    #[serde(default)]
+    pub new_blocks: u64,
+    #[serde(default)]
+    pub bytes_shipped: u64,
+    /// Why the cycle failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Warnings of a committed cycle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Reads the status, or the default if there is none (or it is unreadable:
+/// it is advisory, and the next cycle rewrites it).
+pub fn read(path: &Path) -> DiskStatus {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Replaces the status atomically.
+pub fn write(path: &Path, status: &DiskStatus) -> Result<()> {
+    let tmp = path.with_extension("json.new");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads, changes and writes the status.
+pub fn update(path: &Path, f: impl FnOnce(&mut DiskStatus)) -> Result<()> {
+    let mut s = read(path);
+    f(&mut s);
+    write(path, &s)
+}
+
+/// Records a cycle's outcome.
+pub fn record_cycle(path: &Path, outcome: CycleOutcome) -> Result<()> {
+    update(path, |s| {
+        if outcome.error.is_none() {
+            s.consecutive_failures = 0;
+            s.last_success = Some(outcome.clone());
+        } else {
+            s.consecutive_failures += 1;
+        }
+        s.last_cycle = Some(outcome);
+    })
+}
