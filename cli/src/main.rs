@@ -43,19 +43,21 @@ use clap::{Parser, Subcommand};
 ///
 ///   lifeboat vault init /mnt/dr-vault --key /root/lifeboat.key
 ///
-///   lifeboat protect web1 --image /var/lib/vms/web1.raw --vault /mnt/dr-vault --key /root/lifeboat.key
+///   lifeboat protect web1 --image /var/lib/vms/web1.raw --vault /mnt/dr-vault --key /root/lifeboat.key --rpo 30s
 ///
-///   lifeboat filter web1 --listen unix:/run/lifeboat/web1.sock
+///   lifeboat agent        (the main job: serves every protected disk over NBD, at
+///                          HOME/disks/NAME/nbd.sock, and replicates each on its RPO)
 ///
-///   qemu-system-x86_64 ... -drive file=nbd:unix:/run/lifeboat/web1.sock,format=raw,if=virtio
+///   qemu-system-x86_64 ... -drive file=nbd:unix:/var/lib/lifeboat/disks/web1/nbd.sock,format=raw,if=virtio
 ///
-///   lifeboat ship web1 --once        (a cycle: a new recovery point)
+///   lifeboat status       (RPO achieved, last cycle, errors)
 ///
 ///   lifeboat points web1
 ///
 ///   lifeboat restore web1 --point latest --out /tmp/web1.raw
 ///
-/// Exit codes: 0 success, 1 failure (the message says what to do), 2 bad usage.
+/// Exit codes: 0 success, 1 failure (the message says what to do), 2 bad usage,
+/// 3 `status` found a disk failing or late.
 #[derive(Parser)]
 #[command(name = "lifeboat", version, about, long_about, max_term_width = 100)]
 struct Cli {
