@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Sustained churn: the largest write rate through `lifeboat agent` at which a
+# 30 s RPO holds for the whole run (issue 3: ">= 500 MB/s for 10 minutes").
+#
+#   benches/churn-bench.sh                      # RATES="100 250 500", 600 s each
+#   RATES="300" DURATION=120 benches/churn-bench.sh
+#
+# For each rate (MB/s, 10^6 bytes) a fresh home, a SIZE raw image (sparse) and
+# a vault in BENCH_DIR; `lifeboat protect --rpo 30s --keep-recent 1m
+# --keep-hourly 0` and `lifeboat agent --gc-every 1m` (so the vault stays
+# bounded); once the first (full) cycle has committed, fio writes through the
+# agent's NBD socket (`--ioengine=nbd`, sequential 1 MiB writes wrapping around
+# the disk, iodepth 8, fresh random buffers for every write so nothing
+# deduplicates, `rate=RATE`) for DURATION seconds. Sequential is the hard case:
+# every byte written in an interval is a distinct block, up to the disk size.
+#
+# Every second the achieved RPO (age of the newest point, `lifeboat status
+# --json`) is sampled. A rate HOLDS when no cycle overran its 30 s interval and
+# the newest point was never older than 60 s (one interval plus one cycle).
+# Printed per rate: rate asked, rate fio achieved, cycles, mean and max cycle
+# time, mean MB shipped per cycle, max RPO age, overruns, HOLDS.
+#
+# Environment: RATES, DURATION (s, default 600), SIZE (default 8G),
+# BENCH_DIR (default /var/tmp/lifeboat-churn; disk-backed, needs about 4x SIZE
+# free), KEEP=1 keeps the work directory. The writer, the NBD server and the
+# shipper share the machine's cores: run it alone.
+set -euo pipefail
+
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+rates=${RATES:-100 250 500}
+duration=${DURATION:-600}
+size=${SIZE:-8G}
+dir=${BENCH_DIR:-/var/tmp/lifeboat-churn}
+
+say() { printf '[churn] %s\n' "$*" >&2; }
+need() { command -v "$1" >/dev/null || { say "$1 is missing: run scripts/setup.sh"; exit 1; }; }
+for t in fio python3 nbdinfo; do need "$t"; done
+
+say "building lifeboat (release)"
+cargo build --release -p cli >&2
+lb=${CARGO_TARGET_DIR:-$repo/target}/release/lifeboat
+
+agent_pid=
+cleanup() {
+  if [ -n "$agent_pid" ] && kill -0 "$agent_pid" 2>/dev/null; then
+    kill -TERM "$agent_pid" 2>/dev/null || true
+    wait "$agent_pid" 2>/dev/null || true
+  fi
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$dir"
+}
+trap cleanup EXIT
+
+rows=()
+for rate in $rates; do
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  home=$dir/home
+  lbh() { "$lb" --home "$home" "$@"; }
+  truncate -s "$size" "$dir/disk.img"
+  lbh key new --out "$dir/k.key" >/dev/null
+  lbh vault init "$dir/vault" --key "$dir/k.key" >/dev/null
+  lbh protect churn --image "$dir/disk.img" --vault "$dir/vault" --key "$dir/k.key" \
+    --rpo 30s --keep-recent 1m --keep-hourly 0 --keep-daily 0 >/dev/null
+  log=$dir/agent.log
+  "$lb" --home "$home" agent --gc-every 1m 2>"$log" &
+  agent_pid=$!
+  for _ in $(seq 600); do
+    grep -q "point 1 committed" "$log" && break
+    kill -0 "$agent_pid" 2>/dev/null || { cat "$log" >&2; say "the agent exited"; exit 1; }
+    sleep 0.1
+  done
+  grep -q "point 1 committed" "$log" || { cat "$log" >&2; say "no first point within 60 s"; exit 1; }
+  sock=$home/disks/churn/nbd.sock
+  say "rate ${rate} MB/s for ${duration} s on a ${size} disk (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+  python3 - "$lb" "$home" "$duration" >"$dir/rpo.txt" <<'PY' &
+import json, subprocess, sys, time
+lb, home, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
+end = time.time() + duration + 35
+while time.time() < end:
+    out = subprocess.run([lb, "--home", home, "status", "churn", "--json"], capture_output=True, text=True).stdout
+    try:
+        print(json.loads(out)[0].get("rpo_seconds"), flush=True)
+    except Exception:
+        pass
+    time.sleep(1)
+PY
+  sampler=$!
+  fio --name=churn --ioengine=nbd --uri="nbd+unix:///churn?socket=$sock" --rw=write --bs=1m --iodepth=8 \
+    --rate="${rate}m" --rate_process=linear --time_based --runtime="$duration" --refill_buffers \
+    --output-format=json --output="$dir/fio.json" >/dev/null
+  # One more interval, so the cycle that ships the last writes is counted.
+  sleep 35
+  wait "$sampler" || true
+  kill -TERM "$agent_pid"
+  wait "$agent_pid" || { cat "$log" >&2; say "the agent did not stop cleanly"; exit 1; }
+  agent_pid=
+  row=$(python3 - "$rate" "$dir/fio.json" "$log" "$dir/rpo.txt" <<'PY'
+import json, re, sys
+rate, fio, log, rpo = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+bw = json.load(open(fio))["jobs"][0]["write"]["bw_bytes"] / 1e6
+cycles = [(float(m.group(2)), int(m.group(1)))
+          for m in re.finditer(r"point \d+ committed \(incremental\): .*? (\d+) bytes shipped in ([\d.]+) s", open(log).read())]
+overruns = open(log).read().count("longer than the")
+failed = open(log).read().count("cycle failed")
+ages = [float(x) for x in open(rpo).read().split() if x not in ("None", "null")]
+n = len(cycles)
+mean_t = sum(t for t, _ in cycles) / n if n else 0
+max_t = max((t for t, _ in cycles), default=0)
+mean_mb = sum(b for _, b in cycles) / n / 1e6 if n else 0
+max_age = max(ages, default=float("nan"))
+holds = n > 0 and overruns == 0 and failed == 0 and max_age <= 60
+print(f"{rate}\t{bw:.0f}\t{n}\t{mean_t:.1f}\t{max_t:.1f}\t{mean_mb:.0f}\t{max_age:.1f}\t{overruns}+{failed}\t{'yes' if holds else 'NO'}")
+PY
+)
+  rows+=("$row")
+  say "$row"
+  say "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+done
+
+echo
+echo "Sustained churn through lifeboat agent, 30 s RPO, ${duration} s per rate, ${size} disk, sequential 1 MiB writes"
+printf '%-9s %-9s %-7s %-11s %-10s %-12s %-11s %-16s %s\n' "asked MB/s" "fio MB/s" cycles "mean cycle s" "max cycle s" "MB/cycle" "max RPO s" "overrun+failed" HOLDS
+for r in "${rows[@]}"; do
+  IFS=$'\t' read -r a b c d e f g h i <<<"$r"
+  printf '%-10s %-9s %-7s %-12s %-11s %-12s %-11s %-16s %s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i"
+done
