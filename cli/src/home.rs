@@ -105,6 +105,11 @@ impl Home {
         Home { root }
     }
 
+    /// The home directory itself.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub fn disk_dir(&self, name: &str) -> PathBuf {
         self.root.join("disks").join(name)
     }

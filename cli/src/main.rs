@@ -138,7 +138,7 @@ fn main() -> ExitCode {
         Command::Dirty(a) => cmd::dirty::run(&home, a),
         Command::Snapshot(a) => cmd::snapshot::run(&home, a),
         Command::Key(c) => cmd::key::run(c),
-        Command::Vault(c) => cmd::vault::run(c),
+        Command::Vault(c) => cmd::vault::run(&home, c),
         Command::Ship(a) => cmd::ship::run(&home, a),
         Command::Points(a) => cmd::points::run(&home, a),
         Command::Restore(a) => cmd::restore::run(&home, a),

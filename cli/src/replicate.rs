@@ -1,13 +1,18 @@
 //! One protected disk's replication target (key + vault + settings) and the
 //! cycle runner that `lifeboat ship --once` and the agent share: it runs the
-//! cycle and records its outcome in the disk's status file.
+//! cycle and records its outcome in the disk's status file and the audit log.
+//!
+//! The vault is opened for each cycle, not once: a vault that is unreachable
+//! when the agent starts (or goes away and comes back) only fails the cycles
+//! that meet it, while the disk keeps being served and its changes recorded.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use disk_format::keys::Keys;
-use shipper::{run_cycle, CutSource, CycleOptions, CycleReport, Progress, ShipError};
+use serde_json::json;
+use shipper::{run_cycle, CutSource, CycleOptions, CycleReport, Progress};
 use vault::Vault;
 
 use crate::home::{DiskEntry, Home, Replication};
@@ -21,43 +26,57 @@ pub struct Target {
     pub disk_id: [u8; 16],
     pub settings: Replication,
     pub keys: Keys,
-    pub vault: Vault,
     pub status_path: PathBuf,
+    /// The home's audit log directory.
+    pub audit_dir: PathBuf,
 }
 
 impl Target {
-    /// Loads the disk's settings and key and opens its vault (checking the key against it).
+    /// Loads the disk's settings and its key (the vault is opened per cycle).
     pub fn load(home: &Home, name: &str) -> Result<(DiskEntry, Target)> {
         let entry = home.disk(name)?;
         let settings = entry.replication(name)?.clone();
         let keys = keyfile::load(&settings.key)?;
-        let vault = crate::cmd::vault::open(&settings.vault)?;
-        vault.check_key(&keys)?;
         let target = Target {
             name: name.to_string(),
             disk_id: entry.disk_id()?,
             status_path: entry.status_path(),
+            audit_dir: crate::cmd::audit::audit_dir(home),
             settings,
             keys,
-            vault,
         };
         Ok((entry, target))
     }
 
+    /// Opens the disk's vault and checks that it takes this key.
+    pub fn open_vault(&self) -> Result<Vault> {
+        let vault = crate::cmd::vault::open(&self.settings.vault)?;
+        vault.check_key(&self.keys)?;
+        Ok(vault)
+    }
+
     /// Runs one cycle and records its outcome (committed or failed) in the
-    /// status file. `late_ms`: how late the cycle starts against its schedule.
+    /// status file and the audit log. `late_ms`: how late the cycle starts
+    /// against its schedule. Returns the report and the open vault. A
+    /// cancelled cycle's error downcasts to `ShipError::Cancelled`.
     pub fn cycle(
         &self,
         source: &mut dyn CutSource,
         cancel: Option<&AtomicBool>,
         late_ms: u64,
         progress: &mut dyn Progress,
-    ) -> Result<CycleReport, ShipError> {
+    ) -> Result<(CycleReport, Vault)> {
         let started_ns = now_ns();
-        let opts = CycleOptions { cancel, ..CycleOptions::new(&self.name, self.disk_id) };
-        let result = run_cycle(source, &self.vault, &self.keys, &opts, progress);
+        let vault = self.open_vault();
+        let result = match &vault {
+            Ok(v) => {
+                let opts = CycleOptions { cancel, ..CycleOptions::new(&self.name, self.disk_id) };
+                run_cycle(source, v, &self.keys, &opts, progress).map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(anyhow::anyhow!("{}", crate::error_chain(e))),
+        };
         let mut outcome = CycleOutcome { started_ns, ended_ns: now_ns(), late_ms, ..CycleOutcome::default() };
-        match &result {
+        let (kind, details) = match &result {
             Ok(r) => {
                 outcome.sequence = Some(r.sequence);
                 outcome.full = r.full;
@@ -65,12 +84,41 @@ impl Target {
                 outcome.new_blocks = r.new_blocks;
                 outcome.bytes_shipped = r.bytes_shipped;
                 outcome.warnings = r.warnings.clone();
+                let d = json!({
+                    "point": r.sequence, "full": r.full, "blocks_read": r.blocks_read, "new_blocks": r.new_blocks,
+                    "bytes_shipped": r.bytes_shipped, "millis": r.millis, "late_ms": late_ms, "warnings": r.warnings,
+                });
+                ("cycle.committed", d)
             }
-            Err(e) => outcome.error = Some(e.to_string()),
+            Err(e) => {
+                outcome.error = Some(crate::error_chain(e));
+                ("cycle.failed", json!({ "error": crate::error_chain(e), "late_ms": late_ms }))
+            }
+        };
+        // The cycle's outcome stands either way: a log that cannot be
+        // appended to must not stop replication, but it must be seen.
+        if let Err(e) = self.record(vault.as_ref().ok(), kind, details) {
+            eprintln!("lifeboat: warning: {}: {e:#}", self.name);
         }
         if let Err(e) = status_file::record_cycle(&self.status_path, outcome) {
             eprintln!("lifeboat: warning: {}: could not record the cycle in its status file: {e:#}", self.name);
         }
-        result
+        let report = result.with_context(|| format!("cycle of disk {:?}", self.name))?;
+        Ok((report, vault.expect("a committed cycle had its vault")))
+    }
+
+    /// Appends a record about this disk to the audit log of its key and
+    /// copies the log to `vault` (the disk's vault, opened for the purpose if
+    /// `None`; if it cannot be opened the copy waits for a later record).
+    pub fn record(&self, vault: Option<&Vault>, kind: &str, details: serde_json::Value) -> Result<()> {
+        let opened;
+        let vault = match vault {
+            Some(v) => Some(v),
+            None => {
+                opened = self.open_vault().ok();
+                opened.as_ref()
+            }
+        };
+        crate::cmd::audit::record_in(&self.audit_dir, &self.keys, vault, kind, Some(&self.name), details)
     }
 }

@@ -158,6 +158,18 @@ fn agent_replicates_on_schedule_while_a_writer_writes() {
     );
     let (st, _) = status(home, "web");
     assert_eq!(st["agent"]["running"], false, "{st}");
+
+    // The agent's actions are on the audit trail, which verifies.
+    home.run_ok(&["audit", "verify"]);
+    let shown: Value = serde_json::from_slice(&home.run_ok(&["audit", "show", "--json", "--disk", "web"]).stdout).unwrap();
+    let kinds: Vec<&str> = shown.as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    let committed = kinds.iter().filter(|k| **k == "cycle.committed").count();
+    assert_eq!(kinds.first(), Some(&"protect"), "{kinds:?}");
+    assert_eq!(kinds.get(1), Some(&"agent.start"), "{kinds:?}");
+    let stop = kinds.iter().position(|k| *k == "agent.stop").unwrap_or_else(|| panic!("no agent.stop: {kinds:?}"));
+    assert!(kinds[stop..].iter().all(|k| *k != "cycle.committed"), "a cycle after the agent stopped: {kinds:?}");
+    assert!(kinds[stop + 1..].iter().all(|k| *k == "restore"), "{kinds:?}");
+    assert!(committed >= list.len(), "{} points but {committed} cycle.committed records: {kinds:?}", list.len());
 }
 
 #[test]

@@ -171,6 +171,11 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     });
     for s in served {
         s.control.stop();
+        if let Some(t) = &s.target {
+            if let Err(e) = t.record(None, "agent.stop", serde_json::json!({ "pid": std::process::id() })) {
+                log!("lifeboat agent: warning: {}: {e:#}", s.name);
+            }
+        }
         drop(s.target);
         let closed = match Arc::try_unwrap(s.disk) {
             Ok(disk) => disk.close().map_err(anyhow::Error::from),
@@ -224,6 +229,9 @@ fn open(home: &Home, name: &str) -> Result<(Served, Server)> {
     log!("lifeboat agent: {name}: serving on {}{rpo}", addrs.join(" "));
     let status_path = entry.status_path();
     status_file::update(&status_path, |st| st.agent_pid = Some(std::process::id()))?;
+    if let Some(t) = &target {
+        t.record(None, "agent.start", serde_json::json!({ "pid": std::process::id(), "listen": addrs, "rpo_seconds": t.settings.rpo_seconds }))?;
+    }
     Ok((Served { name: name.to_string(), disk, control, target, status_path }, server))
 }
 
@@ -251,7 +259,7 @@ fn schedule(t: &Target, disk: &Arc<Disk>, stop: &Stop, gc_every: Duration) {
         let result = t.cycle(&mut source, Some(&stop.flag), late_ms, &mut bar);
         let took = start.elapsed();
         match result {
-            Ok(r) => {
+            Ok((r, vault)) => {
                 failures = 0;
                 log!(
                     "lifeboat agent: {name}: point {} committed ({}): {} blocks read, {} new, {} bytes shipped in {:.1} s",
@@ -265,7 +273,7 @@ fn schedule(t: &Target, disk: &Arc<Disk>, stop: &Stop, gc_every: Duration) {
                 for w in &r.warnings {
                     log!("lifeboat agent: warning: {name}: {w}");
                 }
-                retention(t, &policy, gc_every, &mut last_gc);
+                retention(t, &vault, &policy, gc_every, &mut last_gc);
                 let delayed;
                 (due, delayed) = next_due(due, interval, Instant::now());
                 if delayed {
@@ -277,7 +285,7 @@ fn schedule(t: &Target, disk: &Arc<Disk>, stop: &Stop, gc_every: Duration) {
                     );
                 }
             }
-            Err(ShipError::Cancelled) => {
+            Err(e) if matches!(e.downcast_ref::<ShipError>(), Some(ShipError::Cancelled)) => {
                 log!(
                     "lifeboat agent: {name}: cycle cancelled after {:.1} s; its changes stay marked dirty",
                     took.as_secs_f64()
@@ -288,8 +296,9 @@ fn schedule(t: &Target, disk: &Arc<Disk>, stop: &Stop, gc_every: Duration) {
                 failures += 1;
                 let retry = Duration::from_secs(5u64 << failures.min(10).saturating_sub(1)).min(interval);
                 log!(
-                    "lifeboat agent: error: {name}: cycle failed: {e}; its changes stay marked dirty; \
+                    "lifeboat agent: error: {name}: cycle failed: {}; its changes stay marked dirty; \
                      retrying in {} s",
+                    crate::error_chain(&e),
                     retry.as_secs()
                 );
                 due = Instant::now() + retry;
@@ -313,10 +322,24 @@ fn next_due(due: Instant, interval: Duration, now: Instant) -> (Instant, bool) {
 /// Applies the disk's retention ladder after a committed cycle, and collects
 /// the vault's garbage when points were pruned and the last collection is
 /// older than `gc_every`.
-fn retention(t: &Target, policy: &vault::retention::Policy, gc_every: Duration, last_gc: &mut Option<Instant>) {
+fn retention(
+    t: &Target,
+    vault: &vault::Vault,
+    policy: &vault::retention::Policy,
+    gc_every: Duration,
+    last_gc: &mut Option<Instant>,
+) {
     let name = &t.name;
-    let pruned = match t.vault.prune(name, policy, now_ns()) {
-        Ok(r) => r.pruned.len(),
+    let pruned = match vault.prune(name, policy, now_ns()) {
+        Ok(r) => {
+            if !r.pruned.is_empty() {
+                let details = serde_json::json!({ "pruned": r.pruned, "kept": r.kept, "held": r.held, "by": "agent" });
+                if let Err(e) = t.record(Some(vault), "prune", details) {
+                    log!("lifeboat agent: warning: {name}: {e:#}");
+                }
+            }
+            r.pruned.len()
+        }
         Err(e) => {
             log!("lifeboat agent: warning: {name}: pruning old points failed: {e}; they are kept until the next try");
             return;
@@ -328,9 +351,16 @@ fn retention(t: &Target, policy: &vault::retention::Policy, gc_every: Duration, 
     if gc_every.is_zero() || last_gc.is_some_and(|at| at.elapsed() < gc_every) || (pruned == 0 && last_gc.is_some()) {
         return;
     }
-    match t.vault.gc(false) {
+    match vault.gc(false) {
         Ok(r) => {
             *last_gc = Some(Instant::now());
+            let details = serde_json::json!({
+                "packs_deleted": r.packs_deleted.len(), "pages_deleted": r.pages_deleted.len(),
+                "bytes_freed": r.pack_bytes_deleted + r.page_bytes_deleted, "by": "agent",
+            });
+            if let Err(e) = t.record(Some(vault), "gc", details) {
+                log!("lifeboat agent: warning: {name}: {e:#}");
+            }
             if !r.packs_deleted.is_empty() || !r.pages_deleted.is_empty() {
                 log!(
                     "lifeboat agent: {name}: garbage collection freed {} bytes ({} packs, {} pages)",

@@ -90,7 +90,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         if old.config.image != image {
             bail!("disk {:?} protects {}, not {}", a.name, old.config.image.display(), image.display());
         }
-        if replication.is_some() {
+        if let Some(r) = &replication {
+            audit_protect(home, &a.name, &image, a.block_size, r, "replication changed")?;
             old.config.replication = replication;
             println!(
                 "{}: replication set: vault {}, every {} s",
@@ -149,6 +150,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     } else {
         random_id()?
     };
+    if let Some(r) = &replication {
+        audit_protect(home, &a.name, &image, geometry.block_size.into(), r, if existing { "state reset" } else { "protected" })?;
+    }
     StateFile::create(&state, geometry, disk_id, suspect)?;
     let config = DiskConfig {
         image: image.clone(),
@@ -210,4 +214,15 @@ fn try_lock(f: &std::fs::File) -> bool {
     use std::os::unix::io::AsRawFd;
     // SAFETY: flock on a descriptor we own; the lock is released when `f` closes.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Records the protection (or its change) in the audit log of the disk's key.
+fn audit_protect(home: &Home, name: &str, image: &std::path::Path, block_size: u64, r: &Replication, what: &str) -> Result<()> {
+    let keys = keyfile::load(&r.key)?;
+    let vault = super::vault::open(&r.vault)?;
+    let details = serde_json::json!({
+        "what": what, "image": image, "block_size": block_size, "vault": r.vault, "rpo_seconds": r.rpo_seconds,
+        "retention": { "recent_seconds": r.retention.recent_seconds, "hourly": r.retention.hourly, "daily": r.retention.daily },
+    });
+    super::audit::record(home, &keys, Some(&vault), "protect", Some(name), details)
 }

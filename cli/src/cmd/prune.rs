@@ -47,6 +47,14 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
     let r = vault.prune(&a.name, &policy, now)?;
+    // Recorded under the disk's key when it is protected here (pruning needs no key).
+    if let Some(s) = home.disk(&a.name).ok().and_then(|e| e.config.replication.clone()) {
+        if !r.pruned.is_empty() {
+            let keys = crate::keyfile::load(&s.key)?;
+            let details = serde_json::json!({ "pruned": r.pruned, "kept": r.kept, "held": r.held, "by": "prune" });
+            super::audit::record(home, &keys, Some(&vault), "prune", Some(&a.name), details)?;
+        }
+    }
     println!(
         "{}: {} points kept, {} pruned{}; run `lifeboat vault gc {}` to free the space they alone used",
         a.name,

@@ -48,13 +48,15 @@ pub fn open(dir: &Path) -> Result<Vault> {
     Ok(Vault::open(Box::new(backend))?)
 }
 
-pub fn run(cmd: Command) -> Result<()> {
+pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
     match cmd {
         Command::Init { dir, key } => {
             let keys = keyfile::load(&key)?;
             let backend = LocalBackend::create(&dir)?;
             let v = Vault::init(Box::new(backend), &keys)?;
             println!("vault created in {} (accepts key {})", dir.display(), v.config().key_fingerprint);
+            let details = serde_json::json!({ "location": v.backend().location() });
+            super::audit::record(home, &keys, Some(&v), "vault.init", None, details)?;
             Ok(())
         }
         Command::Gc { dir, dry_run } => {
@@ -85,6 +87,14 @@ pub fn run(cmd: Command) -> Result<()> {
                 v.check_key(k)?;
             }
             let report = v.check(keys.as_ref(), &mut |what: &str| eprintln!("{what}"))?;
+            if let Some(k) = &keys {
+                // Reading every block is a use of the key: on record.
+                let details = serde_json::json!({
+                    "location": v.backend().location(), "points": report.roots,
+                    "blocks_verified": report.blocks_verified, "problems": report.problems.len(),
+                });
+                super::audit::record(home, k, Some(&v), "vault.check", None, details)?;
+            }
             println!(
                 "{} packs, {} pages, {} points checked{}",
                 report.packs,
