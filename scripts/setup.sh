@@ -4,6 +4,7 @@
 # run installs nothing and finishes in about a second.
 #
 #   scripts/setup.sh            packages for build + tests + vm-tests + benches
+#                               (restic, borgbackup, rsync: benches/replicate-bench.sh)
 #
 # Environment:
 #   LIFEBOAT_CACHE   where the unpacked guest kernel lives (default: .cache/ in the repo)
@@ -19,7 +20,9 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # Packages from bookworm itself.
 # python3-libnbd gives nbdsh (run as PATH=/usr/bin:$PATH nbdsh: the python3 first
 # on PATH may be another interpreter without the nbd module).
-base_pkgs=(libnbd-bin python3-libnbd nbdkit fio busybox-static cpio e2fsprogs gzip iproute2 python3)
+# restic, borgbackup, rsync: the peers of benches/replicate-bench.sh.
+base_pkgs=(libnbd-bin python3-libnbd nbdkit fio busybox-static cpio e2fsprogs gzip iproute2 python3
+  restic borgbackup rsync)
 # QEMU must come from bookworm-backports: bookworm's qemu-system-x86 7.2 would
 # replace the backports qemu-utils 10.x (qemu-img, qemu-io, qemu-nbd) with 7.2.
 bpo_pkgs=(qemu-system-x86 qemu-utils)
