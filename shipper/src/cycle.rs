@@ -1,10 +1,10 @@
 //! One replication cycle, from cut to committed point.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use disk_format::ids::{BlockId, RootId};
+use disk_format::ids::{BlockId, PageId, RootId};
 use disk_format::keys::Keys;
 use disk_format::map_page::MapBuilder;
 use disk_format::pack::PackWriter;
@@ -290,13 +290,26 @@ fn ship(
     for (id, index) in &new_packs {
         known.add_pack(id, index);
     }
-    let built = map.finish(|id| vault.get_page(id).map_err(ShipError::from))?;
-    for (id, bytes) in &built.new_pages {
-        if !vault.has_page(id)? {
-            vault.put_page(id, bytes)?;
-            report.bytes_shipped += bytes.len() as u64;
-            report.pages += 1;
+    // The previous pages this point changes, fetched together (vault/src/par.rs).
+    let wanted = map.pages_to_load();
+    let fetched = vault::par::map(&wanted, |(_, id)| vault.get_page(id).map(|b| (*id, b)))?;
+    let mut fetched: HashMap<PageId, Vec<u8>> = fetched.into_iter().collect();
+    let built = map.finish(|id| match fetched.remove(id) {
+        Some(bytes) => Ok(bytes),
+        None => vault.get_page(id).map_err(ShipError::from),
+    })?;
+    // New pages are stored together too; each put is durable on its own, and
+    // the root that names them is written only after all have returned.
+    let stored = vault::par::map(&built.new_pages, |(id, bytes)| {
+        if vault.has_page(id)? {
+            return Ok(0);
         }
+        vault.put_page(id, bytes)?;
+        Ok::<_, vault::VaultError>(bytes.len() as u64)
+    })?;
+    for n in stored.into_iter().filter(|&n| n > 0) {
+        report.bytes_shipped += n;
+        report.pages += 1;
     }
     Ok((report, built.pages))
 }

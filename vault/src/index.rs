@@ -185,13 +185,15 @@ impl Vault {
     /// [`Vault::check`]).
     pub fn block_index(&self) -> Result<BlockIndex, VaultError> {
         let mut index = BlockIndex::new();
-        for name in self.backend().list(Kind::Pack, "")? {
-            let Some(id) = PackId::from_hex(&name) else {
-                index.note_unreadable(name, "not a pack name (64 hex digits)".to_string());
-                continue;
-            };
-            match read_pack_tail(self.backend(), &name)? {
-                Ok(tail) => index.add_pack(&id, &tail.index),
+        let names = self.backend().list(Kind::Pack, "")?;
+        // The packs' tails are independent small reads: fetch them together.
+        let tails = crate::par::map(&names, |name| match PackId::from_hex(name) {
+            None => Ok(Err("not a pack name (64 hex digits)".to_string())),
+            Some(id) => read_pack_tail(self.backend(), name).map(|r| r.map(|tail| (id, tail))),
+        })?;
+        for (name, tail) in names.into_iter().zip(tails) {
+            match tail {
+                Ok((id, tail)) => index.add_pack(&id, &tail.index),
                 Err(detail) => index.note_unreadable(name, detail),
             }
         }

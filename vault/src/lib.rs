@@ -28,6 +28,7 @@ pub mod gc;
 pub mod index;
 pub mod lease;
 pub mod local;
+pub mod par;
 pub mod restore;
 pub mod retention;
 pub mod store;
