@@ -136,10 +136,25 @@ pub fn run_cycle(
         Err(e) => return Err(e.into()),
     };
     let reuse = previous.as_ref().filter(|r| r.geometry == geometry);
-    let full = reuse.is_none() || source.suspect()?;
-    let info = source.cut(if full { CutKind::Full } else { CutKind::Dirty })?;
-    let cut_time_ns = (opts.clock)();
-    let shipped = ship(source, vault, keys, opts, geometry, reuse, full, progress);
+    let mut full = reuse.is_none() || source.suspect()?;
+    let mut info = source.cut(if full { CutKind::Full } else { CutKind::Dirty })?;
+    let mut cut_time_ns = (opts.clock)();
+    // A full cycle sets every block: it never needs the previous map.
+    let mut shipped = ship(source, vault, keys, opts, geometry, reuse.filter(|_| !full), full, progress);
+    if let Err(e) = &shipped {
+        if !full && previous_map_unusable(e) {
+            // Building on a damaged map would fail every cycle from now on
+            // (found by the simulation, seed 993): verify the whole disk instead.
+            warnings.push(format!(
+                "{e}; the previous point's map cannot be built on, so this cycle reads and verifies the whole disk"
+            ));
+            source.abort()?;
+            full = true;
+            info = source.cut(CutKind::Full)?;
+            cut_time_ns = (opts.clock)();
+            shipped = ship(source, vault, keys, opts, geometry, None, true, progress);
+        }
+    }
     let (mut report, pages) = match shipped {
         Ok(r) => r,
         Err(e) => {
@@ -191,6 +206,16 @@ pub fn run_cycle(
     report.warnings = warnings;
     report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
+}
+
+/// The error says the previous point's map pages are missing or damaged.
+fn previous_map_unusable(e: &ShipError) -> bool {
+    match e {
+        ShipError::Page(_) => true,
+        ShipError::Vault(vault::VaultError::Damaged { .. }) => true,
+        ShipError::Vault(vault::VaultError::NotFound { kind, .. }) => *kind == vault::Kind::Page,
+        _ => false,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

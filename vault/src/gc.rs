@@ -43,7 +43,8 @@
 //! root is durable, so every object it reuses or writes is named by a root
 //! before any GC can start. Crashed holders: a lease is ignored (and removed)
 //! only when it is provably stale — same host, and its process is gone or the
-//! host rebooted ([`crate::lease`]); a lease from a crashed process on
+//! host rebooted, or it is this process's own and no longer held (a failed
+//! delete) ([`crate::lease`]); a lease from a crashed process on
 //! another host blocks GC until an operator breaks it ([`Vault::break_lease`]).
 //!
 //! Restores and prune: a restore holds its point ([`Vault::hold`]) before it

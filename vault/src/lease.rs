@@ -37,11 +37,23 @@
 //! is **live**: when unsure, keep. Such a lease is removed by the operator
 //! ([`Vault::break_lease`]) once they know its holder is gone.
 //!
+//! A lease written by **this very process** (same machine, boot, pid and
+//! start time) is live only while this process still holds it: a [`Hold`]
+//! that was dropped, or a take whose put failed after the object landed,
+//! may leave its object behind when the delete fails (a transient backend
+//! error). Without this rule such a lease would look live for as long as the
+//! process runs — in a long-running agent, one failed delete of a GC lease
+//! would refuse every later cycle of every disk, and one of a cycle lease
+//! every later GC, until a restart. The process keeps the names of the leases
+//! it holds (a process-wide set), so it can tell.
+//!
 //! No timestamp is trusted for staleness: file times are not read at all
 //! (a backend's mtime or atime says nothing reliable, see STYLE.md), and
 //! `created_ns` is only shown in messages.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backend::Kind;
@@ -49,6 +61,20 @@ use crate::error::VaultError;
 use crate::store::{check_disk, root_name, Vault};
 
 const MAGIC_LINE: &str = "lifeboat lease v1";
+
+/// Names of the leases this process holds now: registered before the lease
+/// is written, removed once its [`Hold`] is released or dropped. (Lease names
+/// end in 64 random bits, so names from different vaults do not collide.)
+static HELD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn held() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether this process holds lease `name` now.
+fn held_here(name: &str) -> bool {
+    held().contains(name)
+}
 
 /// What a lease protects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,11 +187,16 @@ impl Hold<'_> {
         &self.name
     }
 
-    /// Removes the lease now, reporting a failure (dropping ignores it: a
-    /// lease left behind is stale once this process is gone).
+    /// Removes the lease now, reporting a failure (dropping ignores it). A
+    /// lease left behind by a failed delete is stale from then on: this
+    /// process no longer holds it (see the module documentation).
     pub fn release(mut self) -> Result<(), VaultError> {
         self.released = true;
-        match self.vault.backend().delete(Kind::Lease, &self.name) {
+        let deleted = self.vault.backend().delete(Kind::Lease, &self.name);
+        // Deleted or not, this process no longer holds it: a leftover object
+        // is stale from now on (see the module documentation).
+        held().remove(&self.name);
+        match deleted {
             Ok(()) | Err(VaultError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -176,6 +207,7 @@ impl Drop for Hold<'_> {
     fn drop(&mut self) {
         if !self.released {
             let _ = self.vault.backend().delete(Kind::Lease, &self.name);
+            held().remove(&self.name);
         }
     }
 }
@@ -271,7 +303,9 @@ fn decode(body: &[u8]) -> Result<Holder, String> {
 }
 
 /// Whether `h`'s process is provably gone, judged from this host.
-fn liveness(h: &Holder, me: &Me) -> Liveness {
+/// `held_here`: this process holds the lease now (only consulted when the
+/// lease names this very process).
+fn liveness(h: &Holder, me: &Me, held_here: bool) -> Liveness {
     let Some(machine) = &me.machine else { return Liveness::Live };
     if h.machine.is_empty() || h.machine != *machine {
         return Liveness::Live; // another host (or one that cannot say): cannot tell
@@ -291,6 +325,10 @@ fn liveness(h: &Holder, me: &Me) -> Liveness {
         Some(start) if start != h.start => {
             Liveness::Stale(format!("process {} on host {} is another process now (pid reused)", h.pid, h.host))
         }
+        Some(_) if h.pid == me.pid && !held_here => Liveness::Stale(format!(
+            "process {} on host {} (this process) no longer holds it; its release failed",
+            h.pid, h.host
+        )),
         Some(_) => Liveness::Live,
     }
 }
@@ -321,7 +359,14 @@ impl Vault {
     /// Writes a new lease under `prefix` (a `/`-terminated lease name prefix).
     fn take_lease(&self, prefix: &str, holder: &str) -> Result<Hold<'_>, VaultError> {
         let name = format!("{prefix}{}", token()?);
-        self.backend().put(Kind::Lease, &name, encode(holder, &me()).as_bytes())?;
+        // Registered before it is written, so that no lister in this process
+        // ever judges it stale while it is being taken.
+        held().insert(name.clone());
+        if let Err(e) = self.backend().put(Kind::Lease, &name, encode(holder, &me()).as_bytes()) {
+            // The object may have landed all the same: unregistered, it is stale.
+            held().remove(&name);
+            return Err(e);
+        }
         Ok(Hold { vault: self, name, released: false })
     }
 
@@ -349,7 +394,7 @@ impl Vault {
             };
             let holder = decode(&body);
             let liveness = match &holder {
-                Ok(h) => liveness(h, &me),
+                Ok(h) => liveness(h, &me, held_here(&name)),
                 Err(_) => Liveness::Live,
             };
             out.push(LeaseInfo { name, purpose, holder, liveness });
@@ -450,7 +495,7 @@ mod tests {
         let h = decode(encode("restore\nx", &me).as_bytes()).unwrap();
         assert_eq!(h.holder, "restore x");
         assert_eq!(h.pid, std::process::id());
-        assert_eq!(liveness(&h, &me), Liveness::Live);
+        assert_eq!(liveness(&h, &me, true), Liveness::Live);
         assert!(decode(b"lifeboat lease v1\nholder=x\n").is_err());
         assert!(decode(b"garbage").is_err());
     }
@@ -463,16 +508,20 @@ mod tests {
         }
         let mut h = decode(encode("restore", &me).as_bytes()).unwrap();
         h.pid = u32::MAX - 1; // no such process
-        assert!(matches!(liveness(&h, &me), Liveness::Stale(_)));
+        assert!(matches!(liveness(&h, &me, true), Liveness::Stale(_)));
         let mut h2 = decode(encode("restore", &me).as_bytes()).unwrap();
         h2.start += 1;
-        assert!(matches!(liveness(&h2, &me), Liveness::Stale(_)));
+        assert!(matches!(liveness(&h2, &me, true), Liveness::Stale(_)));
         let mut h3 = decode(encode("restore", &me).as_bytes()).unwrap();
         h3.boot = "another-boot".into();
-        assert!(matches!(liveness(&h3, &me), Liveness::Stale(_)));
+        assert!(matches!(liveness(&h3, &me, true), Liveness::Stale(_)));
         let mut h4 = h.clone();
         h4.machine = "another-machine".into();
-        assert_eq!(liveness(&h4, &me), Liveness::Live);
+        assert_eq!(liveness(&h4, &me, true), Liveness::Live);
+        // This very process wrote it but no longer holds it (its delete failed).
+        let mine = decode(encode("shipper", &me).as_bytes()).unwrap();
+        assert!(matches!(liveness(&mine, &me, false), Liveness::Stale(_)));
+        assert_eq!(liveness(&mine, &me, true), Liveness::Live);
     }
 
     #[test]
