@@ -16,7 +16,9 @@
 //! ([`Disk::read_cut_block`]) gets the copy if there is one and the image
 //! otherwise; the per-block stripe lock makes "copy or read" atomic against a
 //! concurrent writer. Reading a block releases it: later writes to it skip the
-//! copy.
+//! copy. A reader in the same process may also read cut blocks straight from
+//! the image without any lock and then check, per block, that no writer got
+//! there first ([`Disk::validate_direct_read`], which says why that is safe).
 //!
 //! [`Disk::finish_cut`] ends a cut whose point is safely stored (the cut bits
 //! are dropped); [`Disk::abort_cut`] ends one that was not (the cut bits go
@@ -267,6 +269,79 @@ impl Disk {
             return Err(FilterError::NotInCut(b));
         }
         Ok(())
+    }
+
+    /// The disk image's path (for messages).
+    pub fn image_path(&self) -> &Path {
+        &self.paths.image
+    }
+
+    /// Opens the image once more, read-only, for a reader that reads cut
+    /// blocks straight from it ([`Disk::validate_direct_read`]), with
+    /// `O_DIRECT` if `direct`. It is the very file this `Disk` has open
+    /// (reopened through `/proc/self/fd`, so a path renamed or replaced since
+    /// cannot substitute another file); without `/proc`, the image's path.
+    /// A filesystem that refuses `O_DIRECT` fails with `EINVAL`: the caller
+    /// opens again without it.
+    pub fn reopen_image(&self, direct: bool) -> io::Result<File> {
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", self.image.as_raw_fd()));
+        match opts.open(proc_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => opts.open(&self.paths.image),
+            other => other,
+        }
+    }
+
+    /// The optimistic half of reading a cut block without a lock: a reader
+    /// that has read block `b` of cut `generation` straight from the image
+    /// (from [`Disk::reopen_image`], by any means, buffered or `O_DIRECT`)
+    /// calls this *after that read has completed* (and must have issued the
+    /// read after [`Disk::cut`] returned `generation`). `Ok(true)`: the bytes read
+    /// are the block as at the cut, and the block is released (as
+    /// [`Disk::read_cut_block`] would release it). `Ok(false)`: a writer
+    /// overwrote the block meanwhile, so the bytes read may be anything; its
+    /// cut-time contents were copied aside first, and the reader gets them
+    /// with [`Disk::read_cut_block`]. Errors as `read_cut_block`: no cut, a
+    /// different cut (the one read for ended), a block outside the cut.
+    ///
+    /// **Why checking after the read is enough.** The cut sets `b`'s preserve
+    /// bit with the gate held exclusively, so every write that began before
+    /// the cut has completed (its data is in the image or the page cache) and
+    /// every later write to `b` runs `copy_aside(b)` before it writes the
+    /// image. `copy_aside` clears the bit under `b`'s stripe lock and the
+    /// image write is issued only after it returns; trims and write-zeroes
+    /// take the same path. So "the bit is still set" at a moment T means no
+    /// write to `b` after the cut has been *issued* before T. This check runs
+    /// under the same stripe lock, after the read completed: if it finds the
+    /// bit set, no post-cut write was issued before the read finished, hence
+    /// none overlapped it, and the bytes read are exactly the cut-time bytes.
+    /// Clearing the bit under the lock then releases the block: a writer that
+    /// takes the lock after us sees the bit clear and skips the copy, and its
+    /// data write is issued after our read completed. If the bit is clear, a
+    /// writer got the lock first and left a copy in the scratch file (the
+    /// read may have been torn; it is discarded). The mutex orders the bit
+    /// operations between threads; the kernel orders the I/O: a buffered read
+    /// copies from the page cache, and an `O_DIRECT` read first writes back
+    /// and waits on the dirty page-cache pages in its range
+    /// (`filemap_write_and_wait_range`), so a pre-cut buffered write is seen
+    /// by either kind of read. The generation check (under the gate, which
+    /// `cut`, `finish_cut` and `abort_cut` hold exclusively) makes sure the
+    /// bit tested is the one set by the cut the reader started from, not by a
+    /// later cut after writes the reader may have half seen.
+    pub fn validate_direct_read(&self, generation: u64, b: u64) -> Result<bool, FilterError> {
+        if b >= self.geometry.block_count {
+            return Err(FilterError::NotInCut(b));
+        }
+        let _gate = self.gate.read().expect("gate lock");
+        if !self.cutting.load(Ordering::Acquire) || self.cut_in_progress() != Some(generation) {
+            return Err(FilterError::NoCut);
+        }
+        let _copies = self.stripe(b).lock().expect("stripe lock");
+        Ok(self.preserve_map().clear(b))
     }
 
     fn end_cut(&self, keep_bits: bool) -> Result<u64, FilterError> {

@@ -1,41 +1,54 @@
 //! The cycle's data path: a reader, hashing/sealing workers and one writer,
 //! joined by bounded channels, with block buffers from a fixed pool.
 //!
-//! A buffer is taken from the pool by the reader, filled with one block's
-//! plaintext at offset `NONCE_LEN`, hashed and sealed in place by a worker
-//! (the blob is then `buf[..blob_len]`), consumed by the writer, and returned
-//! to the pool: no block is copied between stages. When the writer stops (it
-//! finished or failed) it drops the pool's only sender, the reader's next
-//! take fails, and everything winds down without deadlock.
+//! A buffer ([`BlockBuf`]: 4096-aligned data with room for the nonce before
+//! it and the tag after it) is taken from the pool by the reader and filled
+//! with one block's plaintext, hashed and sealed in place by a worker (the
+//! blob is then `buf[..blob_len]`), consumed by the writer, and returned to
+//! the pool. When the writer stops (it finished or failed) it drops the
+//! pool's only sender, the reader's next take fails, and everything winds
+//! down without deadlock.
+//!
+//! How the reader fills a buffer depends on the source. A cut open in this
+//! process ([`CutSource::direct`], a `LocalSource`) is read by the read
+//! engine straight into the buffer (io_uring, O_DIRECT where it can, many
+//! reads in flight; pread where io_uring is unavailable), and each block is
+//! then validated with the disk ([`filter::Disk::validate_direct_read`]); a
+//! block a writer overwrote meanwhile is read again from its copy, into the
+//! same buffer. No block is copied between stages. Any other source
+//! ([`CutSource::read`], over the filter's control socket) arrives in
+//! batches and is copied once into the buffers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use disk_format::ids::BlockId;
-use disk_format::keys::{Keys, NONCE_LEN, SEAL_OVERHEAD};
+use disk_format::keys::{Keys, NONCE_LEN};
 use disk_format::Geometry;
 use vault::BlockIndex;
 
+use crate::engine::{default_depth, BlockBuf, BlockPool, Done, Engine, EngineChoice, EngineKind};
 use crate::error::ShipError;
-use crate::source::CutSource;
+use crate::source::{CutSource, DirectCut};
 
-/// Bytes the reader asks the source for at once.
+/// Bytes the reader asks a copying source for at once, and between progress
+/// reports.
 const READ_BATCH: u64 = 8 << 20;
 
 /// One block after the workers.
 pub(crate) enum Sealed {
     /// All zero: not stored.
-    Zero { index: u64, buf: Vec<u8> },
+    Zero { index: u64, buf: BlockBuf },
     /// The vault already holds a block with this id.
-    Known { index: u64, id: BlockId, buf: Vec<u8> },
+    Known { index: u64, id: BlockId, buf: BlockBuf },
     /// New data: `buf[..blob_len]` is the sealed blob.
-    New { index: u64, id: BlockId, buf: Vec<u8>, blob_len: usize },
+    New { index: u64, id: BlockId, buf: BlockBuf, blob_len: usize },
 }
 
 struct Plain {
     index: u64,
     len: usize,
-    buf: Vec<u8>,
+    buf: BlockBuf,
 }
 
 /// What the pipeline reads and how.
@@ -50,8 +63,20 @@ pub(crate) struct Job<'a> {
     pub known: &'a BlockIndex,
     /// Hashing and sealing threads.
     pub workers: usize,
-    /// Checked between read batches: set, the pipeline stops with `Cancelled`.
+    /// Checked between reads: set, the pipeline stops with `Cancelled`.
     pub cancel: Option<&'a AtomicBool>,
+}
+
+/// How the blocks were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ReadStats {
+    /// The read engine, for a source read directly (`None`: copied from
+    /// [`CutSource::read`]).
+    pub engine: Option<EngineKind>,
+    /// Reads bypassed the page cache.
+    pub direct: bool,
+    /// Blocks a writer overwrote during the cycle, read from their copies.
+    pub from_copies: u64,
 }
 
 /// Reads every block of the job's runs from `source`, seals what the vault
@@ -62,72 +87,192 @@ pub(crate) fn run(
     job: &Job<'_>,
     sink: &mut (dyn FnMut(&Sealed) -> Result<(), ShipError> + Send),
     progress: &mut dyn FnMut(u64),
-) -> Result<(), ShipError> {
+) -> Result<ReadStats, ShipError> {
     let Job { runs, geometry, keys, known, workers, cancel } = *job;
     let bs = geometry.block_size as usize;
-    let pool_size = 8 * workers.max(1) + 8;
-    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(pool_size);
-    for _ in 0..pool_size {
-        pool_tx.send(vec![0u8; bs + SEAL_OVERHEAD]).expect("pool has room");
+    let workers = workers.max(1);
+    let choice = if source.direct().is_some() { Some(EngineChoice::from_env()?) } else { None };
+    let depth = match choice {
+        None => 0,
+        Some(EngineChoice::Sync) => 1,
+        Some(_) => default_depth(bs),
+    };
+    let pool_size = depth + 8 * workers + 8;
+    let (pool, bufs) = BlockPool::new(bs, pool_size).map_err(ShipError::Source)?;
+    let mut from = match (choice, source.direct()) {
+        (Some(choice), Some(cut)) => {
+            let reopen = |direct: bool| cut.disk.reopen_image(direct);
+            let engine = Engine::open(choice, cut.disk.image_path(), &reopen, &pool, depth)?;
+            ReadFrom::Direct(cut, engine)
+        }
+        _ => ReadFrom::Copy(source),
+    };
+    let (pool_tx, pool_rx) = bounded::<BlockBuf>(pool_size);
+    for buf in bufs {
+        pool_tx.send(buf).expect("pool has room");
     }
     let (work_tx, work_rx) = bounded::<Plain>(pool_size);
     let (done_tx, done_rx) = bounded::<Result<Sealed, ShipError>>(pool_size);
 
     std::thread::scope(|s| {
-        for _ in 0..workers.max(1) {
+        // Named, so that profiles and `top -H` tell the stages apart.
+        let named = |name: &str| std::thread::Builder::new().name(name.to_string());
+        for n in 0..workers {
             let (rx, tx) = (work_rx.clone(), done_tx.clone());
-            s.spawn(move || seal_worker(&rx, &tx, keys, known));
+            let _ = named(&format!("ship-seal-{n}"))
+                .spawn_scoped(s, move || seal_worker(&rx, &tx, keys, known))
+                .expect("spawning a sealing thread");
         }
         drop((work_rx, done_tx));
-        let writer = s.spawn(move || write_all(&done_rx, pool_tx, sink));
-        let read = read_all(source, runs, geometry, cancel, &pool_rx, work_tx, progress);
+        let writer = named("ship-write")
+            .spawn_scoped(s, move || write_all(&done_rx, pool_tx, sink))
+            .expect("spawning the writing thread");
+        let mut stats = ReadStats::default();
+        let reader = Reader { runs, geometry, cancel, pool: &pool_rx, work: work_tx, progress };
+        let read = match &mut from {
+            ReadFrom::Direct(cut, engine) => {
+                stats.engine = Some(engine.kind());
+                stats.direct = engine.direct();
+                reader.direct(*cut, engine, &mut stats.from_copies)
+            }
+            ReadFrom::Copy(source) => reader.copying(&mut **source),
+        };
+        // Reads still in flight after an error finish here (the engine waits
+        // for them), before the workers are joined.
+        drop(from);
         let written = writer.join().map_err(|_| ShipError::Panic)?;
         // A writer error is the cause; a read error after it is its echo.
-        written.and(read)
+        written.and(read).map(|()| stats)
     })
 }
 
-fn read_all(
-    source: &mut dyn CutSource,
-    runs: &[(u64, u64)],
+/// Where the reader gets the blocks.
+enum ReadFrom<'s> {
+    /// Straight from the image, with a read engine.
+    Direct(DirectCut<'s>, Engine),
+    /// Copied from [`CutSource::read`].
+    Copy(&'s mut dyn CutSource),
+}
+
+struct Reader<'a, 'p> {
+    runs: &'a [(u64, u64)],
     geometry: Geometry,
-    cancel: Option<&AtomicBool>,
-    pool: &Receiver<Vec<u8>>,
+    cancel: Option<&'a AtomicBool>,
+    pool: &'a Receiver<BlockBuf>,
     work: Sender<Plain>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<(), ShipError> {
-    let per = (READ_BATCH / u64::from(geometry.block_size)).max(1);
-    let mut chunk = Vec::with_capacity(usize::try_from(READ_BATCH).expect("8 MiB") + geometry.block_size as usize);
-    for &(first, count) in runs {
-        let mut at = first;
-        while at < first + count {
-            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(ShipError::Cancelled);
-            }
-            let n = per.min(first + count - at);
-            chunk.clear();
-            source.read(at, n, &mut chunk)?;
-            let mut off = 0;
-            for b in at..at + n {
-                let len = geometry.block_len(b);
-                let Ok(mut buf) = pool.recv() else { return Ok(()) }; // the writer stopped
-                buf[NONCE_LEN..NONCE_LEN + len].copy_from_slice(&chunk[off..off + len]);
-                off += len;
-                if work.send(Plain { index: b, len, buf }).is_err() {
-                    return Ok(());
-                }
-            }
-            progress(off as u64);
-            at += n;
-        }
+    progress: &'p mut dyn FnMut(u64),
+}
+
+impl Reader<'_, '_> {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
     }
-    Ok(())
+
+    /// Reads through `source.read` in batches, copying each block into a
+    /// pool buffer.
+    fn copying(self, source: &mut dyn CutSource) -> Result<(), ShipError> {
+        let Reader { runs, geometry, pool, work, progress, .. } = self;
+        let per = (READ_BATCH / u64::from(geometry.block_size)).max(1);
+        let mut chunk = Vec::with_capacity(usize::try_from(READ_BATCH).expect("8 MiB") + geometry.block_size as usize);
+        for &(first, count) in runs {
+            let mut at = first;
+            while at < first + count {
+                if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    return Err(ShipError::Cancelled);
+                }
+                let n = per.min(first + count - at);
+                chunk.clear();
+                source.read(at, n, &mut chunk)?;
+                let mut off = 0;
+                for b in at..at + n {
+                    let len = geometry.block_len(b);
+                    let Ok(mut buf) = pool.recv() else { return Ok(()) }; // the writer stopped
+                    buf.data_mut()[..len].copy_from_slice(&chunk[off..off + len]);
+                    off += len;
+                    if work.send(Plain { index: b, len, buf }).is_err() {
+                        return Ok(());
+                    }
+                }
+                progress(off as u64);
+                at += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads with `engine` straight into pool buffers, validating each block
+    /// with the disk; counts the blocks read from their copies instead.
+    fn direct(self, cut: DirectCut<'_>, engine: &mut Engine, from_copies: &mut u64) -> Result<(), ShipError> {
+        let geometry = self.geometry;
+        let mut blocks = self.runs.iter().flat_map(|&(first, count)| first..first + count);
+        let mut next = blocks.next();
+        let mut done: Vec<Done> = Vec::with_capacity(engine.capacity());
+        let mut unreported = 0u64;
+        loop {
+            // Fill the engine while it has room and the pool has buffers.
+            while let Some(b) = next {
+                if engine.in_flight() >= engine.capacity() {
+                    break;
+                }
+                if self.cancelled() {
+                    return Err(ShipError::Cancelled);
+                }
+                let buf = match self.pool.try_recv() {
+                    Ok(buf) => buf,
+                    // Reads in flight will finish and free buffers downstream.
+                    Err(TryRecvError::Empty) if engine.in_flight() > 0 => break,
+                    Err(TryRecvError::Empty) => match self.pool.recv() {
+                        Ok(buf) => buf,
+                        Err(_) => return Ok(()), // the writer stopped
+                    },
+                    Err(TryRecvError::Disconnected) => return Ok(()),
+                };
+                let range = geometry.block_range(b);
+                if engine.push(b, range.start, geometry.block_len(b), buf).is_err() {
+                    unreachable!("the engine had room and the block fits the buffer");
+                }
+                next = blocks.next();
+            }
+            if engine.in_flight() == 0 {
+                break; // every block was pushed and reaped
+            }
+            engine.reap(true, &mut done)?;
+            for Done { block, len, mut buf, result } in done.drain(..) {
+                result?;
+                if !cut.disk.validate_direct_read(cut.generation, block)? {
+                    // A writer overwrote it while (or before) we read it: the
+                    // cut-time contents are in its copy.
+                    cut.disk.read_cut_block(block, &mut buf.data_mut()[..len])?;
+                    *from_copies += 1;
+                }
+                if self.work.send(Plain { index: block, len, buf }).is_err() {
+                    return Ok(()); // the workers stopped: the writer failed
+                }
+                unreported += len as u64;
+            }
+            if unreported >= READ_BATCH {
+                (self.progress)(unreported);
+                unreported = 0;
+            }
+        }
+        if unreported > 0 {
+            (self.progress)(unreported);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `data` is all zero (word-wide, so it vectorizes).
+fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    let tail_zero = chunks.remainder().iter().all(|&b| b == 0);
+    tail_zero && chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 fn seal_worker(rx: &Receiver<Plain>, tx: &Sender<Result<Sealed, ShipError>>, keys: &Keys, known: &BlockIndex) {
     for Plain { index, len, mut buf } in rx {
         let plain = &buf[NONCE_LEN..NONCE_LEN + len];
-        let out = if plain.iter().all(|&b| b == 0) {
+        let out = if is_zero(plain) {
             Ok(Sealed::Zero { index, buf })
         } else {
             let id = keys.block_id(plain);
@@ -148,7 +293,7 @@ fn seal_worker(rx: &Receiver<Plain>, tx: &Sender<Result<Sealed, ShipError>>, key
 
 fn write_all(
     rx: &Receiver<Result<Sealed, ShipError>>,
-    pool: Sender<Vec<u8>>,
+    pool: Sender<BlockBuf>,
     sink: &mut (dyn FnMut(&Sealed) -> Result<(), ShipError> + Send),
 ) -> Result<(), ShipError> {
     for item in rx {
@@ -160,4 +305,24 @@ fn write_all(
         let _ = pool.send(buf);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_check_sees_every_byte() {
+        for len in [0usize, 1, 63, 64, 65, 4096, 65536 - 1000] {
+            let mut v = vec![0u8; len];
+            assert!(is_zero(&v));
+            for i in [0, len / 2, len.saturating_sub(1)] {
+                if i < len {
+                    v[i] = 1;
+                    assert!(!is_zero(&v), "len {len}, byte {i}");
+                    v[i] = 0;
+                }
+            }
+        }
+    }
 }

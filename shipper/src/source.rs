@@ -1,4 +1,12 @@
 //! Where a cycle gets its cut: the running filter, or the image directly.
+//!
+//! A [`LocalSource`] also offers its cut for *direct* reads ([`CutSource::direct`]):
+//! the pipeline reads the cut blocks straight from the image with its read
+//! engine (io_uring, O_DIRECT, into the pool's buffers) and then asks the
+//! disk, per block, whether a writer got there first
+//! ([`Disk::validate_direct_read`], which argues why that is safe); if one
+//! did, the block's copy is read instead. A [`RemoteSource`] has no direct
+//! path: its blocks come over the control socket.
 
 use std::io;
 use std::sync::Arc;
@@ -9,6 +17,16 @@ use filter::disk::DiskPaths;
 use filter::{CutInfo, CutKind, Disk};
 
 use crate::error::ShipError;
+
+/// A cut whose blocks can be read straight from the image, in this process.
+#[derive(Clone, Copy)]
+pub struct DirectCut<'a> {
+    /// The disk, for [`Disk::reopen_image`], [`Disk::validate_direct_read`]
+    /// and the fallback [`Disk::read_cut_block`].
+    pub disk: &'a Disk,
+    /// The cut's generation.
+    pub generation: u64,
+}
 
 /// A disk that can be cut and read as at the cut.
 pub trait CutSource {
@@ -27,6 +45,12 @@ pub trait CutSource {
     fn finish(&mut self, verified: bool) -> Result<(), ShipError>;
     /// Ends the cut without a point: its blocks stay dirty.
     fn abort(&mut self) -> Result<(), ShipError>;
+    /// The cut in progress, if its blocks can be read straight from the
+    /// image instead of with [`CutSource::read`] (a disk open in this
+    /// process). Default: no.
+    fn direct(&self) -> Option<DirectCut<'_>> {
+        None
+    }
 }
 
 /// The filter serving the disk, over its control socket.
@@ -74,17 +98,19 @@ impl CutSource for RemoteSource {
 /// the agent serves over NBD in the same process.
 pub struct LocalSource {
     disk: Arc<Disk>,
+    /// Generation of the cut this source made, while it is in progress.
+    generation: Option<u64>,
 }
 
 impl LocalSource {
     /// Opens and locks the disk.
     pub fn open(paths: DiskPaths) -> Result<LocalSource, ShipError> {
-        Ok(LocalSource { disk: Arc::new(Disk::open(paths)?) })
+        Ok(LocalSource { disk: Arc::new(Disk::open(paths)?), generation: None })
     }
 
     /// Cuts a disk this process already has open (and may be serving).
     pub fn shared(disk: Arc<Disk>) -> LocalSource {
-        LocalSource { disk }
+        LocalSource { disk, generation: None }
     }
 
     fn disk(&self) -> &Disk {
@@ -109,7 +135,9 @@ impl CutSource for LocalSource {
         Ok(self.disk().state().header().flags.suspect)
     }
     fn cut(&mut self, kind: CutKind) -> Result<CutInfo, ShipError> {
-        Ok(self.disk().cut(kind)?)
+        let info = self.disk().cut(kind)?;
+        self.generation = Some(info.generation);
+        Ok(info)
     }
     fn blocks(&mut self) -> Result<Vec<u64>, ShipError> {
         Ok(self.disk().cut_blocks()?)
@@ -124,6 +152,7 @@ impl CutSource for LocalSource {
         Ok(())
     }
     fn finish(&mut self, verified: bool) -> Result<(), ShipError> {
+        self.generation = None;
         self.disk().finish_cut()?;
         if verified {
             self.disk().state().clear_suspect()?;
@@ -131,7 +160,11 @@ impl CutSource for LocalSource {
         Ok(())
     }
     fn abort(&mut self) -> Result<(), ShipError> {
+        self.generation = None;
         self.disk().abort_cut()?;
         Ok(())
+    }
+    fn direct(&self) -> Option<DirectCut<'_>> {
+        Some(DirectCut { disk: self.disk(), generation: self.generation? })
     }
 }
