@@ -7,7 +7,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use disk_format::ids::{BlockId, PageId, RootId};
 use disk_format::keys::Keys;
 use disk_format::map_page::MapBuilder;
-use disk_format::pack::PackWriter;
+use crossbeam_channel::bounded;
+use disk_format::pack::{FinishedPack, PackWriter};
 use disk_format::point::{Consistency, Root};
 use filter::CutKind;
 use vault::Vault;
@@ -251,69 +252,98 @@ fn ship(
         millis: 0,
         warnings: Vec::new(),
     };
-    let mut pack = PackWriter::new(Vec::new()).map_err(|e| fmt(&e))?;
+    // Packs are built in memory and stored by their own thread, so the
+    // pipeline keeps sealing while a finished pack is written and synced.
+    // Two pack buffers circulate (one filling, one being stored), reused
+    // from pack to pack: fresh 32 MiB vectors cost page faults and zeroing.
+    let capacity = usize::try_from(PACK_TARGET).expect("32 MiB") + (2 << 20);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(2);
+    for _ in 0..2 {
+        free_tx.send(Vec::with_capacity(capacity)).expect("room for two");
+    }
+    let (full_tx, full_rx) = bounded::<FinishedPack<Vec<u8>>>(1);
     let mut stored: HashSet<BlockId> = HashSet::new();
-    let mut new_packs = Vec::new();
-    {
-        let mut store_pack = |pack: PackWriter<Vec<u8>>, report: &mut CycleReport| -> Result<(), ShipError> {
-            let done = pack.finish().map_err(|e| fmt(&e))?;
-            vault.put_pack(&done.id, &done.out)?;
-            report.bytes_shipped += done.len;
-            report.packs += 1;
-            new_packs.push((done.id, done.index));
-            Ok(())
-        };
-        let mut sink = |s: &Sealed| -> Result<(), ShipError> {
-            report.blocks_read += 1;
-            match s {
-                Sealed::Zero { index, .. } => {
-                    report.zero_blocks += 1;
-                    map.set(*index, BlockId::ZERO).map_err(|e| fmt(&e))?;
-                }
-                Sealed::Known { index, id, .. } => {
-                    report.known_blocks += 1;
-                    map.set(*index, *id).map_err(|e| fmt(&e))?;
-                }
-                Sealed::New { index, id, buf, blob_len } => {
-                    map.set(*index, *id).map_err(|e| fmt(&e))?;
-                    if stored.insert(*id) {
-                        report.new_blocks += 1;
-                        pack.add_blob(id, &buf[..*blob_len]).map_err(|e| fmt(&e))?;
-                        if pack.bytes_written() >= PACK_TARGET {
-                            let full_pack =
-                                std::mem::replace(&mut pack, PackWriter::new(Vec::new()).map_err(|e| fmt(&e))?);
-                            store_pack(full_pack, &mut report)?;
-                        }
-                    } else {
+    let (read, stored_packs) = std::thread::scope(|s| {
+        let storer = s.spawn(move || -> Result<Vec<FinishedPack<()>>, ShipError> {
+            let mut done = Vec::new();
+            for pack in full_rx {
+                vault.put_pack(&pack.id, &pack.out)?;
+                let FinishedPack { id, len, index, mut out } = pack;
+                out.clear();
+                let _ = free_tx.send(out);
+                done.push(FinishedPack { id, len, index, out: () });
+            }
+            Ok(done)
+        });
+        let read = (|| -> Result<(), ShipError> {
+            let new_pack = || -> Result<PackWriter<Vec<u8>>, ShipError> {
+                // No buffer back means the storer stopped: its error is the cause.
+                let buf = free_rx.recv().map_err(|_| ShipError::Format("the pack storer stopped".into()))?;
+                PackWriter::new(buf).map_err(|e| fmt(&e))
+            };
+            let mut pack = new_pack()?;
+            let mut sink = |s: &Sealed| -> Result<(), ShipError> {
+                report.blocks_read += 1;
+                match s {
+                    Sealed::Zero { index, .. } => {
+                        report.zero_blocks += 1;
+                        map.set(*index, BlockId::ZERO).map_err(|e| fmt(&e))?;
+                    }
+                    Sealed::Known { index, id, .. } => {
                         report.known_blocks += 1;
+                        map.set(*index, *id).map_err(|e| fmt(&e))?;
+                    }
+                    Sealed::New { index, id, buf, blob_len } => {
+                        map.set(*index, *id).map_err(|e| fmt(&e))?;
+                        if stored.insert(*id) {
+                            report.new_blocks += 1;
+                            pack.add_blob(id, &buf[..*blob_len]).map_err(|e| fmt(&e))?;
+                            if pack.bytes_written() >= PACK_TARGET {
+                                let full = std::mem::replace(&mut pack, new_pack()?);
+                                let done = full.finish().map_err(|e| fmt(&e))?;
+                                full_tx.send(done).map_err(|_| ShipError::Format("the pack storer stopped".into()))?;
+                            }
+                        } else {
+                            report.known_blocks += 1;
+                        }
                     }
                 }
+                Ok(())
+            };
+            let mut advance = |n: u64| progress.advance(n);
+            let job = pipeline::Job {
+                runs: &runs(&blocks),
+                geometry,
+                keys,
+                known: &known,
+                workers: opts.workers,
+                cancel: opts.cancel,
+            };
+            pipeline::run(source, &job, &mut sink, &mut advance)?;
+            if report.blocks_read != blocks.len() as u64 {
+                return Err(ShipError::Format(format!(
+                    "internal error: {} of {} blocks went through the pipeline",
+                    report.blocks_read,
+                    blocks.len()
+                )));
+            }
+            if pack.count() > 0 {
+                let done = pack.finish().map_err(|e| fmt(&e))?;
+                full_tx.send(done).map_err(|_| ShipError::Format("the pack storer stopped".into()))?;
             }
             Ok(())
-        };
-        let mut advance = |n: u64| progress.advance(n);
-        let job = pipeline::Job {
-            runs: &runs(&blocks),
-            geometry,
-            keys,
-            known: &known,
-            workers: opts.workers,
-            cancel: opts.cancel,
-        };
-        pipeline::run(source, &job, &mut sink, &mut advance)?;
-        if report.blocks_read != blocks.len() as u64 {
-            return Err(ShipError::Format(format!(
-                "internal error: {} of {} blocks went through the pipeline",
-                report.blocks_read,
-                blocks.len()
-            )));
-        }
-        if pack.count() > 0 {
-            store_pack(pack, &mut report)?;
-        }
-    }
-    for (id, index) in &new_packs {
-        known.add_pack(id, index);
+        })();
+        drop(full_tx);
+        let stored_packs = storer.join().map_err(|_| ShipError::Panic);
+        (read, stored_packs)
+    });
+    // A storer error is the cause; the reader's "storer stopped" is its echo.
+    let stored_packs = stored_packs??;
+    read?;
+    for p in &stored_packs {
+        report.bytes_shipped += p.len;
+        report.packs += 1;
+        known.add_pack(&p.id, &p.index);
     }
     // The previous pages this point changes, fetched together (vault/src/par.rs).
     let wanted = map.pages_to_load();
