@@ -238,7 +238,7 @@ fn ship(
         Some(r) => MapBuilder::from_previous(&r.pages, geometry)?,
         None => MapBuilder::new(geometry),
     };
-    let mut known = vault.block_index()?;
+    let known = vault.block_index()?;
     let mut report = CycleReport {
         sequence: 0,
         full,
@@ -263,7 +263,7 @@ fn ship(
     }
     let (full_tx, full_rx) = bounded::<FinishedPack<Vec<u8>>>(1);
     let mut stored: HashSet<BlockId> = HashSet::new();
-    let (read, stored_packs) = std::thread::scope(|s| {
+    let (read, pages, stored_packs) = std::thread::scope(|s| {
         let storer = s.spawn(move || -> Result<Vec<FinishedPack<()>>, ShipError> {
             let mut done = Vec::new();
             for pack in full_rx {
@@ -334,17 +334,29 @@ fn ship(
             Ok(())
         })();
         drop(full_tx);
+        // The map's pages do not depend on the packs: they are built and
+        // stored while the storer finishes the last pack. The root still
+        // waits for both.
+        let pages = read.as_ref().ok().map(|()| store_pages(vault, map));
         let stored_packs = storer.join().map_err(|_| ShipError::Panic);
-        (read, stored_packs)
+        (read, pages, stored_packs)
     });
     // A storer error is the cause; the reader's "storer stopped" is its echo.
     let stored_packs = stored_packs??;
     read?;
+    let (pages, page_bytes, new_pages) = pages.expect("built when the read succeeded")?;
     for p in &stored_packs {
         report.bytes_shipped += p.len;
         report.packs += 1;
-        known.add_pack(&p.id, &p.index);
     }
+    report.bytes_shipped += page_bytes;
+    report.pages += new_pages;
+    Ok((report, pages))
+}
+
+/// Builds the point's map pages on the previous point's and stores the new
+/// ones: returns every page id of the point, the bytes stored and how many.
+fn store_pages(vault: &Vault, map: MapBuilder) -> Result<(Vec<PageId>, u64, u64), ShipError> {
     // The previous pages this point changes, fetched together (vault/src/par.rs).
     let wanted = map.pages_to_load();
     let fetched = vault::par::map(&wanted, |(_, id)| vault.get_page(id).map(|b| (*id, b)))?;
@@ -362,11 +374,8 @@ fn ship(
         vault.put_page(id, bytes)?;
         Ok::<_, vault::VaultError>(bytes.len() as u64)
     })?;
-    for n in stored.into_iter().filter(|&n| n > 0) {
-        report.bytes_shipped += n;
-        report.pages += 1;
-    }
-    Ok((report, built.pages))
+    let new = stored.iter().filter(|&&n| n > 0).count() as u64;
+    Ok((built.pages, stored.iter().sum(), new))
 }
 
 #[cfg(test)]
