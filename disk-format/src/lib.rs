@@ -22,6 +22,7 @@ pub mod map_page;
 pub mod pack;
 pub mod point;
 pub mod state;
+pub mod time;
 pub mod vault_config;
 
 pub use geometry::{blocks_touched, Geometry, GeometryError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};

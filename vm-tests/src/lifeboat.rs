@@ -138,51 +138,16 @@ impl Home {
         for l in listens {
             cmd.args(["--listen", l]);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lifeboat filter");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::channel::<String>();
-        let pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        Filter { child: Some(child), log, lines }
+        Filter::spawn(cmd)
     }
 
     /// Starts `lifeboat agent ARGS...` and waits, up to 30 s, until it has
     /// logged `NAME: serving on` for each of `names`. The returned handle is a
     /// [`Filter`]: the agent is the filter (and the shipper) for every disk.
     pub fn agent(&self, args: &[&str], names: &[&str]) -> Filter {
-        let mut child = self
-            .command()
-            .arg("agent")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lifeboat agent");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::channel::<String>();
-        let pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        let mut agent = Filter { child: Some(child), log, lines };
+        let mut cmd = self.command();
+        cmd.arg("agent").args(args);
+        let mut agent = Filter::spawn(cmd);
         for name in names {
             agent.wait_line(&format!("{name}: serving on "), Duration::from_secs(30));
         }
@@ -239,6 +204,28 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Spawns `cmd` with stderr collected line by line into the log.
+    fn spawn(mut cmd: Command) -> Filter {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel::<String>();
+        let pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        Filter { child: Some(child), log, lines }
+    }
+
     /// Everything the filter printed on stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -256,7 +243,11 @@ impl Filter {
                     if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                         panic!("lifeboat exited with {status} before logging {needle:?}:\n{}", self.log());
                     }
-                    assert!(Instant::now() < deadline, "lifeboat did not log {needle:?} within {limit:?}:\n{}", self.log());
+                    assert!(
+                        Instant::now() < deadline,
+                        "lifeboat did not log {needle:?} within {limit:?}:\n{}",
+                        self.log()
+                    );
                 }
             }
         }

@@ -230,7 +230,11 @@ fn open(home: &Home, name: &str) -> Result<(Served, Server)> {
     let status_path = entry.status_path();
     status_file::update(&status_path, |st| st.agent_pid = Some(std::process::id()))?;
     if let Some(t) = &target {
-        t.record(None, "agent.start", serde_json::json!({ "pid": std::process::id(), "listen": addrs, "rpo_seconds": t.settings.rpo_seconds }))?;
+        t.record(
+            None,
+            "agent.start",
+            serde_json::json!({ "pid": std::process::id(), "listen": addrs, "rpo_seconds": t.settings.rpo_seconds }),
+        )?;
     }
     Ok((Served { name: name.to_string(), disk, control, target, status_path }, server))
 }

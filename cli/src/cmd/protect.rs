@@ -151,7 +151,14 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         random_id()?
     };
     if let Some(r) = &replication {
-        audit_protect(home, &a.name, &image, geometry.block_size.into(), r, if existing { "state reset" } else { "protected" })?;
+        audit_protect(
+            home,
+            &a.name,
+            &image,
+            geometry.block_size.into(),
+            r,
+            if existing { "state reset" } else { "protected" },
+        )?;
     }
     StateFile::create(&state, geometry, disk_id, suspect)?;
     let config = DiskConfig {
@@ -217,7 +224,14 @@ fn try_lock(f: &std::fs::File) -> bool {
 }
 
 /// Records the protection (or its change) in the audit log of the disk's key.
-fn audit_protect(home: &Home, name: &str, image: &std::path::Path, block_size: u64, r: &Replication, what: &str) -> Result<()> {
+fn audit_protect(
+    home: &Home,
+    name: &str,
+    image: &std::path::Path,
+    block_size: u64,
+    r: &Replication,
+    what: &str,
+) -> Result<()> {
     let keys = keyfile::load(&r.key)?;
     let vault = super::vault::open(&r.vault)?;
     let details = serde_json::json!({

@@ -119,9 +119,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     if tty {
         eprintln!();
     }
-    let (r, _) = report.map_err(|e| {
-        anyhow::anyhow!("{}; its changes stay marked dirty for the next cycle", crate::error_chain(&e))
-    })?;
+    let (r, _) = report
+        .map_err(|e| anyhow::anyhow!("{}; its changes stay marked dirty for the next cycle", crate::error_chain(&e)))?;
     for w in &r.warnings {
         eprintln!("lifeboat: warning: {}: {w}", a.name);
     }
