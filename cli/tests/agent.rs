@@ -161,7 +161,8 @@ fn agent_replicates_on_schedule_while_a_writer_writes() {
 
     // The agent's actions are on the audit trail, which verifies.
     home.run_ok(&["audit", "verify"]);
-    let shown: Value = serde_json::from_slice(&home.run_ok(&["audit", "show", "--json", "--disk", "web"]).stdout).unwrap();
+    let shown: Value =
+        serde_json::from_slice(&home.run_ok(&["audit", "show", "--json", "--disk", "web"]).stdout).unwrap();
     let kinds: Vec<&str> = shown.as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
     let committed = kinds.iter().filter(|k| **k == "cycle.committed").count();
     assert_eq!(kinds.first(), Some(&"protect"), "{kinds:?}");

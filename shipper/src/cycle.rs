@@ -4,10 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crossbeam_channel::bounded;
 use disk_format::ids::{BlockId, PageId, RootId};
 use disk_format::keys::Keys;
 use disk_format::map_page::MapBuilder;
-use crossbeam_channel::bounded;
 use disk_format::pack::{FinishedPack, PackWriter};
 use disk_format::point::{Consistency, Root};
 use filter::CutKind;

@@ -80,8 +80,7 @@ fn seeded_schedules_keep_every_invariant() {
 fn a_damaged_map_page_does_not_stop_replication() {
     let opts = Options { strict_after_damage: true, ..Options::default() };
     let shows_it = |e: &String| e.contains("cycles fail: previous point's map");
-    let found =
-        std::iter::once(993).chain(0..300).find_map(|seed| run_seed(seed, opts).err().filter(shows_it));
+    let found = std::iter::once(993).chain(0..300).find_map(|seed| run_seed(seed, opts).err().filter(shows_it));
     if let Some(e) = found {
         panic!("{e}");
     }

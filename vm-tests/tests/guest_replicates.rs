@@ -98,7 +98,8 @@ fn dump(image: &Path, path: &str, out: &Path) -> Vec<u8> {
     let _ = fs::remove_file(out);
     let cmd = format!("dump {path} {}", out.display());
     let o = run(Command::new(paths::tool("debugfs")).args(["-R", &cmd]).arg(image), "debugfs dump");
-    fs::read(out).unwrap_or_else(|e| panic!("debugfs could not dump {path} ({e}): {}", String::from_utf8_lossy(&o.stderr)))
+    fs::read(out)
+        .unwrap_or_else(|e| panic!("debugfs could not dump {path} ({e}): {}", String::from_utf8_lossy(&o.stderr)))
 }
 
 /// Checks one restored point; returns the newest round it holds (0: none).

@@ -14,8 +14,7 @@ pub use world::{Options, Sim, Stats};
 /// The command that replays one seed with a trace.
 pub fn replay_command(seed: u64, opts: Options) -> String {
     let steps = if opts.max_steps > 0 { format!("LIFEBOAT_SIM_STEPS={} ", opts.max_steps) } else { String::new() };
-    let strict =
-        if opts.strict_after_damage { " (with Options::strict_after_damage)" } else { "" };
+    let strict = if opts.strict_after_damage { " (with Options::strict_after_damage)" } else { "" };
     format!("{steps}LIFEBOAT_SIM_SEED={seed} cargo test -p shipper --test simulation -- --nocapture{strict}")
 }
 
