@@ -282,8 +282,10 @@ fn schedule(t: &Target, disk: &Arc<Disk>, stop: &Stop, gc_every: Duration) {
                 (due, delayed) = next_due(due, interval, Instant::now());
                 if delayed {
                     log!(
-                        "lifeboat agent: {name}: the cycle took {:.0} s, longer than the {} s RPO; \
-                         the next one starts now (the achieved RPO grows until cycles catch up)",
+                        "lifeboat agent: {name}: the cycle (started {:.0} s late, took {:.0} s) ended after the \
+                         next one was due: longer than the {} s RPO; the next one starts now (the achieved RPO \
+                         grows until cycles catch up)",
+                        late.as_secs_f64(),
                         took.as_secs_f64(),
                         interval.as_secs()
                     );
