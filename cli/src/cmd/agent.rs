@@ -144,7 +144,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             stop_all();
         })?;
     }
-    log!("lifeboat agent: running {} of {} disk(s); SIGTERM stops", served.len(), names.len(),);
+    log!("lifeboat agent: running {} of {} disk(s); SIGTERM stops", served.len(), names.len());
     let gc_every = Duration::from_secs(a.gc_every);
     let mut failures = Vec::new();
     std::thread::scope(|scope| {
