@@ -27,7 +27,7 @@ use disk_format::keys::{Keys, NONCE_LEN};
 use disk_format::Geometry;
 use vault::BlockIndex;
 
-use crate::engine::{default_depth, BlockBuf, BlockPool, Done, Engine, EngineChoice, EngineKind};
+use crate::engine::{default_depth, BlockBuf, BlockPool, Done, Engine, EngineChoice};
 use crate::error::ShipError;
 use crate::source::{CutSource, DirectCut};
 
@@ -67,18 +67,6 @@ pub(crate) struct Job<'a> {
     pub cancel: Option<&'a AtomicBool>,
 }
 
-/// How the blocks were read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct ReadStats {
-    /// The read engine, for a source read directly (`None`: copied from
-    /// [`CutSource::read`]).
-    pub engine: Option<EngineKind>,
-    /// Reads bypassed the page cache.
-    pub direct: bool,
-    /// Blocks a writer overwrote during the cycle, read from their copies.
-    pub from_copies: u64,
-}
-
 /// Reads every block of the job's runs from `source`, seals what the vault
 /// lacks, and hands each block to `sink` in the writer thread. Returns when
 /// every block went through `sink`, or the first error.
@@ -87,7 +75,7 @@ pub(crate) fn run(
     job: &Job<'_>,
     sink: &mut (dyn FnMut(&Sealed) -> Result<(), ShipError> + Send),
     progress: &mut dyn FnMut(u64),
-) -> Result<ReadStats, ShipError> {
+) -> Result<(), ShipError> {
     let Job { runs, geometry, keys, known, workers, cancel } = *job;
     let bs = geometry.block_size as usize;
     let workers = workers.max(1);
@@ -127,14 +115,9 @@ pub(crate) fn run(
         let writer = named("ship-write")
             .spawn_scoped(s, move || write_all(&done_rx, pool_tx, sink))
             .expect("spawning the writing thread");
-        let mut stats = ReadStats::default();
         let reader = Reader { runs, geometry, cancel, pool: &pool_rx, work: work_tx, progress };
         let read = match &mut from {
-            ReadFrom::Direct(cut, engine) => {
-                stats.engine = Some(engine.kind());
-                stats.direct = engine.direct();
-                reader.direct(*cut, engine, &mut stats.from_copies)
-            }
+            ReadFrom::Direct(cut, engine) => reader.direct(*cut, engine),
             ReadFrom::Copy(source) => reader.copying(&mut **source),
         };
         // Reads still in flight after an error finish here (the engine waits
@@ -142,7 +125,7 @@ pub(crate) fn run(
         drop(from);
         let written = writer.join().map_err(|_| ShipError::Panic)?;
         // A writer error is the cause; a read error after it is its echo.
-        written.and(read).map(|()| stats)
+        written.and(read)
     })
 }
 
@@ -202,7 +185,7 @@ impl Reader<'_, '_> {
 
     /// Reads with `engine` straight into pool buffers, validating each block
     /// with the disk; counts the blocks read from their copies instead.
-    fn direct(self, cut: DirectCut<'_>, engine: &mut Engine, from_copies: &mut u64) -> Result<(), ShipError> {
+    fn direct(self, cut: DirectCut<'_>, engine: &mut Engine) -> Result<(), ShipError> {
         let geometry = self.geometry;
         let mut blocks = self.runs.iter().flat_map(|&(first, count)| first..first + count);
         let mut next = blocks.next();
@@ -243,7 +226,6 @@ impl Reader<'_, '_> {
                     // A writer overwrote it while (or before) we read it: the
                     // cut-time contents are in its copy.
                     cut.disk.read_cut_block(block, &mut buf.data_mut()[..len])?;
-                    *from_copies += 1;
                 }
                 if self.work.send(Plain { index: block, len, buf }).is_err() {
                     return Ok(()); // the workers stopped: the writer failed
