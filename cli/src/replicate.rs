@@ -119,6 +119,6 @@ impl Target {
                 opened.as_ref()
             }
         };
-        crate::cmd::audit::record_in(&self.audit_dir, &self.keys, vault, kind, Some(&self.name), details)
+        crate::cmd::audit::record(&self.audit_dir, &self.keys, vault, kind, Some(&self.name), details)
     }
 }

@@ -85,23 +85,12 @@ pub fn audit_dir(home: &Home) -> PathBuf {
     home.root().join("audit")
 }
 
-/// Records an action in the audit log of `keys` and copies the log to
-/// `vault` (if given). A failed append is an error (the action must not
-/// pass unrecorded); a failed copy is a warning on stderr, retried by the
-/// next record. Never put a secret in `details`: records are not encrypted.
+/// Records an action in the audit log of `keys` in `dir` (the home's
+/// [`audit_dir`]) and copies the log to `vault` (if given). A failed append
+/// is an error (the action must not pass unrecorded); a failed copy is a
+/// warning on stderr, retried by the next record. Never put a secret in
+/// `details`: records are not encrypted.
 pub fn record(
-    home: &Home,
-    keys: &Keys,
-    vault: Option<&vault::Vault>,
-    kind: &str,
-    disk: Option<&str>,
-    details: serde_json::Value,
-) -> Result<()> {
-    record_in(&audit_dir(home), keys, vault, kind, disk, details)
-}
-
-/// [`record`] for a caller that keeps the audit directory rather than the home.
-pub fn record_in(
     dir: &Path,
     keys: &Keys,
     vault: Option<&vault::Vault>,
@@ -497,8 +486,8 @@ mod tests {
         let home = Home::new(dir.join("home"));
         let keys = MasterKey::from_bytes([3; 32]).keys();
         let v = vault::Vault::init(Box::new(vault::LocalBackend::create(&dir.join("vault")).unwrap()), &keys).unwrap();
-        record(&home, &keys, Some(&v), "protect", Some("web1"), json!({ "image": "/x.raw" })).unwrap();
-        record(&home, &keys, Some(&v), "key.use", None, json!({})).unwrap();
+        record(&audit_dir(&home), &keys, Some(&v), "protect", Some("web1"), json!({ "image": "/x.raw" })).unwrap();
+        record(&audit_dir(&home), &keys, Some(&v), "key.use", None, json!({})).unwrap();
         assert_eq!(audit_dir(&home), dir.join("home/audit"));
         let h = audit::verify_home(&audit_dir(&home), &keys).unwrap().unwrap();
         assert!(h.is_ok() && h.last_seq == 2, "{:?}", h.problems);
@@ -509,11 +498,11 @@ mod tests {
         // A vault of another key gets nothing (a warning), the record is kept.
         let other = MasterKey::from_bytes([4; 32]).keys();
         let w = vault::Vault::init(Box::new(vault::LocalBackend::create(&dir.join("v2")).unwrap()), &other).unwrap();
-        record(&home, &keys, Some(&w), "prune", Some("web1"), json!({})).unwrap();
+        record(&audit_dir(&home), &keys, Some(&w), "prune", Some("web1"), json!({})).unwrap();
         assert!(w.backend().list(vault::Kind::Audit, "").unwrap().is_empty());
         assert_eq!(audit::verify_home(&audit_dir(&home), &keys).unwrap().unwrap().last_seq, 3);
         // A bad event is an error and writes nothing.
-        assert!(record(&home, &keys, None, "Bad Kind", None, json!({})).is_err());
+        assert!(record(&audit_dir(&home), &keys, None, "Bad Kind", None, json!({})).is_err());
         assert_eq!(audit::verify_home(&audit_dir(&home), &keys).unwrap().unwrap().last_seq, 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -238,5 +238,5 @@ fn audit_protect(
         "what": what, "image": image, "block_size": block_size, "vault": r.vault, "rpo_seconds": r.rpo_seconds,
         "retention": { "recent_seconds": r.retention.recent_seconds, "hourly": r.retention.hourly, "daily": r.retention.daily },
     });
-    super::audit::record(home, &keys, Some(&vault), "protect", Some(name), details)
+    super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "protect", Some(name), details)
 }

@@ -52,7 +52,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         if !r.pruned.is_empty() {
             let keys = crate::keyfile::load(&s.key)?;
             let details = serde_json::json!({ "pruned": r.pruned, "kept": r.kept, "held": r.held, "by": "prune" });
-            super::audit::record(home, &keys, Some(&vault), "prune", Some(&a.name), details)?;
+            super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "prune", Some(&a.name), details)?;
         }
     }
     println!(

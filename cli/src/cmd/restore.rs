@@ -87,7 +87,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         Ok(r) => serde_json::json!({ "point": sequence, "out": a.out, "blocks_written": r.blocks_written, "ok": true }),
         Err(e) => serde_json::json!({ "point": sequence, "out": a.out, "ok": false, "error": e.to_string() }),
     };
-    super::audit::record(home, &keys, Some(&vault), "restore", Some(&a.name), details)?;
+    super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "restore", Some(&a.name), details)?;
     // On error the partial file is removed when `partial` drops.
     let report = result.with_context(|| {
         format!("restoring point {sequence} of disk {:?}: nothing was written to {}", a.name, a.out.display())

@@ -56,7 +56,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             let v = Vault::init(Box::new(backend), &keys)?;
             println!("vault created in {} (accepts key {})", dir.display(), v.config().key_fingerprint);
             let details = serde_json::json!({ "location": v.backend().location() });
-            super::audit::record(home, &keys, Some(&v), "vault.init", None, details)?;
+            super::audit::record(&super::audit::audit_dir(home), &keys, Some(&v), "vault.init", None, details)?;
             Ok(())
         }
         Command::Gc { dir, dry_run } => {
@@ -93,7 +93,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                     "location": v.backend().location(), "points": report.roots,
                     "blocks_verified": report.blocks_verified, "problems": report.problems.len(),
                 });
-                super::audit::record(home, k, Some(&v), "vault.check", None, details)?;
+                super::audit::record(&super::audit::audit_dir(home), k, Some(&v), "vault.check", None, details)?;
             }
             println!(
                 "{} packs, {} pages, {} points checked{}",
