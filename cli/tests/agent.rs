@@ -237,3 +237,26 @@ fn home_dir(home: &Home) -> PathBuf {
     let args: Vec<_> = cmd.get_args().collect();
     PathBuf::from(args[1])
 }
+
+#[test]
+fn agent_and_status_refuse_what_is_not_there() {
+    let s = scratch();
+    // An empty home: nothing to run, and the message says how to protect a disk.
+    let out = s.home.run(&["agent"]);
+    assert_eq!(out.status.code(), Some(1), "agent in an empty home: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no protected disks") && err.contains("lifeboat protect"), "{err}");
+    // A disk that is not protected here: status names it as an error and exits 3.
+    let (st, code) = status(&s.home, "nosuch");
+    assert_eq!((st["state"].as_str(), code), (Some("error"), 3), "{st}");
+    assert!(st["error"].as_str().unwrap_or_default().contains("nosuch"), "{st}");
+    // A disk whose state file is damaged is not served, and the agent says why.
+    let image = s.path("d.img");
+    fs::write(&image, vec![0u8; MIB as usize]).unwrap();
+    s.home.run_ok(&["protect", "d", "--image", arg(&image)]);
+    fs::write(home_dir(&s.home).join("disks/d/state"), b"not a state file").unwrap();
+    let out = s.home.run(&["agent", "d"]);
+    assert_eq!(out.status.code(), Some(1), "agent with only a damaged disk: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("d:") && err.contains("not served"), "{err}");
+}
