@@ -8,7 +8,10 @@
 //! times during the initial full sync (a full sync that beats its kill is
 //! followed by a fresh vault, so the next attempt is a full sync again), ten
 //! times across incremental cycles of 16 MiB, and six times after the cycle's
-//! last read (sealing, pack, page and root writes, releasing the cut).
+//! last read (sealing, pack, page and root writes, releasing the cut). A
+//! cycle that beats its kill re-measures the duration and its kill is tried
+//! again earlier, so all 22 kills land on running cycles however loaded the
+//! machine is.
 //! Between attempts it writes random blocks through the filter (libnbd).
 //! After every attempt:
 //!
@@ -348,6 +351,71 @@ impl Run {
     }
 }
 
+/// Kills counted across the phases of the test.
+#[derive(Default)]
+struct Kills {
+    /// Cycles SIGKILLed while still running.
+    killed: usize,
+    /// Of those, the ones whose root had already been written.
+    committed: usize,
+}
+
+/// Runs cycles and SIGKILLs `n` of them `from` a moment, `writes` random
+/// blocks written before each. The delays are fractions, one drawn in each
+/// of `n` equal slices of (0, 1), of `span`: how long the cycle takes from
+/// that moment to its exit. The first estimate comes from an uninterrupted
+/// cycle, but cycles get faster or slower with the machine's load (CI runs
+/// other tests beside this one), so a cycle that completes before its kill
+/// becomes the new estimate and its slice is tried again at three quarters of
+/// its fraction. Without that, a calibration cycle slower than the rest leaves
+/// most kills landing after the exit. With `fresh_after_point`, a cycle that
+/// made a point is followed by a fresh vault (so the next is a full sync
+/// again).
+fn kill_cycles(
+    run: &mut Run,
+    from: From,
+    mut span: Duration,
+    n: usize,
+    writes: usize,
+    fresh_after_point: bool,
+    kills: &mut Kills,
+) {
+    let mut fractions: Vec<f64> =
+        delays(&mut run.rng, Duration::from_secs(1), n).iter().map(Duration::as_secs_f64).collect();
+    let mut tries = 0;
+    while let Some(f) = fractions.pop() {
+        tries += 1;
+        assert!(
+            tries <= 4 * n,
+            "seed {SEED:#x}: {tries} attempts to kill {n} cycles after {from:?}: every cycle beat its kill"
+        );
+        run.write_blocks(writes);
+        let before = run.points;
+        let (outcome, fp, t) = run.attempt(from, span.mul_f64(f), false);
+        assert!(!matches!(outcome, Outcome::Failed(_)), "seed {SEED:#x}: {outcome:?}");
+        run.check(&outcome, fp);
+        match outcome {
+            Outcome::Killed => {
+                kills.killed += 1;
+                kills.committed += usize::from(run.points > before);
+            }
+            Outcome::Completed(_) => {
+                let exited = t.exited.expect("a completed attempt has an exit time");
+                span = match from {
+                    From::Start => exited,
+                    From::ReadsDone => exited.saturating_sub(t.reads_done.unwrap_or_default()),
+                };
+                fractions.push(f * 0.75);
+            }
+            Outcome::Failed(_) => unreachable!(),
+        }
+        if fresh_after_point && run.points > 0 {
+            let fresh = format!("vault-{}", run.attempt);
+            run.use_vault(&fresh);
+        }
+    }
+}
+
 #[test]
 fn sigkill_of_the_shipper_or_the_filter_mid_cycle_loses_nothing() {
     let mut run = setup("lb-shipkill-");
@@ -359,31 +427,11 @@ fn sigkill_of_the_shipper_or_the_filter_mid_cycle_loses_nothing() {
     assert!(r.full, "{r:?}");
     run.use_vault("vault");
     run.say(&format!("an uninterrupted full sync of {} MiB took {full_sync:?}", SIZE / MIB));
-    // Attempts killed, and killed after their root was written.
-    let (mut killed, mut committed) = (0, 0);
-    let mut kill = |run: &mut Run, from: From, d: Duration, writes: usize| {
-        run.write_blocks(writes);
-        let before = run.points;
-        let (outcome, fp, _) = run.attempt(from, d, false);
-        assert!(!matches!(outcome, Outcome::Failed(_)), "seed {SEED:#x}: {outcome:?}");
-        run.check(&outcome, fp);
-        if matches!(outcome, Outcome::Killed) {
-            killed += 1;
-            committed += usize::from(run.points > before);
-        }
-    };
+    let mut kills = Kills::default();
 
-    // The initial full sync, killed again and again. One that completes
-    // before its kill is followed by a fresh vault, so the next is a full
-    // sync again.
-    let mut fresh = 0;
-    for d in delays(&mut run.rng, full_sync, 6) {
-        kill(&mut run, From::Start, d, 16);
-        if run.points > 0 {
-            fresh += 1;
-            run.use_vault(&format!("vault-{fresh}"));
-        }
-    }
+    // The initial full sync, killed six times, each time on a fresh vault
+    // if the previous attempt made a point.
+    kill_cycles(&mut run, From::Start, full_sync, 6, 16, true, &mut kills);
     run.ship_uninterrupted();
 
     // Incremental cycles of 256 changed blocks (16 MiB): killed anywhere in
@@ -391,26 +439,27 @@ fn sigkill_of_the_shipper_or_the_filter_mid_cycle_loses_nothing() {
     // root writes, releasing the cut).
     run.write_blocks(256);
     let t = run.ship_uninterrupted();
-    let (Some(reads_done), Some(exited)) = (t.reads_done, t.exited) else {
+    let (Some(reads_done), Some(mut exited)) = (t.reads_done, t.exited) else {
         panic!("seed {SEED:#x}: the uninterrupted incremental cycle printed no 100% progress line: {t:?}")
     };
-    for d in delays(&mut run.rng, exited, 10) {
-        kill(&mut run, From::Start, d, 256);
-    }
-    for d in delays(&mut run.rng, exited - reads_done, 6) {
-        kill(&mut run, From::ReadsDone, d, 256);
-    }
-    assert!(killed >= 15, "seed {SEED:#x}: only {killed} of 22 cycles were still running at their kill");
-    run.say(&format!("{killed} cycles killed, {committed} of them after their root was written"));
+    kill_cycles(&mut run, From::Start, exited, 10, 256, false, &mut kills);
+    kill_cycles(&mut run, From::ReadsDone, exited - reads_done, 6, 256, false, &mut kills);
+    assert_eq!(kills.killed, 22, "seed {SEED:#x}");
+    run.say(&format!("{} cycles killed, {} of them after their root was written", kills.killed, kills.committed));
     run.ship_uninterrupted();
     run.latest_is_the_snapshot();
 
-    // The filter killed mid-cycle, then restarted.
+    // The filter killed mid-cycle, then restarted: at least three times, and
+    // until at least one kill came before the cycle ended (a cycle that beat
+    // its kill sets the span the next delay is drawn from, as above).
     let mut failed = 0;
-    for d in delays(&mut run.rng, exited, 3) {
+    let mut fractions = delays(&mut run.rng, Duration::from_secs(1), 3);
+    let mut tries = 0;
+    while let Some(f) = fractions.pop() {
+        tries += 1;
         run.write_blocks(256);
         let before = run.points;
-        let (outcome, fp, _) = run.attempt(From::Start, d, true);
+        let (outcome, fp, t) = run.attempt(From::Start, exited.mul_f64(f.as_secs_f64()), true);
         match &outcome {
             Outcome::Failed(err) => {
                 failed += 1;
@@ -419,7 +468,8 @@ fn sigkill_of_the_shipper_or_the_filter_mid_cycle_loses_nothing() {
                     "seed {SEED:#x}: a cycle whose filter died must exit 1 naming the disk: {err}"
                 );
             }
-            Outcome::Completed(_) => {}
+            // Faster than estimated: the next kill comes earlier.
+            Outcome::Completed(_) => exited = t.exited.unwrap_or(exited),
             Outcome::Killed => unreachable!("only the filter was killed"),
         }
         run.check(&outcome, fp);
@@ -434,6 +484,9 @@ fn sigkill_of_the_shipper_or_the_filter_mid_cycle_loses_nothing() {
         }
         run.ship_uninterrupted();
         run.latest_is_the_snapshot();
+        if fractions.is_empty() && failed == 0 && tries < 8 {
+            fractions.push(Duration::from_secs_f64(0.5 / f64::from(tries)));
+        }
     }
     assert!(failed > 0, "seed {SEED:#x}: every cycle whose filter was killed completed: the kills came too late");
 
