@@ -7,6 +7,8 @@
 //! HOME/disks/NAME/scratch       copy-before-write copies during a cut
 //! HOME/disks/NAME/nbd.sock      the agent's NBD socket (unless `listen` says otherwise)
 //! HOME/disks/NAME/status.json   the last cycle's outcome (`lifeboat status`)
+//! HOME/vms/VM.toml              a VM's launch definition (`lifeboat vm define`)
+//! HOME/failovers/VM/            a failover at this site: job.json, disks/, console.log, qmp.sock
 //! ```
 
 use std::path::PathBuf;
@@ -112,6 +114,41 @@ impl Home {
 
     pub fn disk_dir(&self, name: &str) -> PathBuf {
         self.root.join("disks").join(name)
+    }
+
+    /// Where VM definitions live.
+    pub fn vms_dir(&self) -> PathBuf {
+        self.root.join("vms")
+    }
+
+    /// Where this site's failovers live.
+    pub fn failovers_dir(&self) -> PathBuf {
+        self.root.join("failovers")
+    }
+
+    /// Every VM defined in the home, sorted by name.
+    pub fn vms(&self) -> Result<Vec<recovery::VmDefinition>> {
+        let dir = self.vms_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut vms = Vec::new();
+        for e in entries {
+            let path = e.with_context(|| format!("listing {}", dir.display()))?.path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                vms.push(recovery::VmDefinition::parse(&text, &path.display().to_string())?);
+            }
+        }
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vms)
+    }
+
+    /// The VM a disk belongs to, if any.
+    pub fn vm_of_disk(&self, disk: &str) -> Result<Option<recovery::VmDefinition>> {
+        Ok(self.vms()?.into_iter().find(|v| v.disks.iter().any(|d| d == disk)))
     }
 
     /// The names of every protected disk, sorted.

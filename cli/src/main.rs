@@ -2,7 +2,8 @@
 //!
 //! This binary parses arguments, reads and writes the home directory's
 //! configuration, and reports progress and errors. The work itself lives in
-//! the library crates (`filter`, `disk-format`).
+//! the library crates (`filter`, `disk-format`, `vault`, `shipper`, `audit`,
+//! `recovery`).
 
 mod home;
 mod keyfile;
@@ -16,6 +17,7 @@ mod cmd {
     pub mod agent;
     pub mod audit;
     pub mod dirty;
+    pub mod failover;
     pub mod filter;
     pub mod key;
     pub mod points;
@@ -26,6 +28,7 @@ mod cmd {
     pub mod snapshot;
     pub mod status;
     pub mod vault;
+    pub mod vm;
 }
 
 use std::path::PathBuf;
@@ -127,6 +130,24 @@ enum Command {
     /// Inspect and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
+    /// Define the VMs whose disks are protected (what a failover boots).
+    #[command(subcommand)]
+    Vm(cmd::vm::Command),
+    /// Boot a protected VM at the recovery site from a recovery point.
+    ///
+    /// `lifeboat failover VM --test` boots a point (latest, or --point ID) on
+    /// an isolated network while replication goes on, checks its health and
+    /// reports the RTO; `lifeboat failover cleanup VM` removes all of it.
+    /// `lifeboat failover VM --unplanned [--point ID] --network prod=bridge:br0`
+    /// boots a point when the source site is gone; run it again with another
+    /// --point to switch, and `lifeboat failover commit VM` to make it final.
+    ///
+    /// Each failover is a job whose steps are kept in
+    /// HOME/failovers/VM/job.json: if Lifeboat dies, the same command resumes
+    /// where it stopped. Every step goes to the audit log. At a recovery site
+    /// with an empty home, pass --vault and --key: the VM's definition comes
+    /// from the vault, stored with each point.
+    Failover(cmd::failover::Args),
 }
 
 fn main() -> ExitCode {
@@ -146,6 +167,8 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(&home, a),
         Command::Status(a) => cmd::status::run(&home, a),
         Command::Audit(c) => cmd::audit::run(&home, c),
+        Command::Vm(c) => cmd::vm::run(&home, c),
+        Command::Failover(a) => cmd::failover::run(&home, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,9 @@ pub struct Target {
     pub status_path: PathBuf,
     /// The home's audit log directory.
     pub audit_dir: PathBuf,
+    /// The home, where the VM definitions are (read again every cycle, so
+    /// a redefined VM travels with the next point).
+    pub home: PathBuf,
 }
 
 impl Target {
@@ -42,6 +45,7 @@ impl Target {
             disk_id: entry.disk_id()?,
             status_path: entry.status_path(),
             audit_dir: crate::cmd::audit::audit_dir(home),
+            home: home.root().to_path_buf(),
             settings,
             keys,
         };
@@ -68,12 +72,12 @@ impl Target {
     ) -> Result<(CycleReport, Vault)> {
         let started_ns = now_ns();
         let vault = self.open_vault();
-        let result = match &vault {
-            Ok(v) => {
-                let opts = CycleOptions { cancel, ..CycleOptions::new(&self.name, self.disk_id) };
+        let result = match (&vault, &self.extension()) {
+            (Ok(v), Ok(extension)) => {
+                let opts = CycleOptions { cancel, extension, ..CycleOptions::new(&self.name, self.disk_id) };
                 run_cycle(source, v, &self.keys, &opts, progress).map_err(anyhow::Error::from)
             }
-            Err(e) => Err(anyhow::anyhow!("{}", crate::error_chain(e))),
+            (Err(e), _) | (_, Err(e)) => Err(anyhow::anyhow!("{}", crate::error_chain(e))),
         };
         let mut outcome = CycleOutcome { started_ns, ended_ns: now_ns(), late_ms, ..CycleOutcome::default() };
         let (kind, details) = match &result {
@@ -105,6 +109,15 @@ impl Target {
         }
         let report = result.with_context(|| format!("cycle of disk {:?}", self.name))?;
         Ok((report, vault.expect("a committed cycle had its vault")))
+    }
+
+    /// The root extension of this cycle's point: the sealed definition of
+    /// the VM the disk belongs to, if any.
+    fn extension(&self) -> Result<Vec<u8>> {
+        let home = Home::new(self.home.clone());
+        let Some(vm) = home.vm_of_disk(&self.name)? else { return Ok(Vec::new()) };
+        let ext = disk_format::RootExtension { vm_definition: Some(vm.to_toml().into_bytes()) };
+        ext.encode(&self.keys).with_context(|| format!("sealing the definition of VM {:?}", vm.name))
     }
 
     /// Appends a record about this disk to the audit log of its key and

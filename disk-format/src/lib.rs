@@ -4,7 +4,8 @@
 //! ([`state`]), the customer **key file** ([`key_file`]) and the subkeys and
 //! block sealing derived from it ([`keys`]), and the vault's objects: **packs**
 //! of encrypted blocks ([`pack`]), **map pages** ([`map_page`]), recovery-point
-//! **roots** ([`point`]) and the **vault config** ([`vault_config`]). It
+//! **roots** ([`point`]) with their sealed extension ([`root_ext`]: the VM
+//! definition) and the **vault config** ([`vault_config`]). It
 //! parses, serializes, hashes and seals; it never opens a file, maps memory or
 //! touches a socket. Every format starts with a magic derived from a versioned
 //! string, carries a format version independent of the crate version, and a
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod map_page;
 pub mod pack;
 pub mod point;
+pub mod root_ext;
 pub mod state;
 pub mod time;
 pub mod vault_config;
@@ -32,5 +34,6 @@ pub use keys::{CryptoError, Keys, MasterKey, SealFrame, NONCE_LEN, SEAL_OVERHEAD
 pub use map_page::{BuiltMap, MapBuilder, MapPage, PageError, PAGE_ENTRIES};
 pub use pack::{FinishedPack, Pack, PackEntry, PackError, PackIndex, PackTrailer, PackWriteError, PackWriter};
 pub use point::{Consistency, Root, RootError};
+pub use root_ext::{ExtError, RootExtension};
 pub use state::{HeaderError, StateFlags, StateHeader, HEADER_PAGE, SLOT_SIZE, STATE_MAGIC};
 pub use vault_config::{VaultConfig, VaultConfigError};

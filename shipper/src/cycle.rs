@@ -33,6 +33,9 @@ pub struct CycleOptions<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// The wall clock, nanoseconds since the Unix epoch: a point's cut time.
     pub clock: &'a dyn Fn() -> u64,
+    /// The root's extension (disk-format `root_ext`: the sealed VM
+    /// definition); empty for a disk that belongs to no VM.
+    pub extension: &'a [u8],
 }
 
 impl<'a> CycleOptions<'a> {
@@ -44,6 +47,7 @@ impl<'a> CycleOptions<'a> {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cancel: None,
             clock: &system_clock,
+            extension: &[],
         }
     }
 }
@@ -182,7 +186,7 @@ pub fn run_cycle(
         bytes_shipped: report.bytes_shipped,
         parent,
         pages,
-        extension: Vec::new(),
+        extension: opts.extension.to_vec(),
     };
     let commit =
         root.encode(keys).map_err(|e| ShipError::Format(format!("encoding the root: {e}"))).and_then(|bytes| {

@@ -831,8 +831,14 @@ impl Sim {
         let cancel = AtomicBool::new(false);
         let clock = Arc::clone(&self.clock);
         let clock_fn = move || clock.load(Ordering::SeqCst);
-        let opts =
-            CycleOptions { disk_name: DISK, disk_id: DISK_ID, workers: 1, cancel: Some(&cancel), clock: &clock_fn };
+        let opts = CycleOptions {
+            disk_name: DISK,
+            disk_id: DISK_ID,
+            workers: 1,
+            cancel: Some(&cancel),
+            clock: &clock_fn,
+            extension: &[],
+        };
         let mut src = CycleSource {
             disk: &mut self.disk,
             rng: r,
@@ -1327,7 +1333,8 @@ fn clean_cycle(
     let c = Arc::clone(clock);
     let clock_fn = move || c.load(Ordering::SeqCst);
     let cancel = AtomicBool::new(false);
-    let opts = CycleOptions { disk_name: name, disk_id: DISK_ID, workers: 1, cancel: None, clock: &clock_fn };
+    let opts =
+        CycleOptions { disk_name: name, disk_id: DISK_ID, workers: 1, cancel: None, clock: &clock_fn, extension: &[] };
     let mut src = CycleSource {
         disk,
         rng: Rng::new(0),

@@ -1,0 +1,284 @@
+//! `lifeboat failover`: boot a protected VM at the recovery site from a
+//! recovery point (test or unplanned), then commit or clean up.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use recovery::failover::{Kind, Observer, PointChoice, Request, Site, Step};
+use recovery::{Network, QemuConfig, VmDefinition};
+
+use crate::home::Home;
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Make an unplanned failover final: the recovered VM is production now.
+    Commit {
+        /// The VM.
+        name: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a test (or uncommitted unplanned) failover: stop its VM and remove
+    /// its disks and state.
+    Cleanup {
+        /// The VM.
+        name: String,
+        /// Print what was removed as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a VM's failover at this site: kind, point, steps, health, RTO.
+    Status {
+        /// The VM.
+        name: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The VM to fail over (`lifeboat vm define`).
+    #[arg(required = true)]
+    name: Option<String>,
+    /// Test failover: boot the point on an isolated network (no route out)
+    /// while replication goes on; end it with `lifeboat failover cleanup`.
+    #[arg(long, required_unless_present = "unplanned", conflicts_with = "unplanned")]
+    test: bool,
+    /// Unplanned failover: the source site is gone; boot the point on the
+    /// mapped networks. Run again with another --point to switch points
+    /// until `lifeboat failover commit`.
+    #[arg(long)]
+    unplanned: bool,
+    /// `latest` or a point id of the VM's first disk (`lifeboat points DISK`).
+    #[arg(long)]
+    point: Option<String>,
+    /// The vault (default: the vault of the VM's disks in this home).
+    #[arg(long, requires = "key")]
+    vault: Option<PathBuf>,
+    /// The customer key file (default: the key of the VM's disks in this home).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Map a network the VM's NICs use to one at this site:
+    /// NET=bridge:BRIDGE, NET=user (NAT), NET=isolated or NET=none. Repeat per network.
+    #[arg(long = "network", value_name = "NET=SPEC")]
+    networks: Vec<String>,
+    /// Boot with this definition (TOML) instead of the one stored with the point.
+    #[arg(long)]
+    definition: Option<PathBuf>,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Print the job as JSON: {"vm", "kind", "point", "rto_seconds", "health", "steps", ...}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    let site = Site::new(home.failovers_dir());
+    match a.command {
+        Some(Command::Commit { name, json }) => {
+            let keys_vault = job_keys(home, &site, &name);
+            let mut step = |_: &Step| {};
+            let mut audit = auditor(home, keys_vault.as_ref());
+            let job = site.commit(&name, &mut Observer { step: &mut step, audit: &mut audit })?;
+            print_job(
+                &job,
+                json,
+                &format!("committed: VM {name} runs at the recovery site from point {}", job.point().unwrap_or(0)),
+            );
+            Ok(())
+        }
+        Some(Command::Cleanup { name, json }) => {
+            let keys_vault = job_keys(home, &site, &name);
+            let mut step = |_: &Step| {};
+            let mut audit = auditor(home, keys_vault.as_ref());
+            let job = site.cleanup(&name, &mut Observer { step: &mut step, audit: &mut audit })?;
+            print_job(
+                &job,
+                json,
+                &format!("cleaned up the {} failover of VM {name}: VM stopped, disks removed", job.kind.as_str()),
+            );
+            Ok(())
+        }
+        Some(Command::Status { name, json }) => {
+            let job = site.load(&name)?.with_context(|| format!("VM {name:?} has no failover at this site"))?;
+            print_job(&job, json, &summary(&job));
+            Ok(())
+        }
+        None => failover(home, &site, a.run),
+    }
+}
+
+/// The keys and vault a job was run with (for its audit records), if they
+/// can still be opened.
+fn job_keys(home: &Home, site: &Site, vm: &str) -> Option<(disk_format::keys::Keys, vault::Vault)> {
+    let origin = site.load(vm).ok().flatten().and_then(|j| j.origin);
+    let (v, k) = origin.map_or((None, None), |o| (Some(o.vault), Some(o.key)));
+    match keys_for(home, vm, v, k) {
+        Ok(kv) => Some(kv),
+        Err(e) => {
+            eprintln!("lifeboat: warning: cannot open the failover's key and vault ({e:#})");
+            None
+        }
+    }
+}
+
+/// The keys and vault for the VM's audit records and its points.
+fn keys_for(
+    home: &Home,
+    vm: &str,
+    vault: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<(disk_format::keys::Keys, vault::Vault)> {
+    let (vault_dir, key_path) = match (vault, key) {
+        (Some(v), Some(k)) => (v, k),
+        (v, k) => {
+            let def = home.vms()?.into_iter().find(|d| d.name == vm).with_context(|| {
+                format!(
+                    "VM {vm:?} is not defined in {}: at a recovery site pass --vault DIR --key FILE",
+                    home.root().display()
+                )
+            })?;
+            let entry = home.disk(&def.disks[0])?;
+            let r = entry.replication(&def.disks[0])?;
+            (v.unwrap_or_else(|| r.vault.clone()), k.unwrap_or_else(|| r.key.clone()))
+        }
+    };
+    let keys = crate::keyfile::load(&key_path)?;
+    let vault = super::vault::open(&vault_dir)?;
+    vault.check_key(&keys)?;
+    Ok((keys, vault))
+}
+
+/// Records failover actions in the audit log of the key (copied to the vault).
+fn auditor<'a>(
+    home: &'a Home,
+    kv: Option<&'a (disk_format::keys::Keys, vault::Vault)>,
+) -> impl FnMut(&str, serde_json::Value) -> std::result::Result<(), String> + 'a {
+    move |kind, details| match kv {
+        Some((keys, vault)) => {
+            super::audit::record(&super::audit::audit_dir(home), keys, Some(vault), kind, None, details)
+                .map_err(|e| format!("{e:#}"))
+        }
+        None => {
+            eprintln!("lifeboat: warning: no key at hand: `{kind}` is not recorded in the audit log");
+            Ok(())
+        }
+    }
+}
+
+fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
+    let name = a.name.expect("clap requires it");
+    let kind = if a.test { Kind::Test } else { Kind::Unplanned };
+    let point = match a.point.as_deref() {
+        None => None,
+        Some("latest") => Some(PointChoice::Latest),
+        Some(id) => Some(PointChoice::Id(
+            id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?,
+        )),
+    };
+    let mut networks = BTreeMap::new();
+    for m in &a.networks {
+        let (net, spec) =
+            m.split_once('=').with_context(|| format!("--network {m:?}: use NET=SPEC, e.g. prod=bridge:br0"))?;
+        let spec: Network = spec.parse().map_err(|e: String| anyhow::anyhow!("--network {m:?}: {e}"))?;
+        networks.insert(net.to_string(), spec);
+    }
+    let definition = match &a.definition {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let d = VmDefinition::parse(&text, &f.display().to_string())?;
+            if d.name != name {
+                bail!("{} defines VM {:?}, not {name:?}", f.display(), d.name);
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let kv = keys_for(home, &name, a.vault.clone(), a.key.clone())?;
+    let origin = match (a.vault, a.key) {
+        (Some(vault), Some(key)) => Some(recovery::failover::Origin { vault: absolute(&vault), key: absolute(&key) }),
+        _ => None,
+    };
+    let qemu = QemuConfig { binary: a.qemu, ..QemuConfig::default() };
+    let req = Request {
+        vm: &name,
+        kind,
+        point,
+        vault: &kv.1,
+        keys: &kv.0,
+        networks: &networks,
+        definition,
+        qemu: &qemu,
+        origin,
+    };
+    let live = !a.json || std::io::stderr().is_terminal();
+    let mut step = |s: &Step| {
+        if live {
+            match s.state.as_str() {
+                "running" => eprintln!("[{}] {} ...", name, s.name),
+                state => eprintln!("[{}] {} {state}: {}", name, s.name, s.detail),
+            }
+        }
+    };
+    let mut audit = auditor(home, Some(&kv));
+    let job = site.failover(&req, &mut Observer { step: &mut step, audit: &mut audit })?;
+    print_job(&job, a.json, &summary(&job));
+    if job.health.as_deref() != Some("passed") {
+        bail!(
+            "VM {name:?} booted from point {} but its health check failed: {}; it is left running for you to \
+             look at (console: {}); `lifeboat failover cleanup {name}` stops it",
+            job.point().unwrap_or(0),
+            job.health_detail.as_deref().unwrap_or("?"),
+            job.process.as_ref().map_or("-".into(), |p| p.console.display().to_string())
+        );
+    }
+    Ok(())
+}
+
+fn summary(job: &recovery::Job) -> String {
+    let next = match (job.kind, job.state) {
+        (Kind::Test, _) => format!("end it with `lifeboat failover cleanup {}`", job.vm),
+        (Kind::Unplanned, recovery::JobState::Committed) => "committed".to_string(),
+        (Kind::Unplanned, _) => format!(
+            "switch points with `lifeboat failover {} --unplanned --point ID`, or make it final with \
+             `lifeboat failover commit {}`",
+            job.vm, job.vm
+        ),
+    };
+    format!(
+        "{} failover of VM {}: point {}, {:?}, health {}, RTO {}; {next}",
+        job.kind.as_str(),
+        job.vm,
+        job.point().map_or("-".into(), |p| p.to_string()),
+        job.state,
+        job.health.as_deref().unwrap_or("not checked"),
+        job.rto_seconds.map_or("-".into(), |s| format!("{s:.1} s")),
+    )
+}
+
+fn print_job(job: &recovery::Job, json: bool, text: &str) {
+    if json {
+        println!("{}", job.to_json());
+    } else {
+        println!("{text}");
+    }
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}

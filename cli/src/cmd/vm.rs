@@ -1,0 +1,224 @@
+//! `lifeboat vm`: define the VMs whose disks are protected, so they can be
+//! failed over.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use recovery::vmdef::{DirectBoot, Health, Nic};
+use recovery::VmDefinition;
+
+use crate::home::Home;
+use crate::size::{parse_duration, parse_size};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Define (or redefine) a VM: its protected disks, memory, CPUs, NICs and
+    /// boot health check.
+    ///
+    /// The definition is kept in HOME/vms/NAME.toml and sealed into every
+    /// point of its disks from the next cycle on, so the recovery site boots
+    /// each point the way the VM was when it was cut. All its disks must be
+    /// protected in this home and replicate to one vault with one key.
+    ///
+    /// Example: lifeboat vm define web1 --disk web1-root --memory 2GiB --cpus 2
+    /// --nic prod --health-serial "login:"
+    Define(DefineArgs),
+    /// Show a VM's definition: the home's, or (with --vault and --key) the one
+    /// stored with a point in the vault, as a failover would use it.
+    Show {
+        /// The VM.
+        name: String,
+        /// Read it from this vault instead of the home.
+        #[arg(long, requires = "key")]
+        vault: Option<PathBuf>,
+        /// The customer key (with --vault).
+        #[arg(long, requires = "vault")]
+        key: Option<PathBuf>,
+        /// The point of the VM's first disk (default: its newest).
+        #[arg(long)]
+        point: Option<u64>,
+    },
+    /// List the VMs defined in the home.
+    List,
+}
+
+#[derive(clap::Args)]
+pub struct DefineArgs {
+    /// The VM's name.
+    name: String,
+    /// Read the whole definition from a TOML file (see docs in `lifeboat vm
+    /// define --help`); the other options must then be left out.
+    #[arg(long, conflicts_with_all = ["disks", "memory", "cpus", "nics", "health_serial", "health_tcp", "kernel"])]
+    file: Option<PathBuf>,
+    /// A protected disk of the VM, in order (the first is the boot disk). Repeat for more.
+    #[arg(long = "disk", value_name = "DISK")]
+    disks: Vec<String>,
+    /// Memory, e.g. 512MiB or 2GiB.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Virtual CPUs.
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// A NIC: the network it is on (mapped at the recovery site), optionally
+    /// with its MAC: prod or prod=52:54:00:12:34:56. Repeat for more.
+    #[arg(long = "nic", value_name = "NETWORK[=MAC]")]
+    nics: Vec<String>,
+    /// Healthy once a serial-console line contains this text.
+    #[arg(long)]
+    health_serial: Option<String>,
+    /// Healthy once this guest TCP port accepts connections.
+    #[arg(long)]
+    health_tcp: Option<u16>,
+    /// How long the health check may take after boot.
+    #[arg(long, default_value = "5m")]
+    health_timeout: String,
+    /// Boot this kernel directly (for disks without a boot loader).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The initramfs for --kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line for --kernel.
+    #[arg(long, requires = "kernel", default_value = "")]
+    append: String,
+}
+
+pub fn run(home: &Home, cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Define(a) => define(home, a),
+        Command::Show { name, vault, key, point } => {
+            let def = match (vault, key) {
+                (Some(v), Some(k)) => {
+                    let keys = crate::keyfile::load(&k)?;
+                    let vault = super::vault::open(&v)?;
+                    vault.check_key(&keys)?;
+                    let def = recovery::failover::locate(&vault, &keys, &name)?;
+                    match point {
+                        None => def,
+                        Some(p) => {
+                            recovery::failover::definition_at(&vault, &keys, &def.disks[0], p)?.with_context(|| {
+                                format!("point {p} of disk {:?} carries no VM definition", def.disks[0])
+                            })?
+                        }
+                    }
+                }
+                _ => home
+                    .vms()?
+                    .into_iter()
+                    .find(|v| v.name == name)
+                    .with_context(|| format!("no VM named {name:?} is defined in {}", home.root().display()))?,
+            };
+            print!("{}", def.to_toml());
+            Ok(())
+        }
+        Command::List => {
+            for v in home.vms()? {
+                println!(
+                    "{}\tdisks {}\t{} MiB, {} CPU(s), {} NIC(s)",
+                    v.name,
+                    v.disks.join(","),
+                    v.memory_mib,
+                    v.cpus,
+                    v.nics.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn define(home: &Home, a: DefineArgs) -> Result<()> {
+    let def = match &a.file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let def = VmDefinition::parse(&text, &f.display().to_string())?;
+            if def.name != a.name {
+                bail!("{} defines VM {:?}, not {:?}", f.display(), def.name, a.name);
+            }
+            def
+        }
+        None => from_args(&a)?,
+    };
+    // Every disk protected here, all to one vault with one key, none in another VM.
+    let mut target: Option<(PathBuf, PathBuf)> = None;
+    for d in &def.disks {
+        let entry = home.disk(d).with_context(|| format!("VM {:?}", def.name))?;
+        let r = entry.replication(d)?;
+        match &target {
+            None => target = Some((r.vault.clone(), r.key.clone())),
+            Some((v, k)) if v != &r.vault || k != &r.key => bail!(
+                "disk {d:?} replicates to {} with key {}, but {:?} to {} with key {}: the disks of one VM must share \
+                 a vault and key",
+                r.vault.display(),
+                r.key.display(),
+                def.disks[0],
+                v.display(),
+                k.display()
+            ),
+            Some(_) => {}
+        }
+        if let Some(other) = home.vm_of_disk(d)?.filter(|o| o.name != def.name) {
+            bail!("disk {d:?} already belongs to VM {:?}; redefine that VM without it first", other.name);
+        }
+    }
+    let dir = home.vms_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{}.toml", def.name));
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, def.to_toml()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    let (vault_dir, key) = target.expect("a VM has a disk");
+    let keys = crate::keyfile::load(&key)?;
+    let vault = super::vault::open(&vault_dir).ok();
+    let details =
+        serde_json::json!({ "vm": def.name, "disks": def.disks, "memory_mib": def.memory_mib, "cpus": def.cpus });
+    super::audit::record(&super::audit::audit_dir(home), &keys, vault.as_ref(), "vm.define", None, details)?;
+    println!(
+        "VM {} defined in {} (disks: {}); it travels with the next point of each disk",
+        def.name,
+        path.display(),
+        def.disks.join(", ")
+    );
+    Ok(())
+}
+
+fn from_args(a: &DefineArgs) -> Result<VmDefinition> {
+    if a.disks.is_empty() {
+        bail!("give the VM's disks with --disk DISK (repeat in boot order), or the whole definition with --file");
+    }
+    let memory_mib = match &a.memory {
+        Some(m) => {
+            let bytes = parse_size(m).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+            u32::try_from(bytes >> 20).context("--memory is too large")?
+        }
+        None => 512,
+    };
+    let nics = a
+        .nics
+        .iter()
+        .map(|n| match n.split_once('=') {
+            Some((net, mac)) => Nic { network: net.to_string(), mac: Some(mac.to_string()) },
+            None => Nic { network: n.clone(), mac: None },
+        })
+        .collect();
+    let timeout = parse_duration(&a.health_timeout).map_err(|e| anyhow::anyhow!("--health-timeout: {e}"))?;
+    let def = VmDefinition {
+        name: a.name.clone(),
+        memory_mib,
+        cpus: a.cpus.unwrap_or(1),
+        disks: a.disks.clone(),
+        nics,
+        health: Health { serial: a.health_serial.clone(), tcp_port: a.health_tcp, timeout_seconds: timeout },
+        boot: a.kernel.as_ref().map(|k| DirectBoot {
+            kernel: absolute(k),
+            initrd: a.initrd.as_deref().map(absolute),
+            append: a.append.clone(),
+        }),
+    };
+    def.validate().map_err(|why| anyhow::anyhow!("VM {:?}: {why}", a.name))?;
+    Ok(def)
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}

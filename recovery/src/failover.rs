@@ -1,0 +1,669 @@
+//! Failover jobs: choose a point, materialize its disks, boot the VM, check
+//! its health; and the commit and cleanup that end a failover.
+//!
+//! A job is a list of steps kept in `SITE/VM/job.json`, rewritten atomically
+//! after every change, so a crash of Lifeboat at any moment leaves a file that
+//! says which step was running. Running the same command again resumes: done
+//! steps are skipped (a materialized disk exists under its final name only
+//! once complete and synced; a half-written one is a `.partial` file that is
+//! started over), and a VM that is still running is not booted twice. A lock
+//! on `SITE/VM/lock` keeps two failover commands of one VM apart.
+//!
+//! Kinds: a **test** failover boots the point on an isolated network while
+//! replication goes on, and `cleanup` removes everything it made. An
+//! **unplanned** failover boots on the mapped production networks; until it
+//! is committed, running it again with another `--point` stops the VM and
+//! boots that point instead (the vault still holds every point, so no choice
+//! is lost), and `commit` makes it final.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use disk_format::keys::Keys;
+use disk_format::RootExtension;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use vault::Vault;
+
+use crate::error::RecoveryError;
+use crate::health::{self, Verdict};
+use crate::launch::{self, Network, QemuConfig, Running};
+use crate::vmdef::VmDefinition;
+
+/// What kind of failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Boot a point in isolation while replication goes on; cleaned up after.
+    Test,
+    /// The source site is gone: boot a chosen point; commit makes it final.
+    Unplanned,
+}
+
+impl Kind {
+    /// The word used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Test => "test",
+            Kind::Unplanned => "unplanned",
+        }
+    }
+}
+
+/// Which point to fail over to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointChoice {
+    /// The newest undamaged point.
+    Latest,
+    /// A point id of the VM's first disk (`lifeboat points DISK`).
+    Id(u64),
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Steps are running (or were, when Lifeboat died).
+    Running,
+    /// The VM was booted and its health checked.
+    Booted,
+    /// A step failed; running the command again retries from it.
+    Failed,
+    /// An unplanned failover made final.
+    Committed,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// What it does, e.g. "restore disk web1-root".
+    pub name: String,
+    /// "running", "done" or "failed".
+    pub state: String,
+    /// When it started, ns since the epoch.
+    pub started_ns: u64,
+    /// When it ended.
+    pub ended_ns: Option<u64>,
+    /// What it found or did.
+    pub detail: String,
+}
+
+/// The point one disk is failed over to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPoint {
+    /// The disk.
+    pub disk: String,
+    /// Its point id.
+    pub point: u64,
+    /// The point's cut, ns since the epoch.
+    pub cut_time_ns: u64,
+    /// The materialized image.
+    pub image: PathBuf,
+}
+
+/// Where a job's vault and key file are, so that commit and cleanup (run
+/// later, maybe with no other reference to them) can record in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The vault directory.
+    pub vault: PathBuf,
+    /// The customer key file (its path only; the key is never stored here).
+    pub key: PathBuf,
+}
+
+/// A failover job, as kept in `job.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The VM.
+    pub vm: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Where it is.
+    pub state: JobState,
+    /// When it started, ns since the epoch (the RTO counts from here).
+    pub started_ns: u64,
+    /// The chosen point of each disk, once chosen.
+    pub points: Vec<DiskPoint>,
+    /// The definition it boots, once found.
+    pub definition: Option<VmDefinition>,
+    /// The steps so far.
+    pub steps: Vec<Step>,
+    /// The running VM, once booted.
+    pub process: Option<Running>,
+    /// "passed" or "failed", once checked.
+    pub health: Option<String>,
+    /// Why the health check failed, or the line that passed it.
+    pub health_detail: Option<String>,
+    /// From the job's start to a passed health check (or to the failure).
+    pub rto_seconds: Option<f64>,
+    /// Where the vault and key came from.
+    #[serde(default)]
+    pub origin: Option<Origin>,
+}
+
+impl Job {
+    /// The point of the VM's first disk.
+    pub fn point(&self) -> Option<u64> {
+        self.points.first().map(|p| p.point)
+    }
+
+    /// The JSON `lifeboat failover --json` prints.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "vm": self.vm,
+            "kind": self.kind.as_str(),
+            "state": self.state,
+            "point": self.point(),
+            "points": self.points,
+            "rto_seconds": self.rto_seconds,
+            "health": self.health,
+            "health_detail": self.health_detail,
+            "pid": self.process.as_ref().filter(|p| p.alive()).map(|p| p.pid),
+            "console": self.process.as_ref().map(|p| &p.console),
+            "steps": self.steps,
+        })
+    }
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The failovers of one recovery site: a directory per VM.
+pub struct Site {
+    root: PathBuf,
+}
+
+/// Everything a failover run needs besides the site.
+pub struct Request<'a> {
+    /// The VM.
+    pub vm: &'a str,
+    /// Its kind.
+    pub kind: Kind,
+    /// The point; `None` keeps a resumed job's point (or takes the latest).
+    pub point: Option<PointChoice>,
+    /// The vault the VM's disks replicate to.
+    pub vault: &'a Vault,
+    /// The customer key.
+    pub keys: &'a Keys,
+    /// Recovery-site networks, by the name the definition's NICs use
+    /// (ignored by a test failover, which isolates every NIC).
+    pub networks: &'a BTreeMap<String, Network>,
+    /// Use this definition instead of the one stored with the point.
+    pub definition: Option<VmDefinition>,
+    /// How to run QEMU.
+    pub qemu: &'a QemuConfig,
+    /// Where `vault` and `keys` came from, kept in the job.
+    pub origin: Option<Origin>,
+}
+
+/// Called with each step as it starts and ends (the live view), and with
+/// each audit record: `(kind, details)`.
+pub struct Observer<'a> {
+    /// A step started or ended.
+    pub step: &'a mut dyn FnMut(&Step),
+    /// An action to record in the audit log; an error stops the job.
+    pub audit: &'a mut dyn FnMut(&str, Value) -> Result<(), String>,
+}
+
+/// An exclusive lock on one VM's failover directory, released on drop.
+struct Lock(#[allow(dead_code)] File);
+
+impl Site {
+    /// The site whose failovers live under `root` (`HOME/failovers`).
+    pub fn new(root: PathBuf) -> Site {
+        Site { root }
+    }
+
+    fn dir(&self, vm: &str) -> PathBuf {
+        self.root.join(vm)
+    }
+
+    fn job_path(&self, vm: &str) -> PathBuf {
+        self.dir(vm).join("job.json")
+    }
+
+    fn lock(&self, vm: &str) -> Result<Lock, RecoveryError> {
+        crate::vmdef::check_name("VM name", vm).map_err(RecoveryError::Refused)?;
+        let dir = self.dir(vm);
+        fs::create_dir_all(&dir).map_err(|e| RecoveryError::io("creating", &dir, e))?;
+        let path = dir.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| RecoveryError::io("opening", &path, e))?;
+        // SAFETY: flock(2) on a descriptor this function owns; no pointers.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(RecoveryError::Refused(format!(
+                "another `lifeboat failover` of VM {vm:?} is running right now (it holds {}); wait for it",
+                path.display()
+            )));
+        }
+        Ok(Lock(f))
+    }
+
+    /// The VM's job, if it has one.
+    pub fn load(&self, vm: &str) -> Result<Option<Job>, RecoveryError> {
+        let path = self.job_path(vm);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RecoveryError::io("reading", &path, e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            RecoveryError::Refused(format!(
+                "{} is damaged ({e}); nothing was changed. Look at the VM's files in {} and remove the directory \
+                 to start over",
+                path.display(),
+                self.dir(vm).display()
+            ))
+        })
+    }
+
+    fn save(&self, job: &Job) -> Result<(), RecoveryError> {
+        let path = self.job_path(&job.vm);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(job).expect("a job serializes");
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &text)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(path.parent().expect("job.json has a directory"))?.sync_all()
+        };
+        write().map_err(|e| RecoveryError::io("writing", &path, e))
+    }
+
+    /// Runs (or resumes) a failover; see the module documentation. Returns
+    /// the job as it ended: booted with its health passed or failed, or
+    /// with the error of the step that failed (the job is then `Failed` and
+    /// running the command again retries from that step).
+    pub fn failover(&self, req: &Request<'_>, obs: &mut Observer<'_>) -> Result<Job, RecoveryError> {
+        let _lock = self.lock(req.vm)?;
+        let mut job = match self.load(req.vm)? {
+            None => None,
+            Some(j) if j.state == JobState::Committed => {
+                return Err(RecoveryError::Refused(format!(
+                    "the {} failover of VM {:?} to point {} was committed; the VM runs at the recovery site now",
+                    j.kind.as_str(),
+                    j.vm,
+                    j.point().unwrap_or(0)
+                )))
+            }
+            Some(j) if j.kind != req.kind => {
+                return Err(RecoveryError::Refused(format!(
+                    "a {} failover of VM {:?} is active ({:?}); end it first with `lifeboat failover cleanup {}`{}",
+                    j.kind.as_str(),
+                    j.vm,
+                    j.state,
+                    j.vm,
+                    if j.kind == Kind::Unplanned { " or `lifeboat failover commit`" } else { "" }
+                )))
+            }
+            Some(j) => Some(j),
+        };
+        // A different point for an uncommitted failover: stop its VM, drop
+        // its disks, start over (the vault still has the old point).
+        if let (Some(j), Some(choice)) = (&job, req.point) {
+            let wanted = match choice {
+                PointChoice::Id(n) => Some(n),
+                PointChoice::Latest => None,
+            };
+            if !j.points.is_empty() && wanted.is_some_and(|n| Some(n) != j.point()) {
+                if j.kind == Kind::Test && j.state == JobState::Booted {
+                    return Err(RecoveryError::Refused(format!(
+                        "a test failover of VM {:?} to point {} is running; `lifeboat failover cleanup {}` first",
+                        j.vm,
+                        j.point().unwrap_or(0),
+                        j.vm
+                    )));
+                }
+                self.discard(j)?;
+                (obs.audit)(
+                    "failover.repoint",
+                    json!({ "vm": j.vm, "kind": j.kind.as_str(), "from": j.point(), "to": wanted }),
+                )
+                .map_err(RecoveryError::Refused)?;
+                job = None;
+            }
+        }
+        let mut job = match job {
+            Some(j) if j.state == JobState::Booted && j.process.as_ref().is_some_and(Running::alive) => return Ok(j),
+            Some(mut j) => {
+                j.state = JobState::Running;
+                (obs.audit)("failover.resume", json!({ "vm": j.vm, "kind": j.kind.as_str(), "point": j.point() }))
+                    .map_err(RecoveryError::Refused)?;
+                j
+            }
+            None => {
+                let j = Job {
+                    vm: req.vm.to_string(),
+                    kind: req.kind,
+                    state: JobState::Running,
+                    started_ns: now_ns(),
+                    points: Vec::new(),
+                    definition: None,
+                    steps: Vec::new(),
+                    process: None,
+                    health: None,
+                    health_detail: None,
+                    rto_seconds: None,
+                    origin: req.origin.clone(),
+                };
+                (obs.audit)("failover.start", json!({ "vm": j.vm, "kind": j.kind.as_str() }))
+                    .map_err(RecoveryError::Refused)?;
+                j
+            }
+        };
+        self.save(&job)?;
+        match self.steps(&mut job, req, obs) {
+            Ok(()) => Ok(job),
+            Err(e) => {
+                job.state = JobState::Failed;
+                if let Some(s) = job.steps.last_mut().filter(|s| s.state == "running") {
+                    s.state = "failed".into();
+                    s.ended_ns = Some(now_ns());
+                    s.detail = e.to_string();
+                    (obs.step)(s);
+                }
+                self.save(&job)?;
+                let _ = (obs.audit)(
+                    "failover.failed",
+                    json!({ "vm": job.vm, "kind": job.kind.as_str(), "point": job.point(), "error": e.to_string() }),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the steps not done yet.
+    fn steps(&self, job: &mut Job, req: &Request<'_>, obs: &mut Observer<'_>) -> Result<(), RecoveryError> {
+        let dir = self.dir(&job.vm);
+        if job.points.is_empty() {
+            self.begin(job, "choose point", obs)?;
+            let (def, points) = choose(req, &dir)?;
+            let p = &points[0];
+            let detail = format!(
+                "point {} of disk {} (cut {}), definition of VM {} with {} disk(s)",
+                p.point,
+                p.disk,
+                disk_format::time::rfc3339(p.cut_time_ns, 3),
+                def.name,
+                def.disks.len()
+            );
+            job.definition = Some(def);
+            job.points = points;
+            self.end(job, detail, obs)?;
+        }
+        let def = job.definition.clone().expect("chosen with the points");
+        let disks_dir = dir.join("disks");
+        fs::create_dir_all(&disks_dir).map_err(|e| RecoveryError::io("creating", &disks_dir, e))?;
+        for p in job.points.clone() {
+            if p.image.is_file() {
+                continue;
+            }
+            self.begin(job, &format!("restore disk {}", p.disk), obs)?;
+            let t = Instant::now();
+            let tmp = p.image.with_extension("partial");
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| RecoveryError::io("creating", &tmp, e))?;
+            let report = req.vault.restore(&p.disk, p.point, req.keys, &file, &mut |_, _| {})?;
+            file.sync_all().map_err(|e| RecoveryError::io("syncing", &tmp, e))?;
+            fs::rename(&tmp, &p.image).map_err(|e| RecoveryError::io("renaming", &tmp, e))?;
+            let detail = format!(
+                "point {} to {}: {} blocks, {} zero, {:.1} s, every block verified",
+                p.point,
+                p.image.display(),
+                report.blocks_written,
+                report.zero_blocks,
+                t.elapsed().as_secs_f64()
+            );
+            self.end(job, detail, obs)?;
+        }
+        let running = job.process.clone().filter(Running::alive);
+        let (vm, launched) = match running {
+            Some(r) => (r, Instant::now()),
+            None => {
+                self.begin(job, "boot", obs)?;
+                let networks = match job.kind {
+                    Kind::Test => {
+                        def.nics.iter().map(|n| (n.network.clone(), Network::User { isolated: true })).collect()
+                    }
+                    Kind::Unplanned => req.networks.clone(),
+                };
+                let images: Vec<PathBuf> = job.points.iter().map(|p| p.image.clone()).collect();
+                let launched = Instant::now();
+                let r = launch::launch(&def, &images, &networks, &dir, req.qemu)?;
+                job.process = Some(r.clone());
+                let nets: Vec<String> =
+                    def.nics.iter().map(|n| format!("{} -> {:?}", n.network, networks.get(&n.network))).collect();
+                self.end(
+                    job,
+                    format!("QEMU pid {} ({}), networks: [{}]", r.pid, req.qemu.accel, nets.join(", ")),
+                    obs,
+                )?;
+                (r, launched)
+            }
+        };
+        self.begin(job, "health check", obs)?;
+        let verdict = health::check(&def.health, &vm, launched);
+        job.rto_seconds = Some(Duration::from_nanos(now_ns().saturating_sub(job.started_ns)).as_secs_f64());
+        let detail = match &verdict {
+            Verdict::Passed => {
+                job.health = Some("passed".into());
+                let what =
+                    def.health.serial.as_ref().map_or("QEMU running".to_string(), |s| format!("console line {s:?}"));
+                format!("passed: {what}, RTO {:.1} s", job.rto_seconds.unwrap_or(0.0))
+            }
+            Verdict::Failed(why) => {
+                job.health = Some("failed".into());
+                format!("failed: {why}")
+            }
+        };
+        job.health_detail = Some(detail.clone());
+        self.end(job, detail, obs)?;
+        job.state = JobState::Booted;
+        self.save(job)?;
+        (obs.audit)(
+            "failover.booted",
+            json!({
+                "vm": job.vm, "kind": job.kind.as_str(), "points": job.points.iter().map(|p| json!({"disk": p.disk, "point": p.point})).collect::<Vec<_>>(),
+                "rto_seconds": job.rto_seconds, "health": job.health,
+            }),
+        )
+        .map_err(RecoveryError::Refused)
+    }
+
+    fn begin(&self, job: &mut Job, name: &str, obs: &mut Observer<'_>) -> Result<(), RecoveryError> {
+        job.steps.push(Step {
+            name: name.to_string(),
+            state: "running".into(),
+            started_ns: now_ns(),
+            ended_ns: None,
+            detail: String::new(),
+        });
+        self.save(job)?;
+        (obs.step)(job.steps.last().expect("just pushed"));
+        Ok(())
+    }
+
+    fn end(&self, job: &mut Job, detail: String, obs: &mut Observer<'_>) -> Result<(), RecoveryError> {
+        let s = job.steps.last_mut().expect("a step is running");
+        s.state = "done".into();
+        s.ended_ns = Some(now_ns());
+        s.detail = detail;
+        self.save(job)?;
+        (obs.step)(job.steps.last().expect("a step is running"));
+        Ok(())
+    }
+
+    /// Stops a job's VM and removes its disks.
+    fn discard(&self, job: &Job) -> Result<(), RecoveryError> {
+        if let Some(p) = &job.process {
+            p.stop(Duration::from_secs(10))?;
+        }
+        let disks = self.dir(&job.vm).join("disks");
+        match fs::remove_dir_all(&disks) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RecoveryError::io("removing", &disks, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes an unplanned failover final.
+    pub fn commit(&self, vm: &str, obs: &mut Observer<'_>) -> Result<Job, RecoveryError> {
+        let _lock = self.lock(vm)?;
+        let Some(mut job) = self.load(vm)? else {
+            return Err(RecoveryError::NotFound(format!("VM {vm:?} has no failover to commit at this site")));
+        };
+        match (job.kind, job.state) {
+            (Kind::Unplanned, JobState::Booted) => {}
+            (Kind::Unplanned, JobState::Committed) => return Ok(job),
+            (Kind::Test, _) => {
+                return Err(RecoveryError::Refused(format!(
+                    "the failover of VM {vm:?} is a test; it cannot be committed (`lifeboat failover cleanup {vm}` ends it)"
+                )))
+            }
+            (_, state) => {
+                return Err(RecoveryError::Refused(format!(
+                    "the unplanned failover of VM {vm:?} is {state:?}, not booted; run `lifeboat failover {vm} \
+                     --unplanned` again to finish it, then commit"
+                )))
+            }
+        }
+        job.state = JobState::Committed;
+        self.save(&job)?;
+        (obs.audit)("failover.commit", json!({ "vm": vm, "point": job.point(), "rto_seconds": job.rto_seconds }))
+            .map_err(RecoveryError::Refused)?;
+        Ok(job)
+    }
+
+    /// Removes everything a (test or uncommitted) failover made: stops its
+    /// VM, deletes its disks and its job. Returns what it removed.
+    pub fn cleanup(&self, vm: &str, obs: &mut Observer<'_>) -> Result<Job, RecoveryError> {
+        let lock = self.lock(vm)?;
+        let Some(job) = self.load(vm)? else {
+            drop(lock);
+            let _ = fs::remove_dir_all(self.dir(vm));
+            return Err(RecoveryError::NotFound(format!(
+                "VM {vm:?} has no failover at this site; nothing to clean up"
+            )));
+        };
+        if job.state == JobState::Committed {
+            return Err(RecoveryError::Refused(format!(
+                "the failover of VM {vm:?} was committed: its VM and disks are production now and are not removed"
+            )));
+        }
+        self.discard(&job)?;
+        let dir = self.dir(vm);
+        drop(lock);
+        fs::remove_dir_all(&dir).map_err(|e| RecoveryError::io("removing", &dir, e))?;
+        (obs.audit)("failover.cleanup", json!({ "vm": vm, "kind": job.kind.as_str(), "point": job.point() }))
+            .map_err(RecoveryError::Refused)?;
+        Ok(job)
+    }
+}
+
+/// Finds the VM's definition and the point of each of its disks.
+fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>), RecoveryError> {
+    let located = match &req.definition {
+        Some(d) => d.clone(),
+        None => locate(req.vault, req.keys, req.vm)?,
+    };
+    let first = &located.disks[0].clone();
+    let points = req.vault.points(first)?;
+    let pick = match req.point.unwrap_or(PointChoice::Latest) {
+        PointChoice::Latest => points.iter().rev().find(|p| p.damage.is_none()).ok_or_else(|| {
+            RecoveryError::NotFound(format!("disk {first:?} of VM {:?} has no usable recovery point", req.vm))
+        })?,
+        PointChoice::Id(n) => {
+            let p = points.iter().find(|p| p.sequence == n).ok_or_else(|| {
+                RecoveryError::NotFound(format!(
+                    "disk {first:?} of VM {:?} has no point {n} (see `lifeboat points {first} --vault ...`)",
+                    req.vm
+                ))
+            })?;
+            if let Some(d) = &p.damage {
+                return Err(RecoveryError::Refused(format!("{d}; pick another point with --point")));
+            }
+            p
+        }
+    };
+    // The VM as it was at that cut, unless the caller gave a definition.
+    let def = match &req.definition {
+        Some(d) => d.clone(),
+        None => {
+            definition_at(req.vault, req.keys, first, pick.sequence)?.filter(|d| d.name == req.vm).unwrap_or(located)
+        }
+    };
+    let mut out = Vec::new();
+    for disk in &def.disks {
+        let (point, cut) = if disk == first {
+            (pick.sequence, pick.cut_time_ns)
+        } else {
+            // Until disks of one VM are cut together, take each other
+            // disk's newest point not after the first disk's cut.
+            let ps = req.vault.points(disk)?;
+            let p =
+                ps.iter().rev().find(|p| p.damage.is_none() && p.cut_time_ns <= pick.cut_time_ns).ok_or_else(|| {
+                    RecoveryError::NotFound(format!(
+                        "disk {disk:?} of VM {:?} has no point cut before point {} of {first:?}",
+                        req.vm, pick.sequence
+                    ))
+                })?;
+            (p.sequence, p.cut_time_ns)
+        };
+        out.push(DiskPoint {
+            disk: disk.clone(),
+            point,
+            cut_time_ns: cut,
+            image: dir.join("disks").join(format!("{disk}.raw")),
+        });
+    }
+    Ok((def, out))
+}
+
+/// The VM definition stored with point `sequence` of `disk`, if it has one.
+pub fn definition_at(
+    vault: &Vault,
+    keys: &Keys,
+    disk: &str,
+    sequence: u64,
+) -> Result<Option<VmDefinition>, RecoveryError> {
+    let root = vault.load_root(disk, sequence, Some(keys))?;
+    let what = format!("stored with point {sequence} of disk {disk:?}");
+    let ext = RootExtension::decode(&root.extension, keys)
+        .map_err(|e| RecoveryError::Definition { what: what.clone(), why: e.to_string() })?;
+    let Some(bytes) = ext.vm_definition else { return Ok(None) };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| RecoveryError::Definition { what: what.clone(), why: "not UTF-8".into() })?;
+    VmDefinition::parse(&text, &what).map(Some)
+}
+
+/// Finds VM `vm`'s definition in the vault: the newest point of each disk
+/// carries the definition of the VM it belongs to.
+pub fn locate(vault: &Vault, keys: &Keys, vm: &str) -> Result<VmDefinition, RecoveryError> {
+    for disk in vault.disks()? {
+        let Some(last) = vault.points(&disk)?.into_iter().rev().find(|p| p.damage.is_none()) else { continue };
+        if let Some(def) = definition_at(vault, keys, &disk, last.sequence)? {
+            if def.name == vm && def.disks.first() == Some(&disk) {
+                return Ok(def);
+            }
+        }
+    }
+    Err(RecoveryError::NotFound(format!(
+        "no disk in vault {} carries a definition of VM {vm:?}: define it where it runs with `lifeboat vm define \
+         {vm} --disk DISK ...` (the definition travels with the next point), or pass --definition FILE",
+        vault.backend().location()
+    )))
+}

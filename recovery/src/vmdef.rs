@@ -1,0 +1,246 @@
+//! A VM's launch definition: what the recovery site needs to boot it.
+//!
+//! Stored as TOML in the home (`HOME/vms/NAME.toml`, written by `lifeboat vm
+//! define`) and, sealed, in the root of every point of each of its disks
+//! (disk-format `root_ext`), so the definition travels with the data and a
+//! failover boots a point with the definition it had when it was cut.
+//!
+//! ```toml
+//! name = "web1"
+//! memory_mib = 1024
+//! cpus = 2
+//! disks = ["web1-root", "web1-data"]   # protected disks, in boot order
+//!
+//! [[nics]]
+//! network = "prod"                     # mapped to a real network at the recovery site
+//! mac = "52:54:00:12:34:56"            # optional
+//!
+//! [health]                             # when the booted VM counts as healthy
+//! serial = "login:"                    # a line on its serial console containing this
+//! tcp_port = 22                        # and/or a TCP port that accepts connections
+//! timeout_seconds = 300
+//!
+//! [boot]                               # optional: direct kernel boot instead of the disk's loader
+//! kernel = "/srv/dr/vmlinuz"
+//! initrd = "/srv/dr/initrd.img"
+//! append = "console=ttyS0 root=/dev/vda"
+//! ```
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RecoveryError;
+
+/// A VM definition (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefinition {
+    /// The VM's name.
+    pub name: String,
+    /// Memory, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// Its protected disks, in order (the first is the boot disk).
+    pub disks: Vec<String>,
+    /// Its network interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+    /// The boot health check.
+    #[serde(default)]
+    pub health: Health,
+    /// Direct kernel boot, if the disk has no boot loader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<DirectBoot>,
+}
+
+/// A network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    /// The network it is on at the source site; the recovery site maps it.
+    pub network: String,
+    /// Its MAC address, if fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// When a booted VM counts as healthy: every check given must pass within
+/// the timeout. With none given, the VM is healthy once QEMU runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// A serial-console line containing this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// A guest TCP port that must accept a connection (reached through the
+    /// first NIC: forwarded from the host's loopback on user networking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+    /// How long the checks may take, from launch.
+    #[serde(default = "default_health_timeout")]
+    pub timeout_seconds: u64,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health { serial: None, tcp_port: None, timeout_seconds: default_health_timeout() }
+    }
+}
+
+/// Direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectBoot {
+    /// The kernel image (a path at the recovery site).
+    pub kernel: PathBuf,
+    /// The initramfs, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[serde(default)]
+    pub append: String,
+}
+
+fn default_memory() -> u32 {
+    512
+}
+fn default_cpus() -> u32 {
+    1
+}
+fn default_health_timeout() -> u64 {
+    300
+}
+
+/// Checks a VM or network name: it becomes a directory and a QEMU id.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {name:?} is not valid: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        ))
+    }
+}
+
+impl VmDefinition {
+    /// Parses and validates a definition; `what` names it in errors.
+    pub fn parse(text: &str, what: &str) -> Result<VmDefinition, RecoveryError> {
+        let def: VmDefinition = toml::from_str(text)
+            .map_err(|e| RecoveryError::Definition { what: what.to_string(), why: e.to_string() })?;
+        def.validate().map_err(|why| RecoveryError::Definition { what: what.to_string(), why })?;
+        Ok(def)
+    }
+
+    /// The definition as TOML (what `parse` reads back).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a VM definition always serializes")
+    }
+
+    /// Checks every field; the error says which and why.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("VM name", &self.name)?;
+        if self.disks.is_empty() {
+            return Err("a VM needs at least one disk".into());
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            check_name("disk name", d)?;
+            if self.disks[..i].contains(d) {
+                return Err(format!("disk {d:?} is listed twice"));
+            }
+        }
+        if !(16..=4 << 20).contains(&self.memory_mib) {
+            return Err(format!("memory_mib = {}: use 16 to 4194304 MiB", self.memory_mib));
+        }
+        if !(1..=255).contains(&self.cpus) {
+            return Err(format!("cpus = {}: use 1 to 255", self.cpus));
+        }
+        for (i, n) in self.nics.iter().enumerate() {
+            check_name(&format!("network of NIC {i}"), &n.network)?;
+            if let Some(mac) = &n.mac {
+                let parts: Vec<&str> = mac.split(':').collect();
+                if parts.len() != 6 || !parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok()) {
+                    return Err(format!("NIC {i}: mac {mac:?} is not six hex pairs like 52:54:00:12:34:56"));
+                }
+            }
+        }
+        if self.health.tcp_port.is_some() && self.nics.is_empty() {
+            return Err("health.tcp_port needs a NIC to reach the guest through".into());
+        }
+        if self.health.serial.as_deref() == Some("") {
+            return Err("health.serial is empty: give the text a console line must contain".into());
+        }
+        if !(1..=86_400).contains(&self.health.timeout_seconds) {
+            return Err(format!("health.timeout_seconds = {}: use 1 to 86400", self.health.timeout_seconds));
+        }
+        if let Some(b) = &self.boot {
+            if !b.kernel.is_absolute() || b.initrd.as_ref().is_some_and(|i| !i.is_absolute()) {
+                return Err("boot.kernel and boot.initrd must be absolute paths".into());
+            }
+            if b.append.contains('\n') {
+                return Err("boot.append must be one line".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+name = "web1"
+memory_mib = 1024
+cpus = 2
+disks = ["web1-root", "web1-data"]
+
+[[nics]]
+network = "prod"
+mac = "52:54:00:12:34:56"
+
+[health]
+serial = "login:"
+tcp_port = 22
+timeout_seconds = 120
+
+[boot]
+kernel = "/srv/vmlinuz"
+initrd = "/srv/initrd"
+append = "console=ttyS0"
+"#;
+
+    #[test]
+    fn parses_round_trips_and_defaults() {
+        let d = VmDefinition::parse(FULL, "test").unwrap();
+        assert_eq!(d.disks, ["web1-root", "web1-data"]);
+        assert_eq!(d.health.tcp_port, Some(22));
+        assert_eq!(VmDefinition::parse(&d.to_toml(), "again").unwrap(), d);
+        let min = VmDefinition::parse("name = \"a\"\ndisks = [\"a\"]\n", "min").unwrap();
+        assert_eq!((min.memory_mib, min.cpus, min.health.timeout_seconds), (512, 1, 300));
+    }
+
+    #[test]
+    fn bad_definitions_name_the_field() {
+        for (text, needle) in [
+            ("name = \"a\"\ndisks = []\n", "at least one disk"),
+            ("name = \"../x\"\ndisks = [\"a\"]\n", "VM name"),
+            ("name = \"a\"\ndisks = [\"a\", \"a\"]\n", "listed twice"),
+            ("name = \"a\"\ndisks = [\"a\"]\ncpus = 0\n", "cpus"),
+            ("name = \"a\"\ndisks = [\"a\"]\n[[nics]]\nnetwork = \"p\"\nmac = \"zz\"\n", "mac"),
+            ("name = \"a\"\ndisks = [\"a\"]\n[health]\ntcp_port = 22\n", "needs a NIC"),
+            ("name = \"a\"\ndisks = [\"a\"]\n[boot]\nkernel = \"vmlinuz\"\n", "absolute"),
+            ("name = \"a\"\ndisks = [\"a\"]\nram = 5\n", "unknown field"),
+        ] {
+            let e = VmDefinition::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+}
