@@ -364,6 +364,17 @@ impl Site {
         self.save(&job)?;
         match self.steps(&mut job, req, obs) {
             Ok(()) => Ok(job),
+            Err(e) if job.points.is_empty() => {
+                // Refused before anything was made (no VM, no such point,
+                // ...): nothing to resume, so no job is left behind.
+                let dir = self.dir(&job.vm);
+                fs::remove_dir_all(&dir).map_err(|io| RecoveryError::io("removing", &dir, io))?;
+                let _ = (obs.audit)(
+                    "failover.failed",
+                    json!({ "vm": job.vm, "kind": job.kind.as_str(), "error": e.to_string() }),
+                );
+                Err(e)
+            }
             Err(e) => {
                 job.state = JobState::Failed;
                 if let Some(s) = job.steps.last_mut().filter(|s| s.state == "running") {

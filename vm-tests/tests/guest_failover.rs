@@ -309,3 +309,80 @@ fn test_and_unplanned_failover_boot_the_points_they_name() {
     site.run_ok(&["audit", "verify", "--key", arg(&key)]);
     agent.stop();
 }
+
+/// A `lifeboat failover` SIGKILLed once it has booted the VM and started the
+/// health check: the job on disk says the health check was running, the VM
+/// is still up, and the same command again resumes there — it does not boot
+/// a second VM — and passes.
+#[test]
+#[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
+fn a_failover_killed_mid_job_resumes_where_it_stopped() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vmfokill-");
+    let dir = scratch.dir();
+    let home = &scratch.home;
+    let image = dir.join("disk.img");
+    fs::File::create(&image).unwrap().set_len(32 * MIB).unwrap();
+    assert_ok(&Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F"]).arg(&image).output().unwrap(), "mkfs.ext4");
+    let (key, vault) = (dir.join("k.key"), dir.join("vault"));
+    home.key_new(&key);
+    home.vault_init(&vault, &key);
+    home.protect_replicated("r-root", &image, 64 * KIB, &vault, &key);
+    let kernel = paths::kernel();
+    let checker = initramfs::build(&kernel, dir, CHECKER, &[]);
+    home.run_ok(&[
+        "vm",
+        "define",
+        "r",
+        "--disk",
+        "r-root",
+        "--health-serial",
+        HEALTH,
+        "--kernel",
+        arg(&kernel.vmlinuz),
+        "--initrd",
+        arg(&checker),
+        "--append",
+        APPEND,
+    ]);
+    home.ship("r-root");
+
+    let site = Home::new(paths::lifeboat_bin(), dir.join("site"));
+    let _reaper = Reaper(dir.join("site/failovers"));
+    let args = ["failover", "r", "--test", "--vault", arg(&vault), "--key", arg(&key)];
+    let mut child = site.command().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    loop {
+        let line = lines.next().unwrap_or_else(|| panic!("failover exited before booting:\n{seen}")).unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("[r] health check ...") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let job: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("site/failovers/r/job.json")).unwrap()).unwrap();
+    assert_eq!(job["state"], "running", "{job}");
+    let last = job["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["name"], "health check", "the job does not say where it stopped: {job}");
+    assert_eq!(last["state"], "running", "{job}");
+    let pid = job["process"]["pid"].as_u64().unwrap();
+    assert!(pid_alive(pid), "the VM died with the failover command");
+
+    let mut again: Vec<&str> = args.to_vec();
+    again.push("--json");
+    let out = site.run(&again);
+    assert!(out.status.success(), "resumed failover: {}", String::from_utf8_lossy(&out.stderr));
+    let job = json(&out);
+    assert_eq!(job["health"].as_str(), Some("passed"), "{job}");
+    assert_eq!(job["pid"].as_u64(), Some(pid), "the resumed failover booted a second VM: {job}");
+    let boots = job["steps"].as_array().unwrap().iter().filter(|s| s["name"] == "boot").count();
+    assert_eq!(boots, 1, "{job}");
+    site.run_ok(&["failover", "cleanup", "r"]);
+    assert!(!pid_alive(pid), "cleanup left the VM running");
+}
