@@ -76,16 +76,10 @@ impl Transcript {
 }
 
 /// KVM only when /dev/kvm is writable and the CPU has vmx or svm; else TCG
-/// (see shared/VM-TESTS.md: /dev/kvm exists on these machines but is unusable).
+/// (see shared/VM-TESTS.md: /dev/kvm exists on these machines but is
+/// unusable). The same choice `lifeboat failover` makes.
 pub fn accel() -> &'static str {
-    let kvm_rw = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let virt = cpuinfo.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
-    if kvm_rw && virt {
-        "kvm"
-    } else {
-        "tcg"
-    }
+    recovery::launch::accel()
 }
 
 impl Vm {

@@ -46,8 +46,9 @@ pub enum Command {
 pub struct DefineArgs {
     /// The VM's name.
     name: String,
-    /// Read the whole definition from a TOML file (see docs in `lifeboat vm
-    /// define --help`); the other options must then be left out.
+    /// Read the whole definition from a TOML file (name, memory_mib, cpus,
+    /// disks, [[nics]] network/mac, [health] serial/tcp_port/timeout_seconds,
+    /// [boot] kernel/initrd/append); the other options must then be left out.
     #[arg(long, conflicts_with_all = ["disks", "memory", "cpus", "nics", "health_serial", "health_tcp", "kernel"])]
     file: Option<PathBuf>,
     /// A protected disk of the VM, in order (the first is the boot disk). Repeat for more.
