@@ -41,6 +41,10 @@ pub enum Kind {
     Test,
     /// The source site is gone: boot a chosen point; commit makes it final.
     Unplanned,
+    /// The source VM was stopped cleanly and its last changes shipped
+    /// before this job (the caller's part); boot that final point. Final
+    /// once healthy: zero data loss.
+    Planned,
 }
 
 impl Kind {
@@ -49,6 +53,7 @@ impl Kind {
         match self {
             Kind::Test => "test",
             Kind::Unplanned => "unplanned",
+            Kind::Planned => "planned",
         }
     }
 }
@@ -199,6 +204,9 @@ pub struct Request<'a> {
     pub qemu: &'a QemuConfig,
     /// Where `vault` and `keys` came from, kept in the job.
     pub origin: Option<Origin>,
+    /// Steps the caller already ran for a new job (a planned failover's
+    /// source shutdown and final cycle), recorded first.
+    pub prelude: Vec<Step>,
 }
 
 /// Called with each step as it starts and ends (the live view), and with
@@ -346,10 +354,11 @@ impl Site {
                     vm: req.vm.to_string(),
                     kind: req.kind,
                     state: JobState::Running,
-                    started_ns: now_ns(),
+                    // The RTO counts from the first thing the failover did.
+                    started_ns: req.prelude.first().map_or_else(now_ns, |s| s.started_ns),
                     points: Vec::new(),
                     definition: None,
-                    steps: Vec::new(),
+                    steps: req.prelude.clone(),
                     process: None,
                     health: None,
                     health_detail: None,
@@ -451,7 +460,7 @@ impl Site {
                     Kind::Test => {
                         def.nics.iter().map(|n| (n.network.clone(), Network::User { isolated: true })).collect()
                     }
-                    Kind::Unplanned => req.networks.clone(),
+                    Kind::Unplanned | Kind::Planned => req.networks.clone(),
                 };
                 let images: Vec<PathBuf> = job.points.iter().map(|p| p.image.clone()).collect();
                 let launched = Instant::now();
@@ -484,7 +493,12 @@ impl Site {
         };
         job.health_detail = Some(detail.clone());
         self.end(job, detail, obs)?;
-        job.state = JobState::Booted;
+        // A planned failover lost nothing and is final once healthy.
+        job.state = if job.kind == Kind::Planned && job.health.as_deref() == Some("passed") {
+            JobState::Committed
+        } else {
+            JobState::Booted
+        };
         self.save(job)?;
         (obs.audit)(
             "failover.booted",
@@ -531,15 +545,16 @@ impl Site {
         }
     }
 
-    /// Makes an unplanned failover final.
+    /// Makes an unplanned failover (or a planned one whose health check
+    /// failed) final.
     pub fn commit(&self, vm: &str, obs: &mut Observer<'_>) -> Result<Job, RecoveryError> {
         let _lock = self.lock(vm)?;
         let Some(mut job) = self.load(vm)? else {
             return Err(RecoveryError::NotFound(format!("VM {vm:?} has no failover to commit at this site")));
         };
         match (job.kind, job.state) {
-            (Kind::Unplanned, JobState::Booted) => {}
-            (Kind::Unplanned, JobState::Committed) => return Ok(job),
+            (Kind::Unplanned | Kind::Planned, JobState::Booted) => {}
+            (Kind::Unplanned | Kind::Planned, JobState::Committed) => return Ok(job),
             (Kind::Test, _) => {
                 return Err(RecoveryError::Refused(format!(
                     "the failover of VM {vm:?} is a test; it cannot be committed (`lifeboat failover cleanup {vm}` ends it)"
@@ -547,8 +562,10 @@ impl Site {
             }
             (_, state) => {
                 return Err(RecoveryError::Refused(format!(
-                    "the unplanned failover of VM {vm:?} is {state:?}, not booted; run `lifeboat failover {vm} \
-                     --unplanned` again to finish it, then commit"
+                    "the {} failover of VM {vm:?} is {state:?}, not booted; run `lifeboat failover {vm} --{}` \
+                     again to finish it, then commit",
+                    job.kind.as_str(),
+                    job.kind.as_str()
                 )))
             }
         }

@@ -270,3 +270,34 @@ pub fn qmp(socket: &Path, command: &str) -> Result<String, RecoveryError> {
         }
     }
 }
+
+/// Powers a running VM off through its QMP socket: `system_powerdown` (the
+/// ACPI power button), then waits until QEMU has exited (its QMP socket no
+/// longer answers) or `timeout` passes. A socket nobody listens on means the
+/// VM is already off. Returns what happened, for the job's record.
+pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<String, RecoveryError> {
+    let started = Instant::now();
+    match qmp(qmp_socket, "system_powerdown") {
+        Ok(reply) if reply.contains("\"error\"") => {
+            return Err(RecoveryError::Qemu(format!("QEMU refused system_powerdown: {}", reply.trim())))
+        }
+        Ok(_) => {}
+        Err(_) if UnixStream::connect(qmp_socket).is_err() => {
+            return Ok(format!("already off (nothing answers on {})", qmp_socket.display()))
+        }
+        Err(e) => return Err(e),
+    }
+    while started.elapsed() < timeout {
+        if UnixStream::connect(qmp_socket).is_err() {
+            return Ok(format!(
+                "powered off by the guest {:.1} s after system_powerdown",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(RecoveryError::Qemu(format!(
+        "the source VM did not power off within {} s of system_powerdown (does the guest handle the ACPI power button?)",
+        timeout.as_secs()
+    )))
+}

@@ -7,7 +7,9 @@
 //! `/init` mounts proc/sys/dev, loads the virtio modules in dependency order
 //! (there is no modules.dep in an unpacked kernel tree), waits for `/dev/vda`,
 //! runs `/test.sh` with `sh -e`, prints `@@LB DONE <status>`, syncs and powers
-//! off. Everything it reports is a [`crate::serial`] marker.
+//! off. A press of the ACPI power button (QMP `system_powerdown`) prints
+//! `@@LB STEP powerdown`, syncs and powers off at once. Everything it reports
+//! is a [`crate::serial`] marker.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,10 @@ pub const VIRTIO_MODULES: [&str; 7] = [
     "virtio_blk",
 ];
 
+/// Modules for the ACPI power button (QMP `system_powerdown`), loaded after
+/// the virtio ones.
+pub const POWER_MODULES: [&str; 2] = ["evdev", "button"];
+
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -35,6 +41,15 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_blk; do
   insmod /lib/modules/$m.ko || echo "@@LB FAIL insmod $m"
+done
+insmod /lib/modules/evdev.ko; insmod /lib/modules/button.ko
+# The ACPI power button (QMP system_powerdown): say so, sync, power off.
+sleep 0.2
+for e in /sys/class/input/event*; do
+  if grep -q "Power Button" $e/device/name 2>/dev/null; then
+    ( dd if=/dev/${e#/sys/class/} of=/dev/null bs=24 count=1 2>/dev/null
+      echo; echo "@@LB STEP powerdown"; sync; poweroff -f ) &
+  fi
 done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
@@ -115,7 +130,7 @@ fn base_archive(kernel: &Kernel) -> PathBuf {
     );
     write_file(&root.join("bin/busybox"), &bb, 0o755);
     write_file(&root.join("init"), INIT.as_bytes(), 0o755);
-    for m in VIRTIO_MODULES {
+    for m in VIRTIO_MODULES.iter().chain(&POWER_MODULES) {
         let ko = find_module(&kernel.modules, m);
         write_file(&root.join(format!("lib/modules/{m}.ko")), &fs::read(&ko).unwrap(), 0o644);
     }

@@ -26,6 +26,9 @@ pub struct Vm {
     /// Give up (kill QEMU, fail) after this long. `LIFEBOAT_VM_TIMEOUT`
     /// (seconds) overrides it.
     pub timeout: Duration,
+    /// A QMP socket to serve (`-qmp unix:PATH,server=on,wait=off`), for a
+    /// test that powers the VM down as a planned failover does.
+    pub qmp: Option<PathBuf>,
 }
 
 /// What a finished boot left behind.
@@ -102,6 +105,9 @@ impl Vm {
             .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"])
             .args(["-blockdev", &blockdev])
             .args(["-device", "virtio-blk-pci,drive=disk0"]);
+        if let Some(q) = &self.qmp {
+            cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", qemu_escape(q))]);
+        }
         cmd
     }
 

@@ -56,13 +56,28 @@ struct RunArgs {
     name: Option<String>,
     /// Test failover: boot the point on an isolated network (no route out)
     /// while replication goes on; end it with `lifeboat failover cleanup`.
-    #[arg(long, required_unless_present = "unplanned", conflicts_with = "unplanned")]
+    #[arg(long, required_unless_present_any = ["unplanned", "planned"], conflicts_with_all = ["unplanned", "planned"])]
     test: bool,
     /// Unplanned failover: the source site is gone; boot the point on the
     /// mapped networks. Run again with another --point to switch points
     /// until `lifeboat failover commit`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "planned")]
     unplanned: bool,
+    /// Planned failover, run where the VM's disks are protected: power the
+    /// source VM off (QMP system_powerdown on --source-qmp, then wait), ship
+    /// a final cycle of every disk, and boot that point on the mapped
+    /// networks. Nothing is lost; the job is final once healthy.
+    #[arg(long)]
+    planned: bool,
+    /// The running source VM's QMP socket (QEMU -qmp unix:PATH,server=on,wait=off), for --planned.
+    #[arg(long, requires = "planned")]
+    source_qmp: Option<PathBuf>,
+    /// For --planned without --source-qmp: you have shut the source VM down yourself.
+    #[arg(long, requires = "planned", conflicts_with = "source_qmp")]
+    source_stopped: bool,
+    /// How long the source VM may take to power off (--planned).
+    #[arg(long, default_value = "5m")]
+    shutdown_timeout: String,
     /// `latest` or a point id of the VM's first disk (`lifeboat points DISK`).
     #[arg(long)]
     point: Option<String>,
@@ -182,9 +197,13 @@ fn auditor<'a>(
 }
 
 fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
-    let name = a.name.expect("clap requires it");
-    let kind = if a.test { Kind::Test } else { Kind::Unplanned };
-    let point = match a.point.as_deref() {
+    let name = a.name.clone().expect("clap requires it");
+    let kind = match (a.test, a.planned) {
+        (true, _) => Kind::Test,
+        (_, true) => Kind::Planned,
+        _ => Kind::Unplanned,
+    };
+    let mut point = match a.point.as_deref() {
         None => None,
         Some("latest") => Some(PointChoice::Latest),
         Some(id) => Some(PointChoice::Id(
@@ -210,10 +229,19 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
         None => None,
     };
     let kv = keys_for(home, &name, a.vault.clone(), a.key.clone())?;
-    let origin = match (a.vault, a.key) {
+    let origin = match (a.vault.clone(), a.key.clone()) {
         (Some(vault), Some(key)) => Some(recovery::failover::Origin { vault: absolute(&vault), key: absolute(&key) }),
         _ => None,
     };
+    let mut audit = auditor(home, Some(&kv));
+    let mut prelude = Vec::new();
+    if kind == Kind::Planned {
+        if point.is_some() {
+            bail!("--planned fails over to the final point it ships itself; leave out --point");
+        }
+        let seq = planned_source_side(home, site, &name, &a, &mut prelude, &mut audit)?;
+        point = Some(PointChoice::Id(seq));
+    }
     let qemu = QemuConfig { binary: a.qemu, ..QemuConfig::default() };
     let req = Request {
         vm: &name,
@@ -225,6 +253,7 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
         definition,
         qemu: &qemu,
         origin,
+        prelude,
     };
     let live = !a.json || std::io::stderr().is_terminal();
     let mut step = |s: &Step| {
@@ -235,7 +264,6 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
             }
         }
     };
-    let mut audit = auditor(home, Some(&kv));
     let job = site.failover(&req, &mut Observer { step: &mut step, audit: &mut audit })?;
     print_job(&job, a.json, &summary(&job));
     if job.health.as_deref() != Some("passed") {
@@ -254,6 +282,10 @@ fn summary(job: &recovery::Job) -> String {
     let next = match (job.kind, job.state) {
         (Kind::Test, _) => format!("end it with `lifeboat failover cleanup {}`", job.vm),
         (Kind::Unplanned, recovery::JobState::Committed) => "committed".to_string(),
+        (Kind::Planned, recovery::JobState::Committed) => {
+            "final: the source was stopped and its last changes shipped, nothing was lost".to_string()
+        }
+        (Kind::Planned, _) => format!("look at it, then make it final with `lifeboat failover commit {}`", job.vm),
         (Kind::Unplanned, _) => format!(
             "switch points with `lifeboat failover {} --unplanned --point ID`, or make it final with \
              `lifeboat failover commit {}`",
@@ -281,4 +313,83 @@ fn print_job(job: &recovery::Job, json: bool, text: &str) {
 
 fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The source side of a planned failover: refuses before touching anything
+/// if the VM has another failover going, powers the source VM off, ships a
+/// final cycle of every disk. Returns the final point of the first disk.
+fn planned_source_side(
+    home: &Home,
+    site: &Site,
+    name: &str,
+    a: &RunArgs,
+    prelude: &mut Vec<Step>,
+    audit: &mut dyn FnMut(&str, serde_json::Value) -> std::result::Result<(), String>,
+) -> Result<u64> {
+    if let Some(j) = site.load(name)? {
+        bail!(
+            "VM {name:?} already has a {} failover here ({:?}); `lifeboat failover status {name}` shows it",
+            j.kind.as_str(),
+            j.state
+        );
+    }
+    let def = home.vms()?.into_iter().find(|d| d.name == name).with_context(|| {
+        format!(
+            "--planned runs where VM {name:?} is defined (`lifeboat vm define`); it is not in {}",
+            home.root().display()
+        )
+    })?;
+    let timeout = std::time::Duration::from_secs(
+        crate::size::parse_duration(&a.shutdown_timeout).map_err(|e| anyhow::anyhow!("--shutdown-timeout: {e}"))?,
+    );
+    let started = recovery::failover::now_ns();
+    let how = match (&a.source_qmp, a.source_stopped) {
+        (Some(qmp), _) => {
+            eprintln!("[{name}] stopping the source VM (QMP system_powerdown on {}) ...", qmp.display());
+            recovery::launch::power_off(qmp, timeout).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; nothing was shipped or booted: shut the VM down yourself and run again with --source-stopped"
+                )
+            })?
+        }
+        (None, true) => "stopped by the user (--source-stopped)".to_string(),
+        (None, false) => bail!(
+            "--planned must know the source VM is off: pass --source-qmp SOCKET (Lifeboat powers it off) or, once \
+             you have shut it down yourself, --source-stopped"
+        ),
+    };
+    audit("failover.planned.source-stopped", serde_json::json!({ "vm": name, "how": how }))
+        .map_err(anyhow::Error::msg)?;
+    prelude.push(Step {
+        name: "stop source VM".into(),
+        state: "done".into(),
+        started_ns: started,
+        ended_ns: Some(recovery::failover::now_ns()),
+        detail: how,
+    });
+    let mut first = None;
+    for disk in &def.disks {
+        let t = recovery::failover::now_ns();
+        eprintln!("[{name}] final cycle of disk {disk} ...");
+        let r =
+            super::ship::once(home, disk, super::ship::Bar::new("", false).quiet_when_done()).with_context(|| {
+                format!("the final cycle of disk {disk:?} of VM {name:?} (the source VM is off; run again to retry)")
+            })?;
+        first.get_or_insert(r.sequence);
+        prelude.push(Step {
+            name: format!("final cycle of disk {disk}"),
+            state: "done".into(),
+            started_ns: t,
+            ended_ns: Some(recovery::failover::now_ns()),
+            detail: format!(
+                "point {} committed: {} blocks read, {} new, {} bytes shipped",
+                r.sequence, r.blocks_read, r.new_blocks, r.bytes_shipped
+            ),
+        });
+        eprintln!("[{name}] final cycle of disk {disk} done: point {}", r.sequence);
+    }
+    let seq = first.expect("a VM has a disk");
+    audit("failover.planned.final-cycle", serde_json::json!({ "vm": name, "point": seq }))
+        .map_err(anyhow::Error::msg)?;
+    Ok(seq)
 }

@@ -95,13 +95,10 @@ impl Progress for Bar {
     }
 }
 
-pub fn run(home: &Home, a: Args) -> Result<()> {
-    if !a.once {
-        bail!("`lifeboat ship` runs one cycle: pass --once (the agent runs cycles on a schedule)");
-    }
-    let (entry, target) = Target::load(home, &a.name)?;
-    let tty = std::io::stderr().is_terminal();
-    let mut bar = Bar::new("", tty);
+/// Runs one cycle of disk `name` now: through the process serving it (the
+/// agent or `lifeboat filter`), or on the locked image when none does.
+pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleReport> {
+    let (entry, target) = Target::load(home, name)?;
     let report = match ControlClient::connect(&entry.control_path()) {
         Ok(client) => {
             let mut source = RemoteSource::new(client)?;
@@ -116,11 +113,20 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", entry.control_path().display())),
     };
+    let (r, _) = report
+        .map_err(|e| anyhow::anyhow!("{}; its changes stay marked dirty for the next cycle", crate::error_chain(&e)))?;
+    Ok(r)
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    if !a.once {
+        bail!("`lifeboat ship` runs one cycle: pass --once (the agent runs cycles on a schedule)");
+    }
+    let tty = std::io::stderr().is_terminal();
+    let r = once(home, &a.name, Bar::new("", tty))?;
     if tty {
         eprintln!();
     }
-    let (r, _) = report
-        .map_err(|e| anyhow::anyhow!("{}; its changes stay marked dirty for the next cycle", crate::error_chain(&e)))?;
     for w in &r.warnings {
         eprintln!("lifeboat: warning: {}: {w}", a.name);
     }
