@@ -20,6 +20,7 @@ mod cmd {
     pub mod failover;
     pub mod filter;
     pub mod key;
+    pub mod plan;
     pub mod points;
     pub mod protect;
     pub mod prune;
@@ -148,6 +149,10 @@ enum Command {
     /// with an empty home, pass --vault and --key: the VM's definition comes
     /// from the vault, stored with each point.
     Failover(cmd::failover::Args),
+    /// Recovery plans: fail a whole application over in order (groups of
+    /// VMs in parallel, scripts and manual steps between them).
+    #[command(subcommand)]
+    Plan(cmd::plan::Command),
 }
 
 fn main() -> ExitCode {
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
         Command::Audit(c) => cmd::audit::run(&home, c),
         Command::Vm(c) => cmd::vm::run(&home, c),
         Command::Failover(a) => cmd::failover::run(&home, a),
+        Command::Plan(c) => cmd::plan::run(&home, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

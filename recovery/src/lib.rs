@@ -4,16 +4,18 @@
 //! This crate owns the VM launch definition ([`vmdef`]), booting a recovered
 //! VM with QEMU and stopping it ([`launch`]), the boot health check
 //! ([`health`]), and failover jobs whose steps survive a crash of Lifeboat
-//! itself ([`failover`]). It reads points through the `vault` crate (restore
+//! itself ([`failover`]), and recovery plans that fail whole applications
+//! over in order ([`plan`]). It reads points through the `vault` crate (restore
 //! verifies every block) and the sealed definition through `disk-format`'s
-//! root extension; it must not re-implement either. Failback, planned
-//! failover and recovery plans build on it next.
+//! root extension; it must not re-implement either. Failback and
+//! app-consistent points build on it next.
 #![deny(missing_docs)]
 
 pub mod error;
 pub mod failover;
 pub mod health;
 pub mod launch;
+pub mod plan;
 pub mod vmdef;
 
 pub use error::RecoveryError;

@@ -153,7 +153,7 @@ fn job_keys(home: &Home, site: &Site, vm: &str) -> Option<(disk_format::keys::Ke
 }
 
 /// The keys and vault for the VM's audit records and its points.
-fn keys_for(
+pub(crate) fn keys_for(
     home: &Home,
     vm: &str,
     vault: Option<PathBuf>,
@@ -180,7 +180,7 @@ fn keys_for(
 }
 
 /// Records failover actions in the audit log of the key (copied to the vault).
-fn auditor<'a>(
+pub(crate) fn auditor<'a>(
     home: &'a Home,
     kv: Option<&'a (disk_format::keys::Keys, vault::Vault)>,
 ) -> impl FnMut(&str, serde_json::Value) -> std::result::Result<(), String> + 'a {
@@ -311,7 +311,7 @@ fn print_job(job: &recovery::Job, json: bool, text: &str) {
     }
 }
 
-fn absolute(p: &std::path::Path) -> PathBuf {
+pub(crate) fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 

@@ -1,0 +1,295 @@
+//! `lifeboat plan`: fail a whole application over in order.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use recovery::failover::{Kind, Origin, PointChoice, Request, Site, Step};
+use recovery::plan::{Plan, PlanObserver, PlanRun, Plans, RunState, StepRecord};
+use recovery::{Network, QemuConfig};
+
+use crate::home::Home;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Check a plan file without running it: its steps, scripts and (with
+    /// --vault and --key) that every VM is in the vault with a point.
+    Validate {
+        /// The plan file (TOML).
+        plan: PathBuf,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// Run a plan: each group's VMs fail over in parallel, groups in order,
+    /// scripts and manual steps between them, with a live view of the steps.
+    ///
+    /// A failing script (unless optional) or VM stops the plan with a report;
+    /// a manual step pauses it until `lifeboat plan resume`. The plan file
+    /// format: `name = "shop"`, then `[[step]]` tables, each with either
+    /// `group = "db"` + `vms = ["db1"]`, or `script = "/abs/path"` (+ `args`,
+    /// `optional`, `timeout_seconds`; it gets LIFEBOAT_PLAN, LIFEBOAT_PLAN_KIND,
+    /// LIFEBOAT_PLAN_STEP and LIFEBOAT_PLAN_VMS in its environment), or
+    /// `manual = "what to do"`.
+    Run {
+        /// The plan file (TOML).
+        plan: PathBuf,
+        /// Test failover of every VM (isolated networks; `plan cleanup` ends it).
+        #[arg(long, required_unless_present = "unplanned", conflicts_with = "unplanned")]
+        test: bool,
+        /// Unplanned failover of every VM (commit each with `lifeboat failover commit`).
+        #[arg(long)]
+        unplanned: bool,
+        /// `latest` (default) or a point id, used for every VM.
+        #[arg(long)]
+        point: Option<String>,
+        #[command(flatten)]
+        site: SiteArgs,
+        /// Print the run as JSON: {"plan", "kind", "state", "rto_seconds", "steps": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go on with a plan paused at a manual step (the step counts as done),
+    /// or retry one that failed or was interrupted.
+    Resume {
+        /// The plan's name.
+        name: String,
+        #[command(flatten)]
+        site: SiteArgs,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a plan's run: state, each step and each VM's health and RTO.
+    Status {
+        /// The plan's name.
+        name: String,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a plan's run: clean up every VM's test (or uncommitted) failover
+    /// and forget the run.
+    Cleanup {
+        /// The plan's name.
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SiteArgs {
+    /// The vault (default: that of the plan's first VM in this home).
+    #[arg(long, requires = "key")]
+    vault: Option<PathBuf>,
+    /// The customer key file.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Map a network: NET=bridge:BRIDGE, NET=user, NET=isolated or NET=none. Repeat per network.
+    #[arg(long = "network", value_name = "NET=SPEC")]
+    networks: Vec<String>,
+}
+
+pub fn run(home: &Home, cmd: Command) -> Result<()> {
+    let plans = Plans::new(home.root().join("plans"));
+    match cmd {
+        Command::Validate { plan, site } => validate(home, &plan, site),
+        Command::Run { plan, test, unplanned: _, point, site, json } => {
+            let plan = load(&plan)?;
+            let kind = if test { Kind::Test } else { Kind::Unplanned };
+            let point = match point.as_deref() {
+                None | Some("latest") => PointChoice::Latest,
+                Some(id) => PointChoice::Id(
+                    id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?,
+                ),
+            };
+            execute(home, &plans, &plan, kind, point, site, json)
+        }
+        Command::Resume { name, mut site, json } => {
+            let run = plans.load(&name)?.with_context(|| format!("plan {name:?} has no run at this site"))?;
+            if let (None, Some(o)) = (&site.vault, &run.origin) {
+                site.vault = Some(o.vault.clone());
+                site.key = Some(o.key.clone());
+            }
+            execute(home, &plans, &run.plan, run.kind, PointChoice::Latest, site, json)
+        }
+        Command::Status { name, json } => {
+            let run = plans.load(&name)?.with_context(|| format!("plan {name:?} has no run at this site"))?;
+            report(&run, json);
+            Ok(())
+        }
+        Command::Cleanup { name } => {
+            let run = plans.load(&name)?.with_context(|| format!("plan {name:?} has no run at this site"))?;
+            let site = Site::new(home.failovers_dir());
+            let kv = match &run.origin {
+                Some(o) => super::failover::keys_for(home, "", Some(o.vault.clone()), Some(o.key.clone())).ok(),
+                None => None,
+            };
+            let mut audit = super::failover::auditor(home, kv.as_ref());
+            let mut step = |_: &Step| {};
+            let mut problems = Vec::new();
+            for vm in run.plan.vms() {
+                match site.load(vm)? {
+                    None => {}
+                    Some(_) => {
+                        let mut obs = recovery::Observer { step: &mut step, audit: &mut audit };
+                        match site.cleanup(vm, &mut obs) {
+                            Ok(_) => eprintln!("[plan {name}] {vm}: cleaned up"),
+                            Err(e) => problems.push(format!("{vm}: {e}")),
+                        }
+                    }
+                }
+            }
+            if !problems.is_empty() {
+                bail!("plan {name:?}: not every VM was cleaned up (the run is kept): {}", problems.join("; "));
+            }
+            plans.forget(&name)?;
+            audit("plan.cleanup", serde_json::json!({ "plan": name })).map_err(anyhow::Error::msg)?;
+            println!("plan {name}: every VM's failover cleaned up, run forgotten");
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Plan> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the plan {}", path.display()))?;
+    Ok(Plan::parse(&text, &path.display().to_string())?)
+}
+
+fn networks(site: &SiteArgs) -> Result<BTreeMap<String, Network>> {
+    let mut m = BTreeMap::new();
+    for n in &site.networks {
+        let (net, spec) = n.split_once('=').with_context(|| format!("--network {n:?}: use NET=SPEC"))?;
+        m.insert(net.to_string(), spec.parse().map_err(|e: String| anyhow::anyhow!("--network {n:?}: {e}"))?);
+    }
+    Ok(m)
+}
+
+fn validate(home: &Home, path: &std::path::Path, site: SiteArgs) -> Result<()> {
+    let plan = load(path)?;
+    let groups = plan.steps.iter().filter(|s| s.group.is_some()).count();
+    println!(
+        "plan {}: {} steps, {groups} groups, {} VMs; steps and scripts check",
+        plan.name,
+        plan.steps.len(),
+        plan.vms().len()
+    );
+    if site.key.is_none() && site.vault.is_none() && home.vms()?.is_empty() {
+        println!("(pass --vault and --key to check that every VM is in the vault with a recovery point)");
+        return Ok(());
+    }
+    let first = plan.vms()[0].to_string();
+    let (keys, vault) = super::failover::keys_for(home, &first, site.vault, site.key)?;
+    let mut problems = Vec::new();
+    for vm in plan.vms() {
+        match recovery::failover::locate(&vault, &keys, vm) {
+            Ok(def) => {
+                let points = vault.points(&def.disks[0])?;
+                match points.iter().rev().find(|p| p.damage.is_none()) {
+                    Some(p) => println!(
+                        "  {vm}: point {} of disk {} ({})",
+                        p.sequence,
+                        def.disks[0],
+                        crate::time::rfc3339(p.cut_time_ns)
+                    ),
+                    None => problems.push(format!("{vm}: no usable point")),
+                }
+            }
+            Err(e) => problems.push(format!("{vm}: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("plan {} cannot run: {}", plan.name, problems.join("; "));
+    }
+    Ok(())
+}
+
+fn execute(
+    home: &Home,
+    plans: &Plans,
+    plan: &Plan,
+    kind: Kind,
+    point: PointChoice,
+    site_args: SiteArgs,
+    json: bool,
+) -> Result<()> {
+    let first = plan.vms()[0].to_string();
+    let origin = match (&site_args.vault, &site_args.key) {
+        (Some(v), Some(k)) => Some(Origin { vault: super::failover::absolute(v), key: super::failover::absolute(k) }),
+        _ => None,
+    };
+    let networks = networks(&site_args)?;
+    let (keys, vault) = super::failover::keys_for(home, &first, site_args.vault, site_args.key)?;
+    let qemu = QemuConfig::default();
+    let template = Request {
+        vm: &first,
+        kind,
+        point: Some(point),
+        vault: &vault,
+        keys: &keys,
+        networks: &networks,
+        definition: None,
+        qemu: &qemu,
+        origin,
+        prelude: Vec::new(),
+    };
+    let name = plan.name.clone();
+    let total = plan.steps.len();
+    let on_step = |r: &StepRecord| match r.state.as_str() {
+        "running" => eprintln!("[plan {name}] step {}/{total} {} ...", r.number, r.what),
+        state => eprintln!("[plan {name}] step {}/{total} {} {state}: {}", r.number, r.what, r.detail),
+    };
+    let on_vm = |n: usize, vm: &str, s: &Step| {
+        if s.state != "running" {
+            eprintln!("[plan {name}] step {n}: {vm}: {} {}: {}", s.name, s.state, s.detail);
+        }
+    };
+    let audit_dir = super::audit::audit_dir(home);
+    let audit = |kind: &str, details: serde_json::Value| {
+        super::audit::record(&audit_dir, &keys, Some(&vault), kind, None, details).map_err(|e| format!("{e:#}"))
+    };
+    let obs = PlanObserver { step: &on_step, vm_step: &on_vm, audit: &audit };
+    let site = Site::new(home.failovers_dir());
+    let run = plans.run(plan, kind, &site, &template, &obs)?;
+    report(&run, json);
+    match run.state {
+        RunState::Done | RunState::Paused => Ok(()),
+        RunState::Failed | RunState::Running => {
+            let last =
+                run.steps.last().map_or(String::new(), |s| format!("step {} ({}): {}", s.number, s.what, s.detail));
+            bail!(
+                "plan {:?} stopped at {last}; fix it and run `lifeboat plan resume {}`, or end it with `lifeboat plan \
+                 cleanup {}`",
+                run.plan.name,
+                run.plan.name,
+                run.plan.name
+            )
+        }
+    }
+}
+
+fn report(run: &PlanRun, json: bool) {
+    if json {
+        println!("{}", run.to_json());
+        return;
+    }
+    println!("plan {} ({} failover): {:?}", run.plan.name, run.kind.as_str(), run.state);
+    for s in &run.steps {
+        println!("  {:>2}. {:<40} {}  {}", s.number, s.what, s.state, s.detail);
+        for v in &s.vms {
+            println!(
+                "        {}: point {}, health {}, RTO {}",
+                v["vm"].as_str().unwrap_or("?"),
+                v["point"],
+                v["health"].as_str().unwrap_or("-"),
+                v["rto_seconds"].as_f64().map_or(v["error"].to_string(), |r| format!("{r:.1} s"))
+            );
+        }
+    }
+    match (run.state, run.rto_seconds) {
+        (RunState::Paused, _) => {
+            let s = run.steps.last().map_or("", |s| s.detail.as_str());
+            println!("paused for a manual step: {s}\nwhen it is done: lifeboat plan resume {}", run.plan.name);
+        }
+        (RunState::Done, Some(rto)) => println!("done: the whole plan's RTO was {rto:.1} s"),
+        _ => {}
+    }
+}
