@@ -19,6 +19,7 @@ mod cmd {
     pub mod dirty;
     pub mod failover;
     pub mod filter;
+    pub mod instant;
     pub mod key;
     pub mod plan;
     pub mod points;
@@ -153,6 +154,9 @@ enum Command {
     /// VMs in parallel, scripts and manual steps between them).
     #[command(subcommand)]
     Plan(cmd::plan::Command),
+    /// (Internal) serve a recovery point for `lifeboat failover --instant`.
+    #[command(hide = true)]
+    InstantServe(cmd::instant::Args),
 }
 
 fn main() -> ExitCode {
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => cmd::vm::run(&home, c),
         Command::Failover(a) => cmd::failover::run(&home, a),
         Command::Plan(c) => cmd::plan::run(&home, c),
+        Command::InstantServe(a) => cmd::instant::run(&home, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -107,7 +107,56 @@ pub struct DiskPoint {
     pub cut_time_ns: u64,
     /// The materialized image.
     pub image: PathBuf,
+    /// With instant recovery: the process serving the point over NBD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
 }
+
+/// A disk served by instant recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// The serving process.
+    pub pid: u32,
+    /// Its NBD unix socket.
+    pub socket: PathBuf,
+}
+
+impl Served {
+    /// Whether the process is still alive and still this disk's server.
+    pub fn alive(&self) -> bool {
+        let Ok(cmdline) = fs::read(format!("/proc/{}/cmdline", self.pid)) else { return false };
+        let want = self.socket.display().to_string();
+        let state = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        cmdline.split(|&b| b == 0).any(|a| a == want.as_bytes()) && !zombie
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&self) -> Result<(), RecoveryError> {
+        for (sig, wait) in [(libc::SIGTERM, 10), (libc::SIGKILL, 10)] {
+            if !self.alive() {
+                return Ok(());
+            }
+            let pid = libc::pid_t::try_from(self.pid).map_err(|_| RecoveryError::Qemu("pid out of range".into()))?;
+            // SAFETY: kill(2) takes no pointers; `alive` just checked the pid
+            // is this disk's server.
+            let _ = unsafe { libc::kill(pid, sig) };
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if self.alive() {
+            return Err(RecoveryError::Qemu(format!("the instant-recovery server pid {} survived SIGKILL", self.pid)));
+        }
+        Ok(())
+    }
+}
+
+/// Starts a detached process serving `point` of `disk` over NBD on
+/// `socket`, fetching into `image` (its present bitmap in `bitmap`); returns
+/// its pid once it listens.
+pub type ServeInstant<'a> = &'a (dyn Fn(&str, u64, &Path, &Path, &Path) -> Result<u32, String> + Sync);
 
 /// Where a job's vault and key file are, so that commit and cleanup (run
 /// later, maybe with no other reference to them) can record in the audit log.
@@ -147,6 +196,9 @@ pub struct Job {
     /// Where the vault and key came from.
     #[serde(default)]
     pub origin: Option<Origin>,
+    /// Booted from the vault by instant recovery (no restore first).
+    #[serde(default)]
+    pub instant: bool,
 }
 
 impl Job {
@@ -204,6 +256,9 @@ pub struct Request<'a> {
     pub qemu: &'a QemuConfig,
     /// Where `vault` and `keys` came from, kept in the job.
     pub origin: Option<Origin>,
+    /// Instant recovery: serve each disk from the vault with this instead
+    /// of restoring it first.
+    pub instant: Option<ServeInstant<'a>>,
     /// Steps the caller already ran for a new job (a planned failover's
     /// source shutdown and final cycle), recorded first.
     pub prelude: Vec<Step>,
@@ -364,6 +419,7 @@ impl Site {
                     health_detail: None,
                     rto_seconds: None,
                     origin: req.origin.clone(),
+                    instant: req.instant.is_some(),
                 };
                 (obs.audit)("failover.start", json!({ "vm": j.vm, "kind": j.kind.as_str() }))
                     .map_err(RecoveryError::Refused)?;
@@ -424,7 +480,35 @@ impl Site {
         let def = job.definition.clone().expect("chosen with the points");
         let disks_dir = dir.join("disks");
         fs::create_dir_all(&disks_dir).map_err(|e| RecoveryError::io("creating", &disks_dir, e))?;
-        for p in job.points.clone() {
+        for (i, p) in job.points.clone().into_iter().enumerate() {
+            if job.instant {
+                if p.served.as_ref().is_some_and(Served::alive) {
+                    continue;
+                }
+                let serve = req.instant.ok_or_else(|| {
+                    RecoveryError::Refused(format!(
+                        "the failover of VM {:?} was started with instant recovery; run it again with --instant",
+                        job.vm
+                    ))
+                })?;
+                self.begin(job, &format!("serve disk {} from the vault", p.disk), obs)?;
+                let socket = disks_dir.join(format!("{}.sock", p.disk));
+                let image = disks_dir.join(format!("{}.instant", p.disk));
+                let bitmap = disks_dir.join(format!("{}.present", p.disk));
+                let t = Instant::now();
+                let pid = serve(&p.disk, p.point, &image, &bitmap, &socket).map_err(RecoveryError::Qemu)?;
+                job.points[i].served = Some(Served { pid, socket: socket.clone() });
+                let detail = format!(
+                    "point {} served on {} by pid {pid} after {:.2} s; blocks are fetched on first read while a \
+                     background copy fills {}",
+                    p.point,
+                    socket.display(),
+                    t.elapsed().as_secs_f64(),
+                    image.display()
+                );
+                self.end(job, detail, obs)?;
+                continue;
+            }
             if p.image.is_file() {
                 continue;
             }
@@ -462,7 +546,14 @@ impl Site {
                     }
                     Kind::Unplanned | Kind::Planned => req.networks.clone(),
                 };
-                let images: Vec<PathBuf> = job.points.iter().map(|p| p.image.clone()).collect();
+                let images: Vec<launch::DiskSource> = job
+                    .points
+                    .iter()
+                    .map(|p| match &p.served {
+                        Some(s) => launch::DiskSource::Nbd { socket: s.socket.clone(), export: p.disk.clone() },
+                        None => launch::DiskSource::File(p.image.clone()),
+                    })
+                    .collect();
                 let launched = Instant::now();
                 let r = launch::launch(&def, &images, &networks, &dir, req.qemu)?;
                 job.process = Some(r.clone());
@@ -537,6 +628,9 @@ impl Site {
     fn discard(&self, job: &Job) -> Result<(), RecoveryError> {
         if let Some(p) = &job.process {
             p.stop(Duration::from_secs(10))?;
+        }
+        for s in job.points.iter().filter_map(|p| p.served.as_ref()) {
+            s.stop()?;
         }
         let disks = self.dir(&job.vm).join("disks");
         match fs::remove_dir_all(&disks) {
@@ -656,6 +750,7 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
             point,
             cut_time_ns: cut,
             image: dir.join("disks").join(format!("{disk}.raw")),
+            served: None,
         });
     }
     Ok((def, out))

@@ -106,11 +106,25 @@ fn free_port() -> Result<u16, RecoveryError> {
     Ok(l.local_addr().map_err(|e| RecoveryError::Qemu(e.to_string()))?.port())
 }
 
+/// Where a recovered VM's disk comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A restored raw image.
+    File(PathBuf),
+    /// An NBD export on a unix socket (instant recovery).
+    Nbd {
+        /// The socket.
+        socket: PathBuf,
+        /// The export name.
+        export: String,
+    },
+}
+
 /// Boots `def` from `disks` (in the definition's order) with its files in
 /// `dir`; `networks` maps each NIC's network.
 pub fn launch(
     def: &VmDefinition,
-    disks: &[PathBuf],
+    disks: &[DiskSource],
     networks: &BTreeMap<String, Network>,
     dir: &Path,
     qemu: &QemuConfig,
@@ -134,7 +148,22 @@ pub fn launch(
         .args(["-qmp", &format!("unix:{},server=on,wait=off", esc(&qmp))])
         .args(["-pidfile", &pidfile.display().to_string(), "-daemonize"]);
     for (i, d) in disks.iter().enumerate() {
-        cmd.args(["-drive", &format!("file={},format=raw,if=virtio,index={i},cache=writeback", esc(d))]);
+        match d {
+            DiskSource::File(f) => {
+                cmd.args(["-drive", &format!("file={},format=raw,if=virtio,index={i},cache=writeback", esc(f))]);
+            }
+            DiskSource::Nbd { socket, export } => {
+                let node = format!("d{i}");
+                cmd.args([
+                    "-blockdev",
+                    &format!(
+                        "driver=nbd,node-name={node},server.type=unix,server.path={},export={export}",
+                        esc(socket)
+                    ),
+                ]);
+                cmd.args(["-device", &format!("virtio-blk-pci,drive={node}")]);
+            }
+        }
     }
     if let Some(b) = &def.boot {
         cmd.arg("-kernel").arg(&b.kernel);

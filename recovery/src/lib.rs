@@ -14,6 +14,7 @@
 pub mod error;
 pub mod failover;
 pub mod health;
+pub mod instant;
 pub mod launch;
 pub mod plan;
 pub mod vmdef;

@@ -486,6 +486,7 @@ fn group(
                         definition: None,
                         qemu: template.qemu,
                         origin: template.origin.clone(),
+                        instant: template.instant,
                         prelude: Vec::new(),
                     };
                     let mut on_step = |s: &Step| (obs.vm_step)(number, vm, s);

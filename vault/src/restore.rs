@@ -82,16 +82,16 @@ pub struct RestoreReport {
 
 /// One block to write: where it goes and where its blob is.
 #[derive(Clone, Copy)]
-struct Item<'a> {
-    block: u64,
-    id: &'a BlockId,
-    loc: &'a BlockLocation,
+pub(crate) struct Item<'a> {
+    pub(crate) block: u64,
+    pub(crate) id: &'a BlockId,
+    pub(crate) loc: &'a BlockLocation,
 }
 
 /// The blocks a restore needs from one pack, by blob offset.
-struct PackJob<'a> {
+pub(crate) struct PackJob<'a> {
     pack: PackId,
-    items: Vec<Item<'a>>,
+    pub(crate) items: Vec<Item<'a>>,
     whole: bool,
 }
 
@@ -192,7 +192,12 @@ impl Vault {
     /// Loads and checks the point's pages and locates every non-zero block.
     /// Returns the per-pack jobs, ordered by the first block each writes, and
     /// the number of zero blocks.
-    fn plan<'a>(&self, point: &str, root: &Root, index: &'a BlockIndex) -> Result<(Vec<PackJob<'a>>, u64), VaultError> {
+    pub(crate) fn plan<'a>(
+        &self,
+        point: &str,
+        root: &Root,
+        index: &'a BlockIndex,
+    ) -> Result<(Vec<PackJob<'a>>, u64), VaultError> {
         let g = root.geometry;
         let damaged = |block: u64, object: String, damage: Damage, detail: String| VaultError::Damaged {
             point: point.to_string(),

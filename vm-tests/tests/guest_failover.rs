@@ -506,3 +506,57 @@ fn planned_failover_stops_the_source_ships_the_last_changes_and_loses_nothing() 
     assert!(!again.status.success(), "a second planned failover was not refused");
     agent.stop();
 }
+
+/// Instant recovery (issue 4, "Instant recovery"): `failover --test
+/// --instant` boots the VM straight from the vault (its disk served over NBD
+/// by a `lifeboat instant-serve` process, blocks fetched on first read) and
+/// restores nothing first; the guest checks its files; cleanup stops the VM
+/// and the server and leaves nothing.
+#[test]
+#[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
+fn instant_recovery_boots_from_the_vault_without_restoring_first() {
+    let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vminst-");
+    let dir = scratch.dir();
+    let home = &scratch.home;
+    // A file system holding round 1 of the workload, made on the host.
+    let root = dir.join("root/lb");
+    fs::create_dir_all(&root).unwrap();
+    for w in ["a", "b"] {
+        fs::write(root.join(format!("r1{w}.bin")), file_data(1, w)).unwrap();
+    }
+    let sums = Command::new("sh").arg("-c").arg("sha256sum r1a.bin r1b.bin > manifest-1").current_dir(&root).status();
+    assert!(sums.unwrap().success());
+    let image = dir.join("disk.img");
+    fs::File::create(&image).unwrap().set_len(DISK_SIZE).unwrap();
+    let mkfs = Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(dir.join("root")).arg(&image).output();
+    assert_ok(&mkfs.unwrap(), "mkfs.ext4 -d");
+    let (key, vault) = (dir.join("k.key"), dir.join("vault"));
+    home.key_new(&key);
+    home.vault_init(&vault, &key);
+    home.protect_replicated("i-root", &image, 64 * KIB, &vault, &key);
+    let kernel = paths::kernel();
+    let checker = initramfs::build(&kernel, dir, CHECKER, &[]);
+    home.run_ok(&[
+        "vm", "define", "i", "--disk", "i-root", "--health-serial", HEALTH, "--kernel", arg(&kernel.vmlinuz),
+        "--initrd", arg(&checker), "--append", APPEND,
+    ]);
+    home.ship("i-root");
+
+    let site = Home::new(paths::lifeboat_bin(), dir.join("site"));
+    let _reaper = Reaper(dir.join("site/failovers"));
+    let out = site.run(&["failover", "i", "--test", "--instant", "--json", "--vault", arg(&vault), "--key", arg(&key)]);
+    assert!(out.status.success(), "instant failover: {}", String::from_utf8_lossy(&out.stderr));
+    let job = json(&out);
+    assert_eq!(job["health"].as_str(), Some("passed"), "{job}");
+    assert_eq!(guest_round(&job), 1, "the instantly recovered guest does not see its files");
+    let steps: Vec<&str> = job["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["choose point", "serve disk i-root from the vault", "boot", "health check"], "{job}");
+    let server = job["points"][0]["served"]["pid"].as_u64().expect("a serving process");
+    let vm_pid = job["pid"].as_u64().unwrap();
+    assert!(pid_alive(server) && pid_alive(vm_pid));
+    assert!(!dir.join("site/failovers/i/disks/i-root.raw").exists(), "instant recovery restored the disk first");
+    eprintln!("instant test failover: health passed, RTO {:.1} s", job["rto_seconds"]);
+    site.run_ok(&["failover", "cleanup", "i"]);
+    assert!(!pid_alive(server) && !pid_alive(vm_pid), "cleanup left the server or the VM running");
+    assert!(!dir.join("site/failovers/i").exists());
+}

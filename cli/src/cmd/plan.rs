@@ -229,6 +229,7 @@ fn execute(
         definition: None,
         qemu: &qemu,
         origin,
+        instant: None,
         prelude: Vec::new(),
     };
     let name = plan.name.clone();

@@ -1,0 +1,124 @@
+//! `lifeboat instant-serve` (hidden): the process `lifeboat failover
+//! --instant` starts for each disk. Serves a recovery point over NBD on a
+//! unix socket, fetching blocks from the vault on first read, while copying
+//! the rest into a local image; SIGTERM stops it.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use recovery::instant::{serve, InstantDisk};
+use vault::Vault;
+
+use crate::home::Home;
+use crate::signals;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The vault.
+    #[arg(long)]
+    vault: PathBuf,
+    /// The customer key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// The disk whose point to serve.
+    #[arg(long)]
+    disk: String,
+    /// The point id.
+    #[arg(long)]
+    point: u64,
+    /// The local image blocks are fetched into.
+    #[arg(long)]
+    image: PathBuf,
+    /// Its present-blocks bitmap.
+    #[arg(long)]
+    bitmap: PathBuf,
+    /// The NBD unix socket to listen on.
+    #[arg(long)]
+    socket: PathBuf,
+}
+
+pub fn run(_home: &Home, a: Args) -> Result<()> {
+    signals::block_termination().context("blocking SIGTERM/SIGINT")?;
+    let keys = Arc::new(crate::keyfile::load(&a.key)?);
+    let vault = Arc::new(super::vault::open(&a.vault)?);
+    vault.check_key(&keys)?;
+    // Held while serving: retention does not prune the point meanwhile.
+    let _hold = vault.hold(&a.disk, a.point, "instant recovery")?;
+    let reader = Vault::point_reader(&vault, &a.disk, a.point, &keys)
+        .with_context(|| format!("point {} of disk {:?}", a.point, a.disk))?;
+    let disk = Arc::new(
+        InstantDisk::open(reader, &a.image, &a.bitmap)
+            .with_context(|| format!("opening {} for instant recovery", a.image.display()))?,
+    );
+    let name = a.disk.clone();
+    let watched = Arc::clone(&disk);
+    let (point, where_) = (a.point, a.socket.display().to_string());
+    serve(Arc::clone(&disk), &a.socket, &a.disk, move |shutdown| {
+        eprintln!("instant {name}: serving point {point} on {where_}");
+        let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
+            let sig = signals::wait_termination();
+            let (present, total) = watched.present_blocks();
+            eprintln!("instant {name}: {sig}: stopping ({present} of {total} blocks local)");
+            shutdown.shutdown();
+        });
+    })
+    .context("serving NBD")?;
+    let (present, total) = disk.present_blocks();
+    let (fetched, on_demand) = disk.fetched();
+    eprintln!(
+        "instant {}: stopped; {present} of {total} blocks local, {fetched} fetched ({on_demand} on demand)",
+        a.disk
+    );
+    Ok(())
+}
+
+/// What `lifeboat failover --instant` uses to start one server per disk:
+/// this binary's `instant-serve`, detached in its own process group with
+/// its output in `IMAGE.log`; returns its pid once its socket accepts
+/// connections (or the reason it did not start).
+pub fn launcher(vault: PathBuf, key: PathBuf) -> impl Fn(&str, u64, &Path, &Path, &Path) -> Result<u32, String> + Sync {
+    move |disk, point, image, bitmap, socket| {
+        let exe = std::env::current_exe().map_err(|e| format!("finding the lifeboat binary: {e}"))?;
+        let log_path = image.with_extension("log");
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let _ = std::fs::remove_file(socket);
+        let mut child = Command::new(exe)
+            .arg("instant-serve")
+            .arg("--vault")
+            .arg(&vault)
+            .arg("--key")
+            .arg(&key)
+            .args(["--disk", disk, "--point", &point.to_string()])
+            .arg("--image")
+            .arg(image)
+            .arg("--bitmap")
+            .arg(bitmap)
+            .arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting the instant-recovery server: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Ok(child.id());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("the instant-recovery server of disk {disk:?} exited ({status}): {}", text.trim()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("the instant-recovery server of disk {disk:?} did not listen within 120 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
