@@ -528,7 +528,8 @@ fn instant_recovery_boots_from_the_vault_without_restoring_first() {
     assert!(sums.unwrap().success());
     let image = dir.join("disk.img");
     fs::File::create(&image).unwrap().set_len(DISK_SIZE).unwrap();
-    let mkfs = Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(dir.join("root")).arg(&image).output();
+    let mkfs =
+        Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(dir.join("root")).arg(&image).output();
     assert_ok(&mkfs.unwrap(), "mkfs.ext4 -d");
     let (key, vault) = (dir.join("k.key"), dir.join("vault"));
     home.key_new(&key);
@@ -537,8 +538,19 @@ fn instant_recovery_boots_from_the_vault_without_restoring_first() {
     let kernel = paths::kernel();
     let checker = initramfs::build(&kernel, dir, CHECKER, &[]);
     home.run_ok(&[
-        "vm", "define", "i", "--disk", "i-root", "--health-serial", HEALTH, "--kernel", arg(&kernel.vmlinuz),
-        "--initrd", arg(&checker), "--append", APPEND,
+        "vm",
+        "define",
+        "i",
+        "--disk",
+        "i-root",
+        "--health-serial",
+        HEALTH,
+        "--kernel",
+        arg(&kernel.vmlinuz),
+        "--initrd",
+        arg(&checker),
+        "--append",
+        APPEND,
     ]);
     home.ship("i-root");
 
