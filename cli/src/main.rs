@@ -17,6 +17,7 @@ mod cmd {
     pub mod agent;
     pub mod audit;
     pub mod dirty;
+    pub mod failback;
     pub mod failover;
     pub mod filter;
     pub mod instant;
@@ -150,6 +151,16 @@ enum Command {
     /// with an empty home, pass --vault and --key: the VM's definition comes
     /// from the vault, stored with each point.
     Failover(cmd::failover::Args),
+    /// Bring a failed-over VM home, moving only what changed.
+    ///
+    /// At the recovery site, `lifeboat failback VM --prepare` powers the
+    /// recovered VM off and ships its disks back to the vault (only blocks
+    /// the vault does not hold travel). Then at the original site,
+    /// `lifeboat failback VM` compares every block of each original disk
+    /// with that point by its keyed hash and fetches only those that differ,
+    /// resets the disk's state, and the VM can start there again with
+    /// protection resuming in the original direction.
+    Failback(cmd::failback::Args),
     /// Recovery plans: fail a whole application over in order (groups of
     /// VMs in parallel, scripts and manual steps between them).
     #[command(subcommand)]
@@ -178,6 +189,7 @@ fn main() -> ExitCode {
         Command::Audit(c) => cmd::audit::run(&home, c),
         Command::Vm(c) => cmd::vm::run(&home, c),
         Command::Failover(a) => cmd::failover::run(&home, a),
+        Command::Failback(a) => cmd::failback::run(&home, a),
         Command::Plan(c) => cmd::plan::run(&home, c),
         Command::InstantServe(a) => cmd::instant::run(&home, a),
     };

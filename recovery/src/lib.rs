@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod failback;
 pub mod failover;
 pub mod health;
 pub mod instant;

@@ -140,7 +140,17 @@ pub fn run_cycle(
         }
         Err(e) => return Err(e.into()),
     };
-    let reuse = previous.as_ref().filter(|r| r.geometry == geometry);
+    // Only this disk's own chain can be built on: a newest point cut from
+    // another disk of the same name (a recovered copy shipping back, a disk
+    // protected anew) says nothing about which of our blocks changed.
+    if let Some(r) = previous.as_ref().filter(|r| r.disk_id != opts.disk_id) {
+        warnings.push(format!(
+            "point {} of {:?} was cut from another disk of that name; this cycle reads the whole disk (blocks the \
+             vault holds are not sent again)",
+            r.sequence, opts.disk_name
+        ));
+    }
+    let reuse = previous.as_ref().filter(|r| r.geometry == geometry && r.disk_id == opts.disk_id);
     let mut full = reuse.is_none() || source.suspect()?;
     let mut info = source.cut(if full { CutKind::Full } else { CutKind::Dirty })?;
     let mut cut_time_ns = (opts.clock)();

@@ -192,3 +192,37 @@ fn a_suspect_state_is_verified_in_full_and_then_cleared() {
     let r = f.ship(&vault).unwrap();
     assert!(!r.full);
 }
+
+/// Regression test for issue 4 (failback): a disk protected anew under a
+/// name whose newest point was cut from another disk (its recovered copy
+/// shipping back) must not build an incremental on that chain — its dirty
+/// map says nothing about what differs. Its first cycle reads the whole
+/// disk, sends only blocks the vault lacks, and restores to this disk.
+#[test]
+fn a_new_disk_under_a_name_with_points_of_another_disk_syncs_in_full() {
+    let f = Fixture::new();
+    let vault = f.vault(local(f.dir.path()));
+    f.write(&[(0, 1), (5, 2)]);
+    f.ship(&vault).unwrap();
+    // Another disk (another identity), same name and size: a copy of the
+    // first one with one block changed, its state new and clean.
+    let g = Fixture::new();
+    std::fs::copy(&f.paths.image, &g.paths.image).unwrap();
+    StateFile::create(&g.paths.state, Geometry::new(BLOCKS * BS - 1000, BS).unwrap(), [9; 16], false).unwrap();
+    {
+        let d = Disk::open(g.paths.clone()).unwrap();
+        d.write_at(&[7u8; 4096], 9 * BS, false).unwrap();
+        d.close().unwrap();
+    }
+    let mut src = LocalSource::open(g.paths.clone()).unwrap();
+    let opts = CycleOptions { workers: 2, ..CycleOptions::new("disk1", [9; 16]) };
+    let r = run_cycle(&mut src, &vault, &keys(), &opts, &mut ()).unwrap();
+    src.close().unwrap();
+    assert!(r.full && r.blocks_read == BLOCKS, "{r:?}");
+    assert_eq!(r.new_blocks, 1, "only the changed block is new to the vault: {r:?}");
+    assert!(r.warnings.iter().any(|w| w.contains("another disk")), "{:?}", r.warnings);
+    let out = f.dir.path().join("g.img");
+    let file = std::fs::File::create(&out).unwrap();
+    vault.restore("disk1", r.sequence, &keys(), &file, &mut |_, _| {}).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&g.paths.image).unwrap());
+}

@@ -63,6 +63,11 @@ impl PointReader {
         usize::try_from(block).ok().and_then(|b| self.blocks.get(b)).is_none_or(Option::is_none)
     }
 
+    /// The keyed id of `block`'s contents in the point (`None`: all zero).
+    pub fn block_id(&self, block: u64) -> Option<&BlockId> {
+        usize::try_from(block).ok().and_then(|b| self.blocks.get(b)).and_then(|e| e.as_ref()).map(|(id, _)| id)
+    }
+
     /// The point's contents of `block` into `out` (exactly the block's
     /// length), fetched and authenticated.
     pub fn read_block(&self, block: u64, out: &mut [u8]) -> Result<(), VaultError> {

@@ -572,3 +572,110 @@ fn instant_recovery_boots_from_the_vault_without_restoring_first() {
     assert!(!pid_alive(server) && !pid_alive(vm_pid), "cleanup left the server or the VM running");
     assert!(!dir.join("site/failovers/i").exists());
 }
+
+/// Failback (issue 4, "Failback / reprotect"): after an unplanned failover,
+/// the recovered guest writes new data at the recovery site while the
+/// original disk, which survived, also changed after the failover point.
+/// `failback --prepare` at the recovery site powers the VM off and ships its
+/// disk back: only what it changed travels. `failback` at the original
+/// site fetches only the blocks that differ and leaves the original disk
+/// byte for byte the recovered VM's disk; protection resumes there with
+/// nothing left to send.
+#[test]
+#[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
+fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
+    let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vmfb-");
+    let dir = scratch.dir();
+    let home = &scratch.home;
+    let root = dir.join("root/lb");
+    fs::create_dir_all(&root).unwrap();
+    for w in ["a", "b"] {
+        fs::write(root.join(format!("r1{w}.bin")), file_data(1, w)).unwrap();
+    }
+    let sums = Command::new("sh").arg("-c").arg("sha256sum r1a.bin r1b.bin > manifest-1").current_dir(&root).status();
+    assert!(sums.unwrap().success());
+    let image = dir.join("disk.img");
+    fs::File::create(&image).unwrap().set_len(DISK_SIZE).unwrap();
+    let mkfs =
+        Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(dir.join("root")).arg(&image).output();
+    assert_ok(&mkfs.unwrap(), "mkfs.ext4 -d");
+    let (key, vault) = (dir.join("k.key"), dir.join("vault"));
+    home.key_new(&key);
+    home.vault_init(&vault, &key);
+    home.protect_replicated("f-root", &image, 64 * KIB, &vault, &key);
+    // The recovered guest checks its files, then writes 256 KiB of new data.
+    let writer = CHECKER.replace(
+        "sleep 3600",
+        "dd if=/dev/urandom of=/mnt/lb/at-dr.bin bs=64k count=4 2>/dev/null && sync && echo '@@LB STEP wrote'\nsleep 3600",
+    );
+    let kernel = paths::kernel();
+    let initrd = initramfs::build(&kernel, dir, &writer, &[]);
+    home.run_ok(&[
+        "vm",
+        "define",
+        "f",
+        "--disk",
+        "f-root",
+        "--health-serial",
+        HEALTH,
+        "--kernel",
+        arg(&kernel.vmlinuz),
+        "--initrd",
+        arg(&initrd),
+        "--append",
+        APPEND,
+    ]);
+    home.ship("f-root");
+
+    // Unplanned failover at the recovery site, committed.
+    let site = Home::new(paths::lifeboat_bin(), dir.join("site"));
+    let _reaper = Reaper(dir.join("site/failovers"));
+    let kv = ["--vault", arg(&vault), "--key", arg(&key)];
+    let mut args = vec!["failover", "f", "--unplanned", "--json"];
+    args.extend(kv);
+    let job = json(&site.run_ok(&args));
+    assert_eq!(job["health"], "passed", "{job}");
+    site.run_ok(&["failover", "commit", "f"]);
+    let console = dir.join("site/failovers/f/console.log");
+    let t0 = Instant::now();
+    while !fs::read_to_string(&console).unwrap_or_default().contains("@@LB STEP wrote") {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the recovered guest never wrote its data");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Meanwhile the original disk changed after the failover point too.
+    let sock = dir.join("orig.sock");
+    let filter = home.filter("f-root", &sock);
+    let qio = Command::new(paths::tool("qemu-io"))
+        .args(["-f", "raw", "-c", "write -P 0x77 40M 128k"])
+        .arg(format!("nbd+unix:///f-root?socket={}", sock.display()))
+        .output()
+        .unwrap();
+    assert_ok(&qio, "qemu-io write to the original disk");
+    filter.stop();
+
+    let out = site.run(&["failback", "f", "--prepare", "--json"]);
+    assert!(out.status.success(), "failback --prepare: {}", String::from_utf8_lossy(&out.stderr));
+    let prep = json(&out);
+    let shipped = prep["bytes_shipped"].as_u64().unwrap();
+    assert!(!pid_alive(job["pid"].as_u64().unwrap()), "the recovered VM is still running after --prepare");
+    assert!(
+        (256 * KIB..4 * MIB).contains(&shipped),
+        "failback shipped {shipped} bytes for 256 KiB written on a {} MiB disk",
+        DISK_SIZE / MIB
+    );
+
+    let out = home.run(&["failback", "f", "--json"]);
+    assert!(out.status.success(), "failback: {}", String::from_utf8_lossy(&out.stderr));
+    let done = json(&out);
+    let fetched = done["bytes_fetched"].as_u64().unwrap();
+    assert!(
+        (384 * KIB..4 * MIB).contains(&fetched),
+        "failback fetched {fetched} bytes for 256 KiB changed there and 128 KiB here"
+    );
+    let recovered = fs::read(dir.join("site/failovers/f/disks/f-root.raw")).unwrap();
+    assert!(fs::read(&image).unwrap() == recovered, "the original disk is not the recovered VM's disk");
+    // Protection resumes at the original site: its verify finds nothing to send.
+    let r = home.ship("f-root");
+    assert_eq!(r.new_blocks, 0, "after failback the original disk still had something to ship: {r:?}");
+    eprintln!("failback: {shipped} bytes shipped back, {fetched} bytes fetched at the original site");
+}

@@ -407,3 +407,8 @@ fn planned_source_side(
         .map_err(anyhow::Error::msg)?;
     Ok(seq)
 }
+
+/// A path as a `&str` for an argument list.
+pub(crate) fn path_str(p: &std::path::Path) -> Result<&str> {
+    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
+}

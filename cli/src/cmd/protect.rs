@@ -67,6 +67,11 @@ fn image_size(path: &PathBuf) -> Result<u64> {
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
+    run_to(home, a, &mut std::io::stdout())
+}
+
+/// `run`, reporting to `out` (stdout, or stderr when another command runs it).
+fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
     check_name(&a.name)?;
     let image = std::fs::canonicalize(&a.image)
         .with_context(|| format!("disk image {} does not exist or cannot be reached", a.image.display()))?;
@@ -93,16 +98,17 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         if let Some(r) = &replication {
             audit_protect(home, &a.name, &image, a.block_size, r, "replication changed")?;
             old.config.replication = replication;
-            println!(
+            writeln!(
+                out,
                 "{}: replication set: vault {}, every {} s",
                 a.name,
                 a.vault.as_ref().map(|v| v.display().to_string()).unwrap_or_default(),
                 a.rpo
-            );
+            )?;
         }
         if !listen.is_empty() {
             old.config.listen = listen;
-            println!("{}: the agent will serve it on {}", a.name, old.config.listen.join(" "));
+            writeln!(out, "{}: the agent will serve it on {}", a.name, old.config.listen.join(" "))?;
         }
         write_config(&conf, &old.config)?;
         return Ok(());
@@ -169,7 +175,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         replication,
     };
     write_config(&conf, &config)?;
-    println!(
+    writeln!(
+        out,
         "protected {}: image {} ({} bytes, {} blocks of {} bytes){}",
         a.name,
         image.display(),
@@ -177,19 +184,24 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         geometry.block_count,
         geometry.block_size,
         if suspect { "; state reset: every block will be verified" } else { "" }
-    );
+    )?;
     let entry = home.disk(&a.name)?;
     let at: Vec<String> = entry.listen()?.iter().map(|l| l.to_string()).collect();
     if entry.config.replication.is_some() {
-        println!("next: run `lifeboat agent`; it serves the disk on {} (point the VM's disk there)", at.join(" "));
+        writeln!(
+            out,
+            "next: run `lifeboat agent`; it serves the disk on {} (point the VM's disk there)",
+            at.join(" ")
+        )?;
     } else {
-        println!(
+        writeln!(
+            out,
             "next: add a vault (`lifeboat protect {} --image {} --vault DIR --key KEYFILE`), \
              or serve it now with `lifeboat agent` (on {})",
             a.name,
             image.display(),
             at.join(" ")
-        );
+        )?;
     }
     Ok(())
 }
@@ -217,6 +229,12 @@ fn check_replication(
     Ok(Replication { vault: vault_dir, key, rpo_seconds, retention })
 }
 
+/// Takes the exclusive lock a filter or cycle holds on a state file;
+/// false if someone holds it.
+pub fn lock_state(f: &std::fs::File) -> bool {
+    try_lock(f)
+}
+
 fn try_lock(f: &std::fs::File) -> bool {
     use std::os::unix::io::AsRawFd;
     // SAFETY: flock on a descriptor we own; the lock is released when `f` closes.
@@ -239,4 +257,17 @@ fn audit_protect(
         "retention": { "recent_seconds": r.retention.recent_seconds, "hourly": r.retention.hourly, "daily": r.retention.daily },
     });
     super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "protect", Some(name), details)
+}
+
+/// `lifeboat protect ARGS...` from inside another command (failback
+/// protects a recovered disk and resets a failed-back one's state).
+pub fn run_args(home: &Home, args: &[&str]) -> Result<()> {
+    #[derive(clap::Parser)]
+    struct Protect {
+        #[command(flatten)]
+        args: Args,
+    }
+    let p = <Protect as clap::Parser>::try_parse_from(std::iter::once("protect").chain(args.iter().copied()))
+        .map_err(|e| anyhow::anyhow!("internal protect {args:?}: {e}"))?;
+    run_to(home, p.args, &mut std::io::stderr())
 }

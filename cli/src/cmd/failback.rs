@@ -1,0 +1,191 @@
+//! `lifeboat failback`: after a failover, bring the VM's disks home shipping
+//! only what changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use recovery::failover::{JobState, Site};
+use serde_json::json;
+use vault::Vault;
+
+use crate::home::Home;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The VM.
+    name: String,
+    /// At the recovery site: power the failed-over VM off, protect its disks
+    /// here (same vault and key) and ship them; blocks the vault already
+    /// holds are not sent again, so only what the VM changed since the
+    /// failover travels. Then run `lifeboat failback VM` at the original site.
+    #[arg(long)]
+    prepare: bool,
+    /// How long the VM may take to power off (--prepare).
+    #[arg(long, default_value = "5m")]
+    shutdown_timeout: String,
+    /// At the original site: the point of the VM's first disk to bring the
+    /// disks to (default: the newest, i.e. what --prepare shipped).
+    #[arg(long, conflicts_with = "prepare")]
+    point: Option<u64>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(home: &Home, a: Args) -> Result<()> {
+    if a.prepare {
+        prepare(home, &a)
+    } else {
+        converge(home, &a)
+    }
+}
+
+fn prepare(home: &Home, a: &Args) -> Result<()> {
+    let site = Site::new(home.failovers_dir());
+    let name = &a.name;
+    let job = site.load(name)?.with_context(|| format!("VM {name:?} has no failover at this site to fail back"))?;
+    if job.state != JobState::Committed {
+        bail!(
+            "the {} failover of VM {name:?} is {:?}: only a committed failover is failed back (`lifeboat failover \
+             commit {name}` first; a test failover is ended with cleanup)",
+            job.kind.as_str(),
+            job.state
+        );
+    }
+    if job.instant {
+        bail!("VM {name:?} runs on instant recovery; failback of an instant-recovered disk is not supported yet");
+    }
+    let origin = job.origin.clone().with_context(|| {
+        format!("the failover of VM {name:?} does not record its vault and key (it ran where the VM is defined)")
+    })?;
+    let timeout = Duration::from_secs(
+        crate::size::parse_duration(&a.shutdown_timeout).map_err(|e| anyhow::anyhow!("--shutdown-timeout: {e}"))?,
+    );
+    let (keys, vault) = super::failover::keys_for(home, name, Some(origin.vault.clone()), Some(origin.key.clone()))?;
+    let stopped = match job.process.as_ref().filter(|p| p.alive()) {
+        Some(p) => {
+            eprintln!("[{name}] powering the recovered VM off (QMP system_powerdown) ...");
+            recovery::launch::power_off(&p.qmp, timeout).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; nothing was shipped: stop the VM cleanly and run `lifeboat failback {name} --prepare` again"
+                )
+            })?
+        }
+        None => "already off".to_string(),
+    };
+    let mut points = Vec::new();
+    let mut shipped = 0u64;
+    for p in &job.points {
+        let protected = home.disk(&p.disk).is_ok_and(|e| e.config.image == p.image);
+        if !protected {
+            super::protect::run_args(
+                home,
+                &[
+                    &p.disk,
+                    "--image",
+                    crate::cmd::failover::path_str(&p.image)?,
+                    "--vault",
+                    crate::cmd::failover::path_str(&origin.vault)?,
+                    "--key",
+                    crate::cmd::failover::path_str(&origin.key)?,
+                ],
+            )?;
+        }
+        eprintln!("[{name}] shipping disk {} back ...", p.disk);
+        let r = super::ship::once(home, &p.disk, super::ship::Bar::new("", false).quiet_when_done())
+            .with_context(|| format!("shipping disk {:?} of VM {name:?} back", p.disk))?;
+        shipped += r.bytes_shipped;
+        points.push(json!({
+            "disk": p.disk, "point": r.sequence, "blocks_read": r.blocks_read, "new_blocks": r.new_blocks,
+            "bytes_shipped": r.bytes_shipped,
+        }));
+    }
+    let details = json!({ "vm": name, "stopped": stopped, "points": points, "bytes_shipped": shipped });
+    super::audit::record(
+        &super::audit::audit_dir(home),
+        &keys,
+        Some(&vault),
+        "failback.prepare",
+        None,
+        details.clone(),
+    )?;
+    if a.json {
+        println!("{details}");
+    } else {
+        println!(
+            "VM {name}: powered off ({stopped}); {shipped} bytes shipped back ({} disk(s)); now, at the original site: \
+             lifeboat failback {name}",
+            points.len()
+        );
+    }
+    Ok(())
+}
+
+fn converge(home: &Home, a: &Args) -> Result<()> {
+    let name = &a.name;
+    let def = home.vms()?.into_iter().find(|d| &d.name == name).with_context(|| {
+        format!("VM {name:?} is not defined in {}: run failback where it ran before", home.root().display())
+    })?;
+    let mut disks = Vec::new();
+    let mut fetched = 0u64;
+    for (i, disk) in def.disks.iter().enumerate() {
+        let entry = home.disk(disk)?;
+        let r = entry.replication(disk)?;
+        let keys = Arc::new(crate::keyfile::load(&r.key)?);
+        let vault = Arc::new(super::vault::open(&r.vault)?);
+        vault.check_key(&keys)?;
+        // Nothing may write the disk meanwhile: take its state file's lock.
+        let state = std::fs::File::open(entry.state_path())
+            .with_context(|| format!("opening {}", entry.state_path().display()))?;
+        if !crate::cmd::protect::lock_state(&state) {
+            bail!("disk {disk:?} is in use (the agent or a filter serves it): stop it, then run failback again");
+        }
+        let seq = match (i, a.point) {
+            (0, Some(p)) => p,
+            _ => vault
+                .points(disk)?
+                .iter()
+                .rev()
+                .find(|p| p.damage.is_none())
+                .map(|p| p.sequence)
+                .with_context(|| format!("disk {disk:?} has no usable point"))?,
+        };
+        let _hold = vault.hold(disk, seq, "failback")?;
+        let reader =
+            Vault::point_reader(&vault, disk, seq, &keys).with_context(|| format!("point {seq} of disk {disk:?}"))?;
+        let image = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&entry.config.image)
+            .with_context(|| format!("opening {}", entry.config.image.display()))?;
+        eprintln!("[{name}] bringing disk {disk} to point {seq}: comparing every block ...");
+        let report = recovery::failback::converge(&reader, &keys, &image, &mut |_, _| {})
+            .with_context(|| format!("bringing disk {disk:?} to point {seq}"))?;
+        drop(state);
+        // The disk now is the point: a fresh state, verified by the next cycle
+        // (which finds nothing to send).
+        super::protect::run_args(
+            home,
+            &[disk, "--image", crate::cmd::failover::path_str(&entry.config.image)?, "--reset-state"],
+        )?;
+        fetched += report.fetched_bytes;
+        let d = json!({ "disk": disk, "point": seq, "report": report });
+        super::audit::record(
+            &super::audit::audit_dir(home),
+            &keys,
+            Some(&vault),
+            "failback.converge",
+            Some(disk),
+            d.clone(),
+        )?;
+        disks.push(d);
+    }
+    let out = json!({ "vm": name, "disks": disks, "bytes_fetched": fetched });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("VM {name}: disks brought to the recovered VM's last point, {fetched} bytes fetched; start it again through `lifeboat agent` (protection resumes)");
+    }
+    Ok(())
+}
