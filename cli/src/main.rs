@@ -5,6 +5,7 @@
 //! the library crates (`filter`, `disk-format`, `vault`, `shipper`, `audit`,
 //! `recovery`).
 
+mod app_hooks;
 mod home;
 mod keyfile;
 mod output;

@@ -72,9 +72,15 @@ impl Target {
     ) -> Result<(CycleReport, Vault)> {
         let started_ns = now_ns();
         let vault = self.open_vault();
+        let hooks = vault.as_ref().ok().and_then(|v| self.app_hooks(v));
         let result = match (&vault, &self.extension()) {
             (Ok(v), Ok(extension)) => {
-                let opts = CycleOptions { cancel, extension, ..CycleOptions::new(&self.name, self.disk_id) };
+                let opts = CycleOptions {
+                    cancel,
+                    extension,
+                    cut_hook: hooks.as_ref().map(|h| h as &dyn shipper::CutHook),
+                    ..CycleOptions::new(&self.name, self.disk_id)
+                };
                 run_cycle(source, v, &self.keys, &opts, progress).map_err(anyhow::Error::from)
             }
             (Err(e), _) | (_, Err(e)) => Err(anyhow::anyhow!("{}", crate::error_chain(e))),
@@ -91,6 +97,7 @@ impl Target {
                 let d = json!({
                     "point": r.sequence, "full": r.full, "blocks_read": r.blocks_read, "new_blocks": r.new_blocks,
                     "bytes_shipped": r.bytes_shipped, "millis": r.millis, "late_ms": late_ms, "warnings": r.warnings,
+                    "app_consistent": r.app_consistent,
                 });
                 ("cycle.committed", d)
             }
@@ -109,6 +116,23 @@ impl Target {
         }
         let report = result.with_context(|| format!("cycle of disk {:?}", self.name))?;
         Ok((report, vault.expect("a committed cycle had its vault")))
+    }
+
+    /// The hooks for an app-consistent cut, if the disk's VM asks for them
+    /// and its newest app-consistent point is older than their interval.
+    fn app_hooks(&self, vault: &Vault) -> Option<crate::app_hooks::Hooks> {
+        let home = Home::new(self.home.clone());
+        let vm = home.vm_of_disk(&self.name).ok().flatten()?;
+        let app = vm.app_consistent.as_ref()?;
+        let newest = vault
+            .points(&self.name)
+            .ok()?
+            .iter()
+            .filter(|p| p.damage.is_none() && p.consistency == disk_format::Consistency::App)
+            .map(|p| p.cut_time_ns)
+            .max();
+        let due = newest.is_none_or(|t| now_ns().saturating_sub(t) >= app.every_seconds.saturating_mul(1_000_000_000));
+        due.then(|| crate::app_hooks::Hooks::new(&vm.name, &self.name, app))
     }
 
     /// The root extension of this cycle's point: the sealed definition of

@@ -63,6 +63,8 @@ impl Kind {
 pub enum PointChoice {
     /// The newest undamaged point.
     Latest,
+    /// The newest undamaged app-consistent point.
+    LatestApp,
     /// A point id of the VM's first disk (`lifeboat points DISK`).
     Id(u64),
 }
@@ -376,7 +378,7 @@ impl Site {
         if let (Some(j), Some(choice)) = (&job, req.point) {
             let wanted = match choice {
                 PointChoice::Id(n) => Some(n),
-                PointChoice::Latest => None,
+                PointChoice::Latest | PointChoice::LatestApp => None,
             };
             if !j.points.is_empty() && wanted.is_some_and(|n| Some(n) != j.point()) {
                 if j.kind == Kind::Test && j.state == JobState::Booted {
@@ -708,6 +710,16 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
         PointChoice::Latest => points.iter().rev().find(|p| p.damage.is_none()).ok_or_else(|| {
             RecoveryError::NotFound(format!("disk {first:?} of VM {:?} has no usable recovery point", req.vm))
         })?,
+        PointChoice::LatestApp => points
+            .iter()
+            .rev()
+            .find(|p| p.damage.is_none() && p.consistency == disk_format::Consistency::App)
+            .ok_or_else(|| {
+                RecoveryError::NotFound(format!(
+                    "disk {first:?} of VM {:?} has no app-consistent point (`lifeboat points {first}`)",
+                    req.vm
+                ))
+            })?,
         PointChoice::Id(n) => {
             let p = points.iter().find(|p| p.sequence == n).ok_or_else(|| {
                 RecoveryError::NotFound(format!(

@@ -55,6 +55,38 @@ pub struct VmDefinition {
     /// Direct kernel boot, if the disk has no boot loader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<DirectBoot>,
+    /// App-consistent points, taken at the source with the guest quiesced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_consistent: Option<AppConsistency>,
+}
+
+/// How the source site takes app-consistent points: at most every
+/// `every_seconds`, a cycle runs `pre_hook` (quiesce: e.g. flush and freeze
+/// the application or the guest's file systems), cuts, then `post_hook`
+/// (resume). Each hook gets LIFEBOAT_VM, LIFEBOAT_DISK and LIFEBOAT_HOOK
+/// (pre or post) and may take `timeout_seconds`; if Lifeboat dies between
+/// the two, a watchdog runs `post_hook` once the timeout has passed, so the
+/// guest is never left quiesced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConsistency {
+    /// At most one app-consistent point per this many seconds.
+    #[serde(default = "default_app_every")]
+    pub every_seconds: u64,
+    /// Run before the cut (absolute path).
+    pub pre_hook: PathBuf,
+    /// Run after the cut, and by the watchdog (absolute path).
+    pub post_hook: PathBuf,
+    /// How long each hook may run.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_app_every() -> u64 {
+    3600
+}
+fn default_hook_timeout() -> u64 {
+    30
 }
 
 /// A network interface.
@@ -179,6 +211,14 @@ impl VmDefinition {
         }
         if !(1..=86_400).contains(&self.health.timeout_seconds) {
             return Err(format!("health.timeout_seconds = {}: use 1 to 86400", self.health.timeout_seconds));
+        }
+        if let Some(a) = &self.app_consistent {
+            if !a.pre_hook.is_absolute() || !a.post_hook.is_absolute() {
+                return Err("app_consistent.pre_hook and post_hook must be absolute paths".into());
+            }
+            if a.every_seconds == 0 || !(1..=3600).contains(&a.timeout_seconds) {
+                return Err("app_consistent: every_seconds must be at least 1, timeout_seconds 1 to 3600".into());
+            }
         }
         if let Some(b) = &self.boot {
             if !b.kernel.is_absolute() || b.initrd.as_ref().is_some_and(|i| !i.is_absolute()) {

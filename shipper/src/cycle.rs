@@ -36,6 +36,21 @@ pub struct CycleOptions<'a> {
     /// The root's extension (disk-format `root_ext`: the sealed VM
     /// definition); empty for a disk that belongs to no VM.
     pub extension: &'a [u8],
+    /// Quiesces the guest around the cut, for an app-consistent point.
+    pub cut_hook: Option<&'a dyn CutHook>,
+}
+
+/// What an app-consistent point runs around its cut: `before` quiesces the
+/// guest (freezes its file systems, or runs the user's pre-cut hook), the
+/// cut is taken (it only moves bits: the guest stays frozen for
+/// microseconds plus the hooks' own time), then `after` resumes it. If
+/// `before` fails the point is still taken, crash-consistent, with a
+/// warning, and `after` still runs, so a half-done freeze is undone.
+pub trait CutHook: Sync {
+    /// Quiesce; an error says why the point will not be app-consistent.
+    fn before(&self) -> Result<(), String>;
+    /// Resume; an error is reported as a warning.
+    fn after(&self) -> Result<(), String>;
 }
 
 impl<'a> CycleOptions<'a> {
@@ -48,6 +63,7 @@ impl<'a> CycleOptions<'a> {
             cancel: None,
             clock: &system_clock,
             extension: &[],
+            cut_hook: None,
         }
     }
 }
@@ -95,6 +111,8 @@ pub struct CycleReport {
     pub millis: u64,
     /// Things the operator should know about a cycle that still committed.
     pub warnings: Vec<String>,
+    /// The point was taken with the guest quiesced ([`CutHook`]).
+    pub app_consistent: bool,
 }
 
 /// Consecutive runs (first, count) of sorted block indexes.
@@ -152,8 +170,30 @@ pub fn run_cycle(
     }
     let reuse = previous.as_ref().filter(|r| r.geometry == geometry && r.disk_id == opts.disk_id);
     let mut full = reuse.is_none() || source.suspect()?;
-    let mut info = source.cut(if full { CutKind::Full } else { CutKind::Dirty })?;
-    let mut cut_time_ns = (opts.clock)();
+    let kind = if full { CutKind::Full } else { CutKind::Dirty };
+    let mut consistency = Consistency::Crash;
+    // The point's time is the cut's, taken before the guest is resumed.
+    let (mut info, mut cut_time_ns) = match opts.cut_hook {
+        None => {
+            let info = source.cut(kind)?;
+            (info, (opts.clock)())
+        }
+        Some(hook) => {
+            let quiesced = hook.before();
+            let cut = source.cut(kind);
+            let at = (opts.clock)();
+            let resumed = hook.after();
+            match (&quiesced, &cut) {
+                (Ok(()), Ok(_)) => consistency = Consistency::App,
+                (Err(e), _) => warnings.push(format!("the point is crash-consistent, not app-consistent: {e}")),
+                _ => {}
+            }
+            if let Err(e) = resumed {
+                warnings.push(format!("resuming the guest after the cut: {e}"));
+            }
+            (cut?, at)
+        }
+    };
     // A full cycle sets every block: it never needs the previous map.
     let mut shipped = ship(source, vault, keys, opts, geometry, reuse.filter(|_| !full), full, progress);
     if let Err(e) = &shipped {
@@ -166,6 +206,8 @@ pub fn run_cycle(
             source.abort()?;
             full = true;
             info = source.cut(CutKind::Full)?;
+            // The guest was resumed before this second cut: not app-consistent.
+            consistency = Consistency::Crash;
             cut_time_ns = (opts.clock)();
             shipped = ship(source, vault, keys, opts, geometry, None, true, progress);
         }
@@ -186,7 +228,7 @@ pub fn run_cycle(
         None => None,
     };
     let root = Root {
-        consistency: Consistency::Crash,
+        consistency,
         disk_id: opts.disk_id,
         disk_name: opts.disk_name.to_string(),
         sequence,
@@ -218,6 +260,7 @@ pub fn run_cycle(
         ));
     }
     report.sequence = sequence;
+    report.app_consistent = consistency == Consistency::App;
     report.warnings = warnings;
     report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
@@ -265,6 +308,7 @@ fn ship(
         pages: 0,
         millis: 0,
         warnings: Vec::new(),
+        app_consistent: false,
     };
     // Packs are built in memory and stored by their own thread, so the
     // pipeline keeps sealing while a finished pack is written and synced.

@@ -25,6 +25,6 @@ pub mod error;
 mod pipeline;
 pub mod source;
 
-pub use cycle::{run_cycle, CycleOptions, CycleReport, Progress};
+pub use cycle::{run_cycle, CutHook, CycleOptions, CycleReport, Progress};
 pub use error::ShipError;
 pub use source::{CutSource, DirectCut, LocalSource, RemoteSource};

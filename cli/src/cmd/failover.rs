@@ -78,7 +78,7 @@ struct RunArgs {
     /// How long the source VM may take to power off (--planned).
     #[arg(long, default_value = "5m")]
     shutdown_timeout: String,
-    /// `latest` or a point id of the VM's first disk (`lifeboat points DISK`).
+    /// `latest`, `latest-app` (the newest app-consistent point) or a point id of the VM's first disk (`lifeboat points DISK`).
     #[arg(long)]
     point: Option<String>,
     /// The vault (default: the vault of the VM's disks in this home).
@@ -217,8 +217,9 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
     let mut point = match a.point.as_deref() {
         None => None,
         Some("latest") => Some(PointChoice::Latest),
+        Some("latest-app") => Some(PointChoice::LatestApp),
         Some(id) => Some(PointChoice::Id(
-            id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?,
+            id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest`, `latest-app` or a point id"))?,
         )),
     };
     let mut networks = BTreeMap::new();

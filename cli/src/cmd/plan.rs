@@ -97,8 +97,10 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
             let kind = if test { Kind::Test } else { Kind::Unplanned };
             let point = match point.as_deref() {
                 None | Some("latest") => PointChoice::Latest,
+                Some("latest-app") => PointChoice::LatestApp,
                 Some(id) => PointChoice::Id(
-                    id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?,
+                    id.parse()
+                        .map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest`, `latest-app` or a point id"))?,
                 ),
             };
             execute(home, &plans, &plan, kind, point, site, json)

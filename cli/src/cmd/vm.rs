@@ -22,7 +22,7 @@ pub enum Command {
     ///
     /// Example: lifeboat vm define web1 --disk web1-root --memory 2GiB --cpus 2
     /// --nic prod --health-serial "login:"
-    Define(DefineArgs),
+    Define(Box<DefineArgs>),
     /// Show a VM's definition: the home's, or (with --vault and --key) the one
     /// stored with a point in the vault, as a failover would use it.
     Show {
@@ -82,11 +82,25 @@ pub struct DefineArgs {
     /// The kernel command line for --kernel.
     #[arg(long, requires = "kernel", default_value = "")]
     append: String,
+    /// App-consistent points: at most this often, a cycle runs --pre-hook,
+    /// cuts, then runs --post-hook (e.g. 1h).
+    #[arg(long, requires_all = ["pre_hook", "post_hook"])]
+    app_every: Option<String>,
+    /// Quiesce the guest before an app-consistent cut (absolute path; gets
+    /// LIFEBOAT_VM, LIFEBOAT_DISK, LIFEBOAT_HOOK=pre).
+    #[arg(long, requires = "app_every")]
+    pre_hook: Option<PathBuf>,
+    /// Resume it after the cut (also run by a watchdog if Lifeboat dies in between).
+    #[arg(long, requires = "app_every")]
+    post_hook: Option<PathBuf>,
+    /// How long each hook may run.
+    #[arg(long, default_value = "30s")]
+    hook_timeout: String,
 }
 
 pub fn run(home: &Home, cmd: Command) -> Result<()> {
     match cmd {
-        Command::Define(a) => define(home, a),
+        Command::Define(a) => define(home, *a),
         Command::Show { name, vault, key, point } => {
             let def = match (vault, key) {
                 (Some(v), Some(k)) => {
@@ -215,7 +229,17 @@ fn from_args(a: &DefineArgs) -> Result<VmDefinition> {
             initrd: a.initrd.as_deref().map(absolute),
             append: a.append.clone(),
         }),
+        app_consistent: None,
     };
+    let mut def = def;
+    if let (Some(every), Some(pre), Some(post)) = (&a.app_every, &a.pre_hook, &a.post_hook) {
+        def.app_consistent = Some(recovery::vmdef::AppConsistency {
+            every_seconds: parse_duration(every).map_err(|e| anyhow::anyhow!("--app-every: {e}"))?,
+            pre_hook: absolute(pre),
+            post_hook: absolute(post),
+            timeout_seconds: parse_duration(&a.hook_timeout).map_err(|e| anyhow::anyhow!("--hook-timeout: {e}"))?,
+        });
+    }
     def.validate().map_err(|why| anyhow::anyhow!("VM {:?}: {why}", a.name))?;
     Ok(def)
 }

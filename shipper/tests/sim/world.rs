@@ -838,6 +838,7 @@ impl Sim {
             cancel: Some(&cancel),
             clock: &clock_fn,
             extension: &[],
+            cut_hook: None,
         };
         let mut src = CycleSource {
             disk: &mut self.disk,
@@ -1333,8 +1334,15 @@ fn clean_cycle(
     let c = Arc::clone(clock);
     let clock_fn = move || c.load(Ordering::SeqCst);
     let cancel = AtomicBool::new(false);
-    let opts =
-        CycleOptions { disk_name: name, disk_id: DISK_ID, workers: 1, cancel: None, clock: &clock_fn, extension: &[] };
+    let opts = CycleOptions {
+        disk_name: name,
+        disk_id: DISK_ID,
+        workers: 1,
+        cancel: None,
+        clock: &clock_fn,
+        extension: &[],
+        cut_hook: None,
+    };
     let mut src = CycleSource {
         disk,
         rng: Rng::new(0),
