@@ -225,6 +225,25 @@ impl DiskEntry {
         })
     }
 
+    /// The marker a failback leaves while it rewrites the image.
+    pub fn failback_marker(&self) -> PathBuf {
+        self.dir.join("failback.inprogress")
+    }
+
+    /// Refuses a disk whose failback was interrupted: its image is half
+    /// old, half the point it was being brought to.
+    pub fn check_usable(&self, name: &str) -> Result<()> {
+        match std::fs::read_to_string(self.failback_marker()) {
+            Ok(what) => bail!(
+                "disk {name:?} is half-way through a failback ({}): its image is not usable until that finishes; run \
+                 `lifeboat failback VM` again",
+                what.trim()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.failback_marker().display())),
+        }
+    }
+
     pub fn status_path(&self) -> PathBuf {
         self.dir.join("status.json")
     }

@@ -201,6 +201,10 @@ pub struct Job {
     /// Booted from the vault by instant recovery (no restore first).
     #[serde(default)]
     pub instant: bool,
+    /// Its disks were shipped back (`lifeboat failback --prepare`): a
+    /// committed failover may then be cleaned up.
+    #[serde(default)]
+    pub failed_back: bool,
 }
 
 impl Job {
@@ -422,6 +426,7 @@ impl Site {
                     rto_seconds: None,
                     origin: req.origin.clone(),
                     instant: req.instant.is_some(),
+                    failed_back: false,
                 };
                 (obs.audit)("failover.start", json!({ "vm": j.vm, "kind": j.kind.as_str() }))
                     .map_err(RecoveryError::Refused)?;
@@ -641,6 +646,16 @@ impl Site {
         }
     }
 
+    /// Records that a committed failover's disks were shipped back.
+    pub fn mark_failed_back(&self, vm: &str) -> Result<Job, RecoveryError> {
+        let _lock = self.lock(vm)?;
+        let mut job =
+            self.load(vm)?.ok_or_else(|| RecoveryError::NotFound(format!("VM {vm:?} has no failover at this site")))?;
+        job.failed_back = true;
+        self.save(&job)?;
+        Ok(job)
+    }
+
     /// Makes an unplanned failover (or a planned one whose health check
     /// failed) final.
     pub fn commit(&self, vm: &str, obs: &mut Observer<'_>) -> Result<Job, RecoveryError> {
@@ -683,9 +698,10 @@ impl Site {
                 "VM {vm:?} has no failover at this site; nothing to clean up"
             )));
         };
-        if job.state == JobState::Committed {
+        if job.state == JobState::Committed && !job.failed_back {
             return Err(RecoveryError::Refused(format!(
-                "the failover of VM {vm:?} was committed: its VM and disks are production now and are not removed"
+                "the failover of VM {vm:?} was committed: its VM and disks are production now and are not removed \
+                 (after `lifeboat failback {vm} --prepare` they may be)"
             )));
         }
         self.discard(&job)?;

@@ -677,5 +677,8 @@ fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
     // Protection resumes at the original site: its verify finds nothing to send.
     let r = home.ship("f-root");
     assert_eq!(r.new_blocks, 0, "after failback the original disk still had something to ship: {r:?}");
+    // The recovery site's copy can go now.
+    site.run_ok(&["failover", "cleanup", "f"]);
+    assert!(!dir.join("site/failovers/f").exists() && !dir.join("site/disks/f-root").exists());
     eprintln!("failback: {shipped} bytes shipped back, {fetched} bytes fetched at the original site");
 }

@@ -200,6 +200,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
 /// Opens one disk: its state file (locked), control socket and NBD listener.
 fn open(home: &Home, name: &str) -> Result<(Served, Server)> {
     let entry = home.disk(name)?;
+    entry.check_usable(name)?;
     let target = match entry.config.replication {
         Some(_) => Some(Target::load(home, name)?.1),
         None => {

@@ -101,6 +101,7 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
             "bytes_shipped": r.bytes_shipped,
         }));
     }
+    site.mark_failed_back(name)?;
     let details = json!({ "vm": name, "stopped": stopped, "points": points, "bytes_shipped": shipped });
     super::audit::record(
         &super::audit::audit_dir(home),
@@ -160,8 +161,13 @@ fn converge(home: &Home, a: &Args) -> Result<()> {
             .open(&entry.config.image)
             .with_context(|| format!("opening {}", entry.config.image.display()))?;
         eprintln!("[{name}] bringing disk {disk} to point {seq}: comparing every block ...");
+        // Until it is done, the image is half old, half the point: the
+        // marker keeps the agent, filter and cycles off it, and says so.
+        let marker = entry.failback_marker();
+        std::fs::write(&marker, format!("to point {seq}, started {}\n", crate::time::rfc3339(crate::time::now_ns())))
+            .with_context(|| format!("writing {}", marker.display()))?;
         let report = recovery::failback::converge(&reader, &keys, &image, &mut |_, _| {})
-            .with_context(|| format!("bringing disk {disk:?} to point {seq}"))?;
+            .with_context(|| format!("bringing disk {disk:?} to point {seq} (run the command again to finish)"))?;
         drop(state);
         // The disk now is the point: a fresh state, verified by the next cycle
         // (which finds nothing to send).
@@ -169,6 +175,7 @@ fn converge(home: &Home, a: &Args) -> Result<()> {
             home,
             &[disk, "--image", crate::cmd::failover::path_str(&entry.config.image)?, "--reset-state"],
         )?;
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
         fetched += report.fetched_bytes;
         let d = json!({ "disk": disk, "point": seq, "report": report });
         super::audit::record(

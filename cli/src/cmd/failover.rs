@@ -127,6 +127,14 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             let mut step = |_: &Step| {};
             let mut audit = auditor(home, keys_vault.as_ref());
             let job = site.cleanup(&name, &mut Observer { step: &mut step, audit: &mut audit })?;
+            // Disks protected here by `failback --prepare` had their images in
+            // the failover's directory, now gone: drop their protection too.
+            for p in &job.points {
+                if home.disk(&p.disk).is_ok_and(|e| e.config.image == p.image) {
+                    let dir = home.disk_dir(&p.disk);
+                    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+                }
+            }
             print_job(
                 &job,
                 json,

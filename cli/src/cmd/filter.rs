@@ -22,6 +22,7 @@ pub struct Args {
 pub fn run(home: &Home, a: Args) -> Result<()> {
     signals::block_termination().context("blocking SIGTERM/SIGINT")?;
     let entry = home.disk(&a.name)?;
+    entry.check_usable(&a.name)?;
     let disk = Disk::open(entry.paths())?;
     let opened = disk.state().opened();
     if opened.newly_suspect {

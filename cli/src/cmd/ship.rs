@@ -99,6 +99,7 @@ impl Progress for Bar {
 /// agent or `lifeboat filter`), or on the locked image when none does.
 pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleReport> {
     let (entry, target) = Target::load(home, name)?;
+    entry.check_usable(name)?;
     let report = match ControlClient::connect(&entry.control_path()) {
         Ok(client) => {
             let mut source = RemoteSource::new(client)?;

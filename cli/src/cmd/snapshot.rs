@@ -41,6 +41,7 @@ fn write_sparse(out: &File, path: &Path, data: &[u8], offset: u64, block: usize)
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
     let entry = home.disk(&a.name)?;
+    entry.check_usable(&a.name)?;
     let partial = PartialFile::create(&a.out, a.force)?;
     let (out, tmp) = (partial.file(), partial.path());
     let started = Instant::now();
