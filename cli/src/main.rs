@@ -6,6 +6,7 @@
 //! `recovery`).
 
 mod app_hooks;
+mod group_cut;
 mod home;
 mod keyfile;
 mod output;

@@ -69,18 +69,33 @@ impl Target {
         cancel: Option<&AtomicBool>,
         late_ms: u64,
         progress: &mut dyn Progress,
+        group: Option<(&crate::group_cut::Round, &std::sync::Arc<filter::Disk>, bool)>,
     ) -> Result<(CycleReport, Vault)> {
         let started_ns = now_ns();
         let vault = self.open_vault();
-        let hooks = vault.as_ref().ok().and_then(|v| self.app_hooks(v));
-        let result = match (&vault, &self.extension()) {
+        let mut hooks = vault.as_ref().ok().and_then(|v| self.app_hooks(v));
+        let extension = self.extension();
+        // In a group cut, the member hook runs the app hooks (if this disk
+        // carries them) and adds the group's id to the root.
+        let member = match (group, &extension) {
+            (Some((round, disk, runs_app)), Ok(_)) => Some(crate::group_cut::Member::new(
+                round,
+                disk,
+                &self.name,
+                if runs_app { hooks.take() } else { None },
+                self.vm_definition_bytes(),
+                &self.keys,
+            )),
+            _ => None,
+        };
+        let hook: Option<&dyn shipper::CutHook> = match &member {
+            Some(m) => Some(m),
+            None => hooks.as_ref().map(|h| h as &dyn shipper::CutHook),
+        };
+        let result = match (&vault, &extension) {
             (Ok(v), Ok(extension)) => {
-                let opts = CycleOptions {
-                    cancel,
-                    extension,
-                    cut_hook: hooks.as_ref().map(|h| h as &dyn shipper::CutHook),
-                    ..CycleOptions::new(&self.name, self.disk_id)
-                };
+                let opts =
+                    CycleOptions { cancel, extension, cut_hook: hook, ..CycleOptions::new(&self.name, self.disk_id) };
                 run_cycle(source, v, &self.keys, &opts, progress).map_err(anyhow::Error::from)
             }
             (Err(e), _) | (_, Err(e)) => Err(anyhow::anyhow!("{}", crate::error_chain(e))),
@@ -135,12 +150,18 @@ impl Target {
         due.then(|| crate::app_hooks::Hooks::new(&vm.name, &self.name, app))
     }
 
+    /// The plaintext of the disk's VM definition, if it belongs to one.
+    fn vm_definition_bytes(&self) -> Option<Vec<u8>> {
+        let home = Home::new(self.home.clone());
+        home.vm_of_disk(&self.name).ok().flatten().map(|vm| vm.to_toml().into_bytes())
+    }
+
     /// The root extension of this cycle's point: the sealed definition of
     /// the VM the disk belongs to, if any.
     fn extension(&self) -> Result<Vec<u8>> {
         let home = Home::new(self.home.clone());
         let Some(vm) = home.vm_of_disk(&self.name)? else { return Ok(Vec::new()) };
-        let ext = disk_format::RootExtension { vm_definition: Some(vm.to_toml().into_bytes()) };
+        let ext = disk_format::RootExtension { vm_definition: Some(vm.to_toml().into_bytes()), cut_group: None };
         ext.encode(&self.keys).with_context(|| format!("sealing the definition of VM {:?}", vm.name))
     }
 

@@ -26,6 +26,10 @@ pub const EXT_HEADER_LEN: usize = 16;
 pub const ENTRY_HEADER_LEN: usize = 8;
 /// Entry tag of the sealed VM definition.
 pub const TAG_VM_DEFINITION: u16 = 1;
+/// Entry tag of the cut group: the points of several disks cut together.
+pub const TAG_CUT_GROUP: u16 = 2;
+/// Length of a cut-group entry: id (16) and member count (u32).
+pub const CUT_GROUP_LEN: usize = 20;
 /// Largest VM definition plaintext, in bytes.
 pub const MAX_VM_DEFINITION: usize = 64 << 10;
 
@@ -67,19 +71,37 @@ pub enum ExtError {
 pub struct RootExtension {
     /// The VM definition's plaintext, if the disk belonged to a VM.
     pub vm_definition: Option<Vec<u8>>,
+    /// The group cut this point was taken in, with the other disks' points
+    /// that carry the same id (authenticated by the root's MAC, not secret).
+    pub cut_group: Option<CutGroup>,
+}
+
+/// A group cut: every member disk's point of one cut carries its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutGroup {
+    /// Random, one per group cut.
+    pub id: [u8; 16],
+    /// How many disks were cut together.
+    pub members: u32,
 }
 
 impl RootExtension {
     /// Encodes and seals the extension; an empty extension encodes as no
     /// bytes at all (a v1 root without one).
     pub fn encode(&self, keys: &Keys) -> Result<Vec<u8>, ExtError> {
-        let Some(def) = &self.vm_definition else { return Ok(Vec::new()) };
-        if def.len() > MAX_VM_DEFINITION {
-            return Err(ExtError::DefinitionTooLarge { len: def.len() });
+        let mut entries: Vec<(u16, Vec<u8>)> = Vec::new();
+        if let Some(def) = &self.vm_definition {
+            if def.len() > MAX_VM_DEFINITION {
+                return Err(ExtError::DefinitionTooLarge { len: def.len() });
+            }
+            let id = keys.block_id(def);
+            let sealed = keys.seal_block(&id, def).map_err(ExtError::Crypto)?;
+            entries.push((TAG_VM_DEFINITION, [&id.0[..], &sealed].concat()));
         }
-        let id = keys.block_id(def);
-        let sealed = keys.seal_block(&id, def).map_err(ExtError::Crypto)?;
-        Ok(frame(&id, &sealed))
+        if let Some(g) = &self.cut_group {
+            entries.push((TAG_CUT_GROUP, [&g.id[..], &g.members.to_le_bytes()].concat()));
+        }
+        Ok(frame_entries(&entries))
     }
 
     /// [`RootExtension::encode`] with a fixed nonce. **Tests only** (golden
@@ -133,6 +155,17 @@ impl RootExtension {
                     return Err(ExtError::Malformed("two VM definitions".into()))
                 }
                 TAG_VM_DEFINITION => ext.vm_definition = Some(open_definition(value, keys)?),
+                TAG_CUT_GROUP if ext.cut_group.is_some() => return Err(ExtError::Malformed("two cut groups".into())),
+                TAG_CUT_GROUP if value.len() != CUT_GROUP_LEN => {
+                    return Err(ExtError::Malformed(format!("the cut group entry is {} bytes, not 20", value.len())))
+                }
+                TAG_CUT_GROUP => {
+                    let members = get_u32(value, 16);
+                    if members < 2 {
+                        return Err(ExtError::Malformed(format!("a cut group of {members} disk(s)")));
+                    }
+                    ext.cut_group = Some(CutGroup { id: get_array(value, 0), members });
+                }
                 other => return Err(ExtError::UnknownEntry(other)),
             }
             at = start + len;
@@ -144,17 +177,48 @@ impl RootExtension {
     }
 }
 
+/// The cut group of an extension, read **without** the key (for listings:
+/// the root's MAC is what authenticates it; nothing that restores data may
+/// rely on this). `None` for no extension, no group, or bytes that do not
+/// frame.
+pub fn cut_group_unauthenticated(b: &[u8]) -> Option<CutGroup> {
+    if b.len() < EXT_HEADER_LEN || b[..8] != EXT_MAGIC || b[8] != EXT_VERSION {
+        return None;
+    }
+    let mut at = EXT_HEADER_LEN;
+    for _ in 0..get_u32(b, 12) {
+        let tag = get_u16(b, at.checked_add(ENTRY_HEADER_LEN).filter(|&e| e <= b.len()).map(|_| at)?);
+        let len = get_u32(b, at + 4) as usize;
+        let value = b.get(at + ENTRY_HEADER_LEN..(at + ENTRY_HEADER_LEN).checked_add(len)?)?;
+        if tag == TAG_CUT_GROUP && value.len() == CUT_GROUP_LEN {
+            return Some(CutGroup { id: get_array(value, 0), members: get_u32(value, 16) });
+        }
+        at += ENTRY_HEADER_LEN + len;
+    }
+    None
+}
+
 /// The v1 extension with one VM-definition entry: `id ‖ sealed blob`.
 fn frame(id: &BlockId, sealed: &[u8]) -> Vec<u8> {
-    let value_len = 32 + sealed.len();
-    let mut b = vec![0u8; EXT_HEADER_LEN + ENTRY_HEADER_LEN];
+    frame_entries(&[(TAG_VM_DEFINITION, [&id.0[..], sealed].concat())])
+}
+
+/// The v1 extension holding `entries` in order; none: no bytes at all.
+fn frame_entries(entries: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let mut b = vec![0u8; EXT_HEADER_LEN];
     b[..8].copy_from_slice(&EXT_MAGIC);
     b[8] = EXT_VERSION;
-    put_u32(&mut b, 12, 1);
-    put_u16(&mut b, EXT_HEADER_LEN, TAG_VM_DEFINITION);
-    put_u32(&mut b, EXT_HEADER_LEN + 4, u32::try_from(value_len).expect("bounded by MAX_VM_DEFINITION"));
-    b.extend_from_slice(&id.0);
-    b.extend_from_slice(sealed);
+    put_u32(&mut b, 12, u32::try_from(entries.len()).expect("two entries at most"));
+    for (tag, value) in entries {
+        let at = b.len();
+        b.resize(at + ENTRY_HEADER_LEN, 0);
+        put_u16(&mut b, at, *tag);
+        put_u32(&mut b, at + 4, u32::try_from(value.len()).expect("bounded by MAX_VM_DEFINITION"));
+        b.extend_from_slice(value);
+    }
     b
 }
 
@@ -181,7 +245,27 @@ mod tests {
     }
 
     fn ext() -> RootExtension {
-        RootExtension { vm_definition: Some(b"name = \"web1\"\ndisks = [\"web1-root\"]\n".to_vec()) }
+        RootExtension { vm_definition: Some(b"name = \"web1\"\ndisks = [\"web1-root\"]\n".to_vec()), cut_group: None }
+    }
+
+    #[test]
+    fn a_cut_group_round_trips_alone_and_with_a_definition_and_bad_ones_are_refused() {
+        let k = keys(7);
+        let g = CutGroup { id: [9; 16], members: 3 };
+        for e in
+            [RootExtension { vm_definition: None, cut_group: Some(g) }, RootExtension { cut_group: Some(g), ..ext() }]
+        {
+            let bytes = e.encode(&k).unwrap();
+            assert_eq!(RootExtension::decode(&bytes, &k).unwrap(), e);
+            assert_eq!(cut_group_unauthenticated(&bytes), Some(g));
+        }
+        assert_eq!(cut_group_unauthenticated(&ext().encode(&k).unwrap()), None);
+        let mut one = RootExtension { vm_definition: None, cut_group: Some(CutGroup { id: [1; 16], members: 1 }) }
+            .encode(&k)
+            .unwrap();
+        assert!(matches!(RootExtension::decode(&one, &k), Err(ExtError::Malformed(_))), "a group of one disk");
+        one.truncate(one.len() - 1);
+        assert!(RootExtension::decode(&one, &k).is_err());
     }
 
     #[test]
@@ -223,7 +307,7 @@ mod tests {
 
     #[test]
     fn oversized_definitions_are_refused_on_encode() {
-        let big = RootExtension { vm_definition: Some(vec![b'x'; MAX_VM_DEFINITION + 1]) };
+        let big = RootExtension { vm_definition: Some(vec![b'x'; MAX_VM_DEFINITION + 1]), cut_group: None };
         assert!(matches!(big.encode(&keys(1)), Err(ExtError::DefinitionTooLarge { .. })));
     }
 
@@ -249,6 +333,7 @@ mod tests {
         let mut rng = XorShift(0x5eed);
         for _ in 0..5000 {
             let _ = RootExtension::decode(&rng.mutate(&good), &k);
+            let _ = cut_group_unauthenticated(&rng.mutate(&good));
             let _ = RootExtension::decode(&rng.some_bytes(200), &k);
         }
     }

@@ -32,7 +32,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Condvar, Mutex, RwLock};
 
 use disk_format::{blocks_touched, Geometry};
 
@@ -97,6 +97,10 @@ pub struct Disk {
     /// Block -> slot in the scratch file, striped by block number.
     copies: Vec<Mutex<HashMap<u64, u64>>>,
     next_slot: AtomicU64,
+    /// Set while a group cut holds new writes back ([`Disk::hold_writes`]).
+    held: AtomicBool,
+    hold_lock: Mutex<()>,
+    hold_wake: Condvar,
 }
 
 fn image_size(path: &Path, f: &File) -> Result<u64, FilterError> {
@@ -138,6 +142,9 @@ impl Disk {
             cut: Mutex::new(None),
             preserve: (0..geometry.words()).map(|_| AtomicU64::new(0)).collect(),
             copies: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            held: AtomicBool::new(false),
+            hold_lock: Mutex::new(()),
+            hold_wake: Condvar::new(),
             next_slot: AtomicU64::new(0),
             paths,
         })
@@ -380,6 +387,34 @@ impl Disk {
         self.end_cut(true)
     }
 
+    /// Holds new writes back (they wait before entering the gate) until
+    /// [`Disk::release_writes`]; writes already in flight go on. A group
+    /// cut holds every member disk, then cuts each: no write that started
+    /// after any member's cut can be in another member's cut, so the points
+    /// are consistent across the disks. The caller keeps the hold short
+    /// (the cuts only move bits) and always releases it.
+    pub fn hold_writes(&self) {
+        let _g = self.hold_lock.lock().expect("hold lock");
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets held writes go on.
+    pub fn release_writes(&self) {
+        let _g = self.hold_lock.lock().expect("hold lock");
+        self.held.store(false, Ordering::SeqCst);
+        self.hold_wake.notify_all();
+    }
+
+    fn wait_while_held(&self) {
+        if !self.held.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut g = self.hold_lock.lock().expect("hold lock");
+        while self.held.load(Ordering::SeqCst) {
+            g = self.hold_wake.wait(g).expect("hold lock");
+        }
+    }
+
     /// Generation of the cut in progress, if any.
     pub fn cut_in_progress(&self) -> Option<u64> {
         self.cut.lock().expect("cut lock").as_ref().map(|c| c.generation)
@@ -443,6 +478,7 @@ impl Export for Disk {
     }
 
     fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.wait_while_held();
         let _gate = self.gate.read().expect("gate lock");
         self.before_write(offset, data.len() as u64)?;
         self.image.write_all_at(data, offset)?;
@@ -457,6 +493,7 @@ impl Export for Disk {
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        self.wait_while_held();
         let _gate = self.gate.read().expect("gate lock");
         self.before_write(offset, len)?;
         punch_hole(&self.image, offset, len);
@@ -467,6 +504,7 @@ impl Export for Disk {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> io::Result<()> {
+        self.wait_while_held();
         let _gate = self.gate.read().expect("gate lock");
         self.before_write(offset, len)?;
         zero_range(&self.image, offset, len, may_trim)?;

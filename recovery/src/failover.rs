@@ -471,9 +471,22 @@ impl Site {
         if job.points.is_empty() {
             self.begin(job, "choose point", obs)?;
             let (def, points) = choose(req, &dir)?;
+            let together = if points.len() > 1 {
+                let ids: Vec<Option<[u8; 16]>> = points
+                    .iter()
+                    .map(|p| cut_group_at(req.vault, req.keys, &p.disk, p.point).map(|g| g.map(|g| g.id)))
+                    .collect::<Result<_, _>>()?;
+                if ids[0].is_some() && ids.iter().all(|i| *i == ids[0]) {
+                    "; its disks' points were cut together".to_string()
+                } else {
+                    "; its disks' points were NOT cut together (each crash-consistent on its own)".to_string()
+                }
+            } else {
+                String::new()
+            };
             let p = &points[0];
             let detail = format!(
-                "point {} of disk {} (cut {}), definition of VM {} with {} disk(s)",
+                "point {} of disk {} (cut {}), definition of VM {} with {} disk(s){together}",
                 p.point,
                 p.disk,
                 disk_format::time::rfc3339(p.cut_time_ns, 3),
@@ -756,21 +769,41 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
             definition_at(req.vault, req.keys, first, pick.sequence)?.filter(|d| d.name == req.vm).unwrap_or(located)
         }
     };
+    let group = if def.disks.len() > 1 { cut_group_at(req.vault, req.keys, first, pick.sequence)? } else { None };
     let mut out = Vec::new();
     for disk in &def.disks {
         let (point, cut) = if disk == first {
             (pick.sequence, pick.cut_time_ns)
         } else {
-            // Until disks of one VM are cut together, take each other
-            // disk's newest point not after the first disk's cut.
             let ps = req.vault.points(disk)?;
-            let p =
-                ps.iter().rev().find(|p| p.damage.is_none() && p.cut_time_ns <= pick.cut_time_ns).ok_or_else(|| {
-                    RecoveryError::NotFound(format!(
-                        "disk {disk:?} of VM {:?} has no point cut before point {} of {first:?}",
-                        req.vm, pick.sequence
-                    ))
-                })?;
+            // The point of the same group cut, if the first disk's was one
+            // (its cut time is within moments of the first disk's) ...
+            let mut same = None;
+            if let Some(g) = group {
+                for p in ps
+                    .iter()
+                    .rev()
+                    .filter(|p| p.damage.is_none() && p.cut_time_ns.abs_diff(pick.cut_time_ns) < 60_000_000_000)
+                {
+                    if cut_group_at(req.vault, req.keys, disk, p.sequence)?.is_some_and(|h| h.id == g.id) {
+                        same = Some(p);
+                        break;
+                    }
+                }
+            }
+            // ... else the newest point not after the first disk's cut:
+            // each disk crash-consistent, the set not.
+            let p = match same {
+                Some(p) => p,
+                None => ps.iter().rev().find(|p| p.damage.is_none() && p.cut_time_ns <= pick.cut_time_ns).ok_or_else(
+                    || {
+                        RecoveryError::NotFound(format!(
+                            "disk {disk:?} of VM {:?} has no point cut before point {} of {first:?}",
+                            req.vm, pick.sequence
+                        ))
+                    },
+                )?,
+            };
             (p.sequence, p.cut_time_ns)
         };
         out.push(DiskPoint {
@@ -782,6 +815,21 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
         });
     }
     Ok((def, out))
+}
+
+/// The group cut point `sequence` of `disk` was taken in, if any.
+pub fn cut_group_at(
+    vault: &Vault,
+    keys: &Keys,
+    disk: &str,
+    sequence: u64,
+) -> Result<Option<disk_format::CutGroup>, RecoveryError> {
+    let root = vault.load_root(disk, sequence, Some(keys))?;
+    let ext = RootExtension::decode(&root.extension, keys).map_err(|e| RecoveryError::Definition {
+        what: format!("stored with point {sequence} of disk {disk:?}"),
+        why: e.to_string(),
+    })?;
+    Ok(ext.cut_group)
 }
 
 /// The VM definition stored with point `sequence` of `disk`, if it has one.

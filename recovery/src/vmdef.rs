@@ -58,6 +58,11 @@ pub struct VmDefinition {
     /// App-consistent points, taken at the source with the guest quiesced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_consistent: Option<AppConsistency>,
+    /// VMs with the same group are cut together with all their disks (the
+    /// disks of one VM always are); a failover boots each VM from points of
+    /// one group cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency_group: Option<String>,
 }
 
 /// How the source site takes app-consistent points: at most every
@@ -211,6 +216,9 @@ impl VmDefinition {
         }
         if !(1..=86_400).contains(&self.health.timeout_seconds) {
             return Err(format!("health.timeout_seconds = {}: use 1 to 86400", self.health.timeout_seconds));
+        }
+        if let Some(g) = &self.consistency_group {
+            check_name("consistency_group", g)?;
         }
         if let Some(a) = &self.app_consistent {
             if !a.pre_hook.is_absolute() || !a.post_hook.is_absolute() {

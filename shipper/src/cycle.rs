@@ -51,6 +51,16 @@ pub trait CutHook: Sync {
     fn before(&self) -> Result<(), String>;
     /// Resume; an error is reported as a warning.
     fn after(&self) -> Result<(), String>;
+    /// Whether a successful `before` makes the point app-consistent (a
+    /// hook that only coordinates a group cut does not quiesce the guest).
+    fn app_consistent(&self) -> bool {
+        true
+    }
+    /// The root extension to write instead of `CycleOptions::extension`,
+    /// asked after the cut (a group cut adds its id when it succeeded).
+    fn root_extension(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl<'a> CycleOptions<'a> {
@@ -172,6 +182,7 @@ pub fn run_cycle(
     let mut full = reuse.is_none() || source.suspect()?;
     let kind = if full { CutKind::Full } else { CutKind::Dirty };
     let mut consistency = Consistency::Crash;
+    let mut recut = false;
     // The point's time is the cut's, taken before the guest is resumed.
     let (mut info, mut cut_time_ns) = match opts.cut_hook {
         None => {
@@ -184,7 +195,8 @@ pub fn run_cycle(
             let at = (opts.clock)();
             let resumed = hook.after();
             match (&quiesced, &cut) {
-                (Ok(()), Ok(_)) => consistency = Consistency::App,
+                (Ok(()), Ok(_)) if hook.app_consistent() => consistency = Consistency::App,
+                (Ok(()), Ok(_)) => {}
                 (Err(e), _) => warnings.push(format!("the point is crash-consistent, not app-consistent: {e}")),
                 _ => {}
             }
@@ -206,8 +218,10 @@ pub fn run_cycle(
             source.abort()?;
             full = true;
             info = source.cut(CutKind::Full)?;
-            // The guest was resumed before this second cut: not app-consistent.
+            // The guest was resumed (a group released) before this second
+            // cut: neither app-consistent nor part of a group cut.
             consistency = Consistency::Crash;
+            recut = true;
             cut_time_ns = (opts.clock)();
             shipped = ship(source, vault, keys, opts, geometry, None, true, progress);
         }
@@ -238,7 +252,11 @@ pub fn run_cycle(
         bytes_shipped: report.bytes_shipped,
         parent,
         pages,
-        extension: opts.extension.to_vec(),
+        extension: opts
+            .cut_hook
+            .filter(|_| !recut)
+            .and_then(|h| h.root_extension())
+            .unwrap_or_else(|| opts.extension.to_vec()),
     };
     let commit =
         root.encode(keys).map_err(|e| ShipError::Format(format!("encoding the root: {e}"))).and_then(|bytes| {

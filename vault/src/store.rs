@@ -83,6 +83,9 @@ pub struct PointSummary {
     /// Why the root could not be read, if it is damaged (the other fields
     /// are then zero). A damaged point is listed, never restored or pruned.
     pub damage: Option<String>,
+    /// The id of the group cut it was taken in with other disks, if any
+    /// (read without the key; informational).
+    pub cut_group: Option<[u8; 16]>,
 }
 
 /// A vault: a backend holding a valid vault config.
@@ -282,6 +285,7 @@ impl Vault {
                     block_size: root.geometry.block_size,
                     root_name: root_name(disk, seq),
                     damage: None,
+                    cut_group: disk_format::root_ext::cut_group_unauthenticated(&root.extension).map(|g| g.id),
                 }),
                 Err(e @ VaultError::Damaged { .. }) => Ok(PointSummary {
                     sequence: seq,
@@ -292,6 +296,7 @@ impl Vault {
                     block_size: 0,
                     root_name: root_name(disk, seq),
                     damage: Some(e.to_string()),
+                    cut_group: None,
                 }),
                 Err(e) => Err(e),
             })

@@ -27,6 +27,7 @@ fn summary(sequence: u64, cut_time_ns: u64) -> PointSummary {
         disk_size: 0,
         block_size: 0,
         root_name: String::new(),
+        cut_group: None,
     }
 }
 

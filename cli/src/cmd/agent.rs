@@ -147,15 +147,14 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     log!("lifeboat agent: running {} of {} disk(s); SIGTERM stops", served.len(), names.len());
     let gc_every = Duration::from_secs(a.gc_every);
     let mut failures = Vec::new();
+    let groups = groups(home, &served);
     std::thread::scope(|scope| {
-        for s in &served {
-            if let Some(t) = &s.target {
-                let (disk, stop) = (&s.disk, &*stop);
-                std::thread::Builder::new()
-                    .name(format!("cycle {}", s.name))
-                    .spawn_scoped(scope, move || schedule(t, disk, stop, gc_every))
-                    .expect("spawning a scheduler thread");
-            }
+        for (label, members) in &groups {
+            let stop = &*stop;
+            std::thread::Builder::new()
+                .name(format!("cycle {label}"))
+                .spawn_scoped(scope, move || schedule(label, members, stop, gc_every))
+                .expect("spawning a scheduler thread");
         }
         let handles: Vec<_> =
             servers.into_iter().map(|(name, server)| (name, scope.spawn(move || server.run()))).collect();
@@ -195,6 +194,36 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     }
     log!("lifeboat agent: stopped cleanly");
     Ok(())
+}
+
+/// The schedulers: each replicated disk alone, except the disks of a VM
+/// with several (or of VMs sharing a consistency group), which are cut
+/// together. The first disk of each VM runs its app-consistency hooks.
+fn groups<'a>(home: &Home, served: &'a [Served]) -> Vec<(String, Vec<Member<'a>>)> {
+    let mut out: Vec<(String, Vec<Member<'a>>)> = Vec::new();
+    for s in served {
+        let Some(t) = &s.target else { continue };
+        let vm = home.vm_of_disk(&s.name).ok().flatten();
+        let runs_app = vm.as_ref().is_some_and(|v| v.disks.first() == Some(&s.name));
+        let key = vm.as_ref().map(|v| v.consistency_group.clone().unwrap_or_else(|| format!("VM {}", v.name)));
+        match key.and_then(|k| out.iter_mut().find(|(l, _)| *l == k).map(|g| (k, g))) {
+            Some((_, (_, members))) => members.push((t, &s.disk, runs_app)),
+            None => {
+                let label = vm.as_ref().map_or_else(
+                    || s.name.clone(),
+                    |v| v.consistency_group.clone().unwrap_or_else(|| format!("VM {}", v.name)),
+                );
+                out.push((label, vec![(t, &s.disk, runs_app)]));
+            }
+        }
+    }
+    for (label, members) in &out {
+        if members.len() > 1 {
+            let names: Vec<&str> = members.iter().map(|m| m.0.name.as_str()).collect();
+            log!("lifeboat agent: {label}: disks {} are cut together", names.join(", "));
+        }
+    }
+    out
 }
 
 /// Opens one disk: its state file (locked), control socket and NBD listener.
@@ -240,79 +269,138 @@ fn open(home: &Home, name: &str) -> Result<(Served, Server)> {
     Ok((Served { name: name.to_string(), disk, control, target, status_path }, server))
 }
 
-/// Runs one disk's cycles until `stop`.
-fn schedule(t: &Target, disk: &Arc<Disk>, stop: &Stop, gc_every: Duration) {
+/// How one cycle ended, for the scheduler.
+enum Outcome {
+    Committed,
+    Cancelled,
+    Failed,
+}
+
+/// Logs one cycle's result and applies retention after a commit.
+fn handle(
+    t: &Target,
+    result: Result<(shipper::CycleReport, vault::Vault)>,
+    took: Duration,
+    gc_every: Duration,
+    last_gc: &mut Option<Instant>,
+) -> Outcome {
     let name = &t.name;
-    let interval = Duration::from_secs(t.settings.rpo_seconds.max(1));
-    let policy = t.settings.retention.policy();
+    match result {
+        Ok((r, vault)) => {
+            log!(
+                "lifeboat agent: {name}: point {} committed ({}{}): {} blocks read, {} new, {} bytes shipped in {:.1} s",
+                r.sequence,
+                if r.full { "full sync" } else { "incremental" },
+                if r.app_consistent { ", app-consistent" } else { "" },
+                r.blocks_read,
+                r.new_blocks,
+                r.bytes_shipped,
+                took.as_secs_f64()
+            );
+            for w in &r.warnings {
+                log!("lifeboat agent: warning: {name}: {w}");
+            }
+            retention(t, &vault, &t.settings.retention.policy(), gc_every, last_gc);
+            Outcome::Committed
+        }
+        Err(e) if matches!(e.downcast_ref::<ShipError>(), Some(ShipError::Cancelled)) => {
+            log!(
+                "lifeboat agent: {name}: cycle cancelled after {:.1} s; its changes stay marked dirty",
+                took.as_secs_f64()
+            );
+            Outcome::Cancelled
+        }
+        Err(e) => {
+            log!(
+                "lifeboat agent: error: {name}: cycle failed: {}; its changes stay marked dirty",
+                crate::error_chain(&e)
+            );
+            Outcome::Failed
+        }
+    }
+}
+
+/// One disk of a scheduler: its target, its disk, and whether its cycles
+/// run the VM's app-consistency hooks.
+type Member<'a> = (&'a Target, &'a Arc<Disk>, bool);
+
+/// Runs the cycles of one disk — or of every disk of one consistency group,
+/// cut together in one round — until `stop`.
+fn schedule(label: &str, members: &[Member<'_>], stop: &Stop, gc_every: Duration) {
+    let interval = Duration::from_secs(members.iter().map(|m| m.0.settings.rpo_seconds).min().unwrap_or(1).max(1));
     let mut due = Instant::now(); // the first cycle runs at once
     let mut failures = 0u32;
-    let mut last_gc: Option<Instant> = None;
+    let mut last_gc: Vec<Option<Instant>> = vec![None; members.len()];
     loop {
-        let _ = status_file::update(&t.status_path, |st| {
-            st.next_cycle_ns =
-                Some(now_ns() + u64::try_from(due.saturating_duration_since(Instant::now()).as_nanos()).unwrap_or(0));
-        });
+        for (t, _, _) in members {
+            let _ = status_file::update(&t.status_path, |st| {
+                st.next_cycle_ns = Some(
+                    now_ns() + u64::try_from(due.saturating_duration_since(Instant::now()).as_nanos()).unwrap_or(0),
+                );
+            });
+        }
         if stop.wait_until(due) {
             return;
         }
         let start = Instant::now();
         let late = start.duration_since(due);
         let late_ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX);
-        let mut bar = Bar::new(&format!("{name}: "), false).quiet_when_done();
-        let mut source = LocalSource::shared(disk.clone());
-        let result = t.cycle(&mut source, Some(&stop.flag), late_ms, &mut bar);
-        let took = start.elapsed();
-        match result {
-            Ok((r, vault)) => {
-                failures = 0;
-                log!(
-                    "lifeboat agent: {name}: point {} committed ({}): {} blocks read, {} new, {} bytes shipped in {:.1} s",
-                    r.sequence,
-                    if r.full { "full sync" } else { "incremental" },
-                    r.blocks_read,
-                    r.new_blocks,
-                    r.bytes_shipped,
-                    took.as_secs_f64()
-                );
-                for w in &r.warnings {
-                    log!("lifeboat agent: warning: {name}: {w}");
-                }
-                retention(t, &vault, &policy, gc_every, &mut last_gc);
-                let delayed;
-                (due, delayed) = next_due(due, interval, Instant::now());
-                if delayed {
-                    log!(
-                        "lifeboat agent: {name}: the cycle (started {:.0} s late, took {:.0} s) ended after the \
-                         next one was due: longer than the {} s RPO; the next one starts now (the achieved RPO \
-                         grows until cycles catch up)",
-                        late.as_secs_f64(),
-                        took.as_secs_f64(),
-                        interval.as_secs()
-                    );
-                }
+        let run = |t: &Target, disk: &Arc<Disk>, group: Option<(&crate::group_cut::Round, &Arc<Disk>, bool)>| {
+            let mut bar = Bar::new(&format!("{}: ", t.name), false).quiet_when_done();
+            let mut source = LocalSource::shared(disk.clone());
+            let r = t.cycle(&mut source, Some(&stop.flag), late_ms, &mut bar, group);
+            (r, start.elapsed())
+        };
+        let results: Vec<_> = if members.len() == 1 {
+            let (t, disk, _) = members[0];
+            vec![run(t, disk, None)]
+        } else {
+            match crate::group_cut::Round::new(members.len(), GROUP_CUT_TIMEOUT) {
+                Ok(round) => std::thread::scope(|scope| {
+                    let handles: Vec<_> = members
+                        .iter()
+                        .map(|&(t, disk, app)| {
+                            let (round, run) = (&round, &run);
+                            scope.spawn(move || run(t, disk, Some((round, disk, app))))
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().expect("a cycle thread panicked")).collect()
+                }),
+                Err(e) => members.iter().map(|&(_, _, _)| (Err(anyhow::anyhow!("{e:#}")), start.elapsed())).collect(),
             }
-            Err(e) if matches!(e.downcast_ref::<ShipError>(), Some(ShipError::Cancelled)) => {
-                log!(
-                    "lifeboat agent: {name}: cycle cancelled after {:.1} s; its changes stay marked dirty",
-                    took.as_secs_f64()
-                );
-                return;
+        };
+        let mut failed = false;
+        for ((result, took), ((t, _, _), gc)) in results.into_iter().zip(members.iter().zip(last_gc.iter_mut())) {
+            match handle(t, result, took, gc_every, gc) {
+                Outcome::Committed => {}
+                Outcome::Cancelled => return,
+                Outcome::Failed => failed = true,
             }
-            Err(e) => {
-                failures += 1;
-                let retry = Duration::from_secs(5u64 << failures.min(10).saturating_sub(1)).min(interval);
-                log!(
-                    "lifeboat agent: error: {name}: cycle failed: {}; its changes stay marked dirty; \
-                     retrying in {} s",
-                    crate::error_chain(&e),
-                    retry.as_secs()
-                );
-                due = Instant::now() + retry;
-            }
+        }
+        if failed {
+            failures += 1;
+            let retry = Duration::from_secs(5u64 << failures.min(10).saturating_sub(1)).min(interval);
+            log!("lifeboat agent: {label}: retrying in {} s", retry.as_secs());
+            due = Instant::now() + retry;
+            continue;
+        }
+        failures = 0;
+        let delayed;
+        (due, delayed) = next_due(due, interval, Instant::now());
+        if delayed {
+            log!(
+                "lifeboat agent: {label}: the cycle (started {:.0} s late, took {:.0} s) ended after the next one was \
+                 due: longer than the {} s RPO; the next one starts now (the achieved RPO grows until cycles catch up)",
+                late.as_secs_f64(),
+                start.elapsed().as_secs_f64(),
+                interval.as_secs()
+            );
         }
     }
 }
+
+/// How long the disks of a group wait for each other at a cut.
+const GROUP_CUT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// When the cycle after one scheduled for `due` starts: an interval later,
 /// or `now` if that has passed (the cycle overran: `true`). Never sooner than

@@ -14,7 +14,8 @@ pub struct Args {
     /// The vault to look in (default: the disk's vault from `lifeboat protect`).
     #[arg(long)]
     vault: Option<PathBuf>,
-    /// Print a JSON array: [{"id", "cut_time", "cut_time_ns", "consistency", "bytes_shipped", "disk_size"}].
+    /// Print a JSON array: [{"id", "cut_time", "cut_time_ns", "consistency", "bytes_shipped", "disk_size",
+    /// "cut_group"}] (cut_group: the id shared by the points of disks cut together, or null).
     #[arg(long)]
     json: bool,
 }
@@ -40,6 +41,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                     "consistency": format!("{:?}", p.consistency).to_lowercase() + "-consistent",
                     "bytes_shipped": p.bytes_shipped,
                     "disk_size": p.disk_size,
+                    "cut_group": p.cut_group.map(|g| g.iter().map(|b| format!("{b:02x}")).collect::<String>()),
                 })
             })
             .collect();

@@ -103,12 +103,12 @@ pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleRepor
     let report = match ControlClient::connect(&entry.control_path()) {
         Ok(client) => {
             let mut source = RemoteSource::new(client)?;
-            target.cycle(&mut source, None, 0, &mut bar)
+            target.cycle(&mut source, None, 0, &mut bar, None)
         }
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             // No filter: the VM is off. Lock the disk so no filter starts meanwhile.
             let mut source = LocalSource::open(entry.paths())?;
-            let r = target.cycle(&mut source, None, 0, &mut bar);
+            let r = target.cycle(&mut source, None, 0, &mut bar, None);
             source.close()?;
             r
         }

@@ -96,6 +96,10 @@ pub struct DefineArgs {
     /// How long each hook may run.
     #[arg(long, default_value = "30s")]
     hook_timeout: String,
+    /// Cut this VM's disks together with those of every VM of this group
+    /// (the disks of one VM are always cut together).
+    #[arg(long)]
+    consistency_group: Option<String>,
 }
 
 pub fn run(home: &Home, cmd: Command) -> Result<()> {
@@ -230,6 +234,7 @@ fn from_args(a: &DefineArgs) -> Result<VmDefinition> {
             append: a.append.clone(),
         }),
         app_consistent: None,
+        consistency_group: a.consistency_group.clone(),
     };
     let mut def = def;
     if let (Some(every), Some(pre), Some(post)) = (&a.app_every, &a.pre_hook, &a.post_hook) {
