@@ -13,6 +13,7 @@
 //! any member's cut cannot be in another member's point: every disk's
 //! writes were held before the first cut.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,19 +21,21 @@ use disk_format::{CutGroup, Keys, RootExtension};
 use filter::Disk;
 
 /// One group cut, shared by its members.
-pub struct Round {
+pub struct Round<'a> {
     id: [u8; 16],
     members: usize,
     timeout: Duration,
+    /// The agent stopping breaks the round at once.
+    cancel: Option<&'a AtomicBool>,
     state: Mutex<(usize, usize, usize, bool)>,
     wake: Condvar,
 }
 
-impl Round {
-    pub fn new(members: usize, timeout: Duration) -> anyhow::Result<Round> {
+impl<'a> Round<'a> {
+    pub fn new(members: usize, timeout: Duration, cancel: Option<&'a AtomicBool>) -> anyhow::Result<Round<'a>> {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("random group id: {e}"))?;
-        Ok(Round { id, members, timeout, state: Mutex::new((0, 0, 0, false)), wake: Condvar::new() })
+        Ok(Round { id, members, timeout, cancel, state: Mutex::new((0, 0, 0, false)), wake: Condvar::new() })
     }
 
     /// Arrives at meeting `phase` (0, 1, 2) and waits for every member;
@@ -59,19 +62,20 @@ impl Round {
                 return true;
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
                 g.3 = true;
                 self.wake.notify_all();
                 return false;
             }
-            g = self.wake.wait_timeout(g, deadline - now).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+            let nap = (deadline - now).min(Duration::from_millis(100));
+            g = self.wake.wait_timeout(g, nap).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
     }
 }
 
 /// One member disk's part in a round (a `shipper::CutHook`).
 pub struct Member<'a> {
-    pub round: &'a Round,
+    pub round: &'a Round<'a>,
     pub disk: &'a Arc<Disk>,
     pub name: &'a str,
     /// The VM's app-consistency hooks, run by one member of each VM.
@@ -85,7 +89,7 @@ pub struct Member<'a> {
 
 impl<'a> Member<'a> {
     pub fn new(
-        round: &'a Round,
+        round: &'a Round<'a>,
         disk: &'a Arc<Disk>,
         name: &'a str,
         app: Option<crate::app_hooks::Hooks>,

@@ -69,7 +69,7 @@ impl Target {
         cancel: Option<&AtomicBool>,
         late_ms: u64,
         progress: &mut dyn Progress,
-        group: Option<(&crate::group_cut::Round, &std::sync::Arc<filter::Disk>, bool)>,
+        group: Option<(&crate::group_cut::Round<'_>, &std::sync::Arc<filter::Disk>, bool)>,
     ) -> Result<(CycleReport, Vault)> {
         let started_ns = now_ns();
         let vault = self.open_vault();

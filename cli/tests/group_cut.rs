@@ -92,8 +92,11 @@ fn the_disks_of_a_vm_are_cut_together_while_it_writes_to_both() {
     let mut seen = 1;
     while seen < 6 {
         assert!(t.elapsed() < Duration::from_secs(60), "the agent cut only {seen} rounds in 60 s:\n{}", agent.log());
-        let p: serde_json::Value = serde_json::from_slice(&s.home.run_ok(&["points", "gb", "--json"]).stdout).unwrap();
-        seen = p.as_array().unwrap().len();
+        let count = |d: &str| {
+            let p: serde_json::Value = serde_json::from_slice(&s.home.run_ok(&["points", d, "--json"]).stdout).unwrap();
+            p.as_array().unwrap().len()
+        };
+        seen = count("ga").min(count("gb"));
         std::thread::sleep(Duration::from_millis(200));
     }
     fs::write(&stop, b"").unwrap();
@@ -109,24 +112,32 @@ fn the_disks_of_a_vm_are_cut_together_while_it_writes_to_both() {
             .unwrap()
             .clone()
     };
+    // Pair the points by their group cut (stopping the agent may cancel
+    // one member's commit of the last round, so sequences can differ by one).
     let (pa, pb) = (list("ga"), list("gb"));
-    assert_eq!(pa.len(), pb.len(), "the two disks have different numbers of points");
+    assert!(
+        pa.iter().chain(&pb).all(|p| p["cut_group"].is_string()),
+        "a point was not cut in a group:\n{pa:?}\n{pb:?}"
+    );
     let mut during = 0;
-    for (a, b) in pa.iter().zip(&pb) {
+    let mut pairs = 0;
+    for a in &pa {
+        let Some(b) = pb.iter().find(|b| b["cut_group"] == a["cut_group"]) else { continue };
+        pairs += 1;
         let (ia, ib) = (a["id"].as_u64().unwrap(), b["id"].as_u64().unwrap());
-        assert_eq!(ia, ib);
-        assert!(
-            a["cut_group"].is_string() && a["cut_group"] == b["cut_group"],
-            "point {ia}: not one group cut: {a} {b}"
-        );
         let ra = s.home.restore("ga", &ia.to_string(), &s.path("a.img"));
         let rb = s.home.restore("gb", &ib.to_string(), &s.path("b.img"));
         let (na, nb) = (newest(&ra), newest(&rb));
-        assert!(nb <= na && na <= nb + 1, "point {ia}: disk A holds record {na}, disk B record {nb}: not consistent");
+        assert!(
+            nb <= na && na <= nb + 1,
+            "group cut {}: disk A holds record {na}, disk B record {nb}: not consistent",
+            a["cut_group"]
+        );
         if na > 0 && na < written {
             during += 1;
         }
     }
+    assert!(pairs + 1 >= pa.len().max(pb.len()), "only {pairs} of the rounds have a point on both disks");
     assert!(during >= 2, "only {during} points were cut while the writer ran; the test proved little");
-    eprintln!("{} rounds, {during} during {written} record pairs", pa.len());
+    eprintln!("{pairs} group cuts, {during} during {written} record pairs");
 }

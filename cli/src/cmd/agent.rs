@@ -345,7 +345,7 @@ fn schedule(label: &str, members: &[Member<'_>], stop: &Stop, gc_every: Duration
         let start = Instant::now();
         let late = start.duration_since(due);
         let late_ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX);
-        let run = |t: &Target, disk: &Arc<Disk>, group: Option<(&crate::group_cut::Round, &Arc<Disk>, bool)>| {
+        let run = |t: &Target, disk: &Arc<Disk>, group: Option<(&crate::group_cut::Round<'_>, &Arc<Disk>, bool)>| {
             let mut bar = Bar::new(&format!("{}: ", t.name), false).quiet_when_done();
             let mut source = LocalSource::shared(disk.clone());
             let r = t.cycle(&mut source, Some(&stop.flag), late_ms, &mut bar, group);
@@ -355,7 +355,7 @@ fn schedule(label: &str, members: &[Member<'_>], stop: &Stop, gc_every: Duration
             let (t, disk, _) = members[0];
             vec![run(t, disk, None)]
         } else {
-            match crate::group_cut::Round::new(members.len(), GROUP_CUT_TIMEOUT) {
+            match crate::group_cut::Round::new(members.len(), GROUP_CUT_TIMEOUT, Some(&stop.flag)) {
                 Ok(round) => std::thread::scope(|scope| {
                     let handles: Vec<_> = members
                         .iter()
