@@ -114,6 +114,28 @@ pub struct DiskPoint {
     pub served: Option<Served>,
 }
 
+impl DiskPoint {
+    /// The local copy instant recovery fills (beside `image`).
+    pub fn instant_image(&self) -> PathBuf {
+        self.image.with_extension("instant")
+    }
+
+    /// Its present-blocks bitmap.
+    pub fn instant_bitmap(&self) -> PathBuf {
+        self.image.with_extension("present")
+    }
+
+    /// The disk the recovered VM ran on: the instant copy if it was served
+    /// that way, else the restored image.
+    pub fn local_image(&self) -> PathBuf {
+        if self.served.is_some() {
+            self.instant_image()
+        } else {
+            self.image.clone()
+        }
+    }
+}
+
 /// A disk served by instant recovery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Served {
@@ -513,8 +535,7 @@ impl Site {
                 })?;
                 self.begin(job, &format!("serve disk {} from the vault", p.disk), obs)?;
                 let socket = disks_dir.join(format!("{}.sock", p.disk));
-                let image = disks_dir.join(format!("{}.instant", p.disk));
-                let bitmap = disks_dir.join(format!("{}.present", p.disk));
+                let (image, bitmap) = (p.instant_image(), p.instant_bitmap());
                 let t = Instant::now();
                 let pid = serve(&p.disk, p.point, &image, &bitmap, &socket).map_err(RecoveryError::Qemu)?;
                 job.points[i].served = Some(Served { pid, socket: socket.clone() });

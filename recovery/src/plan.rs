@@ -218,6 +218,9 @@ pub struct PlanRun {
     /// Where the vault and key came from (for `plan resume`).
     #[serde(default)]
     pub origin: Option<crate::failover::Origin>,
+    /// Every VM is booted by instant recovery.
+    #[serde(default)]
+    pub instant: bool,
 }
 
 impl PlanRun {
@@ -313,7 +316,7 @@ impl Plans {
                     plan.name
                 )))
             }
-            Some(r) if r.kind != kind || r.plan != *plan => {
+            Some(r) if r.kind != kind || r.plan != *plan || r.instant != template.instant.is_some() => {
                 return Err(RecoveryError::Refused(format!(
                     "plan {:?} has a {} run in progress ({:?}) made from {}; resume it with `lifeboat plan resume {}` \
                      or end it with `lifeboat plan cleanup {}`",
@@ -342,6 +345,7 @@ impl Plans {
                     steps: Vec::new(),
                     rto_seconds: None,
                     origin: template.origin.clone(),
+                    instant: template.instant.is_some(),
                 }
             }
         };
@@ -392,7 +396,7 @@ impl Plans {
                     .iter()
                     .map(|(vm, r)| match r {
                         Ok(j) => {
-                            json!({ "vm": vm, "point": j.point(), "health": j.health, "rto_seconds": j.rto_seconds })
+                            json!({ "vm": vm, "point": j.point(), "health": j.health, "rto_seconds": j.rto_seconds, "instant": j.instant })
                         }
                         Err(e) => json!({ "vm": vm, "error": e }),
                     })

@@ -584,6 +584,18 @@ fn instant_recovery_boots_from_the_vault_without_restoring_first() {
 #[test]
 #[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
 fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
+    failback_case(false);
+}
+
+/// The same after an instant recovery: `--prepare` waits for the local copy
+/// to be complete before shipping it.
+#[test]
+#[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
+fn failback_after_instant_recovery_ends_byte_identical() {
+    failback_case(true);
+}
+
+fn failback_case(instant: bool) {
     let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vmfb-");
     let dir = scratch.dir();
     let home = &scratch.home;
@@ -633,6 +645,9 @@ fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
     let kv = ["--vault", arg(&vault), "--key", arg(&key)];
     let mut args = vec!["failover", "f", "--unplanned", "--json"];
     args.extend(kv);
+    if instant {
+        args.push("--instant");
+    }
     let job = json(&site.run_ok(&args));
     assert_eq!(job["health"], "passed", "{job}");
     site.run_ok(&["failover", "commit", "f"]);
@@ -672,7 +687,9 @@ fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
         (384 * KIB..4 * MIB).contains(&fetched),
         "failback fetched {fetched} bytes for 256 KiB changed there and 128 KiB here"
     );
-    let recovered = fs::read(dir.join("site/failovers/f/disks/f-root.raw")).unwrap();
+    let recovered =
+        fs::read(dir.join(format!("site/failovers/f/disks/f-root.{}", if instant { "instant" } else { "raw" })))
+            .unwrap();
     assert!(fs::read(&image).unwrap() == recovered, "the original disk is not the recovered VM's disk");
     // Protection resumes at the original site: its verify finds nothing to send.
     let r = home.ship("f-root");

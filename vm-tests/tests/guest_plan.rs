@@ -6,14 +6,15 @@
 //! Four protected disks, each with a VM defined and one point shipped. At a
 //! recovery site (its own home, vault and key only):
 //!
-//! * `plan run --test` fails the database over, runs a script that must see
+//! * `plan run --test --instant` fails the database over (instant recovery:
+//!   every VM boots straight from the vault), runs a script that must see
 //!   the database VM already running and gets the plan, kind and recovered
 //!   VMs in its environment, fails both app VMs over in parallel, and pauses
 //!   at the manual step with the web VM not yet touched; `plan resume` (no
 //!   --vault or --key: the run remembers them) finishes it. Every VM's health
 //!   passed, each group started after the one before had booted, and the
 //!   plan and every VM report an RTO. `plan cleanup` stops all four VMs.
-//! * A plan whose script exits 3 stops there: exit 1 naming the step and the
+//! * A plan (restoring first this time) whose script exits 3 stops there: exit 1 naming the step and the
 //!   script's own output, `plan status` says failed, the VMs after it are
 //!   never failed over.
 //! * The audit log holds the plan's records.
@@ -143,7 +144,7 @@ fn a_three_group_plan_runs_in_order_pauses_for_its_manual_step_and_a_failing_scr
     let v = site.run_ok(&validate);
     assert!(String::from_utf8_lossy(&v.stdout).contains("db: point 1"), "{}", String::from_utf8_lossy(&v.stdout));
 
-    let mut run = vec!["plan", "run", arg(&plan), "--test", "--json"];
+    let mut run = vec!["plan", "run", arg(&plan), "--test", "--json", "--instant"];
     run.extend(kv);
     let out = site.run(&run);
     assert!(out.status.success(), "plan run: {}", String::from_utf8_lossy(&out.stderr));
@@ -166,6 +167,7 @@ fn a_three_group_plan_runs_in_order_pauses_for_its_manual_step_and_a_failing_scr
     for s in steps.iter().filter(|s| !s["vms"].as_array().unwrap_or(&vec![]).is_empty()) {
         for v in s["vms"].as_array().unwrap() {
             assert_eq!(v["health"], "passed", "{r}");
+            assert_eq!(v["instant"], true, "the plan was run with --instant: {r}");
             assert!(v["rto_seconds"].as_f64().unwrap() > 0.0, "{r}");
         }
     }

@@ -53,9 +53,6 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
             job.state
         );
     }
-    if job.instant {
-        bail!("VM {name:?} runs on instant recovery; failback of an instant-recovered disk is not supported yet");
-    }
     let origin = job.origin.clone().with_context(|| {
         format!("the failover of VM {name:?} does not record its vault and key (it ran where the VM is defined)")
     })?;
@@ -74,17 +71,25 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
         }
         None => "already off".to_string(),
     };
+    // Instant recovery: the local copies must be complete (the servers keep
+    // copying after the VM is off), then their servers stop.
+    for p in &job.points {
+        let Some(served) = &p.served else { continue };
+        wait_for_copy(&vault, p, name, timeout)?;
+        served.stop()?;
+    }
     let mut points = Vec::new();
     let mut shipped = 0u64;
     for p in &job.points {
-        let protected = home.disk(&p.disk).is_ok_and(|e| e.config.image == p.image);
+        let local = p.local_image();
+        let protected = home.disk(&p.disk).is_ok_and(|e| e.config.image == local);
         if !protected {
             super::protect::run_args(
                 home,
                 &[
                     &p.disk,
                     "--image",
-                    crate::cmd::failover::path_str(&p.image)?,
+                    crate::cmd::failover::path_str(&local)?,
                     "--vault",
                     crate::cmd::failover::path_str(&origin.vault)?,
                     "--key",
@@ -121,6 +126,32 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits until instant recovery's local copy of `p` holds every block.
+fn wait_for_copy(vault: &vault::Vault, p: &recovery::failover::DiskPoint, vm: &str, timeout: Duration) -> Result<()> {
+    let summary = vault.points(&p.disk)?.into_iter().find(|s| s.sequence == p.point);
+    let blocks = summary.map_or(0, |s| s.disk_size.div_ceil(u64::from(s.block_size.max(1))));
+    let started = std::time::Instant::now();
+    loop {
+        let present: u64 =
+            std::fs::read(p.instant_bitmap()).map(|b| b.iter().map(|x| u64::from(x.count_ones())).sum()).unwrap_or(0);
+        if present >= blocks {
+            return Ok(());
+        }
+        if !p.served.as_ref().is_some_and(recovery::failover::Served::alive) {
+            bail!(
+                "the instant-recovery copy of disk {:?} of VM {vm:?} is incomplete ({present} of {blocks} blocks) and its \
+                 server is gone; run `lifeboat failover {vm} --unplanned --instant` to restart it, then failback again",
+                p.disk
+            );
+        }
+        if started.elapsed() > timeout.max(Duration::from_secs(3600)) {
+            bail!("the instant-recovery copy of disk {:?} is still incomplete ({present} of {blocks} blocks)", p.disk);
+        }
+        eprintln!("[{vm}] waiting for the local copy of disk {}: {present} of {blocks} blocks", p.disk);
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn converge(home: &Home, a: &Args) -> Result<()> {

@@ -130,7 +130,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             // Disks protected here by `failback --prepare` had their images in
             // the failover's directory, now gone: drop their protection too.
             for p in &job.points {
-                if home.disk(&p.disk).is_ok_and(|e| e.config.image == p.image) {
+                if home.disk(&p.disk).is_ok_and(|e| e.config.image == p.local_image()) {
                     let dir = home.disk_dir(&p.disk);
                     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
                 }
@@ -167,7 +167,12 @@ fn job_keys(home: &Home, site: &Site, vm: &str) -> Option<(disk_format::keys::Ke
 
 /// The vault directory and key file for a VM: as given, else those of its
 /// first disk in this home.
-fn site_paths(home: &Home, vm: &str, vault: Option<PathBuf>, key: Option<PathBuf>) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn site_paths(
+    home: &Home,
+    vm: &str,
+    vault: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<(PathBuf, PathBuf)> {
     Ok(match (vault, key) {
         (Some(v), Some(k)) => (v, k),
         (v, k) => {

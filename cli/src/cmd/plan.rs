@@ -39,9 +39,13 @@ pub enum Command {
         /// Unplanned failover of every VM (commit each with `lifeboat failover commit`).
         #[arg(long)]
         unplanned: bool,
-        /// `latest` (default) or a point id, used for every VM.
+        /// `latest` (default), `latest-app` or a point id, used for every VM.
         #[arg(long)]
         point: Option<String>,
+        /// Instant recovery for every VM: boot from the vault at once (see
+        /// `lifeboat failover --help`).
+        #[arg(long)]
+        instant: bool,
         #[command(flatten)]
         site: SiteArgs,
         /// Print the run as JSON: {"plan", "kind", "state", "rto_seconds", "steps": [...]}.
@@ -92,7 +96,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
     let plans = Plans::new(home.root().join("plans"));
     match cmd {
         Command::Validate { plan, site } => validate(home, &plan, site),
-        Command::Run { plan, test, unplanned: _, point, site, json } => {
+        Command::Run { plan, test, unplanned: _, point, instant, site, json } => {
             let plan = load(&plan)?;
             let kind = if test { Kind::Test } else { Kind::Unplanned };
             let point = match point.as_deref() {
@@ -103,7 +107,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
                         .map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest`, `latest-app` or a point id"))?,
                 ),
             };
-            execute(home, &plans, &plan, kind, point, site, json)
+            execute(home, &plans, &plan, kind, point, instant, site, json)
         }
         Command::Resume { name, mut site, json } => {
             let run = plans.load(&name)?.with_context(|| format!("plan {name:?} has no run at this site"))?;
@@ -111,7 +115,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
                 site.vault = Some(o.vault.clone());
                 site.key = Some(o.key.clone());
             }
-            execute(home, &plans, &run.plan, run.kind, PointChoice::Latest, site, json)
+            execute(home, &plans, &run.plan, run.kind, PointChoice::Latest, run.instant, site, json)
         }
         Command::Status { name, json } => {
             let run = plans.load(&name)?.with_context(|| format!("plan {name:?} has no run at this site"))?;
@@ -210,6 +214,7 @@ fn execute(
     plan: &Plan,
     kind: Kind,
     point: PointChoice,
+    instant: bool,
     site_args: SiteArgs,
     json: bool,
 ) -> Result<()> {
@@ -219,7 +224,9 @@ fn execute(
         _ => None,
     };
     let networks = networks(&site_args)?;
-    let (keys, vault) = super::failover::keys_for(home, &first, site_args.vault, site_args.key)?;
+    let (vault_dir, key_path) = super::failover::site_paths(home, &first, site_args.vault, site_args.key)?;
+    let (keys, vault) = super::failover::keys_for(home, &first, Some(vault_dir.clone()), Some(key_path.clone()))?;
+    let serve = super::instant::launcher(super::failover::absolute(&vault_dir), super::failover::absolute(&key_path));
     let qemu = QemuConfig::default();
     let template = Request {
         vm: &first,
@@ -231,7 +238,7 @@ fn execute(
         definition: None,
         qemu: &qemu,
         origin,
-        instant: None,
+        instant: if instant { Some(&serve) } else { None },
         prelude: Vec::new(),
     };
     let name = plan.name.clone();
