@@ -107,7 +107,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
                         .map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest`, `latest-app` or a point id"))?,
                 ),
             };
-            execute(home, &plans, &plan, kind, point, instant, site, json)
+            execute(home, &plans, &plan, How { kind, point, instant }, site, json)
         }
         Command::Resume { name, mut site, json } => {
             let run = plans.load(&name)?.with_context(|| format!("plan {name:?} has no run at this site"))?;
@@ -115,7 +115,8 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
                 site.vault = Some(o.vault.clone());
                 site.key = Some(o.key.clone());
             }
-            execute(home, &plans, &run.plan, run.kind, PointChoice::Latest, run.instant, site, json)
+            let how = How { kind: run.kind, point: PointChoice::Latest, instant: run.instant };
+            execute(home, &plans, &run.plan, how, site, json)
         }
         Command::Status { name, json } => {
             let run = plans.load(&name)?.with_context(|| format!("plan {name:?} has no run at this site"))?;
@@ -208,16 +209,15 @@ fn validate(home: &Home, path: &std::path::Path, site: SiteArgs) -> Result<()> {
     Ok(())
 }
 
-fn execute(
-    home: &Home,
-    plans: &Plans,
-    plan: &Plan,
+/// How a plan's VMs fail over.
+struct How {
     kind: Kind,
     point: PointChoice,
     instant: bool,
-    site_args: SiteArgs,
-    json: bool,
-) -> Result<()> {
+}
+
+fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArgs, json: bool) -> Result<()> {
+    let How { kind, point, instant } = how;
     let first = plan.vms()[0].to_string();
     let origin = match (&site_args.vault, &site_args.key) {
         (Some(v), Some(k)) => Some(Origin { vault: super::failover::absolute(v), key: super::failover::absolute(k) }),
