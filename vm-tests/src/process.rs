@@ -39,3 +39,16 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 pub fn wait_for(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
     wait_timeout(child, limit).unwrap_or_else(|| panic!("{what} did not finish within {limit:?}"))
 }
+
+/// A command's stdout as JSON, or a failure showing what it printed.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+}

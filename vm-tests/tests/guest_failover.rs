@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vm_tests::initramfs::{self, GuestFile};
 use vm_tests::lifeboat::{Home, Scratch};
-use vm_tests::process::assert_ok;
+use vm_tests::process::{assert_ok, json, pid_alive};
 use vm_tests::qemu::Vm;
 use vm_tests::replicate::{arg, PointInfo};
 use vm_tests::{paths, pseudo_random};
@@ -96,17 +96,6 @@ impl Drop for Reaper {
     }
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    })
-}
-
-fn pid_alive(pid: u64) -> bool {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
-}
-
 /// The round the host finds in a point: restored, journal replayed,
 /// `e2fsck -fn` clean, newest manifest listed by debugfs.
 fn host_round(home: &Home, disk: &str, point: u64, dir: &Path) -> u64 {
@@ -124,6 +113,29 @@ fn host_round(home: &Home, disk: &str, point: u64, dir: &Path) -> u64 {
         .unwrap_or(0);
     fs::remove_file(&img).unwrap();
     round
+}
+
+/// An ext4 disk made on the host holding round 1 of the workload (files and
+/// manifest), protected as `disk` with a new key and vault. Returns the
+/// image, key and vault paths.
+fn round_one_disk(dir: &Path, home: &Home, disk: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let root = dir.join("root/lb");
+    fs::create_dir_all(&root).unwrap();
+    for w in ["a", "b"] {
+        fs::write(root.join(format!("r1{w}.bin")), file_data(1, w)).unwrap();
+    }
+    let sums = Command::new("sh").arg("-c").arg("sha256sum r1a.bin r1b.bin > manifest-1").current_dir(&root).status();
+    assert!(sums.unwrap().success());
+    let image = dir.join("disk.img");
+    fs::File::create(&image).unwrap().set_len(DISK_SIZE).unwrap();
+    let mkfs =
+        Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(dir.join("root")).arg(&image).output();
+    assert_ok(&mkfs.unwrap(), "mkfs.ext4 -d");
+    let (key, vault) = (dir.join("k.key"), dir.join("vault"));
+    home.key_new(&key);
+    home.vault_init(&vault, &key);
+    home.protect_replicated(disk, &image, 64 * KIB, &vault, &key);
+    (image, key, vault)
 }
 
 /// The round the recovered guest printed on its console.
@@ -518,23 +530,7 @@ fn instant_recovery_boots_from_the_vault_without_restoring_first() {
     let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vminst-");
     let dir = scratch.dir();
     let home = &scratch.home;
-    // A file system holding round 1 of the workload, made on the host.
-    let root = dir.join("root/lb");
-    fs::create_dir_all(&root).unwrap();
-    for w in ["a", "b"] {
-        fs::write(root.join(format!("r1{w}.bin")), file_data(1, w)).unwrap();
-    }
-    let sums = Command::new("sh").arg("-c").arg("sha256sum r1a.bin r1b.bin > manifest-1").current_dir(&root).status();
-    assert!(sums.unwrap().success());
-    let image = dir.join("disk.img");
-    fs::File::create(&image).unwrap().set_len(DISK_SIZE).unwrap();
-    let mkfs =
-        Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(dir.join("root")).arg(&image).output();
-    assert_ok(&mkfs.unwrap(), "mkfs.ext4 -d");
-    let (key, vault) = (dir.join("k.key"), dir.join("vault"));
-    home.key_new(&key);
-    home.vault_init(&vault, &key);
-    home.protect_replicated("i-root", &image, 64 * KIB, &vault, &key);
+    let (_, key, vault) = round_one_disk(dir, home, "i-root");
     let kernel = paths::kernel();
     let checker = initramfs::build(&kernel, dir, CHECKER, &[]);
     home.run_ok(&[
@@ -599,22 +595,7 @@ fn failback_case(instant: bool) {
     let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vmfb-");
     let dir = scratch.dir();
     let home = &scratch.home;
-    let root = dir.join("root/lb");
-    fs::create_dir_all(&root).unwrap();
-    for w in ["a", "b"] {
-        fs::write(root.join(format!("r1{w}.bin")), file_data(1, w)).unwrap();
-    }
-    let sums = Command::new("sh").arg("-c").arg("sha256sum r1a.bin r1b.bin > manifest-1").current_dir(&root).status();
-    assert!(sums.unwrap().success());
-    let image = dir.join("disk.img");
-    fs::File::create(&image).unwrap().set_len(DISK_SIZE).unwrap();
-    let mkfs =
-        Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(dir.join("root")).arg(&image).output();
-    assert_ok(&mkfs.unwrap(), "mkfs.ext4 -d");
-    let (key, vault) = (dir.join("k.key"), dir.join("vault"));
-    home.key_new(&key);
-    home.vault_init(&vault, &key);
-    home.protect_replicated("f-root", &image, 64 * KIB, &vault, &key);
+    let (image, key, vault) = round_one_disk(dir, home, "f-root");
     // The recovered guest checks its files, then writes 256 KiB of new data.
     let writer = CHECKER.replace(
         "sleep 3600",

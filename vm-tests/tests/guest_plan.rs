@@ -27,7 +27,7 @@ use std::process::Command;
 use vm_tests::initramfs;
 use vm_tests::lifeboat::{Home, Scratch};
 use vm_tests::paths;
-use vm_tests::process::assert_ok;
+use vm_tests::process::{assert_ok, json, pid_alive};
 use vm_tests::replicate::arg;
 
 const HEALTH: &str = "@@LB HEALTH ok";
@@ -35,17 +35,6 @@ const APPEND: &str = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init";
 const VMS: [&str; 4] = ["db", "app1", "app2", "web"];
 
 const GUEST: &str = "mount -t ext4 /dev/vda /mnt && echo \"@@LB HEALTH ok $(cat /mnt/who)\"\nsleep 3600\n";
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    })
-}
-
-fn pid_alive(pid: u64) -> bool {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
-}
 
 fn script(path: &Path, body: &str) {
     fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
