@@ -7,7 +7,8 @@
 //! consistent across the two disks, B's newest record is never newer than
 //! A's, and A is at most one record ahead of B. Cutting the disks one after
 //! the other, thousands of records apart, breaks that at once. Every round's
-//! two points carry the same cut-group id in `lifeboat points --json`.
+//! two points carry the same cut-group id in `lifeboat points --json`. The
+//! same holds for two VMs of one disk each that share a consistency group.
 
 // Test code for 64-bit hosts.
 #![allow(clippy::cast_possible_truncation)]
@@ -47,6 +48,23 @@ fn newest(img: &[u8]) -> u64 {
 
 #[test]
 fn the_disks_of_a_vm_are_cut_together_while_it_writes_to_both() {
+    cut_together(&[&["vm", "define", "two", "--disk", "ga", "--disk", "gb"]], "disks ga, gb are cut together");
+}
+
+/// The same for two VMs of one disk each that share a consistency group
+/// (an application whose database and app server must agree).
+#[test]
+fn vms_sharing_a_consistency_group_are_cut_together() {
+    cut_together(
+        &[
+            &["vm", "define", "db", "--disk", "ga", "--consistency-group", "shop"],
+            &["vm", "define", "app", "--disk", "gb", "--consistency-group", "shop"],
+        ],
+        "shop: disks ga, gb are cut together",
+    );
+}
+
+fn cut_together(defines: &[&[&str]], together: &str) {
     let s = Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), "lb-group-");
     s.home.key_new(&s.path("k.key"));
     s.home.vault_init(&s.path("vault"), &s.path("k.key"));
@@ -71,9 +89,11 @@ fn the_disks_of_a_vm_are_cut_together_while_it_writes_to_both() {
             &format!("unix:{}", sock.display()),
         ]);
     }
-    s.home.run_ok(&["vm", "define", "two", "--disk", "ga", "--disk", "gb"]);
+    for d in defines {
+        s.home.run_ok(d);
+    }
     let mut agent = s.home.agent(&[], &["ga", "gb"]);
-    agent.wait_line("disks ga, gb are cut together", Duration::from_secs(30));
+    agent.wait_line(together, Duration::from_secs(30));
     agent.wait_line("gb: point 1 committed", Duration::from_secs(60));
 
     let script = s.path("writer.py");
