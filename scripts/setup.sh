@@ -61,6 +61,18 @@ if ! ls "$kdir"/boot/vmlinuz-* >/dev/null 2>&1; then
   (cd "$cache/deb" && apt-get download "$ver")
   dpkg-deb -x "$cache"/deb/"$ver"_*.deb "$kdir"
 fi
+# The QEMU guest agent for the vm-test guests that freeze their file systems
+# (app-consistent points): the package's binary, unpacked into the cache; its
+# shared libraries are the host's (the same Debian), copied into the guest's
+# initramfs by the test harness. Nothing is installed on the host.
+qdir=$cache/qga
+if [ ! -x "$qdir/usr/sbin/qemu-ga" ]; then
+  say "fetching qemu-guest-agent into $qdir"
+  mkdir -p "$qdir" "$cache/deb"
+  (cd "$cache/deb" && apt-get download -t bookworm-backports qemu-guest-agent 2>/dev/null || {
+    $SUDO apt-get update -qq && apt-get download -t bookworm-backports qemu-guest-agent; })
+  dpkg-deb -x "$cache"/deb/qemu-guest-agent_*.deb "$qdir"
+fi
 # The test runner. The machine image ships it; a machine without it gets it from crates.io.
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest from crates.io"

@@ -1,5 +1,7 @@
-//! The user's pre- and post-cut hooks of an app-consistent point, with a
-//! watchdog that runs the post hook if this process dies in between.
+//! Quiescing the guest around an app-consistent cut: through the QEMU guest
+//! agent (fsfreeze) or the user's pre- and post-cut hooks, with a watchdog
+//! that resumes the guest (thaw, or the post hook) if this process dies in
+//! between.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -9,26 +11,37 @@ use std::time::{Duration, Instant};
 
 use recovery::vmdef::AppConsistency;
 
-/// The hooks of one disk's app-consistent cut (a `shipper::CutHook`).
+/// How the guest is quiesced.
+enum Quiesce {
+    /// guest-fsfreeze-freeze / thaw on this guest-agent socket.
+    Agent(PathBuf),
+    /// The user's hooks.
+    Hooks { pre: PathBuf, post: PathBuf },
+}
+
+/// One disk's app-consistent cut (a `shipper::CutHook`).
 pub struct Hooks {
     vm: String,
     disk: String,
-    pre: PathBuf,
-    post: PathBuf,
+    how: Quiesce,
     timeout: Duration,
     watchdog: Mutex<Option<Child>>,
 }
 
 impl Hooks {
-    pub fn new(vm: &str, disk: &str, a: &AppConsistency) -> Hooks {
-        Hooks {
+    pub fn new(vm: &str, disk: &str, a: &AppConsistency) -> Option<Hooks> {
+        let how = match (&a.guest_agent, &a.pre_hook, &a.post_hook) {
+            (Some(g), _, _) => Quiesce::Agent(g.clone()),
+            (None, Some(pre), Some(post)) => Quiesce::Hooks { pre: pre.clone(), post: post.clone() },
+            _ => return None,
+        };
+        Some(Hooks {
             vm: vm.to_string(),
             disk: disk.to_string(),
-            pre: a.pre_hook.clone(),
-            post: a.post_hook.clone(),
+            how,
             timeout: Duration::from_secs(a.timeout_seconds),
             watchdog: Mutex::new(None),
-        }
+        })
     }
 
     fn command(&self, program: &Path, which: &str) -> Command {
@@ -76,20 +89,48 @@ impl Hooks {
     }
 }
 
+impl Hooks {
+    /// Starts the watchdog: in its own process group, so it outlives us, it
+    /// resumes the guest once the timeout has passed unless `after` stops it.
+    fn start_watchdog(&self) -> Result<(), String> {
+        let mut dog = match &self.how {
+            Quiesce::Hooks { post, .. } => {
+                let mut c = self.command(Path::new("/bin/sh"), "post");
+                c.args(["-c", "sleep \"$1\"; exec \"$2\"", "lifeboat-thaw-watchdog"])
+                    .arg(self.timeout.as_secs().to_string())
+                    .arg(post);
+                c
+            }
+            Quiesce::Agent(socket) => {
+                let exe = std::env::current_exe().map_err(|e| format!("finding the lifeboat binary: {e}"))?;
+                let mut c = Command::new(exe);
+                c.arg("guest-thaw").arg("--socket").arg(socket).args(["--after", &self.timeout.as_secs().to_string()]);
+                c.stdin(Stdio::null()).stdout(Stdio::null());
+                c
+            }
+        };
+        dog.stderr(Stdio::null()).process_group(0);
+        let child = dog.spawn().map_err(|e| format!("starting the resume watchdog: {e}"))?;
+        *self.watchdog.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
+        Ok(())
+    }
+}
+
 impl shipper::CutHook for Hooks {
     fn before(&self) -> Result<(), String> {
-        // The watchdog first: in its own process group, so it outlives us,
-        // it runs the post hook once the timeout has passed unless `after`
-        // stops it.
-        let mut dog = self.command(Path::new("/bin/sh"), "post");
-        dog.args(["-c", "sleep \"$1\"; exec \"$2\"", "lifeboat-thaw-watchdog"])
-            .arg(self.timeout.as_secs().to_string())
-            .arg(&self.post)
-            .stderr(Stdio::null())
-            .process_group(0);
-        let child = dog.spawn().map_err(|e| format!("starting the post-hook watchdog: {e}"))?;
-        *self.watchdog.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
-        self.run(&self.pre, "pre")
+        self.start_watchdog()?;
+        match &self.how {
+            Quiesce::Hooks { pre, .. } => self.run(pre, "pre"),
+            Quiesce::Agent(socket) => match crate::qga::execute(socket, "guest-fsfreeze-freeze", self.timeout) {
+                Ok(n) => {
+                    if n.as_u64() == Some(0) {
+                        return Err("the guest agent froze no file system".into());
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        }
     }
 
     fn after(&self) -> Result<(), String> {
@@ -101,6 +142,11 @@ impl shipper::CutHook for Hooks {
             }
             let _ = dog.wait();
         }
-        self.run(&self.post, "post")
+        match &self.how {
+            Quiesce::Hooks { post, .. } => self.run(post, "post"),
+            // Thawed even if the freeze reported an error: a partial freeze
+            // must not stay.
+            Quiesce::Agent(socket) => crate::qga::execute(socket, "guest-fsfreeze-thaw", self.timeout).map(|_| ()),
+        }
     }
 }

@@ -10,6 +10,7 @@ mod group_cut;
 mod home;
 mod keyfile;
 mod output;
+mod qga;
 mod replicate;
 mod signals;
 mod size;
@@ -170,6 +171,17 @@ enum Command {
     /// (Internal) serve a recovery point for `lifeboat failover --instant`.
     #[command(hide = true)]
     InstantServe(cmd::instant::Args),
+    /// (Internal) the watchdog of a guest-agent freeze: thaws the guest
+    /// after a delay unless killed first.
+    #[command(hide = true)]
+    GuestThaw {
+        /// The guest agent's socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Seconds to wait first.
+        #[arg(long)]
+        after: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -194,6 +206,18 @@ fn main() -> ExitCode {
         Command::Failback(a) => cmd::failback::run(&home, a),
         Command::Plan(c) => cmd::plan::run(&home, c),
         Command::InstantServe(a) => cmd::instant::run(&home, a),
+        Command::GuestThaw { socket, after } => {
+            std::thread::sleep(std::time::Duration::from_secs(after));
+            let mut last = Ok(serde_json::Value::Null);
+            for _ in 0..5 {
+                last = qga::execute(&socket, "guest-fsfreeze-thaw", std::time::Duration::from_secs(10));
+                if last.is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            last.map(|_| ()).map_err(anyhow::Error::msg)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

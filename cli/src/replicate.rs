@@ -147,7 +147,11 @@ impl Target {
             .map(|p| p.cut_time_ns)
             .max();
         let due = newest.is_none_or(|t| now_ns().saturating_sub(t) >= app.every_seconds.saturating_mul(1_000_000_000));
-        due.then(|| crate::app_hooks::Hooks::new(&vm.name, &self.name, app))
+        if due {
+            crate::app_hooks::Hooks::new(&vm.name, &self.name, app)
+        } else {
+            None
+        }
     }
 
     /// The plaintext of the disk's VM definition, if it belongs to one.

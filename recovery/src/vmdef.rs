@@ -66,23 +66,29 @@ pub struct VmDefinition {
 }
 
 /// How the source site takes app-consistent points: at most every
-/// `every_seconds`, a cycle runs `pre_hook` (quiesce: e.g. flush and freeze
-/// the application or the guest's file systems), cuts, then `post_hook`
-/// (resume). Each hook gets LIFEBOAT_VM, LIFEBOAT_DISK and LIFEBOAT_HOOK
-/// (pre or post) and may take `timeout_seconds`; if Lifeboat dies between
-/// the two, a watchdog runs `post_hook` once the timeout has passed, so the
-/// guest is never left quiesced.
+/// `every_seconds`, a cycle quiesces the guest, cuts, and resumes it —
+/// either through the QEMU guest agent (`guest_agent`: the host end of the
+/// VM's `org.qemu.guest_agent.0` channel; guest-fsfreeze-freeze / thaw) or
+/// with the user's hooks (`pre_hook`, `post_hook`: absolute paths, given
+/// LIFEBOAT_VM, LIFEBOAT_DISK and LIFEBOAT_HOOK=pre|post). Each step may take
+/// `timeout_seconds`; if Lifeboat dies while the guest is quiesced, a
+/// watchdog resumes it (thaw, or the post hook) once that time has passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConsistency {
     /// At most one app-consistent point per this many seconds.
     #[serde(default = "default_app_every")]
     pub every_seconds: u64,
+    /// The VM's guest-agent socket at the source site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<PathBuf>,
     /// Run before the cut (absolute path).
-    pub pre_hook: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_hook: Option<PathBuf>,
     /// Run after the cut, and by the watchdog (absolute path).
-    pub post_hook: PathBuf,
-    /// How long each hook may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_hook: Option<PathBuf>,
+    /// How long each step may take.
     #[serde(default = "default_hook_timeout")]
     pub timeout_seconds: u64,
 }
@@ -221,8 +227,15 @@ impl VmDefinition {
             check_name("consistency_group", g)?;
         }
         if let Some(a) = &self.app_consistent {
-            if !a.pre_hook.is_absolute() || !a.post_hook.is_absolute() {
-                return Err("app_consistent.pre_hook and post_hook must be absolute paths".into());
+            let hooks = (&a.pre_hook, &a.post_hook);
+            match (&a.guest_agent, hooks) {
+                (Some(g), (None, None)) if g.is_absolute() => {}
+                (None, (Some(pre), Some(post))) if pre.is_absolute() && post.is_absolute() => {}
+                _ => {
+                    return Err("app_consistent: give either guest_agent or both pre_hook and post_hook, as absolute \
+                                paths"
+                        .into())
+                }
             }
             if a.every_seconds == 0 || !(1..=3600).contains(&a.timeout_seconds) {
                 return Err("app_consistent: every_seconds must be at least 1, timeout_seconds 1 to 3600".into());

@@ -32,6 +32,9 @@ pub const VIRTIO_MODULES: [&str; 7] = [
 /// the virtio ones.
 pub const POWER_MODULES: [&str; 2] = ["evdev", "button"];
 
+/// The virtio-serial console driver, for the QEMU guest agent's channel.
+pub const AGENT_MODULES: [&str; 1] = ["virtio_console"];
+
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -42,7 +45,7 @@ mount -t devtmpfs devtmpfs /dev
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_blk; do
   insmod /lib/modules/$m.ko || echo "@@LB FAIL insmod $m"
 done
-insmod /lib/modules/evdev.ko; insmod /lib/modules/button.ko
+insmod /lib/modules/evdev.ko; insmod /lib/modules/button.ko; insmod /lib/modules/virtio_console.ko
 # The ACPI power button (QMP system_powerdown): say so, sync, power off.
 sleep 0.2
 for e in /sys/class/input/event*; do
@@ -74,6 +77,30 @@ pub struct GuestFile {
     pub path: String,
     /// Its content.
     pub data: Vec<u8>,
+}
+
+/// The QEMU guest agent (from the cache, see [`paths::qemu_ga`]) and every
+/// shared library it needs (the host's, found with `ldd`), at their own paths,
+/// for a guest script that runs `/usr/sbin/qemu-ga` after `chmod 755` of it
+/// and of the loader and libraries (guest files are written 0644, and the
+/// kernel execs the ELF interpreter too).
+pub fn guest_agent_files() -> Vec<GuestFile> {
+    let ga = paths::qemu_ga();
+    let out = Command::new("ldd").arg(&ga).output().expect("run ldd");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut files = vec![GuestFile { path: "/usr/sbin/qemu-ga".into(), data: fs::read(&ga).unwrap() }];
+    for line in text.lines() {
+        assert!(!line.contains("not found"), "qemu-ga needs a library the host lacks ({line}): run scripts/setup.sh");
+        // "libx.so => /lib/.../libx.so (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split("=>").nth(1) {
+            Some(rhs) => rhs.split_whitespace().next(),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(GuestFile { path: p.to_string(), data: fs::read(p).unwrap() });
+        }
+    }
+    files
 }
 
 /// Builds the guest initramfs for one test into `dir` and returns its path:
@@ -130,7 +157,7 @@ fn base_archive(kernel: &Kernel) -> PathBuf {
     );
     write_file(&root.join("bin/busybox"), &bb, 0o755);
     write_file(&root.join("init"), INIT.as_bytes(), 0o755);
-    for m in VIRTIO_MODULES.iter().chain(&POWER_MODULES) {
+    for m in VIRTIO_MODULES.iter().chain(&POWER_MODULES).chain(&AGENT_MODULES) {
         let ko = find_module(&kernel.modules, m);
         write_file(&root.join(format!("lib/modules/{m}.ko")), &fs::read(&ko).unwrap(), 0o644);
     }

@@ -60,6 +60,13 @@ pub fn kernel() -> Kernel {
     Kernel { vmlinuz, version, modules }
 }
 
+/// The QEMU guest agent binary unpacked by scripts/setup.sh.
+pub fn qemu_ga() -> PathBuf {
+    let p = cache().join("qga/usr/sbin/qemu-ga");
+    assert!(p.is_file(), "{} is missing: run scripts/setup.sh", p.display());
+    p
+}
+
 /// A host tool by name, searched in the system directories and `PATH`; fails
 /// with "run scripts/setup.sh" when it is not installed (tests never skip).
 pub fn tool(name: &str) -> PathBuf {

@@ -29,6 +29,9 @@ pub struct Vm {
     /// A QMP socket to serve (`-qmp unix:PATH,server=on,wait=off`), for a
     /// test that powers the VM down as a planned failover does.
     pub qmp: Option<PathBuf>,
+    /// A QEMU guest agent channel: a unix socket on the host (the
+    /// `org.qemu.guest_agent.0` virtio-serial port in the guest).
+    pub qga: Option<PathBuf>,
 }
 
 /// What a finished boot left behind.
@@ -107,6 +110,11 @@ impl Vm {
             .args(["-device", "virtio-blk-pci,drive=disk0"]);
         if let Some(q) = &self.qmp {
             cmd.args(["-qmp", &format!("unix:{},server=on,wait=off", qemu_escape(q))]);
+        }
+        if let Some(g) = &self.qga {
+            cmd.args(["-chardev", &format!("socket,path={},server=on,wait=off,id=qga0", qemu_escape(g))])
+                .args(["-device", "virtio-serial-pci"])
+                .args(["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]);
         }
         cmd
     }

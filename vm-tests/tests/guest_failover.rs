@@ -223,6 +223,7 @@ fn test_and_unplanned_failover_boot_the_points_they_name() {
         export: "app-root".into(),
         timeout: Duration::from_secs(300),
         qmp: None,
+        qga: None,
     };
     let t = vm.run();
     t.assert_success();
@@ -477,6 +478,7 @@ fn planned_failover_stops_the_source_ships_the_last_changes_and_loses_nothing() 
         export: "p-root".into(),
         timeout: Duration::from_secs(300),
         qmp: Some(qmp.clone()),
+        qga: None,
     };
     let source = std::thread::spawn(move || vm.run());
     // Let the guest write for a while (and the agent cut a few points).

@@ -189,7 +189,15 @@ fn guest_workload_replicated_by_the_agent_restores_clean_at_every_point() {
     let mut agent = home.agent(&[], &["vm"]);
     agent.wait_line("vm: point 1 committed", Duration::from_secs(60));
 
-    let vm = Vm { kernel, initrd, socket: sock, export: "vm".into(), timeout: Duration::from_secs(300), qmp: None };
+    let vm = Vm {
+        kernel,
+        initrd,
+        socket: sock,
+        export: "vm".into(),
+        timeout: Duration::from_secs(300),
+        qmp: None,
+        qga: None,
+    };
     let transcript = vm.run();
     let steps = transcript.assert_success();
     let mut want: Vec<String> = vec!["start".into()];

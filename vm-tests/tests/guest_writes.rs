@@ -121,8 +121,15 @@ fn run_case(block_size: u64, export: &str) {
 
     let sock = dir.join("vm.sock");
     let mut filter = home.filter("vm", &sock);
-    let vm =
-        Vm { kernel, initrd, socket: sock, export: export.to_string(), timeout: Duration::from_secs(300), qmp: None };
+    let vm = Vm {
+        kernel,
+        initrd,
+        socket: sock,
+        export: export.to_string(),
+        timeout: Duration::from_secs(300),
+        qmp: None,
+        qga: None,
+    };
     let transcript = vm.run();
     let steps = transcript.assert_success();
     assert_eq!(steps, ["start", "ext4", "pattern"], "guest steps\n{}", transcript.console_text());

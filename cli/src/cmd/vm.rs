@@ -82,10 +82,16 @@ pub struct DefineArgs {
     /// The kernel command line for --kernel.
     #[arg(long, requires = "kernel", default_value = "")]
     append: String,
-    /// App-consistent points: at most this often, a cycle runs --pre-hook,
-    /// cuts, then runs --post-hook (e.g. 1h).
-    #[arg(long, requires_all = ["pre_hook", "post_hook"])]
+    /// App-consistent points: at most this often (e.g. 1h), a cycle freezes
+    /// the guest's file systems through --guest-agent (or runs --pre-hook),
+    /// cuts, then thaws them (or runs --post-hook).
+    #[arg(long)]
     app_every: Option<String>,
+    /// The host end of the VM's QEMU guest agent channel (QEMU: -chardev
+    /// socket,path=SOCK,server=on,wait=off,id=qga0 -device virtio-serial
+    /// -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0).
+    #[arg(long, requires = "app_every", conflicts_with_all = ["pre_hook", "post_hook"])]
+    guest_agent: Option<PathBuf>,
     /// Quiesce the guest before an app-consistent cut (absolute path; gets
     /// LIFEBOAT_VM, LIFEBOAT_DISK, LIFEBOAT_HOOK=pre).
     #[arg(long, requires = "app_every")]
@@ -93,7 +99,7 @@ pub struct DefineArgs {
     /// Resume it after the cut (also run by a watchdog if Lifeboat dies in between).
     #[arg(long, requires = "app_every")]
     post_hook: Option<PathBuf>,
-    /// How long each hook may run.
+    /// How long each freeze, thaw or hook may take.
     #[arg(long, default_value = "30s")]
     hook_timeout: String,
     /// Cut this VM's disks together with those of every VM of this group
@@ -237,11 +243,15 @@ fn from_args(a: &DefineArgs) -> Result<VmDefinition> {
         consistency_group: a.consistency_group.clone(),
     };
     let mut def = def;
-    if let (Some(every), Some(pre), Some(post)) = (&a.app_every, &a.pre_hook, &a.post_hook) {
+    if let Some(every) = &a.app_every {
+        if a.guest_agent.is_none() && (a.pre_hook.is_none() || a.post_hook.is_none()) {
+            bail!("--app-every needs --guest-agent SOCKET, or both --pre-hook and --post-hook");
+        }
         def.app_consistent = Some(recovery::vmdef::AppConsistency {
             every_seconds: parse_duration(every).map_err(|e| anyhow::anyhow!("--app-every: {e}"))?,
-            pre_hook: absolute(pre),
-            post_hook: absolute(post),
+            guest_agent: a.guest_agent.as_deref().map(absolute),
+            pre_hook: a.pre_hook.as_deref().map(absolute),
+            post_hook: a.post_hook.as_deref().map(absolute),
             timeout_seconds: parse_duration(&a.hook_timeout).map_err(|e| anyhow::anyhow!("--hook-timeout: {e}"))?,
         });
     }
