@@ -65,6 +65,14 @@ use clap::{Parser, Subcommand};
 ///
 ///   lifeboat restore web1 --point latest --out /tmp/web1.raw
 ///
+///   lifeboat vm define web1 --disk web1 --memory 2GiB --nic prod --health-tcp 22
+///
+///   lifeboat failover web1 --test          (a drill: isolated boot, RTO; then `failover cleanup web1`)
+///
+///   lifeboat failover web1 --unplanned --vault /mnt/dr-vault --key /root/lifeboat.key --network prod=bridge:br0
+///
+///   lifeboat plan run shop.toml --test     (a whole application, in order)
+///
 /// Exit codes: 0 success, 1 failure (the message says what to do), 2 bad usage,
 /// 3 `status` found a disk failing or late.
 #[derive(Parser)]
