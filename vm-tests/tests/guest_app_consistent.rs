@@ -42,7 +42,10 @@ while [ $i -le 40 ]; do
   sleep 0.2
 done
 echo '@@LB STEP wrote'
-umount /mnt
+# A freeze may be in progress (umount of a frozen file system is EBUSY);
+# the thaw comes within moments.
+n=0
+until umount /mnt 2>/dev/null; do n=$((n+1)); [ $n -lt 60 ] || exit 1; sleep 0.25; done
 "#;
 
 #[test]
