@@ -148,11 +148,7 @@ pub struct Served {
 impl Served {
     /// Whether the process is still alive and still this disk's server.
     pub fn alive(&self) -> bool {
-        let Ok(cmdline) = fs::read(format!("/proc/{}/cmdline", self.pid)) else { return false };
-        let want = self.socket.display().to_string();
-        let state = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
-        cmdline.split(|&b| b == 0).any(|a| a == want.as_bytes()) && !zombie
+        launch::process_alive_with_arg(self.pid, &self.socket)
     }
 
     /// Stops the server: SIGTERM, then SIGKILL after 10 s.

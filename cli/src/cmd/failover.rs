@@ -235,13 +235,7 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
             id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest`, `latest-app` or a point id"))?,
         )),
     };
-    let mut networks = BTreeMap::new();
-    for m in &a.networks {
-        let (net, spec) =
-            m.split_once('=').with_context(|| format!("--network {m:?}: use NET=SPEC, e.g. prod=bridge:br0"))?;
-        let spec: Network = spec.parse().map_err(|e: String| anyhow::anyhow!("--network {m:?}: {e}"))?;
-        networks.insert(net.to_string(), spec);
-    }
+    let networks = parse_networks(&a.networks)?;
     let definition = match &a.definition {
         Some(f) => {
             let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
@@ -425,4 +419,15 @@ fn planned_source_side(
 /// A path as a `&str` for an argument list.
 pub(crate) fn path_str(p: &std::path::Path) -> Result<&str> {
     p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+/// `--network NET=SPEC` options as a map (failover and plan run).
+pub(crate) fn parse_networks(options: &[String]) -> Result<BTreeMap<String, Network>> {
+    let mut m = BTreeMap::new();
+    for n in options {
+        let (net, spec) =
+            n.split_once('=').with_context(|| format!("--network {n:?}: use NET=SPEC, e.g. prod=bridge:br0"))?;
+        m.insert(net.to_string(), spec.parse().map_err(|e: String| anyhow::anyhow!("--network {n:?}: {e}"))?);
+    }
+    Ok(m)
 }

@@ -1,12 +1,11 @@
 //! `lifeboat plan`: fail a whole application over in order.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use recovery::failover::{Kind, Origin, PointChoice, Request, Site, Step};
 use recovery::plan::{Plan, PlanObserver, PlanRun, Plans, RunState, StepRecord};
-use recovery::{Network, QemuConfig};
+use recovery::QemuConfig;
 
 use crate::home::Home;
 
@@ -161,15 +160,6 @@ fn load(path: &std::path::Path) -> Result<Plan> {
     Ok(Plan::parse(&text, &path.display().to_string())?)
 }
 
-fn networks(site: &SiteArgs) -> Result<BTreeMap<String, Network>> {
-    let mut m = BTreeMap::new();
-    for n in &site.networks {
-        let (net, spec) = n.split_once('=').with_context(|| format!("--network {n:?}: use NET=SPEC"))?;
-        m.insert(net.to_string(), spec.parse().map_err(|e: String| anyhow::anyhow!("--network {n:?}: {e}"))?);
-    }
-    Ok(m)
-}
-
 fn validate(home: &Home, path: &std::path::Path, site: SiteArgs) -> Result<()> {
     let plan = load(path)?;
     let groups = plan.steps.iter().filter(|s| s.group.is_some()).count();
@@ -223,7 +213,7 @@ fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArg
         (Some(v), Some(k)) => Some(Origin { vault: super::failover::absolute(v), key: super::failover::absolute(k) }),
         _ => None,
     };
-    let networks = networks(&site_args)?;
+    let networks = super::failover::parse_networks(&site_args.networks)?;
     let (vault_dir, key_path) = super::failover::site_paths(home, &first, site_args.vault, site_args.key)?;
     let (keys, vault) = super::failover::keys_for(home, &first, Some(vault_dir.clone()), Some(key_path.clone()))?;
     let serve = super::instant::launcher(super::failover::absolute(&vault_dir), super::failover::absolute(&key_path));
