@@ -14,6 +14,7 @@ use filter::CutKind;
 use vault::Vault;
 
 use crate::error::ShipError;
+use crate::pack_out::{Chunk, ChunkOut, ToStorer, CHUNKS};
 use crate::pipeline::{self, Sealed};
 use crate::source::CutSource;
 
@@ -328,34 +329,53 @@ fn ship(
         warnings: Vec::new(),
         app_consistent: false,
     };
-    // Packs are built in memory and stored by their own thread, so the
-    // pipeline keeps sealing while a finished pack is written and synced.
-    // Two pack buffers circulate (one filling, one being stored), reused
-    // from pack to pack: fresh 32 MiB vectors cost page faults and zeroing.
-    let capacity = usize::try_from(PACK_TARGET).expect("32 MiB") + (2 << 20);
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(2);
-    for _ in 0..2 {
-        free_tx.send(Vec::with_capacity(capacity)).expect("room for two");
+    // Packs stream to the vault in aligned chunks (`pack_out`): the writer
+    // thread fills them, the storer thread writes them and commits each pack
+    // under its id, so the pipeline keeps sealing while a pack is written
+    // and synced.
+    let (free_tx, free_rx) = bounded::<Chunk>(CHUNKS);
+    for _ in 0..CHUNKS {
+        free_tx.send(Chunk::new()).expect("room for every chunk");
     }
-    let (full_tx, full_rx) = bounded::<FinishedPack<Vec<u8>>>(1);
+    let (to_storer, storer_rx) = bounded::<ToStorer>(CHUNKS);
     let mut stored: HashSet<BlockId> = HashSet::new();
     let (read, pages, stored_packs) = std::thread::scope(|s| {
-        let storer = s.spawn(move || -> Result<Vec<FinishedPack<()>>, ShipError> {
-            let mut done = Vec::new();
-            for pack in full_rx {
-                vault.put_pack(&pack.id, &pack.out)?;
-                let FinishedPack { id, len, index, mut out } = pack;
-                out.clear();
-                let _ = free_tx.send(out);
-                done.push(FinishedPack { id, len, index, out: () });
-            }
-            Ok(done)
-        });
+        let storer = std::thread::Builder::new()
+            .name("ship-store".into())
+            .spawn_scoped(s, move || -> Result<Vec<FinishedPack<()>>, ShipError> {
+                let mut done = Vec::new();
+                let mut current = None;
+                for msg in storer_rx {
+                    let (chunk, end) = match msg {
+                        ToStorer::Piece(chunk) => (chunk, None),
+                        ToStorer::End { last, id, len, index } => {
+                            (last, Some(FinishedPack { id, len, index, out: () }))
+                        }
+                    };
+                    let writer = match &mut current {
+                        Some(w) => w,
+                        None => current.insert(vault.pack_writer()?),
+                    };
+                    writer.write(chunk.bytes())?;
+                    let _ = free_tx.send(chunk.cleared());
+                    if let Some(pack) = end {
+                        vault.commit_pack(current.take().expect("written above"), &pack.id)?;
+                        done.push(pack);
+                    }
+                }
+                Ok(done)
+            })
+            .expect("spawning the pack storer");
         let read = (|| -> Result<(), ShipError> {
-            let new_pack = || -> Result<PackWriter<Vec<u8>>, ShipError> {
-                // No buffer back means the storer stopped: its error is the cause.
-                let buf = free_rx.recv().map_err(|_| ShipError::Format("the pack storer stopped".into()))?;
-                PackWriter::new(buf).map_err(|e| fmt(&e))
+            // A write that fails because the storer stopped is the echo of
+            // the storer's error, which is reported first.
+            let new_pack = || -> Result<PackWriter<ChunkOut<'_>>, ShipError> {
+                let out = ChunkOut::new(&free_rx, &to_storer).map_err(|e| fmt(&e))?;
+                PackWriter::new(out).map_err(|e| fmt(&e))
+            };
+            let end_pack = |pack: PackWriter<ChunkOut<'_>>| -> Result<(), ShipError> {
+                let FinishedPack { id, len, index, out } = pack.finish().map_err(|e| fmt(&e))?;
+                out.end(id, len, index).map_err(|e| fmt(&e))
             };
             let mut pack = new_pack()?;
             let mut sink = |s: &Sealed| -> Result<(), ShipError> {
@@ -375,9 +395,7 @@ fn ship(
                             report.new_blocks += 1;
                             pack.add_blob(id, &buf[..*blob_len]).map_err(|e| fmt(&e))?;
                             if pack.bytes_written() >= PACK_TARGET {
-                                let full = std::mem::replace(&mut pack, new_pack()?);
-                                let done = full.finish().map_err(|e| fmt(&e))?;
-                                full_tx.send(done).map_err(|_| ShipError::Format("the pack storer stopped".into()))?;
+                                end_pack(std::mem::replace(&mut pack, new_pack()?))?;
                             }
                         } else {
                             report.known_blocks += 1;
@@ -404,12 +422,11 @@ fn ship(
                 )));
             }
             if pack.count() > 0 {
-                let done = pack.finish().map_err(|e| fmt(&e))?;
-                full_tx.send(done).map_err(|_| ShipError::Format("the pack storer stopped".into()))?;
+                end_pack(pack)?;
             }
             Ok(())
         })();
-        drop(full_tx);
+        drop(to_storer);
         // The map's pages do not depend on the packs: they are built and
         // stored while the storer finishes the last pack. The root still
         // waits for both.

@@ -22,6 +22,7 @@ pub mod cycle;
 #[allow(unsafe_code)]
 pub mod engine;
 pub mod error;
+mod pack_out;
 mod pipeline;
 pub mod source;
 

@@ -92,4 +92,48 @@ pub trait Backend: Send + Sync {
     fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError>;
     /// Where the vault is, for messages (a path or URL, never a secret).
     fn location(&self) -> String;
+    /// A writer that streams one object of `kind` to the store piece by
+    /// piece and names it when complete, for objects too large to hold
+    /// twice (packs). `None` (the default) means this backend has no such
+    /// path; [`crate::Vault::object_writer`] then buffers the object and
+    /// `put`s it. A streamed object obeys `put`'s contract: it is listed,
+    /// readable and durable only once committed, whole.
+    fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
+        let _ = kind;
+        Ok(None)
+    }
+}
+
+/// Alignment at which an [`ObjectWriter`] may send data to the device
+/// without copying it through the page cache (O_DIRECT): a piece whose
+/// address and length are multiples of it, written at an offset that is.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// One object being written; see [`Backend::writer`]. Dropped without
+/// [`commit`](ObjectWriter::commit), it leaves nothing behind.
+pub trait ObjectWriter: Send {
+    /// Appends `data`. A piece aligned to [`DIRECT_ALIGN`] (address, length
+    /// and the bytes written before it) may go straight to the device.
+    fn write(&mut self, data: &[u8]) -> Result<(), VaultError>;
+    /// Makes everything written durable as the object `name`, atomically:
+    /// like `put`, an existing object of that name is replaced whole.
+    fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError>;
+}
+
+/// The writer of a backend without a streaming path: collects the object in
+/// memory and `put`s it on commit.
+pub(crate) struct Buffered<'a> {
+    pub backend: &'a dyn Backend,
+    pub kind: Kind,
+    pub data: Vec<u8>,
+}
+
+impl ObjectWriter for Buffered<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+    fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError> {
+        self.backend.put(self.kind, name, &self.data)
+    }
 }

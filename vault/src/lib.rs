@@ -34,7 +34,7 @@ pub mod restore;
 pub mod retention;
 pub mod store;
 
-pub use backend::{Backend, Kind};
+pub use backend::{Backend, Kind, ObjectWriter, DIRECT_ALIGN};
 pub use check::{CheckReport, Problem};
 pub use error::{Damage, VaultError};
 pub use gc::{GarbagePack, GcReport};

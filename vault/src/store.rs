@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use disk_format::{Consistency, Keys, MapPage, Pack, PackId, PageId, Root, RootError, VaultConfig, VaultId};
 
-use crate::backend::{check_name, Backend, Kind};
+use crate::backend::{check_name, Backend, Buffered, Kind, ObjectWriter};
 use crate::error::{Damage, VaultError};
 
 /// The name of the vault config object.
@@ -156,6 +156,26 @@ impl Vault {
     pub fn put_pack(&self, id: &PackId, bytes: &[u8]) -> Result<(), VaultError> {
         Pack::parse(bytes).map_err(|e| VaultError::Invalid { object: format!("packs/{id}"), detail: e.to_string() })?;
         self.backend.put(Kind::Pack, &id.to_string(), bytes)
+    }
+
+    /// A writer for one pack, streamed to the backend while the shipper
+    /// builds it (no second copy of tens of MiB in memory; the local
+    /// directory writes aligned pieces with O_DIRECT). Name it with
+    /// [`Vault::commit_pack`] once [`disk_format::PackWriter::finish`] has
+    /// written its index and trailer and computed its id; dropped instead,
+    /// it leaves nothing behind. Unlike [`Vault::put_pack`] the structure is
+    /// not parsed again here: the `PackWriter` that wrote it guarantees it,
+    /// and `check` verifies every pack.
+    pub fn pack_writer(&self) -> Result<Box<dyn ObjectWriter + '_>, VaultError> {
+        Ok(match self.backend.writer(Kind::Pack)? {
+            Some(w) => w,
+            None => Box::new(Buffered { backend: self.backend.as_ref(), kind: Kind::Pack, data: Vec::new() }),
+        })
+    }
+
+    /// Makes the pack written through `writer` durable under its id.
+    pub fn commit_pack(&self, writer: Box<dyn ObjectWriter + '_>, id: &PackId) -> Result<(), VaultError> {
+        writer.commit(&id.to_string())
     }
 
     /// Stores an encoded map page durably under its id, after checking that

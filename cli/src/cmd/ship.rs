@@ -102,12 +102,16 @@ pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleRepor
     entry.check_usable(name)?;
     let report = match ControlClient::connect(&entry.control_path()) {
         Ok(client) => {
-            let mut source = RemoteSource::new(client)?;
+            // The serving process may die at any moment, also before the
+            // cycle starts: every error names the disk.
+            let mut source = RemoteSource::new(client)
+                .with_context(|| format!("cycle of disk {name:?}: opening a cut through the process serving it"))?;
             target.cycle(&mut source, None, 0, &mut bar, None)
         }
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             // No filter: the VM is off. Lock the disk so no filter starts meanwhile.
-            let mut source = LocalSource::open(entry.paths())?;
+            let mut source = LocalSource::open(entry.paths())
+                .with_context(|| format!("cycle of disk {name:?}: opening its image (no filter serves it)"))?;
             let r = target.cycle(&mut source, None, 0, &mut bar, None);
             source.close()?;
             r
