@@ -102,6 +102,18 @@ pub trait Backend: Send + Sync {
         let _ = kind;
         Ok(None)
     }
+    /// Objects whose writer never committed (its process died mid-write)
+    /// and that were last written more than `older_than` ago: removed
+    /// (unless `dry_run`) and returned with their sizes. The default, for a
+    /// backend that leaves nothing unfinished behind, finds none.
+    fn sweep_unfinished(
+        &self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<(String, u64)>, VaultError> {
+        let _ = (older_than, dry_run);
+        Ok(Vec::new())
+    }
 }
 
 /// Alignment at which an [`ObjectWriter`] may send data to the device

@@ -118,7 +118,16 @@ pub struct GcReport {
     pub unreadable_packs: Vec<(String, String)>,
     /// Stale leases removed.
     pub stale_leases_removed: Vec<String>,
+    /// Unfinished objects (a writer killed mid-write) older than
+    /// [`UNFINISHED_AGE`] removed (or that would be), with their sizes.
+    pub unfinished_removed: Vec<(String, u64)>,
 }
+
+/// How old an object that was never committed must be before garbage
+/// collection removes it: far longer than any write takes (a pack streams
+/// in seconds), so a writer still at work is never touched, also on a share
+/// whose clock is a little off.
+pub const UNFINISHED_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Vault {
     /// Collects garbage (see the module documentation). `dry_run` deletes
@@ -160,6 +169,7 @@ impl Vault {
         if !dry_run {
             report.stale_leases_removed = self.remove_stale(&leases)?;
         }
+        report.unfinished_removed = self.backend().sweep_unfinished(UNFINISHED_AGE, dry_run)?;
 
         // Mark.
         let unsafe_ =

@@ -7,7 +7,8 @@
 //! DIR/pages/ab/abcdef...     characters of their name
 //! DIR/roots/DISK/SEQUENCE
 //! DIR/audit/...
-//! DIR/tmp/                   objects being written (never listed)
+//! DIR/tmp/                   objects being written (never listed; `gc` removes
+//!                            those a dead writer left, once a day old)
 //! ```
 //!
 //! A put writes a temporary file, syncs it, renames it into place and syncs
@@ -225,6 +226,46 @@ impl Backend for LocalBackend {
 
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn sweep_unfinished(
+        &self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<(String, u64)>, VaultError> {
+        let dir = self.root.join("tmp");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(VaultError::Io { what: "listing vault directory", path: dir, source: e }),
+        };
+        let now = std::time::SystemTime::now();
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(VaultError::io("listing vault directory", &dir))?;
+            let path = entry.path();
+            let meta = match entry.metadata() {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue, // committed meanwhile
+                Err(e) => return Err(VaultError::Io { what: "reading vault object", path, source: e }),
+            };
+            // A clock in the future (or a share's skewed clock) reads as young.
+            let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+            if age <= older_than {
+                continue;
+            }
+            if !dry_run {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(VaultError::Io { what: "deleting vault object", path, source: e }),
+                }
+            }
+            out.push((format!("tmp/{}", entry.file_name().to_string_lossy()), meta.len()));
+        }
+        out.sort();
+        Ok(out)
     }
 }
 

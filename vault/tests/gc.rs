@@ -233,3 +233,30 @@ fn gc_deletes_nothing_when_a_root_is_damaged() {
     assert_eq!((objects(&vault, Kind::Pack), objects(&vault, Kind::Page)), (packs, pages));
     assert!(vault.leases("").unwrap().is_empty());
 }
+
+#[test]
+fn gc_removes_objects_a_dead_writer_left_unfinished_and_only_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = new_vault(dir.path());
+    fixture(&vault);
+    // A pack whose writer was killed mid-write two days ago, and one being
+    // written right now (dropped at the end of the test).
+    let tmp = dir.path().join("vault/tmp");
+    let old = tmp.join("4000000.packs.7");
+    std::fs::write(&old, vec![7u8; 5000]).unwrap();
+    let two_days = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_days).unwrap();
+    let mut live = vault.pack_writer().unwrap();
+    live.write(b"still being written").unwrap();
+
+    let dry = vault.gc(true).unwrap();
+    assert_eq!(dry.unfinished_removed, vec![("tmp/4000000.packs.7".to_string(), 5000)]);
+    assert!(old.exists(), "a dry run deletes nothing");
+    let report = vault.gc(false).unwrap();
+    assert_eq!(report.unfinished_removed, dry.unfinished_removed);
+    assert!(!old.exists());
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1, "the writer at work keeps its object");
+    check_clean(&vault);
+    drop(live);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}

@@ -449,19 +449,22 @@ fn retention(
     match vault.gc(false) {
         Ok(r) => {
             *last_gc = Some(Instant::now());
+            let unfinished: u64 = r.unfinished_removed.iter().map(|(_, n)| n).sum();
             let details = serde_json::json!({
                 "packs_deleted": r.packs_deleted.len(), "pages_deleted": r.pages_deleted.len(),
-                "bytes_freed": r.pack_bytes_deleted + r.page_bytes_deleted, "by": "agent",
+                "unfinished_deleted": r.unfinished_removed.len(),
+                "bytes_freed": r.pack_bytes_deleted + r.page_bytes_deleted + unfinished, "by": "agent",
             });
             if let Err(e) = t.record(Some(vault), "gc", details) {
                 log!("lifeboat agent: warning: {name}: {e:#}");
             }
-            if !r.packs_deleted.is_empty() || !r.pages_deleted.is_empty() {
+            if !r.packs_deleted.is_empty() || !r.pages_deleted.is_empty() || !r.unfinished_removed.is_empty() {
                 log!(
-                    "lifeboat agent: {name}: garbage collection freed {} bytes ({} packs, {} pages)",
-                    r.pack_bytes_deleted + r.page_bytes_deleted,
+                    "lifeboat agent: {name}: garbage collection freed {} bytes ({} packs, {} pages, {} unfinished)",
+                    r.pack_bytes_deleted + r.page_bytes_deleted + unfinished,
                     r.packs_deleted.len(),
-                    r.pages_deleted.len()
+                    r.pages_deleted.len(),
+                    r.unfinished_removed.len()
                 );
             }
         }

@@ -20,7 +20,8 @@ pub enum Command {
         key: PathBuf,
     },
     /// Delete the map pages and packs no point uses any more (after `lifeboat
-    /// prune`). Needs no key. Refuses while a replication cycle runs.
+    /// prune`), and objects a process killed mid-write left unfinished more
+    /// than a day ago. Needs no key. Refuses while a replication cycle runs.
     Gc {
         /// The vault directory.
         dir: PathBuf,
@@ -72,6 +73,14 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 r.packs_kept,
                 mib(r.pack_bytes_kept)
             );
+            if !r.unfinished_removed.is_empty() {
+                println!(
+                    "{}{} unfinished objects ({:.1} MiB) left by writers that died over a day ago",
+                    if dry_run { "dry run: would delete " } else { "deleted " },
+                    r.unfinished_removed.len(),
+                    mib(r.unfinished_removed.iter().map(|(_, n)| n).sum())
+                );
+            }
             if !r.mostly_garbage.is_empty() {
                 println!("{} kept packs are mostly unused (repacking is not implemented yet)", r.mostly_garbage.len());
             }
