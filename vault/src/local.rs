@@ -121,8 +121,7 @@ impl LocalBackend {
                 Err(e) => return Err(VaultError::Io { what: "creating temporary vault object", path: tmp, source: e }),
             }
         };
-        let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&tmp).ok();
-        Ok(LocalWriter { backend: self, kind, tmp, file, direct, len: 0, done: false })
+        Ok(LocalWriter { backend: self, kind, tmp, file, direct: Direct::Untried, len: 0, done: false })
     }
 
     fn not_found(kind: Kind, name: &str) -> VaultError {
@@ -276,12 +275,23 @@ struct LocalWriter<'a> {
     tmp: PathBuf,
     /// Buffered handle: unaligned pieces, and the sync at commit.
     file: File,
-    /// O_DIRECT handle on the same file, while the filesystem takes it.
-    direct: Option<File>,
+    /// O_DIRECT handle on the same file, opened at the first aligned piece
+    /// (small objects never need one).
+    direct: Direct,
     /// Bytes written so far.
     len: u64,
     /// Committed (renamed away) or abandoned after a failure.
     done: bool,
+}
+
+/// Whether a [`LocalWriter`] writes aligned pieces with O_DIRECT.
+enum Direct {
+    /// No aligned piece yet.
+    Untried,
+    /// Open, and the filesystem has taken every direct write so far.
+    Open(File),
+    /// The filesystem refused O_DIRECT (at open or at a write).
+    Refused,
 }
 
 fn aligned(n: u64) -> bool {
@@ -306,7 +316,13 @@ impl ObjectWriter for LocalWriter<'_> {
             });
         }
         let fits = aligned(data.as_ptr() as u64) && aligned(data.len() as u64) && aligned(self.len);
-        if let (true, Some(direct)) = (fits, &self.direct) {
+        if fits && matches!(self.direct, Direct::Untried) {
+            self.direct = match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&self.tmp) {
+                Ok(f) => Direct::Open(f),
+                Err(_) => Direct::Refused,
+            };
+        }
+        if let (true, Direct::Open(direct)) = (fits, &self.direct) {
             match direct.write_all_at(data, self.len) {
                 Ok(()) => {
                     self.len += data.len() as u64;
@@ -314,7 +330,7 @@ impl ObjectWriter for LocalWriter<'_> {
                 }
                 // The filesystem opened O_DIRECT but does not write it: the
                 // range is written again below, buffered, as is all the rest.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = Direct::Refused,
                 Err(e) => return Err(self.failed("writing vault object", e)),
             }
         }
