@@ -348,8 +348,8 @@ fn ship(
                 for msg in storer_rx {
                     let (chunk, end) = match msg {
                         ToStorer::Piece(chunk) => (chunk, None),
-                        ToStorer::End { last, id, len, index } => {
-                            (last, Some(FinishedPack { id, len, index, out: () }))
+                        ToStorer::End(FinishedPack { id, len, index, out }) => {
+                            (out, Some(FinishedPack { id, len, index, out: () }))
                         }
                     };
                     let writer = match &mut current {
@@ -374,8 +374,7 @@ fn ship(
                 PackWriter::new(out).map_err(|e| fmt(&e))
             };
             let end_pack = |pack: PackWriter<ChunkOut<'_>>| -> Result<(), ShipError> {
-                let FinishedPack { id, len, index, out } = pack.finish().map_err(|e| fmt(&e))?;
-                out.end(id, len, index).map_err(|e| fmt(&e))
+                ChunkOut::end(pack.finish().map_err(|e| fmt(&e))?).map_err(|e| fmt(&e))
             };
             let mut pack = new_pack()?;
             let mut sink = |s: &Sealed| -> Result<(), ShipError> {

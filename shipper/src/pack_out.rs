@@ -20,8 +20,7 @@
 use std::io;
 
 use crossbeam_channel::{Receiver, Sender};
-use disk_format::ids::PackId;
-use disk_format::pack::PackIndex;
+use disk_format::pack::FinishedPack;
 use vault::DIRECT_ALIGN;
 
 /// Bytes in a chunk: a multiple of [`DIRECT_ALIGN`].
@@ -62,17 +61,9 @@ impl Chunk {
 pub(crate) enum ToStorer {
     /// The next full chunk of the pack being written.
     Piece(Chunk),
-    /// The pack's last chunk, and what names and indexes it.
-    End {
-        /// The last bytes (index and trailer at least).
-        last: Chunk,
-        /// BLAKE3 of every byte of the pack.
-        id: PackId,
-        /// Total bytes.
-        len: u64,
-        /// The pack's index, for the cycle's report.
-        index: PackIndex,
-    },
+    /// The finished pack: its id, length and index, and its last chunk
+    /// (index and trailer at least) as `out`.
+    End(FinishedPack<Chunk>),
 }
 
 /// The output a `PackWriter` fills: chunks from `free`, full ones sent to
@@ -95,9 +86,10 @@ impl<'a> ChunkOut<'a> {
         Ok(ChunkOut { cur, free, to })
     }
 
-    /// Sends the last chunk with the finished pack's id.
-    pub(crate) fn end(self, id: PackId, len: u64, index: PackIndex) -> io::Result<()> {
-        self.to.send(ToStorer::End { last: self.cur, id, len, index }).map_err(|_| storer_stopped())
+    /// Sends a finished pack's last chunk with its id, length and index.
+    pub(crate) fn end(pack: FinishedPack<ChunkOut<'_>>) -> io::Result<()> {
+        let FinishedPack { id, len, index, out } = pack;
+        out.to.send(ToStorer::End(FinishedPack { id, len, index, out: out.cur })).map_err(|_| storer_stopped())
     }
 }
 
@@ -128,6 +120,8 @@ mod tests {
     use crossbeam_channel::bounded;
 
     use super::*;
+    use disk_format::ids::PackId;
+    use disk_format::pack::PackIndex;
 
     fn some_index() -> PackIndex {
         let mut w = disk_format::pack::PackWriter::new(Vec::new()).unwrap();
@@ -149,7 +143,7 @@ mod tests {
                 for msg in &to_rx {
                     let (chunk, last) = match msg {
                         ToStorer::Piece(c) => (c, false),
-                        ToStorer::End { last, .. } => (last, true),
+                        ToStorer::End(pack) => (pack.out, true),
                     };
                     assert_eq!(chunk.bytes().as_ptr() as usize % DIRECT_ALIGN, 0);
                     assert!(last || chunk.bytes().len() == CHUNK, "only the last chunk is partial");
@@ -165,7 +159,8 @@ mod tests {
             for piece in data.chunks(65_576) {
                 out.write_all(piece).unwrap();
             }
-            out.end(PackId([0; 32]), data.len() as u64, some_index()).unwrap();
+            let pack = FinishedPack { id: PackId([0; 32]), len: data.len() as u64, index: some_index(), out };
+            ChunkOut::end(pack).unwrap();
             h.join().unwrap()
         });
         assert_eq!(got, data);

@@ -123,6 +123,13 @@ pub struct GcReport {
     pub unfinished_removed: Vec<(String, u64)>,
 }
 
+impl GcReport {
+    /// Bytes of the unfinished objects removed (or that would be).
+    pub fn unfinished_bytes(&self) -> u64 {
+        self.unfinished_removed.iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// How old an object that was never committed must be before garbage
 /// collection removes it: far longer than any write takes (a pack streams
 /// in seconds), so a writer still at work is never touched, also on a share

@@ -345,14 +345,9 @@ impl ObjectWriter for LocalWriter<'_> {
         let path = self.backend.path(self.kind, name)?;
         let dir = path.parent().expect("object paths have a parent").to_owned();
         self.backend.make_dirs(&dir)?;
-        if let Err(e) = self.file.sync_data() {
-            return Err(self.failed("writing vault object", e));
-        }
-        if let Err(e) = fs::rename(&self.tmp, &path) {
-            let _ = fs::remove_file(&self.tmp);
-            self.done = true;
-            return Err(VaultError::Io { what: "renaming vault object into place", path, source: e });
-        }
+        // On an error the writer is dropped here, which removes the file.
+        self.file.sync_data().map_err(VaultError::io("writing vault object", &self.tmp))?;
+        fs::rename(&self.tmp, &path).map_err(VaultError::io("renaming vault object into place", &path))?;
         self.done = true;
         sync_dir(&dir)
     }

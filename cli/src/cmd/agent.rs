@@ -449,7 +449,7 @@ fn retention(
     match vault.gc(false) {
         Ok(r) => {
             *last_gc = Some(Instant::now());
-            let unfinished: u64 = r.unfinished_removed.iter().map(|(_, n)| n).sum();
+            let unfinished = r.unfinished_bytes();
             let details = serde_json::json!({
                 "packs_deleted": r.packs_deleted.len(), "pages_deleted": r.pages_deleted.len(),
                 "unfinished_deleted": r.unfinished_removed.len(),

@@ -78,7 +78,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                     "{}{} unfinished objects ({:.1} MiB) left by writers that died over a day ago",
                     if dry_run { "dry run: would delete " } else { "deleted " },
                     r.unfinished_removed.len(),
-                    mib(r.unfinished_removed.iter().map(|(_, n)| n).sum())
+                    mib(r.unfinished_bytes())
                 );
             }
             if !r.mostly_garbage.is_empty() {
