@@ -709,3 +709,26 @@ fn prune_then_gc_frees_old_points_and_keeps_the_newest_exact() {
     let o = home.run_env(&[], &["vault", "check", arg(&vault), "--read-data", "--key", arg(&key)]);
     assert!(o.status.success(), "scrub after gc: {}", String::from_utf8_lossy(&o.stdout));
 }
+
+#[test]
+fn ship_names_the_disk_when_the_process_serving_it_hangs_up_at_once() {
+    // A peer on the disk's control socket that closes every connection
+    // before the cycle starts (a filter dying at that moment, or something
+    // else bound to the path): the error names the disk, the vault is
+    // untouched, and a later cycle ships normally.
+    let r = replicated("hup", MIB, 21);
+    let sock = r.s.path("home/disks/hup/control.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        drop(conn);
+    });
+    let before = tree(&r.vault);
+    let o = r.s.home.run(&["ship", "hup", "--once"]);
+    peer.join().unwrap();
+    assert_refused(&o, "ship through a peer that hangs up", &["\"hup\"", "marked dirty"]);
+    assert_eq!(tree(&r.vault), before, "a cycle that never started changed the vault");
+    fs::remove_file(&sock).unwrap();
+    let next = r.s.home.ship("hup");
+    assert_eq!(next.sequence, 2, "{next:?}");
+}

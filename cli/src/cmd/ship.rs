@@ -100,21 +100,27 @@ impl Progress for Bar {
 pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleReport> {
     let (entry, target) = Target::load(home, name)?;
     entry.check_usable(name)?;
+    // Every failure from here on, also opening the source (the serving
+    // process may die at any moment), names the disk and leaves its changes
+    // dirty.
+    let opening = |what: &str, e: shipper::ShipError| {
+        Err(anyhow::Error::new(e).context(format!("cycle of disk {name:?}: {what}")))
+    };
     let report = match ControlClient::connect(&entry.control_path()) {
-        Ok(client) => {
-            // The serving process may die at any moment, also before the
-            // cycle starts: every error names the disk.
-            let mut source = RemoteSource::new(client)
-                .with_context(|| format!("cycle of disk {name:?}: opening a cut through the process serving it"))?;
-            target.cycle(&mut source, None, 0, &mut bar, None)
-        }
+        Ok(client) => match RemoteSource::new(client) {
+            Ok(mut source) => target.cycle(&mut source, None, 0, &mut bar, None),
+            Err(e) => opening("opening a cut through the process serving it", e),
+        },
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             // No filter: the VM is off. Lock the disk so no filter starts meanwhile.
-            let mut source = LocalSource::open(entry.paths())
-                .with_context(|| format!("cycle of disk {name:?}: opening its image (no filter serves it)"))?;
-            let r = target.cycle(&mut source, None, 0, &mut bar, None);
-            source.close()?;
-            r
+            match LocalSource::open(entry.paths()) {
+                Ok(mut source) => {
+                    let r = target.cycle(&mut source, None, 0, &mut bar, None);
+                    source.close()?;
+                    r
+                }
+                Err(e) => opening("opening its image (no filter serves it)", e),
+            }
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", entry.control_path().display())),
     };
