@@ -21,8 +21,9 @@
 //! with packs dropped instead of stored, the read engines alone).
 //!
 //! Run: `cargo bench -p benches --bench pipeline`. For `perf record`:
-//! `LIFEBOAT_BENCH_PROFILE=store|nostore [LIFEBOAT_BENCH_PLACE=disk]` runs
-//! one configuration (io_uring, 2 workers) six times and nothing else.
+//! `LIFEBOAT_BENCH_PROFILE=store|nostore [LIFEBOAT_BENCH_PLACE=disk]
+//! [LIFEBOAT_BENCH_ENGINE=sync] [LIFEBOAT_BENCH_WORKERS=1]` runs
+//! one configuration (default io_uring, 2 workers) six times and nothing else.
 
 #![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
 
@@ -304,8 +305,12 @@ fn main() {
         // io_uring, 2 workers.
         drop(bufs);
         let place = if std::env::var("LIFEBOAT_BENCH_PLACE").is_ok_and(|p| p == "disk") { 0 } else { 1 };
+        // `perf record` of an io_uring run hung its reads on this kernel
+        // (6.18): LIFEBOAT_BENCH_ENGINE=sync profiles the pread engine.
+        let engine = std::env::var("LIFEBOAT_BENCH_ENGINE").unwrap_or_else(|_| "uring".into());
+        let workers = std::env::var("LIFEBOAT_BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
         for _ in 0..6 {
-            let (w, c) = places[place].cycle(&keys, "uring", 2, what == "store");
+            let (w, c) = places[place].cycle(&keys, &engine, workers, what == "store");
             println!("{what}: {:.0} MB/s, cpu {:?}", mbps(size, w), c);
         }
         return;

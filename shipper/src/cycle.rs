@@ -112,6 +112,9 @@ pub struct CycleReport {
     pub known_blocks: u64,
     /// Blocks sealed and stored.
     pub new_blocks: u64,
+    /// Blocks the page cache served (read engine "page cache first", used
+    /// by incremental cycles; the rest came from the device).
+    pub cached_blocks: u64,
     /// Bytes of packs, pages and root written to the vault.
     pub bytes_shipped: u64,
     /// Packs written.
@@ -322,6 +325,7 @@ fn ship(
         zero_blocks: 0,
         known_blocks: 0,
         new_blocks: 0,
+        cached_blocks: 0,
         bytes_shipped: 0,
         packs: 0,
         pages: 0,
@@ -411,8 +415,13 @@ fn ship(
                 known: &known,
                 workers: opts.workers,
                 cancel: opts.cancel,
+                // An incremental cycle's blocks were written minutes ago,
+                // most likely still in the page cache; a full one reads
+                // cold data.
+                cache_first: !full,
             };
-            pipeline::run(source, &job, &mut sink, &mut advance)?;
+            let cached = pipeline::run(source, &job, &mut sink, &mut advance)?;
+            report.cached_blocks = cached;
             if report.blocks_read != blocks.len() as u64 {
                 return Err(ShipError::Format(format!(
                     "internal error: {} of {} blocks went through the pipeline",

@@ -111,6 +111,10 @@ pub(crate) struct Op {
     pub buf: BlockBuf,
     /// The last attempt went through the O_DIRECT descriptor.
     pub direct: bool,
+    /// The last attempt asked the page cache only (`RWF_NOWAIT`).
+    pub nowait: bool,
+    /// The page cache was asked already (a miss goes to the device).
+    pub cache_tried: bool,
     /// `EINTR`/`EAGAIN` retries so far.
     pub retries: u32,
 }
@@ -260,6 +264,31 @@ impl Engine {
         }
     }
 
+    /// Page cache first: each read asks the page cache alone first
+    /// (`RWF_NOWAIT` on the buffered descriptor) and reads what it lacks
+    /// from the device (O_DIRECT). For the blocks of an incremental cycle,
+    /// which the VM wrote through this host's page cache minutes ago: a hit
+    /// costs one copy, where an O_DIRECT read of a dirty range would first
+    /// make the kernel write it back and wait. Off (the default), reads go
+    /// straight to the device: a full cycle reads cold data once, and should
+    /// not fill the cache with it. Only the io_uring engine does this; the
+    /// sync engine always reads through the page cache.
+    pub fn set_cache_first(&mut self, on: bool) {
+        if let Engine::Uring(e) = self {
+            e.set_cache_first(on);
+        }
+    }
+
+    /// Reads answered wholly by the page cache, and reads that went to the
+    /// device, since the engine opened (io_uring; the sync engine counts
+    /// every read as a device read).
+    pub fn cache_stats(&self) -> (u64, u64) {
+        match self {
+            Engine::Uring(e) => e.cache_stats(),
+            Engine::Sync(_) => (0, 0),
+        }
+    }
+
     /// Whether the pool is registered with the ring (fixed-buffer reads).
     pub fn registered(&self) -> bool {
         match self {
@@ -292,7 +321,7 @@ impl Engine {
         if self.in_flight() >= self.capacity() || len > buf.block_size() || len == 0 {
             return Err(buf);
         }
-        let op = Op { block, offset, len, got: 0, buf, direct: false, retries: 0 };
+        let op = Op { block, offset, len, got: 0, buf, direct: false, nowait: false, cache_tried: false, retries: 0 };
         match self {
             Engine::Uring(e) => e.push(op),
             Engine::Sync(e) => e.push(op),

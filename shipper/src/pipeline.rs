@@ -65,18 +65,21 @@ pub(crate) struct Job<'a> {
     pub workers: usize,
     /// Checked between reads: set, the pipeline stops with `Cancelled`.
     pub cancel: Option<&'a AtomicBool>,
+    /// Ask the page cache before the device ([`Engine::set_cache_first`]).
+    pub cache_first: bool,
 }
 
 /// Reads every block of the job's runs from `source`, seals what the vault
 /// lacks, and hands each block to `sink` in the writer thread. Returns when
-/// every block went through `sink`, or the first error.
+/// every block went through `sink` (with the number the page cache served),
+/// or the first error.
 pub(crate) fn run(
     source: &mut dyn CutSource,
     job: &Job<'_>,
     sink: &mut (dyn FnMut(&Sealed) -> Result<(), ShipError> + Send),
     progress: &mut dyn FnMut(u64),
-) -> Result<(), ShipError> {
-    let Job { runs, geometry, keys, known, workers, cancel } = *job;
+) -> Result<u64, ShipError> {
+    let Job { runs, geometry, keys, known, workers, cancel, cache_first } = *job;
     let bs = geometry.block_size as usize;
     let workers = workers.max(1);
     let choice = if source.direct().is_some() { Some(EngineChoice::from_env()?) } else { None };
@@ -90,7 +93,8 @@ pub(crate) fn run(
     let mut from = match (choice, source.direct()) {
         (Some(choice), Some(cut)) => {
             let reopen = |direct: bool| cut.disk.reopen_image(direct);
-            let engine = Engine::open(choice, cut.disk.image_path(), &reopen, &pool, depth)?;
+            let mut engine = Engine::open(choice, cut.disk.image_path(), &reopen, &pool, depth)?;
+            engine.set_cache_first(cache_first);
             ReadFrom::Direct(cut, engine)
         }
         _ => ReadFrom::Copy(source),
@@ -120,12 +124,16 @@ pub(crate) fn run(
             ReadFrom::Direct(cut, engine) => reader.direct(*cut, engine),
             ReadFrom::Copy(source) => reader.copying(&mut **source),
         };
+        let cached = match &from {
+            ReadFrom::Direct(_, engine) => engine.cache_stats().0,
+            ReadFrom::Copy(_) => 0,
+        };
         // Reads still in flight after an error finish here (the engine waits
         // for them), before the workers are joined.
         drop(from);
         let written = writer.join().map_err(|_| ShipError::Panic)?;
         // A writer error is the cause; a read error after it is its echo.
-        written.and(read)
+        written.and(read).map(|()| cached)
     })
 }
 

@@ -160,6 +160,49 @@ fn io_uring_falls_back_to_buffered_where_o_direct_is_refused() {
     }
 }
 
+/// Drops the file's pages from the page cache (they are clean after the sync).
+fn evict(path: &Path) {
+    use std::os::unix::io::AsRawFd;
+    let f = File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: a plain syscall on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
+/// Page cache first: a cached image is served by the cache alone (every
+/// read a hit), an evicted one from the device, and the bytes are pread's
+/// either way; with the switch off nothing is asked of the cache.
+#[test]
+fn io_uring_asks_the_page_cache_first_when_told() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let blocks = 24;
+    let (path, size) = make_image(dir.path(), blocks, 1000, 11);
+    let g = geometry(size);
+    let image = std::fs::read(&path).unwrap(); // also: every page is cached now
+    let order: Vec<u64> = (0..blocks).rev().collect();
+    let run = |cache_first: bool| {
+        let (pool, bufs) = BlockPool::new(BS, order.len()).unwrap();
+        let mut engine = Engine::open_path(EngineChoice::Uring, &path, &pool, 8).unwrap();
+        assert!(engine.direct(), "ext4 takes O_DIRECT: {engine:?}");
+        engine.set_cache_first(cache_first);
+        let done = read_blocks(&mut engine, bufs, g, &order);
+        assert_eq!(done.len(), order.len());
+        for d in &done {
+            d.result.as_ref().unwrap();
+            let want = &image[g.block_range(d.block).start as usize..][..d.len];
+            assert!(&d.buf.data()[..d.len] == want, "cache first {cache_first}: block {} differs", d.block);
+        }
+        engine.cache_stats()
+    };
+    assert_eq!(run(true), (blocks, 0), "every block is in the page cache: every read is a hit");
+    assert_eq!(run(false).0, 0, "switched off, the cache is never asked");
+    evict(&path);
+    let (hits, misses) = run(true);
+    assert_eq!(hits + misses, blocks);
+    assert!(misses >= 1, "the first read of an evicted image must go to the device ({hits} hits)");
+}
+
 #[test]
 fn sync_engine_reads_on_disk_and_tmpfs() {
     for base in ["/var/tmp", "/dev/shm"] {

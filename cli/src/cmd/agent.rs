@@ -288,11 +288,13 @@ fn handle(
     match result {
         Ok((r, vault)) => {
             log!(
-                "lifeboat agent: {name}: point {} committed ({}{}): {} blocks read, {} new, {} bytes shipped in {:.1} s",
+                "lifeboat agent: {name}: point {} committed ({}{}): {} blocks read ({} from the page cache), {} new, {} \
+                 bytes shipped in {:.1} s",
                 r.sequence,
                 if r.full { "full sync" } else { "incremental" },
                 if r.app_consistent { ", app-consistent" } else { "" },
                 r.blocks_read,
+                r.cached_blocks,
                 r.new_blocks,
                 r.bytes_shipped,
                 took.as_secs_f64()

@@ -147,6 +147,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             serde_json::json!({
                 "disk": a.name, "sequence": r.sequence, "full": r.full, "blocks_read": r.blocks_read,
                 "zero_blocks": r.zero_blocks, "known_blocks": r.known_blocks, "new_blocks": r.new_blocks,
+                "cached_blocks": r.cached_blocks,
                 "bytes_shipped": r.bytes_shipped, "packs": r.packs, "pages": r.pages, "millis": r.millis,
                 "warnings": r.warnings,
             })

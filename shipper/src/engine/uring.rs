@@ -41,6 +41,13 @@ pub struct UringEngine {
     image: Image,
     /// Direct reads work (cleared after an `EINVAL`).
     direct_ok: bool,
+    /// Ask the page cache first (`Engine::set_cache_first`; cleared when
+    /// the file refuses `RWF_NOWAIT`).
+    cache_first: bool,
+    /// Reads the page cache answered whole, and reads that went (at least
+    /// partly) to the device.
+    cache_hits: u64,
+    cache_misses: u64,
     /// In-flight reads by `user_data`.
     ops: Vec<Option<Op>>,
     free: Vec<usize>,
@@ -69,6 +76,14 @@ impl UringEngine {
 
     pub(super) fn direct(&self) -> bool {
         self.direct_ok && self.image.direct.is_some()
+    }
+
+    pub(super) fn set_cache_first(&mut self, on: bool) {
+        self.cache_first = on;
+    }
+
+    pub(super) fn cache_stats(&self) -> (u64, u64) {
+        (self.cache_hits, self.cache_misses)
     }
 
     pub(super) fn registered(&self) -> bool {
@@ -103,18 +118,23 @@ impl UringEngine {
         // block's offset and data are; a short last block is read rounded up
         // (the buffer has room, and the read stops at the end of the file).
         let aligned = at.is_multiple_of(ALIGN as u64) && op.got.is_multiple_of(ALIGN);
+        // The page cache is asked once per read, at its start; what it
+        // lacks then comes from the device.
+        op.nowait = self.cache_first && !op.cache_tried;
+        op.cache_tried = true;
         let (fd, want) = match direct_fd {
-            Some(fd) if aligned => (fd, rest.next_multiple_of(ALIGN).min(room)),
+            Some(fd) if aligned && !op.nowait => (fd, rest.next_multiple_of(ALIGN).min(room)),
             _ => (buffered_fd, rest),
         };
-        op.direct = direct_fd.is_some() && aligned;
+        op.direct = direct_fd.is_some() && aligned && !op.nowait;
         let want = u32::try_from(want).expect("a block is at most 1 MiB");
+        let rw_flags = if op.nowait { libc::RWF_NOWAIT } else { 0 };
         // In bounds: got < len <= block_size.
         let ptr = op.buf.data_ptr().wrapping_add(op.got);
         let entry = if registered && op.buf.is_in(&self.arena) {
-            opcode::ReadFixed::new(types::Fd(fd), ptr, want, 0).offset(at).build()
+            opcode::ReadFixed::new(types::Fd(fd), ptr, want, 0).offset(at).rw_flags(rw_flags).build()
         } else {
-            opcode::Read::new(types::Fd(fd), ptr, want).offset(at).build()
+            opcode::Read::new(types::Fd(fd), ptr, want).offset(at).rw_flags(rw_flags).build()
         };
         let entry = entry.user_data(idx as u64);
         // SAFETY: the entry's buffer, `want` bytes at `ptr`, lies in the data
@@ -174,6 +194,15 @@ impl UringEngine {
         let result = if res < 0 {
             let errno = -res;
             match errno {
+                // Not (all) in the page cache: from the device, then.
+                libc::EAGAIN if op.nowait => {
+                    return self.queue(idx);
+                }
+                // This file does not take RWF_NOWAIT: stop asking.
+                libc::EOPNOTSUPP | libc::EINVAL if op.nowait => {
+                    self.cache_first = false;
+                    return self.queue(idx);
+                }
                 libc::EINTR | libc::EAGAIN if op.retries < MAX_RETRIES => {
                     op.retries += 1;
                     return self.queue(idx);
@@ -191,7 +220,12 @@ impl UringEngine {
         } else {
             op.got += usize::try_from(res).expect("positive");
             if op.got < op.len {
-                return self.queue(idx);
+                return self.queue(idx); // the rest from the device, if from the cache
+            }
+            if op.nowait {
+                self.cache_hits += 1;
+            } else {
+                self.cache_misses += 1;
             }
             Ok(())
         };
@@ -210,6 +244,9 @@ impl Setup {
             registered: self.registered,
             image,
             direct_ok: true,
+            cache_first: false,
+            cache_hits: 0,
+            cache_misses: 0,
             ops: (0..self.depth).map(|_| None).collect(),
             free: (0..self.depth).rev().collect(),
             in_flight: 0,
