@@ -73,9 +73,9 @@ enum PackBuild {
     Fresh,
     /// `PackWriter` into one `Vec` reused from pack to pack.
     Reused,
-    /// What a writer that hashes the finished pack in one update would cost:
-    /// the blobs copied into a reused `Vec`, then one `blake3::hash` of it
-    /// (the same pack id; no misaligned incremental updates).
+    /// What pack format 1's name cost: the blobs copied into a reused `Vec`,
+    /// then one `blake3::hash` of it (format 2 names a pack by its index and
+    /// trailer, and its sealing threads compute each blob's CRC).
     HashAtEnd,
 }
 
@@ -366,9 +366,9 @@ fn main() {
         }
     }
     println!("diagnostics:");
-    row("  building packs, a fresh Vec per pack", &[pack_fresh]);
-    row("  building packs, one Vec reused", &[pack_reused]);
-    row("  copy to a reused Vec + one hash per pack", &[pack_hash_at_end]);
+    row("  packs (copy + CRC), a fresh Vec per pack", &[pack_fresh]);
+    row("  packs (copy + CRC), one Vec reused", &[pack_reused]);
+    row("  copy to a Vec + BLAKE3 per pack (v1 name)", &[pack_hash_at_end]);
     for p in &places {
         let cells: Vec<_> = threads.iter().map(|&w| best(&mut || p.cycle(&keys, "uring", w, false), 2)).collect();
         row(&format!("  uring, packs not stored, {}", p.name), &cells);

@@ -10,8 +10,13 @@
 //! The golden vault: one key (bytes 0..32), a disk of 1100 blocks of 4 KiB
 //! (the last one 3096 bytes), and two points. Point 1 writes blocks 600, 601,
 //! 1023 (same contents as 600: deduplicated), 1030 and 1099; its blocks are in
-//! `golden.pack`. Point 2 rewrites block 601 and writes block 700; its new
-//! blocks are in `other.pack`, and it shares map page 2 with point 1.
+//! `golden-v2.pack`. Point 2 rewrites block 601 and writes block 700; its new
+//! blocks are in `other-v2.pack`, and it shares map page 2 with point 1.
+//!
+//! `golden.pack` and `other.pack` hold the same blobs as pack format version
+//! 1, which this code no longer writes: they are frozen (never regenerated,
+//! not even by LIFEBOAT_BLESS) and prove that vaults written before pack
+//! version 2 still restore; their corrupt variants are derived from them.
 #![allow(clippy::cast_possible_truncation)] // fixture sizes are small
 
 use std::collections::HashMap;
@@ -19,6 +24,7 @@ use std::path::PathBuf;
 
 use disk_format::key_file::{KeyFileDamage, SALT_LEN};
 use disk_format::map_page::page_blocks;
+use disk_format::pack::PackVersion;
 use disk_format::pack::PackWriter;
 use disk_format::{
     BlockId, Consistency, CryptoError, Geometry, KdfParams, KeyFile, KeyFileError, Keys, MapBuilder, MapPage,
@@ -111,8 +117,8 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
 
     let (_, golden_pack) = pack(&keys, &POINT1, 1, 1);
     let (_, other_pack) = pack(&keys, &POINT2, 2, 11);
-    files.push(("golden.pack", golden_pack));
-    files.push(("other.pack", other_pack));
+    files.push(("golden-v2.pack", golden_pack));
+    files.push(("other-v2.pack", other_pack));
 
     let mut store: HashMap<PageId, Vec<u8>> = HashMap::new();
     let mut b = MapBuilder::new(g);
@@ -196,33 +202,9 @@ fn corrupt(files: &[(&'static str, Vec<u8>)], root2: &Root) -> Vec<(&'static str
     out.push(("bit-flip.config", f));
     out.push(("truncated.config", config[..100].to_vec()));
 
-    let good = get("golden.pack");
-    let other = get("other.pack");
-    let gi = Pack::parse(&good).unwrap().index().clone();
-    let oi = Pack::parse(&other).unwrap().index().clone();
-    out.push(("truncated.pack", good[..good.len() - 10].to_vec()));
-    let mut f = good.clone();
-    let e1 = gi.entries()[1];
-    f[e1.offset as usize + 100] ^= 0x01; // inside blob 1's ciphertext
-    out.push(("blob-bit-flip.pack", f));
-    let mut f = good.clone();
-    f[gi.index_offset() as usize + 48 + 5] ^= 0x20; // entry 1's block id
-    out.push(("index-bit-flip.pack", f));
-    // Blob 1 of golden.pack replaced by blob 0 of other.pack (same length).
-    let (g1, o0) = (gi.entries()[1], oi.entries()[0]);
-    assert_eq!(g1.blob_len, o0.blob_len);
-    let mut f = good.clone();
-    f[g1.range().start as usize..g1.range().end as usize]
-        .copy_from_slice(&other[o0.range().start as usize..o0.range().end as usize]);
-    out.push(("swapped-blob.pack", f));
-    // Entry 1 made to start 16 bytes inside blob 0, index hash recomputed.
-    let mut f = good.clone();
-    let at = gi.index_offset() as usize + 48 + 32;
-    f[at..at + 8].copy_from_slice(&(g1.offset - 16).to_le_bytes());
-    let index_end = f.len() - 64;
-    let h = blake3::hash(&f[gi.index_offset() as usize..index_end]);
-    f[index_end + 16..index_end + 48].copy_from_slice(h.as_bytes());
-    out.push(("index-overlap.pack", f));
+    // Version 1 packs: frozen fixtures, damaged the same way as ever.
+    out.append(&mut corrupt_packs(&read("golden.pack"), &read("other.pack"), V1_NAMES));
+    out.append(&mut corrupt_packs(&get("golden-v2.pack"), &get("other-v2.pack"), V2_NAMES));
 
     let page = get("point-2.page-1");
     let mut f = page.clone();
@@ -236,6 +218,51 @@ fn corrupt(files: &[(&'static str, Vec<u8>)], root2: &Root) -> Vec<(&'static str
     out.push(("tampered.root", f));
     out.push(("truncated.root", root[..root.len() - 1].to_vec()));
     out.push(("other-key.root", root2.encode(&other_master().keys()).unwrap()));
+    out
+}
+
+/// Fixture names of the damaged packs: truncated, a blob bit flipped, an
+/// index bit flipped, a blob swapped for another pack's, entries overlapping.
+type PackNames = [&'static str; 5];
+const V1_NAMES: PackNames =
+    ["truncated.pack", "blob-bit-flip.pack", "index-bit-flip.pack", "swapped-blob.pack", "index-overlap.pack"];
+const V2_NAMES: PackNames = [
+    "v2-truncated.pack",
+    "v2-blob-bit-flip.pack",
+    "v2-index-bit-flip.pack",
+    "v2-swapped-blob.pack",
+    "v2-index-overlap.pack",
+];
+
+fn corrupt_packs(good: &[u8], other: &[u8], names: PackNames) -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    let good = good.to_vec();
+    let gi = Pack::parse(&good).unwrap().index().clone();
+    let oi = Pack::parse(other).unwrap().index().clone();
+    let stride = gi.version().entry_len();
+    out.push((names[0], good[..good.len() - 10].to_vec()));
+    let mut f = good.clone();
+    let e1 = gi.entries()[1];
+    f[e1.offset as usize + 100] ^= 0x01; // inside blob 1's ciphertext
+    out.push((names[1], f));
+    let mut f = good.clone();
+    f[gi.index_offset() as usize + stride + 5] ^= 0x20; // entry 1's block id
+    out.push((names[2], f));
+    // Blob 1 of golden.pack replaced by blob 0 of other.pack (same length).
+    let (g1, o0) = (gi.entries()[1], oi.entries()[0]);
+    assert_eq!(g1.blob_len, o0.blob_len);
+    let mut f = good.clone();
+    f[g1.range().start as usize..g1.range().end as usize]
+        .copy_from_slice(&other[o0.range().start as usize..o0.range().end as usize]);
+    out.push((names[3], f));
+    // Entry 1 made to start 16 bytes inside blob 0, index hash recomputed.
+    let mut f = good.clone();
+    let at = gi.index_offset() as usize + stride + 32;
+    f[at..at + 8].copy_from_slice(&(g1.offset - 16).to_le_bytes());
+    let index_end = f.len() - 64;
+    let h = blake3::hash(&f[gi.index_offset() as usize..index_end]);
+    f[index_end + 16..index_end + 48].copy_from_slice(h.as_bytes());
+    out.push((names[4], f));
     out
 }
 
@@ -304,15 +331,25 @@ fn vault_config_decodes_and_refuses_damage_and_the_wrong_key() {
 }
 
 /// Restores both golden points from the fixtures alone, the way a restore
-/// does: root (MAC) -> pages (id, place) -> packs (index) -> blobs (AEAD, id).
+/// does: root (MAC) -> pages (id, place) -> packs (index) -> blobs (AEAD, id);
+/// once from the version 2 packs, once from the frozen version 1 packs.
 #[test]
 fn golden_points_restore_to_the_expected_disks() {
+    for packs in [["golden-v2.pack", "other-v2.pack"], ["golden.pack", "other.pack"]] {
+        restore_golden_points(packs);
+    }
+}
+
+fn restore_golden_points(packs: [&str; 2]) {
     let keys = master().keys();
     let g = geometry();
     let mut blobs: HashMap<BlockId, Vec<u8>> = HashMap::new();
-    for name in ["golden.pack", "other.pack"] {
+    for name in packs {
         let bytes = read(name);
-        let pack = Pack::verify(&bytes, &PackId::of(&bytes)).unwrap();
+        let pack = Pack::parse(&bytes).unwrap();
+        let want = if name.contains("v2") { PackVersion::V2 } else { PackVersion::V1 };
+        assert_eq!(pack.index().version(), want, "{name}");
+        let pack = Pack::verify(&bytes, &pack.id()).unwrap();
         for n in 0..pack.index().entries().len() {
             let (e, blob) = pack.blob(n).unwrap();
             blobs.insert(e.id, blob.to_vec());
@@ -371,29 +408,61 @@ fn golden_points_restore_to_the_expected_disks() {
 
 #[test]
 fn corrupt_packs_are_refused_with_the_right_error() {
+    corrupt_packs_refused("golden.pack", V1_NAMES);
+    corrupt_packs_refused("golden-v2.pack", V2_NAMES);
+    // Version 2 field offsets as FORMAT.md gives them: 56-byte entries, the
+    // blob's CRC-32 at 48, the name over header, index and trailer.
+    let good = read("golden-v2.pack");
+    let pack = Pack::parse(&good).unwrap();
+    let at = pack.index().index_offset() as usize;
+    assert_eq!(good.len() - 64 - at, 4 * 56);
+    assert_eq!((good[8], good[good.len() - 64 + 12]), (2, 2), "version in header and trailer");
+    let (e1, blob1) = pack.blob(1).unwrap();
+    assert_eq!(u32::from_le_bytes(good[at + 56 + 48..at + 56 + 52].try_into().unwrap()), crc32(blob1));
+    assert_eq!(e1.checksum, Some(crc32(blob1)));
+    let mut named = good[..32].to_vec();
+    named.extend_from_slice(&good[at..]);
+    assert_eq!(pack.id(), PackId::of(&named));
+}
+
+/// CRC-32 (ISO-HDLC), bit by bit: an independent check of the checksum the
+/// format names.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn corrupt_packs_refused(good_name: &str, names: PackNames) {
     let keys = master().keys();
-    let good = read("golden.pack");
-    let id = PackId::of(&good);
+    let good = read(good_name);
+    let id = Pack::parse(&good).unwrap().id();
     let len = good.len() as u64;
-    assert_eq!(Pack::parse(&read("truncated.pack")).unwrap_err(), PackError::Truncated { len: len - 10 });
+    assert_eq!(Pack::parse(&read(names[0])).unwrap_err(), PackError::Truncated { len: len - 10 });
     let index_offset = Pack::parse(&good).unwrap().index().index_offset();
-    assert_eq!(
-        Pack::parse(&read("index-bit-flip.pack")).unwrap_err(),
-        PackError::IndexHashMismatch { offset: index_offset }
-    );
+    assert_eq!(Pack::parse(&read(names[2])).unwrap_err(), PackError::IndexHashMismatch { offset: index_offset });
     let g1 = Pack::parse(&good).unwrap().index().entries()[1];
     assert_eq!(
-        Pack::parse(&read("index-overlap.pack")).unwrap_err(),
+        Pack::parse(&read(names[4])).unwrap_err(),
         PackError::Overlap { entry: 1, offset: g1.offset - 16, expected: g1.offset }
     );
     // A flipped or swapped blob keeps a valid structure: the keyless scrub
-    // catches it by the pack id, a keyed read by the AEAD.
-    for name in ["blob-bit-flip.pack", "swapped-blob.pack"] {
+    // catches it by the pack id (v1) or the blob's CRC (v2), a keyed read by
+    // the AEAD.
+    for name in [names[1], names[3]] {
         let bytes = read(name);
-        assert!(
-            matches!(Pack::verify(&bytes, &id), Err(PackError::IdMismatch { expected, .. }) if expected == id),
-            "{name}"
-        );
+        let err = Pack::verify(&bytes, &id).unwrap_err();
+        if good_name.contains("v2") {
+            assert!(matches!(err, PackError::BlobChecksum { entry: 1, offset, .. } if offset == g1.offset), "{name}");
+            assert_eq!(Pack::parse(&bytes).unwrap().id(), id, "{name}: the name does not cover blob bytes");
+        } else {
+            assert!(matches!(err, PackError::IdMismatch { expected, .. } if expected == id), "{name}: {err}");
+        }
         let pack = Pack::parse(&bytes).unwrap();
         let (e, blob) = pack.blob(1).unwrap();
         assert_eq!(keys.open_block(&e.id, blob), Err(CryptoError::Inauthentic { id: e.id }), "{name}");

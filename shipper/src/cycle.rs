@@ -392,11 +392,11 @@ fn ship(
                         report.known_blocks += 1;
                         map.set(*index, *id).map_err(|e| fmt(&e))?;
                     }
-                    Sealed::New { index, id, buf, blob_len } => {
+                    Sealed::New { index, id, buf, blob_len, checksum } => {
                         map.set(*index, *id).map_err(|e| fmt(&e))?;
                         if stored.insert(*id) {
                             report.new_blocks += 1;
-                            pack.add_blob(id, &buf[..*blob_len]).map_err(|e| fmt(&e))?;
+                            pack.add_blob_with_checksum(id, &buf[..*blob_len], *checksum).map_err(|e| fmt(&e))?;
                             if pack.bytes_written() >= PACK_TARGET {
                                 end_pack(std::mem::replace(&mut pack, new_pack()?))?;
                             }

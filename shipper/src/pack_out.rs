@@ -1,8 +1,10 @@
 //! A pack's bytes on their way to the vault, without a pack-sized buffer.
 //!
 //! The cycle's writer thread builds a pack with a [`PackWriter`] over a
-//! [`ChunkOut`]: every blob is hashed into the pack id and copied once, while
-//! it is still in cache, into a 4096-aligned chunk of [`CHUNK`] bytes. Full
+//! [`ChunkOut`]: every blob is copied once, while it is still in cache, into
+//! a 4096-aligned chunk of [`CHUNK`] bytes (its CRC for the index was
+//! computed by the worker that sealed it; the pack id hashes only the index
+//! and trailer). Full
 //! chunks go to the storer thread, which streams them into the vault's
 //! [`ObjectWriter`](vault::ObjectWriter) (the local directory writes them with
 //! O_DIRECT: from this buffer to the device, no page-cache copy) and hands

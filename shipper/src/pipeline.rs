@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use disk_format::ids::BlockId;
 use disk_format::keys::{Keys, NONCE_LEN};
+use disk_format::pack::blob_checksum;
 use disk_format::Geometry;
 use vault::BlockIndex;
 
@@ -41,8 +42,9 @@ pub(crate) enum Sealed {
     Zero { index: u64, buf: BlockBuf },
     /// The vault already holds a block with this id.
     Known { index: u64, id: BlockId, buf: BlockBuf },
-    /// New data: `buf[..blob_len]` is the sealed blob.
-    New { index: u64, id: BlockId, buf: BlockBuf, blob_len: usize },
+    /// New data: `buf[..blob_len]` is the sealed blob, `checksum` its CRC-32
+    /// for the pack index (computed by the worker, while the blob is hot).
+    New { index: u64, id: BlockId, buf: BlockBuf, blob_len: usize, checksum: u32 },
 }
 
 struct Plain {
@@ -270,7 +272,10 @@ fn seal_worker(rx: &Receiver<Plain>, tx: &Sender<Result<Sealed, ShipError>>, key
                 Ok(Sealed::Known { index, id, buf })
             } else {
                 match keys.seal_in_place(&id, &mut buf, len) {
-                    Ok(blob_len) => Ok(Sealed::New { index, id, buf, blob_len }),
+                    Ok(blob_len) => {
+                        let checksum = blob_checksum(&buf[..blob_len]);
+                        Ok(Sealed::New { index, id, buf, blob_len, checksum })
+                    }
                     Err(e) => Err(ShipError::Format(format!("sealing block {index}: {e}"))),
                 }
             }

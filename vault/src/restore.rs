@@ -9,12 +9,13 @@
 //!    geometry gives it: a block in no readable pack fails the restore here,
 //!    before any data is written;
 //! 4. the packs, each read once, in chunks of about 4 MiB (whole blobs; a
-//!    chunk stays in the CPU caches while it is hashed, opened and written):
-//!    a pack of which at least half is needed is read from end to end and
-//!    must hash to its name, so a damaged, truncated or swapped pack is
-//!    refused even when the blocks this point needs from it are intact; from
-//!    other packs only the needed blobs are read, runs closer than 1 MiB in
-//!    one read;
+//!    chunk stays in the CPU caches while it is opened and written): a pack
+//!    of which at least half is needed is read from end to end and must
+//!    carry its name (version 2: BLAKE3 of header, index and trailer, checked
+//!    from the tail before any blob is read; version 1: BLAKE3 of every
+//!    byte), so a truncated or swapped pack is refused even when the blocks
+//!    this point needs from it are intact; from other packs only the needed
+//!    blobs are read, runs closer than 1 MiB in one read;
 //! 5. every blob opened with the key (AEAD tag with the block id as AAD, then
 //!    the plaintext's keyed hash against the id) before its block is written.
 //!
@@ -44,6 +45,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 
+use disk_format::pack::{v2_pack_id, PackVersion};
 use disk_format::{BlockId, CryptoError, Geometry, Keys, PackId, PageError, Root, SEAL_OVERHEAD};
 
 use crate::backend::Kind;
@@ -428,9 +430,11 @@ impl Run<'_> {
         }
     }
 
-    /// Reads the whole pack in chunks of about [`CHUNK`], hashing every
-    /// byte, and writes the needed blocks from each chunk as it comes (each
-    /// authenticated on its own); then the pack must hash to its name.
+    /// Reads the whole pack in chunks of about [`CHUNK`] and writes the
+    /// needed blocks from each chunk as it comes (each authenticated on its
+    /// own). The pack must carry its name: a version 2 pack's name is
+    /// checked from its tail before any blob is read; a version 1 pack's is
+    /// the hash of every byte, checked at the end.
     fn whole_pack(&self, job: &PackJob<'_>, tx: &mpsc::Sender<u64>) -> Result<(), VaultError> {
         let first = job.items[0].block;
         let tail = match read_pack_tail(self.vault.backend(), &job.pack.to_string())? {
@@ -448,7 +452,27 @@ impl Run<'_> {
                 ));
             }
         }
-        let mut hasher = blake3::Hasher::new();
+        let misnamed = |got: PackId| {
+            self.damaged(
+                first,
+                &job.pack,
+                Damage::Corrupt,
+                format!(
+                    "the pack's contents hash to {got}, not to its name (damaged or swapped with another pack); the \
+                     blocks this point needs from it authenticate, but a misnamed pack is refused"
+                ),
+            )
+        };
+        let mut hasher = match tail.index.version() {
+            PackVersion::V1 => Some(blake3::Hasher::new()),
+            PackVersion::V2 => {
+                let got = v2_pack_id(&tail.bytes);
+                if got != job.pack {
+                    return Err(misnamed(got));
+                }
+                None
+            }
+        };
         let mut items = job.items.iter().peekable();
         let mut at = 0u64;
         let mut entries = tail.index.entries().iter().peekable();
@@ -477,7 +501,9 @@ impl Run<'_> {
                 disk_format::pack::check_header(&buf)
                     .map_err(|e| self.damaged(first, &job.pack, Damage::Corrupt, e.to_string()))?;
             }
-            hasher.update(&buf);
+            if let Some(h) = hasher.as_mut() {
+                let _ = h.update(&buf);
+            }
             let mut last: Option<(u32, Range<usize>)> = None;
             while let Some(item) = items.next_if(|i| i.loc.range.end <= end) {
                 let plain = match &last {
@@ -493,18 +519,12 @@ impl Run<'_> {
             }
             at = end;
         }
-        hasher.update(&tail.bytes);
-        let got = PackId(*hasher.finalize().as_bytes());
+        let got = match hasher {
+            Some(mut h) => PackId(*h.update(&tail.bytes).finalize().as_bytes()),
+            None => job.pack,
+        };
         if got != job.pack || tail.len != tail.index.index_offset() + tail.bytes.len() as u64 {
-            return Err(self.damaged(
-                first,
-                &job.pack,
-                Damage::Corrupt,
-                format!(
-                    "the pack's contents hash to {got}, not to its name (damaged or swapped with another pack); the \
-                     blocks this point needs from it authenticate, but a misnamed pack is refused"
-                ),
-            ));
+            return Err(misnamed(got));
         }
         Ok(())
     }

@@ -149,12 +149,17 @@ impl Vault {
     }
 
     /// Stores a finished pack durably under its id. The pack's structure
-    /// (header, index, trailer) is checked first; its id is the one
-    /// [`disk_format::PackWriter::finish`] computed while writing it (hashing
-    /// tens of MiB again here would cost the shipper throughput; `check`
-    /// verifies every pack's name).
+    /// (header, index, trailer) is checked first, and for a version 2 pack
+    /// its name (BLAKE3 of header, index and trailer: cheap). The blobs'
+    /// CRCs are not recomputed here; `check` verifies them.
     pub fn put_pack(&self, id: &PackId, bytes: &[u8]) -> Result<(), VaultError> {
-        Pack::parse(bytes).map_err(|e| VaultError::Invalid { object: format!("packs/{id}"), detail: e.to_string() })?;
+        let invalid =
+            |e: disk_format::PackError| VaultError::Invalid { object: format!("packs/{id}"), detail: e.to_string() };
+        let pack = Pack::parse(bytes).map_err(invalid)?;
+        if pack.index().version() == disk_format::pack::PackVersion::V2 {
+            // Cheap for version 2: the name covers header, index and trailer only.
+            pack.check_id(id).map_err(invalid)?;
+        }
         self.backend.put(Kind::Pack, &id.to_string(), bytes)
     }
 

@@ -310,9 +310,22 @@ fn a_flipped_bit_in_a_pack_names_the_pack_and_block() {
     // Other disks are unaffected.
     assert_eq!(f.restore("db", 2).unwrap(), f.db_images[1]);
 
+    // Without the key, the blob's CRC (pack format 2) names the entry, and
+    // through it the points and block that need it.
     let r = f.check(None);
-    assert!(has(&r.problems, |p| p.object == obj && p.detail.contains("not to its name")), "{:?}", r.problems);
-    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(
+        has(&r.problems, |p| p.object == obj && p.point.is_none() && p.detail.contains("CRC-32")),
+        "{:?}",
+        r.problems
+    );
+    for point in ["web/1", "web/2"] {
+        assert!(
+            has(&r.problems, |p| p.object == obj && p.point.as_deref() == Some(point) && p.block == Some(100)),
+            "{:?}",
+            r.problems
+        );
+    }
+    assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
     let r = f.check(Some(&f.keys));
     for point in ["web/1", "web/2"] {
         assert!(

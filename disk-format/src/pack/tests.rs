@@ -24,6 +24,24 @@ fn build(k: &Keys, blocks: &[Vec<u8>]) -> FinishedPack<Vec<u8>> {
     w.finish().unwrap()
 }
 
+/// The same blobs as a version 1 pack (which this code no longer writes):
+/// 48-byte entries without CRCs, version 1 in header and trailer.
+fn as_v1(v2: &[u8]) -> Vec<u8> {
+    let t = PackIndex::parse_trailer(v2, v2.len() as u64).unwrap();
+    let r = t.index_range();
+    let mut out = v2[..r.start as usize].to_vec();
+    put_u16(&mut out, 8, 1);
+    for e in v2[r.start as usize..r.end as usize].chunks_exact(INDEX_ENTRY_LEN) {
+        out.extend_from_slice(&e[..INDEX_ENTRY_LEN_V1]);
+    }
+    let index_hash = blake3::hash(&out[r.start as usize..]);
+    let mut trailer = v2[v2.len() - 64..].to_vec();
+    put_u16(&mut trailer, T_VERSION, 1);
+    trailer[T_INDEX_HASH..T_INDEX_HASH + 32].copy_from_slice(index_hash.as_bytes());
+    out.extend_from_slice(&trailer);
+    out
+}
+
 fn sample_blocks() -> Vec<Vec<u8>> {
     vec![b"first block".to_vec(), vec![7u8; 300], b"third".to_vec()]
 }
@@ -39,13 +57,21 @@ fn write_parse_open() {
     let blocks = sample_blocks();
     let done = build(&k, &blocks);
     assert_eq!(done.len, done.out.len() as u64);
-    assert_eq!(done.id, PackId::of(&done.out));
     let pack = Pack::verify(&done.out, &done.id).unwrap();
     assert_eq!(pack.index(), &done.index);
+    assert_eq!(pack.index().version(), PackVersion::V2);
+    // Named by header, index and trailer: the blobs are not hashed.
+    let tail = &done.out[done.index.index_offset() as usize..];
+    assert_eq!(done.id, v2_pack_id(tail));
+    let mut outside_blobs = done.out[..32].to_vec();
+    outside_blobs.extend_from_slice(tail);
+    assert_eq!(done.id, PackId::of(&outside_blobs));
+    assert_eq!(pack.id(), done.id);
     for (n, b) in blocks.iter().enumerate() {
         let (e, blob) = pack.blob(n).unwrap();
         assert_eq!(&k.open_block(&e.id, blob).unwrap(), b);
         assert_eq!(pack.index().find(&e.id).unwrap().0 as usize, n);
+        assert_eq!(e.checksum, Some(crc32fast::hash(blob)), "entry {n}: the blob's CRC-32, also for add_sealed");
     }
     assert_eq!(pack.blob(3).unwrap_err(), PackError::NoSuchEntry { entry: 3, count: 3 });
     // The ranged-read path: trailer from the tail, then the index.
@@ -58,6 +84,82 @@ fn write_parse_open() {
     let blob = &done.out[e.range().start as usize..e.range().end as usize];
     e.check_blob(1, blob).unwrap();
     assert!(matches!(e.check_blob(1, &blob[1..]), Err(PackError::BlobLength { entry: 1, .. })));
+    e.check_checksum(1, blob).unwrap();
+    let mut bad = blob.to_vec();
+    bad[30] ^= 4;
+    assert_eq!(
+        e.check_checksum(1, &bad),
+        Err(PackError::BlobChecksum {
+            entry: 1,
+            offset: e.offset,
+            len: e.blob_len,
+            expected: e.checksum.unwrap(),
+            got: crc32fast::hash(&bad)
+        })
+    );
+}
+
+/// A damaged blob fails its CRC; damage in header, index or trailer fails
+/// the name; a pack under another pack's name fails the name. All without
+/// the key.
+#[test]
+fn keyless_verification_names_the_blob_or_the_pack() {
+    let k = keys();
+    let done = build(&k, &sample_blocks());
+    let e2 = done.index.entries()[2];
+    let mut p = done.out.clone();
+    p[e2.offset as usize + 30] ^= 0x10;
+    let err = Pack::verify(&p, &done.id).unwrap_err();
+    assert!(matches!(err, PackError::BlobChecksum { entry: 2, .. }), "{err}");
+    assert!(err.to_string().contains("index entry 2"), "{err}");
+    assert_eq!(Pack::parse(&p).unwrap().check_checksums().len(), 1, "one damaged blob, one error");
+    let other = build(&k, &[b"another pack".to_vec()]);
+    assert!(matches!(Pack::verify(&other.out, &done.id), Err(PackError::IdMismatch { .. })));
+    // A CRC edited to match a damaged blob (index hash fixed too) still
+    // changes the name.
+    let at = entry_at(&p, 2) + E_CHECKSUM;
+    let crc = crc32fast::hash(&p[e2.range().start as usize..e2.range().end as usize]);
+    put_u32(&mut p, at, crc);
+    rehash_index(&mut p);
+    assert!(Pack::parse(&p).unwrap().check_checksums().is_empty());
+    assert!(matches!(Pack::verify(&p, &done.id), Err(PackError::IdMismatch { .. })));
+    // Reserved bytes of an entry, and versions that disagree.
+    let mut p = done.out.clone();
+    let at = entry_at(&p, 1) + E_CHECKSUM + 6;
+    p[at] = 9;
+    rehash_index(&mut p);
+    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::Reserved { place: "index entry", offset: at as u64, value: 9 });
+    let mut p = done.out.clone();
+    put_u16(&mut p, 8, 1);
+    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::VersionMismatch { header: 1, trailer: 2 });
+    let mut p = done.out.clone();
+    put_u16(&mut p, 8, 3);
+    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::UnsupportedVersion { place: "header", version: 3 });
+}
+
+/// Version 1 packs (48-byte entries, named by all their bytes) still parse,
+/// verify and open; every flipped bit is still found without the key.
+#[test]
+fn version_1_packs_are_still_read() {
+    let k = keys();
+    let blocks = sample_blocks();
+    let v1 = as_v1(&build(&k, &blocks).out);
+    let id = PackId::of(&v1);
+    let pack = Pack::verify(&v1, &id).unwrap();
+    assert_eq!((pack.index().version(), pack.id()), (PackVersion::V1, id));
+    for (n, b) in blocks.iter().enumerate() {
+        let (e, blob) = pack.blob(n).unwrap();
+        assert_eq!(e.checksum, None);
+        assert_eq!(&k.open_block(&e.id, blob).unwrap(), b);
+    }
+    let t = PackIndex::parse_trailer(&v1[v1.len() - 64..], v1.len() as u64).unwrap();
+    assert_eq!((t.version, t.index_range().end - t.index_range().start), (PackVersion::V1, 3 * 48));
+    for byte in 0..v1.len() {
+        let mut p = v1.clone();
+        p[byte] ^= 0x40;
+        assert!(Pack::verify(&p, &id).is_err(), "v1 keyless: byte {byte}");
+    }
+    assert_eq!(fuzz_pack_bytes(&v1), 3);
 }
 
 #[test]
@@ -169,7 +271,7 @@ fn every_flipped_bit_is_detected() {
         for bit in 0..8 {
             let mut p = done.out.clone();
             p[byte] ^= 1 << bit;
-            // Without the key: the pack id catches every flip.
+            // Without the key: the pack id or a blob's CRC catches every flip.
             assert!(Pack::verify(&p, &done.id).is_err(), "keyless: byte {byte} bit {bit}");
             // With the key and no id: structure or the AEAD catches it.
             let keyed_ok = Pack::parse(&p).is_ok_and(|pack| {
@@ -193,7 +295,7 @@ fn fuzz_harness_on_pseudo_random_input() {
         let data = if i % 2 == 0 { rng.some_bytes(400) } else { rng.mutate(&good) };
         accepted += fuzz_pack_bytes(&data);
     }
-    // Blob bytes are not covered by the structure: some mutations parse.
+    // Blob bytes (and CRCs) are not covered by the structure: some mutations parse.
     assert!(accepted > 0);
 }
 

@@ -1,23 +1,21 @@
 //! Streaming pack writer: header, then each sealed blob as it comes, then
-//! index and trailer, hashing everything into the pack id on the way.
+//! index and trailer. Writes version 2: each blob's CRC-32 goes into its
+//! index entry, and the pack id is BLAKE3 of header, index and trailer, so
+//! the blobs themselves are never hashed here.
 
 use std::collections::HashMap;
 use std::io::Write;
 
 use super::{
-    PackEntry, PackError, PackIndex, HEADER, INDEX_ENTRY_LEN, OVERHEAD, PACK_HEADER_LEN, PACK_MAGIC, PACK_TRAILER_LEN,
-    PACK_VERSION, TRAILER, T_COUNT, T_INDEX_HASH, T_INDEX_OFFSET, T_MAGIC, T_VERSION,
+    blob_checksum, header_bytes, v2_pack_id, PackEntry, PackError, PackIndex, PackVersion, HEADER, INDEX_ENTRY_LEN,
+    OVERHEAD, PACK_MAGIC, PACK_TRAILER_LEN, PACK_VERSION, TRAILER, T_COUNT, T_INDEX_HASH, T_INDEX_OFFSET, T_MAGIC,
+    T_VERSION,
 };
 use crate::codec::{put_u16, put_u32, put_u64};
 use crate::ids::{BlockId, PackId};
 use crate::keys::{SealFrame, SEAL_OVERHEAD};
 
-fn header_bytes() -> [u8; PACK_HEADER_LEN] {
-    let mut h = [0u8; PACK_HEADER_LEN];
-    h[..8].copy_from_slice(&PACK_MAGIC);
-    put_u16(&mut h, 8, PACK_VERSION);
-    h
-}
+const _: () = assert!(PACK_VERSION == 2);
 
 /// Why a pack could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +32,7 @@ pub enum PackWriteError {
 /// What [`PackWriter::finish`] returns.
 #[derive(Debug)]
 pub struct FinishedPack<W> {
-    /// The pack's name: BLAKE3 of every byte written.
+    /// The pack's name: BLAKE3 of header, index and trailer.
     pub id: PackId,
     /// Total bytes written.
     pub len: u64,
@@ -44,13 +42,12 @@ pub struct FinishedPack<W> {
     pub out: W,
 }
 
-/// Writes a pack to any output (a `Vec<u8>`, a buffered file, a socket)
-/// while hashing it, one sealed blob at a time. Wrap a file or socket in a
-/// `BufWriter` of 1 MiB or more: the writer issues one write per part.
+/// Writes a pack to any output (a `Vec<u8>`, a buffered file, a socket),
+/// one sealed blob at a time. Wrap a file or socket in a `BufWriter` of
+/// 1 MiB or more: the writer issues one write per part.
 #[derive(Debug)]
 pub struct PackWriter<W: Write> {
     out: W,
-    hasher: blake3::Hasher,
     entries: Vec<PackEntry>,
     seen: HashMap<BlockId, u32>,
     offset: u64,
@@ -59,11 +56,8 @@ pub struct PackWriter<W: Write> {
 impl<W: Write> PackWriter<W> {
     /// Starts a pack: writes the header.
     pub fn new(mut out: W) -> Result<PackWriter<W>, PackWriteError> {
-        let header = header_bytes();
-        out.write_all(&header)?;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&header);
-        Ok(PackWriter { out, hasher, entries: Vec::new(), seen: HashMap::new(), offset: HEADER })
+        out.write_all(&header_bytes(PackVersion::V2))?;
+        Ok(PackWriter { out, entries: Vec::new(), seen: HashMap::new(), offset: HEADER })
     }
 
     /// Bytes written so far (header and blobs): compare with the target pack
@@ -82,11 +76,16 @@ impl<W: Write> PackWriter<W> {
         self.seen.contains_key(id)
     }
 
-    fn admit(&self, id: &BlockId, plain_len: usize) -> Result<PackEntry, PackError> {
+    fn admit(&self, id: &BlockId, plain_len: usize, checksum: u32) -> Result<PackEntry, PackError> {
         let n = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
         let plain = u32::try_from(plain_len).unwrap_or(u32::MAX);
-        let entry =
-            PackEntry { id: *id, offset: self.offset, blob_len: plain.saturating_add(OVERHEAD), plain_len: plain };
+        let entry = PackEntry {
+            id: *id,
+            offset: self.offset,
+            blob_len: plain.saturating_add(OVERHEAD),
+            plain_len: plain,
+            checksum: Some(checksum),
+        };
         entry.check(n)?;
         if n == u32::MAX {
             return Err(PackError::TooManyEntries);
@@ -105,20 +104,28 @@ impl<W: Write> PackWriter<W> {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), PackWriteError> {
-        self.hasher.update(bytes);
         self.out.write_all(bytes)?;
         Ok(())
     }
 
-    /// Appends a sealed blob (`nonce ‖ ciphertext ‖ tag`) for block `id`.
+    /// Appends a sealed blob (`nonce ‖ ciphertext ‖ tag`) for block `id`,
+    /// computing its CRC.
     pub fn add_blob(&mut self, id: &BlockId, blob: &[u8]) -> Result<(), PackWriteError> {
+        self.add_blob_with_checksum(id, blob, blob_checksum(blob))
+    }
+
+    /// [`PackWriter::add_blob`] with the blob's CRC ([`blob_checksum`])
+    /// computed by the caller, e.g. by the thread that sealed the blob while
+    /// it was still in that core's cache. The writer does not recompute it:
+    /// a wrong one makes a pack that `Pack::verify` refuses at this blob.
+    pub fn add_blob_with_checksum(&mut self, id: &BlockId, blob: &[u8], checksum: u32) -> Result<(), PackWriteError> {
         let plain = blob.len().checked_sub(SEAL_OVERHEAD).ok_or_else(|| PackError::BadLength {
             entry: u32::try_from(self.entries.len()).unwrap_or(u32::MAX),
             offset: self.offset,
             blob_len: u32::try_from(blob.len()).unwrap_or(u32::MAX),
             plain_len: 0,
         })?;
-        let entry = self.admit(id, plain)?;
+        let entry = self.admit(id, plain, checksum)?;
         self.put(blob)?;
         self.record(entry);
         Ok(())
@@ -127,7 +134,11 @@ impl<W: Write> PackWriter<W> {
     /// Appends a blob sealed by [`crate::keys::Keys::seal_detached`]: its
     /// frame and its ciphertext (still in the caller's buffer).
     pub fn add_sealed(&mut self, id: &BlockId, frame: &SealFrame, ciphertext: &[u8]) -> Result<(), PackWriteError> {
-        let entry = self.admit(id, ciphertext.len())?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&frame.nonce);
+        crc.update(ciphertext);
+        crc.update(&frame.tag);
+        let entry = self.admit(id, ciphertext.len(), crc.finalize())?;
         self.put(&frame.nonce)?;
         self.put(ciphertext)?;
         self.put(&frame.tag)?;
@@ -156,10 +167,12 @@ impl<W: Write> PackWriter<W> {
         self.put(&t)?;
         self.out.flush()?;
         let index_offset = self.offset;
+        let len = index.len() as u64 + TRAILER;
+        index.extend_from_slice(&t);
         Ok(FinishedPack {
-            id: PackId(*self.hasher.finalize().as_bytes()),
-            len: index_offset + index.len() as u64 + TRAILER,
-            index: PackIndex { entries: self.entries, index_offset },
+            id: v2_pack_id(&index),
+            len: index_offset + len,
+            index: PackIndex { version: PackVersion::V2, entries: self.entries, index_offset },
             out: self.out,
         })
     }
