@@ -46,6 +46,8 @@ pub struct ShipReport {
     pub new_blocks: u64,
     /// Bytes of packs, pages and root written.
     pub bytes_shipped: u64,
+    /// Blocks the page cache served (incremental cycles ask it first).
+    pub cached_blocks: u64,
 }
 
 impl ShipReport {
@@ -64,7 +66,9 @@ impl ShipReport {
             known_blocks: num("known_blocks"),
             new_blocks: num("new_blocks"),
             bytes_shipped: num("bytes_shipped"),
+            cached_blocks: num("cached_blocks"),
         };
+        assert!(r.cached_blocks <= r.blocks_read, "more blocks from the cache than read: {text}");
         assert_eq!(
             r.zero_blocks + r.known_blocks + r.new_blocks,
             r.blocks_read,
