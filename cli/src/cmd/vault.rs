@@ -29,8 +29,10 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Scrub a vault: structure and content hashes of every object (no key
-    /// needed); with --read-data, also decrypt and verify every block of every point.
+    /// Scrub a vault: the structure and name of every object and the CRC of
+    /// every block in every pack (no key needed: a damaged block is named with
+    /// the points that need it); with --read-data, also decrypt and verify
+    /// every block of every point.
     Check {
         /// The vault directory.
         dir: PathBuf,
