@@ -192,6 +192,12 @@ impl Run {
             thread::sleep(Duration::from_micros(300));
         }
         let status = wait_for(&mut child, Duration::from_secs(120), "lifeboat ship");
+        if status.success() && timeline.exited.is_none() {
+            // It exited between the last `try_wait` and the kill (a signal to
+            // a process that has exited and not been reaped does nothing): it
+            // beat the kill, and its exit time is at most now.
+            timeline.exited = Some(started.elapsed());
+        }
         let out = child.wait_with_output().unwrap();
         let err = stderr.join().unwrap();
         let outcome = if status.success() {
