@@ -558,9 +558,6 @@ impl PackIndex {
 
 /// Checks a pack's 32-byte header: magic, version, reserved bytes.
 pub fn check_header(bytes: &[u8]) -> Result<(), PackError> {
-    if bytes.len() < PACK_HEADER_LEN {
-        return Err(PackError::TooShort { len: bytes.len() as u64 });
-    }
     check_header_version(bytes).map(|_| ())
 }
 

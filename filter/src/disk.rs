@@ -238,11 +238,10 @@ impl Disk {
     pub fn cut(&self, kind: CutKind) -> Result<CutInfo, FilterError> {
         // Lock order: scratch_clear, then the gate (end_cut never holds the
         // gate while it waits for scratch_clear).
+        // Not under the gate: VM writes go on while the file is emptied. (It is
+        // stale only between a cut's end and the next cut, which this is.)
         let _clear = self.scratch_clear.lock().expect("scratch lock");
-        if self.cut_in_progress().is_none() {
-            // Not under the gate: VM writes go on while the file is emptied.
-            self.clear_stale_scratch()?;
-        }
+        self.clear_stale_scratch()?;
         let _gate = self.gate.write().expect("gate lock");
         let mut cut = self.cut.lock().expect("cut lock");
         if let Some(c) = cut.as_ref() {
@@ -398,8 +397,9 @@ impl Disk {
         Ok(n)
     }
 
-    /// Empties the scratch file if it holds an ended cut's copies. Called
-    /// with `scratch_clear` held and no cut in progress.
+    /// Empties the scratch file if it holds an ended cut's copies (never
+    /// while a cut is in progress: a cut clears the flag before it starts).
+    /// Called with `scratch_clear` held.
     fn clear_stale_scratch(&self) -> Result<(), FilterError> {
         if self.scratch_stale.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.scratch.set_len(0) {

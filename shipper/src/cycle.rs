@@ -420,8 +420,7 @@ fn ship(
                 // cold data.
                 cache_first: !full,
             };
-            let cached = pipeline::run(source, &job, &mut sink, &mut advance)?;
-            report.cached_blocks = cached;
+            report.cached_blocks = pipeline::run(source, &job, &mut sink, &mut advance)?;
             if report.blocks_read != blocks.len() as u64 {
                 return Err(ShipError::Format(format!(
                     "internal error: {} of {} blocks went through the pipeline",

@@ -279,9 +279,9 @@ impl Engine {
         }
     }
 
-    /// Reads answered wholly by the page cache, and reads that went to the
-    /// device, since the engine opened (io_uring; the sync engine counts
-    /// every read as a device read).
+    /// Reads answered wholly by the page cache, and reads that went (at least
+    /// partly) to the device, since the engine opened. The sync engine reads
+    /// through the cache without asking it first, and reports (0, 0).
     pub fn cache_stats(&self) -> (u64, u64) {
         match self {
             Engine::Uring(e) => e.cache_stats(),

@@ -8,8 +8,7 @@ use std::io::Write;
 
 use super::{
     blob_checksum, header_bytes, v2_pack_id, PackEntry, PackError, PackIndex, PackVersion, HEADER, INDEX_ENTRY_LEN,
-    OVERHEAD, PACK_MAGIC, PACK_TRAILER_LEN, PACK_VERSION, TRAILER, T_COUNT, T_INDEX_HASH, T_INDEX_OFFSET, T_MAGIC,
-    T_VERSION,
+    OVERHEAD, PACK_MAGIC, PACK_TRAILER_LEN, PACK_VERSION, T_COUNT, T_INDEX_HASH, T_INDEX_OFFSET, T_MAGIC, T_VERSION,
 };
 use crate::codec::{put_u16, put_u32, put_u64};
 use crate::ids::{BlockId, PackId};
@@ -163,15 +162,15 @@ impl<W: Write> PackWriter<W> {
         put_u16(&mut t, T_VERSION, PACK_VERSION);
         t[T_INDEX_HASH..T_INDEX_HASH + 32].copy_from_slice(blake3::hash(&index).as_bytes());
         t[T_MAGIC..].copy_from_slice(&PACK_MAGIC);
-        self.put(&index)?;
-        self.put(&t)?;
+        // The tail (index ‖ trailer) is written in one piece and names the pack.
+        let mut tail = index;
+        tail.extend_from_slice(&t);
+        self.put(&tail)?;
         self.out.flush()?;
         let index_offset = self.offset;
-        let len = index.len() as u64 + TRAILER;
-        index.extend_from_slice(&t);
         Ok(FinishedPack {
-            id: v2_pack_id(&index),
-            len: index_offset + len,
+            id: v2_pack_id(&tail),
+            len: index_offset + tail.len() as u64,
             index: PackIndex { version: PackVersion::V2, entries: self.entries, index_offset },
             out: self.out,
         })

@@ -122,11 +122,12 @@ impl UringEngine {
         // lacks then comes from the device.
         op.nowait = self.cache_first && !op.cache_tried;
         op.cache_tried = true;
+        let direct_fd = direct_fd.filter(|_| aligned && !op.nowait);
+        op.direct = direct_fd.is_some();
         let (fd, want) = match direct_fd {
-            Some(fd) if aligned && !op.nowait => (fd, rest.next_multiple_of(ALIGN).min(room)),
-            _ => (buffered_fd, rest),
+            Some(fd) => (fd, rest.next_multiple_of(ALIGN).min(room)),
+            None => (buffered_fd, rest),
         };
-        op.direct = direct_fd.is_some() && aligned && !op.nowait;
         let want = u32::try_from(want).expect("a block is at most 1 MiB");
         let rw_flags = if op.nowait { libc::RWF_NOWAIT } else { 0 };
         // In bounds: got < len <= block_size.
