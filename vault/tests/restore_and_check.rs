@@ -509,6 +509,22 @@ fn objects_that_would_make_the_vault_invalid_are_not_stored() {
         .put_pack(&PackId([2; 32]), b"not a pack at all, not at all, no, not a pack: not a pack at all, really")
         .unwrap_err();
     assert!(matches!(e, VaultError::Invalid { .. }), "{e}");
+    // A sound version 2 pack under a name that is not its own: its name is
+    // checked from header, index and trailer, and nothing is stored.
+    let mut w = disk_format::PackWriter::new(Vec::new()).unwrap();
+    let block = b"a block for a pack stored under the wrong name";
+    let id = f.keys.block_id(block);
+    w.add_blob(&id, &f.keys.seal_block(&id, block).unwrap()).unwrap();
+    let done = w.finish().unwrap();
+    let wrong = PackId([3; 32]);
+    let e = f.vault.put_pack(&wrong, &done.out).unwrap_err();
+    assert!(
+        matches!(&e, VaultError::Invalid { object, detail } if object == &format!("packs/{wrong}")
+        && detail.contains("not to its name")),
+        "{e}"
+    );
+    assert_eq!(f.backend().size(Kind::Pack, &wrong.to_string()).unwrap(), None);
+    f.vault.put_pack(&done.id, &done.out).unwrap();
     assert!(f.check(None).is_clean());
 }
 
