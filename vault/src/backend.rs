@@ -90,6 +90,23 @@ pub trait Backend: Send + Sync {
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError>;
     /// Removes the object.
     fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError>;
+    /// Removes the object from the vault's namespace at once — like
+    /// `delete`, it is no longer listed or readable, and a missing object is
+    /// `NotFound` — but may leave freeing its space to [`Backend::empty_trash`].
+    /// Garbage collection discards under its lease, where every second holds
+    /// off the cycles, and empties the trash after. It need not be durable:
+    /// an object back after a crash is garbage the next collection finds
+    /// again. The default deletes.
+    fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.delete(kind, name)
+    }
+    /// Frees the space of every discarded object; returns how many and
+    /// their bytes. Safe at any time, alongside anything else: nothing
+    /// refers to a discarded object. The default (a backend whose `discard`
+    /// deletes) has nothing to free.
+    fn empty_trash(&self) -> Result<(u64, u64), VaultError> {
+        Ok((0, 0))
+    }
     /// Where the vault is, for messages (a path or URL, never a secret).
     fn location(&self) -> String;
     /// A writer that streams one object of `kind` to the store piece by

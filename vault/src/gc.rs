@@ -10,6 +10,15 @@
 //! that are mostly garbage are listed in [`GcReport::mostly_garbage`]
 //! (repacking them is not done yet).
 //!
+//! **Deleting is two steps.** Under the lease, a swept object is *discarded*
+//! ([`crate::Backend::discard`]: the local backend renames it into `trash/`),
+//! which removes it from every listing at once; its space is freed after the
+//! lease is released ([`Vault::empty_trash`]). Unlinking is the slow part
+//! (seconds for a few hundred packs on the test machine), and while GC holds
+//! its lease no cycle can start. [`Vault::gc`] does both steps; the agent
+//! calls [`Vault::collect`] and empties the trash on another thread, so the
+//! next cycle starts on time.
+//!
 //! When unsure, keep: a pack whose index cannot be read, or whose name is not
 //! a pack id, is kept and listed. A root that does not decode, or a page a
 //! root names that is missing or damaged, means GC cannot know what is live:
@@ -118,6 +127,10 @@ pub struct GcReport {
     pub unreadable_packs: Vec<(String, String)>,
     /// Stale leases removed.
     pub stale_leases_removed: Vec<String>,
+    /// Objects and bytes freed from the trash by [`Vault::gc`]: this
+    /// collection's and any an earlier one left there (see
+    /// [`Vault::collect`]). Zero from `collect` and dry runs.
+    pub trash_freed: (u64, u64),
     /// Unfinished objects (a writer killed mid-write) older than
     /// [`UNFINISHED_AGE`] removed (or that would be), with their sizes.
     pub unfinished_removed: Vec<(String, u64)>,
@@ -137,9 +150,22 @@ impl GcReport {
 pub const UNFINISHED_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Vault {
-    /// Collects garbage (see the module documentation). `dry_run` deletes
-    /// nothing and reports what would be deleted.
+    /// Collects garbage (see the module documentation) and frees its space.
+    /// `dry_run` deletes nothing and reports what would be deleted.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport, VaultError> {
+        let mut report = self.collect(dry_run)?;
+        if !dry_run {
+            report.trash_freed = self.empty_trash()?;
+        }
+        Ok(report)
+    }
+
+    /// Collects garbage like [`Vault::gc`] but only *discards* it
+    /// ([`crate::Backend::discard`]): the deleted objects leave the vault's
+    /// listings before this returns, and their space is freed by
+    /// [`Vault::empty_trash`], which the caller runs when it likes — after
+    /// the lease is released, alongside the next cycle.
+    pub fn collect(&self, dry_run: bool) -> Result<GcReport, VaultError> {
         let _lease = if dry_run { None } else { Some(self.begin_gc()?) };
         let location = self.backend().location();
         let mut report = GcReport { dry_run, ..GcReport::default() };
@@ -249,7 +275,7 @@ impl Vault {
             }
             let Some(len) = self.backend().size(Kind::Page, name)? else { continue };
             if !dry_run {
-                match self.backend().delete(Kind::Page, name) {
+                match self.backend().discard(Kind::Page, name) {
                     Ok(()) | Err(VaultError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -288,7 +314,7 @@ impl Vault {
                 continue;
             }
             if !dry_run {
-                match self.backend().delete(Kind::Pack, name) {
+                match self.backend().discard(Kind::Pack, name) {
                     Ok(()) | Err(VaultError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -297,5 +323,12 @@ impl Vault {
             report.pack_bytes_deleted += tail.len;
         }
         Ok(report)
+    }
+
+    /// Frees the space of the objects garbage collection discarded:
+    /// `(objects, bytes)`. Takes no lease and may run alongside cycles,
+    /// restores and other collections: nothing refers to a discarded object.
+    pub fn empty_trash(&self) -> Result<(u64, u64), VaultError> {
+        self.backend().empty_trash()
     }
 }

@@ -9,7 +9,15 @@
 //! DIR/audit/...
 //! DIR/tmp/                   objects being written (never listed; `gc` removes
 //!                            those a dead writer left, once a day old)
+//! DIR/trash/                 objects garbage collection discarded (never
+//!                            listed; unlinked after the collection ends)
 //! ```
+//!
+//! Garbage collection *discards* an object by renaming it into `trash/` —
+//! a metadata operation — and unlinks it after its lease is released,
+//! because an unlink is not cheap: on this project's test machine (ext4
+//! mounted `-o discard`) unlinking a 32 MiB pack took 6 ms of wall time, so
+//! deleting a few hundred packs held off every cycle for seconds.
 //!
 //! A put writes a temporary file, syncs it, renames it into place and syncs
 //! the directory, so an object is either whole and durable or absent.
@@ -30,7 +38,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::backend::{check_name, Backend, Kind, ObjectWriter, DIRECT_ALIGN};
 use crate::error::VaultError;
 
-/// Sequence numbers of temporary object names, for the whole process.
+/// The directory of discarded objects ([`Backend::discard`]).
+const TRASH: &str = "trash";
+
+/// Sequence numbers of temporary and trash object names, for the whole
+/// process.
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A vault in a local directory.
@@ -221,6 +233,40 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == ErrorKind::NotFound => Err(Self::not_found(kind, name)),
             Err(e) => Err(VaultError::Io { what: "deleting vault object", path, source: e }),
         }
+    }
+
+    fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        let path = self.path(kind, name)?;
+        let trash = self.root.join(TRASH);
+        self.make_dirs(&trash)?;
+        let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let to = trash.join(format!("{}.{}.{seq}.{}", std::process::id(), kind.prefix(), name.replace('/', "~")));
+        match fs::rename(&path, &to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Self::not_found(kind, name)),
+            Err(e) => Err(VaultError::Io { what: "moving vault object to the trash", path, source: e }),
+        }
+    }
+
+    fn empty_trash(&self) -> Result<(u64, u64), VaultError> {
+        let dir = self.root.join(TRASH);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(VaultError::Io { what: "listing vault directory", path: dir, source: e }),
+        };
+        let (mut objects, mut bytes) = (0, 0);
+        for entry in entries {
+            let entry = entry.map_err(VaultError::io("listing vault directory", &dir))?;
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(entry.path()) {
+                Ok(()) => (objects, bytes) = (objects + 1, bytes + len),
+                // Another collection emptied it first.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(VaultError::Io { what: "emptying the vault's trash", path: entry.path(), source: e }),
+            }
+        }
+        Ok((objects, bytes))
     }
 
     fn location(&self) -> String {

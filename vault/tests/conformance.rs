@@ -13,6 +13,38 @@ fn suite(b: &dyn Backend) {
     names_cannot_escape(b);
     kinds_are_separate(b);
     streamed_objects(b);
+    discarding(b);
+}
+
+/// `discard` removes an object from the namespace at once, like `delete`;
+/// `empty_trash` frees it (and only discarded objects).
+fn discarding(b: &dyn Backend) {
+    let data = vec![7u8; 10_000];
+    b.put(Kind::Pack, "dd01", &data).unwrap();
+    b.put(Kind::Pack, "dd02", b"kept").unwrap();
+    b.put(Kind::Root, "trashy/00000000000000000001", b"root").unwrap();
+    b.discard(Kind::Pack, "dd01").unwrap();
+    b.discard(Kind::Root, "trashy/00000000000000000001").unwrap();
+    assert!(!b.list(Kind::Pack, "dd").unwrap().contains(&"dd01".to_string()));
+    assert!(b.list(Kind::Root, "trashy/").unwrap().is_empty());
+    assert!(matches!(b.get(Kind::Pack, "dd01"), Err(VaultError::NotFound { .. })));
+    assert_eq!(b.size(Kind::Pack, "dd01").unwrap(), None);
+    assert!(matches!(b.discard(Kind::Pack, "dd01"), Err(VaultError::NotFound { .. })));
+    assert!(matches!(b.discard(Kind::Page, "ffee"), Err(VaultError::NotFound { .. })));
+    assert!(matches!(b.discard(Kind::Root, "../x"), Err(VaultError::BadName { .. })));
+    // The same name written again (a cycle writes the same pack again) is a
+    // new object, untouched by the trash; discarded again, both go.
+    b.put(Kind::Pack, "dd01", b"again").unwrap();
+    assert_eq!(b.get(Kind::Pack, "dd01").unwrap(), b"again");
+    let (objects, bytes) = b.empty_trash().unwrap();
+    assert!(objects == 0 || (objects == 2 && bytes == 10_004), "freed {objects} objects, {bytes} bytes");
+    assert_eq!(b.get(Kind::Pack, "dd01").unwrap(), b"again");
+    assert_eq!(b.get(Kind::Pack, "dd02").unwrap(), b"kept");
+    b.discard(Kind::Pack, "dd01").unwrap();
+    b.empty_trash().unwrap();
+    assert_eq!(b.empty_trash().unwrap(), (0, 0), "an empty trash frees nothing");
+    assert!(matches!(b.get(Kind::Pack, "dd01"), Err(VaultError::NotFound { .. })));
+    b.delete(Kind::Pack, "dd02").unwrap();
 }
 
 /// `bytes` copied to a 4096-aligned address (what the shipper's chunks are).
@@ -143,8 +175,15 @@ fn local_backend_conforms() {
     w1.commit("cc01").unwrap();
     assert_eq!(b.get(Kind::Pack, "cc01").unwrap(), b"one");
     assert_eq!(b.get(Kind::Pack, "cc02").unwrap(), b"two");
-    // Nothing is left half-written in the temporary area.
+    // Nothing is left half-written in the temporary area, nor in the trash.
     assert_eq!(std::fs::read_dir(dir.path().join("vault/tmp")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("vault/trash")).unwrap().count(), 0);
+    // Discarding only moves the file: it is in the trash until emptied.
+    b.put(Kind::Pack, "ee01", &[1u8; 5000]).unwrap();
+    b.discard(Kind::Pack, "ee01").unwrap();
+    assert_eq!(std::fs::read_dir(dir.path().join("vault/trash")).unwrap().count(), 1);
+    assert_eq!(b.empty_trash().unwrap(), (1, 5000));
+    assert_eq!(std::fs::read_dir(dir.path().join("vault/trash")).unwrap().count(), 0);
 }
 
 #[test]

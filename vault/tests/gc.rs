@@ -120,6 +120,9 @@ fn gc_after_prune_frees_exactly_what_no_root_references() {
     assert!(restore_bytes(&vault, dir.path(), "db", 1).unwrap() == db_image);
     check_clean(&vault);
 
+    // The space is freed, not only hidden: nothing waits in the trash.
+    assert_eq!(vault.empty_trash().unwrap(), (0, 0), "gc empties the trash itself");
+
     // A second run finds nothing more; no lease is left behind.
     let again = vault.gc(false).unwrap();
     assert!(again.packs_deleted.is_empty() && again.pages_deleted.is_empty());
@@ -259,4 +262,40 @@ fn gc_removes_objects_a_dead_writer_left_unfinished_and_only_old_ones() {
     check_clean(&vault);
     drop(live);
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn collect_hides_garbage_under_the_lease_and_frees_it_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = new_vault(dir.path());
+    let (web, images, _) = fixture(&vault);
+    keep_newest(&vault, &web);
+    let (live_packs, live_pages) = referenced(&vault);
+    let (_, pack_bytes_before) = objects(&vault, Kind::Pack);
+
+    let report = vault.collect(false).unwrap();
+    assert!(!report.packs_deleted.is_empty() && !report.pages_deleted.is_empty());
+    // Gone from the vault's listings at once (a cycle that starts now cannot
+    // deduplicate against them), and no lease left behind...
+    assert_eq!(objects(&vault, Kind::Pack).0, live_packs);
+    assert_eq!(objects(&vault, Kind::Page).0, live_pages);
+    assert!(vault.leases("").unwrap().is_empty());
+    for name in &report.packs_deleted {
+        assert!(matches!(vault.backend().get(Kind::Pack, name), Err(VaultError::NotFound { .. })));
+    }
+    // ...while the space waits in the trash until it is emptied.
+    let trashed = report.packs_deleted.len() + report.pages_deleted.len();
+    assert_eq!(std::fs::read_dir(dir.path().join("vault/trash")).unwrap().count(), trashed);
+    // A later `gc` (which finds nothing new) frees what an earlier collection
+    // left there, and says so.
+    let later = vault.gc(false).unwrap();
+    assert!(later.packs_deleted.is_empty() && later.pages_deleted.is_empty());
+    assert_eq!(later.trash_freed, (trashed as u64, report.pack_bytes_deleted + report.page_bytes_deleted));
+    assert_eq!(vault.empty_trash().unwrap(), (0, 0));
+    assert_eq!(pack_bytes_before - objects(&vault, Kind::Pack).1, report.pack_bytes_deleted);
+    assert_eq!(std::fs::read_dir(dir.path().join("vault/trash")).unwrap().count(), 0);
+    for s in 6..=8u64 {
+        assert!(restore_bytes(&vault, dir.path(), "web", s).unwrap() == images[s as usize], "web/{s}");
+    }
+    check_clean(&vault);
 }

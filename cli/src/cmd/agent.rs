@@ -302,7 +302,7 @@ fn handle(
             for w in &r.warnings {
                 log!("lifeboat agent: warning: {name}: {w}");
             }
-            retention(t, &vault, &t.settings.retention.policy(), gc_every, last_gc);
+            retention(t, vault, &t.settings.retention.policy(), gc_every, last_gc);
             Outcome::Committed
         }
         Err(e) if matches!(e.downcast_ref::<ShipError>(), Some(ShipError::Cancelled)) => {
@@ -418,10 +418,12 @@ fn next_due(due: Instant, interval: Duration, now: Instant) -> (Instant, bool) {
 
 /// Applies the disk's retention ladder after a committed cycle, and collects
 /// the vault's garbage when points were pruned and the last collection is
-/// older than `gc_every`.
+/// older than `gc_every`. Under its lease (a cycle of any disk on the vault
+/// that starts meanwhile backs off) the collection only discards; the space
+/// is freed on a thread of its own, so the next cycle starts on time.
 fn retention(
     t: &Target,
-    vault: &vault::Vault,
+    vault: vault::Vault,
     policy: &vault::retention::Policy,
     gc_every: Duration,
     last_gc: &mut Option<Instant>,
@@ -431,7 +433,7 @@ fn retention(
         Ok(r) => {
             if !r.pruned.is_empty() {
                 let details = serde_json::json!({ "pruned": r.pruned, "kept": r.kept, "held": r.held, "by": "agent" });
-                if let Err(e) = t.record(Some(vault), "prune", details) {
+                if let Err(e) = t.record(Some(&vault), "prune", details) {
                     log!("lifeboat agent: warning: {name}: {e:#}");
                 }
             }
@@ -448,26 +450,49 @@ fn retention(
     if gc_every.is_zero() || last_gc.is_some_and(|at| at.elapsed() < gc_every) || (pruned == 0 && last_gc.is_some()) {
         return;
     }
-    match vault.gc(false) {
+    let started = Instant::now();
+    match vault.collect(false) {
         Ok(r) => {
             *last_gc = Some(Instant::now());
+            let took = started.elapsed();
             let unfinished = r.unfinished_bytes();
             let details = serde_json::json!({
                 "packs_deleted": r.packs_deleted.len(), "pages_deleted": r.pages_deleted.len(),
                 "unfinished_deleted": r.unfinished_removed.len(),
                 "bytes_freed": r.pack_bytes_deleted + r.page_bytes_deleted + unfinished, "by": "agent",
             });
-            if let Err(e) = t.record(Some(vault), "gc", details) {
+            if let Err(e) = t.record(Some(&vault), "gc", details) {
                 log!("lifeboat agent: warning: {name}: {e:#}");
             }
             if !r.packs_deleted.is_empty() || !r.pages_deleted.is_empty() || !r.unfinished_removed.is_empty() {
                 log!(
-                    "lifeboat agent: {name}: garbage collection freed {} bytes ({} packs, {} pages, {} unfinished)",
+                    "lifeboat agent: {name}: garbage collection freed {} bytes ({} packs, {} pages, {} unfinished) \
+                     in {:.1} s",
                     r.pack_bytes_deleted + r.page_bytes_deleted + unfinished,
                     r.packs_deleted.len(),
                     r.pages_deleted.len(),
-                    r.unfinished_removed.len()
+                    r.unfinished_removed.len(),
+                    took.as_secs_f64()
                 );
+            }
+            let disk = name.clone();
+            let spawned = std::thread::Builder::new().name("empty trash".into()).spawn(move || {
+                let name = disk;
+                let started = Instant::now();
+                match vault.empty_trash() {
+                    Ok((0, _)) => {}
+                    Ok((n, bytes)) => log!(
+                        "lifeboat agent: {name}: emptied the vault's trash: {n} objects, {bytes} bytes, in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => log!(
+                        "lifeboat agent: warning: {name}: emptying the vault's trash failed: {e}; the next garbage \
+                         collection tries again"
+                    ),
+                }
+            });
+            if let Err(e) = spawned {
+                log!("lifeboat agent: warning: {name}: could not start emptying the vault's trash: {e}");
             }
         }
         // Another disk's cycle on the same vault: collect after a later cycle.

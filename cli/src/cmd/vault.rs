@@ -83,6 +83,16 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                     mib(r.unfinished_bytes())
                 );
             }
+            let (freed, freed_bytes) = r.trash_freed;
+            let now = (r.packs_deleted.len() + r.pages_deleted.len()) as u64;
+            if freed > now {
+                let earlier = freed_bytes.saturating_sub(r.pack_bytes_deleted + r.page_bytes_deleted);
+                println!(
+                    "freed {} objects ({:.1} MiB) an earlier collection left in the vault's trash",
+                    freed - now,
+                    mib(earlier)
+                );
+            }
             if !r.mostly_garbage.is_empty() {
                 println!("{} kept packs are mostly unused (repacking is not implemented yet)", r.mostly_garbage.len());
             }
