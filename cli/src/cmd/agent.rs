@@ -39,7 +39,9 @@ pub struct Args {
     disks: Vec<String>,
     /// After pruning, collect the vault's garbage at most this often
     /// (`0` = never: run `lifeboat vault gc` yourself). A collection briefly
-    /// holds off the cycles of every disk that uses the vault.
+    /// holds off the cycles of every disk that uses the vault; it moves the
+    /// garbage into the vault's trash, which a thread of the agent empties
+    /// beside the next cycle.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     gc_every: u64,
 }
