@@ -263,7 +263,9 @@ impl Backend for LocalBackend {
                 Ok(()) => (objects, bytes) = (objects + 1, bytes + len),
                 // Another collection emptied it first.
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(VaultError::Io { what: "emptying the vault's trash", path: entry.path(), source: e }),
+                Err(e) => {
+                    return Err(VaultError::Io { what: "emptying the vault's trash", path: entry.path(), source: e })
+                }
             }
         }
         Ok((objects, bytes))
