@@ -249,23 +249,12 @@ impl Backend for LocalBackend {
     }
 
     fn empty_trash(&self) -> Result<(u64, u64), VaultError> {
-        let dir = self.root.join(TRASH);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok((0, 0)),
-            Err(e) => return Err(VaultError::Io { what: "listing vault directory", path: dir, source: e }),
-        };
         let (mut objects, mut bytes) = (0, 0);
-        for entry in entries {
-            let entry = entry.map_err(VaultError::io("listing vault directory", &dir))?;
+        for entry in dir_entries(&self.root.join(TRASH))? {
             let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            match fs::remove_file(entry.path()) {
-                Ok(()) => (objects, bytes) = (objects + 1, bytes + len),
-                // Another collection emptied it first.
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(VaultError::Io { what: "emptying the vault's trash", path: entry.path(), source: e })
-                }
+            // Gone: another collection emptied it first.
+            if remove_unless_gone(&entry.path(), "emptying the vault's trash")? {
+                (objects, bytes) = (objects + 1, bytes + len);
             }
         }
         Ok((objects, bytes))
@@ -280,16 +269,9 @@ impl Backend for LocalBackend {
         older_than: std::time::Duration,
         dry_run: bool,
     ) -> Result<Vec<(String, u64)>, VaultError> {
-        let dir = self.root.join("tmp");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(VaultError::Io { what: "listing vault directory", path: dir, source: e }),
-        };
         let now = std::time::SystemTime::now();
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(VaultError::io("listing vault directory", &dir))?;
+        for entry in dir_entries(&self.root.join("tmp"))? {
             let path = entry.path();
             let meta = match entry.metadata() {
                 Ok(m) if m.is_file() => m,
@@ -302,17 +284,31 @@ impl Backend for LocalBackend {
             if age <= older_than {
                 continue;
             }
-            if !dry_run {
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(VaultError::Io { what: "deleting vault object", path, source: e }),
-                }
+            if !dry_run && !remove_unless_gone(&path, "deleting vault object")? {
+                continue;
             }
             out.push((format!("tmp/{}", entry.file_name().to_string_lossy()), meta.len()));
         }
         out.sort();
         Ok(out)
+    }
+}
+
+/// The entries of a vault directory; none if it does not exist.
+fn dir_entries(dir: &Path) -> Result<Vec<fs::DirEntry>, VaultError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.collect::<Result<_, _>>().map_err(VaultError::io("listing vault directory", dir)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(VaultError::Io { what: "listing vault directory", path: dir.into(), source: e }),
+    }
+}
+
+/// Removes a file; `false` if it was already gone.
+fn remove_unless_gone(path: &Path, what: &'static str) -> Result<bool, VaultError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(VaultError::Io { what, path: path.into(), source: e }),
     }
 }
 

@@ -477,29 +477,36 @@ fn retention(
                     took.as_secs_f64()
                 );
             }
-            let disk = name.clone();
-            let spawned = std::thread::Builder::new().name("empty trash".into()).spawn(move || {
-                let name = disk;
-                let started = Instant::now();
-                match vault.empty_trash() {
-                    Ok((0, _)) => {}
-                    Ok((n, bytes)) => log!(
-                        "lifeboat agent: {name}: emptied the vault's trash: {n} objects, {bytes} bytes, in {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    ),
-                    Err(e) => log!(
-                        "lifeboat agent: warning: {name}: emptying the vault's trash failed: {e}; the next garbage \
-                         collection tries again"
-                    ),
-                }
-            });
-            if let Err(e) = spawned {
-                log!("lifeboat agent: warning: {name}: could not start emptying the vault's trash: {e}");
-            }
+            empty_trash_beside(name.clone(), vault);
         }
         // Another disk's cycle on the same vault: collect after a later cycle.
         Err(VaultError::Busy { .. }) => {}
         Err(e) => log!("lifeboat agent: warning: {name}: garbage collection failed: {e}"),
+    }
+}
+
+/// Frees the space a collection discarded, on a thread of its own (not
+/// waited for: a stop leaves the rest to the next collection).
+fn empty_trash_beside(name: String, vault: vault::Vault) {
+    let spawned = std::thread::Builder::new().name("empty trash".into()).spawn({
+        let name = name.clone();
+        move || {
+            let started = Instant::now();
+            match vault.empty_trash() {
+                Ok((0, _)) => {}
+                Ok((n, bytes)) => log!(
+                    "lifeboat agent: {name}: emptied the vault's trash: {n} objects, {bytes} bytes, in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => log!(
+                    "lifeboat agent: warning: {name}: emptying the vault's trash failed: {e}; the next garbage \
+                     collection tries again"
+                ),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log!("lifeboat agent: warning: {name}: could not start emptying the vault's trash: {e}");
     }
 }
 
