@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# THE test command (README, .ci/run): installs what the tests need, builds, and
+# THE test command (README, .ci/run): installs what the tests need, checks the
+# formatting (cargo fmt), builds, and
 # runs the test suite with cargo-nextest.
 #
 #   scripts/test.sh           quick pass: every test that is not #[ignore]d
@@ -34,6 +35,13 @@ say() { printf '[test] %s\n' "$*" >&2; }
 start=$(date +%s)
 
 bash scripts/setup.sh
+
+# Formatting first: it takes a second, and a red run says so before the build.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check >/dev/null || { say "unformatted code: run cargo fmt --all"; exit 1; }
+else
+  say "rustfmt is not installed: formatting not checked"
+fi
 
 # The vm-tests crate cannot depend on the binary, so build it first; its
 # harness finds it at target/debug/lifeboat (or $LIFEBOAT_BIN).
