@@ -25,13 +25,14 @@
 //! back to the live map, so nothing is lost). Copies live only in this
 //! process: a filter that dies mid-cut is reopened with its cut merged back.
 //!
-//! **The scratch file** holds the copies in block-sized slots. A slot whose
-//! copy was read is reused by the next copy, so during a cut the file never
+//! **The copies** wait in block-sized slots, in memory up to a process-wide
+//! budget and then in the disk's scratch file ([`crate::copies`]). A slot
+//! whose copy was read is reused by the next copy, so during a cut neither
 //! grows past the most copies waiting at once, and nothing is allocated or
 //! freed per block: punching a hole per block read cost a synchronous discard
 //! on a filesystem mounted with `discard` (measured under the churn bench:
 //! the cycle's reader spent seconds per cycle in `blkdev_issue_discard`).
-//! The file is emptied once per cut, after the cut ends and outside the gate,
+//! They are emptied once per cut, after the cut ends and outside the gate,
 //! so VM writes never wait on that either.
 
 use std::collections::HashMap;
@@ -41,11 +42,12 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use disk_format::{blocks_touched, Geometry};
 
 use crate::bitmap::Bitmap;
+use crate::copies::{CopyMemory, CopyStore, CopyUsage, Slot};
 use crate::error::FilterError;
 use crate::nbd::Export;
 use crate::state_file::StateFile;
@@ -87,22 +89,6 @@ struct ActiveCut {
     generation: u64,
 }
 
-/// The current cut's scratch slots.
-#[derive(Default)]
-struct Slots {
-    free: Vec<u64>,
-    next: u64,
-}
-
-impl Slots {
-    fn take(&mut self) -> u64 {
-        self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-}
-
 /// A protected disk, open for serving and cutting.
 pub struct Disk {
     paths: DiskPaths,
@@ -110,7 +96,7 @@ pub struct Disk {
     geometry: Geometry,
     state: StateFile,
     /// Copy-before-write copies of the current cut, one block-sized slot each.
-    scratch: File,
+    copies_store: CopyStore,
     /// Writes and cut reads hold it shared; cut, finish and abort hold it exclusively.
     gate: RwLock<()>,
     /// Fast check on the write path: is any cut in progress?
@@ -119,11 +105,9 @@ pub struct Disk {
     /// Blocks whose old contents the current cut still needs (not yet copied,
     /// not yet read). Only meaningful while `cutting`.
     preserve: Vec<AtomicU64>,
-    /// Block -> slot in the scratch file, striped by block number.
-    copies: Vec<Mutex<HashMap<u64, u64>>>,
-    /// Scratch slots: free ones (their copy was read) and the first never used.
-    slots: Mutex<Slots>,
-    /// The scratch file holds copies of an ended cut; emptied by whoever
+    /// Block -> its copy's slot, striped by block number.
+    copies: Vec<Mutex<HashMap<u64, Slot>>>,
+    /// The copy store holds copies of an ended cut; emptied by whoever
     /// comes first: the end of that cut (outside the gate) or the next cut
     /// (before it takes the gate), both under `scratch_clear`.
     scratch_stale: AtomicBool,
@@ -143,22 +127,22 @@ fn image_size(path: &Path, f: &File) -> Result<u64, FilterError> {
 impl Disk {
     /// Opens the image and the state file (locking it). Fails without changing
     /// anything if the state file is refused or the image's size differs.
+    /// Copies wait in memory within the process-wide [`CopyMemory::global`].
     pub fn open(paths: DiskPaths) -> Result<Disk, FilterError> {
+        Disk::open_with_copy_memory(paths, CopyMemory::global())
+    }
+
+    /// [`Disk::open`] with copies kept in memory within `budget` (shared with
+    /// whichever other disks use it), then in the scratch file.
+    pub fn open_with_copy_memory(paths: DiskPaths, budget: Arc<CopyMemory>) -> Result<Disk, FilterError> {
         let image = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&paths.image)
             .map_err(FilterError::io("opening disk image", &paths.image))?;
         let state = StateFile::open(&paths.state)?;
-        let scratch = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&paths.scratch)
-            .map_err(FilterError::io("creating copy-before-write scratch file", &paths.scratch))?;
         let geometry = state.geometry();
+        let copies_store = CopyStore::open(&paths.scratch, geometry.block_size, budget)?;
         let size = image_size(&paths.image, &image)?;
         if size != geometry.disk_size {
             return Err(FilterError::ImageSize { path: paths.image.clone(), size, want: geometry.disk_size });
@@ -167,7 +151,7 @@ impl Disk {
             image,
             geometry,
             state,
-            scratch,
+            copies_store,
             gate: RwLock::new(()),
             cutting: AtomicBool::new(false),
             cut: Mutex::new(None),
@@ -176,7 +160,6 @@ impl Disk {
             held: AtomicBool::new(false),
             hold_lock: Mutex::new(()),
             hold_wake: Condvar::new(),
-            slots: Mutex::new(Slots::default()),
             scratch_stale: AtomicBool::new(false),
             scratch_clear: Mutex::new(()),
             paths,
@@ -197,7 +180,7 @@ impl Disk {
         Bitmap::new(&self.preserve, self.geometry.block_count)
     }
 
-    fn stripe(&self, block: u64) -> &Mutex<HashMap<u64, u64>> {
+    fn stripe(&self, block: u64) -> &Mutex<HashMap<u64, Slot>> {
         &self.copies[usize::try_from(block % STRIPES as u64).expect("small")]
     }
 
@@ -217,7 +200,7 @@ impl Disk {
         Ok(())
     }
 
-    /// Copies block `b`'s current (cut-time) contents to the scratch file.
+    /// Copies block `b`'s current (cut-time) contents aside.
     fn copy_aside(&self, b: u64) -> io::Result<()> {
         let mut copies = self.stripe(b).lock().expect("stripe lock");
         if !self.preserve_map().get(b) {
@@ -226,8 +209,7 @@ impl Disk {
         let range = self.geometry.block_range(b);
         let mut buf = vec![0u8; self.geometry.block_len(b)];
         self.image.read_exact_at(&mut buf, range.start)?;
-        let slot = self.slots.lock().expect("slots lock").take();
-        self.scratch.write_all_at(&buf, slot * u64::from(self.geometry.block_size))?;
+        let slot = self.copies_store.put(&buf).map_err(io::Error::other)?;
         let _ = copies.insert(b, slot);
         self.preserve_map().clear(b);
         Ok(())
@@ -262,7 +244,6 @@ impl Disk {
                 self.geometry.block_count
             }
         };
-        *self.slots.lock().expect("slots lock") = Slots::default();
         let generation = self.state.header().cut_generation + 1;
         // Not synced: a cut matters only while this process lives.
         self.state.update_header(false, |h| h.cut_generation = generation)?;
@@ -295,11 +276,8 @@ impl Disk {
         }
         let mut copies = self.stripe(b).lock().expect("stripe lock");
         if let Some(slot) = copies.remove(&b) {
-            let at = slot * u64::from(self.geometry.block_size);
-            let read = self.scratch.read_exact_at(buf, at);
             // Read or not, the copy is gone from `copies`: its slot is free.
-            self.slots.lock().expect("slots lock").free.push(slot);
-            read.map_err(FilterError::io("reading copy-before-write scratch file", &self.paths.scratch))?;
+            self.copies_store.take(slot, buf)?;
         } else if self.preserve_map().get(b) {
             // Not overwritten since the cut: the image still holds it. While the
             // preserve bit is set, a writer of this block must first take the
@@ -397,17 +375,38 @@ impl Disk {
         Ok(n)
     }
 
-    /// Empties the scratch file if it holds an ended cut's copies (never
+    /// Empties the copy store if it holds an ended cut's copies (never
     /// while a cut is in progress: a cut clears the flag before it starts).
     /// Called with `scratch_clear` held.
     fn clear_stale_scratch(&self) -> Result<(), FilterError> {
         if self.scratch_stale.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.scratch.set_len(0) {
+            if let Err(e) = self.copies_store.clear() {
                 self.scratch_stale.store(true, Ordering::Release);
-                return Err(FilterError::io("clearing copy-before-write scratch file", &self.paths.scratch)(e));
+                return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// How much memory and scratch file the copies take now (slots in use
+    /// and slots free for reuse until the cut ends).
+    pub fn copy_usage(&self) -> io::Result<CopyUsage> {
+        self.copies_store.usage()
+    }
+
+    /// The most memory and scratch file the copies of the last ended cut
+    /// took, if it made any (block-sized slots; the file's last may be short).
+    pub fn last_cut_copies(&self) -> Option<CopyUsage> {
+        self.copies_store.last_peak()
+    }
+
+    /// Whether block `b` of the current cut is still to be read from the
+    /// image: no writer has copied it aside and it was not read. A hint for
+    /// a reader choosing where to read from, since a writer may copy the
+    /// block aside right after; [`Disk::validate_direct_read`] and
+    /// [`Disk::read_cut_block`] stay the authority. `false` outside a cut.
+    pub fn in_image(&self, b: u64) -> bool {
+        b < self.geometry.block_count && self.cutting.load(Ordering::Acquire) && self.preserve_map().get(b)
     }
 
     fn end_cut_gated(&self, keep_bits: bool) -> Result<u64, FilterError> {

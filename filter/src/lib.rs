@@ -16,6 +16,7 @@
 
 pub mod bitmap;
 pub mod control;
+pub mod copies;
 pub mod disk;
 pub mod error;
 mod mmap;

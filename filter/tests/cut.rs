@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use disk_format::Geometry;
+use filter::copies::{CopyMemory, CopyUsage};
 use filter::disk::DiskPaths;
 use filter::nbd::Export;
 use filter::{CutKind, Disk, FilterError, StateFile};
@@ -15,11 +16,16 @@ use filter::{CutKind, Disk, FilterError, StateFile};
 const BS: u64 = 4096;
 
 fn open(dir: &Path, blocks: u64) -> Disk {
+    open_with(dir, blocks, CopyMemory::global())
+}
+
+/// A disk whose copies may take `budget` of memory.
+fn open_with(dir: &Path, blocks: u64, budget: Arc<CopyMemory>) -> Disk {
     let image = dir.join("disk.img");
     std::fs::write(&image, vec![0u8; (blocks * BS) as usize]).unwrap();
     let state = dir.join("state");
     StateFile::create(&state, Geometry::new(blocks * BS, BS).unwrap(), [1; 16], false).unwrap();
-    Disk::open(DiskPaths { image, state, scratch: dir.join("scratch") }).unwrap()
+    Disk::open_with_copy_memory(DiskPaths { image, state, scratch: dir.join("scratch") }, budget).unwrap()
 }
 
 fn block(fill: u8) -> Vec<u8> {
@@ -72,11 +78,12 @@ fn dirty_cut_reads_cut_time_contents_then_finish_drops_only_cut_bits() {
 /// hole punching, which costs a synchronous discard on `-o discard`
 /// filesystems); the file is emptied when the cut ends, and a copy written
 /// into a reused slot still reads back as its own block's cut-time contents.
+/// (No memory for copies here: every copy goes to the file.)
 #[test]
 fn scratch_slots_are_reused_and_the_file_is_emptied_when_the_cut_ends() {
     let dir = tempfile::tempdir().unwrap();
     let blocks = 32;
-    let d = open(dir.path(), blocks);
+    let d = open_with(dir.path(), blocks, CopyMemory::new(0));
     for b in 0..blocks {
         d.write_at(&block(b as u8 + 1), b * BS, false).unwrap();
     }
@@ -100,6 +107,62 @@ fn scratch_slots_are_reused_and_the_file_is_emptied_when_the_cut_ends() {
     assert_eq!(read_block(&d, 5), block(0xf0));
     assert_eq!(d.abort_cut().unwrap(), blocks);
     assert_eq!(scratch_len(), 0);
+}
+
+/// Copies wait in memory while the budget lasts and spill to the scratch
+/// file past it; freed memory slots are reused before file slots; the memory
+/// goes back to the budget (shared by every disk using it) when the cut ends,
+/// and every copy reads back as its own block whichever store held it.
+#[test]
+fn copies_wait_in_memory_within_the_budget_then_spill_to_the_scratch_file() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let blocks = 16;
+    let budget = CopyMemory::new(3 * BS);
+    let a = open_with(dir_a.path(), blocks, Arc::clone(&budget));
+    let b = open_with(dir_b.path(), blocks, Arc::clone(&budget));
+    for n in 0..blocks {
+        a.write_at(&block(n as u8 + 1), n * BS, false).unwrap();
+        b.write_at(&block(n as u8 + 0x81), n * BS, false).unwrap();
+    }
+    let usage = |d: &Disk| d.copy_usage().unwrap();
+    let _ = a.cut(CutKind::Dirty).unwrap();
+    let _ = b.cut(CutKind::Dirty).unwrap();
+    assert!(a.in_image(0) && a.in_image(blocks - 1), "nothing copied yet");
+    // Disk b takes one block of the budget, disk a the other two and then spills.
+    b.write_at(&block(0xee), 0, false).unwrap();
+    assert!(!b.in_image(0), "copied aside: the image no longer holds block 0 as at the cut");
+    for n in 0..4 {
+        a.write_at(&block(0xf0), n * BS, false).unwrap();
+    }
+    assert_eq!(usage(&a), CopyUsage { memory_bytes: 2 * BS, file_bytes: 2 * BS });
+    assert_eq!(usage(&b), CopyUsage { memory_bytes: BS, file_bytes: 0 });
+    assert_eq!(budget.available(), 0);
+    // Reading a copy frees its slot; the next copy takes the memory slot.
+    assert_eq!(read_block(&a, 0), block(1));
+    a.write_at(&block(0xf0), 4 * BS, false).unwrap();
+    assert_eq!(usage(&a), CopyUsage { memory_bytes: 2 * BS, file_bytes: 2 * BS }, "reused, not grown");
+    for n in 1..5 {
+        assert_eq!(read_block(&a, n), block(n as u8 + 1), "block {n}: its own cut-time copy");
+    }
+    assert_eq!(read_block(&b, 0), block(0x81));
+    // Ending a cut empties its stores and gives its memory back to the budget.
+    assert_eq!(a.finish_cut().unwrap(), blocks);
+    assert_eq!(usage(&a), CopyUsage { memory_bytes: 0, file_bytes: 0 });
+    assert_eq!(budget.available(), 2 * BS, "disk b still holds its slot");
+    assert_eq!(a.last_cut_copies(), Some(CopyUsage { memory_bytes: 2 * BS, file_bytes: 2 * BS }), "its peak");
+    assert!(!a.in_image(5), "no cut, nothing to read");
+    assert_eq!(b.abort_cut().unwrap(), blocks);
+    assert_eq!(budget.available(), 3 * BS);
+    // A cut without copies reports none.
+    let _ = a.cut(CutKind::Dirty).unwrap();
+    assert_eq!(a.finish_cut().unwrap(), 5, "the five overwritten blocks");
+    assert_eq!(a.last_cut_copies(), None);
+    // Dropping a disk mid-cut gives its memory back too.
+    let _ = b.cut(CutKind::Dirty).unwrap();
+    b.write_at(&block(1), 3 * BS, false).unwrap();
+    assert_eq!(budget.available(), 2 * BS);
+    drop(b);
+    assert_eq!(budget.available(), 3 * BS);
 }
 
 #[test]

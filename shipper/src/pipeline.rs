@@ -15,7 +15,10 @@
 //! reads in flight; pread where io_uring is unavailable), and each block is
 //! then validated with the disk ([`filter::Disk::validate_direct_read`]); a
 //! block a writer overwrote meanwhile is read again from its copy, into the
-//! same buffer. No block is copied between stages. Any other source
+//! same buffer. A block a writer already copied aside before the reader got
+//! to it ([`filter::Disk::in_image`] says no) is read from its copy without
+//! touching the image: under heavy churn that is most of them. No block is
+//! copied between stages. Any other source
 //! ([`CutSource::read`], over the filter's control socket) arrives in
 //! batches and is copied once into the buffers.
 
@@ -220,8 +223,26 @@ impl Reader<'_, '_> {
                     },
                     Err(TryRecvError::Disconnected) => return Ok(()),
                 };
+                let len = geometry.block_len(b);
+                if !cut.disk.in_image(b) {
+                    // A writer copied it aside already: reading the image
+                    // (and waiting for its new data to be written back, with
+                    // O_DIRECT) would only be thrown away. Read the copy.
+                    let mut buf = buf;
+                    cut.disk.read_cut_block(b, &mut buf.data_mut()[..len])?;
+                    if self.work.send(Plain { index: b, len, buf }).is_err() {
+                        return Ok(()); // the workers stopped: the writer failed
+                    }
+                    unreported += len as u64;
+                    if unreported >= READ_BATCH {
+                        (self.progress)(unreported);
+                        unreported = 0;
+                    }
+                    next = blocks.next();
+                    continue;
+                }
                 let range = geometry.block_range(b);
-                if engine.push(b, range.start, geometry.block_len(b), buf).is_err() {
+                if engine.push(b, range.start, len, buf).is_err() {
                     unreachable!("the engine had room and the block fits the buffer");
                 }
                 next = blocks.next();

@@ -109,6 +109,73 @@ fn full_then_incremental_points_restore_exactly() {
     assert_eq!(f.restore(&vault, 3), image2);
 }
 
+/// Overwrites blocks of the disk right after the cut (in the cut hook's
+/// `after`, which runs before any block is read).
+struct OverwriteAfterCut<'a> {
+    disk: &'a Disk,
+    blocks: &'a [u64],
+    /// Where the copies were once the blocks were overwritten.
+    usage: std::sync::Mutex<Option<filter::copies::CopyUsage>>,
+}
+
+impl shipper::CutHook for OverwriteAfterCut<'_> {
+    fn before(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn after(&self) -> Result<(), String> {
+        for &b in self.blocks {
+            let len = self.disk.geometry().block_len(b);
+            self.disk.write_at(&vec![0xee; len], b * BS, false).map_err(|e| e.to_string())?;
+        }
+        *self.usage.lock().unwrap() = Some(self.disk.copy_usage().map_err(|e| e.to_string())?);
+        Ok(())
+    }
+}
+
+/// Blocks overwritten after the cut but before the cycle reads them are
+/// shipped as they were at the cut, from their copies (the reader takes
+/// them there without reading the image), whether the copy waited in memory
+/// or, past the copy memory budget, in the scratch file.
+#[test]
+fn blocks_overwritten_before_they_are_read_ship_as_at_the_cut() {
+    let f = Fixture::new();
+    let vault = f.vault(local(f.dir.path()));
+    let writes: Vec<(u64, u8)> = (0..BLOCKS).map(|b| (b, b as u8 + 1)).collect();
+    f.write(&writes);
+    let _ = f.ship(&vault).unwrap();
+    f.write(&[(3, 0xc3), (4, 0xc4), (10, 0xca), (BLOCKS - 1, 0xcf)]); // fills no other block has
+    let at_cut = std::fs::read(&f.paths.image).unwrap();
+    // Room in memory for two copies: the other two go to the scratch file.
+    let disk = std::sync::Arc::new(
+        Disk::open_with_copy_memory(f.paths.clone(), filter::copies::CopyMemory::new(2 * BS)).unwrap(),
+    );
+    let overwritten = [3, 4, 10, BLOCKS - 1];
+    let hook = OverwriteAfterCut { disk: &disk, blocks: &overwritten, usage: std::sync::Mutex::new(None) };
+    let mut src = LocalSource::shared(std::sync::Arc::clone(&disk));
+    let opts = CycleOptions { workers: 2, cut_hook: Some(&hook), ..CycleOptions::new("disk1", [3; 16]) };
+    let r = run_cycle(&mut src, &vault, &keys(), &opts, &mut ()).unwrap();
+    let usage = hook.usage.lock().unwrap().expect("the hook ran");
+    // Blocks 3 and 4 in memory; 10 and the short last block in the file.
+    assert_eq!(
+        (usage.memory_bytes, usage.file_bytes),
+        (2 * BS, 2 * BS - 1000),
+        "two copies in memory, two in the file"
+    );
+    assert_eq!((r.sequence, r.blocks_read, r.new_blocks), (2, 4, 4));
+    // The reader took all four from their copies: none from the image
+    // (whose page cache holds the overwrites; with io_uring this counts
+    // the blocks the image's cache served).
+    assert_eq!(r.cached_blocks, 0);
+    assert_eq!(f.restore(&vault, 2), at_cut, "the point is the disk as at the cut, not as overwritten");
+    // The overwrites are the next cycle's.
+    drop(src);
+    let disk = std::sync::Arc::try_unwrap(disk).ok().expect("the only user");
+    assert_eq!(disk.state().live().ones().collect::<Vec<_>>(), overwritten.to_vec());
+    disk.close().unwrap();
+    let _ = f.ship(&vault).unwrap();
+    assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
+}
+
 /// A backend that fails every put of one kind after `allow` successes.
 struct Failing {
     inner: Box<dyn Backend>,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use filter::control::ControlServer;
+use filter::copies::CopyMemory;
 use filter::nbd::Server;
 use filter::Disk;
 use shipper::{LocalSource, ShipError};
@@ -28,7 +29,7 @@ use crate::cmd::ship::Bar;
 use crate::home::Home;
 use crate::replicate::Target;
 use crate::signals;
-use crate::size::parse_duration;
+use crate::size::{parse_duration, parse_size};
 use crate::status_file;
 use crate::time::{now_ns, rfc3339};
 
@@ -44,6 +45,14 @@ pub struct Args {
     /// beside the next cycle.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     gc_every: u64,
+    /// Memory for copy-before-write copies, shared by every disk the agent
+    /// serves (default: a quarter of the machine's memory, at most 8 GiB).
+    /// When the VM overwrites a block the running cycle has not read yet,
+    /// the block's old contents wait here until the cycle reads them; past
+    /// this, they wait in the disk's scratch file, which costs disk
+    /// bandwidth. `0` keeps every copy in the scratch file.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    copy_memory: Option<u64>,
 }
 
 /// A log line on stderr with a timestamp (journald adds its own, but the
@@ -106,10 +115,11 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
              `lifeboat protect NAME --image IMAGE --vault DIR --key KEYFILE` (or pass the right --home / LIFEBOAT_HOME)"
         );
     }
+    let copy_memory = a.copy_memory.map_or_else(CopyMemory::global, CopyMemory::new);
     let mut served = Vec::new();
     let mut servers = Vec::new();
     for name in &names {
-        match open(home, name) {
+        match open(home, name, &copy_memory) {
             Ok((s, server)) => {
                 served.push(s);
                 servers.push((name.clone(), server));
@@ -229,7 +239,7 @@ fn groups<'a>(home: &Home, served: &'a [Served]) -> Vec<(String, Vec<Member<'a>>
 }
 
 /// Opens one disk: its state file (locked), control socket and NBD listener.
-fn open(home: &Home, name: &str) -> Result<(Served, Server)> {
+fn open(home: &Home, name: &str, copy_memory: &Arc<CopyMemory>) -> Result<(Served, Server)> {
     let entry = home.disk(name)?;
     entry.check_usable(name)?;
     let target = match entry.config.replication {
@@ -239,7 +249,7 @@ fn open(home: &Home, name: &str) -> Result<(Served, Server)> {
             None
         }
     };
-    let disk = Disk::open(entry.paths())?;
+    let disk = Disk::open_with_copy_memory(entry.paths(), Arc::clone(copy_memory))?;
     let opened = disk.state().opened();
     if opened.newly_suspect {
         log!(
@@ -281,6 +291,7 @@ enum Outcome {
 /// Logs one cycle's result and applies retention after a commit.
 fn handle(
     t: &Target,
+    disk: &Disk,
     result: Result<(shipper::CycleReport, vault::Vault)>,
     took: Duration,
     gc_every: Duration,
@@ -289,9 +300,18 @@ fn handle(
     let name = &t.name;
     match result {
         Ok((r, vault)) => {
+            // Only a cut whose blocks were overwritten before they were read made copies.
+            let copies = disk.last_cut_copies().map_or_else(String::new, |c| {
+                format!(
+                    "; blocks overwritten before they were read held up to {} MiB of copies in memory and {} MiB in \
+                     the scratch file",
+                    c.memory_bytes >> 20,
+                    c.file_bytes >> 20
+                )
+            });
             log!(
                 "lifeboat agent: {name}: point {} committed ({}{}): {} blocks read ({} from the page cache), {} new, {} \
-                 bytes shipped in {:.1} s",
+                 bytes shipped in {:.1} s{copies}",
                 r.sequence,
                 if r.full { "full sync" } else { "incremental" },
                 if r.app_consistent { ", app-consistent" } else { "" },
@@ -374,8 +394,8 @@ fn schedule(label: &str, members: &[Member<'_>], stop: &Stop, gc_every: Duration
             }
         };
         let mut failed = false;
-        for ((result, took), ((t, _, _), gc)) in results.into_iter().zip(members.iter().zip(last_gc.iter_mut())) {
-            match handle(t, result, took, gc_every, gc) {
+        for ((result, took), ((t, disk, _), gc)) in results.into_iter().zip(members.iter().zip(last_gc.iter_mut())) {
+            match handle(t, disk, result, took, gc_every, gc) {
                 Outcome::Committed => {}
                 Outcome::Cancelled => return,
                 Outcome::Failed => failed = true,
