@@ -15,9 +15,9 @@
 //! the kernel's flusher (under heavy churn the page cache is over its dirty
 //! threshold all the time), which costs as much device bandwidth as the
 //! reader's own reads, for data nobody will read from the device. Measured
-//! with `benches/churn-bench.sh` at 500 MB/s, where nearly every cut block is
-//! overwritten before the reader gets to it (see DESIGN-NOTES.md, "Copies
-//! wait in memory first"). The budget keeps a burst from taking the host's
+//! with `benches/churn-bench.sh` at 500 MB/s, where about half of each cut's
+//! blocks are overwritten before the reader gets to them (see
+//! DESIGN-NOTES.md, "Copies wait in memory first"). The budget keeps a burst from taking the host's
 //! memory: past it, copies spill to the file as before.
 
 use std::fs::{File, OpenOptions};
@@ -113,7 +113,8 @@ struct Slots {
 pub struct CopyUsage {
     /// Bytes of memory the copies' slots take (those in use and those free for reuse).
     pub memory_bytes: u64,
-    /// Length of the scratch file.
+    /// Bytes of the scratch file they take (its length; slots are
+    /// block-sized, a disk's short last block may make it a little less).
     pub file_bytes: u64,
 }
 
