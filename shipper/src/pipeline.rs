@@ -196,9 +196,23 @@ impl Reader<'_, '_> {
         Ok(())
     }
 
+    /// Sends a read block to the workers and reports progress every
+    /// [`READ_BATCH`] bytes; false if the workers stopped (the writer failed).
+    fn hand_on(&mut self, plain: Plain, unreported: &mut u64) -> bool {
+        *unreported += plain.len as u64;
+        if self.work.send(plain).is_err() {
+            return false;
+        }
+        if *unreported >= READ_BATCH {
+            (self.progress)(*unreported);
+            *unreported = 0;
+        }
+        true
+    }
+
     /// Reads with `engine` straight into pool buffers, validating each block
     /// with the disk; counts the blocks read from their copies instead.
-    fn direct(self, cut: DirectCut<'_>, engine: &mut Engine) -> Result<(), ShipError> {
+    fn direct(mut self, cut: DirectCut<'_>, engine: &mut Engine) -> Result<(), ShipError> {
         let geometry = self.geometry;
         let mut blocks = self.runs.iter().flat_map(|&(first, count)| first..first + count);
         let mut next = blocks.next();
@@ -230,13 +244,8 @@ impl Reader<'_, '_> {
                     // O_DIRECT) would only be thrown away. Read the copy.
                     let mut buf = buf;
                     cut.disk.read_cut_block(b, &mut buf.data_mut()[..len])?;
-                    if self.work.send(Plain { index: b, len, buf }).is_err() {
+                    if !self.hand_on(Plain { index: b, len, buf }, &mut unreported) {
                         return Ok(()); // the workers stopped: the writer failed
-                    }
-                    unreported += len as u64;
-                    if unreported >= READ_BATCH {
-                        (self.progress)(unreported);
-                        unreported = 0;
                     }
                     next = blocks.next();
                     continue;
@@ -258,14 +267,9 @@ impl Reader<'_, '_> {
                     // cut-time contents are in its copy.
                     cut.disk.read_cut_block(block, &mut buf.data_mut()[..len])?;
                 }
-                if self.work.send(Plain { index: block, len, buf }).is_err() {
+                if !self.hand_on(Plain { index: block, len, buf }, &mut unreported) {
                     return Ok(()); // the workers stopped: the writer failed
                 }
-                unreported += len as u64;
-            }
-            if unreported >= READ_BATCH {
-                (self.progress)(unreported);
-                unreported = 0;
             }
         }
         if unreported > 0 {
