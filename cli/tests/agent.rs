@@ -310,6 +310,11 @@ fn agent_and_status_refuse_what_is_not_there() {
     assert_eq!(out.status.code(), Some(1), "agent in an empty home: {out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no protected disks") && err.contains("lifeboat protect"), "{err}");
+    // A copy memory that is not a size is refused before anything starts, naming it.
+    let out = s.home.run(&["agent", "--copy-memory", "lots"]);
+    assert_eq!(out.status.code(), Some(2), "agent --copy-memory lots: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--copy-memory") && err.contains("\"lots\" is not a size"), "{err}");
     // A disk that is not protected here: status names it as an error and exits 3.
     let (st, code) = status(&s.home, "nosuch");
     assert_eq!((st["state"].as_str(), code), (Some("error"), 3), "{st}");
