@@ -112,7 +112,11 @@ impl Target {
                 let d = json!({
                     "point": r.sequence, "full": r.full, "blocks_read": r.blocks_read, "new_blocks": r.new_blocks,
                     "bytes_shipped": r.bytes_shipped, "millis": r.millis, "late_ms": late_ms, "warnings": r.warnings,
-                    "app_consistent": r.app_consistent,
+                    "app_consistent": r.app_consistent, "root": r.root_id.to_string(),
+                    // The dirty map was not relative to the vault's newest
+                    // point (rolled back, re-pointed, another writer): the
+                    // cycle verified the whole disk (invariant 8).
+                    "chain_break": r.chain_break.as_ref().map(|b| b.describe(&self.name)),
                 });
                 ("cycle.committed", d)
             }
@@ -183,4 +187,28 @@ impl Target {
         };
         crate::cmd::audit::record(&self.audit_dir, &self.keys, vault, kind, Some(&self.name), details)
     }
+}
+
+/// At the protected site: if this home protects `disk` and the vault has lost
+/// points its cycles committed there (rolled back, emptied, or forked where
+/// the last one was), says so on stderr and returns the message. `points`,
+/// `restore` and `failover` call it before they trust "latest".
+pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault) -> Option<String> {
+    let entry = home.disk(disk).ok()?;
+    let recorded = filter::StateFile::report(&entry.state_path()).ok()?.last_point;
+    let found = match shipper::chain::check_vault(recorded.as_ref(), vault, disk) {
+        Ok(found) => found?,
+        Err(e) => {
+            let msg = format!("could not compare the vault's points of disk {disk:?} with this host's record: {e}");
+            eprintln!("lifeboat: warning: {msg}");
+            return Some(msg);
+        }
+    };
+    let msg = format!(
+        "{}; the newest point listed is not the newest this host committed, so it lacks changes this host \
+         shipped: do not fail over to it unless the newer points are truly gone",
+        found.describe(disk)
+    );
+    eprintln!("lifeboat: WARNING: {msg}");
+    Some(msg)
 }

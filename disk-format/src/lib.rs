@@ -35,5 +35,5 @@ pub use map_page::{BuiltMap, MapBuilder, MapPage, PageError, PAGE_ENTRIES};
 pub use pack::{FinishedPack, Pack, PackEntry, PackError, PackIndex, PackTrailer, PackWriteError, PackWriter};
 pub use point::{Consistency, Root, RootError};
 pub use root_ext::{CutGroup, ExtError, RootExtension};
-pub use state::{HeaderError, StateFlags, StateHeader, HEADER_PAGE, SLOT_SIZE, STATE_MAGIC};
+pub use state::{HeaderError, LastPoint, StateFlags, StateHeader, HEADER_PAGE, SLOT_SIZE, STATE_MAGIC};
 pub use vault_config::{VaultConfig, VaultConfigError};

@@ -8,6 +8,7 @@
 //! sequence number. See `FORMAT.md` for the byte layout.
 
 use crate::geometry::{Geometry, GeometryError};
+use crate::ids::{RootId, VaultId};
 
 /// Size of the header page at the start of the state file.
 pub const HEADER_PAGE: usize = 4096;
@@ -18,8 +19,8 @@ pub const SLOT_SIZE: usize = 256;
 pub const SLOT_OFFSETS: [usize; 2] = [0, 2048];
 /// First 8 bytes of BLAKE3("lifeboat state file v1").
 pub const STATE_MAGIC: [u8; 8] = [0xe2, 0x45, 0xbe, 0x79, 0x10, 0xb3, 0x3a, 0xf8];
-/// The state file format this code writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The state file format this code writes (version 1 is still read).
+pub const FORMAT_VERSION: u16 = 2;
 
 const CHECKSUM_AT: usize = SLOT_SIZE - 32;
 const _: () = assert!(SLOT_SIZE * 2 <= HEADER_PAGE && SLOT_OFFSETS[1] + SLOT_SIZE <= HEADER_PAGE);
@@ -29,6 +30,8 @@ const _: () = assert!(SLOT_SIZE * 2 <= HEADER_PAGE && SLOT_OFFSETS[1] + SLOT_SIZ
 pub enum FormatVersion {
     /// The first format: two header slots, live and cut bitmaps.
     V1 = 1,
+    /// Adds the last committed point (bytes 152..216 of a slot, zero in v1).
+    V2 = 2,
 }
 
 impl TryFrom<u16> for FormatVersion {
@@ -36,6 +39,7 @@ impl TryFrom<u16> for FormatVersion {
     fn try_from(v: u16) -> Result<Self, HeaderError> {
         match v {
             1 => Ok(FormatVersion::V1),
+            2 => Ok(FormatVersion::V2),
             other => Err(HeaderError::UnsupportedVersion(other)),
         }
     }
@@ -91,6 +95,26 @@ pub struct StateHeader {
     /// BLAKE3 of the live bitmap followed by the cut bitmap, written at clean
     /// close; meaningful only when `flags.open` is false.
     pub bitmaps_checksum: [u8; 32],
+    /// The recovery point the dirty bitmaps are relative to: the last one a
+    /// cycle of this disk committed. `None` for a new state file (or one
+    /// written by format version 1): the next cycle must verify the whole disk.
+    pub last_point: Option<LastPoint>,
+}
+
+/// The last recovery point committed from this state file: which vault, which
+/// point, which root. The live and cut bitmaps hold every block written since
+/// that point's cut, so a cycle may build on that point and on no other
+/// (DESIGN.md invariant 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastPoint {
+    /// The vault's identity (its config's `vault_id`).
+    pub vault_id: VaultId,
+    /// The point's sequence number (never 0).
+    pub sequence: u64,
+    /// The point's root id: BLAKE3 of its encoded root.
+    pub root_id: RootId,
+    /// The cut generation the point was cut at.
+    pub cut_generation: u64,
 }
 
 /// Why a header slot or page was refused.
@@ -104,7 +128,7 @@ pub enum HeaderError {
     #[error("not a Lifeboat state file (wrong magic)")]
     BadMagic,
     /// A version this build does not know.
-    #[error("state file format version {0} is not supported by this build (it knows version 1)")]
+    #[error("state file format version {0} is not supported by this build (it knows versions 1 and 2)")]
     UnsupportedVersion(u16),
     /// The slot's checksum does not match its contents.
     #[error("header checksum mismatch")]
@@ -169,6 +193,7 @@ impl StateHeader {
             disk_id,
             boot_id: [0; 16],
             bitmaps_checksum: [0; 32],
+            last_point: None,
         }
     }
 
@@ -193,7 +218,13 @@ impl StateHeader {
         b[88..104].copy_from_slice(&self.disk_id);
         b[104..120].copy_from_slice(&self.boot_id);
         b[120..152].copy_from_slice(&self.bitmaps_checksum);
-        // 152..224 reserved, zero.
+        if let Some(p) = &self.last_point {
+            b[152..168].copy_from_slice(p.vault_id.as_bytes());
+            put_u64(&mut b, 168, p.sequence);
+            b[176..208].copy_from_slice(p.root_id.as_bytes());
+            put_u64(&mut b, 208, p.cut_generation);
+        }
+        // 216..224 reserved, zero.
         let sum = blake3::hash(&b[..CHECKSUM_AT]);
         b[CHECKSUM_AT..].copy_from_slice(sum.as_bytes());
         b
@@ -205,7 +236,7 @@ impl StateHeader {
         if b[0..8] != STATE_MAGIC {
             return Err(HeaderError::BadMagic);
         }
-        FormatVersion::try_from(get_u16(b, 8))?;
+        let version = FormatVersion::try_from(get_u16(b, 8))?;
         let sum = blake3::hash(&b[..CHECKSUM_AT]);
         if sum.as_bytes() != &b[CHECKSUM_AT..] {
             return Err(HeaderError::ChecksumMismatch);
@@ -218,13 +249,33 @@ impl StateHeader {
         expect_field("bitmap_len", get_u64(b, 48), geometry.bitmap_len)?;
         expect_field("live_offset", get_u64(b, 56), geometry.live_offset())?;
         expect_field("cut_offset", get_u64(b, 64), geometry.cut_offset())?;
-        if let Some(i) = b[152..CHECKSUM_AT].iter().position(|&x| x != 0) {
+        // Version 1 reserved bytes 152..224; version 2 keeps 216..224.
+        let reserved_from = if version == FormatVersion::V1 { 152 } else { 216 };
+        if let Some(i) = b[reserved_from..CHECKSUM_AT].iter().position(|&x| x != 0) {
             return Err(HeaderError::BadField {
                 field: "reserved1",
-                value: u64::from(b[152 + i]),
-                why: format!("byte {} of the slot must be zero", 152 + i),
+                value: u64::from(b[reserved_from + i]),
+                why: format!("byte {} of the slot must be zero", reserved_from + i),
             });
         }
+        let sequence = get_u64(b, 168);
+        let last_point = if sequence == 0 {
+            if let Some(i) = b[152..216].iter().position(|&x| x != 0) {
+                return Err(HeaderError::BadField {
+                    field: "last_point",
+                    value: u64::from(b[152 + i]),
+                    why: format!("byte {} must be zero when last_point_sequence is 0", 152 + i),
+                });
+            }
+            None
+        } else {
+            Some(LastPoint {
+                vault_id: VaultId(b[152..168].try_into().expect("16 bytes")),
+                sequence,
+                root_id: RootId(b[176..208].try_into().expect("32 bytes")),
+                cut_generation: get_u64(b, 208),
+            })
+        };
         Ok(StateHeader {
             seq: get_u64(b, 16),
             flags,
@@ -234,6 +285,7 @@ impl StateHeader {
             disk_id: b[88..104].try_into().expect("16 bytes"),
             boot_id: b[104..120].try_into().expect("16 bytes"),
             bitmaps_checksum: b[120..152].try_into().expect("32 bytes"),
+            last_point,
         })
     }
 
@@ -307,6 +359,29 @@ mod tests {
     fn round_trip() {
         let h = sample();
         assert_eq!(StateHeader::decode(&h.encode()).unwrap(), h);
+    }
+
+    #[test]
+    fn last_point_round_trips() {
+        let mut h = sample();
+        h.last_point =
+            Some(LastPoint { vault_id: VaultId([7; 16]), sequence: 42, root_id: RootId([9; 32]), cut_generation: 6 });
+        assert_eq!(StateHeader::decode(&h.encode()).unwrap(), h);
+    }
+
+    #[test]
+    fn a_version_1_slot_is_read_without_a_last_point_and_refused_with_bytes_there() {
+        let mut b = sample().encode();
+        put_u16(&mut b, 8, 1);
+        let sum = blake3::hash(&b[..CHECKSUM_AT]);
+        b[CHECKSUM_AT..].copy_from_slice(sum.as_bytes());
+        let h = StateHeader::decode(&b).unwrap();
+        assert_eq!(h.last_point, None);
+        // Version 1 reserved the bytes version 2 uses for the last point.
+        b[170] = 1;
+        let sum = blake3::hash(&b[..CHECKSUM_AT]);
+        b[CHECKSUM_AT..].copy_from_slice(sum.as_bytes());
+        assert!(matches!(StateHeader::decode(&b), Err(HeaderError::BadField { field: "reserved1", .. })));
     }
 
     #[test]

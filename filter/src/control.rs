@@ -7,13 +7,17 @@
 //!
 //! | request              | reply line                          | then                         |
 //! |----------------------|-------------------------------------|------------------------------|
-//! | `info`               | `ok DISK_SIZE BLOCK_SIZE CUT SUSPECT` | (CUT is the generation or `-`; SUSPECT is 0 or 1) |
+//! | `info`               | `ok DISK_SIZE BLOCK_SIZE CUT SUSPECT LAST` | (CUT is the generation or `-`; SUSPECT is 0 or 1; LAST is the last committed POINT or `-`) |
 //! | `cut dirty` / `cut full` | `ok GENERATION DIRTY READABLE`  |                              |
 //! | `blocks`             | `ok N`                              | N little-endian u64 block indexes |
 //! | `read FIRST COUNT`   | `ok BYTES`                          | the blocks FIRST.. as at the cut, concatenated (each released) |
-//! | `finish`             | `ok N` (cut bits dropped)           |                              |
-//! | `finish verified`    | `ok N`, and the suspect flag cleared (the cut was a full verify) | |
+//! | `finish POINT`       | `ok N`: POINT recorded in the state file, then the cut bits dropped | |
+//! | `finish verified POINT` | `ok N`, and the suspect flag cleared (the cut was a full verify) | |
 //! | `abort`              | `ok N` (cut bits back to live)      |                              |
+//!
+//! POINT is the point the cycle committed from the cut, the one the dirty
+//! maps are relative to from now on: `VAULT_ID:SEQUENCE:ROOT_ID:CUT_GENERATION`
+//! (ids in hex). A cut cannot be finished without naming it.
 //!
 //! A cut belongs to the connection that made it: if that connection closes
 //! before `finish`, the cut is aborted, so a crashed reader loses nothing.
@@ -24,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use disk_format::{LastPoint, RootId, VaultId};
 
 use crate::disk::{CutInfo, CutKind, Disk};
 
@@ -127,8 +133,10 @@ fn handle(req: &str, disk: &Disk, owns_cut: &mut bool, data: &mut Vec<u8>) -> Re
         ["info"] => {
             let g = disk.geometry();
             let cut = disk.cut_in_progress().map_or("-".to_string(), |g| g.to_string());
-            let suspect = u8::from(disk.state().header().flags.suspect);
-            Ok(format!("{} {} {cut} {suspect}", g.disk_size, g.block_size))
+            let header = disk.state().header();
+            let suspect = u8::from(header.flags.suspect);
+            let last = header.last_point.as_ref().map_or("-".to_string(), point_token);
+            Ok(format!("{} {} {cut} {suspect} {last}", g.disk_size, g.block_size))
         }
         ["cut", kind] => {
             let kind = match *kind {
@@ -166,15 +174,14 @@ fn handle(req: &str, disk: &Disk, owns_cut: &mut bool, data: &mut Vec<u8>) -> Re
             }
             Ok(data.len().to_string())
         }
-        ["finish"] if *owns_cut => {
-            let n = disk.finish_cut().map_err(|e| e.to_string())?;
-            *owns_cut = false;
-            Ok(n.to_string())
+        ["finish"] | ["finish", "verified"] if *owns_cut => {
+            Err("finish names the point committed from the cut: `finish [verified] VAULT:SEQ:ROOT:GEN`".into())
         }
-        ["finish", "verified"] if *owns_cut => {
-            let n = disk.finish_cut().map_err(|e| e.to_string())?;
+        ["finish", point] | ["finish", "verified", point] if *owns_cut => {
+            let verified = words.len() == 3;
+            let point = parse_point(point).ok_or_else(|| format!("bad point {point:?} in finish request"))?;
+            let n = disk.finish_cut(point, verified).map_err(|e| e.to_string())?;
             *owns_cut = false;
-            disk.state().clear_suspect().map_err(|e| e.to_string())?;
             Ok(n.to_string())
         }
         ["abort"] if *owns_cut => {
@@ -182,9 +189,29 @@ fn handle(req: &str, disk: &Disk, owns_cut: &mut bool, data: &mut Vec<u8>) -> Re
             *owns_cut = false;
             Ok(n.to_string())
         }
-        ["blocks" | "finish" | "abort"] | ["finish", "verified"] | ["read", _, _] => Err(not_owner()),
+        ["blocks" | "finish" | "abort"] | ["finish", ..] | ["read", _, _] => Err(not_owner()),
         _ => Err(format!("unknown request {req:?}")),
     }
+}
+
+/// The text form of a point in the protocol: `VAULT:SEQUENCE:ROOT:GENERATION`.
+fn point_token(p: &LastPoint) -> String {
+    format!("{}:{}:{}:{}", p.vault_id, p.sequence, p.root_id, p.cut_generation)
+}
+
+fn parse_point(s: &str) -> Option<LastPoint> {
+    let mut it = s.split(':');
+    let (v, seq, root, generation) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    let sequence = seq.parse().ok().filter(|&n| n != 0)?;
+    Some(LastPoint {
+        vault_id: VaultId::from_hex(v)?,
+        sequence,
+        root_id: RootId::from_hex(root)?,
+        cut_generation: generation.parse().ok()?,
+    })
 }
 
 /// A client of a filter's control socket.
@@ -204,6 +231,8 @@ pub struct RemoteInfo {
     pub cut: Option<u64>,
     /// The state is suspect: the next cycle must verify every block.
     pub suspect: bool,
+    /// The point the dirty maps are relative to (the last one committed).
+    pub last_point: Option<LastPoint>,
 }
 
 fn bad(msg: String) -> io::Error {
@@ -243,13 +272,19 @@ impl ControlClient {
     pub fn info(&mut self) -> io::Result<RemoteInfo> {
         let r = self.request("info")?;
         let w: Vec<&str> = r.split_ascii_whitespace().collect();
-        let [size, bs, cut, suspect] = w.as_slice() else { return Err(bad(format!("malformed info reply {r:?}"))) };
+        let [size, bs, cut, suspect, last] = w.as_slice() else {
+            return Err(bad(format!("malformed info reply {r:?}")));
+        };
         let num = |s: &str| s.parse::<u64>().map_err(|_| bad(format!("malformed info reply {r:?}")));
         Ok(RemoteInfo {
             disk_size: num(size)?,
             block_size: u32::try_from(num(bs)?).map_err(|_| bad(format!("malformed info reply {r:?}")))?,
             cut: if *cut == "-" { None } else { Some(num(cut)?) },
             suspect: *suspect == "1",
+            last_point: match *last {
+                "-" => None,
+                p => Some(parse_point(p).ok_or_else(|| bad(format!("malformed point in info reply {r:?}")))?),
+            },
         })
     }
 
@@ -297,11 +332,12 @@ impl ControlClient {
         self.reader.read_exact(&mut out[at..])
     }
 
-    /// Ends the cut, dropping its bits (its point is stored). With
-    /// `verified`, the cut was a full verify and the suspect flag is cleared.
-    pub fn finish(&mut self, verified: bool) -> io::Result<u64> {
-        let req = if verified { "finish verified" } else { "finish" };
-        Ok(Self::numbers(&self.request(req)?, 1)?[0])
+    /// Ends the cut after `point` was committed from it: the filter records
+    /// the point and drops the cut's bits. With `verified`, the cut was a
+    /// full verify and the suspect flag is cleared.
+    pub fn finish(&mut self, point: &LastPoint, verified: bool) -> io::Result<u64> {
+        let v = if verified { "verified " } else { "" };
+        Ok(Self::numbers(&self.request(&format!("finish {v}{}", point_token(point)))?, 1)?[0])
     }
 
     /// Ends the cut, returning its bits to the live map.

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use disk_format::{blocks_touched, Geometry};
+use disk_format::{blocks_touched, Geometry, LastPoint};
 
 use crate::bitmap::Bitmap;
 use crate::copies::{CopyMemory, CopyStore, CopyUsage, Slot};
@@ -443,9 +443,31 @@ impl Disk {
         Ok(n)
     }
 
-    /// Ends the cut after its point is safely stored: the cut bits are dropped.
-    /// Returns how many there were.
-    pub fn finish_cut(&self) -> Result<u64, FilterError> {
+    /// Ends the cut after its point is safely stored: records `point` in the
+    /// state file as the point the dirty maps are now relative to (durably,
+    /// clearing the suspect flag too if the cut was a full `verified` one),
+    /// then drops the cut bits. Returns how many there were.
+    ///
+    /// The record is written first: a crash between the two leaves the cut
+    /// bits to be merged back into the live map by the next open, a superset
+    /// of what changed since `point`, which is safe. The other order could
+    /// leave a state whose bits are relative to `point` but which names the
+    /// point before it; the cycle accepts that case too (`shipper::cycle`),
+    /// but only as the commit-then-crash window, not as the normal path.
+    pub fn finish_cut(&self, point: LastPoint, verified: bool) -> Result<u64, FilterError> {
+        match self.cut_in_progress() {
+            None => return Err(FilterError::NoCut),
+            Some(g) if g != point.cut_generation => {
+                return Err(FilterError::WrongCut { cut: g, point: point.sequence, generation: point.cut_generation })
+            }
+            Some(_) => {}
+        }
+        self.state.update_header(true, |h| {
+            h.last_point = Some(point);
+            if verified {
+                h.flags.suspect = false;
+            }
+        })?;
         self.end_cut(false)
     }
 

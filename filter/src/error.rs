@@ -79,6 +79,19 @@ pub enum FilterError {
     /// A cut operation was asked for with no cut in progress.
     #[error("no cut is in progress")]
     NoCut,
+    /// A point was recorded against a cut other than the one in progress.
+    #[error(
+        "point {point} was cut at generation {generation}, but the cut in progress is generation {cut}; \
+         the point was not recorded and the cut is kept"
+    )]
+    WrongCut {
+        /// The generation of the cut in progress.
+        cut: u64,
+        /// The point's sequence number.
+        point: u64,
+        /// The generation the point says it was cut at.
+        generation: u64,
+    },
     /// A block was asked for that is not in the cut, or was already released.
     #[error("block {0} is not part of the current cut or was already read and released")]
     NotInCut(u64),

@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use disk_format::state::bitmaps_checksum;
-use disk_format::{Geometry, StateHeader, HEADER_PAGE};
+use disk_format::{Geometry, LastPoint, StateHeader, HEADER_PAGE};
 
 use crate::bitmap::Bitmap;
 use crate::error::FilterError;
@@ -69,6 +69,8 @@ pub struct DirtyReport {
     pub open: bool,
     /// Cut generation.
     pub cut_generation: u64,
+    /// The point the bitmaps are relative to (the last one committed).
+    pub last_point: Option<LastPoint>,
 }
 
 /// The kernel's boot id: changes at every boot, so a header written in this
@@ -109,10 +111,26 @@ impl StateFile {
     /// flag is set (used when a damaged state file is replaced). The file is
     /// written under a temporary name, synced and renamed into place.
     pub fn create(path: &Path, geometry: Geometry, disk_id: [u8; 16], suspect: bool) -> Result<(), FilterError> {
+        StateFile::create_with(path, geometry, disk_id, suspect, None)
+    }
+
+    /// [`StateFile::create`], recording `last_point` as the point the state
+    /// is relative to. For a state that replaces another (`suspect`, every
+    /// block dirty, so true of any point): keeping the old record lets the
+    /// next cycle still notice a vault that lost points, and never reuse a
+    /// sequence number.
+    pub fn create_with(
+        path: &Path,
+        geometry: Geometry,
+        disk_id: [u8; 16],
+        suspect: bool,
+        last_point: Option<LastPoint>,
+    ) -> Result<(), FilterError> {
         let created =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut header = StateHeader::new(geometry, disk_id, created);
         header.flags.suspect = suspect;
+        header.last_point = last_point;
         let tmp = path.with_extension("new");
         let mut f = OpenOptions::new()
             .read(true)
@@ -350,6 +368,7 @@ impl StateFile {
             suspect,
             open: header.flags.open,
             cut_generation: header.cut_generation,
+            last_point: header.last_point,
         })
     }
 }

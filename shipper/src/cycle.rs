@@ -10,9 +10,11 @@ use disk_format::keys::Keys;
 use disk_format::map_page::MapBuilder;
 use disk_format::pack::{FinishedPack, PackWriter};
 use disk_format::point::{Consistency, Root};
+use disk_format::LastPoint;
 use filter::CutKind;
 use vault::Vault;
 
+use crate::chain::{self, Base, Break};
 use crate::error::ShipError;
 use crate::pack_out::{Chunk, ChunkOut, ToStorer, CHUNKS};
 use crate::pipeline::{self, Sealed};
@@ -127,6 +129,11 @@ pub struct CycleReport {
     pub warnings: Vec<String>,
     /// The point was taken with the guest quiesced ([`CutHook`]).
     pub app_consistent: bool,
+    /// The new point's root id.
+    pub root_id: RootId,
+    /// Why the cycle could not build on the vault's newest point, when the
+    /// dirty maps were not relative to it (also among the `warnings`).
+    pub chain_break: Option<Break>,
 }
 
 /// Consecutive runs (first, count) of sorted block indexes.
@@ -157,32 +164,41 @@ pub fn run_cycle(
     let _cycle = vault.begin_cycle(opts.disk_name)?;
     let geometry = source.geometry();
     let mut warnings = Vec::new();
+    let vault_id = vault.config().vault_id;
+    let recorded = source.last_point()?;
     let last_sequence = vault.sequences(opts.disk_name)?.last().copied().unwrap_or(0);
     let latest = match last_sequence {
         0 => Ok(None),
-        seq => vault.load_root(opts.disk_name, seq, Some(keys)).map(Some),
+        seq => vault.load_root_with_id(opts.disk_name, seq, Some(keys)).map(Some),
     };
-    let previous = match latest {
-        Ok(root) => root,
+    let (previous, base) = match latest {
+        // Only the point the dirty maps are relative to can be built on
+        // (`chain`): anything else gets a full verify, and says why.
+        Ok(newest) => {
+            let mut point = |seq: u64| vault.load_root_with_id(opts.disk_name, seq, Some(keys)).ok();
+            let newest_ref = newest.as_ref().map(|(r, id)| (r, *id));
+            let base = chain::judge(recorded.as_ref(), vault_id, opts.disk_id, newest_ref, &mut point);
+            (newest.map(|(root, _)| root), base)
+        }
         // The newest point cannot be built on: verify the whole disk instead,
         // as for a first cycle, and number the new point after it.
         Err(e @ vault::VaultError::Damaged { .. }) => {
             warnings.push(format!("{e}; this cycle reads and verifies the whole disk instead of building on it"));
-            None
+            (None, Base::First)
         }
         Err(e) => return Err(e.into()),
     };
-    // Only this disk's own chain can be built on: a newest point cut from
-    // another disk of the same name (a recovered copy shipping back, a disk
-    // protected anew) says nothing about which of our blocks changed.
-    if let Some(r) = previous.as_ref().filter(|r| r.disk_id != opts.disk_id) {
-        warnings.push(format!(
-            "point {} of {:?} was cut from another disk of that name; this cycle reads the whole disk (blocks the \
-             vault holds are not sent again)",
-            r.sequence, opts.disk_name
-        ));
-    }
-    let reuse = previous.as_ref().filter(|r| r.geometry == geometry && r.disk_id == opts.disk_id);
+    let chain_break = match base {
+        Base::Broken(b) => {
+            warnings.push(format!(
+                "{}; this cycle reads and verifies the whole disk (blocks the vault holds are not sent again)",
+                b.describe(opts.disk_name)
+            ));
+            Some(b)
+        }
+        _ => None,
+    };
+    let reuse = previous.as_ref().filter(|r| r.geometry == geometry && chain_break.is_none());
     let mut full = reuse.is_none() || source.suspect()?;
     let kind = if full { CutKind::Full } else { CutKind::Dirty };
     let mut consistency = Consistency::Crash;
@@ -238,7 +254,10 @@ pub fn run_cycle(
             return Err(e);
         }
     };
-    let sequence = last_sequence + 1;
+    // A sequence number this host committed is never used again for another
+    // point, even if the vault lost it (rolled back).
+    let committed_here = recorded.filter(|r| r.vault_id == vault_id).map_or(0, |r| r.sequence);
+    let sequence = last_sequence.max(committed_here) + 1;
     let parent = match &previous {
         Some(r) => {
             Some(RootId(*blake3::hash(&r.encode(keys).map_err(|e| ShipError::Format(e.to_string()))?).as_bytes()))
@@ -265,23 +284,32 @@ pub fn run_cycle(
     let commit =
         root.encode(keys).map_err(|e| ShipError::Format(format!("encoding the root: {e}"))).and_then(|bytes| {
             report.bytes_shipped += bytes.len() as u64;
-            Ok(vault.put_root(opts.disk_name, sequence, &bytes)?)
+            vault.put_root(opts.disk_name, sequence, &bytes)?;
+            Ok(RootId::of(&bytes))
         });
-    if let Err(e) = commit {
-        let _ = source.abort();
-        return Err(e);
-    }
-    // The point is durable; the cut's blocks are no longer needed. If the
+    let root_id = match commit {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = source.abort();
+            return Err(e);
+        }
+    };
+    // The point is durable; the state records it as the one its dirty maps
+    // are relative to, and the cut's blocks are no longer needed. If the
     // filter cannot be told (it died), nothing is lost: a restarted filter
-    // merges the cut back into its live map and the next cycle finds those
-    // blocks already in the vault.
-    if let Err(e) = source.finish(full) {
+    // merges the cut back into its live map, and the next cycle builds on
+    // this point (`chain::Base::Unrecorded`) and finds those blocks already
+    // in the vault.
+    let point = LastPoint { vault_id, sequence, root_id, cut_generation: info.generation };
+    if let Err(e) = source.finish(&point, full) {
         warnings.push(format!(
             "point {sequence} is committed, but the filter could not be told to release its cut ({e}); \
              the next cycle will read those blocks again (and find them already in the vault)"
         ));
     }
     report.sequence = sequence;
+    report.root_id = root_id;
+    report.chain_break = chain_break;
     report.app_consistent = consistency == Consistency::App;
     report.warnings = warnings;
     report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -332,6 +360,8 @@ fn ship(
         millis: 0,
         warnings: Vec::new(),
         app_consistent: false,
+        root_id: RootId::ZERO,
+        chain_break: None,
     };
     // Packs stream to the vault in aligned chunks (`pack_out`): the writer
     // thread fills them, the storer thread writes them and commits each pack

@@ -18,6 +18,7 @@
 // io_uring engine (every `unsafe` block there says why it is sound).
 #![deny(unsafe_code)]
 
+pub mod chain;
 pub mod cycle;
 #[allow(unsafe_code)]
 pub mod engine;

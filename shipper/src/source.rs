@@ -11,7 +11,7 @@
 use std::io;
 use std::sync::Arc;
 
-use disk_format::Geometry;
+use disk_format::{Geometry, LastPoint};
 use filter::control::ControlClient;
 use filter::disk::DiskPaths;
 use filter::{CutInfo, CutKind, Disk};
@@ -34,6 +34,9 @@ pub trait CutSource {
     fn geometry(&self) -> Geometry;
     /// The state is suspect: every block must be verified.
     fn suspect(&mut self) -> Result<bool, ShipError>;
+    /// The point the dirty maps are relative to: the last one a cycle
+    /// committed from this disk's state (`None`: none recorded).
+    fn last_point(&mut self) -> Result<Option<LastPoint>, ShipError>;
     /// Cuts the disk.
     fn cut(&mut self, kind: CutKind) -> Result<CutInfo, ShipError>;
     /// The cut's dirty blocks, ascending.
@@ -41,8 +44,10 @@ pub trait CutSource {
     /// Appends blocks `first..first + count` as at the cut to `out` (each
     /// block once: reading releases it).
     fn read(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<(), ShipError>;
-    /// Ends the cut after its point is stored; `verified` clears a suspect state.
-    fn finish(&mut self, verified: bool) -> Result<(), ShipError>;
+    /// Ends the cut after `point` was committed from it: records the point
+    /// as the one the dirty maps are now relative to, then drops the cut's
+    /// bits; `verified` clears a suspect state.
+    fn finish(&mut self, point: &LastPoint, verified: bool) -> Result<(), ShipError>;
     /// Ends the cut without a point: its blocks stay dirty.
     fn abort(&mut self) -> Result<(), ShipError>;
     /// The cut in progress, if its blocks can be read straight from the
@@ -85,8 +90,11 @@ impl CutSource for RemoteSource {
     fn read(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<(), ShipError> {
         self.client.read(first, count, out).map_err(ShipError::Source)
     }
-    fn finish(&mut self, verified: bool) -> Result<(), ShipError> {
-        self.client.finish(verified).map(drop).map_err(ShipError::Source)
+    fn last_point(&mut self) -> Result<Option<LastPoint>, ShipError> {
+        Ok(self.client.info().map_err(ShipError::Source)?.last_point)
+    }
+    fn finish(&mut self, point: &LastPoint, verified: bool) -> Result<(), ShipError> {
+        self.client.finish(point, verified).map(drop).map_err(ShipError::Source)
     }
     fn abort(&mut self) -> Result<(), ShipError> {
         self.client.abort().map(drop).map_err(ShipError::Source)
@@ -151,12 +159,12 @@ impl CutSource for LocalSource {
         }
         Ok(())
     }
-    fn finish(&mut self, verified: bool) -> Result<(), ShipError> {
+    fn last_point(&mut self) -> Result<Option<LastPoint>, ShipError> {
+        Ok(self.disk().state().header().last_point)
+    }
+    fn finish(&mut self, point: &LastPoint, verified: bool) -> Result<(), ShipError> {
         self.generation = None;
-        self.disk().finish_cut()?;
-        if verified {
-            self.disk().state().clear_suspect()?;
-        }
+        self.disk().finish_cut(*point, verified)?;
         Ok(())
     }
     fn abort(&mut self) -> Result<(), ShipError> {

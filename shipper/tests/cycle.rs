@@ -293,3 +293,117 @@ fn a_new_disk_under_a_name_with_points_of_another_disk_syncs_in_full() {
     vault.restore("disk1", r.sequence, &keys(), &file, &mut |_, _| {}).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&g.paths.image).unwrap());
 }
+
+/// Issue 12, hole 1: the vault loses its newest points (its storage rolled
+/// back, or the roots deleted). The dirty map is relative to the lost point,
+/// so an incremental on the older one would lack what the lost points
+/// carried. The cycle must verify the whole disk, say so, and never reuse a
+/// sequence number this host committed.
+#[test]
+fn deleted_newest_roots_make_the_next_cycle_a_full_verify() {
+    let f = Fixture::new();
+    let vault = f.vault(local(f.dir.path()));
+    f.write(&[(0, 1)]);
+    f.ship(&vault).unwrap();
+    f.write(&[(3, 2)]);
+    f.ship(&vault).unwrap();
+    f.write(&[(4, 3)]);
+    assert_eq!(f.ship(&vault).unwrap().sequence, 3);
+    vault.delete_root("disk1", 3).unwrap();
+    vault.delete_root("disk1", 2).unwrap();
+    f.write(&[(7, 4)]);
+    let r = f.ship(&vault).unwrap();
+    assert_eq!(
+        f.restore(&vault, r.sequence),
+        std::fs::read(&f.paths.image).unwrap(),
+        "the point after a rollback must be the disk: {r:?}"
+    );
+    assert!(r.full, "{r:?}");
+    assert!(r.warnings.iter().any(|w| w.contains("VAULT ROLLED BACK") && w.contains("point 3")), "{:?}", r.warnings);
+    assert!(r.chain_break.as_ref().is_some_and(|b| b.lost_points()));
+    assert_eq!(r.sequence, 4, "sequence 2 and 3 were committed by this host once: never reused");
+    // Back on its own chain, the next cycle is incremental again.
+    f.write(&[(8, 5)]);
+    let r = f.ship(&vault).unwrap();
+    assert!(!r.full && r.warnings.is_empty(), "{r:?}");
+    assert_eq!(f.restore(&vault, r.sequence), std::fs::read(&f.paths.image).unwrap());
+}
+
+/// Issue 12, hole 1, as a careless admin does it: protect to vault A,
+/// re-point to vault B, ship, re-point back to A. A's newest point is older
+/// than what the dirty map is relative to.
+#[test]
+fn a_vault_switched_away_and_back_gets_a_full_verify() {
+    let f = Fixture::new();
+    let a = Vault::init(Box::new(LocalBackend::create(&f.dir.path().join("a")).unwrap()), &keys()).unwrap();
+    let b = Vault::init(Box::new(LocalBackend::create(&f.dir.path().join("b")).unwrap()), &keys()).unwrap();
+    f.write(&[(0, 1)]);
+    f.ship(&a).unwrap();
+    f.write(&[(3, 2)]);
+    let rb = f.ship(&b).unwrap();
+    assert!(rb.full, "a vault with no point of the disk gets a full sync");
+    f.write(&[(5, 3)]);
+    let r = f.ship(&a).unwrap();
+    assert_eq!(
+        f.restore(&a, r.sequence),
+        std::fs::read(&f.paths.image).unwrap(),
+        "vault A's new point must hold the change shipped to B: {r:?}"
+    );
+    assert!(r.full, "{r:?}");
+    assert!(r.warnings.iter().any(|w| w.contains("another vault")), "{:?}", r.warnings);
+}
+
+/// The process died after committing a point and before recording it: the
+/// dirty maps still hold everything since the recorded point (a superset),
+/// so the next cycle builds on the unrecorded point, incrementally.
+#[test]
+fn a_point_committed_but_never_recorded_is_built_on() {
+    struct NoFinish<'a>(&'a mut LocalSource);
+    impl shipper::CutSource for NoFinish<'_> {
+        fn geometry(&self) -> Geometry {
+            self.0.geometry()
+        }
+        fn suspect(&mut self) -> Result<bool, ShipError> {
+            self.0.suspect()
+        }
+        fn last_point(&mut self) -> Result<Option<disk_format::LastPoint>, ShipError> {
+            self.0.last_point()
+        }
+        fn cut(&mut self, kind: filter::CutKind) -> Result<filter::CutInfo, ShipError> {
+            self.0.cut(kind)
+        }
+        fn blocks(&mut self) -> Result<Vec<u64>, ShipError> {
+            self.0.blocks()
+        }
+        fn read(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<(), ShipError> {
+            self.0.read(first, count, out)
+        }
+        fn finish(&mut self, _: &disk_format::LastPoint, _: bool) -> Result<(), ShipError> {
+            Err(ShipError::Source(std::io::Error::other("the filter died")))
+        }
+        fn abort(&mut self) -> Result<(), ShipError> {
+            self.0.abort()
+        }
+        fn direct(&self) -> Option<shipper::DirectCut<'_>> {
+            self.0.direct()
+        }
+    }
+    use shipper::CutSource;
+    let f = Fixture::new();
+    let vault = f.vault(local(f.dir.path()));
+    f.write(&[(0, 1)]);
+    f.ship(&vault).unwrap();
+    f.write(&[(3, 2)]);
+    let mut src = LocalSource::open(f.paths.clone()).unwrap();
+    let opts = CycleOptions { workers: 2, ..CycleOptions::new("disk1", [3; 16]) };
+    let r = run_cycle(&mut NoFinish(&mut src), &vault, &keys(), &opts, &mut ()).unwrap();
+    assert!(r.warnings.iter().any(|w| w.contains("could not be told")), "{r:?}");
+    // The cut was never finished: closing the disk merges it back.
+    src.close().unwrap();
+    assert_eq!(f.dirty(), vec![3]);
+    f.write(&[(5, 3)]);
+    let r = f.ship(&vault).unwrap();
+    assert!(!r.full && r.warnings.is_empty() && r.blocks_read == 2, "{r:?}");
+    assert_eq!(r.sequence, 3);
+    assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
+}

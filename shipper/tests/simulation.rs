@@ -156,18 +156,25 @@ fn the_fake_disk_keeps_the_filter_contract() {
     d.cut(CutKind::Dirty).unwrap();
     d.filter_crash();
     assert!(d.cut.is_none() && d.dirty(1) && d.dirty(2));
-    d.cut(CutKind::Dirty).unwrap();
+    let info = d.cut(CutKind::Dirty).unwrap();
     for b in d.cut_blocks().unwrap() {
         d.read_block(b).unwrap();
     }
-    d.finish(false).unwrap();
+    let point = |sequence, cut_generation| disk_format::LastPoint {
+        vault_id: disk_format::VaultId([1; 16]),
+        sequence,
+        root_id: disk_format::RootId([2; 32]),
+        cut_generation,
+    };
+    d.finish(&point(1, info.generation), false).unwrap();
+    assert_eq!(d.last_point, Some(point(1, info.generation)), "finish records the point");
     assert!((0..8).all(|b| !d.dirty(b)));
     d.host_crash(&mut || true);
     assert!(d.suspect && (0..8).all(|b| d.dirty(b)));
-    d.cut(CutKind::Full).unwrap();
+    let info = d.cut(CutKind::Full).unwrap();
     for b in 0..8 {
         d.read_block(b).unwrap();
     }
-    d.finish(true).unwrap();
+    d.finish(&point(2, info.generation), true).unwrap();
     assert!(!d.suspect && d.violations.is_empty());
 }

@@ -20,7 +20,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use disk_format::{Consistency, Keys, MapPage, Pack, PackId, PageId, Root, RootError, VaultConfig, VaultId};
+use disk_format::{Consistency, Keys, MapPage, Pack, PackId, PageId, Root, RootError, RootId, VaultConfig, VaultId};
 
 use crate::backend::{check_name, Backend, Buffered, Kind, ObjectWriter};
 use crate::error::{Damage, VaultError};
@@ -233,6 +233,16 @@ impl Vault {
     /// or sequence than the name it is stored under is refused
     /// ([`Damage::Misplaced`]).
     pub fn load_root(&self, disk: &str, sequence: u64, keys: Option<&Keys>) -> Result<Root, VaultError> {
+        self.load_root_with_id(disk, sequence, keys).map(|(root, _)| root)
+    }
+
+    /// [`Vault::load_root`], with the root's id (BLAKE3 of its stored bytes).
+    pub fn load_root_with_id(
+        &self,
+        disk: &str,
+        sequence: u64,
+        keys: Option<&Keys>,
+    ) -> Result<(Root, RootId), VaultError> {
         check_disk(disk)?;
         if let Some(keys) = keys {
             self.check_key(keys)?;
@@ -248,13 +258,14 @@ impl Vault {
             }
             other => other?,
         };
-        decode_root(&name, &bytes, keys).map_err(|(damage, detail)| VaultError::Damaged {
+        let root = decode_root(&name, &bytes, keys).map_err(|(damage, detail)| VaultError::Damaged {
             point: point_label(disk, sequence),
             block: None,
             object: format!("roots/{name}"),
             damage,
             detail,
-        })
+        })?;
+        Ok((root, RootId::of(&bytes)))
     }
 
     /// The sequences of `disk`'s points, ascending (from the root names only).

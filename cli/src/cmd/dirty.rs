@@ -27,6 +27,11 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             "suspect": r.suspect,
             "open": r.open,
             "cut_generation": r.cut_generation,
+            // The point the dirty blocks are relative to: the last one committed.
+            "last_point": r.last_point.map(|p| serde_json::json!({
+                "vault_id": p.vault_id.to_string(), "id": p.sequence, "root": p.root_id.to_string(),
+                "cut_generation": p.cut_generation,
+            })),
         });
         println!("{v}");
         return Ok(());
@@ -42,6 +47,10 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         r.disk_size,
         bs
     );
+    match r.last_point {
+        Some(p) => println!("relative to point {} (vault {}, root {})", p.sequence, p.vault_id, p.root_id),
+        None => println!("relative to no recorded point: the next cycle verifies the whole disk"),
+    }
     if r.suspect {
         println!("suspect: the host went down while the disk was open, or the state file was replaced;");
         println!("         every block counts as dirty and the next cycle verifies the whole disk.");

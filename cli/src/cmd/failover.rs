@@ -249,6 +249,11 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
     };
     let (vault_dir, key_path) = site_paths(home, &name, a.vault.clone(), a.key.clone())?;
     let kv = keys_for(home, &name, Some(vault_dir.clone()), Some(key_path.clone()))?;
+    if let Some(def) = home.vms().ok().and_then(|vms| vms.into_iter().find(|d| d.name == name)) {
+        for disk in &def.disks {
+            let _ = crate::replicate::warn_if_vault_lost_points(home, disk, &kv.1);
+        }
+    }
     let serve = super::instant::launcher(absolute(&vault_dir), absolute(&key_path));
     let origin = match (a.vault.clone(), a.key.clone()) {
         (Some(vault), Some(key)) => Some(recovery::failover::Origin { vault: absolute(&vault), key: absolute(&key) }),

@@ -27,6 +27,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     };
     let vault = super::vault::open(&dir)?;
     let points = vault.points(&a.name)?;
+    let _ = crate::replicate::warn_if_vault_lost_points(home, &a.name, &vault);
     if a.json {
         let list: Vec<_> = points
             .iter()

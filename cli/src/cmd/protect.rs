@@ -123,6 +123,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut suspect = false;
+    let mut last_point = None;
     let mut replication = replication;
     let mut listen = listen;
     let disk_id = if existing {
@@ -147,6 +148,11 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
                 bail!("disk {:?} is in use by a running filter or cycle; stop it before --reset-state", a.name);
             }
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            // The new state is suspect (every block dirty), so it is
+            // relative to any point; keeping the old record of the last
+            // committed point lets the next cycle still notice a vault that
+            // lost points, and never reuse a sequence number.
+            last_point = filter::StateFile::report(&state).ok().and_then(|r| r.last_point);
             let keep = dir.join(format!("state.replaced-{now}"));
             std::fs::rename(&state, &keep)?;
             eprintln!("lifeboat: kept the old state file as {}", keep.display());
@@ -166,7 +172,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
             if existing { "state reset" } else { "protected" },
         )?;
     }
-    StateFile::create(&state, geometry, disk_id, suspect)?;
+    StateFile::create_with(&state, geometry, disk_id, suspect, last_point)?;
     let config = DiskConfig {
         image: image.clone(),
         block_size: geometry.block_size,

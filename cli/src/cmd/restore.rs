@@ -45,6 +45,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let vault = super::vault::open(&vault_dir)?;
     vault.check_key(&keys)?;
     let points = vault.points(&a.name)?;
+    let _ = crate::replicate::warn_if_vault_lost_points(home, &a.name, &vault);
     let point = match a.point.as_str() {
         "latest" => match points.last() {
             Some(p) => p,

@@ -149,7 +149,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                 "zero_blocks": r.zero_blocks, "known_blocks": r.known_blocks, "new_blocks": r.new_blocks,
                 "cached_blocks": r.cached_blocks,
                 "bytes_shipped": r.bytes_shipped, "packs": r.packs, "pages": r.pages, "millis": r.millis,
-                "warnings": r.warnings,
+                "warnings": r.warnings, "root": r.root_id.to_string(),
+                "chain_break": r.chain_break.as_ref().map(|b| b.describe(&a.name)),
             })
         );
     } else {

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 
-use disk_format::Geometry;
+use disk_format::{Geometry, LastPoint};
 use filter::{CutInfo, CutKind};
 
 /// A cut in progress.
@@ -47,6 +47,8 @@ pub struct SimDisk {
     pub cut: Option<Cut>,
     pub suspect: bool,
     pub generation: u64,
+    /// The point the dirty maps are relative to (the state file's record).
+    pub last_point: Option<LastPoint>,
     /// Contract violations by the shipper.
     pub violations: Vec<String>,
 }
@@ -61,6 +63,7 @@ impl SimDisk {
             cut: None,
             suspect: false,
             generation: 0,
+            last_point: None,
             violations: Vec::new(),
         }
     }
@@ -124,8 +127,13 @@ impl SimDisk {
         Err(self.violation(&format!("read of block {b}, which is not in the cut or was read already")))
     }
 
-    pub fn finish(&mut self, verified: bool) -> Result<(), String> {
+    pub fn finish(&mut self, point: &LastPoint, verified: bool) -> Result<(), String> {
         let Some(cut) = self.cut.take() else { return Err(self.violation("finish with no cut in progress")) };
+        if point.cut_generation != cut.generation {
+            self.cut = Some(cut);
+            return Err(self.violation("finish naming a point of another cut"));
+        }
+        self.last_point = Some(*point);
         let unread: Vec<u64> =
             (0u64..).zip(cut.set.iter().zip(&cut.preserve)).filter(|(_, (s, p))| **s && **p).map(|(b, _)| b).collect();
         if !unread.is_empty() {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use disk_format::{BlockId, Geometry, Keys, MasterKey, Pack, PageId, Root};
+use disk_format::{BlockId, Geometry, Keys, LastPoint, MasterKey, Pack, PageId, Root};
 use filter::{CutInfo, CutKind};
 use shipper::{run_cycle, CutSource, CycleOptions, ShipError};
 use vault::{Kind, Policy, Vault, VaultError};
@@ -77,6 +77,9 @@ struct Model {
     held: BTreeMap<u64, String>,
     /// Objects damaged on purpose ("kind/name").
     corrupted: Vec<String>,
+    /// The newest point committed, even if the vault lost it since: what
+    /// the disk's dirty map is relative to.
+    last: Option<(u64, Point)>,
 }
 
 impl Model {
@@ -310,13 +313,18 @@ impl CutSource for CycleSource<'_> {
         Ok(())
     }
 
-    fn finish(&mut self, verified: bool) -> Result<(), ShipError> {
+    fn last_point(&mut self) -> Result<Option<LastPoint>, ShipError> {
+        self.tick()?;
+        Ok(self.disk.last_point)
+    }
+
+    fn finish(&mut self, point: &LastPoint, verified: bool) -> Result<(), ShipError> {
         if let Err(e) = self.tick() {
             self.log.finish_failed = true;
             return Err(e);
         }
         match self.finish_fault {
-            None => self.disk.finish(verified).map_err(source_error),
+            None => self.disk.finish(point, verified).map_err(source_error),
             Some(FinishFault::LostConnection) => {
                 // The filter sees its control connection drop and aborts the cut.
                 self.disk.filter_crash();
@@ -325,7 +333,7 @@ impl CutSource for CycleSource<'_> {
                 Err(source_error("the filter's control connection was lost"))
             }
             Some(FinishFault::ReplyLost) => {
-                self.disk.finish(verified).map_err(source_error)?;
+                self.disk.finish(point, verified).map_err(source_error)?;
                 self.log.finish_failed = true;
                 Err(source_error("no reply from the filter"))
             }
@@ -646,8 +654,8 @@ impl Sim {
 
     fn one_step(&mut self) -> Check {
         // vm write, cycle, clock, prune, gc, filter crash, host crash, hold,
-        // release, stale lease, restore under faults, corrupt, resize
-        let weights = [22, 34, 10, 7, 6, 3, 3, 3, 2, 1, 4, u64::from(self.may_corrupt) * 2, 1];
+        // release, stale lease, restore under faults, corrupt, resize, rollback
+        let weights = [22, 34, 10, 7, 6, 3, 3, 3, 2, 1, 4, u64::from(self.may_corrupt) * 2, 1, 2];
         match self.rng.weighted(&weights) {
             0 => {
                 let n = self.rng.range(1, 8);
@@ -706,8 +714,28 @@ impl Sim {
             }
             10 => self.restore_under_fault(),
             11 => self.corrupt(),
-            _ => self.resize(),
+            12 => self.resize(),
+            _ => self.rollback(),
         }
+    }
+
+    /// The vault's storage is rolled back: its newest roots vanish (issue
+    /// 12, hole 1). The next point must still be exactly its cut, which an
+    /// incremental on the older point would not be.
+    fn rollback(&mut self) -> Check {
+        let Some((&newest, _)) = self.model.points.iter().next_back() else { return Ok(()) };
+        let n = usize::try_from(self.rng.range(1, 3)).expect("small");
+        let gone: Vec<u64> = self.model.points.keys().rev().take(n).copied().collect();
+        self.begin(format!("the vault is rolled back: points {gone:?} vanish (newest was {newest})"));
+        for seq in &gone {
+            if self.model.held.contains_key(seq) {
+                continue; // a restore in progress holds it; leave it
+            }
+            self.store.raw_delete(Kind::Root, &vault::root_name(DISK, *seq));
+            self.model.points.remove(seq);
+        }
+        self.invalidate();
+        Ok(())
     }
 
     fn vm_writes(&mut self, n: u64) {
@@ -962,6 +990,7 @@ impl Sim {
         self.model.max_seq = seq;
         self.stats.restores += 1;
         restore_check(&self.vault, &self.keys, &self.out, DISK, seq, &point, self.corrupted())?;
+        self.model.last = Some((seq, point.clone()));
         self.model.points.insert(seq, point);
         self.model.verified.insert(seq);
         Ok(())
@@ -1185,6 +1214,10 @@ impl Sim {
         disk.data = data;
         disk.live.fill(true);
         disk.generation = self.disk.generation;
+        // As `protect --reset-state` does: the new state keeps the record of
+        // the last point (every block is dirty anyway), so a rolled-back
+        // vault is still noticed and no sequence number is reused.
+        disk.last_point = self.disk.last_point;
         self.disk = disk;
         Ok(())
     }
@@ -1238,8 +1271,9 @@ impl Sim {
                 o.verified = true;
             }
         }
-        // No change is ever lost: each block is as in the newest point, or dirty.
-        if let Some((seq, p)) = self.model.newest() {
+        // No change is ever lost: each block is as in the newest point
+        // committed (even if the vault has lost it since), or dirty.
+        if let Some((seq, p)) = &self.model.last {
             if p.geometry == self.disk.geometry && !self.disk.suspect {
                 for b in 0..self.disk.blocks() {
                     ensure!(
@@ -1284,6 +1318,12 @@ impl Sim {
             );
             return r.map(drop).map_err(|e| format!("after damage to {:?}, cycles fail: {e}", self.model.corrupted));
         }
+        // The cycle may build only on the point the state records. When the
+        // vault's newest point is another (a fresh state after a resize, a
+        // rollback, the recorded point pruned after a lost release), it must
+        // say why and verify in full; when it is that point, it must not.
+        let newest = self.model.newest().map(|(seq, _)| seq);
+        let on_record = self.disk.last_point.is_some_and(|p| Some(p.sequence) == newest);
         let (r, log) = clean_cycle(
             &mut self.disk,
             DISK,
@@ -1295,7 +1335,13 @@ impl Sim {
             &self.out,
         );
         let report = r.map_err(|e| format!("a cycle with nothing injected failed: {e}"))?;
-        ensure!(report.warnings.is_empty(), "a clean cycle warned: {:?}", report.warnings);
+        match &report.chain_break {
+            None => ensure!(report.warnings.is_empty(), "a clean cycle warned: {:?}", report.warnings),
+            Some(_) if !on_record => ensure!(report.full && report.warnings.len() == 1, "{report:?}"),
+            Some(b) => {
+                return Err(format!("the newest point is the recorded one, yet the chain is broken: {b:?}"));
+            }
+        }
         let cut = log.cut.ok_or("no cut")?;
         ensure!(cut.snapshot == self.disk.data, "the cut is not the disk");
         self.commit(report.sequence, &cut)?;
