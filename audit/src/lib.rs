@@ -33,15 +33,17 @@
 #![deny(unsafe_code)]
 
 pub mod error;
+pub mod links;
 pub mod log;
 pub mod record;
 mod sys;
 pub mod verify;
 
 pub use error::AuditError;
-pub use log::{log_path, parse_segment_name, segment_name, Appended, AuditLog, Synced, SEGMENT_MAX};
+pub use links::{check_links, LinkReport};
+pub use log::{copied_through, log_path, parse_segment_name, segment_name, Appended, AuditLog, Synced, SEGMENT_MAX};
 pub use record::{Body, Event, LogId, Stamp};
 pub use verify::{
-    cross_check, not_copied, read_records, scan_log, verify_home, verify_log, verify_vault, LogReport, Problem,
-    ProblemKind, Record,
+    cross_check, not_copied, read_records, scan_log, scan_vault, verify_home, verify_log, verify_vault, LogReport,
+    Problem, ProblemKind, Record,
 };

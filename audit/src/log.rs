@@ -15,7 +15,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use disk_format::{KeyFingerprint, Keys};
+use disk_format::{AuditHead, KeyFingerprint, Keys};
 use serde::{Deserialize, Serialize};
 use vault::{Backend, Kind};
 
@@ -317,6 +317,19 @@ impl<'k> AuditLog<'k> {
         }
     }
 
+    /// Where the log stands: its id and its newest record's seq and MAC, or
+    /// `None` for a log with no record yet. A point's root carries it
+    /// (`disk_format::AuditHead`), so a vault whose copy of the log ends
+    /// before it is seen to have lost segments.
+    pub fn head(&self) -> Result<Option<AuditHead>, AuditError> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let (f, _) = self.lock()?;
+        let tail = self.find_tail(&f)?;
+        Ok(tail.last.map(|l| AuditHead { log_id: l.log_id.0, seq: l.seq, mac: l.mac }))
+    }
+
     /// Copies the records the vault does not hold yet to `backend`, as
     /// segments of about [`SEGMENT_MAX`] bytes at most (kind [`Kind::Audit`],
     /// names from [`segment_name`]). Every record copied is checked (MAC,
@@ -588,6 +601,19 @@ pub(crate) fn copied_log_id(log: &Path) -> Option<LogId> {
         return None;
     }
     LogId::from_hex(&state.log_id)
+}
+
+/// The last record of the log at `log` that the sync state beside it says
+/// was copied to the vault at `location` (0: none). A hint, not evidence
+/// (the state file is not authenticated); [`crate::verify`] uses it to tell
+/// a vault that lost records this home copied from one that was not yet sent
+/// them.
+pub fn copied_through(log: &Path, location: &str) -> u64 {
+    std::fs::read(sync_state_path(log))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<SyncState>(&b).ok())
+        .and_then(|s| s.vaults.get(location).map(|m| m.next_seq.saturating_sub(1)))
+        .unwrap_or(0)
 }
 
 fn sync_parent(path: &Path) -> Result<(), AuditError> {

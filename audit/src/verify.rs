@@ -91,6 +91,49 @@ pub enum ProblemKind {
         /// What is wrong.
         detail: String,
     },
+    /// This record says a point was committed, and the vault no longer
+    /// holds it, with no prune record for it (`links`).
+    LostPoint {
+        /// The disk.
+        disk: String,
+        /// The point.
+        point: u64,
+    },
+    /// The vault's point is not the one this record committed (`links`).
+    PointDiffers {
+        /// The disk.
+        disk: String,
+        /// The point.
+        point: u64,
+    },
+    /// A point was cut after record `seq` of this log, which the vault's
+    /// copy does not hold (or holds another record there) (`links`).
+    LostRecords {
+        /// The disk of the point that names the record.
+        disk: String,
+        /// That point.
+        point: u64,
+        /// The record it names.
+        seq: u64,
+        /// The last record of the vault's copy (0: none).
+        last: u64,
+    },
+    /// The vault's copy ends before records this home copied there (by the
+    /// sync state beside the home's log).
+    CopyLost {
+        /// The last record this home copied to the vault.
+        copied: u64,
+        /// The last record the vault's copy holds.
+        vault_last: u64,
+    },
+    /// The home's log is missing although the home's disks committed
+    /// points under its key (`links`).
+    LogMissing {
+        /// A disk that committed points.
+        disk: String,
+        /// Its last committed point.
+        point: u64,
+    },
 }
 
 /// One thing verification found, with where.
@@ -110,7 +153,8 @@ impl ProblemKind {
     /// A short, stable name for scripts (`--json`): `edited`, `chain-broken`,
     /// `dropped`, `reordered`, `duplicated`, `foreign`, `malformed`,
     /// `torn-tail`, `unreadable`, `home-truncated`, `differs`, `replaced`,
-    /// `bad-segment`.
+    /// `bad-segment`, `lost-point`, `point-differs`, `lost-records`,
+    /// `copy-lost`, `log-missing`.
     pub fn name(&self) -> &'static str {
         match self {
             ProblemKind::Edited => "edited",
@@ -126,6 +170,11 @@ impl ProblemKind {
             ProblemKind::Differs { .. } => "differs",
             ProblemKind::Replaced { .. } => "replaced",
             ProblemKind::BadSegment { .. } => "bad-segment",
+            ProblemKind::LostPoint { .. } => "lost-point",
+            ProblemKind::PointDiffers { .. } => "point-differs",
+            ProblemKind::LostRecords { .. } => "lost-records",
+            ProblemKind::CopyLost { .. } => "copy-lost",
+            ProblemKind::LogMissing { .. } => "log-missing",
         }
     }
 }
@@ -176,6 +225,42 @@ impl std::fmt::Display for ProblemKind {
                  log was deleted or moved aside)"
             ),
             ProblemKind::BadSegment { detail } => write!(f, "bad segment: {detail}"),
+            ProblemKind::LostPoint { disk, point } => write!(
+                f,
+                "lost point: it commits point {point} of disk {disk:?}, which the vault no longer holds, and no \
+                 prune record removed it (the vault's roots were deleted or its storage rolled back)"
+            ),
+            ProblemKind::PointDiffers { disk, point } => write!(
+                f,
+                "point differs: the vault's point {point} of disk {disk:?} is not the one this record committed \
+                 (its root was replaced, or the vault forked)"
+            ),
+            ProblemKind::LostRecords { disk, point, seq, last: 0 } => write!(
+                f,
+                "lost records: point {point} of disk {disk:?} was cut after record {seq} of this log, and the vault \
+                 holds no copy of the log (its audit segments were deleted)"
+            ),
+            ProblemKind::LostRecords { disk, point, seq, last } if last < seq => write!(
+                f,
+                "lost records: point {point} of disk {disk:?} was cut after record {seq} of this log, but the \
+                 vault's copy ends at record {last} (its newest audit segments were deleted, or its storage rolled \
+                 back)"
+            ),
+            ProblemKind::LostRecords { disk, point, seq, .. } => write!(
+                f,
+                "lost records: record {seq} is not the record point {point} of disk {disk:?} was cut after (the log \
+                 was replaced)"
+            ),
+            ProblemKind::CopyLost { copied, vault_last } => write!(
+                f,
+                "copy lost: this home copied records up to {copied} to the vault, whose copy now ends at record \
+                 {vault_last} (its newest audit segments were deleted, or its storage rolled back)"
+            ),
+            ProblemKind::LogMissing { disk, point } => write!(
+                f,
+                "missing: there is no audit log of this key, yet disk {disk:?} committed point {point} with it (the \
+                 state file records it): the log was deleted"
+            ),
         }
     }
 }
@@ -218,6 +303,12 @@ impl LogReport {
     /// Whether nothing is wrong.
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// The MAC of record `seq`, if it is among the authentic, in-order
+    /// records read.
+    pub fn mac_of(&self, seq: u64) -> Option<[u8; 32]> {
+        usize::try_from(seq.checked_sub(1)?).ok().and_then(|i| self.macs.get(i)).copied()
     }
 }
 
@@ -504,6 +595,16 @@ pub fn read_records(path: &Path, keys: &Keys) -> Result<(Vec<Record>, LogReport)
 /// a deleted segment shows as dropped records. Objects under the key's
 /// prefix that are not segments get a report of their own (no log id).
 pub fn verify_vault(backend: &dyn Backend, keys: &Keys) -> Result<Vec<LogReport>, AuditError> {
+    scan_vault(backend, keys, &mut |_| {})
+}
+
+/// [`verify_vault`], calling `visit` for every well-framed record of every
+/// log in the vault, each log's records in seq order.
+pub fn scan_vault(
+    backend: &dyn Backend,
+    keys: &Keys,
+    visit: &mut dyn FnMut(&Record),
+) -> Result<Vec<LogReport>, AuditError> {
     let fp = keys.fingerprint();
     let loc = backend.location();
     let verr = AuditError::vault;
@@ -537,6 +638,8 @@ pub fn verify_vault(backend: &dyn Backend, keys: &Keys) -> Result<Vec<LogReport>
                             checker.problem(&place, Some(rec.seq), Some(0), ProblemKind::BadSegment { detail });
                         }
                         checker.feed(&place, at, &rec)?;
+                        let body = if rec.fingerprint == fp { decode_body(&rec).ok() } else { None };
+                        visit(&Record { seq: rec.seq, offset: at, log_id: rec.log_id, authentic: rec.mac_ok, body });
                         n += 1;
                     }
                     other => {

@@ -82,6 +82,8 @@ pub struct Member<'a> {
     pub app: Option<crate::app_hooks::Hooks>,
     /// The VM definition to seal into the root.
     pub definition: Option<Vec<u8>>,
+    /// The audit log's head for the root to commit to.
+    pub audit_head: Option<disk_format::AuditHead>,
     pub keys: &'a Keys,
     grouped: Mutex<Option<bool>>,
     held: Mutex<bool>,
@@ -94,9 +96,20 @@ impl<'a> Member<'a> {
         name: &'a str,
         app: Option<crate::app_hooks::Hooks>,
         definition: Option<Vec<u8>>,
+        audit_head: Option<disk_format::AuditHead>,
         keys: &'a Keys,
     ) -> Member<'a> {
-        Member { round, disk, name, app, definition, keys, grouped: Mutex::new(None), held: Mutex::new(false) }
+        Member {
+            round,
+            disk,
+            name,
+            app,
+            definition,
+            audit_head,
+            keys,
+            grouped: Mutex::new(None),
+            held: Mutex::new(false),
+        }
     }
 }
 
@@ -145,6 +158,7 @@ impl shipper::CutHook for Member<'_> {
         let ext = RootExtension {
             vm_definition: self.definition.clone(),
             cut_group: grouped.then_some(CutGroup { id: self.round.id, members }),
+            audit_head: self.audit_head,
         };
         ext.encode(self.keys).ok()
     }

@@ -74,7 +74,8 @@ impl Target {
         let started_ns = now_ns();
         let vault = self.open_vault();
         let mut hooks = vault.as_ref().ok().and_then(|v| self.app_hooks(v));
-        let extension = self.extension();
+        let audit_head = vault.as_ref().ok().and_then(|v| self.audit_head(v));
+        let extension = self.extension(audit_head);
         // In a group cut, the member hook runs the app hooks (if this disk
         // carries them) and adds the group's id to the root.
         let member = match (group, &extension) {
@@ -84,6 +85,7 @@ impl Target {
                 &self.name,
                 if runs_app { hooks.take() } else { None },
                 self.vm_definition_bytes(),
+                audit_head,
                 &self.keys,
             )),
             _ => None,
@@ -113,6 +115,7 @@ impl Target {
                     "point": r.sequence, "full": r.full, "blocks_read": r.blocks_read, "new_blocks": r.new_blocks,
                     "bytes_shipped": r.bytes_shipped, "millis": r.millis, "late_ms": late_ms, "warnings": r.warnings,
                     "app_consistent": r.app_consistent, "root": r.root_id.to_string(),
+                    "vault": vault.as_ref().map(|v| v.config().vault_id.to_string()).unwrap_or_default(),
                     // The dirty map was not relative to the vault's newest
                     // point (rolled back, re-pointed, another writer): the
                     // cycle verified the whole disk (invariant 8).
@@ -165,18 +168,55 @@ impl Target {
     }
 
     /// The root extension of this cycle's point: the sealed definition of
-    /// the VM the disk belongs to, if any.
-    fn extension(&self) -> Result<Vec<u8>> {
+    /// the VM the disk belongs to, if any, and the audit head.
+    fn extension(&self, audit_head: Option<disk_format::AuditHead>) -> Result<Vec<u8>> {
         let home = Home::new(self.home.clone());
-        let Some(vm) = home.vm_of_disk(&self.name)? else { return Ok(Vec::new()) };
-        let ext = disk_format::RootExtension { vm_definition: Some(vm.to_toml().into_bytes()), cut_group: None };
-        ext.encode(&self.keys).with_context(|| format!("sealing the definition of VM {:?}", vm.name))
+        let vm = home.vm_of_disk(&self.name)?;
+        let ext = disk_format::RootExtension {
+            vm_definition: vm.as_ref().map(|vm| vm.to_toml().into_bytes()),
+            cut_group: None,
+            audit_head,
+        };
+        ext.encode(&self.keys).with_context(|| format!("sealing the root extension of disk {:?}", self.name))
+    }
+
+    /// Where this key's audit log in the home stands, for the point's root
+    /// to commit to (issue 12, hole 8). The log is copied to the vault first,
+    /// so the vault holds every record the root names. `None` (with a
+    /// warning; the point is still taken) if the log cannot be read.
+    fn audit_head(&self, vault: &Vault) -> Option<disk_format::AuditHead> {
+        let log = match audit::AuditLog::open(&self.audit_dir, &self.keys) {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("lifeboat: warning: {}: the point will not name the audit log's head: {e}", self.name);
+                return None;
+            }
+        };
+        // A failed copy is retried by the next record; the head still goes in.
+        let _ = log.sync_to(vault.backend());
+        match log.head() {
+            Ok(head) => head,
+            Err(e) => {
+                eprintln!("lifeboat: warning: {}: the point will not name the audit log's head: {e}", self.name);
+                None
+            }
+        }
     }
 
     /// Appends a record about this disk to the audit log of its key and
     /// copies the log to `vault` (the disk's vault, opened for the purpose if
     /// `None`; if it cannot be opened the copy waits for a later record).
-    pub fn record(&self, vault: Option<&Vault>, kind: &str, details: serde_json::Value) -> Result<()> {
+    pub fn record(&self, vault: Option<&Vault>, kind: &str, mut details: serde_json::Value) -> Result<()> {
+        // Every record about the disk names its newest committed point, so
+        // a vault that lost it is seen from the log (issue 12, hole 8).
+        let state = Home::new(self.home.clone()).disk(&self.name).map(|e| e.state_path());
+        if let (Ok(path), Some(obj)) = (state, details.as_object_mut()) {
+            if let Some(p) = filter::StateFile::header_of(&path).ok().and_then(|h| h.last_point) {
+                obj.entry("newest_point").or_insert(json!({
+                    "id": p.sequence, "root": p.root_id.to_string(), "vault": p.vault_id.to_string(),
+                }));
+            }
+        }
         let opened;
         let vault = match vault {
             Some(v) => Some(v),
@@ -195,7 +235,7 @@ impl Target {
 /// `restore` and `failover` call it before they trust "latest".
 pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault) -> Option<String> {
     let entry = home.disk(disk).ok()?;
-    let recorded = filter::StateFile::report(&entry.state_path()).ok()?.last_point;
+    let recorded = filter::StateFile::header_of(&entry.state_path()).ok()?.last_point;
     let found = match shipper::chain::check_vault(recorded.as_ref(), vault, disk) {
         Ok(found) => found?,
         Err(e) => {

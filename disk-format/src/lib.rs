@@ -34,6 +34,6 @@ pub use keys::{CryptoError, Keys, MasterKey, SealFrame, NONCE_LEN, SEAL_OVERHEAD
 pub use map_page::{BuiltMap, MapBuilder, MapPage, PageError, PAGE_ENTRIES};
 pub use pack::{FinishedPack, Pack, PackEntry, PackError, PackIndex, PackTrailer, PackWriteError, PackWriter};
 pub use point::{Consistency, Root, RootError};
-pub use root_ext::{CutGroup, ExtError, RootExtension};
+pub use root_ext::{AuditHead, CutGroup, ExtError, RootExtension};
 pub use state::{HeaderError, LastPoint, StateFlags, StateHeader, HEADER_PAGE, SLOT_SIZE, STATE_MAGIC};
 pub use vault_config::{VaultConfig, VaultConfigError};

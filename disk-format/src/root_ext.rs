@@ -30,6 +30,10 @@ pub const TAG_VM_DEFINITION: u16 = 1;
 pub const TAG_CUT_GROUP: u16 = 2;
 /// Length of a cut-group entry: id (16) and member count (u32).
 pub const CUT_GROUP_LEN: usize = 20;
+/// Entry tag of the audit head: the host's audit log as it stood at the cut.
+pub const TAG_AUDIT_HEAD: u16 = 3;
+/// Length of an audit-head entry: log id (16), seq (u64), MAC (32).
+pub const AUDIT_HEAD_LEN: usize = 56;
 /// Largest VM definition plaintext, in bytes.
 pub const MAX_VM_DEFINITION: usize = 64 << 10;
 
@@ -74,6 +78,21 @@ pub struct RootExtension {
     /// The group cut this point was taken in, with the other disks' points
     /// that carry the same id (authenticated by the root's MAC, not secret).
     pub cut_group: Option<CutGroup>,
+    /// The newest record of the writing host's audit log when the point was
+    /// cut (authenticated by the root's MAC, not secret). A vault whose copy
+    /// of that log ends before it lost audit segments (issue 12, hole 8).
+    pub audit_head: Option<AuditHead>,
+}
+
+/// Where an audit log stood: its id, the newest record's seq and MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The log's id (audit record field `log_id`).
+    pub log_id: [u8; 16],
+    /// The newest record's seq (at least 1).
+    pub seq: u64,
+    /// The newest record's MAC.
+    pub mac: [u8; 32],
 }
 
 /// A group cut: every member disk's point of one cut carries its id.
@@ -100,6 +119,9 @@ impl RootExtension {
         }
         if let Some(g) = &self.cut_group {
             entries.push((TAG_CUT_GROUP, [&g.id[..], &g.members.to_le_bytes()].concat()));
+        }
+        if let Some(h) = &self.audit_head {
+            entries.push((TAG_AUDIT_HEAD, [&h.log_id[..], &h.seq.to_le_bytes(), &h.mac[..]].concat()));
         }
         Ok(frame_entries(&entries))
     }
@@ -166,6 +188,19 @@ impl RootExtension {
                     }
                     ext.cut_group = Some(CutGroup { id: get_array(value, 0), members });
                 }
+                TAG_AUDIT_HEAD if ext.audit_head.is_some() => {
+                    return Err(ExtError::Malformed("two audit heads".into()))
+                }
+                TAG_AUDIT_HEAD if value.len() != AUDIT_HEAD_LEN => {
+                    return Err(ExtError::Malformed(format!("the audit head entry is {} bytes, not 56", value.len())))
+                }
+                TAG_AUDIT_HEAD => {
+                    let seq = crate::codec::get_u64(value, 16);
+                    if seq == 0 {
+                        return Err(ExtError::Malformed("an audit head at record 0".into()));
+                    }
+                    ext.audit_head = Some(AuditHead { log_id: get_array(value, 0), seq, mac: get_array(value, 24) });
+                }
                 other => return Err(ExtError::UnknownEntry(other)),
             }
             at = start + len;
@@ -211,7 +246,7 @@ fn frame_entries(entries: &[(u16, Vec<u8>)]) -> Vec<u8> {
     let mut b = vec![0u8; EXT_HEADER_LEN];
     b[..8].copy_from_slice(&EXT_MAGIC);
     b[8] = EXT_VERSION;
-    put_u32(&mut b, 12, u32::try_from(entries.len()).expect("two entries at most"));
+    put_u32(&mut b, 12, u32::try_from(entries.len()).expect("three entries at most"));
     for (tag, value) in entries {
         let at = b.len();
         b.resize(at + ENTRY_HEADER_LEN, 0);
@@ -245,24 +280,44 @@ mod tests {
     }
 
     fn ext() -> RootExtension {
-        RootExtension { vm_definition: Some(b"name = \"web1\"\ndisks = [\"web1-root\"]\n".to_vec()), cut_group: None }
+        RootExtension {
+            vm_definition: Some(b"name = \"web1\"\ndisks = [\"web1-root\"]\n".to_vec()),
+            cut_group: None,
+            audit_head: None,
+        }
+    }
+
+    #[test]
+    fn an_audit_head_round_trips_with_the_other_entries_and_bad_ones_are_refused() {
+        let k = keys(7);
+        let h = AuditHead { log_id: [4; 16], seq: 77, mac: [5; 32] };
+        let g = CutGroup { id: [9; 16], members: 2 };
+        let all = RootExtension { cut_group: Some(g), audit_head: Some(h), ..ext() };
+        for e in [RootExtension { audit_head: Some(h), ..RootExtension::default() }, all] {
+            let bytes = e.encode(&k).unwrap();
+            assert_eq!(RootExtension::decode(&bytes, &k).unwrap(), e);
+        }
+        let zero = RootExtension { audit_head: Some(AuditHead { seq: 0, ..h }), ..RootExtension::default() };
+        assert!(matches!(RootExtension::decode(&zero.encode(&k).unwrap(), &k), Err(ExtError::Malformed(_))));
     }
 
     #[test]
     fn a_cut_group_round_trips_alone_and_with_a_definition_and_bad_ones_are_refused() {
         let k = keys(7);
         let g = CutGroup { id: [9; 16], members: 3 };
-        for e in
-            [RootExtension { vm_definition: None, cut_group: Some(g) }, RootExtension { cut_group: Some(g), ..ext() }]
-        {
+        for e in [
+            RootExtension { cut_group: Some(g), ..RootExtension::default() },
+            RootExtension { cut_group: Some(g), ..ext() },
+        ] {
             let bytes = e.encode(&k).unwrap();
             assert_eq!(RootExtension::decode(&bytes, &k).unwrap(), e);
             assert_eq!(cut_group_unauthenticated(&bytes), Some(g));
         }
         assert_eq!(cut_group_unauthenticated(&ext().encode(&k).unwrap()), None);
-        let mut one = RootExtension { vm_definition: None, cut_group: Some(CutGroup { id: [1; 16], members: 1 }) }
-            .encode(&k)
-            .unwrap();
+        let mut one =
+            RootExtension { cut_group: Some(CutGroup { id: [1; 16], members: 1 }), ..RootExtension::default() }
+                .encode(&k)
+                .unwrap();
         assert!(matches!(RootExtension::decode(&one, &k), Err(ExtError::Malformed(_))), "a group of one disk");
         one.truncate(one.len() - 1);
         assert!(RootExtension::decode(&one, &k).is_err());
@@ -307,7 +362,7 @@ mod tests {
 
     #[test]
     fn oversized_definitions_are_refused_on_encode() {
-        let big = RootExtension { vm_definition: Some(vec![b'x'; MAX_VM_DEFINITION + 1]), cut_group: None };
+        let big = RootExtension { vm_definition: Some(vec![b'x'; MAX_VM_DEFINITION + 1]), ..RootExtension::default() };
         assert!(matches!(big.encode(&keys(1)), Err(ExtError::DefinitionTooLarge { .. })));
     }
 

@@ -313,6 +313,14 @@ impl StateFile {
         })
     }
 
+    /// The current header of the state file at `path`, read without
+    /// locking or changing it (a running filter may rewrite it meanwhile:
+    /// this is a snapshot).
+    pub fn header_of(path: &Path) -> Result<StateHeader, FilterError> {
+        let file = File::open(path).map_err(FilterError::io("opening state file", path))?;
+        Ok(read_header(path, &file)?.0)
+    }
+
     /// Reads a state file without locking or changing it, for reports. Works
     /// while a filter has it open. Reading the live map before the cut map
     /// never misses a bit a concurrent cut moves (the cut adds to the cut map

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use audit::{AuditLog, Event, LogReport, Problem};
+use audit::{AuditLog, Event, LogReport, Problem, ProblemKind};
 use disk_format::{KeyFingerprint, Keys};
 use serde_json::json;
 
@@ -56,7 +56,8 @@ pub struct VerifyArgs {
     /// Check this vault's copy (default: the vaults of the home's disks).
     #[arg(long)]
     vault: Option<PathBuf>,
-    /// Print one JSON document: {"ok", "logs": [...], "vaults": [...], "skipped": [...]}.
+    /// Print one JSON document: {"ok", "logs": [...], "vaults": [...], "links": [{"vault", "points", "heads",
+    /// "commits", "problems"}], "skipped": [...]}.
     #[arg(long)]
     json: bool,
 }
@@ -150,6 +151,24 @@ fn replicated_disks(home: &Home) -> Result<Vec<(String, PathBuf, PathBuf)>> {
     Ok(out)
 }
 
+/// The home's disks that committed points with the key of fingerprint `fp`:
+/// (disk, last point), from their state files' record of the last committed
+/// point, in a vault of that key. A home with such disks must have the log.
+fn committed_disks(home: &Home, fp: KeyFingerprint) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (name, _, vault_dir) in replicated_disks(home).unwrap_or_default() {
+        let Ok(vault) = super::vault::open(&vault_dir) else { continue };
+        let Ok(entry) = home.disk(&name) else { continue };
+        let Ok(header) = filter::StateFile::header_of(&entry.state_path()) else { continue };
+        if let Some(p) = header.last_point {
+            if vault.config().key_fingerprint == fp && p.vault_id == vault.config().vault_id {
+                out.push((name, p.sequence));
+            }
+        }
+    }
+    out
+}
+
 /// The keys to use: `--key`, else the key of `disk`, else every key the
 /// home's disks replicate with (one per fingerprint). Key files that cannot
 /// be loaded are returned as errors to report.
@@ -220,7 +239,7 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
     let (targets, mut failures) = targets(home, a.key.as_deref(), None, a.vault.as_deref())?;
     let dir = audit_dir(home);
     let mut problems: Vec<Problem> = Vec::new();
-    let (mut logs_json, mut vaults_json, mut skipped) = (vec![], vec![], vec![]);
+    let (mut logs_json, mut vaults_json, mut links_json, mut skipped) = (vec![], vec![], vec![], vec![]);
     let mut lines = Vec::new();
     let mut checked: Vec<KeyFingerprint> = Vec::new();
     for t in &targets {
@@ -245,10 +264,28 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
                 problems.extend(r.problems.iter().cloned());
                 Some(r)
             }
-            Ok(None) => {
-                lines.push(format!("no audit log for key {fp} in {} yet", dir.display()));
-                None
-            }
+            Ok(None) => match committed_disks(home, fp).into_iter().next() {
+                // Disks committed points with this key: the log was deleted.
+                Some((disk, point)) => {
+                    let p = Problem {
+                        place: path.display().to_string(),
+                        seq: None,
+                        offset: None,
+                        kind: ProblemKind::LogMissing { disk, point },
+                    };
+                    lines.push(format!("audit log {} (key {fp}): missing", path.display()));
+                    logs_json.push(json!({
+                        "path": path, "fingerprint": fp.to_string(), "key_file": t.key_file, "log_id": null,
+                        "records": 0, "last_seq": 0, "problems": [problem_json(&p)],
+                    }));
+                    problems.push(p);
+                    None
+                }
+                None => {
+                    lines.push(format!("no audit log for key {fp} in {} yet", dir.display()));
+                    None
+                }
+            },
             Err(e) => {
                 failures.push(format!("{e}"));
                 None
@@ -283,11 +320,43 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
             if reports.is_empty() {
                 lines.push(format!("  vault {}: no audit records copied yet", vdir.display()));
             }
+            // The points and the logs vouch for each other (issue 12, hole 8).
+            match audit::check_links(&v, &t.keys) {
+                Ok(l) => {
+                    lines.push(format!(
+                        "  vault {}: {} point(s) checked against the audit copy ({} name its head), {} committed \
+                         point(s) in the log checked against the vault: {}",
+                        vdir.display(),
+                        l.points,
+                        l.heads,
+                        l.commits,
+                        if l.problems.is_empty() { "they agree" } else { "THEY DISAGREE" }
+                    ));
+                    links_json.push(json!({
+                        "vault": vdir, "fingerprint": fp.to_string(), "points": l.points,
+                        "heads": l.heads, "commits": l.commits,
+                        "problems": l.problems.iter().map(problem_json).collect::<Vec<_>>(),
+                    }));
+                    problems.extend(l.problems);
+                }
+                Err(e) => failures.push(format!("{e}")),
+            }
             for r in &reports {
                 let mut extra = Vec::new();
                 let mut not_copied = None;
                 if let Some(h) = home_report.as_ref().filter(|h| h.log_id.is_some() && h.log_id == r.log_id) {
                     extra = audit::cross_check(h, r);
+                    // Records this home copied there that the vault no longer
+                    // holds were removed, not "not copied yet".
+                    let copied = audit::copied_through(&path, &v.backend().location());
+                    if copied > r.last_seq {
+                        extra.push(Problem {
+                            place: r.place.clone(),
+                            seq: Some(r.last_seq + 1),
+                            offset: None,
+                            kind: ProblemKind::CopyLost { copied, vault_last: r.last_seq },
+                        });
+                    }
                     let n = audit::not_copied(h, r);
                     not_copied = Some(n);
                     lines.push(format!(
@@ -346,7 +415,7 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
     if a.json {
         let doc = json!({
             "ok": problems.is_empty() && failures.is_empty(),
-            "logs": logs_json, "vaults": vaults_json, "skipped": skipped,
+            "logs": logs_json, "vaults": vaults_json, "links": links_json, "skipped": skipped,
             "errors": failures,
         });
         println!("{doc}");

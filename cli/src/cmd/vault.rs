@@ -108,6 +108,12 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 v.check_key(k)?;
             }
             let report = v.check(keys.as_ref(), &mut |what: &str| eprintln!("{what}"))?;
+            // With the key: the points and the audit copies vouch for each
+            // other (issue 12, hole 8): lost roots or lost audit segments.
+            let links = match &keys {
+                Some(k) => Some(audit::check_links(&v, k)?),
+                None => None,
+            };
             if let Some(k) = &keys {
                 // Reading every block is a use of the key: on record.
                 let details = serde_json::json!({
@@ -127,7 +133,18 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                     String::new()
                 }
             );
-            if report.problems.is_empty() {
+            if let Some(l) = &links {
+                println!(
+                    "{} points checked against the audit log's copy ({} name its head); {} points the log names \
+                     checked against the vault",
+                    l.points, l.heads, l.commits
+                );
+            }
+            let link_problems = links.map(|l| l.problems).unwrap_or_default();
+            for p in &link_problems {
+                println!("PROBLEM {p}");
+            }
+            if report.problems.is_empty() && link_problems.is_empty() {
                 println!("no problems found");
                 return Ok(());
             }
@@ -139,7 +156,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 }
                 println!("PROBLEM {at}: {}", p.detail);
             }
-            anyhow::bail!("{} problem(s) found in vault {}", report.problems.len(), dir.display())
+            anyhow::bail!("{} problem(s) found in vault {}", report.problems.len() + link_problems.len(), dir.display())
         }
     }
 }

@@ -734,6 +734,14 @@ impl Sim {
             self.store.raw_delete(Kind::Root, &vault::root_name(DISK, *seq));
             self.model.points.remove(seq);
         }
+        // The host never reuses a sequence number it recorded. One it
+        // committed but never recorded (the filter died before the release)
+        // and that the vault then lost, it cannot know: the next point may
+        // take that number again (still exactly its cut). The audit links
+        // see that case: the log names another root for the number.
+        let recorded = self.disk.last_point.map_or(0, |p| p.sequence);
+        let remaining = self.model.points.keys().next_back().copied().unwrap_or(0);
+        self.model.max_seq = recorded.max(remaining);
         self.invalidate();
         Ok(())
     }
