@@ -230,7 +230,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lifeboat: error: {}", error_chain(&e));
+            filter::log_line!("lifeboat: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -124,10 +124,10 @@ impl Target {
         // The cycle's outcome stands either way: a log that cannot be
         // appended to must not stop replication, but it must be seen.
         if let Err(e) = self.record(vault.as_ref().ok(), kind, details) {
-            eprintln!("lifeboat: warning: {}: {e:#}", self.name);
+            filter::log_line!("lifeboat: warning: {}: {e:#}", self.name);
         }
         if let Err(e) = status_file::record_cycle(&self.status_path, outcome) {
-            eprintln!("lifeboat: warning: {}: could not record the cycle in its status file: {e:#}", self.name);
+            filter::log_line!("lifeboat: warning: {}: could not record the cycle in its status file: {e:#}", self.name);
         }
         let report = result.with_context(|| format!("cycle of disk {:?}", self.name))?;
         Ok((report, vault.expect("a committed cycle had its vault")))

@@ -108,7 +108,7 @@ pub fn record(
             log.sync_to(v.backend()).map(|_| ()).map_err(anyhow::Error::from)
         };
         if let Err(e) = copied {
-            eprintln!(
+            filter::log_line!(
                 "lifeboat: warning: the audit record is kept in {} but could not be copied to the vault {}: {e:#}; \
                  the next record retries",
                 log.path().display(),

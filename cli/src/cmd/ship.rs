@@ -1,6 +1,6 @@
 //! `lifeboat ship`: run a replication cycle now.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -86,11 +86,12 @@ impl Progress for Bar {
             rate / (1u64 << 20) as f64,
             left
         );
+        // Through filter::log: the agent's cycles report progress here too,
+        // and a stderr that fails must not end the cycle.
         if self.tty {
-            eprint!("\r{line}   ");
-            let _ = std::io::stderr().flush();
+            filter::log::text_raw(&format!("\r{line}   "));
         } else {
-            eprintln!("{line}");
+            filter::log_line!("{line}");
         }
     }
 }

@@ -23,7 +23,8 @@ pub struct Args {
     /// of the newest point), rpo_target_seconds, newest_point, last_cycle
     /// (with "delayed": it took longer than the RPO interval),
     /// consecutive_failures, dirty_blocks, dirty_bytes, suspect, agent,
-    /// next_cycle_in_seconds, error.
+    /// next_cycle_in_seconds, log_lines_dropped (log lines the agent or filter
+    /// serving the disk could not write to its stderr), error.
     #[arg(long)]
     json: bool,
 }
@@ -104,6 +105,7 @@ fn disk_status(name: &str, entry: &DiskEntry) -> Value {
     }
     let agent_running = st.agent_pid.is_some_and(pid_alive);
     v["agent"] = json!({"running": agent_running, "pid": st.agent_pid.filter(|_| agent_running)});
+    v["log_lines_dropped"] = json!(st.log_lines_dropped);
     let Some(repl) = &entry.config.replication else {
         v["state"] = json!(if errors.is_empty() { "not-replicated" } else { "error" });
         v["error"] = json!(errors.first());
@@ -197,6 +199,9 @@ fn print_human(v: &Value) {
         (Some(true), Some(n)) => println!("  agent: running (pid {}), next cycle in {n} s", v["agent"]["pid"]),
         (Some(true), None) => println!("  agent: running (pid {})", v["agent"]["pid"]),
         _ => println!("  agent: not running"),
+    }
+    if let Some(n) = v["log_lines_dropped"].as_u64().filter(|&n| n > 0) {
+        println!("  log: {n} line(s) could not be written to the agent's stderr (full or closed); check where it goes");
     }
     if let Some(e) = v["error"].as_str() {
         println!("  error: {e}");
