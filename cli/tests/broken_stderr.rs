@@ -285,3 +285,36 @@ fn filter_whose_stderr_reader_exits_serves_ships_and_stops_cleanly() {
 fn agent_whose_stderr_reader_exits_serves_cycles_and_stops_cleanly() {
     agent_serves_cycles_and_stops(Stderr::ReaderExits);
 }
+
+/// Commands that are not daemons print with `println!`-like calls: a stdout
+/// that fails must give an exit code and a message, not a panic (exit 101).
+/// The reader of a pipe that stops reading (`lifeboat points | head -1`)
+/// gets the command's own exit code and no noise; a full stdout is an error.
+#[test]
+fn commands_with_a_broken_stdout_exit_with_a_code_not_a_panic() {
+    let s = Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), "lb-stdout-");
+    protected(&s);
+    s.home.ship("d");
+
+    let full = fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full");
+    let out = s.home.command().args(["points", "d"]).stdout(full).output().expect("run lifeboat points");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "`points >/dev/full` exited with {}: {err}", out.status);
+    assert!(
+        err.contains("writing the output to stdout failed") && err.contains("No space left on device"),
+        "`points >/dev/full` does not say what failed: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    for args in [&["points", "d"][..], &["status", "d"], &["dirty", "d", "--json"]] {
+        let out = s.home.command().args(args).stdout(pipe().1).output().expect("run lifeboat");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "`lifeboat {args:?}` into a closed pipe exited with {}: {err}",
+            out.status
+        );
+        assert!(err.is_empty(), "`lifeboat {args:?}` into a closed pipe printed on stderr: {err}");
+    }
+}

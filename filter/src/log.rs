@@ -49,6 +49,9 @@ pub fn dropped() -> u64 {
 /// writes them with [`log::line`](crate::log::line).
 #[macro_export]
 macro_rules! log_line {
+    () => {
+        $crate::log::line(::std::format_args!(""))
+    };
     ($($arg:tt)*) => {
         $crate::log::line(::std::format_args!($($arg)*))
     };

@@ -28,12 +28,12 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             "open": r.open,
             "cut_generation": r.cut_generation,
         });
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
     let bs = u64::from(r.block_size);
     let blocks = r.disk_size.div_ceil(bs);
-    println!(
+    outln!(
         "{}: {} of {} blocks dirty ({} of {} bytes, block size {})",
         a.name,
         r.dirty_blocks.len(),
@@ -43,8 +43,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         bs
     );
     if r.suspect {
-        println!("suspect: the host went down while the disk was open, or the state file was replaced;");
-        println!("         every block counts as dirty and the next cycle verifies the whole disk.");
+        outln!("suspect: the host went down while the disk was open, or the state file was replaced;");
+        outln!("         every block counts as dirty and the next cycle verifies the whole disk.");
     }
     Ok(())
 }

@@ -137,13 +137,13 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let tty = std::io::stderr().is_terminal();
     let r = once(home, &a.name, Bar::new("", tty))?;
     if tty {
-        eprintln!();
+        filter::log_line!();
     }
     for w in &r.warnings {
-        eprintln!("lifeboat: warning: {}: {w}", a.name);
+        filter::log_line!("lifeboat: warning: {}: {w}", a.name);
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "disk": a.name, "sequence": r.sequence, "full": r.full, "blocks_read": r.blocks_read,
@@ -154,7 +154,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             })
         );
     } else {
-        println!(
+        outln!(
             "{}: point {} committed ({}): {} blocks read, {} new, {} already in the vault, {} zero; {} bytes shipped in {:.1} s",
             a.name,
             r.sequence,
