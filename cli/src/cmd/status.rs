@@ -201,7 +201,10 @@ fn print_human(v: &Value) {
         _ => outln!("  agent: not running"),
     }
     if let Some(n) = v["log_lines_dropped"].as_u64().filter(|&n| n > 0) {
-        outln!("  log: {n} line(s) could not be written to the agent's stderr (full or closed); check where it goes");
+        outln!(
+            "  log: {n} line(s) the agent or filter serving the disk could not write to its stderr (full, or a pipe \
+             nobody reads); check where its stderr goes"
+        );
     }
     if let Some(e) = v["error"].as_str() {
         outln!("  error: {e}");
