@@ -123,7 +123,7 @@ impl shipper::CutHook for Member<'_> {
             ok = self.round.meet(1);
         }
         if !ok {
-            eprintln!(
+            filter::log_line!(
                 "lifeboat: warning: {}: not every disk of its group reached the cut within {} s; this point is cut \
                  on its own (each disk crash-consistent, the set not)",
                 self.name,

@@ -5,6 +5,8 @@
 //! the library crates (`filter`, `disk-format`, `vault`, `shipper`, `audit`,
 //! `recovery`).
 
+#[macro_use]
+mod stdout;
 mod app_hooks;
 mod group_cut;
 mod home;
@@ -227,12 +229,25 @@ fn main() -> ExitCode {
             last.map(|_| ()).map_err(anyhow::Error::msg)
         }
     };
-    match result {
+    let succeeded = result.is_ok();
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lifeboat: error: {}", error_chain(&e));
+            filter::log_line!("lifeboat: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    };
+    match stdout::failure() {
+        // The reader stopped reading (`lifeboat points | head -1`): quiet, as with `ls | head`.
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
+        Some(e) => {
+            filter::log_line!(
+                "lifeboat: error: writing the output to stdout failed: {e}; the command itself {}",
+                if succeeded { "succeeded" } else { "failed too" }
+            );
+            ExitCode::FAILURE
+        }
+        None => code,
     }
 }
 

@@ -131,10 +131,10 @@ impl Target {
         // The cycle's outcome stands either way: a log that cannot be
         // appended to must not stop replication, but it must be seen.
         if let Err(e) = self.record(vault.as_ref().ok(), kind, details) {
-            eprintln!("lifeboat: warning: {}: {e:#}", self.name);
+            filter::log_line!("lifeboat: warning: {}: {e:#}", self.name);
         }
         if let Err(e) = status_file::record_cycle(&self.status_path, outcome) {
-            eprintln!("lifeboat: warning: {}: could not record the cycle in its status file: {e:#}", self.name);
+            filter::log_line!("lifeboat: warning: {}: could not record the cycle in its status file: {e:#}", self.name);
         }
         let report = result.with_context(|| format!("cycle of disk {:?}", self.name))?;
         Ok((report, vault.expect("a committed cycle had its vault")))
@@ -188,7 +188,10 @@ impl Target {
         let log = match audit::AuditLog::open(&self.audit_dir, &self.keys) {
             Ok(log) => log,
             Err(e) => {
-                eprintln!("lifeboat: warning: {}: the point will not name the audit log's head: {e}", self.name);
+                filter::log_line!(
+                    "lifeboat: warning: {}: the point will not name the audit log's head: {e}",
+                    self.name
+                );
                 return None;
             }
         };
@@ -197,7 +200,10 @@ impl Target {
         match log.head() {
             Ok(head) => head,
             Err(e) => {
-                eprintln!("lifeboat: warning: {}: the point will not name the audit log's head: {e}", self.name);
+                filter::log_line!(
+                    "lifeboat: warning: {}: the point will not name the audit log's head: {e}",
+                    self.name
+                );
                 None
             }
         }
@@ -240,7 +246,7 @@ pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault) -> Opti
         Ok(found) => found?,
         Err(e) => {
             let msg = format!("could not compare the vault's points of disk {disk:?} with this host's record: {e}");
-            eprintln!("lifeboat: warning: {msg}");
+            filter::log_line!("lifeboat: warning: {msg}");
             return Some(msg);
         }
     };
@@ -249,6 +255,6 @@ pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault) -> Opti
          shipped: do not fail over to it unless the newer points are truly gone",
         found.describe(disk)
     );
-    eprintln!("lifeboat: WARNING: {msg}");
+    filter::log_line!("lifeboat: WARNING: {msg}");
     Some(msg)
 }

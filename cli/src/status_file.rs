@@ -26,6 +26,14 @@ pub struct DiskStatus {
     /// Failed cycles since the last committed one.
     #[serde(default)]
     pub consecutive_failures: u32,
+    /// Log lines the agent (or `lifeboat filter`) serving the disk could not
+    /// write to its stderr (full, or a pipe nobody reads): dropped, not fatal.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_lines_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One cycle's outcome.
@@ -76,6 +84,18 @@ pub fn update(path: &Path, f: impl FnOnce(&mut DiskStatus)) -> Result<()> {
     let mut s = read(path);
     f(&mut s);
     write(path, &s)
+}
+
+/// Records how many log lines this process has dropped so far
+/// ([`filter::log::dropped`]), if the file says otherwise: `lifeboat filter`
+/// calls it when it starts and stops, so a disk only ever served has no
+/// status file unless a line was lost.
+pub fn record_log_drops(path: &Path) -> Result<()> {
+    let dropped = filter::log::dropped();
+    if read(path).log_lines_dropped == dropped {
+        return Ok(());
+    }
+    update(path, |s| s.log_lines_dropped = dropped)
 }
 
 /// Records a cycle's outcome.

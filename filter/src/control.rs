@@ -86,11 +86,13 @@ fn serve(conn: UnixStream, disk: &Disk) {
     let mut owns_cut = false;
     let result = serve_inner(&conn, disk, &mut owns_cut);
     if owns_cut && disk.abort_cut().is_ok() {
-        eprintln!("control: a client left without finishing its cut; the cut was aborted and its blocks stay dirty");
+        crate::log_line!(
+            "control: a client left without finishing its cut; the cut was aborted and its blocks stay dirty"
+        );
     }
     if let Err(e) = result {
         if e.kind() != io::ErrorKind::UnexpectedEof && e.kind() != io::ErrorKind::BrokenPipe {
-            eprintln!("control: connection error: {e}");
+            crate::log_line!("control: connection error: {e}");
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod control;
 pub mod copies;
 pub mod disk;
 pub mod error;
+pub mod log;
 mod mmap;
 pub mod nbd;
 pub mod state_file;

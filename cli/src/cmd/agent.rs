@@ -56,10 +56,12 @@ pub struct Args {
 }
 
 /// A log line on stderr with a timestamp (journald adds its own, but the
-/// agent is also run by hand).
+/// agent is also run by hand). A line stderr does not take is dropped and
+/// counted ([`filter::log`]), never a panic: see `log_lines_dropped` in the
+/// disk's status.
 macro_rules! log {
     ($($arg:tt)*) => {
-        eprintln!("{} {}", rfc3339(now_ns()), format!($($arg)*))
+        filter::log_line!("{} {}", rfc3339(now_ns()), format_args!($($arg)*))
     };
 }
 
@@ -199,6 +201,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         let _ = status_file::update(&s.status_path, |st| {
             st.agent_pid = None;
             st.next_cycle_ns = None;
+            st.log_lines_dropped = filter::log::dropped();
         });
     }
     if !failures.is_empty() {
@@ -270,7 +273,10 @@ fn open(home: &Home, name: &str, copy_memory: &Arc<CopyMemory>) -> Result<(Serve
     let rpo = target.as_ref().map(|t| format!(", RPO {} s", t.settings.rpo_seconds)).unwrap_or_default();
     log!("lifeboat agent: {name}: serving on {}{rpo}", addrs.join(" "));
     let status_path = entry.status_path();
-    status_file::update(&status_path, |st| st.agent_pid = Some(std::process::id()))?;
+    status_file::update(&status_path, |st| {
+        st.agent_pid = Some(std::process::id());
+        st.log_lines_dropped = filter::log::dropped();
+    })?;
     if let Some(t) = &target {
         t.record(
             None,
@@ -361,6 +367,7 @@ fn schedule(label: &str, members: &[Member<'_>], stop: &Stop, gc_every: Duration
                 st.next_cycle_ns = Some(
                     now_ns() + u64::try_from(due.saturating_duration_since(Instant::now()).as_nanos()).unwrap_or(0),
                 );
+                st.log_lines_dropped = filter::log::dropped();
             });
         }
         if stop.wait_until(due) {

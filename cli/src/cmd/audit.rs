@@ -109,7 +109,7 @@ pub fn record(
             log.sync_to(v.backend()).map(|_| ()).map_err(anyhow::Error::from)
         };
         if let Err(e) = copied {
-            eprintln!(
+            filter::log_line!(
                 "lifeboat: warning: the audit record is kept in {} but could not be copied to the vault {}: {e:#}; \
                  the next record retries",
                 log.path().display(),
@@ -405,7 +405,7 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
             let Some(fp) = n.strip_suffix(".log").and_then(KeyFingerprint::from_hex) else { continue };
             if !checked.contains(&fp) {
                 skipped.push(dir.join(&n));
-                eprintln!(
+                filter::log_line!(
                     "lifeboat: note: not checked: {} (no key with fingerprint {fp} given; pass --key FILE)",
                     dir.join(&n).display()
                 );
@@ -418,18 +418,18 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
             "logs": logs_json, "vaults": vaults_json, "links": links_json, "skipped": skipped,
             "errors": failures,
         });
-        println!("{doc}");
+        outln!("{doc}");
     } else {
         for l in &lines {
-            println!("{l}");
+            outln!("{l}");
         }
         for p in &problems {
-            println!("PROBLEM {p}");
+            outln!("PROBLEM {p}");
         }
     }
     if !failures.is_empty() {
         for f in &failures[1..] {
-            eprintln!("lifeboat: error: {f}");
+            filter::log_line!("lifeboat: error: {f}");
         }
         bail!("{}", failures[0]);
     }
@@ -440,7 +440,7 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
         );
     }
     if !a.json {
-        println!("no problems found");
+        outln!("no problems found");
     }
     Ok(())
 }
@@ -461,7 +461,7 @@ fn show(home: &Home, a: ShowArgs) -> Result<()> {
         let path = audit::log_path(&dir, fp);
         if !path.exists() {
             if !a.json {
-                println!("no audit log for key {fp} in {} yet", dir.display());
+                outln!("no audit log for key {fp} in {} yet", dir.display());
             }
             continue;
         }
@@ -498,20 +498,20 @@ fn show(home: &Home, a: ShowArgs) -> Result<()> {
                 v
             })
             .collect();
-        println!("{}", serde_json::Value::Array(all));
+        outln!("{}", serde_json::Value::Array(all));
     } else {
         let many = listed.len() > 1;
         for (path, records) in &listed {
             if many {
-                println!("audit log {path}:");
+                outln!("audit log {path}:");
             }
             if records.is_empty() {
-                println!("  (no records{})", a.disk.as_ref().map(|d| format!(" about disk {d}")).unwrap_or_default());
+                outln!("  (no records{})", a.disk.as_ref().map(|d| format!(" about disk {d}")).unwrap_or_default());
             }
             for (r, _) in records {
                 let flag = if r.authentic { "" } else { "  NOT AUTHENTIC" };
                 match &r.body {
-                    Some(b) => println!(
+                    Some(b) => outln!(
                         "{:>6}  {}  {:<16}  {:<12}  {}@{}  {}{flag}",
                         r.seq,
                         b.time,
@@ -521,7 +521,7 @@ fn show(home: &Home, a: ShowArgs) -> Result<()> {
                         b.host,
                         b.details
                     ),
-                    None => println!("{:>6}  (unreadable body){flag}", r.seq),
+                    None => outln!("{:>6}  (unreadable body){flag}", r.seq),
                 }
             }
         }

@@ -33,12 +33,12 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                 "cut_generation": p.cut_generation,
             })),
         });
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
     let bs = u64::from(r.block_size);
     let blocks = r.disk_size.div_ceil(bs);
-    println!(
+    outln!(
         "{}: {} of {} blocks dirty ({} of {} bytes, block size {})",
         a.name,
         r.dirty_blocks.len(),
@@ -48,12 +48,12 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         bs
     );
     match r.last_point {
-        Some(p) => println!("relative to point {} (vault {}, root {})", p.sequence, p.vault_id, p.root_id),
-        None => println!("relative to no recorded point: the next cycle verifies the whole disk"),
+        Some(p) => outln!("relative to point {} (vault {}, root {})", p.sequence, p.vault_id, p.root_id),
+        None => outln!("relative to no recorded point: the next cycle verifies the whole disk"),
     }
     if r.suspect {
-        println!("suspect: the host went down while the disk was open, or the state file was replaced;");
-        println!("         every block counts as dirty and the next cycle verifies the whole disk.");
+        outln!("suspect: the host went down while the disk was open, or the state file was replaced;");
+        outln!("         every block counts as dirty and the next cycle verifies the whole disk.");
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
     let (keys, vault) = super::failover::keys_for(home, name, Some(origin.vault.clone()), Some(origin.key.clone()))?;
     let stopped = match job.process.as_ref().filter(|p| p.alive()) {
         Some(p) => {
-            eprintln!("[{name}] powering the recovered VM off (QMP system_powerdown) ...");
+            filter::log_line!("[{name}] powering the recovered VM off (QMP system_powerdown) ...");
             recovery::launch::power_off(&p.qmp, timeout).map_err(|e| {
                 anyhow::anyhow!(
                     "{e}; nothing was shipped: stop the VM cleanly and run `lifeboat failback {name} --prepare` again"
@@ -97,7 +97,7 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
                 ],
             )?;
         }
-        eprintln!("[{name}] shipping disk {} back ...", p.disk);
+        filter::log_line!("[{name}] shipping disk {} back ...", p.disk);
         let r = super::ship::once(home, &p.disk, super::ship::Bar::new("", false).quiet_when_done())
             .with_context(|| format!("shipping disk {:?} of VM {name:?} back", p.disk))?;
         shipped += r.bytes_shipped;
@@ -117,9 +117,9 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
         details.clone(),
     )?;
     if a.json {
-        println!("{details}");
+        outln!("{details}");
     } else {
-        println!(
+        outln!(
             "VM {name}: powered off ({stopped}); {shipped} bytes shipped back ({} disk(s)); now, at the original site: \
              lifeboat failback {name}",
             points.len()
@@ -149,7 +149,7 @@ fn wait_for_copy(vault: &vault::Vault, p: &recovery::failover::DiskPoint, vm: &s
         if started.elapsed() > timeout.max(Duration::from_secs(3600)) {
             bail!("the instant-recovery copy of disk {:?} is still incomplete ({present} of {blocks} blocks)", p.disk);
         }
-        eprintln!("[{vm}] waiting for the local copy of disk {}: {present} of {blocks} blocks", p.disk);
+        filter::log_line!("[{vm}] waiting for the local copy of disk {}: {present} of {blocks} blocks", p.disk);
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -191,7 +191,7 @@ fn converge(home: &Home, a: &Args) -> Result<()> {
             .write(true)
             .open(&entry.config.image)
             .with_context(|| format!("opening {}", entry.config.image.display()))?;
-        eprintln!("[{name}] bringing disk {disk} to point {seq}: comparing every block ...");
+        filter::log_line!("[{name}] bringing disk {disk} to point {seq}: comparing every block ...");
         // Until it is done, the image is half old, half the point: the
         // marker keeps the agent, filter and cycles off it, and says so.
         let marker = entry.failback_marker();
@@ -221,9 +221,9 @@ fn converge(home: &Home, a: &Args) -> Result<()> {
     }
     let out = json!({ "vm": name, "disks": disks, "bytes_fetched": fetched });
     if a.json {
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!("VM {name}: disks brought to the recovered VM's last point, {fetched} bytes fetched; start it again through `lifeboat agent` (protection resumes)");
+        outln!("VM {name}: disks brought to the recovered VM's last point, {fetched} bytes fetched; start it again through `lifeboat agent` (protection resumes)");
     }
     Ok(())
 }

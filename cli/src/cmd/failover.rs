@@ -159,7 +159,7 @@ fn job_keys(home: &Home, site: &Site, vm: &str) -> Option<(disk_format::keys::Ke
     match keys_for(home, vm, v, k) {
         Ok(kv) => Some(kv),
         Err(e) => {
-            eprintln!("lifeboat: warning: cannot open the failover's key and vault ({e:#})");
+            filter::log_line!("lifeboat: warning: cannot open the failover's key and vault ({e:#})");
             None
         }
     }
@@ -214,7 +214,7 @@ pub(crate) fn auditor<'a>(
                 .map_err(|e| format!("{e:#}"))
         }
         None => {
-            eprintln!("lifeboat: warning: no key at hand: `{kind}` is not recorded in the audit log");
+            filter::log_line!("lifeboat: warning: no key at hand: `{kind}` is not recorded in the audit log");
             Ok(())
         }
     }
@@ -286,8 +286,8 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
     let mut step = |s: &Step| {
         if live {
             match s.state.as_str() {
-                "running" => eprintln!("[{}] {} ...", name, s.name),
-                state => eprintln!("[{}] {} {state}: {}", name, s.name, s.detail),
+                "running" => filter::log_line!("[{}] {} ...", name, s.name),
+                state => filter::log_line!("[{}] {} {state}: {}", name, s.name, s.detail),
             }
         }
     };
@@ -332,9 +332,9 @@ fn summary(job: &recovery::Job) -> String {
 
 fn print_job(job: &recovery::Job, json: bool, text: &str) {
     if json {
-        println!("{}", job.to_json());
+        outln!("{}", job.to_json());
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
 }
 
@@ -372,7 +372,7 @@ fn planned_source_side(
     let started = recovery::failover::now_ns();
     let how = match (&a.source_qmp, a.source_stopped) {
         (Some(qmp), _) => {
-            eprintln!("[{name}] stopping the source VM (QMP system_powerdown on {}) ...", qmp.display());
+            filter::log_line!("[{name}] stopping the source VM (QMP system_powerdown on {}) ...", qmp.display());
             recovery::launch::power_off(qmp, timeout).map_err(|e| {
                 anyhow::anyhow!(
                     "{e}; nothing was shipped or booted: shut the VM down yourself and run again with --source-stopped"
@@ -397,7 +397,7 @@ fn planned_source_side(
     let mut first = None;
     for disk in &def.disks {
         let t = recovery::failover::now_ns();
-        eprintln!("[{name}] final cycle of disk {disk} ...");
+        filter::log_line!("[{name}] final cycle of disk {disk} ...");
         let r =
             super::ship::once(home, disk, super::ship::Bar::new("", false).quiet_when_done()).with_context(|| {
                 format!("the final cycle of disk {disk:?} of VM {name:?} (the source VM is off; run again to retry)")
@@ -413,7 +413,7 @@ fn planned_source_side(
                 r.sequence, r.blocks_read, r.new_blocks, r.bytes_shipped
             ),
         });
-        eprintln!("[{name}] final cycle of disk {disk} done: point {}", r.sequence);
+        filter::log_line!("[{name}] final cycle of disk {disk} done: point {}", r.sequence);
     }
     let seq = first.expect("a VM has a disk");
     audit("failover.planned.final-cycle", serde_json::json!({ "vm": name, "point": seq }))

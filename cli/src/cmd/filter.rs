@@ -9,6 +9,7 @@ use filter::Disk;
 
 use crate::home::Home;
 use crate::signals;
+use crate::status_file;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,32 +27,40 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let disk = Disk::open(entry.paths())?;
     let opened = disk.state().opened();
     if opened.newly_suspect {
-        eprintln!(
+        filter::log_line!(
             "lifeboat: {}: the host went down while the filter ran (or the state file's bitmaps were damaged); \
              every block is marked to be verified",
             a.name
         );
     } else if opened.was_unclean {
-        eprintln!("lifeboat: {}: the previous filter stopped without a clean shutdown; its bitmaps are intact", a.name);
+        filter::log_line!(
+            "lifeboat: {}: the previous filter stopped without a clean shutdown; its bitmaps are intact",
+            a.name
+        );
     }
     let disk = Arc::new(disk);
+    let status_path = entry.status_path();
+    let _ = status_file::record_log_drops(&status_path);
     let control = ControlServer::start(&entry.control_path(), disk.clone())?;
     let server = Server::bind(&a.listen, &a.name, disk.clone())?;
     let shutdown = server.shutdown_handle();
     let name = a.name.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         let sig = signals::wait_termination();
-        eprintln!("lifeboat: {name}: {sig}: finishing requests in flight and stopping");
+        filter::log_line!("lifeboat: {name}: {sig}: finishing requests in flight and stopping");
         shutdown.shutdown();
     })?;
     let addrs: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
-    eprintln!("filter {} listening on {}", a.name, addrs.join(" "));
+    filter::log_line!("filter {} listening on {}", a.name, addrs.join(" "));
     let served = server.run();
     control.stop();
     let disk =
         Arc::try_unwrap(disk).map_err(|_| anyhow::anyhow!("internal error: disk still referenced at shutdown"))?;
     disk.close()?;
     served.context("serving NBD")?;
-    eprintln!("lifeboat: {}: stopped cleanly", a.name);
+    if let Err(e) = status_file::record_log_drops(&status_path) {
+        filter::log_line!("lifeboat: warning: {}: {e:#}", a.name);
+    }
+    filter::log_line!("lifeboat: {}: stopped cleanly", a.name);
     Ok(())
 }

@@ -41,13 +41,13 @@ pub fn run(cmd: Command) -> Result<()> {
                 None
             };
             let key = keyfile::create(&out, pass.as_deref())?;
-            println!("key written to {} (fingerprint {})", out.display(), key.fingerprint());
-            println!("keep a copy away from the vault: without it no recovery point can be restored");
+            outln!("key written to {} (fingerprint {})", out.display(), key.fingerprint());
+            outln!("keep a copy away from the vault: without it no recovery point can be restored");
             Ok(())
         }
         Command::Show { file } => {
             let keys = keyfile::load(&file)?;
-            println!("{}", keys.fingerprint());
+            outln!("{}", keys.fingerprint());
             Ok(())
         }
     }

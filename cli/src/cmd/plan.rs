@@ -138,7 +138,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
                     Some(_) => {
                         let mut obs = recovery::Observer { step: &mut step, audit: &mut audit };
                         match site.cleanup(vm, &mut obs) {
-                            Ok(_) => eprintln!("[plan {name}] {vm}: cleaned up"),
+                            Ok(_) => filter::log_line!("[plan {name}] {vm}: cleaned up"),
                             Err(e) => problems.push(format!("{vm}: {e}")),
                         }
                     }
@@ -149,7 +149,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
             }
             plans.forget(&name)?;
             audit("plan.cleanup", serde_json::json!({ "plan": name })).map_err(anyhow::Error::msg)?;
-            println!("plan {name}: every VM's failover cleaned up, run forgotten");
+            outln!("plan {name}: every VM's failover cleaned up, run forgotten");
             Ok(())
         }
     }
@@ -163,14 +163,14 @@ fn load(path: &std::path::Path) -> Result<Plan> {
 fn validate(home: &Home, path: &std::path::Path, site: SiteArgs) -> Result<()> {
     let plan = load(path)?;
     let groups = plan.steps.iter().filter(|s| s.group.is_some()).count();
-    println!(
+    outln!(
         "plan {}: {} steps, {groups} groups, {} VMs; steps and scripts check",
         plan.name,
         plan.steps.len(),
         plan.vms().len()
     );
     if site.key.is_none() && site.vault.is_none() && home.vms()?.is_empty() {
-        println!("(pass --vault and --key to check that every VM is in the vault with a recovery point)");
+        outln!("(pass --vault and --key to check that every VM is in the vault with a recovery point)");
         return Ok(());
     }
     let first = plan.vms()[0].to_string();
@@ -181,7 +181,7 @@ fn validate(home: &Home, path: &std::path::Path, site: SiteArgs) -> Result<()> {
             Ok(def) => {
                 let points = vault.points(&def.disks[0])?;
                 match points.iter().rev().find(|p| p.damage.is_none()) {
-                    Some(p) => println!(
+                    Some(p) => outln!(
                         "  {vm}: point {} of disk {} ({})",
                         p.sequence,
                         def.disks[0],
@@ -234,12 +234,12 @@ fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArg
     let name = plan.name.clone();
     let total = plan.steps.len();
     let on_step = |r: &StepRecord| match r.state.as_str() {
-        "running" => eprintln!("[plan {name}] step {}/{total} {} ...", r.number, r.what),
-        state => eprintln!("[plan {name}] step {}/{total} {} {state}: {}", r.number, r.what, r.detail),
+        "running" => filter::log_line!("[plan {name}] step {}/{total} {} ...", r.number, r.what),
+        state => filter::log_line!("[plan {name}] step {}/{total} {} {state}: {}", r.number, r.what, r.detail),
     };
     let on_vm = |n: usize, vm: &str, s: &Step| {
         if s.state != "running" {
-            eprintln!("[plan {name}] step {n}: {vm}: {} {}: {}", s.name, s.state, s.detail);
+            filter::log_line!("[plan {name}] step {n}: {vm}: {} {}: {}", s.name, s.state, s.detail);
         }
     };
     let audit_dir = super::audit::audit_dir(home);
@@ -268,14 +268,14 @@ fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArg
 
 fn report(run: &PlanRun, json: bool) {
     if json {
-        println!("{}", run.to_json());
+        outln!("{}", run.to_json());
         return;
     }
-    println!("plan {} ({} failover): {:?}", run.plan.name, run.kind.as_str(), run.state);
+    outln!("plan {} ({} failover): {:?}", run.plan.name, run.kind.as_str(), run.state);
     for s in &run.steps {
-        println!("  {:>2}. {:<40} {}  {}", s.number, s.what, s.state, s.detail);
+        outln!("  {:>2}. {:<40} {}  {}", s.number, s.what, s.state, s.detail);
         for v in &s.vms {
-            println!(
+            outln!(
                 "        {}: point {}, health {}, RTO {}",
                 v["vm"].as_str().unwrap_or("?"),
                 v["point"],
@@ -287,9 +287,9 @@ fn report(run: &PlanRun, json: bool) {
     match (run.state, run.rto_seconds) {
         (RunState::Paused, _) => {
             let s = run.steps.last().map_or("", |s| s.detail.as_str());
-            println!("paused for a manual step: {s}\nwhen it is done: lifeboat plan resume {}", run.plan.name);
+            outln!("paused for a manual step: {s}\nwhen it is done: lifeboat plan resume {}", run.plan.name);
         }
-        (RunState::Done, Some(rto)) => println!("done: the whole plan's RTO was {rto:.1} s"),
+        (RunState::Done, Some(rto)) => outln!("done: the whole plan's RTO was {rto:.1} s"),
         _ => {}
     }
 }

@@ -46,20 +46,20 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
     if points.is_empty() {
-        println!("{}: no recovery points in {} yet (run `lifeboat ship {} --once`)", a.name, dir.display(), a.name);
+        outln!("{}: no recovery points in {} yet (run `lifeboat ship {} --once`)", a.name, dir.display(), a.name);
         return Ok(());
     }
-    println!("{:>6}  {:<24}  {:<16}  {:>14}", "ID", "CUT TIME (UTC)", "CONSISTENCY", "BYTES SHIPPED");
+    outln!("{:>6}  {:<24}  {:<16}  {:>14}", "ID", "CUT TIME (UTC)", "CONSISTENCY", "BYTES SHIPPED");
     for p in &points {
         if let Some(damage) = &p.damage {
-            println!("{:>6}  DAMAGED: {damage}", p.sequence);
+            outln!("{:>6}  DAMAGED: {damage}", p.sequence);
             continue;
         }
-        println!(
+        outln!(
             "{:>6}  {:<24}  {:<16}  {:>14}",
             p.sequence,
             rfc3339(p.cut_time_ns),

@@ -155,7 +155,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
             last_point = filter::StateFile::report(&state).ok().and_then(|r| r.last_point);
             let keep = dir.join(format!("state.replaced-{now}"));
             std::fs::rename(&state, &keep)?;
-            eprintln!("lifeboat: kept the old state file as {}", keep.display());
+            filter::log_line!("lifeboat: kept the old state file as {}", keep.display());
         }
         suspect = true;
         old.disk_id()? // the same disk: its identity stays

@@ -55,7 +55,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "prune", Some(&a.name), details)?;
         }
     }
-    println!(
+    outln!(
         "{}: {} points kept, {} pruned{}; run `lifeboat vault gc {}` to free the space they alone used",
         a.name,
         r.kept.len(),

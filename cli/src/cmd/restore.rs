@@ -1,6 +1,6 @@
 //! `lifeboat restore`: write a recovery point out as a raw image.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -76,13 +76,12 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let mut progress = |done: u64, total: u64| {
         if tty && (last.elapsed().as_millis() > 200 || done == total) {
             last = Instant::now();
-            eprint!("\rrestoring: {:.0}%   ", done as f64 * 100.0 / total.max(1) as f64);
-            let _ = std::io::stderr().flush();
+            filter::log::text_raw(&format!("\rrestoring: {:.0}%   ", done as f64 * 100.0 / total.max(1) as f64));
         }
     };
     let result = vault.restore(&a.name, sequence, &keys, partial.file(), &mut progress);
     if tty {
-        eprintln!();
+        filter::log_line!();
     }
     let details = match &result {
         Ok(r) => serde_json::json!({ "point": sequence, "out": a.out, "blocks_written": r.blocks_written, "ok": true }),
@@ -94,7 +93,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         format!("restoring point {sequence} of disk {:?}: nothing was written to {}", a.name, a.out.display())
     })?;
     partial.commit()?;
-    println!(
+    outln!(
         "restored point {sequence} of {} to {}: {} blocks written, {} zero, in {:.1} s (every block verified)",
         a.name,
         a.out.display(),

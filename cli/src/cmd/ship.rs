@@ -1,6 +1,6 @@
 //! `lifeboat ship`: run a replication cycle now.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -86,11 +86,12 @@ impl Progress for Bar {
             rate / (1u64 << 20) as f64,
             left
         );
+        // Through filter::log: the agent's cycles report progress here too,
+        // and a stderr that fails must not end the cycle.
         if self.tty {
-            eprint!("\r{line}   ");
-            let _ = std::io::stderr().flush();
+            filter::log::text_raw(&format!("\r{line}   "));
         } else {
-            eprintln!("{line}");
+            filter::log_line!("{line}");
         }
     }
 }
@@ -136,13 +137,13 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let tty = std::io::stderr().is_terminal();
     let r = once(home, &a.name, Bar::new("", tty))?;
     if tty {
-        eprintln!();
+        filter::log_line!();
     }
     for w in &r.warnings {
-        eprintln!("lifeboat: warning: {}: {w}", a.name);
+        filter::log_line!("lifeboat: warning: {}: {w}", a.name);
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "disk": a.name, "sequence": r.sequence, "full": r.full, "blocks_read": r.blocks_read,
@@ -154,7 +155,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             })
         );
     } else {
-        println!(
+        outln!(
             "{}: point {} committed ({}): {} blocks read, {} new, {} already in the vault, {} zero; {} bytes shipped in {:.1} s",
             a.name,
             r.sequence,

@@ -1,7 +1,7 @@
 //! `lifeboat snapshot`: a point-in-time copy of the whole disk.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -55,7 +55,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     out.set_len(size)?;
     partial.commit()?;
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "snapshot of {} written to {} ({} bytes in {:.1} s, {:.0} MiB/s; {how})",
         a.name,
         a.out.display(),
@@ -84,12 +84,11 @@ fn from_filter(mut c: ControlClient, out: &File, path: &Path) -> Result<u64> {
         write_sparse(out, path, &buf, first * bs, usize::try_from(bs).expect("block fits"))?;
         first += n;
         if progress {
-            eprint!("\r{:5.1}% ", first as f64 * 100.0 / blocks as f64);
-            let _ = io::stderr().flush();
+            filter::log::text_raw(&format!("\r{:5.1}% ", first as f64 * 100.0 / blocks as f64));
         }
     }
     if progress {
-        eprintln!();
+        filter::log_line!();
     }
     // A snapshot is not a recovery point: the cut's blocks stay dirty.
     c.abort().context("ending the cut")?;

@@ -23,7 +23,8 @@ pub struct Args {
     /// of the newest point), rpo_target_seconds, newest_point, last_cycle
     /// (with "delayed": it took longer than the RPO interval),
     /// consecutive_failures, dirty_blocks, dirty_bytes, suspect, agent,
-    /// next_cycle_in_seconds, error.
+    /// next_cycle_in_seconds, log_lines_dropped (log lines the agent or filter
+    /// serving the disk could not write to its stderr), error.
     #[arg(long)]
     json: bool,
 }
@@ -43,7 +44,7 @@ fn pid_alive(pid: u32) -> bool {
 pub fn run(home: &Home, a: Args) -> Result<()> {
     let names = if a.disks.is_empty() { home.disk_names()? } else { a.disks.clone() };
     if names.is_empty() && !a.json {
-        println!("no protected disks in this home; protect one with `lifeboat protect NAME --image IMAGE --vault DIR --key KEYFILE`");
+        outln!("no protected disks in this home; protect one with `lifeboat protect NAME --image IMAGE --vault DIR --key KEYFILE`");
         return Ok(());
     }
     let mut all = Vec::new();
@@ -57,7 +58,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         all.push(v);
     }
     if a.json {
-        println!("{}", Value::Array(all));
+        outln!("{}", Value::Array(all));
     } else {
         for v in &all {
             print_human(v);
@@ -104,6 +105,7 @@ fn disk_status(name: &str, entry: &DiskEntry) -> Value {
     }
     let agent_running = st.agent_pid.is_some_and(pid_alive);
     v["agent"] = json!({"running": agent_running, "pid": st.agent_pid.filter(|_| agent_running)});
+    v["log_lines_dropped"] = json!(st.log_lines_dropped);
     let Some(repl) = &entry.config.replication else {
         v["state"] = json!(if errors.is_empty() { "not-replicated" } else { "error" });
         v["error"] = json!(errors.first());
@@ -162,14 +164,14 @@ fn print_human(v: &Value) {
         (None, Some(t)) => format!("no point yet (target {t} s)"),
         _ => "not replicated (no vault)".to_string(),
     };
-    println!("{name}: {state} - {rpo}");
+    outln!("{name}: {state} - {rpo}");
     if let Some(p) = v["newest_point"].as_object() {
-        println!("  newest point: {} cut {}", p["sequence"], p["cut_time"].as_str().unwrap_or("?"));
+        outln!("  newest point: {} cut {}", p["sequence"], p["cut_time"].as_str().unwrap_or("?"));
     }
     if let Some(c) = v["last_cycle"].as_object() {
         let secs = c["millis"].as_u64().unwrap_or(0) as f64 / 1000.0;
         if c["committed"].as_bool() == Some(true) {
-            println!(
+            outln!(
                 "  last cycle: point {} ({}), {:.1} s, {} bytes shipped, ended {}{}",
                 c["sequence"],
                 if c["full"].as_bool() == Some(true) { "full sync" } else { "incremental" },
@@ -179,7 +181,7 @@ fn print_human(v: &Value) {
                 if c["delayed"].as_bool() == Some(true) { "; took longer than the RPO interval" } else { "" }
             );
         } else {
-            println!(
+            outln!(
                 "  last cycle: FAILED after {secs:.1} s at {} ({} in a row)",
                 c["ended"].as_str().unwrap_or("?"),
                 v["consecutive_failures"]
@@ -187,18 +189,24 @@ fn print_human(v: &Value) {
         }
     }
     if let Some(n) = v["dirty_blocks"].as_u64() {
-        println!(
+        outln!(
             "  waiting: {n} dirty blocks ({} bytes){}",
             v["dirty_bytes"],
             if v["suspect"].as_bool() == Some(true) { "; suspect: the next cycle verifies every block" } else { "" }
         );
     }
     match (v["agent"]["running"].as_bool(), v["next_cycle_in_seconds"].as_u64()) {
-        (Some(true), Some(n)) => println!("  agent: running (pid {}), next cycle in {n} s", v["agent"]["pid"]),
-        (Some(true), None) => println!("  agent: running (pid {})", v["agent"]["pid"]),
-        _ => println!("  agent: not running"),
+        (Some(true), Some(n)) => outln!("  agent: running (pid {}), next cycle in {n} s", v["agent"]["pid"]),
+        (Some(true), None) => outln!("  agent: running (pid {})", v["agent"]["pid"]),
+        _ => outln!("  agent: not running"),
+    }
+    if let Some(n) = v["log_lines_dropped"].as_u64().filter(|&n| n > 0) {
+        outln!(
+            "  log: {n} line(s) the agent or filter serving the disk could not write to its stderr (full, or a pipe \
+             nobody reads); check where its stderr goes"
+        );
     }
     if let Some(e) = v["error"].as_str() {
-        println!("  error: {e}");
+        outln!("  error: {e}");
     }
 }

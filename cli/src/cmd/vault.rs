@@ -57,7 +57,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             let keys = keyfile::load(&key)?;
             let backend = LocalBackend::create(&dir)?;
             let v = Vault::init(Box::new(backend), &keys)?;
-            println!("vault created in {} (accepts key {})", dir.display(), v.config().key_fingerprint);
+            outln!("vault created in {} (accepts key {})", dir.display(), v.config().key_fingerprint);
             let details = serde_json::json!({ "location": v.backend().location() });
             super::audit::record(&super::audit::audit_dir(home), &keys, Some(&v), "vault.init", None, details)?;
             Ok(())
@@ -65,7 +65,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
         Command::Gc { dir, dry_run } => {
             let r = open(&dir)?.gc(dry_run)?;
             let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
-            println!(
+            outln!(
                 "{}{} packs ({:.1} MiB) and {} pages ({:.1} MiB) no point uses; {} packs ({:.1} MiB) kept",
                 if dry_run { "dry run: would delete " } else { "deleted " },
                 r.packs_deleted.len(),
@@ -76,7 +76,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 mib(r.pack_bytes_kept)
             );
             if !r.unfinished_removed.is_empty() {
-                println!(
+                outln!(
                     "{}{} unfinished objects ({:.1} MiB) left by writers that died over a day ago",
                     if dry_run { "dry run: would delete " } else { "deleted " },
                     r.unfinished_removed.len(),
@@ -87,14 +87,14 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             let now = (r.packs_deleted.len() + r.pages_deleted.len()) as u64;
             if freed > now {
                 let earlier = freed_bytes.saturating_sub(r.pack_bytes_deleted + r.page_bytes_deleted);
-                println!(
+                outln!(
                     "freed {} objects ({:.1} MiB) an earlier collection left in the vault's trash",
                     freed - now,
                     mib(earlier)
                 );
             }
             if !r.mostly_garbage.is_empty() {
-                println!("{} kept packs are mostly unused (repacking is not implemented yet)", r.mostly_garbage.len());
+                outln!("{} kept packs are mostly unused (repacking is not implemented yet)", r.mostly_garbage.len());
             }
             Ok(())
         }
@@ -107,7 +107,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             if let Some(k) = &keys {
                 v.check_key(k)?;
             }
-            let report = v.check(keys.as_ref(), &mut |what: &str| eprintln!("{what}"))?;
+            let report = v.check(keys.as_ref(), &mut |what: &str| filter::log_line!("{what}"))?;
             // With the key: the points and the audit copies vouch for each
             // other (issue 12, hole 8): lost roots or lost audit segments.
             let links = match &keys {
@@ -122,7 +122,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 });
                 super::audit::record(&super::audit::audit_dir(home), k, Some(&v), "vault.check", None, details)?;
             }
-            println!(
+            outln!(
                 "{} packs, {} pages, {} points checked{}",
                 report.packs,
                 report.pages,
@@ -134,18 +134,20 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 }
             );
             if let Some(l) = &links {
-                println!(
+                outln!(
                     "{} points checked against the audit log's copy ({} name its head); {} points the log names \
                      checked against the vault",
-                    l.points, l.heads, l.commits
+                    l.points,
+                    l.heads,
+                    l.commits
                 );
             }
             let link_problems = links.map(|l| l.problems).unwrap_or_default();
             for p in &link_problems {
-                println!("PROBLEM {p}");
+                outln!("PROBLEM {p}");
             }
             if report.problems.is_empty() && link_problems.is_empty() {
-                println!("no problems found");
+                outln!("no problems found");
                 return Ok(());
             }
             for p in &report.problems {
@@ -154,7 +156,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                     at = format!("{at} (point {point}");
                     at.push_str(&p.block.map(|b| format!(", block {b})")).unwrap_or_else(|| ")".into()));
                 }
-                println!("PROBLEM {at}: {}", p.detail);
+                outln!("PROBLEM {at}: {}", p.detail);
             }
             anyhow::bail!("{} problem(s) found in vault {}", report.problems.len() + link_problems.len(), dir.display())
         }

@@ -133,12 +133,12 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
                     .find(|v| v.name == name)
                     .with_context(|| format!("no VM named {name:?} is defined in {}", home.root().display()))?,
             };
-            print!("{}", def.to_toml());
+            out!("{}", def.to_toml());
             Ok(())
         }
         Command::List => {
             for v in home.vms()? {
-                println!(
+                outln!(
                     "{}\tdisks {}\t{} MiB, {} CPU(s), {} NIC(s)",
                     v.name,
                     v.disks.join(","),
@@ -198,7 +198,7 @@ fn define(home: &Home, a: DefineArgs) -> Result<()> {
     let details =
         serde_json::json!({ "vm": def.name, "disks": def.disks, "memory_mib": def.memory_mib, "cpus": def.cpus });
     super::audit::record(&super::audit::audit_dir(home), &keys, vault.as_ref(), "vm.define", None, details)?;
-    println!(
+    outln!(
         "VM {} defined in {} (disks: {}); it travels with the next point of each disk",
         def.name,
         path.display(),

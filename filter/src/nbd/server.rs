@@ -409,7 +409,10 @@ impl Server {
                     let _ = handle.join();
                 }
                 Err(e) => {
-                    eprintln!("nbd: cannot wake the accept thread on {} ({e}); leaving it", listener.local_addr())
+                    crate::log_line!(
+                        "nbd: cannot wake the accept thread on {} ({e}); leaving it",
+                        listener.local_addr()
+                    )
                 }
             }
         }
@@ -424,7 +427,7 @@ impl Server {
         while !reg.connections.is_empty() {
             let now = Instant::now();
             if now >= deadline && !forced {
-                eprintln!(
+                crate::log_line!(
                     "nbd: {} connection(s) still busy {:?} after shutdown; closing their sockets",
                     reg.connections.len(),
                     grace
@@ -483,7 +486,7 @@ fn accept_loop(listener: &Listener, control: &Arc<Control>, export: &Weak<dyn Ex
                 // Out of file descriptors and the like: say so, back off, retry.
                 failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_power_of_two() {
-                    eprintln!("nbd: accept on {} failed: {e}", listener.local_addr());
+                    crate::log_line!("nbd: accept on {} failed: {e}", listener.local_addr());
                 }
                 thread::sleep(Duration::from_millis(10 * u64::from(failures.min(50))));
                 continue;
@@ -505,7 +508,7 @@ fn accept_loop(listener: &Listener, control: &Arc<Control>, export: &Weak<dyn Ex
         });
         if let Err(e) = spawned {
             // the closure, and with it the registration, is dropped
-            eprintln!("nbd: cannot start a thread for connection {id}: {e}; dropping it");
+            crate::log_line!("nbd: cannot start a thread for connection {id}: {e}; dropping it");
         }
     }
 }
@@ -524,7 +527,7 @@ impl Drop for Registration {
 
 fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, export: Arc<dyn Export>, control: &Control) {
     let label = format!("nbd[{}#{id}]", control.name);
-    eprintln!("{label}: connection from {peer}");
+    crate::log_line!("{label}: connection from {peer}");
     let stopping = || control.stopping.load(Ordering::SeqCst);
     let mut reader = BufReader::with_capacity(READ_BUFFER, &*sock);
     let spec = ExportSpec { name: &control.name, export: &*export, shutting_down: &stopping };
@@ -536,11 +539,13 @@ fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, export: Arc<dyn Expo
                 transmission::Ending::Eof if stopping() => "closed for server shutdown".to_owned(),
                 other => other.to_string(),
             };
-            eprintln!("{label}: {ending}");
+            crate::log_line!("{label}: {ending}");
         }
-        Ok(Outcome::Aborted) => eprintln!("{label}: client ended the handshake (NBD_OPT_ABORT)"),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => eprintln!("{label}: client left during the handshake"),
-        Err(e) => eprintln!("{label}: handshake failed: {e}"),
+        Ok(Outcome::Aborted) => crate::log_line!("{label}: client ended the handshake (NBD_OPT_ABORT)"),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            crate::log_line!("{label}: client left during the handshake")
+        }
+        Err(e) => crate::log_line!("{label}: handshake failed: {e}"),
     }
     let _ = sock.shutdown(Shutdown::Both);
 }

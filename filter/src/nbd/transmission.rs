@@ -182,7 +182,7 @@ pub(crate) fn serve(
                 thread::Builder::new().name(format!("nbd-worker-{i}")).spawn_scoped(scope, move || conn.work_loop());
             match spawned {
                 Ok(_) => workers += 1,
-                Err(e) => eprintln!("{label}: cannot start worker thread: {e}"),
+                Err(e) => crate::log_line!("{label}: cannot start worker thread: {e}"),
             }
         }
         let ending = if workers == 0 { Ending::Broken } else { conn.read_loop(reader, size, shutting_down) };
@@ -369,12 +369,15 @@ impl Conn<'_> {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 if !self.export_error_logged.swap(true, Ordering::Relaxed) {
-                    eprintln!("{}: {op:?} failed: {e} (further errors on this connection are not logged)", self.label);
+                    crate::log_line!(
+                        "{}: {op:?} failed: {e} (further errors on this connection are not logged)",
+                        self.label
+                    );
                 }
                 Err(Some(Errno::from_io(&e)))
             }
             Err(_) => {
-                eprintln!("{}: the export panicked during {op:?}; closing the connection", self.label);
+                crate::log_line!("{}: the export panicked during {op:?}; closing the connection", self.label);
                 self.break_connection();
                 Err(None)
             }
@@ -398,7 +401,7 @@ impl Conn<'_> {
         let mut bufs = [IoSlice::new(header), IoSlice::new(data)];
         if let Err(e) = write_all_vectored(self.sock, &mut bufs) {
             if !self.broken.load(Ordering::Relaxed) {
-                eprintln!("{}: cannot send a reply: {e}; closing the connection", self.label);
+                crate::log_line!("{}: cannot send a reply: {e}; closing the connection", self.label);
             }
             self.break_connection();
         }
