@@ -266,21 +266,24 @@ impl DiskEntry {
     /// gets the open file's recorded now; the second value then says so,
     /// for the caller's log.
     pub fn open_disk(&mut self, name: &str, copy_memory: Arc<CopyMemory>) -> Result<(Disk, Option<String>)> {
+        let was = self.config.image_id();
+        // Checked first on the path, so a replaced image is refused before
+        // its state file is touched; then on the file opened (the path may
+        // have changed in between).
+        if let (Some(was), Ok(meta)) = (was, std::fs::metadata(&self.config.image)) {
+            if ImageId::of(&meta) != was {
+                return Err(self.replaced(name, was, ImageId::of(&meta)));
+            }
+        }
         let disk = Disk::open_with_copy_memory(self.paths(), copy_memory)
             .with_context(|| format!("disk {name:?}: opening its image and state"))?;
         let is = disk.image_id();
-        match self.config.image_id() {
+        match was {
             Some(was) if was == is => Ok((disk, None)),
             Some(was) => {
                 // Leave the state file as clean as it was: nothing was served.
                 disk.close().with_context(|| format!("disk {name:?}: closing its state file"))?;
-                bail!(
-                    "disk {name:?}: the image at {} is not the file that was protected (device:inode was {was}, is \
-                     {is}): it was replaced or restored over; run `lifeboat protect {name} --image {} --reset-state` \
-                     to protect the new file (the next cycle is a full verify)",
-                    self.config.image.display(),
-                    self.config.image.display()
-                )
+                Err(self.replaced(name, was, is))
             }
             None => {
                 self.config.set_image_id(is);
@@ -294,6 +297,16 @@ impl DiskEntry {
                 Ok((disk, Some(note)))
             }
         }
+    }
+
+    fn replaced(&self, name: &str, was: ImageId, is: ImageId) -> anyhow::Error {
+        anyhow::anyhow!(
+            "disk {name:?}: the image at {} is not the file that was protected (device:inode was {was}, is {is}): \
+             it was replaced or restored over; run `lifeboat protect {name} --image {} --reset-state` to protect \
+             the new file (the next cycle is a full verify)",
+            self.config.image.display(),
+            self.config.image.display()
+        )
     }
 
     pub fn state_path(&self) -> PathBuf {

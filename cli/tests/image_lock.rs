@@ -101,9 +101,19 @@ fn issue12_a_second_filter_on_the_same_file_is_refused() {
     image(&other, 3);
     s.home.protect("first", &img, 64 * KIB);
     s.home.protect("second", &other, 64 * KIB);
-    // After `protect` checked it, `second`'s path comes to name the same file.
+    // After `protect` checked it, `second`'s path comes to name the same
+    // file, and its config predates recorded identities (so the identity
+    // check adopts the file): only the image lock is left to refuse it.
     fs::remove_file(&other).unwrap();
     fs::hard_link(&img, &other).unwrap();
+    let conf = s.home.dir.join("disks/second/disk.toml");
+    let old: String = fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("image_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&conf, &old).unwrap();
 
     let first = s.home.filter("first", &s.path("a.sock"));
     let mut second = s.home.spawn_filter("second", &[format!("unix:{}", s.path("b.sock").display())]);
@@ -118,6 +128,13 @@ fn issue12_a_second_filter_on_the_same_file_is_refused() {
     // The refusal left the second disk's state clean.
     assert!(!s.home.dirty("second").suspect);
     first.stop();
+
+    // One agent given both names serves the first and refuses the second.
+    let mut agent = s.home.agent(&[], &["first"]);
+    let line = agent.wait_line("is in use by another process", Duration::from_secs(30));
+    assert!(line.contains("error: second:") && line.contains(arg(&other)), "{line}");
+    assert!(!agent.log().contains("second: serving on"), "the agent served both names:\n{}", agent.log());
+    agent.stop();
 }
 
 #[test]
@@ -206,6 +223,8 @@ fn issue12_a_replaced_image_is_refused_until_protected_again() {
     fs::write(&new, &data).unwrap();
     fs::rename(&new, &img).unwrap();
 
+    let state = s.home.dir.join("disks/rp/state");
+    let state_before = fs::read(&state).unwrap();
     let mut f = s.home.spawn_filter("rp", &[format!("unix:{}", s.path("nbd.sock").display())]);
     let status = f.wait(Duration::from_secs(30));
     let log = f.log();
@@ -213,6 +232,7 @@ fn issue12_a_replaced_image_is_refused_until_protected_again() {
     for needle in ["is not the file that was protected", arg(&img), "lifeboat protect rp --image", "--reset-state"] {
         assert!(log.contains(needle), "the refusal does not mention {needle:?}:\n{log}");
     }
+    assert_eq!(fs::read(&state).unwrap(), state_before, "the refused filter changed the state file");
     s.home.run_ok(&["protect", "rp", "--image", arg(&img), "--reset-state"]);
     s.home.filter("rp", &s.path("nbd.sock")).stop();
 
