@@ -11,10 +11,13 @@
 //! HOME/failovers/VM/            a failover at this site: job.json, disks/, console.log, qmp.sock
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use filter::copies::CopyMemory;
 use filter::disk::DiskPaths;
+use filter::{Disk, ImageId};
 use serde::{Deserialize, Serialize};
 
 /// The home directory.
@@ -32,6 +35,14 @@ pub struct DiskConfig {
     pub block_size: u32,
     /// Hex of the 16-byte disk identity (also in the state file).
     pub disk_id: String,
+    /// Which file the image was when it was protected: its device
+    /// (`st_dev`) and inode. Absent in configs written before they were
+    /// recorded; the next open records them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_device: Option<u64>,
+    /// See `image_device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_inode: Option<u64>,
     /// Where the agent serves the disk over NBD (`unix:PATH` or
     /// `tcp:HOST:PORT`); empty means `unix:HOME/disks/NAME/nbd.sock`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -39,6 +50,38 @@ pub struct DiskConfig {
     /// Replication settings, once the disk has a vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<Replication>,
+}
+
+impl DiskConfig {
+    /// The image's identity recorded at protect, if it was.
+    pub fn image_id(&self) -> Option<ImageId> {
+        Some(ImageId { device: self.image_device?, inode: self.image_inode? })
+    }
+
+    /// Records the image's identity.
+    pub fn set_image_id(&mut self, id: ImageId) {
+        self.image_device = Some(id.device);
+        self.image_inode = Some(id.inode);
+    }
+
+    /// Writes the configuration to `conf` (atomically: a new file renamed over it).
+    pub fn write(&self, conf: &Path) -> Result<()> {
+        let tmp = conf.with_extension("toml.new");
+        std::fs::write(&tmp, toml::to_string(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, conf).with_context(|| format!("writing {}", conf.display()))?;
+        Ok(())
+    }
+}
+
+/// Closes a disk that was opened but could not be served (a socket could
+/// not be bound), so its state file is left clean rather than looking like a
+/// filter that died; returns `e`, the reason. Call after every other holder
+/// of `disk` (the control server) has been stopped.
+pub fn close_unserved(disk: Arc<Disk>, e: anyhow::Error) -> anyhow::Error {
+    match Arc::try_unwrap(disk).map(Disk::close) {
+        Ok(Err(c)) => e.context(format!("(closing the disk's state file also failed: {c})")),
+        _ => e,
+    }
 }
 
 /// Where and how often a disk replicates.
@@ -171,6 +214,24 @@ impl Home {
         Ok(names)
     }
 
+    /// The protected disk (other than `except`) whose image is the file
+    /// `id`, and its image path: the file its image path names now
+    /// (following symlinks), or the one recorded at protect. Disks whose
+    /// configuration cannot be read are passed over.
+    pub fn disk_with_image(&self, id: ImageId, except: Option<&str>) -> Result<Option<(String, PathBuf)>> {
+        for name in self.disk_names()? {
+            if except == Some(name.as_str()) {
+                continue;
+            }
+            let Ok(entry) = self.disk(&name) else { continue };
+            let now = std::fs::metadata(&entry.config.image).ok().map(|m| ImageId::of(&m));
+            if now == Some(id) || entry.config.image_id() == Some(id) {
+                return Ok(Some((name, entry.config.image)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Loads a protected disk, with an error that says how to protect it if it is not.
     pub fn disk(&self, name: &str) -> Result<DiskEntry> {
         check_name(name)?;
@@ -193,6 +254,61 @@ impl Home {
 }
 
 impl DiskEntry {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("disk.toml")
+    }
+
+    /// Opens the disk to serve or cut it ([`Disk::open_with_copy_memory`]:
+    /// the image under QEMU's lock, the state file under its own) and checks
+    /// that the image is still the file that was protected: a file renamed
+    /// or restored over the path is refused, because the state file's bits
+    /// describe the old file. A config from before identities were recorded
+    /// gets the open file's recorded now; the second value then says so,
+    /// for the caller's log.
+    pub fn open_disk(&mut self, name: &str, copy_memory: Arc<CopyMemory>) -> Result<(Disk, Option<String>)> {
+        let was = self.config.image_id();
+        // Checked first on the path, so a replaced image is refused before
+        // its state file is touched; then on the file opened (the path may
+        // have changed in between).
+        if let (Some(was), Ok(meta)) = (was, std::fs::metadata(&self.config.image)) {
+            if ImageId::of(&meta) != was {
+                return Err(self.replaced(name, was, ImageId::of(&meta)));
+            }
+        }
+        let disk = Disk::open_with_copy_memory(self.paths(), copy_memory)
+            .with_context(|| format!("disk {name:?}: opening its image and state"))?;
+        let is = disk.image_id();
+        match was {
+            Some(was) if was == is => Ok((disk, None)),
+            Some(was) => {
+                // Leave the state file as clean as it was: nothing was served.
+                disk.close().with_context(|| format!("disk {name:?}: closing its state file"))?;
+                Err(self.replaced(name, was, is))
+            }
+            None => {
+                self.config.set_image_id(is);
+                self.config.write(&self.config_path())?;
+                let note = format!(
+                    "{name}: recorded the image's identity (device:inode {is}) in {}; from now on a file replaced \
+                     at {} is refused",
+                    self.config_path().display(),
+                    self.config.image.display()
+                );
+                Ok((disk, Some(note)))
+            }
+        }
+    }
+
+    fn replaced(&self, name: &str, was: ImageId, is: ImageId) -> anyhow::Error {
+        anyhow::anyhow!(
+            "disk {name:?}: the image at {} is not the file that was protected (device:inode was {was}, is {is}): \
+             it was replaced or restored over; run `lifeboat protect {name} --image {} --reset-state` to protect \
+             the new file (the next cycle is a full verify)",
+            self.config.image.display(),
+            self.config.image.display()
+        )
+    }
+
     pub fn state_path(&self) -> PathBuf {
         self.dir.join("state")
     }

@@ -100,7 +100,10 @@ enum Command {
     /// the default export (empty name), as with qemu-nbd. SIGTERM or SIGINT
     /// finishes the requests in flight, marks the state file clean and exits 0.
     /// A control socket in the disk's directory lets `lifeboat snapshot` (and
-    /// the shipper) cut the disk while it is served.
+    /// the shipper) cut the disk while it is served. While it serves the image
+    /// it holds QEMU's image lock on it: a VM, qemu-io or another filter that
+    /// would write the file directly is refused. An image replaced at its path
+    /// since `protect` is refused until `protect NAME --reset-state`.
     Filter(cmd::filter::Args),
     /// Show which blocks have changed since the last recovery point.
     Dirty(cmd::dirty::Args),

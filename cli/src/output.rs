@@ -6,6 +6,48 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use filter::ImageId;
+
+use crate::home::Home;
+
+/// Refuses to write `out` if it is a disk image in use: the image of a
+/// disk protected in `home` (by device and inode, whatever path names it),
+/// or a file some process holds QEMU's image lock on (a VM, `qemu-io`, a
+/// filter of another home). `--force` does not override this: an output is
+/// renamed over `out`, and a process serving the old file would go on
+/// writing the VM's data to the deleted file. `what` names the command.
+pub fn refuse_image_in_use(home: &Home, out: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", out.display())),
+    };
+    if let Some((disk, image)) = home.disk_with_image(ImageId::of(&meta), None)? {
+        bail!(
+            "{} is the image of protected disk {disk:?} ({}); a {what} never replaces a protected image, even with \
+             --force (a filter serving it would go on writing the VM's data to the replaced file). {what} to a new \
+             file instead, then boot it with `lifeboat failover`, or stop the VM and the agent, copy it over the \
+             image and run `lifeboat protect {disk} --image {} --reset-state`",
+            out.display(),
+            image.display(),
+            image.display()
+        );
+    }
+    if meta.file_type().is_file() || meta.file_type().is_block_device() {
+        let f = File::open(out).with_context(|| format!("opening {}", out.display()))?;
+        let holder =
+            filter::image::lock_holder(&f).with_context(|| format!("checking the image locks of {}", out.display()))?;
+        if let Some(c) = holder {
+            bail!(
+                "{} is in use: a process holds QEMU's image lock on it ({c}): a VM, qemu-io or a Lifeboat filter; \
+                 stop it first, or {what} to a new file",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
 
 /// An output image being written.
 pub struct PartialFile {

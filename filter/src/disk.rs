@@ -49,6 +49,7 @@ use disk_format::{blocks_touched, Geometry, LastPoint};
 use crate::bitmap::Bitmap;
 use crate::copies::{CopyMemory, CopyStore, CopyUsage, Slot};
 use crate::error::FilterError;
+use crate::image::{lock_for_serving, ImageId};
 use crate::nbd::Export;
 use crate::state_file::StateFile;
 
@@ -93,6 +94,8 @@ struct ActiveCut {
 pub struct Disk {
     paths: DiskPaths,
     image: File,
+    /// Which file `image` is.
+    image_id: ImageId,
     geometry: Geometry,
     state: StateFile,
     /// Copy-before-write copies of the current cut, one block-sized slot each.
@@ -134,8 +137,10 @@ fn image_size(path: &Path, f: &File) -> Result<u64, FilterError> {
 }
 
 impl Disk {
-    /// Opens the image and the state file (locking it). Fails without changing
-    /// anything if the state file is refused or the image's size differs.
+    /// Opens the image (taking QEMU's image lock on it, see [`crate::image`])
+    /// and the state file (locking it). Fails without changing anything if
+    /// another process has the image or the state file, or the state file is
+    /// refused; an image whose size differs is refused too.
     /// Copies wait in memory within the process-wide [`CopyMemory::global`].
     pub fn open(paths: DiskPaths) -> Result<Disk, FilterError> {
         Disk::open_with_copy_memory(paths, CopyMemory::global())
@@ -149,17 +154,27 @@ impl Disk {
             .write(true)
             .open(&paths.image)
             .map_err(FilterError::io("opening disk image", &paths.image))?;
+        // Before the state file is touched: a refusal changes nothing.
+        if let Err(conflict) = lock_for_serving(&image).map_err(FilterError::io("locking disk image", &paths.image))? {
+            // The same disk served twice: say so (the state file's lock).
+            if crate::state_file::is_locked(&paths.state) {
+                return Err(FilterError::Locked { path: paths.state.clone() });
+            }
+            return Err(FilterError::ImageInUse { path: paths.image.clone(), conflict });
+        }
+        let meta = image.metadata().map_err(FilterError::io("inspecting disk image", &paths.image))?;
+        let image_id = ImageId::of(&meta);
+        let is_file = meta.file_type().is_file();
         let state = StateFile::open(&paths.state)?;
         let geometry = state.geometry();
         let copies_store = CopyStore::open(&paths.scratch, geometry.block_size, budget)?;
-        let is_file =
-            image.metadata().map_err(FilterError::io("inspecting disk image", &paths.image))?.file_type().is_file();
         let size = image_size(&paths.image, &image)?;
         if size != geometry.disk_size {
             return Err(FilterError::ImageSize { path: paths.image.clone(), size, want: geometry.disk_size });
         }
         Ok(Disk {
             image,
+            image_id,
             geometry,
             state,
             copies_store,
@@ -302,6 +317,12 @@ impl Disk {
             return Err(FilterError::NotInCut(b));
         }
         Ok(())
+    }
+
+    /// Which file the open image is (device and inode), whatever its path
+    /// names now.
+    pub fn image_id(&self) -> ImageId {
+        self.image_id
     }
 
     /// The disk image's path (for messages).

@@ -73,6 +73,17 @@ pub enum FilterError {
         /// The state file.
         path: PathBuf,
     },
+    /// Another process holds QEMU's image lock on the image in a way that
+    /// conflicts with serving it: a VM runs on the file, or another filter
+    /// (under another name, or another home) serves it.
+    #[error("disk image {} is in use by another process (a VM or another filter holds QEMU's image lock on it: \
+             {conflict}): stop it first; a VM must reach a protected disk only through Lifeboat's NBD export", path.display())]
+    ImageInUse {
+        /// The image.
+        path: PathBuf,
+        /// The conflicting lock.
+        conflict: crate::image::Conflict,
+    },
     /// A cut was asked for while one is in progress.
     #[error("a cut (generation {0}) is already in progress; finish or abort it first")]
     CutInProgress(u64),

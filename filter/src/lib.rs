@@ -10,6 +10,9 @@
 //! serves the image over NBD ([`nbd`]) and takes cut requests on a control
 //! socket ([`control`]).
 //!
+//! While it serves an image it holds QEMU's image lock on it ([`image`]), so
+//! a VM, `qemu-io` or a second filter cannot write the image behind its back.
+//!
 //! It must not know about encryption, vaults or networks beyond NBD and its
 //! control socket.
 #![deny(missing_docs)]
@@ -19,6 +22,7 @@ pub mod control;
 pub mod copies;
 pub mod disk;
 pub mod error;
+pub mod image;
 pub mod log;
 mod mmap;
 pub mod nbd;
@@ -27,4 +31,5 @@ mod sys;
 
 pub use disk::{CutInfo, CutKind, Disk};
 pub use error::FilterError;
+pub use image::ImageId;
 pub use state_file::{DirtyReport, StateFile};

@@ -101,6 +101,16 @@ fn read_header(path: &Path, file: &File) -> Result<(StateHeader, usize), FilterE
     Ok((header, slot))
 }
 
+/// Whether another process holds the state file's lock (a filter or a
+/// cycle has the disk open). False if the file cannot be opened.
+pub(crate) fn is_locked(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    // SAFETY: flock on a descriptor we own; the lock, if taken, goes when
+    // `file` closes at the end of this function.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
 fn load_words(words: &[AtomicU64]) -> Vec<u64> {
     words.iter().map(|w| w.load(std::sync::atomic::Ordering::Acquire)).collect()
 }

@@ -122,6 +122,29 @@ fn a_second_opener_is_refused_while_the_disk_is_held() {
     assert!(matches!(Disk::open(paths), Err(FilterError::Locked { .. })));
 }
 
+/// Issue 12, hole 4: one image behind two state files (two names, or two
+/// homes) is served by one `Disk` at a time: the second is refused on
+/// QEMU's image lock, before its state file is touched, and a lock-free
+/// reopen of the first (the direct reader's) conflicts with nothing.
+#[test]
+fn issue12_the_same_image_under_another_state_file_is_refused_while_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = setup(dir.path(), 1 << 20, 65536);
+    let held = Disk::open(paths.clone()).unwrap();
+    let other_state = dir.path().join("state2");
+    StateFile::create(&other_state, Geometry::new(1 << 20, 65536).unwrap(), [2; 16], false).unwrap();
+    let before = std::fs::read(&other_state).unwrap();
+    let other = DiskPaths { image: paths.image.clone(), state: other_state.clone(), scratch: dir.path().join("s2") };
+    let e = Disk::open(other.clone()).err().expect("a second Disk on the same image was opened");
+    assert!(matches!(e, FilterError::ImageInUse { .. }), "{e}");
+    assert!(e.to_string().contains(&paths.image.display().to_string()), "{e}");
+    assert_eq!(std::fs::read(&other_state).unwrap(), before, "the refused open changed its state file");
+    let _reader = held.reopen_image(false).unwrap();
+    held.close().unwrap();
+    // The lock went with the first Disk.
+    Disk::open(other).unwrap().close().unwrap();
+}
+
 #[test]
 fn a_resized_image_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -117,6 +117,18 @@ pub enum VaultError {
         /// What was found, e.g. "packs".
         what: &'static str,
     },
+    /// `create` on a directory that holds files other than a vault's.
+    #[error(
+        "{} is not empty (it holds {entry:?}) and is not a Lifeboat vault; refusing to create a vault among other \
+         files: give an empty or new directory",
+        path.display()
+    )]
+    DirectoryNotEmpty {
+        /// The directory.
+        path: PathBuf,
+        /// One entry that is not a vault's.
+        entry: String,
+    },
     /// The vault config is damaged.
     #[error("the vault config of {location} is unusable: {source}")]
     BadConfig {

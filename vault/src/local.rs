@@ -73,7 +73,28 @@ impl LocalBackend {
     }
 
     /// Creates the vault directory (and its parents) if needed and opens it.
+    /// Refuses a directory that holds anything but a vault's own
+    /// directories (and a new filesystem's `lost+found`): a vault is not
+    /// mixed into a directory that has other files. A directory that is
+    /// already a vault is opened, for [`crate::Vault::init`] to refuse.
     pub fn create(root: &Path) -> Result<LocalBackend, VaultError> {
+        match fs::read_dir(root) {
+            Ok(entries) => {
+                let own: Vec<&str> = Kind::ALL.iter().map(|k| k.prefix()).chain(["tmp", TRASH, "lost+found"]).collect();
+                for e in entries {
+                    let e = e.map_err(VaultError::io("listing vault directory", root))?;
+                    let name = e.file_name();
+                    if !own.iter().any(|o| name == *o) {
+                        return Err(VaultError::DirectoryNotEmpty {
+                            path: root.to_owned(),
+                            entry: name.to_string_lossy().into_owned(),
+                        });
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(VaultError::Io { what: "opening vault directory", path: root.to_owned(), source: e }),
+        }
         fs::create_dir_all(root).map_err(VaultError::io("creating vault directory", root))?;
         for kind in Kind::ALL {
             let d = root.join(kind.prefix());

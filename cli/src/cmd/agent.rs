@@ -26,7 +26,7 @@ use shipper::{LocalSource, ShipError};
 use vault::VaultError;
 
 use crate::cmd::ship::Bar;
-use crate::home::Home;
+use crate::home::{close_unserved, Home};
 use crate::replicate::Target;
 use crate::signals;
 use crate::size::{parse_duration, parse_size};
@@ -243,7 +243,7 @@ fn groups<'a>(home: &Home, served: &'a [Served]) -> Vec<(String, Vec<Member<'a>>
 
 /// Opens one disk: its state file (locked), control socket and NBD listener.
 fn open(home: &Home, name: &str, copy_memory: &Arc<CopyMemory>) -> Result<(Served, Server)> {
-    let entry = home.disk(name)?;
+    let mut entry = home.disk(name)?;
     entry.check_usable(name)?;
     let target = match entry.config.replication {
         Some(_) => Some(Target::load(home, name)?.1),
@@ -252,7 +252,10 @@ fn open(home: &Home, name: &str, copy_memory: &Arc<CopyMemory>) -> Result<(Serve
             None
         }
     };
-    let disk = Disk::open_with_copy_memory(entry.paths(), Arc::clone(copy_memory))?;
+    let (disk, note) = entry.open_disk(name, Arc::clone(copy_memory))?;
+    if let Some(note) = note {
+        log!("lifeboat agent: {note}");
+    }
     let opened = disk.state().opened();
     if opened.newly_suspect {
         log!(
@@ -263,12 +266,25 @@ fn open(home: &Home, name: &str, copy_memory: &Arc<CopyMemory>) -> Result<(Serve
         log!("lifeboat agent: {name}: the previous run stopped without a clean shutdown; its bitmaps are intact");
     }
     let disk = Arc::new(disk);
-    let control = ControlServer::start(&entry.control_path(), disk.clone())
-        .with_context(|| format!("starting the control socket {}", entry.control_path().display()))?;
+    let control = match ControlServer::start(&entry.control_path(), disk.clone())
+        .with_context(|| format!("starting the control socket {}", entry.control_path().display()))
+    {
+        Ok(c) => c,
+        Err(e) => return Err(close_unserved(disk, e)),
+    };
+    let listen = entry.listen();
+    let server = match listen.and_then(|listen| {
+        Server::bind(&listen, name, disk.clone()).with_context(|| {
+            format!("listening on {}", listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" "))
+        })
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            control.stop();
+            return Err(close_unserved(disk, e));
+        }
+    };
     let listen = entry.listen()?;
-    let server = Server::bind(&listen, name, disk.clone()).with_context(|| {
-        format!("listening on {}", listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" "))
-    })?;
     let addrs: Vec<String> = listen.iter().map(|l| l.to_string()).collect();
     let rpo = target.as_ref().map(|t| format!(", RPO {} s", t.settings.rpo_seconds)).unwrap_or_default();
     log!("lifeboat agent: {name}: serving on {}{rpo}", addrs.join(" "));

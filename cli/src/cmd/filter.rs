@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use filter::control::ControlServer;
+use filter::copies::CopyMemory;
 use filter::nbd::{Listen, Server};
-use filter::Disk;
 
-use crate::home::Home;
+use crate::home::{close_unserved, Home};
 use crate::signals;
 use crate::status_file;
 
@@ -22,9 +22,12 @@ pub struct Args {
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
     signals::block_termination().context("blocking SIGTERM/SIGINT")?;
-    let entry = home.disk(&a.name)?;
+    let mut entry = home.disk(&a.name)?;
     entry.check_usable(&a.name)?;
-    let disk = Disk::open(entry.paths())?;
+    let (disk, note) = entry.open_disk(&a.name, CopyMemory::global())?;
+    if let Some(note) = note {
+        filter::log_line!("lifeboat: {note}");
+    }
     let opened = disk.state().opened();
     if opened.newly_suspect {
         filter::log_line!(
@@ -41,8 +44,17 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let disk = Arc::new(disk);
     let status_path = entry.status_path();
     let _ = status_file::record_log_drops(&status_path);
-    let control = ControlServer::start(&entry.control_path(), disk.clone())?;
-    let server = Server::bind(&a.listen, &a.name, disk.clone())?;
+    let control = match ControlServer::start(&entry.control_path(), disk.clone()) {
+        Ok(c) => c,
+        Err(e) => return Err(close_unserved(disk, e.into())),
+    };
+    let server = match Server::bind(&a.listen, &a.name, disk.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            control.stop();
+            return Err(close_unserved(disk, e.into()));
+        }
+    };
     let shutdown = server.shutdown_handle();
     let name = a.name.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || {

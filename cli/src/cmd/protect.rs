@@ -1,11 +1,11 @@
 //! `lifeboat protect`: start protecting a disk image.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use disk_format::Geometry;
-use filter::StateFile;
+use filter::{ImageId, StateFile};
 
 use crate::home::{check_name, DiskConfig, Home, Replication, Retention};
 use crate::keyfile;
@@ -15,7 +15,9 @@ use crate::size::{parse_duration, parse_size};
 pub struct Args {
     /// Name of the disk: its directory in the home and its NBD export name.
     name: String,
-    /// The raw disk image (file or block device) the VM uses.
+    /// The raw disk image (file or block device) the VM uses. It must open
+    /// read-write (not immutable), and not be another disk's image (same
+    /// device and inode, through symlinks and hard links).
     #[arg(long)]
     image: PathBuf,
     /// Tracking granularity: a power of two from 4KiB to 1MiB. Smaller blocks
@@ -46,8 +48,9 @@ pub struct Args {
     #[arg(long)]
     listen: Vec<filter::nbd::Listen>,
     /// Replace the disk's state file with a new one that marks every block to
-    /// be verified (after a damaged state file was refused). The old file is
-    /// kept beside it as state.replaced-<time>.
+    /// be verified (after a damaged state file was refused, or to adopt a new
+    /// file put at the image's path). The old file is kept beside it as
+    /// state.replaced-<time>.
     #[arg(long)]
     reset_state: bool,
 }
@@ -60,10 +63,75 @@ fn random_id() -> Result<[u8; 16]> {
     Ok(id)
 }
 
-fn image_size(path: &PathBuf) -> Result<u64> {
+/// What `protect` learns about an image by opening it as the filter will.
+struct ImageInfo {
+    size: u64,
+    id: ImageId,
+}
+
+/// Opens the image read-write, as the filter does, so that an image the
+/// filter would refuse (a directory, an immutable or read-only file) is
+/// refused here, before anything is recorded.
+fn inspect_image(path: &Path) -> Result<ImageInfo> {
     use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening disk image {}", path.display()))?;
-    Ok(f.seek(SeekFrom::End(0))?)
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("inspecting disk image {}", path.display()))?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        bail!("disk image {} is a directory: give the VM's raw image file or block device", path.display());
+    }
+    if !kind.is_file() && !kind.is_block_device() {
+        bail!("disk image {} is neither a regular file nor a block device: give the VM's raw image", path.display());
+    }
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EPERM) => {
+                "it is immutable or append-only (see `lsattr`; `chattr -i` / `chattr -a` clear that), and the \
+                 filter must write the VM's data to it"
+            }
+            Some(libc::EACCES | libc::EROFS) => "the filter must write the VM's data to it: make it writable",
+            _ => "the filter must open it for reading and writing",
+        };
+        anyhow::anyhow!("disk image {} cannot be opened for writing ({e}): {why}", path.display())
+    })?;
+    let size = f.seek(SeekFrom::End(0)).with_context(|| format!("sizing disk image {}", path.display()))?;
+    let id = ImageId::of(&f.metadata().with_context(|| format!("inspecting disk image {}", path.display()))?);
+    Ok(ImageInfo { size, id })
+}
+
+/// The longest path a unix socket may have: `sun_path` holds 108 bytes,
+/// the terminating NUL included.
+const SOCKET_PATH_MAX: usize = 107;
+
+/// Refuses a socket path the agent could not bind, before anything is
+/// recorded (an agent that fails to bind leaves the disk's state unclean).
+fn check_socket_path(name: &str, what: &str, path: &Path) -> Result<()> {
+    let len = path.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        bail!(
+            "disk {name:?}: its {what} {} would be {len} bytes long, longer than a unix socket path may be \
+             ({SOCKET_PATH_MAX}): use a shorter disk name, a home with a shorter path (--home / LIFEBOAT_HOME), or \
+             a shorter --listen path",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Checks every unix socket the disk would have: its control socket, and
+/// its NBD sockets (the default one unless `listen` names others).
+fn check_socket_paths(home: &Home, name: &str, listen: &[filter::nbd::Listen]) -> Result<()> {
+    let dir = home.disk_dir(name);
+    check_socket_path(name, "control socket", &dir.join("control.sock"))?;
+    if listen.is_empty() {
+        check_socket_path(name, "NBD socket", &dir.join("nbd.sock"))?;
+    }
+    for l in listen {
+        if let filter::nbd::Listen::Unix(p) = l {
+            check_socket_path(name, "NBD socket", p)?;
+        }
+    }
+    Ok(())
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
@@ -75,7 +143,16 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
     check_name(&a.name)?;
     let image = std::fs::canonicalize(&a.image)
         .with_context(|| format!("disk image {} does not exist or cannot be reached", a.image.display()))?;
-    let size = image_size(&image)?;
+    let ImageInfo { size, id: image_id } = inspect_image(&image)?;
+    if let Some((other, other_image)) = home.disk_with_image(image_id, Some(&a.name))? {
+        bail!(
+            "disk image {} is already protected as disk {other:?} (image {}, the same file: device:inode {image_id}); \
+             one image is protected under one name only, or two filters would each record only their own writes",
+            image.display(),
+            other_image.display()
+        );
+    }
+    check_socket_paths(home, &a.name, &a.listen)?;
     let geometry = Geometry::new(size, a.block_size)
         .with_context(|| format!("cannot protect {} with block size {}", image.display(), a.block_size))?;
     let dir = home.disk_dir(&a.name);
@@ -110,7 +187,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
             old.config.listen = listen;
             writeln!(out, "{}: the agent will serve it on {}", a.name, old.config.listen.join(" "))?;
         }
-        write_config(&conf, &old.config)?;
+        old.config.write(&conf)?;
         return Ok(());
     }
     if existing && !a.reset_state {
@@ -177,10 +254,12 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
         image: image.clone(),
         block_size: geometry.block_size,
         disk_id: disk_id.iter().map(|b| format!("{b:02x}")).collect(),
+        image_device: Some(image_id.device),
+        image_inode: Some(image_id.inode),
         listen,
         replication,
     };
-    write_config(&conf, &config)?;
+    config.write(&conf)?;
     writeln!(
         out,
         "protected {}: image {} ({} bytes, {} blocks of {} bytes){}",
@@ -209,13 +288,6 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
             at.join(" ")
         )?;
     }
-    Ok(())
-}
-
-fn write_config(conf: &std::path::Path, config: &DiskConfig) -> Result<()> {
-    let tmp = conf.with_extension("toml.new");
-    std::fs::write(&tmp, toml::to_string(config)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, conf).with_context(|| format!("writing {}", conf.display()))?;
     Ok(())
 }
 

@@ -26,7 +26,9 @@ pub struct Args {
     /// The vault (default: the disk's vault from `lifeboat protect`).
     #[arg(long)]
     vault: Option<PathBuf>,
-    /// Overwrite --out if it exists.
+    /// Overwrite --out if it exists. Never a protected disk's image, nor an
+    /// image a VM or filter has open (QEMU's image lock): restore to a new
+    /// file instead.
     #[arg(long)]
     force: bool,
 }
@@ -69,6 +71,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         // Never fall back to another point silently: the user chooses.
         bail!("{damage}; pick another point with --point (see `lifeboat points {}`)", a.name);
     }
+    crate::output::refuse_image_in_use(home, &a.out, "restore")?;
     let partial = PartialFile::create(&a.out, a.force)?;
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();

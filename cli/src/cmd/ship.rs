@@ -99,7 +99,7 @@ impl Progress for Bar {
 /// Runs one cycle of disk `name` now: through the process serving it (the
 /// agent or `lifeboat filter`), or on the locked image when none does.
 pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleReport> {
-    let (entry, target) = Target::load(home, name)?;
+    let (mut entry, target) = Target::load(home, name)?;
     entry.check_usable(name)?;
     // Every failure from here on, also opening the source (the serving
     // process may die at any moment), names the disk and leaves its changes
@@ -114,14 +114,16 @@ pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleRepor
         },
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             // No filter: the VM is off. Lock the disk so no filter starts meanwhile.
-            match LocalSource::open(entry.paths()) {
-                Ok(mut source) => {
-                    let r = target.cycle(&mut source, None, 0, &mut bar, None);
-                    source.close()?;
-                    r
-                }
-                Err(e) => opening("opening its image (no filter serves it)", e),
+            let (disk, note) = entry
+                .open_disk(name, filter::copies::CopyMemory::global())
+                .with_context(|| format!("cycle of disk {name:?}: opening its image (no filter serves it)"))?;
+            if let Some(note) = note {
+                filter::log_line!("lifeboat: {note}");
             }
+            let mut source = LocalSource::shared(std::sync::Arc::new(disk));
+            let r = target.cycle(&mut source, None, 0, &mut bar, None);
+            source.close()?;
+            r
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", entry.control_path().display())),
     };

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use filter::control::ControlClient;
-use filter::{CutKind, Disk};
+use filter::CutKind;
 
 use crate::home::Home;
 use crate::output::PartialFile;
@@ -20,7 +20,8 @@ pub struct Args {
     /// The raw image to write (must not exist, unless --force).
     #[arg(long)]
     out: PathBuf,
-    /// Overwrite --out if it exists.
+    /// Overwrite --out if it exists. Never a protected disk's image, nor an
+    /// image a VM or filter has open (QEMU's image lock).
     #[arg(long)]
     force: bool,
 }
@@ -40,15 +41,16 @@ fn write_sparse(out: &File, path: &Path, data: &[u8], offset: u64, block: usize)
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
-    let entry = home.disk(&a.name)?;
+    let mut entry = home.disk(&a.name)?;
     entry.check_usable(&a.name)?;
+    crate::output::refuse_image_in_use(home, &a.out, "snapshot")?;
     let partial = PartialFile::create(&a.out, a.force)?;
     let (out, tmp) = (partial.file(), partial.path());
     let started = Instant::now();
     let (size, how) = match ControlClient::connect(&entry.control_path()) {
         Ok(client) => (from_filter(client, out, tmp)?, "cut by the running filter"),
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
-            (offline(&entry.paths(), out, tmp)?, "no filter running; image copied under the disk lock")
+            (offline(&mut entry, &a.name, out, tmp)?, "no filter running; image copied under the disk lock")
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", entry.control_path().display())),
     };
@@ -95,8 +97,11 @@ fn from_filter(mut c: ControlClient, out: &File, path: &Path) -> Result<u64> {
     Ok(info.disk_size)
 }
 
-fn offline(paths: &filter::disk::DiskPaths, out: &File, path: &Path) -> Result<u64> {
-    let disk = Disk::open(paths.clone())?;
+fn offline(entry: &mut crate::home::DiskEntry, name: &str, out: &File, path: &Path) -> Result<u64> {
+    let (disk, note) = entry.open_disk(name, filter::copies::CopyMemory::global())?;
+    if let Some(note) = note {
+        filter::log_line!("lifeboat: {note}");
+    }
     let g = disk.geometry();
     let cut = disk.cut(CutKind::Full)?;
     let mut buf = vec![0u8; g.block_size as usize];

@@ -13,7 +13,8 @@ pub enum Command {
     /// Create a vault in a directory (a local disk or a mounted share at the
     /// recovery site). The vault stores only the key's fingerprint, never the key.
     Init {
-        /// The vault directory (created if missing).
+        /// The vault directory (created if missing; an existing one must be
+        /// empty).
         dir: PathBuf,
         /// The customer key file the vault will accept.
         #[arg(long)]
