@@ -112,6 +112,26 @@ impl Home {
         &self.root
     }
 
+    /// Makes the home (everything in it) and the top of each local vault in
+    /// `vaults` private to the administrator, as this Lifeboat creates them
+    /// whatever the umask: an older one followed the umask, and under
+    /// `umask 000` left `disk.toml` (which names the image and the key) and the
+    /// sockets open to every local user. These are Lifeboat's own files, so
+    /// it tightens them rather than refuse to start; each change is reported
+    /// (`PATH from 0777 to 0700`) so the administrator sees what was open.
+    /// A vault's root is enough there: at 0700 nobody else can reach below it.
+    pub fn make_private(&self, vaults: &[&std::path::Path]) -> Result<Vec<recovery::trust::Tightened>> {
+        let mut changed = recovery::trust::make_private(&self.root, true)
+            .with_context(|| format!("making the home {} private", self.root.display()))?;
+        for v in vaults {
+            changed.extend(
+                recovery::trust::make_private(v, false)
+                    .with_context(|| format!("making the vault {} private", v.display()))?,
+            );
+        }
+        Ok(changed)
+    }
+
     pub fn disk_dir(&self, name: &str) -> PathBuf {
         self.root.join("disks").join(name)
     }

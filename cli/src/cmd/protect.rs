@@ -73,6 +73,10 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
 /// `run`, reporting to `out` (stdout, or stderr when another command runs it).
 fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
     check_name(&a.name)?;
+    let vaults: Vec<&std::path::Path> = a.vault.as_deref().into_iter().collect();
+    for t in home.make_private(&vaults)? {
+        eprintln!("lifeboat: {t}: it was open to other users; Lifeboat keeps its home and vault private");
+    }
     let image = std::fs::canonicalize(&a.image)
         .with_context(|| format!("disk image {} does not exist or cannot be reached", a.image.display()))?;
     let size = image_size(&image)?;
@@ -121,7 +125,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
             old.config.image.display()
         );
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    recovery::trust::private_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut suspect = false;
     let mut replication = replication;
     let mut listen = listen;
@@ -208,7 +212,8 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
 
 fn write_config(conf: &std::path::Path, config: &DiskConfig) -> Result<()> {
     let tmp = conf.with_extension("toml.new");
-    std::fs::write(&tmp, toml::to_string(config)?).with_context(|| format!("writing {}", tmp.display()))?;
+    recovery::trust::write_private(&tmp, toml::to_string(config)?.as_bytes())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, conf).with_context(|| format!("writing {}", conf.display()))?;
     Ok(())
 }
