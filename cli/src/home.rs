@@ -119,15 +119,22 @@ impl Home {
     /// sockets open to every local user. These are Lifeboat's own files, so
     /// it tightens them rather than refuse to start; each change is reported
     /// (`PATH from 0777 to 0700`) so the administrator sees what was open.
-    /// A vault's root is enough there: at 0700 nobody else can reach below it.
+    /// A vault's root is enough there: at 0700 nobody else can reach below it;
+    /// a vault that cannot be changed is a warning, not an error.
     pub fn make_private(&self, vaults: &[&std::path::Path]) -> Result<Vec<recovery::trust::Tightened>> {
         let mut changed = recovery::trust::make_private(&self.root, true)
             .with_context(|| format!("making the home {} private", self.root.display()))?;
         for v in vaults {
-            changed.extend(
-                recovery::trust::make_private(v, false)
-                    .with_context(|| format!("making the vault {} private", v.display()))?,
-            );
+            // A vault may sit on a share where even root cannot chmod (NFS
+            // with root_squash): say so, but keep protecting.
+            match recovery::trust::make_private(v, false) {
+                Ok(c) => changed.extend(c),
+                Err(e) => eprintln!(
+                    "lifeboat: warning: cannot make the vault {} private ({e}); run `chmod go-rwx {}` where it is stored",
+                    v.display(),
+                    v.display()
+                ),
+            }
         }
         Ok(changed)
     }
