@@ -59,9 +59,9 @@ impl Hooks {
         c
     }
 
-    /// Runs a hook to its end or its timeout (then kills it).
-    /// A hook runs as root: it must be as private as the key file, checked
-    /// right before each run (it may have been loosened since `vm define`).
+    /// Runs a hook to its end or its timeout (then kills it). A hook runs as
+    /// root, so it must be as private as the key file: checked right before
+    /// each run (it may have been loosened since `vm define`).
     fn run(&self, program: &Path, which: &str) -> Result<(), String> {
         recovery::trust::check_private_executable(program, &format!("{which}-cut hook")).map_err(|e| e.to_string())?;
         let mut child = self

@@ -17,6 +17,21 @@ use anyhow::{bail, Context, Result};
 use filter::disk::DiskPaths;
 use serde::{Deserialize, Serialize};
 
+/// Whether `dir` holds only entries named in `known` (true if it is missing).
+fn only_entries(dir: &std::path::Path, known: &[&str]) -> std::io::Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        if !e?.file_name().to_str().is_some_and(|n| known.contains(&n)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The home directory.
 pub struct Home {
     root: PathBuf,
@@ -112,28 +127,55 @@ impl Home {
         &self.root
     }
 
-    /// Makes the home (everything in it) and the top of each local vault in
-    /// `vaults` private to the administrator, as this Lifeboat creates them
-    /// whatever the umask: an older one followed the umask, and under
-    /// `umask 000` left `disk.toml` (which names the image and the key) and the
-    /// sockets open to every local user. These are Lifeboat's own files, so
-    /// it tightens them rather than refuse to start; each change is reported
-    /// (`PATH from 0777 to 0700`) so the administrator sees what was open.
-    /// A vault's root is enough there: at 0700 nobody else can reach below it;
-    /// a vault that cannot be changed is a warning, not an error.
+    /// Makes the home and the top of each local vault in `vaults` private to
+    /// the administrator, as this Lifeboat creates them whatever the umask:
+    /// an older one followed the umask, and under `umask 000` left
+    /// `disk.toml` (which names the image and the key) and the sockets open
+    /// to every local user. These are Lifeboat's own files, so it tightens
+    /// them rather than refuse to start; each change is reported (`PATH from
+    /// 0777 to 0700`) so the administrator sees what was open.
+    ///
+    /// Only what is surely Lifeboat's is changed: the home's own
+    /// subdirectories, everything in them; the home itself and a vault's
+    /// top directory only while they hold nothing but Lifeboat's entries (a
+    /// `--home /tmp` must not turn `/tmp` private). Otherwise, and where a
+    /// vault cannot be changed (a root-squashed share), a warning names the
+    /// path and the chmod to run. A vault's top directory is enough: at 0700
+    /// nobody else can reach below it.
     pub fn make_private(&self, vaults: &[&std::path::Path]) -> Result<Vec<recovery::trust::Tightened>> {
-        let mut changed = recovery::trust::make_private(&self.root, true)
-            .with_context(|| format!("making the home {} private", self.root.display()))?;
-        for v in vaults {
-            // A vault may sit on a share where even root cannot chmod (NFS
-            // with root_squash): say so, but keep protecting.
-            match recovery::trust::make_private(v, false) {
+        const HOME_ENTRIES: [&str; 5] = ["disks", "vms", "failovers", "plans", "audit"];
+        let mut changed = Vec::new();
+        for sub in HOME_ENTRIES {
+            let dir = self.root.join(sub);
+            changed.extend(
+                recovery::trust::make_private(&dir, true)
+                    .with_context(|| format!("making {} private", dir.display()))?,
+            );
+        }
+        let vault_entries: Vec<&str> =
+            vault::backend::Kind::ALL.iter().map(|k| k.prefix()).chain(["tmp", "trash"]).collect();
+        let tops = std::iter::once((self.root.as_path(), &HOME_ENTRIES[..], "home"))
+            .chain(vaults.iter().map(|v| (*v, &vault_entries[..], "vault")));
+        for (dir, known, what) in tops {
+            let tightened = match only_entries(dir, known) {
+                Ok(true) => recovery::trust::make_private(dir, false).map_err(|e| e.to_string()),
+                Ok(false) => Err("it holds more than Lifeboat's own entries".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match tightened {
                 Ok(c) => changed.extend(c),
-                Err(e) => eprintln!(
-                    "lifeboat: warning: cannot make the vault {} private ({e}); run `chmod go-rwx {}` where it is stored",
-                    v.display(),
-                    v.display()
-                ),
+                Err(why) => {
+                    let mode =
+                        std::fs::metadata(dir).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+                    if mode.is_ok_and(|m| m & 0o077 != 0) {
+                        eprintln!(
+                            "lifeboat: warning: the {what} {} is open to other users and was left so ({why}); if it \
+                             is Lifeboat's alone, run `chmod go-rwx {}`",
+                            dir.display(),
+                            dir.display()
+                        );
+                    }
+                }
             }
         }
         Ok(changed)

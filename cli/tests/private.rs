@@ -13,7 +13,8 @@
 //!   naming uid 65534, the NBD socket closes before the handshake, the filter
 //!   logs both refusals, and the disk's dirty bits are unchanged;
 //! * a home left loose by an older Lifeboat is tightened by the next
-//!   `protect`, which names each path it changed.
+//!   `protect`, which names each path it changed; a home that holds other
+//!   things too keeps its own mode, with a warning.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -186,4 +187,17 @@ fn protect_tightens_a_home_an_older_lifeboat_left_open() {
     }
     let loose = loose_entries(&home);
     assert!(loose.is_empty(), "still open after protect:\n{}", loose.join("\n"));
+
+    // A home that holds something else (say `--home /tmp`) is not Lifeboat's
+    // alone: its own mode is left, with a warning; its disks are still private.
+    fs::write(home.join("notes.txt"), b"not Lifeboat's").unwrap();
+    chmod(&home, 0o777);
+    chmod(&home.join("disks/d"), 0o777);
+    let o = s.home.run_ok(&["protect", "f", "--image", arg(&other), "--block-size", "64KiB"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let warned = format!("the home {} is open to other users and was left so", home.display());
+    assert!(err.contains(&warned) && err.contains("chmod go-rwx"), "no warning about the shared home:\n{err}");
+    assert_eq!(fs::metadata(&home).unwrap().permissions().mode() & 0o777, 0o777, "a shared home was changed");
+    let disk = fs::metadata(home.join("disks/d")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(disk, 0o700, "the disk directory of a shared home was left open");
 }
