@@ -49,7 +49,13 @@ fn loose_entries(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let m = fs::symlink_metadata(&p).unwrap();
+        // The agent runs meanwhile: a temporary file may go between listing and
+        // looking (one that is there is checked like the rest).
+        let m = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", p.display()),
+        };
         let ft = m.file_type();
         let mode = m.permissions().mode() & 0o7777;
         let want = if ft.is_dir() {
@@ -63,7 +69,9 @@ fn loose_entries(root: &Path) -> Vec<String> {
             out.push(format!("{} {mode:04o} (want {want:04o})", p.display()));
         }
         if ft.is_dir() {
-            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            if let Ok(entries) = fs::read_dir(&p) {
+                stack.extend(entries.filter_map(|e| Some(e.ok()?.path())));
+            }
         }
     }
     out

@@ -21,8 +21,9 @@
 //! Only root and the user the filter runs as may use the socket: the file is
 //! made 0600 before it listens, whatever the umask, and each connection's
 //! peer credentials (SO_PEERCRED) are checked before its first request is
-//! read; anyone else gets one line, `err uid N may not use the control
-//! socket ...`, and is disconnected (and the filter logs the refusal).
+//! served; anyone else gets one line in answer to its first request, `err
+//! uid N may not use the control socket ...`, and is disconnected (and the
+//! filter logs the refusal).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -88,10 +89,16 @@ fn serve(conn: UnixStream, disk: &Disk) {
         Ok(uid) if crate::sys::peer_allowed(uid) => {}
         Ok(uid) => {
             eprintln!("control: refused a connection from uid {uid}: only root and the filter's own user may cut");
+            // Read (and ignore) the first request before answering it: closing
+            // a unix socket with unread data resets the peer, which could then
+            // lose the answer. Bounded in size and time.
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = BufReader::new(&conn).take(MAX_LINE as u64).read_line(&mut String::new());
             let _ = writeln!(
                 &conn,
                 "err uid {uid} may not use the control socket of this disk: only root and the user running the filter may"
             );
+            let _ = conn.shutdown(std::net::Shutdown::Write);
             return;
         }
         Err(e) => {
