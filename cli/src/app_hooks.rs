@@ -26,6 +26,9 @@ pub struct Hooks {
     how: Quiesce,
     timeout: Duration,
     watchdog: Mutex<Option<Child>>,
+    /// `before` refused a hook another user could change: nothing was
+    /// quiesced, so `after` runs nothing either.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl Hooks {
@@ -41,6 +44,7 @@ impl Hooks {
             how,
             timeout: Duration::from_secs(a.timeout_seconds),
             watchdog: Mutex::new(None),
+            refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -55,8 +59,11 @@ impl Hooks {
         c
     }
 
-    /// Runs a hook to its end or its timeout (then kills it).
+    /// Runs a hook to its end or its timeout (then kills it). A hook runs as
+    /// root, so it must be as private as the key file: checked right before
+    /// each run (it may have been loosened since `vm define`).
     fn run(&self, program: &Path, which: &str) -> Result<(), String> {
+        recovery::trust::check_private_executable(program, &format!("{which}-cut hook")).map_err(|e| e.to_string())?;
         let mut child = self
             .command(program, which)
             .spawn()
@@ -118,6 +125,13 @@ impl Hooks {
 
 impl shipper::CutHook for Hooks {
     fn before(&self) -> Result<(), String> {
+        if let Quiesce::Hooks { pre, post } = &self.how {
+            // The watchdog may run the post hook: neither runs unless both pass.
+            let trusted = recovery::trust::check_private_executable(pre, "pre-cut hook")
+                .and_then(|()| recovery::trust::check_private_executable(post, "post-cut hook"));
+            self.refused.store(trusted.is_err(), std::sync::atomic::Ordering::Relaxed);
+            trusted.map_err(|e| e.to_string())?;
+        }
         self.start_watchdog()?;
         match &self.how {
             Quiesce::Hooks { pre, .. } => self.run(pre, "pre"),
@@ -134,6 +148,9 @@ impl shipper::CutHook for Hooks {
     }
 
     fn after(&self) -> Result<(), String> {
+        if self.refused.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(()); // `before` said why; nothing ran, nothing to resume
+        }
         if let Some(mut dog) = self.watchdog.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             if let Ok(pgid) = libc::pid_t::try_from(dog.id()) {
                 // SAFETY: kill(2) takes no pointers; the group is the watchdog's own

@@ -20,6 +20,21 @@ use filter::disk::DiskPaths;
 use filter::{Disk, ImageId};
 use serde::{Deserialize, Serialize};
 
+/// Whether `dir` holds only entries named in `known` (true if it is missing).
+fn only_entries(dir: &std::path::Path, known: &[&str]) -> std::io::Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        if !e?.file_name().to_str().is_some_and(|n| known.contains(&n)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The home directory.
 pub struct Home {
     root: PathBuf,
@@ -67,7 +82,9 @@ impl DiskConfig {
     /// Writes the configuration to `conf` (atomically: a new file renamed over it).
     pub fn write(&self, conf: &Path) -> Result<()> {
         let tmp = conf.with_extension("toml.new");
-        std::fs::write(&tmp, toml::to_string(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        // Private whatever the umask: it names the image and the key.
+        recovery::trust::write_private(&tmp, toml::to_string(self)?.as_bytes())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, conf).with_context(|| format!("writing {}", conf.display()))?;
         Ok(())
     }
@@ -153,6 +170,60 @@ impl Home {
     /// The home directory itself.
     pub fn root(&self) -> &std::path::Path {
         &self.root
+    }
+
+    /// Makes the home and the top of each local vault in `vaults` private to
+    /// the administrator, as this Lifeboat creates them whatever the umask:
+    /// an older one followed the umask, and under `umask 000` left
+    /// `disk.toml` (which names the image and the key) and the sockets open
+    /// to every local user. These are Lifeboat's own files, so it tightens
+    /// them rather than refuse to start; each change is reported (`PATH from
+    /// 0777 to 0700`) so the administrator sees what was open.
+    ///
+    /// Only what is surely Lifeboat's is changed: the home's own
+    /// subdirectories, everything in them; the home itself and a vault's
+    /// top directory only while they hold nothing but Lifeboat's entries (a
+    /// `--home /tmp` must not turn `/tmp` private). Otherwise, and where a
+    /// vault cannot be changed (a root-squashed share), a warning names the
+    /// path and the chmod to run. A vault's top directory is enough: at 0700
+    /// nobody else can reach below it.
+    pub fn make_private(&self, vaults: &[&std::path::Path]) -> Result<Vec<recovery::trust::Tightened>> {
+        const HOME_ENTRIES: [&str; 5] = ["disks", "vms", "failovers", "plans", "audit"];
+        let mut changed = Vec::new();
+        for sub in HOME_ENTRIES {
+            let dir = self.root.join(sub);
+            changed.extend(
+                recovery::trust::make_private(&dir, true)
+                    .with_context(|| format!("making {} private", dir.display()))?,
+            );
+        }
+        let vault_entries: Vec<&str> =
+            vault::backend::Kind::ALL.iter().map(|k| k.prefix()).chain(["tmp", "trash"]).collect();
+        let tops = std::iter::once((self.root.as_path(), &HOME_ENTRIES[..], "home"))
+            .chain(vaults.iter().map(|v| (*v, &vault_entries[..], "vault")));
+        for (dir, known, what) in tops {
+            let tightened = match only_entries(dir, known) {
+                Ok(true) => recovery::trust::make_private(dir, false).map_err(|e| e.to_string()),
+                Ok(false) => Err("it holds more than Lifeboat's own entries".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match tightened {
+                Ok(c) => changed.extend(c),
+                Err(why) => {
+                    let mode =
+                        std::fs::metadata(dir).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+                    if mode.is_ok_and(|m| m & 0o077 != 0) {
+                        filter::log_line!(
+                            "lifeboat: warning: the {what} {} is open to other users and was left so ({why}); if it \
+                             is Lifeboat's alone, run `chmod go-rwx {}`",
+                            dir.display(),
+                            dir.display()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(changed)
     }
 
     pub fn disk_dir(&self, name: &str) -> PathBuf {

@@ -75,6 +75,11 @@ use clap::{Parser, Subcommand};
 ///
 ///   lifeboat plan run shop.toml --test     (a whole application, in order)
 ///
+/// Lifeboat sets its umask to 077: everything it creates under the home, in
+/// a local vault, and what its hooks and VMs create is private to the user
+/// running it (and root), whatever the shell's umask. Its sockets accept
+/// only root and that user.
+///
 /// Exit codes: 0 success, 1 failure (the message says what to do), 2 bad usage,
 /// 3 `status` found a disk failing or late.
 #[derive(Parser)]
@@ -198,6 +203,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything Lifeboat and its children (QEMU, hooks, plan scripts) create
+    // is private to the administrator, whatever umask the shell gave us: the
+    // home names the image and the key, and its sockets cut the disk. The
+    // library crates also create their files, directories and sockets with
+    // explicit private modes; this is the second layer.
+    // SAFETY: umask(2) cannot fail and touches no memory; it is called before
+    // any thread exists.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     let home = home::Home::new(cli.home);
     let result = match cli.command {

@@ -3,6 +3,7 @@
 //! a failed or interrupted run never leaves something that looks finished.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -68,6 +69,7 @@ impl PartialFile {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
         Ok(PartialFile { file, tmp, out: out.to_owned(), committed: false })

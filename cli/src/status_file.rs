@@ -74,7 +74,8 @@ pub fn read(path: &Path) -> DiskStatus {
 /// Replaces the status atomically.
 pub fn write(path: &Path, status: &DiskStatus) -> Result<()> {
     let tmp = path.with_extension("json.new");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?).with_context(|| format!("writing {}", tmp.display()))?;
+    recovery::trust::write_private(&tmp, &serde_json::to_vec_pretty(status)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

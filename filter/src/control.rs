@@ -21,6 +21,13 @@
 //!
 //! A cut belongs to the connection that made it: if that connection closes
 //! before `finish`, the cut is aborted, so a crashed reader loses nothing.
+//!
+//! Only root and the user the filter runs as may use the socket: the file is
+//! made 0600 before it listens, whatever the umask, and each connection's
+//! peer credentials (SO_PEERCRED) are checked before its first request is
+//! served; anyone else gets one line in answer to its first request, `err
+//! uid N may not use the control socket ...`, and is disconnected (and the
+//! filter logs the refusal).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -46,12 +53,13 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (replacing a stale socket file) and serves `disk` on a thread.
+    /// Binds `path` (replacing a stale socket file), private to its owner
+    /// whatever the umask, and serves `disk` on a thread.
     pub fn start(path: &Path, disk: Arc<Disk>) -> io::Result<ControlServer> {
-        if path.exists() {
+        if path.symlink_metadata().is_ok() {
             std::fs::remove_file(path)?;
         }
-        let listener = UnixListener::bind(path)
+        let listener = crate::sys::bind_private_unix(path)
             .map_err(|e| io::Error::new(e.kind(), format!("binding control socket {}: {e}", path.display())))?;
         let listener = Arc::new(listener);
         let for_thread = listener.clone();
@@ -83,6 +91,29 @@ impl ControlServer {
 }
 
 fn serve(conn: UnixStream, disk: &Disk) {
+    match crate::sys::peer_uid(&conn) {
+        Ok(uid) if crate::sys::peer_allowed(uid) => {}
+        Ok(uid) => {
+            crate::log_line!(
+                "control: refused a connection from uid {uid}: only root and the filter's own user may cut"
+            );
+            // Read (and ignore) the first request before answering it: closing
+            // a unix socket with unread data resets the peer, which could then
+            // lose the answer. Bounded in size and time.
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = BufReader::new(&conn).take(MAX_LINE as u64).read_line(&mut String::new());
+            let _ = writeln!(
+                &conn,
+                "err uid {uid} may not use the control socket of this disk: only root and the user running the filter may"
+            );
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+        Err(e) => {
+            crate::log_line!("control: refused a connection whose peer credentials cannot be read: {e}");
+            return;
+        }
+    }
     let mut owns_cut = false;
     let result = serve_inner(&conn, disk, &mut owns_cut);
     if owns_cut && disk.abort_cut().is_ok() {

@@ -1,7 +1,14 @@
-//! Small system calls std does not offer, each behind a safe function.
+//! Small system calls std does not offer, each behind a safe function:
+//! waking a listener, binding a private unix socket, asking a socket's peer
+//! who it is.
 
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 
 /// Shuts a listening socket down, which makes a thread blocked in `accept`
 /// on it return (EINVAL on Linux, for unix and TCP sockets alike). Unlike
@@ -60,4 +67,84 @@ pub(crate) fn ofd_byte_locked(file: &impl AsRawFd, byte: u64) -> io::Result<bool
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Binds a unix stream socket at `path` that only its owner (and root) can
+/// connect to, whatever the umask, and listens on it.
+///
+/// `UnixListener::bind` binds and listens in one call, so the socket file
+/// would accept connections for a moment with the mode the umask gave it.
+/// Here the order is bind, `chmod 0600`, listen: until `listen(2)` a
+/// `connect(2)` to the path is refused (ECONNREFUSED) whatever the file's
+/// mode, so no client can connect before the mode is private. The
+/// permission to connect is checked at `connect(2)`, against the mode then.
+pub(crate) fn bind_private_unix(path: &Path) -> io::Result<UnixListener> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket path {} is longer than {} bytes; choose a shorter home", path.display(), 107),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket(2) takes no memory of ours; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un that lives across the call, and
+    // `len` (family + path + NUL) is within its size (checked above).
+    let rc =
+        unsafe { libc::bind(sock.as_raw_fd(), (&raw const addr).cast::<libc::sockaddr>(), len as libc::socklen_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    // SAFETY: listen(2) on the descriptor `sock` owns; no memory is passed.
+    if unsafe { libc::listen(sock.as_raw_fd(), 128) } != 0 {
+        let e = io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(UnixListener::from(sock))
+}
+
+/// The uid of the process at the other end of a unix socket (SO_PEERCRED:
+/// the credentials it had when it connected).
+pub(crate) fn peer_uid(sock: &impl AsRawFd) -> io::Result<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: u32::MAX };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is a
+    // ucred on our stack that outlives the call; `len` is its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Whether a peer with `uid` may use this process's sockets: root, or the
+/// user this process runs as (the administrator who started it).
+pub(crate) fn peer_allowed(uid: u32) -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    uid == 0 || uid == unsafe { libc::geteuid() }
 }

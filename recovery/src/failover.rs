@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -317,12 +318,13 @@ impl Site {
     fn lock(&self, vm: &str) -> Result<Lock, RecoveryError> {
         crate::vmdef::check_name("VM name", vm).map_err(RecoveryError::Refused)?;
         let dir = self.dir(vm);
-        fs::create_dir_all(&dir).map_err(|e| RecoveryError::io("creating", &dir, e))?;
+        crate::trust::private_dir_all(&dir).map_err(|e| RecoveryError::io("creating", &dir, e))?;
         let path = dir.join("lock");
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| RecoveryError::io("opening", &path, e))?;
         // SAFETY: flock(2) on a descriptor this function owns; no pointers.
@@ -358,7 +360,7 @@ impl Site {
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(job).expect("a job serializes");
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::trust::private_file(&tmp)?;
             std::io::Write::write_all(&mut f, &text)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
@@ -517,7 +519,7 @@ impl Site {
         }
         let def = job.definition.clone().expect("chosen with the points");
         let disks_dir = dir.join("disks");
-        fs::create_dir_all(&disks_dir).map_err(|e| RecoveryError::io("creating", &disks_dir, e))?;
+        crate::trust::private_dir_all(&disks_dir).map_err(|e| RecoveryError::io("creating", &disks_dir, e))?;
         for (i, p) in job.points.clone().into_iter().enumerate() {
             if job.instant {
                 if p.served.as_ref().is_some_and(Served::alive) {
@@ -557,6 +559,7 @@ impl Site {
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| RecoveryError::io("creating", &tmp, e))?;
             let report = req.vault.restore(&p.disk, p.point, req.keys, &file, &mut |_, _| {})?;

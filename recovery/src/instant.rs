@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,7 +57,7 @@ impl InstantDisk {
         let geometry = reader.geometry();
         let words = usize::try_from(geometry.block_count.div_ceil(64)).expect("fits");
         let fresh = !image.exists();
-        let img = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(image)?;
+        let img = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(image)?;
         if fresh {
             img.set_len(geometry.disk_size)?;
         } else if img.metadata()?.len() != geometry.disk_size {
@@ -70,7 +70,7 @@ impl InstantDisk {
                 ),
             ));
         }
-        let bm = OpenOptions::new().read(true).write(true).create(true).truncate(fresh).open(bitmap)?;
+        let bm = OpenOptions::new().read(true).write(true).create(true).truncate(fresh).mode(0o600).open(bitmap)?;
         let mut bytes = vec![0u8; words * 8];
         if !fresh {
             let n = bm.read_at(&mut bytes, 0)?;

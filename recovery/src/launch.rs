@@ -203,6 +203,11 @@ pub fn launch(
         }
         cmd.args(["-netdev", &netdev, "-device", &device]);
     }
+    // QEMU boots the kernel and initrd with root's rights over the recovered
+    // disks: checked here, at each boot, not only at `vm define`.
+    if let Some(b) = &def.boot {
+        b.check_trusted_files().map_err(|e| RecoveryError::Refused(format!("VM {:?}: {e}", def.name)))?;
+    }
     let out = cmd.output().map_err(|e| {
         RecoveryError::Qemu(format!(
             "cannot run {}: {e} (install qemu-system-x86, e.g. scripts/setup.sh)",

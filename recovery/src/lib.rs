@@ -5,7 +5,8 @@
 //! VM with QEMU and stopping it ([`launch`]), the boot health check
 //! ([`health`]), and failover jobs whose steps survive a crash of Lifeboat
 //! itself ([`failover`]), and recovery plans that fail whole applications
-//! over in order ([`plan`]). It reads points through the `vault` crate (restore
+//! over in order ([`plan`]), and the rule for what may run as root and how
+//! its own files are kept private ([`trust`]). It reads points through the `vault` crate (restore
 //! verifies every block) and the sealed definition through `disk-format`'s
 //! root extension; it must not re-implement either. Failback and
 //! app-consistent points build on it next.
@@ -18,6 +19,7 @@ pub mod health;
 pub mod instant;
 pub mod launch;
 pub mod plan;
+pub mod trust;
 pub mod vmdef;
 
 pub use error::RecoveryError;

@@ -147,6 +147,7 @@ impl Plan {
                 if !executable.unwrap_or(false) {
                     return Err(format!("step {n}: script {} does not exist or is not executable", p.display()));
                 }
+                crate::trust::check_private_executable(p, "plan script").map_err(|e| format!("step {n}: {e}"))?;
                 if !(1..=86_400).contains(&s.timeout_seconds) {
                     return Err(format!("step {n}: timeout_seconds must be 1 to 86400"));
                 }
@@ -274,10 +275,10 @@ impl Plans {
     fn save(&self, run: &PlanRun) -> Result<(), RecoveryError> {
         let path = self.path(&run.plan.name);
         let dir = path.parent().expect("run.json has a directory");
-        fs::create_dir_all(dir).map_err(|e| RecoveryError::io("creating", dir, e))?;
+        crate::trust::private_dir_all(dir).map_err(|e| RecoveryError::io("creating", dir, e))?;
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::trust::private_file(&tmp)?;
             std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(run).expect("a run serializes"))?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
@@ -518,8 +519,11 @@ fn run_script(
     number: usize,
     dir: &Path,
 ) -> Result<String, String> {
+    // Checked again at each run: the script may have been made loose since
+    // the plan was loaded.
+    crate::trust::check_private_executable(script, "plan script").map_err(|e| e.to_string())?;
     let log = dir.join(format!("step-{number}.log"));
-    let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let out = crate::trust::private_file(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut child = Command::new(script)
@@ -647,5 +651,26 @@ mod tests {
         let quick = PlanStep { timeout_seconds: 1, ..step };
         let e = run_script(&slow, &quick, "shop", Kind::Test, &[], 4, dir.path()).unwrap_err();
         assert!(e.contains("timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_script_made_writable_by_others_after_loading_does_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("ready.sh");
+        let ran = dir.path().join("ran");
+        fs::write(&script, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o757)).unwrap();
+        let step = PlanStep {
+            group: None,
+            vms: vec![],
+            script: Some(script.clone()),
+            args: vec![],
+            optional: false,
+            timeout_seconds: 10,
+            manual: None,
+        };
+        let e = run_script(&script, &step, "shop", Kind::Test, &[], 2, dir.path()).unwrap_err();
+        assert!(e.contains("plan script") && e.contains(&format!("chmod go-w {}", script.display())), "{e}");
+        assert!(!ran.exists(), "the loose script ran");
     }
 }

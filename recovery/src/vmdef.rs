@@ -134,6 +134,18 @@ impl Default for Health {
     }
 }
 
+impl DirectBoot {
+    /// Checks the kernel and initrd with [`crate::trust::check_private_executable`]:
+    /// QEMU boots them with root's rights over the recovered disks.
+    pub fn check_trusted_files(&self) -> Result<(), crate::trust::TrustError> {
+        crate::trust::check_private_executable(&self.kernel, "boot kernel")?;
+        if let Some(i) = &self.initrd {
+            crate::trust::check_private_executable(i, "boot initrd")?;
+        }
+        Ok(())
+    }
+}
+
 /// Direct kernel boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +201,31 @@ impl VmDefinition {
 
     /// Checks every field; the error says which and why.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_fields()
+    }
+
+    /// Checks that the files this definition runs or boots as root (its
+    /// app-consistency hooks, its boot kernel and initrd) exist and are as
+    /// private as the key file: see [`crate::trust`]. `vm define` calls it,
+    /// and each use checks its file again. A kernel that does not exist here
+    /// is left to the boot at the recovery site, which checks it.
+    pub fn check_trusted_files(&self) -> Result<(), crate::trust::TrustError> {
+        if let Some(a) = &self.app_consistent {
+            for (p, what) in [(&a.pre_hook, "pre-cut hook"), (&a.post_hook, "post-cut hook")] {
+                if let Some(p) = p {
+                    crate::trust::check_private_executable(p, what)?;
+                }
+            }
+        }
+        // The kernel and initrd are paths at the recovery site: where they
+        // do not exist (the protected site), the boot checks them there.
+        if let Some(b) = self.boot.as_ref().filter(|b| b.kernel.symlink_metadata().is_ok()) {
+            b.check_trusted_files()?;
+        }
+        Ok(())
+    }
+
+    fn validate_fields(&self) -> Result<(), String> {
         check_name("VM name", &self.name)?;
         if self.disks.is_empty() {
             return Err("a VM needs at least one disk".into());

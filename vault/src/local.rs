@@ -31,7 +31,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -77,6 +77,8 @@ impl LocalBackend {
     /// directories (and a new filesystem's `lost+found`): a vault is not
     /// mixed into a directory that has other files. A directory that is
     /// already a vault is opened, for [`crate::Vault::init`] to refuse.
+    /// Every directory and object of the vault is private (0700 and 0600),
+    /// whatever the umask.
     pub fn create(root: &Path) -> Result<LocalBackend, VaultError> {
         match fs::read_dir(root) {
             Ok(entries) => {
@@ -95,12 +97,12 @@ impl LocalBackend {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(VaultError::Io { what: "opening vault directory", path: root.to_owned(), source: e }),
         }
-        fs::create_dir_all(root).map_err(VaultError::io("creating vault directory", root))?;
+        private_dir_all(root).map_err(VaultError::io("creating vault directory", root))?;
         for kind in Kind::ALL {
             let d = root.join(kind.prefix());
-            fs::create_dir_all(&d).map_err(VaultError::io("creating vault directory", &d))?;
+            private_dir_all(&d).map_err(VaultError::io("creating vault directory", &d))?;
         }
-        fs::create_dir_all(root.join("tmp")).map_err(VaultError::io("creating vault directory", root))?;
+        private_dir_all(&root.join("tmp")).map_err(VaultError::io("creating vault directory", root))?;
         sync_dir(root)?;
         LocalBackend::open(root)
     }
@@ -118,7 +120,7 @@ impl LocalBackend {
         })
     }
 
-    /// Creates `dir` and any missing parents below the vault root, syncing
+    /// Creates `dir` (0700) and any missing parents below the vault root, syncing
     /// each parent whose entries changed so the new directories are durable.
     fn make_dirs(&self, dir: &Path) -> Result<(), VaultError> {
         if dir.is_dir() {
@@ -128,7 +130,7 @@ impl LocalBackend {
             if parent != self.root {
                 self.make_dirs(parent)?;
             }
-            match fs::create_dir(dir) {
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
                 Ok(()) => sync_dir(parent)?,
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(VaultError::Io { what: "creating vault directory", path: dir.into(), source: e }),
@@ -148,7 +150,7 @@ impl LocalBackend {
         let (file, tmp) = loop {
             let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
             let tmp = tmp_dir.join(format!("{}.{}.{seq}", std::process::id(), kind.prefix()));
-            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
                 Ok(f) => break (f, tmp),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(VaultError::Io { what: "creating temporary vault object", path: tmp, source: e }),
@@ -424,4 +426,10 @@ impl Drop for LocalWriter<'_> {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Creates `dir` and its missing parents with mode 0700, whatever the umask
+/// (an existing directory is left as it is).
+fn private_dir_all(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }

@@ -195,8 +195,11 @@ fn converge(home: &Home, a: &Args) -> Result<()> {
         // Until it is done, the image is half old, half the point: the
         // marker keeps the agent, filter and cycles off it, and says so.
         let marker = entry.failback_marker();
-        std::fs::write(&marker, format!("to point {seq}, started {}\n", crate::time::rfc3339(crate::time::now_ns())))
-            .with_context(|| format!("writing {}", marker.display()))?;
+        recovery::trust::write_private(
+            &marker,
+            format!("to point {seq}, started {}\n", crate::time::rfc3339(crate::time::now_ns())).as_bytes(),
+        )
+        .with_context(|| format!("writing {}", marker.display()))?;
         let report = recovery::failback::converge(&reader, &keys, &image, &mut |_, _| {})
             .with_context(|| format!("bringing disk {disk:?} to point {seq} (run the command again to finish)"))?;
         drop(state);

@@ -84,7 +84,8 @@ pub fn launcher(vault: PathBuf, key: PathBuf) -> impl Fn(&str, u64, &Path, &Path
     move |disk, point, image, bitmap, socket| {
         let exe = std::env::current_exe().map_err(|e| format!("finding the lifeboat binary: {e}"))?;
         let log_path = image.with_extension("log");
-        let log = std::fs::File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log =
+            recovery::trust::private_file(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let _ = std::fs::remove_file(socket);
         let mut child = Command::new(exe)
             .arg("instant-serve")

@@ -27,7 +27,9 @@ pub enum Command {
     /// format: `name = "shop"`, then `[[step]]` tables, each with either
     /// `group = "db"` + `vms = ["db1"]`, or `script = "/abs/path"` (+ `args`,
     /// `optional`, `timeout_seconds`; it gets LIFEBOAT_PLAN, LIFEBOAT_PLAN_KIND,
-    /// LIFEBOAT_PLAN_STEP and LIFEBOAT_PLAN_VMS in its environment), or
+    /// LIFEBOAT_PLAN_STEP and LIFEBOAT_PLAN_VMS in its environment; it must be
+    /// owned by root or you and not writable by group or others, nor its
+    /// directories, checked at load and before it runs), or
     /// `manual = "what to do"`.
     Run {
         /// The plan file (TOML).

@@ -141,6 +141,10 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
 /// `run`, reporting to `out` (stdout, or stderr when another command runs it).
 fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
     check_name(&a.name)?;
+    let vaults: Vec<&std::path::Path> = a.vault.as_deref().into_iter().collect();
+    for t in home.make_private(&vaults)? {
+        filter::log_line!("lifeboat: {t}: it was open to other users; Lifeboat keeps its home and vault private");
+    }
     let image = std::fs::canonicalize(&a.image)
         .with_context(|| format!("disk image {} does not exist or cannot be reached", a.image.display()))?;
     let ImageInfo { size, id: image_id } = inspect_image(&image)?;
@@ -198,7 +202,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
             old.config.image.display()
         );
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    recovery::trust::private_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut suspect = false;
     let mut last_point = None;
     let mut replication = replication;

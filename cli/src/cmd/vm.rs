@@ -73,7 +73,10 @@ pub struct DefineArgs {
     /// How long the health check may take after boot.
     #[arg(long, default_value = "5m")]
     health_timeout: String,
-    /// Boot this kernel directly (for disks without a boot loader).
+    /// Boot this kernel directly (for disks without a boot loader). Like the
+    /// initrd, it must be owned by root (or you) and not writable by group
+    /// or others, nor may its directories be (checked here if it exists, and
+    /// at each boot).
     #[arg(long)]
     kernel: Option<PathBuf>,
     /// The initramfs for --kernel.
@@ -93,7 +96,10 @@ pub struct DefineArgs {
     #[arg(long, requires = "app_every", conflicts_with_all = ["pre_hook", "post_hook"])]
     guest_agent: Option<PathBuf>,
     /// Quiesce the guest before an app-consistent cut (absolute path; gets
-    /// LIFEBOAT_VM, LIFEBOAT_DISK, LIFEBOAT_HOOK=pre).
+    /// LIFEBOAT_VM, LIFEBOAT_DISK, LIFEBOAT_HOOK=pre). Hooks run as root: each
+    /// must be owned by root (or you) and not writable by group or others,
+    /// nor may its directories be; checked here and before every run (a hook
+    /// that fails the check does not run, and the point is crash-consistent).
     #[arg(long, requires = "app_every")]
     pre_hook: Option<PathBuf>,
     /// Resume it after the cut (also run by a watchdog if Lifeboat dies in between).
@@ -164,6 +170,9 @@ fn define(home: &Home, a: DefineArgs) -> Result<()> {
         }
         None => from_args(&a)?,
     };
+    // Hooks, kernel and initrd run as root: refuse them now if another user
+    // could change them (each use checks again).
+    def.check_trusted_files().with_context(|| format!("VM {:?}", def.name))?;
     // Every disk protected here, all to one vault with one key, none in another VM.
     let mut target: Option<(PathBuf, PathBuf)> = None;
     for d in &def.disks {
@@ -187,10 +196,11 @@ fn define(home: &Home, a: DefineArgs) -> Result<()> {
         }
     }
     let dir = home.vms_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    recovery::trust::private_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{}.toml", def.name));
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, def.to_toml()).with_context(|| format!("writing {}", tmp.display()))?;
+    recovery::trust::write_private(&tmp, def.to_toml().as_bytes())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     let (vault_dir, key) = target.expect("a VM has a disk");
     let keys = crate::keyfile::load(&key)?;

@@ -210,10 +210,23 @@ impl Listener {
 
     fn accept(&self) -> io::Result<(Socket, String)> {
         match self {
-            Listener::Unix(u) => {
+            Listener::Unix(u) => loop {
                 let (s, _) = u.listener.accept()?;
-                Ok((Socket::Unix(s), format!("unix:{}", u.path.display())))
-            }
+                // Only root and the server's own user may reach the disk, checked
+                // before the handshake: the socket file is 0600 as well, but a
+                // mode can be loosened by hand; the peer's credentials cannot.
+                match crate::sys::peer_uid(&s) {
+                    Ok(uid) if crate::sys::peer_allowed(uid) => {
+                        return Ok((Socket::Unix(s), format!("unix:{}", u.path.display())));
+                    }
+                    Ok(uid) => crate::log_line!(
+                        "nbd: refused a connection from uid {uid} on {}: only root and the server's own user may connect",
+                        u.path.display()
+                    ),
+                    Err(e) => crate::log_line!("nbd: refused a connection on {}: its peer credentials: {e}", u.path.display()),
+                }
+                let _ = s.shutdown(Shutdown::Both);
+            },
             Listener::Tcp(t) => {
                 let (s, peer) = t.accept()?;
                 // Replies are written whole; never hold one back for Nagle.
@@ -447,7 +460,8 @@ impl Server {
 }
 
 fn bind_unix(path: &Path) -> io::Result<UnixSocketFile> {
-    let listener = match UnixListener::bind(path) {
+    // Private whatever the umask: see `sys::bind_private_unix`.
+    let listener = match crate::sys::bind_private_unix(path) {
         Ok(l) => l,
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
             let meta = fs::symlink_metadata(path)?;
@@ -461,7 +475,7 @@ fn bind_unix(path: &Path) -> io::Result<UnixSocketFile> {
                 return Err(io::Error::new(io::ErrorKind::AddrInUse, "another server is listening on this socket"));
             }
             fs::remove_file(path)?;
-            UnixListener::bind(path)?
+            crate::sys::bind_private_unix(path)?
         }
         Err(e) => return Err(e),
     };
