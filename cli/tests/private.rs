@@ -201,7 +201,9 @@ fn protect_tightens_a_home_an_older_lifeboat_left_open() {
     fs::write(home.join("notes.txt"), b"not Lifeboat's").unwrap();
     chmod(&home, 0o777);
     chmod(&home.join("disks/d"), 0o777);
-    let o = s.home.run_ok(&["protect", "f", "--image", arg(&other), "--block-size", "64KiB"]);
+    let third = s.path("f.img");
+    fs::write(&third, vec![0u8; 1 << 20]).unwrap();
+    let o = s.home.run_ok(&["protect", "f", "--image", arg(&third), "--block-size", "64KiB"]);
     let err = String::from_utf8_lossy(&o.stderr);
     let warned = format!("the home {} is open to other users and was left so", home.display());
     assert!(err.contains(&warned) && err.contains("chmod go-rwx"), "no warning about the shared home:\n{err}");
