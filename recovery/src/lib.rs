@@ -18,6 +18,7 @@ pub mod health;
 pub mod instant;
 pub mod launch;
 pub mod plan;
+mod sys;
 pub mod vmdef;
 
 pub use error::RecoveryError;

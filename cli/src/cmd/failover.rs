@@ -370,22 +370,34 @@ fn planned_source_side(
         crate::size::parse_duration(&a.shutdown_timeout).map_err(|e| anyhow::anyhow!("--shutdown-timeout: {e}"))?,
     );
     let started = recovery::failover::now_ns();
-    let how = match (&a.source_qmp, a.source_stopped) {
+    let (how, clean) = match (&a.source_qmp, a.source_stopped) {
         (Some(qmp), _) => {
             eprintln!("[{name}] stopping the source VM (QMP system_powerdown on {}) ...", qmp.display());
-            recovery::launch::power_off(qmp, timeout).map_err(|e| {
+            let off = recovery::launch::power_off(qmp, timeout).map_err(|e| {
                 anyhow::anyhow!(
                     "{e}; nothing was shipped or booted: shut the VM down yourself and run again with --source-stopped"
                 )
-            })?
+            })?;
+            if off.clean {
+                eprintln!("[{name}] {}", off.detail);
+            } else {
+                // The process is gone, so the disk is what it is: the final
+                // cycle ships it as it stands, like any crash-consistent point.
+                eprintln!(
+                    "[{name}] WARNING: {}. The source VM did NOT shut down cleanly: the final point is \
+                     crash-consistent, not a clean shutdown; going on with the final cycle",
+                    off.detail
+                );
+            }
+            (off.detail, Some(off.clean))
         }
-        (None, true) => "stopped by the user (--source-stopped)".to_string(),
+        (None, true) => ("stopped by the user (--source-stopped)".to_string(), None),
         (None, false) => bail!(
             "--planned must know the source VM is off: pass --source-qmp SOCKET (Lifeboat powers it off) or, once \
              you have shut it down yourself, --source-stopped"
         ),
     };
-    audit("failover.planned.source-stopped", serde_json::json!({ "vm": name, "how": how }))
+    audit("failover.planned.source-stopped", serde_json::json!({ "vm": name, "how": how, "clean_shutdown": clean }))
         .map_err(anyhow::Error::msg)?;
     prelude.push(Step {
         name: "stop source VM".into(),
