@@ -301,8 +301,8 @@ struct Shutdown {
 }
 
 impl Shutdown {
-    /// A guest power-off: the guest flushed its filesystems and asked the
-    /// (virtual) hardware to turn off. Nothing else counts.
+    /// A guest power-off: the guest asked the (virtual) hardware to turn
+    /// off, as an OS does at the end of its shutdown. Nothing else counts.
     fn clean(&self) -> bool {
         self.guest && self.reason.as_deref() == Some("guest-shutdown")
     }
@@ -440,12 +440,15 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
     };
     let mut q = Qmp::handshake(s, deadline).map_err(qmp_err)?;
     let pressed = Instant::now();
+    // Whether QEMU answered system_powerdown (it may exit before it does).
+    let mut answered = false;
     if let Some(q) = q.as_mut() {
         match q.execute("system_powerdown", deadline).map_err(qmp_err)? {
             Some(reply) if reply.get("error").is_some() => {
                 return Err(RecoveryError::Qemu(format!("QEMU (pid {pid}) refused system_powerdown: {reply}")))
             }
-            _ => {}
+            Some(_) => answered = true,
+            None => {}
         }
         // Read events until QEMU closes the connection (it does as it exits).
         loop {
@@ -478,6 +481,11 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
         }));
     }
     let seconds = pressed.elapsed().as_secs_f64();
+    let when = if answered {
+        format!("{seconds:.1} s after system_powerdown")
+    } else {
+        format!("{seconds:.1} s after Lifeboat connected, before it answered system_powerdown")
+    };
     let (clean, detail) = match &shutdown {
         Some(s) if s.clean() => (
             true,
@@ -490,8 +498,8 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
         Some(s) => (
             false,
             format!(
-                "QEMU (pid {pid}) exited without a guest power-off (SHUTDOWN event, reason {}, {}) {seconds:.1} s \
-                 after system_powerdown: the disk may be mid-write (crash-consistent, as after a power cut)",
+                "QEMU (pid {pid}) exited without a guest power-off (SHUTDOWN event, reason {}, {}) {when}: the disk \
+                 may be mid-write (crash-consistent, as after a power cut)",
                 s.reason(),
                 if s.guest { "from the guest" } else { "not from the guest" }
             ),
@@ -499,9 +507,8 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
         None => (
             false,
             format!(
-                "QEMU (pid {pid}) exited without a guest shutdown (killed or crashed: no SHUTDOWN event) \
-                 {seconds:.1} s after system_powerdown: the disk may be mid-write (crash-consistent, as after a power \
-                 cut)"
+                "QEMU (pid {pid}) exited without a guest shutdown (killed or crashed: no SHUTDOWN event) {when}: the \
+                 disk may be mid-write (crash-consistent, as after a power cut)"
             ),
         ),
     };
