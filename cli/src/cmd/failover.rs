@@ -64,9 +64,12 @@ struct RunArgs {
     #[arg(long, conflicts_with = "planned")]
     unplanned: bool,
     /// Planned failover, run where the VM's disks are protected: power the
-    /// source VM off (QMP system_powerdown on --source-qmp, then wait), ship
-    /// a final cycle of every disk, and boot that point on the mapped
-    /// networks. Nothing is lost; the job is final once healthy.
+    /// source VM off (QMP system_powerdown on --source-qmp, then wait until
+    /// QEMU's process is gone), ship a final cycle of every disk, and boot
+    /// that point on the mapped networks. Nothing is lost; the job is final
+    /// once healthy. A QEMU that exits without a guest power-off (killed,
+    /// crashed, told to quit) is reported as such, and the final point is
+    /// recorded as crash-consistent.
     #[arg(long)]
     planned: bool,
     /// The running source VM's QMP socket (QEMU -qmp unix:PATH,server=on,wait=off), for --planned.
@@ -75,7 +78,8 @@ struct RunArgs {
     /// For --planned without --source-qmp: you have shut the source VM down yourself.
     #[arg(long, requires = "planned", conflicts_with = "source_qmp")]
     source_stopped: bool,
-    /// How long the source VM may take to power off (--planned).
+    /// How long the source VM may take to power off (--planned); QEMU still
+    /// running after it fails the failover before anything is shipped.
     #[arg(long, default_value = "5m")]
     shutdown_timeout: String,
     /// `latest`, `latest-app` (the newest app-consistent point) or a point id of the VM's first disk (`lifeboat points DISK`).
