@@ -717,8 +717,15 @@ fn failback_case(instant: bool) {
     site.run_ok(&["failover", "commit", "f"]);
     let console = dir.join("site/failovers/f/console.log");
     let t0 = Instant::now();
-    while !fs::read_to_string(&console).unwrap_or_default().contains("@@LB STEP wrote") {
-        assert!(t0.elapsed() < Duration::from_secs(120), "the recovered guest never wrote its data");
+    // --prepare presses the power button: the guest must have armed it (on a
+    // slow machine its device comes late, issue 12, hole 11).
+    let ready = |t: &str| t.contains("@@LB STEP wrote") && t.contains("@@LB BUTTON armed");
+    while !ready(&fs::read_to_string(&console).unwrap_or_default()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the recovered guest never wrote its data and armed its power button:\n{}",
+            fs::read_to_string(&console).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Meanwhile the original disk changed after the failover point too.
