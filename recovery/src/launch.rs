@@ -270,10 +270,8 @@ impl Running {
             std::thread::sleep(Duration::from_millis(50));
         }
         if self.alive() {
-            let pid = libc::pid_t::try_from(self.pid).map_err(|_| RecoveryError::Qemu("pid out of range".into()))?;
-            // SAFETY: kill(2) takes no pointers; the pid was checked to be this
-            // failover's QEMU just above.
-            let _ = unsafe { libc::kill(pid, libc::SIGKILL) };
+            // The pid was checked to be this failover's QEMU just above.
+            let _ = crate::sys::kill9(self.pid);
             let deadline = Instant::now() + Duration::from_secs(10);
             while self.alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -286,58 +284,238 @@ impl Running {
     }
 }
 
-/// Sends one QMP command (after the capabilities handshake) and returns the
-/// reply line.
-pub fn qmp(socket: &Path, command: &str) -> Result<String, RecoveryError> {
-    let fail = |e: std::io::Error| RecoveryError::Qemu(format!("QMP {}: {e}", socket.display()));
-    let s = UnixStream::connect(socket).map_err(fail)?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(fail)?;
-    let mut r = BufReader::new(s.try_clone().map_err(fail)?);
-    let mut w = s;
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(fail)?; // greeting
-    writeln!(w, "{{\"execute\":\"qmp_capabilities\"}}").map_err(fail)?;
-    line.clear();
-    r.read_line(&mut line).map_err(fail)?;
-    writeln!(w, "{{\"execute\":\"{command}\"}}").map_err(fail)?;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).map_err(fail)? == 0 {
-            return Ok(String::new());
+/// One QMP connection past its greeting and `qmp_capabilities`. Every
+/// message read through it is looked at for a `SHUTDOWN` event.
+struct Qmp {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+    /// The first `SHUTDOWN` event seen.
+    shutdown: Option<Shutdown>,
+}
+
+/// QEMU's `SHUTDOWN` event: `guest` is true when the guest asked for it,
+/// `reason` says what (`guest-shutdown` is a guest power-off; `guest-reset`
+/// and `guest-panic` are guest-initiated too, `host-qmp-quit` and
+/// `host-signal` are not).
+#[derive(Debug, Clone)]
+struct Shutdown {
+    guest: bool,
+    reason: Option<String>,
+    /// When it was read.
+    at: Instant,
+}
+
+impl Shutdown {
+    /// A guest power-off: the guest asked the (virtual) hardware to turn
+    /// off, as an OS does at the end of its shutdown. Nothing else counts.
+    fn clean(&self) -> bool {
+        self.guest && self.reason.as_deref() == Some("guest-shutdown")
+    }
+
+    fn reason(&self) -> &str {
+        self.reason.as_deref().unwrap_or("not given")
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
+impl Qmp {
+    /// Reads the greeting and negotiates capabilities on `s`. `Ok(None)`:
+    /// QEMU closed the connection first.
+    fn handshake(s: UnixStream, deadline: Instant) -> std::io::Result<Option<Qmp>> {
+        let mut q = Qmp { r: BufReader::new(s.try_clone()?), w: s, shutdown: None };
+        match q.next(deadline)? {
+            None => return Ok(None),
+            Some(g) if g.get("QMP").is_some() => {}
+            Some(g) => return Err(std::io::Error::other(format!("this is not a QMP greeting: {g}"))),
         }
-        if line.contains("\"return\"") || line.contains("\"error\"") {
-            return Ok(line);
+        Ok(q.execute("qmp_capabilities", deadline)?.map(|_| q))
+    }
+
+    /// The next message, `Ok(None)` at EOF; a timeout error once `deadline`
+    /// has passed.
+    fn next(&mut self, deadline: Instant) -> std::io::Result<Option<serde_json::Value>> {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        self.r.get_ref().set_read_timeout(Some(left))?;
+        let mut line = String::new();
+        if self.r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| std::io::Error::other(format!("not a QMP message: {:?}: {e}", line.trim())))?;
+        if v["event"] == "SHUTDOWN" && self.shutdown.is_none() {
+            self.shutdown = Some(Shutdown {
+                guest: v["data"]["guest"].as_bool().unwrap_or(false),
+                reason: v["data"]["reason"].as_str().map(str::to_string),
+                at: Instant::now(),
+            });
+        }
+        Ok(Some(v))
+    }
+
+    /// Sends `command` and returns its reply (`return` or `error`), skipping
+    /// events; `Ok(None)` if QEMU closed the connection first (a write to a
+    /// closed connection counts as that too).
+    fn execute(&mut self, command: &str, deadline: Instant) -> std::io::Result<Option<serde_json::Value>> {
+        if let Err(e) = writeln!(self.w, "{{\"execute\":\"{command}\"}}") {
+            return match e.kind() {
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Ok(None),
+                _ => Err(e),
+            };
+        }
+        loop {
+            match self.next(deadline)? {
+                None => return Ok(None),
+                Some(v) if v.get("return").is_some() || v.get("error").is_some() => return Ok(Some(v)),
+                Some(_) => {}
+            }
         }
     }
 }
 
-/// Powers a running VM off through its QMP socket: `system_powerdown` (the
-/// ACPI power button), then waits until QEMU has exited (its QMP socket no
-/// longer answers) or `timeout` passes. A socket nobody listens on means the
-/// VM is already off. Returns what happened, for the job's record.
-pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<String, RecoveryError> {
+/// Sends one QMP command (after the capabilities handshake) and returns the
+/// reply line ("" if QEMU closed the connection first, as after `quit`).
+pub fn qmp(socket: &Path, command: &str) -> Result<String, RecoveryError> {
+    let fail = |e: std::io::Error| RecoveryError::Qemu(format!("QMP {}: {e}", socket.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = UnixStream::connect(socket).map_err(fail)?;
+    let Some(mut q) = Qmp::handshake(s, deadline).map_err(fail)? else { return Ok(String::new()) };
+    Ok(q.execute(command, deadline).map_err(fail)?.map(|v| v.to_string()).unwrap_or_default())
+}
+
+/// How a VM's QEMU ended after [`power_off`]'s `system_powerdown`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoweredOff {
+    /// QEMU's pid (the QMP socket's peer).
+    pub pid: u32,
+    /// The guest powered itself off: QEMU sent the `SHUTDOWN` event with
+    /// `guest: true, reason: "guest-shutdown"` before it exited. False when
+    /// QEMU exited any other way (killed, crashed, told to quit, a guest
+    /// reset or panic): the disk may then hold a half-done write.
+    pub clean: bool,
+    /// The `SHUTDOWN` event's reason, if QEMU sent one.
+    pub reason: Option<String>,
+    /// Seconds from `system_powerdown` until QEMU's process was gone.
+    pub seconds: f64,
+    /// What happened, in words, for the job and the audit record.
+    pub detail: String,
+}
+
+/// Powers a running VM off through its QMP socket and says honestly how it
+/// ended. Connects, takes a pidfd on QEMU (the socket's peer, from
+/// `SO_PEERCRED`, right after connecting, so a reused pid cannot fool it),
+/// sends `system_powerdown` (the ACPI power button), then keeps the
+/// connection and reads QEMU's events until EOF and the pidfd reports the
+/// process gone. The guest powered off only if QEMU sent `SHUTDOWN` with
+/// reason `guest-shutdown`; otherwise QEMU exited without a guest shutdown
+/// ([`PoweredOff::clean`] false). An error, and no claim about the VM, when
+/// nothing answers on the socket, QEMU refuses the command, or QEMU is
+/// still alive after `timeout`.
+pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, RecoveryError> {
     let started = Instant::now();
-    match qmp(qmp_socket, "system_powerdown") {
-        Ok(reply) if reply.contains("\"error\"") => {
-            return Err(RecoveryError::Qemu(format!("QEMU refused system_powerdown: {}", reply.trim())))
+    let deadline = started + timeout;
+    let at = qmp_socket.display();
+    let s = UnixStream::connect(qmp_socket).map_err(|e| {
+        RecoveryError::Qemu(format!(
+            "nothing answers on the QMP socket {at} ({e}), so Lifeboat cannot see whether that QEMU runs or how it \
+             stopped"
+        ))
+    })?;
+    let pid = crate::sys::peer_pid(&s)
+        .map_err(|e| RecoveryError::Qemu(format!("reading the peer of the QMP socket {at}: {e}")))?
+        .ok_or_else(|| {
+            RecoveryError::Qemu(format!(
+                "the process behind the QMP socket {at} is in another pid namespace: Lifeboat cannot watch it exit"
+            ))
+        })?;
+    let pidfd = crate::sys::Pidfd::open(pid)
+        .map_err(|e| RecoveryError::Qemu(format!("QEMU (pid {pid}) behind the QMP socket {at}: pidfd_open: {e}")))?;
+    let qmp_err = |e: std::io::Error| {
+        if is_timeout(&e) {
+            RecoveryError::Qemu(format!(
+                "QEMU (pid {pid}) accepted a connection on {at} but did not answer within {} s (is another QMP client \
+                 connected? QEMU serves one at a time)",
+                timeout.as_secs()
+            ))
+        } else {
+            RecoveryError::Qemu(format!("QMP {at} (QEMU pid {pid}): {e}"))
         }
-        Ok(_) => {}
-        Err(_) if UnixStream::connect(qmp_socket).is_err() => {
-            return Ok(format!("already off (nothing answers on {})", qmp_socket.display()))
+    };
+    let mut q = Qmp::handshake(s, deadline).map_err(qmp_err)?;
+    let pressed = Instant::now();
+    // Whether QEMU answered system_powerdown (it may exit before it does).
+    let mut answered = false;
+    if let Some(q) = q.as_mut() {
+        match q.execute("system_powerdown", deadline).map_err(qmp_err)? {
+            Some(reply) if reply.get("error").is_some() => {
+                return Err(RecoveryError::Qemu(format!("QEMU (pid {pid}) refused system_powerdown: {reply}")))
+            }
+            Some(_) => answered = true,
+            None => {}
         }
-        Err(e) => return Err(e),
+        // Read events until QEMU closes the connection (it does as it exits).
+        loop {
+            match q.next(deadline) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if is_timeout(&e) => break,
+                Err(e) => return Err(qmp_err(e)),
+            }
+        }
     }
-    while started.elapsed() < timeout {
-        if UnixStream::connect(qmp_socket).is_err() {
-            return Ok(format!(
-                "powered off by the guest {:.1} s after system_powerdown",
-                started.elapsed().as_secs_f64()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let exited = pidfd
+        .wait_exit(deadline.saturating_duration_since(Instant::now()))
+        .map_err(|e| RecoveryError::Qemu(format!("waiting for QEMU (pid {pid}) to exit: {e}")))?;
+    let shutdown = q.as_ref().and_then(|q| q.shutdown.clone());
+    if !exited {
+        return Err(RecoveryError::Qemu(match &shutdown {
+            Some(s) => format!(
+                "QEMU (pid {pid}) still runs {} s after system_powerdown, although it reported a shutdown (SHUTDOWN \
+                 event, reason {}) {:.1} s after it (started with -no-shutdown? then quit it over QMP)",
+                timeout.as_secs(),
+                s.reason(),
+                s.at.saturating_duration_since(pressed).as_secs_f64(),
+            ),
+            None => format!(
+                "the VM did not power off within {} s of system_powerdown: QEMU (pid {pid}) still runs (does the \
+                 guest handle the ACPI power button?)",
+                timeout.as_secs()
+            ),
+        }));
     }
-    Err(RecoveryError::Qemu(format!(
-        "the source VM did not power off within {} s of system_powerdown (does the guest handle the ACPI power button?)",
-        timeout.as_secs()
-    )))
+    let seconds = pressed.elapsed().as_secs_f64();
+    let when = if answered {
+        format!("{seconds:.1} s after system_powerdown")
+    } else {
+        format!("{seconds:.1} s after Lifeboat connected, before it answered system_powerdown")
+    };
+    let (clean, detail) = match &shutdown {
+        Some(s) if s.clean() => (
+            true,
+            format!(
+                "the guest powered off (SHUTDOWN event, reason guest-shutdown) {:.1} s after system_powerdown; QEMU \
+                 (pid {pid}) exited",
+                s.at.saturating_duration_since(pressed).as_secs_f64()
+            ),
+        ),
+        Some(s) => (
+            false,
+            format!(
+                "QEMU (pid {pid}) exited without a guest power-off (SHUTDOWN event, reason {}, {}) {when}: the disk \
+                 may be mid-write (crash-consistent, as after a power cut)",
+                s.reason(),
+                if s.guest { "from the guest" } else { "not from the guest" }
+            ),
+        ),
+        None => (
+            false,
+            format!(
+                "QEMU (pid {pid}) exited without a guest shutdown (killed or crashed: no SHUTDOWN event) {when}: the \
+                 disk may be mid-write (crash-consistent, as after a power cut)"
+            ),
+        ),
+    };
+    Ok(PoweredOff { pid: pidfd.pid(), clean, reason: shutdown.and_then(|s| s.reason), seconds, detail })
 }

@@ -19,6 +19,7 @@ pub mod health;
 pub mod instant;
 pub mod launch;
 pub mod plan;
+mod sys;
 pub mod trust;
 pub mod vmdef;
 

@@ -8,8 +8,12 @@
 //! (there is no modules.dep in an unpacked kernel tree), waits for `/dev/vda`,
 //! runs `/test.sh` with `sh -e`, prints `@@LB DONE <status>`, syncs and powers
 //! off. A press of the ACPI power button (QMP `system_powerdown`) prints
-//! `@@LB STEP powerdown`, syncs and powers off at once. Everything it reports
-//! is a [`crate::serial`] marker.
+//! `@@LB STEP powerdown`, syncs and powers off at once; the button is armed
+//! once its input device appears (polled every 0.1 s for up to 60 s), which
+//! `/init` announces with `@@LB BUTTON armed` (`@@LB BUTTON missing` if it
+//! never came; `@@LB BUTTON ignored`, never armed, when the kernel command
+//! line has `lb.ignore_power_button`). Everything it reports is a
+//! [`crate::serial`] marker.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,14 +50,32 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
   insmod /lib/modules/$m.ko || echo "@@LB FAIL insmod $m"
 done
 insmod /lib/modules/evdev.ko; insmod /lib/modules/button.ko; insmod /lib/modules/virtio_console.ko
-# The ACPI power button (QMP system_powerdown): say so, sync, power off.
-sleep 0.2
-for e in /sys/class/input/event*; do
-  if grep -q "Power Button" $e/device/name 2>/dev/null; then
-    ( dd if=/dev/${e#/sys/class/} of=/dev/null bs=24 count=1 2>/dev/null
-      echo; echo "@@LB STEP powerdown"; sync; poweroff -f ) &
-  fi
-done
+# The ACPI power button (QMP system_powerdown): say so, sync, power off. Its
+# input device can come seconds after the module loads on a slow machine, so
+# look for it every 0.1 s for up to 60 s, in the background, and say when it
+# is armed (a press before that is lost). lb.ignore_power_button on the
+# kernel command line: never arm it (a guest that ignores the button).
+if grep -qw lb.ignore_power_button /proc/cmdline; then
+  echo; echo "@@LB BUTTON ignored"
+else
+  ( i=0; armed=0
+    while [ $armed -eq 0 ] && [ $i -lt 600 ]; do
+      for e in /sys/class/input/event*; do
+        d=/dev/${e#/sys/class/}
+        if grep -q "Power Button" $e/device/name 2>/dev/null && [ -c $d ]; then
+          # Open the device before saying it is armed: a press is only seen
+          # by a reader that has it open.
+          ( exec 3<$d
+            echo; echo "@@LB BUTTON armed"
+            dd of=/dev/null bs=24 count=1 <&3 2>/dev/null
+            echo; echo "@@LB STEP powerdown"; sync; poweroff -f ) &
+          armed=1
+        fi
+      done
+      [ $armed -eq 1 ] || { sleep 0.1; i=$((i+1)); }
+    done
+    [ $armed -eq 1 ] || { echo; echo "@@LB BUTTON missing"; } ) &
+fi
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
 # End whatever the firmware or kernel left on the console's current line

@@ -32,6 +32,21 @@ pub struct Vm {
     /// A QEMU guest agent channel: a unix socket on the host (the
     /// `org.qemu.guest_agent.0` virtio-serial port in the guest).
     pub qga: Option<PathBuf>,
+    /// Boot with `lb.ignore_power_button` on the kernel command line: the
+    /// guest's `/init` then never arms its power button, so QMP
+    /// `system_powerdown` does nothing (a guest that ignores the button).
+    pub ignore_power_button: bool,
+}
+
+/// A booted VM whose console can be watched while it runs.
+pub struct Booted {
+    child: std::process::Child,
+    console: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    start: Instant,
+    timeout: Duration,
+    accel: &'static str,
 }
 
 /// What a finished boot left behind.
@@ -105,7 +120,14 @@ impl Vm {
             .arg(&self.kernel.vmlinuz)
             .arg("-initrd")
             .arg(&self.initrd)
-            .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"])
+            .args([
+                "-append",
+                if self.ignore_power_button {
+                    "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init lb.ignore_power_button"
+                } else {
+                    "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"
+                },
+            ])
             .args(["-blockdev", &blockdev])
             .args(["-device", "virtio-blk-pci,drive=disk0"]);
         if let Some(q) = &self.qmp {
@@ -121,6 +143,11 @@ impl Vm {
 
     /// Boots, waits for QEMU to exit (the guest powers off) or the timeout.
     pub fn run(&self) -> Transcript {
+        self.start().wait()
+    }
+
+    /// Boots and returns at once; [`Booted::wait`] ends the boot.
+    pub fn start(&self) -> Booted {
         let accel = accel();
         let timeout = std::env::var("LIFEBOAT_VM_TIMEOUT")
             .ok()
@@ -140,12 +167,56 @@ impl Vm {
             collect(Box::new(child.stdout.take().unwrap()), Arc::clone(&console)),
             collect(Box::new(child.stderr.take().unwrap()), Arc::clone(&stderr)),
         ];
-        let start = Instant::now();
-        let status = wait_timeout(&mut child, timeout);
-        let elapsed = start.elapsed();
-        for r in readers {
+        Booted { child, console, stderr, readers, start: Instant::now(), timeout, accel }
+    }
+}
+
+impl Booted {
+    /// QEMU's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The console so far, as text.
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()).replace('\r', "")
+    }
+
+    /// Waits until the console holds the marker `@@LB WORD ARGS` (a whole
+    /// line); fails, showing the console, if QEMU exits first or `limit`
+    /// passes.
+    pub fn wait_marker(&mut self, word: &str, args: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = serial::markers(&self.console.lock().unwrap())
+                .is_ok_and(|ms| ms.iter().any(|m| m.word == word && m.args == args));
+            if found {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("QEMU exited ({status}) before the guest printed @@LB {word} {args}:\n{}", self.console_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the guest did not print @@LB {word} {args} within {limit:?} ({}):\n{}",
+                self.accel,
+                self.console_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for QEMU to exit (the guest powers off) or the timeout (counted
+    /// from the boot).
+    pub fn wait(mut self) -> Transcript {
+        let (accel, timeout) = (self.accel, self.timeout);
+        let status = wait_timeout(&mut self.child, timeout.saturating_sub(self.start.elapsed()));
+        let elapsed = self.start.elapsed();
+        for r in std::mem::take(&mut self.readers) {
             let _ = r.join();
         }
+        let console = &self.console;
+        let stderr = &self.stderr;
         let Some(status) = status else {
             let text = String::from_utf8_lossy(&console.lock().unwrap()).replace('\r', "");
             let err = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
@@ -156,6 +227,16 @@ impl Vm {
             .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", String::from_utf8_lossy(&console).replace('\r', "")));
         let stderr = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
         Transcript { status, console, stderr, markers, elapsed, accel }
+    }
+}
+
+impl Drop for Booted {
+    /// A test that fails before [`Booted::wait`] leaves no QEMU behind.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -106,6 +106,7 @@ fn guest_agent_frozen_points_are_clean_file_systems_without_journal_replay() {
         timeout: Duration::from_secs(300),
         qmp: None,
         qga: Some(qga),
+        ignore_power_button: false,
     };
     let t = vm.run();
     let steps = t.assert_success();

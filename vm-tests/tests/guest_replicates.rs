@@ -197,6 +197,7 @@ fn guest_workload_replicated_by_the_agent_restores_clean_at_every_point() {
         timeout: Duration::from_secs(300),
         qmp: None,
         qga: None,
+        ignore_power_button: false,
     };
     let transcript = vm.run();
     let steps = transcript.assert_success();

@@ -129,6 +129,7 @@ fn run_case(block_size: u64, export: &str) {
         timeout: Duration::from_secs(300),
         qmp: None,
         qga: None,
+        ignore_power_button: false,
     };
     let transcript = vm.run();
     let steps = transcript.assert_success();

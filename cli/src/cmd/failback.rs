@@ -63,11 +63,19 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
     let stopped = match job.process.as_ref().filter(|p| p.alive()) {
         Some(p) => {
             filter::log_line!("[{name}] powering the recovered VM off (QMP system_powerdown) ...");
-            recovery::launch::power_off(&p.qmp, timeout).map_err(|e| {
+            let off = recovery::launch::power_off(&p.qmp, timeout).map_err(|e| {
                 anyhow::anyhow!(
                     "{e}; nothing was shipped: stop the VM cleanly and run `lifeboat failback {name} --prepare` again"
                 )
-            })?
+            })?;
+            if !off.clean {
+                filter::log_line!(
+                    "[{name}] WARNING: {}. The recovered VM did NOT shut down cleanly: its disks ship back \
+                     crash-consistent",
+                    off.detail
+                );
+            }
+            off.detail
         }
         None => "already off".to_string(),
     };

@@ -64,9 +64,12 @@ struct RunArgs {
     #[arg(long, conflicts_with = "planned")]
     unplanned: bool,
     /// Planned failover, run where the VM's disks are protected: power the
-    /// source VM off (QMP system_powerdown on --source-qmp, then wait), ship
-    /// a final cycle of every disk, and boot that point on the mapped
-    /// networks. Nothing is lost; the job is final once healthy.
+    /// source VM off (QMP system_powerdown on --source-qmp, then wait until
+    /// QEMU's process is gone), ship a final cycle of every disk, and boot
+    /// that point on the mapped networks. Nothing is lost; the job is final
+    /// once healthy. A QEMU that exits without a guest power-off (killed,
+    /// crashed, told to quit) is reported as such, and the final point is
+    /// recorded as crash-consistent.
     #[arg(long)]
     planned: bool,
     /// The running source VM's QMP socket (QEMU -qmp unix:PATH,server=on,wait=off), for --planned.
@@ -75,7 +78,8 @@ struct RunArgs {
     /// For --planned without --source-qmp: you have shut the source VM down yourself.
     #[arg(long, requires = "planned", conflicts_with = "source_qmp")]
     source_stopped: bool,
-    /// How long the source VM may take to power off (--planned).
+    /// How long the source VM may take to power off (--planned); QEMU still
+    /// running after it fails the failover before anything is shipped.
     #[arg(long, default_value = "5m")]
     shutdown_timeout: String,
     /// `latest`, `latest-app` (the newest app-consistent point) or a point id of the VM's first disk (`lifeboat points DISK`).
@@ -370,22 +374,34 @@ fn planned_source_side(
         crate::size::parse_duration(&a.shutdown_timeout).map_err(|e| anyhow::anyhow!("--shutdown-timeout: {e}"))?,
     );
     let started = recovery::failover::now_ns();
-    let how = match (&a.source_qmp, a.source_stopped) {
+    let (how, clean) = match (&a.source_qmp, a.source_stopped) {
         (Some(qmp), _) => {
             filter::log_line!("[{name}] stopping the source VM (QMP system_powerdown on {}) ...", qmp.display());
-            recovery::launch::power_off(qmp, timeout).map_err(|e| {
+            let off = recovery::launch::power_off(qmp, timeout).map_err(|e| {
                 anyhow::anyhow!(
                     "{e}; nothing was shipped or booted: shut the VM down yourself and run again with --source-stopped"
                 )
-            })?
+            })?;
+            if off.clean {
+                filter::log_line!("[{name}] {}", off.detail);
+            } else {
+                // The process is gone, so the disk is what it is: the final
+                // cycle ships it as it stands, like any crash-consistent point.
+                filter::log_line!(
+                    "[{name}] WARNING: {}. The source VM did NOT shut down cleanly: the final point is \
+                     crash-consistent, not a clean shutdown; going on with the final cycle",
+                    off.detail
+                );
+            }
+            (off.detail, Some(off.clean))
         }
-        (None, true) => "stopped by the user (--source-stopped)".to_string(),
+        (None, true) => ("stopped by the user (--source-stopped)".to_string(), None),
         (None, false) => bail!(
             "--planned must know the source VM is off: pass --source-qmp SOCKET (Lifeboat powers it off) or, once \
              you have shut it down yourself, --source-stopped"
         ),
     };
-    audit("failover.planned.source-stopped", serde_json::json!({ "vm": name, "how": how }))
+    audit("failover.planned.source-stopped", serde_json::json!({ "vm": name, "how": how, "clean_shutdown": clean }))
         .map_err(anyhow::Error::msg)?;
     prelude.push(Step {
         name: "stop source VM".into(),

@@ -1,0 +1,100 @@
+//! What the crate asks of the operating system beyond std, fenced here: the
+//! pid of a unix socket's peer (`SO_PEERCRED`), a pidfd for it
+//! (`pidfd_open(2)`, a handle that stays tied to that one process even if its
+//! number is reused), waiting on the pidfd for the process to exit
+//! (`poll(2)`), and `kill(2)`.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// The pid of the process at the other end of a connected unix socket, as
+/// the kernel recorded it (for a server socket: the process that listened).
+/// `None` when the kernel cannot name it here (the peer is in another pid
+/// namespace, where it reports 0).
+pub(crate) fn peer_pid(s: &UnixStream) -> io::Result<Option<u32>> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).expect("ucred fits a socklen_t");
+    // SAFETY: `cred` is a live, writable `ucred` and `len` holds its exact
+    // size, so the kernel writes at most that many bytes into it; the
+    // descriptor is owned by `s`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::from_mut(&mut cred).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::try_from(cred.pid).ok().filter(|&p| p > 0))
+}
+
+/// A pidfd: one process, whatever later happens to its pid number.
+#[derive(Debug)]
+pub(crate) struct Pidfd {
+    fd: OwnedFd,
+    pid: u32,
+}
+
+impl Pidfd {
+    /// Opens a pidfd for `pid` (`ESRCH` if no such process is left).
+    pub(crate) fn open(pid: u32) -> io::Result<Pidfd> {
+        let raw = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        // SAFETY: pidfd_open takes a pid and flags (no pointers) and returns a
+        // new descriptor or -1.
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = i32::try_from(rc).map_err(|_| io::Error::other("pidfd_open returned an out-of-range descriptor"))?;
+        // SAFETY: `fd` was just returned by pidfd_open, is open, and nothing
+        // else owns it; the OwnedFd closes it exactly once.
+        Ok(Pidfd { fd: unsafe { OwnedFd::from_raw_fd(fd) }, pid })
+    }
+
+    /// The pid it was opened for.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits up to `timeout` for the process to exit; true once it has.
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = libc::c_int::try_from(left.as_millis().min(60_000)).unwrap_or(60_000);
+            let mut p = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: `p` is one live pollfd and the count passed is 1; the
+            // descriptor is owned by `self` and outlives the call.
+            let rc = unsafe { libc::poll(&mut p, 1, ms) };
+            if rc > 0 {
+                return Ok(true);
+            }
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            } else if left.is_zero() {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Sends SIGKILL to `pid`. The caller has checked that the pid is still the
+/// process it means.
+pub(crate) fn kill9(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill(2) takes no pointers.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
