@@ -121,16 +121,7 @@ fn a_disk_re_pointed_to_another_vault_and_back_verifies_in_full() {
     t.s.home.vault_init(&other, &t.key);
     t.write(3, 0xa1);
     let repoint = |vault: &PathBuf| {
-        t.s.home.run_ok(&[
-            "protect",
-            "d1",
-            "--image",
-            arg(&t.image),
-            "--vault",
-            arg(vault),
-            "--key",
-            arg(&t.key),
-        ]);
+        t.s.home.run_ok(&["protect", "d1", "--image", arg(&t.image), "--vault", arg(vault), "--key", arg(&t.key)]);
     };
     repoint(&other);
     let (r, _) = t.ship();

@@ -31,7 +31,7 @@ pub mod proto;
 mod server;
 mod transmission;
 
-pub use server::{Listen, LocalAddr, ParseListenError, Server, ShutdownHandle};
+pub use server::{Listen, LocalAddr, Options, ParseListenError, Server, ShutdownHandle};
 
 use std::io;
 
