@@ -12,6 +12,8 @@
 //! * Past `--max-connections` a new connection is closed at once (EOF before
 //!   the greeting), the refusals are logged rate-limited, and the
 //!   established clients still work.
+//! * An idle established connection costs the server one thread: its
+//!   workers start only when requests need them.
 //! * With the open-files limit at 256 (soft and hard, set in the agent's
 //!   `pre_exec`) and 300 idle connections, the replication cycle still
 //!   commits and other clients are served: through the per-disk cap with the
@@ -286,6 +288,40 @@ fn connections_past_the_cap_are_closed_at_once_and_established_clients_still_wor
         assert!(Instant::now() < deadline, "nbdinfo never got the freed slot:\n{}", f.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    f.stop();
+}
+
+/// The `Threads:` line of /proc/PID/status.
+fn threads(pid: u32) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).expect("Threads: in /proc/PID/status");
+    line["Threads:".len()..].trim().parse().unwrap()
+}
+
+#[test]
+fn idle_established_connections_cost_one_thread_each() {
+    let s = scratch();
+    protected(&s, "d");
+    let sock = s.path("d.sock");
+    let f = filter(&s, "d", &sock, &["--max-connections", "100"]);
+    let before = threads(f.pid());
+    let mut clients: Vec<Client> = (0..40).map(|_| Client::establish(&sock)).collect();
+    // Each client's reply to a request proves its connection's thread has
+    // passed the handshake (and would have started its workers by then).
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_and_read_back(i as u64 * 4096, &pseudo_random(4 * KIB, i as u64));
+    }
+    let busy = threads(f.pid());
+    // Idle from here on: a new connection that only handshakes adds one thread.
+    let idle: Vec<Client> = (0..40).map(|_| Client::establish(&sock)).collect();
+    let after = threads(f.pid());
+    assert!(
+        after - busy <= 40,
+        "40 idle connections added {} threads (from {busy} to {after}; {before} before any client): idle clients \
+         must cost their reader thread only",
+        after - busy
+    );
+    drop((clients, idle));
     f.stop();
 }
 

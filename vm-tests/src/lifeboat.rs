@@ -264,6 +264,11 @@ impl Filter {
         }
     }
 
+    /// The process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("filter running").id()
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         match self.child.as_mut() {
