@@ -461,6 +461,13 @@ impl Server {
         }
         let mut listeners = Vec::with_capacity(listens.len());
         for listen in listens {
+            // Checked on what the host resolves to before binding (nothing
+            // exposed is bound even for a moment), and on the bound address.
+            if !options.insecure_tcp {
+                if let Some(addr) = listen.non_loopback_addrs()?.first() {
+                    return Err(exposed_error(listen, &addr.ip().to_string(), name));
+                }
+            }
             let bound = match listen {
                 Listen::Unix(path) => bind_unix(path).map(Listener::Unix),
                 Listen::Tcp(addr) => TcpListener::bind(addr.as_str()).map(Listener::Tcp),
@@ -468,16 +475,7 @@ impl Server {
             let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
             let local = listener.local_addr();
             if local.is_exposed() && !options.insecure_tcp {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "refusing to listen on {listen} ({local}): it is not a loopback address, and this NBD server \
-                         has no authentication or encryption, so anyone who can reach it could read and overwrite \
-                         disk {name:?}; listen on a unix socket or on 127.0.0.1 (reach it from another host through \
-                         an ssh tunnel: ssh -L PORT:127.0.0.1:PORT HOST), or accept the risk on an isolated network \
-                         with --insecure-tcp"
-                    ),
-                ));
+                return Err(exposed_error(listen, &local.to_string(), name));
             }
             listeners.push(listener);
         }
@@ -591,6 +589,19 @@ impl Server {
         drop(export);
         spawn_error.map_or(Ok(()), Err)
     }
+}
+
+/// The refusal of a TCP address that is not loopback.
+fn exposed_error(listen: &Listen, addr: &str, name: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "refusing to listen on {listen} ({addr}): it is not a loopback address, and this NBD server has no \
+             authentication or encryption, so anyone who can reach it could read and overwrite disk {name:?}; listen \
+             on a unix socket or on 127.0.0.1 (reach it from another host through an ssh tunnel: ssh -L \
+             PORT:127.0.0.1:PORT HOST), or accept the risk on an isolated network with --insecure-tcp"
+        ),
+    )
 }
 
 fn bind_unix(path: &Path) -> io::Result<UnixSocketFile> {
