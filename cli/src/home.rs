@@ -62,6 +62,12 @@ pub struct DiskConfig {
     /// `tcp:HOST:PORT`); empty means `unix:HOME/disks/NAME/nbd.sock`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listen: Vec<String>,
+    /// The administrator accepted (`protect --insecure-tcp`) that a `listen`
+    /// address is not loopback: the agent serves the disk there, without
+    /// authentication, with a warning at every start. Without it the agent
+    /// refuses such an address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_tcp: bool,
     /// Replication settings, once the disk has a vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<Replication>,

@@ -33,3 +33,4 @@ pub use disk::{CutInfo, CutKind, Disk};
 pub use error::FilterError;
 pub use image::ImageId;
 pub use state_file::{DirtyReport, StateFile};
+pub use sys::{raise_open_files_limit, OpenFilesLimit, OPEN_FILES_CEILING};

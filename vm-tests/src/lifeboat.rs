@@ -154,6 +154,17 @@ impl Home {
         agent
     }
 
+    /// Starts `lifeboat ARGS...` as a long-running child (a filter or an
+    /// agent) after `configure` has adjusted the command (environment,
+    /// `pre_exec` resource limits), and returns at once; wait for it with
+    /// [`Filter::wait_line`].
+    pub fn spawn_with(&self, args: &[&str], configure: impl FnOnce(&mut Command)) -> Filter {
+        let mut cmd = self.command();
+        cmd.args(args);
+        configure(&mut cmd);
+        Filter::spawn(cmd)
+    }
+
     /// Starts `lifeboat filter NAME --listen unix:SOCK` and waits for it to be
     /// ready, as [`Home::filter_on`].
     pub fn filter(&self, name: &str, sock: &Path) -> Filter {
@@ -251,6 +262,11 @@ impl Filter {
                 }
             }
         }
+    }
+
+    /// The process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("filter running").id()
     }
 
     /// Whether the process is still running.

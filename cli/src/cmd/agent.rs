@@ -53,6 +53,8 @@ pub struct Args {
     /// bandwidth. `0` keeps every copy in the scratch file.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     copy_memory: Option<u64>,
+    #[command(flatten)]
+    nbd: crate::cmd::filter::NbdLimits,
 }
 
 /// A log line on stderr with a timestamp (journald adds its own, but the
@@ -110,6 +112,7 @@ struct Served {
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
     signals::block_termination().context("blocking SIGTERM/SIGINT")?;
+    crate::cmd::filter::raise_open_files_limit(&format!("{} lifeboat agent", rfc3339(now_ns())));
     let names = if a.disks.is_empty() { home.disk_names()? } else { a.disks.clone() };
     if names.is_empty() {
         bail!(
@@ -126,7 +129,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let mut served = Vec::new();
     let mut servers = Vec::new();
     for name in &names {
-        match open(home, name, &copy_memory) {
+        match open(home, name, &copy_memory, &a.nbd) {
             Ok((s, server)) => {
                 served.push(s);
                 servers.push((name.clone(), server));
@@ -247,7 +250,12 @@ fn groups<'a>(home: &Home, served: &'a [Served]) -> Vec<(String, Vec<Member<'a>>
 }
 
 /// Opens one disk: its state file (locked), control socket and NBD listener.
-fn open(home: &Home, name: &str, copy_memory: &Arc<CopyMemory>) -> Result<(Served, Server)> {
+fn open(
+    home: &Home,
+    name: &str,
+    copy_memory: &Arc<CopyMemory>,
+    nbd: &crate::cmd::filter::NbdLimits,
+) -> Result<(Served, Server)> {
     let mut entry = home.disk(name)?;
     entry.check_usable(name)?;
     let target = match entry.config.replication {
@@ -277,19 +285,30 @@ fn open(home: &Home, name: &str, copy_memory: &Arc<CopyMemory>) -> Result<(Serve
         Ok(c) => c,
         Err(e) => return Err(close_unserved(disk, e)),
     };
-    let listen = entry.listen();
-    let server = match listen.and_then(|listen| {
-        Server::bind(&listen, name, disk.clone()).with_context(|| {
-            format!("listening on {}", listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" "))
-        })
-    }) {
+    let listen = entry.listen().and_then(|listen| {
+        if !entry.config.insecure_tcp {
+            crate::cmd::protect::refuse_exposed(name, &listen, "lifeboat agent")?;
+        }
+        Ok(listen)
+    });
+    let options = nbd.options(entry.config.insecure_tcp);
+    let bound = listen.and_then(|listen| {
+        Server::bind_with(&listen, name, disk.clone(), options)
+            .with_context(|| {
+                format!("listening on {}", listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" "))
+            })
+            .map(|server| (server, listen))
+    });
+    let (server, listen) = match bound {
         Ok(s) => s,
         Err(e) => {
             control.stop();
             return Err(close_unserved(disk, e));
         }
     };
-    let listen = entry.listen()?;
+    for addr in server.local_addrs().iter().filter(|l| l.is_exposed()) {
+        log!("lifeboat agent: {}", crate::cmd::filter::insecure_warning(name, addr));
+    }
     let addrs: Vec<String> = listen.iter().map(|l| l.to_string()).collect();
     let rpo = target.as_ref().map(|t| format!(", RPO {} s", t.settings.rpo_seconds)).unwrap_or_default();
     log!("lifeboat agent: {name}: serving on {}{rpo}", addrs.join(" "));

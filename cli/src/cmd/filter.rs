@@ -15,13 +15,70 @@ use crate::status_file;
 pub struct Args {
     /// The protected disk.
     name: String,
-    /// Where to listen: unix:PATH or tcp:HOST:PORT. Repeat for several.
+    /// Where to listen: unix:PATH or tcp:HOST:PORT. Repeat for several. A TCP
+    /// address must be loopback (127.0.0.1, ::1) unless --insecure-tcp.
     #[arg(long, required = true)]
     listen: Vec<Listen>,
+    /// Serve on a TCP address that is not loopback (0.0.0.0, ::, a LAN
+    /// address). NBD here has no authentication or encryption: anyone who
+    /// reaches the port can read and overwrite the disk. Prefer a unix socket,
+    /// or 127.0.0.1 reached through an ssh tunnel.
+    #[arg(long)]
+    insecure_tcp: bool,
+    #[command(flatten)]
+    nbd: NbdLimits,
+}
+
+/// The NBD server's guards against clients that connect and hold on
+/// (shared by `lifeboat filter` and `lifeboat agent`).
+#[derive(clap::Args)]
+pub struct NbdLimits {
+    /// NBD connections a disk accepts at once; one more is closed as soon as
+    /// it is accepted (QEMU opens 1 per disk, nbdcopy up to 8).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// An NBD client that has not finished the handshake this long after
+    /// connecting is dropped (30s, 1m, ...). Clients past the handshake are
+    /// never timed out.
+    #[arg(long, default_value = "10s", value_parser = crate::size::parse_duration)]
+    handshake_timeout: u64,
+}
+
+impl NbdLimits {
+    /// The server options, with `insecure_tcp` as the administrator said.
+    pub fn options(&self, insecure_tcp: bool) -> filter::nbd::Options {
+        filter::nbd::Options {
+            max_connections: self.max_connections as usize,
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout),
+            insecure_tcp,
+            ..filter::nbd::Options::default()
+        }
+    }
+}
+
+/// Raises the open-files limit for a process that serves NBD, and says so.
+pub fn raise_open_files_limit(prefix: &str) {
+    match filter::raise_open_files_limit() {
+        Ok(l) if l.now > l.before => {
+            filter::log_line!("{prefix}: open-files limit raised from {} to {}", l.before, l.now)
+        }
+        Ok(_) => {}
+        Err(e) => filter::log_line!("{prefix}: warning: cannot raise the open-files limit: {e}"),
+    }
+}
+
+/// The warning printed at every start for each address served without
+/// authentication to other hosts.
+pub fn insecure_warning(name: &str, addr: &filter::nbd::LocalAddr) -> String {
+    format!(
+        "WARNING: disk {name} is served on {addr}, which is not loopback, with no authentication or encryption \
+         (--insecure-tcp): anyone who can reach it can read and overwrite the disk"
+    )
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
     signals::block_termination().context("blocking SIGTERM/SIGINT")?;
+    raise_open_files_limit("lifeboat filter");
     let mut entry = home.disk(&a.name)?;
     entry.check_usable(&a.name)?;
     let (disk, note) = entry.open_disk(&a.name, CopyMemory::global())?;
@@ -48,13 +105,16 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         Ok(c) => c,
         Err(e) => return Err(close_unserved(disk, e.into())),
     };
-    let server = match Server::bind(&a.listen, &a.name, disk.clone()) {
+    let server = match Server::bind_with(&a.listen, &a.name, disk.clone(), a.nbd.options(a.insecure_tcp)) {
         Ok(s) => s,
         Err(e) => {
             control.stop();
             return Err(close_unserved(disk, e.into()));
         }
     };
+    for addr in server.local_addrs().iter().filter(|l| l.is_exposed()) {
+        filter::log_line!("lifeboat: {}", insecure_warning(&a.name, addr));
+    }
     let shutdown = server.shutdown_handle();
     let name = a.name.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || {

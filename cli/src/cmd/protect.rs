@@ -45,8 +45,16 @@ pub struct Args {
     keep_daily: u32,
     /// Where `lifeboat agent` serves the disk over NBD: unix:PATH or
     /// tcp:HOST:PORT; repeat for several. Default: unix:HOME/disks/NAME/nbd.sock.
+    /// A TCP address must be loopback (127.0.0.1, ::1) unless --insecure-tcp.
     #[arg(long)]
     listen: Vec<filter::nbd::Listen>,
+    /// Let the agent serve the disk on a --listen TCP address that is not
+    /// loopback (0.0.0.0, ::, a LAN address). NBD here has no authentication
+    /// or encryption: anyone who reaches the port can read and overwrite the
+    /// disk. Recorded in disk.toml (`insecure_tcp`); the agent warns at every
+    /// start. Give it again with each --listen change that needs it.
+    #[arg(long, requires = "listen")]
+    insecure_tcp: bool,
     /// Replace the disk's state file with a new one that marks every block to
     /// be verified (after a damaged state file was refused, or to adopt a new
     /// file put at the image's path). The old file is kept beside it as
@@ -170,6 +178,9 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
         }
         _ => None,
     };
+    if !a.insecure_tcp {
+        refuse_exposed(&a.name, &a.listen, "lifeboat protect")?;
+    }
     let listen: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
     if existing && !a.reset_state && (replication.is_some() || !listen.is_empty()) {
         let mut old = home.disk(&a.name)?;
@@ -189,6 +200,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
         }
         if !listen.is_empty() {
             old.config.listen = listen;
+            old.config.insecure_tcp = a.insecure_tcp;
             writeln!(out, "{}: the agent will serve it on {}", a.name, old.config.listen.join(" "))?;
         }
         old.config.write(&conf)?;
@@ -207,12 +219,14 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
     let mut last_point = None;
     let mut replication = replication;
     let mut listen = listen;
+    let mut insecure_tcp = a.insecure_tcp;
     let disk_id = if existing {
         let old = home.disk(&a.name)?;
         // --reset-state replaces the state, not the replication settings.
         replication = replication.or(old.config.replication.clone());
         if listen.is_empty() {
             listen.clone_from(&old.config.listen);
+            insecure_tcp = old.config.insecure_tcp;
         }
         if old.config.image != image {
             bail!(
@@ -261,6 +275,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
         image_device: Some(image_id.device),
         image_inode: Some(image_id.inode),
         listen,
+        insecure_tcp,
         replication,
     };
     config.write(&conf)?;
@@ -291,6 +306,25 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
             image.display(),
             at.join(" ")
         )?;
+    }
+    Ok(())
+}
+
+/// Refuses TCP listen addresses that are not loopback (what they resolve
+/// to), saying why and what to do instead; `who` names the command.
+pub fn refuse_exposed(name: &str, listens: &[filter::nbd::Listen], who: &str) -> Result<()> {
+    for l in listens {
+        let exposed = l.non_loopback_addrs().with_context(|| format!("disk {name:?}: checking listen address {l}"))?;
+        if let Some(addr) = exposed.first() {
+            bail!(
+                "{who}: disk {name:?}: refusing to serve it on {l} ({}): that is not a loopback address, and Lifeboat's \
+                 NBD server has no authentication or encryption, so anyone who can reach it could read and overwrite \
+                 the disk. Use the default unix socket, or tcp:127.0.0.1:PORT and reach it from another host \
+                 through an ssh tunnel (ssh -L PORT:127.0.0.1:PORT HOST). To accept the risk on an isolated \
+                 network: `lifeboat protect {name} --image IMAGE --listen {l} --insecure-tcp`",
+                addr.ip()
+            );
+        }
     }
     Ok(())
 }

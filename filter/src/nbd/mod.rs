@@ -18,7 +18,12 @@
 //! A request the spec says to refuse gets the error value the spec names and
 //! the connection goes on; only a request with a bad magic (the stream is out
 //! of sync) closes the connection, and never another one. Logging is one line
-//! on stderr per connection opened and closed, plus errors; none per request.
+//! on stderr per connection opened and closed, plus errors; none per request;
+//! connections refused at accept are counted on one line at most every 10 s.
+//!
+//! The server guards the host against its clients ([`Options`]): TCP only on
+//! loopback unless told otherwise, a per-server connection cap, a handshake
+//! deadline and a file-descriptor reserve; see `server`.
 //!
 //! The module has no `unsafe`. Replies are written with plain `write`/`writev`:
 //! a client that vanished raises `SIGPIPE`, which the Rust runtime ignores in
@@ -31,7 +36,7 @@ pub mod proto;
 mod server;
 mod transmission;
 
-pub use server::{Listen, LocalAddr, ParseListenError, Server, ShutdownHandle};
+pub use server::{Listen, LocalAddr, Options, ParseListenError, Server, ShutdownHandle};
 
 use std::io;
 

@@ -1,5 +1,16 @@
 //! Listeners, the accept loop, one thread per connection, and shutdown.
 //!
+//! Guards ([`Options`]): a TCP address that is not loopback is refused at
+//! bind unless [`Options::insecure_tcp`]; a connection past
+//! [`Options::max_connections`], or one that would leave fewer than
+//! [`Options::fd_reserve`] file descriptors for the rest of the process (the
+//! replication cycle), is closed as soon as it is accepted, never queued; a
+//! client that has not finished the handshake within
+//! [`Options::handshake_timeout`] is dropped. So the threads and memory of a
+//! server are bounded whatever its clients do: one thread per connection under
+//! the cap, plus the workers a connection starts only when its requests need
+//! them.
+//!
 //! Shutdown: [`ShutdownHandle::shutdown`] marks the server as stopping and
 //! shuts down the read side of every open connection, so each reader sees EOF
 //! (requests it had read but not yet started get `NBD_ESHUTDOWN`), its
@@ -14,7 +25,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -32,6 +43,44 @@ const READ_BUFFER: usize = 128 * 1024;
 /// How long [`Server::run`] lets connections drain after shutdown before it
 /// shuts their sockets down entirely, unless [`Server::with_shutdown_grace`].
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// At most one line per this long about refused connections (with a count).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How a [`Server`] guards the host against its clients. The defaults suit
+/// a VM disk: QEMU opens one connection per disk, `nbdcopy` up to 4-8.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Connections open at once (in the handshake or after it), over every
+    /// listener of the server; one more is closed as soon as it is accepted.
+    /// Default 16.
+    pub max_connections: usize,
+    /// A client must finish the NBD handshake within this long or is
+    /// dropped. Only the handshake is timed: a quiet VM in the transmission
+    /// phase is never cut off. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// A new connection is closed at once when fewer than this many file
+    /// descriptors would be left under the process's `RLIMIT_NOFILE`, so a
+    /// flood of clients cannot starve the rest of the process (the
+    /// replication cycle opens the state file, the image, vault files,
+    /// sockets). Default 64.
+    pub fd_reserve: u64,
+    /// Bind TCP addresses that are not loopback. NBD here has neither
+    /// authentication nor encryption: anyone who reaches such an address can
+    /// read and overwrite the disk. Default false: [`Server::bind_with`]
+    /// refuses them.
+    pub insecure_tcp: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { max_connections: 16, handshake_timeout: Duration::from_secs(10), fd_reserve: 64, insecure_tcp: false }
+    }
+}
+
+/// Whether `ip` is a loopback address (an IPv4-mapped one counts as IPv4).
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -82,6 +131,24 @@ impl FromStr for Listen {
     }
 }
 
+impl Listen {
+    /// The addresses a TCP listen address resolves to that are not loopback
+    /// (`0.0.0.0`, `::`, a LAN address, a host name that resolves to one);
+    /// empty for loopback-only addresses and unix sockets. Errors when the
+    /// host name does not resolve.
+    pub fn non_loopback_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        match self {
+            Listen::Unix(_) => Ok(Vec::new()),
+            Listen::Tcp(addr) => {
+                let resolved = addr.as_str().to_socket_addrs().map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot resolve the host of listen address tcp:{addr}: {e}"))
+                })?;
+                Ok(resolved.filter(|a| !is_loopback(a.ip())).collect())
+            }
+        }
+    }
+}
+
 impl fmt::Display for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -101,6 +168,12 @@ pub enum LocalAddr {
 }
 
 impl LocalAddr {
+    /// True for a TCP address that is not loopback: reachable from other
+    /// hosts, with no authentication.
+    pub fn is_exposed(&self) -> bool {
+        matches!(self, LocalAddr::Tcp(addr) if !is_loopback(addr.ip()))
+    }
+
     /// The NBD URI of the default export at this address, as libnbd and
     /// qemu accept it (`nbd+unix:///?socket=PATH`, `nbd://HOST:PORT/`).
     pub fn uri(&self) -> String {
@@ -132,6 +205,22 @@ impl Socket {
         match self {
             Socket::Unix(s) => s.shutdown(how),
             Socket::Tcp(s) => s.shutdown(how),
+        }
+    }
+
+    /// `SO_RCVTIMEO`; `None` blocks for ever.
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.set_read_timeout(t),
+            Socket::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// `SO_SNDTIMEO`; `None` blocks for ever.
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.set_write_timeout(t),
+            Socket::Tcp(s) => s.set_write_timeout(t),
         }
     }
 }
@@ -243,10 +332,26 @@ impl Listener {
 /// caller may `Arc::try_unwrap` it), even while a handle lives on.
 struct Control {
     name: Arc<str>,
+    options: Options,
     stopping: AtomicBool,
     registry: Mutex<Registry>,
     changed: Condvar,
     next_id: AtomicU64,
+    refusals: Mutex<Refusals>,
+}
+
+/// Connections closed at accept since the last line about them.
+#[derive(Default)]
+struct Refusals {
+    unlogged: u64,
+    last_line: Option<Instant>,
+}
+
+/// Whether an accepted connection may stay.
+enum Admission {
+    Registered,
+    Stopping,
+    Full,
 }
 
 #[derive(Default)]
@@ -256,14 +361,37 @@ struct Registry {
 }
 
 impl Control {
-    /// Record a new connection, unless the server is stopping.
-    fn register(&self, id: u64, sock: &Arc<Socket>) -> bool {
+    /// Record a new connection, unless the server is stopping or has
+    /// [`Options::max_connections`] already.
+    fn register(&self, id: u64, sock: &Arc<Socket>) -> Admission {
         let mut reg = lock(&self.registry);
         if reg.stopping {
-            return false;
+            return Admission::Stopping;
+        }
+        if reg.connections.len() >= self.options.max_connections {
+            return Admission::Full;
         }
         reg.connections.insert(id, Arc::clone(sock));
-        true
+        Admission::Registered
+    }
+
+    /// Count a connection closed at accept; say so on stderr at most once
+    /// per [`REFUSAL_LOG_EVERY`], so a flood cannot flood the log.
+    fn refused(&self, peer: &str, why: &str) {
+        let mut r = lock(&self.refusals);
+        r.unlogged += 1;
+        let now = Instant::now();
+        if r.last_line.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY) {
+            crate::log_line!(
+                "nbd[{}]: refused {} connection(s) (the last from {peer}): {why}; further refusals are counted \
+                 here at most every {} s",
+                self.name,
+                r.unlogged,
+                REFUSAL_LOG_EVERY.as_secs()
+            );
+            r.unlogged = 0;
+            r.last_line = Some(now);
+        }
     }
 
     fn unregister(&self, id: u64) {
@@ -323,11 +451,18 @@ impl fmt::Debug for Server {
 }
 
 impl Server {
+    /// [`Server::bind_with`] the default [`Options`] (loopback TCP only).
+    pub fn bind(listens: &[Listen], name: &str, export: Arc<dyn Export>) -> io::Result<Server> {
+        Server::bind_with(listens, name, export, Options::default())
+    }
+
     /// Bind every listen address and get ready to serve `export` under `name`
     /// and under the default (empty) export name, as qemu-nbd does. A stale
     /// unix socket file (nobody listening) is replaced; a live one, or a
-    /// file that is not a socket, is an error. Errors name the address.
-    pub fn bind(listens: &[Listen], name: &str, export: Arc<dyn Export>) -> io::Result<Server> {
+    /// file that is not a socket, is an error. A TCP address that binds to
+    /// anything but loopback is refused (`PermissionDenied`) unless
+    /// [`Options::insecure_tcp`]. Errors name the address.
+    pub fn bind_with(listens: &[Listen], name: &str, export: Arc<dyn Export>, options: Options) -> io::Result<Server> {
         if listens.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listen address given for the NBD server"));
         }
@@ -339,19 +474,32 @@ impl Server {
         }
         let mut listeners = Vec::with_capacity(listens.len());
         for listen in listens {
+            // Checked on what the host resolves to before binding (nothing
+            // exposed is bound even for a moment), and on the bound address.
+            if !options.insecure_tcp {
+                if let Some(addr) = listen.non_loopback_addrs()?.first() {
+                    return Err(exposed_error(listen, &addr.ip().to_string(), name));
+                }
+            }
             let bound = match listen {
                 Listen::Unix(path) => bind_unix(path).map(Listener::Unix),
                 Listen::Tcp(addr) => TcpListener::bind(addr.as_str()).map(Listener::Tcp),
             };
             let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+            let local = listener.local_addr();
+            if local.is_exposed() && !options.insecure_tcp {
+                return Err(exposed_error(listen, &local.to_string(), name));
+            }
             listeners.push(listener);
         }
         let control = Arc::new(Control {
             name: Arc::from(name),
+            options,
             stopping: AtomicBool::new(false),
             registry: Mutex::new(Registry::default()),
             changed: Condvar::new(),
             next_id: AtomicU64::new(1),
+            refusals: Mutex::new(Refusals::default()),
         });
         Ok(Server { listeners, control, export, grace: SHUTDOWN_GRACE })
     }
@@ -459,6 +607,19 @@ impl Server {
     }
 }
 
+/// The refusal of a TCP address that is not loopback.
+fn exposed_error(listen: &Listen, addr: &str, name: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "refusing to listen on {listen} ({addr}): it is not a loopback address, and this NBD server has no \
+             authentication or encryption, so anyone who can reach it could read and overwrite disk {name:?}; listen \
+             on a unix socket or on 127.0.0.1 (reach it from another host through an ssh tunnel: ssh -L \
+             PORT:127.0.0.1:PORT HOST), or accept the risk on an isolated network with --insecure-tcp"
+        ),
+    )
+}
+
 fn bind_unix(path: &Path) -> io::Result<UnixSocketFile> {
     // Private whatever the umask: see `sys::bind_private_unix`.
     let listener = match crate::sys::bind_private_unix(path) {
@@ -509,10 +670,31 @@ fn accept_loop(listener: &Listener, control: &Arc<Control>, export: &Weak<dyn Ex
         let Some(export) = export.upgrade() else { return };
         let id = control.next_id.fetch_add(1, Ordering::Relaxed);
         let sock = Arc::new(sock);
-        if !control.register(id, &sock) {
-            return;
+        // A refused connection is closed here (its last Arc drops): the
+        // client sees EOF before the greeting.
+        match control.register(id, &sock) {
+            Admission::Registered => {}
+            Admission::Stopping => return,
+            Admission::Full => {
+                let max = control.options.max_connections;
+                control.refused(&peer, &format!("the disk has its limit of {max} open connections"));
+                continue;
+            }
         }
         let registration = Registration { control: Arc::clone(control), id };
+        let reserve = control.options.fd_reserve;
+        if let Some(left) = crate::sys::open_files_left().filter(|&left| left < reserve) {
+            drop(registration);
+            control.refused(
+                &peer,
+                &format!(
+                    "only {left} file descriptors are left under the open-files limit (RLIMIT_NOFILE), and {reserve} \
+                     are kept for replication; close idle NBD clients or raise the limit (LimitNOFILE= in the \
+                     service unit, ulimit -n)"
+                ),
+            );
+            continue;
+        }
         let spawned = thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {
             // The export is dropped inside serve_connection, before the
             // registration: run() never returns while a connection thread
@@ -545,7 +727,19 @@ fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, export: Arc<dyn Expo
     let stopping = || control.stopping.load(Ordering::SeqCst);
     let mut reader = BufReader::with_capacity(READ_BUFFER, &*sock);
     let spec = ExportSpec { name: &control.name, export: &*export, shutting_down: &stopping };
-    let outcome = handshake::negotiate(&mut reader, &mut &*sock, &spec);
+    let timeout = control.options.handshake_timeout;
+    let deadline = Instant::now() + timeout;
+    let outcome = {
+        let mut r = Timed { inner: &mut reader, sock: &sock, deadline };
+        let mut w = Timed { inner: &*sock, sock: &sock, deadline };
+        handshake::negotiate(&mut r, &mut w, &spec)
+    };
+    // The transmission phase is never timed: a VM may be quiet for hours.
+    let untimed = sock.set_read_timeout(None).and_then(|()| sock.set_write_timeout(None));
+    let outcome = match (outcome, untimed) {
+        (Ok(Outcome::Transmission { .. }), Err(e)) => Err(e),
+        (outcome, _) => outcome,
+    };
     match outcome {
         Ok(Outcome::Transmission { size }) => {
             let ending = transmission::serve(&sock, &mut reader, &*export, size, &stopping, &label);
@@ -559,7 +753,54 @@ fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, export: Arc<dyn Expo
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             crate::log_line!("{label}: client left during the handshake")
         }
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            crate::log_line!(
+                "{label}: client did not finish the handshake within {} s; dropped it",
+                timeout.as_secs_f64()
+            )
+        }
         Err(e) => crate::log_line!("{label}: handshake failed: {e}"),
     }
     let _ = sock.shutdown(Shutdown::Both);
+}
+
+/// A handshake reader or writer that fails with `TimedOut` once `deadline`
+/// has passed: before each socket read or write it sets the socket's timeout
+/// to the time left, so a client dripping one byte at a time gets no longer
+/// than one that says nothing.
+struct Timed<'a, T> {
+    inner: T,
+    sock: &'a Socket,
+    deadline: Instant,
+}
+
+impl<T> Timed<'_, T> {
+    fn time_left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "NBD handshake timed out"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Timed<'_, &mut BufReader<&Socket>> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Bytes already buffered need no socket read and no timeout.
+        if self.inner.buffer().is_empty() {
+            self.sock.set_read_timeout(Some(self.time_left()?))?;
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl Write for Timed<'_, &Socket> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.time_left()?))?;
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

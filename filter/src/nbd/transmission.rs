@@ -5,6 +5,9 @@
 //! threads (per connection) take requests off the queue, run them against the
 //! [`Export`] in parallel and send each reply whole (header and data in one
 //! `writev`) under the connection's write lock, in whatever order they finish.
+//! Workers start when a request finds none idle, up to
+//! [`WORKERS_PER_CONNECTION`]: a connection that sends nothing costs its
+//! reader thread only.
 //!
 //! What is in flight is bounded (count and bytes), so a client pipelining
 //! huge writes cannot make the server allocate without limit; the reader
@@ -98,6 +101,8 @@ struct Queue {
     jobs: VecDeque<Job>,
     /// Workers waiting on `work`: only then is a wake-up needed.
     idle_workers: usize,
+    /// Workers started so far.
+    workers: usize,
     /// No more jobs will come; workers exit once the queue is empty.
     closing: bool,
     in_flight: usize,
@@ -175,17 +180,7 @@ pub(crate) fn serve(
         pool: BufPool::default(),
     };
     thread::scope(|scope| {
-        let mut workers = 0;
-        for i in 0..WORKERS_PER_CONNECTION {
-            let conn = &conn;
-            let spawned =
-                thread::Builder::new().name(format!("nbd-worker-{i}")).spawn_scoped(scope, move || conn.work_loop());
-            match spawned {
-                Ok(_) => workers += 1,
-                Err(e) => crate::log_line!("{label}: cannot start worker thread: {e}"),
-            }
-        }
-        let ending = if workers == 0 { Ending::Broken } else { conn.read_loop(reader, size, shutting_down) };
+        let ending = conn.read_loop(scope, reader, size, shutting_down);
         let mut q = lock(&conn.queue);
         q.closing = true;
         conn.work.notify_all();
@@ -195,8 +190,14 @@ pub(crate) fn serve(
     })
 }
 
-impl Conn<'_> {
-    fn read_loop(&self, reader: &mut BufReader<&Socket>, size: u64, shutting_down: &dyn Fn() -> bool) -> Ending {
+impl<'a> Conn<'a> {
+    fn read_loop<'scope>(
+        &'scope self,
+        scope: &'scope thread::Scope<'scope, '_>,
+        reader: &mut BufReader<&Socket>,
+        size: u64,
+        shutting_down: &dyn Fn() -> bool,
+    ) -> Ending {
         let mut hdr = [0u8; proto::REQUEST_HEADER_LEN];
         loop {
             if self.broken.load(Ordering::Relaxed) {
@@ -262,6 +263,26 @@ impl Conn<'_> {
                 None
             };
             let mut q = lock(&self.queue);
+            if q.idle_workers == 0 && q.workers < WORKERS_PER_CONNECTION {
+                // The new worker waits for the queue lock we hold, then finds the job.
+                let spawned = thread::Builder::new()
+                    .name(format!("nbd-worker-{}", q.workers))
+                    .spawn_scoped(scope, move || self.work_loop());
+                match spawned {
+                    Ok(_) => q.workers += 1,
+                    Err(e) if q.workers == 0 => {
+                        crate::log_line!("{}: cannot start a worker thread: {e}; closing the connection", self.label);
+                        drop(q);
+                        if let Some(buf) = payload {
+                            self.pool.put(buf);
+                        }
+                        self.release(cost);
+                        return Ending::Broken;
+                    }
+                    // The workers already running take the job.
+                    Err(_) => {}
+                }
+            }
             q.jobs.push_back(Job { cookie: req.cookie, op, payload, cost });
             if q.idle_workers > 0 {
                 self.work.notify_one();
