@@ -134,8 +134,16 @@ enum Command {
     /// the first after an unclean host shutdown, reads the whole disk (blocks
     /// the vault already holds are not sent again). If the cycle fails, its
     /// changes stay marked dirty and the next cycle ships them.
+    ///
+    /// A cycle builds only on the point the disk's state file records as the
+    /// last one committed; when the vault's newest point is another (rolled
+    /// back, roots deleted, the disk re-pointed to another vault and back,
+    /// another host writing under this name) it verifies the whole disk and
+    /// says why.
     Ship(cmd::ship::Args),
-    /// List a disk's recovery points.
+    /// List a disk's recovery points. At the protected site, also warns when
+    /// the vault no longer holds the newest point this host committed (rolled
+    /// back, roots deleted).
     Points(cmd::points::Args),
     /// Write a recovery point out as a raw image, verifying every block.
     Restore(cmd::restore::Args),

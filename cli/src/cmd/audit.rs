@@ -37,6 +37,13 @@ pub enum Command {
     /// each problem is printed with the file or vault object, the record's
     /// number and byte offset, and what happened (edited, dropped,
     /// reordered, torn tail, truncated, differs from the vault's copy).
+    ///
+    /// The points and the log vouch for each other: each point names the
+    /// log's newest record at its cut, each record about a disk names the
+    /// disk's newest point. Deleted roots (lost point), deleted audit
+    /// segments (lost records; copy lost, when this home had copied them)
+    /// and a home log deleted while its disks have points (missing) are
+    /// problems.
     Verify(VerifyArgs),
     /// List the audit log's records, oldest first.
     ///

@@ -33,7 +33,9 @@ pub enum Command {
     /// Scrub a vault: the structure and name of every object and the CRC of
     /// every block in every pack (no key needed: a damaged block is named with
     /// the points that need it); with --read-data, also decrypt and verify
-    /// every block of every point.
+    /// every block of every point, and check the points against the vault's
+    /// copy of the audit log: a point whose audit record was deleted, or a
+    /// committed point the vault lost, is a problem (see `audit verify`).
     Check {
         /// The vault directory.
         dir: PathBuf,
