@@ -258,3 +258,23 @@ pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault) -> Opti
     filter::log_line!("lifeboat: WARNING: {msg}");
     Some(msg)
 }
+
+/// At the protected site: if the newest point of `disk` in the vault was cut
+/// from another disk than the one this home protects under that name
+/// (another host, a recovered copy shipping back), says so on stderr and
+/// returns the message: a failover of "latest" would boot that other disk.
+pub fn warn_if_latest_is_another_disk(home: &Home, disk: &str, vault: &Vault) -> Option<String> {
+    let own = home.disk(disk).ok()?.disk_id().ok()?;
+    let newest = vault.points(disk).ok()?.into_iter().rev().find(|p| p.damage.is_none())?;
+    if newest.disk_id == own {
+        return None;
+    }
+    let msg = format!(
+        "the newest point of disk {disk:?} (point {}) was cut from another disk of that name, not from the one \
+         this host protects: \"latest\" is not this host's disk; pick a point with --point (`lifeboat points \
+         {disk} --json` shows each point's disk_id)",
+        newest.sequence
+    );
+    filter::log_line!("lifeboat: WARNING: {msg}");
+    Some(msg)
+}

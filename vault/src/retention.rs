@@ -237,6 +237,7 @@ mod tests {
             block_size: 0,
             root_name: String::new(),
             cut_group: None,
+            disk_id: [0; 16],
         }
     }
 

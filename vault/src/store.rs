@@ -86,6 +86,10 @@ pub struct PointSummary {
     /// The id of the group cut it was taken in with other disks, if any
     /// (read without the key; informational).
     pub cut_group: Option<[u8; 16]>,
+    /// The identity of the disk the point was cut from (read without the
+    /// key; zero for a damaged root). Two disks of one name have different
+    /// identities.
+    pub disk_id: [u8; 16],
 }
 
 /// A vault: a backend holding a valid vault config.
@@ -322,6 +326,7 @@ impl Vault {
                     root_name: root_name(disk, seq),
                     damage: None,
                     cut_group: disk_format::root_ext::cut_group_unauthenticated(&root.extension).map(|g| g.id),
+                    disk_id: root.disk_id,
                 }),
                 Err(e @ VaultError::Damaged { .. }) => Ok(PointSummary {
                     sequence: seq,
@@ -333,6 +338,7 @@ impl Vault {
                     root_name: root_name(disk, seq),
                     damage: Some(e.to_string()),
                     cut_group: None,
+                    disk_id: [0; 16],
                 }),
                 Err(e) => Err(e),
             })

@@ -28,6 +28,7 @@ fn summary(sequence: u64, cut_time_ns: u64) -> PointSummary {
         block_size: 0,
         root_name: String::new(),
         cut_group: None,
+        disk_id: [0; 16],
     }
 }
 

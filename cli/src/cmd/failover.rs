@@ -256,6 +256,7 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
     if let Some(def) = home.vms().ok().and_then(|vms| vms.into_iter().find(|d| d.name == name)) {
         for disk in &def.disks {
             let _ = crate::replicate::warn_if_vault_lost_points(home, disk, &kv.1);
+            let _ = crate::replicate::warn_if_latest_is_another_disk(home, disk, &kv.1);
         }
     }
     let serve = super::instant::launcher(absolute(&vault_dir), absolute(&key_path));

@@ -15,7 +15,8 @@ pub struct Args {
     #[arg(long)]
     vault: Option<PathBuf>,
     /// Print a JSON array: [{"id", "cut_time", "cut_time_ns", "consistency", "bytes_shipped", "disk_size",
-    /// "cut_group"}] (cut_group: the id shared by the points of disks cut together, or null).
+    /// "cut_group", "disk_id"}] (cut_group: the id shared by the points of disks cut together, or null;
+    /// disk_id: the identity of the disk the point was cut from: two disks of one name differ).
     #[arg(long)]
     json: bool,
 }
@@ -43,6 +44,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                     "bytes_shipped": p.bytes_shipped,
                     "disk_size": p.disk_size,
                     "cut_group": p.cut_group.map(|g| g.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                    "disk_id": p.disk_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
                 })
             })
             .collect();

@@ -48,8 +48,25 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     vault.check_key(&keys)?;
     let points = vault.points(&a.name)?;
     let _ = crate::replicate::warn_if_vault_lost_points(home, &a.name, &vault);
+    // At the protected site, "latest" must be a point of this host's disk:
+    // another disk protected under the same name into the same vault (another
+    // host, a recovered copy shipping back) would restore the wrong machine.
+    let own_id = home.disk(&a.name).ok().and_then(|e| e.disk_id().ok());
     let point = match a.point.as_str() {
         "latest" => match points.last() {
+            Some(p) if own_id.is_some_and(|id| p.damage.is_none() && p.disk_id != id) => bail!(
+                "the newest point of {:?} in {} (point {}) was cut from another disk of that name (identity {}), \
+                 not from the disk this host protects (identity {}): another host protects a disk under the same \
+                 name into this vault, or a recovered copy shipped back. Nothing was written. Pick the point with \
+                 --point ID (`lifeboat points {} --json` shows each point's disk_id), and give each disk a name of \
+                 its own in the vault",
+                a.name,
+                vault_dir.display(),
+                p.sequence,
+                hex(&p.disk_id),
+                hex(&own_id.unwrap_or_default()),
+                a.name
+            ),
             Some(p) => p,
             None => bail!("disk {:?} has no recovery points in {}", a.name, vault_dir.display()),
         },
@@ -105,4 +122,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
