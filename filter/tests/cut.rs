@@ -3,6 +3,8 @@
 
 #![allow(clippy::cast_possible_truncation)] // test sizes are small
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,10 +65,10 @@ fn dirty_cut_reads_cut_time_contents_then_finish_drops_only_cut_bits() {
     d.write_at(&block(0xcc), BS, false).unwrap();
     assert_eq!(read_block(&d, 3), block(3));
     assert_eq!(d.state().live().ones().collect::<Vec<_>>(), vec![1, 2, 9]);
-    assert_eq!(finish(&d).unwrap(), 3);
+    assert_eq!(common::finish(&d).unwrap(), 3);
     assert_eq!(d.state().cut().count(), 0);
     assert_eq!(d.state().live().ones().collect::<Vec<_>>(), vec![1, 2, 9], "post-cut writes stay dirty");
-    assert!(matches!(finish(&d), Err(FilterError::NoCut)));
+    assert!(matches!(common::finish(&d), Err(FilterError::NoCut)));
     // The image itself holds the newest data.
     let mut buf = block(0);
     d.read_at(&mut buf, 2 * BS).unwrap();
@@ -98,7 +100,7 @@ fn scratch_slots_are_reused_and_the_file_is_emptied_when_the_cut_ends() {
     }
     assert_eq!(read_block(&d, blocks - 1), block(blocks as u8));
     assert!(scratch_len() <= 2 * BS, "{} bytes of scratch for at most two waiting copies", scratch_len());
-    assert_eq!(finish(&d).unwrap(), blocks);
+    assert_eq!(common::finish(&d).unwrap(), blocks);
     assert_eq!(scratch_len(), 0, "emptied once the cut ended");
     // The next cut starts from an empty file and copies correctly again.
     let _ = d.cut(CutKind::Dirty).unwrap();
@@ -146,7 +148,7 @@ fn copies_wait_in_memory_within_the_budget_then_spill_to_the_scratch_file() {
     }
     assert_eq!(read_block(&b, 0), block(0x81));
     // Ending a cut empties its stores and gives its memory back to the budget.
-    assert_eq!(finish(&a).unwrap(), blocks);
+    assert_eq!(common::finish(&a).unwrap(), blocks);
     assert_eq!(usage(&a), CopyUsage { memory_bytes: 0, file_bytes: 0 });
     assert_eq!(budget.available(), 2 * BS, "disk b still holds its slot");
     assert_eq!(a.last_cut_copies(), Some(CopyUsage { memory_bytes: 2 * BS, file_bytes: 2 * BS }), "its peak");
@@ -155,7 +157,7 @@ fn copies_wait_in_memory_within_the_budget_then_spill_to_the_scratch_file() {
     assert_eq!(budget.available(), 3 * BS);
     // A cut without copies reports none.
     let _ = a.cut(CutKind::Dirty).unwrap();
-    assert_eq!(finish(&a).unwrap(), 5, "the five overwritten blocks");
+    assert_eq!(common::finish(&a).unwrap(), 5, "the five overwritten blocks");
     assert_eq!(a.last_cut_copies(), None);
     // Dropping a disk mid-cut gives its memory back too.
     let _ = b.cut(CutKind::Dirty).unwrap();
@@ -275,15 +277,4 @@ fn full_cut_is_crash_consistent_under_concurrent_writes() {
         assert!(d.state().live().count() > 0 && writes > 0);
         d.abort_cut().unwrap();
     }
-}
-
-/// Finishes the cut in progress as a cycle does, naming a point cut from it.
-fn finish(d: &filter::Disk) -> Result<u64, filter::FilterError> {
-    let point = disk_format::LastPoint {
-        vault_id: disk_format::VaultId([1; 16]),
-        sequence: 1,
-        root_id: disk_format::RootId([2; 32]),
-        cut_generation: d.cut_in_progress().unwrap_or(0),
-    };
-    d.finish_cut(point, false)
 }

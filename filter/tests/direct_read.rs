@@ -6,6 +6,8 @@
 
 #![allow(clippy::cast_possible_truncation)] // test sizes are small
 
+mod common;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -129,7 +131,7 @@ fn round(d: &Arc<Disk>, image: &File, round: u64, writers: usize, pause: Duratio
     for b in 0..BLOCKS {
         assert!(matches!(d.validate_direct_read(generation, b), Ok(false)), "round {round}: block {b} not released");
     }
-    finish(&d).unwrap();
+    common::finish(&d).unwrap();
     out
 }
 
@@ -183,18 +185,7 @@ fn validation_refuses_a_stale_or_missing_cut() {
     assert!(g2 > g1);
     assert!(matches!(d.validate_direct_read(g1, 3), Err(FilterError::NoCut)));
     assert!(d.validate_direct_read(g2, 3).unwrap());
-    finish(&d).unwrap();
+    common::finish(&d).unwrap();
     assert_eq!(d.image_path(), dir.path().join("disk.img"));
     d.close().unwrap();
-}
-
-/// Finishes the cut in progress as a cycle does, naming a point cut from it.
-fn finish(d: &filter::Disk) -> Result<u64, filter::FilterError> {
-    let point = disk_format::LastPoint {
-        vault_id: disk_format::VaultId([1; 16]),
-        sequence: 1,
-        root_id: disk_format::RootId([2; 32]),
-        cut_generation: d.cut_in_progress().unwrap_or(0),
-    };
-    d.finish_cut(point, false)
 }

@@ -249,3 +249,15 @@ pub fn server_named(size: usize, name: &str) -> (Arc<MemExport>, TestServer) {
     let srv = TestServer::start_named(Arc::clone(&export), name);
     (export, srv)
 }
+
+/// Finishes `d`'s cut in progress as a cycle does, naming a point cut from
+/// it (the cut and direct-read tests).
+pub fn finish(d: &filter::Disk) -> Result<u64, filter::FilterError> {
+    let point = disk_format::LastPoint {
+        vault_id: disk_format::VaultId([1; 16]),
+        sequence: 1,
+        root_id: disk_format::RootId([2; 32]),
+        cut_generation: d.cut_in_progress().unwrap_or(0),
+    };
+    d.finish_cut(point, false)
+}
