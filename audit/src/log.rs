@@ -184,7 +184,7 @@ impl<'k> AuditLog<'k> {
         // the longest body).
         let preview = Body::new(u64::MAX, event, stamp).map_err(AuditError::BadEvent)?;
         let len = serde_json::to_vec(&preview).expect("a Body always serializes").len();
-        if len > MAX_BODY {
+        if len + disk_format::SEAL_OVERHEAD > MAX_BODY {
             return Err(AuditError::BadEvent(format!(
                 "the record body would be {len} bytes, more than {MAX_BODY}; keep details small"
             )));

@@ -1,16 +1,18 @@
-//! The bytes of one audit record (FORMAT.md, "Audit log (format version 1)").
+//! The bytes of one audit record (FORMAT.md, "Audit log (format version 2)").
 //!
 //! ```text
 //! offset  size  field
 //! 0       8     magic            first 8 bytes of BLAKE3("lifeboat audit record v1")
-//! 8       2     format_version   1
+//! 8       2     format_version   2 (1 is still read)
 //! 10      2     reserved         0
 //! 12      4     body_len         1 ..= MAX_BODY
 //! 16      8     seq              1, 2, 3, ... within one log
 //! 24      16    fingerprint      the key's fingerprint
 //! 40      16    log_id           random, fixed when the log's first record is written
 //! 56      32    prev_mac         the previous record's mac; all zero for seq 1
-//! 88      n     body             UTF-8 JSON object (see `Body`)
+//! 88      n     body             v2: the JSON object (see `Body`) sealed with
+//!                                `Keys::seal_audit_body`, AAD = bytes 0..88;
+//!                                v1: the JSON object in the clear
 //! 88+n    4     record_len       128 + n (lets a writer find the last record from the end)
 //! 92+n    4     reserved         0
 //! 96+n    32    mac              BLAKE3 keyed with the audit subkey over bytes 0 .. 96+n
@@ -20,7 +22,7 @@
 //! file and the vault copy are in `log.rs`, the checks of a whole log in
 //! `verify.rs`.
 
-use disk_format::{KeyFingerprint, Keys};
+use disk_format::{KeyFingerprint, Keys, SEAL_OVERHEAD};
 use serde::{Deserialize, Serialize};
 
 /// First 8 bytes of BLAKE3("lifeboat audit record v1").
@@ -43,8 +45,11 @@ const _: () = assert!(OVERHEAD == 128);
 /// The record format versions this code reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormatVersion {
-    /// Version 1, the only one so far.
+    /// Version 1: the body in the clear (issue 12, hole 10: the vault read
+    /// host names, users and image paths). Still read.
     V1 = 1,
+    /// Version 2: the body sealed (XChaCha20-Poly1305, AAD = the header).
+    V2 = 2,
 }
 
 impl TryFrom<u16> for FormatVersion {
@@ -52,6 +57,7 @@ impl TryFrom<u16> for FormatVersion {
     fn try_from(v: u16) -> Result<Self, u16> {
         match v {
             1 => Ok(FormatVersion::V1),
+            2 => Ok(FormatVersion::V2),
             other => Err(other),
         }
     }
@@ -238,11 +244,29 @@ pub fn encode_record(keys: &Keys, log_id: LogId, seq: u64, prev_mac: &[u8; 32], 
 /// [`encode_record`] for body bytes already serialized (tests build odd bodies with it).
 #[doc(hidden)]
 pub fn encode_raw(keys: &Keys, log_id: LogId, seq: u64, prev_mac: &[u8; 32], json: &[u8]) -> Vec<u8> {
-    let body_len = u32::try_from(json.len()).expect("bodies are checked against MAX_BODY");
-    let record_len = u32::try_from(json.len() + OVERHEAD).expect("bodies are checked against MAX_BODY");
-    let mut r = Vec::with_capacity(OVERHEAD + json.len());
+    encode_version(keys, FormatVersion::V2, log_id, seq, prev_mac, json)
+}
+
+/// [`encode_raw`] in a given format version (the frozen version 1 fixtures
+/// are written with `V1`: the body in the clear).
+#[doc(hidden)]
+pub fn encode_version(
+    keys: &Keys,
+    version: FormatVersion,
+    log_id: LogId,
+    seq: u64,
+    prev_mac: &[u8; 32],
+    json: &[u8],
+) -> Vec<u8> {
+    let stored_len = match version {
+        FormatVersion::V1 => json.len(),
+        FormatVersion::V2 => json.len() + SEAL_OVERHEAD,
+    };
+    let body_len = u32::try_from(stored_len).expect("bodies are checked against MAX_BODY");
+    let record_len = u32::try_from(stored_len + OVERHEAD).expect("bodies are checked against MAX_BODY");
+    let mut r = Vec::with_capacity(OVERHEAD + stored_len);
     r.extend_from_slice(&RECORD_MAGIC);
-    r.extend_from_slice(&(FormatVersion::V1 as u16).to_le_bytes());
+    r.extend_from_slice(&(version as u16).to_le_bytes());
     r.extend_from_slice(&[0; 2]);
     r.extend_from_slice(&body_len.to_le_bytes());
     r.extend_from_slice(&seq.to_le_bytes());
@@ -250,7 +274,13 @@ pub fn encode_raw(keys: &Keys, log_id: LogId, seq: u64, prev_mac: &[u8; 32], jso
     r.extend_from_slice(&log_id.0);
     r.extend_from_slice(prev_mac);
     debug_assert_eq!(r.len(), HEADER_LEN);
-    r.extend_from_slice(json);
+    match version {
+        FormatVersion::V1 => r.extend_from_slice(json),
+        FormatVersion::V2 => {
+            let sealed = keys.seal_audit_body(&r[..HEADER_LEN], json);
+            r.extend_from_slice(&sealed);
+        }
+    }
     r.extend_from_slice(&record_len.to_le_bytes());
     r.extend_from_slice(&[0; 4]);
     let mac = keys.audit_mac(&r);
@@ -288,7 +318,7 @@ pub(crate) fn head(bytes: &[u8]) -> Head {
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     if FormatVersion::try_from(version).is_err() {
-        return Head::Invalid(format!("format version {version} (this Lifeboat reads version 1)"));
+        return Head::Invalid(format!("format version {version} (this Lifeboat reads versions 1 and 2)"));
     }
     if bytes[10..12] != [0, 0] {
         return Head::Invalid("reserved header bytes are not zero".into());
@@ -454,10 +484,19 @@ impl RawRecord {
     }
 }
 
-/// Decodes an authentic record's body and checks it against its header.
-pub(crate) fn decode_body(raw: &RawRecord) -> Result<Body, String> {
-    let body: Body =
-        serde_json::from_slice(raw.body()).map_err(|e| format!("the body is not a valid record body: {e}"))?;
+/// Decodes an authentic record's body (opening it first in version 2) and
+/// checks it against its header.
+pub(crate) fn decode_body(raw: &RawRecord, keys: &Keys) -> Result<Body, String> {
+    let opened;
+    let json = if raw.bytes[8..10] == (FormatVersion::V1 as u16).to_le_bytes() {
+        raw.body()
+    } else {
+        opened = keys
+            .open_audit_body(&raw.bytes[..HEADER_LEN], raw.body())
+            .ok_or_else(|| "the sealed body does not open under the key".to_string())?;
+        &opened[..]
+    };
+    let body: Body = serde_json::from_slice(json).map_err(|e| format!("the body is not a valid record body: {e}"))?;
     if body.seq != raw.seq {
         return Err(format!("the body says seq {}, the header {}", body.seq, raw.seq));
     }
@@ -495,8 +534,17 @@ mod tests {
         assert!(matches!(sc.next_item().unwrap(), Item::End));
         assert!(raw.mac_ok);
         assert_eq!((raw.seq, raw.log_id, raw.prev_mac, raw.len), (3, id, [5; 32], bytes.len()));
-        assert_eq!(decode_body(&raw).unwrap(), body);
+        assert_eq!(decode_body(&raw, &k).unwrap(), body);
+        // Sealed: nothing of the body is in the clear, and another key cannot open it.
+        for text in [&b"prune"[..], b"web1", b"root", b"deleted"] {
+            assert!(!bytes.windows(text.len()).any(|w| w == text), "{:?} is in the clear", text);
+        }
         let other = MasterKey::from_bytes([2; 32]).keys();
+        assert!(decode_body(&raw, &other).is_err());
+        // The frozen version 1 (the body in the clear) still decodes.
+        let json = serde_json::to_vec(&body).unwrap();
+        let v1 = encode_version(&k, FormatVersion::V1, id, 3, &[5; 32], &json);
+        assert_eq!(decode_body(&parse(&v1, &k).unwrap(), &k).unwrap(), body);
         assert!(!parse(&bytes, &other).unwrap().mac_ok);
         for cut in [1, 5, 20, 100, bytes.len() - 1] {
             let item = Scanner::new(&bytes[..cut], &k, 10).next_item().unwrap();

@@ -336,7 +336,8 @@ struct Anomaly {
 }
 
 /// The streaming checks shared by files and vault segments.
-struct Checker {
+struct Checker<'k> {
+    keys: &'k Keys,
     fp: KeyFingerprint,
     report: LogReport,
     expected: u64,
@@ -347,9 +348,10 @@ struct Checker {
     vault: bool,
 }
 
-impl Checker {
-    fn new(keys: &Keys, place: String, vault: bool) -> Self {
+impl<'k> Checker<'k> {
+    fn new(keys: &'k Keys, place: String, vault: bool) -> Self {
         Checker {
+            keys,
             fp: keys.fingerprint(),
             report: LogReport {
                 place,
@@ -408,7 +410,7 @@ impl Checker {
             }
             Some(_) => {}
         }
-        if let Err(detail) = decode_body(rec) {
+        if let Err(detail) = decode_body(rec, self.keys) {
             self.problem(place, Some(rec.seq), Some(at), ProblemKind::Malformed { detail });
         }
         let seen = rec.seq.checked_sub(1).and_then(|i| usize::try_from(i).ok()).and_then(|i| self.report.macs.get(i));
@@ -530,7 +532,7 @@ pub fn scan_log(path: &Path, keys: &Keys, visit: &mut dyn FnMut(&Record)) -> Res
         match sc.next_item().map_err(AuditError::io("reading audit log", path))? {
             Item::Record(at, rec) => {
                 checker.feed(&place, at, &rec)?;
-                let body = if rec.fingerprint == keys.fingerprint() { decode_body(&rec).ok() } else { None };
+                let body = if rec.fingerprint == keys.fingerprint() { decode_body(&rec, keys).ok() } else { None };
                 visit(&Record { seq: rec.seq, offset: at, log_id: rec.log_id, authentic: rec.mac_ok, body });
             }
             other => {
@@ -638,7 +640,7 @@ pub fn scan_vault(
                             checker.problem(&place, Some(rec.seq), Some(0), ProblemKind::BadSegment { detail });
                         }
                         checker.feed(&place, at, &rec)?;
-                        let body = if rec.fingerprint == fp { decode_body(&rec).ok() } else { None };
+                        let body = if rec.fingerprint == fp { decode_body(&rec, keys).ok() } else { None };
                         visit(&Record { seq: rec.seq, offset: at, log_id: rec.log_id, authentic: rec.mac_ok, body });
                         n += 1;
                     }

@@ -1,7 +1,9 @@
 //! Golden vectors and corrupt fixtures of the audit log format, checked in
-//! under `tests/fixtures/audit-v1/`. The bytes are what FORMAT.md ("Audit
-//! log") describes; if this test fails after a code change, the change
-//! altered the format.
+//! under `tests/fixtures/audit-v2/` (record bodies sealed). The bytes are
+//! what FORMAT.md ("Audit log") describes; if this test fails after a code
+//! change, the change altered the format. The version 1 fixtures under
+//! `tests/fixtures/audit-v1/` (bodies in the clear) are frozen: this build
+//! must still read them.
 //!
 //! To regenerate after an intended, versioned format change:
 //! `LIFEBOAT_BLESS=1 cargo test -p audit --test golden`.
@@ -20,6 +22,10 @@ use disk_format::{Keys, MasterKey};
 use serde_json::json;
 
 fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit-v2")
+}
+
+fn frozen_v1() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit-v1")
 }
 
@@ -81,8 +87,7 @@ fn all() -> Vec<(&'static str, Vec<u8>)> {
     let recs = golden_records(&k);
     let golden = recs.concat();
     let mut edited = golden.clone();
-    let at = recs[0].len() + 88 + recs[1][88..].windows(4).position(|w| w == b"true").unwrap();
-    edited[at..at + 4].copy_from_slice(b"TRUE"); // record 2's "full": true
+    edited[recs[0].len() + 88 + 40] ^= 0x20; // a byte of record 2's sealed body
     let other = MasterKey::from_bytes([0xee; 32]).keys();
     vec![
         ("golden.log", golden.clone()),
@@ -128,7 +133,7 @@ fn the_golden_log_reads_back_as_written() {
     // The first record's exact bytes: header fields at their offsets.
     let b = std::fs::read(fixtures().join("golden.log")).unwrap();
     assert_eq!(&b[..8], &blake3::hash(b"lifeboat audit record v1").as_bytes()[..8]);
-    assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+    assert_eq!(&b[8..12], &[2, 0, 0, 0]);
     let body_len = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
     assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 1);
     assert_eq!(&b[24..40], k.fingerprint().as_bytes());
@@ -167,4 +172,24 @@ fn corrupt_fixtures_are_refused_with_the_right_problem() {
         }
         other => panic!("other-key.log: expected WrongKey, got {other:?}"),
     }
+}
+
+#[test]
+fn sealed_bodies_show_nothing_of_the_records() {
+    let golden = std::fs::read(fixtures().join("appended.log")).unwrap();
+    for text in ["golden-host", "web1", "/var/lib/vms", "/tmp/web1.raw", "protect", "root", "restore"] {
+        assert!(!golden.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is in the clear");
+    }
+}
+
+#[test]
+fn frozen_version_1_logs_still_read() {
+    let k = golden_keys();
+    let (records, report) = read_records(&frozen_v1().join("appended.log"), &k).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.last_seq, 4);
+    let first = records[0].body.as_ref().unwrap();
+    assert_eq!((first.kind.as_str(), first.disk.as_deref()), ("protect", Some("web1")));
+    let r = verify_log(&frozen_v1().join("edited.log"), &k).unwrap();
+    assert!(matches!(r.problems[0].kind, ProblemKind::Edited), "{:?}", r.problems);
 }

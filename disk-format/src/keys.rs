@@ -10,6 +10,8 @@
 //! | block encryption  | `lifeboat v1 block encryption`   | XChaCha20-Poly1305 of block contents, AAD = block id |
 //! | root MAC          | `lifeboat v1 point root mac`     | BLAKE3 keyed hash authenticating a point root |
 //! | audit MAC         | `lifeboat v1 audit mac`          | the audit log's hash chain |
+//! | audit sealing     | `lifeboat v1 audit seal`         | XChaCha20-Poly1305 of an audit record's body, AAD = its header |
+//! | audit nonce       | `lifeboat v1 audit nonce`        | BLAKE3 keyed hash of header and body: the body's synthetic nonce |
 //! | (fingerprint)     | `lifeboat v1 key fingerprint`    | first 16 bytes identify the key; not a key |
 //!
 //! A sealed block ("blob") is `nonce (24) ‖ ciphertext ‖ tag (16)`. Nonces are
@@ -48,6 +50,10 @@ pub const CONTEXT_BLOCK_ENCRYPTION: &str = "lifeboat v1 block encryption";
 pub const CONTEXT_ROOT_MAC: &str = "lifeboat v1 point root mac";
 /// Context of the audit log MAC subkey.
 pub const CONTEXT_AUDIT_MAC: &str = "lifeboat v1 audit mac";
+/// Context of the audit body sealing subkey.
+pub const CONTEXT_AUDIT_SEAL: &str = "lifeboat v1 audit seal";
+/// Context of the audit body nonce subkey.
+pub const CONTEXT_AUDIT_NONCE: &str = "lifeboat v1 audit nonce";
 /// Context of the key fingerprint.
 pub const CONTEXT_FINGERPRINT: &str = "lifeboat v1 key fingerprint";
 
@@ -164,6 +170,8 @@ pub struct Keys {
     aead: XChaCha20Poly1305,
     root_mac_key: [u8; 32],
     audit_mac_key: [u8; 32],
+    audit_aead: XChaCha20Poly1305,
+    audit_nonce_key: [u8; 32],
     fingerprint: KeyFingerprint,
 }
 
@@ -173,6 +181,7 @@ impl Drop for Keys {
         self.id_key.zeroize();
         self.root_mac_key.zeroize();
         self.audit_mac_key.zeroize();
+        self.audit_nonce_key.zeroize();
     }
 }
 
@@ -188,11 +197,16 @@ impl Keys {
         let mut enc = blake3::derive_key(CONTEXT_BLOCK_ENCRYPTION, &master.0);
         let aead = XChaCha20Poly1305::new(&enc.into());
         enc.zeroize();
+        let mut seal = blake3::derive_key(CONTEXT_AUDIT_SEAL, &master.0);
+        let audit_aead = XChaCha20Poly1305::new(&seal.into());
+        seal.zeroize();
         Keys {
             id_key: blake3::derive_key(CONTEXT_BLOCK_ID, &master.0),
             aead,
             root_mac_key: blake3::derive_key(CONTEXT_ROOT_MAC, &master.0),
             audit_mac_key: blake3::derive_key(CONTEXT_AUDIT_MAC, &master.0),
+            audit_aead,
+            audit_nonce_key: blake3::derive_key(CONTEXT_AUDIT_NONCE, &master.0),
             fingerprint: master.fingerprint(),
         }
     }
@@ -329,6 +343,46 @@ impl Keys {
     /// The audit-log MAC of `bytes` (keyed BLAKE3, audit subkey).
     pub fn audit_mac(&self, bytes: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.audit_mac_key, bytes).as_bytes()
+    }
+
+    /// Seals an audit record's body: `nonce (24) ‖ ciphertext ‖ tag (16)`,
+    /// XChaCha20-Poly1305 under the audit sealing subkey with the record's
+    /// `header` as associated data. The nonce is synthetic: the first 24
+    /// bytes of BLAKE3 keyed with the audit nonce subkey over `header ‖
+    /// body`. Two seals share a nonce only if header and body are equal,
+    /// and then the sealed bytes are equal too (nothing leaks but that
+    /// equality); a header holds the log id, seq and previous MAC, so even a
+    /// torn record rewritten at the same seq with another body gets another
+    /// nonce. Deterministic, so golden vectors need no test-only path.
+    pub fn seal_audit_body(&self, header: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut h = blake3::Hasher::new_keyed(&self.audit_nonce_key);
+        h.update(&(header.len() as u64).to_le_bytes());
+        h.update(header);
+        h.update(body);
+        let nonce: [u8; NONCE_LEN] = h.finalize().as_bytes()[..NONCE_LEN].try_into().expect("24 bytes");
+        let mut out = vec![0u8; body.len() + SEAL_OVERHEAD];
+        out[..NONCE_LEN].copy_from_slice(&nonce);
+        out[NONCE_LEN..NONCE_LEN + body.len()].copy_from_slice(body);
+        let tag = self
+            .audit_aead
+            .encrypt_inout_detached(&XNonce::from(nonce), header, (&mut out[NONCE_LEN..NONCE_LEN + body.len()]).into())
+            .expect("XChaCha20-Poly1305 seals any message below 256 GiB");
+        out[NONCE_LEN + body.len()..].copy_from_slice(tag.as_slice());
+        out
+    }
+
+    /// Opens a body sealed by [`Keys::seal_audit_body`] under `header`;
+    /// `None` if it is too short or does not authenticate.
+    pub fn open_audit_body(&self, header: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let len = sealed.len();
+        if len < SEAL_OVERHEAD {
+            return None;
+        }
+        let nonce = XNonce::try_from(&sealed[..NONCE_LEN]).expect("24 bytes");
+        let tag = chacha20poly1305::Tag::try_from(&sealed[len - TAG_LEN..]).expect("16 bytes");
+        let mut data = sealed[NONCE_LEN..len - TAG_LEN].to_vec();
+        self.audit_aead.decrypt_inout_detached(&nonce, header, (&mut data[..]).into(), &tag).ok()?;
+        Some(data)
     }
 
     /// A streaming hasher keyed with the audit subkey, for records hashed in
