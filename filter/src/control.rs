@@ -33,7 +33,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use disk_format::{LastPoint, RootId, VaultId};
@@ -50,6 +50,8 @@ pub struct ControlServer {
     listener: Arc<UnixListener>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Each connection's socket (to shut it down) and thread (to join it).
+    conns: Arc<Mutex<Vec<(UnixStream, JoinHandle<()>)>>>,
 }
 
 impl ControlServer {
@@ -65,6 +67,8 @@ impl ControlServer {
         let for_thread = listener.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let conns: Arc<Mutex<Vec<(UnixStream, JoinHandle<()>)>>> = Arc::default();
+        let conns2 = conns.clone();
         let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
             let listener = for_thread;
             for conn in listener.incoming() {
@@ -72,18 +76,34 @@ impl ControlServer {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                let Ok(handle) = conn.try_clone() else { continue };
                 let disk = disk.clone();
-                let _ = std::thread::Builder::new().name("control-conn".into()).spawn(move || serve(conn, &disk));
+                let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || serve(conn, &disk));
+                let mut list = conns2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Forget connections that ended, so a long-lived server does not grow.
+                list.retain(|(_, t)| !t.is_finished());
+                if let Ok(t) = spawned {
+                    list.push((handle, t));
+                }
             }
         })?;
-        Ok(ControlServer { path: path.to_owned(), listener, stop, thread: Some(thread) })
+        Ok(ControlServer { path: path.to_owned(), listener, stop, thread: Some(thread), conns })
     }
 
-    /// Stops accepting and removes the socket file.
+    /// Stops accepting, ends every connection (a cut a client still held is
+    /// aborted: its blocks stay dirty) and waits for their threads, so that
+    /// nothing holds the disk when this returns; removes the socket file.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         let _ = crate::sys::shutdown_listener(&*self.listener); // wakes the accept loop
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for (sock, _) in &conns {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        for (_, t) in conns {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.path);

@@ -62,6 +62,9 @@ pub trait CutSource {
 pub struct RemoteSource {
     client: ControlClient,
     geometry: Geometry,
+    /// How long a cut waits for another one in progress (the agent's own
+    /// cycle) to end; zero: fail at once.
+    wait_for_cut: std::time::Duration,
 }
 
 impl RemoteSource {
@@ -70,7 +73,13 @@ impl RemoteSource {
         let info = client.info().map_err(ShipError::Source)?;
         let geometry = Geometry::new(info.disk_size, u64::from(info.block_size))
             .map_err(|e| ShipError::Source(io::Error::other(e.to_string())))?;
-        Ok(RemoteSource { client, geometry })
+        Ok(RemoteSource { client, geometry, wait_for_cut: std::time::Duration::ZERO })
+    }
+
+    /// Lets a cut wait up to `limit` for a cut already in progress (the
+    /// cycle of the agent serving the disk) to end, instead of failing.
+    pub fn waiting_for_cuts(self, limit: std::time::Duration) -> RemoteSource {
+        RemoteSource { wait_for_cut: limit, ..self }
     }
 }
 
@@ -82,7 +91,17 @@ impl CutSource for RemoteSource {
         Ok(self.client.info().map_err(ShipError::Source)?.suspect)
     }
     fn cut(&mut self, kind: CutKind) -> Result<CutInfo, ShipError> {
-        self.client.cut(kind).map_err(ShipError::Source)
+        match self.client.cut(kind) {
+            Err(e) if !self.wait_for_cut.is_zero() && e.to_string().contains("already in progress") => {
+                filter::log_line!(
+                    "lifeboat: the process serving the disk is in a cycle of its own; waiting up to {} s for it \
+                     to end",
+                    self.wait_for_cut.as_secs()
+                );
+                self.client.cut_when_free(kind, self.wait_for_cut).map_err(ShipError::Source)
+            }
+            r => r.map_err(ShipError::Source),
+        }
     }
     fn blocks(&mut self) -> Result<Vec<u64>, ShipError> {
         self.client.blocks().map_err(ShipError::Source)

@@ -98,6 +98,10 @@ impl Progress for Bar {
 
 /// Runs one cycle of disk `name` now: through the process serving it (the
 /// agent or `lifeboat filter`), or on the locked image when none does.
+/// How long a cycle through the serving process waits for that process's
+/// own cycle (the agent's) to end before it gives up.
+const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleReport> {
     let (mut entry, target) = Target::load(home, name)?;
     entry.check_usable(name)?;
@@ -109,7 +113,12 @@ pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleRepor
     };
     let report = match ControlClient::connect(&entry.control_path()) {
         Ok(client) => match RemoteSource::new(client) {
-            Ok(mut source) => target.cycle(&mut source, None, 0, &mut bar, None),
+            // The agent serving the disk may be in its own cycle: wait for
+            // it (a planned failover's final cycle must not fail on it).
+            Ok(source) => {
+                let mut source = source.waiting_for_cuts(CUT_WAIT);
+                target.cycle(&mut source, None, 0, &mut bar, None)
+            }
             Err(e) => opening("opening a cut through the process serving it", e),
         },
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
