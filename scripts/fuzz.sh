@@ -88,6 +88,11 @@ for target in "${targets[@]}"; do
     seed "$target"
     log=$(mktemp "/tmp/fuzz-$target.XXXXXX.log")
     extra=()
+    case $target in
+        # The filter reads request lines of at most 256 bytes; a few lines per
+        # input is plenty, and 4 KiB inputs of garbage ran ~10x slower.
+        control_request) extra+=(-max_len=1024) ;;
+    esac
     if [ -n "${FUZZ_MAX_SECONDS:-}" ]; then
         extra+=("-max_total_time=$FUZZ_MAX_SECONDS")
     fi
