@@ -17,8 +17,7 @@
 # targets are safe Rust, so what the fuzzer looks for is panics (failed
 # round-trip asserts, overflow, out-of-range slicing). The build is optimized
 # with debug assertions and overflow checks ON (cargo-fuzz's default without
-# -O), so an
-# arithmetic overflow is a crash too. libFuzzer itself is built from C++ source
+# -O), so an arithmetic overflow is a crash too. libFuzzer itself is built from C++ source
 # by libfuzzer-sys with the system C++ compiler (g++).
 #
 # Seed corpora go to fuzz/corpus/TARGET (gitignored): the golden fixtures of
