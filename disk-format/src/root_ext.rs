@@ -154,8 +154,14 @@ impl RootExtension {
             return Err(ExtError::Malformed("reserved header bytes 9..12 are not zero".into()));
         }
         let count = get_u32(b, 12);
+        if count == 0 {
+            // The empty extension is written as no bytes; a second spelling of
+            // it would give one point two root ids.
+            return Err(ExtError::Malformed("a header with no entries (an empty extension is no bytes)".into()));
+        }
         let mut at = EXT_HEADER_LEN;
         let mut ext = RootExtension::default();
+        let mut last_tag = 0;
         for i in 0..count {
             if b.len() - at < ENTRY_HEADER_LEN {
                 return Err(ExtError::Malformed(format!("entry {i} of {count} is cut off at byte {at}")));
@@ -164,6 +170,12 @@ impl RootExtension {
             if get_u16(b, at + 2) != 0 {
                 return Err(ExtError::Malformed(format!("entry {i}'s reserved bytes are not zero")));
             }
+            if tag < last_tag {
+                return Err(ExtError::Malformed(format!(
+                    "entry {i} has tag {tag} after tag {last_tag}: entries are in tag order"
+                )));
+            }
+            last_tag = tag;
             let len = get_u32(b, at + 4) as usize;
             let start = at + ENTRY_HEADER_LEN;
             let Some(value) = start.checked_add(len).and_then(|end| b.get(start..end)) else {
@@ -381,6 +393,40 @@ mod tests {
 
     /// The stable part of the fuzz target: random and mutated inputs never
     /// panic.
+    /// Found by the `root_ext` fuzz target: a bare header with an entry count
+    /// of 0 decoded as the empty extension, a second encoding of it.
+    #[test]
+    fn a_header_with_no_entries_is_refused() {
+        let k = keys(3);
+        let mut b = vec![0u8; EXT_HEADER_LEN];
+        b[..8].copy_from_slice(&EXT_MAGIC);
+        b[8] = EXT_VERSION;
+        assert!(
+            matches!(RootExtension::decode(&b, &k), Err(ExtError::Malformed(m)) if m.contains("no entries")),
+            "{:?}",
+            RootExtension::decode(&b, &k)
+        );
+        assert_eq!(RootExtension::default().encode(&k).unwrap(), Vec::<u8>::new());
+    }
+
+    /// FORMAT.md says the entries are in tag order; the decoder took any order,
+    /// so one extension had several encodings.
+    #[test]
+    fn entries_out_of_tag_order_are_refused() {
+        let k = keys(3);
+        let group = [&[9u8; 16][..], &2u32.to_le_bytes()].concat();
+        let head = [&[8u8; 16][..], &5u64.to_le_bytes(), &[7u8; 32]].concat();
+        let ordered = frame_entries(&[(TAG_CUT_GROUP, group.clone()), (TAG_AUDIT_HEAD, head.clone())]);
+        let ext = RootExtension::decode(&ordered, &k).unwrap();
+        assert_eq!(ext.encode(&k).unwrap(), ordered);
+        let swapped = frame_entries(&[(TAG_AUDIT_HEAD, head), (TAG_CUT_GROUP, group)]);
+        assert!(
+            matches!(RootExtension::decode(&swapped, &k), Err(ExtError::Malformed(m)) if m.contains("tag order")),
+            "{:?}",
+            RootExtension::decode(&swapped, &k)
+        );
+    }
+
     #[test]
     fn random_and_mutated_inputs_never_panic() {
         let k = keys(3);
