@@ -211,3 +211,26 @@ fn protect_tightens_a_home_an_older_lifeboat_left_open() {
     let disk = fs::metadata(home.join("disks/d")).unwrap().permissions().mode() & 0o777;
     assert_eq!(disk, 0o700, "the disk directory of a shared home was left open");
 }
+
+/// Loopback TCP is a door every local user can reach: the server asks the
+/// kernel's socket table whose the client socket is, and refuses another
+/// user before the handshake, like on the unix socket. (The issue's
+/// `nobody` wrote 4 KiB over TCP.)
+#[test]
+fn another_user_is_refused_on_loopback_tcp_too() {
+    let s = scratch("lb-peertcp-");
+    let image = s.path("d.img");
+    fs::write(&image, vec![0u8; 4 << 20]).unwrap();
+    s.home.protect("d", &image, 64 * 1024);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut filter = s.home.filter_on("d", &[format!("tcp:127.0.0.1:{port}")]);
+    let uri = format!("nbd://127.0.0.1:{port}/d");
+    let o = as_nobody("qemu-io", &["-f", "raw", "-c", "write -P 9 0 4k", &uri]);
+    assert!(!o.status.success(), "nobody wrote over loopback TCP:\n{}", String::from_utf8_lossy(&o.stdout));
+    filter.wait_line("nbd: refused a connection from uid 65534 on tcp:127.0.0.1:", std::time::Duration::from_secs(10));
+    assert!(s.home.dirty("d").dirty_blocks.is_empty(), "another user's write reached the disk");
+    // The host's administrator still gets through.
+    let o = Command::new("nbdinfo").arg(&uri).output().unwrap();
+    assert!(o.status.success(), "root was refused:\n{}", String::from_utf8_lossy(&o.stderr));
+    filter.stop();
+}

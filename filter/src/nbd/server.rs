@@ -316,12 +316,35 @@ impl Listener {
                 }
                 let _ = s.shutdown(Shutdown::Both);
             },
-            Listener::Tcp(t) => {
+            Listener::Tcp(t) => loop {
                 let (s, peer) = t.accept()?;
+                // A loopback peer is a process of this host: like on the unix
+                // socket, only root and the server's own user may reach the
+                // disk (the kernel's socket table says whose socket it is). A
+                // remote peer (only with --insecure-tcp) cannot be asked.
+                if peer.ip().is_loopback() || is_mapped_loopback(&peer) {
+                    let uid = s.local_addr().ok().and_then(|local| loopback_peer_uid(peer, local));
+                    match uid {
+                        Some(uid) if crate::sys::peer_allowed(uid) => {}
+                        Some(uid) => {
+                            crate::log_line!(
+                                "nbd: refused a connection from uid {uid} on tcp:{peer}: only root and the server's \
+                                 own user may connect"
+                            );
+                            let _ = s.shutdown(Shutdown::Both);
+                            continue;
+                        }
+                        None => {
+                            crate::log_line!("nbd: refused a connection from tcp:{peer}: its owner cannot be found");
+                            let _ = s.shutdown(Shutdown::Both);
+                            continue;
+                        }
+                    }
+                }
                 // Replies are written whole; never hold one back for Nagle.
                 let _ = s.set_nodelay(true);
-                Ok((Socket::Tcp(s), format!("tcp:{peer}")))
-            }
+                return Ok((Socket::Tcp(s), format!("tcp:{peer}")));
+            },
         }
     }
 }
@@ -802,5 +825,83 @@ impl Write for Timed<'_, &Socket> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+fn is_mapped_loopback(a: &SocketAddr) -> bool {
+    match a.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V4(_) => false,
+    }
+}
+
+/// The uid owning the client socket of a loopback TCP connection whose
+/// client end is `peer` and server end `local`, from the kernel's socket
+/// tables (`/proc/net/tcp`, `/proc/net/tcp6`: the client's entry has `peer`
+/// as its local address and `local` as its remote one). `None` if no entry
+/// matches (the client already closed).
+pub(crate) fn loopback_peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (l, r, uid) = (parse_proc_addr(f.get(1)?)?, parse_proc_addr(f.get(2)?)?, f.get(7)?);
+            (same_endpoint(l, peer) && same_endpoint(r, local)).then(|| uid.parse().ok()).flatten()
+        })
+    })
+}
+
+/// `ADDR:PORT` as `/proc/net/tcp{,6}` prints it: the address as 32-bit words
+/// in the kernel's byte order (each printed as hex of its in-memory value),
+/// the port in hex.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(u32::from_str_radix(addr.get(8 * i..8 * i + 8)?, 16).ok()?.to_ne_bytes())
+    };
+    let ip: std::net::IpAddr = match addr.len() {
+        8 => std::net::Ipv4Addr::from(word(0)?).into(),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[4 * i..4 * i + 4].copy_from_slice(&word(i)?);
+            }
+            std::net::Ipv6Addr::from(b).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Equal endpoints, seeing an IPv4 address and its IPv4-mapped IPv6 form as one.
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    let canon = |x: SocketAddr| match x.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(x.ip(), std::net::IpAddr::V4),
+        ip => ip,
+    };
+    a.port() == b.port() && canon(a) == canon(b)
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_client_is_found_with_its_uid() {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to this process's effective uid.
+        let me = std::fs::metadata("/proc/self").unwrap().uid();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, peer) = l.accept().unwrap();
+        assert_eq!(peer, c.local_addr().unwrap());
+        assert_eq!(loopback_peer_uid(peer, s.local_addr().unwrap()), Some(me));
+        // Another port is nobody's connection.
+        let other = SocketAddr::new(peer.ip(), peer.port().wrapping_add(1));
+        assert_eq!(loopback_peer_uid(other, s.local_addr().unwrap()), None);
+        assert_eq!(parse_proc_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(parse_proc_addr("00000000000000000000000001000000:0016"), Some("[::1]:22".parse().unwrap()));
+        assert_eq!(parse_proc_addr("zz:1"), None);
     }
 }
