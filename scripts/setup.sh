@@ -79,4 +79,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# Leases name the holder's host by /etc/machine-id (vault/src/lease.rs); a
+# container image may ship it empty. Give this host one, as systemd would.
+if [ ! -s /etc/machine-id ]; then
+  say "writing a machine id to /etc/machine-id (it was missing or empty)"
+  tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
+fi
+
 say "ok: $(qemu-system-x86_64 --version | head -1); kernel $(ls "$kdir"/boot/vmlinuz-* | head -1)"

@@ -64,12 +64,17 @@ impl Backend for Flaky {
     }
 }
 
-/// Whether this host can tell a lease's process is gone at all (else every
-/// lease is live, by design, and there is nothing to test).
-fn can_judge() -> bool {
-    std::fs::read_to_string("/etc/machine-id").is_ok_and(|m| !m.trim().is_empty())
-        && std::fs::read_to_string("/proc/sys/kernel/random/boot_id").is_ok()
-        && std::fs::read_to_string("/proc/self/stat").is_ok()
+/// Requires that this host can tell a lease's process is gone at all (else
+/// every lease is live, by design, and these tests would prove nothing):
+/// fails, naming what is missing, instead of passing without testing.
+fn require_judging() {
+    assert!(
+        std::fs::read_to_string("/etc/machine-id").is_ok_and(|m| !m.trim().is_empty()),
+        "/etc/machine-id is missing or empty: run scripts/setup.sh"
+    );
+    for f in ["/proc/sys/kernel/random/boot_id", "/proc/self/stat"] {
+        assert!(std::fs::read_to_string(f).is_ok(), "{f} cannot be read: these tests need Linux's /proc");
+    }
 }
 
 fn flaky_vault(dir: &std::path::Path) -> (Vault, Arc<Faults>) {
@@ -81,9 +86,7 @@ fn flaky_vault(dir: &std::path::Path) -> (Vault, Arc<Faults>) {
 
 #[test]
 fn a_cycle_lease_whose_delete_failed_does_not_block_gc() {
-    if !can_judge() {
-        return;
-    }
+    require_judging();
     let dir = tempfile::tempdir().unwrap();
     let (vault, faults) = flaky_vault(dir.path());
     let cycle = vault.begin_cycle("web").unwrap();
@@ -102,9 +105,7 @@ fn a_cycle_lease_whose_delete_failed_does_not_block_gc() {
 
 #[test]
 fn a_gc_lease_whose_delete_failed_does_not_block_cycles() {
-    if !can_judge() {
-        return;
-    }
+    require_judging();
     let dir = tempfile::tempdir().unwrap();
     let (vault, faults) = flaky_vault(dir.path());
     // GC's own lease is dropped at the end of the run; its delete fails.
@@ -121,9 +122,7 @@ fn a_gc_lease_whose_delete_failed_does_not_block_cycles() {
 
 #[test]
 fn a_lease_put_that_landed_but_failed_is_stale_and_a_held_lease_is_live() {
-    if !can_judge() {
-        return;
-    }
+    require_judging();
     let dir = tempfile::tempdir().unwrap();
     let (vault, faults) = flaky_vault(dir.path());
     faults.puts_after_landing.store(1, Ordering::SeqCst);
