@@ -171,20 +171,21 @@ pub fn run_cycle(
         0 => Ok(None),
         seq => vault.load_root_with_id(opts.disk_name, seq, Some(keys)).map(Some),
     };
-    let (previous, base) = match latest {
+    let (previous, previous_id, base) = match latest {
         // Only the point the dirty maps are relative to can be built on
         // (`chain`): anything else gets a full verify, and says why.
         Ok(newest) => {
             let mut point = |seq: u64| vault.load_root_with_id(opts.disk_name, seq, Some(keys)).ok();
             let newest_ref = newest.as_ref().map(|(r, id)| (r, *id));
             let base = chain::judge(recorded.as_ref(), vault_id, opts.disk_id, newest_ref, &mut point);
-            (newest.map(|(root, _)| root), base)
+            let id = newest.as_ref().map(|(_, id)| *id);
+            (newest.map(|(root, _)| root), id, base)
         }
         // The newest point cannot be built on: verify the whole disk instead,
         // as for a first cycle, and number the new point after it.
         Err(e @ vault::VaultError::Damaged { .. }) => {
             warnings.push(format!("{e}; this cycle reads and verifies the whole disk instead of building on it"));
-            (None, Base::First)
+            (None, None, Base::First)
         }
         Err(e) => return Err(e.into()),
     };
@@ -258,12 +259,8 @@ pub fn run_cycle(
     // point, even if the vault lost it (rolled back).
     let committed_here = recorded.filter(|r| r.vault_id == vault_id).map_or(0, |r| r.sequence);
     let sequence = last_sequence.max(committed_here) + 1;
-    let parent = match &previous {
-        Some(r) => {
-            Some(RootId(*blake3::hash(&r.encode(keys).map_err(|e| ShipError::Format(e.to_string()))?).as_bytes()))
-        }
-        None => None,
-    };
+    // The previous root's id is the hash of its stored bytes, read above.
+    let parent = previous_id;
     let root = Root {
         consistency,
         disk_id: opts.disk_id,
