@@ -106,14 +106,7 @@ fn issue12_a_second_filter_on_the_same_file_is_refused() {
     // check adopts the file): only the image lock is left to refuse it.
     fs::remove_file(&other).unwrap();
     fs::hard_link(&img, &other).unwrap();
-    let conf = s.home.dir.join("disks/second/disk.toml");
-    let old: String = fs::read_to_string(&conf)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("image_"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    fs::write(&conf, &old).unwrap();
+    forget_image_identity(&s.home.dir.join("disks/second/disk.toml"));
 
     let first = s.home.filter("first", &s.path("a.sock"));
     let mut second = s.home.spawn_filter("second", &[format!("unix:{}", s.path("b.sock").display())]);
@@ -238,13 +231,7 @@ fn issue12_a_replaced_image_is_refused_until_protected_again() {
 
     // A config written before identities were recorded: the next open records them.
     let conf = s.home.dir.join("disks/rp/disk.toml");
-    let old: String = fs::read_to_string(&conf)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("image_"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    fs::write(&conf, &old).unwrap();
+    forget_image_identity(&conf);
     let f = s.home.filter("rp", &s.path("nbd.sock"));
     assert!(f.log().contains("recorded the image's identity"), "no log line says so:\n{}", f.log());
     f.stop();
@@ -350,4 +337,16 @@ fn issue12_vault_init_refuses_a_non_empty_directory_and_an_existing_vault() {
     s.home.vault_init(&vault, &key);
     let o = s.home.run_env(&[], &["vault", "init", arg(&vault), "--key", arg(&key)]);
     assert_refused(&o, "vault init of an existing vault", &["already a Lifeboat vault"]);
+}
+
+/// Rewrites a `disk.toml` as a Lifeboat from before recorded image
+/// identities wrote it (no `image_device`/`image_inode` lines).
+fn forget_image_identity(conf: &std::path::Path) {
+    let old: String = fs::read_to_string(conf)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("image_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(conf, old).unwrap();
 }

@@ -43,8 +43,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                     "consistency": format!("{:?}", p.consistency).to_lowercase() + "-consistent",
                     "bytes_shipped": p.bytes_shipped,
                     "disk_size": p.disk_size,
-                    "cut_group": p.cut_group.map(|g| g.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-                    "disk_id": p.disk_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "cut_group": p.cut_group.map(|g| crate::output::hex(&g)),
+                    "disk_id": crate::output::hex(&p.disk_id),
                 })
             })
             .collect();

@@ -271,7 +271,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
     let config = DiskConfig {
         image: image.clone(),
         block_size: geometry.block_size,
-        disk_id: disk_id.iter().map(|b| format!("{b:02x}")).collect(),
+        disk_id: crate::output::hex(&disk_id),
         image_device: Some(image_id.device),
         image_inode: Some(image_id.inode),
         listen,

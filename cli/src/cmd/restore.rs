@@ -63,8 +63,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                 a.name,
                 vault_dir.display(),
                 p.sequence,
-                hex(&p.disk_id),
-                hex(&own_id.unwrap_or_default()),
+                crate::output::hex(&p.disk_id),
+                crate::output::hex(&own_id.unwrap_or_default()),
                 a.name
             ),
             Some(p) => p,
@@ -122,8 +122,4 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
