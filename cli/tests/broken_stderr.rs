@@ -29,7 +29,7 @@ use serde_json::Value;
 use vm_tests::clients::{nbd_uri, qemu_io};
 use vm_tests::lifeboat::{unix_listen, Home, Scratch};
 use vm_tests::process::wait_timeout;
-use vm_tests::replicate::{arg, PointInfo};
+use vm_tests::replicate::PointInfo;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -158,20 +158,7 @@ fn protected(s: &Scratch) -> PathBuf {
     fs::write(&image, vec![0u8; (4 * MIB) as usize]).unwrap();
     s.home.key_new(&key);
     s.home.vault_init(&vault, &key);
-    s.home.run_ok(&[
-        "protect",
-        "d",
-        "--image",
-        arg(&image),
-        "--block-size",
-        "64KiB",
-        "--vault",
-        arg(&vault),
-        "--key",
-        arg(&key),
-        "--rpo",
-        "1s",
-    ]);
+    s.home.protect_replicated_with("d", &image, 64 * 1024, &vault, &key, &["--rpo", "1s"]);
     image
 }
 

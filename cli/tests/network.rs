@@ -368,20 +368,7 @@ fn two_disks(s: &Scratch) -> (PathBuf, PathBuf) {
     s.home.vault_init(&vault, &key);
     let image_a = s.path("a.img");
     fs::write(&image_a, pseudo_random(4 * MIB, 1)).unwrap();
-    s.home.run_ok(&[
-        "protect",
-        "a",
-        "--image",
-        arg(&image_a),
-        "--block-size",
-        "64KiB",
-        "--vault",
-        arg(&vault),
-        "--key",
-        arg(&key),
-        "--rpo",
-        "1s",
-    ]);
+    s.home.protect_replicated_with("a", &image_a, 64 * 1024, &vault, &key, &["--rpo", "1s"]);
     protected(s, "b");
     (s.home.dir.join("disks/a/nbd.sock"), s.home.dir.join("disks/b/nbd.sock"))
 }

@@ -179,19 +179,24 @@ impl Home {
     /// `lifeboat protect NAME --image IMAGE --block-size N KiB --vault VAULT
     /// --key KEY`, which must succeed.
     pub fn protect_replicated(&self, name: &str, image: &Path, block_size: u64, vault: &Path, key: &Path) {
+        self.protect_replicated_with(name, image, block_size, vault, key, &[]);
+    }
+
+    /// [`Home::protect_replicated`] with more arguments (`--rpo 1s`, ...).
+    pub fn protect_replicated_with(
+        &self,
+        name: &str,
+        image: &Path,
+        block_size: u64,
+        vault: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) {
         let bs = format!("{}KiB", block_size / 1024);
-        self.run_clean_ok(&[
-            "protect",
-            name,
-            "--image",
-            arg(image),
-            "--block-size",
-            &bs,
-            "--vault",
-            arg(vault),
-            "--key",
-            arg(key),
-        ]);
+        let mut args =
+            vec!["protect", name, "--image", arg(image), "--block-size", &bs, "--vault", arg(vault), "--key", arg(key)];
+        args.extend_from_slice(extra);
+        self.run_clean_ok(&args);
     }
 
     /// `lifeboat ship NAME --once --json`, which must succeed; the parsed report.
