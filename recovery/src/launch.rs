@@ -334,14 +334,20 @@ impl Qmp {
         Ok(q.execute("qmp_capabilities", deadline)?.map(|_| q))
     }
 
-    /// The next message, `Ok(None)` at EOF; a timeout error once `deadline`
-    /// has passed.
+    /// The next message, `Ok(None)` at EOF (or a reset, which is how a peer
+    /// that exits with our bytes unread ends); a timeout error once
+    /// `deadline` has passed.
     fn next(&mut self, deadline: Instant) -> std::io::Result<Option<serde_json::Value>> {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         self.r.get_ref().set_read_timeout(Some(left))?;
         let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Ok(None);
+        match self.r.read_line(&mut line) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            // QEMU exited with bytes of ours unread: its last messages were
+            // read first, so this is the end of the connection.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && line.is_empty() => return Ok(None),
+            Err(e) => return Err(e),
         }
         let v: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| std::io::Error::other(format!("not a QMP message: {:?}: {e}", line.trim())))?;
@@ -518,4 +524,28 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
         ),
     };
     Ok(PoweredOff { pid: pidfd.pid(), clean, reason: shutdown.and_then(|s| s.reason), seconds, detail })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// A peer that closes with bytes of ours still unread makes our next read
+    /// fail with ECONNRESET once its last messages are read. QEMU does that
+    /// when it exits, so it is the end of the connection, not a QMP error.
+    #[test]
+    fn a_peer_closing_with_our_bytes_unread_is_the_end_not_an_error() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut q = Qmp { r: BufReader::new(ours.try_clone().unwrap()), w: ours, shutdown: None };
+        writeln!(q.w, "{{\"execute\":\"query-status\"}}").unwrap(); // never read by the peer
+        writeln!(theirs, "{{\"event\":\"SHUTDOWN\",\"data\":{{\"guest\":false,\"reason\":\"host-qmp-quit\"}}}}")
+            .unwrap();
+        drop(theirs);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let event = q.next(deadline).expect("the event sent before the close").expect("an event, not EOF");
+        assert_eq!(event["event"], "SHUTDOWN");
+        assert!(q.next(deadline).expect("a reset after the last message is EOF").is_none());
+        assert_eq!(q.shutdown.as_ref().and_then(|s| s.reason.as_deref()), Some("host-qmp-quit"));
+    }
 }
