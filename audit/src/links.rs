@@ -18,7 +18,7 @@
 //! only a party that remembers a newer state can see that (the protected
 //! host's state file and home log; see README, threat model).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use disk_format::{Keys, RootExtension, RootId};
 use vault::Vault;
@@ -56,13 +56,21 @@ pub fn check_links(vault: &Vault, keys: &Keys) -> Result<LinkReport, AuditError>
     let logs: HashMap<LogId, &LogReport> = reports.iter().filter_map(|r| Some((r.log_id?, r))).collect();
     let mut report = LinkReport::default();
     // Points -> log.
-    // Every listed point, and the id of each that decodes with the key.
-    let mut roots: HashMap<(String, u64), Option<RootId>> = HashMap::new();
-    for disk in vault.disks().map_err(verr(format!("listing the points in {loc}")))? {
-        for seq in vault.sequences(&disk).map_err(verr(format!("listing the points of {disk} in {loc}")))? {
-            let loaded = vault.load_root_with_id(&disk, seq, Some(keys));
-            let _ = roots.insert((disk.clone(), seq), loaded.as_ref().ok().map(|(_, id)| *id));
-            let Ok((root, _)) = loaded else { continue };
+    // Every point that decodes with the key, by disk name and sequence (two
+    // disks of one name may both have a point of a sequence), and every
+    // root id; the sequences of roots that do not decode (the vault check
+    // reports them; a format-2 root that does not open names no disk).
+    let mut roots: HashMap<(String, u64), Vec<RootId>> = HashMap::new();
+    let mut ids: HashSet<RootId> = HashSet::new();
+    let mut undecodable: HashSet<u64> = HashSet::new();
+    for chain in vault.disks().map_err(verr(format!("listing the points in {loc}")))? {
+        for seq in vault.sequences(&chain).map_err(verr(format!("listing the points of {chain} in {loc}")))? {
+            let Ok((root, id)) = vault.load_root_with_id(&chain, seq, Some(keys)) else {
+                let _ = undecodable.insert(seq);
+                continue;
+            };
+            roots.entry((root.disk_name.clone(), seq)).or_default().push(id);
+            let _ = ids.insert(id);
             report.points += 1;
             let Some(head) = RootExtension::decode(&root.extension, keys).ok().and_then(|e| e.audit_head) else {
                 continue;
@@ -78,7 +86,7 @@ pub fn check_links(vault: &Vault, keys: &Keys) -> Result<LinkReport, AuditError>
                     place,
                     seq: Some(head.seq),
                     offset: None,
-                    kind: ProblemKind::LostRecords { disk: disk.clone(), point: seq, seq: head.seq, last },
+                    kind: ProblemKind::LostRecords { disk: root.disk_name.clone(), point: seq, seq: head.seq, last },
                 });
             }
         }
@@ -120,10 +128,14 @@ pub fn check_links(vault: &Vault, keys: &Keys) -> Result<LinkReport, AuditError>
             }
             report.commits += 1;
             let want = named.get("root").and_then(|r| r.as_str()).and_then(RootId::from_hex);
+            if want.is_some_and(|w| ids.contains(&w)) {
+                continue; // the very root the record names
+            }
             let kind = match roots.get(&(disk.clone(), point)) {
-                Some(Some(id)) if want.is_some_and(|w| w != *id) => ProblemKind::PointDiffers { disk, point },
-                // Present (a damaged root is the vault check's to report).
+                Some(found) if want.is_some_and(|w| !found.contains(&w)) => ProblemKind::PointDiffers { disk, point },
                 Some(_) => continue,
+                // Present but damaged: the vault check's to report.
+                None if undecodable.contains(&point) => continue,
                 None if pruned.contains(&(disk.clone(), point)) => continue,
                 None => ProblemKind::LostPoint { disk, point },
             };

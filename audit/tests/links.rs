@@ -12,6 +12,11 @@ fn keys() -> Keys {
     MasterKey::from_bytes([7; 32]).keys()
 }
 
+/// The chain `d1`'s points are stored under.
+fn chain(keys: &Keys) -> String {
+    Vault::chain_of(keys, &[1; 16])
+}
+
 /// Commits point `seq` of `d1` as a cycle does: the root names the log's
 /// head, then a `cycle.committed` record names the root.
 fn commit(vault: &Vault, log: &audit::AuditLog<'_>, keys: &Keys, seq: u64) {
@@ -20,6 +25,8 @@ fn commit(vault: &Vault, log: &audit::AuditLog<'_>, keys: &Keys, seq: u64) {
         consistency: Consistency::Crash,
         disk_id: [1; 16],
         disk_name: "d1".into(),
+        host: "h1".into(),
+        namespace: None,
         sequence: seq,
         cut_time_ns: seq,
         cut_generation: seq,
@@ -30,7 +37,7 @@ fn commit(vault: &Vault, log: &audit::AuditLog<'_>, keys: &Keys, seq: u64) {
         extension: ext.encode(keys).unwrap(),
     };
     let bytes = root.encode(keys).unwrap();
-    vault.put_root("d1", seq, &bytes).unwrap();
+    vault.put_root(&chain(keys), seq, &bytes).unwrap();
     let details =
         json!({ "point": seq, "root": RootId::of(&bytes).to_string(), "vault": vault.config().vault_id.to_string() });
     log.append(&audit::Event::new("cycle.committed", Some("d1"), details)).unwrap();
@@ -52,14 +59,14 @@ fn pruned_points_are_excused_deleted_ones_and_lost_records_are_not() {
     assert_eq!((r.points, r.heads, r.commits), (4, 4, 4));
 
     // A prune on record removes point 1: not lost.
-    vault.delete_root("d1", 1).unwrap();
+    vault.delete_root(&chain(&k), 1).unwrap();
     log.append(&audit::Event::new("prune", Some("d1"), json!({ "pruned": [1], "kept": [2, 3, 4] }))).unwrap();
     log.sync_to(vault.backend()).unwrap();
     let r = audit::check_links(&vault, &k).unwrap();
     assert!(r.problems.is_empty(), "{:?}", r.problems);
 
     // Point 3 deleted behind the log's back: lost, named.
-    vault.delete_root("d1", 3).unwrap();
+    vault.delete_root(&chain(&k), 3).unwrap();
     let r = audit::check_links(&vault, &k).unwrap();
     let names: Vec<String> = r.problems.iter().map(ToString::to_string).collect();
     assert_eq!(names.len(), 1, "{names:?}");

@@ -8,6 +8,7 @@
 #[macro_use]
 mod stdout;
 mod app_hooks;
+mod disk_pick;
 mod group_cut;
 mod home;
 mod keyfile;

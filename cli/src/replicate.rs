@@ -147,8 +147,9 @@ impl Target {
         let vm = home.vm_of_disk(&self.name).ok().flatten()?;
         let app = vm.app_consistent.as_ref()?;
         let newest = vault
-            .points(&self.name)
+            .disk_points(&self.keys, &self.name, &self.disk_id)
             .ok()?
+            .points
             .iter()
             .filter(|p| p.damage.is_none() && p.consistency == disk_format::Consistency::App)
             .map(|p| p.cut_time_ns)
@@ -239,10 +240,11 @@ impl Target {
 /// points its cycles committed there (rolled back, emptied, or forked where
 /// the last one was), says so on stderr and returns the message. `points`,
 /// `restore` and `failover` call it before they trust "latest".
-pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault) -> Option<String> {
+pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault, keys: &Keys) -> Option<String> {
     let entry = home.disk(disk).ok()?;
     let recorded = filter::StateFile::header_of(&entry.state_path()).ok()?.last_point;
-    let found = match shipper::chain::check_vault(recorded.as_ref(), vault, disk) {
+    let points = vault.disk_points(keys, disk, &entry.disk_id().ok()?).map(|d| d.points);
+    let found = match points.and_then(|p| shipper::chain::check_vault(recorded.as_ref(), vault, &p)) {
         Ok(found) => found?,
         Err(e) => {
             let msg = format!("could not compare the vault's points of disk {disk:?} with this host's record: {e}");
@@ -254,26 +256,6 @@ pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault) -> Opti
         "{}; the newest point listed is not the newest this host committed, so it lacks changes this host \
          shipped: do not fail over to it unless the newer points are truly gone",
         found.describe(disk)
-    );
-    filter::log_line!("lifeboat: WARNING: {msg}");
-    Some(msg)
-}
-
-/// At the protected site: if the newest point of `disk` in the vault was cut
-/// from another disk than the one this home protects under that name
-/// (another host, a recovered copy shipping back), says so on stderr and
-/// returns the message: a failover of "latest" would boot that other disk.
-pub fn warn_if_latest_is_another_disk(home: &Home, disk: &str, vault: &Vault) -> Option<String> {
-    let own = home.disk(disk).ok()?.disk_id().ok()?;
-    let newest = vault.points(disk).ok()?.into_iter().rev().find(|p| p.damage.is_none())?;
-    if newest.disk_id == own {
-        return None;
-    }
-    let msg = format!(
-        "the newest point of disk {disk:?} (point {}) was cut from another disk of that name, not from the one \
-         this host protects: \"latest\" is not this host's disk; pick a point with --point (`lifeboat points \
-         {disk} --json` shows each point's disk_id)",
-        newest.sequence
     );
     filter::log_line!("lifeboat: WARNING: {msg}");
     Some(msg)

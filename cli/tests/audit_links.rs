@@ -108,8 +108,9 @@ fn deleted_audit_segments_are_found_at_home_and_at_the_recovery_site() {
 #[test]
 fn deleted_roots_are_named_by_the_audit_log_at_the_recovery_site() {
     let t = setup("lb-links-roots-");
+    let chain = t.s.home.chain("d1");
     for seq in [2, 3] {
-        fs::remove_file(Object::Root.path(&t.vault, &root_name("d1", seq))).unwrap();
+        fs::remove_file(Object::Root.path(&t.vault, &root_name(&chain, seq))).unwrap();
     }
     let site = recovery_site();
     let (ok, out) = run(&site, &["vault", "check", arg(&t.vault), "--read-data", "--key", arg(&t.key)]);

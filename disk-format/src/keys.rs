@@ -54,6 +54,13 @@ pub const CONTEXT_AUDIT_MAC: &str = "lifeboat v1 audit mac";
 pub const CONTEXT_AUDIT_SEAL: &str = "lifeboat v1 audit seal";
 /// Context of the audit body nonce subkey.
 pub const CONTEXT_AUDIT_NONCE: &str = "lifeboat v1 audit nonce";
+/// Context of the disk namespace key: a disk's roots live under a keyed id
+/// of its identity, so the vault learns neither its name nor its identity.
+pub const CONTEXT_DISK_NAMESPACE: &str = "lifeboat v1 disk namespace";
+/// Context of the point root metadata sealing subkey (root format 2).
+pub const CONTEXT_ROOT_METADATA: &str = "lifeboat v1 root metadata";
+/// Context of the point root metadata nonce subkey (root format 2).
+pub const CONTEXT_ROOT_METADATA_NONCE: &str = "lifeboat v1 root metadata nonce";
 /// Context of the key fingerprint.
 pub const CONTEXT_FINGERPRINT: &str = "lifeboat v1 key fingerprint";
 
@@ -172,6 +179,9 @@ pub struct Keys {
     audit_mac_key: [u8; 32],
     audit_aead: XChaCha20Poly1305,
     audit_nonce_key: [u8; 32],
+    namespace_key: [u8; 32],
+    root_meta_aead: XChaCha20Poly1305,
+    root_meta_nonce_key: [u8; 32],
     fingerprint: KeyFingerprint,
 }
 
@@ -182,6 +192,8 @@ impl Drop for Keys {
         self.root_mac_key.zeroize();
         self.audit_mac_key.zeroize();
         self.audit_nonce_key.zeroize();
+        self.namespace_key.zeroize();
+        self.root_meta_nonce_key.zeroize();
     }
 }
 
@@ -200,6 +212,9 @@ impl Keys {
         let mut seal = blake3::derive_key(CONTEXT_AUDIT_SEAL, &master.0);
         let audit_aead = XChaCha20Poly1305::new(&seal.into());
         seal.zeroize();
+        let mut meta = blake3::derive_key(CONTEXT_ROOT_METADATA, &master.0);
+        let root_meta_aead = XChaCha20Poly1305::new(&meta.into());
+        meta.zeroize();
         Keys {
             id_key: blake3::derive_key(CONTEXT_BLOCK_ID, &master.0),
             aead,
@@ -207,6 +222,9 @@ impl Keys {
             audit_mac_key: blake3::derive_key(CONTEXT_AUDIT_MAC, &master.0),
             audit_aead,
             audit_nonce_key: blake3::derive_key(CONTEXT_AUDIT_NONCE, &master.0),
+            namespace_key: blake3::derive_key(CONTEXT_DISK_NAMESPACE, &master.0),
+            root_meta_aead,
+            root_meta_nonce_key: blake3::derive_key(CONTEXT_ROOT_METADATA_NONCE, &master.0),
             fingerprint: master.fingerprint(),
         }
     }
@@ -355,34 +373,34 @@ impl Keys {
     /// torn record rewritten at the same seq with another body gets another
     /// nonce. Deterministic, so golden vectors need no test-only path.
     pub fn seal_audit_body(&self, header: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut h = blake3::Hasher::new_keyed(&self.audit_nonce_key);
-        h.update(&(header.len() as u64).to_le_bytes());
-        h.update(header);
-        h.update(body);
-        let nonce: [u8; NONCE_LEN] = h.finalize().as_bytes()[..NONCE_LEN].try_into().expect("24 bytes");
-        let mut out = vec![0u8; body.len() + SEAL_OVERHEAD];
-        out[..NONCE_LEN].copy_from_slice(&nonce);
-        out[NONCE_LEN..NONCE_LEN + body.len()].copy_from_slice(body);
-        let tag = self
-            .audit_aead
-            .encrypt_inout_detached(&XNonce::from(nonce), header, (&mut out[NONCE_LEN..NONCE_LEN + body.len()]).into())
-            .expect("XChaCha20-Poly1305 seals any message below 256 GiB");
-        out[NONCE_LEN + body.len()..].copy_from_slice(tag.as_slice());
-        out
+        seal_synthetic(&self.audit_aead, &self.audit_nonce_key, header, body)
     }
 
     /// Opens a body sealed by [`Keys::seal_audit_body`] under `header`;
     /// `None` if it is too short or does not authenticate.
     pub fn open_audit_body(&self, header: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        let len = sealed.len();
-        if len < SEAL_OVERHEAD {
-            return None;
-        }
-        let nonce = XNonce::try_from(&sealed[..NONCE_LEN]).expect("24 bytes");
-        let tag = chacha20poly1305::Tag::try_from(&sealed[len - TAG_LEN..]).expect("16 bytes");
-        let mut data = sealed[NONCE_LEN..len - TAG_LEN].to_vec();
-        self.audit_aead.decrypt_inout_detached(&nonce, header, (&mut data[..]).into(), &tag).ok()?;
-        Some(data)
+        open_synthetic(&self.audit_aead, header, sealed)
+    }
+
+    /// The namespace of the disk whose identity is `disk_id`: the first 16
+    /// bytes of BLAKE3 keyed with the namespace subkey over the identity.
+    /// Roots of format 2 live under it (as lowercase hex), so two disks of
+    /// one name never share a chain and the vault never sees a name.
+    pub fn disk_namespace(&self, disk_id: &[u8; 16]) -> [u8; 16] {
+        blake3::keyed_hash(&self.namespace_key, disk_id).as_bytes()[..16].try_into().expect("16 bytes")
+    }
+
+    /// Seals a format-2 root's metadata (`nonce ‖ ciphertext ‖ tag`) with
+    /// the root's `header` as associated data; the nonce is synthetic, as
+    /// for audit bodies ([`Keys::seal_audit_body`]), from its own subkey.
+    pub fn seal_root_metadata(&self, header: &[u8], plain: &[u8]) -> Vec<u8> {
+        seal_synthetic(&self.root_meta_aead, &self.root_meta_nonce_key, header, plain)
+    }
+
+    /// Opens what [`Keys::seal_root_metadata`] sealed under `header`; `None`
+    /// if it does not authenticate.
+    pub fn open_root_metadata(&self, header: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        open_synthetic(&self.root_meta_aead, header, sealed)
     }
 
     /// A streaming hasher keyed with the audit subkey, for records hashed in
@@ -390,6 +408,38 @@ impl Keys {
     pub fn audit_hasher(&self) -> blake3::Hasher {
         blake3::Hasher::new_keyed(&self.audit_mac_key)
     }
+}
+
+/// `nonce (24) ‖ ciphertext ‖ tag (16)` of `body` under `aead`, with
+/// `header` as associated data and a synthetic nonce: the first 24 bytes of
+/// BLAKE3 keyed with `nonce_key` over `len(header) as u64 LE ‖ header ‖ body`.
+fn seal_synthetic(aead: &XChaCha20Poly1305, nonce_key: &[u8; 32], header: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut h = blake3::Hasher::new_keyed(nonce_key);
+    h.update(&(header.len() as u64).to_le_bytes());
+    h.update(header);
+    h.update(body);
+    let nonce: [u8; NONCE_LEN] = h.finalize().as_bytes()[..NONCE_LEN].try_into().expect("24 bytes");
+    let mut out = vec![0u8; body.len() + SEAL_OVERHEAD];
+    out[..NONCE_LEN].copy_from_slice(&nonce);
+    out[NONCE_LEN..NONCE_LEN + body.len()].copy_from_slice(body);
+    let tag = aead
+        .encrypt_inout_detached(&XNonce::from(nonce), header, (&mut out[NONCE_LEN..NONCE_LEN + body.len()]).into())
+        .expect("XChaCha20-Poly1305 seals any message below 256 GiB");
+    out[NONCE_LEN + body.len()..].copy_from_slice(tag.as_slice());
+    out
+}
+
+/// Opens what [`seal_synthetic`] sealed; `None` if too short or inauthentic.
+fn open_synthetic(aead: &XChaCha20Poly1305, header: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let len = sealed.len();
+    if len < SEAL_OVERHEAD {
+        return None;
+    }
+    let nonce = XNonce::try_from(&sealed[..NONCE_LEN]).expect("24 bytes");
+    let tag = chacha20poly1305::Tag::try_from(&sealed[len - TAG_LEN..]).expect("16 bytes");
+    let mut data = sealed[NONCE_LEN..len - TAG_LEN].to_vec();
+    aead.decrypt_inout_detached(&nonce, header, (&mut data[..]).into(), &tag).ok()?;
+    Some(data)
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub use key_file::{KdfParams, KeyFile, KeyFileDamage, KeyFileError, KEY_FILE_LEN
 pub use keys::{CryptoError, Keys, MasterKey, SealFrame, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
 pub use map_page::{BuiltMap, MapBuilder, MapPage, PageError, PAGE_ENTRIES};
 pub use pack::{FinishedPack, Pack, PackEntry, PackError, PackIndex, PackTrailer, PackWriteError, PackWriter};
-pub use point::{Consistency, Root, RootError};
+pub use point::{namespace_hex, Consistency, Root, RootError};
 pub use root_ext::{AuditHead, CutGroup, ExtError, RootExtension};
 pub use state::{HeaderError, LastPoint, StateFlags, StateHeader, HEADER_PAGE, SLOT_SIZE, STATE_MAGIC};
 pub use vault_config::{VaultConfig, VaultConfigError};

@@ -2,15 +2,20 @@
 //!
 //! A root names the disk, the cut, and every map page of the point (by
 //! [`PageId`], all-zero for an all-zero page), carries an extension blob
-//! (empty in v1; the VM definition goes there later), and ends with a MAC
-//! keyed by the root-MAC subkey. The vault can read a root's structure and
-//! follow its page ids without the key ([`Root::decode_unauthenticated`], for
-//! GC and keyless checks); anything that trusts a root's contents uses
+//! (the VM definition, cut group and audit head), and ends with a MAC keyed
+//! by the root-MAC subkey. The vault can read a root's structure and follow
+//! its page ids without the key ([`Root::decode_unauthenticated`], for GC
+//! and keyless checks); anything that trusts a root's contents uses
 //! [`Root::decode`], which verifies the MAC. A root is named by BLAKE3 of its
 //! bytes ([`RootId`]). See FORMAT.md, "Point root".
 //!
-//! The root's fields are readable by whoever holds the vault: disk name and
-//! id, sizes, cut time and bytes shipped are authenticated, not encrypted.
+//! Format 2 (written since 2026-12-04) seals what names the disk: its name,
+//! identity, host and cut generation are encrypted under the key, and the
+//! root carries instead the disk's **namespace**, a keyed id of its identity
+//! ([`Keys::disk_namespace`]) under which the vault stores its chain. What
+//! stays readable without the key is what keyless checks and retention
+//! need: sizes, sequence, cut time, bytes shipped and the links (parent and
+//! page ids). Format 1 roots (name and identity in the clear) are still read.
 
 use std::ops::Range;
 
@@ -23,7 +28,13 @@ use crate::map_page::{page_blocks, page_count, MapPage, PageError};
 /// First 8 bytes of BLAKE3("lifeboat point root v1").
 pub const ROOT_MAGIC: [u8; 8] = [0x40, 0x55, 0xd8, 0xfc, 0x4f, 0xb8, 0x31, 0x66];
 /// The root format this code writes.
-pub const ROOT_VERSION: u16 = 1;
+pub const ROOT_VERSION: u16 = 2;
+/// Length of the disk metadata a format-2 root seals (before sealing).
+pub const METADATA_LEN: usize = 160;
+/// Length of the sealed metadata after a format-2 root's header.
+pub const SEALED_METADATA_LEN: usize = METADATA_LEN + crate::keys::SEAL_OVERHEAD;
+/// Longest host name a root records, in bytes of UTF-8 (Linux's HOST_NAME_MAX).
+pub const MAX_HOST_NAME: usize = 64;
 /// Size of the fixed root header.
 pub const ROOT_HEADER_LEN: usize = 192;
 /// Longest disk name, in bytes of UTF-8.
@@ -40,6 +51,7 @@ const AT_CONSISTENCY: usize = 10;
 const AT_NAME_LEN: usize = 11;
 const AT_PAGE_COUNT: usize = 12;
 const AT_DISK_ID: usize = 16;
+const AT_NAMESPACE: usize = 16; // format 2: where format 1 has the disk id
 const AT_NAME: usize = 32;
 const AT_SEQUENCE: usize = 96;
 const AT_CUT_TIME: usize = 104;
@@ -88,7 +100,7 @@ pub enum RootError {
     #[error("not a Lifeboat point root (wrong magic)")]
     BadMagic,
     /// A version this build does not know.
-    #[error("point root format version {0} is not supported by this build (it knows version 1)")]
+    #[error("point root format version {0} is not supported by this build (it knows versions 1 and 2)")]
     UnsupportedVersion(u16),
     /// The length does not match the page count and extension length.
     #[error(
@@ -122,6 +134,9 @@ pub enum RootError {
     /// The disk name is too long or not UTF-8.
     #[error("the point root's disk name is invalid: {0}")]
     BadName(String),
+    /// The host name is too long or not UTF-8.
+    #[error("the point root's host name is invalid: {0}")]
+    BadHost(String),
     /// The extension blob is larger than 16 MiB.
     #[error("the point root's extension is {len} bytes; at most 16 MiB is allowed")]
     ExtensionTooLarge {
@@ -131,19 +146,30 @@ pub enum RootError {
 }
 
 /// A recovery point root.
+///
+/// For a format-2 root read **without** the key, the sealed fields
+/// (`disk_id`, `disk_name`, `host`, `cut_generation`) read as zero and
+/// empty: only [`Root::decode`] opens them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Root {
     /// Crash- or app-consistent.
     pub consistency: Consistency,
-    /// Random identity of the disk (the state file's `disk_id`).
+    /// Random identity of the disk (the state file's `disk_id`). Sealed in format 2.
     pub disk_id: [u8; 16],
-    /// The protected disk's name, at most 64 bytes of UTF-8.
+    /// The protected disk's name, at most 64 bytes of UTF-8. Sealed in format 2.
     pub disk_name: String,
+    /// The host that cut the point, at most 64 bytes of UTF-8; empty in
+    /// format 1 (which did not record it). Sealed.
+    pub host: String,
+    /// Format 2: the disk's namespace as stored in the root (the chain it
+    /// belongs to); `None` for format 1, whose chain is the disk name. Set
+    /// by decoding; [`Root::encode`] derives it from `disk_id` and the key.
+    pub namespace: Option<[u8; 16]>,
     /// Point sequence number, one higher than the parent's.
     pub sequence: u64,
     /// The instant of the cut, nanoseconds since the Unix epoch.
     pub cut_time_ns: u64,
-    /// The state file's cut generation of this point's cut.
+    /// The state file's cut generation of this point's cut. Sealed in format 2.
     pub cut_generation: u64,
     /// Disk size and block size at the cut.
     pub geometry: Geometry,
@@ -158,15 +184,56 @@ pub struct Root {
 }
 
 impl Root {
-    /// Serializes and MACs the root.
+    /// Serializes and MACs the root, in format 2: the namespace is derived
+    /// from `disk_id` under `keys` (the `namespace` field is ignored), and
+    /// name, identity, host and cut generation are sealed.
     pub fn encode(&self, keys: &Keys) -> Result<Vec<u8>, RootError> {
-        let mut b = self.encode_unmacced()?;
+        let mut b = self.encode_unmacced(2, Some(keys))?;
         let mac = keys.root_mac(&b);
         b.extend_from_slice(mac.as_bytes());
         Ok(b)
     }
 
-    fn encode_unmacced(&self) -> Result<Vec<u8>, RootError> {
+    /// Serializes the root in format 1 (name and identity in the clear, no
+    /// host), as Lifeboat wrote before 2026-12-04. Only for tests that need a
+    /// vault written by an older version; never for new points.
+    #[doc(hidden)]
+    pub fn encode_version_1_for_tests(&self, keys: &Keys) -> Result<Vec<u8>, RootError> {
+        let mut b = self.encode_unmacced(1, None)?;
+        let mac = keys.root_mac(&b);
+        b.extend_from_slice(mac.as_bytes());
+        Ok(b)
+    }
+
+    /// The chain this root belongs to, as the vault names it under `roots/`:
+    /// format 2, the namespace in lowercase hex; format 1, the disk name.
+    pub fn chain(&self) -> String {
+        match &self.namespace {
+            Some(ns) => namespace_hex(ns),
+            None => self.disk_name.clone(),
+        }
+    }
+
+    fn metadata(&self) -> Result<[u8; METADATA_LEN], RootError> {
+        let (name, host) = (self.disk_name.as_bytes(), self.host.as_bytes());
+        if name.len() > MAX_DISK_NAME {
+            return Err(RootError::BadName(format!("{} bytes, at most 64", name.len())));
+        }
+        if host.len() > MAX_HOST_NAME {
+            return Err(RootError::BadHost(format!("{} bytes, at most 64", host.len())));
+        }
+        let mut m = [0u8; METADATA_LEN];
+        m[META_VERSION] = 1;
+        m[META_NAME_LEN] = u8::try_from(name.len()).expect("at most 64");
+        m[META_HOST_LEN] = u8::try_from(host.len()).expect("at most 64");
+        m[META_DISK_ID..META_DISK_ID + 16].copy_from_slice(&self.disk_id);
+        put_u64(&mut m, META_CUT_GENERATION, self.cut_generation);
+        m[META_NAME..META_NAME + name.len()].copy_from_slice(name);
+        m[META_HOST..META_HOST + host.len()].copy_from_slice(host);
+        Ok(m)
+    }
+
+    fn encode_unmacced(&self, version: u16, keys: Option<&Keys>) -> Result<Vec<u8>, RootError> {
         let want = page_count(&self.geometry);
         if self.pages.len() as u64 != want {
             return Err(RootError::BadField {
@@ -180,30 +247,38 @@ impl Root {
             value: want,
             why: "more than 2^32 - 1 pages: use a larger block size".to_string(),
         })?;
-        let name = self.disk_name.as_bytes();
-        if name.len() > MAX_DISK_NAME {
-            return Err(RootError::BadName(format!("{} bytes, at most 64", name.len())));
-        }
+        let metadata = self.metadata()?; // checks name and host lengths for both versions
         let ext_len = u32::try_from(self.extension.len())
             .ok()
             .filter(|&l| l <= MAX_EXTENSION)
             .ok_or(RootError::ExtensionTooLarge { len: self.extension.len() as u64 })?;
         let mut b = vec![0u8; ROOT_HEADER_LEN];
         b[..8].copy_from_slice(&ROOT_MAGIC);
-        b[AT_VERSION..AT_VERSION + 2].copy_from_slice(&ROOT_VERSION.to_le_bytes());
+        b[AT_VERSION..AT_VERSION + 2].copy_from_slice(&version.to_le_bytes());
         b[AT_CONSISTENCY] = self.consistency as u8;
-        b[AT_NAME_LEN] = u8::try_from(name.len()).expect("at most 64");
         put_u32(&mut b, AT_PAGE_COUNT, page_count);
-        b[AT_DISK_ID..AT_NAME].copy_from_slice(&self.disk_id);
-        b[AT_NAME..AT_NAME + name.len()].copy_from_slice(name);
         put_u64(&mut b, AT_SEQUENCE, self.sequence);
         put_u64(&mut b, AT_CUT_TIME, self.cut_time_ns);
-        put_u64(&mut b, AT_CUT_GENERATION, self.cut_generation);
         put_u64(&mut b, AT_DISK_SIZE, self.geometry.disk_size);
         put_u32(&mut b, AT_BLOCK_SIZE, self.geometry.block_size);
         put_u64(&mut b, AT_BYTES_SHIPPED, self.bytes_shipped);
         b[AT_PARENT..AT_PARENT + 32].copy_from_slice(&self.parent.unwrap_or(RootId::ZERO).0);
-        b.reserve(self.pages.len() * 32 + 4 + self.extension.len() + MAC_LEN);
+        b.reserve(SEALED_METADATA_LEN + self.pages.len() * 32 + 4 + self.extension.len() + MAC_LEN);
+        match keys {
+            Some(keys) => {
+                b[AT_NAMESPACE..AT_NAME].copy_from_slice(&keys.disk_namespace(&self.disk_id));
+                let sealed = keys.seal_root_metadata(&b[..ROOT_HEADER_LEN], &metadata);
+                debug_assert_eq!(sealed.len(), SEALED_METADATA_LEN);
+                b.extend_from_slice(&sealed);
+            }
+            None => {
+                let name = self.disk_name.as_bytes();
+                b[AT_NAME_LEN] = u8::try_from(name.len()).expect("checked above");
+                b[AT_DISK_ID..AT_NAME].copy_from_slice(&self.disk_id);
+                b[AT_NAME..AT_NAME + name.len()].copy_from_slice(name);
+                put_u64(&mut b, AT_CUT_GENERATION, self.cut_generation);
+            }
+        }
         for p in &self.pages {
             b.extend_from_slice(&p.0);
         }
@@ -221,7 +296,25 @@ impl Root {
         if keys.root_mac(&bytes[..body_len]) != mac {
             return Err(RootError::BadMac);
         }
-        parse_fields(bytes, body_len)
+        let mut root = parse_fields(bytes, body_len)?;
+        if let Some(namespace) = root.namespace {
+            let sealed = &bytes[ROOT_HEADER_LEN..ROOT_HEADER_LEN + SEALED_METADATA_LEN];
+            let plain =
+                keys.open_root_metadata(&bytes[..ROOT_HEADER_LEN], sealed).ok_or_else(|| RootError::BadField {
+                    field: "metadata",
+                    value: 0,
+                    why: "the sealed metadata does not open under the key that authenticates the root".into(),
+                })?;
+            parse_metadata(&plain, &mut root)?;
+            if keys.disk_namespace(&root.disk_id) != namespace {
+                return Err(RootError::BadField {
+                    field: "namespace",
+                    value: 0,
+                    why: "it is not the namespace of the disk identity the root seals".into(),
+                });
+            }
+        }
+        Ok(root)
     }
 
     /// Parses a root **without verifying its MAC**: for the vault's garbage
@@ -256,10 +349,10 @@ fn frame(b: &[u8]) -> Result<usize, RootError> {
         return Err(RootError::BadMagic);
     }
     let version = u16::from_le_bytes([b[AT_VERSION], b[AT_VERSION + 1]]);
-    if version != ROOT_VERSION {
+    if version != 1 && version != 2 {
         return Err(RootError::UnsupportedVersion(version));
     }
-    let pages_end = ROOT_HEADER_LEN as u64 + 32 * u64::from(get_u32(b, AT_PAGE_COUNT));
+    let pages_end = pages_start(version) as u64 + 32 * u64::from(get_u32(b, AT_PAGE_COUNT));
     let mismatch = |expected: u64| RootError::LengthMismatch { len: b.len(), expected };
     if pages_end + 4 + MAC_LEN as u64 > b.len() as u64 {
         return Err(mismatch(pages_end + 4 + MAC_LEN as u64));
@@ -275,19 +368,92 @@ fn frame(b: &[u8]) -> Result<usize, RootError> {
     Ok(b.len() - MAC_LEN)
 }
 
-/// Decodes and checks every field of a framed root.
+/// Where the page ids start: after the header, and in format 2 after the
+/// sealed metadata.
+fn pages_start(version: u16) -> usize {
+    if version == 1 {
+        ROOT_HEADER_LEN
+    } else {
+        ROOT_HEADER_LEN + SEALED_METADATA_LEN
+    }
+}
+
+/// The namespace as the vault names its chain: 32 lowercase hex digits.
+pub fn namespace_hex(ns: &[u8; 16]) -> String {
+    ns.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const META_VERSION: usize = 0;
+const META_NAME_LEN: usize = 1;
+const META_HOST_LEN: usize = 2;
+const META_DISK_ID: usize = 8;
+const META_CUT_GENERATION: usize = 24;
+const META_NAME: usize = 32;
+const META_HOST: usize = 96;
+const _: () = assert!(META_NAME + MAX_DISK_NAME == META_HOST && META_HOST + MAX_HOST_NAME == METADATA_LEN);
+
+/// Checks an opened format-2 metadata block and fills the sealed fields.
+fn parse_metadata(m: &[u8], root: &mut Root) -> Result<(), RootError> {
+    let bad = |field: &'static str, value: u64, why: &str| RootError::BadField { field, value, why: why.into() };
+    if m.len() != METADATA_LEN {
+        return Err(bad("metadata", m.len() as u64, "the metadata must be 160 bytes"));
+    }
+    if m[META_VERSION] != 1 {
+        return Err(bad("metadata version", u64::from(m[META_VERSION]), "must be 1"));
+    }
+    if let Some(at) = first_nonzero(m, META_HOST_LEN + 1..META_DISK_ID) {
+        return Err(bad("metadata reserved", u64::from(m[at]), "must be zero"));
+    }
+    let text = |len_at: usize, at: usize, max: usize, what: fn(String) -> RootError| {
+        let len = usize::from(m[len_at]);
+        if len > max {
+            return Err(what(format!("length {len}, at most {max}")));
+        }
+        if let Some(z) = first_nonzero(m, at + len..at + max) {
+            return Err(what(format!("metadata byte {z} past its length must be zero")));
+        }
+        std::str::from_utf8(&m[at..at + len]).map(str::to_string).map_err(|e| what(format!("not UTF-8: {e}")))
+    };
+    root.disk_name = text(META_NAME_LEN, META_NAME, MAX_DISK_NAME, RootError::BadName)?;
+    root.host = text(META_HOST_LEN, META_HOST, MAX_HOST_NAME, RootError::BadHost)?;
+    root.disk_id = get_array(m, META_DISK_ID);
+    root.cut_generation = get_u64(m, META_CUT_GENERATION);
+    Ok(())
+}
+
+/// Decodes and checks every field of a framed root that can be read
+/// without the key (for format 2, the sealed fields stay zero and empty).
 fn parse_fields(b: &[u8], body_len: usize) -> Result<Root, RootError> {
+    let version = u16::from_le_bytes([b[AT_VERSION], b[AT_VERSION + 1]]);
     let consistency = Consistency::try_from(b[AT_CONSISTENCY])?;
-    let name_len = usize::from(b[AT_NAME_LEN]);
-    if name_len > MAX_DISK_NAME {
-        return Err(RootError::BadName(format!("length {name_len}, at most 64")));
-    }
-    if let Some(at) = first_nonzero(b, AT_NAME + name_len..AT_SEQUENCE) {
-        return Err(RootError::BadName(format!("byte {at} past the name's length must be zero")));
-    }
-    let disk_name = std::str::from_utf8(&b[AT_NAME..AT_NAME + name_len])
-        .map_err(|e| RootError::BadName(format!("not UTF-8: {e}")))?
-        .to_string();
+    let (disk_id, disk_name, cut_generation, namespace) = if version == 1 {
+        let name_len = usize::from(b[AT_NAME_LEN]);
+        if name_len > MAX_DISK_NAME {
+            return Err(RootError::BadName(format!("length {name_len}, at most 64")));
+        }
+        if let Some(at) = first_nonzero(b, AT_NAME + name_len..AT_SEQUENCE) {
+            return Err(RootError::BadName(format!("byte {at} past the name's length must be zero")));
+        }
+        let disk_name = std::str::from_utf8(&b[AT_NAME..AT_NAME + name_len])
+            .map_err(|e| RootError::BadName(format!("not UTF-8: {e}")))?
+            .to_string();
+        (get_array(b, AT_DISK_ID), disk_name, get_u64(b, AT_CUT_GENERATION), None)
+    } else {
+        for (field, range) in [
+            ("reserved (format 2)", AT_NAME_LEN..AT_NAME_LEN + 1),
+            ("reserved (format 2)", AT_NAME..AT_SEQUENCE),
+            ("reserved (format 2)", AT_CUT_GENERATION..AT_DISK_SIZE),
+        ] {
+            if let Some(at) = first_nonzero(b, range) {
+                return Err(RootError::BadField {
+                    field,
+                    value: u64::from(b[at]),
+                    why: format!("byte {at} must be zero"),
+                });
+            }
+        }
+        ([0; 16], String::new(), 0, Some(get_array(b, AT_NAMESPACE)))
+    };
     for (field, range) in
         [("reserved0", AT_BLOCK_SIZE + 4..AT_BYTES_SHIPPED), ("reserved1", AT_PARENT + 32..ROOT_HEADER_LEN)]
     {
@@ -305,16 +471,19 @@ fn parse_fields(b: &[u8], body_len: usize) -> Result<Root, RootError> {
             why: format!("a {}-byte disk of {}-byte blocks has {want} pages", geometry.disk_size, geometry.block_size),
         });
     }
-    let pages_end = ROOT_HEADER_LEN + 32 * count as usize;
-    let pages = b[ROOT_HEADER_LEN..pages_end].chunks_exact(32).map(|c| PageId(get_array(c, 0))).collect();
+    let start = pages_start(version);
+    let pages_end = start + 32 * count as usize;
+    let pages = b[start..pages_end].chunks_exact(32).map(|c| PageId(get_array(c, 0))).collect();
     let parent = RootId(get_array(b, AT_PARENT));
     Ok(Root {
         consistency,
-        disk_id: get_array(b, AT_DISK_ID),
+        disk_id,
         disk_name,
+        host: String::new(),
+        namespace,
         sequence: get_u64(b, AT_SEQUENCE),
         cut_time_ns: get_u64(b, AT_CUT_TIME),
-        cut_generation: get_u64(b, AT_CUT_GENERATION),
+        cut_generation,
         geometry,
         bytes_shipped: get_u64(b, AT_BYTES_SHIPPED),
         parent: (!parent.is_zero()).then_some(parent),
@@ -329,9 +498,10 @@ fn fuzz_keys() -> Keys {
 }
 
 /// Runs the root parsers on `data` the way the `root` fuzz target does. An
-/// input accepted without the MAC must re-encode to the same bytes (MAC
-/// aside), and the re-encoding must authenticate under the key it was made
-/// with. Returns whether the structure was accepted. Panics only on a real bug.
+/// input accepted with the MAC must re-encode to the same bytes; one accepted
+/// without it must agree with the authenticated decode on every field it can
+/// read, and a format-1 root must re-encode (MAC aside) to the same bytes.
+/// Returns whether the structure was accepted. Panics only on a real bug.
 pub fn fuzz_root_bytes(data: &[u8]) -> bool {
     let keys = fuzz_keys();
     let authentic = Root::decode(data, &keys);
@@ -339,11 +509,23 @@ pub fn fuzz_root_bytes(data: &[u8]) -> bool {
         assert!(authentic.is_err(), "MAC-checked decode accepted what the structural decode refused");
         return false;
     };
-    let again = root.encode(&keys).expect("an accepted root encodes");
-    assert_eq!(again[..again.len() - MAC_LEN], data[..data.len() - MAC_LEN], "root round trip");
-    assert_eq!(Root::decode(&again, &keys).expect("own encoding authenticates"), root);
+    if root.namespace.is_none() {
+        let again = root.encode_version_1_for_tests(&keys).expect("an accepted format-1 root encodes");
+        assert_eq!(again[..again.len() - MAC_LEN], data[..data.len() - MAC_LEN], "root round trip");
+        assert_eq!(Root::decode(&again, &keys).expect("own encoding authenticates"), root);
+    }
     if let Ok(r) = authentic {
-        assert_eq!(r, root);
+        let sealed_fields_cleared = Root {
+            disk_id: root.disk_id,
+            disk_name: root.disk_name.clone(),
+            host: root.host.clone(),
+            cut_generation: root.cut_generation,
+            ..r.clone()
+        };
+        assert_eq!(sealed_fields_cleared, root, "the keyless decode disagrees with the keyed one");
+        if r.namespace.is_some() {
+            assert_eq!(r.encode(&keys).expect("an authentic root encodes"), data, "format-2 round trip");
+        }
     }
     true
 }
@@ -366,6 +548,8 @@ mod tests {
             consistency: Consistency::App,
             disk_id: *b"disk-identity-01",
             disk_name: "web-01-système".to_string(),
+            host: "hv-07.example".to_string(),
+            namespace: None,
             sequence: 42,
             cut_time_ns: 1_790_000_000_123_456_789,
             cut_generation: 41,
@@ -382,19 +566,71 @@ mod tests {
         assert_eq!(&blake3::hash(b"lifeboat point root v1").as_bytes()[..8], &ROOT_MAGIC);
     }
 
+    /// `r` as a keyed decode of its format-2 encoding under `k` returns it.
+    fn as_read(r: &Root, k: &Keys) -> Root {
+        Root { namespace: Some(k.disk_namespace(&r.disk_id)), ..r.clone() }
+    }
+
     #[test]
     fn round_trip() {
         let (k, r) = (keys(1), sample());
         let b = r.encode(&k).unwrap();
-        assert_eq!(b.len(), 192 + 4 * 32 + 4 + 3 + 32);
-        assert_eq!(Root::decode(&b, &k).unwrap(), r);
-        assert_eq!(Root::decode_unauthenticated(&b).unwrap(), r);
+        assert_eq!(b.len(), 192 + 200 + 4 * 32 + 4 + 3 + 32);
+        assert_eq!(Root::decode(&b, &k).unwrap(), as_read(&r, &k));
         assert_eq!(r.page_blocks(3), 1536..1537);
         let mut no_parent = r.clone();
         no_parent.parent = None;
         no_parent.extension.clear();
         let b = no_parent.encode(&k).unwrap();
-        assert_eq!(Root::decode(&b, &k).unwrap(), no_parent);
+        assert_eq!(Root::decode(&b, &k).unwrap(), as_read(&no_parent, &k));
+    }
+
+    #[test]
+    fn format_2_seals_name_identity_host_and_generation_and_shows_the_rest() {
+        let (k, r) = (keys(1), sample());
+        let b = r.encode(&k).unwrap();
+        for secret in [&b"web-01"[..], b"hv-07", b"disk-identity-01"] {
+            assert!(!b.windows(secret.len()).any(|w| w == secret), "{:?} is readable in the root", secret);
+        }
+        let keyless = Root::decode_unauthenticated(&b).unwrap();
+        assert_eq!((keyless.disk_name.as_str(), keyless.host.as_str(), keyless.disk_id), ("", "", [0; 16]));
+        assert_eq!(keyless.cut_generation, 0);
+        assert_eq!(keyless.namespace, Some(k.disk_namespace(b"disk-identity-01")));
+        assert_eq!(keyless.chain(), namespace_hex(&k.disk_namespace(b"disk-identity-01")));
+        assert_eq!(keyless.chain().len(), 32);
+        assert_eq!((keyless.sequence, keyless.cut_time_ns, keyless.parent), (r.sequence, r.cut_time_ns, r.parent));
+        assert_eq!((keyless.pages, keyless.geometry, keyless.extension), (r.pages.clone(), r.geometry, r.extension));
+        // Another identity is another namespace; another key too.
+        assert_ne!(k.disk_namespace(b"disk-identity-02"), k.disk_namespace(b"disk-identity-01"));
+        assert_ne!(keys(2).disk_namespace(b"disk-identity-01"), k.disk_namespace(b"disk-identity-01"));
+    }
+
+    #[test]
+    fn format_1_is_still_read_with_its_name_in_the_clear() {
+        let (k, r) = (keys(1), sample());
+        let b = r.encode_version_1_for_tests(&k).unwrap();
+        assert_eq!(b.len(), 192 + 4 * 32 + 4 + 3 + 32);
+        let v1 = Root { host: String::new(), ..r.clone() };
+        assert_eq!(Root::decode(&b, &k).unwrap(), v1);
+        assert_eq!(Root::decode_unauthenticated(&b).unwrap(), v1);
+        assert_eq!(v1.chain(), "web-01-système");
+    }
+
+    #[test]
+    fn a_root_whose_namespace_is_not_its_identitys_is_refused() {
+        // A key holder's writer bug (or a forged root): the namespace in the
+        // clear must be the one the sealed identity gives.
+        let (k, r) = (keys(1), sample());
+        let mut b = r.encode(&k).unwrap();
+        b[AT_NAMESPACE] ^= 1;
+        b.truncate(b.len() - MAC_LEN);
+        // Re-seal the metadata under the changed header so only the namespace check can see it.
+        let meta = r.metadata().unwrap();
+        let sealed = k.seal_root_metadata(&b[..ROOT_HEADER_LEN], &meta);
+        b[ROOT_HEADER_LEN..ROOT_HEADER_LEN + SEALED_METADATA_LEN].copy_from_slice(&sealed);
+        let mac = k.root_mac(&b);
+        b.extend_from_slice(mac.as_bytes());
+        assert!(matches!(Root::decode(&b, &k), Err(RootError::BadField { field: "namespace", .. })));
     }
 
     #[test]
@@ -432,7 +668,10 @@ mod tests {
         bad.disk_name = "x".repeat(65);
         bad.pages.push(PageId::ZERO);
         assert!(matches!(bad.encode(&k), Err(RootError::BadName(_))));
-        let mut c = r.encode_unmacced().unwrap();
+        bad.disk_name = "x".into();
+        bad.host = "h".repeat(65);
+        assert!(matches!(bad.encode(&k), Err(RootError::BadHost(_))));
+        let mut c = r.encode_unmacced(2, Some(&k)).unwrap();
         c[AT_CONSISTENCY] = 3;
         let mac = k.root_mac(&c);
         c.extend_from_slice(mac.as_bytes());
@@ -456,6 +695,7 @@ mod tests {
         let mut rng = crate::codec::XorShift(0x1234_5678_9abc_def1);
         let good = sample().encode(&fuzz_keys()).unwrap();
         assert!(fuzz_root_bytes(&good));
+        assert!(fuzz_root_bytes(&sample().encode_version_1_for_tests(&fuzz_keys()).unwrap()));
         let mut accepted = 0;
         for i in 0..3000 {
             let data = if i % 2 == 0 { rng.some_bytes(500) } else { rng.mutate(&good) };
@@ -481,6 +721,8 @@ mod tests {
                 consistency: if app { Consistency::App } else { Consistency::Crash },
                 disk_id: [3; 16],
                 disk_name: name,
+                host: "h".into(),
+                namespace: None,
                 sequence: seq,
                 cut_time_ns: time,
                 cut_generation: seq / 2,
@@ -492,7 +734,7 @@ mod tests {
             };
             let k = keys(7);
             let b = r.encode(&k).unwrap();
-            prop_assert_eq!(Root::decode(&b, &k).unwrap(), r);
+            prop_assert_eq!(Root::decode(&b, &k).unwrap(), as_read(&r, &k));
             prop_assert!(fuzz_root_bytes(&b));
         }
     }

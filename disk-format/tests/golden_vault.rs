@@ -17,6 +17,12 @@
 //! 1, which this code no longer writes: they are frozen (never regenerated,
 //! not even by LIFEBOAT_BLESS) and prove that vaults written before pack
 //! version 2 still restore; their corrupt variants are derived from them.
+//!
+//! Likewise `point-1.root`, `point-2.root` and their damaged variants
+//! (`tampered.root`, `truncated.root`, `other-key.root`) are root format 1
+//! (disk name and identity in the clear), frozen; `v2-*.root` are format 2,
+//! which this code writes: the same points, with name, identity, host and
+//! cut generation sealed.
 #![allow(clippy::cast_possible_truncation)] // fixture sizes are small
 
 use std::collections::HashMap;
@@ -132,6 +138,8 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
         consistency: Consistency::Crash,
         disk_id: *b"golden-disk-0001",
         disk_name: "golden".to_string(),
+        host: "golden-host".to_string(),
+        namespace: None,
         sequence: 1,
         cut_time_ns: 1_790_000_000_000_000_000,
         cut_generation: 1,
@@ -163,8 +171,8 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
     files.push(("point-1.page-1", map1.new_pages[0].1.clone()));
     files.push(("point-1.page-2", map1.new_pages[1].1.clone()));
     files.push(("point-2.page-1", map2.new_pages[0].1.clone()));
-    files.push(("point-2.root", root2.encode(&keys).unwrap()));
-    files.push(("point-1.root", root1_bytes));
+    files.push(("v2-point-2.root", root2.encode(&keys).unwrap()));
+    files.push(("v2-point-1.root", root1_bytes));
 
     // Corrupt fixtures.
     let mut out = corrupt(&files, &root2);
@@ -212,12 +220,13 @@ fn corrupt(files: &[(&'static str, Vec<u8>)], root2: &Root) -> Vec<(&'static str
     out.push(("bit-flip.page", f));
     out.push(("truncated.page", page[..page.len() - 32].to_vec()));
 
-    let root = get("point-2.root");
+    // Format 1 roots are frozen: only their format 2 namesakes are made here.
+    let root = get("v2-point-2.root");
     let mut f = root.clone();
     f[96] ^= 0x01; // sequence 2 -> 3
-    out.push(("tampered.root", f));
-    out.push(("truncated.root", root[..root.len() - 1].to_vec()));
-    out.push(("other-key.root", root2.encode(&other_master().keys()).unwrap()));
+    out.push(("v2-tampered.root", f));
+    out.push(("v2-truncated.root", root[..root.len() - 1].to_vec()));
+    out.push(("v2-other-key.root", root2.encode(&other_master().keys()).unwrap()));
     out
 }
 
@@ -336,11 +345,13 @@ fn vault_config_decodes_and_refuses_damage_and_the_wrong_key() {
 #[test]
 fn golden_points_restore_to_the_expected_disks() {
     for packs in [["golden-v2.pack", "other-v2.pack"], ["golden.pack", "other.pack"]] {
-        restore_golden_points(packs);
+        for roots in [["v2-point-1.root", "v2-point-2.root"], ["point-1.root", "point-2.root"]] {
+            restore_golden_points(packs, roots);
+        }
     }
 }
 
-fn restore_golden_points(packs: [&str; 2]) {
+fn restore_golden_points(packs: [&str; 2], roots: [&str; 2]) {
     let keys = master().keys();
     let g = geometry();
     let mut blobs: HashMap<BlockId, Vec<u8>> = HashMap::new();
@@ -363,11 +374,15 @@ fn restore_golden_points(packs: [&str; 2]) {
             (PageId::of(&b), b)
         })
         .collect();
-    let root1 = read("point-1.root");
-    for (name, point, written) in
-        [("point-1.root", 1, &POINT1[..]), ("point-2.root", 2, &[600, 601, 700, 1023, 1030, 1099][..])]
-    {
+    let root1 = read(roots[0]);
+    for (name, point, written) in [(roots[0], 1, &POINT1[..]), (roots[1], 2, &[600, 601, 700, 1023, 1030, 1099][..])] {
         let root = Root::decode(&read(name), &keys).unwrap();
+        assert_eq!(
+            (root.disk_name.as_str(), root.disk_id, root.cut_generation),
+            ("golden", *b"golden-disk-0001", point)
+        );
+        let format_2 = name.starts_with("v2-");
+        assert_eq!(root.host, if format_2 { "golden-host" } else { "" }, "{name}");
         assert_eq!((root.sequence, root.geometry, root.pages.len()), (point, g, 3));
         assert_eq!(root.parent, (point == 2).then(|| RootId::of(&root1)));
         let mut disk = vec![0u8; DISK_SIZE as usize];
@@ -392,7 +407,13 @@ fn restore_golden_points(packs: [&str; 2]) {
         }
         assert!(disk == want, "{name} restores to the wrong disk");
     }
-    // Field offsets of the root as FORMAT.md gives them.
+}
+
+/// Field offsets of both root formats as FORMAT.md gives them.
+#[test]
+fn root_fields_sit_where_the_format_says() {
+    let keys = master().keys();
+    let root1 = read("point-1.root");
     let r = read("point-2.root");
     assert_eq!(&r[0..8], &disk_format::point::ROOT_MAGIC);
     assert_eq!((r[10], r[11]), (2, 6));
@@ -404,6 +425,31 @@ fn restore_golden_points(packs: [&str; 2]) {
     assert_eq!(&r[192..224], &[0; 32], "page 0 is all zero");
     assert_eq!(u32::from_le_bytes(r[288..292].try_into().unwrap()), 0, "empty extension");
     assert_eq!(r.len(), 292 + 32);
+
+    // Format 2: the namespace at 16, nothing at 11, 32..96 or 112..120,
+    // the 200 sealed metadata bytes at 192, the page ids after them.
+    let root1 = read("v2-point-1.root");
+    let r = read("v2-point-2.root");
+    assert_eq!(&r[0..8], &disk_format::point::ROOT_MAGIC);
+    assert_eq!((u16::from_le_bytes([r[8], r[9]]), r[10], r[11]), (2, 2, 0));
+    assert_eq!(u32::from_le_bytes(r[12..16].try_into().unwrap()), 3);
+    assert_eq!(&r[16..32], &keys.disk_namespace(b"golden-disk-0001"));
+    assert_eq!(&r[32..96], &[0; 64]);
+    assert_eq!(u64::from_le_bytes(r[96..104].try_into().unwrap()), 2);
+    assert_eq!(&r[112..120], &[0; 8]);
+    assert_eq!(u64::from_le_bytes(r[120..128].try_into().unwrap()), DISK_SIZE);
+    assert_eq!(&r[144..176], RootId::of(&root1).as_bytes());
+    let plain = keys.open_root_metadata(&r[..192], &r[192..392]).expect("the metadata opens");
+    assert_eq!((plain[0], plain[1], plain[2]), (1, 6, 11));
+    assert_eq!(&plain[8..24], b"golden-disk-0001");
+    assert_eq!(u64::from_le_bytes(plain[24..32].try_into().unwrap()), 2);
+    assert_eq!((&plain[32..38], &plain[96..107]), (&b"golden"[..], &b"golden-host"[..]));
+    assert_eq!(&r[392..424], &[0; 32], "page 0 is all zero");
+    assert_eq!(u32::from_le_bytes(r[488..492].try_into().unwrap()), 0, "empty extension");
+    assert_eq!(r.len(), 492 + 32);
+    for secret in [&b"golden"[..], b"golden-disk-0001"] {
+        assert!(!r.windows(secret.len()).any(|w| w == secret), "{secret:?} is in the clear");
+    }
 }
 
 #[test]
@@ -480,13 +526,22 @@ fn corrupt_packs_refused(good_name: &str, names: PackNames) {
 
 #[test]
 fn corrupt_pages_and_roots_are_refused_with_the_right_error() {
+    corrupt_roots_refused("");
+    corrupt_roots_refused("v2-");
+}
+
+fn corrupt_roots_refused(v: &str) {
+    let read = |name: &str| read(&format!("{v}{name}"));
     let keys = master().keys();
     let root = Root::decode(&read("point-2.root"), &keys).unwrap();
-    let page = read("point-2.page-1");
+    let page = self::read("point-2.page-1");
     assert_eq!(root.check_page(1, &page).unwrap().first_block, 512);
-    assert!(matches!(root.check_page(1, &read("bit-flip.page")), Err(PageError::IdMismatch { .. })));
+    assert!(matches!(root.check_page(1, &self::read("bit-flip.page")), Err(PageError::IdMismatch { .. })));
     assert!(matches!(root.check_page(2, &page), Err(PageError::IdMismatch { .. })));
-    assert!(matches!(MapPage::decode(&read("truncated.page")), Err(PageError::LengthMismatch { count: 512, .. })));
+    assert!(matches!(
+        MapPage::decode(&self::read("truncated.page")),
+        Err(PageError::LengthMismatch { count: 512, .. })
+    ));
     assert_eq!(Root::decode(&read("tampered.root"), &keys), Err(RootError::BadMac));
     assert_eq!(Root::decode_unauthenticated(&read("tampered.root")).unwrap().sequence, 3);
     assert!(matches!(Root::decode(&read("truncated.root"), &keys), Err(RootError::LengthMismatch { .. })));

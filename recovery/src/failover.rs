@@ -27,7 +27,7 @@ use disk_format::keys::Keys;
 use disk_format::RootExtension;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use vault::Vault;
+use vault::{DiskPoints, Vault};
 
 use crate::error::RecoveryError;
 use crate::health::{self, Verdict};
@@ -104,6 +104,10 @@ pub struct Step {
 pub struct DiskPoint {
     /// The disk.
     pub disk: String,
+    /// The vault chain the point is in (the disk's namespace; its name for
+    /// format-1 points and for jobs written before chains had names).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chain: String,
     /// Its point id.
     pub point: u64,
     /// The point's cut, ns since the epoch.
@@ -116,6 +120,15 @@ pub struct DiskPoint {
 }
 
 impl DiskPoint {
+    /// The chain under which the vault stores the point.
+    pub fn chain(&self) -> &str {
+        if self.chain.is_empty() {
+            &self.disk
+        } else {
+            &self.chain
+        }
+    }
+
     /// The local copy instant recovery fills (beside `image`).
     pub fn instant_image(&self) -> PathBuf {
         self.image.with_extension("instant")
@@ -177,7 +190,7 @@ impl Served {
 /// Starts a detached process serving `point` of `disk` over NBD on
 /// `socket`, fetching into `image` (its present bitmap in `bitmap`); returns
 /// its pid once it listens.
-pub type ServeInstant<'a> = &'a (dyn Fn(&str, u64, &Path, &Path, &Path) -> Result<u32, String> + Sync);
+pub type ServeInstant<'a> = &'a (dyn Fn(&DiskPoint, &Path, &Path, &Path) -> Result<u32, String> + Sync);
 
 /// Where a job's vault and key file are, so that commit and cleanup (run
 /// later, maybe with no other reference to them) can record in the audit log.
@@ -287,6 +300,10 @@ pub struct Request<'a> {
     /// Steps the caller already ran for a new job (a planned failover's
     /// source shutdown and final cycle), recorded first.
     pub prelude: Vec<Step>,
+    /// Which disk of the VM's first disk's name is meant, when the vault
+    /// holds several (hosts that each protect a disk of that name); the
+    /// VM's other disks are then taken from the same host.
+    pub choice: vault::DiskChoice,
 }
 
 /// Called with each step as it starts and ends (the live view), and with
@@ -494,7 +511,7 @@ impl Site {
             let together = if points.len() > 1 {
                 let ids: Vec<Option<[u8; 16]>> = points
                     .iter()
-                    .map(|p| cut_group_at(req.vault, req.keys, &p.disk, p.point).map(|g| g.map(|g| g.id)))
+                    .map(|p| cut_group_at(req.vault, req.keys, p.chain(), p.point).map(|g| g.map(|g| g.id)))
                     .collect::<Result<_, _>>()?;
                 if ids[0].is_some() && ids.iter().all(|i| *i == ids[0]) {
                     "; its disks' points were cut together".to_string()
@@ -535,7 +552,7 @@ impl Site {
                 let socket = disks_dir.join(format!("{}.sock", p.disk));
                 let (image, bitmap) = (p.instant_image(), p.instant_bitmap());
                 let t = Instant::now();
-                let pid = serve(&p.disk, p.point, &image, &bitmap, &socket).map_err(RecoveryError::Qemu)?;
+                let pid = serve(&p, &image, &bitmap, &socket).map_err(RecoveryError::Qemu)?;
                 job.points[i].served = Some(Served { pid, socket: socket.clone() });
                 let detail = format!(
                     "point {} served on {} by pid {pid} after {:.2} s; blocks are fetched on first read while a \
@@ -562,7 +579,7 @@ impl Site {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| RecoveryError::io("creating", &tmp, e))?;
-            let report = req.vault.restore(&p.disk, p.point, req.keys, &file, &mut |_, _| {})?;
+            let report = req.vault.restore(p.chain(), p.point, req.keys, &file, &mut |_, _| {})?;
             file.sync_all().map_err(|e| RecoveryError::io("syncing", &tmp, e))?;
             fs::rename(&tmp, &p.image).map_err(|e| RecoveryError::io("renaming", &tmp, e))?;
             let detail = format!(
@@ -749,12 +766,14 @@ impl Site {
 
 /// Finds the VM's definition and the point of each of its disks.
 fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>), RecoveryError> {
-    let located = match &req.definition {
-        Some(d) => d.clone(),
-        None => locate(req.vault, req.keys, req.vm)?,
+    let disks = req.vault.disks_by_identity(req.keys)?;
+    let location = req.vault.backend().location();
+    let (located, first_disk) = match &req.definition {
+        Some(d) => (d.clone(), disks.pick(&d.disks[0], &req.choice, &location)?),
+        None => locate_in(req.vault, req.keys, req.vm, &disks, &req.choice)?,
     };
     let first = &located.disks[0].clone();
-    let points = req.vault.points(first)?;
+    let points = &first_disk.points;
     let pick = match req.point.unwrap_or(PointChoice::Latest) {
         PointChoice::Latest => points.iter().rev().find(|p| p.damage.is_none()).ok_or_else(|| {
             RecoveryError::NotFound(format!("disk {first:?} of VM {:?} has no usable recovery point", req.vm))
@@ -785,17 +804,18 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
     // The VM as it was at that cut, unless the caller gave a definition.
     let def = match &req.definition {
         Some(d) => d.clone(),
-        None => {
-            definition_at(req.vault, req.keys, first, pick.sequence)?.filter(|d| d.name == req.vm).unwrap_or(located)
-        }
+        None => definition_at(req.vault, req.keys, &pick.chain, pick.sequence)?
+            .filter(|d| d.name == req.vm)
+            .unwrap_or(located),
     };
-    let group = if def.disks.len() > 1 { cut_group_at(req.vault, req.keys, first, pick.sequence)? } else { None };
+    let group = if def.disks.len() > 1 { cut_group_at(req.vault, req.keys, &pick.chain, pick.sequence)? } else { None };
     let mut out = Vec::new();
     for disk in &def.disks {
-        let (point, cut) = if disk == first {
-            (pick.sequence, pick.cut_time_ns)
+        let (chain, point, cut) = if disk == first {
+            (pick.chain.clone(), pick.sequence, pick.cut_time_ns)
         } else {
-            let ps = req.vault.points(disk)?;
+            let other = same_host(&disks, disk, first_disk, &req.choice, &location)?;
+            let ps = &other.points;
             // The point of the same group cut, if the first disk's was one
             // (its cut time is within moments of the first disk's) ...
             let mut same = None;
@@ -805,7 +825,7 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
                     .rev()
                     .filter(|p| p.damage.is_none() && p.cut_time_ns.abs_diff(pick.cut_time_ns) < 60_000_000_000)
                 {
-                    if cut_group_at(req.vault, req.keys, disk, p.sequence)?.is_some_and(|h| h.id == g.id) {
+                    if cut_group_at(req.vault, req.keys, &p.chain, p.sequence)?.is_some_and(|h| h.id == g.id) {
                         same = Some(p);
                         break;
                     }
@@ -824,10 +844,11 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
                     },
                 )?,
             };
-            (p.sequence, p.cut_time_ns)
+            (p.chain.clone(), p.sequence, p.cut_time_ns)
         };
         out.push(DiskPoint {
             disk: disk.clone(),
+            chain,
             point,
             cut_time_ns: cut,
             image: dir.join("disks").join(format!("{disk}.raw")),
@@ -835,6 +856,27 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
         });
     }
     Ok((def, out))
+}
+
+/// The disk named `name` that belongs with `first` (a VM's first disk): the
+/// only one of that name, else the one protected from `first`'s host (a VM's
+/// disks replicate from one host), else the one `choice` picks.
+fn same_host<'a>(
+    disks: &'a vault::Disks,
+    name: &str,
+    first: &DiskPoints,
+    choice: &vault::DiskChoice,
+    location: &str,
+) -> Result<&'a DiskPoints, RecoveryError> {
+    let named: Vec<&DiskPoints> = disks.disks.iter().filter(|d| d.name == name).collect();
+    if named.len() > 1 && !first.host.is_empty() {
+        let from_first: Vec<&DiskPoints> = named.iter().copied().filter(|d| d.host == first.host).collect();
+        if let [one] = from_first.as_slice() {
+            return Ok(one);
+        }
+    }
+    let by_host = vault::DiskChoice { disk_id: None, host: choice.host.clone() };
+    Ok(disks.pick(name, &by_host, location)?)
 }
 
 /// The group cut point `sequence` of `disk` was taken in, if any.
@@ -870,19 +912,45 @@ pub fn definition_at(
 }
 
 /// Finds VM `vm`'s definition in the vault: the newest point of each disk
-/// carries the definition of the VM it belongs to.
-pub fn locate(vault: &Vault, keys: &Keys, vm: &str) -> Result<VmDefinition, RecoveryError> {
-    for disk in vault.disks()? {
-        let Some(last) = vault.points(&disk)?.into_iter().rev().find(|p| p.damage.is_none()) else { continue };
-        if let Some(def) = definition_at(vault, keys, &disk, last.sequence)? {
-            if def.name == vm && def.disks.first() == Some(&disk) {
-                return Ok(def);
+/// carries the definition of the VM it belongs to. When several hosts each
+/// protect a VM of that name, the one `choice` picks (its first disk's
+/// identity or host); else an error listing them.
+pub fn locate(vault: &Vault, keys: &Keys, vm: &str, choice: &vault::DiskChoice) -> Result<VmDefinition, RecoveryError> {
+    let disks = vault.disks_by_identity(keys)?;
+    locate_in(vault, keys, vm, &disks, choice).map(|(def, _)| def)
+}
+
+/// [`locate`] among `disks` (read once with the key), with the first disk's points.
+pub fn locate_in<'a>(
+    vault: &Vault,
+    keys: &Keys,
+    vm: &str,
+    disks: &'a vault::Disks,
+    choice: &vault::DiskChoice,
+) -> Result<(VmDefinition, &'a DiskPoints), RecoveryError> {
+    let mut found = Vec::new();
+    for d in &disks.disks {
+        let Some(last) = d.points.iter().rev().find(|p| p.damage.is_none()) else { continue };
+        if let Some(def) = definition_at(vault, keys, &last.chain, last.sequence)? {
+            if def.name == vm && def.disks.first() == Some(&d.name) && choice.accepts(d) {
+                found.push((def, d));
             }
         }
     }
-    Err(RecoveryError::NotFound(format!(
-        "no disk in vault {} carries a definition of VM {vm:?}: define it where it runs with `lifeboat vm define \
-         {vm} --disk DISK ...` (the definition travels with the next point), or pass --definition FILE",
-        vault.backend().location()
-    )))
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(RecoveryError::NotFound(format!(
+            "no disk in vault {} carries a definition of VM {vm:?}{}: define it where it runs with `lifeboat vm \
+             define {vm} --disk DISK ...` (the definition travels with the next point), or pass --definition FILE",
+            vault.backend().location(),
+            if *choice == vault::DiskChoice::default() { "" } else { " that --disk-id/--from-host accept" },
+        ))),
+        n => Err(RecoveryError::Refused(format!(
+            "vault {} holds {n} VMs named {vm:?} (protected from different hosts, or protected anew); nothing says \
+             which one is meant, so nothing was done: {}. Name one with --from-host HOST or --disk-id ID (of its \
+             first disk)",
+            vault.backend().location(),
+            vault::disks::describe(&found.iter().map(|(_, d)| *d).collect::<Vec<_>>())
+        ))),
+    }
 }

@@ -529,7 +529,6 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     /// A peer that closes with bytes of ours still unread makes our next read
     /// fail with ECONNRESET once its last messages are read. QEMU does that

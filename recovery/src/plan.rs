@@ -493,6 +493,7 @@ fn group(
                         origin: template.origin.clone(),
                         instant: template.instant,
                         prelude: Vec::new(),
+                        choice: template.choice.clone(),
                     };
                     let mut on_step = |s: &Step| (obs.vm_step)(number, vm, s);
                     let mut audit = |kind: &str, details: Value| {

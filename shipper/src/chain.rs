@@ -169,19 +169,20 @@ pub fn judge(
 }
 
 /// At the protected site (`points`, `restore`, `failover`): whether the
-/// vault lost points this host committed to it, without the key. `None`
-/// when the vault shows the recorded point (with the same root id) or newer
-/// ones without it (retention may prune it once it is not the newest), or
-/// when the point was recorded in another vault.
+/// vault lost points this host committed to it, given the disk's `points`
+/// there ([`vault::Vault::disk_points`]). `None` when the vault shows the
+/// recorded point (with the same root id) or newer ones without it
+/// (retention may prune it once it is not the newest), or when the point
+/// was recorded in another vault.
 pub fn check_vault(
     recorded: Option<&LastPoint>,
     vault: &vault::Vault,
-    disk: &str,
+    points: &[vault::PointSummary],
 ) -> Result<Option<Break>, vault::VaultError> {
     let Some(r) = recorded.filter(|r| r.vault_id == vault.config().vault_id) else { return Ok(None) };
-    let sequences = vault.sequences(disk)?;
-    if sequences.contains(&r.sequence) {
-        let id = match vault.load_root_with_id(disk, r.sequence, None) {
+    let newest = points.iter().map(|p| p.sequence).max();
+    if let Some(p) = points.iter().find(|p| p.sequence == r.sequence) {
+        let id = match vault.load_root_with_id(&p.chain, r.sequence, None) {
             Ok((_, id)) => id,
             // A damaged root is reported as damage by whoever lists it.
             Err(vault::VaultError::Damaged { .. }) => return Ok(None),
@@ -190,12 +191,12 @@ pub fn check_vault(
         return Ok((id != r.root_id).then_some(Break::Diverged {
             recorded: r.sequence,
             recorded_root: r.root_id,
-            newest: sequences.last().copied().unwrap_or(0),
+            newest: newest.unwrap_or(0),
         }));
     }
-    Ok(match sequences.last() {
+    Ok(match newest {
         None => Some(Break::Emptied { recorded: r.sequence }),
-        Some(&newest) if newest < r.sequence => Some(Break::RolledBack { recorded: r.sequence, newest }),
+        Some(newest) if newest < r.sequence => Some(Break::RolledBack { recorded: r.sequence, newest }),
         Some(_) => None,
     })
 }
@@ -245,6 +246,8 @@ mod tests {
             consistency: Consistency::Crash,
             disk_id: DISK,
             disk_name: "d".into(),
+            host: String::new(),
+            namespace: None,
             sequence,
             cut_time_ns: 1,
             cut_generation,

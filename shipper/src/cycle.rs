@@ -25,10 +25,14 @@ pub const PACK_TARGET: u64 = 32 << 20;
 
 /// How a cycle runs.
 pub struct CycleOptions<'a> {
-    /// The disk's name (its roots live under it in the vault).
+    /// The disk's name, sealed in every root (format-1 points, from before
+    /// 2026-12-04, live under it in the vault).
     pub disk_name: &'a str,
-    /// The disk's identity, recorded in every root.
+    /// The disk's identity, sealed in every root; its roots live under the
+    /// namespace the key gives it ([`vault::Vault::chain_of`]).
     pub disk_id: [u8; 16],
+    /// This host's name, sealed in every root (`points` shows it).
+    pub host: String,
     /// Hashing and sealing threads.
     pub workers: usize,
     /// Set from another thread to stop the cycle early (it is aborted and
@@ -72,6 +76,7 @@ impl<'a> CycleOptions<'a> {
         CycleOptions {
             disk_name,
             disk_id,
+            host: host_name(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cancel: None,
             clock: &system_clock,
@@ -79,6 +84,15 @@ impl<'a> CycleOptions<'a> {
             cut_hook: None,
         }
     }
+}
+
+/// This host's name (the kernel's), at most 64 bytes; empty if unreadable.
+pub fn host_name() -> String {
+    let mut name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    while name.len() > disk_format::point::MAX_HOST_NAME {
+        name.pop();
+    }
+    name
 }
 
 /// Nanoseconds since the Unix epoch by the system clock (0 before 1970).
@@ -148,6 +162,17 @@ fn runs(blocks: &[u64]) -> Vec<(u64, u64)> {
     out
 }
 
+/// The sequences of this disk's format-1 points (stored under its name
+/// before root format 2), ascending; empty when there are none.
+fn format_1_points(vault: &Vault, opts: &CycleOptions<'_>) -> Result<Vec<u64>, ShipError> {
+    let points = match vault.points(opts.disk_name) {
+        Ok(p) => p,
+        Err(vault::VaultError::BadName { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(points.iter().filter(|p| p.damage.is_none() && p.disk_id == opts.disk_id).map(|p| p.sequence).collect())
+}
+
 /// Runs one cycle: cut, ship, commit. On any error the cut is aborted (its
 /// blocks stay dirty for the next cycle) and no root is written.
 pub fn run_cycle(
@@ -161,21 +186,33 @@ pub fn run_cycle(
     vault.check_key(keys)?;
     // A cycle and a garbage collection never overlap (vault/src/gc.rs): the
     // lease is taken before the cut, so a busy vault costs nothing to undo.
-    let _cycle = vault.begin_cycle(opts.disk_name)?;
+    // The disk's points live under its namespace; before root format 2 they
+    // lived under its name, and the first cycle after the upgrade builds on
+    // the newest of those that is this disk's.
+    let own_chain = Vault::chain_of(keys, &opts.disk_id);
+    let _cycle = vault.begin_cycle(&own_chain)?;
     let geometry = source.geometry();
     let mut warnings = Vec::new();
     let vault_id = vault.config().vault_id;
     let recorded = source.last_point()?;
-    let last_sequence = vault.sequences(opts.disk_name)?.last().copied().unwrap_or(0);
-    let latest = match last_sequence {
-        0 => Ok(None),
-        seq => vault.load_root_with_id(opts.disk_name, seq, Some(keys)).map(Some),
+    let mut last_sequence = vault.sequences(&own_chain)?.last().copied().unwrap_or(0);
+    let legacy = if last_sequence == 0 { format_1_points(vault, opts)? } else { Vec::new() };
+    let latest = match (last_sequence, legacy.last()) {
+        (0, None) => Ok(None),
+        (0, Some(&seq)) => {
+            last_sequence = seq;
+            vault.load_root_with_id(opts.disk_name, seq, Some(keys)).map(Some)
+        }
+        (seq, _) => vault.load_root_with_id(&own_chain, seq, Some(keys)).map(Some),
     };
     let (previous, previous_id, base) = match latest {
         // Only the point the dirty maps are relative to can be built on
         // (`chain`): anything else gets a full verify, and says why.
         Ok(newest) => {
-            let mut point = |seq: u64| vault.load_root_with_id(opts.disk_name, seq, Some(keys)).ok();
+            let mut point = |seq: u64| match legacy.contains(&seq) {
+                true => vault.load_root_with_id(opts.disk_name, seq, Some(keys)).ok(),
+                false => vault.load_root_with_id(&own_chain, seq, Some(keys)).ok(),
+            };
             let newest_ref = newest.as_ref().map(|(r, id)| (r, *id));
             let base = chain::judge(recorded.as_ref(), vault_id, opts.disk_id, newest_ref, &mut point);
             let id = newest.as_ref().map(|(_, id)| *id);
@@ -265,6 +302,8 @@ pub fn run_cycle(
         consistency,
         disk_id: opts.disk_id,
         disk_name: opts.disk_name.to_string(),
+        host: opts.host.clone(),
+        namespace: None, // encode derives it from disk_id
         sequence,
         cut_time_ns,
         cut_generation: info.generation,
@@ -281,7 +320,7 @@ pub fn run_cycle(
     let commit =
         root.encode(keys).map_err(|e| ShipError::Format(format!("encoding the root: {e}"))).and_then(|bytes| {
             report.bytes_shipped += bytes.len() as u64;
-            vault.put_root(opts.disk_name, sequence, &bytes)?;
+            vault.put_root(&own_chain, sequence, &bytes)?;
             Ok(RootId::of(&bytes))
         });
     let root_id = match commit {

@@ -21,6 +21,11 @@ fn keys() -> Keys {
     MasterKey::from_bytes([42; 32]).keys()
 }
 
+/// The chain the points of the disk of identity `id` are stored under.
+fn chain(id: [u8; 16]) -> String {
+    Vault::chain_of(&keys(), &id)
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     paths: DiskPaths,
@@ -62,7 +67,7 @@ impl Fixture {
     fn restore(&self, vault: &Vault, seq: u64) -> Vec<u8> {
         let out = self.dir.path().join(format!("restored-{seq}.img"));
         let f = std::fs::File::create(&out).unwrap();
-        vault.restore("disk1", seq, &keys(), &f, &mut |_, _| {}).unwrap();
+        vault.restore(&chain([3; 16]), seq, &keys(), &f, &mut |_, _| {}).unwrap();
         drop(f);
         std::fs::read(out).unwrap()
     }
@@ -100,7 +105,7 @@ fn full_then_incremental_points_restore_exactly() {
     let image2 = std::fs::read(&f.paths.image).unwrap();
     assert_eq!(f.restore(&vault, 2), image2);
     assert_eq!(f.restore(&vault, 1), image1, "the older point is unchanged");
-    let points = vault.points("disk1").unwrap();
+    let points = vault.points(&chain([3; 16])).unwrap();
     assert_eq!(points.iter().map(|p| p.sequence).collect::<Vec<_>>(), vec![1, 2]);
 
     // Nothing changed: a cycle still commits a point, reading nothing.
@@ -226,7 +231,7 @@ fn a_failed_cycle_commits_nothing_and_loses_no_change() {
         f.write(&[(2, 3), (30, 4)]);
         let e = f.ship(&vault).unwrap_err();
         assert!(e.to_string().contains("injected failure"), "{kind}: {e}");
-        assert_eq!(vault.points("disk1").unwrap().len(), 1, "{kind}: a failed cycle left a point");
+        assert_eq!(vault.points(&chain([3; 16])).unwrap().len(), 1, "{kind}: a failed cycle left a point");
         assert_eq!(f.dirty(), vec![2, 30], "{kind}: the failed cycle's changes must stay dirty");
         // With the vault healthy again the next cycle ships them.
         let healthy = Vault::open(local(f.dir.path())).unwrap();
@@ -260,11 +265,12 @@ fn a_suspect_state_is_verified_in_full_and_then_cleared() {
     assert!(!r.full);
 }
 
-/// Regression test for issue 4 (failback): a disk protected anew under a
-/// name whose newest point was cut from another disk (its recovered copy
-/// shipping back) must not build an incremental on that chain — its dirty
-/// map says nothing about what differs. Its first cycle reads the whole
-/// disk, sends only blocks the vault lacks, and restores to this disk.
+/// Regression test for issue 4 (failback) and issue 12 (hole 2): a disk
+/// protected anew under a name that another disk's points already use (its
+/// recovered copy shipping back, another host) gets a chain of its own: it
+/// never builds on the other disk's points, nor adds to their chain. Its
+/// first cycle reads the whole disk, sends only blocks the vault lacks (the
+/// block index is shared), and restores to this disk.
 #[test]
 fn a_new_disk_under_a_name_with_points_of_another_disk_syncs_in_full() {
     let f = Fixture::new();
@@ -287,10 +293,17 @@ fn a_new_disk_under_a_name_with_points_of_another_disk_syncs_in_full() {
     src.close().unwrap();
     assert!(r.full && r.blocks_read == BLOCKS, "{r:?}");
     assert_eq!(r.new_blocks, 1, "only the changed block is new to the vault: {r:?}");
-    assert!(r.warnings.iter().any(|w| w.contains("another disk")), "{:?}", r.warnings);
+    assert_eq!((r.sequence, r.chain_break.as_ref()), (1, None), "a chain of its own: {r:?}");
+    assert_ne!(chain([9; 16]), chain([3; 16]));
+    assert_eq!(vault.sequences(&chain([3; 16])).unwrap(), [1], "the first disk's chain is untouched");
+    let mut chains = vault.disks().unwrap();
+    chains.sort();
+    let mut want = vec![chain([3; 16]), chain([9; 16])];
+    want.sort();
+    assert_eq!(chains, want, "no chain is named after the disk");
     let out = f.dir.path().join("g.img");
     let file = std::fs::File::create(&out).unwrap();
-    vault.restore("disk1", r.sequence, &keys(), &file, &mut |_, _| {}).unwrap();
+    vault.restore(&chain([9; 16]), r.sequence, &keys(), &file, &mut |_, _| {}).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&g.paths.image).unwrap());
 }
 
@@ -309,8 +322,8 @@ fn deleted_newest_roots_make_the_next_cycle_a_full_verify() {
     f.ship(&vault).unwrap();
     f.write(&[(4, 3)]);
     assert_eq!(f.ship(&vault).unwrap().sequence, 3);
-    vault.delete_root("disk1", 3).unwrap();
-    vault.delete_root("disk1", 2).unwrap();
+    vault.delete_root(&chain([3; 16]), 3).unwrap();
+    vault.delete_root(&chain([3; 16]), 2).unwrap();
     f.write(&[(7, 4)]);
     let r = f.ship(&vault).unwrap();
     assert_eq!(
@@ -388,7 +401,6 @@ fn a_point_committed_but_never_recorded_is_built_on() {
             self.0.direct()
         }
     }
-    use shipper::CutSource;
     let f = Fixture::new();
     let vault = f.vault(local(f.dir.path()));
     f.write(&[(0, 1)]);
@@ -406,4 +418,56 @@ fn a_point_committed_but_never_recorded_is_built_on() {
     assert!(!r.full && r.warnings.is_empty() && r.blocks_read == 2, "{r:?}");
     assert_eq!(r.sequence, 3);
     assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
+}
+
+/// Issue 12, holes 2 and 10: a vault written before root format 2 keeps a
+/// disk's points under its name, in format 1. After the upgrade the disk's
+/// first cycle builds on the point its state recorded there (an incremental,
+/// no full verify), writes format 2 under its namespace, and both points are
+/// the disk's.
+#[test]
+fn the_first_cycle_after_the_upgrade_builds_on_the_format_1_point_on_record() {
+    use disk_format::{LastPoint, Root, RootId};
+    let f = Fixture::new();
+    let vault = f.vault(local(f.dir.path()));
+    let k = keys();
+    f.write(&[(0, 1), (5, 2)]);
+    f.ship(&vault).unwrap();
+    // Make point 1 what an older Lifeboat wrote: format 1, under the name,
+    // and recorded so in the state file.
+    let ns = chain([3; 16]);
+    let v2 = vault.backend().get(Kind::Root, &vault::root_name(&ns, 1)).unwrap();
+    let v1 = Root::decode(&v2, &k).unwrap().encode_version_1_for_tests(&k).unwrap();
+    vault.put_root("disk1", 1, &v1).unwrap();
+    vault.delete_root(&ns, 1).unwrap();
+    {
+        let d = Disk::open(f.paths.clone()).unwrap();
+        let cut = d.cut(filter::CutKind::Dirty).unwrap();
+        let point = LastPoint {
+            vault_id: vault.config().vault_id,
+            sequence: 1,
+            root_id: RootId::of(&v1),
+            cut_generation: cut.generation,
+        };
+        d.finish_cut(point, false).unwrap();
+        d.close().unwrap();
+    }
+    f.write(&[(9, 3)]);
+    let r = f.ship(&vault).unwrap();
+    assert!(!r.full && r.chain_break.is_none() && r.blocks_read == 1, "{r:?}");
+    assert_eq!(r.sequence, 2);
+    assert_eq!(vault.sequences(&ns).unwrap(), [2]);
+    assert_eq!(vault.sequences("disk1").unwrap(), [1]);
+    let root2 = vault.load_root(&ns, 2, Some(&k)).unwrap();
+    assert_eq!(root2.parent, Some(RootId::of(&v1)));
+    assert_eq!(root2.namespace, Some(k.disk_namespace(&[3; 16])));
+    assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+    // The disk's points are both, each from its chain.
+    let points = vault.disk_points(&k, "disk1", &[3; 16]).unwrap().points;
+    let listed: Vec<(u64, &str)> = points.iter().map(|p| (p.sequence, p.chain.as_str())).collect();
+    assert_eq!(listed, [(1, "disk1"), (2, ns.as_str())]);
+    // A recovery site finds one disk of that name, with both points.
+    let disks = vault.disks_by_identity(&k).unwrap();
+    let d = disks.pick("disk1", &vault::DiskChoice::default(), "v").unwrap();
+    assert_eq!((d.disk_id, d.points.len()), ([3; 16], 2));
 }

@@ -124,7 +124,9 @@ fn cycles_ship_the_cut_while_writers_overwrite_the_disk() {
             assert_eq!(report.full, cycle == 0, "{engine}");
             let out = vault_dir.path().join(format!("restored-{cycle}"));
             let f = std::fs::File::create(&out).unwrap();
-            vault.restore("disk1", report.sequence, &keys(), &f, &mut |_, _| {}).unwrap();
+            vault
+                .restore(&vault::Vault::chain_of(&keys(), &opts.disk_id), report.sequence, &keys(), &f, &mut |_, _| {})
+                .unwrap();
             drop(f);
             let restored = std::fs::read(&out).unwrap();
             let snapshot = at_cut.snapshot.unwrap();

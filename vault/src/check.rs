@@ -280,6 +280,9 @@ impl Vault {
                 }
             };
             let _ = chain.insert((disk.to_string(), sequence), (*blake3::hash(&bytes).as_bytes(), root.parent));
+            // With the key the point is named by its disk (a format-2 chain
+            // is a keyed id); without, by its chain.
+            let point = if root.disk_name.is_empty() { point } else { point_label(&root.disk_name, sequence) };
             let g = root.geometry;
             let mut block_problems = 0usize;
             let mut note = |report: &mut CheckReport, object: String, block: u64, detail: String| {

@@ -159,6 +159,32 @@ pub enum VaultError {
         /// The backend's location.
         location: String,
     },
+    /// No disk of that name has points in the vault (or none that the key
+    /// opens).
+    #[error("vault {location} holds no points of a disk named {name:?}{detail}")]
+    NoSuchDisk {
+        /// The name asked for.
+        name: String,
+        /// The backend's location.
+        location: String,
+        /// What narrowed the search, or what else the vault holds.
+        detail: String,
+    },
+    /// Several disks of one name (different identities: protected from two
+    /// hosts, or protected anew) hold points, and nothing said which.
+    #[error(
+        "vault {location} holds {count} disks named {name:?}, each with its own points (protected from different          hosts, or protected anew); nothing says which one is meant, so nothing was done: {candidates}. Name one          with --disk-id ID, or --from-host HOST when their hosts differ"
+    )]
+    AmbiguousDisk {
+        /// The name asked for.
+        name: String,
+        /// The backend's location.
+        location: String,
+        /// How many disks matched.
+        count: usize,
+        /// Each of them: identity, host, newest point.
+        candidates: String,
+    },
     /// An object a point needs is missing, damaged, not authentic or
     /// misplaced. Nothing read from it was returned or written as data; an
     /// image being restored is incomplete and should be deleted.

@@ -23,6 +23,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod disks;
 pub mod error;
 pub mod gc;
 pub mod index;
@@ -36,6 +37,7 @@ pub mod store;
 
 pub use backend::{Backend, Kind, ObjectWriter, DIRECT_ALIGN};
 pub use check::{CheckReport, Problem};
+pub use disks::{DiskChoice, DiskPoints, Disks, UnreadableChain};
 pub use error::{Damage, VaultError};
 pub use gc::{GarbagePack, GcReport};
 pub use index::{BlockIndex, BlockLocation, UnreadablePack};

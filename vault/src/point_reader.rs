@@ -40,7 +40,8 @@ impl Vault {
         keys: &Arc<Keys>,
     ) -> Result<PointReader, VaultError> {
         let root = vault.load_root(disk, sequence, Some(keys))?;
-        let point = point_label(disk, sequence);
+        // Named by the disk the key shows (its chain is a keyed id).
+        let point = point_label(&root.disk_name, sequence);
         let index = vault.block_index()?;
         let (jobs, _) = vault.plan(&point, &root, &index)?;
         let count = usize::try_from(root.geometry.block_count).expect("a block map fits in memory");

@@ -126,7 +126,8 @@ impl Vault {
         // Held until the restore returns: prune keeps the point meanwhile.
         let _hold = self.hold(disk, sequence, "restore")?;
         let root = self.load_root(disk, sequence, Some(keys))?;
-        let point = point_label(disk, sequence);
+        // Named by the disk the key shows (its chain is a keyed id).
+        let point = point_label(&root.disk_name, sequence);
         let index = self.block_index()?;
         let (jobs, zeros) = self.plan(&point, &root, &index)?;
         let geometry = root.geometry;

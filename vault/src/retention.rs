@@ -236,6 +236,7 @@ mod tests {
             disk_size: 0,
             block_size: 0,
             root_name: String::new(),
+            chain: String::new(),
             cut_group: None,
             disk_id: [0; 16],
         }

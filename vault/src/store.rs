@@ -5,13 +5,18 @@
 //! config/config                  the vault config (key fingerprint, never the key)
 //! packs/HEX(PackId)              packs of sealed blocks
 //! pages/HEX(PageId)              map pages
-//! roots/DISK/SEQUENCE            point roots; SEQUENCE is 20 zero-padded digits,
-//!                                so names sort in sequence order
+//! roots/CHAIN/SEQUENCE           point roots; SEQUENCE is 20 zero-padded digits,
+//!                                so names sort in sequence order. CHAIN is the
+//!                                disk's namespace (32 hex digits, a keyed id of
+//!                                its identity: root format 2) or, for points
+//!                                written before 2026-12-04, its name (format 1)
 //! leases/...                     restores, cycles and garbage collections in
 //!                                progress (see `lease.rs`)
 //! ```
 //!
-//! The shipper writes a point's packs, then its pages, then its root, each
+//! Everything here names a chain as the vault does (the `disk` arguments):
+//! [`crate::disks`] maps a disk's name and identity to its chains, with the
+//! key. The shipper writes a point's packs, then its pages, then its root, each
 //! durably ([`Backend::put`]), so a root in the vault means the whole point is
 //! (invariant 4). Reading a root with the key verifies its MAC and that it is
 //! stored under its own disk and sequence; reading one without the key
@@ -78,17 +83,20 @@ pub struct PointSummary {
     pub disk_size: u64,
     /// Block size of the disk.
     pub block_size: u32,
-    /// The root's object name (`DISK/SEQUENCE`, kind [`Kind::Root`]).
+    /// The root's object name (`CHAIN/SEQUENCE`, kind [`Kind::Root`]).
     pub root_name: String,
+    /// The chain it is stored under (the namespace, or a format-1 disk name).
+    pub chain: String,
     /// Why the root could not be read, if it is damaged (the other fields
     /// are then zero). A damaged point is listed, never restored or pruned.
     pub damage: Option<String>,
     /// The id of the group cut it was taken in with other disks, if any
     /// (read without the key; informational).
     pub cut_group: Option<[u8; 16]>,
-    /// The identity of the disk the point was cut from (read without the
-    /// key; zero for a damaged root). Two disks of one name have different
-    /// identities.
+    /// The identity of the disk the point was cut from (zero for a damaged
+    /// root). Read without the key from a format-1 root; sealed in format 2,
+    /// so zero here until [`crate::disks`] fills it in from the chain's
+    /// identity. Two disks of one name have different identities.
     pub disk_id: [u8; 16],
 }
 
@@ -217,8 +225,8 @@ impl Vault {
         let name = root_name(disk, sequence);
         let invalid = |detail: String| VaultError::Invalid { object: format!("roots/{name}"), detail };
         let root = Root::decode_unauthenticated(bytes).map_err(|e| invalid(e.to_string()))?;
-        if root.disk_name != disk || root.sequence != sequence {
-            return Err(invalid(format!("the root is point {}", point_label(&root.disk_name, root.sequence))));
+        if root.chain() != disk || root.sequence != sequence {
+            return Err(invalid(format!("the root is point {}", point_label(&root.chain(), root.sequence))));
         }
         self.backend.put(Kind::Root, &name, bytes)
     }
@@ -324,6 +332,7 @@ impl Vault {
                     disk_size: root.geometry.disk_size,
                     block_size: root.geometry.block_size,
                     root_name: root_name(disk, seq),
+                    chain: disk.to_string(),
                     damage: None,
                     cut_group: disk_format::root_ext::cut_group_unauthenticated(&root.extension).map(|g| g.id),
                     disk_id: root.disk_id,
@@ -336,6 +345,7 @@ impl Vault {
                     disk_size: 0,
                     block_size: 0,
                     root_name: root_name(disk, seq),
+                    chain: disk.to_string(),
                     damage: Some(e.to_string()),
                     cut_group: None,
                     disk_id: [0; 16],
@@ -369,12 +379,13 @@ pub(crate) fn decode_root(name: &str, bytes: &[u8], keys: Option<&Keys>) -> Resu
         (damage, e.to_string())
     })?;
     let (disk, sequence) = parse_root_name(name).ok_or((Damage::Misplaced, "not a root name".to_string()))?;
-    if root.disk_name != disk || root.sequence != sequence {
+    if root.chain() != disk || root.sequence != sequence {
         return Err((
             Damage::Misplaced,
             format!(
-                "the root inside is point {} of disk {:?}: a root moved or swapped between disks or points is refused",
-                root.sequence, root.disk_name
+                "the root inside is point {} of chain {:?}: a root moved or swapped between disks or points is refused",
+                root.sequence,
+                root.chain()
             ),
         ));
     }

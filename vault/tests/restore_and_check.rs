@@ -444,7 +444,7 @@ fn roots_swapped_between_disks_or_points_are_refused() {
     let (point, _, object, damage, msg) = damaged(f.restore("web", 2).unwrap_err());
     assert_eq!((point.as_str(), damage), ("web/2", Damage::Misplaced), "{msg}");
     assert_eq!(object, "roots/web/00000000000000000002");
-    assert!(msg.contains("point 1 of disk"), "{msg}");
+    assert!(msg.contains("point 1 of chain"), "{msg}");
     assert!(f.vault.latest_root("web", Some(&f.keys)).is_err());
 }
 
@@ -544,7 +544,7 @@ fn a_block_of_the_wrong_length_is_refused() {
         f.vault.put_page(id, bytes).unwrap();
     }
     let root3 = disk_format::Root { sequence: 3, pages: built.pages, parent: None, ..root2 };
-    f.vault.put_root("web", 3, &root3.encode(&f.keys).unwrap()).unwrap();
+    f.vault.put_root("web", 3, &root3.encode_version_1_for_tests(&f.keys).unwrap()).unwrap();
     let (point, block, _, damage, msg) = damaged(f.restore("web", 3).unwrap_err());
     assert_eq!((point.as_str(), block, damage), ("web/3", Some(0), Damage::Misplaced), "{msg}");
     assert!(msg.contains("3096"), "{msg}");

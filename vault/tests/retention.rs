@@ -26,6 +26,7 @@ fn summary(sequence: u64, cut_time_ns: u64) -> PointSummary {
         bytes_shipped: 0,
         disk_size: 0,
         block_size: 0,
+        chain: String::new(),
         root_name: String::new(),
         cut_group: None,
         disk_id: [0; 16],

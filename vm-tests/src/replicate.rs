@@ -91,6 +91,8 @@ pub struct PointInfo {
     pub consistency: String,
     /// Disk size at the cut.
     pub disk_size: u64,
+    /// The point's root object in the vault: `roots/CHAIN/SEQUENCE`.
+    pub root_object: String,
 }
 
 impl PointInfo {
@@ -113,6 +115,7 @@ impl PointInfo {
                     cut_time_ns: num("cut_time_ns"),
                     consistency: string("consistency"),
                     disk_size: num("disk_size"),
+                    root_object: string("root_object"),
                 }
             })
             .collect()
@@ -222,6 +225,22 @@ impl Home {
         let list = PointInfo::parse_list(&self.run_clean_ok(&["points", name, "--json"]).stdout);
         assert!(list.windows(2).all(|w| w[0].id < w[1].id), "`points` lists ids out of order: {list:?}");
         list
+    }
+
+    /// The name of point `sequence` of disk `name` in its vault (`CHAIN/` and
+    /// 20 digits), as `points --json` gives it: the vault names a disk's
+    /// chain by a keyed id, never by its name.
+    pub fn root_name(&self, name: &str, sequence: u64) -> String {
+        let chain = self.chain(name);
+        root_name(&chain, sequence)
+    }
+
+    /// The chain disk `name`'s points are stored under (from its newest point).
+    pub fn chain(&self, name: &str) -> String {
+        let points = self.points(name);
+        let newest = points.last().unwrap_or_else(|| panic!("disk {name} has no point: its chain is unknown"));
+        let object = newest.root_object.strip_prefix("roots/").expect("roots/CHAIN/SEQUENCE");
+        object.split('/').next().expect("CHAIN/SEQUENCE").to_string()
     }
 
     /// `lifeboat restore NAME --point POINT --out OUT --force` from the

@@ -498,7 +498,7 @@ fn retention(
     last_gc: &mut Option<Instant>,
 ) {
     let name = &t.name;
-    let pruned = match vault.prune(name, policy, now_ns()) {
+    let pruned = match vault.prune_disk(&t.keys, name, &t.disk_id, policy, now_ns()) {
         Ok(r) => {
             if !r.pruned.is_empty() {
                 let details = serde_json::json!({ "pruned": r.pruned, "kept": r.kept, "held": r.held, "by": "agent" });

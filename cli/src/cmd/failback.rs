@@ -28,6 +28,11 @@ pub struct Args {
     /// disks to (default: the newest, i.e. what --prepare shipped).
     #[arg(long, conflicts_with = "prepare")]
     point: Option<u64>,
+    /// At the original site: which copy to bring back when the vault holds several other disks of a
+    /// disk's name (default: the one with the newest point, i.e. what the last --prepare shipped;
+    /// --disk-id applies to the VM's first disk).
+    #[command(flatten)]
+    choose: crate::disk_pick::ChooseArgs,
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
@@ -109,9 +114,10 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
         let r = super::ship::once(home, &p.disk, super::ship::Bar::new("", false).quiet_when_done())
             .with_context(|| format!("shipping disk {:?} of VM {name:?} back", p.disk))?;
         shipped += r.bytes_shipped;
+        let disk_id = crate::disk_pick::own_identity(home, &p.disk).map(|id| crate::output::hex(&id));
         points.push(json!({
-            "disk": p.disk, "point": r.sequence, "blocks_read": r.blocks_read, "new_blocks": r.new_blocks,
-            "bytes_shipped": r.bytes_shipped,
+            "disk": p.disk, "disk_id": disk_id, "point": r.sequence, "blocks_read": r.blocks_read,
+            "new_blocks": r.new_blocks, "bytes_shipped": r.bytes_shipped,
         }));
     }
     site.mark_failed_back(name)?;
@@ -138,7 +144,7 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
 
 /// Waits until instant recovery's local copy of `p` holds every block.
 fn wait_for_copy(vault: &vault::Vault, p: &recovery::failover::DiskPoint, vm: &str, timeout: Duration) -> Result<()> {
-    let summary = vault.points(&p.disk)?.into_iter().find(|s| s.sequence == p.point);
+    let summary = vault.points(p.chain())?.into_iter().find(|s| s.sequence == p.point);
     let blocks = summary.map_or(0, |s| s.disk_size.div_ceil(u64::from(s.block_size.max(1))));
     let started = std::time::Instant::now();
     loop {
@@ -181,19 +187,38 @@ fn converge(home: &Home, a: &Args) -> Result<()> {
         if !crate::cmd::protect::lock_state(&state) {
             bail!("disk {disk:?} is in use (the agent or a filter serves it): stop it, then run failback again");
         }
-        let seq = match (i, a.point) {
-            (0, Some(p)) => p,
-            _ => vault
-                .points(disk)?
+        // The copy to bring back: the recovery site protects the recovered
+        // disk as a disk of its own (--prepare) under the same name.
+        let copy = recovered_copy(&vault, &keys, disk, &a.choose, i == 0)?;
+        let own = entry.disk_id()? == copy.disk_id;
+        let (seq, chain) = match (i, a.point) {
+            (0, Some(p)) => match copy.point(p) {
+                Some(s) => (p, s.chain.clone()),
+                None => bail!("the recovered copy of disk {disk:?} (identity {}) has no point {p}", copy.disk_id_hex()),
+            },
+            _ => copy
+                .points
                 .iter()
                 .rev()
                 .find(|p| p.damage.is_none())
-                .map(|p| p.sequence)
-                .with_context(|| format!("disk {disk:?} has no usable point"))?,
+                .map(|p| (p.sequence, p.chain.clone()))
+                .with_context(|| format!("the recovered copy of disk {disk:?} has no usable point"))?,
         };
-        let _hold = vault.hold(disk, seq, "failback")?;
+        filter::log_line!(
+            "[{name}] disk {disk}: point {seq} of {}",
+            if own {
+                "this host's own disk (nothing was shipped back since)".to_string()
+            } else {
+                format!(
+                    "the recovered copy, identity {} from host {}",
+                    copy.disk_id_hex(),
+                    if copy.host.is_empty() { "not recorded" } else { &copy.host }
+                )
+            }
+        );
+        let _hold = vault.hold(&chain, seq, "failback")?;
         let reader =
-            Vault::point_reader(&vault, disk, seq, &keys).with_context(|| format!("point {seq} of disk {disk:?}"))?;
+            Vault::point_reader(&vault, &chain, seq, &keys).with_context(|| format!("point {seq} of disk {disk:?}"))?;
         let image = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -237,4 +262,31 @@ fn converge(home: &Home, a: &Args) -> Result<()> {
         outln!("VM {name}: disks brought to the recovered VM's last point, {fetched} bytes fetched; start it again through `lifeboat agent` (protection resumes)");
     }
     Ok(())
+}
+
+/// The copy of `disk` a failback brings back: among the vault's disks of that
+/// name, the one the flags pick, else the one with the newest point — what
+/// the last `failback --prepare` shipped (the recovered copy, a disk of its
+/// own), or this host's own disk when nothing was shipped back since.
+fn recovered_copy(
+    vault: &Vault,
+    keys: &disk_format::Keys,
+    disk: &str,
+    choose: &crate::disk_pick::ChooseArgs,
+    first: bool,
+) -> Result<vault::DiskPoints> {
+    let all = vault.disks_by_identity(keys)?;
+    let mut choice = choose.choice()?;
+    if !first {
+        choice.disk_id = None;
+    }
+    let newest = |d: &vault::DiskPoints| d.points.iter().rev().find(|p| p.damage.is_none()).map(|p| p.cut_time_ns);
+    all.named(disk).filter(|d| choice.accepts(d)).max_by_key(|d| newest(d)).cloned().with_context(|| {
+        format!(
+            "vault {} holds no point of disk {disk:?}{}: run `lifeboat failback VM --prepare` at the recovery site \
+             first (it ships the recovered disk back)",
+            vault.backend().location(),
+            if choose.given() { " that --disk-id/--from-host accept" } else { "" }
+        )
+    })
 }

@@ -106,6 +106,10 @@ struct RunArgs {
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
+    /// When several hosts protect a VM of this name into the vault: which one (by its first disk's
+    /// identity, or its host). At the protected site the VM this host protects is taken.
+    #[command(flatten)]
+    choose: crate::disk_pick::ChooseArgs,
     /// Print the job as JSON: {"vm", "kind", "point", "rto_seconds", "health", "steps", ...}.
     #[arg(long)]
     json: bool,
@@ -253,10 +257,15 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
     };
     let (vault_dir, key_path) = site_paths(home, &name, a.vault.clone(), a.key.clone())?;
     let kv = keys_for(home, &name, Some(vault_dir.clone()), Some(key_path.clone()))?;
+    let mut choice = a.choose.choice()?;
     if let Some(def) = home.vms().ok().and_then(|vms| vms.into_iter().find(|d| d.name == name)) {
         for disk in &def.disks {
-            let _ = crate::replicate::warn_if_vault_lost_points(home, disk, &kv.1);
-            let _ = crate::replicate::warn_if_latest_is_another_disk(home, disk, &kv.1);
+            let _ = crate::replicate::warn_if_vault_lost_points(home, disk, &kv.1, &kv.0);
+        }
+        // At the protected site the VM is this host's: its first disk's
+        // identity picks it among VMs of that name other hosts protect.
+        if !a.choose.given() {
+            choice.disk_id = def.disks.first().and_then(|d| crate::disk_pick::own_identity(home, d));
         }
     }
     let serve = super::instant::launcher(absolute(&vault_dir), absolute(&key_path));
@@ -286,6 +295,7 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
         origin,
         instant: if a.instant { Some(&serve) } else { None },
         prelude,
+        choice,
     };
     let live = !a.json || std::io::stderr().is_terminal();
     let mut step = |s: &Step| {

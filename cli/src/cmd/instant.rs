@@ -27,6 +27,9 @@ pub struct Args {
     /// The disk whose point to serve.
     #[arg(long)]
     disk: String,
+    /// The vault chain the point is in (default: found with the key, from the only disk of that name).
+    #[arg(long)]
+    chain: Option<String>,
     /// The point id.
     #[arg(long)]
     point: u64,
@@ -47,8 +50,16 @@ pub fn run(_home: &Home, a: Args) -> Result<()> {
     let vault = Arc::new(super::vault::open(&a.vault)?);
     vault.check_key(&keys)?;
     // Held while serving: retention does not prune the point meanwhile.
-    let _hold = vault.hold(&a.disk, a.point, "instant recovery")?;
-    let reader = Vault::point_reader(&vault, &a.disk, a.point, &keys)
+    let chain = match a.chain.clone() {
+        Some(c) => c,
+        None => {
+            let disks = vault.disks_by_identity(&keys)?;
+            let disk = disks.pick(&a.disk, &vault::DiskChoice::default(), &vault.backend().location())?;
+            disk.point(a.point).with_context(|| format!("disk {:?} has no point {}", a.disk, a.point))?.chain.clone()
+        }
+    };
+    let _hold = vault.hold(&chain, a.point, "instant recovery")?;
+    let reader = Vault::point_reader(&vault, &chain, a.point, &keys)
         .with_context(|| format!("point {} of disk {:?}", a.point, a.disk))?;
     let disk = Arc::new(
         InstantDisk::open(reader, &a.image, &a.bitmap)
@@ -80,8 +91,12 @@ pub fn run(_home: &Home, a: Args) -> Result<()> {
 /// this binary's `instant-serve`, detached in its own process group with
 /// its output in `IMAGE.log`; returns its pid once its socket accepts
 /// connections (or the reason it did not start).
-pub fn launcher(vault: PathBuf, key: PathBuf) -> impl Fn(&str, u64, &Path, &Path, &Path) -> Result<u32, String> + Sync {
-    move |disk, point, image, bitmap, socket| {
+pub fn launcher(
+    vault: PathBuf,
+    key: PathBuf,
+) -> impl Fn(&recovery::failover::DiskPoint, &Path, &Path, &Path) -> Result<u32, String> + Sync {
+    move |p, image, bitmap, socket| {
+        let disk = p.disk.as_str();
         let exe = std::env::current_exe().map_err(|e| format!("finding the lifeboat binary: {e}"))?;
         let log_path = image.with_extension("log");
         let log =
@@ -93,7 +108,7 @@ pub fn launcher(vault: PathBuf, key: PathBuf) -> impl Fn(&str, u64, &Path, &Path
             .arg(&vault)
             .arg("--key")
             .arg(&key)
-            .args(["--disk", disk, "--point", &point.to_string()])
+            .args(["--disk", disk, "--chain", p.chain(), "--point", &p.point.to_string()])
             .arg("--image")
             .arg(image)
             .arg("--bitmap")

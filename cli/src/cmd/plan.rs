@@ -178,20 +178,18 @@ fn validate(home: &Home, path: &std::path::Path, site: SiteArgs) -> Result<()> {
     let first = plan.vms()[0].to_string();
     let (keys, vault) = super::failover::keys_for(home, &first, site.vault, site.key)?;
     let mut problems = Vec::new();
+    let disks = vault.disks_by_identity(&keys)?;
     for vm in plan.vms() {
-        match recovery::failover::locate(&vault, &keys, vm) {
-            Ok(def) => {
-                let points = vault.points(&def.disks[0])?;
-                match points.iter().rev().find(|p| p.damage.is_none()) {
-                    Some(p) => outln!(
-                        "  {vm}: point {} of disk {} ({})",
-                        p.sequence,
-                        def.disks[0],
-                        crate::time::rfc3339(p.cut_time_ns)
-                    ),
-                    None => problems.push(format!("{vm}: no usable point")),
-                }
-            }
+        match recovery::failover::locate_in(&vault, &keys, vm, &disks, &vault::DiskChoice::default()) {
+            Ok((def, first)) => match first.points.iter().rev().find(|p| p.damage.is_none()) {
+                Some(p) => outln!(
+                    "  {vm}: point {} of disk {} ({})",
+                    p.sequence,
+                    def.disks[0],
+                    crate::time::rfc3339(p.cut_time_ns)
+                ),
+                None => problems.push(format!("{vm}: no usable point")),
+            },
             Err(e) => problems.push(format!("{vm}: {e}")),
         }
     }
@@ -232,6 +230,7 @@ fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArg
         origin,
         instant: if instant { Some(&serve) } else { None },
         prelude: Vec::new(),
+        choice: vault::DiskChoice::default(),
     };
     let name = plan.name.clone();
     let total = plan.steps.len();

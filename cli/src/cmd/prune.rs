@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use vault::retention::Policy;
 
 use crate::home::Home;
@@ -11,8 +11,13 @@ use crate::size::parse_duration;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The protected disk.
-    name: String,
+    /// The protected disk (its points are found with the key: the vault seals disk names).
+    #[arg(required_unless_present = "all")]
+    name: Option<String>,
+    /// Prune every chain of points in the vault, without the key (for a recovery-site administrator,
+    /// who holds no key); needs --vault.
+    #[arg(long, conflicts_with = "name", requires = "vault")]
+    all: bool,
     /// Keep every point cut within this long ago (default: the disk's
     /// setting from `lifeboat protect --keep-recent`, else 1h).
     #[arg(long, value_parser = parse_duration)]
@@ -28,36 +33,38 @@ pub struct Args {
     /// The vault (default: the disk's vault from `lifeboat protect`).
     #[arg(long)]
     vault: Option<PathBuf>,
+    /// The customer key file (default: the disk's key from `lifeboat protect`).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    #[command(flatten)]
+    choose: crate::disk_pick::ChooseArgs,
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
+    let Some(name) = a.name.clone() else { return prune_all(&a) };
     // The disk's own settings, when it is protected here.
-    let settings = home.disk(&a.name).ok().and_then(|e| e.config.replication.clone());
-    let dir = match (a.vault, &settings) {
-        (Some(v), _) => v,
-        (None, Some(s)) => s.vault.clone(),
-        (None, None) => home.disk(&a.name)?.replication(&a.name)?.vault.clone(),
+    let settings = home.disk(&name).ok().and_then(|e| e.config.replication.clone());
+    let (dir, key) = match (a.vault.clone(), a.key.clone(), &settings) {
+        (Some(v), Some(k), _) => (v, k),
+        (v, k, Some(s)) => (v.unwrap_or_else(|| s.vault.clone()), k.unwrap_or_else(|| s.key.clone())),
+        (_, _, None) => bail!(
+            "disk {name:?} is not protected on this host: pass --vault DIR and --key KEYFILE (or prune every \
+             chain without the key: --all --vault DIR)"
+        ),
     };
     let vault = super::vault::open(&dir)?;
-    let base = settings.map(|s| s.retention).unwrap_or_default();
-    let policy = Policy {
-        recent: Duration::from_secs(a.recent.unwrap_or(base.recent_seconds)),
-        hourly: a.hourly.unwrap_or(base.hourly),
-        daily: a.daily.unwrap_or(base.daily),
-    };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
-    let r = vault.prune(&a.name, &policy, now)?;
-    // Recorded under the disk's key when it is protected here (pruning needs no key).
-    if let Some(s) = home.disk(&a.name).ok().and_then(|e| e.config.replication.clone()) {
-        if !r.pruned.is_empty() {
-            let keys = crate::keyfile::load(&s.key)?;
-            let details = serde_json::json!({ "pruned": r.pruned, "kept": r.kept, "held": r.held, "by": "prune" });
-            super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "prune", Some(&a.name), details)?;
-        }
+    let keys = crate::keyfile::load(&key)?;
+    let policy = policy(&a, settings.map(|s| s.retention).unwrap_or_default());
+    let disk = crate::disk_pick::disk_points(home, &vault, &keys, &name, &a.choose)?;
+    let r = vault.prune_disk(&keys, &name, &disk.disk_id, &policy, now())?;
+    if !r.pruned.is_empty() {
+        let details = serde_json::json!({ "pruned": r.pruned, "kept": r.kept, "held": r.held, "by": "prune",
+            "disk_id": disk.disk_id_hex() });
+        super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "prune", Some(&name), details)?;
     }
     outln!(
         "{}: {} points kept, {} pruned{}; run `lifeboat vault gc {}` to free the space they alone used",
-        a.name,
+        name,
         r.kept.len(),
         r.pruned.len(),
         if r.held.is_empty() {
@@ -65,6 +72,38 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         } else {
             format!(" ({} kept because a restore holds them)", r.held.len())
         },
+        dir.display()
+    );
+    Ok(())
+}
+
+fn policy(a: &Args, base: crate::home::Retention) -> Policy {
+    Policy {
+        recent: Duration::from_secs(a.recent.unwrap_or(base.recent_seconds)),
+        hourly: a.hourly.unwrap_or(base.hourly),
+        daily: a.daily.unwrap_or(base.daily),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
+}
+
+/// `--all`: every chain, keyless (the vault cannot tell which disk a chain is).
+fn prune_all(a: &Args) -> Result<()> {
+    let dir = a.vault.clone().expect("clap requires --vault with --all");
+    let vault = super::vault::open(&dir)?;
+    let policy = policy(a, crate::home::Retention::default());
+    let (mut kept, mut pruned, mut held) = (0, 0, 0);
+    for chain in vault.disks()? {
+        let r = vault.prune(&chain, &policy, now())?;
+        (kept, pruned, held) = (kept + r.kept.len(), pruned + r.pruned.len(), held + r.held.len());
+    }
+    outln!(
+        "{}: {kept} points kept, {pruned} pruned{} across every disk; run `lifeboat vault gc {}` to free the space \
+         they alone used (not recorded in an audit log: no key was given)",
+        dir.display(),
+        if held == 0 { String::new() } else { format!(" ({held} kept because a restore holds them)") },
         dir.display()
     );
     Ok(())

@@ -26,6 +26,8 @@ pub struct Args {
     /// The vault (default: the disk's vault from `lifeboat protect`).
     #[arg(long)]
     vault: Option<PathBuf>,
+    #[command(flatten)]
+    choose: crate::disk_pick::ChooseArgs,
     /// Overwrite --out if it exists. Never a protected disk's image, nor an
     /// image a VM or filter has open (QEMU's image lock): restore to a new
     /// file instead.
@@ -46,33 +48,20 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let keys = keyfile::load(&key_path)?;
     let vault = super::vault::open(&vault_dir)?;
     vault.check_key(&keys)?;
-    let points = vault.points(&a.name)?;
-    let _ = crate::replicate::warn_if_vault_lost_points(home, &a.name, &vault);
-    // At the protected site, "latest" must be a point of this host's disk:
-    // another disk protected under the same name into the same vault (another
-    // host, a recovered copy shipping back) would restore the wrong machine.
-    let own_id = home.disk(&a.name).ok().and_then(|e| e.disk_id().ok());
+    // At the protected site the home's own disk; elsewhere the one disk of
+    // that name, or the one --disk-id / --from-host picks: another disk
+    // protected under the same name (another host, a recovered copy) has
+    // its own points and is never taken for this one.
+    let disk = crate::disk_pick::disk_points(home, &vault, &keys, &a.name, &a.choose)?;
+    let _ = crate::replicate::warn_if_vault_lost_points(home, &a.name, &vault, &keys);
     let point = match a.point.as_str() {
-        "latest" => match points.last() {
-            Some(p) if own_id.is_some_and(|id| p.damage.is_none() && p.disk_id != id) => bail!(
-                "the newest point of {:?} in {} (point {}) was cut from another disk of that name (identity {}), \
-                 not from the disk this host protects (identity {}): another host protects a disk under the same \
-                 name into this vault, or a recovered copy shipped back. Nothing was written. Pick the point with \
-                 --point ID (`lifeboat points {} --json` shows each point's disk_id), and give each disk a name of \
-                 its own in the vault",
-                a.name,
-                vault_dir.display(),
-                p.sequence,
-                crate::output::hex(&p.disk_id),
-                crate::output::hex(&own_id.unwrap_or_default()),
-                a.name
-            ),
+        "latest" => match disk.newest() {
             Some(p) => p,
             None => bail!("disk {:?} has no recovery points in {}", a.name, vault_dir.display()),
         },
         id => {
             let seq: u64 = id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?;
-            match points.iter().find(|p| p.sequence == seq) {
+            match disk.point(seq) {
                 Some(p) => p,
                 None => bail!(
                     "disk {:?} has no point {seq} in {} (see `lifeboat points {}`)",
@@ -86,7 +75,11 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let sequence = point.sequence;
     if let Some(damage) = &point.damage {
         // Never fall back to another point silently: the user chooses.
-        bail!("{damage}; pick another point with --point (see `lifeboat points {}`)", a.name);
+        bail!(
+            "point {}/{sequence} is damaged: {damage}; pick another point with --point (see `lifeboat points {}`)",
+            a.name,
+            a.name
+        );
     }
     crate::output::refuse_image_in_use(home, &a.out, "restore")?;
     let partial = PartialFile::create(&a.out, a.force)?;
@@ -99,18 +92,20 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             filter::log::text_raw(&format!("\rrestoring: {:.0}%   ", done as f64 * 100.0 / total.max(1) as f64));
         }
     };
-    let result = vault.restore(&a.name, sequence, &keys, partial.file(), &mut progress);
+    let result = vault.restore(&point.chain, sequence, &keys, partial.file(), &mut progress);
     if tty {
         filter::log_line!();
     }
     let details = match &result {
-        Ok(r) => serde_json::json!({ "point": sequence, "out": a.out, "blocks_written": r.blocks_written, "ok": true }),
-        Err(e) => serde_json::json!({ "point": sequence, "out": a.out, "ok": false, "error": e.to_string() }),
+        Ok(r) => serde_json::json!({ "point": sequence, "disk_id": disk.disk_id_hex(), "out": a.out,
+            "blocks_written": r.blocks_written, "ok": true }),
+        Err(e) => serde_json::json!({ "point": sequence, "disk_id": disk.disk_id_hex(), "out": a.out, "ok": false,
+            "error": e.to_string() }),
     };
     super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "restore", Some(&a.name), details)?;
     // On error the partial file is removed when `partial` drops.
     let report = result.with_context(|| {
-        format!("restoring point {sequence} of disk {:?}: nothing was written to {}", a.name, a.out.display())
+        format!("restoring point {}/{sequence}: nothing was written to {}", a.name, a.out.display())
     })?;
     partial.commit()?;
     outln!(

@@ -90,6 +90,18 @@ fn cycle_json(c: &CycleOutcome, interval_s: Option<u64>) -> Value {
     })
 }
 
+/// The chain of `vault` that holds the recorded point (same sequence, same
+/// root id), read without the key: one object lookup per chain.
+fn chain_of_point(vault: &vault::Vault, r: &disk_format::LastPoint) -> Option<String> {
+    if r.vault_id != vault.config().vault_id {
+        return None;
+    }
+    vault.disks().ok()?.into_iter().find(|chain| {
+        vault.backend().size(vault::Kind::Root, &vault::root_name(chain, r.sequence)).ok().flatten().is_some()
+            && vault.load_root_with_id(chain, r.sequence, None).is_ok_and(|(_, id)| id == r.root_id)
+    })
+}
+
 fn disk_status(name: &str, entry: &DiskEntry) -> Value {
     let now = now_ns();
     let st: DiskStatus = status_file::read(&entry.status_path());
@@ -121,9 +133,13 @@ fn disk_status(name: &str, entry: &DiskEntry) -> Value {
     }
     v["last_cycle"] = st.last_cycle.as_ref().map_or(Value::Null, |c| cycle_json(c, Some(target)));
     v["consecutive_failures"] = json!(st.consecutive_failures);
+    let recorded = filter::StateFile::header_of(&entry.state_path()).ok().and_then(|h| h.last_point);
     let newest = crate::cmd::vault::open(&repl.vault).and_then(|vault| {
-        let Some(&seq) = vault.sequences(name)?.last() else { return Ok(None) };
-        Ok(Some(vault.load_root(name, seq, None)?))
+        // Without the key: the chain is the one holding the point this host
+        // recorded last (the vault seals which disk a chain is).
+        let Some(chain) = recorded.as_ref().and_then(|r| chain_of_point(&vault, r)) else { return Ok(None) };
+        let Some(&seq) = vault.sequences(&chain)?.last() else { return Ok(None) };
+        Ok(Some(vault.load_root(&chain, seq, None)?))
     });
     let mut age_s = None;
     match newest {

@@ -123,11 +123,14 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
                     let keys = crate::keyfile::load(&k)?;
                     let vault = super::vault::open(&v)?;
                     vault.check_key(&keys)?;
-                    let def = recovery::failover::locate(&vault, &keys, &name)?;
+                    let disks = vault.disks_by_identity(&keys)?;
+                    let (def, first) =
+                        recovery::failover::locate_in(&vault, &keys, &name, &disks, &vault::DiskChoice::default())?;
                     match point {
                         None => def,
                         Some(p) => {
-                            recovery::failover::definition_at(&vault, &keys, &def.disks[0], p)?.with_context(|| {
+                            let chain = first.point(p).map_or(def.disks[0].as_str(), |s| s.chain.as_str());
+                            recovery::failover::definition_at(&vault, &keys, chain, p)?.with_context(|| {
                                 format!("point {p} of disk {:?} carries no VM definition", def.disks[0])
                             })?
                         }

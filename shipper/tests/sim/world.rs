@@ -22,6 +22,12 @@ use super::store::{Action, Fault, Op, Store};
 /// The disk's name in the vault.
 pub const DISK: &str = "vm1";
 const DISK_ID: [u8; 16] = *b"lifeboat-sim-vm1";
+
+/// The chain the disk's points are stored under (its namespace under the
+/// simulation's key).
+fn chain() -> String {
+    Vault::chain_of(&MasterKey::from_bytes([0x5a; 32]).keys(), &DISK_ID)
+}
 /// The fake clock starts in 2026.
 const START_NS: u64 = 1_790_000_000 * 1_000_000_000;
 const SECOND: u64 = 1_000_000_000;
@@ -252,7 +258,7 @@ impl CycleSource<'_> {
                 self.store.suspend_faults(true);
                 let other = Vault::open(self.store.backend()).expect("open");
                 let corrupted = !self.model.corrupted.is_empty();
-                let r = restore_check(&other, self.keys, self.out, DISK, seq, &self.model.points[&seq], corrupted);
+                let r = restore_check(&other, self.keys, self.out, &chain(), seq, &self.model.points[&seq], corrupted);
                 self.store.suspend_faults(false);
                 if let Err(v) = r {
                     self.log.violations.push(format!("restore during a cycle: {v}"));
@@ -415,9 +421,9 @@ fn checked_prune(
     fault: Option<Fault>,
     store: &Store,
 ) -> Result<Vec<u64>, String> {
-    let before = vault.points(DISK).map_err(|e| format!("listing points: {e}"))?;
+    let before = vault.points(&chain()).map_err(|e| format!("listing points: {e}"))?;
     let mut held: HashSet<u64> = vault
-        .leases(&format!("point/{DISK}/"))
+        .leases(&format!("point/{}/", chain()))
         .map_err(|e| format!("listing leases: {e}"))?
         .iter()
         .filter(|l| l.is_live())
@@ -432,9 +438,9 @@ fn checked_prune(
     if let Some(f) = fault {
         store.arm(f);
     }
-    let result = vault.prune(DISK, policy, now);
+    let result = vault.prune(&chain(), policy, now);
     let triggered = if armed { store.disarm() } else { Vec::new() };
-    let after: BTreeSet<u64> = vault.sequences(DISK).map_err(|e| format!("listing: {e}"))?.into_iter().collect();
+    let after: BTreeSet<u64> = vault.sequences(&chain()).map_err(|e| format!("listing: {e}"))?.into_iter().collect();
     let removed: Vec<u64> = before.iter().map(|p| p.sequence).filter(|s| !after.contains(s)).collect();
     for s in &removed {
         ensure!(expected.prune.contains(s), "prune removed point {s}, which the ladder keeps ({expected:?})");
@@ -485,6 +491,13 @@ struct OtherDisk {
 
 /// The second disk's name.
 const OTHER: &str = "vm2";
+/// The other disk's identity.
+const OTHER_ID: [u8; 16] = *b"lifeboat-sim-vm2";
+
+/// The chain the other disk's points are stored under.
+fn other_chain() -> String {
+    Vault::chain_of(&MasterKey::from_bytes([0x5a; 32]).keys(), &OTHER_ID)
+}
 
 /// A simulated world for one seed.
 pub struct Sim {
@@ -592,7 +605,7 @@ impl Sim {
             let report = r.expect("the other disk's first cycle");
             assert_eq!(report.sequence, 1);
             let cut = log.cut.expect("cut");
-            let root = sim.store.raw_get(Kind::Root, &vault::root_name(OTHER, 1)).expect("root");
+            let root = sim.store.raw_get(Kind::Root, &vault::root_name(&other_chain(), 1)).expect("root");
             let point = Point {
                 content: cut.snapshot,
                 geometry: cut.geometry,
@@ -707,7 +720,7 @@ impl Sim {
             9 => {
                 let seq = self.rng.range(1, self.model.max_seq + 2);
                 self.begin(format!("a restore of point {seq} on this host crashed, leaving its lease"));
-                let name = format!("point/{DISK}/{seq:020}/{:016x}", self.rng.next_u64());
+                let name = format!("point/{}/{seq:020}/{:016x}", chain(), self.rng.next_u64());
                 let body = lease_body("restore", &self.machine, &self.boot, DEAD_PID, 1);
                 self.store.raw_put(Kind::Lease, &name, body.into_bytes());
                 Ok(())
@@ -731,7 +744,7 @@ impl Sim {
             if self.model.held.contains_key(seq) {
                 continue; // a restore in progress holds it; leave it
             }
-            self.store.raw_delete(Kind::Root, &vault::root_name(DISK, *seq));
+            self.store.raw_delete(Kind::Root, &vault::root_name(&chain(), *seq));
             self.model.points.remove(seq);
         }
         // The host never reuses a sequence number it recorded. One it
@@ -870,6 +883,7 @@ impl Sim {
         let opts = CycleOptions {
             disk_name: DISK,
             disk_id: DISK_ID,
+            host: "sim".into(),
             workers: 1,
             cancel: Some(&cancel),
             clock: &clock_fn,
@@ -914,7 +928,7 @@ impl Sim {
             self.model.points.remove(s);
             self.model.verified.remove(s);
         }
-        let seqs = self.vault.sequences(DISK).map_err(|e| format!("listing points: {e}"))?;
+        let seqs = self.vault.sequences(&chain()).map_err(|e| format!("listing points: {e}"))?;
         let new: Vec<u64> = seqs.iter().copied().filter(|s| !self.model.points.contains_key(s)).collect();
         match result {
             Ok(report) => {
@@ -965,7 +979,7 @@ impl Sim {
                 }
                 match new.as_slice() {
                     [] => {}
-                    [seq] if landed.contains(&(Kind::Root, vault::root_name(DISK, *seq))) => {
+                    [seq] if landed.contains(&(Kind::Root, vault::root_name(&chain(), *seq))) => {
                         // The root landed but its writer never heard: the
                         // point exists and must be exactly the cut.
                         let cut = log.cut.as_ref().ok_or("a root landed without a cut")?;
@@ -981,8 +995,8 @@ impl Sim {
     /// Records a committed point and checks it restores to the cut.
     fn commit(&mut self, seq: u64, cut: &CutRecord) -> Check {
         ensure!(seq > self.model.max_seq, "point {seq} does not come after point {}", self.model.max_seq);
-        let root = self.store.raw_get(Kind::Root, &vault::root_name(DISK, seq)).ok_or("the new root vanished")?;
-        let summary = self.vault.points(DISK).map_err(|e| e.to_string())?;
+        let root = self.store.raw_get(Kind::Root, &vault::root_name(&chain(), seq)).ok_or("the new root vanished")?;
+        let summary = self.vault.points(&chain()).map_err(|e| e.to_string())?;
         let cut_time = summary.iter().find(|p| p.sequence == seq).map(|p| p.cut_time_ns);
         ensure!(
             cut_time == Some(cut.clock),
@@ -997,7 +1011,7 @@ impl Sim {
         };
         self.model.max_seq = seq;
         self.stats.restores += 1;
-        restore_check(&self.vault, &self.keys, &self.out, DISK, seq, &point, self.corrupted())?;
+        restore_check(&self.vault, &self.keys, &self.out, &chain(), seq, &point, self.corrupted())?;
         self.model.last = Some((seq, point.clone()));
         self.model.points.insert(seq, point);
         self.model.verified.insert(seq);
@@ -1070,7 +1084,7 @@ impl Sim {
                         || n.starts_with("gc/")
                         || n.split('/').nth(2).and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| {
                             n.starts_with("point/")
-                                && self.store.raw_get(Kind::Root, &vault::root_name(DISK, s)).is_none()
+                                && self.store.raw_get(Kind::Root, &vault::root_name(&chain(), s)).is_none()
                         })
                 });
                 ensure!(blocking || !triggered.is_empty(), "GC refused as busy ({lease}) with no lease in its way");
@@ -1111,7 +1125,7 @@ impl Sim {
                     blocks.insert(self.ids.id(&self.keys, pat, p.geometry.block_len(b)));
                 }
             }
-            let root = self.store.raw_get(Kind::Root, &vault::root_name(DISK, *seq)).ok_or("root vanished")?;
+            let root = self.store.raw_get(Kind::Root, &vault::root_name(&chain(), *seq)).ok_or("root vanished")?;
             let root = Root::decode(&root, &self.keys).map_err(|e| format!("root {seq}: {e}"))?;
             pages.extend(root.pages.iter().filter(|p| !p.is_zero()));
         }
@@ -1123,7 +1137,7 @@ impl Sim {
                     blocks.insert(self.ids.id(&self.keys, pat, p.geometry.block_len(b)));
                 }
             }
-            let root = self.store.raw_get(Kind::Root, &vault::root_name(OTHER, 1)).ok_or("root vanished")?;
+            let root = self.store.raw_get(Kind::Root, &vault::root_name(&other_chain(), 1)).ok_or("root vanished")?;
             let root = Root::decode(&root, &self.keys).map_err(|e| format!("root {OTHER}/1: {e}"))?;
             pages.extend(root.pages.iter().filter(|p| !p.is_zero()));
         }
@@ -1149,7 +1163,7 @@ impl Sim {
         }
         let seq = seqs[ix(self.rng.below(seqs.len() as u64))];
         self.begin(format!("a restore on another host holds point {seq}"));
-        let name = format!("point/{DISK}/{seq:020}/{:016x}", self.rng.next_u64());
+        let name = format!("point/{}/{seq:020}/{:016x}", chain(), self.rng.next_u64());
         let body = lease_body("restore", "sim-another-machine", "b", 7, 9);
         self.store.raw_put(Kind::Lease, &name, body.into_bytes());
         self.model.held.insert(seq, name);
@@ -1167,7 +1181,7 @@ impl Sim {
         self.begin(format!("restore point {seq} with {fault:?}"));
         self.stats.restores += 1;
         self.store.arm(fault);
-        let r = self.vault.restore(DISK, seq, &self.keys, &self.out, &mut |_, _| {});
+        let r = self.vault.restore(&chain(), seq, &self.keys, &self.out, &mut |_, _| {});
         let triggered = self.store.disarm();
         match r {
             Ok(_) => compare_image(&self.out, &self.model.points[&seq])
@@ -1235,11 +1249,11 @@ impl Sim {
         ensure!(self.disk.cut.is_none(), "a cut is left open between steps");
         ensure!(self.disk.violations.is_empty(), "the filter's contract was broken: {:?}", self.disk.violations);
         // The vault holds exactly the model's points, each root unchanged.
-        let seqs = self.vault.sequences(DISK).map_err(|e| format!("listing points: {e}"))?;
+        let seqs = self.vault.sequences(&chain()).map_err(|e| format!("listing points: {e}"))?;
         let want: Vec<u64> = self.model.points.keys().copied().collect();
         ensure!(seqs == want, "the vault lists points {seqs:?}, the model {want:?}");
         for (seq, p) in &self.model.points {
-            let name = vault::root_name(DISK, *seq);
+            let name = vault::root_name(&chain(), *seq);
             if self.model.corrupted.contains(&format!("roots/{name}")) {
                 continue;
             }
@@ -1253,15 +1267,25 @@ impl Sim {
         let todo: Vec<u64> = want.iter().copied().filter(|s| !self.model.verified.contains(s)).collect();
         for seq in todo {
             self.stats.restores += 1;
-            restore_check(&self.vault, &self.keys, &self.out, DISK, seq, &self.model.points[&seq], self.corrupted())?;
+            restore_check(
+                &self.vault,
+                &self.keys,
+                &self.out,
+                &chain(),
+                seq,
+                &self.model.points[&seq],
+                self.corrupted(),
+            )?;
             self.model.verified.insert(seq);
         }
         // The other disk's point: never pruned, never changed, still restorable.
         if let Some(o) = &mut self.other {
-            let bytes =
-                self.store.raw_get(Kind::Root, &vault::root_name(OTHER, 1)).ok_or("the other disk's root is gone")?;
+            let bytes = self
+                .store
+                .raw_get(Kind::Root, &vault::root_name(&other_chain(), 1))
+                .ok_or("the other disk's root is gone")?;
             ensure!(
-                self.model.corrupted.contains(&format!("roots/{}", vault::root_name(OTHER, 1)))
+                self.model.corrupted.contains(&format!("roots/{}", vault::root_name(&other_chain(), 1)))
                     || blake3::hash(&bytes) == o.point.root_hash,
                 "the other disk's root changed"
             );
@@ -1271,7 +1295,7 @@ impl Sim {
                     &self.vault,
                     &self.keys,
                     &self.out,
-                    OTHER,
+                    &other_chain(),
                     1,
                     &o.point,
                     !self.model.corrupted.is_empty(),
@@ -1390,7 +1414,8 @@ fn clean_cycle(
     let cancel = AtomicBool::new(false);
     let opts = CycleOptions {
         disk_name: name,
-        disk_id: DISK_ID,
+        disk_id: if name == OTHER { OTHER_ID } else { DISK_ID },
+        host: "sim".into(),
         workers: 1,
         cancel: None,
         clock: &clock_fn,

@@ -49,6 +49,14 @@ pub struct Disk {
     pub cut_base_ns: u64,
     /// Time between two points' cuts.
     pub cut_interval_ns: u64,
+    /// The disk's identity.
+    pub disk_id: [u8; 16],
+    /// Its host, sealed in format-2 roots.
+    pub host: String,
+    /// The root format it ships: 1 (under its name, as Lifeboat wrote
+    /// before 2026-12-04: most of these tests exercise the chain mechanics,
+    /// which are the same for both) or 2 (under its namespace).
+    pub format: u16,
 }
 
 impl Disk {
@@ -63,6 +71,18 @@ impl Disk {
             pack_blobs,
             cut_base_ns: 1_790_000_000_000_000_000,
             cut_interval_ns: 30_000_000_000,
+            disk_id: *b"test-disk-id-001",
+            host: "test-host".into(),
+            format: 1,
+        }
+    }
+
+    /// The chain its roots are stored under.
+    pub fn chain(&self, keys: &Keys) -> String {
+        if self.format == 1 {
+            self.name.clone()
+        } else {
+            Vault::chain_of(keys, &self.disk_id)
         }
     }
 
@@ -118,8 +138,10 @@ impl Disk {
         self.sequence += 1;
         let root = Root {
             consistency: if self.sequence.is_multiple_of(2) { Consistency::App } else { Consistency::Crash },
-            disk_id: *b"test-disk-id-001",
+            disk_id: self.disk_id,
             disk_name: self.name.clone(),
+            host: self.host.clone(),
+            namespace: None,
             sequence: self.sequence,
             cut_time_ns: self.cut_base_ns + self.sequence * self.cut_interval_ns,
             cut_generation: self.sequence,
@@ -129,8 +151,8 @@ impl Disk {
             pages: built.pages.clone(),
             extension: Vec::new(),
         };
-        let bytes = root.encode(keys).unwrap();
-        vault.put_root(&self.name, self.sequence, &bytes).unwrap();
+        let bytes = if self.format == 1 { root.encode_version_1_for_tests(keys) } else { root.encode(keys) }.unwrap();
+        vault.put_root(&self.chain(keys), self.sequence, &bytes).unwrap();
         self.previous = Some((built.pages, RootId::of(&bytes)));
         self.sequence
     }
