@@ -25,10 +25,6 @@ fn points_json(home: &vm_tests::lifeboat::Home, args: &[&str]) -> Vec<serde_json
     v.as_array().unwrap().clone()
 }
 
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
-}
-
 #[test]
 fn two_homes_one_name_one_vault_each_host_and_the_recovery_site_get_the_disk_they_mean() {
     let a = Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), "lb-twohomes-a-");
@@ -42,16 +38,22 @@ fn two_homes_one_name_one_vault_each_host_and_the_recovery_site_get_the_disk_the
     fs::write(&img_b, Rng::new(2).bytes(1 << 20)).unwrap();
     a.home.protect_replicated("d1", &img_a, BS, &vault, &key);
     b.home.protect_replicated("d1", &img_b, BS, &vault, &key);
-    assert_eq!(a.home.ship("d1").sequence, 1);
-    let rb = b.home.ship("d1");
-    assert_eq!((rb.sequence, rb.full), (1, true), "B's disk starts a chain of its own: {rb:?}");
+    // Each home protects a VM "web" of that disk, as two hosts would.
+    a.home.run_ok(&["vm", "define", "web", "--disk", "d1"]);
+    b.home.run_ok(&["vm", "define", "web", "--disk", "d1"]);
+    let ship = |home: &vm_tests::lifeboat::Home, host: &str| -> serde_json::Value {
+        serde_json::from_slice(&on(host, home, &["ship", "d1", "--once", "--json"])).unwrap()
+    };
+    assert_eq!(ship(&a.home, HOST_A)["sequence"], 1);
+    let rb = ship(&b.home, HOST_B);
+    assert!(rb["sequence"] == 1 && rb["full"] == true, "B's disk starts a chain of its own: {rb}");
 
     // Each host lists and restores its own disk, never the other's.
     let (pa, pb) = (points_json(&a.home, &["d1"]), points_json(&b.home, &["d1"]));
     assert!(pa.len() == 1 && pb.len() == 1, "{pa:?} {pb:?}");
     let (id_a, id_b) = (pa[0]["disk_id"].as_str().unwrap(), pb[0]["disk_id"].as_str().unwrap());
     assert_ne!(id_a, id_b);
-    assert_eq!(pa[0]["host"], hostname(), "{pa:?}");
+    assert!(pa[0]["host"] == HOST_A && pb[0]["host"] == HOST_B, "{pa:?} {pb:?}");
     assert_eq!(pa[0]["disk"], "d1");
     assert_ne!(pa[0]["root_object"], pb[0]["root_object"]);
     let chain = pa[0]["root_object"].as_str().unwrap().split('/').nth(1).unwrap().to_string();
@@ -62,8 +64,8 @@ fn two_homes_one_name_one_vault_each_host_and_the_recovery_site_get_the_disk_the
     assert_eq!(a.home.restore("d1", "latest", &a.path("a-latest.img")), fs::read(&img_a).unwrap());
     assert_eq!(b.home.restore("d1", "latest", &b.path("b-latest.img")), fs::read(&img_b).unwrap());
     // A's next cycle builds on its own chain: an incremental, not a verify.
-    let ra = a.home.ship("d1");
-    assert!((ra.sequence, ra.full) == (2, false), "A's chain was disturbed by B's disk: {ra:?}");
+    let ra = ship(&a.home, HOST_A);
+    assert!(ra["sequence"] == 2 && ra["full"] == false, "A's chain was disturbed by B's disk: {ra}");
 
     // At a recovery site, with only the vault and the key: "latest" of d1
     // is ambiguous, so nothing is restored, and the error names both.
@@ -76,7 +78,8 @@ fn two_homes_one_name_one_vault_each_host_and_the_recovery_site_get_the_disk_the
     let o = at_site(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !out.exists(), "the recovery site restored one of two disks named d1: {err}");
-    for want in ["2 disks named \"d1\"", id_a, id_b, "--disk-id", &hostname()] {
+    assert!(!err.contains("  "), "the message has a hole in it: {err}");
+    for want in ["2 disks named \"d1\"", id_a, id_b, "--disk-id", HOST_A, HOST_B] {
         assert!(err.contains(want), "the refusal does not name {want:?}: {err}");
     }
     // `points` there lists both, each with its identity and host.
@@ -95,11 +98,26 @@ fn two_homes_one_name_one_vault_each_host_and_the_recovery_site_get_the_disk_the
     let o = at_site(&["--disk-id", "00000000000000000000000000000000", "--force"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains(id_a) && err.contains(id_b), "{err}");
+    // --from-host picks by host.
+    let o = at_site(&["--from-host", HOST_B, "--point", "1", "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(fs::read(&out).unwrap() == fs::read(&img_b).unwrap(), "--from-host restored another disk");
     // Without a name, the vault's disks.
     let disks = points_json(&site.home, &["--vault", arg(&vault), "--key", arg(&key)]);
     assert_eq!(disks.len(), 2, "{disks:?}");
-    assert!(disks.iter().all(|d| d["disk"] == "d1" && d["host"] == hostname()), "{disks:?}");
+    assert!(disks.iter().all(|d| d["disk"] == "d1"), "{disks:?}");
+    // A failover of "web" at the recovery site does not guess either: it is
+    // refused before anything is restored or booted, naming both hosts.
+    let o = site.home.run(&["failover", "web", "--test", "--vault", arg(&vault), "--key", arg(&key)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("2 VMs named \"web\""), "{err}");
+    assert!(err.contains(HOST_A) && err.contains(HOST_B) && err.contains("--from-host"), "{err}");
+    assert!(!site.path("home/failovers/web/disks/d1.raw").exists(), "a refused failover restored a disk");
 }
+
+/// The two hosts' names (each in a UTS namespace of its own).
+const HOST_A: &str = "lifeboat-host-a";
+const HOST_B: &str = "lifeboat-host-b";
 
 /// Every regular file under `dir`, with its bytes.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -122,15 +140,21 @@ const HOST: &str = "payroll-hypervisor-07";
 
 /// `lifeboat --home DIR ARGS...` on a host named [`HOST`]; must succeed.
 fn on_host(home: &vm_tests::lifeboat::Home, args: &[&str]) -> Vec<u8> {
+    on(HOST, home, args)
+}
+
+/// `lifeboat --home DIR ARGS...` on a host named `host` (a UTS namespace of
+/// its own); must succeed.
+fn on(host: &str, home: &vm_tests::lifeboat::Home, args: &[&str]) -> Vec<u8> {
     let lifeboat = home.command();
     let o = std::process::Command::new("unshare")
-        .args(["--uts", "sh", "-c", &format!("hostname {HOST} && exec \"$0\" \"$@\"")])
+        .args(["--uts", "sh", "-c", &format!("hostname {host} && exec \"$0\" \"$@\"")])
         .arg(lifeboat.get_program())
         .args(lifeboat.get_args())
         .args(args)
         .output()
         .expect("unshare (util-linux)");
-    assert!(o.status.success(), "lifeboat {args:?} on host {HOST}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "lifeboat {args:?} on host {host}: {}", String::from_utf8_lossy(&o.stderr));
     o.stdout
 }
 

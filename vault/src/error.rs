@@ -173,7 +173,9 @@ pub enum VaultError {
     /// Several disks of one name (different identities: protected from two
     /// hosts, or protected anew) hold points, and nothing said which.
     #[error(
-        "vault {location} holds {count} disks named {name:?}, each with its own points (protected from different          hosts, or protected anew); nothing says which one is meant, so nothing was done: {candidates}. Name one          with --disk-id ID, or --from-host HOST when their hosts differ"
+        "vault {location} holds {count} disks named {name:?}, each with its own points (protected from different \
+         hosts, or protected anew); nothing says which one is meant, so nothing was done: {candidates}. Name one \
+         with --disk-id ID, or --from-host HOST when their hosts differ"
     )]
     AmbiguousDisk {
         /// The name asked for.
