@@ -36,7 +36,6 @@ pub mod error;
 pub mod links;
 pub mod log;
 pub mod record;
-mod sys;
 pub mod verify;
 
 pub use error::AuditError;

@@ -11,7 +11,7 @@
 //! refuses, if the damage is anything else.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -166,7 +166,7 @@ impl<'k> AuditLog<'k> {
             .mode(0o600)
             .open(&self.path)
             .map_err(AuditError::io("opening audit log", &self.path))?;
-        crate::sys::lock(&f, true).map_err(AuditError::io("locking audit log", &self.path))?;
+        system::lock::lock(&f, true).map_err(AuditError::io("locking audit log", &self.path))?;
         Ok((f, !existed))
     }
 
@@ -567,20 +567,8 @@ impl<'k> AuditLog<'k> {
 
     fn write_sync_state(&self, state: &SyncState) -> Result<(), AuditError> {
         let path = self.sync_state_path();
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let bytes = serde_json::to_vec_pretty(state).expect("the sync state serializes");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(AuditError::io("writing audit sync state", &tmp))?;
-        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(AuditError::io("writing audit sync state", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(AuditError::io("renaming audit sync state into place", &path))?;
-        sync_parent(&path)
+        system::file::replace(&path, &bytes).map_err(AuditError::io("writing audit sync state", &path))
     }
 }
 

@@ -151,11 +151,15 @@ pub struct Stamp {
 impl Stamp {
     /// This process, now.
     pub fn now() -> Stamp {
-        let time_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let uid = crate::sys::effective_uid();
-        Stamp { time_ns, host: crate::sys::hostname(), uid, user: crate::sys::user_name(uid), pid: std::process::id() }
+        let time_ns = system::clock::now_ns();
+        let uid = system::host::effective_uid();
+        Stamp {
+            time_ns,
+            host: system::host::hostname(),
+            uid,
+            user: system::host::user_name(uid),
+            pid: std::process::id(),
+        }
     }
 }
 

@@ -516,7 +516,7 @@ impl<'k> Checker<'k> {
 fn open_shared(path: &Path) -> Result<File, AuditError> {
     let f = File::open(path).map_err(AuditError::io("opening audit log", path))?;
     // A shared lock: appends (exclusive) wait, so no half-written record is seen.
-    crate::sys::lock(&f, false).map_err(AuditError::io("locking audit log", path))?;
+    system::lock::lock(&f, false).map_err(AuditError::io("locking audit log", path))?;
     Ok(f)
 }
 

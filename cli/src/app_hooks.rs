@@ -152,11 +152,9 @@ impl shipper::CutHook for Hooks {
             return Ok(()); // `before` said why; nothing ran, nothing to resume
         }
         if let Some(mut dog) = self.watchdog.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-            if let Ok(pgid) = libc::pid_t::try_from(dog.id()) {
-                // SAFETY: kill(2) takes no pointers; the group is the watchdog's own
-                // (process_group(0)), not yet reaped, so its id is not reused.
-                let _ = unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            }
+            // The group is the watchdog's own (process_group(0)), not yet
+            // reaped, so its id is not reused.
+            let _ = system::process::signal_group(dog.id(), libc::SIGKILL);
             let _ = dog.wait();
         }
         match &self.how {

@@ -85,14 +85,13 @@ impl DiskConfig {
         self.image_inode = Some(id.inode);
     }
 
-    /// Writes the configuration to `conf` (atomically: a new file renamed over it).
+    /// Writes the configuration to `conf`, atomically and durably
+    /// (`system::file::replace`: a host crash leaves the old or the new
+    /// file, never an empty one) and private whatever the umask: it names
+    /// the image and the key.
     pub fn write(&self, conf: &Path) -> Result<()> {
-        let tmp = conf.with_extension("toml.new");
-        // Private whatever the umask: it names the image and the key.
-        recovery::trust::write_private(&tmp, toml::to_string(self)?.as_bytes())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, conf).with_context(|| format!("writing {}", conf.display()))?;
-        Ok(())
+        system::file::replace(conf, toml::to_string(self)?.as_bytes())
+            .with_context(|| format!("writing {}", conf.display()))
     }
 }
 

@@ -5,6 +5,8 @@
 //! the library crates (`filter`, `disk-format`, `vault`, `shipper`, `audit`,
 //! `recovery`).
 
+#![forbid(unsafe_code)]
+
 #[macro_use]
 mod stdout;
 mod app_hooks;
@@ -217,9 +219,8 @@ fn main() -> ExitCode {
     // home names the image and the key, and its sockets cut the disk. The
     // library crates also create their files, directories and sockets with
     // explicit private modes; this is the second layer.
-    // SAFETY: umask(2) cannot fail and touches no memory; it is called before
-    // any thread exists.
-    unsafe { libc::umask(0o077) };
+    // Called before any thread exists.
+    system::host::set_umask(0o077);
     let cli = Cli::parse();
     let home = home::Home::new(cli.home);
     let result = match cli.command {

@@ -71,13 +71,10 @@ pub fn read(path: &Path) -> DiskStatus {
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
-/// Replaces the status atomically.
+/// Replaces the status atomically and durably (`system::file::replace`).
 pub fn write(path: &Path, status: &DiskStatus) -> Result<()> {
-    let tmp = path.with_extension("json.new");
-    recovery::trust::write_private(&tmp, &serde_json::to_vec_pretty(status)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    system::file::replace(path, &serde_json::to_vec_pretty(status)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Reads, changes and writes the status.

@@ -2,7 +2,7 @@
 
 /// Nanoseconds since the Unix epoch now (0 if the clock is before 1970).
 pub fn now_ns() -> u64 {
-    shipper::cycle::system_clock()
+    system::clock::now_ns()
 }
 
 /// Formats nanoseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

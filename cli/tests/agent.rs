@@ -28,7 +28,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vm_tests::clients::nbd_uri;
@@ -93,9 +93,7 @@ fn wait_points(home: &Home, name: &str, limit: Duration, pred: impl Fn(&[PointIn
     }
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
+use system::clock::now_ns;
 
 #[test]
 fn agent_replicates_on_schedule_while_a_writer_writes() {

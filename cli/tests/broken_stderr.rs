@@ -23,7 +23,7 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vm_tests::clients::{nbd_uri, qemu_io};
@@ -147,9 +147,7 @@ impl Drop for Daemon {
     }
 }
 
-fn now_ns() -> u64 {
-    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()).unwrap()
-}
+use system::clock::now_ns;
 
 /// A scratch home with a key, a vault and disk `d` (4 MiB of zeros, 64 KiB
 /// blocks, RPO 1 s) protected; the image's path.

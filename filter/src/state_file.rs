@@ -17,9 +17,8 @@
 //! outright: the file is left as it was found.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -105,10 +104,8 @@ fn read_header(path: &Path, file: &File) -> Result<(StateHeader, usize), FilterE
 /// cycle has the disk open). False if the file cannot be opened.
 pub(crate) fn is_locked(path: &Path) -> bool {
     let Ok(file) = File::open(path) else { return false };
-    // SAFETY: flock on a descriptor we own; the lock, if taken, goes when
-    // `file` closes at the end of this function.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    // The lock, if taken, goes when `file` closes at the end of this function.
+    matches!(system::lock::try_lock_exclusive(&file), Ok(false))
 }
 
 fn load_words(words: &[AtomicU64]) -> Vec<u64> {
@@ -190,15 +187,10 @@ impl StateFile {
             .write(true)
             .open(path)
             .map_err(FilterError::io("opening state file", path))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                FilterError::Locked { path: path.to_owned() }
-            } else {
-                FilterError::Io { what: "locking state file", path: path.to_owned(), source: e }
-            });
+        match system::lock::try_lock_exclusive(&file) {
+            Ok(true) => {}
+            Ok(false) => return Err(FilterError::Locked { path: path.to_owned() }),
+            Err(e) => return Err(FilterError::Io { what: "locking state file", path: path.to_owned(), source: e }),
         }
         let (header, slot) = read_header(path, &file)?;
         let g = header.geometry;

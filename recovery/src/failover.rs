@@ -18,10 +18,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use disk_format::keys::Keys;
 use disk_format::RootExtension;
@@ -171,10 +170,8 @@ impl Served {
             if !self.alive() {
                 return Ok(());
             }
-            let pid = libc::pid_t::try_from(self.pid).map_err(|_| RecoveryError::Qemu("pid out of range".into()))?;
-            // SAFETY: kill(2) takes no pointers; `alive` just checked the pid
-            // is this disk's server.
-            let _ = unsafe { libc::kill(pid, sig) };
+            // `alive` just checked the pid is this disk's server.
+            let _ = system::process::signal(self.pid, sig);
             let deadline = Instant::now() + Duration::from_secs(wait);
             while self.alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -264,9 +261,7 @@ impl Job {
 }
 
 /// Nanoseconds since the Unix epoch.
-pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+pub use system::clock::now_ns;
 
 /// The failovers of one recovery site: a directory per VM.
 pub struct Site {
@@ -344,8 +339,7 @@ impl Site {
             .mode(0o600)
             .open(&path)
             .map_err(|e| RecoveryError::io("opening", &path, e))?;
-        // SAFETY: flock(2) on a descriptor this function owns; no pointers.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !system::lock::try_lock_exclusive(&f).map_err(|e| RecoveryError::io("locking", &path, e))? {
             return Err(RecoveryError::Refused(format!(
                 "another `lifeboat failover` of VM {vm:?} is running right now (it holds {}); wait for it",
                 path.display()
@@ -374,16 +368,8 @@ impl Site {
 
     fn save(&self, job: &Job) -> Result<(), RecoveryError> {
         let path = self.job_path(&job.vm);
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(job).expect("a job serializes");
-        let write = || -> std::io::Result<()> {
-            let mut f = crate::trust::private_file(&tmp)?;
-            std::io::Write::write_all(&mut f, &text)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(path.parent().expect("job.json has a directory"))?.sync_all()
-        };
-        write().map_err(|e| RecoveryError::io("writing", &path, e))
+        system::file::replace(&path, &text).map_err(|e| RecoveryError::io("writing", &path, e))
     }
 
     /// Runs (or resumes) a failover; see the module documentation. Returns

@@ -271,7 +271,7 @@ impl Running {
         }
         if self.alive() {
             // The pid was checked to be this failover's QEMU just above.
-            let _ = crate::sys::kill9(self.pid);
+            let _ = system::process::kill9(self.pid);
             let deadline = Instant::now() + Duration::from_secs(10);
             while self.alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -429,14 +429,14 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
              stopped"
         ))
     })?;
-    let pid = crate::sys::peer_pid(&s)
+    let pid = system::process::peer_pid(&s)
         .map_err(|e| RecoveryError::Qemu(format!("reading the peer of the QMP socket {at}: {e}")))?
         .ok_or_else(|| {
             RecoveryError::Qemu(format!(
                 "the process behind the QMP socket {at} is in another pid namespace: Lifeboat cannot watch it exit"
             ))
         })?;
-    let pidfd = crate::sys::Pidfd::open(pid)
+    let pidfd = system::process::Pidfd::open(pid)
         .map_err(|e| RecoveryError::Qemu(format!("QEMU (pid {pid}) behind the QMP socket {at}: pidfd_open: {e}")))?;
     let qmp_err = |e: std::io::Error| {
         if is_timeout(&e) {

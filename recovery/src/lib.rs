@@ -11,6 +11,7 @@
 //! root extension; it must not re-implement either. Failback and
 //! app-consistent points build on it next.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod failback;
@@ -19,7 +20,6 @@ pub mod health;
 pub mod instant;
 pub mod launch;
 pub mod plan;
-mod sys;
 pub mod trust;
 pub mod vmdef;
 

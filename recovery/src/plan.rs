@@ -276,15 +276,8 @@ impl Plans {
         let path = self.path(&run.plan.name);
         let dir = path.parent().expect("run.json has a directory");
         crate::trust::private_dir_all(dir).map_err(|e| RecoveryError::io("creating", dir, e))?;
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = crate::trust::private_file(&tmp)?;
-            std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(run).expect("a run serializes"))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| RecoveryError::io("writing", &path, e))
+        let text = serde_json::to_vec_pretty(run).expect("a run serializes");
+        system::file::replace(&path, &text).map_err(|e| RecoveryError::io("writing", &path, e))
     }
 
     /// Removes a finished or abandoned run's record.

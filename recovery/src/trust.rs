@@ -176,8 +176,7 @@ impl Walk<'_> {
 
 /// The user this process runs as.
 pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
+    system::host::effective_uid()
 }
 
 /// Creates `dir` and its missing parents with mode 0700, whatever the umask

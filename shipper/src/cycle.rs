@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crossbeam_channel::bounded;
 use disk_format::ids::{BlockId, PageId, RootId};
@@ -97,7 +97,7 @@ pub fn host_name() -> String {
 
 /// Nanoseconds since the Unix epoch by the system clock (0 before 1970).
 pub fn system_clock() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    system::clock::now_ns()
 }
 
 /// Progress callbacks of a long cycle.

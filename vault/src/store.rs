@@ -23,8 +23,6 @@
 //! ([`Vault::points`], garbage collection, [`Vault::check`] without a key)
 //! trusts nothing it says beyond listing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use disk_format::{Consistency, Keys, MapPage, Pack, PackId, PageId, Root, RootError, RootId, VaultConfig, VaultId};
 
 use crate::backend::{check_name, Backend, Buffered, Kind, ObjectWriter};
@@ -132,7 +130,7 @@ impl Vault {
             path: location.clone().into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let created_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let created_unix = system::clock::now_ns() / 1_000_000_000;
         let config = VaultConfig { vault_id: VaultId(vault_id), created_unix, key_fingerprint: keys.fingerprint() };
         backend.put(Kind::Config, CONFIG_NAME, &config.encode())?;
         Ok(Vault { backend, config })

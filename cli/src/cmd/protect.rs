@@ -242,7 +242,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
             if !try_lock(&lock) {
                 bail!("disk {:?} is in use by a running filter or cycle; stop it before --reset-state", a.name);
             }
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let now = system::clock::now_ns() / 1_000_000_000;
             // The new state is suspect (every block dirty), so it is
             // relative to any point; keeping the old record of the last
             // committed point lets the next cycle still notice a vault that
@@ -352,9 +352,7 @@ pub fn lock_state(f: &std::fs::File) -> bool {
 }
 
 fn try_lock(f: &std::fs::File) -> bool {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a descriptor we own; the lock is released when `f` closes.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    system::lock::try_lock_exclusive(f).unwrap_or(false)
 }
 
 /// Records the protection (or its change) in the audit log of the disk's key.

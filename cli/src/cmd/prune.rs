@@ -1,7 +1,7 @@
 //! `lifeboat prune`: apply the retention ladder to a disk's points.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use vault::retention::Policy;
@@ -86,7 +86,7 @@ fn policy(a: &Args, base: crate::home::Retention) -> Policy {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
+    system::clock::now_ns()
 }
 
 /// `--all`: every chain, keyless (the vault cannot tell which disk a chain is).

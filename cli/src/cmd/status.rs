@@ -36,9 +36,7 @@ fn late(age_s: f64, target_s: u64) -> bool {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+    system::process::exists(pid)
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {

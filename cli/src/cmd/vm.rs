@@ -201,10 +201,7 @@ fn define(home: &Home, a: DefineArgs) -> Result<()> {
     let dir = home.vms_dir();
     recovery::trust::private_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{}.toml", def.name));
-    let tmp = path.with_extension("toml.tmp");
-    recovery::trust::write_private(&tmp, def.to_toml().as_bytes())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    system::file::replace(&path, def.to_toml().as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     let (vault_dir, key) = target.expect("a VM has a disk");
     let keys = crate::keyfile::load(&key)?;
     let vault = super::vault::open(&vault_dir).ok();

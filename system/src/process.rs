@@ -1,7 +1,6 @@
-//! What the crate asks of the operating system beyond std, fenced here: the
-//! pid of a unix socket's peer (`SO_PEERCRED`), a pidfd for it
-//! (`pidfd_open(2)`, a handle that stays tied to that one process even if its
-//! number is reused), waiting on the pidfd for the process to exit
+//! Processes: the pid of a unix socket's peer (`SO_PEERCRED`), a pidfd for
+//! it (`pidfd_open(2)`, a handle that stays tied to that one process even if
+//! its number is reused), waiting on the pidfd for the process to exit
 //! (`poll(2)`), and `kill(2)`.
 #![allow(unsafe_code)]
 
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 /// the kernel recorded it (for a server socket: the process that listened).
 /// `None` when the kernel cannot name it here (the peer is in another pid
 /// namespace, where it reports 0).
-pub(crate) fn peer_pid(s: &UnixStream) -> io::Result<Option<u32>> {
+pub fn peer_pid(s: &UnixStream) -> io::Result<Option<u32>> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).expect("ucred fits a socklen_t");
     // SAFETY: `cred` is a live, writable `ucred` and `len` holds its exact
@@ -37,14 +36,14 @@ pub(crate) fn peer_pid(s: &UnixStream) -> io::Result<Option<u32>> {
 
 /// A pidfd: one process, whatever later happens to its pid number.
 #[derive(Debug)]
-pub(crate) struct Pidfd {
+pub struct Pidfd {
     fd: OwnedFd,
     pid: u32,
 }
 
 impl Pidfd {
     /// Opens a pidfd for `pid` (`ESRCH` if no such process is left).
-    pub(crate) fn open(pid: u32) -> io::Result<Pidfd> {
+    pub fn open(pid: u32) -> io::Result<Pidfd> {
         let raw = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
         // SAFETY: pidfd_open takes a pid and flags (no pointers) and returns a
         // new descriptor or -1.
@@ -59,12 +58,12 @@ impl Pidfd {
     }
 
     /// The pid it was opened for.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.pid
     }
 
     /// Waits up to `timeout` for the process to exit; true once it has.
-    pub(crate) fn wait_exit(&self, timeout: Duration) -> io::Result<bool> {
+    pub fn wait_exit(&self, timeout: Duration) -> io::Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -90,11 +89,61 @@ impl Pidfd {
 
 /// Sends SIGKILL to `pid`. The caller has checked that the pid is still the
 /// process it means.
-pub(crate) fn kill9(pid: u32) -> io::Result<()> {
+pub fn kill9(pid: u32) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: kill(2) takes no pointers.
     if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sends signal `sig` to `pid`; `ESRCH` when no such process is left. The
+/// caller has checked that the pid is still the process it means.
+pub fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill(2) takes no pointers.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends signal `sig` to every process of group `pgid` (a child started in
+/// a group of its own and not yet reaped, so its id is not reused).
+pub fn signal_group(pgid: u32, sig: libc::c_int) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill(2) takes no pointers.
+    if unsafe { libc::kill(-pgid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a process `pid` exists (signal 0; one of another user counts).
+/// A pid says nothing about *which* process it is: to follow one process,
+/// hold a [`Pidfd`].
+pub fn exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_exists_until_reaped_and_its_pidfd_sees_it_exit() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(exists(pid));
+        let fd = Pidfd::open(pid).unwrap();
+        assert!(!fd.wait_exit(Duration::from_millis(10)).unwrap(), "a sleeping child reported as exited");
+        signal(pid, libc::SIGKILL).unwrap();
+        assert!(fd.wait_exit(Duration::from_secs(10)).unwrap());
+        child.wait().unwrap();
+        assert!(!exists(pid) || Pidfd::open(pid).is_ok(), "a reaped pid is gone unless reused");
+        assert_eq!(signal(pid, 0).map_err(|e| e.raw_os_error()), Err(Some(libc::ESRCH)));
+    }
 }

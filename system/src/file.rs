@@ -1,0 +1,240 @@
+//! Replacing a file atomically and durably, with one policy for every file
+//! Lifeboat keeps (`disk.toml`, the status file, VM definitions, failover
+//! jobs, plan runs, the audit log's sync state):
+//!
+//! 1. write the new contents to a private temporary beside the file
+//!    (`NAME.tmp`, mode 0600 whatever the umask),
+//! 2. fsync it,
+//! 3. rename it over the file,
+//! 4. fsync the directory.
+//!
+//! A crash at any point leaves the old contents or the new, never an empty
+//! or partial file: without step 2 the rename can reach the disk before
+//! the data (the file is then empty after a crash, as ext4 and XFS allow),
+//! and without step 4 the rename itself can be lost (the old file comes
+//! back, which is safe, but the caller was told it was written). The steps
+//! go through [`Steps`], so a test can crash between any two of them
+//! ([`replace_with`] and the model in this module's tests).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The temporary a replacement of `path` writes first: `NAME.tmp` beside it.
+pub fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// The file-system operations a replacement is made of.
+pub trait Steps {
+    /// Creates (or truncates) `tmp`, private, and writes `bytes` to it.
+    fn write_new(&mut self, tmp: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Makes `tmp`'s contents durable.
+    fn sync_file(&mut self, tmp: &Path) -> io::Result<()>;
+    /// Renames `tmp` over `path`.
+    fn rename(&mut self, tmp: &Path, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries durable.
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+pub struct RealFs;
+
+impl Steps for RealFs {
+    fn write_new(&mut self, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
+        // An existing temporary (a crash's leftover) keeps its mode: make it private.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        f.write_all(bytes)
+    }
+
+    fn sync_file(&mut self, tmp: &Path) -> io::Result<()> {
+        OpenOptions::new().write(true).open(tmp)?.sync_all()
+    }
+
+    fn rename(&mut self, tmp: &Path, path: &Path) -> io::Result<()> {
+        std::fs::rename(tmp, path)
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// Replaces `path` with `bytes` atomically and durably (see the module
+/// documentation); the file is private (0600). On error the file is as it
+/// was (or, if only the last fsync failed, already replaced).
+pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with(&mut RealFs, path, bytes)
+}
+
+/// [`replace`] through `steps`.
+pub fn replace_with(steps: &mut dyn Steps, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temporary(path);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    steps.write_new(&tmp, bytes)?;
+    steps.sync_file(&tmp)?;
+    steps.rename(&tmp, path)?;
+    steps.sync_dir(&dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeSet, HashMap};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A file system that loses what was not made durable when it crashes,
+    /// as POSIX allows: a file's data survives only once fsynced, and a
+    /// rename (a directory entry) only once the directory is fsynced; until
+    /// then a crash may or may not keep it.
+    #[derive(Default, Clone)]
+    struct CrashFs {
+        /// Inode contents, as written and as durable (`None`: never synced).
+        data: HashMap<u32, (Vec<u8>, Option<Vec<u8>>)>,
+        /// Directory entries now, and as durable on disk.
+        names: HashMap<PathBuf, u32>,
+        durable_names: HashMap<PathBuf, u32>,
+        /// Renames made since the last directory sync (entries a crash may keep or lose).
+        pending: Vec<(PathBuf, PathBuf, u32)>,
+        next: u32,
+        /// Operations allowed before the crash.
+        budget: usize,
+    }
+
+    impl CrashFs {
+        fn with_file(path: &Path, contents: &[u8]) -> CrashFs {
+            let mut fs = CrashFs { next: 1, budget: usize::MAX, ..CrashFs::default() };
+            fs.data.insert(1, (contents.to_vec(), Some(contents.to_vec())));
+            fs.names.insert(path.to_path_buf(), 1);
+            fs.durable_names.insert(path.to_path_buf(), 1);
+            fs
+        }
+
+        fn step(&mut self) -> io::Result<()> {
+            if self.budget == 0 {
+                return Err(io::Error::other("crashed"));
+            }
+            self.budget -= 1;
+            Ok(())
+        }
+
+        /// Every contents `path` may have after a crash now: each pending
+        /// rename kept or lost, each inode's data as synced (or, never
+        /// synced, empty: the data blocks were not written).
+        fn after_crash(&self, path: &Path) -> BTreeSet<Option<Vec<u8>>> {
+            let mut out = BTreeSet::new();
+            for kept in 0..=self.pending.len() {
+                let mut names = self.durable_names.clone();
+                for (from, to, ino) in &self.pending[..kept] {
+                    names.remove(from);
+                    names.insert(to.clone(), *ino);
+                }
+                out.insert(names.get(path).map(|ino| self.data[ino].1.clone().unwrap_or_default()));
+            }
+            out
+        }
+    }
+
+    impl Steps for CrashFs {
+        fn write_new(&mut self, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+            self.step()?;
+            self.next += 1;
+            self.data.insert(self.next, (bytes.to_vec(), None));
+            self.names.insert(tmp.to_path_buf(), self.next);
+            self.pending.push((PathBuf::new(), tmp.to_path_buf(), self.next));
+            Ok(())
+        }
+        fn sync_file(&mut self, tmp: &Path) -> io::Result<()> {
+            self.step()?;
+            let ino = self.names[tmp];
+            let d = self.data.get_mut(&ino).unwrap();
+            d.1 = Some(d.0.clone());
+            Ok(())
+        }
+        fn rename(&mut self, tmp: &Path, path: &Path) -> io::Result<()> {
+            self.step()?;
+            let ino = self.names.remove(tmp).unwrap();
+            self.names.insert(path.to_path_buf(), ino);
+            self.pending.push((tmp.to_path_buf(), path.to_path_buf(), ino));
+            Ok(())
+        }
+        fn sync_dir(&mut self, _dir: &Path) -> io::Result<()> {
+            self.step()?;
+            self.durable_names = self.names.clone();
+            self.pending.clear();
+            Ok(())
+        }
+    }
+
+    /// A crash after any number of steps leaves the old or the new
+    /// contents, never an empty or partial file; a finished replacement
+    /// leaves only the new.
+    fn crash_at_every_step(replace: fn(&mut dyn Steps, &Path, &[u8]) -> io::Result<()>) -> Result<(), String> {
+        let path = Path::new("/home/disks/d1/disk.toml");
+        let (old, new) = (b"name = \"old\"\n".to_vec(), b"name = \"new\"\n".to_vec());
+        for budget in 0..=4 {
+            let mut fs = CrashFs { budget, ..CrashFs::with_file(path, &old) };
+            let finished = replace(&mut fs, path, &new).is_ok();
+            let possible = fs.after_crash(path);
+            let allowed: BTreeSet<_> =
+                if finished { [Some(new.clone())].into() } else { [Some(old.clone()), Some(new.clone())].into() };
+            if !possible.is_subset(&allowed) {
+                let shown: Vec<String> = possible
+                    .iter()
+                    .map(|p| p.as_ref().map_or("no file".into(), |b| format!("{:?}", String::from_utf8_lossy(b))))
+                    .collect();
+                return Err(format!("a crash after {budget} steps may leave {shown:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_crash_at_any_step_leaves_the_old_or_the_new_contents() {
+        crash_at_every_step(replace_with).unwrap();
+    }
+
+    #[test]
+    fn the_model_catches_a_replacement_that_skips_a_sync() {
+        // The model would let these through if it did not model durability.
+        fn no_file_sync(s: &mut dyn Steps, path: &Path, bytes: &[u8]) -> io::Result<()> {
+            let tmp = temporary(path);
+            s.write_new(&tmp, bytes)?;
+            s.rename(&tmp, path)?;
+            s.sync_dir(path.parent().unwrap())
+        }
+        fn no_dir_sync(s: &mut dyn Steps, path: &Path, bytes: &[u8]) -> io::Result<()> {
+            let tmp = temporary(path);
+            s.write_new(&tmp, bytes)?;
+            s.sync_file(&tmp)?;
+            s.rename(&tmp, path)
+        }
+        let e = crash_at_every_step(no_file_sync).unwrap_err();
+        assert!(e.contains(r#""\"\"""#), "an unsynced file's rename must be able to leave it empty: {e}");
+        let e = crash_at_every_step(no_dir_sync).unwrap_err();
+        assert!(e.contains("after 3 steps") && e.contains("old"), "a rename reported done may come back old: {e}");
+    }
+
+    #[test]
+    fn replace_writes_a_private_file_over_a_loose_one_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(temporary(&path), b"a crash's leftover").unwrap();
+        std::fs::set_permissions(temporary(&path), std::fs::Permissions::from_mode(0o666)).unwrap();
+        replace(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!temporary(&path).exists());
+        let e = replace(&dir.path().join("missing-dir/x"), b"x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+}
