@@ -270,19 +270,6 @@ impl Keys {
         Ok(self.seal_block_inner(id, plaintext, nonce))
     }
 
-    /// [`Keys::seal_in_place`] with a caller-chosen nonce. **Tests only**: a
-    /// nonce used twice under one key breaks the encryption.
-    #[doc(hidden)]
-    pub fn seal_in_place_with_nonce_for_tests(
-        &self,
-        id: &BlockId,
-        buf: &mut [u8],
-        plain_len: usize,
-        nonce: [u8; NONCE_LEN],
-    ) -> Result<usize, CryptoError> {
-        self.seal_in_place_inner(id, buf, plain_len, nonce)
-    }
-
     /// [`Keys::seal_block`] with a caller-chosen nonce. **Tests only** (golden
     /// vectors need fixed bytes): a nonce used twice breaks the encryption.
     #[doc(hidden)]
