@@ -272,6 +272,10 @@ impl Keys {
 
     /// [`Keys::seal_block`] with a caller-chosen nonce. **Tests only** (golden
     /// vectors need fixed bytes): a nonce used twice breaks the encryption.
+    /// Not part of the public API: it exists only in this crate's own tests
+    /// and with the `test-support` feature, which only its dev-dependency on
+    /// itself enables (for `tests/golden_vault.rs`).
+    #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
     pub fn seal_block_with_nonce_for_tests(&self, id: &BlockId, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         self.seal_block_inner(id, plaintext, nonce)
