@@ -47,6 +47,11 @@
 //! every later GC, until a restart. The process keeps the names of the leases
 //! it holds (a process-wide set), so it can tell.
 //!
+//! "This host" and "this process" are the vault's [`HostIdentity`]:
+//! [`HostIdentity::current`] (read from the files above) unless a test set
+//! another with [`Vault::with_host_identity`]. Whether process `pid` runs,
+//! and since when, is always read from `/proc`.
+//!
 //! No timestamp is trusted for staleness: file times are not read at all
 //! (a backend's mtime or atime says nothing reliable, see STYLE.md), and
 //! `created_ns` is only shown in messages.
