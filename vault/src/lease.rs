@@ -263,12 +263,6 @@ impl HostIdentity {
             start: process_start(pid),
         }
     }
-
-    /// The start time of process `pid` on this machine, from `/proc`
-    /// (`None`: no such process, or `/proc` unreadable).
-    pub fn process_start(pid: u32) -> Option<u64> {
-        process_start(pid)
-    }
 }
 
 fn one_line(s: &str) -> String {
