@@ -270,21 +270,12 @@ impl Keys {
         Ok(self.seal_block_inner(id, plaintext, nonce))
     }
 
-    /// [`Keys::seal_in_place`] with a caller-chosen nonce. **Tests only**: a
-    /// nonce used twice under one key breaks the encryption.
-    #[doc(hidden)]
-    pub fn seal_in_place_with_nonce_for_tests(
-        &self,
-        id: &BlockId,
-        buf: &mut [u8],
-        plain_len: usize,
-        nonce: [u8; NONCE_LEN],
-    ) -> Result<usize, CryptoError> {
-        self.seal_in_place_inner(id, buf, plain_len, nonce)
-    }
-
     /// [`Keys::seal_block`] with a caller-chosen nonce. **Tests only** (golden
     /// vectors need fixed bytes): a nonce used twice breaks the encryption.
+    /// Not part of the public API: it exists only in this crate's own tests
+    /// and with the `test-support` feature, which only its dev-dependency on
+    /// itself enables (for `tests/golden_vault.rs`).
+    #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
     pub fn seal_block_with_nonce_for_tests(&self, id: &BlockId, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         self.seal_block_inner(id, plaintext, nonce)

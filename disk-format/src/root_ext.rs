@@ -14,7 +14,9 @@
 
 use crate::codec::{get_array, get_u16, get_u32, put_u16, put_u32};
 use crate::ids::BlockId;
-use crate::keys::{CryptoError, Keys, NONCE_LEN, SEAL_OVERHEAD};
+#[cfg(test)]
+use crate::keys::NONCE_LEN;
+use crate::keys::{CryptoError, Keys, SEAL_OVERHEAD};
 
 /// First 8 bytes of BLAKE3("lifeboat root extension v1").
 pub const EXT_MAGIC: [u8; 8] = [0x76, 0x5e, 0x58, 0x4b, 0xd1, 0x98, 0xe5, 0x00];
@@ -128,8 +130,8 @@ impl RootExtension {
 
     /// [`RootExtension::encode`] with a fixed nonce. **Tests only** (golden
     /// vectors): a nonce used twice under one key breaks the encryption.
-    #[doc(hidden)]
-    pub fn encode_with_nonce_for_tests(&self, keys: &Keys, nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+    #[cfg(test)]
+    pub(crate) fn encode_with_nonce_for_tests(&self, keys: &Keys, nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         let def = self.vm_definition.as_deref().unwrap_or_default();
         let id = keys.block_id(def);
         frame(&id, &keys.seal_block_with_nonce_for_tests(&id, def, nonce))
@@ -246,6 +248,7 @@ pub fn cut_group_unauthenticated(b: &[u8]) -> Option<CutGroup> {
 }
 
 /// The v1 extension with one VM-definition entry: `id ‖ sealed blob`.
+#[cfg(test)]
 fn frame(id: &BlockId, sealed: &[u8]) -> Vec<u8> {
     frame_entries(&[(TAG_VM_DEFINITION, [&id.0[..], sealed].concat())])
 }

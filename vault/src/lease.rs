@@ -47,6 +47,11 @@
 //! every later GC, until a restart. The process keeps the names of the leases
 //! it holds (a process-wide set), so it can tell.
 //!
+//! "This host" and "this process" are the vault's [`HostIdentity`]:
+//! [`HostIdentity::current`] (read from the files above) unless a test set
+//! another with [`Vault::with_host_identity`]. Whether process `pid` runs,
+//! and since when, is always read from `/proc`.
+//!
 //! No timestamp is trusted for staleness: file times are not read at all
 //! (a backend's mtime or atime says nothing reliable, see STYLE.md), and
 //! `created_ns` is only shown in messages.
@@ -212,13 +217,25 @@ impl Drop for Hold<'_> {
     }
 }
 
-/// This host and process, as a lease records them.
-struct Me {
-    host: String,
-    machine: Option<String>,
-    boot: Option<String>,
-    pid: u32,
-    start: Option<u64>,
+/// Who "this host" and "this process" are, as a lease records them and as
+/// leases are judged. Production code uses [`HostIdentity::current`] (what a
+/// [`Vault`] uses unless told otherwise); a test gives a vault another one
+/// ([`Vault::with_host_identity`]) to play this host, another host, a
+/// rebooted host or a crashed process without depending on the machine it
+/// runs on (e.g. one without `/etc/machine-id`). Whether a process `pid`
+/// runs, and since when, is always read from `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// The hostname (messages only).
+    pub host: String,
+    /// The machine id (`/etc/machine-id`); `None`: leases cannot be judged.
+    pub machine: Option<String>,
+    /// The boot id (`/proc/sys/kernel/random/boot_id`); `None`: leases cannot be judged.
+    pub boot: Option<String>,
+    /// The process id of the lease holder.
+    pub pid: u32,
+    /// That process's start time (field 22 of `/proc/PID/stat`).
+    pub start: Option<u64>,
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -234,14 +251,17 @@ fn process_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn me() -> Me {
-    let pid = std::process::id();
-    Me {
-        host: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into()),
-        machine: read_trimmed("/etc/machine-id").or_else(|| read_trimmed("/var/lib/dbus/machine-id")),
-        boot: read_trimmed("/proc/sys/kernel/random/boot_id"),
-        pid,
-        start: process_start(pid),
+impl HostIdentity {
+    /// This host and this process, read from the machine.
+    pub fn current() -> HostIdentity {
+        let pid = std::process::id();
+        HostIdentity {
+            host: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into()),
+            machine: read_trimmed("/etc/machine-id").or_else(|| read_trimmed("/var/lib/dbus/machine-id")),
+            boot: read_trimmed("/proc/sys/kernel/random/boot_id"),
+            pid,
+            start: process_start(pid),
+        }
     }
 }
 
@@ -249,7 +269,7 @@ fn one_line(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-fn encode(holder: &str, me: &Me) -> String {
+fn encode(holder: &str, me: &HostIdentity) -> String {
     let created_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
         // Nanoseconds fit in u64 until 2554.
         u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -305,7 +325,7 @@ fn decode(body: &[u8]) -> Result<Holder, String> {
 /// Whether `h`'s process is provably gone, judged from this host.
 /// `held_here`: this process holds the lease now (only consulted when the
 /// lease names this very process).
-fn liveness(h: &Holder, me: &Me, held_here: bool) -> Liveness {
+fn liveness(h: &Holder, me: &HostIdentity, held_here: bool) -> Liveness {
     let Some(machine) = &me.machine else { return Liveness::Live };
     if h.machine.is_empty() || h.machine != *machine {
         return Liveness::Live; // another host (or one that cannot say): cannot tell
@@ -362,7 +382,7 @@ impl Vault {
         // Registered before it is written, so that no lister in this process
         // ever judges it stale while it is being taken.
         held().insert(name.clone());
-        if let Err(e) = self.backend().put(Kind::Lease, &name, encode(holder, &me()).as_bytes()) {
+        if let Err(e) = self.backend().put(Kind::Lease, &name, encode(holder, &self.host_identity()).as_bytes()) {
             // The object may have landed all the same: unregistered, it is stale.
             held().remove(&name);
             return Err(e);
@@ -373,7 +393,7 @@ impl Vault {
     /// Every lease whose name starts with `prefix`, with its liveness judged
     /// from this host. A lease that vanishes while listed is skipped.
     pub fn leases(&self, prefix: &str) -> Result<Vec<LeaseInfo>, VaultError> {
-        let me = me();
+        let me = self.host_identity();
         let mut out = Vec::new();
         for name in self.backend().list(Kind::Lease, prefix)? {
             let Some(purpose) = parse_name(&name) else {
@@ -489,9 +509,20 @@ impl Vault {
 mod tests {
     use super::*;
 
+    /// This process on a host of the test's own making: nothing here depends
+    /// on the machine having a machine id.
+    fn test_host() -> HostIdentity {
+        HostIdentity {
+            host: "here".into(),
+            machine: Some("test-machine-0123456789abcdef".into()),
+            boot: Some("test-boot-1".into()),
+            ..HostIdentity::current()
+        }
+    }
+
     #[test]
     fn body_round_trips_and_this_process_is_live() {
-        let me = me();
+        let me = test_host();
         let h = decode(encode("restore\nx", &me).as_bytes()).unwrap();
         assert_eq!(h.holder, "restore x");
         assert_eq!(h.pid, std::process::id());
@@ -502,10 +533,8 @@ mod tests {
 
     #[test]
     fn dead_process_reboot_and_reused_pid_are_stale_other_hosts_are_not() {
-        let me = me();
-        if me.machine.is_none() || me.boot.is_none() || me.start.is_none() {
-            return; // cannot judge anything here: every lease is live (tested above)
-        }
+        let me = test_host();
+        assert!(me.start.is_some(), "/proc/self/stat cannot be read: leases are judged from Linux's /proc");
         let mut h = decode(encode("restore", &me).as_bytes()).unwrap();
         h.pid = u32::MAX - 1; // no such process
         assert!(matches!(liveness(&h, &me, true), Liveness::Stale(_)));
@@ -518,6 +547,9 @@ mod tests {
         let mut h4 = h.clone();
         h4.machine = "another-machine".into();
         assert_eq!(liveness(&h4, &me, true), Liveness::Live);
+        // A host that cannot say who it is judges nothing: every lease is live.
+        let blind = HostIdentity { machine: None, ..test_host() };
+        assert_eq!(liveness(&h, &blind, true), Liveness::Live);
         // This very process wrote it but no longer holds it (its delete failed).
         let mine = decode(encode("shipper", &me).as_bytes()).unwrap();
         assert!(matches!(liveness(&mine, &me, false), Liveness::Stale(_)));

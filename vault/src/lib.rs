@@ -41,7 +41,7 @@ pub use disks::{DiskChoice, DiskPoints, Disks, UnreadableChain};
 pub use error::{Damage, VaultError};
 pub use gc::{GarbagePack, GcReport};
 pub use index::{BlockIndex, BlockLocation, UnreadablePack};
-pub use lease::{Hold, LeaseInfo, Liveness, Purpose};
+pub use lease::{Hold, HostIdentity, LeaseInfo, Liveness, Purpose};
 pub use local::LocalBackend;
 pub use point_reader::PointReader;
 pub use restore::RestoreReport;

@@ -265,15 +265,31 @@ mod tests {
 
     #[test]
     fn daily_rung_keeps_the_newest_point_of_each_day() {
-        let points: Vec<_> = (1..=24 * 20u64).map(|s| point(s, 48 * H + s * H)).collect();
+        // A point every hour for 20 days; listed in a shuffled order, so that
+        // "the first seen of a day" is not "the newest of a day".
+        let mut points: Vec<_> = (1..=24 * 20u64).map(|s| point(s, 48 * H + s * H)).collect();
+        let n = points.len();
+        for i in 0..n {
+            points.swap(i, (i * 7919 + 13) % n);
+        }
         let now = 48 * H + 24 * 20 * H + H / 2;
         let policy = Policy { recent: Duration::from_secs(3_600), hourly: 24, daily: 15 };
         let sel = select(&points, now, &policy, &HashSet::new());
-        let days: Vec<u64> = sel.keep.iter().map(|&s| (48 + s) / 24).collect();
-        let mut distinct = days.clone();
-        distinct.dedup();
         // 1 recent + 24 hourly + 15 daily.
         assert_eq!(sel.keep.len(), 1 + 24 + 15, "{:?}", sel.keep);
-        assert!(distinct.len() >= 15);
+        // The hourly rung starts at the hour 24 hours before the recent
+        // window's: points before it are on the daily rung (or beyond).
+        let hourly_start = (now - H) / H * H - 23 * H;
+        let day = |s: u64| (48 + s) * H / (24 * H);
+        let older: Vec<u64> = points.iter().filter(|p| p.cut_time_ns < hourly_start).map(|p| p.sequence).collect();
+        let daily: Vec<u64> = sel.keep.iter().copied().filter(|s| older.contains(s)).collect();
+        assert_eq!(daily.len(), 15, "{daily:?}");
+        for &s in &daily {
+            let newest = older.iter().copied().filter(|&t| day(t) == day(s)).max().unwrap();
+            assert_eq!(s, newest, "day {}: kept point {s}, but the newest of that day is {newest}", day(s));
+        }
+        let mut days: Vec<u64> = daily.iter().map(|&s| day(s)).collect();
+        days.dedup();
+        assert_eq!(days, (6..=20).collect::<Vec<_>>(), "one point for each of the 15 days before the hourly rung");
     }
 }

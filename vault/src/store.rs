@@ -27,6 +27,7 @@ use disk_format::{Consistency, Keys, MapPage, Pack, PackId, PageId, Root, RootEr
 
 use crate::backend::{check_name, Backend, Buffered, Kind, ObjectWriter};
 use crate::error::{Damage, VaultError};
+use crate::lease::HostIdentity;
 
 /// The name of the vault config object.
 pub const CONFIG_NAME: &str = "config";
@@ -102,6 +103,8 @@ pub struct PointSummary {
 pub struct Vault {
     backend: Box<dyn Backend>,
     config: VaultConfig,
+    /// Who this host is for leases; `None`: [`HostIdentity::current`] at each use.
+    host: Option<HostIdentity>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -133,13 +136,27 @@ impl Vault {
         let created_unix = system::clock::now_ns() / 1_000_000_000;
         let config = VaultConfig { vault_id: VaultId(vault_id), created_unix, key_fingerprint: keys.fingerprint() };
         backend.put(Kind::Config, CONFIG_NAME, &config.encode())?;
-        Ok(Vault { backend, config })
+        Ok(Vault { backend, config, host: None })
     }
 
     /// Opens the vault on `backend`: reads and checks its config.
     pub fn open(backend: Box<dyn Backend>) -> Result<Vault, VaultError> {
         let config = read_config(backend.as_ref())?;
-        Ok(Vault { backend, config })
+        Ok(Vault { backend, config, host: None })
+    }
+
+    /// The same vault, judging leases as `host` (and writing leases that
+    /// name it) instead of [`HostIdentity::current`]: for tests that play
+    /// this host, another host, a rebooted host or a crashed process.
+    #[must_use]
+    pub fn with_host_identity(mut self, host: HostIdentity) -> Vault {
+        self.host = Some(host);
+        self
+    }
+
+    /// Who this host is, as leases are written and judged.
+    pub fn host_identity(&self) -> HostIdentity {
+        self.host.clone().unwrap_or_else(HostIdentity::current)
     }
 
     /// The vault config read at open.

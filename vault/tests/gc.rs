@@ -9,9 +9,9 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use common::{master, new_vault, objects, restore_bytes, Disk, Rng};
+use common::{lease_body, master, new_vault, objects, restore_bytes, test_host, Disk, Rng};
 use disk_format::{BlockId, Pack};
-use vault::{BlockIndex, Kind, Policy, Vault, VaultError};
+use vault::{BlockIndex, HostIdentity, Kind, LocalBackend, Policy, Vault, VaultError};
 
 /// Two disks; `web` has 8 points each rewriting blocks (packs of 4 blobs, so
 /// rewritten blocks leave whole packs garbage), `db` one point.
@@ -181,20 +181,19 @@ fn gc_refuses_while_a_cycle_runs_and_a_cycle_refuses_while_gc_runs() {
 
 #[test]
 fn gc_removes_a_stale_cycle_lease_of_a_dead_process() {
-    let (Ok(machine), Ok(boot)) =
-        (std::fs::read_to_string("/etc/machine-id"), std::fs::read_to_string("/proc/sys/kernel/random/boot_id"))
-    else {
-        return; // this host cannot judge leases
-    };
     let dir = tempfile::tempdir().unwrap();
     let vault = new_vault(dir.path());
     fixture(&vault);
-    let dead = format!(
-        "lifeboat lease v1\nholder=shipper\nhost=here\nmachine={}\nboot={}\npid=4000000000\nstart=5\ncreated_ns=0\n",
-        machine.trim(),
-        boot.trim()
-    );
+    // Process 4000000000 (above any pid_max) of this host: it no longer runs.
+    let dead = lease_body("shipper", &test_host(), 4_000_000_000, 5);
     vault.backend().put(Kind::Lease, "cycle/web/00000000000000ff", dead.as_bytes()).unwrap();
+    // Judged from another host, the same lease may be live: GC refuses.
+    let elsewhere = HostIdentity { machine: Some("another-machine".into()), ..test_host() };
+    let far = Vault::open(Box::new(LocalBackend::open(&dir.path().join("vault")).unwrap()))
+        .unwrap()
+        .with_host_identity(elsewhere);
+    assert!(matches!(far.gc(false), Err(VaultError::Busy { .. })), "another host cannot judge it");
+    assert_eq!(vault.leases("").unwrap().len(), 1, "still there");
     let report = vault.gc(false).unwrap();
     assert_eq!(report.stale_leases_removed, vec!["cycle/web/00000000000000ff".to_string()]);
     assert!(vault.leases("").unwrap().is_empty());

@@ -8,10 +8,10 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::{master, new_vault, restore_bytes, Disk, Rng};
+use common::{lease_body, master, new_vault, restore_bytes, test_host, Disk, Rng};
 use disk_format::Consistency;
 use proptest::prelude::*;
-use vault::{select, BlockIndex, Kind, PointSummary, Policy, Selection};
+use vault::{select, BlockIndex, HostIdentity, Kind, PointSummary, Policy, Selection};
 
 const HOUR: i128 = 3_600_000_000_000;
 const DAY: i128 = 24 * HOUR;
@@ -294,21 +294,19 @@ fn a_lease_from_another_host_is_respected_and_a_stale_one_is_removed() {
     assert_eq!(report.held, vec![1, 2]);
     vault.break_lease("point/web/00000000000000000002/00bb").unwrap();
 
-    // A lease of this host from a process that no longer exists is stale.
-    let (Ok(machine), Ok(boot)) =
-        (std::fs::read_to_string("/etc/machine-id"), std::fs::read_to_string("/proc/sys/kernel/random/boot_id"))
-    else {
-        return; // this host cannot judge leases: they all hold (see above)
-    };
-    let dead = format!(
-        "lifeboat lease v1\nholder=restore\nhost=here\nmachine={}\nboot={}\npid=4000000000\nstart=5\ncreated_ns=0\n",
-        machine.trim(),
-        boot.trim()
-    );
+    // A lease of this host from a process that no longer exists is stale
+    // (pid 4000000000 is above any pid_max), and so is one of this host
+    // taken before it rebooted (another boot id).
+    let dead = lease_body("restore", &test_host(), 4_000_000_000, 5);
+    let before_reboot = lease_body("restore", &HostIdentity { boot: Some("test-boot-0".into()), ..test_host() }, 1, 5);
+    vault.backend().put(Kind::Lease, "point/web/00000000000000000002/00dd", before_reboot.as_bytes()).unwrap();
     vault.backend().put(Kind::Lease, "point/web/00000000000000000001/00cc", dead.as_bytes()).unwrap();
     vault.break_lease("point/web/00000000000000000001/00aa").unwrap();
     let report = vault.prune("web", &keep_newest, now).unwrap();
     assert_eq!(report.pruned, vec![1, 2]);
-    assert_eq!(report.stale_leases_removed, vec!["point/web/00000000000000000001/00cc".to_string()]);
+    assert_eq!(
+        report.stale_leases_removed,
+        vec!["point/web/00000000000000000001/00cc".to_string(), "point/web/00000000000000000002/00dd".to_string()]
+    );
     assert!(vault.leases("").unwrap().is_empty());
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use disk_format::{BlockId, Geometry, Keys, LastPoint, MasterKey, Pack, PageId, Root};
 use filter::{CutInfo, CutKind};
 use shipper::{run_cycle, CutSource, CycleOptions, ShipError};
-use vault::{Kind, Policy, Vault, VaultError};
+use vault::{HostIdentity, Kind, Policy, Vault, VaultError};
 
 use super::disk::SimDisk;
 use super::rng::{block_bytes, fill_block, Rng};
@@ -55,6 +55,10 @@ pub struct Options {
     /// After deliberate damage, a clean cycle must still commit a point
     /// (off by default: damage inherited through shared pages and deduplicated blocks can still fail later restores; see `a_damaged_map_page_does_not_stop_replication`).
     pub strict_after_damage: bool,
+    /// With `strict_after_damage`: the clean cycle after damage fails
+    /// (its root's put fails), so a test can see that strict mode reports
+    /// every failure, not only the one it was written for.
+    pub fail_cycle_after_damage: bool,
     /// The longest schedule (steps); each seed draws its length from
     /// `max_steps / 4 ..= max_steps`. 0 means [`DEFAULT_MAX_STEPS`].
     pub max_steps: u64,
@@ -222,7 +226,7 @@ impl CycleSource<'_> {
             InCycle::Gc | InCycle::DryGc => {
                 let dry = matches!(e, InCycle::DryGc);
                 self.store.suspend_faults(true);
-                let other = Vault::open(self.store.backend()).expect("open");
+                let other = open_vault(&self.store);
                 let r = other.gc(dry);
                 self.store.suspend_faults(false);
                 if !dry {
@@ -239,7 +243,7 @@ impl CycleSource<'_> {
             }
             InCycle::Prune(policy) => {
                 self.store.suspend_faults(true);
-                let other = Vault::open(self.store.backend()).expect("open");
+                let other = open_vault(&self.store);
                 let now = self.clock.load(Ordering::SeqCst);
                 let r = checked_prune(&other, self.model, &policy, now, None, self.store);
                 self.store.suspend_faults(false);
@@ -256,7 +260,7 @@ impl CycleSource<'_> {
                 }
                 let seq = live[usize::try_from(self.rng.below(live.len() as u64)).expect("small")];
                 self.store.suspend_faults(true);
-                let other = Vault::open(self.store.backend()).expect("open");
+                let other = open_vault(&self.store);
                 let corrupted = !self.model.corrupted.is_empty();
                 let r = restore_check(&other, self.keys, self.out, &chain(), seq, &self.model.points[&seq], corrupted);
                 self.store.suspend_faults(false);
@@ -478,8 +482,20 @@ fn lease_body(holder: &str, machine: &str, boot: &str, pid: u32, start: u64) -> 
     )
 }
 
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+/// The simulated host: this process, on a machine of the simulation's own
+/// making, so leases are judged the same on every machine (one without
+/// `/etc/machine-id` too). Every `Vault` of the simulation is this host.
+fn sim_host() -> HostIdentity {
+    HostIdentity {
+        host: "sim".into(),
+        machine: Some("sim-machine-0123456789abcdef".into()),
+        boot: Some("sim-boot-1".into()),
+        ..HostIdentity::current()
+    }
+}
+
+fn open_vault(store: &Arc<Store>) -> Vault {
+    Vault::open(store.backend()).expect("opening the vault").with_host_identity(sim_host())
 }
 
 /// A second disk in the same vault, with one point: prune of the first
@@ -567,7 +583,7 @@ impl Sim {
         let geometry = Geometry::new(blocks * 4096 - short, 4096).expect("geometry");
         let keys = MasterKey::from_bytes([0x5a; 32]).keys();
         let store = Store::new();
-        let vault = Vault::init(store.backend(), &keys).expect("init");
+        let vault = Vault::init(store.backend(), &keys).expect("init").with_host_identity(sim_host());
         let disk = SimDisk::new(geometry);
         let pool = u32::try_from(rng.range(2, 40)).expect("small");
         let may_corrupt = rng.chance(12);
@@ -585,8 +601,8 @@ impl Sim {
             out: output_file(),
             ids: IdCache::default(),
             may_corrupt,
-            machine: read_trimmed("/etc/machine-id"),
-            boot: read_trimmed("/proc/sys/kernel/random/boot_id"),
+            machine: sim_host().machine.expect("set"),
+            boot: sim_host().boot.expect("set"),
             stats: Stats::default(),
             step: 0,
             doing: "setting up".into(),
@@ -784,7 +800,7 @@ impl Sim {
                 self.store.raw_put(Kind::Lease, &name, body.into_bytes());
             }
         }
-        self.vault = Vault::open(self.store.backend()).expect("reopening the vault");
+        self.vault = open_vault(&self.store);
     }
 
     fn cycle(&mut self) -> Check {
@@ -1338,6 +1354,9 @@ impl Sim {
                 return Ok(());
             }
             // Damage is reported; replication must still go on.
+            if self.opts.fail_cycle_after_damage {
+                self.store.arm(Fault::new(Some(Op::Put), Some(Kind::Root), 1, Action::Fail));
+            }
             let (r, _) = clean_cycle(
                 &mut self.disk,
                 DISK,

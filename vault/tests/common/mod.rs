@@ -5,7 +5,7 @@
 
 use disk_format::pack::PackWriter;
 use disk_format::{BlockId, Consistency, Geometry, Keys, MapBuilder, MasterKey, PageError, PageId, Root, RootId};
-use vault::{BlockIndex, LocalBackend, Vault, VaultError};
+use vault::{BlockIndex, HostIdentity, LocalBackend, Vault, VaultError};
 
 /// The test key.
 pub fn master() -> MasterKey {
@@ -174,7 +174,28 @@ impl From<PageError> for PageErrorOrVault {
 /// A new vault in `dir/vault` for the test key.
 pub fn new_vault(dir: &std::path::Path) -> Vault {
     let backend = LocalBackend::create(&dir.join("vault")).unwrap();
-    Vault::init(Box::new(backend), &master().keys()).unwrap()
+    Vault::init(Box::new(backend), &master().keys()).unwrap().with_host_identity(test_host())
+}
+
+/// This process on a host of the tests' own making, so that leases are
+/// judged the same on every machine (one without `/etc/machine-id` too).
+pub fn test_host() -> HostIdentity {
+    HostIdentity {
+        host: "here".into(),
+        machine: Some("test-machine-0123456789abcdef".into()),
+        boot: Some("test-boot-1".into()),
+        ..HostIdentity::current()
+    }
+}
+
+/// The body of a lease that process `pid` (started at `start`) of `host` wrote.
+pub fn lease_body(holder: &str, host: &HostIdentity, pid: u32, start: u64) -> String {
+    format!(
+        "lifeboat lease v1\nholder={holder}\nhost={}\nmachine={}\nboot={}\npid={pid}\nstart={start}\ncreated_ns=0\n",
+        host.host,
+        host.machine.as_deref().unwrap(),
+        host.boot.as_deref().unwrap()
+    )
 }
 
 /// Restores point `seq` of `disk` into a file under `dir`; returns its bytes.
