@@ -36,7 +36,7 @@ pub mod proto;
 mod server;
 mod transmission;
 
-pub use server::{Listen, LocalAddr, Options, ParseListenError, Server, ShutdownHandle};
+pub use server::{Listen, LocalAddr, Options, ParseListenError, Server, ShutdownHandle, TlsUpgrade};
 
 use std::io;
 
