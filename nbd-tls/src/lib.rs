@@ -123,17 +123,20 @@ impl ServerCreds {
         })?;
 
         let now = UnixTime::now();
-        for ca in &cas {
-            if let Some(not_after) = not_after(ca) {
-                if not_after < now.as_secs() {
-                    return Err(err(format!(
-                        "{} expired on {}; make a new CA and certificates signed by it (for the server and every \
-                         client)",
-                        ca_path.display(),
-                        date(not_after)
-                    )));
-                }
-            }
+        let expired = |cert: &CertificateDer<'_>| not_after(cert).filter(|&t| t < now.as_secs());
+        if let Some(t) = cas.iter().find_map(expired) {
+            return Err(err(format!(
+                "{} expired on {}; make a new CA and certificates signed by it (for the server and every client)",
+                ca_path.display(),
+                date(t)
+            )));
+        }
+        if let Some(t) = expired(&chain[0]) {
+            return Err(err(format!(
+                "{} expired on {}; make a new server certificate signed by {CA_CERT}",
+                cert_path.display(),
+                date(t)
+            )));
         }
         let mut roots = RootCertStore::empty();
         for ca in &cas {
