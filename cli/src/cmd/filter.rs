@@ -25,9 +25,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR", long_help = TLS_CREDS_HELP)]
     tls_creds: Option<std::path::PathBuf>,
     /// Serve on a TCP address that is not loopback (0.0.0.0, ::, a LAN
-    /// address). NBD here has no authentication or encryption: anyone who
-    /// reaches the port can read and overwrite the disk. Prefer a unix socket,
-    /// or 127.0.0.1 reached through an ssh tunnel.
+    /// address) without TLS. NBD then has no authentication or encryption:
+    /// anyone who reaches the port can read and overwrite the disk. Prefer
+    /// --tls-creds, a unix socket, or 127.0.0.1 reached through an ssh tunnel.
     #[arg(long)]
     insecure_tcp: bool,
     #[command(flatten)]

@@ -56,9 +56,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR", requires = "listen", long_help = crate::cmd::filter::TLS_CREDS_HELP)]
     tls_creds: Option<PathBuf>,
     /// Let the agent serve the disk on a --listen TCP address that is not
-    /// loopback (0.0.0.0, ::, a LAN address). NBD here has no authentication
-    /// or encryption: anyone who reaches the port can read and overwrite the
-    /// disk. Recorded in disk.toml (`insecure_tcp`); the agent warns at every
+    /// loopback (0.0.0.0, ::, a LAN address) without TLS. NBD then has no
+    /// authentication or encryption: anyone who reaches the port can read and
+    /// overwrite the disk (prefer --tls-creds). Recorded in disk.toml (`insecure_tcp`); the agent warns at every
     /// start. Give it again with each --listen change that needs it.
     #[arg(long, requires = "listen")]
     insecure_tcp: bool,

@@ -1,7 +1,8 @@
 //! Listeners, the accept loop, one thread per connection, and shutdown.
 //!
 //! Guards ([`Options`]): a TCP address that is not loopback is refused at
-//! bind unless [`Options::insecure_tcp`]; a connection past
+//! bind unless [`Options::insecure_tcp`] or [`Options::tls`] (then every TCP
+//! client must start TLS; see `handshake`); a connection past
 //! [`Options::max_connections`], or one that would leave fewer than
 //! [`Options::fd_reserve`] file descriptors for the rest of the process (the
 //! replication cycle), is closed as soon as it is accepted, never queued; a
@@ -64,7 +65,7 @@ pub struct Options {
     /// replication cycle opens the state file, the image, vault files,
     /// sockets). Default 64.
     pub fd_reserve: u64,
-    /// Bind TCP addresses that are not loopback. NBD here has neither
+    /// Bind TCP addresses that are not loopback without TLS. NBD then has neither
     /// authentication nor encryption: anyone who reaches such an address can
     /// read and overwrite the disk. Default false: [`Server::bind_with`]
     /// refuses them.
@@ -662,15 +663,16 @@ impl Server {
     }
 }
 
-/// The refusal of a TCP address that is not loopback.
+/// The refusal of a TCP address that is not loopback (without TLS).
 fn exposed_error(listen: &Listen, addr: &str, name: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::PermissionDenied,
         format!(
-            "refusing to listen on {listen} ({addr}): it is not a loopback address, and this NBD server has no \
+            "refusing to listen on {listen} ({addr}): it is not a loopback address, and without TLS this NBD server has no \
              authentication or encryption, so anyone who can reach it could read and overwrite disk {name:?}; listen \
              on a unix socket or on 127.0.0.1 (reach it from another host through an ssh tunnel: ssh -L \
-             PORT:127.0.0.1:PORT HOST), or accept the risk on an isolated network with --insecure-tcp"
+             PORT:127.0.0.1:PORT HOST), require TLS with client certificates (--tls-creds DIR), or accept the risk \
+             on an isolated network with --insecure-tcp"
         ),
     )
 }
