@@ -21,7 +21,8 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # python3-libnbd gives nbdsh (run as PATH=/usr/bin:$PATH nbdsh: the python3 first
 # on PATH may be another interpreter without the nbd module).
 # restic, borgbackup, rsync: the peers of benches/replicate-bench.sh.
-base_pkgs=(libnbd-bin python3-libnbd nbdkit fio busybox-static cpio e2fsprogs gzip iproute2 python3
+# openssl: cli/tests/nbd_tls.rs makes its CA and certificates with it.
+base_pkgs=(libnbd-bin python3-libnbd nbdkit fio busybox-static cpio e2fsprogs gzip iproute2 python3 openssl
   restic borgbackup rsync)
 # QEMU must come from bookworm-backports: bookworm's qemu-system-x86 7.2 would
 # replace the backports qemu-utils 10.x (qemu-img, qemu-io, qemu-nbd) with 7.2.

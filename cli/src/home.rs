@@ -68,6 +68,12 @@ pub struct DiskConfig {
     /// refuses such an address.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_tcp: bool,
+    /// TLS credentials (`protect --tls-creds`, a directory in QEMU's
+    /// tls-creds-x509 layout): the agent requires TLS with a client
+    /// certificate signed by its CA on every TCP `listen` address, which may
+    /// then be non-loopback without `insecure_tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_creds: Option<PathBuf>,
     /// Replication settings, once the disk has a vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<Replication>,

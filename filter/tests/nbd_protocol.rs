@@ -841,3 +841,216 @@ fn uris_are_what_libnbd_expects() {
     assert_eq!(LocalAddr::Unix(Path::new("/r/x.sock").into()).uri(), "nbd+unix:///?socket=/r/x.sock");
     assert_eq!(LocalAddr::Tcp("127.0.0.1:10809".parse().unwrap()).uri(), "nbd://127.0.0.1:10809/");
 }
+
+// ------------------------------------------------------------------ STARTTLS
+
+const REP_ERR_TLS_REQD: u32 = 0x8000_0005;
+
+/// A stand-in for TLS that does what a real upgrade does with the socket
+/// (a handshake that can fail, then a pump between the encrypted socket and
+/// the local plaintext stream on two threads), with a toy cipher: the client
+/// sends `TOYTLS` + a one-byte key, gets `OK` back, and every byte after
+/// that is XORed with the key both ways. The real rustls upgrade is tested
+/// end to end with QEMU in cli/tests/nbd_tls.rs.
+#[derive(Debug)]
+struct ToyTls;
+
+impl filter::nbd::TlsUpgrade for ToyTls {
+    fn upgrade(&self, mut sock: TcpStream, _peer: &str, deadline: Instant) -> io::Result<UnixStream> {
+        sock.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+        let mut hello = [0u8; 7];
+        sock.read_exact(&mut hello)?;
+        if &hello[..6] != b"TOYTLS" {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "not a toy TLS hello"));
+        }
+        let key = hello[6];
+        sock.write_all(b"OK")?;
+        sock.set_read_timeout(None)?;
+        let (plain, inner) = UnixStream::pair()?;
+        let pump = |mut from: Box<dyn Read + Send>, mut to: Box<dyn Write + Send>, end: Box<dyn Fn() + Send>| {
+            thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    buf[..n].iter_mut().for_each(|b| *b ^= key);
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                end();
+            })
+        };
+        let (s1, s2, i1, i2) = (sock.try_clone()?, sock.try_clone()?, inner.try_clone()?, inner.try_clone()?);
+        let (s3, i3) = (sock.try_clone()?, inner.try_clone()?);
+        pump(
+            Box::new(sock),
+            Box::new(inner),
+            Box::new(move || {
+                let _ = i3.shutdown(std::net::Shutdown::Write);
+            }),
+        );
+        pump(
+            Box::new(i1),
+            Box::new(s1),
+            Box::new(move || {
+                let _ = s3.shutdown(std::net::Shutdown::Both);
+                let _ = i2.shutdown(std::net::Shutdown::Both);
+            }),
+        );
+        drop(s2);
+        Ok(plain)
+    }
+}
+
+/// The client side of [`ToyTls`] after the hello.
+struct Toy {
+    s: TcpStream,
+    key: u8,
+}
+
+impl Read for Toy {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.s.read(buf)?;
+        buf[..n].iter_mut().for_each(|b| *b ^= self.key);
+        Ok(n)
+    }
+}
+
+impl Write for Toy {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let x: Vec<u8> = buf.iter().map(|b| b ^ self.key).collect();
+        self.s.write_all(&x)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tls_server(size: usize, timeout: Duration) -> (Arc<MemExport>, TestServer) {
+    let export = Arc::new(MemExport::new(size));
+    let options = filter::nbd::Options {
+        tls: Some(Arc::new(ToyTls)),
+        handshake_timeout: timeout,
+        ..filter::nbd::Options::default()
+    };
+    let srv = TestServer::start_with(Arc::clone(&export), NAME, options);
+    (export, srv)
+}
+
+/// Greet over TCP, STARTTLS, toy hello with `key`; the connection is then "encrypted".
+fn start_toy_tls(srv: &TestServer, key: u8) -> Conn {
+    let mut tcp = TcpStream::connect(srv.tcp_addr()).unwrap();
+    let mut c = Conn::new(Box::new(tcp.try_clone().unwrap()));
+    c.greet(3);
+    c.send_opt(OPT_STARTTLS, &[]);
+    assert_eq!(c.opt_reply(), OptReply { option: OPT_STARTTLS, kind: REP_ACK, data: vec![] });
+    tcp.write_all(b"TOYTLS").unwrap();
+    tcp.write_all(&[key]).unwrap();
+    let mut ok = [0u8; 2];
+    tcp.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"OK");
+    Conn::new(Box::new(Toy { s: tcp, key }))
+}
+
+#[test]
+fn with_tls_every_option_but_starttls_and_abort_is_refused_until_tls_and_export_name_closes() {
+    let (export, srv) = tls_server(MIB as usize, Duration::from_secs(10));
+    let mut c = srv.tcp();
+    c.greet(3);
+    for (opt, data) in [
+        (OPT_GO, Conn::info_data(NAME, &[INFO_NAME])),
+        (OPT_INFO, Conn::info_data("", &[])),
+        (OPT_LIST, vec![]),
+        (OPT_STRUCTURED_REPLY, vec![]),
+        (0xdead, b"x".to_vec()),
+    ] {
+        c.send_opt(opt, &data);
+        let r = c.opt_reply();
+        assert_eq!((r.option, r.kind), (opt, REP_ERR_TLS_REQD), "option {opt}: {r:?}");
+        assert!(!String::from_utf8_lossy(&r.data).contains(NAME), "the export's name leaks: {r:?}");
+    }
+    // EXPORT_NAME cannot be refused with an error: the connection ends,
+    // with nothing of the export sent.
+    c.send_opt(OPT_EXPORT_NAME, NAME.as_bytes());
+    assert!(c.closed());
+    // ABORT is acknowledged.
+    let mut c = srv.tcp();
+    c.greet(3);
+    c.send_opt(OPT_ABORT, &[]);
+    assert_eq!(c.opt_reply().kind, REP_ACK);
+    assert!(export.calls().is_empty());
+}
+
+#[test]
+fn after_starttls_the_session_runs_over_the_upgraded_stream_and_a_second_starttls_is_refused() {
+    let (export, srv) = tls_server(MIB as usize, Duration::from_secs(10));
+    let mut c = start_toy_tls(&srv, 0x5a);
+    c.send_opt(OPT_STARTTLS, &[]);
+    let r = c.opt_reply();
+    assert_eq!((r.option, r.kind), (OPT_STARTTLS, REP_ERR_INVALID), "{r:?}");
+    c.send_opt(OPT_LIST, &[]);
+    let replies = c.opt_replies();
+    assert_eq!(replies.last().unwrap().kind, REP_ACK, "{replies:?}");
+    c.send_opt(OPT_GO, &Conn::info_data(NAME, &[]));
+    let replies = c.opt_replies();
+    assert_eq!(replies.last().unwrap().kind, REP_ACK, "{replies:?}");
+    assert_eq!(c.write(4096, b"over toy tls", 0), 0);
+    assert_eq!(c.read(4096, 12).unwrap(), b"over toy tls");
+    assert_eq!(export.bytes(4096, 12), b"over toy tls");
+    assert_eq!(export.calls(), vec![Call::Write { offset: 4096, len: 12, fua: false }]);
+    // the server's shutdown reaches a connection behind the upgrade
+    c.request(CMD_DISC, 0, 1, 0, 0, &[]);
+    assert!(c.closed());
+}
+
+#[test]
+fn with_tls_a_failed_upgrade_or_bytes_smuggled_after_starttls_end_the_connection() {
+    let (export, srv) = tls_server(MIB as usize, Duration::from_secs(10));
+    // not the toy hello: the upgrade fails
+    let mut c = srv.tcp();
+    c.greet(3);
+    c.send_opt(OPT_STARTTLS, &[]);
+    assert_eq!(c.opt_reply().kind, REP_ACK);
+    c.s.write_all(b"PLAINTEXT").unwrap();
+    assert!(c.closed());
+    // STARTTLS and a plaintext GO in one write: the GO must not be obeyed
+    let mut c = srv.tcp();
+    c.greet(3);
+    let mut msg = Vec::new();
+    for (opt, data) in [(OPT_STARTTLS, vec![]), (OPT_GO, Conn::info_data(NAME, &[]))] {
+        msg.extend_from_slice(IHAVEOPT);
+        msg.extend_from_slice(&opt.to_be_bytes());
+        msg.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        msg.extend_from_slice(&data);
+    }
+    c.s.write_all(&msg).unwrap();
+    assert_eq!(c.opt_reply().kind, REP_ACK);
+    assert!(c.closed());
+    assert!(export.calls().is_empty());
+}
+
+#[test]
+fn with_tls_the_handshake_timeout_covers_the_tls_handshake() {
+    let (_export, srv) = tls_server(MIB as usize, Duration::from_millis(500));
+    let mut c = srv.tcp();
+    c.greet(3);
+    c.send_opt(OPT_STARTTLS, &[]);
+    assert_eq!(c.opt_reply().kind, REP_ACK);
+    let t = Instant::now();
+    // say nothing more: dropped at the deadline
+    assert!(c.closed());
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+#[test]
+fn with_tls_unix_sockets_stay_plaintext() {
+    let (_export, srv) = tls_server(MIB as usize, Duration::from_secs(10));
+    let mut c = srv.unix();
+    c.greet(3);
+    c.send_opt(OPT_STARTTLS, &[]);
+    assert_eq!(c.opt_reply().kind, REP_ERR_POLICY);
+    c.send_opt(OPT_GO, &Conn::info_data(NAME, &[]));
+    assert_eq!(c.opt_replies().last().unwrap().kind, REP_ACK);
+    assert_eq!(c.read(0, 2).unwrap(), [0, 0]);
+}

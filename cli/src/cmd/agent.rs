@@ -285,13 +285,22 @@ fn open(
         Ok(c) => c,
         Err(e) => return Err(close_unserved(disk, e)),
     };
+    let mut options = nbd.options(entry.config.insecure_tcp);
+    let tls = match entry.config.tls_creds.as_deref().map(crate::cmd::filter::load_tls).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            control.stop();
+            return Err(close_unserved(disk, e.context(format!("disk {name:?} (tls_creds in its disk.toml)"))));
+        }
+    };
+    let with_tls = tls.is_some();
+    options.tls = tls;
     let listen = entry.listen().and_then(|listen| {
-        if !entry.config.insecure_tcp {
+        if !entry.config.insecure_tcp && !with_tls {
             crate::cmd::protect::refuse_exposed(name, &listen, "lifeboat agent")?;
         }
         Ok(listen)
     });
-    let options = nbd.options(entry.config.insecure_tcp);
     let bound = listen.and_then(|listen| {
         Server::bind_with(&listen, name, disk.clone(), options)
             .with_context(|| {
@@ -306,7 +315,7 @@ fn open(
             return Err(close_unserved(disk, e));
         }
     };
-    for addr in server.local_addrs().iter().filter(|l| l.is_exposed()) {
+    for addr in server.local_addrs().iter().filter(|l| l.is_exposed() && !with_tls) {
         log!("lifeboat agent: {}", crate::cmd::filter::insecure_warning(name, addr));
     }
     let addrs: Vec<String> = listen.iter().map(|l| l.to_string()).collect();

@@ -16,17 +16,43 @@ pub struct Args {
     /// The protected disk.
     name: String,
     /// Where to listen: unix:PATH or tcp:HOST:PORT. Repeat for several. A TCP
-    /// address must be loopback (127.0.0.1, ::1) unless --insecure-tcp.
+    /// address must be loopback (127.0.0.1, ::1) unless --tls-creds or
+    /// --insecure-tcp.
     #[arg(long, required = true)]
     listen: Vec<Listen>,
+    /// Require TLS with client certificates on every TCP listen address (a
+    /// non-loopback one is then allowed); see --help.
+    #[arg(long, value_name = "DIR", long_help = TLS_CREDS_HELP)]
+    tls_creds: Option<std::path::PathBuf>,
     /// Serve on a TCP address that is not loopback (0.0.0.0, ::, a LAN
-    /// address). NBD here has no authentication or encryption: anyone who
-    /// reaches the port can read and overwrite the disk. Prefer a unix socket,
-    /// or 127.0.0.1 reached through an ssh tunnel.
+    /// address) without TLS. NBD then has no authentication or encryption:
+    /// anyone who reaches the port can read and overwrite the disk. Prefer
+    /// --tls-creds, a unix socket, or 127.0.0.1 reached through an ssh tunnel.
     #[arg(long)]
     insecure_tcp: bool,
     #[command(flatten)]
     nbd: NbdLimits,
+}
+
+/// The long help of `--tls-creds`, shared by `filter` and `protect`.
+pub const TLS_CREDS_HELP: &str = "Require TLS (NBD STARTTLS, X.509) on every TCP listen address, with mutual \
+authentication: a client must present a certificate signed by the CA in DIR, and one without TLS or without such \
+a certificate is refused (no plaintext fallback). A non-loopback TCP address is then allowed without \
+--insecure-tcp. Unix sockets stay plaintext (only root and the server's user can reach them).
+
+DIR has QEMU's tls-creds-x509 layout, so the directory given to QEMU serves: ca-cert.pem (the CA), \
+server-cert.pem (signed by that CA, with the host's name or IP address in its subjectAltName, as QEMU checks it) \
+and server-key.pem (mode 0600: a key others can read is refused). Clients use client-cert.pem and client-key.pem \
+signed by the same CA. QEMU as the client: -object tls-creds-x509,id=tls0,dir=CLIENTDIR,endpoint=client and \
+tls-creds=tls0 on the NBD blockdev (-blockdev driver=nbd,server.type=inet,server.host=HOST,server.port=PORT,\
+tls-creds=tls0,...); libnbd: nbds://HOST:PORT/?tls-certificates=CLIENTDIR. The files are checked at start: \
+missing, unreadable, a key readable by others, a server certificate not signed by the CA or expired are errors \
+that name the file.";
+
+/// Load the TLS credentials in `dir` for the NBD server; errors name the file
+/// and the fix.
+pub fn load_tls(dir: &std::path::Path) -> Result<Arc<dyn filter::nbd::TlsUpgrade>> {
+    Ok(Arc::new(nbd_tls::ServerCreds::load(dir)?))
 }
 
 /// The NBD server's guards against clients that connect and hold on
@@ -105,14 +131,23 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         Ok(c) => c,
         Err(e) => return Err(close_unserved(disk, e.into())),
     };
-    let server = match Server::bind_with(&a.listen, &a.name, disk.clone(), a.nbd.options(a.insecure_tcp)) {
+    let mut options = a.nbd.options(a.insecure_tcp);
+    match a.tls_creds.as_deref().map(load_tls).transpose() {
+        Ok(tls) => options.tls = tls,
+        Err(e) => {
+            control.stop();
+            return Err(close_unserved(disk, e));
+        }
+    }
+    let tls = options.tls.is_some();
+    let server = match Server::bind_with(&a.listen, &a.name, disk.clone(), options) {
         Ok(s) => s,
         Err(e) => {
             control.stop();
             return Err(close_unserved(disk, e.into()));
         }
     };
-    for addr in server.local_addrs().iter().filter(|l| l.is_exposed()) {
+    for addr in server.local_addrs().iter().filter(|l| l.is_exposed() && !tls) {
         filter::log_line!("lifeboat: {}", insecure_warning(&a.name, addr));
     }
     let shutdown = server.shutdown_handle();

@@ -45,13 +45,20 @@ pub struct Args {
     keep_daily: u32,
     /// Where `lifeboat agent` serves the disk over NBD: unix:PATH or
     /// tcp:HOST:PORT; repeat for several. Default: unix:HOME/disks/NAME/nbd.sock.
-    /// A TCP address must be loopback (127.0.0.1, ::1) unless --insecure-tcp.
+    /// A TCP address must be loopback (127.0.0.1, ::1) unless --tls-creds or
+    /// --insecure-tcp.
     #[arg(long)]
     listen: Vec<filter::nbd::Listen>,
+    /// Let the agent require TLS with client certificates on the --listen
+    /// TCP addresses (recorded in disk.toml as `tls_creds`); a non-loopback
+    /// one is then allowed. The directory is checked now and at every agent
+    /// start; see below.
+    #[arg(long, value_name = "DIR", requires = "listen", long_help = crate::cmd::filter::TLS_CREDS_HELP)]
+    tls_creds: Option<PathBuf>,
     /// Let the agent serve the disk on a --listen TCP address that is not
-    /// loopback (0.0.0.0, ::, a LAN address). NBD here has no authentication
-    /// or encryption: anyone who reaches the port can read and overwrite the
-    /// disk. Recorded in disk.toml (`insecure_tcp`); the agent warns at every
+    /// loopback (0.0.0.0, ::, a LAN address) without TLS. NBD then has no
+    /// authentication or encryption: anyone who reaches the port can read and
+    /// overwrite the disk (prefer --tls-creds). Recorded in disk.toml (`insecure_tcp`); the agent warns at every
     /// start. Give it again with each --listen change that needs it.
     #[arg(long, requires = "listen")]
     insecure_tcp: bool,
@@ -178,7 +185,16 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
         }
         _ => None,
     };
-    if !a.insecure_tcp {
+    let tls_creds = match &a.tls_creds {
+        Some(dir) => {
+            let dir = std::fs::canonicalize(dir)
+                .with_context(|| format!("TLS credentials directory {} does not exist", dir.display()))?;
+            crate::cmd::filter::load_tls(&dir)?;
+            Some(dir)
+        }
+        None => None,
+    };
+    if !a.insecure_tcp && tls_creds.is_none() {
         refuse_exposed(&a.name, &a.listen, "lifeboat protect")?;
     }
     let listen: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
@@ -201,6 +217,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
         if !listen.is_empty() {
             old.config.listen = listen;
             old.config.insecure_tcp = a.insecure_tcp;
+            old.config.tls_creds.clone_from(&tls_creds);
             writeln!(out, "{}: the agent will serve it on {}", a.name, old.config.listen.join(" "))?;
         }
         old.config.write(&conf)?;
@@ -220,6 +237,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
     let mut replication = replication;
     let mut listen = listen;
     let mut insecure_tcp = a.insecure_tcp;
+    let mut tls_creds = tls_creds;
     let disk_id = if existing {
         let old = home.disk(&a.name)?;
         // --reset-state replaces the state, not the replication settings.
@@ -227,6 +245,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
         if listen.is_empty() {
             listen.clone_from(&old.config.listen);
             insecure_tcp = old.config.insecure_tcp;
+            tls_creds.clone_from(&old.config.tls_creds);
         }
         if old.config.image != image {
             bail!(
@@ -276,6 +295,7 @@ fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
         image_inode: Some(image_id.inode),
         listen,
         insecure_tcp,
+        tls_creds,
         replication,
     };
     config.write(&conf)?;
@@ -320,8 +340,9 @@ pub fn refuse_exposed(name: &str, listens: &[filter::nbd::Listen], who: &str) ->
                 "{who}: disk {name:?}: refusing to serve it on {l} ({}): that is not a loopback address, and Lifeboat's \
                  NBD server has no authentication or encryption, so anyone who can reach it could read and overwrite \
                  the disk. Use the default unix socket, or tcp:127.0.0.1:PORT and reach it from another host \
-                 through an ssh tunnel (ssh -L PORT:127.0.0.1:PORT HOST). To accept the risk on an isolated \
-                 network: `lifeboat protect {name} --image IMAGE --listen {l} --insecure-tcp`",
+                 through an ssh tunnel (ssh -L PORT:127.0.0.1:PORT HOST), or require TLS with client certificates: \
+                 `lifeboat protect {name} --image IMAGE --listen {l} --tls-creds DIR` (see --help). To accept the \
+                 risk on an isolated network: `lifeboat protect {name} --image IMAGE --listen {l} --insecure-tcp`",
                 addr.ip()
             );
         }

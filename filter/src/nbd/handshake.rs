@@ -3,10 +3,25 @@
 //! leaves (`NBD_OPT_ABORT`, EOF).
 //!
 //! Options this server answers: `NBD_OPT_EXPORT_NAME`, `NBD_OPT_ABORT`,
-//! `NBD_OPT_LIST`, `NBD_OPT_INFO`, `NBD_OPT_GO`; `NBD_OPT_STARTTLS` gets
-//! `NBD_REP_ERR_POLICY` (no TLS, as qemu-nbd without credentials); every other
-//! option (structured replies, metadata contexts, extended headers, unknown)
-//! gets `NBD_REP_ERR_UNSUP`, so transmission uses simple replies only.
+//! `NBD_OPT_LIST`, `NBD_OPT_INFO`, `NBD_OPT_GO`, `NBD_OPT_STARTTLS`; every
+//! other option (structured replies, metadata contexts, extended headers,
+//! unknown) gets `NBD_REP_ERR_UNSUP`, so transmission uses simple replies only.
+//!
+//! TLS ([`Tls`]), as the spec's "TLS support" section and qemu-nbd with
+//! `tls-creds` do it:
+//! - [`Tls::Unavailable`] (no credentials, or a unix socket): STARTTLS gets
+//!   `NBD_REP_ERR_POLICY` and the session goes on in plaintext.
+//! - [`Tls::Required`] (the spec's FORCEDTLS mode): before STARTTLS, every
+//!   option but STARTTLS and ABORT gets `NBD_REP_ERR_TLS_REQD`, and
+//!   `NBD_OPT_EXPORT_NAME` (which cannot be answered with an error) ends the
+//!   session; nothing of the export, not even its name or size, is told. STARTTLS
+//!   is acknowledged and [`negotiate`] returns [`Outcome::StartTls`]: the
+//!   caller runs the TLS handshake (this module knows nothing of
+//!   encryption; see [`super::TlsUpgrade`]) and then goes on with
+//!   [`options`] over the encrypted stream in [`Tls::Active`].
+//! - [`Tls::Active`]: options are answered as without TLS, except that a
+//!   second STARTTLS gets `NBD_REP_ERR_INVALID`. There is no way back to
+//!   plaintext.
 
 use std::io::{self, Read, Write};
 
@@ -30,9 +45,24 @@ impl ExportSpec<'_> {
     }
 }
 
+/// Where the connection stands with TLS (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tls {
+    /// The server has no TLS: STARTTLS is refused with `NBD_REP_ERR_POLICY`.
+    Unavailable,
+    /// TLS must be started before anything else.
+    Required,
+    /// The stream is already encrypted.
+    Active,
+}
+
 /// How the handshake ended, when it ended well.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
+    /// STARTTLS was acknowledged: the caller runs the TLS handshake on the
+    /// socket, then calls [`options`] with these flags over the encrypted
+    /// stream. Nothing the client sent after the option may be used.
+    StartTls(proto::ClientFlags),
     /// Enter transmission; `size` is the export size advertised to the client.
     Transmission {
         /// The advertised size.
@@ -49,12 +79,28 @@ fn protocol_error(msg: impl Into<String>) -> io::Error {
 /// Run the server side of the handshake. Errors are I/O errors or protocol
 /// violations that end the session (`io::ErrorKind::InvalidData`); option
 /// errors the client can recover from are answered and the loop goes on.
-pub(crate) fn negotiate<R: Read, W: Write>(r: &mut R, w: &mut W, spec: &ExportSpec<'_>) -> io::Result<Outcome> {
+pub(crate) fn negotiate<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    spec: &ExportSpec<'_>,
+    tls: Tls,
+) -> io::Result<Outcome> {
     w.write_all(&proto::greeting())?;
     let mut flags = [0u8; 4];
     r.read_exact(&mut flags)?;
     let client = proto::parse_client_flags(&flags).map_err(|e| protocol_error(e.to_string()))?;
+    options(r, w, spec, client, tls)
+}
 
+/// The option haggling, after the greeting (or after STARTTLS, over the
+/// encrypted stream with [`Tls::Active`]).
+pub(crate) fn options<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    spec: &ExportSpec<'_>,
+    client: proto::ClientFlags,
+    tls: Tls,
+) -> io::Result<Outcome> {
     let mut data = Vec::new();
     let mut out = Vec::new();
     loop {
@@ -101,6 +147,19 @@ pub(crate) fn negotiate<R: Read, W: Write>(r: &mut R, w: &mut W, spec: &ExportSp
             continue;
         }
 
+        if tls == Tls::Required && option != proto::NBD_OPT_STARTTLS {
+            if option == proto::NBD_OPT_EXPORT_NAME {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the client asked for the export (NBD_OPT_EXPORT_NAME) without TLS, which this listener requires",
+                ));
+            }
+            let msg = format!("{} needs TLS first: this server requires NBD_OPT_STARTTLS", proto::option_name(option));
+            proto::put_option_reply(&mut out, option, proto::NBD_REP_ERR_TLS_REQD, msg.as_bytes());
+            w.write_all(&out)?;
+            continue;
+        }
+
         let request = match proto::parse_option(option, &data) {
             Ok(request) => request,
             Err(e) => {
@@ -136,14 +195,25 @@ pub(crate) fn negotiate<R: Read, W: Write>(r: &mut R, w: &mut W, spec: &ExportSp
                 );
                 proto::put_option_reply(&mut out, option, proto::NBD_REP_ACK, &[]);
             }
-            OptionRequest::StartTls => {
-                proto::put_option_reply(
+            OptionRequest::StartTls => match tls {
+                Tls::Unavailable => proto::put_option_reply(
                     &mut out,
                     option,
                     proto::NBD_REP_ERR_POLICY,
-                    b"TLS is not supported by this server",
-                );
-            }
+                    b"TLS is not offered here (the server has no --tls-creds, or this is a unix socket)",
+                ),
+                Tls::Active => proto::put_option_reply(
+                    &mut out,
+                    option,
+                    proto::NBD_REP_ERR_INVALID,
+                    b"TLS is already active on this connection",
+                ),
+                Tls::Required => {
+                    proto::put_option_reply(&mut out, option, proto::NBD_REP_ACK, &[]);
+                    w.write_all(&out)?;
+                    return Ok(Outcome::StartTls(client));
+                }
+            },
             OptionRequest::Info(ref info) | OptionRequest::Go(ref info) => {
                 if !spec.matches(info.name.as_bytes()) {
                     let msg = format!("unknown export {:?}; this server exports {:?}", clip(info.name), spec.name);

@@ -7,7 +7,8 @@
 //!
 //! - [`proto`]: the wire format, pure parsers and serializers (fuzzed).
 //! - `handshake`: fixed newstyle negotiation (`NBD_OPT_GO`, `NBD_OPT_INFO`,
-//!   `NBD_OPT_LIST`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_ABORT`; simple replies only).
+//!   `NBD_OPT_LIST`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_ABORT`,
+//!   `NBD_OPT_STARTTLS`; simple replies only).
 //! - `transmission`: one connection's requests, run in parallel on a few
 //!   worker threads, replies in completion order.
 //! - `server`: [`Listen`] addresses, [`Server`] and its [`ShutdownHandle`].
@@ -22,8 +23,14 @@
 //! connections refused at accept are counted on one line at most every 10 s.
 //!
 //! The server guards the host against its clients ([`Options`]): TCP only on
-//! loopback unless told otherwise, a per-server connection cap, a handshake
-//! deadline and a file-descriptor reserve; see `server`.
+//! loopback unless told otherwise or TLS is required, a per-server connection
+//! cap, a handshake deadline and a file-descriptor reserve; see `server`.
+//!
+//! TLS: with [`Options::tls`] every TCP client must send `NBD_OPT_STARTTLS`
+//! first; the server then hands the socket to the [`TlsUpgrade`] it was given
+//! and serves the plaintext stream that returns. This crate has no TLS stack
+//! (DESIGN.md keeps encryption out of the filter); Lifeboat's is the
+//! `nbd-tls` crate.
 //!
 //! The module has no `unsafe`. Replies are written with plain `write`/`writev`:
 //! a client that vanished raises `SIGPIPE`, which the Rust runtime ignores in
@@ -36,7 +43,7 @@ pub mod proto;
 mod server;
 mod transmission;
 
-pub use server::{Listen, LocalAddr, Options, ParseListenError, Server, ShutdownHandle};
+pub use server::{Listen, LocalAddr, Options, ParseListenError, Server, ShutdownHandle, TlsUpgrade};
 
 use std::io;
 

@@ -1,7 +1,8 @@
 //! Listeners, the accept loop, one thread per connection, and shutdown.
 //!
 //! Guards ([`Options`]): a TCP address that is not loopback is refused at
-//! bind unless [`Options::insecure_tcp`]; a connection past
+//! bind unless [`Options::insecure_tcp`] or [`Options::tls`] (then every TCP
+//! client must start TLS; see `handshake`); a connection past
 //! [`Options::max_connections`], or one that would leave fewer than
 //! [`Options::fd_reserve`] file descriptors for the rest of the process (the
 //! replication cycle), is closed as soon as it is accepted, never queued; a
@@ -35,7 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::handshake::{self, ExportSpec, Outcome};
+use super::handshake::{self, ExportSpec, Outcome, Tls};
 use super::{proto, transmission, Export};
 
 /// Size of each connection's read buffer: many small requests per `read`.
@@ -48,7 +49,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How a [`Server`] guards the host against its clients. The defaults suit
 /// a VM disk: QEMU opens one connection per disk, `nbdcopy` up to 4-8.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Connections open at once (in the handshake or after it), over every
     /// listener of the server; one more is closed as soon as it is accepted.
@@ -64,17 +65,48 @@ pub struct Options {
     /// replication cycle opens the state file, the image, vault files,
     /// sockets). Default 64.
     pub fd_reserve: u64,
-    /// Bind TCP addresses that are not loopback. NBD here has neither
+    /// Bind TCP addresses that are not loopback without TLS. NBD then has neither
     /// authentication nor encryption: anyone who reaches such an address can
     /// read and overwrite the disk. Default false: [`Server::bind_with`]
     /// refuses them.
     pub insecure_tcp: bool,
+    /// TLS for TCP listeners. With it, every TCP client must start TLS
+    /// (`NBD_OPT_STARTTLS`) before anything else and authenticate as the
+    /// upgrade decides (no plaintext fallback), and a TCP address that is not
+    /// loopback may be bound without [`Options::insecure_tcp`]. Unix sockets
+    /// stay plaintext (only root and the server's user reach them). Default
+    /// none: STARTTLS is refused with `NBD_REP_ERR_POLICY`.
+    pub tls: Option<Arc<dyn TlsUpgrade>>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_connections: 16, handshake_timeout: Duration::from_secs(10), fd_reserve: 64, insecure_tcp: false }
+        Options {
+            max_connections: 16,
+            handshake_timeout: Duration::from_secs(10),
+            fd_reserve: 64,
+            insecure_tcp: false,
+            tls: None,
+        }
     }
+}
+
+/// The TLS side of `NBD_OPT_STARTTLS`, given to the server in
+/// [`Options::tls`]. The filter knows no encryption (DESIGN.md): it runs the
+/// NBD option state machine and hands the socket over here once it has
+/// acknowledged STARTTLS.
+pub trait TlsUpgrade: Send + Sync + fmt::Debug {
+    /// Run the server side of the TLS handshake on `sock` (authenticating the
+    /// client as the implementation requires) and have it done by `deadline`
+    /// (the rest of the NBD handshake's time); then return a local stream
+    /// that carries the session's plaintext both ways, for as long as the
+    /// TLS connection lasts: EOF or an error on either side ends both. The
+    /// server keeps its own handle on `sock` (a duplicate descriptor) and
+    /// shuts it down to end the connection. An error (a client without a
+    /// valid certificate, a failed or stalled handshake) ends the connection;
+    /// its message says what went wrong, and `peer` is for the
+    /// implementation's own messages.
+    fn upgrade(&self, sock: TcpStream, peer: &str, deadline: Instant) -> io::Result<UnixStream>;
 }
 
 /// Whether `ip` is a loopback address (an IPv4-mapped one counts as IPv4).
@@ -499,7 +531,8 @@ impl Server {
         for listen in listens {
             // Checked on what the host resolves to before binding (nothing
             // exposed is bound even for a moment), and on the bound address.
-            if !options.insecure_tcp {
+            let guarded = matches!(listen, Listen::Tcp(_)) && options.tls.is_some();
+            if !options.insecure_tcp && !guarded {
                 if let Some(addr) = listen.non_loopback_addrs()?.first() {
                     return Err(exposed_error(listen, &addr.ip().to_string(), name));
                 }
@@ -510,7 +543,7 @@ impl Server {
             };
             let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
             let local = listener.local_addr();
-            if local.is_exposed() && !options.insecure_tcp {
+            if local.is_exposed() && !options.insecure_tcp && !guarded {
                 return Err(exposed_error(listen, &local.to_string(), name));
             }
             listeners.push(listener);
@@ -630,15 +663,16 @@ impl Server {
     }
 }
 
-/// The refusal of a TCP address that is not loopback.
+/// The refusal of a TCP address that is not loopback (without TLS).
 fn exposed_error(listen: &Listen, addr: &str, name: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::PermissionDenied,
         format!(
-            "refusing to listen on {listen} ({addr}): it is not a loopback address, and this NBD server has no \
+            "refusing to listen on {listen} ({addr}): it is not a loopback address, and without TLS this NBD server has no \
              authentication or encryption, so anyone who can reach it could read and overwrite disk {name:?}; listen \
              on a unix socket or on 127.0.0.1 (reach it from another host through an ssh tunnel: ssh -L \
-             PORT:127.0.0.1:PORT HOST), or accept the risk on an isolated network with --insecure-tcp"
+             PORT:127.0.0.1:PORT HOST), require TLS with client certificates (--tls-creds DIR), or accept the risk \
+             on an isolated network with --insecure-tcp"
         ),
     )
 }
@@ -748,43 +782,104 @@ fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, export: Arc<dyn Expo
     let label = format!("nbd[{}#{id}]", control.name);
     crate::log_line!("{label}: connection from {peer}");
     let stopping = || control.stopping.load(Ordering::SeqCst);
-    let mut reader = BufReader::with_capacity(READ_BUFFER, &*sock);
     let spec = ExportSpec { name: &control.name, export: &*export, shutting_down: &stopping };
-    let timeout = control.options.handshake_timeout;
-    let deadline = Instant::now() + timeout;
-    let outcome = {
-        let mut r = Timed { inner: &mut reader, sock: &sock, deadline };
-        let mut w = Timed { inner: &*sock, sock: &sock, deadline };
-        handshake::negotiate(&mut r, &mut w, &spec)
+    let session = Session { label: &label, export: &*export, control };
+    let deadline = Instant::now() + control.options.handshake_timeout;
+    let tls = match (&*sock, &control.options.tls) {
+        (Socket::Tcp(tcp), Some(upgrade)) => Some((tcp, upgrade)),
+        _ => None,
     };
-    // The transmission phase is never timed: a VM may be quiet for hours.
-    let untimed = sock.set_read_timeout(None).and_then(|()| sock.set_write_timeout(None));
-    let outcome = match (outcome, untimed) {
-        (Ok(Outcome::Transmission { .. }), Err(e)) => Err(e),
-        (outcome, _) => outcome,
-    };
-    match outcome {
-        Ok(Outcome::Transmission { size }) => {
-            let ending = transmission::serve(&sock, &mut reader, &*export, size, &stopping, &label);
-            let ending = match ending {
-                transmission::Ending::Eof if stopping() => "closed for server shutdown".to_owned(),
-                other => other.to_string(),
+    let mode = if tls.is_some() { Tls::Required } else { Tls::Unavailable };
+    let mut reader = BufReader::with_capacity(READ_BUFFER, &*sock);
+    let outcome = timed(&sock, &mut reader, deadline, |r, w| handshake::negotiate(r, w, &spec, mode));
+    match (outcome, tls) {
+        (Ok(Outcome::StartTls(client)), Some((tcp, upgrade))) => {
+            // Bytes the client sent after STARTTLS and before its TLS hello
+            // would be plaintext smuggled into the encrypted session (the
+            // STARTTLS injection of other protocols): refuse them.
+            let upgraded = if !reader.buffer().is_empty() {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the client sent data after NBD_OPT_STARTTLS before TLS",
+                ))
+            } else {
+                tcp.try_clone().and_then(|tcp| upgrade.upgrade(tcp, peer, deadline))
             };
-            crate::log_line!("{label}: {ending}");
+            match upgraded {
+                Ok(plain) => {
+                    let plain = Socket::Unix(plain);
+                    let mut reader = BufReader::with_capacity(READ_BUFFER, &plain);
+                    let outcome = timed(&plain, &mut reader, deadline, |r, w| {
+                        handshake::options(r, w, &spec, client, Tls::Active)
+                    });
+                    session.finish(outcome, &plain, &mut reader);
+                    let _ = plain.shutdown(Shutdown::Both);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    session.finish(Err(e), &sock, &mut reader)
+                }
+                // Rate-limited: a scanner must not flood the log.
+                Err(e) => control.refused(peer, &format!("TLS handshake failed: {e}")),
+            }
         }
-        Ok(Outcome::Aborted) => crate::log_line!("{label}: client ended the handshake (NBD_OPT_ABORT)"),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            crate::log_line!("{label}: client left during the handshake")
-        }
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-            crate::log_line!(
-                "{label}: client did not finish the handshake within {} s; dropped it",
-                timeout.as_secs_f64()
-            )
-        }
-        Err(e) => crate::log_line!("{label}: handshake failed: {e}"),
+        (outcome, _) => session.finish(outcome, &sock, &mut reader),
     }
     let _ = sock.shutdown(Shutdown::Both);
+}
+
+/// Run a handshake step over `sock` under the handshake deadline.
+fn timed<'s, T>(
+    sock: &'s Socket,
+    reader: &mut BufReader<&'s Socket>,
+    deadline: Instant,
+    f: impl FnOnce(&mut Timed<'_, &mut BufReader<&'s Socket>>, &mut Timed<'_, &'s Socket>) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut r = Timed { inner: reader, sock, deadline };
+    let mut w = Timed { inner: sock, sock, deadline };
+    f(&mut r, &mut w)
+}
+
+/// What a connection's last steps need.
+struct Session<'a> {
+    label: &'a str,
+    export: &'a dyn Export,
+    control: &'a Control,
+}
+
+impl Session<'_> {
+    /// After the handshake: serve the transmission phase, or say why not.
+    fn finish(&self, outcome: io::Result<Outcome>, sock: &Socket, reader: &mut BufReader<&Socket>) {
+        let label = self.label;
+        let stopping = || self.control.stopping.load(Ordering::SeqCst);
+        // The transmission phase is never timed: a VM may be quiet for hours.
+        let untimed = sock.set_read_timeout(None).and_then(|()| sock.set_write_timeout(None));
+        let outcome = match (outcome, untimed) {
+            (Ok(Outcome::Transmission { .. }), Err(e)) => Err(e),
+            (outcome, _) => outcome,
+        };
+        match outcome {
+            Ok(Outcome::Transmission { size }) => {
+                let ending = transmission::serve(sock, reader, self.export, size, &stopping, label);
+                let ending = match ending {
+                    transmission::Ending::Eof if stopping() => "closed for server shutdown".to_owned(),
+                    other => other.to_string(),
+                };
+                crate::log_line!("{label}: {ending}");
+            }
+            Ok(Outcome::Aborted) => crate::log_line!("{label}: client ended the handshake (NBD_OPT_ABORT)"),
+            Ok(Outcome::StartTls(_)) => crate::log_line!("{label}: STARTTLS acknowledged on a listener without TLS"),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                crate::log_line!("{label}: client left during the handshake")
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                crate::log_line!(
+                    "{label}: client did not finish the handshake within {} s; dropped it",
+                    self.control.options.handshake_timeout.as_secs_f64()
+                )
+            }
+            Err(e) => crate::log_line!("{label}: handshake failed: {e}"),
+        }
+    }
 }
 
 /// A handshake reader or writer that fails with `TimedOut` once `deadline`

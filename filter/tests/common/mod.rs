@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use filter::nbd::{Export, Listen, LocalAddr, Server, ShutdownHandle};
+use filter::nbd::{Export, Listen, LocalAddr, Options, Server, ShutdownHandle};
 
 /// The export name the tests serve unless they ask for another.
 pub const NAME: &str = "disk0";
@@ -178,9 +178,14 @@ impl TestServer {
 
     /// Serves `export` as `name`.
     pub fn start_named(export: Arc<MemExport>, name: &str) -> TestServer {
+        TestServer::start_with(export, name, Options::default())
+    }
+
+    /// Serves `export` as `name` with these options.
+    pub fn start_with(export: Arc<MemExport>, name: &str, options: Options) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let listens = [Listen::Unix(dir.path().join("nbd.sock")), Listen::Tcp("127.0.0.1:0".into())];
-        let server = Server::bind(&listens, name, export).unwrap();
+        let server = Server::bind_with(&listens, name, export, options).unwrap();
         let addrs = server.local_addrs();
         let handle = server.shutdown_handle();
         let thread = Some(thread::spawn(move || server.run()));
