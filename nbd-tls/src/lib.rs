@@ -484,20 +484,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` of seconds since the epoch.
+/// RFC 3339 (UTC, whole seconds) of seconds since the epoch.
 fn date(secs: u64) -> String {
-    let days = i64::try_from(secs / 86400).unwrap_or(0);
-    let rem = secs % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    disk_format::time::rfc3339(secs.saturating_mul(1_000_000_000), 0)
 }
 
 #[cfg(test)]
@@ -506,10 +495,10 @@ mod tests {
 
     #[test]
     fn dates_round_trip() {
-        assert_eq!(date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(date(0), "1970-01-01T00:00:00Z");
         assert_eq!(parse_time(0x17, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(date(2_524_607_999), "2049-12-31 23:59:59 UTC");
-        assert_eq!(parse_time(0x18, b"20000229120000Z").map(date).as_deref(), Some("2000-02-29 12:00:00 UTC"));
+        assert_eq!(date(2_524_607_999), "2049-12-31T23:59:59Z");
+        assert_eq!(parse_time(0x18, b"20000229120000Z").map(date).as_deref(), Some("2000-02-29T12:00:00Z"));
         assert_eq!(parse_time(0x17, b"700101000000Z"), Some(0));
     }
 }
