@@ -234,9 +234,7 @@ pub(crate) fn process_alive_with_arg(pid: u32, arg: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let want = arg.display().to_string();
     let ours = cmdline.split(|&b| b == 0).any(|a| a == want.as_bytes());
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    ours && !zombie
+    ours && system::process::stat(pid).is_some_and(|(state, _)| state != 'Z')
 }
 
 /// The pid in a pid file, if the file exists.

@@ -129,6 +129,20 @@ pub fn exists(pid: u32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
 }
 
+/// What `/proc/PID/stat` says of a process: its state letter (field 3:
+/// `R`, `S`, `Z` for a zombie, ...) and its start time (field 22, clock
+/// ticks after boot), which with the pid names one process: a reused pid
+/// has another start time. `None` if there is no such process. The command
+/// name (field 2) may hold spaces and `)`, so fields are counted after its
+/// last `)`.
+pub fn stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let start = rest.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,10 +152,13 @@ mod tests {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
         assert!(exists(pid));
+        let (state, start) = stat(pid).expect("a running child has a stat");
+        assert!(state != 'Z' && start > 0, "{state} {start}");
         let fd = Pidfd::open(pid).unwrap();
         assert!(!fd.wait_exit(Duration::from_millis(10)).unwrap(), "a sleeping child reported as exited");
         signal(pid, libc::SIGKILL).unwrap();
         assert!(fd.wait_exit(Duration::from_secs(10)).unwrap());
+        assert_eq!(stat(pid), Some(('Z', start)), "an unreaped dead child is a zombie");
         child.wait().unwrap();
         assert!(!exists(pid) || Pidfd::open(pid).is_ok(), "a reaped pid is gone unless reused");
         assert_eq!(signal(pid, 0).map_err(|e| e.raw_os_error()), Err(Some(libc::ESRCH)));

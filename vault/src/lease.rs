@@ -238,17 +238,11 @@ pub struct HostIdentity {
     pub start: Option<u64>,
 }
 
-fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
 /// Start time (field 22) of process `pid`, or `None` if it does not exist or
 /// cannot be read. The command name (field 2) may hold spaces and ')', so
 /// fields are counted after its last ')'.
 fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    system::process::stat(pid).map(|(_, start)| start)
 }
 
 impl HostIdentity {
@@ -256,9 +250,9 @@ impl HostIdentity {
     pub fn current() -> HostIdentity {
         let pid = std::process::id();
         HostIdentity {
-            host: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into()),
-            machine: read_trimmed("/etc/machine-id").or_else(|| read_trimmed("/var/lib/dbus/machine-id")),
-            boot: read_trimmed("/proc/sys/kernel/random/boot_id"),
+            host: system::host::hostname(),
+            machine: system::host::machine_id(),
+            boot: system::host::boot_id(),
             pid,
             start: process_start(pid),
         }
