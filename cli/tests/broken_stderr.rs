@@ -114,22 +114,19 @@ impl Daemon {
     /// process exits first.
     fn wait_until(&mut self, what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
-        loop {
-            self.assert_running(&format!("while waiting for {what}"));
-            if ready() {
-                return;
-            }
+        self.assert_running(&format!("while waiting for {what}"));
+        while !ready() {
             assert!(Instant::now() < deadline, "{}: {what} did not happen within {limit:?}", self.what);
             std::thread::sleep(Duration::from_millis(50));
+            self.assert_running(&format!("while waiting for {what}"));
         }
     }
 
     /// SIGTERM, and the exit status within 30 s.
     fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let pid = i32::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child, not yet reaped, so the pid still names it.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill({pid}, SIGTERM)");
+        // Our own child, not yet reaped, so the pid still names it.
+        system::process::signal(child.id(), libc::SIGTERM).expect("SIGTERM to our own child");
         wait_timeout(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
