@@ -107,7 +107,7 @@ impl std::fmt::Debug for LogId {
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    disk_format::ids::hex(bytes)
 }
 
 /// What a caller records: the action, the disk it concerns, and details.

@@ -41,15 +41,12 @@ impl ChooseArgs {
 
 /// A disk identity from its 32 hex digits.
 pub fn parse_id(hex: &str) -> Result<[u8; 16]> {
-    let mut id = [0u8; 16];
-    if hex.len() != 32 || !hex.is_ascii() {
-        bail!("--disk-id {hex:?}: a disk identity is 32 hex digits (`lifeboat points NAME --json` shows disk_id)");
+    match disk_format::ids::parse_hex(hex) {
+        Some(id) => Ok(id),
+        None => {
+            bail!("--disk-id {hex:?}: a disk identity is 32 hex digits (`lifeboat points NAME --json` shows disk_id)")
+        }
     }
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| anyhow::anyhow!("--disk-id {hex:?} is not hex"))?;
-    }
-    Ok(id)
 }
 
 /// The identity of the disk this home protects as `name`, if it does.

@@ -402,15 +402,7 @@ impl DiskEntry {
     /// The disk identity as bytes.
     pub fn disk_id(&self) -> Result<[u8; 16]> {
         let hex = &self.config.disk_id;
-        let mut id = [0u8; 16];
-        if hex.len() != 32 {
-            bail!("disk.toml: disk_id {hex:?} is not 32 hex digits");
-        }
-        for (i, b) in id.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| anyhow::anyhow!("disk.toml: disk_id {hex:?} is not hex"))?;
-        }
-        Ok(id)
+        disk_format::ids::parse_hex(hex).with_context(|| format!("disk.toml: disk_id {hex:?} is not 32 hex digits"))
     }
 
     /// The replication settings, or an error that says how to add them.

@@ -106,5 +106,5 @@ impl Drop for PartialFile {
 /// Lowercase hex of `bytes` (disk identities, cut-group ids), as `disk.toml`
 /// and `points --json` print them.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    disk_format::ids::hex(bytes)
 }

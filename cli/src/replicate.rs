@@ -240,10 +240,23 @@ impl Target {
 /// points its cycles committed there (rolled back, emptied, or forked where
 /// the last one was), says so on stderr and returns the message. `points`,
 /// `restore` and `failover` call it before they trust "latest".
-pub fn warn_if_vault_lost_points(home: &Home, disk: &str, vault: &Vault, keys: &Keys) -> Option<String> {
+///
+/// `known`: the disk's points if the caller listed them already (used when
+/// they are this home's disk's, else listed here).
+pub fn warn_if_vault_lost_points(
+    home: &Home,
+    disk: &str,
+    vault: &Vault,
+    keys: &Keys,
+    known: Option<&vault::DiskPoints>,
+) -> Option<String> {
     let entry = home.disk(disk).ok()?;
     let recorded = filter::StateFile::header_of(&entry.state_path()).ok()?.last_point;
-    let points = vault.disk_points(keys, disk, &entry.disk_id().ok()?).map(|d| d.points);
+    let own = entry.disk_id().ok()?;
+    let points = match known.filter(|d| d.disk_id == own) {
+        Some(d) => Ok(d.points.clone()),
+        None => vault.disk_points(keys, disk, &own).map(|d| d.points),
+    };
     let found = match points.and_then(|p| shipper::chain::check_vault(recorded.as_ref(), vault, &p)) {
         Ok(found) => found?,
         Err(e) => {

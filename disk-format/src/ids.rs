@@ -14,7 +14,15 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     Ok(())
 }
 
-fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+/// `bytes` as lowercase hex, as every id in Lifeboat prints (disk
+/// identities, namespaces, cut groups, object names).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `N` bytes `s` spells in hex (either case); `None` unless it is
+/// exactly `2 N` hex digits.
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s = s.as_bytes();
     if s.len() != 2 * N {
         return None;

@@ -380,7 +380,7 @@ fn pages_start(version: u16) -> usize {
 
 /// The namespace as the vault names its chain: 32 lowercase hex digits.
 pub fn namespace_hex(ns: &[u8; 16]) -> String {
-    ns.iter().map(|b| format!("{b:02x}")).collect()
+    crate::ids::hex(ns)
 }
 
 const META_VERSION: usize = 0;

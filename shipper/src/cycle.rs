@@ -165,11 +165,7 @@ fn runs(blocks: &[u64]) -> Vec<(u64, u64)> {
 /// The sequences of this disk's format-1 points (stored under its name
 /// before root format 2), ascending; empty when there are none.
 fn format_1_points(vault: &Vault, opts: &CycleOptions<'_>) -> Result<Vec<u64>, ShipError> {
-    let points = match vault.points(opts.disk_name) {
-        Ok(p) => p,
-        Err(vault::VaultError::BadName { .. }) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
+    let points = vault.format_1_points(opts.disk_name)?;
     Ok(points.iter().filter(|p| p.damage.is_none() && p.disk_id == opts.disk_id).map(|p| p.sequence).collect())
 }
 

@@ -45,7 +45,7 @@ impl DiskPoints {
 
     /// The identity as lowercase hex, as `points --json` shows it.
     pub fn disk_id_hex(&self) -> String {
-        self.disk_id.iter().map(|b| format!("{b:02x}")).collect()
+        disk_format::ids::hex(&self.disk_id)
     }
 }
 
@@ -124,7 +124,7 @@ impl Disks {
 fn describe_choice(c: &DiskChoice) -> String {
     let mut parts = Vec::new();
     if let Some(id) = &c.disk_id {
-        parts.push(format!("--disk-id {}", id.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        parts.push(format!("--disk-id {}", disk_format::ids::hex(id)));
     }
     if let Some(h) = &c.host {
         parts.push(format!("--from-host {h}"));
@@ -162,15 +162,10 @@ impl Vault {
         for p in &mut points {
             p.disk_id = *disk_id;
         }
-        if name != chain && crate::store::check_disk(name).is_ok() {
-            let legacy = self.points(name)?;
-            // Only format-1 points of this identity (a damaged one is kept:
-            // it may be this disk's, and listing it hides nothing).
-            let format_1 = legacy.first().is_none_or(|_| self.chain_is_format_1(name, &legacy));
-            if format_1 {
-                points.extend(legacy.into_iter().filter(|p| p.damage.is_some() || p.disk_id == *disk_id));
-            }
-        }
+        // Only format-1 points of this identity (a damaged one is kept: it
+        // may be this disk's, and listing it hides nothing).
+        let legacy = self.format_1_points(name)?;
+        points.extend(legacy.into_iter().filter(|p| p.damage.is_some() || p.disk_id == *disk_id));
         points.sort_by_key(|p| p.sequence);
         Ok(DiskPoints { name: name.to_string(), disk_id: *disk_id, host, points })
     }
@@ -220,6 +215,21 @@ impl Vault {
             })
         });
         Ok(out)
+    }
+
+    /// The points stored under `name` in format 1 (before 2026-12-04 a
+    /// disk's chain was its name), listed without the key: each carries its
+    /// disk's identity in the clear. Empty when there are none, or when
+    /// `name` is not a format-1 chain (a namespace, or no valid chain name).
+    pub fn format_1_points(&self, name: &str) -> Result<Vec<PointSummary>, VaultError> {
+        if crate::store::check_disk(name).is_err() {
+            return Ok(Vec::new());
+        }
+        let points = self.points(name)?;
+        if points.is_empty() || !self.chain_is_format_1(name, &points) {
+            return Ok(Vec::new());
+        }
+        Ok(points)
     }
 
     /// Whether the chain's points are format 1 (named by the disk): its
@@ -284,18 +294,13 @@ impl Vault {
         self.check_key(keys)?;
         let chain = Vault::chain_of(keys, disk_id);
         let mut report = self.prune(&chain, policy, now_ns)?;
-        if name != chain && crate::store::check_disk(name).is_ok() {
-            let legacy = self.points(name)?;
-            if !legacy.is_empty() && self.chain_is_format_1(name, &legacy) {
-                let r = self.prune(name, policy, now_ns)?;
-                for (to, from) in
-                    [(&mut report.kept, r.kept), (&mut report.pruned, r.pruned), (&mut report.held, r.held)]
-                {
-                    to.extend(from);
-                    to.sort_unstable();
-                }
-                report.stale_leases_removed.extend(r.stale_leases_removed);
+        if !self.format_1_points(name)?.is_empty() {
+            let r = self.prune(name, policy, now_ns)?;
+            for (to, from) in [(&mut report.kept, r.kept), (&mut report.pruned, r.pruned), (&mut report.held, r.held)] {
+                to.extend(from);
+                to.sort_unstable();
             }
+            report.stale_leases_removed.extend(r.stale_leases_removed);
         }
         Ok(report)
     }

@@ -260,7 +260,7 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
     let mut choice = a.choose.choice()?;
     if let Some(def) = home.vms().ok().and_then(|vms| vms.into_iter().find(|d| d.name == name)) {
         for disk in &def.disks {
-            let _ = crate::replicate::warn_if_vault_lost_points(home, disk, &kv.1, &kv.0);
+            let _ = crate::replicate::warn_if_vault_lost_points(home, disk, &kv.1, &kv.0, None);
         }
         // At the protected site the VM is this host's: its first disk's
         // identity picks it among VMs of that name other hosts protect.

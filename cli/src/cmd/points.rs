@@ -61,7 +61,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             found
         }
     };
-    let _ = crate::replicate::warn_if_vault_lost_points(home, &name, &vault, &keys);
+    let _ = crate::replicate::warn_if_vault_lost_points(home, &name, &vault, &keys, disks.first());
     if a.json {
         let list: Vec<_> = disks
             .iter()

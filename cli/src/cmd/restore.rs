@@ -53,7 +53,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     // protected under the same name (another host, a recovered copy) has
     // its own points and is never taken for this one.
     let disk = crate::disk_pick::disk_points(home, &vault, &keys, &a.name, &a.choose)?;
-    let _ = crate::replicate::warn_if_vault_lost_points(home, &a.name, &vault, &keys);
+    let _ = crate::replicate::warn_if_vault_lost_points(home, &a.name, &vault, &keys, Some(&disk));
     let point = match a.point.as_str() {
         "latest" => match disk.newest() {
             Some(p) => p,

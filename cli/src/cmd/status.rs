@@ -94,10 +94,11 @@ fn chain_of_point(vault: &vault::Vault, r: &disk_format::LastPoint) -> Option<St
     if r.vault_id != vault.config().vault_id {
         return None;
     }
-    vault.disks().ok()?.into_iter().find(|chain| {
-        vault.backend().size(vault::Kind::Root, &vault::root_name(chain, r.sequence)).ok().flatten().is_some()
-            && vault.load_root_with_id(chain, r.sequence, None).is_ok_and(|(_, id)| id == r.root_id)
-    })
+    vault
+        .disks()
+        .ok()?
+        .into_iter()
+        .find(|chain| vault.load_root_with_id(chain, r.sequence, None).is_ok_and(|(_, id)| id == r.root_id))
 }
 
 fn disk_status(name: &str, entry: &DiskEntry) -> Value {
