@@ -253,27 +253,12 @@ impl Home {
 
     /// Every VM defined in the home, sorted by name.
     pub fn vms(&self) -> Result<Vec<recovery::VmDefinition>> {
-        let dir = self.vms_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
-        let mut vms = Vec::new();
-        for e in entries {
-            let path = e.with_context(|| format!("listing {}", dir.display()))?.path();
-            if path.extension().is_some_and(|x| x == "toml") {
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                vms.push(recovery::VmDefinition::parse(&text, &path.display().to_string())?);
-            }
-        }
-        vms.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(vms)
+        Ok(recovery::VmDefinition::load_dir(&self.vms_dir())?)
     }
 
     /// The VM a disk belongs to, if any.
     pub fn vm_of_disk(&self, disk: &str) -> Result<Option<recovery::VmDefinition>> {
-        Ok(self.vms()?.into_iter().find(|v| v.disks.iter().any(|d| d == disk)))
+        Ok(recovery::VmDefinition::of_disk(&self.vms_dir(), disk)?)
     }
 
     /// The names of every protected disk, sorted.

@@ -9,13 +9,10 @@
 
 #[macro_use]
 mod stdout;
-mod app_hooks;
 mod disk_pick;
-mod group_cut;
 mod home;
 mod keyfile;
 mod output;
-mod qga;
 mod replicate;
 mod signals;
 mod size;
@@ -246,13 +243,13 @@ fn main() -> ExitCode {
             std::thread::sleep(std::time::Duration::from_secs(after));
             let mut last = Ok(serde_json::Value::Null);
             for _ in 0..5 {
-                last = qga::execute(&socket, "guest-fsfreeze-thaw", std::time::Duration::from_secs(10));
+                last = agent::quiesce::guest_agent(&socket, "guest-fsfreeze-thaw", std::time::Duration::from_secs(10));
                 if last.is_ok() {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
-            last.map(|_| ()).map_err(anyhow::Error::msg)
+            last.map(|_| ()).map_err(anyhow::Error::from)
         }
     };
     let succeeded = result.is_ok();

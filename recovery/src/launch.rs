@@ -8,7 +8,6 @@
 //! this failover's pid file, so a reused pid is never signalled.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RecoveryError;
+use crate::json_lines::{is_reply, is_timeout, JsonLines};
 use crate::vmdef::VmDefinition;
 
 /// Where a NIC goes at the recovery site.
@@ -285,8 +285,7 @@ impl Running {
 /// One QMP connection past its greeting and `qmp_capabilities`. Every
 /// message read through it is looked at for a `SHUTDOWN` event.
 struct Qmp {
-    r: BufReader<UnixStream>,
-    w: UnixStream,
+    c: JsonLines,
     /// The first `SHUTDOWN` event seen.
     shutdown: Option<Shutdown>,
 }
@@ -315,15 +314,11 @@ impl Shutdown {
     }
 }
 
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
-}
-
 impl Qmp {
     /// Reads the greeting and negotiates capabilities on `s`. `Ok(None)`:
     /// QEMU closed the connection first.
     fn handshake(s: UnixStream, deadline: Instant) -> std::io::Result<Option<Qmp>> {
-        let mut q = Qmp { r: BufReader::new(s.try_clone()?), w: s, shutdown: None };
+        let mut q = Qmp { c: JsonLines::new(s)?, shutdown: None };
         match q.next(deadline)? {
             None => return Ok(None),
             Some(g) if g.get("QMP").is_some() => {}
@@ -332,23 +327,9 @@ impl Qmp {
         Ok(q.execute("qmp_capabilities", deadline)?.map(|_| q))
     }
 
-    /// The next message, `Ok(None)` at EOF (or a reset, which is how a peer
-    /// that exits with our bytes unread ends); a timeout error once
-    /// `deadline` has passed.
+    /// The next message ([`JsonLines::next`]), noting a `SHUTDOWN` event.
     fn next(&mut self, deadline: Instant) -> std::io::Result<Option<serde_json::Value>> {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        self.r.get_ref().set_read_timeout(Some(left))?;
-        let mut line = String::new();
-        match self.r.read_line(&mut line) {
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
-            // QEMU exited with bytes of ours unread: its last messages were
-            // read first, so this is the end of the connection.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && line.is_empty() => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| std::io::Error::other(format!("not a QMP message: {:?}: {e}", line.trim())))?;
+        let Some(v) = self.c.next(deadline)? else { return Ok(None) };
         if v["event"] == "SHUTDOWN" && self.shutdown.is_none() {
             self.shutdown = Some(Shutdown {
                 guest: v["data"]["guest"].as_bool().unwrap_or(false),
@@ -363,16 +344,13 @@ impl Qmp {
     /// events; `Ok(None)` if QEMU closed the connection first (a write to a
     /// closed connection counts as that too).
     fn execute(&mut self, command: &str, deadline: Instant) -> std::io::Result<Option<serde_json::Value>> {
-        if let Err(e) = writeln!(self.w, "{{\"execute\":\"{command}\"}}") {
-            return match e.kind() {
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Ok(None),
-                _ => Err(e),
-            };
+        if !self.c.execute(command, None, deadline)? {
+            return Ok(None);
         }
         loop {
             match self.next(deadline)? {
                 None => return Ok(None),
-                Some(v) if v.get("return").is_some() || v.get("error").is_some() => return Ok(Some(v)),
+                Some(v) if is_reply(&v) => return Ok(Some(v)),
                 Some(_) => {}
             }
         }
@@ -531,15 +509,17 @@ mod tests {
     /// A peer that closes with bytes of ours still unread makes our next read
     /// fail with ECONNRESET once its last messages are read. QEMU does that
     /// when it exits, so it is the end of the connection, not a QMP error.
+    use std::io::Write;
+
     #[test]
     fn a_peer_closing_with_our_bytes_unread_is_the_end_not_an_error() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let mut q = Qmp { r: BufReader::new(ours.try_clone().unwrap()), w: ours, shutdown: None };
-        writeln!(q.w, "{{\"execute\":\"query-status\"}}").unwrap(); // never read by the peer
+        let mut q = Qmp { c: JsonLines::new(ours).unwrap(), shutdown: None };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(q.c.execute("query-status", None, deadline).unwrap()); // never read by the peer
         writeln!(theirs, "{{\"event\":\"SHUTDOWN\",\"data\":{{\"guest\":false,\"reason\":\"host-qmp-quit\"}}}}")
             .unwrap();
         drop(theirs);
-        let deadline = Instant::now() + Duration::from_secs(5);
         let event = q.next(deadline).expect("the event sent before the close").expect("an event, not EOF");
         assert_eq!(event["event"], "SHUTDOWN");
         assert!(q.next(deadline).expect("a reset after the last message is EOF").is_none());

@@ -18,6 +18,7 @@ pub mod failback;
 pub mod failover;
 pub mod health;
 pub mod instant;
+pub mod json_lines;
 pub mod launch;
 pub mod plan;
 pub mod trust;

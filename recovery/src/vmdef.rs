@@ -199,6 +199,31 @@ impl VmDefinition {
         toml::to_string(self).expect("a VM definition always serializes")
     }
 
+    /// Every definition in `dir` (the home's `vms/`: one `NAME.toml` each),
+    /// sorted by name; none if `dir` does not exist.
+    pub fn load_dir(dir: &std::path::Path) -> Result<Vec<VmDefinition>, RecoveryError> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(RecoveryError::io("listing", dir, e)),
+        };
+        let mut vms = Vec::new();
+        for e in entries {
+            let path = e.map_err(|e| RecoveryError::io("listing", dir, e))?.path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let text = std::fs::read_to_string(&path).map_err(|e| RecoveryError::io("reading", &path, e))?;
+                vms.push(VmDefinition::parse(&text, &path.display().to_string())?);
+            }
+        }
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vms)
+    }
+
+    /// The definition in `dir` that names disk `disk`, if any.
+    pub fn of_disk(dir: &std::path::Path, disk: &str) -> Result<Option<VmDefinition>, RecoveryError> {
+        Ok(VmDefinition::load_dir(dir)?.into_iter().find(|v| v.disks.iter().any(|d| d == disk)))
+    }
+
     /// Checks every field; the error says which and why.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_fields()

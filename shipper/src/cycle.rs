@@ -47,6 +47,11 @@ pub struct CycleOptions<'a> {
     pub cut_hook: Option<&'a dyn CutHook>,
 }
 
+/// Why a [`CutHook`] could not quiesce or resume: the implementation's own
+/// typed error (the agent's `QuiesceError`, say), which the cycle reports as
+/// a warning on the point and callers may downcast.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What an app-consistent point runs around its cut: `before` quiesces the
 /// guest (freezes its file systems, or runs the user's pre-cut hook), the
 /// cut is taken (it only moves bits: the guest stays frozen for
@@ -55,9 +60,9 @@ pub struct CycleOptions<'a> {
 /// warning, and `after` still runs, so a half-done freeze is undone.
 pub trait CutHook: Sync {
     /// Quiesce; an error says why the point will not be app-consistent.
-    fn before(&self) -> Result<(), String>;
+    fn before(&self) -> Result<(), HookError>;
     /// Resume; an error is reported as a warning.
-    fn after(&self) -> Result<(), String>;
+    fn after(&self) -> Result<(), HookError>;
     /// Whether a successful `before` makes the point app-consistent (a
     /// hook that only coordinates a group cut does not quiesce the guest).
     fn app_consistent(&self) -> bool {

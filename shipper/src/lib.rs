@@ -27,6 +27,6 @@ mod pack_out;
 mod pipeline;
 pub mod source;
 
-pub use cycle::{run_cycle, CutHook, CycleOptions, CycleReport, Progress};
+pub use cycle::{run_cycle, CutHook, CycleOptions, CycleReport, HookError, Progress};
 pub use error::ShipError;
 pub use source::{CutSource, DirectCut, LocalSource, RemoteSource};

@@ -124,15 +124,15 @@ struct OverwriteAfterCut<'a> {
 }
 
 impl shipper::CutHook for OverwriteAfterCut<'_> {
-    fn before(&self) -> Result<(), String> {
+    fn before(&self) -> Result<(), shipper::HookError> {
         Ok(())
     }
-    fn after(&self) -> Result<(), String> {
+    fn after(&self) -> Result<(), shipper::HookError> {
         for &b in self.blocks {
             let len = self.disk.geometry().block_len(b);
-            self.disk.write_at(&vec![0xee; len], b * BS, false).map_err(|e| e.to_string())?;
+            self.disk.write_at(&vec![0xee; len], b * BS, false)?;
         }
-        *self.usage.lock().unwrap() = Some(self.disk.copy_usage().map_err(|e| e.to_string())?);
+        *self.usage.lock().unwrap() = Some(self.disk.copy_usage()?);
         Ok(())
     }
 }

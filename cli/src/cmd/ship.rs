@@ -8,7 +8,6 @@ use filter::control::ControlClient;
 use shipper::{LocalSource, Progress, RemoteSource};
 
 use crate::home::Home;
-use crate::replicate::Target;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -103,11 +102,14 @@ impl Progress for Bar {
 const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleReport> {
-    let (mut entry, target) = Target::load(home, name)?;
+    let (mut entry, target) = crate::replicate::load(home, name)?;
     entry.check_usable(name)?;
     // Every failure from here on, also opening the source (the serving
     // process may die at any moment), names the disk and leaves its changes
     // dirty.
+    let cycled = |r: Result<_, agent::CycleError>| {
+        r.map_err(|e| anyhow::Error::new(e).context(format!("cycle of disk {name:?}")))
+    };
     let opening = |what: &str, e: shipper::ShipError| {
         Err(anyhow::Error::new(e).context(format!("cycle of disk {name:?}: {what}")))
     };
@@ -117,7 +119,7 @@ pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleRepor
             // it (a planned failover's final cycle must not fail on it).
             Ok(source) => {
                 let mut source = source.waiting_for_cuts(CUT_WAIT);
-                target.cycle(&mut source, None, 0, &mut bar, None)
+                cycled(target.cycle(&mut source, None, 0, &mut bar, None))
             }
             Err(e) => opening("opening a cut through the process serving it", e),
         },
@@ -130,7 +132,7 @@ pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleRepor
                 filter::log_line!("lifeboat: {note}");
             }
             let mut source = LocalSource::shared(std::sync::Arc::new(disk));
-            let r = target.cycle(&mut source, None, 0, &mut bar, None);
+            let r = cycled(target.cycle(&mut source, None, 0, &mut bar, None));
             source.close()?;
             r
         }

@@ -1,0 +1,308 @@
+//! One protected disk's replication target (key, vault, schedule and where
+//! its records go) and the cycle runner that `lifeboat ship --once` and the
+//! agent share: it sets up each cycle (vault, quiescing, the sealed root
+//! extension, the audit head), runs it, and records its outcome in the
+//! disk's status file and the audit log.
+//!
+//! The vault is opened for each cycle, not once: a vault that is unreachable
+//! when the agent starts (or goes away and comes back) only fails the cycles
+//! that meet it, while the disk keeps being served and its changes recorded.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use disk_format::keys::Keys;
+use serde_json::json;
+use shipper::{run_cycle, CutHook, CutSource, CycleOptions, CycleReport, Progress, ShipError};
+use vault::{Vault, VaultError};
+
+use crate::round::{HoldWrites, Member, Round, Sealed};
+use crate::status::{self, CycleOutcome};
+
+/// Everything a cycle of one disk needs besides its source.
+pub struct Target {
+    /// The disk's name.
+    pub name: String,
+    /// The disk's identity.
+    pub disk_id: [u8; 16],
+    /// The vault directory.
+    pub vault: PathBuf,
+    /// The cycle interval (the RPO target).
+    pub rpo: Duration,
+    /// The retention ladder applied after each committed cycle.
+    pub retention: vault::retention::Policy,
+    /// The customer's keys.
+    pub keys: Keys,
+    /// The disk's `status.json`.
+    pub status_path: PathBuf,
+    /// The disk's state file (its newest committed point is named in every
+    /// audit record about the disk).
+    pub state_path: PathBuf,
+    /// The home's audit log directory.
+    pub audit_dir: PathBuf,
+    /// The home's VM definitions (read again every cycle, so a redefined VM
+    /// travels with the next point).
+    pub vms_dir: PathBuf,
+}
+
+/// Why a cycle did not commit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CycleError {
+    /// The vault could not be opened, or does not take this key.
+    #[error("vault {}: {source}", path.display())]
+    Vault {
+        /// The vault directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<VaultError>,
+    },
+    /// The disk's VM definition could not be read.
+    #[error("{0}")]
+    VmDefinition(#[from] recovery::RecoveryError),
+    /// The root extension could not be sealed.
+    #[error("sealing the root extension of disk {disk:?}: {source}")]
+    Extension {
+        /// The disk.
+        disk: String,
+        /// Why.
+        #[source]
+        source: disk_format::root_ext::ExtError,
+    },
+    /// The cycle itself failed (or was cancelled: [`CycleError::cancelled`]).
+    #[error(transparent)]
+    Ship(#[from] ShipError),
+}
+
+impl CycleError {
+    /// Whether the cycle was cancelled (the agent is stopping) rather than failed.
+    pub fn cancelled(&self) -> bool {
+        matches!(self, CycleError::Ship(ShipError::Cancelled))
+    }
+}
+
+/// An audit record could not be appended.
+#[derive(Debug, thiserror::Error)]
+#[error("recording `{kind}` in the audit log {}: {source}", dir.display())]
+pub struct RecordError {
+    /// The record's kind.
+    pub kind: String,
+    /// The audit log directory.
+    pub dir: PathBuf,
+    /// Why.
+    #[source]
+    pub source: audit::AuditError,
+}
+
+/// This disk's part in a group cut.
+pub struct GroupPart<'a> {
+    /// The round.
+    pub round: &'a Round<'a>,
+    /// The disk whose writes are held at the cut.
+    pub disk: &'a dyn HoldWrites,
+    /// Whether this disk runs its VM's quiescing.
+    pub runs_app: bool,
+}
+
+/// An error's message with its causes, `a: b: c`, each said once.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+impl Target {
+    /// Opens the disk's vault and checks that it takes this key.
+    pub fn open_vault(&self) -> Result<Vault, CycleError> {
+        let fail = |source| CycleError::Vault { path: self.vault.clone(), source: Box::new(source) };
+        let backend = vault::LocalBackend::open(&self.vault).map_err(fail)?;
+        let vault = Vault::open(Box::new(backend)).map_err(fail)?;
+        vault.check_key(&self.keys).map_err(fail)?;
+        Ok(vault)
+    }
+
+    /// Runs one cycle and records its outcome (committed or failed) in the
+    /// status file and the audit log. `late_ms`: how late the cycle starts
+    /// against its schedule. Returns the report and the open vault.
+    pub fn cycle(
+        &self,
+        source: &mut dyn CutSource,
+        cancel: Option<&AtomicBool>,
+        late_ms: u64,
+        progress: &mut dyn Progress,
+        group: Option<GroupPart<'_>>,
+    ) -> Result<(CycleReport, Vault), CycleError> {
+        let started_ns = system::clock::now_ns();
+        let vault = self.open_vault();
+        let vm = recovery::VmDefinition::of_disk(&self.vms_dir, &self.name);
+        let mut hooks = match (&vault, &vm) {
+            (Ok(v), Ok(Some(vm))) => self.app_hooks(v, vm),
+            _ => None,
+        };
+        let definition = vm.as_ref().ok().and_then(|vm| vm.as_ref().map(|vm| vm.to_toml().into_bytes()));
+        let audit_head = vault.as_ref().ok().and_then(|v| self.audit_head(v));
+        let extension = self.extension(definition.clone(), audit_head);
+        // In a group cut, the member hook runs the app hooks (if this disk
+        // carries them) and adds the group's id to the root.
+        let member = match (group, &extension) {
+            (Some(g), Ok(_)) => {
+                let app = if g.runs_app { hooks.take().map(|h| Box::new(h) as Box<dyn CutHook>) } else { None };
+                let sealed = Sealed { definition, audit_head, keys: &self.keys };
+                Some(Member::new(g.round, g.disk, &self.name, app, sealed))
+            }
+            _ => None,
+        };
+        let hook: Option<&dyn CutHook> = match &member {
+            Some(m) => Some(m),
+            None => hooks.as_ref().map(|h| h as &dyn CutHook),
+        };
+        let result = match (vault, vm, extension) {
+            (Ok(v), Ok(_), Ok(extension)) => {
+                let opts = CycleOptions {
+                    cancel,
+                    extension: &extension,
+                    cut_hook: hook,
+                    ..CycleOptions::new(&self.name, self.disk_id)
+                };
+                run_cycle(source, &v, &self.keys, &opts, progress).map(|r| (r, v)).map_err(CycleError::from)
+            }
+            (Err(e), _, _) => Err(e),
+            (_, Err(e), _) => Err(e.into()),
+            (_, _, Err(e)) => Err(e),
+        };
+        drop(member);
+        self.record_outcome(started_ns, late_ms, &result);
+        result
+    }
+
+    /// Records a cycle's outcome in the status file and the audit log. The
+    /// outcome stands either way: a log that cannot be appended to must not
+    /// stop replication, but it must be seen.
+    fn record_outcome(&self, started_ns: u64, late_ms: u64, result: &Result<(CycleReport, Vault), CycleError>) {
+        let mut outcome =
+            CycleOutcome { started_ns, ended_ns: system::clock::now_ns(), late_ms, ..CycleOutcome::default() };
+        let (kind, details, vault) = match result {
+            Ok((r, vault)) => {
+                outcome.sequence = Some(r.sequence);
+                outcome.full = r.full;
+                outcome.blocks_read = r.blocks_read;
+                outcome.new_blocks = r.new_blocks;
+                outcome.bytes_shipped = r.bytes_shipped;
+                outcome.warnings = r.warnings.clone();
+                let d = json!({
+                    "point": r.sequence, "full": r.full, "blocks_read": r.blocks_read, "new_blocks": r.new_blocks,
+                    "bytes_shipped": r.bytes_shipped, "millis": r.millis, "late_ms": late_ms, "warnings": r.warnings,
+                    "app_consistent": r.app_consistent, "root": r.root_id.to_string(),
+                    "vault": vault.config().vault_id.to_string(),
+                    // The dirty map was not relative to the vault's newest
+                    // point (rolled back, re-pointed, another writer): the
+                    // cycle verified the whole disk (invariant 8).
+                    "chain_break": r.chain_break.as_ref().map(|b| b.describe(&self.name)),
+                });
+                ("cycle.committed", d, Some(vault))
+            }
+            Err(e) => {
+                outcome.error = Some(chain(e));
+                ("cycle.failed", json!({ "error": chain(e), "late_ms": late_ms }), None)
+            }
+        };
+        if let Err(e) = self.record(vault, kind, details) {
+            filter::log_line!("lifeboat: warning: {}: {}", self.name, chain(&e));
+        }
+        if let Err(e) = status::record_cycle(&self.status_path, outcome) {
+            filter::log_line!(
+                "lifeboat: warning: {}: could not record the cycle in its status file: {}",
+                self.name,
+                chain(&e)
+            );
+        }
+    }
+
+    /// The hooks for an app-consistent cut, if the disk's VM asks for them
+    /// and its newest app-consistent point is older than their interval.
+    fn app_hooks(&self, vault: &Vault, vm: &recovery::VmDefinition) -> Option<crate::quiesce::Hooks> {
+        let app = vm.app_consistent.as_ref()?;
+        let newest = vault
+            .disk_points(&self.keys, &self.name, &self.disk_id)
+            .ok()?
+            .points
+            .iter()
+            .filter(|p| p.damage.is_none() && p.consistency == disk_format::Consistency::App)
+            .map(|p| p.cut_time_ns)
+            .max();
+        let now = system::clock::now_ns();
+        let due = newest.is_none_or(|t| now.saturating_sub(t) >= app.every_seconds.saturating_mul(1_000_000_000));
+        if due {
+            crate::quiesce::Hooks::new(&vm.name, &self.name, app)
+        } else {
+            None
+        }
+    }
+
+    /// The root extension of this cycle's point: the sealed definition of
+    /// the VM the disk belongs to, if any, and the audit head.
+    fn extension(
+        &self,
+        vm_definition: Option<Vec<u8>>,
+        audit_head: Option<disk_format::AuditHead>,
+    ) -> Result<Vec<u8>, CycleError> {
+        let ext = disk_format::RootExtension { vm_definition, cut_group: None, audit_head };
+        ext.encode(&self.keys).map_err(|source| CycleError::Extension { disk: self.name.clone(), source })
+    }
+
+    /// Where this key's audit log in the home stands, for the point's root
+    /// to commit to (issue 12, hole 8). The log is copied to the vault first,
+    /// so the vault holds every record the root names. `None` (with a
+    /// warning; the point is still taken) if the log cannot be read.
+    fn audit_head(&self, vault: &Vault) -> Option<disk_format::AuditHead> {
+        let head = audit::AuditLog::open(&self.audit_dir, &self.keys).and_then(|log| {
+            // A failed copy is retried by the next record; the head still goes in.
+            let _ = log.sync_to(vault.backend());
+            log.head()
+        });
+        match head {
+            Ok(head) => head,
+            Err(e) => {
+                filter::log_line!(
+                    "lifeboat: warning: {}: the point will not name the audit log's head: {e}",
+                    self.name
+                );
+                None
+            }
+        }
+    }
+
+    /// Appends a record about this disk to the audit log of its key and
+    /// copies the log to `vault` (the disk's vault, opened for the purpose if
+    /// `None`; if it cannot be opened the copy waits for a later record).
+    pub fn record(&self, vault: Option<&Vault>, kind: &str, mut details: serde_json::Value) -> Result<(), RecordError> {
+        // Every record about the disk names its newest committed point, so
+        // a vault that lost it is seen from the log (issue 12, hole 8).
+        if let Some(obj) = details.as_object_mut() {
+            if let Some(p) = filter::StateFile::header_of(&self.state_path).ok().and_then(|h| h.last_point) {
+                obj.entry("newest_point").or_insert(json!({
+                    "id": p.sequence, "root": p.root_id.to_string(), "vault": p.vault_id.to_string(),
+                }));
+            }
+        }
+        let opened;
+        let vault = match vault {
+            Some(v) => Some(v),
+            None => {
+                opened = self.open_vault().ok();
+                opened.as_ref()
+            }
+        };
+        crate::audit_record(&self.audit_dir, &self.keys, vault, kind, Some(&self.name), details)
+    }
+}
