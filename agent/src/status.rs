@@ -125,3 +125,44 @@ pub fn record_cycle(path: &Path, outcome: CycleOutcome) -> Result<(), StatusErro
         s.last_cycle = Some(outcome);
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(error: Option<&str>) -> CycleOutcome {
+        CycleOutcome { started_ns: 1, ended_ns: 2, error: error.map(str::to_string), ..CycleOutcome::default() }
+    }
+
+    #[test]
+    fn failures_count_up_until_a_commit_and_the_last_success_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        assert_eq!(read(&path).consecutive_failures, 0, "no file: nothing recorded yet");
+        record_cycle(&path, CycleOutcome { sequence: Some(4), ..outcome(None) }).unwrap();
+        record_cycle(&path, outcome(Some("vault gone"))).unwrap();
+        record_cycle(&path, outcome(Some("vault gone"))).unwrap();
+        let s = read(&path);
+        assert_eq!(s.consecutive_failures, 2);
+        assert_eq!(s.last_success.as_ref().and_then(|o| o.sequence), Some(4), "a failure keeps the last success");
+        assert_eq!(s.last_cycle.as_ref().and_then(|o| o.error.as_deref()), Some("vault gone"));
+        record_cycle(&path, CycleOutcome { sequence: Some(5), ..outcome(None) }).unwrap();
+        assert_eq!(read(&path).consecutive_failures, 0);
+    }
+
+    #[test]
+    fn an_unreadable_file_reads_as_nothing_recorded_and_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        std::fs::write(&path, b"{ torn").unwrap();
+        assert_eq!(read(&path).last_cycle, None);
+        update(&path, |s| s.agent_pid = Some(42)).unwrap();
+        assert_eq!(read(&path).agent_pid, Some(42));
+    }
+
+    #[test]
+    fn a_status_that_cannot_be_written_names_the_file() {
+        let e = write(Path::new("/nonexistent/dir/status.json"), &DiskStatus::default()).unwrap_err();
+        assert!(e.to_string().starts_with("writing /nonexistent/dir/status.json: "), "{e}");
+    }
+}
