@@ -23,7 +23,7 @@
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -330,19 +330,7 @@ fn idle_established_connections_cost_one_thread_each() {
 fn agent_with_nofile(s: &Scratch, limit: u64, extra: &[&str], names: &[&str]) -> Filter {
     let mut args = vec!["agent"];
     args.extend_from_slice(extra);
-    let mut agent = s.home.spawn_with(&args, |cmd| {
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls setrlimit(2), which is async-signal-safe, on a stack value.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let mut agent = s.home.spawn_with(&args, |cmd| system::child::limit_open_files(cmd, limit));
     for name in names {
         agent.wait_line(&format!("{name}: serving on "), Duration::from_secs(30));
     }

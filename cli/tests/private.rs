@@ -29,9 +29,9 @@ use vm_tests::replicate::arg;
 /// same tests run against another build), with the test's umask at 000 and
 /// the scratch directory itself reachable by every user.
 fn scratch(prefix: &str) -> Scratch {
-    // SAFETY: umask(2) takes no pointers; each test runs in its own process
-    // under nextest, and every test here wants the same careless umask.
-    unsafe { libc::umask(0) };
+    // Each test runs in its own process under nextest, and every test here
+    // wants the same careless umask.
+    system::host::set_umask(0);
     let bin: std::path::PathBuf =
         std::env::var_os("LIFEBOAT_BIN").map_or_else(|| env!("CARGO_BIN_EXE_lifeboat").into(), Into::into);
     let s = Scratch::new(bin, prefix);

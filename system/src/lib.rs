@@ -18,6 +18,7 @@
 //! It depends on `libc` only, so the filter can use it too.
 #![deny(missing_docs)]
 
+pub mod child;
 pub mod clock;
 pub mod file;
 pub mod host;
