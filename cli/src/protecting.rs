@@ -402,4 +402,3 @@ fn audit_protect(
     });
     crate::cmd::audit::record(&crate::cmd::audit::audit_dir(home), &keys, Some(&vault), "protect", Some(name), details)
 }
-

@@ -82,7 +82,7 @@ pub enum FailbackError {
         /// The VM.
         vm: String,
         /// Why.
-        source: RecoveryError,
+        source: Box<RecoveryError>,
     },
     /// An instant-recovery copy is incomplete and its server is gone.
     #[error(
@@ -171,7 +171,7 @@ pub enum FailbackError {
         /// The point.
         point: u64,
         /// Why.
-        source: VaultError,
+        source: Box<VaultError>,
     },
     /// Bringing the image to the point failed half-way; the failback marker
     /// keeps the disk out of use until a re-run finishes.
@@ -196,13 +196,25 @@ pub enum FailbackError {
     },
     /// The failover's job could not be read or written.
     #[error(transparent)]
-    Recovery(#[from] RecoveryError),
+    Recovery(Box<RecoveryError>),
     /// The vault refused or failed.
     #[error(transparent)]
-    Vault(#[from] VaultError),
+    Vault(Box<VaultError>),
     /// The host side failed (its message names what and why).
     #[error(transparent)]
     Host(HostError),
+}
+
+impl From<RecoveryError> for FailbackError {
+    fn from(e: RecoveryError) -> FailbackError {
+        FailbackError::Recovery(Box::new(e))
+    }
+}
+
+impl From<VaultError> for FailbackError {
+    fn from(e: VaultError) -> FailbackError {
+        FailbackError::Vault(Box::new(e))
+    }
 }
 
 impl FailbackError {
@@ -229,12 +241,7 @@ pub struct Prepared {
 /// (waiting up to `timeout`), let instant recovery's copies complete, then
 /// protect each recovered disk here with the failover's vault and key and
 /// ship it back; marks the job failed back and records `failback.prepare`.
-pub fn prepare<H: HostSide>(
-    site: &Site,
-    host: &H,
-    vm: &str,
-    timeout: Duration,
-) -> Result<Prepared, FailbackError> {
+pub fn prepare<H: HostSide>(site: &Site, host: &H, vm: &str, timeout: Duration) -> Result<Prepared, FailbackError> {
     let job = site.load(vm)?.ok_or_else(|| FailbackError::NoFailover { vm: vm.to_string() })?;
     if job.state != JobState::Committed {
         return Err(FailbackError::NotCommitted { vm: vm.to_string(), kind: job.kind.as_str(), state: job.state });
@@ -245,7 +252,7 @@ pub fn prepare<H: HostSide>(
         Some(p) => {
             host.say(&format!("[{vm}] powering the recovered VM off (QMP system_powerdown) ..."));
             let off = crate::launch::power_off(&p.qmp, timeout)
-                .map_err(|source| FailbackError::PowerOff { vm: vm.to_string(), source })?;
+                .map_err(|e| FailbackError::PowerOff { vm: vm.to_string(), source: Box::new(e) })?;
             if !off.clean {
                 host.say(&format!(
                     "[{vm}] WARNING: {}. The recovered VM did NOT shut down cleanly: its disks ship back \
@@ -408,10 +415,10 @@ pub fn bring_back<H: HostSide>(host: &H, vm: &str, how: &BringBack) -> Result<Br
             }
         ));
         let _hold = vault.hold(&chain, seq, "failback")?;
-        let reader = Vault::point_reader(&vault, &chain, seq, &keys).map_err(|source| FailbackError::Point {
+        let reader = Vault::point_reader(&vault, &chain, seq, &keys).map_err(|e| FailbackError::Point {
             disk: disk.clone(),
             point: seq,
-            source,
+            source: Box::new(e),
         })?;
         let image = std::fs::OpenOptions::new()
             .read(true)

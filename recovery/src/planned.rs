@@ -68,9 +68,7 @@ pub enum PlannedError {
     )]
     SourceStateUnknown,
     /// Powering the source VM off failed; nothing was shipped or booted.
-    #[error(
-        "{source}; nothing was shipped or booted: shut the VM down yourself and run again with --source-stopped"
-    )]
+    #[error("{source}; nothing was shipped or booted: shut the VM down yourself and run again with --source-stopped")]
     PowerOff {
         /// Why.
         source: RecoveryError,

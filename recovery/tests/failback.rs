@@ -169,10 +169,8 @@ impl HostSide for Fake {
 /// Writes a committed (or `state`) failover of VM `vm` whose disks were
 /// restored to `images`, with the vault and key it came from.
 fn committed_job(site_root: &Path, vm: &str, state: &str, disks: &[(&str, &Path)], origin: bool) {
-    let points: Vec<Value> = disks
-        .iter()
-        .map(|(d, image)| json!({ "disk": d, "point": 3, "cut_time_ns": 0, "image": image }))
-        .collect();
+    let points: Vec<Value> =
+        disks.iter().map(|(d, image)| json!({ "disk": d, "point": 3, "cut_time_ns": 0, "image": image })).collect();
     let job = json!({
         "vm": vm, "kind": "unplanned", "state": state, "started_ns": 0, "points": points, "definition": null,
         "steps": [], "process": null, "health": null, "health_detail": null, "rto_seconds": null,
@@ -322,7 +320,10 @@ fn bring_back_converges_each_disk_then_resets_its_state_and_audits() {
     assert_eq!(done.bytes_fetched, 3 * BLOCK);
     let report = &done.details["disks"][0];
     assert_eq!(report["point"], seq);
-    assert_eq!(report["report"], json!({ "blocks": BLOCKS, "fetched_blocks": 3, "fetched_bytes": 3 * BLOCK, "zeroed_blocks": 1 }));
+    assert_eq!(
+        report["report"],
+        json!({ "blocks": BLOCKS, "fetched_blocks": 3, "fetched_bytes": 3 * BLOCK, "zeroed_blocks": 1 })
+    );
     assert_eq!(
         fake.calls(),
         [
@@ -461,7 +462,11 @@ fn planned_source_side_refuses_before_stopping_or_shipping_anything() {
     assert!(matches!(r, Err(PlannedError::FailoverExists { .. })));
     assert!(prelude.is_empty() && audits.is_empty());
     let elsewhere = tempfile::tempdir().unwrap();
-    let (r, _, _) = run_source_side(&Fake::new(elsewhere.path(), &[]), &Site::new(elsewhere.path().join("site")), &SourceStop::Unknown);
+    let (r, _, _) = run_source_side(
+        &Fake::new(elsewhere.path(), &[]),
+        &Site::new(elsewhere.path().join("site")),
+        &SourceStop::Unknown,
+    );
     assert!(matches!(r, Err(PlannedError::NotDefinedHere { .. })));
     assert_eq!(fake.calls(), Vec::<String>::new());
 }

@@ -128,9 +128,27 @@ mod tests {
     #[test]
     fn every_flag_reaches_the_request() {
         let r = parse(&[
-            "d", "--image", "/i", "--block-size", "4KiB", "--vault", "/v", "--key", "/k", "--rpo", "30s",
-            "--keep-recent", "2h", "--keep-hourly", "3", "--keep-daily", "4", "--listen", "tcp:127.0.0.1:10809",
-            "--insecure-tcp", "--reset-state",
+            "d",
+            "--image",
+            "/i",
+            "--block-size",
+            "4KiB",
+            "--vault",
+            "/v",
+            "--key",
+            "/k",
+            "--rpo",
+            "30s",
+            "--keep-recent",
+            "2h",
+            "--keep-hourly",
+            "3",
+            "--keep-daily",
+            "4",
+            "--listen",
+            "tcp:127.0.0.1:10809",
+            "--insecure-tcp",
+            "--reset-state",
         ]);
         assert_eq!(r.block_size, 4096);
         assert_eq!(
