@@ -11,8 +11,10 @@
 mod stdout;
 mod disk_pick;
 mod home;
+mod host_side;
 mod keyfile;
 mod output;
+mod protecting;
 mod replicate;
 mod signals;
 mod size;

@@ -8,8 +8,11 @@
 //! over in order ([`plan`]), and the rule for what may run as root and how
 //! its own files are kept private ([`trust`]). It reads points through the `vault` crate (restore
 //! verifies every block) and the sealed definition through `disk-format`'s
-//! root extension; it must not re-implement either. Failback and
-//! app-consistent points build on it next.
+//! root extension; it must not re-implement either. It also owns failback
+//! ([`failback`]) and the source side of a planned failover ([`planned`]),
+//! written against [`host::HostSide`], what only the protecting host can do
+//! (its home, protecting a disk, a replication cycle, its audit log): this
+//! crate never depends on the binary's home or on the shipper.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -17,14 +20,19 @@ pub mod error;
 pub mod failback;
 pub mod failover;
 pub mod health;
+pub mod host;
 pub mod instant;
 pub mod json_lines;
 pub mod launch;
 pub mod plan;
+pub mod planned;
 pub mod trust;
 pub mod vmdef;
 
 pub use error::RecoveryError;
+pub use failback::FailbackError;
 pub use failover::{Job, JobState, Kind, Observer, PointChoice, Request, Site};
+pub use host::{HostError, HostSide, LocalDisk, ProtectRequest, Shipped};
 pub use launch::{Network, QemuConfig};
+pub use planned::PlannedError;
 pub use vmdef::VmDefinition;

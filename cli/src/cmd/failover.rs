@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use recovery::failover::{Kind, Observer, PointChoice, Request, Site, Step};
+use recovery::planned::SourceStop;
 use recovery::{Network, QemuConfig, VmDefinition};
 
 use crate::home::Home;
@@ -357,9 +358,8 @@ pub(crate) fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// The source side of a planned failover: refuses before touching anything
-/// if the VM has another failover going, powers the source VM off, ships a
-/// final cycle of every disk. Returns the final point of the first disk.
+/// The source side of a planned failover ([`recovery::planned`]): the flags
+/// say how the source VM is stopped. Returns the final point of the first disk.
 fn planned_source_side(
     home: &Home,
     site: &Site,
@@ -368,89 +368,15 @@ fn planned_source_side(
     prelude: &mut Vec<Step>,
     audit: &mut dyn FnMut(&str, serde_json::Value) -> std::result::Result<(), String>,
 ) -> Result<u64> {
-    if let Some(j) = site.load(name)? {
-        bail!(
-            "VM {name:?} already has a {} failover here ({:?}); `lifeboat failover status {name}` shows it",
-            j.kind.as_str(),
-            j.state
-        );
-    }
-    let def = home.vms()?.into_iter().find(|d| d.name == name).with_context(|| {
-        format!(
-            "--planned runs where VM {name:?} is defined (`lifeboat vm define`); it is not in {}",
-            home.root().display()
-        )
-    })?;
     let timeout = std::time::Duration::from_secs(
         crate::size::parse_duration(&a.shutdown_timeout).map_err(|e| anyhow::anyhow!("--shutdown-timeout: {e}"))?,
     );
-    let started = recovery::failover::now_ns();
-    let (how, clean) = match (&a.source_qmp, a.source_stopped) {
-        (Some(qmp), _) => {
-            filter::log_line!("[{name}] stopping the source VM (QMP system_powerdown on {}) ...", qmp.display());
-            let off = recovery::launch::power_off(qmp, timeout).map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}; nothing was shipped or booted: shut the VM down yourself and run again with --source-stopped"
-                )
-            })?;
-            if off.clean {
-                filter::log_line!("[{name}] {}", off.detail);
-            } else {
-                // The process is gone, so the disk is what it is: the final
-                // cycle ships it as it stands, like any crash-consistent point.
-                filter::log_line!(
-                    "[{name}] WARNING: {}. The source VM did NOT shut down cleanly: the final point is \
-                     crash-consistent, not a clean shutdown; going on with the final cycle",
-                    off.detail
-                );
-            }
-            (off.detail, Some(off.clean))
-        }
-        (None, true) => ("stopped by the user (--source-stopped)".to_string(), None),
-        (None, false) => bail!(
-            "--planned must know the source VM is off: pass --source-qmp SOCKET (Lifeboat powers it off) or, once \
-             you have shut it down yourself, --source-stopped"
-        ),
+    let stop = match (&a.source_qmp, a.source_stopped) {
+        (Some(qmp), _) => SourceStop::Qmp { socket: qmp.clone(), timeout },
+        (None, true) => SourceStop::AlreadyStopped,
+        (None, false) => SourceStop::Unknown,
     };
-    audit("failover.planned.source-stopped", serde_json::json!({ "vm": name, "how": how, "clean_shutdown": clean }))
-        .map_err(anyhow::Error::msg)?;
-    prelude.push(Step {
-        name: "stop source VM".into(),
-        state: "done".into(),
-        started_ns: started,
-        ended_ns: Some(recovery::failover::now_ns()),
-        detail: how,
-    });
-    let mut first = None;
-    for disk in &def.disks {
-        let t = recovery::failover::now_ns();
-        filter::log_line!("[{name}] final cycle of disk {disk} ...");
-        let r =
-            super::ship::once(home, disk, super::ship::Bar::new("", false).quiet_when_done()).with_context(|| {
-                format!("the final cycle of disk {disk:?} of VM {name:?} (the source VM is off; run again to retry)")
-            })?;
-        first.get_or_insert(r.sequence);
-        prelude.push(Step {
-            name: format!("final cycle of disk {disk}"),
-            state: "done".into(),
-            started_ns: t,
-            ended_ns: Some(recovery::failover::now_ns()),
-            detail: format!(
-                "point {} committed: {} blocks read, {} new, {} bytes shipped",
-                r.sequence, r.blocks_read, r.new_blocks, r.bytes_shipped
-            ),
-        });
-        filter::log_line!("[{name}] final cycle of disk {disk} done: point {}", r.sequence);
-    }
-    let seq = first.expect("a VM has a disk");
-    audit("failover.planned.final-cycle", serde_json::json!({ "vm": name, "point": seq }))
-        .map_err(anyhow::Error::msg)?;
-    Ok(seq)
-}
-
-/// A path as a `&str` for an argument list.
-pub(crate) fn path_str(p: &std::path::Path) -> Result<&str> {
-    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
+    Ok(recovery::planned::source_side(site, &crate::host_side::Host::new(home), name, &stop, prelude, audit)?)
 }
 
 /// `--network NET=SPEC` options as a map (failover and plan run).

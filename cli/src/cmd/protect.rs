@@ -1,14 +1,12 @@
 //! `lifeboat protect`: start protecting a disk image.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use disk_format::Geometry;
-use filter::{ImageId, StateFile};
+use anyhow::Result;
 
-use crate::home::{check_name, DiskConfig, Home, Replication, Retention};
-use crate::keyfile;
+use crate::home::{Home, Retention};
+pub use crate::protecting::refuse_exposed;
+use crate::protecting::{Replicate, Request};
 use crate::size::{parse_duration, parse_size};
 
 #[derive(clap::Args)]
@@ -70,339 +68,99 @@ pub struct Args {
     reset_state: bool,
 }
 
-fn random_id() -> Result<[u8; 16]> {
-    let mut id = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut id))
-        .context("reading /dev/urandom for a disk identity")?;
-    Ok(id)
-}
-
-/// What `protect` learns about an image by opening it as the filter will.
-struct ImageInfo {
-    size: u64,
-    id: ImageId,
-}
-
-/// Opens the image read-write, as the filter does, so that an image the
-/// filter would refuse (a directory, an immutable or read-only file) is
-/// refused here, before anything is recorded.
-fn inspect_image(path: &Path) -> Result<ImageInfo> {
-    use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(path).with_context(|| format!("inspecting disk image {}", path.display()))?;
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        bail!("disk image {} is a directory: give the VM's raw image file or block device", path.display());
-    }
-    if !kind.is_file() && !kind.is_block_device() {
-        bail!("disk image {} is neither a regular file nor a block device: give the VM's raw image", path.display());
-    }
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
-        let why = match e.raw_os_error() {
-            Some(libc::EPERM) => {
-                "it is immutable or append-only (see `lsattr`; `chattr -i` / `chattr -a` clear that), and the \
-                 filter must write the VM's data to it"
-            }
-            Some(libc::EACCES | libc::EROFS) => "the filter must write the VM's data to it: make it writable",
-            _ => "the filter must open it for reading and writing",
-        };
-        anyhow::anyhow!("disk image {} cannot be opened for writing ({e}): {why}", path.display())
-    })?;
-    let size = f.seek(SeekFrom::End(0)).with_context(|| format!("sizing disk image {}", path.display()))?;
-    let id = ImageId::of(&f.metadata().with_context(|| format!("inspecting disk image {}", path.display()))?);
-    Ok(ImageInfo { size, id })
-}
-
-/// The longest path a unix socket may have: `sun_path` holds 108 bytes,
-/// the terminating NUL included.
-const SOCKET_PATH_MAX: usize = 107;
-
-/// Refuses a socket path the agent could not bind, before anything is
-/// recorded (an agent that fails to bind leaves the disk's state unclean).
-fn check_socket_path(name: &str, what: &str, path: &Path) -> Result<()> {
-    let len = path.as_os_str().len();
-    if len > SOCKET_PATH_MAX {
-        bail!(
-            "disk {name:?}: its {what} {} would be {len} bytes long, longer than a unix socket path may be \
-             ({SOCKET_PATH_MAX}): use a shorter disk name, a home with a shorter path (--home / LIFEBOAT_HOME), or \
-             a shorter --listen path",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// Checks every unix socket the disk would have: its control socket, and
-/// its NBD sockets (the default one unless `listen` names others).
-fn check_socket_paths(home: &Home, name: &str, listen: &[filter::nbd::Listen]) -> Result<()> {
-    let dir = home.disk_dir(name);
-    check_socket_path(name, "control socket", &dir.join("control.sock"))?;
-    if listen.is_empty() {
-        check_socket_path(name, "NBD socket", &dir.join("nbd.sock"))?;
-    }
-    for l in listen {
-        if let filter::nbd::Listen::Unix(p) = l {
-            check_socket_path(name, "NBD socket", p)?;
-        }
-    }
-    Ok(())
-}
-
 pub fn run(home: &Home, a: Args) -> Result<()> {
-    run_to(home, a, &mut std::io::stdout())
+    crate::protecting::protect(home, &a.into(), &mut std::io::stdout())
 }
 
-/// `run`, reporting to `out` (stdout, or stderr when another command runs it).
-fn run_to(home: &Home, a: Args, out: &mut dyn std::io::Write) -> Result<()> {
-    check_name(&a.name)?;
-    let vaults: Vec<&std::path::Path> = a.vault.as_deref().into_iter().collect();
-    for t in home.make_private(&vaults)? {
-        filter::log_line!("lifeboat: {t}: it was open to other users; Lifeboat keeps its home and vault private");
+impl From<Args> for Request {
+    fn from(a: Args) -> Request {
+        let replicate = match (a.vault, a.key) {
+            (Some(vault), Some(key)) => Some(Replicate {
+                vault,
+                key,
+                rpo_seconds: a.rpo,
+                retention: Retention { recent_seconds: a.keep_recent, hourly: a.keep_hourly, daily: a.keep_daily },
+            }),
+            _ => None,
+        };
+        Request {
+            name: a.name,
+            image: a.image,
+            block_size: a.block_size,
+            replicate,
+            listen: a.listen,
+            tls_creds: a.tls_creds,
+            insecure_tcp: a.insecure_tcp,
+            reset_state: a.reset_state,
+        }
     }
-    let image = std::fs::canonicalize(&a.image)
-        .with_context(|| format!("disk image {} does not exist or cannot be reached", a.image.display()))?;
-    let ImageInfo { size, id: image_id } = inspect_image(&image)?;
-    if let Some((other, other_image)) = home.disk_with_image(image_id, Some(&a.name))? {
-        bail!(
-            "disk image {} is already protected as disk {other:?} (image {}, the same file: device:inode {image_id}); \
-             one image is protected under one name only, or two filters would each record only their own writes",
-            image.display(),
-            other_image.display()
-        );
-    }
-    check_socket_paths(home, &a.name, &a.listen)?;
-    let geometry = Geometry::new(size, a.block_size)
-        .with_context(|| format!("cannot protect {} with block size {}", image.display(), a.block_size))?;
-    let dir = home.disk_dir(&a.name);
-    let state = dir.join("state");
-    let conf = dir.join("disk.toml");
-    let existing = conf.exists();
-    let replication = match (&a.vault, &a.key) {
-        (Some(vault_dir), Some(key)) => {
-            let retention = Retention { recent_seconds: a.keep_recent, hourly: a.keep_hourly, daily: a.keep_daily };
-            Some(check_replication(vault_dir, key, a.rpo, retention)?)
-        }
-        _ => None,
-    };
-    let tls_creds = match &a.tls_creds {
-        Some(dir) => {
-            let dir = std::fs::canonicalize(dir)
-                .with_context(|| format!("TLS credentials directory {} does not exist", dir.display()))?;
-            crate::cmd::filter::load_tls(&dir)?;
-            Some(dir)
-        }
-        None => None,
-    };
-    if !a.insecure_tcp && tls_creds.is_none() {
-        refuse_exposed(&a.name, &a.listen, "lifeboat protect")?;
-    }
-    let listen: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
-    if existing && !a.reset_state && (replication.is_some() || !listen.is_empty()) {
-        let mut old = home.disk(&a.name)?;
-        if old.config.image != image {
-            bail!("disk {:?} protects {}, not {}", a.name, old.config.image.display(), image.display());
-        }
-        if let Some(r) = &replication {
-            audit_protect(home, &a.name, &image, a.block_size, r, "replication changed")?;
-            old.config.replication = replication;
-            writeln!(
-                out,
-                "{}: replication set: vault {}, every {} s",
-                a.name,
-                a.vault.as_ref().map(|v| v.display().to_string()).unwrap_or_default(),
-                a.rpo
-            )?;
-        }
-        if !listen.is_empty() {
-            old.config.listen = listen;
-            old.config.insecure_tcp = a.insecure_tcp;
-            old.config.tls_creds.clone_from(&tls_creds);
-            writeln!(out, "{}: the agent will serve it on {}", a.name, old.config.listen.join(" "))?;
-        }
-        old.config.write(&conf)?;
-        return Ok(());
-    }
-    if existing && !a.reset_state {
-        let old = home.disk(&a.name)?;
-        bail!(
-            "disk {:?} is already protected (image {}); to start its state over, add --reset-state",
-            a.name,
-            old.config.image.display()
-        );
-    }
-    recovery::trust::private_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut suspect = false;
-    let mut last_point = None;
-    let mut replication = replication;
-    let mut listen = listen;
-    let mut insecure_tcp = a.insecure_tcp;
-    let mut tls_creds = tls_creds;
-    let disk_id = if existing {
-        let old = home.disk(&a.name)?;
-        // --reset-state replaces the state, not the replication settings.
-        replication = replication.or(old.config.replication.clone());
-        if listen.is_empty() {
-            listen.clone_from(&old.config.listen);
-            insecure_tcp = old.config.insecure_tcp;
-            tls_creds.clone_from(&old.config.tls_creds);
-        }
-        if old.config.image != image {
-            bail!(
-                "disk {:?} protects {}, not {}; --reset-state keeps the image — pick another name for another image",
-                a.name,
-                old.config.image.display(),
-                image.display()
-            );
-        }
-        if state.exists() {
-            // Refuse while a filter holds it; otherwise keep the old file for inspection.
-            let lock = std::fs::File::open(&state)?;
-            if !try_lock(&lock) {
-                bail!("disk {:?} is in use by a running filter or cycle; stop it before --reset-state", a.name);
-            }
-            let now = system::clock::now_ns() / 1_000_000_000;
-            // The new state is suspect (every block dirty), so it is
-            // relative to any point; keeping the old record of the last
-            // committed point lets the next cycle still notice a vault that
-            // lost points, and never reuse a sequence number.
-            last_point = filter::StateFile::report(&state).ok().and_then(|r| r.last_point);
-            let keep = dir.join(format!("state.replaced-{now}"));
-            std::fs::rename(&state, &keep)?;
-            filter::log_line!("lifeboat: kept the old state file as {}", keep.display());
-        }
-        suspect = true;
-        old.disk_id()? // the same disk: its identity stays
-    } else {
-        random_id()?
-    };
-    if let Some(r) = &replication {
-        audit_protect(
-            home,
-            &a.name,
-            &image,
-            geometry.block_size.into(),
-            r,
-            if existing { "state reset" } else { "protected" },
-        )?;
-    }
-    StateFile::create_with(&state, geometry, disk_id, suspect, last_point)?;
-    let config = DiskConfig {
-        image: image.clone(),
-        block_size: geometry.block_size,
-        disk_id: crate::output::hex(&disk_id),
-        image_device: Some(image_id.device),
-        image_inode: Some(image_id.inode),
-        listen,
-        insecure_tcp,
-        tls_creds,
-        replication,
-    };
-    config.write(&conf)?;
-    writeln!(
-        out,
-        "protected {}: image {} ({} bytes, {} blocks of {} bytes){}",
-        a.name,
-        image.display(),
-        size,
-        geometry.block_count,
-        geometry.block_size,
-        if suspect { "; state reset: every block will be verified" } else { "" }
-    )?;
-    let entry = home.disk(&a.name)?;
-    let at: Vec<String> = entry.listen()?.iter().map(|l| l.to_string()).collect();
-    if entry.config.replication.is_some() {
-        writeln!(
-            out,
-            "next: run `lifeboat agent`; it serves the disk on {} (point the VM's disk there)",
-            at.join(" ")
-        )?;
-    } else {
-        writeln!(
-            out,
-            "next: add a vault (`lifeboat protect {} --image {} --vault DIR --key KEYFILE`), \
-             or serve it now with `lifeboat agent` (on {})",
-            a.name,
-            image.display(),
-            at.join(" ")
-        )?;
-    }
-    Ok(())
 }
 
-/// Refuses TCP listen addresses that are not loopback (what they resolve
-/// to), saying why and what to do instead; `who` names the command.
-pub fn refuse_exposed(name: &str, listens: &[filter::nbd::Listen], who: &str) -> Result<()> {
-    for l in listens {
-        let exposed = l.non_loopback_addrs().with_context(|| format!("disk {name:?}: checking listen address {l}"))?;
-        if let Some(addr) = exposed.first() {
-            bail!(
-                "{who}: disk {name:?}: refusing to serve it on {l} ({}): that is not a loopback address, and Lifeboat's \
-                 NBD server has no authentication or encryption, so anyone who can reach it could read and overwrite \
-                 the disk. Use the default unix socket, or tcp:127.0.0.1:PORT and reach it from another host \
-                 through an ssh tunnel (ssh -L PORT:127.0.0.1:PORT HOST), or require TLS with client certificates: \
-                 `lifeboat protect {name} --image IMAGE --listen {l} --tls-creds DIR` (see --help). To accept the \
-                 risk on an isolated network: `lifeboat protect {name} --image IMAGE --listen {l} --insecure-tcp`",
-                addr.ip()
-            );
-        }
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
 
-/// Checks that the key loads and the vault accepts it, and makes both paths absolute.
-fn check_replication(
-    vault_dir: &std::path::Path,
-    key: &std::path::Path,
-    rpo_seconds: u64,
-    retention: Retention,
-) -> Result<Replication> {
-    let key = std::fs::canonicalize(key).with_context(|| format!("key file {} does not exist", key.display()))?;
-    let keys = keyfile::load(&key)?;
-    let vault_dir = std::fs::canonicalize(vault_dir).with_context(|| {
-        format!("vault {} does not exist; create it with `lifeboat vault init`", vault_dir.display())
-    })?;
-    super::vault::open(&vault_dir)?.check_key(&keys)?;
-    Ok(Replication { vault: vault_dir, key, rpo_seconds, retention })
-}
+    use super::*;
 
-/// Takes the exclusive lock a filter or cycle holds on a state file;
-/// false if someone holds it.
-pub fn lock_state(f: &std::fs::File) -> bool {
-    try_lock(f)
-}
-
-fn try_lock(f: &std::fs::File) -> bool {
-    system::lock::try_lock_exclusive(f).unwrap_or(false)
-}
-
-/// Records the protection (or its change) in the audit log of the disk's key.
-fn audit_protect(
-    home: &Home,
-    name: &str,
-    image: &std::path::Path,
-    block_size: u64,
-    r: &Replication,
-    what: &str,
-) -> Result<()> {
-    let keys = keyfile::load(&r.key)?;
-    let vault = super::vault::open(&r.vault)?;
-    let details = serde_json::json!({
-        "what": what, "image": image, "block_size": block_size, "vault": r.vault, "rpo_seconds": r.rpo_seconds,
-        "retention": { "recent_seconds": r.retention.recent_seconds, "hourly": r.retention.hourly, "daily": r.retention.daily },
-    });
-    super::audit::record(&super::audit::audit_dir(home), &keys, Some(&vault), "protect", Some(name), details)
-}
-
-/// `lifeboat protect ARGS...` from inside another command (failback
-/// protects a recovered disk and resets a failed-back one's state).
-pub fn run_args(home: &Home, args: &[&str]) -> Result<()> {
     #[derive(clap::Parser)]
     struct Protect {
         #[command(flatten)]
         args: Args,
     }
-    let p = <Protect as clap::Parser>::try_parse_from(std::iter::once("protect").chain(args.iter().copied()))
-        .map_err(|e| anyhow::anyhow!("internal protect {args:?}: {e}"))?;
-    run_to(home, p.args, &mut std::io::stderr())
+
+    fn parse(argv: &[&str]) -> Request {
+        <Protect as clap::Parser>::try_parse_from(std::iter::once("protect").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+            .into()
+    }
+
+    /// The typed request's defaults are the flags' defaults: failback's
+    /// protect (a request, no flags) protects as `lifeboat protect` would.
+    #[test]
+    fn request_defaults_are_the_flag_defaults() {
+        assert_eq!(parse(&["d", "--image", "/i"]), Request::new("d", Path::new("/i")));
+        let mut with_vault = Request::new("d", Path::new("/i"));
+        with_vault.replicate = Some(Replicate::new(Path::new("/v"), Path::new("/k")));
+        assert_eq!(parse(&["d", "--image", "/i", "--vault", "/v", "--key", "/k"]), with_vault);
+    }
+
+    #[test]
+    fn every_flag_reaches_the_request() {
+        let r = parse(&[
+            "d",
+            "--image",
+            "/i",
+            "--block-size",
+            "4KiB",
+            "--vault",
+            "/v",
+            "--key",
+            "/k",
+            "--rpo",
+            "30s",
+            "--keep-recent",
+            "2h",
+            "--keep-hourly",
+            "3",
+            "--keep-daily",
+            "4",
+            "--listen",
+            "tcp:127.0.0.1:10809",
+            "--insecure-tcp",
+            "--reset-state",
+        ]);
+        assert_eq!(r.block_size, 4096);
+        assert_eq!(
+            r.replicate,
+            Some(Replicate {
+                vault: "/v".into(),
+                key: "/k".into(),
+                rpo_seconds: 30,
+                retention: Retention { recent_seconds: 7200, hourly: 3, daily: 4 },
+            })
+        );
+        assert_eq!(r.listen.len(), 1);
+        assert!(r.insecure_tcp && r.reset_state);
+    }
 }

@@ -1,0 +1,108 @@
+//! This host's half of failback and of a planned failover's source side
+//! ([`recovery::HostSide`]): its home, protecting a disk, a replication
+//! cycle, its audit log. The orchestration itself is in `recovery`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use disk_format::keys::Keys;
+use recovery::{HostError, HostSide, LocalDisk, ProtectRequest, Shipped, VmDefinition};
+use vault::Vault;
+
+use crate::home::Home;
+use crate::protecting::{Replicate, Request};
+
+/// The host whose home is `home`.
+pub struct Host<'a> {
+    home: &'a Home,
+}
+
+impl<'a> Host<'a> {
+    pub fn new(home: &'a Home) -> Host<'a> {
+        Host { home }
+    }
+}
+
+/// The binary's errors keep their whole chain through the library.
+fn host<T>(r: anyhow::Result<T>) -> Result<T, HostError> {
+    r.map_err(Into::into)
+}
+
+impl HostSide for Host<'_> {
+    /// The disk's state file, locked.
+    type Lock = std::fs::File;
+
+    fn home(&self) -> &Path {
+        self.home.root()
+    }
+
+    fn say(&self, line: &str) {
+        filter::log_line!("{line}");
+    }
+
+    fn vm(&self, name: &str) -> Result<Option<VmDefinition>, HostError> {
+        host(self.home.vms()).map(|vms| vms.into_iter().find(|d| d.name == name))
+    }
+
+    fn disk(&self, name: &str) -> Result<LocalDisk, HostError> {
+        let e = host(self.home.disk(name))?;
+        Ok(LocalDisk { image: e.config.image.clone(), failback_marker: e.failback_marker() })
+    }
+
+    fn disk_identity(&self, name: &str) -> Result<[u8; 16], HostError> {
+        host(self.home.disk(name).and_then(|e| e.disk_id()))
+    }
+
+    fn disk_vault(&self, name: &str) -> Result<(Keys, Vault), HostError> {
+        let entry = host(self.home.disk(name))?;
+        let r = host(entry.replication(name))?;
+        self.open_vault(&r.vault, &r.key)
+    }
+
+    fn open_vault(&self, vault: &Path, key: &Path) -> Result<(Keys, Vault), HostError> {
+        host((|| {
+            let keys = crate::keyfile::load(key)?;
+            let vault = crate::cmd::vault::open(vault)?;
+            vault.check_key(&keys)?;
+            Ok((keys, vault))
+        })())
+    }
+
+    fn lock_state(&self, name: &str) -> Result<Option<std::fs::File>, HostError> {
+        let entry = host(self.home.disk(name))?;
+        let path = entry.state_path();
+        let state = host(std::fs::File::open(&path).with_context(|| format!("opening {}", path.display())))?;
+        Ok(crate::protecting::lock_state(&state).then_some(state))
+    }
+
+    fn protect(&self, req: &ProtectRequest<'_>) -> Result<(), HostError> {
+        let mut r = Request::new(req.disk, req.image);
+        r.replicate = req.replicate_to.map(|(vault, key)| Replicate::new(vault, key));
+        r.reset_state = req.reset_state;
+        // Another command's report: on stderr, its stdout is its own.
+        host(crate::protecting::protect(self.home, &r, &mut std::io::stderr()))
+    }
+
+    fn run_cycle(&self, name: &str) -> Result<Shipped, HostError> {
+        let bar = crate::cmd::ship::Bar::new("", false).quiet_when_done();
+        let r = host(crate::cmd::ship::once(self.home, name, bar))?;
+        Ok(Shipped {
+            sequence: r.sequence,
+            blocks_read: r.blocks_read,
+            new_blocks: r.new_blocks,
+            bytes_shipped: r.bytes_shipped,
+        })
+    }
+
+    fn audit(
+        &self,
+        keys: &Keys,
+        vault: &Vault,
+        kind: &str,
+        disk: Option<&str>,
+        details: serde_json::Value,
+    ) -> Result<(), HostError> {
+        let dir = crate::cmd::audit::audit_dir(self.home);
+        host(crate::cmd::audit::record(&dir, keys, Some(vault), kind, disk, details))
+    }
+}
