@@ -26,7 +26,7 @@ use disk_format::keys::Keys;
 use disk_format::RootExtension;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use vault::{DiskPoints, Vault};
+use vault::{DiskPoints, PointSummary, Vault};
 
 use crate::error::{QemuError, RecoveryError, Refusal};
 use crate::health::{self, Verdict};
@@ -739,8 +739,43 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
         None => locate_in(req.vault, req.keys, req.vm, &disks, &req.choice)?,
     };
     let first = &located.disks[0].clone();
-    let points = &first_disk.points;
-    let pick = match req.point.unwrap_or(PointChoice::Latest) {
+    let pick = pick_first(req, first, &first_disk.points)?;
+    // The VM as it was at that cut, unless the caller gave a definition.
+    let def = match &req.definition {
+        Some(d) => d.clone(),
+        None => definition_at(req.vault, req.keys, &pick.chain, pick.sequence)?
+            .filter(|d| d.name == req.vm)
+            .unwrap_or(located),
+    };
+    let group = if def.disks.len() > 1 { cut_group_at(req.vault, req.keys, &pick.chain, pick.sequence)? } else { None };
+    let mut out = Vec::new();
+    for disk in &def.disks {
+        let (chain, point, cut) = if disk == first {
+            (pick.chain.clone(), pick.sequence, pick.cut_time_ns)
+        } else {
+            let other = same_host(&disks, disk, first_disk, &req.choice, &location)?;
+            let p = point_with(req, disk, &other.points, first, pick, group)?;
+            (p.chain.clone(), p.sequence, p.cut_time_ns)
+        };
+        out.push(DiskPoint {
+            disk: disk.clone(),
+            chain,
+            point,
+            cut_time_ns: cut,
+            image: dir.join("disks").join(format!("{disk}.raw")),
+            served: None,
+        });
+    }
+    Ok((def, out))
+}
+
+/// The point of the VM's first disk `first` that `req` asks for.
+fn pick_first<'a>(
+    req: &Request<'_>,
+    first: &str,
+    points: &'a [PointSummary],
+) -> Result<&'a PointSummary, RecoveryError> {
+    Ok(match req.point.unwrap_or(PointChoice::Latest) {
         PointChoice::Latest => points.iter().rev().find(|p| p.damage.is_none()).ok_or_else(|| {
             RecoveryError::NotFound(format!("disk {first:?} of VM {:?} has no usable recovery point", req.vm))
         })?,
@@ -762,66 +797,41 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
                 ))
             })?;
             if let Some(d) = &p.damage {
-                return Err(Refusal::DamagedPoint { disk: first.clone(), point: n, damage: d.clone() }.into());
+                return Err(Refusal::DamagedPoint { disk: first.to_string(), point: n, damage: d.clone() }.into());
             }
             p
         }
-    };
-    // The VM as it was at that cut, unless the caller gave a definition.
-    let def = match &req.definition {
-        Some(d) => d.clone(),
-        None => definition_at(req.vault, req.keys, &pick.chain, pick.sequence)?
-            .filter(|d| d.name == req.vm)
-            .unwrap_or(located),
-    };
-    let group = if def.disks.len() > 1 { cut_group_at(req.vault, req.keys, &pick.chain, pick.sequence)? } else { None };
-    let mut out = Vec::new();
-    for disk in &def.disks {
-        let (chain, point, cut) = if disk == first {
-            (pick.chain.clone(), pick.sequence, pick.cut_time_ns)
-        } else {
-            let other = same_host(&disks, disk, first_disk, &req.choice, &location)?;
-            let ps = &other.points;
-            // The point of the same group cut, if the first disk's was one
-            // (its cut time is within moments of the first disk's) ...
-            let mut same = None;
-            if let Some(g) = group {
-                for p in ps
-                    .iter()
-                    .rev()
-                    .filter(|p| p.damage.is_none() && p.cut_time_ns.abs_diff(pick.cut_time_ns) < 60_000_000_000)
-                {
-                    if cut_group_at(req.vault, req.keys, &p.chain, p.sequence)?.is_some_and(|h| h.id == g.id) {
-                        same = Some(p);
-                        break;
-                    }
-                }
+    })
+}
+
+/// The point of the VM's disk `disk` (its points `ps`) that goes with point
+/// `pick` of its first disk `first`: the point of the same group cut, if
+/// `pick` was one (its cut time is within moments of the first disk's),
+/// else the newest point not after `pick`'s cut: each disk
+/// crash-consistent, the set not.
+fn point_with<'a>(
+    req: &Request<'_>,
+    disk: &str,
+    ps: &'a [PointSummary],
+    first: &str,
+    pick: &PointSummary,
+    group: Option<disk_format::CutGroup>,
+) -> Result<&'a PointSummary, RecoveryError> {
+    if let Some(g) = group {
+        for p in
+            ps.iter().rev().filter(|p| p.damage.is_none() && p.cut_time_ns.abs_diff(pick.cut_time_ns) < 60_000_000_000)
+        {
+            if cut_group_at(req.vault, req.keys, &p.chain, p.sequence)?.is_some_and(|h| h.id == g.id) {
+                return Ok(p);
             }
-            // ... else the newest point not after the first disk's cut:
-            // each disk crash-consistent, the set not.
-            let p = match same {
-                Some(p) => p,
-                None => ps.iter().rev().find(|p| p.damage.is_none() && p.cut_time_ns <= pick.cut_time_ns).ok_or_else(
-                    || {
-                        RecoveryError::NotFound(format!(
-                            "disk {disk:?} of VM {:?} has no point cut before point {} of {first:?}",
-                            req.vm, pick.sequence
-                        ))
-                    },
-                )?,
-            };
-            (p.chain.clone(), p.sequence, p.cut_time_ns)
-        };
-        out.push(DiskPoint {
-            disk: disk.clone(),
-            chain,
-            point,
-            cut_time_ns: cut,
-            image: dir.join("disks").join(format!("{disk}.raw")),
-            served: None,
-        });
+        }
     }
-    Ok((def, out))
+    ps.iter().rev().find(|p| p.damage.is_none() && p.cut_time_ns <= pick.cut_time_ns).ok_or_else(|| {
+        RecoveryError::NotFound(format!(
+            "disk {disk:?} of VM {:?} has no point cut before point {} of {first:?}",
+            req.vm, pick.sequence
+        ))
+    })
 }
 
 /// The disk named `name` that belongs with `first` (a VM's first disk): the
