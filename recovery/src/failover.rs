@@ -441,7 +441,7 @@ impl Site {
             Some(PointChoice::Id(n)) => Some(n),
             Some(PointChoice::Latest | PointChoice::LatestApp) | None => None,
         };
-        if j.points.is_empty() || !wanted.is_some_and(|n| Some(n) != j.point()) {
+        if j.points.is_empty() || wanted.is_none_or(|n| Some(n) == j.point()) {
             return Ok(Some(j));
         }
         if j.kind == Kind::Test && j.state == JobState::Booted {
