@@ -26,11 +26,14 @@ use disk_format::keys::Keys;
 use disk_format::RootExtension;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use vault::{DiskPoints, Vault};
+use vault::{DiskPoints, PointSummary, Vault};
 
-use crate::error::RecoveryError;
+use crate::error::{QemuError, RecoveryError, Refusal};
 use crate::health::{self, Verdict};
+use crate::job_file::{self, JobFile, Remedy};
 use crate::launch::{self, Network, QemuConfig, Running};
+pub use crate::step_log::{now_ns, Step, StepName, StepState};
+use crate::step_log::{StepLog, Steps};
 use crate::vmdef::VmDefinition;
 
 /// What kind of failover.
@@ -83,19 +86,24 @@ pub enum JobState {
     Committed,
 }
 
-/// One step of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Step {
-    /// What it does, e.g. "restore disk web1-root".
-    pub name: String,
-    /// "running", "done" or "failed".
-    pub state: String,
-    /// When it started, ns since the epoch.
-    pub started_ns: u64,
-    /// When it ended.
-    pub ended_ns: Option<u64>,
-    /// What it found or did.
-    pub detail: String,
+/// How a job's health check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthResult {
+    /// Every check passed.
+    Passed,
+    /// A check did not pass (the job's `health_detail` says why).
+    Failed,
+}
+
+impl HealthResult {
+    /// The word in JSON and in the summary.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthResult::Passed => "passed",
+            HealthResult::Failed => "failed",
+        }
+    }
 }
 
 /// The point one disk is failed over to.
@@ -178,7 +186,7 @@ impl Served {
             }
         }
         if self.alive() {
-            return Err(RecoveryError::Qemu(format!("the instant-recovery server pid {} survived SIGKILL", self.pid)));
+            return Err(QemuError::ServerSurvivedKill { pid: self.pid }.into());
         }
         Ok(())
     }
@@ -199,8 +207,9 @@ pub struct Origin {
     pub key: PathBuf,
 }
 
-/// A failover job, as kept in `job.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A failover job. Kept in `job.json` as a [`JobFile`] (see
+/// [`crate::job_file`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     /// The VM.
     pub vm: String,
@@ -218,25 +227,43 @@ pub struct Job {
     pub steps: Vec<Step>,
     /// The running VM, once booted.
     pub process: Option<Running>,
-    /// "passed" or "failed", once checked.
-    pub health: Option<String>,
+    /// The health check's result, once checked.
+    pub health: Option<HealthResult>,
     /// Why the health check failed, or the line that passed it.
     pub health_detail: Option<String>,
     /// From the job's start to a passed health check (or to the failure).
     pub rto_seconds: Option<f64>,
     /// Where the vault and key came from.
-    #[serde(default)]
     pub origin: Option<Origin>,
     /// Booted from the vault by instant recovery (no restore first).
-    #[serde(default)]
     pub instant: bool,
     /// Its disks were shipped back (`lifeboat failback --prepare`): a
     /// committed failover may then be cleaned up.
-    #[serde(default)]
     pub failed_back: bool,
 }
 
 impl Job {
+    /// A new job for `req`, its prelude (steps the caller ran) first.
+    fn new(req: &Request<'_>) -> Job {
+        Job {
+            vm: req.vm.to_string(),
+            kind: req.kind,
+            state: JobState::Running,
+            // The RTO counts from the first thing the failover did.
+            started_ns: req.prelude.first().map_or_else(now_ns, |s| s.started_ns),
+            points: Vec::new(),
+            definition: None,
+            steps: req.prelude.clone(),
+            process: None,
+            health: None,
+            health_detail: None,
+            rto_seconds: None,
+            origin: req.origin.clone(),
+            instant: req.instant.is_some(),
+            failed_back: false,
+        }
+    }
+
     /// The point of the VM's first disk.
     pub fn point(&self) -> Option<u64> {
         self.points.first().map(|p| p.point)
@@ -259,9 +286,6 @@ impl Job {
         })
     }
 }
-
-/// Nanoseconds since the Unix epoch.
-pub use system::clock::now_ns;
 
 /// The failovers of one recovery site: a directory per VM.
 pub struct Site {
@@ -313,6 +337,22 @@ pub struct Observer<'a> {
 /// An exclusive lock on one VM's failover directory, released on drop.
 struct Lock(#[allow(dead_code)] File);
 
+/// A job's step log (see [`crate::step_log`]).
+type JobLog<'a> = StepLog<'a, Job>;
+
+impl Steps for Job {
+    type Entry = Step;
+
+    fn steps(&mut self) -> &mut Vec<Step> {
+        &mut self.steps
+    }
+}
+
+/// Writes an audit record outside a step log; a failure stops the job.
+fn record(obs: &mut Observer<'_>, kind: &str, details: Value) -> Result<(), RecoveryError> {
+    (obs.audit)(kind, details).map_err(|why| RecoveryError::Audit { record: kind.to_string(), why })
+}
+
 impl Site {
     /// The site whose failovers live under `root` (`HOME/failovers`).
     pub fn new(root: PathBuf) -> Site {
@@ -328,7 +368,7 @@ impl Site {
     }
 
     fn lock(&self, vm: &str) -> Result<Lock, RecoveryError> {
-        crate::vmdef::check_name("VM name", vm).map_err(RecoveryError::Refused)?;
+        crate::vmdef::check_name("VM name", vm).map_err(|why| Refusal::BadName { name: vm.to_string(), why })?;
         let dir = self.dir(vm);
         crate::trust::private_dir_all(&dir).map_err(|e| RecoveryError::io("creating", &dir, e))?;
         let path = dir.join("lock");
@@ -340,36 +380,20 @@ impl Site {
             .open(&path)
             .map_err(|e| RecoveryError::io("opening", &path, e))?;
         if !system::lock::try_lock_exclusive(&f).map_err(|e| RecoveryError::io("locking", &path, e))? {
-            return Err(RecoveryError::Refused(format!(
-                "another `lifeboat failover` of VM {vm:?} is running right now (it holds {}); wait for it",
-                path.display()
-            )));
+            return Err(Refusal::Busy { vm: vm.to_string(), lock: path }.into());
         }
         Ok(Lock(f))
     }
 
-    /// The VM's job, if it has one.
+    /// The VM's job, if it has one. A `job.json` of an unknown format
+    /// version, malformed or contradicting itself is refused
+    /// ([`RecoveryError::StateFile`]) and left as it is.
     pub fn load(&self, vm: &str) -> Result<Option<Job>, RecoveryError> {
-        let path = self.job_path(vm);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(RecoveryError::io("reading", &path, e)),
-        };
-        serde_json::from_str(&text).map(Some).map_err(|e| {
-            RecoveryError::Refused(format!(
-                "{} is damaged ({e}); nothing was changed. Look at the VM's files in {} and remove the directory \
-                 to start over",
-                path.display(),
-                self.dir(vm).display()
-            ))
-        })
+        job_file::load::<JobFile, Job>(&self.job_path(vm), || Remedy::RemoveJobDir(self.dir(vm)))
     }
 
     fn save(&self, job: &Job) -> Result<(), RecoveryError> {
-        let path = self.job_path(&job.vm);
-        let text = serde_json::to_vec_pretty(job).expect("a job serializes");
-        system::file::replace(&path, &text).map_err(|e| RecoveryError::io("writing", &path, e))
+        job_file::save(&self.job_path(&job.vm), &JobFile::from(job))
     }
 
     /// Runs (or resumes) a failover; see the module documentation. Returns
@@ -378,293 +402,127 @@ impl Site {
     /// running the command again retries from that step).
     pub fn failover(&self, req: &Request<'_>, obs: &mut Observer<'_>) -> Result<Job, RecoveryError> {
         let _lock = self.lock(req.vm)?;
-        let mut job = match self.load(req.vm)? {
-            None => None,
-            Some(j) if j.state == JobState::Committed => {
-                return Err(RecoveryError::Refused(format!(
-                    "the {} failover of VM {:?} to point {} was committed; the VM runs at the recovery site now",
-                    j.kind.as_str(),
-                    j.vm,
-                    j.point().unwrap_or(0)
-                )))
-            }
-            Some(j) if j.kind != req.kind => {
-                return Err(RecoveryError::Refused(format!(
-                    "a {} failover of VM {:?} is active ({:?}); end it first with `lifeboat failover cleanup {}`{}",
-                    j.kind.as_str(),
-                    j.vm,
-                    j.state,
-                    j.vm,
-                    if j.kind == Kind::Unplanned { " or `lifeboat failover commit`" } else { "" }
-                )))
-            }
-            Some(j) => Some(j),
-        };
-        // A different point for an uncommitted failover: stop its VM, drop
-        // its disks, start over (the vault still has the old point).
-        if let (Some(j), Some(choice)) = (&job, req.point) {
-            let wanted = match choice {
-                PointChoice::Id(n) => Some(n),
-                PointChoice::Latest | PointChoice::LatestApp => None,
-            };
-            if !j.points.is_empty() && wanted.is_some_and(|n| Some(n) != j.point()) {
-                if j.kind == Kind::Test && j.state == JobState::Booted {
-                    return Err(RecoveryError::Refused(format!(
-                        "a test failover of VM {:?} to point {} is running; `lifeboat failover cleanup {}` first",
-                        j.vm,
-                        j.point().unwrap_or(0),
-                        j.vm
-                    )));
-                }
-                self.discard(j)?;
-                (obs.audit)(
-                    "failover.repoint",
-                    json!({ "vm": j.vm, "kind": j.kind.as_str(), "from": j.point(), "to": wanted }),
-                )
-                .map_err(RecoveryError::Refused)?;
-                job = None;
-            }
-        }
-        let mut job = match job {
+        let mut job = match self.resumable(req, obs)? {
             Some(j) if j.state == JobState::Booted && j.process.as_ref().is_some_and(Running::alive) => return Ok(j),
             Some(mut j) => {
                 j.state = JobState::Running;
-                (obs.audit)("failover.resume", json!({ "vm": j.vm, "kind": j.kind.as_str(), "point": j.point() }))
-                    .map_err(RecoveryError::Refused)?;
+                record(obs, "failover.resume", json!({ "vm": j.vm, "kind": j.kind.as_str(), "point": j.point() }))?;
                 j
             }
             None => {
-                let j = Job {
-                    vm: req.vm.to_string(),
-                    kind: req.kind,
-                    state: JobState::Running,
-                    // The RTO counts from the first thing the failover did.
-                    started_ns: req.prelude.first().map_or_else(now_ns, |s| s.started_ns),
-                    points: Vec::new(),
-                    definition: None,
-                    steps: req.prelude.clone(),
-                    process: None,
-                    health: None,
-                    health_detail: None,
-                    rto_seconds: None,
-                    origin: req.origin.clone(),
-                    instant: req.instant.is_some(),
-                    failed_back: false,
-                };
-                (obs.audit)("failover.start", json!({ "vm": j.vm, "kind": j.kind.as_str() }))
-                    .map_err(RecoveryError::Refused)?;
+                let j = Job::new(req);
+                record(obs, "failover.start", json!({ "vm": j.vm, "kind": j.kind.as_str() }))?;
                 j
             }
         };
         self.save(&job)?;
         match self.steps(&mut job, req, obs) {
             Ok(()) => Ok(job),
-            Err(e) if job.points.is_empty() => {
-                // Refused before anything was made (no VM, no such point,
-                // ...): nothing to resume, so no job is left behind.
-                let dir = self.dir(&job.vm);
-                fs::remove_dir_all(&dir).map_err(|io| RecoveryError::io("removing", &dir, io))?;
-                let _ = (obs.audit)(
-                    "failover.failed",
-                    json!({ "vm": job.vm, "kind": job.kind.as_str(), "error": e.to_string() }),
-                );
-                Err(e)
-            }
-            Err(e) => {
-                job.state = JobState::Failed;
-                if let Some(s) = job.steps.last_mut().filter(|s| s.state == "running") {
-                    s.state = "failed".into();
-                    s.ended_ns = Some(now_ns());
-                    s.detail = e.to_string();
-                    (obs.step)(s);
-                }
-                self.save(&job)?;
-                let _ = (obs.audit)(
-                    "failover.failed",
-                    json!({ "vm": job.vm, "kind": job.kind.as_str(), "point": job.point(), "error": e.to_string() }),
-                );
-                Err(e)
-            }
+            Err(e) => Err(self.failed(job, e, obs)),
         }
+    }
+
+    /// The VM's job to resume, if any: refuses a committed job or one of
+    /// another kind; a different point for an uncommitted failover stops its
+    /// VM, drops its disks and starts over (the vault still has the old
+    /// point).
+    fn resumable(&self, req: &Request<'_>, obs: &mut Observer<'_>) -> Result<Option<Job>, RecoveryError> {
+        let j = match self.load(req.vm)? {
+            None => return Ok(None),
+            Some(j) if j.state == JobState::Committed => {
+                return Err(Refusal::Committed { vm: j.vm.clone(), kind: j.kind, point: j.point().unwrap_or(0) }.into())
+            }
+            Some(j) if j.kind != req.kind => {
+                return Err(Refusal::OtherKindActive { vm: j.vm.clone(), active: j.kind, state: j.state }.into())
+            }
+            Some(j) => j,
+        };
+        let wanted = match req.point {
+            Some(PointChoice::Id(n)) => Some(n),
+            Some(PointChoice::Latest | PointChoice::LatestApp) | None => None,
+        };
+        if j.points.is_empty() || wanted.is_none_or(|n| Some(n) == j.point()) {
+            return Ok(Some(j));
+        }
+        if j.kind == Kind::Test && j.state == JobState::Booted {
+            return Err(Refusal::TestRunning { vm: j.vm.clone(), point: j.point().unwrap_or(0) }.into());
+        }
+        self.discard(&j)?;
+        record(
+            obs,
+            "failover.repoint",
+            json!({ "vm": j.vm, "kind": j.kind.as_str(), "from": j.point(), "to": wanted }),
+        )?;
+        Ok(None)
+    }
+
+    /// Ends a job whose step failed with `e`: a job refused before anything
+    /// was made (no VM, no such point, ...) has nothing to resume and is
+    /// removed; else it is kept `Failed` at the step that failed. Returns
+    /// the error to report.
+    fn failed(&self, mut job: Job, e: RecoveryError, obs: &mut Observer<'_>) -> RecoveryError {
+        if job.points.is_empty() {
+            let dir = self.dir(&job.vm);
+            if let Err(io) = fs::remove_dir_all(&dir) {
+                return RecoveryError::io("removing", &dir, io);
+            }
+            let _ = (obs.audit)(
+                "failover.failed",
+                json!({ "vm": job.vm, "kind": job.kind.as_str(), "error": e.to_string() }),
+            );
+            return e;
+        }
+        let save = |j: &Job| self.save(j);
+        let mut log = JobLog::new(&mut job, &save, &mut *obs.step, &mut *obs.audit);
+        log.doc.state = JobState::Failed;
+        let saved = if log.running().is_some() { log.end(StepState::Failed, e.to_string()) } else { log.save() };
+        if let Err(s) = saved {
+            return s;
+        }
+        let (vm, kind, point) = (log.doc.vm.clone(), log.doc.kind, log.doc.point());
+        log.record_anyway(
+            "failover.failed",
+            json!({ "vm": vm, "kind": kind.as_str(), "point": point, "error": e.to_string() }),
+        );
+        e
     }
 
     /// Runs the steps not done yet.
     fn steps(&self, job: &mut Job, req: &Request<'_>, obs: &mut Observer<'_>) -> Result<(), RecoveryError> {
         let dir = self.dir(&job.vm);
-        if job.points.is_empty() {
-            self.begin(job, "choose point", obs)?;
-            let (def, points) = choose(req, &dir)?;
-            let together = if points.len() > 1 {
-                let ids: Vec<Option<[u8; 16]>> = points
-                    .iter()
-                    .map(|p| cut_group_at(req.vault, req.keys, p.chain(), p.point).map(|g| g.map(|g| g.id)))
-                    .collect::<Result<_, _>>()?;
-                if ids[0].is_some() && ids.iter().all(|i| *i == ids[0]) {
-                    "; its disks' points were cut together".to_string()
-                } else {
-                    "; its disks' points were NOT cut together (each crash-consistent on its own)".to_string()
-                }
-            } else {
-                String::new()
-            };
-            let p = &points[0];
-            let detail = format!(
-                "point {} of disk {} (cut {}), definition of VM {} with {} disk(s){together}",
-                p.point,
-                p.disk,
-                disk_format::time::rfc3339(p.cut_time_ns, 3),
-                def.name,
-                def.disks.len()
-            );
-            job.definition = Some(def);
-            job.points = points;
-            self.end(job, detail, obs)?;
+        let save = |j: &Job| self.save(j);
+        let mut log = JobLog::new(job, &save, &mut *obs.step, &mut *obs.audit);
+        if log.doc.points.is_empty() {
+            choose_step(&mut log, req, &dir)?;
         }
-        let def = job.definition.clone().expect("chosen with the points");
+        let def = log.doc.definition.clone().expect("chosen with the points");
         let disks_dir = dir.join("disks");
         crate::trust::private_dir_all(&disks_dir).map_err(|e| RecoveryError::io("creating", &disks_dir, e))?;
-        for (i, p) in job.points.clone().into_iter().enumerate() {
-            if job.instant {
-                if p.served.as_ref().is_some_and(Served::alive) {
-                    continue;
-                }
-                let serve = req.instant.ok_or_else(|| {
-                    RecoveryError::Refused(format!(
-                        "the failover of VM {:?} was started with instant recovery; run it again with --instant",
-                        job.vm
-                    ))
-                })?;
-                self.begin(job, &format!("serve disk {} from the vault", p.disk), obs)?;
-                let socket = disks_dir.join(format!("{}.sock", p.disk));
-                let (image, bitmap) = (p.instant_image(), p.instant_bitmap());
-                let t = Instant::now();
-                let pid = serve(&p, &image, &bitmap, &socket).map_err(RecoveryError::Qemu)?;
-                job.points[i].served = Some(Served { pid, socket: socket.clone() });
-                let detail = format!(
-                    "point {} served on {} by pid {pid} after {:.2} s; blocks are fetched on first read while a \
-                     background copy fills {}",
-                    p.point,
-                    socket.display(),
-                    t.elapsed().as_secs_f64(),
-                    image.display()
-                );
-                self.end(job, detail, obs)?;
-                continue;
+        for i in 0..log.doc.points.len() {
+            if log.doc.instant {
+                serve_step(&mut log, req, i, &disks_dir)?;
+            } else {
+                restore_step(&mut log, req, i)?;
             }
-            if p.image.is_file() {
-                continue;
-            }
-            self.begin(job, &format!("restore disk {}", p.disk), obs)?;
-            let t = Instant::now();
-            let tmp = p.image.with_extension("partial");
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| RecoveryError::io("creating", &tmp, e))?;
-            let report = req.vault.restore(p.chain(), p.point, req.keys, &file, &mut |_, _| {})?;
-            file.sync_all().map_err(|e| RecoveryError::io("syncing", &tmp, e))?;
-            fs::rename(&tmp, &p.image).map_err(|e| RecoveryError::io("renaming", &tmp, e))?;
-            let detail = format!(
-                "point {} to {}: {} blocks, {} zero, {:.1} s, every block verified",
-                p.point,
-                p.image.display(),
-                report.blocks_written,
-                report.zero_blocks,
-                t.elapsed().as_secs_f64()
-            );
-            self.end(job, detail, obs)?;
         }
-        let running = job.process.clone().filter(Running::alive);
-        let (vm, launched) = match running {
+        let (vm, launched) = match log.doc.process.clone().filter(Running::alive) {
             Some(r) => (r, Instant::now()),
-            None => {
-                self.begin(job, "boot", obs)?;
-                let networks = match job.kind {
-                    Kind::Test => {
-                        def.nics.iter().map(|n| (n.network.clone(), Network::User { isolated: true })).collect()
-                    }
-                    Kind::Unplanned | Kind::Planned => req.networks.clone(),
-                };
-                let images: Vec<launch::DiskSource> = job
-                    .points
-                    .iter()
-                    .map(|p| match &p.served {
-                        Some(s) => launch::DiskSource::Nbd { socket: s.socket.clone(), export: p.disk.clone() },
-                        None => launch::DiskSource::File(p.image.clone()),
-                    })
-                    .collect();
-                let launched = Instant::now();
-                let r = launch::launch(&def, &images, &networks, &dir, req.qemu)?;
-                job.process = Some(r.clone());
-                let nets: Vec<String> =
-                    def.nics.iter().map(|n| format!("{} -> {:?}", n.network, networks.get(&n.network))).collect();
-                self.end(
-                    job,
-                    format!("QEMU pid {} ({}), networks: [{}]", r.pid, req.qemu.accel, nets.join(", ")),
-                    obs,
-                )?;
-                (r, launched)
-            }
+            None => boot_step(&mut log, req, &def, &dir)?,
         };
-        self.begin(job, "health check", obs)?;
-        let verdict = health::check(&def.health, &vm, launched);
-        job.rto_seconds = Some(Duration::from_nanos(now_ns().saturating_sub(job.started_ns)).as_secs_f64());
-        let detail = match &verdict {
-            Verdict::Passed => {
-                job.health = Some("passed".into());
-                let what =
-                    def.health.serial.as_ref().map_or("QEMU running".to_string(), |s| format!("console line {s:?}"));
-                format!("passed: {what}, RTO {:.1} s", job.rto_seconds.unwrap_or(0.0))
-            }
-            Verdict::Failed(why) => {
-                job.health = Some("failed".into());
-                format!("failed: {why}")
-            }
-        };
-        job.health_detail = Some(detail.clone());
-        self.end(job, detail, obs)?;
+        health_step(&mut log, &def, &vm, launched)?;
+        let job = &mut *log.doc;
         // A planned failover lost nothing and is final once healthy.
-        job.state = if job.kind == Kind::Planned && job.health.as_deref() == Some("passed") {
+        job.state = if job.kind == Kind::Planned && job.health == Some(HealthResult::Passed) {
             JobState::Committed
         } else {
             JobState::Booted
         };
-        self.save(job)?;
-        (obs.audit)(
-            "failover.booted",
-            json!({
-                "vm": job.vm, "kind": job.kind.as_str(), "points": job.points.iter().map(|p| json!({"disk": p.disk, "point": p.point})).collect::<Vec<_>>(),
-                "rto_seconds": job.rto_seconds, "health": job.health,
-            }),
-        )
-        .map_err(RecoveryError::Refused)
-    }
-
-    fn begin(&self, job: &mut Job, name: &str, obs: &mut Observer<'_>) -> Result<(), RecoveryError> {
-        job.steps.push(Step {
-            name: name.to_string(),
-            state: "running".into(),
-            started_ns: now_ns(),
-            ended_ns: None,
-            detail: String::new(),
+        let booted = json!({
+            "vm": job.vm, "kind": job.kind.as_str(), "points": job.points.iter().map(|p| json!({"disk": p.disk, "point": p.point})).collect::<Vec<_>>(),
+            "rto_seconds": job.rto_seconds, "health": job.health,
         });
-        self.save(job)?;
-        (obs.step)(job.steps.last().expect("just pushed"));
-        Ok(())
-    }
-
-    fn end(&self, job: &mut Job, detail: String, obs: &mut Observer<'_>) -> Result<(), RecoveryError> {
-        let s = job.steps.last_mut().expect("a step is running");
-        s.state = "done".into();
-        s.ended_ns = Some(now_ns());
-        s.detail = detail;
-        self.save(job)?;
-        (obs.step)(job.steps.last().expect("a step is running"));
-        Ok(())
+        log.save()?;
+        log.record("failover.booted", booted)
     }
 
     /// Stops a job's VM and removes its disks.
@@ -702,24 +560,12 @@ impl Site {
         match (job.kind, job.state) {
             (Kind::Unplanned | Kind::Planned, JobState::Booted) => {}
             (Kind::Unplanned | Kind::Planned, JobState::Committed) => return Ok(job),
-            (Kind::Test, _) => {
-                return Err(RecoveryError::Refused(format!(
-                    "the failover of VM {vm:?} is a test; it cannot be committed (`lifeboat failover cleanup {vm}` ends it)"
-                )))
-            }
-            (_, state) => {
-                return Err(RecoveryError::Refused(format!(
-                    "the {} failover of VM {vm:?} is {state:?}, not booted; run `lifeboat failover {vm} --{}` \
-                     again to finish it, then commit",
-                    job.kind.as_str(),
-                    job.kind.as_str()
-                )))
-            }
+            (Kind::Test, _) => return Err(Refusal::CommitTest { vm: vm.to_string() }.into()),
+            (kind, state) => return Err(Refusal::NotBooted { vm: vm.to_string(), kind, state }.into()),
         }
         job.state = JobState::Committed;
         self.save(&job)?;
-        (obs.audit)("failover.commit", json!({ "vm": vm, "point": job.point(), "rto_seconds": job.rto_seconds }))
-            .map_err(RecoveryError::Refused)?;
+        record(obs, "failover.commit", json!({ "vm": vm, "point": job.point(), "rto_seconds": job.rto_seconds }))?;
         Ok(job)
     }
 
@@ -735,19 +581,153 @@ impl Site {
             )));
         };
         if job.state == JobState::Committed && !job.failed_back {
-            return Err(RecoveryError::Refused(format!(
-                "the failover of VM {vm:?} was committed: its VM and disks are production now and are not removed \
-                 (after `lifeboat failback {vm} --prepare` they may be)"
-            )));
+            return Err(Refusal::CleanupCommitted { vm: vm.to_string() }.into());
         }
         self.discard(&job)?;
         let dir = self.dir(vm);
         drop(lock);
         fs::remove_dir_all(&dir).map_err(|e| RecoveryError::io("removing", &dir, e))?;
-        (obs.audit)("failover.cleanup", json!({ "vm": vm, "kind": job.kind.as_str(), "point": job.point() }))
-            .map_err(RecoveryError::Refused)?;
+        record(obs, "failover.cleanup", json!({ "vm": vm, "kind": job.kind.as_str(), "point": job.point() }))?;
         Ok(job)
     }
+}
+
+/// Chooses the point of each disk and the definition to boot.
+fn choose_step(log: &mut JobLog<'_>, req: &Request<'_>, dir: &Path) -> Result<(), RecoveryError> {
+    log.begin(Step::start(StepName::ChoosePoint))?;
+    let (def, points) = choose(req, dir)?;
+    let together = if points.len() > 1 {
+        let ids: Vec<Option<[u8; 16]>> = points
+            .iter()
+            .map(|p| cut_group_at(req.vault, req.keys, p.chain(), p.point).map(|g| g.map(|g| g.id)))
+            .collect::<Result<_, _>>()?;
+        if ids[0].is_some() && ids.iter().all(|i| *i == ids[0]) {
+            "; its disks' points were cut together".to_string()
+        } else {
+            "; its disks' points were NOT cut together (each crash-consistent on its own)".to_string()
+        }
+    } else {
+        String::new()
+    };
+    let p = &points[0];
+    let detail = format!(
+        "point {} of disk {} (cut {}), definition of VM {} with {} disk(s){together}",
+        p.point,
+        p.disk,
+        disk_format::time::rfc3339(p.cut_time_ns, 3),
+        def.name,
+        def.disks.len()
+    );
+    log.doc.definition = Some(def);
+    log.doc.points = points;
+    log.end(StepState::Done, detail)
+}
+
+/// Instant recovery: serves disk `i` from the vault, unless its server still runs.
+fn serve_step(log: &mut JobLog<'_>, req: &Request<'_>, i: usize, disks_dir: &Path) -> Result<(), RecoveryError> {
+    let p = log.doc.points[i].clone();
+    if p.served.as_ref().is_some_and(Served::alive) {
+        return Ok(());
+    }
+    let serve = req.instant.ok_or_else(|| Refusal::NeedsInstant { vm: log.doc.vm.clone() })?;
+    log.begin(Step::start(StepName::ServeDisk(p.disk.clone())))?;
+    let socket = disks_dir.join(format!("{}.sock", p.disk));
+    let (image, bitmap) = (p.instant_image(), p.instant_bitmap());
+    let t = Instant::now();
+    let pid = serve(&p, &image, &bitmap, &socket).map_err(|why| QemuError::Serve { disk: p.disk.clone(), why })?;
+    log.doc.points[i].served = Some(Served { pid, socket: socket.clone() });
+    let detail = format!(
+        "point {} served on {} by pid {pid} after {:.2} s; blocks are fetched on first read while a background copy \
+         fills {}",
+        p.point,
+        socket.display(),
+        t.elapsed().as_secs_f64(),
+        image.display()
+    );
+    log.end(StepState::Done, detail)
+}
+
+/// Restores disk `i` from the vault, unless its image is complete: it is
+/// written as `.partial`, synced, then renamed.
+fn restore_step(log: &mut JobLog<'_>, req: &Request<'_>, i: usize) -> Result<(), RecoveryError> {
+    let p = log.doc.points[i].clone();
+    if p.image.is_file() {
+        return Ok(());
+    }
+    log.begin(Step::start(StepName::RestoreDisk(p.disk.clone())))?;
+    let t = Instant::now();
+    let tmp = p.image.with_extension("partial");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| RecoveryError::io("creating", &tmp, e))?;
+    let report = req.vault.restore(p.chain(), p.point, req.keys, &file, &mut |_, _| {})?;
+    file.sync_all().map_err(|e| RecoveryError::io("syncing", &tmp, e))?;
+    fs::rename(&tmp, &p.image).map_err(|e| RecoveryError::io("renaming", &tmp, e))?;
+    let detail = format!(
+        "point {} to {}: {} blocks, {} zero, {:.1} s, every block verified",
+        p.point,
+        p.image.display(),
+        report.blocks_written,
+        report.zero_blocks,
+        t.elapsed().as_secs_f64()
+    );
+    log.end(StepState::Done, detail)
+}
+
+/// Boots the VM; returns it and when it was launched.
+fn boot_step(
+    log: &mut JobLog<'_>,
+    req: &Request<'_>,
+    def: &VmDefinition,
+    dir: &Path,
+) -> Result<(Running, Instant), RecoveryError> {
+    log.begin(Step::start(StepName::Boot))?;
+    let networks = match log.doc.kind {
+        Kind::Test => def.nics.iter().map(|n| (n.network.clone(), Network::User { isolated: true })).collect(),
+        Kind::Unplanned | Kind::Planned => req.networks.clone(),
+    };
+    let images: Vec<launch::DiskSource> = log
+        .doc
+        .points
+        .iter()
+        .map(|p| match &p.served {
+            Some(s) => launch::DiskSource::Nbd { socket: s.socket.clone(), export: p.disk.clone() },
+            None => launch::DiskSource::File(p.image.clone()),
+        })
+        .collect();
+    let launched = Instant::now();
+    let r = launch::launch(def, &images, &networks, dir, req.qemu)?;
+    log.doc.process = Some(r.clone());
+    let nets: Vec<String> =
+        def.nics.iter().map(|n| format!("{} -> {:?}", n.network, networks.get(&n.network))).collect();
+    log.end(StepState::Done, format!("QEMU pid {} ({}), networks: [{}]", r.pid, req.qemu.accel, nets.join(", ")))?;
+    Ok((r, launched))
+}
+
+/// Checks the VM's health; the job keeps the result and the RTO.
+fn health_step(log: &mut JobLog<'_>, def: &VmDefinition, vm: &Running, launched: Instant) -> Result<(), RecoveryError> {
+    log.begin(Step::start(StepName::HealthCheck))?;
+    let verdict = health::check(&def.health, vm, launched);
+    let job = &mut *log.doc;
+    job.rto_seconds = Some(Duration::from_nanos(now_ns().saturating_sub(job.started_ns)).as_secs_f64());
+    let detail = match &verdict {
+        Verdict::Passed => {
+            job.health = Some(HealthResult::Passed);
+            let what = def.health.serial.as_ref().map_or("QEMU running".to_string(), |s| format!("console line {s:?}"));
+            format!("passed: {what}, RTO {:.1} s", job.rto_seconds.unwrap_or(0.0))
+        }
+        Verdict::Failed(why) => {
+            job.health = Some(HealthResult::Failed);
+            format!("failed: {why}")
+        }
+    };
+    job.health_detail = Some(detail.clone());
+    log.end(StepState::Done, detail)
 }
 
 /// Finds the VM's definition and the point of each of its disks.
@@ -759,8 +739,43 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
         None => locate_in(req.vault, req.keys, req.vm, &disks, &req.choice)?,
     };
     let first = &located.disks[0].clone();
-    let points = &first_disk.points;
-    let pick = match req.point.unwrap_or(PointChoice::Latest) {
+    let pick = pick_first(req, first, &first_disk.points)?;
+    // The VM as it was at that cut, unless the caller gave a definition.
+    let def = match &req.definition {
+        Some(d) => d.clone(),
+        None => definition_at(req.vault, req.keys, &pick.chain, pick.sequence)?
+            .filter(|d| d.name == req.vm)
+            .unwrap_or(located),
+    };
+    let group = if def.disks.len() > 1 { cut_group_at(req.vault, req.keys, &pick.chain, pick.sequence)? } else { None };
+    let mut out = Vec::new();
+    for disk in &def.disks {
+        let (chain, point, cut) = if disk == first {
+            (pick.chain.clone(), pick.sequence, pick.cut_time_ns)
+        } else {
+            let other = same_host(&disks, disk, first_disk, &req.choice, &location)?;
+            let p = point_with(req, disk, &other.points, first, pick, group)?;
+            (p.chain.clone(), p.sequence, p.cut_time_ns)
+        };
+        out.push(DiskPoint {
+            disk: disk.clone(),
+            chain,
+            point,
+            cut_time_ns: cut,
+            image: dir.join("disks").join(format!("{disk}.raw")),
+            served: None,
+        });
+    }
+    Ok((def, out))
+}
+
+/// The point of the VM's first disk `first` that `req` asks for.
+fn pick_first<'a>(
+    req: &Request<'_>,
+    first: &str,
+    points: &'a [PointSummary],
+) -> Result<&'a PointSummary, RecoveryError> {
+    Ok(match req.point.unwrap_or(PointChoice::Latest) {
         PointChoice::Latest => points.iter().rev().find(|p| p.damage.is_none()).ok_or_else(|| {
             RecoveryError::NotFound(format!("disk {first:?} of VM {:?} has no usable recovery point", req.vm))
         })?,
@@ -782,66 +797,41 @@ fn choose(req: &Request<'_>, dir: &Path) -> Result<(VmDefinition, Vec<DiskPoint>
                 ))
             })?;
             if let Some(d) = &p.damage {
-                return Err(RecoveryError::Refused(format!("{d}; pick another point with --point")));
+                return Err(Refusal::DamagedPoint { disk: first.to_string(), point: n, damage: d.clone() }.into());
             }
             p
         }
-    };
-    // The VM as it was at that cut, unless the caller gave a definition.
-    let def = match &req.definition {
-        Some(d) => d.clone(),
-        None => definition_at(req.vault, req.keys, &pick.chain, pick.sequence)?
-            .filter(|d| d.name == req.vm)
-            .unwrap_or(located),
-    };
-    let group = if def.disks.len() > 1 { cut_group_at(req.vault, req.keys, &pick.chain, pick.sequence)? } else { None };
-    let mut out = Vec::new();
-    for disk in &def.disks {
-        let (chain, point, cut) = if disk == first {
-            (pick.chain.clone(), pick.sequence, pick.cut_time_ns)
-        } else {
-            let other = same_host(&disks, disk, first_disk, &req.choice, &location)?;
-            let ps = &other.points;
-            // The point of the same group cut, if the first disk's was one
-            // (its cut time is within moments of the first disk's) ...
-            let mut same = None;
-            if let Some(g) = group {
-                for p in ps
-                    .iter()
-                    .rev()
-                    .filter(|p| p.damage.is_none() && p.cut_time_ns.abs_diff(pick.cut_time_ns) < 60_000_000_000)
-                {
-                    if cut_group_at(req.vault, req.keys, &p.chain, p.sequence)?.is_some_and(|h| h.id == g.id) {
-                        same = Some(p);
-                        break;
-                    }
-                }
+    })
+}
+
+/// The point of the VM's disk `disk` (its points `ps`) that goes with point
+/// `pick` of its first disk `first`: the point of the same group cut, if
+/// `pick` was one (its cut time is within moments of the first disk's),
+/// else the newest point not after `pick`'s cut: each disk
+/// crash-consistent, the set not.
+fn point_with<'a>(
+    req: &Request<'_>,
+    disk: &str,
+    ps: &'a [PointSummary],
+    first: &str,
+    pick: &PointSummary,
+    group: Option<disk_format::CutGroup>,
+) -> Result<&'a PointSummary, RecoveryError> {
+    if let Some(g) = group {
+        for p in
+            ps.iter().rev().filter(|p| p.damage.is_none() && p.cut_time_ns.abs_diff(pick.cut_time_ns) < 60_000_000_000)
+        {
+            if cut_group_at(req.vault, req.keys, &p.chain, p.sequence)?.is_some_and(|h| h.id == g.id) {
+                return Ok(p);
             }
-            // ... else the newest point not after the first disk's cut:
-            // each disk crash-consistent, the set not.
-            let p = match same {
-                Some(p) => p,
-                None => ps.iter().rev().find(|p| p.damage.is_none() && p.cut_time_ns <= pick.cut_time_ns).ok_or_else(
-                    || {
-                        RecoveryError::NotFound(format!(
-                            "disk {disk:?} of VM {:?} has no point cut before point {} of {first:?}",
-                            req.vm, pick.sequence
-                        ))
-                    },
-                )?,
-            };
-            (p.chain.clone(), p.sequence, p.cut_time_ns)
-        };
-        out.push(DiskPoint {
-            disk: disk.clone(),
-            chain,
-            point,
-            cut_time_ns: cut,
-            image: dir.join("disks").join(format!("{disk}.raw")),
-            served: None,
-        });
+        }
     }
-    Ok((def, out))
+    ps.iter().rev().find(|p| p.damage.is_none() && p.cut_time_ns <= pick.cut_time_ns).ok_or_else(|| {
+        RecoveryError::NotFound(format!(
+            "disk {disk:?} of VM {:?} has no point cut before point {} of {first:?}",
+            req.vm, pick.sequence
+        ))
+    })
 }
 
 /// The disk named `name` that belongs with `first` (a VM's first disk): the
@@ -931,12 +921,12 @@ pub fn locate_in<'a>(
             vault.backend().location(),
             if *choice == vault::DiskChoice::default() { "" } else { " that --disk-id/--from-host accept" },
         ))),
-        n => Err(RecoveryError::Refused(format!(
-            "vault {} holds {n} VMs named {vm:?} (protected from different hosts, or protected anew); nothing says \
-             which one is meant, so nothing was done: {}. Name one with --from-host HOST or --disk-id ID (of its \
-             first disk)",
-            vault.backend().location(),
-            vault::disks::describe(&found.iter().map(|(_, d)| *d).collect::<Vec<_>>())
-        ))),
+        count => Err(Refusal::AmbiguousVm {
+            vault: vault.backend().location(),
+            vm: vm.to_string(),
+            count,
+            candidates: vault::disks::describe(&found.iter().map(|(_, d)| *d).collect::<Vec<_>>()),
+        }
+        .into()),
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RecoveryError;
+use crate::error::{QemuError, RecoveryError, Refusal};
 use crate::json_lines::{is_reply, is_timeout, JsonLines};
 use crate::vmdef::VmDefinition;
 
@@ -101,9 +101,8 @@ fn esc(p: &Path) -> String {
 
 /// A free TCP port on the loopback (bound and released: QEMU binds it next).
 fn free_port() -> Result<u16, RecoveryError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| RecoveryError::Qemu(format!("finding a free port for the health check: {e}")))?;
-    Ok(l.local_addr().map_err(|e| RecoveryError::Qemu(e.to_string()))?.port())
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(QemuError::FreePort)?;
+    Ok(l.local_addr().map_err(QemuError::FreePort)?.port())
 }
 
 /// Where a recovered VM's disk comes from.
@@ -174,12 +173,10 @@ pub fn launch(
     }
     let mut health_port = None;
     for (i, nic) in def.nics.iter().enumerate() {
-        let net = networks.get(&nic.network).ok_or_else(|| {
-            RecoveryError::Refused(format!(
-                "NIC {i} of VM {:?} is on network {:?}, which has no mapping at this recovery site: pass \
-                 --network {}=bridge:BRIDGE (or =user, =isolated, =none)",
-                def.name, nic.network, nic.network
-            ))
+        let net = networks.get(&nic.network).ok_or_else(|| Refusal::UnmappedNetwork {
+            vm: def.name.clone(),
+            nic: i,
+            network: nic.network.clone(),
         })?;
         let netdev = match net {
             Network::None => continue,
@@ -206,24 +203,18 @@ pub fn launch(
     // QEMU boots the kernel and initrd with root's rights over the recovered
     // disks: checked here, at each boot, not only at `vm define`.
     if let Some(b) = &def.boot {
-        b.check_trusted_files().map_err(|e| RecoveryError::Refused(format!("VM {:?}: {e}", def.name)))?;
+        b.check_trusted_files().map_err(|e| Refusal::UntrustedBoot { vm: def.name.clone(), why: e.to_string() })?;
     }
-    let out = cmd.output().map_err(|e| {
-        RecoveryError::Qemu(format!(
-            "cannot run {}: {e} (install qemu-system-x86, e.g. scripts/setup.sh)",
-            qemu.binary.display()
-        ))
-    })?;
+    let out = cmd.output().map_err(|source| QemuError::Spawn { binary: qemu.binary.clone(), source })?;
     if !out.status.success() {
-        return Err(RecoveryError::Qemu(format!(
-            "QEMU refused to start VM {:?} ({}): {}",
-            def.name,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(QemuError::StartRefused {
+            vm: def.name.clone(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+        .into());
     }
-    let pid = read_pid(&pidfile)?
-        .ok_or_else(|| RecoveryError::Qemu(format!("QEMU started but wrote no pid to {}", pidfile.display())))?;
+    let pid = read_pid(&pidfile)?.ok_or_else(|| QemuError::NoPid { pidfile: pidfile.clone() })?;
     Ok(Running { pid, pidfile, console, qmp, health_port })
 }
 
@@ -244,7 +235,7 @@ fn read_pid(pidfile: &Path) -> Result<Option<u32>, RecoveryError> {
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| RecoveryError::Qemu(format!("{} does not hold a pid: {t:?}", pidfile.display()))),
+            .map_err(|_| QemuError::BadPid { pidfile: pidfile.to_path_buf(), text: t.clone() }.into()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(RecoveryError::io("reading", pidfile, e)),
     }
@@ -275,7 +266,7 @@ impl Running {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if self.alive() {
-                return Err(RecoveryError::Qemu(format!("QEMU pid {} survived SIGKILL for 10 s", self.pid)));
+                return Err(QemuError::SurvivedKill { pid: self.pid }.into());
             }
         }
         Ok(())
@@ -360,7 +351,7 @@ impl Qmp {
 /// Sends one QMP command (after the capabilities handshake) and returns the
 /// reply line ("" if QEMU closed the connection first, as after `quit`).
 pub fn qmp(socket: &Path, command: &str) -> Result<String, RecoveryError> {
-    let fail = |e: std::io::Error| RecoveryError::Qemu(format!("QMP {}: {e}", socket.display()));
+    let fail = |source: std::io::Error| QemuError::Qmp { socket: socket.to_path_buf(), source };
     let deadline = Instant::now() + Duration::from_secs(10);
     let s = UnixStream::connect(socket).map_err(fail)?;
     let Some(mut q) = Qmp::handshake(s, deadline).map_err(fail)? else { return Ok(String::new()) };
@@ -398,31 +389,18 @@ pub struct PoweredOff {
 pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, RecoveryError> {
     let started = Instant::now();
     let deadline = started + timeout;
-    let at = qmp_socket.display();
-    let s = UnixStream::connect(qmp_socket).map_err(|e| {
-        RecoveryError::Qemu(format!(
-            "nothing answers on the QMP socket {at} ({e}), so Lifeboat cannot see whether that QEMU runs or how it \
-             stopped"
-        ))
-    })?;
+    let socket = || qmp_socket.to_path_buf();
+    let s = UnixStream::connect(qmp_socket).map_err(|source| QemuError::NoAnswer { socket: socket(), source })?;
     let pid = system::process::peer_pid(&s)
-        .map_err(|e| RecoveryError::Qemu(format!("reading the peer of the QMP socket {at}: {e}")))?
-        .ok_or_else(|| {
-            RecoveryError::Qemu(format!(
-                "the process behind the QMP socket {at} is in another pid namespace: Lifeboat cannot watch it exit"
-            ))
-        })?;
-    let pidfd = system::process::Pidfd::open(pid)
-        .map_err(|e| RecoveryError::Qemu(format!("QEMU (pid {pid}) behind the QMP socket {at}: pidfd_open: {e}")))?;
-    let qmp_err = |e: std::io::Error| {
-        if is_timeout(&e) {
-            RecoveryError::Qemu(format!(
-                "QEMU (pid {pid}) accepted a connection on {at} but did not answer within {} s (is another QMP client \
-                 connected? QEMU serves one at a time)",
-                timeout.as_secs()
-            ))
+        .map_err(|source| QemuError::Peer { socket: socket(), source })?
+        .ok_or_else(|| QemuError::OtherNamespace { socket: socket() })?;
+    let pidfd =
+        system::process::Pidfd::open(pid).map_err(|source| QemuError::Pidfd { socket: socket(), pid, source })?;
+    let qmp_err = |source: std::io::Error| {
+        if is_timeout(&source) {
+            QemuError::Silent { socket: socket(), pid, seconds: timeout.as_secs() }
         } else {
-            RecoveryError::Qemu(format!("QMP {at} (QEMU pid {pid}): {e}"))
+            QemuError::QmpOf { socket: socket(), pid, source }
         }
     };
     let mut q = Qmp::handshake(s, deadline).map_err(qmp_err)?;
@@ -432,7 +410,7 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
     if let Some(q) = q.as_mut() {
         match q.execute("system_powerdown", deadline).map_err(qmp_err)? {
             Some(reply) if reply.get("error").is_some() => {
-                return Err(RecoveryError::Qemu(format!("QEMU (pid {pid}) refused system_powerdown: {reply}")))
+                return Err(QemuError::PowerdownRefused { pid, reply: reply.to_string() }.into())
             }
             Some(_) => answered = true,
             None => {}
@@ -443,29 +421,25 @@ pub fn power_off(qmp_socket: &Path, timeout: Duration) -> Result<PoweredOff, Rec
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) if is_timeout(&e) => break,
-                Err(e) => return Err(qmp_err(e)),
+                Err(e) => return Err(qmp_err(e).into()),
             }
         }
     }
     let exited = pidfd
         .wait_exit(deadline.saturating_duration_since(Instant::now()))
-        .map_err(|e| RecoveryError::Qemu(format!("waiting for QEMU (pid {pid}) to exit: {e}")))?;
+        .map_err(|source| QemuError::Wait { pid, source })?;
     let shutdown = q.as_ref().and_then(|q| q.shutdown.clone());
     if !exited {
-        return Err(RecoveryError::Qemu(match &shutdown {
-            Some(s) => format!(
-                "QEMU (pid {pid}) still runs {} s after system_powerdown, although it reported a shutdown (SHUTDOWN \
-                 event, reason {}) {:.1} s after it (started with -no-shutdown? then quit it over QMP)",
-                timeout.as_secs(),
-                s.reason(),
-                s.at.saturating_duration_since(pressed).as_secs_f64(),
-            ),
-            None => format!(
-                "the VM did not power off within {} s of system_powerdown: QEMU (pid {pid}) still runs (does the \
-                 guest handle the ACPI power button?)",
-                timeout.as_secs()
-            ),
-        }));
+        return Err(match &shutdown {
+            Some(s) => QemuError::NoExitAfterShutdown {
+                pid,
+                seconds: timeout.as_secs(),
+                reason: s.reason().to_string(),
+                after: s.at.saturating_duration_since(pressed).as_secs_f64(),
+            },
+            None => QemuError::NoPowerOff { pid, seconds: timeout.as_secs() },
+        }
+        .into());
     }
     let seconds = pressed.elapsed().as_secs_f64();
     let when = if answered {

@@ -4,7 +4,9 @@
 //! This crate owns the VM launch definition ([`vmdef`]), booting a recovered
 //! VM with QEMU and stopping it ([`launch`]), the boot health check
 //! ([`health`]), and failover jobs whose steps survive a crash of Lifeboat
-//! itself ([`failover`]), and recovery plans that fail whole applications
+//! itself ([`failover`]), recorded one step at a time by one step log
+//! ([`step_log`]) and kept in versioned files separate from the runtime
+//! types ([`job_file`], [`run_file`]), and recovery plans that fail whole applications
 //! over in order ([`plan`]), and the rule for what may run as root and how
 //! its own files are kept private ([`trust`]). It reads points through the `vault` crate (restore
 //! verifies every block) and the sealed definition through `disk-format`'s
@@ -22,17 +24,21 @@ pub mod failover;
 pub mod health;
 pub mod host;
 pub mod instant;
+pub mod job_file;
 pub mod json_lines;
 pub mod launch;
 pub mod plan;
 pub mod planned;
+pub mod run_file;
+pub mod step_log;
 pub mod trust;
 pub mod vmdef;
 
-pub use error::RecoveryError;
+pub use error::{QemuError, RecoveryError, Refusal};
 pub use failback::FailbackError;
-pub use failover::{Job, JobState, Kind, Observer, PointChoice, Request, Site};
+pub use failover::{HealthResult, Job, JobState, Kind, Observer, PointChoice, Request, Site};
 pub use host::{HostError, HostSide, LocalDisk, ProtectRequest, Shipped};
 pub use launch::{Network, QemuConfig};
 pub use planned::PlannedError;
+pub use step_log::{Step, StepName, StepState};
 pub use vmdef::VmDefinition;

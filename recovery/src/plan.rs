@@ -32,6 +32,7 @@
 //! no limit on the number of groups or VMs beyond what the host can boot.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -43,8 +44,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::RecoveryError;
-use crate::failover::{now_ns, Job, Kind, Observer, Request, Site, Step};
+use crate::error::{RecoveryError, Refusal};
+use crate::failover::{HealthResult, Job, Kind, Observer, Request, Site};
+use crate::job_file::{self, Remedy};
+use crate::run_file::RunFile;
+use crate::step_log::{now_ns, Entry, Step, StepLog, Steps};
 use crate::vmdef::check_name;
 
 /// A plan file.
@@ -89,15 +93,48 @@ fn default_script_timeout() -> u64 {
     600
 }
 
+/// What a plan step is (a checked plan's step is exactly one of these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind<'a> {
+    /// A group of VMs failed over in parallel.
+    Group {
+        /// The group's name.
+        name: &'a str,
+        /// Its VMs.
+        vms: &'a [String],
+    },
+    /// A script run (its arguments, timeout and `optional` are the step's).
+    Script {
+        /// The script (absolute).
+        path: &'a Path,
+    },
+    /// A pause until `lifeboat plan resume`.
+    Manual {
+        /// What the operator must do.
+        text: &'a str,
+    },
+}
+
 impl PlanStep {
+    /// What the step is. The file form has three optional fields, of which
+    /// [`Plan::validate`] lets exactly one be set; should more be, group
+    /// wins over script over manual.
+    pub fn kind(&self) -> StepKind<'_> {
+        match (&self.group, &self.script) {
+            (Some(name), _) => StepKind::Group { name, vms: &self.vms },
+            (None, Some(path)) => StepKind::Script { path },
+            (None, None) => StepKind::Manual { text: self.manual.as_deref().unwrap_or("") },
+        }
+    }
+
     /// A one-line description, for the live view and reports.
     pub fn describe(&self) -> String {
-        if let Some(g) = &self.group {
-            format!("group {g} ({})", self.vms.join(", "))
-        } else if let Some(s) = &self.script {
-            format!("script {}{}", s.display(), if self.optional { " (optional)" } else { "" })
-        } else {
-            format!("manual: {}", self.manual.as_deref().unwrap_or(""))
+        match self.kind() {
+            StepKind::Group { name, vms } => format!("group {name} ({})", vms.join(", ")),
+            StepKind::Script { path } => {
+                format!("script {}{}", path.display(), if self.optional { " (optional)" } else { "" })
+            }
+            StepKind::Manual { text } => format!("manual: {text}"),
         }
     }
 }
@@ -181,6 +218,46 @@ pub enum RunState {
     Done,
 }
 
+/// Where a plan step is. Kept in `run.json` and printed as the words in
+/// each variant's documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlanStepState {
+    /// "running".
+    #[serde(rename = "running")]
+    Running,
+    /// "done".
+    #[serde(rename = "done")]
+    Done,
+    /// "failed": the plan stopped here.
+    #[serde(rename = "failed")]
+    Failed,
+    /// "failed (optional)": an optional script failed; the plan went on.
+    #[serde(rename = "failed (optional)")]
+    FailedOptional,
+    /// "waiting": a manual step, until `lifeboat plan resume`.
+    #[serde(rename = "waiting")]
+    Waiting,
+}
+
+impl PlanStepState {
+    /// The words in JSON and in the live view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanStepState::Running => "running",
+            PlanStepState::Done => "done",
+            PlanStepState::Failed => "failed",
+            PlanStepState::FailedOptional => "failed (optional)",
+            PlanStepState::Waiting => "waiting",
+        }
+    }
+}
+
+impl fmt::Display for PlanStepState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The outcome of one plan step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -188,8 +265,8 @@ pub struct StepRecord {
     pub number: usize,
     /// What it is.
     pub what: String,
-    /// "running", "done", "failed", "failed (optional)" or "waiting".
-    pub state: String,
+    /// Where it is.
+    pub state: PlanStepState,
     /// When it started.
     pub started_ns: u64,
     /// When it ended.
@@ -201,8 +278,40 @@ pub struct StepRecord {
     pub vms: Vec<Value>,
 }
 
-/// A plan run, as kept in `run.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl StepRecord {
+    /// Step `number`, `what`, starting now.
+    fn start(number: usize, what: String) -> StepRecord {
+        StepRecord {
+            number,
+            what,
+            state: PlanStepState::Running,
+            started_ns: now_ns(),
+            ended_ns: None,
+            detail: String::new(),
+            vms: Vec::new(),
+        }
+    }
+}
+
+impl Entry for StepRecord {
+    type State = PlanStepState;
+
+    /// A waiting step has not ended: the operator ends it.
+    fn finish(&mut self, state: PlanStepState, detail: String, now_ns: u64) {
+        self.state = state;
+        self.detail = detail;
+        if state != PlanStepState::Waiting {
+            self.ended_ns = Some(now_ns);
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.state == PlanStepState::Running
+    }
+}
+
+/// A plan run. Kept in `run.json` as a [`RunFile`] (see [`crate::run_file`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanRun {
     /// The plan as it was when the run started.
     pub plan: Plan,
@@ -217,10 +326,8 @@ pub struct PlanRun {
     /// From the start to the last group's health check passing.
     pub rto_seconds: Option<f64>,
     /// Where the vault and key came from (for `plan resume`).
-    #[serde(default)]
     pub origin: Option<crate::failover::Origin>,
     /// Every VM is booted by instant recovery.
-    #[serde(default)]
     pub instant: bool,
 }
 
@@ -234,6 +341,17 @@ impl PlanRun {
     }
 }
 
+impl Steps for PlanRun {
+    type Entry = StepRecord;
+
+    fn steps(&mut self) -> &mut Vec<StepRecord> {
+        &mut self.steps
+    }
+}
+
+/// A run's step log (see [`crate::step_log`]).
+type RunLog<'a> = StepLog<'a, PlanRun>;
+
 /// Called as the run goes: a step started or ended, and audit records.
 pub struct PlanObserver<'a> {
     /// A step started or ended.
@@ -242,6 +360,12 @@ pub struct PlanObserver<'a> {
     pub vm_step: &'a (dyn Fn(usize, &str, &Step) + Sync),
     /// An audit record; an error stops the run.
     pub audit: &'a (dyn Fn(&str, Value) -> Result<(), String> + Sync),
+}
+
+impl PlanObserver<'_> {
+    fn record(&self, kind: &str, details: Value) -> Result<(), RecoveryError> {
+        (self.audit)(kind, details).map_err(|why| RecoveryError::Audit { record: kind.to_string(), why })
+    }
 }
 
 /// The runs of one site's plans: `root/NAME/run.json`.
@@ -259,25 +383,19 @@ impl Plans {
         self.root.join(plan).join("run.json")
     }
 
-    /// The plan's run, if any.
+    /// The plan's run, if any. A `run.json` of an unknown format version,
+    /// malformed or contradicting itself is refused
+    /// ([`RecoveryError::StateFile`]) and left as it is.
     pub fn load(&self, plan: &str) -> Result<Option<PlanRun>, RecoveryError> {
-        check_name("plan name", plan).map_err(RecoveryError::Refused)?;
-        let path = self.path(plan);
-        match fs::read_to_string(&path) {
-            Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| {
-                RecoveryError::Refused(format!("{} is damaged ({e}); nothing was changed", path.display()))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RecoveryError::io("reading", &path, e)),
-        }
+        check_name("plan name", plan).map_err(|why| Refusal::BadName { name: plan.to_string(), why })?;
+        job_file::load::<RunFile, PlanRun>(&self.path(plan), || Remedy::RemoveRunDir(self.root.join(plan)))
     }
 
     fn save(&self, run: &PlanRun) -> Result<(), RecoveryError> {
         let path = self.path(&run.plan.name);
         let dir = path.parent().expect("run.json has a directory");
         crate::trust::private_dir_all(dir).map_err(|e| RecoveryError::io("creating", dir, e))?;
-        let text = serde_json::to_vec_pretty(run).expect("a run serializes");
-        system::file::replace(&path, &text).map_err(|e| RecoveryError::io("writing", &path, e))
+        job_file::save(&path, &RunFile::from(run))
     }
 
     /// Removes a finished or abandoned run's record.
@@ -300,38 +418,47 @@ impl Plans {
         template: &Request<'_>,
         obs: &PlanObserver<'_>,
     ) -> Result<PlanRun, RecoveryError> {
-        let mut run = match self.load(&plan.name)? {
+        let mut run = self.start_or_resume(plan, kind, template, obs)?;
+        let save = |r: &PlanRun| self.save(r);
+        let mut show = |r: &StepRecord| (obs.step)(r);
+        let mut audit = |kind: &str, details: Value| (obs.audit)(kind, details);
+        let mut log = RunLog::new(&mut run, &save, &mut show, &mut audit);
+        log.save()?;
+        let group = |step: &PlanStep, number: usize| group(step, number, site, template, obs);
+        self.steps(&mut log, plan, &group)?;
+        Ok(run)
+    }
+
+    /// The plan's run to go on with (marked running), or a new one;
+    /// refuses a run that ended or one made another way.
+    fn start_or_resume(
+        &self,
+        plan: &Plan,
+        kind: Kind,
+        template: &Request<'_>,
+        obs: &PlanObserver<'_>,
+    ) -> Result<PlanRun, RecoveryError> {
+        match self.load(&plan.name)? {
             Some(r) if r.state == RunState::Done => {
-                return Err(RecoveryError::Refused(format!(
-                    "plan {:?} already ran to the end ({}); `lifeboat plan cleanup {}` ends a test run, and a new run \
-                     needs the old one cleaned up",
-                    plan.name,
-                    r.kind.as_str(),
-                    plan.name
-                )))
+                Err(Refusal::PlanDone { plan: plan.name.clone(), kind: r.kind }.into())
             }
             Some(r) if r.kind != kind || r.plan != *plan || r.instant != template.instant.is_some() => {
-                return Err(RecoveryError::Refused(format!(
-                    "plan {:?} has a {} run in progress ({:?}) made from {}; resume it with `lifeboat plan resume {}` \
-                     or end it with `lifeboat plan cleanup {}`",
-                    plan.name,
-                    r.kind.as_str(),
-                    r.state,
-                    if r.plan == *plan { "this plan" } else { "a different version of the plan file" },
-                    plan.name,
-                    plan.name
-                )))
+                Err(Refusal::PlanInProgress {
+                    plan: plan.name.clone(),
+                    kind: r.kind,
+                    state: r.state,
+                    same_plan: r.plan == *plan,
+                }
+                .into())
             }
             Some(mut r) => {
-                (obs.audit)("plan.resume", json!({ "plan": plan.name, "kind": kind.as_str() }))
-                    .map_err(RecoveryError::Refused)?;
+                obs.record("plan.resume", json!({ "plan": plan.name, "kind": kind.as_str() }))?;
                 r.state = RunState::Running;
-                r
+                Ok(r)
             }
             None => {
-                (obs.audit)("plan.start", json!({ "plan": plan.name, "kind": kind.as_str(), "vms": plan.vms() }))
-                    .map_err(RecoveryError::Refused)?;
-                PlanRun {
+                obs.record("plan.start", json!({ "plan": plan.name, "kind": kind.as_str(), "vms": plan.vms() }))?;
+                Ok(PlanRun {
                     plan: plan.clone(),
                     kind,
                     state: RunState::Running,
@@ -340,120 +467,122 @@ impl Plans {
                     rto_seconds: None,
                     origin: template.origin.clone(),
                     instant: template.instant.is_some(),
-                }
-            }
-        };
-        self.save(&run)?;
-        for (i, step) in plan.steps.iter().enumerate() {
-            let number = i + 1;
-            match run.steps.iter().find(|r| r.number == number) {
-                Some(r) if r.state == "done" || r.state == "failed (optional)" => continue,
-                // A manual step that was waiting: resuming is the operator's "done".
-                Some(r) if r.state == "waiting" => {
-                    let r = run.steps.iter_mut().find(|r| r.number == number).expect("found above");
-                    r.state = "done".into();
-                    r.ended_ns = Some(now_ns());
-                    r.detail = "confirmed by `lifeboat plan resume`".into();
-                    (obs.step)(r);
-                    (obs.audit)(
-                        "plan.step",
-                        json!({ "plan": plan.name, "step": number, "what": r.what, "result": "done" }),
-                    )
-                    .map_err(RecoveryError::Refused)?;
-                    self.save(&run)?;
-                    continue;
-                }
-                _ => {}
-            }
-            run.steps.retain(|r| r.number != number);
-            run.steps.push(StepRecord {
-                number,
-                what: step.describe(),
-                state: "running".into(),
-                started_ns: now_ns(),
-                ended_ns: None,
-                detail: String::new(),
-                vms: Vec::new(),
-            });
-            self.save(&run)?;
-            (obs.step)(run.steps.last().expect("pushed"));
-            (obs.audit)("plan.step.start", json!({ "plan": plan.name, "step": number, "what": step.describe() }))
-                .map_err(RecoveryError::Refused)?;
-            let recovered: Vec<&str> = plan.steps[..i].iter().flat_map(|s| s.vms.iter().map(String::as_str)).collect();
-            let (state, detail, vms) = if step.group.is_some() {
-                let outcome = group(step, number, site, template, obs);
-                let failed: Vec<&(String, Result<Job, String>)> = outcome
-                    .iter()
-                    .filter(|(_, r)| !matches!(r, Ok(j) if j.health.as_deref() == Some("passed")))
-                    .collect();
-                let vms: Vec<Value> = outcome
-                    .iter()
-                    .map(|(vm, r)| match r {
-                        Ok(j) => {
-                            json!({ "vm": vm, "point": j.point(), "health": j.health, "rto_seconds": j.rto_seconds, "instant": j.instant })
-                        }
-                        Err(e) => json!({ "vm": vm, "error": e }),
-                    })
-                    .collect();
-                if failed.is_empty() {
-                    run.rto_seconds = Some(Duration::from_nanos(now_ns().saturating_sub(run.started_ns)).as_secs_f64());
-                    ("done", format!("{} VM(s) booted, health passed", outcome.len()), vms)
-                } else {
-                    let why: Vec<String> = failed
-                        .iter()
-                        .map(|(vm, r)| match r {
-                            Ok(j) => format!("{vm}: health {}", j.health_detail.as_deref().unwrap_or("failed")),
-                            Err(e) => format!("{vm}: {e}"),
-                        })
-                        .collect();
-                    ("failed", why.join("; "), vms)
-                }
-            } else if let Some(script) = &step.script {
-                match run_script(script, step, &plan.name, kind, &recovered, number, &self.root.join(&plan.name)) {
-                    Ok(out) => ("done", out, Vec::new()),
-                    Err(e) if step.optional => ("failed (optional)", e, Vec::new()),
-                    Err(e) => ("failed", e, Vec::new()),
-                }
-            } else {
-                ("waiting", step.manual.clone().unwrap_or_default(), Vec::new())
-            };
-            let rec = run.steps.last_mut().expect("pushed");
-            rec.state = state.into();
-            rec.detail = detail;
-            rec.vms = vms;
-            if state != "waiting" {
-                rec.ended_ns = Some(now_ns());
-            }
-            (obs.step)(rec);
-            let rec = rec.clone();
-            (obs.audit)(
-                "plan.step",
-                json!({ "plan": plan.name, "step": number, "what": rec.what, "result": state, "detail": rec.detail, "vms": rec.vms }),
-            )
-            .map_err(RecoveryError::Refused)?;
-            match state {
-                "waiting" => {
-                    run.state = RunState::Paused;
-                    self.save(&run)?;
-                    (obs.audit)("plan.paused", json!({ "plan": plan.name, "step": number }))
-                        .map_err(RecoveryError::Refused)?;
-                    return Ok(run);
-                }
-                "failed" => {
-                    run.state = RunState::Failed;
-                    self.save(&run)?;
-                    (obs.audit)("plan.failed", json!({ "plan": plan.name, "step": number, "detail": rec.detail }))
-                        .map_err(RecoveryError::Refused)?;
-                    return Ok(run);
-                }
-                _ => self.save(&run)?,
+                })
             }
         }
-        run.state = RunState::Done;
-        self.save(&run)?;
-        (obs.audit)("plan.done", json!({ "plan": plan.name, "kind": kind.as_str(), "rto_seconds": run.rto_seconds }))
-            .map_err(RecoveryError::Refused)?;
-        Ok(run)
+    }
+
+    /// Runs the steps not done yet, until one waits or fails, or the end.
+    fn steps(&self, log: &mut RunLog<'_>, plan: &Plan, group: Group<'_>) -> Result<(), RecoveryError> {
+        for number in 1..=plan.steps.len() {
+            if confirm_or_skip(log, plan, number)? {
+                continue;
+            }
+            let (state, kind, details) = match self.run_step(log, plan, number, group)? {
+                PlanStepState::Waiting => {
+                    (RunState::Paused, "plan.paused", json!({ "plan": plan.name, "step": number }))
+                }
+                PlanStepState::Failed => {
+                    let detail = log.last().detail.clone();
+                    (RunState::Failed, "plan.failed", json!({ "plan": plan.name, "step": number, "detail": detail }))
+                }
+                PlanStepState::Running | PlanStepState::Done | PlanStepState::FailedOptional => continue,
+            };
+            log.doc.state = state;
+            log.save()?;
+            return log.record(kind, details);
+        }
+        log.doc.state = RunState::Done;
+        log.save()?;
+        let (kind, rto) = (log.doc.kind, log.doc.rto_seconds);
+        log.record("plan.done", json!({ "plan": plan.name, "kind": kind.as_str(), "rto_seconds": rto }))
+    }
+
+    /// Runs step `number` of `plan` (anew, if it ran before and failed or
+    /// was interrupted); returns how it ended.
+    fn run_step(
+        &self,
+        log: &mut RunLog<'_>,
+        plan: &Plan,
+        number: usize,
+        group: Group<'_>,
+    ) -> Result<PlanStepState, RecoveryError> {
+        let step = &plan.steps[number - 1];
+        log.doc.steps.retain(|r| r.number != number);
+        log.begin(StepRecord::start(number, step.describe()))?;
+        log.record("plan.step.start", json!({ "plan": plan.name, "step": number, "what": step.describe() }))?;
+        let (state, detail, vms) = match step.kind() {
+            StepKind::Group { .. } => group_outcome(log.doc, group(step, number)),
+            StepKind::Script { path } => {
+                let recovered: Vec<&str> =
+                    plan.steps[..number - 1].iter().flat_map(|s| s.vms.iter().map(String::as_str)).collect();
+                let dir = self.root.join(&plan.name);
+                match run_script(path, step, &plan.name, log.doc.kind, &recovered, number, &dir) {
+                    Ok(out) => (PlanStepState::Done, out, Vec::new()),
+                    Err(e) if step.optional => (PlanStepState::FailedOptional, e, Vec::new()),
+                    Err(e) => (PlanStepState::Failed, e, Vec::new()),
+                }
+            }
+            StepKind::Manual { text } => (PlanStepState::Waiting, text.to_string(), Vec::new()),
+        };
+        log.last().vms = vms;
+        log.end(state, detail)?;
+        let rec = log.last().clone();
+        log.record(
+            "plan.step",
+            json!({ "plan": plan.name, "step": number, "what": rec.what, "result": state, "detail": rec.detail, "vms": rec.vms }),
+        )?;
+        Ok(state)
+    }
+}
+
+/// Fails over a group step's VMs (see [`group`]).
+type Group<'a> = &'a dyn Fn(&PlanStep, usize) -> Vec<(String, Result<Job, String>)>;
+
+/// Whether step `number` is over: done, failed but optional, or a manual
+/// step that was waiting, which resuming confirms (the operator's "done").
+fn confirm_or_skip(log: &mut RunLog<'_>, plan: &Plan, number: usize) -> Result<bool, RecoveryError> {
+    let Some(at) = log.doc.steps.iter().position(|r| r.number == number) else { return Ok(false) };
+    match log.doc.steps[at].state {
+        PlanStepState::Done | PlanStepState::FailedOptional => Ok(true),
+        PlanStepState::Waiting => {
+            log.end_at(at, PlanStepState::Done, "confirmed by `lifeboat plan resume`".into())?;
+            let what = log.doc.steps[at].what.clone();
+            log.record("plan.step", json!({ "plan": plan.name, "step": number, "what": what, "result": "done" }))?;
+            Ok(true)
+        }
+        PlanStepState::Running | PlanStepState::Failed => Ok(false),
+    }
+}
+
+/// A group step's result from each VM's failover: done when every VM
+/// booted with its health passed (the run's RTO then counts to now).
+fn group_outcome(
+    run: &mut PlanRun,
+    outcome: Vec<(String, Result<Job, String>)>,
+) -> (PlanStepState, String, Vec<Value>) {
+    let vms: Vec<Value> = outcome
+        .iter()
+        .map(|(vm, r)| match r {
+            Ok(j) => {
+                json!({ "vm": vm, "point": j.point(), "health": j.health, "rto_seconds": j.rto_seconds, "instant": j.instant })
+            }
+            Err(e) => json!({ "vm": vm, "error": e }),
+        })
+        .collect();
+    let why: Vec<String> = outcome
+        .iter()
+        .filter_map(|(vm, r)| match r {
+            Ok(j) if j.health == Some(HealthResult::Passed) => None,
+            Ok(j) => Some(format!("{vm}: health {}", j.health_detail.as_deref().unwrap_or("failed"))),
+            Err(e) => Some(format!("{vm}: {e}")),
+        })
+        .collect();
+    if why.is_empty() {
+        run.rto_seconds = Some(Duration::from_nanos(now_ns().saturating_sub(run.started_ns)).as_secs_f64());
+        (PlanStepState::Done, format!("{} VM(s) booted, health passed", outcome.len()), vms)
+    } else {
+        (PlanStepState::Failed, why.join("; "), vms)
     }
 }
 

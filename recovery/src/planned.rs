@@ -16,8 +16,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::error::RecoveryError;
-use crate::failover::{now_ns, JobState, Site, Step};
+use crate::failover::{now_ns, JobState, Site};
 use crate::host::{HostError, HostSide};
+use crate::step_log::{Step, StepName};
 
 /// How the source VM is stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,11 +102,6 @@ pub enum PlannedError {
     Host(HostError),
 }
 
-/// A step of the prelude, done.
-fn done(name: String, started_ns: u64, detail: String) -> Step {
-    Step { name, state: "done".into(), started_ns, ended_ns: Some(now_ns()), detail }
-}
-
 /// Runs the source side of VM `vm`'s planned failover (see the module
 /// documentation), recording `failover.planned.source-stopped` and
 /// `failover.planned.final-cycle` through `audit` and appending its steps,
@@ -148,7 +144,7 @@ pub fn source_side<H: HostSide>(
     };
     audit("failover.planned.source-stopped", json!({ "vm": vm, "how": how, "clean_shutdown": clean }))
         .map_err(PlannedError::Audit)?;
-    prelude.push(done("stop source VM".into(), started, how));
+    prelude.push(Step::done_since(StepName::StopSource, started, how));
     let mut first = None;
     for disk in &def.disks {
         let t = now_ns();
@@ -159,8 +155,8 @@ pub fn source_side<H: HostSide>(
             source,
         })?;
         first.get_or_insert(r.sequence);
-        prelude.push(done(
-            format!("final cycle of disk {disk}"),
+        prelude.push(Step::done_since(
+            StepName::FinalCycle(disk.clone()),
             t,
             format!(
                 "point {} committed: {} blocks read, {} new, {} bytes shipped",

@@ -6,8 +6,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use recovery::failover::{Kind, Observer, PointChoice, Request, Site, Step};
+use recovery::failover::{Kind, Observer, PointChoice, Request, Site, Step, StepState};
 use recovery::planned::SourceStop;
+use recovery::HealthResult;
 use recovery::{Network, QemuConfig, VmDefinition};
 
 use crate::home::Home;
@@ -301,15 +302,15 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
     let live = !a.json || std::io::stderr().is_terminal();
     let mut step = |s: &Step| {
         if live {
-            match s.state.as_str() {
-                "running" => filter::log_line!("[{}] {} ...", name, s.name),
+            match s.state {
+                StepState::Running => filter::log_line!("[{}] {} ...", name, s.name),
                 state => filter::log_line!("[{}] {} {state}: {}", name, s.name, s.detail),
             }
         }
     };
     let job = site.failover(&req, &mut Observer { step: &mut step, audit: &mut audit })?;
     print_job(&job, a.json, &summary(&job));
-    if job.health.as_deref() != Some("passed") {
+    if job.health != Some(HealthResult::Passed) {
         bail!(
             "VM {name:?} booted from point {} but its health check failed: {}; it is left running for you to \
              look at (console: {}); `lifeboat failover cleanup {name}` stops it",
@@ -341,7 +342,7 @@ fn summary(job: &recovery::Job) -> String {
         job.vm,
         job.point().map_or("-".into(), |p| p.to_string()),
         job.state,
-        job.health.as_deref().unwrap_or("not checked"),
+        job.health.map_or("not checked", HealthResult::as_str),
         job.rto_seconds.map_or("-".into(), |s| format!("{s:.1} s")),
     )
 }

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use recovery::failover::{Kind, Origin, PointChoice, Request, Site, Step};
-use recovery::plan::{Plan, PlanObserver, PlanRun, Plans, RunState, StepRecord};
+use recovery::failover::{Kind, Origin, PointChoice, Request, Site, Step, StepState};
+use recovery::plan::{Plan, PlanObserver, PlanRun, PlanStepState, Plans, RunState, StepRecord};
 use recovery::QemuConfig;
 
 use crate::home::Home;
@@ -234,12 +234,12 @@ fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArg
     };
     let name = plan.name.clone();
     let total = plan.steps.len();
-    let on_step = |r: &StepRecord| match r.state.as_str() {
-        "running" => filter::log_line!("[plan {name}] step {}/{total} {} ...", r.number, r.what),
+    let on_step = |r: &StepRecord| match r.state {
+        PlanStepState::Running => filter::log_line!("[plan {name}] step {}/{total} {} ...", r.number, r.what),
         state => filter::log_line!("[plan {name}] step {}/{total} {} {state}: {}", r.number, r.what, r.detail),
     };
     let on_vm = |n: usize, vm: &str, s: &Step| {
-        if s.state != "running" {
+        if s.state != StepState::Running {
             filter::log_line!("[plan {name}] step {n}: {vm}: {} {}: {}", s.name, s.state, s.detail);
         }
     };
