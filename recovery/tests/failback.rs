@@ -411,16 +411,16 @@ fn planned_source_side_records_the_stop_then_ships_a_final_cycle_of_every_disk()
     let (r, prelude, audits) = run_source_side(&fake, &site, &SourceStop::AlreadyStopped);
     assert_eq!(r.unwrap(), 1, "the first disk's final point");
     assert_eq!(fake.calls(), ["cycle web-a", "cycle web-b"]);
-    let steps: Vec<(&str, &str)> = prelude.iter().map(|s| (s.name.as_str(), s.detail.as_str())).collect();
+    let steps: Vec<(String, &str)> = prelude.iter().map(|s| (s.name.to_string(), s.detail.as_str())).collect();
     assert_eq!(
         steps,
         [
-            ("stop source VM", "stopped by the user (--source-stopped)"),
-            ("final cycle of disk web-a", "point 1 committed: 16 blocks read, 2 new, 100 bytes shipped"),
-            ("final cycle of disk web-b", "point 2 committed: 16 blocks read, 2 new, 100 bytes shipped"),
+            ("stop source VM".to_string(), "stopped by the user (--source-stopped)"),
+            ("final cycle of disk web-a".to_string(), "point 1 committed: 16 blocks read, 2 new, 100 bytes shipped"),
+            ("final cycle of disk web-b".to_string(), "point 2 committed: 16 blocks read, 2 new, 100 bytes shipped"),
         ]
     );
-    assert!(prelude.iter().all(|s| s.state == "done" && s.ended_ns.is_some()));
+    assert!(prelude.iter().all(|s| s.state == recovery::StepState::Done && s.ended_ns.is_some()));
     assert_eq!(
         audits,
         [
