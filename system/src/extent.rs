@@ -41,7 +41,7 @@ mod tests {
     #[test]
     fn holes_and_zeroed_ranges_read_as_zeroes_and_keep_the_size() {
         let dir = tempfile::tempdir().unwrap();
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).open(dir.path().join("f")).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(dir.path().join("f")).unwrap();
         f.write_all_at(&[7u8; 1 << 20], 0).unwrap();
         f.sync_all().unwrap();
         let blocks = f.metadata().unwrap().blocks();
