@@ -85,11 +85,17 @@ impl PartialFile {
         &self.tmp
     }
 
-    /// Syncs the file and renames it to its final name.
+    /// Syncs the file, renames it to its final name and syncs the directory
+    /// (`system::file::install`).
     pub fn commit(mut self) -> Result<()> {
-        self.file.sync_all().with_context(|| format!("syncing {}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.out)
-            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.out.display()))?;
+        system::file::install(&self.tmp, &self.out).map_err(|e| {
+            let what = match e.step {
+                system::file::Step::SyncFile => format!("syncing {}", self.tmp.display()),
+                system::file::Step::Rename => format!("renaming {} to {}", self.tmp.display(), self.out.display()),
+                system::file::Step::SyncDir => format!("syncing directory {}", e.dir.display()),
+            };
+            anyhow::Error::new(e.source).context(what)
+        })?;
         self.committed = true;
         Ok(())
     }

@@ -330,7 +330,7 @@ fn idle_established_connections_cost_one_thread_each() {
 fn agent_with_nofile(s: &Scratch, limit: u64, extra: &[&str], names: &[&str]) -> Filter {
     let mut args = vec!["agent"];
     args.extend_from_slice(extra);
-    let mut agent = s.home.spawn_with(&args, |cmd| system::child::limit_open_files(cmd, limit));
+    let mut agent = s.home.spawn_with(&args, |cmd| system::limits::limit_child_open_files(cmd, limit));
     for name in names {
         agent.wait_line(&format!("{name}: serving on "), Duration::from_secs(30));
     }

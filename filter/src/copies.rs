@@ -23,7 +23,6 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -80,11 +79,7 @@ fn mem_total() -> Option<u64> {
 
 /// An anonymous in-memory file, or `None` where the kernel has no `memfd_create`.
 fn memfd() -> Option<File> {
-    // SAFETY: memfd_create with a NUL-terminated name and plain flags; the
-    // descriptor it returns is ours alone and handed to `File` exactly once.
-    let fd = unsafe { libc::memfd_create(c"lifeboat-copies".as_ptr(), libc::MFD_CLOEXEC) };
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
+    system::memfd::create(c"lifeboat-copies").ok()
 }
 
 /// Where one copy is.

@@ -546,22 +546,14 @@ impl Disk {
 }
 
 fn punch_hole(f: &File, offset: u64, len: u64) {
-    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else { return };
-    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
     // Failure (a filesystem without hole punching) only costs scratch space.
-    let _ = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len) };
+    let _ = system::extent::punch_hole(f, offset, len);
 }
 
 fn zero_range(f: &File, offset: u64, len: u64, may_trim: bool) -> io::Result<()> {
-    let mode = if may_trim {
-        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-    } else {
-        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-    };
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let l = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
-    if unsafe { libc::fallocate(f.as_raw_fd(), mode, off, l) } == 0 {
+    let done =
+        if may_trim { system::extent::punch_hole(f, offset, len) } else { system::extent::zero_range(f, offset, len) };
+    if done.is_ok() {
         return Ok(());
     }
     // No fallocate support (block device, odd filesystem): write zeroes.

@@ -25,6 +25,7 @@ use std::sync::Mutex;
 
 use disk_format::state::bitmaps_checksum;
 use disk_format::{Geometry, LastPoint, StateHeader, HEADER_PAGE};
+use system::file::Step;
 
 use crate::bitmap::Bitmap;
 use crate::error::FilterError;
@@ -75,7 +76,7 @@ pub struct DirtyReport {
 /// The kernel's boot id: changes at every boot, so a header written in this
 /// boot can be told from one written before a host crash.
 pub fn current_boot_id() -> [u8; 16] {
-    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let text = system::host::boot_id().unwrap_or_default();
     let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
     let mut id = [0u8; 16];
     if hex.len() == 32 {
@@ -133,8 +134,7 @@ impl StateFile {
         suspect: bool,
         last_point: Option<LastPoint>,
     ) -> Result<(), FilterError> {
-        let created =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let created = system::clock::now_ns() / 1_000_000_000;
         let mut header = StateHeader::new(geometry, disk_id, created);
         header.flags.suspect = suspect;
         header.last_point = last_point;
@@ -170,12 +170,12 @@ impl StateFile {
         header.bitmaps_checksum = bitmaps_checksum(&live, &vec![0; geometry.words()]);
         f.write_all_at(&header.initial_page(), 0).map_err(FilterError::io("writing state file", &tmp))?;
         f.flush().map_err(FilterError::io("writing state file", &tmp))?;
-        f.sync_all().map_err(FilterError::io("syncing state file", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(FilterError::io("renaming state file into place", path))?;
-        if let Some(dir) = path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(FilterError::io("syncing directory", dir))?;
-        }
-        Ok(())
+        drop(f);
+        system::file::install(&tmp, path).map_err(|e| match e.step {
+            Step::SyncFile => FilterError::io("syncing state file", &tmp)(e.source),
+            Step::Rename => FilterError::io("renaming state file into place", path)(e.source),
+            Step::SyncDir => FilterError::io("syncing directory", &e.dir)(e.source),
+        })
     }
 
     /// Opens and locks the state file for a filter or an offline cycle, and

@@ -666,8 +666,12 @@ fn restore_step(log: &mut JobLog<'_>, req: &Request<'_>, i: usize) -> Result<(),
         .open(&tmp)
         .map_err(|e| RecoveryError::io("creating", &tmp, e))?;
     let report = req.vault.restore(p.chain(), p.point, req.keys, &file, &mut |_, _| {})?;
-    file.sync_all().map_err(|e| RecoveryError::io("syncing", &tmp, e))?;
-    fs::rename(&tmp, &p.image).map_err(|e| RecoveryError::io("renaming", &tmp, e))?;
+    drop(file);
+    system::file::install(&tmp, &p.image).map_err(|e| match e.step {
+        system::file::Step::SyncFile => RecoveryError::io("syncing", &tmp, e.source),
+        system::file::Step::Rename => RecoveryError::io("renaming", &tmp, e.source),
+        system::file::Step::SyncDir => RecoveryError::io("syncing directory", &e.dir, e.source),
+    })?;
     let detail = format!(
         "point {} to {}: {} blocks, {} zero, {:.1} s, every block verified",
         p.point,

@@ -4,15 +4,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, Receiver, Sender};
 use disk_format::ids::{BlockId, PageId, RootId};
 use disk_format::keys::Keys;
 use disk_format::map_page::MapBuilder;
 use disk_format::pack::{FinishedPack, PackWriter};
 use disk_format::point::{Consistency, Root};
-use disk_format::LastPoint;
-use filter::CutKind;
-use vault::Vault;
+use disk_format::{Geometry, LastPoint};
+use filter::{CutInfo, CutKind};
+use vault::{BlockIndex, Vault};
 
 use crate::chain::{self, Base, Break};
 use crate::error::ShipError;
@@ -93,7 +93,7 @@ impl<'a> CycleOptions<'a> {
 
 /// This host's name (the kernel's), at most 64 bytes; empty if unreadable.
 pub fn host_name() -> String {
-    let mut name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let mut name = system::host::kernel_hostname().unwrap_or_default();
     while name.len() > disk_format::point::MAX_HOST_NAME {
         name.pop();
     }
@@ -155,6 +155,29 @@ pub struct CycleReport {
     pub chain_break: Option<Break>,
 }
 
+impl CycleReport {
+    /// A report of nothing done yet.
+    fn empty(full: bool) -> CycleReport {
+        CycleReport {
+            sequence: 0,
+            full,
+            blocks_read: 0,
+            zero_blocks: 0,
+            known_blocks: 0,
+            new_blocks: 0,
+            cached_blocks: 0,
+            bytes_shipped: 0,
+            packs: 0,
+            pages: 0,
+            millis: 0,
+            warnings: Vec::new(),
+            app_consistent: false,
+            root_id: RootId::ZERO,
+            chain_break: None,
+        }
+    }
+}
+
 /// Consecutive runs (first, count) of sorted block indexes.
 fn runs(blocks: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -193,43 +216,11 @@ pub fn run_cycle(
     let own_chain = Vault::chain_of(keys, &opts.disk_id);
     let _cycle = vault.begin_cycle(&own_chain)?;
     let geometry = source.geometry();
-    let mut warnings = Vec::new();
-    let vault_id = vault.config().vault_id;
-    let recorded = source.last_point()?;
-    let mut last_sequence = vault.sequences(&own_chain)?.last().copied().unwrap_or(0);
-    let legacy = if last_sequence == 0 { format_1_points(vault, opts)? } else { Vec::new() };
-    let latest = match (last_sequence, legacy.last()) {
-        (0, None) => Ok(None),
-        (0, Some(&seq)) => {
-            last_sequence = seq;
-            vault.load_root_with_id(opts.disk_name, seq, Some(keys)).map(Some)
-        }
-        (seq, _) => vault.load_root_with_id(&own_chain, seq, Some(keys)).map(Some),
-    };
-    let (previous, previous_id, base) = match latest {
-        // Only the point the dirty maps are relative to can be built on
-        // (`chain`): anything else gets a full verify, and says why.
-        Ok(newest) => {
-            let mut point = |seq: u64| match legacy.contains(&seq) {
-                true => vault.load_root_with_id(opts.disk_name, seq, Some(keys)).ok(),
-                false => vault.load_root_with_id(&own_chain, seq, Some(keys)).ok(),
-            };
-            let newest_ref = newest.as_ref().map(|(r, id)| (r, *id));
-            let base = chain::judge(recorded.as_ref(), vault_id, opts.disk_id, newest_ref, &mut point);
-            let id = newest.as_ref().map(|(_, id)| *id);
-            (newest.map(|(root, _)| root), id, base)
-        }
-        // The newest point cannot be built on: verify the whole disk instead,
-        // as for a first cycle, and number the new point after it.
-        Err(e @ vault::VaultError::Damaged { .. }) => {
-            warnings.push(format!("{e}; this cycle reads and verifies the whole disk instead of building on it"));
-            (None, None, Base::First)
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let mut cycle = Cycle { source, vault, keys, opts, progress, own_chain, geometry, warnings: Vec::new() };
+    let Newest { previous, previous_id, last_sequence, base, recorded } = cycle.newest()?;
     let chain_break = match base {
         Base::Broken(b) => {
-            warnings.push(format!(
+            cycle.warnings.push(format!(
                 "{}; this cycle reads and verifies the whole disk (blocks the vault holds are not sent again)",
                 b.describe(opts.disk_name)
             ));
@@ -238,117 +229,26 @@ pub fn run_cycle(
         _ => None,
     };
     let reuse = previous.as_ref().filter(|r| r.geometry == geometry && chain_break.is_none());
-    let mut full = reuse.is_none() || source.suspect()?;
-    let kind = if full { CutKind::Full } else { CutKind::Dirty };
-    let mut consistency = Consistency::Crash;
-    let mut recut = false;
-    // The point's time is the cut's, taken before the guest is resumed.
-    let (mut info, mut cut_time_ns) = match opts.cut_hook {
-        None => {
-            let info = source.cut(kind)?;
-            (info, (opts.clock)())
-        }
-        Some(hook) => {
-            let quiesced = hook.before();
-            let cut = source.cut(kind);
-            let at = (opts.clock)();
-            let resumed = hook.after();
-            match (&quiesced, &cut) {
-                (Ok(()), Ok(_)) if hook.app_consistent() => consistency = Consistency::App,
-                (Ok(()), Ok(_)) => {}
-                (Err(e), _) => warnings.push(format!("the point is crash-consistent, not app-consistent: {e}")),
-                _ => {}
-            }
-            if let Err(e) = resumed {
-                warnings.push(format!("resuming the guest after the cut: {e}"));
-            }
-            (cut?, at)
-        }
-    };
-    // A full cycle sets every block: it never needs the previous map.
-    let mut shipped = ship(source, vault, keys, opts, geometry, reuse.filter(|_| !full), full, progress);
-    if let Err(e) = &shipped {
-        if !full && previous_map_unusable(e) {
-            // Building on a damaged map would fail every cycle from now on
-            // (found by the simulation, seed 993): verify the whole disk instead.
-            warnings.push(format!(
-                "{e}; the previous point's map cannot be built on, so this cycle reads and verifies the whole disk"
-            ));
-            source.abort()?;
-            full = true;
-            info = source.cut(CutKind::Full)?;
-            // The guest was resumed (a group released) before this second
-            // cut: neither app-consistent nor part of a group cut.
-            consistency = Consistency::Crash;
-            recut = true;
-            cut_time_ns = (opts.clock)();
-            shipped = ship(source, vault, keys, opts, geometry, None, true, progress);
-        }
-    }
-    let (mut report, pages) = match shipped {
-        Ok(r) => r,
-        Err(e) => {
-            // Nothing was committed: hand the cut's blocks back.
-            let _ = source.abort();
-            return Err(e);
-        }
-    };
+    let full = reuse.is_none() || cycle.source.suspect()?;
+    let cut = cycle.cut(full)?;
+    let (cut, mut report, pages) = cycle.ship_cut(cut, reuse)?;
     // A sequence number this host committed is never used again for another
     // point, even if the vault lost it (rolled back).
+    let vault_id = vault.config().vault_id;
     let committed_here = recorded.filter(|r| r.vault_id == vault_id).map_or(0, |r| r.sequence);
     let sequence = last_sequence.max(committed_here) + 1;
     // The previous root's id is the hash of its stored bytes, read above.
-    let parent = previous_id;
-    let root = Root {
-        consistency,
-        disk_id: opts.disk_id,
-        disk_name: opts.disk_name.to_string(),
-        host: opts.host.clone(),
-        namespace: None, // encode derives it from disk_id
-        sequence,
-        cut_time_ns,
-        cut_generation: info.generation,
-        geometry,
-        bytes_shipped: report.bytes_shipped,
-        parent,
-        pages,
-        extension: opts
-            .cut_hook
-            .filter(|_| !recut)
-            .and_then(|h| h.root_extension())
-            .unwrap_or_else(|| opts.extension.to_vec()),
-    };
-    let commit =
-        root.encode(keys).map_err(|e| ShipError::Format(format!("encoding the root: {e}"))).and_then(|bytes| {
-            report.bytes_shipped += bytes.len() as u64;
-            vault.put_root(&own_chain, sequence, &bytes)?;
-            Ok(RootId::of(&bytes))
-        });
-    let root_id = match commit {
-        Ok(id) => id,
-        Err(e) => {
-            let _ = source.abort();
-            return Err(e);
-        }
-    };
+    let root = cycle.root(&cut, sequence, previous_id, pages, report.bytes_shipped);
+    let root_id = cycle.commit(&root, &mut report)?;
     // The point is durable; the state records it as the one its dirty maps
-    // are relative to, and the cut's blocks are no longer needed. If the
-    // filter cannot be told (it died), nothing is lost: a restarted filter
-    // merges the cut back into its live map, and the next cycle builds on
-    // this point (`chain::Base::Unrecorded`) and finds those blocks already
-    // in the vault.
-    let point = LastPoint { vault_id, sequence, root_id, cut_generation: info.generation };
-    if let Err(e) = source.finish(&point, full) {
-        warnings.push(format!(
-            "point {sequence} is committed, but the filter could not be told to release its cut ({e}); \
-             the next cycle will read those blocks again (and find them already in the vault)"
-        ));
-    }
+    // are relative to, and the cut's blocks are no longer needed.
+    let point = LastPoint { vault_id, sequence, root_id, cut_generation: cut.info.generation };
+    cycle.release(&point, cut.full);
     report.sequence = sequence;
     report.root_id = root_id;
     report.chain_break = chain_break;
-    report.app_consistent = consistency == Consistency::App;
-    report.warnings = warnings;
+    report.app_consistent = cut.consistency == Consistency::App;
+    report.warnings = cycle.warnings;
     report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
 }
@@ -363,162 +263,405 @@ fn previous_map_unusable(e: &ShipError) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ship(
-    source: &mut dyn CutSource,
-    vault: &Vault,
-    keys: &Keys,
-    opts: &CycleOptions<'_>,
-    geometry: disk_format::Geometry,
-    previous: Option<&Root>,
+/// What one cycle works with, from its cut to its committed point.
+struct Cycle<'c, 'o> {
+    source: &'c mut dyn CutSource,
+    vault: &'c Vault,
+    keys: &'c Keys,
+    opts: &'c CycleOptions<'o>,
+    progress: &'c mut dyn Progress,
+    /// The disk's namespace in the vault, where its new root goes.
+    own_chain: String,
+    /// The disk's geometry, as the source reports it.
+    geometry: Geometry,
+    /// What the operator should know about the cycle (into the report).
+    warnings: Vec<String>,
+}
+
+/// The point a cycle may build on.
+struct Newest {
+    /// The vault's newest point of the disk, when it could be loaded.
+    previous: Option<Root>,
+    /// Its root id (the hash of its stored bytes): the new point's parent.
+    previous_id: Option<RootId>,
+    /// The newest sequence in the vault (0: none).
+    last_sequence: u64,
+    /// Whether the dirty maps are relative to `previous` ([`chain::judge`]).
+    base: Base,
+    /// The point the filter's state records as committed.
+    recorded: Option<LastPoint>,
+}
+
+/// The cut a cycle ships.
+struct Cut {
+    info: CutInfo,
+    /// The point's time: the cut's, taken before the guest is resumed.
+    time_ns: u64,
+    consistency: Consistency,
+    /// Every block is shipped (and verified against the vault).
     full: bool,
-    progress: &mut dyn Progress,
-) -> Result<(CycleReport, Vec<disk_format::ids::PageId>), ShipError> {
-    let blocks: Vec<u64> = if full { (0..geometry.block_count).collect() } else { source.blocks()? };
-    let total: u64 = blocks.iter().map(|&b| geometry.block_len(b) as u64).sum();
-    progress.start(total, full);
-    let fmt = |e: &dyn std::fmt::Display| ShipError::Format(e.to_string());
-    let mut map = match previous {
-        Some(r) => MapBuilder::from_previous(&r.pages, geometry)?,
-        None => MapBuilder::new(geometry),
-    };
-    let known = vault.block_index()?;
-    let mut report = CycleReport {
-        sequence: 0,
-        full,
-        blocks_read: 0,
-        zero_blocks: 0,
-        known_blocks: 0,
-        new_blocks: 0,
-        cached_blocks: 0,
-        bytes_shipped: 0,
-        packs: 0,
-        pages: 0,
-        millis: 0,
-        warnings: Vec::new(),
-        app_consistent: false,
-        root_id: RootId::ZERO,
-        chain_break: None,
-    };
-    // Packs stream to the vault in aligned chunks (`pack_out`): the writer
-    // thread fills them, the storer thread writes them and commits each pack
-    // under its id, so the pipeline keeps sealing while a pack is written
-    // and synced.
-    let (free_tx, free_rx) = bounded::<Chunk>(CHUNKS);
-    for _ in 0..CHUNKS {
-        free_tx.send(Chunk::new()).expect("room for every chunk");
+    /// A second, full cut replaced the first, after the guest was resumed
+    /// (a group released): it is neither app-consistent nor a group's.
+    recut: bool,
+}
+
+impl Cycle<'_, '_> {
+    /// Finds the newest point in the vault, and what the filter's state says
+    /// its dirty maps are relative to.
+    fn newest(&mut self) -> Result<Newest, ShipError> {
+        let (vault, keys, opts, own_chain) = (self.vault, self.keys, self.opts, self.own_chain.as_str());
+        let recorded = self.source.last_point()?;
+        let mut last_sequence = vault.sequences(own_chain)?.last().copied().unwrap_or(0);
+        let legacy = if last_sequence == 0 { format_1_points(vault, opts)? } else { Vec::new() };
+        let latest = match (last_sequence, legacy.last()) {
+            (0, None) => Ok(None),
+            (0, Some(&seq)) => {
+                last_sequence = seq;
+                vault.load_root_with_id(opts.disk_name, seq, Some(keys)).map(Some)
+            }
+            (seq, _) => vault.load_root_with_id(own_chain, seq, Some(keys)).map(Some),
+        };
+        let (previous, previous_id, base) = match latest {
+            // Only the point the dirty maps are relative to can be built on
+            // (`chain`): anything else gets a full verify, and says why.
+            Ok(newest) => {
+                let mut point = |seq: u64| match legacy.contains(&seq) {
+                    true => vault.load_root_with_id(opts.disk_name, seq, Some(keys)).ok(),
+                    false => vault.load_root_with_id(own_chain, seq, Some(keys)).ok(),
+                };
+                let newest_ref = newest.as_ref().map(|(r, id)| (r, *id));
+                let vault_id = vault.config().vault_id;
+                let base = chain::judge(recorded.as_ref(), vault_id, opts.disk_id, newest_ref, &mut point);
+                let id = newest.as_ref().map(|(_, id)| *id);
+                (newest.map(|(root, _)| root), id, base)
+            }
+            // The newest point cannot be built on: verify the whole disk instead,
+            // as for a first cycle, and number the new point after it.
+            Err(e @ vault::VaultError::Damaged { .. }) => {
+                self.warnings
+                    .push(format!("{e}; this cycle reads and verifies the whole disk instead of building on it"));
+                (None, None, Base::First)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Newest { previous, previous_id, last_sequence, base, recorded })
     }
-    let (to_storer, storer_rx) = bounded::<ToStorer>(CHUNKS);
-    let mut stored: HashSet<BlockId> = HashSet::new();
-    let (read, pages, stored_packs) = std::thread::scope(|s| {
-        let storer = std::thread::Builder::new()
-            .name("ship-store".into())
-            .spawn_scoped(s, move || -> Result<Vec<FinishedPack<()>>, ShipError> {
-                let mut done = Vec::new();
-                let mut current = None;
-                for msg in storer_rx {
-                    let (chunk, end) = match msg {
-                        ToStorer::Piece(chunk) => (chunk, None),
-                        ToStorer::End(FinishedPack { id, len, index, out }) => {
-                            (out, Some(FinishedPack { id, len, index, out: () }))
-                        }
-                    };
-                    let writer = match &mut current {
-                        Some(w) => w,
-                        None => current.insert(vault.pack_writer()?),
-                    };
-                    writer.write(chunk.bytes())?;
-                    let _ = free_tx.send(chunk.cleared());
-                    if let Some(pack) = end {
-                        vault.commit_pack(current.take().expect("written above"), &pack.id)?;
-                        done.push(pack);
-                    }
+
+    /// Takes the cut (of every block when `full`), around the cut hook if
+    /// there is one.
+    fn cut(&mut self, full: bool) -> Result<Cut, ShipError> {
+        let kind = if full { CutKind::Full } else { CutKind::Dirty };
+        let clock = self.opts.clock;
+        let Some(hook) = self.opts.cut_hook else {
+            let info = self.source.cut(kind)?;
+            return Ok(Cut { info, time_ns: clock(), consistency: Consistency::Crash, full, recut: false });
+        };
+        let mut consistency = Consistency::Crash;
+        let quiesced = hook.before();
+        let cut = self.source.cut(kind);
+        let at = clock();
+        let resumed = hook.after();
+        match (&quiesced, &cut) {
+            (Ok(()), Ok(_)) if hook.app_consistent() => consistency = Consistency::App,
+            (Ok(()), Ok(_)) => {}
+            (Err(e), _) => self.warnings.push(format!("the point is crash-consistent, not app-consistent: {e}")),
+            _ => {}
+        }
+        if let Err(e) = resumed {
+            self.warnings.push(format!("resuming the guest after the cut: {e}"));
+        }
+        Ok(Cut { info: cut?, time_ns: at, consistency, full, recut: false })
+    }
+
+    /// Ships the cut's blocks, building on `reuse`'s map unless the cut is
+    /// full. If that map turns out to be unusable, the cut is replaced by a
+    /// full one and shipped again. On an error the cut is aborted.
+    fn ship_cut(&mut self, mut cut: Cut, reuse: Option<&Root>) -> Result<(Cut, CycleReport, Vec<PageId>), ShipError> {
+        // A full cycle sets every block: it never needs the previous map.
+        let mut shipped = self.ship(reuse.filter(|_| !cut.full), cut.full);
+        if let Err(e) = &shipped {
+            if !cut.full && previous_map_unusable(e) {
+                // Building on a damaged map would fail every cycle from now on
+                // (found by the simulation, seed 993): verify the whole disk instead.
+                self.warnings.push(format!(
+                    "{e}; the previous point's map cannot be built on, so this cycle reads and verifies the whole disk"
+                ));
+                self.source.abort()?;
+                let info = self.source.cut(CutKind::Full)?;
+                let time_ns = (self.opts.clock)();
+                cut = Cut { info, time_ns, consistency: Consistency::Crash, full: true, recut: true };
+                shipped = self.ship(None, true);
+            }
+        }
+        match shipped {
+            Ok((report, pages)) => Ok((cut, report, pages)),
+            Err(e) => {
+                // Nothing was committed: hand the cut's blocks back.
+                let _ = self.source.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// The new point's root.
+    fn root(&self, cut: &Cut, sequence: u64, parent: Option<RootId>, pages: Vec<PageId>, bytes_shipped: u64) -> Root {
+        let opts = self.opts;
+        Root {
+            consistency: cut.consistency,
+            disk_id: opts.disk_id,
+            disk_name: opts.disk_name.to_string(),
+            host: opts.host.clone(),
+            namespace: None, // encode derives it from disk_id
+            sequence,
+            cut_time_ns: cut.time_ns,
+            cut_generation: cut.info.generation,
+            geometry: self.geometry,
+            bytes_shipped,
+            parent,
+            pages,
+            extension: opts
+                .cut_hook
+                .filter(|_| !cut.recut)
+                .and_then(|h| h.root_extension())
+                .unwrap_or_else(|| opts.extension.to_vec()),
+        }
+    }
+
+    /// Writes `root` to the vault, counting its bytes as shipped: the point
+    /// is committed. On an error the cut is aborted.
+    fn commit(&mut self, root: &Root, report: &mut CycleReport) -> Result<RootId, ShipError> {
+        let sequence = root.sequence;
+        let committed =
+            root.encode(self.keys).map_err(|source| ShipError::EncodeRoot { sequence, source }).and_then(|bytes| {
+                report.bytes_shipped += bytes.len() as u64;
+                self.vault.put_root(&self.own_chain, sequence, &bytes)?;
+                Ok(RootId::of(&bytes))
+            });
+        if committed.is_err() {
+            let _ = self.source.abort();
+        }
+        committed
+    }
+
+    /// Tells the filter the committed point and that the cut's blocks are
+    /// no longer needed. If it cannot be told (it died), nothing is lost: a
+    /// restarted filter merges the cut back into its live map, and the next
+    /// cycle builds on this point (`chain::Base::Unrecorded`) and finds those
+    /// blocks already in the vault.
+    fn release(&mut self, point: &LastPoint, full: bool) {
+        if let Err(e) = self.source.finish(point, full) {
+            self.warnings.push(format!(
+                "point {} is committed, but the filter could not be told to release its cut ({e}); \
+                 the next cycle will read those blocks again (and find them already in the vault)",
+                point.sequence
+            ));
+        }
+    }
+
+    /// Reads, seals and stores the cut's blocks (every block when `full`),
+    /// and the new point's map pages, built on `previous`'s. Returns the
+    /// counts and the new point's page ids.
+    fn ship(&mut self, previous: Option<&Root>, full: bool) -> Result<(CycleReport, Vec<PageId>), ShipError> {
+        let geometry = self.geometry;
+        let blocks: Vec<u64> = if full { (0..geometry.block_count).collect() } else { self.source.blocks()? };
+        let total: u64 = blocks.iter().map(|&b| geometry.block_len(b) as u64).sum();
+        self.progress.start(total, full);
+        let map = match previous {
+            Some(r) => MapBuilder::from_previous(&r.pages, geometry)?,
+            None => MapBuilder::new(geometry),
+        };
+        let known = self.vault.block_index()?;
+        // Packs stream to the vault in aligned chunks (`pack_out`): the writer
+        // thread fills them, the storer thread writes them and commits each pack
+        // under its id, so the pipeline keeps sealing while a pack is written
+        // and synced.
+        let (free_tx, free_rx) = bounded::<Chunk>(CHUNKS);
+        for _ in 0..CHUNKS {
+            free_tx.send(Chunk::new()).expect("room for every chunk");
+        }
+        let (to_storer, storer_rx) = bounded::<ToStorer>(CHUNKS);
+        let vault = self.vault;
+        let (read, pages, stored_packs) = std::thread::scope(|s| {
+            let storer = std::thread::Builder::new()
+                .name("ship-store".into())
+                .spawn_scoped(s, move || store_packs(vault, storer_rx, free_tx))
+                .expect("spawning the pack storer");
+            let read = Packer::new(&free_rx, &to_storer, map, full).and_then(|p| self.read(p, &blocks, &known));
+            drop(to_storer);
+            // The map's pages do not depend on the packs: they are built and
+            // stored while the storer finishes the last pack. The root still
+            // waits for both.
+            let (read, pages) = match read {
+                Ok((map, report)) => (Ok(report), Some(store_pages(vault, map))),
+                Err(e) => (Err(e), None),
+            };
+            let stored_packs = storer.join().map_err(|_| ShipError::Panic);
+            (read, pages, stored_packs)
+        });
+        // A storer error is the cause; the reader's "storer stopped" is its echo.
+        let stored_packs = stored_packs??;
+        let mut report = read?;
+        let (pages, page_bytes, new_pages) = pages.expect("built when the read succeeded")?;
+        for p in &stored_packs {
+            report.bytes_shipped += p.len;
+            report.packs += 1;
+        }
+        report.bytes_shipped += page_bytes;
+        report.pages += new_pages;
+        Ok((report, pages))
+    }
+
+    /// Runs `blocks` through the read pipeline into `packer`; returns the
+    /// new map and the counts.
+    fn read(
+        &mut self,
+        mut packer: Packer<'_>,
+        blocks: &[u64],
+        known: &BlockIndex,
+    ) -> Result<(MapBuilder, CycleReport), ShipError> {
+        let job = pipeline::Job {
+            runs: &runs(blocks),
+            geometry: self.geometry,
+            keys: self.keys,
+            known,
+            workers: self.opts.workers,
+            cancel: self.opts.cancel,
+            // An incremental cycle's blocks were written minutes ago, most
+            // likely still in the page cache; a full one reads cold data.
+            cache_first: !packer.report.full,
+        };
+        let progress = &mut *self.progress;
+        let cached = pipeline::run(&mut *self.source, &job, &mut |s| packer.take(s), &mut |n| progress.advance(n))?;
+        packer.finish(blocks.len() as u64, cached)
+    }
+}
+
+/// The storer thread: writes the chunks it is sent to the vault, pack after
+/// pack, and commits each pack under its id once its last chunk is written;
+/// hands each written chunk back to `free`. Returns the packs stored.
+fn store_packs(
+    vault: &Vault,
+    chunks: Receiver<ToStorer>,
+    free: Sender<Chunk>,
+) -> Result<Vec<FinishedPack<()>>, ShipError> {
+    let mut done = Vec::new();
+    let mut current = None;
+    for msg in chunks {
+        let (chunk, end) = match msg {
+            ToStorer::Piece(chunk) => (chunk, None),
+            ToStorer::End(FinishedPack { id, len, index, out }) => {
+                (out, Some(FinishedPack { id, len, index, out: () }))
+            }
+        };
+        let writer = match &mut current {
+            Some(w) => w,
+            None => current.insert(vault.pack_writer()?),
+        };
+        writer.write(chunk.bytes())?;
+        let _ = free.send(chunk.cleared());
+        if let Some(pack) = end {
+            vault.commit_pack(current.take().expect("written above"), &pack.id)?;
+            done.push(pack);
+        }
+    }
+    Ok(done)
+}
+
+/// Where a cycle's sealed blocks go: the new point's map, the pack being
+/// filled (streamed to the storer in chunks), and the cycle's counts. A
+/// write that fails because the storer stopped is the echo of the storer's
+/// error, which [`Cycle::ship`] reports first.
+struct Packer<'p> {
+    free: &'p Receiver<Chunk>,
+    to_storer: &'p Sender<ToStorer>,
+    /// The pack being filled, and its number in this cycle (from 0).
+    pack: PackWriter<ChunkOut<'p>>,
+    number: u64,
+    /// Blocks put in a pack by this cycle (a block sealed twice is stored once).
+    stored: HashSet<BlockId>,
+    map: MapBuilder,
+    report: CycleReport,
+}
+
+impl<'p> Packer<'p> {
+    fn new(
+        free: &'p Receiver<Chunk>,
+        to_storer: &'p Sender<ToStorer>,
+        map: MapBuilder,
+        full: bool,
+    ) -> Result<Packer<'p>, ShipError> {
+        let pack = Packer::open(free, to_storer, 0)?;
+        let report = CycleReport::empty(full);
+        Ok(Packer { free, to_storer, pack, number: 0, stored: HashSet::new(), map, report })
+    }
+
+    /// Starts pack `number`.
+    fn open(
+        free: &'p Receiver<Chunk>,
+        to_storer: &'p Sender<ToStorer>,
+        number: u64,
+    ) -> Result<PackWriter<ChunkOut<'p>>, ShipError> {
+        let out = ChunkOut::new(free, to_storer).map_err(|source| ShipError::PackOut { pack: number, source })?;
+        PackWriter::new(out).map_err(|source| ShipError::Pack { pack: number, block: None, source })
+    }
+
+    /// Ends pack `number`: its index and trailer go to the storer, which commits it.
+    fn end(pack: PackWriter<ChunkOut<'p>>, number: u64) -> Result<(), ShipError> {
+        let finished = pack.finish().map_err(|source| ShipError::Pack { pack: number, block: None, source })?;
+        ChunkOut::end(finished).map_err(|source| ShipError::PackOut { pack: number, source })
+    }
+
+    fn set(&mut self, block: u64, id: BlockId) -> Result<(), ShipError> {
+        self.map.set(block, id).map_err(|source| ShipError::MapEntry { block, source })
+    }
+
+    /// Takes one block out of the pipeline.
+    fn take(&mut self, s: &Sealed) -> Result<(), ShipError> {
+        self.report.blocks_read += 1;
+        match s {
+            Sealed::Zero { index, .. } => {
+                self.report.zero_blocks += 1;
+                self.set(*index, BlockId::ZERO)
+            }
+            Sealed::Known { index, id, .. } => {
+                self.report.known_blocks += 1;
+                self.set(*index, *id)
+            }
+            Sealed::New { index, id, buf, blob_len, checksum } => {
+                self.set(*index, *id)?;
+                if !self.stored.insert(*id) {
+                    self.report.known_blocks += 1;
+                    return Ok(());
                 }
-                Ok(done)
-            })
-            .expect("spawning the pack storer");
-        let read = (|| -> Result<(), ShipError> {
-            // A write that fails because the storer stopped is the echo of
-            // the storer's error, which is reported first.
-            let new_pack = || -> Result<PackWriter<ChunkOut<'_>>, ShipError> {
-                let out = ChunkOut::new(&free_rx, &to_storer).map_err(|e| fmt(&e))?;
-                PackWriter::new(out).map_err(|e| fmt(&e))
-            };
-            let end_pack = |pack: PackWriter<ChunkOut<'_>>| -> Result<(), ShipError> {
-                ChunkOut::end(pack.finish().map_err(|e| fmt(&e))?).map_err(|e| fmt(&e))
-            };
-            let mut pack = new_pack()?;
-            let mut sink = |s: &Sealed| -> Result<(), ShipError> {
-                report.blocks_read += 1;
-                match s {
-                    Sealed::Zero { index, .. } => {
-                        report.zero_blocks += 1;
-                        map.set(*index, BlockId::ZERO).map_err(|e| fmt(&e))?;
-                    }
-                    Sealed::Known { index, id, .. } => {
-                        report.known_blocks += 1;
-                        map.set(*index, *id).map_err(|e| fmt(&e))?;
-                    }
-                    Sealed::New { index, id, buf, blob_len, checksum } => {
-                        map.set(*index, *id).map_err(|e| fmt(&e))?;
-                        if stored.insert(*id) {
-                            report.new_blocks += 1;
-                            pack.add_blob_with_checksum(id, &buf[..*blob_len], *checksum).map_err(|e| fmt(&e))?;
-                            if pack.bytes_written() >= PACK_TARGET {
-                                end_pack(std::mem::replace(&mut pack, new_pack()?))?;
-                            }
-                        } else {
-                            report.known_blocks += 1;
-                        }
-                    }
+                self.report.new_blocks += 1;
+                let number = self.number;
+                self.pack
+                    .add_blob_with_checksum(id, &buf[..*blob_len], *checksum)
+                    .map_err(|source| ShipError::Pack { pack: number, block: Some(*index), source })?;
+                if self.pack.bytes_written() >= PACK_TARGET {
+                    let next = Packer::open(self.free, self.to_storer, number + 1)?;
+                    Packer::end(std::mem::replace(&mut self.pack, next), number)?;
+                    self.number = number + 1;
                 }
                 Ok(())
-            };
-            let mut advance = |n: u64| progress.advance(n);
-            let job = pipeline::Job {
-                runs: &runs(&blocks),
-                geometry,
-                keys,
-                known: &known,
-                workers: opts.workers,
-                cancel: opts.cancel,
-                // An incremental cycle's blocks were written minutes ago,
-                // most likely still in the page cache; a full one reads
-                // cold data.
-                cache_first: !full,
-            };
-            report.cached_blocks = pipeline::run(source, &job, &mut sink, &mut advance)?;
-            if report.blocks_read != blocks.len() as u64 {
-                return Err(ShipError::Format(format!(
-                    "internal error: {} of {} blocks went through the pipeline",
-                    report.blocks_read,
-                    blocks.len()
-                )));
             }
-            if pack.count() > 0 {
-                end_pack(pack)?;
-            }
-            Ok(())
-        })();
-        drop(to_storer);
-        // The map's pages do not depend on the packs: they are built and
-        // stored while the storer finishes the last pack. The root still
-        // waits for both.
-        let pages = read.as_ref().ok().map(|()| store_pages(vault, map));
-        let stored_packs = storer.join().map_err(|_| ShipError::Panic);
-        (read, pages, stored_packs)
-    });
-    // A storer error is the cause; the reader's "storer stopped" is its echo.
-    let stored_packs = stored_packs??;
-    read?;
-    let (pages, page_bytes, new_pages) = pages.expect("built when the read succeeded")?;
-    for p in &stored_packs {
-        report.bytes_shipped += p.len;
-        report.packs += 1;
+        }
     }
-    report.bytes_shipped += page_bytes;
-    report.pages += new_pages;
-    Ok((report, pages))
+
+    /// Ends the last pack, after the pipeline said `cached` of the
+    /// `blocks` it was given came from the page cache; returns the new map
+    /// and the counts.
+    fn finish(self, blocks: u64, cached: u64) -> Result<(MapBuilder, CycleReport), ShipError> {
+        let Packer { pack, number, map, mut report, .. } = self;
+        report.cached_blocks = cached;
+        if report.blocks_read != blocks {
+            return Err(ShipError::BlocksLost { shipped: report.blocks_read, blocks });
+        }
+        if pack.count() > 0 {
+            Packer::end(pack, number)?;
+        }
+        Ok((map, report))
+    }
 }
 
 /// Builds the point's map pages on the previous point's and stores the new
@@ -547,7 +690,56 @@ fn store_pages(vault: &Vault, map: MapBuilder) -> Result<(Vec<PageId>, u64, u64)
 
 #[cfg(test)]
 mod tests {
-    use super::runs;
+    use super::*;
+    use crate::engine::BlockPool;
+    use disk_format::map_page::PageError;
+    use std::error::Error;
+
+    fn chunks() -> (Sender<Chunk>, Receiver<Chunk>, Sender<ToStorer>, Receiver<ToStorer>) {
+        let (free_tx, free_rx) = bounded::<Chunk>(CHUNKS);
+        free_tx.send(Chunk::new()).unwrap();
+        let (to_storer, storer_rx) = bounded::<ToStorer>(CHUNKS);
+        (free_tx, free_rx, to_storer, storer_rx)
+    }
+
+    #[test]
+    fn a_block_the_new_map_refuses_is_named_and_is_not_taken_for_a_damaged_previous_map() {
+        let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
+        let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
+        let mut packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false).unwrap();
+        let (_pool, mut bufs) = BlockPool::new(1 << 20, 1).unwrap();
+        let e = packer.take(&Sealed::Zero { index: 8, buf: bufs.pop().unwrap() }).unwrap_err();
+        let ShipError::MapEntry { block: 8, source: PageError::BlockOutOfRange { block: 8, block_count: 8 } } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(e.to_string(), "building the point: block 8 is past the end of the disk (8 blocks)");
+        assert!(e.source().is_some_and(|s| s.is::<PageError>()), "the map's error is the source");
+        // A previous map that cannot be used makes the cycle verify the whole
+        // disk; a refused entry of the new map must not.
+        assert!(!previous_map_unusable(&e));
+        assert!(previous_map_unusable(&ShipError::Page(PageError::BadMagic)));
+    }
+
+    #[test]
+    fn blocks_lost_in_the_pipeline_and_a_stopped_storer_are_typed_with_the_old_messages() {
+        let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
+        let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
+        let packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true).unwrap();
+        let e = packer.finish(5, 0).map(drop).unwrap_err();
+        assert!(matches!(e, ShipError::BlocksLost { shipped: 0, blocks: 5 }), "{e:?}");
+        assert_eq!(e.to_string(), "building the point: internal error: 0 of 5 blocks went through the pipeline");
+
+        // The storer stopped: no chunk will ever come back for a new pack.
+        let (free_tx, free_rx, to_storer, _storer_rx) = chunks();
+        drop(free_tx);
+        let _first = free_rx.recv().unwrap();
+        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true).map(drop).unwrap_err();
+        assert!(
+            matches!(&e, ShipError::PackOut { pack: 0, source } if source.to_string() == "the pack storer stopped")
+        );
+        assert_eq!(e.to_string(), "building the point: the pack storer stopped");
+    }
 
     #[test]
     fn runs_group_consecutive_blocks() {

@@ -2,9 +2,14 @@
 //!
 //! Policy: say which disk and which step failed; the cut has been aborted by
 //! the time the caller sees the error, so the message can promise that no
-//! change was lost.
+//! change was lost. A variant carries the facts (which pack, block or
+//! point) as fields and the lower layer's error as its `source`; the
+//! message quotes the source too, as the CLI's error chain expects (it
+//! leaves out a cause an outer message already includes).
 
 use std::io;
+
+use disk_format::{CryptoError, PackWriteError, PageError, RootError};
 
 /// Why a cycle failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,10 +26,65 @@ pub enum ShipError {
     Vault(#[from] vault::VaultError),
     /// A map page of the previous point is damaged.
     #[error("previous point's map: {0}")]
-    Page(#[from] disk_format::map_page::PageError),
-    /// A format or crypto error while building the point.
-    #[error("building the point: {0}")]
-    Format(String),
+    Page(#[from] PageError),
+    /// A block could not be sealed.
+    #[error("building the point: sealing block {block}: {source}")]
+    Seal {
+        /// The disk block.
+        block: u64,
+        /// The sealing error.
+        #[source]
+        source: CryptoError,
+    },
+    /// A pack of this cycle could not be handed to the pack storer: the
+    /// storer stopped (its own error is the cause, and is reported instead
+    /// when known).
+    #[error("building the point: {source}")]
+    PackOut {
+        /// The pack's number in this cycle, from 0.
+        pack: u64,
+        /// What the pack's output said.
+        #[source]
+        source: io::Error,
+    },
+    /// A pack of this cycle could not be written or refused a block.
+    #[error("building the point: {source}")]
+    Pack {
+        /// The pack's number in this cycle, from 0.
+        pack: u64,
+        /// The disk block being added, when it was adding one that failed.
+        block: Option<u64>,
+        /// The pack writer's error.
+        #[source]
+        source: PackWriteError,
+    },
+    /// A block could not be entered in the new point's map.
+    #[error("building the point: {source}")]
+    MapEntry {
+        /// The disk block.
+        block: u64,
+        /// The map builder's error.
+        #[source]
+        source: PageError,
+    },
+    /// The new point's root could not be encoded (nothing was written).
+    #[error("building the point: encoding the root: {source}")]
+    EncodeRoot {
+        /// The sequence the point would have had.
+        sequence: u64,
+        /// The root encoder's error.
+        #[source]
+        source: RootError,
+    },
+    /// Fewer or more blocks came out of the read pipeline than went in (a
+    /// bug in the shipper; nothing was committed).
+    #[error("building the point: internal error: {shipped} of {blocks} blocks went through the pipeline")]
+    BlocksLost {
+        /// Blocks that came out.
+        shipped: u64,
+        /// Blocks that went in.
+        blocks: u64,
+    },
     /// The disk's geometry changed under the cycle.
     #[error("the disk's geometry ({got}) does not match ({want})")]
     Geometry {

@@ -301,7 +301,7 @@ fn seal_worker(rx: &Receiver<Plain>, tx: &Sender<Result<Sealed, ShipError>>, key
                         let checksum = blob_checksum(&buf[..blob_len]);
                         Ok(Sealed::New { index, id, buf, blob_len, checksum })
                     }
-                    Err(e) => Err(ShipError::Format(format!("sealing block {index}: {e}"))),
+                    Err(source) => Err(ShipError::Seal { block: index, source }),
                 }
             }
         };

@@ -74,14 +74,72 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// [`replace`] through `steps`.
 pub fn replace_with(steps: &mut dyn Steps, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = temporary(path);
-    let dir = match path.parent() {
+    steps.write_new(&tmp, bytes)?;
+    install_with(steps, &tmp, path).map_err(|e| e.source)
+}
+
+/// The step of a replacement that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Making the temporary's contents durable (it is named by `tmp`).
+    SyncFile,
+    /// Renaming the temporary over the file.
+    Rename,
+    /// Making the directory's entries durable (the file is already replaced).
+    SyncDir,
+}
+
+/// Why [`install`] failed: the step, and the file system's error.
+#[derive(Debug)]
+pub struct InstallError {
+    /// The step that failed.
+    pub step: Step,
+    /// The directory, for [`Step::SyncDir`] (the one fsynced).
+    pub dir: PathBuf,
+    /// The error.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.step {
+            Step::SyncFile => write!(f, "syncing the new file: {}", self.source),
+            Step::Rename => write!(f, "renaming the new file into place: {}", self.source),
+            Step::SyncDir => write!(f, "syncing directory {}: {}", self.dir.display(), self.source),
+        }
+    }
+}
+
+impl std::error::Error for InstallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Puts `tmp`, a new file written in full (for files too large to hand over
+/// as bytes, such as a state file), in place of `path` by the same policy
+/// as [`replace`]: fsync it, rename it over `path`, fsync the directory.
+pub fn install(tmp: &Path, path: &Path) -> Result<(), InstallError> {
+    install_with(&mut RealFs, tmp, path)
+}
+
+/// The directory holding `path` (`.` for a bare name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+fn install_with(steps: &mut dyn Steps, tmp: &Path, path: &Path) -> Result<(), InstallError> {
+    let dir = parent_dir(path);
+    let failed = |step: Step| {
+        let dir = &dir;
+        move |source| InstallError { step, dir: dir.clone(), source }
     };
-    steps.write_new(&tmp, bytes)?;
-    steps.sync_file(&tmp)?;
-    steps.rename(&tmp, path)?;
-    steps.sync_dir(&dir)
+    steps.sync_file(tmp).map_err(failed(Step::SyncFile))?;
+    steps.rename(tmp, path).map_err(failed(Step::Rename))?;
+    steps.sync_dir(&dir).map_err(failed(Step::SyncDir))
 }
 
 #[cfg(test)]
@@ -236,5 +294,51 @@ mod tests {
         assert!(!temporary(&path).exists());
         let e = replace(&dir.path().join("missing-dir/x"), b"x").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn install_puts_a_written_file_in_place_and_names_the_step_that_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, path) = (dir.path().join("state.new"), dir.path().join("state"));
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::write(&tmp, b"new").unwrap();
+        install(&tmp, &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert!(!tmp.exists());
+        let e = install(&tmp, &path).unwrap_err();
+        assert_eq!((e.step, e.source.kind()), (Step::SyncFile, io::ErrorKind::NotFound), "{e}");
+        let e = install_with(&mut BrokenAt(Step::Rename), &tmp, &path).unwrap_err();
+        assert_eq!(e.step, Step::Rename, "{e}");
+        let e = install_with(&mut BrokenAt(Step::SyncDir), &tmp, &path).unwrap_err();
+        assert_eq!((e.step, e.dir.as_path()), (Step::SyncDir, dir.path()), "{e}");
+        assert!(e.to_string().starts_with(&format!("syncing directory {}: ", dir.path().display())), "{e}");
+    }
+
+    /// Steps that all succeed but one.
+    struct BrokenAt(Step);
+
+    impl Steps for BrokenAt {
+        fn write_new(&mut self, _: &Path, _: &[u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn sync_file(&mut self, _: &Path) -> io::Result<()> {
+            self.fail(Step::SyncFile)
+        }
+        fn rename(&mut self, _: &Path, _: &Path) -> io::Result<()> {
+            self.fail(Step::Rename)
+        }
+        fn sync_dir(&mut self, _: &Path) -> io::Result<()> {
+            self.fail(Step::SyncDir)
+        }
+    }
+
+    impl BrokenAt {
+        fn fail(&self, step: Step) -> io::Result<()> {
+            if step == self.0 {
+                Err(io::Error::other("broken"))
+            } else {
+                Ok(())
+            }
+        }
     }
 }

@@ -7,7 +7,12 @@ fn read_trimmed(path: &str) -> Option<String> {
 
 /// The host's name (the kernel's), or `unknown`.
 pub fn hostname() -> String {
-    read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into())
+    kernel_hostname().unwrap_or_else(|| "unknown".into())
+}
+
+/// The host's name (the kernel's), if readable and not empty.
+pub fn kernel_hostname() -> Option<String> {
+    read_trimmed("/proc/sys/kernel/hostname")
 }
 
 /// The host's machine id (`/etc/machine-id`, else D-Bus's copy), if any.

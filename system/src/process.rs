@@ -14,24 +14,7 @@ use std::time::{Duration, Instant};
 /// `None` when the kernel cannot name it here (the peer is in another pid
 /// namespace, where it reports 0).
 pub fn peer_pid(s: &UnixStream) -> io::Result<Option<u32>> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).expect("ucred fits a socklen_t");
-    // SAFETY: `cred` is a live, writable `ucred` and `len` holds its exact
-    // size, so the kernel writes at most that many bytes into it; the
-    // descriptor is owned by `s`, which outlives the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::from_mut(&mut cred).cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(u32::try_from(cred.pid).ok().filter(|&p| p > 0))
+    Ok(crate::socket::peer_credentials(s)?.pid)
 }
 
 /// A pidfd: one process, whatever later happens to its pid number.

@@ -59,7 +59,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backend::Kind;
 use crate::error::VaultError;
@@ -264,10 +263,7 @@ fn one_line(s: &str) -> String {
 }
 
 fn encode(holder: &str, me: &HostIdentity) -> String {
-    let created_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
-        // Nanoseconds fit in u64 until 2554.
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-    });
+    let created_ns = system::clock::now_ns();
     format!(
         "{MAGIC_LINE}\nholder={}\nhost={}\nmachine={}\nboot={}\npid={}\nstart={}\ncreated_ns={created_ns}\n",
         one_line(holder),
