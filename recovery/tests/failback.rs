@@ -171,8 +171,13 @@ impl HostSide for Fake {
 fn committed_job(site_root: &Path, vm: &str, state: &str, disks: &[(&str, &Path)], origin: bool) {
     let points: Vec<Value> =
         disks.iter().map(|(d, image)| json!({ "disk": d, "point": 3, "cut_time_ns": 0, "image": image })).collect();
+    // A job with points has the definition they were chosen with (a job file
+    // without one is refused as contradicting itself).
+    let list: Vec<String> = disks.iter().map(|(d, _)| format!("{d:?}")).collect();
+    let definition = VmDefinition::parse(&format!("name = {vm:?}\ndisks = [{}]\n", list.join(", ")), "test").unwrap();
     let job = json!({
-        "vm": vm, "kind": "unplanned", "state": state, "started_ns": 0, "points": points, "definition": null,
+        "vm": vm, "kind": "unplanned", "state": state, "started_ns": 0, "points": points,
+        "definition": serde_json::to_value(&definition).unwrap(),
         "steps": [], "process": null, "health": null, "health_detail": null, "rto_seconds": null,
         "origin": if origin { json!({ "vault": "/v", "key": "/k" }) } else { Value::Null },
     });
