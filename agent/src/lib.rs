@@ -25,7 +25,7 @@ pub mod status;
 pub mod target;
 
 pub use clock::{Clock, Stop, SystemClock};
-pub use target::{chain, CycleError, RecordError, Target};
+pub use target::{chain, CycleError, Target};
 
 use std::path::Path;
 
@@ -43,24 +43,16 @@ pub fn audit_record(
     kind: &str,
     disk: Option<&str>,
     details: serde_json::Value,
-) -> Result<(), RecordError> {
-    let fail = |source| RecordError { kind: kind.to_string(), dir: dir.to_path_buf(), source };
-    let log = audit::AuditLog::open(dir, keys).map_err(fail)?;
-    log.append(&audit::Event::new(kind, disk, details)).map_err(fail)?;
-    if let Some(v) = vault {
-        let copied = if v.config().key_fingerprint != keys.fingerprint() {
-            Err(format!("the vault belongs to key {}", v.config().key_fingerprint))
-        } else {
-            log.sync_to(v.backend()).map(|_| ()).map_err(|e| chain(&e))
-        };
-        if let Err(e) = copied {
-            filter::log_line!(
-                "lifeboat: warning: the audit record is kept in {} but could not be copied to the vault {}: {e}; \
-                 the next record retries",
-                log.path().display(),
-                v.backend().location()
-            );
-        }
+) -> Result<(), audit::AuditError> {
+    let r = audit::record(dir, keys, vault, &audit::Event::new(kind, disk, details))?;
+    if let (Some(v), Some(Err(e))) = (vault, r.copy) {
+        filter::log_line!(
+            "lifeboat: warning: the audit record is kept in {} but could not be copied to the vault {}: {}; the \
+             next record retries",
+            r.log.display(),
+            v.backend().location(),
+            chain(&e)
+        );
     }
     Ok(())
 }

@@ -83,19 +83,6 @@ impl CycleError {
     }
 }
 
-/// An audit record could not be appended.
-#[derive(Debug, thiserror::Error)]
-#[error("recording `{kind}` in the audit log {}: {source}", dir.display())]
-pub struct RecordError {
-    /// The record's kind.
-    pub kind: String,
-    /// The audit log directory.
-    pub dir: PathBuf,
-    /// Why.
-    #[source]
-    pub source: audit::AuditError,
-}
-
 /// This disk's part in a group cut.
 pub struct GroupPart<'a> {
     /// The round.
@@ -285,7 +272,12 @@ impl Target {
     /// Appends a record about this disk to the audit log of its key and
     /// copies the log to `vault` (the disk's vault, opened for the purpose if
     /// `None`; if it cannot be opened the copy waits for a later record).
-    pub fn record(&self, vault: Option<&Vault>, kind: &str, mut details: serde_json::Value) -> Result<(), RecordError> {
+    pub fn record(
+        &self,
+        vault: Option<&Vault>,
+        kind: &str,
+        mut details: serde_json::Value,
+    ) -> Result<(), audit::AuditError> {
         // Every record about the disk names its newest committed point, so
         // a vault that lost it is seen from the log (issue 12, hole 8).
         if let Some(obj) = details.as_object_mut() {

@@ -60,6 +60,18 @@ pub enum AuditError {
         /// What is wrong.
         detail: String,
     },
+    /// An action could not be recorded: appending its record to the log
+    /// failed (the action must not pass unrecorded).
+    #[error("recording `{kind}` in the audit log {}", path.display())]
+    Record {
+        /// The event's kind.
+        kind: String,
+        /// The log file.
+        path: PathBuf,
+        /// Why the append failed.
+        #[source]
+        source: Box<AuditError>,
+    },
     /// The event cannot be recorded (bad kind, disk name or details).
     #[error("cannot record the event: {0}")]
     BadEvent(String),

@@ -9,6 +9,9 @@
 //! over its bytes, including the MAC of the record before it, so
 //! [`verify_log`] and [`verify_vault`] find any edited, dropped, reordered or
 //! spliced record, and [`cross_check`] finds a home log that lost its tail.
+//! [`record`] is what every action calls (append, then copy to the vault it
+//! used); [`check`] checks a home's logs and their vault copies at once, for
+//! `lifeboat audit verify`.
 //! The byte format is specified in `disk-format/FORMAT.md` ("Audit log").
 //!
 //! ```no_run
@@ -32,16 +35,23 @@
 // Its lock (flock) is `system::lock`'s; the crate has no unsafe of its own.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod error;
 pub mod links;
 pub mod log;
 pub mod record;
+pub mod recorder;
 pub mod verify;
 
+pub use check::{
+    check, CallerError, CheckFailure, CheckPlan, CheckReport, Comparison, HomeLog, HomeView, KeyCheck, KeyToCheck,
+    VaultCheck, VaultCopy,
+};
 pub use error::AuditError;
 pub use links::{check_links, LinkReport};
 pub use log::{copied_through, log_path, parse_segment_name, segment_name, Appended, AuditLog, Synced, SEGMENT_MAX};
 pub use record::{Body, Event, LogId, Stamp};
+pub use recorder::{record, CopyFailure, Recorded};
 pub use verify::{
     cross_check, not_copied, read_records, scan_log, scan_vault, verify_home, verify_log, verify_vault, LogReport,
     Problem, ProblemKind, Record,

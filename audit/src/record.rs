@@ -79,15 +79,7 @@ impl LogId {
 
     /// Parses the 32 hex digits `Display` prints.
     pub fn from_hex(s: &str) -> Option<LogId> {
-        let b = s.as_bytes();
-        if b.len() != 2 * LOG_ID_LEN {
-            return None;
-        }
-        let mut id = [0u8; LOG_ID_LEN];
-        for (i, o) in id.iter_mut().enumerate() {
-            let pair = std::str::from_utf8(&b[2 * i..2 * i + 2]).ok()?;
-            *o = u8::from_str_radix(pair, 16).ok()?;
-        }
+        let id = disk_format::ids::parse_hex::<LOG_ID_LEN>(s)?;
         // Only the lowercase form is canonical (it names vault objects).
         (hex(&id) == s).then_some(LogId(id))
     }

@@ -470,18 +470,11 @@ fn parse_time(tag: u8, t: &[u8]) -> Option<u64> {
     };
     let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
     let (month, day, hour, min, sec) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    let days = days_from_civil(year, month, day);
-    u64::try_from(days * 86400 + hour * 3600 + min * 60 + sec).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    // The calendar is jiff's (civil dates, so 9999-12-31 too); a date that
+    // does not exist (say February 30) is `None`, and webpki judges.
+    let (y, m, d) = (i16::try_from(year).ok()?, i8::try_from(month).ok()?, i8::try_from(day).ok()?);
+    let midnight = jiff::civil::Date::new(y, m, d).ok()?.duration_since(jiff::civil::date(1970, 1, 1)).as_secs();
+    u64::try_from(midnight + hour * 3600 + min * 60 + sec).ok()
 }
 
 /// RFC 3339 (UTC, whole seconds) of seconds since the epoch.
@@ -500,5 +493,12 @@ mod tests {
         assert_eq!(date(2_524_607_999), "2049-12-31T23:59:59Z");
         assert_eq!(parse_time(0x18, b"20000229120000Z").map(date).as_deref(), Some("2000-02-29T12:00:00Z"));
         assert_eq!(parse_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(parse_time(0x18, b"99991231235959Z"), Some(253_402_300_799));
+        assert_eq!(parse_time(0x18, b"21000301000000Z"), Some(4_107_542_400));
+        // Before the epoch, or not a time: no date (webpki judges).
+        assert_eq!(parse_time(0x17, b"691231235959Z"), None);
+        assert_eq!(parse_time(0x18, b"2000022912000"), None);
+        assert_eq!(parse_time(0x18, b"20001301120000Z"), None);
+        assert_eq!(parse_time(0x05, b"20000229120000Z"), None);
     }
 }

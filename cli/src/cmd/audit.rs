@@ -2,13 +2,14 @@
 //! [`record`], which every state-changing command calls to add a record.
 //!
 //! The log itself (format, locking, vault copy, checks) is the `audit`
-//! crate; this file finds the keys and vaults a home uses and reports.
+//! crate ([`audit::record`], [`audit::check`]); this file finds the keys and
+//! vaults a home uses, and reports.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use audit::{AuditLog, Event, LogReport, Problem, ProblemKind};
+use audit::{CheckFailure, CheckPlan, HomeLog, KeyToCheck, LogReport, Problem, VaultCheck};
 use disk_format::{KeyFingerprint, Keys};
 use serde_json::json;
 
@@ -94,10 +95,10 @@ pub fn audit_dir(home: &Home) -> PathBuf {
 }
 
 /// Records an action in the audit log of `keys` in `dir` (the home's
-/// [`audit_dir`]) and copies the log to `vault` (if given). A failed append
-/// is an error (the action must not pass unrecorded); a failed copy is a
-/// warning on stderr, retried by the next record. Never put a secret in
-/// `details`: records are not encrypted.
+/// [`audit_dir`]) and copies the log to `vault` (if given), through
+/// [`audit::record`]. A failed append is an error (the action must not pass
+/// unrecorded); a failed copy is a warning on stderr, retried by the next
+/// record. Never put a secret in `details`: records are not encrypted.
 pub fn record(
     dir: &Path,
     keys: &Keys,
@@ -106,33 +107,7 @@ pub fn record(
     disk: Option<&str>,
     details: serde_json::Value,
 ) -> Result<()> {
-    let log = AuditLog::open(dir, keys)?;
-    log.append(&Event::new(kind, disk, details))
-        .with_context(|| format!("recording `{kind}` in the audit log {}", log.path().display()))?;
-    if let Some(v) = vault {
-        let copied = if v.config().key_fingerprint != keys.fingerprint() {
-            Err(anyhow::anyhow!("the vault belongs to key {}", v.config().key_fingerprint))
-        } else {
-            log.sync_to(v.backend()).map(|_| ()).map_err(anyhow::Error::from)
-        };
-        if let Err(e) = copied {
-            filter::log_line!(
-                "lifeboat: warning: the audit record is kept in {} but could not be copied to the vault {}: {e:#}; \
-                 the next record retries",
-                log.path().display(),
-                v.backend().location()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// One key to check, with the vaults that hold its copy.
-struct Target {
-    keys: Keys,
-    /// Where the key came from, for messages.
-    key_file: PathBuf,
-    vaults: Vec<PathBuf>,
+    Ok(agent::audit_record(dir, keys, vault, kind, disk, details)?)
 }
 
 /// The home's disks as (name, key file, vault) for those that replicate.
@@ -158,22 +133,32 @@ fn replicated_disks(home: &Home) -> Result<Vec<(String, PathBuf, PathBuf)>> {
     Ok(out)
 }
 
-/// The home's disks that committed points with the key of fingerprint `fp`:
-/// (disk, last point), from their state files' record of the last committed
-/// point, in a vault of that key. A home with such disks must have the log.
-fn committed_disks(home: &Home, fp: KeyFingerprint) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for (name, _, vault_dir) in replicated_disks(home).unwrap_or_default() {
-        let Ok(vault) = super::vault::open(&vault_dir) else { continue };
-        let Ok(entry) = home.disk(&name) else { continue };
-        let Ok(header) = filter::StateFile::header_of(&entry.state_path()) else { continue };
-        if let Some(p) = header.last_point {
-            if vault.config().key_fingerprint == fp && p.vault_id == vault.config().vault_id {
-                out.push((name, p.sequence));
+/// What `audit::check` needs from the home: its vaults and its disks' record
+/// of their last committed points.
+struct HomeDisks<'h>(&'h Home);
+
+impl audit::HomeView for HomeDisks<'_> {
+    fn open_vault(&self, dir: &Path) -> Result<vault::Vault, audit::CallerError> {
+        Ok(super::vault::open(dir)?)
+    }
+
+    /// From the state files' record of the last committed point, in a vault
+    /// of that key.
+    fn committed_disks(&self, fp: KeyFingerprint) -> Vec<(String, u64)> {
+        let home = self.0;
+        let mut out = Vec::new();
+        for (name, _, vault_dir) in replicated_disks(home).unwrap_or_default() {
+            let Ok(vault) = super::vault::open(&vault_dir) else { continue };
+            let Ok(entry) = home.disk(&name) else { continue };
+            let Ok(header) = filter::StateFile::header_of(&entry.state_path()) else { continue };
+            if let Some(p) = header.last_point {
+                if vault.config().key_fingerprint == fp && p.vault_id == vault.config().vault_id {
+                    out.push((name, p.sequence));
+                }
             }
         }
+        out
     }
-    out
 }
 
 /// The keys to use: `--key`, else the key of `disk`, else every key the
@@ -184,7 +169,7 @@ fn targets(
     key: Option<&Path>,
     disk: Option<&str>,
     vault: Option<&Path>,
-) -> Result<(Vec<Target>, Vec<String>)> {
+) -> Result<(Vec<KeyToCheck>, Vec<String>)> {
     let disks = replicated_disks(home)?;
     let all_vaults: Vec<PathBuf> = match vault {
         Some(v) => vec![v.to_owned()],
@@ -212,12 +197,12 @@ fn targets(
             home.root().display()
         );
     }
-    let mut out: Vec<Target> = Vec::new();
+    let mut out: Vec<KeyToCheck> = Vec::new();
     let mut errors = Vec::new();
     for f in key_files {
         match keyfile::load(&f) {
             Ok(keys) if out.iter().any(|t| t.keys.fingerprint() == keys.fingerprint()) => {}
-            Ok(keys) => out.push(Target { keys, key_file: f, vaults: all_vaults.clone() }),
+            Ok(keys) => out.push(KeyToCheck { keys, key_file: f, vaults: all_vaults.clone() }),
             Err(e) => errors.push(format!("cannot check the audit log of key file {}: {e:#}", f.display())),
         }
     }
@@ -245,181 +230,102 @@ pub fn run(home: &Home, c: Command) -> Result<()> {
 fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
     let (targets, mut failures) = targets(home, a.key.as_deref(), None, a.vault.as_deref())?;
     let dir = audit_dir(home);
-    let mut problems: Vec<Problem> = Vec::new();
-    let (mut logs_json, mut vaults_json, mut links_json, mut skipped) = (vec![], vec![], vec![], vec![]);
+    let plan = CheckPlan { dir: &dir, keys: &targets, key_named: a.key.is_some(), vault_named: a.vault.is_some() };
+    let report = audit::check(&plan, &HomeDisks(home));
+    let (mut logs_json, mut vaults_json, mut links_json) = (vec![], vec![], vec![]);
     let mut lines = Vec::new();
-    let mut checked: Vec<KeyFingerprint> = Vec::new();
-    for t in &targets {
-        let fp = t.keys.fingerprint();
-        checked.push(fp);
-        let path = audit::log_path(&dir, fp);
-        let home_report = match audit::verify_home(&dir, &t.keys) {
-            Ok(Some(r)) => {
-                let state = if !path.exists() {
+    for k in &report.keys {
+        let (fp, path) = (k.fingerprint, &k.log_path);
+        match &k.home {
+            HomeLog::Checked { report: r, file_missing } => {
+                let state = if *file_missing {
                     "missing".to_string()
                 } else if r.is_ok() {
-                    format!("{}, intact", range(&r))
+                    format!("{}, intact", range(r))
                 } else {
-                    format!("{}, {} problem(s)", range(&r), r.problems.len())
+                    format!("{}, {} problem(s)", range(r), r.problems.len())
                 };
                 lines.push(format!("audit log {} (key {fp}): {state}", path.display()));
                 logs_json.push(json!({
-                    "path": path, "fingerprint": fp.to_string(), "key_file": t.key_file,
+                    "path": path, "fingerprint": fp.to_string(), "key_file": k.key_file,
                     "log_id": r.log_id.map(|i| i.to_string()), "records": r.records, "last_seq": r.last_seq,
                     "problems": r.problems.iter().map(problem_json).collect::<Vec<_>>(),
                 }));
-                problems.extend(r.problems.iter().cloned());
-                Some(r)
             }
-            Ok(None) => match committed_disks(home, fp).into_iter().next() {
-                // Disks committed points with this key: the log was deleted.
-                Some((disk, point)) => {
-                    let p = Problem {
-                        place: path.display().to_string(),
-                        seq: None,
-                        offset: None,
-                        kind: ProblemKind::LogMissing { disk, point },
-                    };
-                    lines.push(format!("audit log {} (key {fp}): missing", path.display()));
-                    logs_json.push(json!({
-                        "path": path, "fingerprint": fp.to_string(), "key_file": t.key_file, "log_id": null,
-                        "records": 0, "last_seq": 0, "problems": [problem_json(&p)],
-                    }));
-                    problems.push(p);
-                    None
-                }
-                None => {
-                    lines.push(format!("no audit log for key {fp} in {} yet", dir.display()));
-                    None
-                }
-            },
-            Err(e) => {
-                failures.push(format!("{e}"));
-                None
+            // Disks committed points with this key: the log was deleted.
+            HomeLog::Deleted(p) => {
+                lines.push(format!("audit log {} (key {fp}): missing", path.display()));
+                logs_json.push(json!({
+                    "path": path, "fingerprint": fp.to_string(), "key_file": k.key_file, "log_id": null,
+                    "records": 0, "last_seq": 0, "problems": [problem_json(p)],
+                }));
             }
-        };
-        for vdir in &t.vaults {
-            let v = match super::vault::open(vdir) {
-                Ok(v) => v,
-                Err(e) => {
-                    failures.push(format!("cannot check the audit copy in vault {}: {e:#}", vdir.display()));
-                    continue;
-                }
-            };
-            if v.config().key_fingerprint != fp {
-                if a.vault.is_some() && targets.len() == 1 {
-                    failures.push(format!(
-                        "vault {} was created with the key {}, not with {fp} ({}); pass that vault's key with --key",
-                        vdir.display(),
-                        v.config().key_fingerprint,
-                        t.key_file.display()
-                    ));
-                }
-                continue;
-            }
-            let reports = match audit::verify_vault(v.backend(), &t.keys) {
-                Ok(r) => r,
-                Err(e) => {
-                    failures.push(format!("{e}"));
-                    continue;
-                }
-            };
-            if reports.is_empty() {
+            HomeLog::Absent => lines.push(format!("no audit log for key {fp} in {} yet", dir.display())),
+            HomeLog::Failed(_) => {}
+        }
+        for (vdir, v) in &k.vaults {
+            let VaultCheck::Checked { links, copies } = v else { continue };
+            if copies.is_empty() {
                 lines.push(format!("  vault {}: no audit records copied yet", vdir.display()));
             }
             // The points and the logs vouch for each other (issue 12, hole 8).
-            match audit::check_links(&v, &t.keys) {
-                Ok(l) => {
-                    lines.push(format!(
-                        "  vault {}: {} point(s) checked against the audit copy ({} name its head), {} committed \
-                         point(s) in the log checked against the vault: {}",
-                        vdir.display(),
-                        l.points,
-                        l.heads,
-                        l.commits,
-                        if l.problems.is_empty() { "they agree" } else { "THEY DISAGREE" }
-                    ));
-                    links_json.push(json!({
-                        "vault": vdir, "fingerprint": fp.to_string(), "points": l.points,
-                        "heads": l.heads, "commits": l.commits,
-                        "problems": l.problems.iter().map(problem_json).collect::<Vec<_>>(),
-                    }));
-                    problems.extend(l.problems);
-                }
-                Err(e) => failures.push(format!("{e}")),
+            if let Ok(l) = links {
+                lines.push(format!(
+                    "  vault {}: {} point(s) checked against the audit copy ({} name its head), {} committed \
+                     point(s) in the log checked against the vault: {}",
+                    vdir.display(),
+                    l.points,
+                    l.heads,
+                    l.commits,
+                    if l.problems.is_empty() { "they agree" } else { "THEY DISAGREE" }
+                ));
+                links_json.push(json!({
+                    "vault": vdir, "fingerprint": fp.to_string(), "points": l.points,
+                    "heads": l.heads, "commits": l.commits,
+                    "problems": l.problems.iter().map(problem_json).collect::<Vec<_>>(),
+                }));
             }
-            for r in &reports {
-                let mut extra = Vec::new();
-                let mut not_copied = None;
-                if let Some(h) = home_report.as_ref().filter(|h| h.log_id.is_some() && h.log_id == r.log_id) {
-                    extra = audit::cross_check(h, r);
-                    // Records this home copied there that the vault no longer
-                    // holds were removed, not "not copied yet".
-                    let copied = audit::copied_through(&path, &v.backend().location());
-                    if copied > r.last_seq {
-                        extra.push(Problem {
-                            place: r.place.clone(),
-                            seq: Some(r.last_seq + 1),
-                            offset: None,
-                            kind: ProblemKind::CopyLost { copied, vault_last: r.last_seq },
-                        });
-                    }
-                    let n = audit::not_copied(h, r);
-                    not_copied = Some(n);
-                    lines.push(format!(
+            for c in copies {
+                let r = &c.report;
+                match &c.home {
+                    Some(cmp) => lines.push(format!(
                         "  vault {}: {}, {}; {}",
                         vdir.display(),
                         range(r),
                         if r.is_ok() { "intact" } else { "damaged" },
-                        match (extra.is_empty(), n) {
+                        match (cmp.problems.is_empty(), cmp.not_copied) {
                             (false, _) => "disagrees with the home's log".to_string(),
                             (true, 0) => "the same as the home's log".to_string(),
                             (true, n) => format!("the same as the home's log, {n} newer record(s) not copied yet"),
                         }
-                    ));
-                } else {
-                    lines.push(format!(
+                    )),
+                    None => lines.push(format!(
                         "  vault {}: log {}: {}, {} (a log this home does not hold)",
                         vdir.display(),
                         r.log_id.map_or_else(|| "?".to_string(), |i| i.to_string()),
                         range(r),
                         if r.is_ok() { "intact" } else { "damaged" }
-                    ));
+                    )),
                 }
                 vaults_json.push(json!({
                     "vault": vdir, "fingerprint": fp.to_string(), "log_id": r.log_id.map(|i| i.to_string()),
-                    "records": r.records, "last_seq": r.last_seq, "not_copied": not_copied,
-                    "problems": r.problems.iter().chain(&extra).map(problem_json).collect::<Vec<_>>(),
+                    "records": r.records, "last_seq": r.last_seq, "not_copied": c.home.as_ref().map(|h| h.not_copied),
+                    "problems": c.problems().map(problem_json).collect::<Vec<_>>(),
                 }));
-                problems.extend(r.problems.iter().cloned());
-                problems.extend(extra);
             }
         }
     }
-    if a.key.is_some() && logs_json.is_empty() && vaults_json.is_empty() && failures.is_empty() {
-        failures.push(format!(
-            "there is no audit log of the key in {} ({}) in {} nor in the vaults checked; is it the right key?",
-            targets[0].key_file.display(),
-            targets[0].keys.fingerprint(),
-            dir.display()
-        ));
-    }
+    let problems = report.problems();
+    failures.extend(report.failures().into_iter().map(CheckFailure::to_string));
     // Logs in the home whose key was not given.
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-        names.sort();
-        for n in names {
-            let Some(fp) = n.strip_suffix(".log").and_then(KeyFingerprint::from_hex) else { continue };
-            if !checked.contains(&fp) {
-                skipped.push(dir.join(&n));
-                filter::log_line!(
-                    "lifeboat: note: not checked: {} (no key with fingerprint {fp} given; pass --key FILE)",
-                    dir.join(&n).display()
-                );
-            }
-        }
+    for (path, fp) in &report.skipped {
+        filter::log_line!(
+            "lifeboat: note: not checked: {} (no key with fingerprint {fp} given; pass --key FILE)",
+            path.display()
+        );
     }
     if a.json {
+        let skipped: Vec<&PathBuf> = report.skipped.iter().map(|(p, _)| p).collect();
         let doc = json!({
             "ok": problems.is_empty() && failures.is_empty(),
             "logs": logs_json, "vaults": vaults_json, "links": links_json, "skipped": skipped,
@@ -580,6 +486,22 @@ mod tests {
         // A bad event is an error and writes nothing.
         assert!(record(&audit_dir(&home), &keys, None, "Bad Kind", None, json!({})).is_err());
         assert_eq!(audit::verify_home(&audit_dir(&home), &keys).unwrap().unwrap().last_seq, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A vault that cannot be opened is reported with the whole chain of
+    /// causes, as `{:#}` of the command's own error shows it.
+    #[test]
+    fn an_unopened_vault_is_reported_with_its_causes() {
+        use audit::HomeView;
+        let dir = scratch("unopened");
+        let home = Home::new(dir.join("home"));
+        let nowhere = dir.join("nowhere");
+        let e = super::super::vault::open(&nowhere).unwrap_err();
+        assert!(e.chain().count() > 1, "{e:#}");
+        let cause = HomeDisks(&home).open_vault(&nowhere).unwrap_err();
+        let f = CheckFailure::VaultUnopened { vault: nowhere.clone(), cause };
+        assert_eq!(f.to_string(), format!("cannot check the audit copy in vault {}: {e:#}", nowhere.display()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
