@@ -14,7 +14,9 @@ mod disk_pick;
 mod group_cut;
 mod home;
 mod keyfile;
+mod log;
 mod output;
+mod progress;
 mod qga;
 mod replicate;
 mod signals;
@@ -221,6 +223,8 @@ fn main() -> ExitCode {
     // explicit private modes; this is the second layer.
     // Called before any thread exists.
     system::host::set_umask(0o077);
+    // Every log line of the libraries and of this binary goes through it.
+    log::install();
     let cli = Cli::parse();
     let home = home::Home::new(cli.home);
     let result = match cli.command {
@@ -259,7 +263,7 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            filter::log_line!("lifeboat: error: {}", error_chain(&e));
+            tracing::error!("lifeboat: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     };
@@ -267,7 +271,7 @@ fn main() -> ExitCode {
         // The reader stopped reading (`lifeboat points | head -1`): quiet, as with `ls | head`.
         Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
         Some(e) => {
-            filter::log_line!(
+            tracing::error!(
                 "lifeboat: error: writing the output to stdout failed: {e}; the command itself {}",
                 if succeeded { "succeeded" } else { "failed too" }
             );

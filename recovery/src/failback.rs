@@ -33,13 +33,14 @@ pub struct ConvergeReport {
 }
 
 /// Makes `image` byte for byte the point `reader` reads (see the module
-/// documentation); `progress(done, total)` in blocks. The image must be the
+/// documentation); `progress` counts blocks compared (one phase,
+/// "comparing blocks"). The image must be the
 /// disk's size.
 pub fn converge(
     reader: &PointReader,
     keys: &Keys,
     image: &File,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut dyn vault::Progress,
 ) -> io::Result<ConvergeReport> {
     let g = reader.geometry();
     let len = image.metadata()?.len();
@@ -52,6 +53,7 @@ pub fn converge(
     let mut report = ConvergeReport { blocks: g.block_count, ..ConvergeReport::default() };
     let mut local = vec![0u8; g.block_size as usize];
     let mut remote = vec![0u8; g.block_size as usize];
+    progress.start("comparing blocks", g.block_count);
     for b in 0..g.block_count {
         let n = g.block_len(b);
         let at = g.block_range(b).start;
@@ -74,7 +76,7 @@ pub fn converge(
             }
         }
         if b % 256 == 255 || b + 1 == g.block_count {
-            progress(b + 1, g.block_count);
+            progress.advance(b % 256 + 1);
         }
     }
     image.sync_all()?;

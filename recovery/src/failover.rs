@@ -565,7 +565,7 @@ impl Site {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(|e| RecoveryError::io("creating", &tmp, e))?;
-            let report = req.vault.restore(p.chain(), p.point, req.keys, &file, &mut |_, _| {})?;
+            let report = req.vault.restore(p.chain(), p.point, req.keys, &file, &mut ())?;
             file.sync_all().map_err(|e| RecoveryError::io("syncing", &tmp, e))?;
             fs::rename(&tmp, &p.image).map_err(|e| RecoveryError::io("renaming", &tmp, e))?;
             let detail = format!(

@@ -233,8 +233,16 @@ fn converge(home: &Home, a: &Args) -> Result<()> {
             format!("to point {seq}, started {}\n", crate::time::rfc3339(crate::time::now_ns())).as_bytes(),
         )
         .with_context(|| format!("writing {}", marker.display()))?;
-        let report = recovery::failback::converge(&reader, &keys, &image, &mut |_, _| {})
-            .with_context(|| format!("bringing disk {disk:?} to point {seq} (run the command again to finish)"))?;
+        let report = recovery::failback::converge(
+            &reader,
+            &keys,
+            &image,
+            &mut crate::progress::Reporter::counting(
+                &format!("[{name}] disk {disk}: "),
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            ),
+        )
+        .with_context(|| format!("bringing disk {disk:?} to point {seq} (run the command again to finish)"))?;
         drop(state);
         // The disk now is the point: a fresh state, verified by the next cycle
         // (which finds nothing to send).

@@ -1,0 +1,331 @@
+//! The one log subscriber (issue 13, part 4): every `tracing` event of the
+//! library crates and of this binary becomes one line on stderr, or one
+//! entry in the journal when systemd runs us.
+//!
+//! - On a terminal or a pipe: `2026-11-25T15:53:00.123Z MESSAGE`, the
+//!   message text as the event wrote it (tests and operators grep for it),
+//!   stamped in RFC 3339 UTC. The level is not printed: messages that are
+//!   warnings or errors say so in their text. Fields are not printed either
+//!   (messages name their disk, peer and point); they are for the journal.
+//! - Under systemd (`JOURNAL_STREAM` names the device and inode of our
+//!   stderr): a datagram in the journal's native protocol to its socket,
+//!   with `MESSAGE`, `PRIORITY`, `SYSLOG_IDENTIFIER`, `LIFEBOAT_TARGET` and
+//!   each event field upper-cased (`DISK=web1`). If the socket cannot be
+//!   opened, lines go to stderr as above.
+//!
+//! A line is formatted into one buffer and written with one `write(2)` (or
+//! one `send(2)`), so lines of different threads never interleave. A write
+//! that fails (stderr at `/dev/full`, a reader that went away: Rust ignores
+//! SIGPIPE) is dropped and counted in [`filter::log::dropped`], which a
+//! disk's status reports as `log_lines_dropped`; it never panics. Nothing in
+//! this module can fail the caller (DESIGN.md, invariant 9). A stderr whose
+//! reader stops reading without closing still blocks the thread that logs,
+//! as any write would; no NBD request path logs per request.
+
+use std::fmt::{self, Write as _};
+use std::io::{self, IsTerminal, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+use crate::time::{now_ns, rfc3339};
+
+/// Where the journal listens for native-protocol datagrams.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Writes one whole line; an error is counted as a dropped line.
+pub type LineWriter = Box<dyn Fn(&[u8]) -> io::Result<()> + Send + Sync>;
+
+/// Where events go.
+pub enum Sink {
+    /// One human line per event through the writer (stderr in `lifeboat`).
+    Lines(LineWriter),
+    /// One native-protocol datagram per event, on a connected socket.
+    Journal(UnixDatagram),
+}
+
+/// The layer that writes every event to its [`Sink`].
+pub struct LogLayer {
+    sink: Sink,
+}
+
+impl LogLayer {
+    /// A layer writing to `sink`.
+    pub fn new(sink: Sink) -> LogLayer {
+        LogLayer { sink }
+    }
+}
+
+/// Installs the process's subscriber: the journal when systemd connected
+/// our stderr to it, otherwise human lines on stderr. Called once, first
+/// thing in `main`.
+pub fn install() {
+    let sink = match journal_stream() {
+        Some(socket) => Sink::Journal(socket),
+        None => Sink::Lines(Box::new(write_stderr)),
+    };
+    // Fails only if a subscriber is already set: then that one stays.
+    let _ = tracing::subscriber::set_global_default(subscriber(sink));
+}
+
+/// The subscriber [`install`] sets, writing to `sink`.
+pub fn subscriber(sink: Sink) -> impl Subscriber + Send + Sync {
+    tracing_subscriber::registry().with(LogLayer::new(sink))
+}
+
+/// One line to stderr, in one write under its lock; on a terminal, around
+/// any progress bar being drawn (the bar is cleared, then drawn again).
+fn write_stderr(line: &[u8]) -> io::Result<()> {
+    let write = || io::stderr().lock().write_all(line);
+    if io::stderr().is_terminal() {
+        crate::progress::suspend_bars(write)
+    } else {
+        write()
+    }
+}
+
+/// The journal's socket, connected, if `JOURNAL_STREAM` says our stderr is
+/// the journal's stream (systemd sets it for `StandardError=journal`; a
+/// child whose stderr was redirected inherits the variable, hence the check
+/// of device and inode).
+fn journal_stream() -> Option<UnixDatagram> {
+    let var = std::env::var("JOURNAL_STREAM").ok()?;
+    let stderr = std::os::fd::AsFd::as_fd(&io::stderr()).try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(stderr).metadata().ok()?;
+    if !names_stream(&var, meta.dev(), meta.ino()) {
+        return None;
+    }
+    connect_journal(Path::new(JOURNAL_SOCKET)).ok()
+}
+
+/// Whether `JOURNAL_STREAM`'s value (`DEVICE:INODE`, decimal) names the file
+/// with device `dev` and inode `ino`.
+fn names_stream(var: &str, dev: u64, ino: u64) -> bool {
+    var.split_once(':').is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
+/// A datagram socket connected to the journal listening at `path`.
+pub fn connect_journal(path: &Path) -> io::Result<UnixDatagram> {
+    let socket = UnixDatagram::unbound()?;
+    socket.connect(path)?;
+    Ok(socket)
+}
+
+impl<S: Subscriber> Layer<S> for LogLayer {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let sent = match &self.sink {
+            Sink::Lines(write) => write(human_line(now_ns(), &fields).as_bytes()),
+            Sink::Journal(socket) => {
+                socket.send(&journal_entry(event.metadata().level(), event.metadata().target(), &fields)).map(drop)
+            }
+        };
+        if sent.is_err() {
+            filter::log::count_dropped();
+        }
+    }
+}
+
+/// An event's message and its other fields, as text.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    others: Vec<(&'static str, String)>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            value.clone_into(&mut self.message);
+        } else {
+            self.others.push((field.name(), value.to_string()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.message.clear();
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            self.others.push((field.name(), format!("{value:?}")));
+        }
+    }
+}
+
+/// `STAMP MESSAGE\n`; an event without a message shows its fields instead.
+fn human_line(ns: u64, fields: &Fields) -> String {
+    let mut line = rfc3339(ns);
+    line.push(' ');
+    if fields.message.is_empty() {
+        let shown: Vec<String> = fields.others.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        line.push_str(&shown.join(" "));
+    } else {
+        line.push_str(&fields.message);
+    }
+    line.push('\n');
+    line
+}
+
+/// The journal's native protocol: `NAME=value\n` per field, or, for a
+/// value with a newline, `NAME\n`, its length as 64-bit little endian, the
+/// value and `\n`.
+fn journal_entry(level: &Level, target: &str, fields: &Fields) -> Vec<u8> {
+    let priority = match *level {
+        Level::ERROR => "3",
+        Level::WARN => "4",
+        Level::INFO => "6",
+        Level::DEBUG | Level::TRACE => "7",
+    };
+    let mut out = Vec::with_capacity(128 + fields.message.len());
+    put_field(&mut out, "MESSAGE", &fields.message);
+    put_field(&mut out, "PRIORITY", priority);
+    put_field(&mut out, "SYSLOG_IDENTIFIER", "lifeboat");
+    put_field(&mut out, "LIFEBOAT_TARGET", target);
+    for (name, value) in &fields.others {
+        put_field(&mut out, &journal_name(name), value);
+    }
+    out
+}
+
+/// A field name as the journal takes it: upper-case letters, digits and
+/// `_`, not starting with `_` (reserved for trusted fields) or a digit.
+fn journal_name(name: &str) -> String {
+    let mut out: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    if !out.starts_with(|c: char| c.is_ascii_uppercase()) {
+        out.insert(0, 'F');
+    }
+    out
+}
+
+fn put_field(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    if value.contains('\n') {
+        out.push(b'\n');
+        out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        out.push(b'=');
+    }
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A subscriber whose lines go into the returned buffer.
+    fn captured() -> (impl Subscriber + Send + Sync, Arc<Mutex<Vec<u8>>>) {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let out = Arc::clone(&buf);
+        let sink = Sink::Lines(Box::new(move |line| {
+            out.lock().unwrap().extend_from_slice(line);
+            Ok(())
+        }));
+        (subscriber(sink), buf)
+    }
+
+    /// A stamp as `time::rfc3339` writes it: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    fn is_stamp(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.len() == 24
+            && b.iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b'-',
+                10 => *c == b'T',
+                13 | 16 => *c == b':',
+                19 => *c == b'.',
+                23 => *c == b'Z',
+                _ => c.is_ascii_digit(),
+            })
+    }
+
+    #[test]
+    fn a_library_event_becomes_one_stamped_line_with_its_message_verbatim() {
+        let (sub, buf) = captured();
+        tracing::subscriber::with_default(sub, || {
+            // The filter crate's own event (its transitional shim), and one
+            // with a field, which the human line leaves out.
+            filter::log_line!("2026-01-02T03:04:05.678Z lifeboat agent: web1: point 3 committed");
+            tracing::warn!(disk = "web1", "lifeboat: warning: web1: vault slow");
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let (stamp, msg) = lines[0].split_once(' ').unwrap();
+        assert!(is_stamp(stamp), "not an RFC 3339 stamp: {stamp:?}");
+        assert_eq!(msg, "lifeboat agent: web1: point 3 committed", "the shim's own stamp is not doubled");
+        let (stamp, msg) = lines[1].split_once(' ').unwrap();
+        assert!(is_stamp(stamp), "{stamp:?}");
+        assert_eq!(msg, "lifeboat: warning: web1: vault slow");
+    }
+
+    #[test]
+    fn a_full_stderr_counts_every_lost_line_and_never_panics() {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full");
+        let sink = Sink::Lines(Box::new(move |line| (&full).write_all(line)));
+        let before = filter::log::dropped();
+        tracing::subscriber::with_default(subscriber(sink), || {
+            for n in 0..3 {
+                tracing::error!("lifeboat: error: line {n}");
+            }
+        });
+        // Other tests in this process may drop lines too: at least ours.
+        assert!(filter::log::dropped() >= before + 3, "{} lost lines counted, want 3", filter::log::dropped() - before);
+    }
+
+    #[test]
+    fn journal_entries_carry_message_priority_and_fields() {
+        let dir = tempfile_dir();
+        let path = dir.join("journal.socket");
+        let journal = UnixDatagram::bind(&path).unwrap();
+        let sink = Sink::Journal(connect_journal(&path).unwrap());
+        let msg = "lifeboat: warning: web1: two\nlines";
+        tracing::subscriber::with_default(subscriber(sink), || {
+            tracing::warn!(disk = "web1", "{msg}");
+        });
+        let mut buf = vec![0u8; 4096];
+        let n = journal.recv(&mut buf).unwrap();
+        let entry = &buf[..n];
+        let mut want = b"MESSAGE\n".to_vec();
+        want.extend_from_slice(&(msg.len() as u64).to_le_bytes());
+        want.extend_from_slice(msg.as_bytes());
+        want.extend_from_slice(b"\nPRIORITY=4\nSYSLOG_IDENTIFIER=lifeboat\n");
+        assert!(entry.starts_with(&want), "{:?}", String::from_utf8_lossy(entry));
+        let rest = String::from_utf8_lossy(&entry[want.len()..]).into_owned();
+        assert!(rest.starts_with("LIFEBOAT_TARGET=lifeboat::log::tests\n"), "{rest}");
+        assert!(rest.ends_with("DISK=web1\n"), "{rest}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn journal_stream_must_name_our_stderr() {
+        assert!(names_stream("64769:1234", 64769, 1234));
+        assert!(!names_stream("64769:1234", 64769, 1235), "a redirected child's stderr is another file");
+        assert!(!names_stream("64769:1234", 1, 1234));
+        assert!(!names_stream("", 0, 0));
+        assert!(!names_stream("64769", 64769, 0));
+        assert!(!names_stream("x:y", 0, 0));
+    }
+
+    #[test]
+    fn journal_field_names_are_what_the_journal_accepts() {
+        assert_eq!(journal_name("disk"), "DISK");
+        assert_eq!(journal_name("peer.addr"), "PEER_ADDR");
+        assert_eq!(journal_name("_x"), "F_X");
+        assert_eq!(journal_name("9lives"), "F9LIVES");
+    }
+
+    /// A private scratch directory (cli has no tempfile dependency).
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lifeboat-log-test-{}-{}", std::process::id(), now_ns()));
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+}
