@@ -13,20 +13,25 @@
 //!   each event field upper-cased (`DISK=web1`). If the socket cannot be
 //!   opened, lines go to stderr as above.
 //!
-//! A line is formatted into one buffer and written with one `write(2)` (or
-//! one `send(2)`), so lines of different threads never interleave. A write
-//! that fails (stderr at `/dev/full`, a reader that went away: Rust ignores
-//! SIGPIPE) is dropped and counted in [`filter::log::dropped`], which a
-//! disk's status reports as `log_lines_dropped`; it never panics. Nothing in
-//! this module can fail the caller (DESIGN.md, invariant 9). A stderr whose
-//! reader stops reading without closing still blocks the thread that logs,
-//! as any write would; no NBD request path logs per request.
+//! A line is formatted into one buffer on the thread that logs and handed
+//! to a log thread, which writes it with one `write(2)` (or one `send(2)`),
+//! so lines of different threads never interleave. A write that fails
+//! (stderr at `/dev/full`, a reader that went away: Rust ignores SIGPIPE)
+//! is dropped and counted in [`filter::log::dropped`], which a disk's
+//! status reports as `log_lines_dropped`; it never panics. A stderr whose
+//! reader stops reading without closing blocks the log thread only: past
+//! 1,024 waiting lines, new ones are dropped and counted. `main` waits for
+//! the queue (up to 5 s, [`flush`]) before the process exits. Nothing in
+//! this module can fail or hold up the caller (DESIGN.md, invariant 9).
 
 use std::fmt::{self, Write as _};
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -48,31 +53,125 @@ pub enum Sink {
     Journal(UnixDatagram),
 }
 
-/// The layer that writes every event to its [`Sink`].
-pub struct LogLayer {
-    sink: Sink,
-}
-
-impl LogLayer {
-    /// A layer writing to `sink`.
-    pub fn new(sink: Sink) -> LogLayer {
-        LogLayer { sink }
+impl Sink {
+    fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Lines(write) => write(bytes),
+            Sink::Journal(socket) => socket.send(bytes).map(drop),
+        }
     }
 }
 
+/// Lines waiting for the log thread at most; past that a line is dropped
+/// and counted, and the thread that logged goes on.
+const QUEUE_LINES: usize = 1024;
+
+/// The layer that writes every event to its [`Sink`].
+pub struct LogLayer {
+    /// Render for the journal, not as a human line.
+    journal: bool,
+    out: Out,
+}
+
+enum Out {
+    /// Written by the thread that logs.
+    Now(Sink),
+    /// Handed to the log thread.
+    Queued { tx: SyncSender<Vec<u8>>, pending: Arc<Pending> },
+}
+
+/// Lines queued and not yet written, and a wake-up when that changes.
+#[derive(Default)]
+pub struct Pending {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Pending {
+    fn add(&self, n: isize) {
+        let mut count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        *count = count.saturating_add_signed(n);
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `limit` until every queued line was written (or
+    /// dropped); whether they were.
+    pub fn wait(&self, limit: Duration) -> bool {
+        let count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        let (count, _) =
+            self.changed.wait_timeout_while(count, limit, |n| *n > 0).unwrap_or_else(PoisonError::into_inner);
+        *count == 0
+    }
+}
+
+impl LogLayer {
+    /// A layer writing to `sink` on the thread that logs.
+    pub fn new(sink: Sink) -> LogLayer {
+        LogLayer { journal: matches!(sink, Sink::Journal(_)), out: Out::Now(sink) }
+    }
+
+    /// A layer handing its lines to a log thread that writes them to
+    /// `sink`, at most `capacity` waiting: a stderr that blocks (a reader
+    /// that stopped reading) blocks that thread only, and what does not fit
+    /// is dropped and counted. The [`Pending`] lines, to wait for at exit.
+    pub fn queued(sink: Sink, capacity: usize) -> io::Result<(LogLayer, Arc<Pending>)> {
+        let journal = matches!(sink, Sink::Journal(_));
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(capacity);
+        let pending = Arc::new(Pending::default());
+        let done = Arc::clone(&pending);
+        std::thread::Builder::new().name("log".into()).spawn(move || {
+            // SIGTERM and SIGINT are for the thread that waits for them
+            // (the daemons block them in every other thread): this one,
+            // started before they are blocked, must not take them either.
+            let _ = crate::signals::block_termination();
+            for line in rx {
+                if sink.write(&line).is_err() {
+                    filter::log::count_dropped();
+                }
+                done.add(-1);
+            }
+        })?;
+        Ok((LogLayer { journal, out: Out::Queued { tx, pending: Arc::clone(&pending) } }, pending))
+    }
+}
+
+/// The lines the installed subscriber's log thread has yet to write.
+static PENDING: OnceLock<Arc<Pending>> = OnceLock::new();
+
+/// How long [`flush`] waits at most: a stderr that blocks must not keep
+/// the process from exiting.
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
 /// Installs the process's subscriber: the journal when systemd connected
-/// our stderr to it, otherwise human lines on stderr. Called once, first
-/// thing in `main`.
+/// our stderr to it, otherwise human lines on stderr, both written by a
+/// log thread. Called once, first thing in `main`; [`flush`] before exit.
 pub fn install() {
     let sink = match journal_stream() {
         Some(socket) => Sink::Journal(socket),
         None => Sink::Lines(Box::new(write_stderr)),
     };
+    let layer = match LogLayer::queued(sink, QUEUE_LINES) {
+        Ok((layer, pending)) => {
+            let _ = PENDING.set(pending);
+            layer
+        }
+        // No thread to be had: write on the thread that logs.
+        Err(_) => LogLayer::new(Sink::Lines(Box::new(write_stderr))),
+    };
     // Fails only if a subscriber is already set: then that one stays.
-    let _ = tracing::subscriber::set_global_default(subscriber(sink));
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
 }
 
-/// The subscriber [`install`] sets, writing to `sink`.
+/// Waits (up to 5 s) until the log thread has written every line logged
+/// so far: call before the process exits.
+pub fn flush() {
+    if let Some(pending) = PENDING.get() {
+        let _ = pending.wait(FLUSH_LIMIT);
+    }
+}
+
+/// A subscriber writing to `sink` on the thread that logs (tests).
+#[cfg(test)]
 pub fn subscriber(sink: Sink) -> impl Subscriber + Send + Sync {
     tracing_subscriber::registry().with(LogLayer::new(sink))
 }
@@ -119,13 +218,23 @@ impl<S: Subscriber> Layer<S> for LogLayer {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let sent = match &self.sink {
-            Sink::Lines(write) => write(human_line(now_ns(), &fields).as_bytes()),
-            Sink::Journal(socket) => {
-                socket.send(&journal_entry(event.metadata().level(), event.metadata().target(), &fields)).map(drop)
+        let line = if self.journal {
+            journal_entry(event.metadata().level(), event.metadata().target(), &fields)
+        } else {
+            human_line(now_ns(), &fields).into_bytes()
+        };
+        let sent = match &self.out {
+            Out::Now(sink) => sink.write(&line).is_ok(),
+            Out::Queued { tx, pending } => {
+                pending.add(1);
+                let queued = tx.try_send(line).is_ok();
+                if !queued {
+                    pending.add(-1);
+                }
+                queued
             }
         };
-        if sent.is_err() {
+        if !sent {
             filter::log::count_dropped();
         }
     }
@@ -278,6 +387,38 @@ mod tests {
         });
         // Other tests in this process may drop lines too: at least ours.
         assert!(filter::log::dropped() >= before + 3, "{} lost lines counted, want 3", filter::log::dropped() - before);
+    }
+
+    #[test]
+    fn a_stderr_that_blocks_never_blocks_the_thread_that_logs() {
+        // The writer blocks on every line until `release` is dropped.
+        let (release, blocked) = mpsc::channel::<()>();
+        let blocked = Mutex::new(blocked);
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let out = Arc::clone(&written);
+        let sink = Sink::Lines(Box::new(move |line| {
+            let _ = blocked.lock().unwrap().recv();
+            out.lock().unwrap().extend_from_slice(line);
+            Ok(())
+        }));
+        let (layer, pending) = LogLayer::queued(sink, 4).unwrap();
+        let before = filter::log::dropped();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            for n in 0..10 {
+                tracing::info!("line {n}");
+            }
+        });
+        // Here only because logging did not wait for the writer. Four lines
+        // wait in the queue, one may be in the writer's hands; the rest were
+        // dropped and counted.
+        let dropped = filter::log::dropped() - before;
+        assert!(dropped == 5 || dropped == 6, "{dropped} lines dropped");
+        drop(release);
+        assert!(pending.wait(Duration::from_secs(30)), "the queue did not drain");
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let got: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        let want: Vec<String> = (0..10 - dropped).map(|n| format!("line {n}")).collect();
+        assert_eq!(got, want, "the lines that fit are written whole and in order");
     }
 
     #[test]

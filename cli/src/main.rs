@@ -259,6 +259,14 @@ fn main() -> ExitCode {
             last.map(|_| ()).map_err(anyhow::Error::msg)
         }
     };
+    let code = exit_code(result);
+    // The log thread writes what is queued (up to 5 s) before we exit.
+    log::flush();
+    code
+}
+
+/// The exit code for the command's `result`, saying what failed on stderr.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     let succeeded = result.is_ok();
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
