@@ -438,6 +438,8 @@ impl Control {
         let now = Instant::now();
         if r.last_line.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY) {
             tracing::warn!(
+                disk = %self.name,
+                %peer,
                 "nbd[{}]: refused {} connection(s) (the last from {peer}): {why}; further refusals are counted \
                  here at most every {} s",
                 self.name,
@@ -777,7 +779,7 @@ impl Drop for Registration {
 
 fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, export: Arc<dyn Export>, control: &Control) {
     let label = format!("nbd[{}#{id}]", control.name);
-    tracing::info!(%peer, "{label}: connection from {peer}");
+    tracing::info!(disk = %control.name, %peer, "{label}: connection from {peer}");
     let stopping = || control.stopping.load(Ordering::SeqCst);
     let spec = ExportSpec { name: &control.name, export: &*export, shutting_down: &stopping };
     let session = Session { label: &label, export: &*export, control };
