@@ -46,7 +46,7 @@ pub fn audit_record(
 ) -> Result<(), audit::AuditError> {
     let r = audit::record(dir, keys, vault, &audit::Event::new(kind, disk, details))?;
     if let (Some(v), Some(Err(e))) = (vault, r.copy) {
-        filter::log_line!(
+        tracing::info!(
             "lifeboat: warning: the audit record is kept in {} but could not be copied to the vault {}: {}; the \
              next record retries",
             r.log.display(),

@@ -239,7 +239,7 @@ impl CutHook for Member<'_> {
             ok = self.round.meet(Phase::Held);
         }
         if !ok {
-            filter::log_line!(
+            tracing::info!(
                 "lifeboat: warning: {}: not every disk of its group reached the cut within {} s; this point is cut \
                  on its own (each disk crash-consistent, the set not)",
                 self.name,

@@ -15,19 +15,6 @@ use crate::round::Round;
 use crate::schedule::{CycleEnd, Cycles, GcEnd, Note};
 use crate::target::{chain, CycleError, GroupPart, Target};
 
-/// A log line of the agent with a timestamp (journald adds its own, but the
-/// agent is also run by hand). Never panics: [`filter::log`].
-#[macro_export]
-macro_rules! agent_log {
-    ($($arg:tt)*) => {
-        filter::log_line!(
-            "{} {}",
-            disk_format::time::rfc3339(system::clock::now_ns(), 3),
-            format_args!($($arg)*)
-        )
-    };
-}
-
 /// How long the disks of a group wait for each other at a cut.
 pub const GROUP_CUT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -107,14 +94,14 @@ impl<'a> Group<'a> {
                 CycleEnd::Committed { pruned }
             }
             Err(e) if e.cancelled() => {
-                crate::agent_log!(
+                tracing::info!(
                     "lifeboat agent: {name}: cycle cancelled after {:.1} s; its changes stay marked dirty",
                     took.as_secs_f64()
                 );
                 CycleEnd::Cancelled
             }
             Err(e) => {
-                crate::agent_log!(
+                tracing::info!(
                     "lifeboat agent: error: {name}: cycle failed: cycle of disk {name:?}: {}; its changes stay marked \
                      dirty",
                     chain(&e)
@@ -153,7 +140,7 @@ impl Cycles for Group<'_> {
                 handles.into_iter().map(|h| h.join().expect("a cycle thread panicked")).collect()
             }),
             Err(e) => {
-                crate::agent_log!("lifeboat agent: error: {}: no group id for the cut: {e}", self.label);
+                tracing::error!("lifeboat agent: error: {}: no group id for the cut: {e}", self.label);
                 return self.members.iter().map(|_| CycleEnd::Failed).collect();
             }
         };
@@ -179,9 +166,9 @@ impl Cycles for Group<'_> {
                 }
             }
             Note::Retrying { after } => {
-                crate::agent_log!("lifeboat agent: {}: retrying in {} s", self.label, after.as_secs());
+                tracing::info!("lifeboat agent: {}: retrying in {} s", self.label, after.as_secs());
             }
-            Note::Overran { late, took, interval } => crate::agent_log!(
+            Note::Overran { late, took, interval } => tracing::info!(
                 "lifeboat agent: {}: the cycle (started {:.0} s late, took {:.0} s) ended after the next one was \
                  due: longer than the {} s RPO; the next one starts now (the achieved RPO grows until cycles catch up)",
                 self.label,
@@ -203,7 +190,7 @@ fn log_commit(name: &str, disk: &filter::Disk, r: &shipper::CycleReport, took: D
             c.file_bytes >> 20
         )
     });
-    crate::agent_log!(
+    tracing::info!(
         "lifeboat agent: {name}: point {} committed ({}{}): {} blocks read ({} from the page cache), {} new, {} bytes \
          shipped in {:.1} s{copies}",
         r.sequence,
@@ -216,7 +203,7 @@ fn log_commit(name: &str, disk: &filter::Disk, r: &shipper::CycleReport, took: D
         took.as_secs_f64()
     );
     for w in &r.warnings {
-        crate::agent_log!("lifeboat agent: warning: {name}: {w}");
+        tracing::warn!("lifeboat agent: warning: {name}: {w}");
     }
 }
 
@@ -229,13 +216,13 @@ fn prune(t: &Target, vault: &Vault) -> usize {
         Ok(r) => {
             let details = serde_json::json!({ "pruned": r.pruned, "kept": r.kept, "held": r.held, "by": "agent" });
             if let Err(e) = t.record(Some(vault), "prune", details) {
-                crate::agent_log!("lifeboat agent: warning: {name}: {}", chain(&e));
+                tracing::warn!("lifeboat agent: warning: {name}: {}", chain(&e));
             }
-            crate::agent_log!("lifeboat agent: {name}: pruned {} point(s) past the retention ladder", r.pruned.len());
+            tracing::info!("lifeboat agent: {name}: pruned {} point(s) past the retention ladder", r.pruned.len());
             r.pruned.len()
         }
         Err(e) => {
-            crate::agent_log!(
+            tracing::warn!(
                 "lifeboat agent: warning: {name}: pruning old points failed: {e}; they are kept until the next try"
             );
             0
@@ -259,10 +246,10 @@ fn collect(t: &Target, vault: Vault) -> GcEnd {
                 "unfinished_deleted": r.unfinished_removed.len(), "bytes_freed": freed, "by": "agent",
             });
             if let Err(e) = t.record(Some(&vault), "gc", details) {
-                crate::agent_log!("lifeboat agent: warning: {name}: {}", chain(&e));
+                tracing::warn!("lifeboat agent: warning: {name}: {}", chain(&e));
             }
             if !r.packs_deleted.is_empty() || !r.pages_deleted.is_empty() || !r.unfinished_removed.is_empty() {
-                crate::agent_log!(
+                tracing::info!(
                     "lifeboat agent: {name}: garbage collection freed {freed} bytes ({} packs, {} pages, {} unfinished) \
                      in {:.1} s",
                     r.packs_deleted.len(),
@@ -277,7 +264,7 @@ fn collect(t: &Target, vault: Vault) -> GcEnd {
         // Another disk's cycle on the same vault: collect after a later cycle.
         Err(VaultError::Busy { .. }) => GcEnd::Busy,
         Err(e) => {
-            crate::agent_log!("lifeboat agent: warning: {name}: garbage collection failed: {e}");
+            tracing::warn!("lifeboat agent: warning: {name}: garbage collection failed: {e}");
             GcEnd::Failed
         }
     }
@@ -292,11 +279,11 @@ fn empty_trash_beside(name: String, vault: Vault) {
             let started = Instant::now();
             match vault.empty_trash() {
                 Ok((0, _)) => {}
-                Ok((n, bytes)) => crate::agent_log!(
+                Ok((n, bytes)) => tracing::info!(
                     "lifeboat agent: {name}: emptied the vault's trash: {n} objects, {bytes} bytes, in {:.1} s",
                     started.elapsed().as_secs_f64()
                 ),
-                Err(e) => crate::agent_log!(
+                Err(e) => tracing::info!(
                     "lifeboat agent: warning: {name}: emptying the vault's trash failed: {e}; the next garbage \
                      collection tries again"
                 ),
@@ -304,7 +291,7 @@ fn empty_trash_beside(name: String, vault: Vault) {
         }
     });
     if let Err(e) = spawned {
-        crate::agent_log!("lifeboat agent: warning: {name}: could not start emptying the vault's trash: {e}");
+        tracing::warn!("lifeboat agent: warning: {name}: could not start emptying the vault's trash: {e}");
     }
 }
 

@@ -204,10 +204,10 @@ impl Target {
             }
         };
         if let Err(e) = self.record(vault, kind, details) {
-            filter::log_line!("lifeboat: warning: {}: {}", self.name, chain(&e));
+            tracing::warn!("lifeboat: warning: {}: {}", self.name, chain(&e));
         }
         if let Err(e) = status::record_cycle(&self.status_path, outcome) {
-            filter::log_line!(
+            tracing::warn!(
                 "lifeboat: warning: {}: could not record the cycle in its status file: {}",
                 self.name,
                 chain(&e)
@@ -260,10 +260,7 @@ impl Target {
         match head {
             Ok(head) => head,
             Err(e) => {
-                filter::log_line!(
-                    "lifeboat: warning: {}: the point will not name the audit log's head: {e}",
-                    self.name
-                );
+                tracing::warn!("lifeboat: warning: {}: the point will not name the audit log's head: {e}", self.name);
                 None
             }
         }

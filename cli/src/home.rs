@@ -224,7 +224,7 @@ impl Home {
                     let mode =
                         std::fs::metadata(dir).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
                     if mode.is_ok_and(|m| m & 0o077 != 0) {
-                        filter::log_line!(
+                        tracing::info!(
                             "lifeboat: warning: the {what} {} is open to other users and was left so ({why}); if it \
                              is Lifeboat's alone, run `chmod go-rwx {}`",
                             dir.display(),

@@ -37,7 +37,11 @@ impl HostSide for Host<'_> {
     }
 
     fn say(&self, line: &str) {
-        filter::log_line!("{line}");
+        tracing::info!("{line}");
+    }
+
+    fn progress(&self, prefix: &str) -> Box<dyn vault::Progress> {
+        Box::new(crate::progress::Reporter::counting(prefix, std::io::IsTerminal::is_terminal(&std::io::stderr())))
     }
 
     fn vm(&self, name: &str) -> Result<Option<VmDefinition>, HostError> {

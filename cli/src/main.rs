@@ -13,7 +13,9 @@ mod disk_pick;
 mod home;
 mod host_side;
 mod keyfile;
+mod log;
 mod output;
+mod progress;
 mod protecting;
 mod replicate;
 mod signals;
@@ -220,6 +222,8 @@ fn main() -> ExitCode {
     // explicit private modes; this is the second layer.
     // Called before any thread exists.
     system::host::set_umask(0o077);
+    // Every log line of the libraries and of this binary goes through it.
+    log::install();
     let cli = Cli::parse();
     let home = home::Home::new(cli.home);
     let result = match cli.command {
@@ -254,11 +258,19 @@ fn main() -> ExitCode {
             last.map(|_| ()).map_err(anyhow::Error::from)
         }
     };
+    let code = exit_code(result);
+    // The log thread writes what is queued (up to 5 s) before we exit.
+    log::flush();
+    code
+}
+
+/// The exit code for the command's `result`, saying what failed on stderr.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     let succeeded = result.is_ok();
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            filter::log_line!("lifeboat: error: {}", error_chain(&e));
+            tracing::error!("lifeboat: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     };
@@ -266,7 +278,7 @@ fn main() -> ExitCode {
         // The reader stopped reading (`lifeboat points | head -1`): quiet, as with `ls | head`.
         Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
         Some(e) => {
-            filter::log_line!(
+            tracing::error!(
                 "lifeboat: error: writing the output to stdout failed: {e}; the command itself {}",
                 if succeeded { "succeeded" } else { "failed too" }
             );

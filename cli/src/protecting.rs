@@ -170,7 +170,7 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
     check_name(&a.name)?;
     let vaults: Vec<&std::path::Path> = a.replicate.as_ref().map(|r| r.vault.as_path()).into_iter().collect();
     for t in home.make_private(&vaults)? {
-        filter::log_line!("lifeboat: {t}: it was open to other users; Lifeboat keeps its home and vault private");
+        tracing::info!("lifeboat: {t}: it was open to other users; Lifeboat keeps its home and vault private");
     }
     let image = std::fs::canonicalize(&a.image)
         .with_context(|| format!("disk image {} does not exist or cannot be reached", a.image.display()))?;
@@ -278,7 +278,7 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
             last_point = filter::StateFile::report(&state).ok().and_then(|r| r.last_point);
             let keep = dir.join(format!("state.replaced-{now}"));
             std::fs::rename(&state, &keep)?;
-            filter::log_line!("lifeboat: kept the old state file as {}", keep.display());
+            tracing::info!("lifeboat: kept the old state file as {}", keep.display());
         }
         suspect = true;
         old.disk_id()? // the same disk: its identity stays

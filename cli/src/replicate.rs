@@ -56,7 +56,7 @@ pub fn warn_if_vault_lost_points(
         Ok(found) => found?,
         Err(e) => {
             let msg = format!("could not compare the vault's points of disk {disk:?} with this host's record: {e}");
-            filter::log_line!("lifeboat: warning: {msg}");
+            tracing::warn!("lifeboat: warning: {msg}");
             return Some(msg);
         }
     };
@@ -65,6 +65,6 @@ pub fn warn_if_vault_lost_points(
          shipped: do not fail over to it unless the newer points are truly gone",
         found.describe(disk)
     );
-    filter::log_line!("lifeboat: WARNING: {msg}");
+    tracing::warn!("lifeboat: WARNING: {msg}");
     Some(msg)
 }

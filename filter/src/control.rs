@@ -114,9 +114,7 @@ fn serve(conn: UnixStream, disk: &Disk) {
     match crate::sys::peer_uid(&conn) {
         Ok(uid) if crate::sys::peer_allowed(uid) => {}
         Ok(uid) => {
-            crate::log_line!(
-                "control: refused a connection from uid {uid}: only root and the filter's own user may cut"
-            );
+            tracing::warn!("control: refused a connection from uid {uid}: only root and the filter's own user may cut");
             // Read (and ignore) the first request before answering it: closing
             // a unix socket with unread data resets the peer, which could then
             // lose the answer. Bounded in size and time.
@@ -130,20 +128,20 @@ fn serve(conn: UnixStream, disk: &Disk) {
             return;
         }
         Err(e) => {
-            crate::log_line!("control: refused a connection whose peer credentials cannot be read: {e}");
+            tracing::warn!("control: refused a connection whose peer credentials cannot be read: {e}");
             return;
         }
     }
     let mut owns_cut = false;
     let result = serve_inner(&conn, disk, &mut owns_cut);
     if owns_cut && disk.abort_cut().is_ok() {
-        crate::log_line!(
+        tracing::warn!(
             "control: a client left without finishing its cut; the cut was aborted and its blocks stay dirty"
         );
     }
     if let Err(e) = result {
         if e.kind() != io::ErrorKind::UnexpectedEof && e.kind() != io::ErrorKind::BrokenPipe {
-            crate::log_line!("control: connection error: {e}");
+            tracing::warn!("control: connection error: {e}");
         }
     }
 }

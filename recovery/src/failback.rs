@@ -434,7 +434,8 @@ pub fn bring_back<H: HostSide>(host: &H, vm: &str, how: &BringBack) -> Result<Br
             format!("to point {seq}, started {}\n", disk_format::time::rfc3339(system::clock::now_ns(), 3)).as_bytes(),
         )
         .map_err(FailbackError::file("writing", marker))?;
-        let report = converge(&reader, &keys, &image, &mut |_, _| {}).map_err(|source| FailbackError::Converge {
+        let mut progress = host.progress(&format!("[{vm}] disk {disk}: "));
+        let report = converge(&reader, &keys, &image, progress.as_mut()).map_err(|source| FailbackError::Converge {
             disk: disk.clone(),
             point: seq,
             source,
@@ -489,13 +490,14 @@ pub struct ConvergeReport {
 }
 
 /// Makes `image` byte for byte the point `reader` reads (see the module
-/// documentation); `progress(done, total)` in blocks. The image must be the
+/// documentation); `progress` counts blocks compared (one phase,
+/// "comparing blocks"). The image must be the
 /// disk's size.
 pub fn converge(
     reader: &PointReader,
     keys: &Keys,
     image: &File,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut dyn vault::Progress,
 ) -> io::Result<ConvergeReport> {
     let g = reader.geometry();
     let len = image.metadata()?.len();
@@ -508,6 +510,7 @@ pub fn converge(
     let mut report = ConvergeReport { blocks: g.block_count, ..ConvergeReport::default() };
     let mut local = vec![0u8; g.block_size as usize];
     let mut remote = vec![0u8; g.block_size as usize];
+    progress.start("comparing blocks", g.block_count);
     for b in 0..g.block_count {
         let n = g.block_len(b);
         let at = g.block_range(b).start;
@@ -530,7 +533,7 @@ pub fn converge(
             }
         }
         if b % 256 == 255 || b + 1 == g.block_count {
-            progress(b + 1, g.block_count);
+            progress.advance(b % 256 + 1);
         }
     }
     image.sync_all()?;

@@ -665,7 +665,7 @@ fn restore_step(log: &mut JobLog<'_>, req: &Request<'_>, i: usize) -> Result<(),
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| RecoveryError::io("creating", &tmp, e))?;
-    let report = req.vault.restore(p.chain(), p.point, req.keys, &file, &mut |_, _| {})?;
+    let report = req.vault.restore(p.chain(), p.point, req.keys, &file, &mut ())?;
     drop(file);
     system::file::install(&tmp, &p.image).map_err(|e| match e.step {
         system::file::Step::SyncFile => RecoveryError::io("syncing", &tmp, e.source),

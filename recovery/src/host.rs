@@ -70,6 +70,13 @@ pub trait HostSide {
     /// Tells the person running the command how it goes (one line).
     fn say(&self, line: &str);
 
+    /// A progress reporter for long work (bringing a disk to a point),
+    /// its lines prefixed with `prefix`. None by default.
+    fn progress(&self, prefix: &str) -> Box<dyn vault::Progress> {
+        let _ = prefix;
+        Box::new(())
+    }
+
     /// The VM `name` as defined on this host, if it is.
     fn vm(&self, name: &str) -> Result<Option<VmDefinition>, HostError>;
 

@@ -105,18 +105,10 @@ pub fn system_clock() -> u64 {
     system::clock::now_ns()
 }
 
-/// Progress callbacks of a long cycle.
-pub trait Progress {
-    /// The cycle knows how many bytes it will read.
-    fn start(&mut self, total_bytes: u64, full: bool);
-    /// `bytes` more were read.
-    fn advance(&mut self, bytes: u64);
-}
-
-impl Progress for () {
-    fn start(&mut self, _: u64, _: bool) {}
-    fn advance(&mut self, _: u64) {}
-}
+/// Progress callbacks of a long cycle: the one progress trait of the
+/// workspace (`vault::Progress`). A cycle reports one phase, "full sync" or
+/// "changes", in bytes read.
+pub use vault::Progress;
 
 /// What a committed cycle did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,7 +457,7 @@ impl Cycle<'_, '_> {
         let geometry = self.geometry;
         let blocks: Vec<u64> = if full { (0..geometry.block_count).collect() } else { self.source.blocks()? };
         let total: u64 = blocks.iter().map(|&b| geometry.block_len(b) as u64).sum();
-        self.progress.start(total, full);
+        self.progress.start(if full { "full sync" } else { "changes" }, total);
         let map = match previous {
             Some(r) => MapBuilder::from_previous(&r.pages, geometry)?,
             None => MapBuilder::new(geometry),

@@ -93,7 +93,7 @@ impl CutSource for RemoteSource {
     fn cut(&mut self, kind: CutKind) -> Result<CutInfo, ShipError> {
         match self.client.cut(kind) {
             Err(e) if !self.wait_for_cut.is_zero() && e.to_string().contains("already in progress") => {
-                filter::log_line!(
+                tracing::info!(
                     "lifeboat: the process serving the disk is in a cycle of its own; waiting up to {} s for it \
                      to end",
                     self.wait_for_cut.as_secs()

@@ -67,7 +67,7 @@ impl Fixture {
     fn restore(&self, vault: &Vault, seq: u64) -> Vec<u8> {
         let out = self.dir.path().join(format!("restored-{seq}.img"));
         let f = std::fs::File::create(&out).unwrap();
-        vault.restore(&chain([3; 16]), seq, &keys(), &f, &mut |_, _| {}).unwrap();
+        vault.restore(&chain([3; 16]), seq, &keys(), &f, &mut ()).unwrap();
         drop(f);
         std::fs::read(out).unwrap()
     }
@@ -303,7 +303,7 @@ fn a_new_disk_under_a_name_with_points_of_another_disk_syncs_in_full() {
     assert_eq!(chains, want, "no chain is named after the disk");
     let out = f.dir.path().join("g.img");
     let file = std::fs::File::create(&out).unwrap();
-    vault.restore(&chain([9; 16]), r.sequence, &keys(), &file, &mut |_, _| {}).unwrap();
+    vault.restore(&chain([9; 16]), r.sequence, &keys(), &file, &mut ()).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&g.paths.image).unwrap());
 }
 

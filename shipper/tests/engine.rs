@@ -330,7 +330,7 @@ fn the_environment_forces_an_engine_and_cycles_restore_exactly_with_each() {
             let out = dir.path().join(format!("restored-{engine}-{round}"));
             let f = File::create(&out).unwrap();
             vault
-                .restore(&vault::Vault::chain_of(&keys(), &opts.disk_id), report.sequence, &keys(), &f, &mut |_, _| {})
+                .restore(&vault::Vault::chain_of(&keys(), &opts.disk_id), report.sequence, &keys(), &f, &mut ())
                 .unwrap();
             drop(f);
             assert!(std::fs::read(&out).unwrap() == std::fs::read(&image).unwrap(), "{engine}, cycle {round}");

@@ -38,7 +38,7 @@ struct AtCut {
 }
 
 impl Progress for AtCut {
-    fn start(&mut self, total: u64, _: bool) {
+    fn start(&mut self, _: &str, total: u64) {
         self.snapshot = Some(std::fs::read(&self.image).unwrap());
         self.left = total;
         self.go.store(true, Ordering::Release);
@@ -125,7 +125,7 @@ fn cycles_ship_the_cut_while_writers_overwrite_the_disk() {
             let out = vault_dir.path().join(format!("restored-{cycle}"));
             let f = std::fs::File::create(&out).unwrap();
             vault
-                .restore(&vault::Vault::chain_of(&keys(), &opts.disk_id), report.sequence, &keys(), &f, &mut |_, _| {})
+                .restore(&vault::Vault::chain_of(&keys(), &opts.disk_id), report.sequence, &keys(), &f, &mut ())
                 .unwrap();
             drop(f);
             let restored = std::fs::read(&out).unwrap();

@@ -27,6 +27,7 @@ use disk_format::{BlockId, Keys, MapPage, Pack, PackError, PackId, PageId};
 use crate::backend::Kind;
 use crate::error::VaultError;
 use crate::index::BlockIndex;
+use crate::progress::Progress;
 use crate::store::{decode_root, parse_root_name, point_label, read_config, root_name, Vault};
 
 /// At most this many block-level problems are listed per point.
@@ -104,10 +105,10 @@ struct PageInfo {
 impl Vault {
     /// Scrubs the vault (see the module documentation). With `keys`, the key
     /// is checked against the vault first (a wrong key is an error, not a
-    /// problem per object). `progress` gets a line per pack and root and
-    /// every 1,000 pages. Only backend failures are errors; everything wrong
+    /// problem per object). `progress` counts packs, pages and roots
+    /// (a phase each). Only backend failures are errors; everything wrong
     /// with the vault's contents is in [`CheckReport::problems`].
-    pub fn check(&self, keys: Option<&Keys>, progress: &mut dyn FnMut(&str)) -> Result<CheckReport, VaultError> {
+    pub fn check(&self, keys: Option<&Keys>, progress: &mut dyn Progress) -> Result<CheckReport, VaultError> {
         if let Some(keys) = keys {
             self.check_key(keys)?;
         }
@@ -117,7 +118,6 @@ impl Vault {
         // points.
         let roots = self.backend().list(Kind::Root, "")?;
         let mut report = CheckReport::default();
-        progress("checking the vault config");
         match read_config(self.backend()) {
             Ok(c) if c == *self.config() => {}
             Ok(_) => report.problem("config/config".into(), None, None, "the config changed while open".into()),
@@ -136,13 +136,14 @@ impl Vault {
         &self,
         keys: Option<&Keys>,
         report: &mut CheckReport,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn Progress,
     ) -> Result<(BlockIndex, BadBlocks), VaultError> {
         let mut index = BlockIndex::new();
         let mut bad_blocks = HashMap::new();
         let names = self.backend().list(Kind::Pack, "")?;
-        for (n, name) in names.iter().enumerate() {
-            progress(&format!("pack {}/{}: {name}", n + 1, names.len()));
+        progress.start("checking packs", names.len() as u64);
+        for name in &names {
+            progress.advance(1);
             let object = format!("packs/{name}");
             let Some(id) = PackId::from_hex(name) else {
                 index.note_unreadable(name.clone(), "not a pack name (64 hex digits)".into());
@@ -211,14 +212,13 @@ impl Vault {
         index: &BlockIndex,
         bad_blocks: &BadBlocks,
         report: &mut CheckReport,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn Progress,
     ) -> Result<HashMap<PageId, Result<PageInfo, String>>, VaultError> {
         let mut pages = HashMap::new();
         let names = self.backend().list(Kind::Page, "")?;
-        for (n, name) in names.iter().enumerate() {
-            if n % 1000 == 0 {
-                progress(&format!("map pages {}..{} of {}", n + 1, (n + 1000).min(names.len()), names.len()));
-            }
+        progress.start("checking map pages", names.len() as u64);
+        for name in &names {
+            progress.advance(1);
             let object = format!("pages/{name}");
             let Some(id) = PageId::from_hex(name) else {
                 report.problem(object, None, None, "not a page name (64 hex digits)".into());
@@ -254,13 +254,14 @@ impl Vault {
         keys: Option<&Keys>,
         pages: &HashMap<PageId, Result<PageInfo, String>>,
         report: &mut CheckReport,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn Progress,
     ) -> Result<(), VaultError> {
         // (disk, sequence) -> (BLAKE3 of the root's bytes, the parent it names):
         // a root's child records its hash, which checks it without the key.
         let mut chain: HashMap<(String, u64), ([u8; 32], Option<disk_format::RootId>)> = HashMap::new();
+        progress.start("checking point roots", roots.len() as u64);
         for name in roots {
-            progress(&format!("point root {name}"));
+            progress.advance(1);
             let object = format!("roots/{name}");
             let Some((disk, sequence)) = parse_root_name(name) else {
                 report.problem(object, None, None, "not a root name (DISK/ and 20 digits)".into());

@@ -51,6 +51,7 @@ use disk_format::{BlockId, CryptoError, Geometry, Keys, PackId, PageError, Root,
 use crate::backend::Kind;
 use crate::error::{Damage, VaultError};
 use crate::index::{read_pack_tail, BlockIndex, BlockLocation};
+use crate::progress::Progress;
 use crate::store::{point_label, Vault};
 
 /// Read a pack whole when at least this fraction (1/N) of it is needed.
@@ -112,8 +113,8 @@ struct Run<'a> {
 impl Vault {
     /// Restores point `sequence` of `disk` into `out` as a raw image of the
     /// disk at the point's cut, verifying every object read (see the module
-    /// documentation). `progress(done, total)` reports bytes of non-zero
-    /// blocks written. `out` is truncated and sized to the disk if it is a
+    /// documentation). `progress` counts bytes of non-zero blocks written
+    /// (one phase, "restoring"). `out` is truncated and sized to the disk if it is a
     /// regular file; a block device must be at least as large as the disk.
     pub fn restore(
         &self,
@@ -121,7 +122,7 @@ impl Vault {
         sequence: u64,
         keys: &Keys,
         out: &File,
-        progress: &mut dyn FnMut(u64, u64),
+        progress: &mut dyn Progress,
     ) -> Result<RestoreReport, VaultError> {
         // Held until the restore returns: prune keeps the point meanwhile.
         let _hold = self.hold(disk, sequence, "restore")?;
@@ -134,7 +135,7 @@ impl Vault {
         let sparse = prepare_output(out, geometry.disk_size)?;
         let total: u64 = jobs.iter().flat_map(|j| &j.items).map(|i| geometry.block_len(i.block) as u64).sum();
         let blocks: u64 = jobs.iter().map(|j| j.items.len() as u64).sum();
-        progress(0, total);
+        progress.start("restoring", total);
 
         let run = Run {
             vault: self,
@@ -169,10 +170,8 @@ impl Vault {
                 });
             }
             drop(tx);
-            let mut done = 0;
             for bytes in rx {
-                done += bytes;
-                progress(done, total);
+                progress.advance(bytes);
             }
         });
         if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {

@@ -79,7 +79,7 @@ fn keep_newest(vault: &Vault, disk: &Disk) {
 
 fn check_clean(vault: &Vault) {
     for keys in [None, Some(master().keys())] {
-        let report = vault.check(keys.as_ref(), &mut |_| {}).unwrap();
+        let report = vault.check(keys.as_ref(), &mut ()).unwrap();
         assert!(report.is_clean(), "check (key: {}): {:?}", keys.is_some(), report.problems);
     }
 }

@@ -89,7 +89,7 @@ impl Fixture {
         let path = self.dir.path().join(format!("restored-{disk}-{seq}.img"));
         std::fs::write(&path, vec![0xa5u8; 5 << 20]).unwrap();
         let out = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        vault.restore(disk, seq, keys, &out, &mut |_, _| {})?;
+        vault.restore(disk, seq, keys, &out, &mut ())?;
         Ok(std::fs::read(&path).unwrap())
     }
 
@@ -132,7 +132,7 @@ impl Fixture {
 
     fn check(&self, keys: Option<&Keys>) -> vault::CheckReport {
         let mut lines = 0;
-        let report = self.vault.check(keys, &mut |_| lines += 1).unwrap();
+        let report = self.vault.check(keys, &mut vault::Callback::new(|_, _, _| lines += 1)).unwrap();
         assert!(lines > 0, "check reports progress");
         report
     }
@@ -162,7 +162,8 @@ fn restores_every_point_byte_for_byte() {
             std::fs::write(&path, vec![0xa5u8; 6 << 20]).unwrap(); // garbage that must not show through
             let out = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
             let mut last = (0, 1);
-            let report = f.vault.restore(disk, seq, &f.keys, &out, &mut |d, t| last = (d, t)).unwrap();
+            let report =
+                f.vault.restore(disk, seq, &f.keys, &out, &mut vault::Callback::new(|_, d, t| last = (d, t))).unwrap();
             let got = std::fs::read(&path).unwrap();
             assert!(got == images[seq as usize - 1], "{disk}/{seq} differs from the disk at its cut");
             assert_eq!(last.0, last.1, "progress reaches the total");
@@ -180,7 +181,7 @@ fn restores_every_point_byte_for_byte() {
 
     // db/2 needs 10 of the 40 blobs of db/1's pack: read by range, not whole.
     let out = tempfile::tempfile().unwrap();
-    let report = f.vault.restore("db", 2, &f.keys, &out, &mut |_, _| {}).unwrap();
+    let report = f.vault.restore("db", 2, &f.keys, &out, &mut ()).unwrap();
     let stored: u64 = f
         .backend()
         .list(Kind::Pack, "")
@@ -278,7 +279,7 @@ fn the_wrong_key_is_refused() {
     assert!(msg.contains(&f.keys.fingerprint().to_string()) && msg.contains(&other.fingerprint().to_string()));
     assert!(matches!(f.restore_with(&f.vault, "web", 1, &other), Err(VaultError::WrongKey { .. })));
     assert!(matches!(f.vault.load_root("web", 1, Some(&other)), Err(VaultError::WrongKey { .. })));
-    assert!(matches!(f.vault.check(Some(&other), &mut |_| {}), Err(VaultError::WrongKey { .. })));
+    assert!(matches!(f.vault.check(Some(&other), &mut ()), Err(VaultError::WrongKey { .. })));
     f.vault.check_key(&f.keys).unwrap();
 
     // A config forged to carry the other key's fingerprint gets past the key
@@ -289,7 +290,7 @@ fn the_wrong_key_is_refused() {
     let (point, block, object, damage, msg) = damaged(f.restore_with(&forged_vault, "web", 1, &other).unwrap_err());
     assert_eq!((point.as_str(), block, object.as_str(), damage), ("web/1", None, WEB1, Damage::Inauthentic), "{msg}");
     assert!(msg.contains("another key") || msg.contains("key given"), "{msg}");
-    let r = forged_vault.check(Some(&other), &mut |_| {}).unwrap();
+    let r = forged_vault.check(Some(&other), &mut ()).unwrap();
     assert!(has(&r.problems, |p| p.object == WEB1 && p.point.as_deref() == Some("web/1")), "{:?}", r.problems);
     assert!(has(&r.problems, |p| p.object.starts_with("packs/") && p.detail.contains("does not open")));
     assert_eq!(r.blocks_verified, 0);

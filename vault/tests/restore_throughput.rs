@@ -54,7 +54,7 @@ fn restore_throughput() {
     let out = std::fs::File::create(&path).unwrap();
     let (t, cpu) = (Instant::now(), cpu_secs());
     let mut calls = 0u64;
-    let report = vault.restore("big", 1, &keys, &out, &mut |_, _| calls += 1).unwrap();
+    let report = vault.restore("big", 1, &keys, &out, &mut vault::Callback::new(|_, _, _| calls += 1)).unwrap();
     let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - cpu);
     println!(
         "restore: {} wall, {} per CPU-second ({:.2} s, {:.2} CPU-s; {} packs, {} backend reads, {} MB read; {} \

@@ -266,9 +266,15 @@ fn restore_holds_its_point_while_it_runs() {
     let out = tempfile::tempfile().unwrap();
     let mut seen = Vec::new();
     vault
-        .restore("web", 1, &master().keys(), &out, &mut |_, _| {
-            seen.push(vault.leases("point/web/").unwrap().iter().map(|l| l.purpose.clone()).collect::<Vec<_>>());
-        })
+        .restore(
+            "web",
+            1,
+            &master().keys(),
+            &out,
+            &mut vault::Callback::new(|_, _, _| {
+                seen.push(vault.leases("point/web/").unwrap().iter().map(|l| l.purpose.clone()).collect::<Vec<_>>());
+            }),
+        )
         .unwrap();
     assert!(!seen.is_empty());
     for leases in &seen {

@@ -180,7 +180,8 @@ impl Home {
         let mut want: Vec<&str> = listens.iter().map(String::as_str).collect();
         want.sort_unstable();
         let is_ready = |line: &str| {
-            line.trim_end().strip_prefix(&prefix).is_some_and(|rest| {
+            // After the timestamp every log line starts with.
+            line.trim_end().split_once(&prefix).is_some_and(|(_, rest)| {
                 let mut got: Vec<&str> = rest.split(' ').collect();
                 got.sort_unstable();
                 got == want

@@ -29,7 +29,6 @@ use crate::home::{close_unserved, Home};
 use crate::signals;
 use crate::size::{parse_duration, parse_size};
 use crate::status_file;
-use crate::time::{now_ns, rfc3339};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,11 +54,6 @@ pub struct Args {
     nbd: crate::cmd::filter::NbdLimits,
 }
 
-/// A timestamped log line ([`agent::agent_log`]).
-macro_rules! log {
-    ($($arg:tt)*) => { agent::agent_log!($($arg)*) };
-}
-
 /// One disk the agent runs.
 struct Served {
     name: String,
@@ -71,7 +65,7 @@ struct Served {
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
     signals::block_termination().context("blocking SIGTERM/SIGINT")?;
-    crate::cmd::filter::raise_open_files_limit(&format!("{} lifeboat agent", rfc3339(now_ns())));
+    crate::cmd::filter::raise_open_files_limit("lifeboat agent");
     let names = if a.disks.is_empty() { home.disk_names()? } else { a.disks.clone() };
     if names.is_empty() {
         bail!(
@@ -82,7 +76,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let vaults: Vec<std::path::PathBuf> =
         names.iter().filter_map(|n| home.disk(n).ok()?.config.replication.map(|r| r.vault)).collect();
     for t in home.make_private(&vaults.iter().map(std::path::PathBuf::as_path).collect::<Vec<_>>())? {
-        log!("lifeboat agent: {t}: it was open to other users; Lifeboat keeps its home and vault private");
+        tracing::info!("lifeboat agent: {t}: it was open to other users; Lifeboat keeps its home and vault private");
     }
     let copy_memory = a.copy_memory.map_or_else(CopyMemory::global, CopyMemory::new);
     let mut served = Vec::new();
@@ -94,7 +88,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                 servers.push((name.clone(), server));
             }
             Err(e) => {
-                log!(
+                tracing::error!(
                     "lifeboat agent: error: {name}: {}; this disk is not served or replicated",
                     crate::error_chain(&e)
                 );
@@ -121,11 +115,11 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         // stops because a server failed.
         std::thread::Builder::new().name("signals".into()).spawn(move || {
             let sig = signals::wait_termination();
-            log!("lifeboat agent: {sig}: cancelling cycles in progress, finishing NBD requests in flight");
+            tracing::info!("lifeboat agent: {sig}: cancelling cycles in progress, finishing NBD requests in flight");
             stop_all();
         })?;
     }
-    log!("lifeboat agent: running {} of {} disk(s); SIGTERM stops", served.len(), names.len());
+    tracing::info!("lifeboat agent: running {} of {} disk(s); SIGTERM stops", served.len(), names.len());
     let gc_every = Duration::from_secs(a.gc_every);
     let mut failures = Vec::new();
     let groups = groups(home, &served);
@@ -145,7 +139,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             servers.into_iter().map(|(name, server)| (name, scope.spawn(move || server.run()))).collect();
         for (name, h) in handles {
             if let Err(e) = h.join().expect("NBD server thread") {
-                log!("lifeboat agent: error: {name}: serving NBD failed: {e}; stopping every disk");
+                tracing::error!("lifeboat agent: error: {name}: serving NBD failed: {e}; stopping every disk");
                 failures.push(format!("serving disk {name:?} over NBD failed: {e}"));
                 stop_all();
             }
@@ -157,7 +151,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         s.control.stop();
         if let Some(t) = &s.target {
             if let Err(e) = t.record(None, "agent.stop", serde_json::json!({ "pid": std::process::id() })) {
-                log!("lifeboat agent: warning: {}: {e:#}", s.name);
+                tracing::warn!("lifeboat agent: warning: {}: {e:#}", s.name);
             }
         }
         drop(s.target);
@@ -166,7 +160,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             Err(_) => Err(anyhow::anyhow!("internal error: disk still referenced at shutdown")),
         };
         if let Err(e) = closed {
-            log!("lifeboat agent: error: {}: closing: {e:#}", s.name);
+            tracing::error!("lifeboat agent: error: {}: closing: {e:#}", s.name);
             failures.push(format!("closing disk {:?}: {e:#}", s.name));
         }
         let _ = status_file::update(&s.status_path, |st| {
@@ -178,7 +172,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }
-    log!("lifeboat agent: stopped cleanly");
+    tracing::info!("lifeboat agent: stopped cleanly");
     Ok(())
 }
 
@@ -219,7 +213,7 @@ fn groups<'a>(home: &Home, served: &'a [Served]) -> Vec<Scheduled<'a>> {
         .map(|g| {
             if g.members.len() > 1 {
                 let names: Vec<&str> = g.members.iter().map(|&i| placements[i].disk.as_str()).collect();
-                log!("lifeboat agent: {}: disks {} are cut together", g.label, names.join(", "));
+                tracing::info!("lifeboat agent: {}: disks {} are cut together", g.label, names.join(", "));
             }
             let members =
                 g.members.iter().map(|&i| (replicated[i].0, replicated[i].1, placements[i].first_of_vm)).collect();
@@ -240,22 +234,24 @@ fn open(
     let target = match entry.config.replication {
         Some(_) => Some(crate::replicate::load(home, name)?.1),
         None => {
-            log!("lifeboat agent: {name}: no vault configured: served, but not replicated");
+            tracing::info!("lifeboat agent: {name}: no vault configured: served, but not replicated");
             None
         }
     };
     let (disk, note) = entry.open_disk(name, Arc::clone(copy_memory))?;
     if let Some(note) = note {
-        log!("lifeboat agent: {note}");
+        tracing::info!("lifeboat agent: {note}");
     }
     let opened = disk.state().opened();
     if opened.newly_suspect {
-        log!(
+        tracing::info!(
             "lifeboat agent: {name}: the host went down while the disk was served (or its bitmaps were damaged); \
              the next cycle verifies every block"
         );
     } else if opened.was_unclean {
-        log!("lifeboat agent: {name}: the previous run stopped without a clean shutdown; its bitmaps are intact");
+        tracing::info!(
+            "lifeboat agent: {name}: the previous run stopped without a clean shutdown; its bitmaps are intact"
+        );
     }
     let disk = Arc::new(disk);
     let control = match ControlServer::start(&entry.control_path(), disk.clone())
@@ -295,11 +291,11 @@ fn open(
         }
     };
     for addr in server.local_addrs().iter().filter(|l| l.is_exposed() && !with_tls) {
-        log!("lifeboat agent: {}", crate::cmd::filter::insecure_warning(name, addr));
+        tracing::info!("lifeboat agent: {}", crate::cmd::filter::insecure_warning(name, addr));
     }
     let addrs: Vec<String> = listen.iter().map(|l| l.to_string()).collect();
     let rpo = target.as_ref().map(|t| format!(", RPO {} s", t.rpo.as_secs())).unwrap_or_default();
-    log!("lifeboat agent: {name}: serving on {}{rpo}", addrs.join(" "));
+    tracing::info!("lifeboat agent: {name}: serving on {}{rpo}", addrs.join(" "));
     let status_path = entry.status_path();
     status_file::update(&status_path, |st| {
         st.agent_pid = Some(std::process::id());

@@ -319,7 +319,7 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
     failures.extend(report.failures().into_iter().map(CheckFailure::to_string));
     // Logs in the home whose key was not given.
     for (path, fp) in &report.skipped {
-        filter::log_line!(
+        tracing::info!(
             "lifeboat: note: not checked: {} (no key with fingerprint {fp} given; pass --key FILE)",
             path.display()
         );
@@ -342,7 +342,7 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
     }
     if !failures.is_empty() {
         for f in &failures[1..] {
-            filter::log_line!("lifeboat: error: {f}");
+            tracing::error!("lifeboat: error: {f}");
         }
         bail!("{}", failures[0]);
     }

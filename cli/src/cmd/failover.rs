@@ -169,7 +169,7 @@ fn job_keys(home: &Home, site: &Site, vm: &str) -> Option<(disk_format::keys::Ke
     match keys_for(home, vm, v, k) {
         Ok(kv) => Some(kv),
         Err(e) => {
-            filter::log_line!("lifeboat: warning: cannot open the failover's key and vault ({e:#})");
+            tracing::warn!("lifeboat: warning: cannot open the failover's key and vault ({e:#})");
             None
         }
     }
@@ -224,7 +224,7 @@ pub(crate) fn auditor<'a>(
                 .map_err(|e| format!("{e:#}"))
         }
         None => {
-            filter::log_line!("lifeboat: warning: no key at hand: `{kind}` is not recorded in the audit log");
+            tracing::warn!("lifeboat: warning: no key at hand: `{kind}` is not recorded in the audit log");
             Ok(())
         }
     }
@@ -303,8 +303,8 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
     let mut step = |s: &Step| {
         if live {
             match s.state {
-                StepState::Running => filter::log_line!("[{}] {} ...", name, s.name),
-                state => filter::log_line!("[{}] {} {state}: {}", name, s.name, s.detail),
+                StepState::Running => tracing::info!("[{}] {} ...", name, s.name),
+                state => tracing::info!("[{}] {} {state}: {}", name, s.name, s.detail),
             }
         }
     };

@@ -82,14 +82,15 @@ impl NbdLimits {
     }
 }
 
-/// Raises the open-files limit for a process that serves NBD, and says so.
+/// Raises the open-files limit for a process that serves NBD, and says so
+/// (`prefix`: who, e.g. `lifeboat agent`).
 pub fn raise_open_files_limit(prefix: &str) {
     match filter::raise_open_files_limit() {
         Ok(l) if l.now > l.before => {
-            filter::log_line!("{prefix}: open-files limit raised from {} to {}", l.before, l.now)
+            tracing::info!("{prefix}: open-files limit raised from {} to {}", l.before, l.now)
         }
         Ok(_) => {}
-        Err(e) => filter::log_line!("{prefix}: warning: cannot raise the open-files limit: {e}"),
+        Err(e) => tracing::warn!("{prefix}: warning: cannot raise the open-files limit: {e}"),
     }
 }
 
@@ -109,17 +110,19 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     entry.check_usable(&a.name)?;
     let (disk, note) = entry.open_disk(&a.name, CopyMemory::global())?;
     if let Some(note) = note {
-        filter::log_line!("lifeboat: {note}");
+        tracing::info!(disk = a.name, "lifeboat: {note}");
     }
     let opened = disk.state().opened();
     if opened.newly_suspect {
-        filter::log_line!(
+        tracing::warn!(
+            disk = a.name,
             "lifeboat: {}: the host went down while the filter ran (or the state file's bitmaps were damaged); \
              every block is marked to be verified",
             a.name
         );
     } else if opened.was_unclean {
-        filter::log_line!(
+        tracing::warn!(
+            disk = a.name,
             "lifeboat: {}: the previous filter stopped without a clean shutdown; its bitmaps are intact",
             a.name
         );
@@ -148,17 +151,17 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         }
     };
     for addr in server.local_addrs().iter().filter(|l| l.is_exposed() && !tls) {
-        filter::log_line!("lifeboat: {}", insecure_warning(&a.name, addr));
+        tracing::warn!(disk = a.name, "lifeboat: {}", insecure_warning(&a.name, addr));
     }
     let shutdown = server.shutdown_handle();
     let name = a.name.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         let sig = signals::wait_termination();
-        filter::log_line!("lifeboat: {name}: {sig}: finishing requests in flight and stopping");
+        tracing::info!(disk = name, "lifeboat: {name}: {sig}: finishing requests in flight and stopping");
         shutdown.shutdown();
     })?;
     let addrs: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
-    filter::log_line!("filter {} listening on {}", a.name, addrs.join(" "));
+    tracing::info!(disk = a.name, "filter {} listening on {}", a.name, addrs.join(" "));
     let served = server.run();
     control.stop();
     let disk =
@@ -166,8 +169,8 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     disk.close()?;
     served.context("serving NBD")?;
     if let Err(e) = status_file::record_log_drops(&status_path) {
-        filter::log_line!("lifeboat: warning: {}: {e:#}", a.name);
+        tracing::warn!(disk = a.name, "lifeboat: warning: {}: {e:#}", a.name);
     }
-    filter::log_line!("lifeboat: {}: stopped cleanly", a.name);
+    tracing::info!(disk = a.name, "lifeboat: {}: stopped cleanly", a.name);
     Ok(())
 }

@@ -69,18 +69,18 @@ pub fn run(_home: &Home, a: Args) -> Result<()> {
     let watched = Arc::clone(&disk);
     let (point, where_) = (a.point, a.socket.display().to_string());
     serve(Arc::clone(&disk), &a.socket, &a.disk, move |shutdown| {
-        filter::log_line!("instant {name}: serving point {point} on {where_}");
+        tracing::info!("instant {name}: serving point {point} on {where_}");
         let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
             let sig = signals::wait_termination();
             let (present, total) = watched.present_blocks();
-            filter::log_line!("instant {name}: {sig}: stopping ({present} of {total} blocks local)");
+            tracing::info!("instant {name}: {sig}: stopping ({present} of {total} blocks local)");
             shutdown.shutdown();
         });
     })
     .context("serving NBD")?;
     let (present, total) = disk.present_blocks();
     let (fetched, on_demand) = disk.fetched();
-    filter::log_line!(
+    tracing::info!(
         "instant {}: stopped; {present} of {total} blocks local, {fetched} fetched ({on_demand} on demand)",
         a.disk
     );

@@ -140,7 +140,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
                     Some(_) => {
                         let mut obs = recovery::Observer { step: &mut step, audit: &mut audit };
                         match site.cleanup(vm, &mut obs) {
-                            Ok(_) => filter::log_line!("[plan {name}] {vm}: cleaned up"),
+                            Ok(_) => tracing::info!("[plan {name}] {vm}: cleaned up"),
                             Err(e) => problems.push(format!("{vm}: {e}")),
                         }
                     }
@@ -235,12 +235,12 @@ fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArg
     let name = plan.name.clone();
     let total = plan.steps.len();
     let on_step = |r: &StepRecord| match r.state {
-        PlanStepState::Running => filter::log_line!("[plan {name}] step {}/{total} {} ...", r.number, r.what),
-        state => filter::log_line!("[plan {name}] step {}/{total} {} {state}: {}", r.number, r.what, r.detail),
+        PlanStepState::Running => tracing::info!("[plan {name}] step {}/{total} {} ...", r.number, r.what),
+        state => tracing::info!("[plan {name}] step {}/{total} {} {state}: {}", r.number, r.what, r.detail),
     };
     let on_vm = |n: usize, vm: &str, s: &Step| {
         if s.state != StepState::Running {
-            filter::log_line!("[plan {name}] step {n}: {vm}: {} {}: {}", s.name, s.state, s.detail);
+            tracing::info!("[plan {name}] step {n}: {vm}: {} {}: {}", s.name, s.state, s.detail);
         }
     };
     let audit_dir = super::audit::audit_dir(home);

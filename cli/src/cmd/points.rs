@@ -123,7 +123,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
 fn list_disks(vault: &vault::Vault, keys: &disk_format::Keys, dir: &std::path::Path, json: bool) -> Result<()> {
     let all = vault.disks_by_identity(keys).with_context(|| format!("listing the disks of {}", dir.display()))?;
     for u in &all.unreadable {
-        filter::log_line!(
+        tracing::warn!(
             "lifeboat: warning: chain {} of {} cannot be read with this key: {}",
             u.chain,
             dir.display(),

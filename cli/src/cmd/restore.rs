@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use crate::home::Home;
 use crate::keyfile;
 use crate::output::PartialFile;
+use crate::progress::Reporter;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -84,18 +85,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     crate::output::refuse_image_in_use(home, &a.out, "restore")?;
     let partial = PartialFile::create(&a.out, a.force)?;
     let started = Instant::now();
-    let tty = std::io::stderr().is_terminal();
-    let mut last = Instant::now();
-    let mut progress = |done: u64, total: u64| {
-        if tty && (last.elapsed().as_millis() > 200 || done == total) {
-            last = Instant::now();
-            filter::log::text_raw(&format!("\rrestoring: {:.0}%   ", done as f64 * 100.0 / total.max(1) as f64));
-        }
-    };
+    let mut progress = Reporter::new("", std::io::stderr().is_terminal());
     let result = vault.restore(&point.chain, sequence, &keys, partial.file(), &mut progress);
-    if tty {
-        filter::log_line!();
-    }
+    drop(progress);
     let details = match &result {
         Ok(r) => serde_json::json!({ "point": sequence, "disk_id": disk.disk_id_hex(), "out": a.out,
             "blocks_written": r.blocks_written, "ok": true }),

@@ -1,11 +1,10 @@
 //! `lifeboat ship`: run a replication cycle now.
 
 use std::io::IsTerminal;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use filter::control::ControlClient;
-use shipper::{LocalSource, Progress, RemoteSource};
+use shipper::{LocalSource, RemoteSource};
 
 use crate::home::Home;
 
@@ -21,79 +20,10 @@ pub struct Args {
     json: bool,
 }
 
-/// A progress line on stderr: bytes, rate and time left.
-pub struct Bar {
-    prefix: String,
-    total: u64,
-    done: u64,
-    started: Instant,
-    last: Instant,
-    tty: bool,
-    quiet_when_done: bool,
-    label: &'static str,
-}
-
-impl Bar {
-    /// A bar whose lines start with `prefix`; redrawn in place on a terminal,
-    /// a line every 5 s otherwise (logs).
-    pub fn new(prefix: &str, tty: bool) -> Bar {
-        let now = Instant::now();
-        Bar {
-            prefix: prefix.to_string(),
-            total: 0,
-            done: 0,
-            started: now,
-            last: now,
-            tty,
-            quiet_when_done: false,
-            label: "",
-        }
-    }
-
-    /// No final line for a cycle that finished before its first report
-    /// (the agent logs each cycle's outcome anyway).
-    pub fn quiet_when_done(mut self) -> Bar {
-        self.quiet_when_done = true;
-        self
-    }
-}
-
-impl Progress for Bar {
-    fn start(&mut self, total: u64, full: bool) {
-        self.total = total;
-        self.label = if full { "full sync" } else { "changes" };
-    }
-    fn advance(&mut self, bytes: u64) {
-        self.done += bytes;
-        let now = Instant::now();
-        let due = now.duration_since(self.last).as_millis() >= if self.tty { 200 } else { 5000 };
-        if !due && (self.done < self.total || self.quiet_when_done) {
-            return;
-        }
-        self.last = now;
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = self.done as f64 / secs;
-        let left = if rate > 0.0 { (self.total - self.done.min(self.total)) as f64 / rate } else { 0.0 };
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-        let line = format!(
-            "{}{}: {:.0}/{:.0} MiB ({:.0}%), {:.0} MiB/s, {:.0} s left",
-            self.prefix,
-            self.label,
-            mib(self.done),
-            mib(self.total),
-            self.done as f64 * 100.0 / self.total.max(1) as f64,
-            rate / (1u64 << 20) as f64,
-            left
-        );
-        // Through filter::log: the agent's cycles report progress here too,
-        // and a stderr that fails must not end the cycle.
-        if self.tty {
-            filter::log::text_raw(&format!("\r{line}   "));
-        } else {
-            filter::log_line!("{line}");
-        }
-    }
-}
+/// A cycle's progress: the one reporter ([`crate::progress::Reporter`]),
+/// under the name the agent and failover use (`Bar::new(prefix,
+/// tty).quiet_when_done()`).
+pub type Bar = crate::progress::Reporter;
 
 /// Runs one cycle of disk `name` now: through the process serving it (the
 /// agent or `lifeboat filter`), or on the locked image when none does.
@@ -129,7 +59,7 @@ pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleRepor
                 .open_disk(name, filter::copies::CopyMemory::global())
                 .with_context(|| format!("cycle of disk {name:?}: opening its image (no filter serves it)"))?;
             if let Some(note) = note {
-                filter::log_line!("lifeboat: {note}");
+                tracing::info!(disk = name, "lifeboat: {note}");
             }
             let mut source = LocalSource::shared(std::sync::Arc::new(disk));
             let r = cycled(target.cycle(&mut source, None, 0, &mut bar, None));
@@ -147,13 +77,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     if !a.once {
         bail!("`lifeboat ship` runs one cycle: pass --once (the agent runs cycles on a schedule)");
     }
-    let tty = std::io::stderr().is_terminal();
-    let r = once(home, &a.name, Bar::new("", tty))?;
-    if tty {
-        filter::log_line!();
-    }
+    let r = once(home, &a.name, Bar::new("", std::io::stderr().is_terminal()))?;
     for w in &r.warnings {
-        filter::log_line!("lifeboat: warning: {}: {w}", a.name);
+        tracing::warn!(disk = a.name, "lifeboat: warning: {}: {w}", a.name);
     }
     if a.json {
         outln!(

@@ -12,6 +12,8 @@ use filter::CutKind;
 
 use crate::home::Home;
 use crate::output::PartialFile;
+use crate::progress::Reporter;
+use vault::Progress;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -77,7 +79,8 @@ fn from_filter(mut c: ControlClient, out: &File, path: &Path) -> Result<u64> {
     let per = (BATCH_BYTES / bs).max(1);
     let mut buf = Vec::with_capacity(usize::try_from(BATCH_BYTES).expect("16 MiB"));
     let mut first = 0;
-    let progress = std::io::IsTerminal::is_terminal(&io::stderr());
+    let mut progress = Reporter::new("snapshot: ", std::io::IsTerminal::is_terminal(&io::stderr()));
+    progress.start("copying", info.disk_size);
     while first < blocks {
         let n = per.min(blocks - first);
         buf.clear();
@@ -85,13 +88,9 @@ fn from_filter(mut c: ControlClient, out: &File, path: &Path) -> Result<u64> {
             .with_context(|| format!("reading blocks {first}..{} of cut {}", first + n, cut.generation))?;
         write_sparse(out, path, &buf, first * bs, usize::try_from(bs).expect("block fits"))?;
         first += n;
-        if progress {
-            filter::log::text_raw(&format!("\r{:5.1}% ", first as f64 * 100.0 / blocks as f64));
-        }
+        progress.advance(buf.len() as u64);
     }
-    if progress {
-        filter::log_line!();
-    }
+    drop(progress);
     // A snapshot is not a recovery point: the cut's blocks stay dirty.
     c.abort().context("ending the cut")?;
     Ok(info.disk_size)
@@ -100,7 +99,7 @@ fn from_filter(mut c: ControlClient, out: &File, path: &Path) -> Result<u64> {
 fn offline(entry: &mut crate::home::DiskEntry, name: &str, out: &File, path: &Path) -> Result<u64> {
     let (disk, note) = entry.open_disk(name, filter::copies::CopyMemory::global())?;
     if let Some(note) = note {
-        filter::log_line!("lifeboat: {note}");
+        tracing::info!("lifeboat: {note}");
     }
     let g = disk.geometry();
     let cut = disk.cut(CutKind::Full)?;

@@ -64,6 +64,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     }
     // Scripts and monitors can act on the exit code alone.
     if failing {
+        crate::log::flush();
         std::process::exit(3);
     }
     Ok(())

@@ -110,7 +110,8 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             if let Some(k) = &keys {
                 v.check_key(k)?;
             }
-            let report = v.check(keys.as_ref(), &mut |what: &str| filter::log_line!("{what}"))?;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let report = v.check(keys.as_ref(), &mut crate::progress::Reporter::counting("", tty))?;
             // With the key: the points and the audit copies vouch for each
             // other (issue 12, hole 8): lost roots or lost audit segments.
             let links = match &keys {

@@ -340,11 +340,11 @@ impl Listener {
                     Ok(uid) if crate::sys::peer_allowed(uid) => {
                         return Ok((Socket::Unix(s), format!("unix:{}", u.path.display())));
                     }
-                    Ok(uid) => crate::log_line!(
+                    Ok(uid) => tracing::warn!(
                         "nbd: refused a connection from uid {uid} on {}: only root and the server's own user may connect",
                         u.path.display()
                     ),
-                    Err(e) => crate::log_line!("nbd: refused a connection on {}: its peer credentials: {e}", u.path.display()),
+                    Err(e) => tracing::warn!("nbd: refused a connection on {}: its peer credentials: {e}", u.path.display()),
                 }
                 let _ = s.shutdown(Shutdown::Both);
             },
@@ -359,7 +359,7 @@ impl Listener {
                     match uid {
                         Some(uid) if crate::sys::peer_allowed(uid) => {}
                         Some(uid) => {
-                            crate::log_line!(
+                            tracing::warn!(
                                 "nbd: refused a connection from uid {uid} on tcp:{peer}: only root and the server's \
                                  own user may connect"
                             );
@@ -367,7 +367,7 @@ impl Listener {
                             continue;
                         }
                         None => {
-                            crate::log_line!("nbd: refused a connection from tcp:{peer}: its owner cannot be found");
+                            tracing::warn!("nbd: refused a connection from tcp:{peer}: its owner cannot be found");
                             let _ = s.shutdown(Shutdown::Both);
                             continue;
                         }
@@ -437,7 +437,9 @@ impl Control {
         r.unlogged += 1;
         let now = Instant::now();
         if r.last_line.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY) {
-            crate::log_line!(
+            tracing::warn!(
+                disk = %self.name,
+                %peer,
                 "nbd[{}]: refused {} connection(s) (the last from {peer}): {why}; further refusals are counted \
                  here at most every {} s",
                 self.name,
@@ -626,10 +628,7 @@ impl Server {
                     let _ = handle.join();
                 }
                 Err(e) => {
-                    crate::log_line!(
-                        "nbd: cannot wake the accept thread on {} ({e}); leaving it",
-                        listener.local_addr()
-                    )
+                    tracing::warn!("nbd: cannot wake the accept thread on {} ({e}); leaving it", listener.local_addr())
                 }
             }
         }
@@ -644,7 +643,7 @@ impl Server {
         while !reg.connections.is_empty() {
             let now = Instant::now();
             if now >= deadline && !forced {
-                crate::log_line!(
+                tracing::warn!(
                     "nbd: {} connection(s) still busy {:?} after shutdown; closing their sockets",
                     reg.connections.len(),
                     grace
@@ -718,7 +717,7 @@ fn accept_loop(listener: &Listener, control: &Arc<Control>, export: &Weak<dyn Ex
                 // Out of file descriptors and the like: say so, back off, retry.
                 failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_power_of_two() {
-                    crate::log_line!("nbd: accept on {} failed: {e}", listener.local_addr());
+                    tracing::warn!("nbd: accept on {} failed: {e}", listener.local_addr());
                 }
                 thread::sleep(Duration::from_millis(10 * u64::from(failures.min(50))));
                 continue;
@@ -761,7 +760,7 @@ fn accept_loop(listener: &Listener, control: &Arc<Control>, export: &Weak<dyn Ex
         });
         if let Err(e) = spawned {
             // the closure, and with it the registration, is dropped
-            crate::log_line!("nbd: cannot start a thread for connection {id}: {e}; dropping it");
+            tracing::error!("nbd: cannot start a thread for connection {id}: {e}; dropping it");
         }
     }
 }
@@ -780,7 +779,7 @@ impl Drop for Registration {
 
 fn serve_connection(id: u64, sock: Arc<Socket>, peer: &str, export: Arc<dyn Export>, control: &Control) {
     let label = format!("nbd[{}#{id}]", control.name);
-    crate::log_line!("{label}: connection from {peer}");
+    tracing::info!(disk = %control.name, %peer, "{label}: connection from {peer}");
     let stopping = || control.stopping.load(Ordering::SeqCst);
     let spec = ExportSpec { name: &control.name, export: &*export, shutting_down: &stopping };
     let session = Session { label: &label, export: &*export, control };
@@ -864,20 +863,20 @@ impl Session<'_> {
                     transmission::Ending::Eof if stopping() => "closed for server shutdown".to_owned(),
                     other => other.to_string(),
                 };
-                crate::log_line!("{label}: {ending}");
+                tracing::info!("{label}: {ending}");
             }
-            Ok(Outcome::Aborted) => crate::log_line!("{label}: client ended the handshake (NBD_OPT_ABORT)"),
-            Ok(Outcome::StartTls(_)) => crate::log_line!("{label}: STARTTLS acknowledged on a listener without TLS"),
+            Ok(Outcome::Aborted) => tracing::info!("{label}: client ended the handshake (NBD_OPT_ABORT)"),
+            Ok(Outcome::StartTls(_)) => tracing::warn!("{label}: STARTTLS acknowledged on a listener without TLS"),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                crate::log_line!("{label}: client left during the handshake")
+                tracing::info!("{label}: client left during the handshake")
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                crate::log_line!(
+                tracing::warn!(
                     "{label}: client did not finish the handshake within {} s; dropped it",
                     self.control.options.handshake_timeout.as_secs_f64()
                 )
             }
-            Err(e) => crate::log_line!("{label}: handshake failed: {e}"),
+            Err(e) => tracing::warn!("{label}: handshake failed: {e}"),
         }
     }
 }

@@ -271,7 +271,7 @@ impl<'a> Conn<'a> {
                 match spawned {
                     Ok(_) => q.workers += 1,
                     Err(e) if q.workers == 0 => {
-                        crate::log_line!("{}: cannot start a worker thread: {e}; closing the connection", self.label);
+                        tracing::error!("{}: cannot start a worker thread: {e}; closing the connection", self.label);
                         drop(q);
                         if let Some(buf) = payload {
                             self.pool.put(buf);
@@ -390,7 +390,7 @@ impl<'a> Conn<'a> {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 if !self.export_error_logged.swap(true, Ordering::Relaxed) {
-                    crate::log_line!(
+                    tracing::warn!(
                         "{}: {op:?} failed: {e} (further errors on this connection are not logged)",
                         self.label
                     );
@@ -398,7 +398,7 @@ impl<'a> Conn<'a> {
                 Err(Some(Errno::from_io(&e)))
             }
             Err(_) => {
-                crate::log_line!("{}: the export panicked during {op:?}; closing the connection", self.label);
+                tracing::error!("{}: the export panicked during {op:?}; closing the connection", self.label);
                 self.break_connection();
                 Err(None)
             }
@@ -422,7 +422,7 @@ impl<'a> Conn<'a> {
         let mut bufs = [IoSlice::new(header), IoSlice::new(data)];
         if let Err(e) = write_all_vectored(self.sock, &mut bufs) {
             if !self.broken.load(Ordering::Relaxed) {
-                crate::log_line!("{}: cannot send a reply: {e}; closing the connection", self.label);
+                tracing::warn!("{}: cannot send a reply: {e}; closing the connection", self.label);
             }
             self.break_connection();
         }

@@ -392,7 +392,7 @@ fn restore_check(
     point: &Point,
     corrupted: bool,
 ) -> Check {
-    match vault.restore(disk, seq, keys, out, &mut |_, _| {}) {
+    match vault.restore(disk, seq, keys, out, &mut ()) {
         Ok(_) => compare_image(out, point).map_err(|e| format!("point {disk}/{seq} restored WRONG DATA: {e}")),
         Err(VaultError::Damaged { .. }) if corrupted => Ok(()),
         Err(e) => Err(format!("point {disk}/{seq} does not restore: {e}")),
@@ -1197,7 +1197,7 @@ impl Sim {
         self.begin(format!("restore point {seq} with {fault:?}"));
         self.stats.restores += 1;
         self.store.arm(fault);
-        let r = self.vault.restore(&chain(), seq, &self.keys, &self.out, &mut |_, _| {});
+        let r = self.vault.restore(&chain(), seq, &self.keys, &self.out, &mut ());
         let triggered = self.store.disarm();
         match r {
             Ok(_) => compare_image(&self.out, &self.model.points[&seq])
@@ -1236,7 +1236,7 @@ impl Sim {
         self.store.raw_put(kind, &name, bytes);
         self.model.corrupted.push(format!("{kind}/{name}"));
         self.invalidate();
-        let report = self.vault.check(Some(&self.keys), &mut |_| {}).map_err(|e| format!("check: {e}"))?;
+        let report = self.vault.check(Some(&self.keys), &mut ()).map_err(|e| format!("check: {e}"))?;
         ensure!(!report.is_clean(), "check with the key did not notice {kind}/{name} was damaged");
         Ok(())
     }
@@ -1335,7 +1335,7 @@ impl Sim {
         }
         // A scrub without the key is clean unless something was damaged on purpose.
         if !self.corrupted() && (self.rng.chance(35) || self.step.is_multiple_of(8)) {
-            let report = self.vault.check(None, &mut |_| {}).map_err(|e| format!("check: {e}"))?;
+            let report = self.vault.check(None, &mut ()).map_err(|e| format!("check: {e}"))?;
             ensure!(report.is_clean(), "check found problems: {:?}", report.problems);
         }
         Ok(())
@@ -1410,7 +1410,7 @@ impl Sim {
         // A scrub that opens every block (a quarter of the seeds: it costs a
         // restore of everything; every point was restored already).
         let keys = self.rng.chance(25).then_some(&self.keys);
-        let report = self.vault.check(keys, &mut |_| {}).map_err(|e| format!("check: {e}"))?;
+        let report = self.vault.check(keys, &mut ()).map_err(|e| format!("check: {e}"))?;
         ensure!(report.is_clean(), "a final check found problems: {:?}", report.problems);
         Ok(())
     }

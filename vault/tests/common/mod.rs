@@ -202,7 +202,7 @@ pub fn lease_body(holder: &str, host: &HostIdentity, pid: u32, start: u64) -> St
 pub fn restore_bytes(vault: &Vault, dir: &std::path::Path, disk: &str, seq: u64) -> Result<Vec<u8>, VaultError> {
     let path = dir.join(format!("restored-{disk}-{seq}.img"));
     let out = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-    vault.restore(disk, seq, &master().keys(), &out, &mut |_, _| {})?;
+    vault.restore(disk, seq, &master().keys(), &out, &mut ())?;
     Ok(std::fs::read(&path).unwrap())
 }
 
