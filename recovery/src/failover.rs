@@ -169,7 +169,7 @@ pub struct Served {
 impl Served {
     /// Whether the process is still alive and still this disk's server.
     pub fn alive(&self) -> bool {
-        launch::process_alive_with_arg(self.pid, &self.socket)
+        system::process::alive_with_arg(self.pid, self.socket.as_os_str())
     }
 
     /// Stops the server: SIGTERM, then SIGKILL after 10 s.

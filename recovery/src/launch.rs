@@ -218,16 +218,6 @@ pub fn launch(
     Ok(Running { pid, pidfile, console, qmp, health_port })
 }
 
-/// Whether process `pid` is alive (not a zombie) and has `arg` among its
-/// command-line arguments: a pid is trusted only while it is still the
-/// process that was started, never a reuse of its number.
-pub(crate) fn process_alive_with_arg(pid: u32, arg: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let want = arg.display().to_string();
-    let ours = cmdline.split(|&b| b == 0).any(|a| a == want.as_bytes());
-    ours && system::process::stat(pid).is_some_and(|(state, _)| state != 'Z')
-}
-
 /// The pid in a pid file, if the file exists.
 fn read_pid(pidfile: &Path) -> Result<Option<u32>, RecoveryError> {
     match std::fs::read_to_string(pidfile) {
@@ -244,7 +234,7 @@ fn read_pid(pidfile: &Path) -> Result<Option<u32>, RecoveryError> {
 impl Running {
     /// Whether this QEMU process is still alive (and is still ours).
     pub fn alive(&self) -> bool {
-        process_alive_with_arg(self.pid, &self.pidfile)
+        system::process::alive_with_arg(self.pid, self.pidfile.as_os_str())
     }
 
     /// Stops the VM: QMP `quit`, then SIGKILL if it has not gone within

@@ -126,9 +126,42 @@ pub fn stat(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// Whether process `pid` is alive (not a zombie) and has `arg` among its
+/// command-line arguments: a pid read from a file is trusted only while it
+/// is still the process that was started with that argument (its pid file,
+/// its socket), never a reuse of its number by another program.
+pub fn alive_with_arg(pid: u32, arg: &std::ffi::OsStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let ours = cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes());
+    ours && stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_counts_as_ours_only_with_its_argument_and_until_it_dies() {
+        use std::io::BufRead;
+        // A child that says when it runs: before that its command line may
+        // still be the forked parent's (or empty, mid-exec).
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", "import time; print('up', flush=True); time.sleep(60)", "30.5"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "up\n");
+        let pid = child.id();
+        assert!(alive_with_arg(pid, "30.5".as_ref()));
+        assert!(!alive_with_arg(pid, "/run/other.pid".as_ref()), "another program under a reused pid");
+        signal(pid, libc::SIGKILL).unwrap();
+        assert!(Pidfd::open(pid).unwrap().wait_exit(Duration::from_secs(10)).unwrap());
+        assert!(!alive_with_arg(pid, "30.5".as_ref()), "a zombie is not alive");
+        child.wait().unwrap();
+    }
 
     #[test]
     fn a_child_exists_until_reaped_and_its_pidfd_sees_it_exit() {

@@ -280,11 +280,10 @@ impl Filter {
 
     /// Sends signal `sig` to the process.
     pub fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.child.as_ref().expect("filter running").id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child, not yet reaped (we still hold its
-        // `Child` and have not waited for it), so the pid still names it.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) on lifeboat filter");
+        // Our own child, not yet reaped (we still hold its `Child` and have
+        // not waited for it), so the pid still names it.
+        let pid = self.child.as_ref().expect("filter running").id();
+        system::process::signal(pid, sig).unwrap_or_else(|e| panic!("kill({pid}, {sig}) on lifeboat filter: {e}"));
     }
 
     /// Waits up to `limit` for the process to exit and returns its status;

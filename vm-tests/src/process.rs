@@ -49,6 +49,5 @@ pub fn json(out: &Output) -> serde_json::Value {
 
 /// Whether process `pid` exists and is not a zombie.
 pub fn pid_alive(pid: u64) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+    u32::try_from(pid).ok().and_then(system::process::stat).is_some_and(|(state, _)| state != 'Z')
 }

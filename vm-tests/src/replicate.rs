@@ -532,13 +532,7 @@ pub struct Rec {
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock Python's `time.monotonic_ns()` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec into the valid, exclusively
-    // borrowed `ts` and reads nothing else.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0);
-    u64::try_from(ts.tv_sec).expect("monotonic time is positive") * 1_000_000_000
-        + u64::try_from(ts.tv_nsec).expect("nanoseconds are positive")
+    system::clock::monotonic_ns()
 }
 
 /// The record writer (Python on libnbd) running against a filter. Dropping
