@@ -146,7 +146,7 @@ use system::clock::now_ns;
 /// blocks, RPO 1 s) protected; the image's path.
 fn protected(s: &Scratch) -> PathBuf {
     let (key, vault, image) = (s.path("k.key"), s.path("vault"), s.path("d.img"));
-    fs::write(&image, vec![0u8; (4 * MIB) as usize]).unwrap();
+    fs::write(&image, vec![0u8; usize::try_from(4 * MIB).unwrap()]).unwrap();
     s.home.key_new(&key);
     s.home.vault_init(&vault, &key);
     s.home.protect_replicated_with("d", &image, 64 * 1024, &vault, &key, &["--rpo", "1s"]);
@@ -177,8 +177,14 @@ fn check_after_stop(s: &Scratch, point: u64, pattern: u8) {
     assert!(st["log_lines_dropped"].as_u64().is_some_and(|n| n > 0), "the lost log lines are not counted: {st}");
     let restored = s.home.restore("d", &point.to_string(), &s.path("restored.img"));
     assert_eq!(restored.len() as u64, 4 * MIB);
-    assert!(restored[..(128 * KIB) as usize].iter().all(|&b| b == pattern), "point {point} lacks the write");
-    assert!(restored[(128 * KIB) as usize..].iter().all(|&b| b == 0), "point {point} has data past the write");
+    assert!(
+        restored[..usize::try_from(128 * KIB).unwrap()].iter().all(|&b| b == pattern),
+        "point {point} lacks the write"
+    );
+    assert!(
+        restored[usize::try_from(128 * KIB).unwrap()..].iter().all(|&b| b == 0),
+        "point {point} has data past the write"
+    );
 }
 
 fn filter_serves_ships_and_stops(stderr: Stderr) {

@@ -48,7 +48,7 @@ fn scratch() -> Scratch {
 
 /// A 4 MiB image of random bytes at `path`.
 fn image(path: &Path, seed: u64) -> Vec<u8> {
-    let data = Rng::new(seed).bytes(4 * MIB as usize);
+    let data = Rng::new(seed).bytes(usize::try_from(4 * MIB).unwrap());
     fs::write(path, &data).unwrap();
     data
 }

@@ -29,7 +29,7 @@ const MIB: u64 = 1024 * 1024;
 fn setup(prefix: &str) -> Scratch {
     let s = Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), prefix);
     let image = s.path("d1.img");
-    fs::write(&image, vec![7u8; (4 * MIB) as usize]).unwrap();
+    fs::write(&image, vec![7u8; usize::try_from(4 * MIB).unwrap()]).unwrap();
     s.home.key_new(&s.path("k.key"));
     s.home.vault_init(&s.path("vault"), &s.path("k.key"));
     s.home.protect_replicated("d1", &image, 64 * 1024, &s.path("vault"), &s.path("k.key"));

@@ -44,6 +44,9 @@ use crate::disk::{CutInfo, CutKind, Disk};
 pub const MAX_READ_BYTES: u64 = 64 << 20;
 const MAX_LINE: usize = 256;
 
+/// The control connections being served, with their threads.
+type Conns = Arc<Mutex<Vec<(UnixStream, JoinHandle<()>)>>>;
+
 /// The control socket server of one disk.
 pub struct ControlServer {
     path: PathBuf,
@@ -51,7 +54,7 @@ pub struct ControlServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Each connection's socket (to shut it down) and thread (to join it).
-    conns: Arc<Mutex<Vec<(UnixStream, JoinHandle<()>)>>>,
+    conns: Conns,
 }
 
 impl ControlServer {
@@ -67,7 +70,7 @@ impl ControlServer {
         let for_thread = listener.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let conns: Arc<Mutex<Vec<(UnixStream, JoinHandle<()>)>>> = Arc::default();
+        let conns: Conns = Arc::default();
         let conns2 = conns.clone();
         let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
             let listener = for_thread;
