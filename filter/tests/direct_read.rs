@@ -225,7 +225,7 @@ fn interleavings(direct: bool) {
     assert!(!d.validate_direct_read(generation, 4).unwrap(), "block 4 was written before the read");
     d.read_cut_block(4, copy.get()).unwrap();
     assert!(copy.get()[..] == content(4, 1, 0)[..]);
-    common::finish(d).unwrap();
+    common::finish(&d).unwrap();
     d.close().unwrap();
 }
 
@@ -255,7 +255,7 @@ fn validation_refuses_a_stale_or_missing_cut() {
     assert!(g2 > g1);
     assert!(matches!(d.validate_direct_read(g1, 3), Err(FilterError::NoCut)));
     assert!(d.validate_direct_read(g2, 3).unwrap());
-    common::finish(d).unwrap();
+    common::finish(&d).unwrap();
     assert_eq!(d.image_path(), dir.path().join("disk.img"));
     d.close().unwrap();
 }

@@ -226,7 +226,7 @@ impl CycleSource<'_> {
             InCycle::Gc | InCycle::DryGc => {
                 let dry = matches!(e, InCycle::DryGc);
                 self.store.suspend_faults(true);
-                let other = open_vault(&self.store);
+                let other = open_vault(self.store);
                 let r = other.gc(dry);
                 self.store.suspend_faults(false);
                 if !dry {
@@ -243,7 +243,7 @@ impl CycleSource<'_> {
             }
             InCycle::Prune(policy) => {
                 self.store.suspend_faults(true);
-                let other = open_vault(&self.store);
+                let other = open_vault(self.store);
                 let now = self.clock.load(Ordering::SeqCst);
                 let r = checked_prune(&other, self.model, &policy, now, None, self.store);
                 self.store.suspend_faults(false);
@@ -260,7 +260,7 @@ impl CycleSource<'_> {
                 }
                 let seq = live[usize::try_from(self.rng.below(live.len() as u64)).expect("small")];
                 self.store.suspend_faults(true);
-                let other = open_vault(&self.store);
+                let other = open_vault(self.store);
                 let corrupted = !self.model.corrupted.is_empty();
                 let r = restore_check(&other, self.keys, self.out, &chain(), seq, &self.model.points[&seq], corrupted);
                 self.store.suspend_faults(false);
