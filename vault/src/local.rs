@@ -43,6 +43,7 @@
 //!   holder dies (no stale lock to judge) and it is held only for one
 //!   comparison and one rename. Packs and pages are content-addressed and
 //!   never replaced: they take no lock.
+//!
 //! Streamed objects ([`Backend::writer`], packs) take the same path; their
 //! pieces aligned to [`DIRECT_ALIGN`] are written with O_DIRECT, so the
 //! shipper's packs go from its buffers to the device without a copy into the

@@ -95,7 +95,7 @@ fn racing_creates(b: &dyn Backend) {
                     let (name, start) = (&name, &start);
                     s.spawn(move || {
                         // Different lengths: a torn or mixed object shows.
-                        let data = vec![i as u8; 1000 + i * 777];
+                        let data = vec![u8::try_from(i).unwrap(); 1000 + i * 777];
                         start.wait();
                         b.create(Kind::Root, name, &data)
                     })
@@ -111,7 +111,7 @@ fn racing_creates(b: &dyn Backend) {
             }
         }
         let w = winners[0];
-        assert_eq!(b.get(Kind::Root, &name).unwrap(), vec![w as u8; 1000 + w * 777], "round {round}");
+        assert_eq!(b.get(Kind::Root, &name).unwrap(), vec![u8::try_from(w).unwrap(); 1000 + w * 777], "round {round}");
     }
 }
 
@@ -126,7 +126,7 @@ fn racing_replaces(b: &dyn Backend) {
             .map(|i| {
                 let (v0, start) = (&v0, &start);
                 s.spawn(move || {
-                    let data = vec![i as u8; 500 + i * 311];
+                    let data = vec![u8::try_from(i).unwrap(); 500 + i * 311];
                     start.wait();
                     b.replace_if(Kind::Config, name, &data, v0)
                 })
@@ -141,18 +141,18 @@ fn racing_replaces(b: &dyn Backend) {
     }
     let w = winners[0];
     let (data, v) = b.get_versioned(Kind::Config, name).unwrap();
-    assert_eq!(data, vec![w as u8; 500 + w * 311]);
+    assert_eq!(data, vec![u8::try_from(w).unwrap(); 500 + w * 311]);
     assert_eq!(&v, results[w].as_ref().unwrap(), "the winner's version is the object's");
 }
 
 /// Threads each add to one counter by read, modify, replace-if (retrying on
 /// a conflict): no increment is lost.
 fn read_modify_write_loses_no_update(b: &dyn Backend) {
-    const THREADS: u64 = 4;
-    const EACH: u64 = 15;
+    const THREADS: usize = 4;
+    const EACH: usize = 15;
     let name = "counter/0000000000000000";
     b.create(Kind::Lease, name, b"0").unwrap();
-    let start = Barrier::new(THREADS as usize);
+    let start = Barrier::new(THREADS);
     std::thread::scope(|s| {
         for _ in 0..THREADS {
             s.spawn(|| {
