@@ -188,8 +188,9 @@ struct Failing {
     allow: AtomicU32,
 }
 
-impl Backend for Failing {
-    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+impl Failing {
+    /// Fails a write of this backend's kind once its successes are used up.
+    fn fail(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         if kind == self.kind
             && self.allow.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
         {
@@ -199,7 +200,31 @@ impl Backend for Failing {
                 source: std::io::Error::other("disk full"),
             });
         }
+        Ok(())
+    }
+}
+
+impl Backend for Failing {
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        self.fail(kind, name)?;
         self.inner.put(kind, name, data)
+    }
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
+        self.fail(kind, name)?;
+        self.inner.create(kind, name, data)
+    }
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
+        self.inner.get_versioned(kind, name)
+    }
+    fn replace_if(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: &[u8],
+        version: &vault::Version,
+    ) -> Result<vault::Version, VaultError> {
+        self.fail(kind, name)?;
+        self.inner.replace_if(kind, name, data, version)
     }
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
         self.inner.get(kind, name)

@@ -123,6 +123,27 @@ pub fn install(tmp: &Path, path: &Path) -> Result<(), InstallError> {
     install_with(&mut RealFs, tmp, path)
 }
 
+/// Puts `tmp`, a new file written in full, at `path` only if nothing is
+/// there yet (create-if-absent), by the same policy as [`install`]: fsync
+/// it, link it to `path` with link(2) — which fails with `AlreadyExists`,
+/// atomically, when `path` exists, even against other processes — remove
+/// `tmp`, fsync the directory. A failed link is reported as
+/// [`Step::Rename`] (the step that puts the file in place) and leaves `tmp`
+/// to the caller; after the link, `path` holds the whole file.
+pub fn install_new(tmp: &Path, path: &Path) -> Result<(), InstallError> {
+    let dir = parent_dir(path);
+    let failed = |step: Step| {
+        let dir = &dir;
+        move |source| InstallError { step, dir: dir.clone(), source }
+    };
+    RealFs.sync_file(tmp).map_err(failed(Step::SyncFile))?;
+    std::fs::hard_link(tmp, path).map_err(failed(Step::Rename))?;
+    // The file is in place under its name; the temporary's entry is only
+    // space, and whoever sweeps temporaries removes it if this fails.
+    let _ = std::fs::remove_file(tmp);
+    RealFs.sync_dir(&dir).map_err(failed(Step::SyncDir))
+}
+
 /// The directory holding `path` (`.` for a bare name).
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
@@ -312,6 +333,21 @@ mod tests {
         let e = install_with(&mut BrokenAt(Step::SyncDir), &tmp, &path).unwrap_err();
         assert_eq!((e.step, e.dir.as_path()), (Step::SyncDir, dir.path()), "{e}");
         assert!(e.to_string().starts_with(&format!("syncing directory {}: ", dir.path().display())), "{e}");
+    }
+
+    #[test]
+    fn install_new_puts_a_file_in_place_only_where_there_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, path) = (dir.path().join("obj.tmp"), dir.path().join("obj"));
+        std::fs::write(&tmp, b"first").unwrap();
+        install_new(&tmp, &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        assert!(!tmp.exists());
+        std::fs::write(&tmp, b"second").unwrap();
+        let e = install_new(&tmp, &path).unwrap_err();
+        assert_eq!((e.step, e.source.kind()), (Step::Rename, io::ErrorKind::AlreadyExists), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"first", "an existing file was replaced");
+        assert!(tmp.exists(), "a refused temporary is the caller's");
     }
 
     /// Steps that all succeed but one.

@@ -64,6 +64,41 @@ pub fn check_name(name: &str) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// The version of an object as a backend read or wrote it: opaque to
+/// callers, who only hand it back to [`Backend::replace_if`] and compare two
+/// for equality. An object store's ETag, the vault server's `ETag` header,
+/// and for the local directory a digest of the contents (see `local.rs`).
+/// Versions of different objects, or from different backends, mean nothing
+/// to each other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(String);
+
+impl Version {
+    /// A version from the backend's own tag (an ETag, a generation number).
+    pub fn new(tag: impl Into<String>) -> Version {
+        Version(tag.into())
+    }
+
+    /// The version of an object whose whole contents are `data`, for
+    /// backends whose version is a digest of the contents (like an object
+    /// store's ETag of a single-part upload): BLAKE3, 128 bits, in hex.
+    pub fn of_contents(data: &[u8]) -> Version {
+        let hash = blake3::hash(data);
+        Version(format!("b3-{}", &hash.to_hex()[..32]))
+    }
+
+    /// The tag as the backend gave it (for an `If-Match` header).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A store of whole objects, keyed by kind and name.
 ///
 /// Contract (checked for every implementation by the conformance suite in
@@ -77,9 +112,33 @@ pub fn check_name(name: &str) -> Result<(), VaultError> {
 ///   objects being written are never listed.
 /// - `delete` of a missing object is `NotFound`.
 /// - Names are checked with [`check_name`]; nothing escapes the vault.
+/// - Conditional writes (see "Conditional writes" in docs/DESIGN-NOTES.md):
+///   `create` stores an object only if none of that name exists
+///   ([`VaultError::AlreadyExists`] otherwise, the existing object
+///   untouched); `replace_if` replaces an object only if it is still at the
+///   [`Version`] `get_versioned` or the last conditional write returned
+///   ([`VaultError::Conflict`] otherwise, the object untouched). Both are
+///   atomic against every other writer, in this process or any other,
+///   on this host or another, and durable like `put`. They map directly onto
+///   an object store's `PUT` with `If-None-Match: *` and `If-Match: ETAG`
+///   (the `object_store` crate's `PutMode::Create` and
+///   `PutMode::Update`), and onto the vault server's HTTP equivalents.
 pub trait Backend: Send + Sync {
     /// Stores `data` as the object `kind/name`, atomically and durably.
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError>;
+    /// Stores `data` as the object `kind/name` only if no object of that
+    /// name exists: create-if-absent, atomically and durably. Of several
+    /// writers creating one name at once, exactly one succeeds; the others
+    /// get [`VaultError::AlreadyExists`] and the winner's object is whole.
+    /// Returns the new object's version (for a later [`Backend::replace_if`]).
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<Version, VaultError>;
+    /// Reads the whole object and the version it is at.
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, Version), VaultError>;
+    /// Replaces the object `kind/name` with `data` only if it is still at
+    /// `version` (replace-if-unchanged), atomically and durably; returns the
+    /// new version. An object changed, replaced or deleted since `version`
+    /// was read is [`VaultError::Conflict`], and is left as it is.
+    fn replace_if(&self, kind: Kind, name: &str, data: &[u8], version: &Version) -> Result<Version, VaultError>;
     /// Reads the whole object.
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError>;
     /// Reads `len` bytes at `offset`.

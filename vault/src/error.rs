@@ -59,6 +59,44 @@ pub enum VaultError {
         /// Its name.
         name: String,
     },
+    /// A create-if-absent ([`crate::Backend::create`]) of an object that
+    /// exists: nothing was written; the existing object is as it was.
+    #[error("vault object {kind}/{name} already exists; it was left as it is and nothing was written")]
+    AlreadyExists {
+        /// Its kind.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
+    /// A replace-if-unchanged ([`crate::Backend::replace_if`]) of an object
+    /// another writer changed (or deleted) since it was read: nothing was
+    /// written. Read it again and redo the change on what is there now.
+    #[error(
+        "vault object {kind}/{name} changed (or was deleted) since it was read, so it was not replaced: another \
+         writer got there first; read it again and redo the change"
+    )]
+    Conflict {
+        /// Its kind.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
+    /// A point's root that is already stored: another writer (a second host
+    /// or process replicating the same disk chain) stored this point first.
+    /// Roots are created, never overwritten; nothing was written.
+    #[error(
+        "vault {location} already holds point {sequence} of disk chain {disk}: another writer stored it first (is a \
+         second host or process replicating this disk into the same vault?); it was not overwritten and this \
+         point was not stored"
+    )]
+    PointExists {
+        /// The disk (chain) name.
+        disk: String,
+        /// The point's sequence.
+        sequence: u64,
+        /// The backend's location.
+        location: String,
+    },
     /// An object name that could escape the vault or is not allowed.
     #[error("invalid vault object name {name:?}: {why}")]
     BadName {

@@ -8,8 +8,11 @@
 //! leases/gc/TOKEN                    a garbage collection deleting objects
 //! ```
 //!
-//! `TOKEN` is 16 random hex digits, so every lease is its own object and
-//! taking one never overwrites another's. A lease is removed when its
+//! `TOKEN` is 16 random hex digits, so every lease is its own object, and a
+//! lease is created if absent ([`crate::Backend::create`]), so taking one
+//! never overwrites another's, even between hosts sharing one bucket. A
+//! lease that is ever rewritten (a renewal) goes through
+//! [`crate::Backend::replace_if`] from the version its holder last wrote. A lease is removed when its
 //! [`Hold`] is dropped.
 //!
 //! # Body (text, UTF-8)
@@ -372,7 +375,9 @@ impl Vault {
         // Registered before it is written, so that no lister in this process
         // ever judges it stale while it is being taken.
         held().insert(name.clone());
-        if let Err(e) = self.backend().put(Kind::Lease, &name, encode(holder, &self.host_identity()).as_bytes()) {
+        // Created, never overwritten: a lease is its holder's alone (a token
+        // drawn twice is refused, not shared).
+        if let Err(e) = self.backend().create(Kind::Lease, &name, encode(holder, &self.host_identity()).as_bytes()) {
             // The object may have landed all the same: unregistered, it is stale.
             held().remove(&name);
             return Err(e);

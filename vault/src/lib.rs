@@ -36,7 +36,7 @@ pub mod restore;
 pub mod retention;
 pub mod store;
 
-pub use backend::{Backend, Kind, ObjectWriter, DIRECT_ALIGN};
+pub use backend::{Backend, Kind, ObjectWriter, Version, DIRECT_ALIGN};
 pub use check::{CheckReport, Problem};
 pub use disks::{DiskChoice, DiskPoints, Disks, UnreadableChain};
 pub use error::{Damage, VaultError};

@@ -20,7 +20,30 @@
 //! deleting a few hundred packs held off every cycle for seconds.
 //!
 //! A put writes a temporary file, syncs it, renames it into place and syncs
-//! the directory, so an object is either whole and durable or absent.
+//! the directory (`system::file::install`, the one durability policy), so an
+//! object is either whole and durable or absent.
+//!
+//! Conditional writes (the contract in `backend.rs`):
+//! - `create` links the fully written and synced temporary to the object's
+//!   name with link(2) (`system::file::install_new`), which refuses,
+//!   atomically and across processes, a name that exists: never a partial
+//!   object, never an overwrite.
+//! - An object's [`Version`] is a digest of its contents
+//!   ([`Version::of_contents`]), like an object store's ETag of a
+//!   single-part upload: nothing more is stored, and no on-disk format
+//!   changes. Objects are never written in place (each write is a new file
+//!   renamed in), so the bytes read and the version are of one object.
+//! - `replace_if` needs a compare-and-rename, which POSIX does not have, so
+//!   it compares and renames holding an exclusive `flock` (`system::lock`)
+//!   on the object directory's lock file, `.lock` (never listed: names do not
+//!   start with '.'). Every other change of a mutable object (`put`,
+//!   `delete`, `discard` of configs, roots, leases and audit objects) takes
+//!   the same lock, so none slips between the comparison and the rename. A
+//!   lock, not a generation scheme, because the kernel drops it when its
+//!   holder dies (no stale lock to judge) and it is held only for one
+//!   comparison and one rename. Packs and pages are content-addressed and
+//!   never replaced: they take no lock.
+//!
 //! Streamed objects ([`Backend::writer`], packs) take the same path; their
 //! pieces aligned to [`DIRECT_ALIGN`] are written with O_DIRECT, so the
 //! shipper's packs go from its buffers to the device without a copy into the
@@ -35,7 +58,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{check_name, Backend, Kind, ObjectWriter, DIRECT_ALIGN};
+use crate::backend::{check_name, Backend, Kind, ObjectWriter, Version, DIRECT_ALIGN};
 use crate::error::VaultError;
 
 /// The directory of discarded objects ([`Backend::discard`]).
@@ -159,6 +182,48 @@ impl LocalBackend {
         Ok(LocalWriter { backend: self, kind, tmp, file, direct: Direct::Untried, len: 0, done: false })
     }
 
+    /// Takes the exclusive lock of the directory holding `path` (see the
+    /// module documentation), creating its lock file if needed; released when
+    /// the returned file is dropped. A directory that does not exist is
+    /// `NotFound` (as an `Io` error whose source says so).
+    fn lock_dir_of(&self, path: &Path) -> Result<File, VaultError> {
+        let lock = path.parent().expect("object paths have a parent").join(".lock");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock)
+            .map_err(VaultError::io("opening the vault directory's lock", &lock))?;
+        system::lock::lock(&f, true).map_err(VaultError::io("locking", &lock))?;
+        Ok(f)
+    }
+
+    /// The lock of an existing object's directory, for a delete or discard
+    /// of a mutable object; `Err(None)` when the directory does not exist
+    /// (nor, then, the object).
+    fn lock_existing(&self, kind: Kind, path: &Path) -> Result<Option<File>, Option<VaultError>> {
+        if fans_out(kind) {
+            return Ok(None);
+        }
+        match self.lock_dir_of(path) {
+            Ok(l) => Ok(Some(l)),
+            Err(VaultError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Err(None),
+            Err(e) => Err(Some(e)),
+        }
+    }
+
+    /// [`Self::lock_dir_of`] for an object of a mutable kind (not packs and
+    /// pages, which are never replaced), creating its directory first.
+    fn lock_mutable(&self, kind: Kind, path: &Path) -> Result<Option<File>, VaultError> {
+        if fans_out(kind) {
+            return Ok(None);
+        }
+        self.make_dirs(path.parent().expect("object paths have a parent"))?;
+        self.lock_dir_of(path).map(Some)
+    }
+
     fn not_found(kind: Kind, name: &str) -> VaultError {
         VaultError::NotFound { kind, name: name.to_string() }
     }
@@ -175,10 +240,48 @@ impl LocalBackend {
 
 impl Backend for LocalBackend {
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        let path = self.path(kind, name)?;
+        let mut w = self.local_writer(kind)?;
+        w.write(data)?;
+        let _lock = self.lock_mutable(kind, &path)?;
+        w.finish(name, Commit::Replace)
+    }
+
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<Version, VaultError> {
         self.path(kind, name)?;
         let mut w = self.local_writer(kind)?;
         w.write(data)?;
-        Box::new(w).commit(name)
+        // No lock: link(2) alone refuses an existing name, atomically.
+        w.finish(name, Commit::Create)?;
+        Ok(Version::of_contents(data))
+    }
+
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, Version), VaultError> {
+        let data = self.get(kind, name)?;
+        let version = Version::of_contents(&data);
+        Ok((data, version))
+    }
+
+    fn replace_if(&self, kind: Kind, name: &str, data: &[u8], version: &Version) -> Result<Version, VaultError> {
+        let path = self.path(kind, name)?;
+        // Written and synced before the lock is taken: the lock covers one
+        // comparison and one rename.
+        let mut w = self.local_writer(kind)?;
+        w.write(data)?;
+        let conflict = || VaultError::Conflict { kind, name: name.to_string() };
+        let _lock = match self.lock_dir_of(&path) {
+            Ok(l) => l,
+            // No directory: no object either.
+            Err(VaultError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => return Err(conflict()),
+            Err(e) => return Err(e),
+        };
+        match self.get(kind, name) {
+            Ok(now) if Version::of_contents(&now) == *version => {}
+            Ok(_) | Err(VaultError::NotFound { .. }) => return Err(conflict()),
+            Err(e) => return Err(e),
+        }
+        w.finish(name, Commit::Replace)?;
+        Ok(Version::of_contents(data))
     }
 
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
@@ -251,6 +354,11 @@ impl Backend for LocalBackend {
 
     fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         let path = self.path(kind, name)?;
+        let _lock = match self.lock_existing(kind, &path) {
+            Ok(l) => l,
+            Err(None) => return Err(Self::not_found(kind, name)),
+            Err(Some(e)) => return Err(e),
+        };
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(path.parent().expect("object paths have a parent")),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(Self::not_found(kind, name)),
@@ -264,6 +372,11 @@ impl Backend for LocalBackend {
         self.make_dirs(&trash)?;
         let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let to = trash.join(format!("{}.{}.{seq}.{}", std::process::id(), kind.prefix(), name.replace('/', "~")));
+        let _lock = match self.lock_existing(kind, &path) {
+            Ok(l) => l,
+            Err(None) => return Err(Self::not_found(kind, name)),
+            Err(Some(e)) => return Err(e),
+        };
         match fs::rename(&path, &to) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(Self::not_found(kind, name)),
@@ -410,13 +523,56 @@ impl ObjectWriter for LocalWriter<'_> {
 
     fn commit(mut self: Box<Self>, name: &str) -> Result<(), VaultError> {
         let path = self.backend.path(self.kind, name)?;
+        let _lock = self.backend.lock_mutable(self.kind, &path)?;
+        self.finish(name, Commit::Replace)
+    }
+}
+
+/// How a [`LocalWriter`] puts its object in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Over any object of that name (rename).
+    Replace,
+    /// Only where there is none (link).
+    Create,
+}
+
+impl LocalWriter<'_> {
+    /// Makes the object durable as `name` (through `system::file`). The
+    /// caller holds the directory's lock if the object is mutable and may
+    /// exist. On an error before the object is in place, the temporary is
+    /// removed when the writer is dropped.
+    fn finish(&mut self, name: &str, how: Commit) -> Result<(), VaultError> {
+        let path = self.backend.path(self.kind, name)?;
         let dir = path.parent().expect("object paths have a parent").to_owned();
         self.backend.make_dirs(&dir)?;
-        // On an error the writer is dropped here, which removes the file.
-        self.file.sync_data().map_err(VaultError::io("writing vault object", &self.tmp))?;
-        fs::rename(&self.tmp, &path).map_err(VaultError::io("renaming vault object into place", &path))?;
-        self.done = true;
-        sync_dir(&dir)
+        let installed = match how {
+            Commit::Replace => system::file::install(&self.tmp, &path),
+            Commit::Create => system::file::install_new(&self.tmp, &path),
+        };
+        let e = match installed {
+            Ok(()) => {
+                self.done = true;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        Err(match e.step {
+            system::file::Step::SyncFile => {
+                VaultError::Io { what: "writing vault object", path: self.tmp.clone(), source: e.source }
+            }
+            system::file::Step::Rename if how == Commit::Create && e.source.kind() == ErrorKind::AlreadyExists => {
+                VaultError::AlreadyExists { kind: self.kind, name: name.to_string() }
+            }
+            system::file::Step::Rename => {
+                VaultError::Io { what: "renaming vault object into place", path, source: e.source }
+            }
+            system::file::Step::SyncDir => {
+                // In place already: the temporary is gone (or is the object).
+                self.done = true;
+                VaultError::Io { what: "syncing directory", path: e.dir, source: e.source }
+            }
+        })
     }
 }
 

@@ -116,7 +116,12 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Makes `backend` a vault for `keys`: writes a new config holding the
     /// key's fingerprint (never the key). Refuses a backend that already has
-    /// a config, or holds packs or roots without one.
+    /// a config, or holds packs or roots without one. The config is created
+    /// if absent ([`Backend::create`]): a second init of the same location,
+    /// even one running at the same time, is refused
+    /// ([`VaultError::AlreadyAVault`]). A later change of the config must go
+    /// through [`Backend::replace_if`] from the version read, so that two
+    /// writers never overwrite each other.
     pub fn init(backend: Box<dyn Backend>, keys: &Keys) -> Result<Vault, VaultError> {
         let location = backend.location();
         if backend.size(Kind::Config, CONFIG_NAME)?.is_some() {
@@ -135,7 +140,13 @@ impl Vault {
         })?;
         let created_unix = system::clock::now_ns() / 1_000_000_000;
         let config = VaultConfig { vault_id: VaultId(vault_id), created_unix, key_fingerprint: keys.fingerprint() };
-        backend.put(Kind::Config, CONFIG_NAME, &config.encode())?;
+        // Created, never overwritten: of two inits racing on one location,
+        // one writes the config and the other is refused.
+        match backend.create(Kind::Config, CONFIG_NAME, &config.encode()) {
+            Ok(_) => {}
+            Err(VaultError::AlreadyExists { .. }) => return Err(VaultError::AlreadyAVault { location }),
+            Err(e) => return Err(e),
+        }
         Ok(Vault { backend, config, host: None })
     }
 
@@ -234,7 +245,11 @@ impl Vault {
 
     /// Stores a point's encoded root as `DISK/SEQUENCE`, durably. The shipper
     /// calls this last, after every pack and page of the point is stored. The
-    /// root must decode (structurally) and name this disk and sequence.
+    /// root must decode (structurally) and name this disk and sequence. A
+    /// root is created, never overwritten ([`Backend::create`]): if the point
+    /// exists (another writer of the same chain stored it first, even at the
+    /// same moment) this is [`VaultError::PointExists`] and the stored root is
+    /// left as it is.
     pub fn put_root(&self, disk: &str, sequence: u64, bytes: &[u8]) -> Result<(), VaultError> {
         check_disk(disk)?;
         let name = root_name(disk, sequence);
@@ -243,7 +258,13 @@ impl Vault {
         if root.chain() != disk || root.sequence != sequence {
             return Err(invalid(format!("the root is point {}", point_label(&root.chain(), root.sequence))));
         }
-        self.backend.put(Kind::Root, &name, bytes)
+        match self.backend.create(Kind::Root, &name, bytes) {
+            Ok(_) => Ok(()),
+            Err(VaultError::AlreadyExists { .. }) => {
+                Err(VaultError::PointExists { disk: disk.to_string(), sequence, location: self.backend.location() })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes point `sequence` of `disk` (its root only: what it alone

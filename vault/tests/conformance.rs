@@ -2,7 +2,9 @@
 //! against every implementation (today the local directory; the receiver and
 //! object stores join when they exist).
 
-use vault::{Backend, Kind, LocalBackend, VaultError};
+use std::sync::Barrier;
+
+use vault::{Backend, Kind, LocalBackend, VaultError, Version};
 
 fn suite(b: &dyn Backend) {
     put_get_round_trip(b);
@@ -14,6 +16,162 @@ fn suite(b: &dyn Backend) {
     kinds_are_separate(b);
     streamed_objects(b);
     discarding(b);
+    create_if_absent(b);
+    replace_if_unchanged(b);
+    racing_creates(b);
+    racing_replaces(b);
+    read_modify_write_loses_no_update(b);
+}
+
+/// `create` stores an object only where there is none; an existing object
+/// is left whole and the refusal names it.
+fn create_if_absent(b: &dyn Backend) {
+    let name = "made/00000000000000000001";
+    let v1 = b.create(Kind::Root, name, b"first").unwrap();
+    let e = b.create(Kind::Root, name, b"second, longer").unwrap_err();
+    assert!(matches!(&e, VaultError::AlreadyExists { kind: Kind::Root, name: n } if n == name), "{e}");
+    assert!(e.to_string().contains(name), "the refusal names the object: {e}");
+    assert_eq!(b.get(Kind::Root, name).unwrap(), b"first", "create overwrote an object");
+    assert_eq!(b.get_versioned(Kind::Root, name).unwrap(), (b"first".to_vec(), v1));
+    // Every kind, the content-addressed ones too.
+    b.create(Kind::Pack, "c1e0", b"pack").unwrap();
+    assert!(matches!(b.create(Kind::Pack, "c1e0", b"other"), Err(VaultError::AlreadyExists { .. })));
+    assert_eq!(b.get(Kind::Pack, "c1e0").unwrap(), b"pack");
+    b.create(Kind::Config, "config-created", b"c").unwrap();
+    assert!(matches!(b.create(Kind::Config, "config-created", b"d"), Err(VaultError::AlreadyExists { .. })));
+    // Deleted, the name can be created again.
+    b.delete(Kind::Root, name).unwrap();
+    b.create(Kind::Root, name, b"again").unwrap();
+    assert_eq!(b.get(Kind::Root, name).unwrap(), b"again");
+    assert!(matches!(b.create(Kind::Root, "../x", b"x"), Err(VaultError::BadName { .. })));
+    let listed = b.list(Kind::Root, "made/").unwrap();
+    assert_eq!(listed, vec![name.to_string()], "a refused create left something listed");
+}
+
+/// `replace_if` replaces only from the version read: from a stale version,
+/// a deleted object or a version of other contents it is `Conflict` and the
+/// object is unchanged.
+fn replace_if_unchanged(b: &dyn Backend) {
+    let name = "lease-like/0123456789abcdef";
+    let v1 = b.create(Kind::Lease, name, b"generation 1").unwrap();
+    let v2 = b.replace_if(Kind::Lease, name, b"generation 2", &v1).unwrap();
+    assert_ne!(v1, v2, "a replacement with other contents kept the version");
+    let (data, v) = b.get_versioned(Kind::Lease, name).unwrap();
+    assert_eq!((data.as_slice(), &v), (&b"generation 2"[..], &v2));
+    // From the stale version: refused, unchanged.
+    let e = b.replace_if(Kind::Lease, name, b"from stale", &v1).unwrap_err();
+    assert!(matches!(&e, VaultError::Conflict { kind: Kind::Lease, name: n } if n == name), "{e}");
+    assert!(e.to_string().contains(name), "the conflict names the object: {e}");
+    assert_eq!(b.get(Kind::Lease, name).unwrap(), b"generation 2");
+    // A put by another writer changes the version: the reader's is stale.
+    b.put(Kind::Lease, name, b"put by another").unwrap();
+    assert!(matches!(b.replace_if(Kind::Lease, name, b"x", &v2), Err(VaultError::Conflict { .. })));
+    assert_eq!(b.get(Kind::Lease, name).unwrap(), b"put by another");
+    // A version that is no tag of this object.
+    let bogus = Version::new("no-such-version");
+    assert!(matches!(b.replace_if(Kind::Lease, name, b"x", &bogus), Err(VaultError::Conflict { .. })));
+    // Deleted since it was read: refused, and not brought back.
+    let (_, v) = b.get_versioned(Kind::Lease, name).unwrap();
+    b.delete(Kind::Lease, name).unwrap();
+    assert!(matches!(b.replace_if(Kind::Lease, name, b"x", &v), Err(VaultError::Conflict { .. })));
+    assert!(matches!(b.get(Kind::Lease, name), Err(VaultError::NotFound { .. })));
+    // Never there at all (its directory neither).
+    assert!(matches!(b.replace_if(Kind::Lease, "never/made", b"x", &v), Err(VaultError::Conflict { .. })));
+    assert!(matches!(b.get_versioned(Kind::Lease, "never/made"), Err(VaultError::NotFound { .. })));
+    assert!(b.list(Kind::Lease, "never/").unwrap().is_empty());
+}
+
+const RACERS: usize = 8;
+
+/// `RACERS` threads create one name at the same moment: exactly one wins,
+/// and the object is the winner's, whole.
+fn racing_creates(b: &dyn Backend) {
+    for round in 0..5 {
+        let name = format!("race/{round:020}");
+        let start = Barrier::new(RACERS);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..RACERS)
+                .map(|i| {
+                    let (name, start) = (&name, &start);
+                    s.spawn(move || {
+                        // Different lengths: a torn or mixed object shows.
+                        let data = vec![u8::try_from(i).unwrap(); 1000 + i * 777];
+                        start.wait();
+                        b.create(Kind::Root, name, &data)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<usize> = (0..RACERS).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {} creators won", winners.len());
+        for (i, r) in results.iter().enumerate() {
+            if let Err(e) = r {
+                assert!(matches!(e, VaultError::AlreadyExists { .. }), "round {round}, racer {i}: {e}");
+            }
+        }
+        let w = winners[0];
+        assert_eq!(b.get(Kind::Root, &name).unwrap(), vec![u8::try_from(w).unwrap(); 1000 + w * 777], "round {round}");
+    }
+}
+
+/// `RACERS` threads replace one object from the same version at once:
+/// exactly one wins, the others conflict, and the object is the winner's.
+fn racing_replaces(b: &dyn Backend) {
+    let name = "raced/config";
+    let v0 = b.create(Kind::Config, name, b"start").unwrap();
+    let start = Barrier::new(RACERS);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (v0, start) = (&v0, &start);
+                s.spawn(move || {
+                    let data = vec![u8::try_from(i).unwrap(); 500 + i * 311];
+                    start.wait();
+                    b.replace_if(Kind::Config, name, &data, v0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<usize> = (0..RACERS).filter(|&i| results[i].is_ok()).collect();
+    assert_eq!(winners.len(), 1, "{} replacers won from one version", winners.len());
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(r, VaultError::Conflict { .. }), "{r}");
+    }
+    let w = winners[0];
+    let (data, v) = b.get_versioned(Kind::Config, name).unwrap();
+    assert_eq!(data, vec![u8::try_from(w).unwrap(); 500 + w * 311]);
+    assert_eq!(&v, results[w].as_ref().unwrap(), "the winner's version is the object's");
+}
+
+/// Threads each add to one counter by read, modify, replace-if (retrying on
+/// a conflict): no increment is lost.
+fn read_modify_write_loses_no_update(b: &dyn Backend) {
+    const THREADS: usize = 4;
+    const EACH: usize = 15;
+    let name = "counter/0000000000000000";
+    b.create(Kind::Lease, name, b"0").unwrap();
+    let start = Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                start.wait();
+                for _ in 0..EACH {
+                    loop {
+                        let (data, v) = b.get_versioned(Kind::Lease, name).unwrap();
+                        let n: u64 = std::str::from_utf8(&data).unwrap().parse().unwrap();
+                        match b.replace_if(Kind::Lease, name, (n + 1).to_string().as_bytes(), &v) {
+                            Ok(_) => break,
+                            Err(VaultError::Conflict { .. }) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(b.get(Kind::Lease, name).unwrap(), (THREADS * EACH).to_string().as_bytes(), "an update was lost");
 }
 
 /// `discard` removes an object from the namespace at once, like `delete`;

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use vault::{Backend, HostIdentity, Kind, LocalBackend, Vault, VaultError};
+use vault::{Backend, HostIdentity, Kind, LocalBackend, Vault, VaultError, Version};
 
 /// How many of the next lease deletes fail, and how many lease puts fail
 /// after the object landed (the reply was lost).
@@ -40,6 +40,19 @@ impl Backend for Flaky {
             return Err(injected(name));
         }
         Ok(())
+    }
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<Version, VaultError> {
+        let version = self.inner.create(kind, name, data)?;
+        if kind == Kind::Lease && take(&self.faults.puts_after_landing) {
+            return Err(injected(name));
+        }
+        Ok(version)
+    }
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, Version), VaultError> {
+        self.inner.get_versioned(kind, name)
+    }
+    fn replace_if(&self, kind: Kind, name: &str, data: &[u8], version: &Version) -> Result<Version, VaultError> {
+        self.inner.replace_if(kind, name, data, version)
     }
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
         self.inner.get(kind, name)

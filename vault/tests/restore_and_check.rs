@@ -569,3 +569,87 @@ fn an_all_zero_disk_restores_to_zeros() {
     assert!(got.len() == 3 << 20 && got.iter().all(|&b| b == 0));
     assert!(f.check(Some(&f.keys)).is_clean());
 }
+
+/// A point's root is created, never overwritten: two writers of one point
+/// (two hosts replicating one chain), even at the same moment, leave exactly
+/// one root, whole, and the other writer is told which point it was.
+#[test]
+fn a_point_is_created_once_and_a_second_writer_is_refused_naming_it() {
+    let f = fixture();
+    let stored = f.backend().get(Kind::Root, "web/00000000000000000002").unwrap();
+    let root2 = f.vault.load_root("web", 2, Some(&f.keys)).unwrap();
+    let other = disk_format::Root { cut_time_ns: root2.cut_time_ns + 1, ..root2.clone() }
+        .encode_version_1_for_tests(&f.keys)
+        .unwrap();
+    assert_ne!(other, stored);
+    let e = f.vault.put_root("web", 2, &other).unwrap_err();
+    assert!(matches!(&e, VaultError::PointExists { disk, sequence: 2, .. } if disk == "web"), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("point 2 of disk chain web") && msg.contains(&f.vault.backend().location()), "{msg}");
+    assert_eq!(f.backend().get(Kind::Root, "web/00000000000000000002").unwrap(), stored, "a root was overwritten");
+
+    // Two writers (separate handles, as two hosts) store points 3..8 at once,
+    // each with its own root for the point.
+    let path = f.dir.path().join("vault");
+    let second = Vault::open(Box::new(LocalBackend::open(&path).unwrap())).unwrap();
+    for sequence in 3..9 {
+        let encodings = [1, 2].map(|host| {
+            let root = disk_format::Root { sequence, cut_time_ns: root2.cut_time_ns + host, ..root2.clone() };
+            root.encode_version_1_for_tests(&f.keys).unwrap()
+        });
+        let start = std::sync::Barrier::new(2);
+        let results: Vec<Result<(), VaultError>> = std::thread::scope(|s| {
+            let hs: Vec<_> = [&f.vault, &second]
+                .into_iter()
+                .zip(&encodings)
+                .map(|(v, bytes)| {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        v.put_root("web", sequence, bytes)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(won.len(), 1, "point {sequence}: {results:?}");
+        let lost = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+        assert!(matches!(lost, VaultError::PointExists { sequence: s, .. } if *s == sequence), "{lost}");
+        assert_eq!(f.backend().get(Kind::Root, &vault::root_name("web", sequence)).unwrap(), encodings[won[0]]);
+    }
+}
+
+/// Several inits of one directory at once: exactly one makes the vault, the
+/// others are refused as "already a vault", and the config is the winner's.
+#[test]
+fn inits_racing_on_one_directory_make_one_vault() {
+    for round in 0..4 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        LocalBackend::create(&path).unwrap();
+        let keys: Vec<Keys> = (0..6u8).map(|i| disk_format::MasterKey::from_bytes([i + 1; 32]).keys()).collect();
+        let start = std::sync::Barrier::new(keys.len());
+        let results: Vec<Result<Vault, VaultError>> = std::thread::scope(|s| {
+            let hs: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    let (start, path) = (&start, &path);
+                    s.spawn(move || {
+                        let b = LocalBackend::open(path).unwrap();
+                        start.wait();
+                        Vault::init(Box::new(b), k)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<usize> = (0..keys.len()).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {} inits made the vault", won.len());
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(matches!(r, VaultError::AlreadyAVault { .. }), "round {round}: {r}");
+        }
+        let opened = Vault::open(Box::new(LocalBackend::open(&path).unwrap())).unwrap();
+        assert_eq!(opened.config().key_fingerprint, keys[won[0]].fingerprint(), "round {round}");
+    }
+}

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vault::backend::check_name;
-use vault::{Backend, Kind, VaultError};
+use vault::{Backend, Kind, VaultError, Version};
 
 /// A backend operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,11 +215,41 @@ impl Store {
 /// `Backend` over a shared [`Store`].
 pub struct SimBackend(pub Arc<Store>);
 
-impl Backend for SimBackend {
-    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+/// What a write requires of the object already there.
+#[derive(Clone, Copy)]
+enum Precondition<'a> {
+    /// Nothing (put).
+    None,
+    /// No object (create).
+    Absent,
+    /// The object at this version (replace_if).
+    At(&'a Version),
+}
+
+impl SimBackend {
+    /// A put, create or replace_if: gated as a put (so a schedule's faults
+    /// hit the same writes whichever of them the vault uses), then the
+    /// precondition checked atomically under the store's lock.
+    fn write(&self, kind: Kind, name: &str, data: &[u8], pre: Precondition<'_>) -> Result<(), VaultError> {
         check_name(name)?;
         let mut s = self.0.lock();
         let action = self.0.gate(&mut s, Op::Put, kind, name)?;
+        let current = s.objects.get(&kind).and_then(|m| m.get(name));
+        let refused = match (pre, current) {
+            (Precondition::Absent, Some(_)) => Some(VaultError::AlreadyExists { kind, name: name.to_string() }),
+            (Precondition::At(_), None) => Some(VaultError::Conflict { kind, name: name.to_string() }),
+            (Precondition::At(v), Some(now)) if Version::of_contents(now) != *v => {
+                Some(VaultError::Conflict { kind, name: name.to_string() })
+            }
+            _ => None,
+        };
+        if let Some(refused) = refused {
+            // Refused: nothing lands, whatever fault was armed here.
+            return Err(match action {
+                None => refused,
+                Some(a) => injected(kind, name, &format!("{a:?}")),
+            });
+        }
         let store = match action {
             None | Some(Action::FailAfterPut) | Some(Action::Crash { landed: true }) => true,
             Some(Action::Fail) | Some(Action::Crash { landed: false }) => false,
@@ -236,6 +266,28 @@ impl Backend for SimBackend {
                 Err(injected(kind, name, &format!("{a:?}")))
             }
         }
+    }
+}
+
+impl Backend for SimBackend {
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        self.write(kind, name, data, Precondition::None)
+    }
+
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<Version, VaultError> {
+        self.write(kind, name, data, Precondition::Absent)?;
+        Ok(Version::of_contents(data))
+    }
+
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, Version), VaultError> {
+        let data = self.get(kind, name)?;
+        let version = Version::of_contents(&data);
+        Ok((data, version))
+    }
+
+    fn replace_if(&self, kind: Kind, name: &str, data: &[u8], version: &Version) -> Result<Version, VaultError> {
+        self.write(kind, name, data, Precondition::At(version))?;
+        Ok(Version::of_contents(data))
     }
 
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
