@@ -166,6 +166,19 @@ pub trait Backend: Send + Sync {
     fn empty_trash(&self) -> Result<(u64, u64), VaultError> {
         Ok((0, 0))
     }
+    /// Of `names` (objects of `kind`), those this backend does not hold, in
+    /// the order given: one request to the vault server (which answers for
+    /// what the asking host may read), whatever the count. The default asks
+    /// [`Backend::size`] of each.
+    fn missing(&self, kind: Kind, names: &[String]) -> Result<Vec<String>, VaultError> {
+        let mut out = Vec::new();
+        for name in names {
+            if self.size(kind, name)?.is_none() {
+                out.push(name.clone());
+            }
+        }
+        Ok(out)
+    }
     /// Where the vault is, for messages (a path or URL, never a secret).
     fn location(&self) -> String;
     /// A writer that streams one object of `kind` to the store piece by

@@ -1,0 +1,6 @@
+//! The recovery site: a vault server that protected hosts replicate to.
+//!
+//! See "Vault server protocol" in disk-format/FORMAT.md for the wire API and
+//! "The vault server" in docs/DESIGN-NOTES.md for the design.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
