@@ -35,6 +35,7 @@ pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod store;
+pub mod throttle;
 
 pub use backend::{Backend, Kind, ObjectWriter, Version, DIRECT_ALIGN};
 pub use check::{CheckReport, Problem};
