@@ -93,7 +93,7 @@ impl fmt::Display for Rate {
         if self.bits {
             let bits = b.saturating_mul(8);
             for (scale, unit) in [(1_000_000_000, "Gbit"), (1_000_000, "Mbit"), (1_000, "kbit")] {
-                if bits >= scale && bits % scale == 0 {
+                if bits >= scale && bits.is_multiple_of(scale) {
                     return write!(f, "{}{unit}", bits / scale);
                 }
             }
@@ -101,7 +101,7 @@ impl fmt::Display for Rate {
         } else {
             for (scale, unit) in [(1 << 30, "GiB/s"), (1 << 20, "MiB/s"), (1_000_000_000, "GB/s"), (1_000_000, "MB/s")]
             {
-                if b >= scale && b % scale == 0 {
+                if b >= scale && b.is_multiple_of(scale) {
                     return write!(f, "{}{unit}", b / scale);
                 }
             }
@@ -142,9 +142,7 @@ impl Rule {
         match self.window {
             None => on(t.weekday),
             Some((start, end)) if start < end => on(t.weekday) && (start..end).contains(&t.minute),
-            Some((start, end)) => {
-                (on(t.weekday) && t.minute >= start) || (on((t.weekday + 6) % 7) && t.minute < end)
-            }
+            Some((start, end)) => (on(t.weekday) && t.minute >= start) || (on((t.weekday + 6) % 7) && t.minute < end),
         }
     }
 }
@@ -325,7 +323,13 @@ impl Limiter {
 
     /// A limiter on the given clocks.
     pub fn with_pace(schedule: Schedule, pace: Arc<dyn Pace>) -> Limiter {
-        Limiter { schedule, pace, next: Mutex::new(Duration::ZERO), waited_ns: AtomicU64::new(0), bytes: AtomicU64::new(0) }
+        Limiter {
+            schedule,
+            pace,
+            next: Mutex::new(Duration::ZERO),
+            waited_ns: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
     }
 
     /// The schedule it paces to.
@@ -442,9 +446,10 @@ impl Backend for Throttled {
         self.inner.location()
     }
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
-        Ok(self.inner.writer(kind)?.map(|inner| {
-            Box::new(ThrottledWriter { inner, limiter: &self.limiter }) as Box<dyn ObjectWriter + '_>
-        }))
+        Ok(self
+            .inner
+            .writer(kind)?
+            .map(|inner| Box::new(ThrottledWriter { inner, limiter: &self.limiter }) as Box<dyn ObjectWriter + '_>))
     }
     fn sweep_unfinished(&self, older_than: Duration, dry_run: bool) -> Result<Vec<(String, u64)>, VaultError> {
         self.inner.sweep_unfinished(older_than, dry_run)
