@@ -119,6 +119,32 @@ pub fn peer_credentials(sock: &impl AsRawFd) -> io::Result<PeerCredentials> {
     Ok(PeerCredentials { pid: u32::try_from(cred.pid).ok().filter(|&p| p > 0), uid: cred.uid, gid: cred.gid })
 }
 
+/// Makes closing `stream` abort the connection with a TCP RST instead of
+/// an orderly FIN (`SO_LINGER` with a zero timeout): what a peer sees when
+/// a middlebox or a crashed host drops a connection mid-transfer. The
+/// reset is sent when the last descriptor of the socket is closed.
+pub fn abort_on_close(stream: &std::net::TcpStream) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).expect("a linger fits a socklen_t");
+    // SAFETY: setsockopt(2) reads `len` bytes from the pointer, which points
+    // at `linger`, a live local of exactly that size; the borrow of
+    // `stream` keeps the descriptor open for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast::<libc::c_void>(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -342,10 +342,11 @@ impl Limiter {
         self.schedule.rate_at(self.pace.week_time())
     }
 
-    /// Accounts for `n` bytes, waiting first as long as the rate requires.
-    pub fn take(&self, n: u64) {
+    /// Accounts for `n` bytes, waiting first as long as the rate requires;
+    /// returns how long it waited.
+    pub fn take(&self, n: u64) -> Duration {
         self.bytes.fetch_add(n, Ordering::Relaxed);
-        let Some(rate) = self.rate_now() else { return };
+        let Some(rate) = self.rate_now() else { return Duration::ZERO };
         let now = self.pace.now();
         let cost = Duration::from_secs_f64(n as f64 / rate.get() as f64);
         let end = {
@@ -360,6 +361,9 @@ impl Limiter {
             let wait = end - now;
             self.waited_ns.fetch_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
             self.pace.sleep(wait);
+            wait
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -378,17 +382,31 @@ impl Limiter {
 pub struct Throttled {
     inner: Box<dyn Backend>,
     limiter: Arc<Limiter>,
+    /// Time this backend's transfers waited for the limit (the limiter's
+    /// own total counts every backend sharing the link).
+    waited_ns: AtomicU64,
 }
 
 impl Throttled {
     /// `inner`, paced by `limiter`.
     pub fn new(inner: Box<dyn Backend>, limiter: Arc<Limiter>) -> Throttled {
-        Throttled { inner, limiter }
+        Throttled { inner, limiter, waited_ns: AtomicU64::new(0) }
     }
 
-    /// The limiter (to report time spent waiting on it).
+    /// The limiter this backend shares.
     pub fn limiter(&self) -> &Arc<Limiter> {
         &self.limiter
+    }
+
+    /// Time this backend's own transfers have waited for the limit: what a
+    /// cycle reports as "late because of the bandwidth limit".
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
+    }
+
+    fn take(&self, n: u64) {
+        let w = self.limiter.take(n);
+        self.waited_ns.fetch_add(u64::try_from(w.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -398,30 +416,30 @@ fn len(data: &[u8]) -> u64 {
 
 impl Backend for Throttled {
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
-        self.limiter.take(len(data));
+        self.take(len(data));
         self.inner.put(kind, name, data)
     }
     fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<Version, VaultError> {
-        self.limiter.take(len(data));
+        self.take(len(data));
         self.inner.create(kind, name, data)
     }
     fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, Version), VaultError> {
         let got = self.inner.get_versioned(kind, name)?;
-        self.limiter.take(len(&got.0));
+        self.take(len(&got.0));
         Ok(got)
     }
     fn replace_if(&self, kind: Kind, name: &str, data: &[u8], version: &Version) -> Result<Version, VaultError> {
-        self.limiter.take(len(data));
+        self.take(len(data));
         self.inner.replace_if(kind, name, data, version)
     }
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
         let got = self.inner.get(kind, name)?;
-        self.limiter.take(len(&got));
+        self.take(len(&got));
         Ok(got)
     }
     fn get_range(&self, kind: Kind, name: &str, offset: u64, length: u64) -> Result<Vec<u8>, VaultError> {
         let got = self.inner.get_range(kind, name, offset, length)?;
-        self.limiter.take(len(&got));
+        self.take(len(&got));
         Ok(got)
     }
     fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
@@ -449,7 +467,7 @@ impl Backend for Throttled {
         Ok(self
             .inner
             .writer(kind)?
-            .map(|inner| Box::new(ThrottledWriter { inner, limiter: &self.limiter }) as Box<dyn ObjectWriter + '_>))
+            .map(|inner| Box::new(ThrottledWriter { inner, throttled: self }) as Box<dyn ObjectWriter + '_>))
     }
     fn sweep_unfinished(&self, older_than: Duration, dry_run: bool) -> Result<Vec<(String, u64)>, VaultError> {
         self.inner.sweep_unfinished(older_than, dry_run)
@@ -458,12 +476,12 @@ impl Backend for Throttled {
 
 struct ThrottledWriter<'a> {
     inner: Box<dyn ObjectWriter + 'a>,
-    limiter: &'a Limiter,
+    throttled: &'a Throttled,
 }
 
 impl ObjectWriter for ThrottledWriter<'_> {
     fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
-        self.limiter.take(len(data));
+        self.throttled.take(len(data));
         self.inner.write(data)
     }
     fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError> {
@@ -651,6 +669,7 @@ mod tests {
         w.write(&data).unwrap();
         w.commit(&"ab".repeat(32)).unwrap();
         assert_eq!(l.bytes(), 2_250_000);
+        assert!(b.waited() >= Duration::from_millis(2_100), "the backend's own wait: {:?}", b.waited());
         assert!(pace.now() >= Duration::from_millis(2_100), "2.25 MB at 1 MB/s took {:?}", pace.now());
     }
 }

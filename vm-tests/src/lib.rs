@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod clients;
+pub mod fault_proxy;
 pub mod initramfs;
 pub mod lifeboat;
 pub mod paths;
