@@ -44,6 +44,8 @@ struct State {
     epoch: u64,
     /// Bytes up at which a `ResetAfterUp` fires.
     reset_at: Option<u64>,
+    /// One-way delay added to every byte, each way (half a round trip).
+    delay: Duration,
     stopped: bool,
 }
 
@@ -80,6 +82,7 @@ impl FaultProxy {
                 resets: 0,
                 epoch: 0,
                 reset_at: None,
+                delay: Duration::ZERO,
                 stopped: false,
             }),
             changed: Condvar::new(),
@@ -105,6 +108,14 @@ impl FaultProxy {
             _ => None,
         };
         self.shared.changed.notify_all();
+    }
+
+    /// Delays every byte by `one_way` in each direction from now on (a
+    /// round trip of twice that), without limiting throughput: data in
+    /// flight is queued, not serialised behind the delay. (No `netem` in
+    /// this kernel, so the proxy is the delay line.)
+    pub fn set_delay(&self, one_way: Duration) {
+        self.shared.lock().delay = one_way;
     }
 
     /// Resets every open connection now.
@@ -206,74 +217,80 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
 }
 
 /// Copies `from` → `to` under the faults; `up` says which way this is.
-/// Reads use a short timeout so that a stall, a reset or a stop is noticed
-/// while the peer is silent.
-fn pump(mut from: TcpStream, mut to: TcpStream, up: bool, epoch: u64, shared: &Shared) {
+/// A reader (this thread) applies stalls, resets, the slow rate and counts;
+/// a writer thread delivers each chunk once its delay has passed. Reads use
+/// a short timeout so that a stall, a reset or a stop is noticed while the
+/// peer is silent.
+fn pump(mut from: TcpStream, to: TcpStream, up: bool, epoch: u64, shared: &Shared) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut buf = vec![0u8; 64 << 10];
     let reset = |from: &TcpStream, to: &TcpStream| {
         let _ = system::socket::abort_on_close(from);
         let _ = system::socket::abort_on_close(to);
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
     };
-    loop {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Instant, Vec<u8>)>(256);
+    let writer = {
+        let Ok(mut to) = to.try_clone() else { return reset(&from, &to) };
+        thread::spawn(move || {
+            for (due, chunk) in rx {
+                let wait = due.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    thread::sleep(wait); // the delay line itself, not a synchronisation
+                }
+                if to.write_all(&chunk).is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    let ended_cleanly = loop {
         // Wait while stalled; leave on a reset or a stop.
-        let fault = {
+        let (fault, delay) = {
             let mut s = shared.lock();
             loop {
                 if s.epoch != epoch || s.stopped {
-                    drop(s);
-                    reset(&from, &to);
-                    return;
+                    break;
                 }
                 if s.fault != Fault::Stall {
-                    break s.fault;
+                    break;
                 }
                 s = shared.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
             }
+            if s.epoch != epoch || s.stopped {
+                drop(s);
+                break false;
+            }
+            (s.fault, s.delay)
         };
         let want = match fault {
             Fault::Slow(rate) => buf.len().min(usize::try_from(rate / 20).unwrap_or(usize::MAX).max(1)),
             _ => buf.len(),
         };
         let n = match from.read(&mut buf[..want]) {
-            Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                return;
-            }
+            Ok(0) => break true,
             Ok(n) => n,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
-            Err(_) => {
-                reset(&from, &to);
-                return;
-            }
+            Err(_) => break false,
         };
-        let mut chunk = &buf[..n];
         // A reset due within this chunk forwards only the bytes before it.
+        let mut len = n;
         let mut fire = false;
         {
-            let s = shared.lock();
+            let mut s = shared.lock();
             if up {
                 if let Some(at) = s.reset_at {
                     let left = at.saturating_sub(s.up);
                     if (n as u64) >= left {
-                        chunk = &buf[..usize::try_from(left).unwrap_or(n)];
+                        len = usize::try_from(left).unwrap_or(n);
                         fire = true;
                     }
                 }
-            }
-        }
-        if to.write_all(chunk).is_err() {
-            reset(&from, &to);
-            return;
-        }
-        {
-            let mut s = shared.lock();
-            if up {
-                s.up += chunk.len() as u64;
+                s.up += len as u64;
             } else {
-                s.down += chunk.len() as u64;
+                s.down += len as u64;
             }
             if fire {
                 s.reset_at = None;
@@ -283,14 +300,23 @@ fn pump(mut from: TcpStream, mut to: TcpStream, up: bool, epoch: u64, shared: &S
             }
             shared.changed.notify_all();
         }
+        if len > 0 && tx.send((Instant::now() + delay, buf[..len].to_vec())).is_err() {
+            break false;
+        }
         if fire {
-            reset(&from, &to);
-            return;
+            break false;
         }
         if let Fault::Slow(rate) = fault {
             // Pace: this chunk's share of a second at the rate.
-            thread::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate.max(1) as f64));
+            thread::sleep(Duration::from_secs_f64(len as f64 / rate.max(1) as f64));
         }
+    };
+    drop(tx);
+    let delivered = writer.join().unwrap_or(false);
+    if ended_cleanly && delivered {
+        let _ = to.shutdown(Shutdown::Write);
+    } else {
+        reset(&from, &to);
     }
 }
 
@@ -358,6 +384,34 @@ mod tests {
         c.set_read_timeout(None).unwrap();
         c.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"held");
+    }
+
+    #[test]
+    fn delay_adds_latency_without_serialising() {
+        let p = FaultProxy::start(echo()).unwrap();
+        let mut c = TcpStream::connect(p.addr()).unwrap();
+        p.set_delay(Duration::from_millis(50));
+        let t = Instant::now();
+        assert_eq!(round_trip(&mut c, b"ping").unwrap(), b"ping");
+        let rtt = t.elapsed();
+        assert!(rtt >= Duration::from_millis(100), "a round trip through 50 ms each way took {rtt:?}");
+        // 40 requests in flight at once still take about one round trip's
+        // delay in all, not forty.
+        let t = Instant::now();
+        let mut r = c.try_clone().unwrap();
+        let reader = thread::spawn(move || {
+            let mut back = vec![0u8; 40 * 1000];
+            r.read_exact(&mut back).map(|()| back.len())
+        });
+        for _ in 0..40 {
+            c.write_all(&[9u8; 1000]).unwrap();
+        }
+        assert_eq!(reader.join().unwrap().unwrap(), 40_000);
+        let pipelined = t.elapsed();
+        assert!(
+            pipelined >= Duration::from_millis(100) && pipelined < Duration::from_millis(100) * 20,
+            "{pipelined:?}"
+        );
     }
 
     #[test]
