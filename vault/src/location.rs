@@ -21,7 +21,7 @@ use std::str::FromStr;
 pub const SCHEME: &str = "lifeboat";
 
 /// Where a vault is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Location {
     /// A vault directory on this machine (a local disk or a mounted share).
     Path(PathBuf),
@@ -86,16 +86,28 @@ impl Location {
         matches!(self, Location::Path(_))
     }
 
-    /// The same location with a relative path made absolute against the
-    /// current directory (without resolving links); a URL as it is. For
-    /// locations handed to other processes or stored for later.
+    /// The same location with its path made absolute against the current
+    /// directory, as [`std::path::absolute`] does (links are not resolved;
+    /// the path as it is if that fails); a URL as it is. For locations
+    /// handed to other processes or stored for later.
     pub fn absolute(&self) -> Location {
         match self {
-            Location::Path(p) if p.is_relative() => {
-                Location::Path(std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.clone()))
-            }
+            Location::Path(p) => Location::Path(std::path::absolute(p).unwrap_or_else(|_| p.clone())),
             other => other.clone(),
         }
+    }
+}
+
+/// A location is equal to a path when it is that directory.
+impl PartialEq<Path> for Location {
+    fn eq(&self, other: &Path) -> bool {
+        self.path() == Some(other)
+    }
+}
+
+impl PartialEq<PathBuf> for Location {
+    fn eq(&self, other: &PathBuf) -> bool {
+        self.path() == Some(other.as_path())
     }
 }
 
@@ -174,9 +186,7 @@ fn parse_server(url: &str, rest: &str) -> Result<Location, LocationError> {
         return Err(bad("the vault name is one name, without '/', '?' or '#'"));
     }
     if !vault_name_ok(vault) {
-        return Err(bad(
-            "the vault name is 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'",
-        ));
+        return Err(bad("the vault name is 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"));
     }
     Ok(Location::Server { host: host.to_string(), port, vault: vault.to_string() })
 }
@@ -255,7 +265,10 @@ mod tests {
         assert_eq!("lifeboat://dr1:7443/main".parse::<Location>().unwrap(), server("dr1", 7443, "main"));
         assert_eq!("lifeboat://127.0.0.1:1/v".parse::<Location>().unwrap(), server("127.0.0.1", 1, "v"));
         assert_eq!("lifeboat://[::1]:7443/v".parse::<Location>().unwrap(), server("::1", 7443, "v"));
-        assert_eq!("LIFEBOAT://h.example.com:9/a_b-c.1".parse::<Location>().unwrap(), server("h.example.com", 9, "a_b-c.1"));
+        assert_eq!(
+            "LIFEBOAT://h.example.com:9/a_b-c.1".parse::<Location>().unwrap(),
+            server("h.example.com", 9, "a_b-c.1")
+        );
         assert_eq!(server("::1", 7443, "v").to_string(), "lifeboat://[::1]:7443/v");
         assert_eq!(server("dr1", 7443, "main").to_string(), "lifeboat://dr1:7443/main");
     }
@@ -271,17 +284,16 @@ mod tests {
             ("lifeboat://dr1:0/main", "port 0"),
             ("lifeboat://dr1:1/", "no vault name after the port"),
             ("lifeboat://dr1:1/a/b", "the vault name is one name, without '/', '?' or '#'"),
-            ("lifeboat://dr1:1/.hidden", "the vault name is 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"),
+            (
+                "lifeboat://dr1:1/.hidden",
+                "the vault name is 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'",
+            ),
             ("lifeboat://::1:7443/v", "an IPv6 address must be written in brackets, e.g. [::1]:7443"),
             ("lifeboat://[::1/v", "an IPv6 address without its closing ]"),
             ("lifeboat://[zz]:1/v", "not an IPv6 address between [ and ]"),
             ("lifeboat://bad_host:1/v", "the host is not a host name or address"),
         ] {
-            assert_eq!(
-                url.parse::<Location>().unwrap_err(),
-                LocationError::BadUrl { url: url.into(), why },
-                "{url}"
-            );
+            assert_eq!(url.parse::<Location>().unwrap_err(), LocationError::BadUrl { url: url.into(), why }, "{url}");
         }
     }
 
