@@ -103,7 +103,9 @@ fn every_command_that_names_a_vault_takes_a_server_url_and_says_it_cannot_reach_
     ];
     fs::write(&out, vec![0u8; 1 << 20]).unwrap();
     for args in table {
-        let r = s.home.run(args);
+        // In the scratch directory: a URL taken for a relative path would
+        // make its directories there.
+        let r = s.home.command().current_dir(s.dir()).args(*args).output().unwrap();
         let what = format!("lifeboat {}", args.join(" "));
         assert!(!r.status.success(), "{what} succeeded");
         assert_eq!(r.status.code(), Some(1), "{what}: {}", stderr(&r));
@@ -127,7 +129,7 @@ fn every_command_that_names_a_vault_takes_a_server_url_and_says_it_cannot_reach_
 #[test]
 fn cloud_schemes_unknown_schemes_and_malformed_urls_are_refused_by_name() {
     let s = Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), "lb-vault-url-bad-");
-    let run = |args: &[&str]| s.home.run(args);
+    let run = |args: &[&str]| s.home.command().current_dir(s.dir()).args(args).output().unwrap();
     for (url, says) in [
         ("az://account/container", "cloud vaults are not supported yet (issue 15)"),
         ("s3://bucket/prefix", "cloud vaults are not supported yet (issue 15)"),
