@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::builder::{OsStringValueParser, TypedValueParser};
-use vault::{Backend, LocalBackend, Location, Opener, Vault, VaultError};
+use vault::{Backend, LocalOpener, Location, Opener, Vault, VaultError};
 
 use crate::home::Home;
 
@@ -37,14 +37,14 @@ pub fn opener(home: &Home) -> Arc<dyn Opener> {
 impl Opener for CliOpener {
     fn open(&self, at: &Location) -> Result<Box<dyn Backend>, VaultError> {
         match at {
-            Location::Path(dir) => Ok(Box::new(LocalBackend::open(dir)?)),
+            Location::Path(_) => LocalOpener.open(at),
             Location::Server { host, port, vault } => open_server(&self.home, host, *port, vault),
         }
     }
 
     fn create(&self, at: &Location) -> Result<Box<dyn Backend>, VaultError> {
         match at {
-            Location::Path(dir) => Ok(Box::new(LocalBackend::create(dir)?)),
+            Location::Path(_) => LocalOpener.create(at),
             // The server's vault directory exists; `Vault::init` creates
             // its config there (if the site lets this host).
             Location::Server { host, port, vault } => open_server(&self.home, host, *port, vault),
