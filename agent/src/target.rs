@@ -10,12 +10,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use disk_format::keys::Keys;
 use serde_json::json;
 use shipper::{run_cycle, CutHook, CutSource, CycleOptions, CycleReport, Progress, ShipError};
-use vault::{Vault, VaultError};
+use vault::{Location, Opener, Vault, VaultError};
 
 use crate::round::{HoldWrites, Member, Round, Sealed};
 use crate::status::{self, CycleOutcome};
@@ -26,8 +27,10 @@ pub struct Target {
     pub name: String,
     /// The disk's identity.
     pub disk_id: [u8; 16],
-    /// The vault directory.
-    pub vault: PathBuf,
+    /// Where the disk's vault is.
+    pub vault: Location,
+    /// How vaults are opened (the binary's, which reaches vault servers too).
+    pub opener: Arc<dyn Opener>,
     /// The cycle interval (the RPO target).
     pub rpo: Duration,
     /// The retention ladder applied after each committed cycle.
@@ -51,10 +54,10 @@ pub struct Target {
 #[non_exhaustive]
 pub enum CycleError {
     /// The vault could not be opened, or does not take this key.
-    #[error("vault {}: {source}", path.display())]
+    #[error("vault {location}: {source}")]
     Vault {
-        /// The vault directory.
-        path: PathBuf,
+        /// Where the vault is.
+        location: Location,
         /// Why.
         #[source]
         source: Box<VaultError>,
@@ -111,9 +114,8 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 impl Target {
     /// Opens the disk's vault and checks that it takes this key.
     pub fn open_vault(&self) -> Result<Vault, CycleError> {
-        let fail = |source| CycleError::Vault { path: self.vault.clone(), source: Box::new(source) };
-        let backend = vault::LocalBackend::open(&self.vault).map_err(fail)?;
-        let vault = Vault::open(Box::new(backend)).map_err(fail)?;
+        let fail = |source| CycleError::Vault { location: self.vault.clone(), source: Box::new(source) };
+        let vault = self.opener.open_vault(&self.vault).map_err(fail)?;
         vault.check_key(&self.keys).map_err(fail)?;
         Ok(vault)
     }

@@ -16,7 +16,7 @@ use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 
 use disk_format::{KeyFingerprint, Keys};
-use vault::Vault;
+use vault::{Location, Vault};
 
 use crate::error::AuditError;
 use crate::links::{check_links, LinkReport};
@@ -28,8 +28,8 @@ pub type CallerError = Box<dyn StdError + Send + Sync>;
 
 /// What the caller knows about the home that the audit crate does not.
 pub trait HomeView {
-    /// Opens the vault at `dir`.
-    fn open_vault(&self, dir: &Path) -> Result<Vault, CallerError>;
+    /// Opens the vault at `at` (a directory or a vault server).
+    fn open_vault(&self, at: &Location) -> Result<Vault, CallerError>;
     /// The home's disks that committed points with the key of `fingerprint`,
     /// as (disk, last committed point): a home with such disks must have
     /// the key's log.
@@ -43,7 +43,7 @@ pub struct KeyToCheck {
     /// Where the key came from, for messages.
     pub key_file: PathBuf,
     /// The vaults to check its copy in (vaults of other keys are passed over).
-    pub vaults: Vec<PathBuf>,
+    pub vaults: Vec<Location>,
 }
 
 /// What to check.
@@ -68,23 +68,22 @@ pub enum CheckFailure {
     #[error(transparent)]
     Audit(AuditError),
     /// The vault could not be opened.
-    #[error("cannot check the audit copy in vault {}: {}", vault.display(), Causes(cause.as_ref()))]
+    #[error("cannot check the audit copy in vault {vault}: {}", Causes(cause.as_ref()))]
     VaultUnopened {
         /// The vault.
-        vault: PathBuf,
+        vault: Location,
         /// Why (the caller's error, shown with its causes).
         cause: CallerError,
     },
     /// The vault named was created with another key than the one given.
     #[error(
-        "vault {} was created with the key {vault_fingerprint}, not with {key_fingerprint} ({}); pass that vault's \
+        "vault {vault} was created with the key {vault_fingerprint}, not with {key_fingerprint} ({}); pass that vault's \
          key with --key",
-        vault.display(),
         key_file.display()
     )]
     OtherKey {
         /// The vault.
-        vault: PathBuf,
+        vault: Location,
         /// Its key's fingerprint.
         vault_fingerprint: KeyFingerprint,
         /// The fingerprint of the key given.
@@ -197,7 +196,7 @@ pub struct KeyCheck {
     /// The home's log.
     pub home: HomeLog,
     /// Each vault, in the plan's order.
-    pub vaults: Vec<(PathBuf, VaultCheck)>,
+    pub vaults: Vec<(Location, VaultCheck)>,
 }
 
 /// What [`check`] found.
@@ -306,7 +305,7 @@ pub fn check(plan: &CheckPlan<'_>, home: &dyn HomeView) -> CheckReport {
 fn check_vault(
     plan: &CheckPlan<'_>,
     t: &KeyToCheck,
-    vdir: &Path,
+    vdir: &Location,
     log: &Path,
     home_report: Option<&LogReport>,
     home: &dyn HomeView,

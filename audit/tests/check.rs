@@ -11,7 +11,7 @@ use audit::{
 };
 use disk_format::{KeyFingerprint, Keys, MasterKey};
 use serde_json::json;
-use vault::{Kind, LocalBackend, Vault};
+use vault::{Kind, LocalBackend, Location, Vault};
 
 fn keys(seed: u8) -> Keys {
     MasterKey::from_bytes([seed; 32]).keys()
@@ -30,7 +30,8 @@ struct FakeHome {
 struct Opening(String, #[source] vault::VaultError);
 
 impl HomeView for FakeHome {
-    fn open_vault(&self, dir: &Path) -> Result<Vault, CallerError> {
+    fn open_vault(&self, at: &Location) -> Result<Vault, CallerError> {
+        let dir = at.path().expect("this home's vaults are directories");
         self.opened.borrow_mut().push(dir.to_owned());
         let backend = LocalBackend::open(dir).map_err(|e| Opening(dir.display().to_string(), e))?;
         Ok(Vault::open(Box::new(backend))?)
@@ -64,7 +65,7 @@ fn key_to_check(seed: u8, vaults: &[&Path]) -> KeyToCheck {
     KeyToCheck {
         keys: keys(seed),
         key_file: PathBuf::from(format!("/keys/{seed}.key")),
-        vaults: vaults.iter().map(|v| v.to_path_buf()).collect(),
+        vaults: vaults.iter().map(|v| Location::from(*v)).collect(),
     }
 }
 
@@ -171,7 +172,7 @@ fn checks_that_cannot_be_made_are_failures_in_order_with_their_causes() {
     let CheckFailure::OtherKey { vault, vault_fingerprint, key_fingerprint, key_file } = f[1] else { panic!("{f:?}") };
     assert_eq!(
         (vault, *vault_fingerprint, *key_fingerprint),
-        (&other_vault, keys(2).fingerprint(), keys(1).fingerprint())
+        (&Location::from(other_vault), keys(2).fingerprint(), keys(1).fingerprint())
     );
     assert_eq!(key_file, Path::new("/keys/1.key"));
     assert!(f[1].to_string().ends_with("pass that vault's key with --key"), "{}", f[1]);

@@ -116,8 +116,9 @@ pub fn close_unserved(disk: Arc<Disk>, e: anyhow::Error) -> anyhow::Error {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Replication {
-    /// The vault directory.
-    pub vault: PathBuf,
+    /// The vault: a directory, or a vault server's URL (stored as the same
+    /// string a directory's path always was).
+    pub vault: vault::Location,
     /// The customer key file.
     pub key: PathBuf,
     /// Cycle interval (the RPO target), seconds.
@@ -197,8 +198,9 @@ impl Home {
     /// `--home /tmp` must not turn `/tmp` private). Otherwise, and where a
     /// vault cannot be changed (a root-squashed share), a warning names the
     /// path and the chmod to run. A vault's top directory is enough: at 0700
-    /// nobody else can reach below it.
-    pub fn make_private(&self, vaults: &[&std::path::Path]) -> Result<Vec<recovery::trust::Tightened>> {
+    /// nobody else can reach below it. A vault server's files are the
+    /// site's: only vault directories are looked at.
+    pub fn make_private(&self, vaults: &[&vault::Location]) -> Result<Vec<recovery::trust::Tightened>> {
         const HOME_ENTRIES: [&str; 5] = ["disks", "vms", "failovers", "plans", "audit"];
         let mut changed = Vec::new();
         for sub in HOME_ENTRIES {
@@ -211,7 +213,7 @@ impl Home {
         let vault_entries: Vec<&str> =
             vault::backend::Kind::ALL.iter().map(|k| k.prefix()).chain(["tmp", "trash"]).collect();
         let tops = std::iter::once((self.root.as_path(), &HOME_ENTRIES[..], "home"))
-            .chain(vaults.iter().map(|v| (*v, &vault_entries[..], "vault")));
+            .chain(vaults.iter().filter_map(|v| v.path()).map(|v| (v, &vault_entries[..], "vault")));
         for (dir, known, what) in tops {
             let tightened = match only_entries(dir, known) {
                 Ok(true) => recovery::trust::make_private(dir, false).map_err(|e| e.to_string()),

@@ -63,10 +63,10 @@ impl HostSide for Host<'_> {
         self.open_vault(&r.vault, &r.key)
     }
 
-    fn open_vault(&self, vault: &Path, key: &Path) -> Result<(Keys, Vault), HostError> {
+    fn open_vault(&self, vault: &vault::Location, key: &Path) -> Result<(Keys, Vault), HostError> {
         host((|| {
             let keys = crate::keyfile::load(key)?;
-            let vault = crate::cmd::vault::open(vault)?;
+            let vault = crate::vault_open::open(self.home, vault)?;
             vault.check_key(&keys)?;
             Ok((keys, vault))
         })())
@@ -81,7 +81,7 @@ impl HostSide for Host<'_> {
 
     fn protect(&self, req: &ProtectRequest<'_>) -> Result<(), HostError> {
         let mut r = Request::new(req.disk, req.image);
-        r.replicate = req.replicate_to.map(|(vault, key)| Replicate::new(vault, key));
+        r.replicate = req.replicate_to.map(|(vault, key)| Replicate::new(vault.clone(), key));
         r.reset_state = req.reset_state;
         // Another command's report: on stderr, its stdout is its own.
         host(crate::protecting::protect(self.home, &r, &mut std::io::stderr()))

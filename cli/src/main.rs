@@ -22,6 +22,7 @@ mod signals;
 mod size;
 mod status_file;
 mod time;
+mod vault_open;
 mod cmd {
     pub mod agent;
     pub mod audit;

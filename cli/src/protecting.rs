@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use disk_format::Geometry;
 use filter::{ImageId, StateFile};
+use vault::Location;
 
 use crate::home::{check_name, DiskConfig, Home, Replication, Retention};
 use crate::keyfile;
@@ -46,8 +47,8 @@ pub struct Request {
 /// Where and how often a disk replicates, as asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replicate {
-    /// The vault directory.
-    pub vault: PathBuf,
+    /// The vault (a directory or a vault server).
+    pub vault: Location,
     /// The customer key file.
     pub key: PathBuf,
     /// Cycle interval (the RPO), seconds.
@@ -74,9 +75,9 @@ impl Request {
 
 impl Replicate {
     /// Replicate to `vault` with `key`, at the default RPO and retention.
-    pub fn new(vault: &Path, key: &Path) -> Replicate {
+    pub fn new(vault: impl Into<Location>, key: &Path) -> Replicate {
         Replicate {
-            vault: vault.to_path_buf(),
+            vault: vault.into(),
             key: key.to_path_buf(),
             rpo_seconds: DEFAULT_RPO_SECONDS,
             retention: Retention::default(),
@@ -168,7 +169,7 @@ fn check_socket_paths(home: &Home, name: &str, listen: &[filter::nbd::Listen]) -
 /// `lifeboat protect`, stderr when another command protects a disk.
 pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result<()> {
     check_name(&a.name)?;
-    let vaults: Vec<&std::path::Path> = a.replicate.as_ref().map(|r| r.vault.as_path()).into_iter().collect();
+    let vaults: Vec<&Location> = a.replicate.as_ref().map(|r| &r.vault).into_iter().collect();
     for t in home.make_private(&vaults)? {
         tracing::info!("lifeboat: {t}: it was open to other users; Lifeboat keeps its home and vault private");
     }
@@ -191,7 +192,7 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
     let conf = dir.join("disk.toml");
     let existing = conf.exists();
     let replication = match &a.replicate {
-        Some(r) => Some(check_replication(&r.vault, &r.key, r.rpo_seconds, r.retention.clone())?),
+        Some(r) => Some(check_replication(home, &r.vault, &r.key, r.rpo_seconds, r.retention.clone())?),
         None => None,
     };
     let tls_creds = match &a.tls_creds {
@@ -219,7 +220,7 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
                 out,
                 "{}: replication set: vault {}, every {} s",
                 a.name,
-                a.replicate.as_ref().map(|v| v.vault.display().to_string()).unwrap_or_default(),
+                a.replicate.as_ref().map(|v| v.vault.to_string()).unwrap_or_default(),
                 a.replicate.as_ref().map_or(0, |r| r.rpo_seconds)
             )?;
         }
@@ -359,20 +360,26 @@ pub fn refuse_exposed(name: &str, listens: &[filter::nbd::Listen], who: &str) ->
     Ok(())
 }
 
-/// Checks that the key loads and the vault accepts it, and makes both paths absolute.
+/// Checks that the key loads and the vault accepts it, and makes the key's
+/// path and a vault directory's absolute (a vault server's URL is kept as
+/// given).
 fn check_replication(
-    vault_dir: &std::path::Path,
+    home: &Home,
+    vault: &Location,
     key: &std::path::Path,
     rpo_seconds: u64,
     retention: Retention,
 ) -> Result<Replication> {
     let key = std::fs::canonicalize(key).with_context(|| format!("key file {} does not exist", key.display()))?;
     let keys = keyfile::load(&key)?;
-    let vault_dir = std::fs::canonicalize(vault_dir).with_context(|| {
-        format!("vault {} does not exist; create it with `lifeboat vault init`", vault_dir.display())
-    })?;
-    crate::cmd::vault::open(&vault_dir)?.check_key(&keys)?;
-    Ok(Replication { vault: vault_dir, key, rpo_seconds, retention })
+    let vault = match vault {
+        Location::Path(dir) => Location::Path(std::fs::canonicalize(dir).with_context(|| {
+            format!("vault {} does not exist; create it with `lifeboat vault init`", dir.display())
+        })?),
+        server @ Location::Server { .. } => server.clone(),
+    };
+    crate::vault_open::open(home, &vault)?.check_key(&keys)?;
+    Ok(Replication { vault, key, rpo_seconds, retention })
 }
 
 /// Takes the exclusive lock a filter or cycle holds on a state file;
@@ -395,7 +402,7 @@ fn audit_protect(
     what: &str,
 ) -> Result<()> {
     let keys = keyfile::load(&r.key)?;
-    let vault = crate::cmd::vault::open(&r.vault)?;
+    let vault = crate::vault_open::open(home, &r.vault)?;
     let details = serde_json::json!({
         "what": what, "image": image, "block_size": block_size, "vault": r.vault, "rpo_seconds": r.rpo_seconds,
         "retention": { "recent_seconds": r.retention.recent_seconds, "hourly": r.retention.hourly, "daily": r.retention.daily },

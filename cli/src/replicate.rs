@@ -20,6 +20,7 @@ pub fn load(home: &Home, name: &str) -> Result<(DiskEntry, Target)> {
         name: name.to_string(),
         disk_id: entry.disk_id()?,
         vault: settings.vault.clone(),
+        opener: crate::vault_open::opener(home),
         rpo: std::time::Duration::from_secs(settings.rpo_seconds),
         retention: settings.retention.policy(),
         keys: keyfile::load(&settings.key)?,

@@ -26,7 +26,7 @@ use disk_format::keys::Keys;
 use disk_format::RootExtension;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use vault::{DiskPoints, PointSummary, Vault};
+use vault::{DiskPoints, Location, PointSummary, Vault};
 
 use crate::error::{QemuError, RecoveryError, Refusal};
 use crate::health::{self, Verdict};
@@ -201,8 +201,9 @@ pub type ServeInstant<'a> = &'a (dyn Fn(&DiskPoint, &Path, &Path, &Path) -> Resu
 /// later, maybe with no other reference to them) can record in the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
-    /// The vault directory.
-    pub vault: PathBuf,
+    /// Where the vault is (stored as its path or URL, as the vault
+    /// directory's path was before vault servers).
+    pub vault: Location,
     /// The customer key file (its path only; the key is never stored here).
     pub key: PathBuf,
 }

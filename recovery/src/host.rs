@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use disk_format::keys::Keys;
 use serde_json::Value;
-use vault::Vault;
+use vault::{Location, Vault};
 
 use crate::vmdef::VmDefinition;
 
@@ -39,7 +39,7 @@ pub struct ProtectRequest<'a> {
     /// Its image.
     pub image: &'a Path,
     /// Replicate to this vault with this key file (`(vault, key)`).
-    pub replicate_to: Option<(&'a Path, &'a Path)>,
+    pub replicate_to: Option<(&'a Location, &'a Path)>,
     /// Replace the state file with one that marks every block to verify
     /// (the disk keeps its identity and settings).
     pub reset_state: bool,
@@ -90,9 +90,9 @@ pub trait HostSide {
     /// against the vault.
     fn disk_vault(&self, name: &str) -> Result<(Keys, Vault), HostError>;
 
-    /// The key in file `key` and the vault in `vault`, the key checked
-    /// against the vault.
-    fn open_vault(&self, vault: &Path, key: &Path) -> Result<(Keys, Vault), HostError>;
+    /// The key in file `key` and the vault at `vault` (a directory or a
+    /// vault server), the key checked against the vault.
+    fn open_vault(&self, vault: &Location, key: &Path) -> Result<(Keys, Vault), HostError>;
 
     /// Takes the disk's state lock; `None` if a filter or cycle holds it.
     fn lock_state(&self, name: &str) -> Result<Option<Self::Lock>, HostError>;

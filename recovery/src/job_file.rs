@@ -390,6 +390,33 @@ mod tests {
         }
     }
 
+    /// Issue 14, point 1: a job's origin is a vault location, stored as the
+    /// same string its directory's path always was, or as a server's URL.
+    #[test]
+    fn a_job_origin_is_the_vault_path_or_url_as_written() {
+        for (vault, want) in [
+            ("/srv/dr vault", vault::Location::Path("/srv/dr vault".into())),
+            (
+                "lifeboat://[::1]:7443/main",
+                vault::Location::Server { host: "::1".into(), port: 7443, vault: "main".into() },
+            ),
+        ] {
+            let text = old_job().replacen("{\n", "{\n  \"format_version\": 1,\n", 1).replace(
+                "\"origin\": null",
+                &format!("\"origin\": {{\n    \"vault\": \"{vault}\",\n    \"key\": \"/k\"\n  }}"),
+            );
+            let (_dir, path) = write(&text);
+            let job = load_job(&path).unwrap().unwrap();
+            assert_eq!(job.origin.as_ref().map(|o| &o.vault), Some(&want));
+            save(&path, &JobFile::from(&job)).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the bytes on disk changed");
+        }
+        let (_dir, path) =
+            write(&old_job().replace("\"origin\": null", "\"origin\": {\"vault\": \"az://a/b\", \"key\": \"/k\"}"));
+        let msg = load_job(&path).unwrap_err().to_string();
+        assert!(msg.contains("is damaged") && msg.contains("cloud vaults are not supported yet"), "{msg}");
+    }
+
     #[test]
     fn no_job_file_is_no_job() {
         let dir = tempfile::tempdir().unwrap();

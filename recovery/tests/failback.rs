@@ -25,7 +25,7 @@ use recovery::failover::{Job, Site, Step};
 use recovery::planned::{self, PlannedError, SourceStop};
 use recovery::{HostError, HostSide, LocalDisk, ProtectRequest, Shipped, VmDefinition};
 use serde_json::{json, Value};
-use vault::{BlockIndex, LocalBackend, Vault};
+use vault::{BlockIndex, LocalBackend, Location, Vault};
 use vault_fixture::{master, test_host, Disk};
 
 const BLOCK: u64 = 4096;
@@ -123,8 +123,8 @@ impl HostSide for Fake {
         Ok((master().keys(), self.vault()))
     }
 
-    fn open_vault(&self, vault: &Path, _key: &Path) -> Result<(Keys, Vault), HostError> {
-        self.call(format!("open vault {}", vault.display()));
+    fn open_vault(&self, vault: &Location, _key: &Path) -> Result<(Keys, Vault), HostError> {
+        self.call(format!("open vault {vault}"));
         Ok((master().keys(), self.vault()))
     }
 
@@ -138,7 +138,7 @@ impl HostSide for Fake {
     }
 
     fn protect(&self, req: &ProtectRequest<'_>) -> Result<(), HostError> {
-        let to = req.replicate_to.map_or("-".into(), |(v, k)| format!("{} {}", v.display(), k.display()));
+        let to = req.replicate_to.map_or("-".into(), |(v, k)| format!("{} {}", v, k.display()));
         let marker = self.marker(req.disk).exists();
         self.call(format!(
             "protect {} {} to {to} reset {} marker {marker}",

@@ -130,6 +130,15 @@ pub enum VaultError {
         #[source]
         source: io::Error,
     },
+    /// A vault this build (or this opener) cannot reach: a vault server
+    /// without the client, for example.
+    #[error("vault {location}: {why}")]
+    Unreachable {
+        /// The vault's location.
+        location: String,
+        /// Why, and what to do instead.
+        why: String,
+    },
     /// The backend holds no vault config: nothing was initialised there.
     #[error(
         "{location} is not a Lifeboat vault (it has no vault config); create one with `lifeboat vault init {location}`"

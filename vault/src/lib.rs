@@ -12,7 +12,9 @@
 //! ([`retention`]: roots only) and what no root references is removed by
 //! garbage collection ([`gc`], without the key); leases ([`lease`]) keep a
 //! point being restored from being pruned, and keep a garbage collection and
-//! a shipper cycle from running at once.
+//! a shipper cycle from running at once. A vault is named by a [`Location`]
+//! (a directory or a vault server's URL, [`location`]) and opened through an
+//! [`Opener`] ([`open`]).
 //!
 //! Encryption happens on the host before anything reaches a backend. The
 //! vault holds no key and no plaintext, and asks for the key only to restore
@@ -29,6 +31,8 @@ pub mod gc;
 pub mod index;
 pub mod lease;
 pub mod local;
+pub mod location;
+pub mod open;
 pub mod par;
 pub mod point_reader;
 pub mod progress;
@@ -45,6 +49,8 @@ pub use gc::{GarbagePack, GcReport};
 pub use index::{BlockIndex, BlockLocation, UnreadablePack};
 pub use lease::{Hold, HostIdentity, LeaseInfo, Liveness, Purpose};
 pub use local::LocalBackend;
+pub use location::{Location, LocationError};
+pub use open::{LocalOpener, Opener};
 pub use point_reader::PointReader;
 pub use progress::{Callback, Progress};
 pub use restore::RestoreReport;

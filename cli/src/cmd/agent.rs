@@ -73,9 +73,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
              `lifeboat protect NAME --image IMAGE --vault DIR --key KEYFILE` (or pass the right --home / LIFEBOAT_HOME)"
         );
     }
-    let vaults: Vec<std::path::PathBuf> =
+    let vaults: Vec<vault::Location> =
         names.iter().filter_map(|n| home.disk(n).ok()?.config.replication.map(|r| r.vault)).collect();
-    for t in home.make_private(&vaults.iter().map(std::path::PathBuf::as_path).collect::<Vec<_>>())? {
+    for t in home.make_private(&vaults.iter().collect::<Vec<_>>())? {
         tracing::info!("lifeboat agent: {t}: it was open to other users; Lifeboat keeps its home and vault private");
     }
     let copy_memory = a.copy_memory.map_or_else(CopyMemory::global, CopyMemory::new);

@@ -62,8 +62,9 @@ pub struct VerifyArgs {
     #[arg(long)]
     key: Option<PathBuf>,
     /// Check this vault's copy (default: the vaults of the home's disks).
-    #[arg(long)]
-    vault: Option<PathBuf>,
+    /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+    #[arg(long, value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+    vault: Option<vault::Location>,
     /// Print one JSON document: {"ok", "logs": [...], "vaults": [...], "links": [{"vault", "points", "heads",
     /// "commits", "problems"}], "skipped": [...]}.
     #[arg(long)]
@@ -111,7 +112,7 @@ pub fn record(
 }
 
 /// The home's disks as (name, key file, vault) for those that replicate.
-fn replicated_disks(home: &Home) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+fn replicated_disks(home: &Home) -> Result<Vec<(String, PathBuf, vault::Location)>> {
     let dir = home.root().join("disks");
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -138,8 +139,8 @@ fn replicated_disks(home: &Home) -> Result<Vec<(String, PathBuf, PathBuf)>> {
 struct HomeDisks<'h>(&'h Home);
 
 impl audit::HomeView for HomeDisks<'_> {
-    fn open_vault(&self, dir: &Path) -> Result<vault::Vault, audit::CallerError> {
-        Ok(super::vault::open(dir)?)
+    fn open_vault(&self, at: &vault::Location) -> Result<vault::Vault, audit::CallerError> {
+        Ok(super::vault::open(self.0, at)?)
     }
 
     /// From the state files' record of the last committed point, in a vault
@@ -148,7 +149,7 @@ impl audit::HomeView for HomeDisks<'_> {
         let home = self.0;
         let mut out = Vec::new();
         for (name, _, vault_dir) in replicated_disks(home).unwrap_or_default() {
-            let Ok(vault) = super::vault::open(&vault_dir) else { continue };
+            let Ok(vault) = super::vault::open(home, &vault_dir) else { continue };
             let Ok(entry) = home.disk(&name) else { continue };
             let Ok(header) = filter::StateFile::header_of(&entry.state_path()) else { continue };
             if let Some(p) = header.last_point {
@@ -168,13 +169,13 @@ fn targets(
     home: &Home,
     key: Option<&Path>,
     disk: Option<&str>,
-    vault: Option<&Path>,
+    vault: Option<&vault::Location>,
 ) -> Result<(Vec<KeyToCheck>, Vec<String>)> {
     let disks = replicated_disks(home)?;
-    let all_vaults: Vec<PathBuf> = match vault {
+    let all_vaults: Vec<vault::Location> = match vault {
         Some(v) => vec![v.to_owned()],
         None => {
-            let mut v: Vec<PathBuf> = disks.iter().map(|d| d.2.clone()).collect();
+            let mut v: Vec<vault::Location> = disks.iter().map(|d| d.2.clone()).collect();
             v.sort();
             v.dedup();
             v
@@ -228,7 +229,7 @@ pub fn run(home: &Home, c: Command) -> Result<()> {
 }
 
 fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
-    let (targets, mut failures) = targets(home, a.key.as_deref(), None, a.vault.as_deref())?;
+    let (targets, mut failures) = targets(home, a.key.as_deref(), None, a.vault.as_ref())?;
     let dir = audit_dir(home);
     let plan = CheckPlan { dir: &dir, keys: &targets, key_named: a.key.is_some(), vault_named: a.vault.is_some() };
     let report = audit::check(&plan, &HomeDisks(home));
@@ -266,14 +267,14 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
         for (vdir, v) in &k.vaults {
             let VaultCheck::Checked { links, copies } = v else { continue };
             if copies.is_empty() {
-                lines.push(format!("  vault {}: no audit records copied yet", vdir.display()));
+                lines.push(format!("  vault {vdir}: no audit records copied yet"));
             }
             // The points and the logs vouch for each other (issue 12, hole 8).
             if let Ok(l) = links {
                 lines.push(format!(
                     "  vault {}: {} point(s) checked against the audit copy ({} name its head), {} committed \
                      point(s) in the log checked against the vault: {}",
-                    vdir.display(),
+                    vdir,
                     l.points,
                     l.heads,
                     l.commits,
@@ -290,7 +291,7 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
                 match &c.home {
                     Some(cmp) => lines.push(format!(
                         "  vault {}: {}, {}; {}",
-                        vdir.display(),
+                        vdir,
                         range(r),
                         if r.is_ok() { "intact" } else { "damaged" },
                         match (cmp.problems.is_empty(), cmp.not_copied) {
@@ -301,7 +302,7 @@ fn verify(home: &Home, a: VerifyArgs) -> Result<()> {
                     )),
                     None => lines.push(format!(
                         "  vault {}: log {}: {}, {} (a log this home does not hold)",
-                        vdir.display(),
+                        vdir,
                         r.log_id.map_or_else(|| "?".to_string(), |i| i.to_string()),
                         range(r),
                         if r.is_ok() { "intact" } else { "damaged" }
@@ -497,10 +498,11 @@ mod tests {
         let dir = scratch("unopened");
         let home = Home::new(dir.join("home"));
         let nowhere = dir.join("nowhere");
-        let e = super::super::vault::open(&nowhere).unwrap_err();
+        let at = vault::Location::Path(nowhere.clone());
+        let e = super::super::vault::open(&home, &at).unwrap_err();
         assert!(e.chain().count() > 1, "{e:#}");
-        let cause = HomeDisks(&home).open_vault(&nowhere).unwrap_err();
-        let f = CheckFailure::VaultUnopened { vault: nowhere.clone(), cause };
+        let cause = HomeDisks(&home).open_vault(&at).unwrap_err();
+        let f = CheckFailure::VaultUnopened { vault: at, cause };
         assert_eq!(f.to_string(), format!("cannot check the audit copy in vault {}: {e:#}", nowhere.display()));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -88,8 +88,9 @@ struct RunArgs {
     #[arg(long)]
     point: Option<String>,
     /// The vault (default: the vault of the VM's disks in this home).
-    #[arg(long, requires = "key")]
-    vault: Option<PathBuf>,
+    /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+    #[arg(long, requires = "key", value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+    vault: Option<vault::Location>,
     /// The customer key file (default: the key of the VM's disks in this home).
     #[arg(long)]
     key: Option<PathBuf>,
@@ -175,14 +176,14 @@ fn job_keys(home: &Home, site: &Site, vm: &str) -> Option<(disk_format::keys::Ke
     }
 }
 
-/// The vault directory and key file for a VM: as given, else those of its
-/// first disk in this home.
+/// The vault and key file for a VM: as given, else those of its first disk
+/// in this home.
 pub(crate) fn site_paths(
     home: &Home,
     vm: &str,
-    vault: Option<PathBuf>,
+    vault: Option<vault::Location>,
     key: Option<PathBuf>,
-) -> Result<(PathBuf, PathBuf)> {
+) -> Result<(vault::Location, PathBuf)> {
     Ok(match (vault, key) {
         (Some(v), Some(k)) => (v, k),
         (v, k) => {
@@ -203,12 +204,12 @@ pub(crate) fn site_paths(
 pub(crate) fn keys_for(
     home: &Home,
     vm: &str,
-    vault: Option<PathBuf>,
+    vault: Option<vault::Location>,
     key: Option<PathBuf>,
 ) -> Result<(disk_format::keys::Keys, vault::Vault)> {
     let (vault_dir, key_path) = site_paths(home, vm, vault, key)?;
     let keys = crate::keyfile::load(&key_path)?;
-    let vault = super::vault::open(&vault_dir)?;
+    let vault = super::vault::open(home, &vault_dir)?;
     vault.check_key(&keys)?;
     Ok((keys, vault))
 }
@@ -270,9 +271,9 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
             choice.disk_id = def.disks.first().and_then(|d| crate::disk_pick::own_identity(home, d));
         }
     }
-    let serve = super::instant::launcher(absolute(&vault_dir), absolute(&key_path));
+    let serve = super::instant::launcher(vault_dir.absolute(), absolute(&key_path));
     let origin = match (a.vault.clone(), a.key.clone()) {
-        (Some(vault), Some(key)) => Some(recovery::failover::Origin { vault: absolute(&vault), key: absolute(&key) }),
+        (Some(vault), Some(key)) => Some(recovery::failover::Origin { vault: vault.absolute(), key: absolute(&key) }),
         _ => None,
     };
     let mut audit = auditor(home, Some(&kv));

@@ -19,8 +19,9 @@ use crate::signals;
 #[derive(clap::Args)]
 pub struct Args {
     /// The vault.
-    #[arg(long)]
-    vault: PathBuf,
+    /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+    #[arg(long, value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+    vault: vault::Location,
     /// The customer key file.
     #[arg(long)]
     key: PathBuf,
@@ -44,10 +45,10 @@ pub struct Args {
     socket: PathBuf,
 }
 
-pub fn run(_home: &Home, a: Args) -> Result<()> {
+pub fn run(home: &Home, a: Args) -> Result<()> {
     signals::block_termination().context("blocking SIGTERM/SIGINT")?;
     let keys = Arc::new(crate::keyfile::load(&a.key)?);
-    let vault = Arc::new(super::vault::open(&a.vault)?);
+    let vault = Arc::new(super::vault::open(home, &a.vault)?);
     vault.check_key(&keys)?;
     // Held while serving: retention does not prune the point meanwhile.
     let chain = match a.chain.clone() {
@@ -92,7 +93,7 @@ pub fn run(_home: &Home, a: Args) -> Result<()> {
 /// its output in `IMAGE.log`; returns its pid once its socket accepts
 /// connections (or the reason it did not start).
 pub fn launcher(
-    vault: PathBuf,
+    vault: vault::Location,
     key: PathBuf,
 ) -> impl Fn(&recovery::failover::DiskPoint, &Path, &Path, &Path) -> Result<u32, String> + Sync {
     move |p, image, bitmap, socket| {
@@ -105,7 +106,12 @@ pub fn launcher(
         let mut child = Command::new(exe)
             .arg("instant-serve")
             .arg("--vault")
-            .arg(&vault)
+            .arg(match &vault {
+                // A path goes as it is (it may not be UTF-8); the server
+                // parses the argument back into the same location.
+                vault::Location::Path(dir) => dir.as_os_str().to_owned(),
+                server => server.to_string().into(),
+            })
             .arg("--key")
             .arg(&key)
             .args(["--disk", disk, "--chain", p.chain(), "--point", &p.point.to_string()])

@@ -83,8 +83,9 @@ pub enum Command {
 #[derive(clap::Args)]
 pub struct SiteArgs {
     /// The vault (default: that of the plan's first VM in this home).
-    #[arg(long, requires = "key")]
-    vault: Option<PathBuf>,
+    /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+    #[arg(long, requires = "key", value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+    vault: Option<vault::Location>,
     /// The customer key file.
     #[arg(long)]
     key: Option<PathBuf>,
@@ -210,13 +211,13 @@ fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArg
     let How { kind, point, instant } = how;
     let first = plan.vms()[0].to_string();
     let origin = match (&site_args.vault, &site_args.key) {
-        (Some(v), Some(k)) => Some(Origin { vault: super::failover::absolute(v), key: super::failover::absolute(k) }),
+        (Some(v), Some(k)) => Some(Origin { vault: v.absolute(), key: super::failover::absolute(k) }),
         _ => None,
     };
     let networks = super::failover::parse_networks(&site_args.networks)?;
     let (vault_dir, key_path) = super::failover::site_paths(home, &first, site_args.vault, site_args.key)?;
     let (keys, vault) = super::failover::keys_for(home, &first, Some(vault_dir.clone()), Some(key_path.clone()))?;
-    let serve = super::instant::launcher(super::failover::absolute(&vault_dir), super::failover::absolute(&key_path));
+    let serve = super::instant::launcher(vault_dir.absolute(), super::failover::absolute(&key_path));
     let qemu = QemuConfig::default();
     let template = Request {
         vm: &first,

@@ -15,8 +15,9 @@ pub struct Args {
     /// needs --vault and --key.
     name: Option<String>,
     /// The vault to look in (default: the disk's vault from `lifeboat protect`).
-    #[arg(long)]
-    vault: Option<PathBuf>,
+    /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+    #[arg(long, value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+    vault: Option<vault::Location>,
     /// The customer key file (default: the disk's key from `lifeboat protect`). The vault seals disk
     /// names and hosts, so listing by name needs the key.
     #[arg(long)]
@@ -45,7 +46,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         },
     };
     let keys = crate::keyfile::load(&key)?;
-    let vault = super::vault::open(&dir)?;
+    let vault = super::vault::open(home, &dir)?;
     vault.check_key(&keys)?;
     let Some(name) = a.name else { return list_disks(&vault, &keys, &dir, a.json) };
     let own = crate::disk_pick::own_identity(home, &name).filter(|_| !a.choose.given());
@@ -90,7 +91,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         return Ok(());
     }
     if disks.iter().all(|d| d.points.is_empty()) {
-        outln!("{name}: no recovery points in {} yet (run `lifeboat ship {name} --once`)", dir.display());
+        outln!("{name}: no recovery points in {} yet (run `lifeboat ship {name} --once`)", dir);
         return Ok(());
     }
     for (n, d) in disks.iter().enumerate() {
@@ -120,15 +121,10 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
 }
 
 /// Every disk of the vault, one line each.
-fn list_disks(vault: &vault::Vault, keys: &disk_format::Keys, dir: &std::path::Path, json: bool) -> Result<()> {
-    let all = vault.disks_by_identity(keys).with_context(|| format!("listing the disks of {}", dir.display()))?;
+fn list_disks(vault: &vault::Vault, keys: &disk_format::Keys, dir: &vault::Location, json: bool) -> Result<()> {
+    let all = vault.disks_by_identity(keys).with_context(|| format!("listing the disks of {}", dir))?;
     for u in &all.unreadable {
-        tracing::warn!(
-            "lifeboat: warning: chain {} of {} cannot be read with this key: {}",
-            u.chain,
-            dir.display(),
-            u.detail
-        );
+        tracing::warn!("lifeboat: warning: chain {} of {} cannot be read with this key: {}", u.chain, dir, u.detail);
     }
     if json {
         let list: Vec<_> = all
@@ -150,7 +146,7 @@ fn list_disks(vault: &vault::Vault, keys: &disk_format::Keys, dir: &std::path::P
         return Ok(());
     }
     if all.disks.is_empty() {
-        outln!("{}: no recovery points yet", dir.display());
+        outln!("{}: no recovery points yet", dir);
         return Ok(());
     }
     outln!("{:<24}  {:<32}  {:<20}  {:>6}  {:<24}", "DISK", "IDENTITY", "HOST", "POINTS", "NEWEST CUT (UTC)");

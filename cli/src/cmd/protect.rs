@@ -22,10 +22,11 @@ pub struct Args {
     /// ship less per small write; larger ones keep the bitmap smaller.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     block_size: u64,
-    /// The vault to replicate to (see `lifeboat vault init`). Given for an
-    /// already protected disk, adds or changes its replication settings.
-    #[arg(long, requires = "key")]
-    vault: Option<PathBuf>,
+    /// The vault to replicate to (see `lifeboat vault init`). VAULT: a
+    /// directory, or lifeboat://HOST:PORT/VAULT for a vault server. Given for
+    /// an already protected disk, adds or changes its replication settings.
+    #[arg(long, requires = "key", value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+    vault: Option<vault::Location>,
     /// The customer key file (see `lifeboat key new`).
     #[arg(long, requires = "vault")]
     key: Option<PathBuf>,
@@ -154,7 +155,7 @@ mod tests {
         assert_eq!(
             r.replicate,
             Some(Replicate {
-                vault: "/v".into(),
+                vault: vault::Location::Path("/v".into()),
                 key: "/k".into(),
                 rpo_seconds: 30,
                 retention: Retention { recent_seconds: 7200, hourly: 3, daily: 4 },

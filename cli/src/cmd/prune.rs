@@ -31,8 +31,9 @@ pub struct Args {
     #[arg(long)]
     daily: Option<u32>,
     /// The vault (default: the disk's vault from `lifeboat protect`).
-    #[arg(long)]
-    vault: Option<PathBuf>,
+    /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+    #[arg(long, value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+    vault: Option<vault::Location>,
     /// The customer key file (default: the disk's key from `lifeboat protect`).
     #[arg(long)]
     key: Option<PathBuf>,
@@ -41,7 +42,7 @@ pub struct Args {
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
-    let Some(name) = a.name.clone() else { return prune_all(&a) };
+    let Some(name) = a.name.clone() else { return prune_all(home, &a) };
     // The disk's own settings, when it is protected here.
     let settings = home.disk(&name).ok().and_then(|e| e.config.replication.clone());
     let (dir, key) = match (a.vault.clone(), a.key.clone(), &settings) {
@@ -52,7 +53,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
              chain without the key: --all --vault DIR)"
         ),
     };
-    let vault = super::vault::open(&dir)?;
+    let vault = super::vault::open(home, &dir)?;
     let keys = crate::keyfile::load(&key)?;
     let policy = policy(&a, settings.map(|s| s.retention).unwrap_or_default());
     let disk = crate::disk_pick::disk_points(home, &vault, &keys, &name, &a.choose)?;
@@ -72,7 +73,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         } else {
             format!(" ({} kept because a restore holds them)", r.held.len())
         },
-        dir.display()
+        dir
     );
     Ok(())
 }
@@ -90,9 +91,9 @@ fn now() -> u64 {
 }
 
 /// `--all`: every chain, keyless (the vault cannot tell which disk a chain is).
-fn prune_all(a: &Args) -> Result<()> {
+fn prune_all(home: &Home, a: &Args) -> Result<()> {
     let dir = a.vault.clone().expect("clap requires --vault with --all");
-    let vault = super::vault::open(&dir)?;
+    let vault = super::vault::open(home, &dir)?;
     let policy = policy(a, crate::home::Retention::default());
     let (mut kept, mut pruned, mut held) = (0, 0, 0);
     for chain in vault.disks()? {
@@ -102,9 +103,9 @@ fn prune_all(a: &Args) -> Result<()> {
     outln!(
         "{}: {kept} points kept, {pruned} pruned{} across every disk; run `lifeboat vault gc {}` to free the space \
          they alone used (not recorded in an audit log: no key was given)",
-        dir.display(),
+        dir,
         if held == 0 { String::new() } else { format!(" ({held} kept because a restore holds them)") },
-        dir.display()
+        dir
     );
     Ok(())
 }

@@ -25,8 +25,9 @@ pub struct Args {
     #[arg(long)]
     key: Option<PathBuf>,
     /// The vault (default: the disk's vault from `lifeboat protect`).
-    #[arg(long)]
-    vault: Option<PathBuf>,
+    /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+    #[arg(long, value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+    vault: Option<vault::Location>,
     #[command(flatten)]
     choose: crate::disk_pick::ChooseArgs,
     /// Overwrite --out if it exists. Never a protected disk's image, nor an
@@ -47,7 +48,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         }
     };
     let keys = keyfile::load(&key_path)?;
-    let vault = super::vault::open(&vault_dir)?;
+    let vault = super::vault::open(home, &vault_dir)?;
     vault.check_key(&keys)?;
     // At the protected site the home's own disk; elsewhere the one disk of
     // that name, or the one --disk-id / --from-host picks: another disk
@@ -58,18 +59,15 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let point = match a.point.as_str() {
         "latest" => match disk.newest() {
             Some(p) => p,
-            None => bail!("disk {:?} has no recovery points in {}", a.name, vault_dir.display()),
+            None => bail!("disk {:?} has no recovery points in {}", a.name, vault_dir),
         },
         id => {
             let seq: u64 = id.parse().map_err(|_| anyhow::anyhow!("--point {id:?}: use `latest` or a point id"))?;
             match disk.point(seq) {
                 Some(p) => p,
-                None => bail!(
-                    "disk {:?} has no point {seq} in {} (see `lifeboat points {}`)",
-                    a.name,
-                    vault_dir.display(),
-                    a.name
-                ),
+                None => {
+                    bail!("disk {:?} has no point {seq} in {} (see `lifeboat points {}`)", a.name, vault_dir, a.name)
+                }
             }
         }
     };

@@ -49,7 +49,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     let mut failing = false;
     for name in &names {
         let v = match home.disk(name) {
-            Ok(entry) => disk_status(name, &entry),
+            Ok(entry) => disk_status(home, name, &entry),
             Err(e) => json!({"name": name, "state": "error", "error": crate::error_chain(&e)}),
         };
         failing |= matches!(v["state"].as_str(), Some("failing" | "late" | "error"));
@@ -102,7 +102,7 @@ fn chain_of_point(vault: &vault::Vault, r: &disk_format::LastPoint) -> Option<St
         .find(|chain| vault.load_root_with_id(chain, r.sequence, None).is_ok_and(|(_, id)| id == r.root_id))
 }
 
-fn disk_status(name: &str, entry: &DiskEntry) -> Value {
+fn disk_status(home: &Home, name: &str, entry: &DiskEntry) -> Value {
     let now = now_ns();
     let st: DiskStatus = status_file::read(&entry.status_path());
     let mut v = json!({"name": name, "image": entry.config.image});
@@ -134,7 +134,7 @@ fn disk_status(name: &str, entry: &DiskEntry) -> Value {
     v["last_cycle"] = st.last_cycle.as_ref().map_or(Value::Null, |c| cycle_json(c, Some(target)));
     v["consecutive_failures"] = json!(st.consecutive_failures);
     let recorded = filter::StateFile::header_of(&entry.state_path()).ok().and_then(|h| h.last_point);
-    let newest = crate::cmd::vault::open(&repl.vault).and_then(|vault| {
+    let newest = crate::cmd::vault::open(home, &repl.vault).and_then(|vault| {
         // Without the key: the chain is the one holding the point this host
         // recorded last (the vault seals which disk a chain is).
         let Some(chain) = recorded.as_ref().and_then(|r| chain_of_point(&vault, r)) else { return Ok(None) };
@@ -150,7 +150,7 @@ fn disk_status(name: &str, entry: &DiskEntry) -> Value {
             v["newest_point"] = json!({"sequence": root.sequence, "cut_time": rfc3339(root.cut_time_ns)});
         }
         Ok(None) => v["newest_point"] = Value::Null,
-        Err(e) => errors.push(format!("vault {}: {}", repl.vault.display(), crate::error_chain(&e))),
+        Err(e) => errors.push(format!("vault {}: {}", repl.vault, crate::error_chain(&e))),
     }
     let last_failed = st.last_cycle.as_ref().and_then(|c| c.error.clone());
     if let Some(e) = &last_failed {

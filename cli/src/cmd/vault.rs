@@ -1,21 +1,26 @@
 //! `lifeboat vault`: create and check a vault.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
-use vault::{LocalBackend, Vault};
+use vault::{Location, Opener, Vault};
+
+pub use crate::vault_open::open;
 
 use crate::keyfile;
 
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a vault in a directory (a local disk or a mounted share at the
-    /// recovery site). The vault stores only the key's fingerprint, never the key.
+    /// recovery site), or in a vault server's vault. The vault stores only the
+    /// key's fingerprint, never the key.
     Init {
-        /// The vault directory (created if missing; an existing one must be
-        /// empty).
-        dir: PathBuf,
+        /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault
+        /// server. A directory is created if missing; an existing one must be
+        /// empty.
+        #[arg(value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+        dir: Location,
         /// The customer key file the vault will accept.
         #[arg(long)]
         key: PathBuf,
@@ -24,8 +29,9 @@ pub enum Command {
     /// prune`), and objects a process killed mid-write left unfinished more
     /// than a day ago. Needs no key. Refuses while a replication cycle runs.
     Gc {
-        /// The vault directory.
-        dir: PathBuf,
+        /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+        #[arg(value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+        dir: Location,
         /// Report what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -37,8 +43,9 @@ pub enum Command {
     /// copy of the audit log: a point whose audit record was deleted, or a
     /// committed point the vault lost, is a problem (see `audit verify`).
     Check {
-        /// The vault directory.
-        dir: PathBuf,
+        /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+        #[arg(value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+        dir: Location,
         /// Decrypt and verify every block (needs --key).
         #[arg(long, requires = "key")]
         read_data: bool,
@@ -48,25 +55,19 @@ pub enum Command {
     },
 }
 
-/// Opens an existing vault directory.
-pub fn open(dir: &Path) -> Result<Vault> {
-    let backend = LocalBackend::open(dir).with_context(|| format!("opening vault {}", dir.display()))?;
-    Ok(Vault::open(Box::new(backend))?)
-}
-
 pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
     match cmd {
         Command::Init { dir, key } => {
             let keys = keyfile::load(&key)?;
-            let backend = LocalBackend::create(&dir)?;
-            let v = Vault::init(Box::new(backend), &keys)?;
-            outln!("vault created in {} (accepts key {})", dir.display(), v.config().key_fingerprint);
+            let backend = crate::vault_open::CliOpener::new(home).create(&dir)?;
+            let v = Vault::init(backend, &keys)?;
+            outln!("vault created in {dir} (accepts key {})", v.config().key_fingerprint);
             let details = serde_json::json!({ "location": v.backend().location() });
             super::audit::record(&super::audit::audit_dir(home), &keys, Some(&v), "vault.init", None, details)?;
             Ok(())
         }
         Command::Gc { dir, dry_run } => {
-            let r = open(&dir)?.gc(dry_run)?;
+            let r = open(home, &dir)?.gc(dry_run)?;
             let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
             outln!(
                 "{}{} packs ({:.1} MiB) and {} pages ({:.1} MiB) no point uses; {} packs ({:.1} MiB) kept",
@@ -102,7 +103,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Check { dir, read_data, key } => {
-            let v = open(&dir)?;
+            let v = open(home, &dir)?;
             let keys = match (&key, read_data) {
                 (Some(k), true) => Some(keyfile::load(k)?),
                 _ => None,
@@ -162,7 +163,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 }
                 outln!("PROBLEM {at}: {}", p.detail);
             }
-            anyhow::bail!("{} problem(s) found in vault {}", report.problems.len() + link_problems.len(), dir.display())
+            anyhow::bail!("{} problem(s) found in vault {dir}", report.problems.len() + link_problems.len())
         }
     }
 }

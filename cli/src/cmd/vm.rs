@@ -29,8 +29,9 @@ pub enum Command {
         /// The VM.
         name: String,
         /// Read it from this vault instead of the home.
-        #[arg(long, requires = "key")]
-        vault: Option<PathBuf>,
+        /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+        #[arg(long, requires = "key", value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
+        vault: Option<vault::Location>,
         /// The customer key (with --vault).
         #[arg(long, requires = "vault")]
         key: Option<PathBuf>,
@@ -121,7 +122,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<()> {
             let def = match (vault, key) {
                 (Some(v), Some(k)) => {
                     let keys = crate::keyfile::load(&k)?;
-                    let vault = super::vault::open(&v)?;
+                    let vault = super::vault::open(home, &v)?;
                     vault.check_key(&keys)?;
                     let disks = vault.disks_by_identity(&keys)?;
                     let (def, first) =
@@ -177,7 +178,7 @@ fn define(home: &Home, a: DefineArgs) -> Result<()> {
     // could change them (each use checks again).
     def.check_trusted_files().with_context(|| format!("VM {:?}", def.name))?;
     // Every disk protected here, all to one vault with one key, none in another VM.
-    let mut target: Option<(PathBuf, PathBuf)> = None;
+    let mut target: Option<(vault::Location, PathBuf)> = None;
     for d in &def.disks {
         let entry = home.disk(d).with_context(|| format!("VM {:?}", def.name))?;
         let r = entry.replication(d)?;
@@ -186,10 +187,10 @@ fn define(home: &Home, a: DefineArgs) -> Result<()> {
             Some((v, k)) if v != &r.vault || k != &r.key => bail!(
                 "disk {d:?} replicates to {} with key {}, but {:?} to {} with key {}: the disks of one VM must share \
                  a vault and key",
-                r.vault.display(),
+                r.vault,
                 r.key.display(),
                 def.disks[0],
-                v.display(),
+                v,
                 k.display()
             ),
             Some(_) => {}
@@ -204,7 +205,7 @@ fn define(home: &Home, a: DefineArgs) -> Result<()> {
     system::file::replace(&path, def.to_toml().as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     let (vault_dir, key) = target.expect("a VM has a disk");
     let keys = crate::keyfile::load(&key)?;
-    let vault = super::vault::open(&vault_dir).ok();
+    let vault = super::vault::open(home, &vault_dir).ok();
     let details =
         serde_json::json!({ "vm": def.name, "disks": def.disks, "memory_mib": def.memory_mib, "cpus": def.cpus });
     super::audit::record(&super::audit::audit_dir(home), &keys, vault.as_ref(), "vm.define", None, details)?;

@@ -1,0 +1,78 @@
+//! Opening vaults by [`Location`] for the `lifeboat` command: a directory
+//! with the local backend, a vault server (`lifeboat://HOST:PORT/VAULT`)
+//! through [`open_server`], the one place that knows how to reach one. The
+//! agent and the recovery code get this opener and never name a backend.
+//!
+//! Also the command line's parser of vault arguments: a path that is not
+//! UTF-8 stays a path, as it was when `--vault` was a `PathBuf`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::builder::{OsStringValueParser, TypedValueParser};
+use vault::{Backend, LocalOpener, Location, Opener, Vault, VaultError};
+
+use crate::home::Home;
+
+/// The opener of the `lifeboat` command: directories and vault servers.
+#[derive(Debug, Clone)]
+pub struct CliOpener {
+    /// The home (where the host's vault-server credentials are).
+    home: PathBuf,
+}
+
+impl CliOpener {
+    pub fn new(home: &Home) -> CliOpener {
+        CliOpener { home: home.root().to_path_buf() }
+    }
+}
+
+/// The opener of `home`, for the agent and the recovery code.
+pub fn opener(home: &Home) -> Arc<dyn Opener> {
+    Arc::new(CliOpener::new(home))
+}
+
+impl Opener for CliOpener {
+    fn open(&self, at: &Location) -> Result<Box<dyn Backend>, VaultError> {
+        match at {
+            Location::Path(_) => LocalOpener.open(at),
+            Location::Server { host, port, vault } => open_server(&self.home, host, *port, vault),
+        }
+    }
+
+    fn create(&self, at: &Location) -> Result<Box<dyn Backend>, VaultError> {
+        match at {
+            Location::Path(_) => LocalOpener.create(at),
+            // The server's vault directory exists; `Vault::init` creates
+            // its config there (if the site lets this host).
+            Location::Server { host, port, vault } => open_server(&self.home, host, *port, vault),
+        }
+    }
+}
+
+/// Connects to vault `vault` served at `host`:`port` with this home's
+/// credentials (see "Vault server protocol" in disk-format/FORMAT.md).
+pub fn open_server(home: &Path, host: &str, port: u16, vault: &str) -> Result<Box<dyn Backend>, VaultError> {
+    let _ = home;
+    Err(VaultError::Unreachable {
+        location: Location::Server { host: host.to_string(), port, vault: vault.to_string() }.to_string(),
+        why: "this build cannot reach vault servers yet; use a vault directory".to_string(),
+    })
+}
+
+/// Opens the existing vault at `at`.
+pub fn open(home: &Home, at: &Location) -> Result<Vault> {
+    let backend = CliOpener::new(home).open(at).with_context(|| format!("opening vault {at}"))?;
+    Ok(Vault::open(backend)?)
+}
+
+/// The command line's parser of a vault argument: a path (as given; one that
+/// is not UTF-8 too) or a URL.
+pub fn location_parser() -> impl TypedValueParser<Value = Location> {
+    OsStringValueParser::new().try_map(|arg: OsString| match arg.into_string() {
+        Ok(text) => text.parse::<Location>(),
+        Err(raw) => Ok(Location::Path(raw.into())),
+    })
+}
