@@ -72,6 +72,13 @@ pub struct CycleOutcome {
     /// Bytes written to the vault.
     #[serde(default)]
     pub bytes_shipped: u64,
+    /// Time the cycle waited for the bandwidth limit, milliseconds: a cycle
+    /// late or slow *because of* `--bandwidth` says so in `status`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub throttled_ms: u64,
+    /// The bandwidth limit in force (`--bandwidth`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<String>,
     /// Why the cycle failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

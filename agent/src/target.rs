@@ -47,6 +47,9 @@ pub struct Target {
     /// The home's VM definitions (read again every cycle, so a redefined VM
     /// travels with the next point).
     pub vms_dir: PathBuf,
+    /// The bandwidth limit (`--bandwidth`): the link's limiter, shared with
+    /// the other disks of the agent, and this disk's time waited on it.
+    pub throttle: Option<vault::throttle::Throttle>,
 }
 
 /// Why a cycle did not commit.
@@ -111,11 +114,23 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// What a bandwidth limit did to one cycle.
+struct Throttled {
+    /// Time the cycle's transfers waited for the limit.
+    waited: Duration,
+    /// The limit in force when the cycle ended.
+    limit: String,
+}
+
 impl Target {
     /// Opens the disk's vault and checks that it takes this key.
     pub fn open_vault(&self) -> Result<Vault, CycleError> {
         let fail = |source| CycleError::Vault { location: self.vault.clone(), source: Box::new(source) };
-        let vault = self.opener.open_vault(&self.vault).map_err(fail)?;
+        let mut backend = self.opener.open(&self.vault).map_err(fail)?;
+        if let Some(t) = &self.throttle {
+            backend = t.wrap(backend);
+        }
+        let vault = Vault::open(backend).map_err(fail)?;
         vault.check_key(&self.keys).map_err(fail)?;
         Ok(vault)
     }
@@ -132,6 +147,7 @@ impl Target {
         group: Option<GroupPart<'_>>,
     ) -> Result<(CycleReport, Vault), CycleError> {
         let started_ns = system::clock::now_ns();
+        let waited_before = self.throttle.as_ref().map(|t| t.waited.get());
         let vault = self.open_vault();
         let vm = recovery::VmDefinition::of_disk(&self.vms_dir, &self.name);
         let mut hooks = match (&vault, &vm) {
@@ -170,16 +186,30 @@ impl Target {
             (_, _, Err(e)) => Err(e),
         };
         drop(member);
-        self.record_outcome(started_ns, late_ms, &result);
+        let throttled = self.throttle.as_ref().zip(waited_before).map(|(t, before)| Throttled {
+            waited: t.waited.get().saturating_sub(before),
+            limit: t.limiter.rate_now().map_or_else(|| "unlimited".to_string(), |r| r.to_string()),
+        });
+        self.record_outcome(started_ns, late_ms, throttled, &result);
         result
     }
 
     /// Records a cycle's outcome in the status file and the audit log. The
     /// outcome stands either way: a log that cannot be appended to must not
     /// stop replication, but it must be seen.
-    fn record_outcome(&self, started_ns: u64, late_ms: u64, result: &Result<(CycleReport, Vault), CycleError>) {
+    fn record_outcome(
+        &self,
+        started_ns: u64,
+        late_ms: u64,
+        throttled: Option<Throttled>,
+        result: &Result<(CycleReport, Vault), CycleError>,
+    ) {
         let mut outcome =
             CycleOutcome { started_ns, ended_ns: system::clock::now_ns(), late_ms, ..CycleOutcome::default() };
+        if let Some(t) = throttled {
+            outcome.throttled_ms = u64::try_from(t.waited.as_millis()).unwrap_or(u64::MAX);
+            outcome.bandwidth_limit = Some(t.limit);
+        }
         let (kind, details, vault) = match result {
             Ok((r, vault)) => {
                 outcome.sequence = Some(r.sequence);

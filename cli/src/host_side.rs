@@ -15,11 +15,19 @@ use crate::protecting::{Replicate, Request};
 /// The host whose home is `home`.
 pub struct Host<'a> {
     home: &'a Home,
+    /// `--bandwidth`: every vault this host opens, and every cycle it runs,
+    /// share this link's limit.
+    throttle: Option<vault::throttle::Throttle>,
 }
 
 impl<'a> Host<'a> {
     pub fn new(home: &'a Home) -> Host<'a> {
-        Host { home }
+        Host { home, throttle: None }
+    }
+
+    /// This host with its vault traffic limited (`--bandwidth`).
+    pub fn limited(home: &'a Home, throttle: Option<vault::throttle::Throttle>) -> Host<'a> {
+        Host { home, throttle }
     }
 }
 
@@ -66,7 +74,7 @@ impl HostSide for Host<'_> {
     fn open_vault(&self, vault: &vault::Location, key: &Path) -> Result<(Keys, Vault), HostError> {
         host((|| {
             let keys = crate::keyfile::load(key)?;
-            let vault = crate::vault_open::open(self.home, vault)?;
+            let vault = crate::vault_open::open_limited(self.home, vault, self.throttle.as_ref())?;
             vault.check_key(&keys)?;
             Ok((keys, vault))
         })())
@@ -89,7 +97,7 @@ impl HostSide for Host<'_> {
 
     fn run_cycle(&self, name: &str) -> Result<Shipped, HostError> {
         let bar = crate::cmd::ship::Bar::new("", false).quiet_when_done();
-        let r = host(crate::cmd::ship::once(self.home, name, bar))?;
+        let r = host(crate::cmd::ship::once(self.home, name, bar, self.throttle.clone()))?;
         Ok(Shipped {
             sequence: r.sequence,
             blocks_read: r.blocks_read,

@@ -28,6 +28,7 @@ pub fn load(home: &Home, name: &str) -> Result<(DiskEntry, Target)> {
         state_path: entry.state_path(),
         audit_dir: crate::cmd::audit::audit_dir(home),
         vms_dir: home.vms_dir(),
+        throttle: None,
     };
     Ok((entry, target))
 }

@@ -64,8 +64,40 @@ pub fn open_server(home: &Path, host: &str, port: u16, vault: &str) -> Result<Bo
 
 /// Opens the existing vault at `at`.
 pub fn open(home: &Home, at: &Location) -> Result<Vault> {
-    let backend = CliOpener::new(home).open(at).with_context(|| format!("opening vault {at}"))?;
+    open_limited(home, at, None)
+}
+
+/// Opens the existing vault at `at`, every transfer paced by `throttle`
+/// (`--bandwidth`) if there is one.
+pub fn open_limited(home: &Home, at: &Location, throttle: Option<&vault::throttle::Throttle>) -> Result<Vault> {
+    let mut backend = CliOpener::new(home).open(at).with_context(|| format!("opening vault {at}"))?;
+    if let Some(t) = throttle {
+        backend = t.wrap(backend);
+    }
     Ok(Vault::open(backend)?)
+}
+
+/// The `--bandwidth` argument: a rate or a weekly schedule of rates.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BandwidthArg {
+    /// Limit what is sent to and read from the vault to RATE (`100Mbit`,
+    /// `1Gbit`, `50MB/s`, `20MiB/s`), or to a weekly schedule in this host's
+    /// local time, the first matching rule winning and no match unlimited:
+    /// `mon-fri 08:00-18:00=100Mbit,*=1Gbit`. A cycle slowed by the limit
+    /// says so in `lifeboat status`.
+    #[arg(long, value_name = "RATE|SCHEDULE", value_parser = parse_bandwidth)]
+    pub bandwidth: Option<vault::throttle::Schedule>,
+}
+
+impl BandwidthArg {
+    /// The link's throttle, if a limit was given.
+    pub fn throttle(&self) -> Option<vault::throttle::Throttle> {
+        self.bandwidth.clone().map(vault::throttle::Throttle::new)
+    }
+}
+
+fn parse_bandwidth(s: &str) -> Result<vault::throttle::Schedule, String> {
+    s.parse()
 }
 
 /// The command line's parser of a vault argument: a path (as given; one that

@@ -378,19 +378,68 @@ impl Limiter {
     }
 }
 
+/// Time some transfers waited for a limit, shared by the backends that add
+/// to it and the caller that reports it (a cycle: "late because of the
+/// bandwidth limit").
+#[derive(Debug, Clone, Default)]
+pub struct WaitCounter(Arc<AtomicU64>);
+
+impl WaitCounter {
+    /// The time counted so far.
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    fn add(&self, d: Duration) {
+        self.0.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// A link's limiter and the wait counter of one user of it: what a command
+/// given `--bandwidth` hands to whatever opens its vaults.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    /// The link's limiter (shared by every disk of an agent).
+    pub limiter: Arc<Limiter>,
+    /// This user's time waited.
+    pub waited: WaitCounter,
+}
+
+impl Throttle {
+    /// A new link limited by `schedule`, on the real clocks.
+    pub fn new(schedule: Schedule) -> Throttle {
+        Throttle { limiter: Arc::new(Limiter::new(schedule)), waited: WaitCounter::default() }
+    }
+
+    /// Another user of the same link, with its own wait counter.
+    pub fn share(&self) -> Throttle {
+        Throttle { limiter: self.limiter.clone(), waited: WaitCounter::default() }
+    }
+
+    /// `backend`, paced by the limiter, its waits counted here.
+    pub fn wrap(&self, backend: Box<dyn Backend>) -> Box<dyn Backend> {
+        Box::new(Throttled::counted(backend, self.limiter.clone(), self.waited.clone()))
+    }
+}
+
 /// A backend whose every transfer passes through a [`Limiter`].
 pub struct Throttled {
     inner: Box<dyn Backend>,
     limiter: Arc<Limiter>,
     /// Time this backend's transfers waited for the limit (the limiter's
     /// own total counts every backend sharing the link).
-    waited_ns: AtomicU64,
+    waited: WaitCounter,
 }
 
 impl Throttled {
     /// `inner`, paced by `limiter`.
     pub fn new(inner: Box<dyn Backend>, limiter: Arc<Limiter>) -> Throttled {
-        Throttled { inner, limiter, waited_ns: AtomicU64::new(0) }
+        Throttled::counted(inner, limiter, WaitCounter::default())
+    }
+
+    /// `inner`, paced by `limiter`, its waits added to `waited`.
+    pub fn counted(inner: Box<dyn Backend>, limiter: Arc<Limiter>, waited: WaitCounter) -> Throttled {
+        Throttled { inner, limiter, waited }
     }
 
     /// The limiter this backend shares.
@@ -398,15 +447,31 @@ impl Throttled {
         &self.limiter
     }
 
-    /// Time this backend's own transfers have waited for the limit: what a
-    /// cycle reports as "late because of the bandwidth limit".
+    /// Time this backend's own transfers have waited for the limit.
     pub fn waited(&self) -> Duration {
-        Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
+        self.waited.get()
     }
 
     fn take(&self, n: u64) {
-        let w = self.limiter.take(n);
-        self.waited_ns.fetch_add(u64::try_from(w.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.waited.add(self.limiter.take(n));
+    }
+}
+
+/// An [`Opener`](crate::Opener) whose vaults are all paced by one
+/// [`Throttle`] (a command given `--bandwidth`).
+pub struct ThrottledOpener {
+    /// The opener wrapped.
+    pub inner: Arc<dyn crate::Opener>,
+    /// The link.
+    pub throttle: Throttle,
+}
+
+impl crate::Opener for ThrottledOpener {
+    fn open(&self, at: &crate::Location) -> Result<Box<dyn Backend>, VaultError> {
+        Ok(self.throttle.wrap(self.inner.open(at)?))
+    }
+    fn create(&self, at: &crate::Location) -> Result<Box<dyn Backend>, VaultError> {
+        Ok(self.throttle.wrap(self.inner.create(at)?))
     }
 }
 

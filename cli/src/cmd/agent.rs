@@ -52,6 +52,9 @@ pub struct Args {
     copy_memory: Option<u64>,
     #[command(flatten)]
     nbd: crate::cmd::filter::NbdLimits,
+    /// One limit for the whole host: every disk's cycles share it.
+    #[command(flatten)]
+    bandwidth: crate::vault_open::BandwidthArg,
 }
 
 /// One disk the agent runs.
@@ -79,10 +82,18 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         tracing::info!("lifeboat agent: {t}: it was open to other users; Lifeboat keeps its home and vault private");
     }
     let copy_memory = a.copy_memory.map_or_else(CopyMemory::global, CopyMemory::new);
+    let link = a.bandwidth.throttle();
+    if let Some(l) = &link {
+        tracing::info!(
+            "lifeboat agent: bandwidth limited to {} (now {})",
+            l.limiter.schedule(),
+            l.limiter.rate_now().map_or_else(|| "unlimited".to_string(), |r| r.to_string())
+        );
+    }
     let mut served = Vec::new();
     let mut servers = Vec::new();
     for name in &names {
-        match open(home, name, &copy_memory, &a.nbd) {
+        match open(home, name, &copy_memory, &a.nbd, link.as_ref()) {
             Ok((s, server)) => {
                 served.push(s);
                 servers.push((name.clone(), server));
@@ -228,11 +239,16 @@ fn open(
     name: &str,
     copy_memory: &Arc<CopyMemory>,
     nbd: &crate::cmd::filter::NbdLimits,
+    link: Option<&vault::throttle::Throttle>,
 ) -> Result<(Served, Server)> {
     let mut entry = home.disk(name)?;
     entry.check_usable(name)?;
     let target = match entry.config.replication {
-        Some(_) => Some(crate::replicate::load(home, name)?.1),
+        Some(_) => {
+            let mut target = crate::replicate::load(home, name)?.1;
+            target.throttle = link.map(vault::throttle::Throttle::share);
+            Some(target)
+        }
         None => {
             tracing::info!("lifeboat agent: {name}: no vault configured: served, but not replicated");
             None

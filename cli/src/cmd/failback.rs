@@ -35,6 +35,8 @@ pub struct Args {
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    bandwidth: crate::vault_open::BandwidthArg,
 }
 
 pub fn run(home: &Home, a: Args) -> Result<()> {
@@ -50,7 +52,12 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
     let timeout = Duration::from_secs(
         crate::size::parse_duration(&a.shutdown_timeout).map_err(|e| anyhow::anyhow!("--shutdown-timeout: {e}"))?,
     );
-    let done = failback::prepare(&Site::new(home.failovers_dir()), &Host::new(home), name, timeout)?;
+    let done = failback::prepare(
+        &Site::new(home.failovers_dir()),
+        &Host::limited(home, a.bandwidth.throttle()),
+        name,
+        timeout,
+    )?;
     if a.json {
         outln!("{}", done.details);
     } else {
@@ -68,7 +75,7 @@ fn prepare(home: &Home, a: &Args) -> Result<()> {
 fn converge(home: &Home, a: &Args) -> Result<()> {
     let name = &a.name;
     let how = BringBack { point: a.point, choice: a.choose.choice()?, chosen: a.choose.given() };
-    let done = failback::bring_back(&Host::new(home), name, &how)?;
+    let done = failback::bring_back(&Host::limited(home, a.bandwidth.throttle()), name, &how)?;
     if a.json {
         outln!("{}", done.details);
     } else {

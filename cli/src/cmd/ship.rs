@@ -18,6 +18,8 @@ pub struct Args {
     /// Print the cycle's report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    bandwidth: crate::vault_open::BandwidthArg,
 }
 
 /// A cycle's progress: the one reporter ([`crate::progress::Reporter`]),
@@ -31,8 +33,14 @@ pub type Bar = crate::progress::Reporter;
 /// own cycle (the agent's) to end before it gives up.
 const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
-pub fn once(home: &Home, name: &str, mut bar: Bar) -> Result<shipper::CycleReport> {
-    let (mut entry, target) = crate::replicate::load(home, name)?;
+pub fn once(
+    home: &Home,
+    name: &str,
+    mut bar: Bar,
+    throttle: Option<vault::throttle::Throttle>,
+) -> Result<shipper::CycleReport> {
+    let (mut entry, mut target) = crate::replicate::load(home, name)?;
+    target.throttle = throttle;
     entry.check_usable(name)?;
     // Every failure from here on, also opening the source (the serving
     // process may die at any moment), names the disk and leaves its changes
@@ -77,7 +85,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     if !a.once {
         bail!("`lifeboat ship` runs one cycle: pass --once (the agent runs cycles on a schedule)");
     }
-    let r = once(home, &a.name, Bar::new("", std::io::stderr().is_terminal()))?;
+    let r = once(home, &a.name, Bar::new("", std::io::stderr().is_terminal()), a.bandwidth.throttle())?;
     for w in &r.warnings {
         tracing::warn!(disk = a.name, "lifeboat: warning: {}: {w}", a.name);
     }

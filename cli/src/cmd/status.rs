@@ -86,6 +86,8 @@ fn cycle_json(c: &CycleOutcome, interval_s: Option<u64>) -> Value {
         "bytes_shipped": c.bytes_shipped,
         "error": c.error,
         "warnings": c.warnings,
+        "throttled_ms": c.throttled_ms,
+        "bandwidth_limit": c.bandwidth_limit,
     })
 }
 
@@ -201,6 +203,23 @@ fn print_human(v: &Value) {
                 "  last cycle: FAILED after {secs:.1} s at {} ({} in a row)",
                 c["ended"].as_str().unwrap_or("?"),
                 v["consecutive_failures"]
+            );
+        }
+    }
+    if let Some(c) = v["last_cycle"].as_object() {
+        let waited = c["throttled_ms"].as_u64().unwrap_or(0);
+        let took = c["millis"].as_u64().unwrap_or(0);
+        if let Some(limit) = c["bandwidth_limit"].as_str().filter(|_| waited > 0) {
+            let slowed = state == "late" || c["delayed"].as_bool() == Some(true);
+            outln!(
+                "  bandwidth limit {limit}: the last cycle waited {:.1} s of its {:.1} s for it{}",
+                waited as f64 / 1000.0,
+                took as f64 / 1000.0,
+                if slowed {
+                    "; the disk is late because of the limit (raise --bandwidth, or widen its schedule)"
+                } else {
+                    ""
+                }
             );
         }
     }
