@@ -10,11 +10,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use disk_format::keys::Keys;
 use serde_json::json;
 use shipper::{run_cycle, CutHook, CutSource, CycleOptions, CycleReport, Progress, ShipError};
+use vault::counting::{Counting, RequestCount};
 use vault::{Vault, VaultError};
 
 use crate::round::{HoldWrites, Member, Round, Sealed};
@@ -44,6 +46,9 @@ pub struct Target {
     /// The home's VM definitions (read again every cycle, so a redefined VM
     /// travels with the next point).
     pub vms_dir: PathBuf,
+    /// The home's index caches (`HOME/cache/index`, see
+    /// `vault::index_cache`); `None`: every cycle rebuilds the vault's index.
+    pub index_cache: Option<PathBuf>,
 }
 
 /// Why a cycle did not commit.
@@ -111,11 +116,18 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 impl Target {
     /// Opens the disk's vault and checks that it takes this key.
     pub fn open_vault(&self) -> Result<Vault, CycleError> {
+        self.open_counted().map(|(vault, _)| vault)
+    }
+
+    /// Opens the disk's vault like [`Target::open_vault`], counting its
+    /// backend requests from here on.
+    fn open_counted(&self) -> Result<(Vault, Arc<RequestCount>), CycleError> {
         let fail = |source| CycleError::Vault { path: self.vault.clone(), source: Box::new(source) };
-        let backend = vault::LocalBackend::open(&self.vault).map_err(fail)?;
+        let backend = Counting::new(vault::LocalBackend::open(&self.vault).map_err(fail)?);
+        let count = backend.count();
         let vault = Vault::open(Box::new(backend)).map_err(fail)?;
         vault.check_key(&self.keys).map_err(fail)?;
-        Ok(vault)
+        Ok((vault, count))
     }
 
     /// Runs one cycle and records its outcome (committed or failed) in the
@@ -130,7 +142,10 @@ impl Target {
         group: Option<GroupPart<'_>>,
     ) -> Result<(CycleReport, Vault), CycleError> {
         let started_ns = system::clock::now_ns();
-        let vault = self.open_vault();
+        let (vault, count) = match self.open_counted() {
+            Ok((v, c)) => (Ok(v), Some(c)),
+            Err(e) => (Err(e), None),
+        };
         let vm = recovery::VmDefinition::of_disk(&self.vms_dir, &self.name);
         let mut hooks = match (&vault, &vm) {
             (Ok(v), Ok(Some(vm))) => self.app_hooks(v, vm),
@@ -159,9 +174,13 @@ impl Target {
                     cancel,
                     extension: &extension,
                     cut_hook: hook,
+                    index_cache: self.index_cache.as_deref(),
                     ..CycleOptions::new(&self.name, self.disk_id)
                 };
-                run_cycle(source, &v, &self.keys, &opts, progress).map(|r| (r, v)).map_err(CycleError::from)
+                let requests = || count.as_ref().map(|c| c.get().total);
+                run_cycle(source, &v, &self.keys, &opts, progress)
+                    .map(|r| (CycleReport { requests: requests(), ..r }, v))
+                    .map_err(CycleError::from)
             }
             (Err(e), _, _) => Err(e),
             (_, Err(e), _) => Err(e.into()),

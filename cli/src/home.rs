@@ -199,7 +199,7 @@ impl Home {
     /// path and the chmod to run. A vault's top directory is enough: at 0700
     /// nobody else can reach below it.
     pub fn make_private(&self, vaults: &[&std::path::Path]) -> Result<Vec<recovery::trust::Tightened>> {
-        const HOME_ENTRIES: [&str; 5] = ["disks", "vms", "failovers", "plans", "audit"];
+        const HOME_ENTRIES: [&str; 6] = ["disks", "vms", "failovers", "plans", "audit", "cache"];
         let mut changed = Vec::new();
         for sub in HOME_ENTRIES {
             let dir = self.root.join(sub);
@@ -239,6 +239,12 @@ impl Home {
 
     pub fn disk_dir(&self, name: &str) -> PathBuf {
         self.root.join("disks").join(name)
+    }
+
+    /// Where the vaults' index caches live (`vault::index_cache`): a hint
+    /// kept on this host so that a cycle need not read every pack's index.
+    pub fn index_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("index")
     }
 
     /// Where VM definitions live.

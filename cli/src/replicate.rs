@@ -27,6 +27,7 @@ pub fn load(home: &Home, name: &str) -> Result<(DiskEntry, Target)> {
         state_path: entry.state_path(),
         audit_dir: crate::cmd::audit::audit_dir(home),
         vms_dir: home.vms_dir(),
+        index_cache: Some(home.index_cache_dir()),
     };
     Ok((entry, target))
 }

@@ -125,6 +125,34 @@ impl BlockIndex {
     pub(crate) fn note_unreadable(&mut self, name: String, detail: String) {
         self.unreadable.push(UnreadablePack { name, detail });
     }
+
+    /// The packs added, in no particular order.
+    pub fn packs(&self) -> impl Iterator<Item = &PackId> + '_ {
+        self.pack_lens.keys()
+    }
+
+    /// Every indexed block and its location, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&BlockId, &BlockLocation)> + '_ {
+        self.blocks.iter()
+    }
+
+    /// Records pack `pack`, of `len` bytes, as added, with no blocks of its
+    /// own yet (they follow with [`BlockIndex::insert`]): for an index
+    /// loaded from elsewhere than the packs (`index_cache`).
+    pub fn add_pack_len(&mut self, pack: PackId, len: u64) {
+        self.pack_lens.insert(pack, len);
+    }
+
+    /// Forgets `packs` and every block located in them. A block also stored
+    /// in a pack kept is forgotten too (the index keeps one location per
+    /// block): a shipper deduplicating against the index ships it again.
+    pub fn remove_packs(&mut self, packs: &std::collections::HashSet<PackId>) {
+        if packs.is_empty() {
+            return;
+        }
+        self.pack_lens.retain(|p, _| !packs.contains(p));
+        self.blocks.retain(|_, loc| !packs.contains(&loc.pack));
+    }
 }
 
 /// A pack's checked index and its last bytes, from the index to the end.
@@ -177,6 +205,19 @@ pub(crate) fn read_pack_tail(backend: &dyn Backend, name: &str) -> Result<Result
         .map_err(|e| e.to_string()))
 }
 
+/// Reads the tails of packs `names` together (see [`read_pack_tail`]):
+/// for each, its id and tail, or why it could not be read.
+pub(crate) fn read_tails(
+    backend: &dyn Backend,
+    names: &[String],
+) -> Result<Vec<Result<(PackId, PackTail), String>>, VaultError> {
+    // The packs' tails are independent small reads: fetch them together.
+    crate::par::map(names, |name| match PackId::from_hex(name) {
+        None => Ok(Err("not a pack name (64 hex digits)".to_string())),
+        Some(id) => read_pack_tail(backend, name).map(|r| r.map(|tail| (id, tail))),
+    })
+}
+
 impl Vault {
     /// Builds the block index from every pack's own index (ranged reads of
     /// each pack's tail, never whole packs). Packs whose index cannot be read
@@ -186,11 +227,7 @@ impl Vault {
     pub fn block_index(&self) -> Result<BlockIndex, VaultError> {
         let mut index = BlockIndex::new();
         let names = self.backend().list(Kind::Pack, "")?;
-        // The packs' tails are independent small reads: fetch them together.
-        let tails = crate::par::map(&names, |name| match PackId::from_hex(name) {
-            None => Ok(Err("not a pack name (64 hex digits)".to_string())),
-            Some(id) => read_pack_tail(self.backend(), name).map(|r| r.map(|tail| (id, tail))),
-        })?;
+        let tails = read_tails(self.backend(), &names)?;
         for (name, tail) in names.into_iter().zip(tails) {
             match tail {
                 Ok((id, tail)) => index.add_pack(&id, &tail.index),
