@@ -425,9 +425,22 @@ impl Cycle<'_, '_> {
     /// Ships the cut's blocks, building on `reuse`'s map unless the cut is
     /// full. If that map turns out to be unusable, the cut is replaced by a
     /// full one and shipped again. On an error the cut is aborted.
+    ///
+    /// If the index cache named packs the vault no longer has, the cut is
+    /// taken again and shipped against the corrected cache (a cut's blocks
+    /// can be read only once, so those found in the gone packs cannot be
+    /// read again from this one).
     fn ship_cut(&mut self, mut cut: Cut, reuse: Option<&Root>) -> Result<(Cut, CycleReport, Vec<PageId>), ShipError> {
         // A full cycle sets every block: it never needs the previous map.
         let mut shipped = self.ship(reuse.filter(|_| !cut.full), cut.full);
+        if let Err(e @ ShipError::IndexCacheStale { .. }) = &shipped {
+            self.warnings.push(format!("{e}; the cut was taken again and shipped against the corrected cache"));
+            self.source.abort()?;
+            let info = self.source.cut(if cut.full { CutKind::Full } else { CutKind::Dirty })?;
+            let time_ns = (self.opts.clock)();
+            cut = Cut { info, time_ns, consistency: Consistency::Crash, full: cut.full, recut: true };
+            shipped = self.ship(reuse.filter(|_| !cut.full), cut.full);
+        }
         if let Err(e) = &shipped {
             if !cut.full && previous_map_unusable(e) {
                 // Building on a damaged map would fail every cycle from now on
@@ -605,9 +618,11 @@ impl Cycle<'_, '_> {
     ///
     /// With an index cache, the packs the cycle deduplicated against are
     /// confirmed present in one request before the point can reference
-    /// them; the blocks found in packs that are gone (garbage-collected at
-    /// the site behind the cache's back) are read again from the cut and
-    /// stored, so the point is whole either way.
+    /// them. If some are gone (garbage-collected at the site behind the
+    /// cache's back), the cache drops them (durably) and the cycle fails
+    /// with [`ShipError::IndexCacheStale`]: the blocks found in them were
+    /// released from the cut and cannot be read again, so [`Cycle::ship_cut`]
+    /// takes the cut again.
     fn read(
         &mut self,
         mut packer: Packer<'_>,
@@ -615,28 +630,16 @@ impl Cycle<'_, '_> {
         known: &mut Known,
     ) -> Result<(MapBuilder, CycleReport), ShipError> {
         packer.track_known = matches!(known, Known::Cache(_));
-        let mut cached = self.run_pipeline(&mut packer, blocks, known.index())?;
+        let cached = self.run_pipeline(&mut packer, blocks, known.index())?;
         if let Known::Cache(cache) = known {
-            loop {
-                let found_in = std::mem::take(&mut packer.known_in);
-                let packs = found_in.keys().copied().collect();
-                let gone = cache.confirm(self.vault, &packs)?;
-                if gone.is_empty() {
-                    break;
+            let found_in = std::mem::take(&mut packer.known_in);
+            let gone = cache.confirm(self.vault, &found_in.keys().copied().collect())?;
+            if !gone.is_empty() {
+                let blocks = found_in.iter().filter(|(p, _)| gone.contains(p)).map(|(_, n)| n).sum();
+                if let Err(e) = cache.save() {
+                    tracing::warn!("lifeboat: warning: the index cache could not be saved: {e}");
                 }
-                let mut again: Vec<u64> =
-                    found_in.into_iter().filter(|(p, _)| gone.contains(p)).flat_map(|(_, b)| b).collect();
-                again.sort_unstable();
-                let n = again.len() as u64;
-                self.warnings.push(format!(
-                    "{} pack(s) the index cache named are gone from the vault (garbage-collected at the site?): \
-                     {n} block(s) found in them were stored again",
-                    gone.len()
-                ));
-                // Counted once: as read and new, no longer as known.
-                packer.report.blocks_read -= n;
-                packer.report.known_blocks -= n;
-                cached += self.run_pipeline(&mut packer, &again, cache.index())?;
+                return Err(ShipError::IndexCacheStale { packs: gone.len(), blocks });
             }
         }
         packer.finish(blocks.len() as u64, cached)
@@ -708,8 +711,8 @@ struct Packer<'p> {
     report: CycleReport,
     /// Record which packs the known blocks were found in (`known_in`).
     track_known: bool,
-    /// The blocks deduplicated against each pack of the index.
-    known_in: HashMap<PackId, Vec<u64>>,
+    /// How many blocks were deduplicated against each pack of the index.
+    known_in: HashMap<PackId, u64>,
 }
 
 impl<'p> Packer<'p> {
@@ -765,7 +768,7 @@ impl<'p> Packer<'p> {
             Sealed::Known { index, id, pack, .. } => {
                 self.report.known_blocks += 1;
                 if self.track_known {
-                    self.known_in.entry(*pack).or_default().push(*index);
+                    *self.known_in.entry(*pack).or_default() += 1;
                 }
                 self.set(*index, *id)
             }

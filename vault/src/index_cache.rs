@@ -263,7 +263,9 @@ impl IndexCache {
 
     /// Of `packs` (cached packs a cycle deduplicated against), those the
     /// vault no longer holds, asked in ONE [`crate::Backend::missing`] call
-    /// (none when `packs` is empty); they are dropped from the cache.
+    /// (none when `packs` is empty); they are dropped from the cache, and
+    /// if there were any, a full listing is made due (others may be gone
+    /// too). [`IndexCache::save`] records that.
     pub fn confirm(&mut self, vault: &Vault, packs: &HashSet<PackId>) -> Result<HashSet<PackId>, VaultError> {
         if packs.is_empty() {
             return Ok(HashSet::new());
@@ -273,6 +275,9 @@ impl IndexCache {
         let missing: HashSet<PackId> =
             vault.backend().missing(Kind::Pack, &names)?.iter().filter_map(|n| PackId::from_hex(n)).collect();
         self.drop_packs(&missing);
+        if !missing.is_empty() {
+            self.cycles_since_list = self.cycles_since_list.max(self.relist_every);
+        }
         Ok(missing)
     }
 
@@ -286,6 +291,13 @@ impl IndexCache {
             self.add(id, *len, index);
         }
         self.cycles_since_list = self.cycles_since_list.saturating_add(1);
+        self.save()
+    }
+
+    /// Makes what changed since the cache was opened or last saved durable
+    /// (see [`IndexCache::commit`]), without counting a cycle: for a cycle
+    /// that failed after [`IndexCache::confirm`] found packs gone.
+    pub fn save(&mut self) -> Result<(), VaultError> {
         let cycles = self.cycles_since_list.to_le_bytes();
         self.record(KIND_CYCLES, &[&cycles]);
         let io = |what: &'static str, path: &Path| {
