@@ -131,7 +131,10 @@ fn a_ship_killed_mid_cycle_leaves_a_cache_the_next_cycle_uses() {
         if status.signal() == Some(libc::SIGKILL) {
             killed += 1;
             if run.points() == before.1 {
-                assert!(fs::read(&cache).unwrap() == before.0, "seed {SEED:#x}, {ctx}: an uncommitted cycle changed the cache");
+                assert!(
+                    fs::read(&cache).unwrap() == before.0,
+                    "seed {SEED:#x}, {ctx}: an uncommitted cycle changed the cache"
+                );
             }
         } else {
             assert!(status.success(), "seed {SEED:#x}, {ctx}: {status}");
