@@ -221,7 +221,7 @@ fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "incremental cycle of {changed} changed 64 KiB blocks ({} MiB), {disk_mib} MiB disk, median of {rounds}:",
-        changed * BS >> 20
+        (changed * BS) >> 20
     );
     println!("  {:<44} {:>10} {:>10}", "", "time ms", "requests");
     println!("  {:<44} {:>10.1} {:>10}", "empty vault, index cache", ms(ta), ra);

@@ -246,12 +246,12 @@ pub(crate) fn read_pack_tail(backend: &dyn Backend, name: &str) -> Result<Result
         .map_err(|e| e.to_string()))
 }
 
+/// A pack's id and tail, or why it could not be read.
+pub(crate) type TailOrWhy = Result<(PackId, PackTail), String>;
+
 /// Reads the tails of packs `names` together (see [`read_pack_tail`]):
 /// for each, its id and tail, or why it could not be read.
-pub(crate) fn read_tails(
-    backend: &dyn Backend,
-    names: &[String],
-) -> Result<Vec<Result<(PackId, PackTail), String>>, VaultError> {
+pub(crate) fn read_tails(backend: &dyn Backend, names: &[String]) -> Result<Vec<TailOrWhy>, VaultError> {
     // The packs' tails are independent small reads: fetch them together.
     crate::par::map(names, |name| match PackId::from_hex(name) {
         None => Ok(Err("not a pack name (64 hex digits)".to_string())),

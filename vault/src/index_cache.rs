@@ -520,7 +520,7 @@ impl IndexCache {
                 }
                 true
             }
-            KIND_DROP if !p.is_empty() && p.len() % 32 == 0 => {
+            KIND_DROP if !p.is_empty() && p.len().is_multiple_of(32) => {
                 let packs = p.chunks_exact(32).map(|id| PackId(id.try_into().expect("32 bytes"))).collect();
                 self.index.remove_packs(&packs);
                 true
