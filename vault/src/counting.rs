@@ -5,9 +5,9 @@
 //! server's protocol (disk-format/FORMAT.md, "Vault server protocol"): a
 //! `list` is one request per [`LIST_PAGE`] names returned (at least one),
 //! and a streamed object ([`Backend::writer`]) is one request, counted when
-//! it is committed. `missing` is one request whatever the count (the
-//! server's batch call), even when the inner backend answers it with one
-//! `size` per name.
+//! it is committed. `missing` is one request per [`MISSING_PAGE`] names
+//! asked (the server's batch call), even when the inner backend answers it
+//! with one `size` per name.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use crate::error::VaultError;
 
 /// Names one LIST request of the vault server returns at most.
 pub const LIST_PAGE: u64 = 10_000;
+/// Names one `missing` request of the vault server asks about at most.
+pub const MISSING_PAGE: u64 = 100_000;
 
 /// Requests counted so far, shared between a [`Counting`] backend and
 /// whoever reads the counts.
@@ -163,7 +165,8 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.empty_trash()
     }
     fn missing(&self, kind: Kind, names: &[String]) -> Result<Vec<String>, VaultError> {
-        self.read();
+        let pages = (names.len() as u64).div_ceil(MISSING_PAGE).max(1);
+        self.count.add(Some(&self.count.reads), pages);
         self.inner.missing(kind, names)
     }
     fn location(&self) -> String {
