@@ -16,6 +16,7 @@ use std::time::Duration;
 use disk_format::keys::Keys;
 use serde_json::json;
 use shipper::{run_cycle, CutHook, CutSource, CycleOptions, CycleReport, Progress, ShipError};
+use vault::counting::{Counting, RequestCount};
 use vault::{Location, Opener, Vault, VaultError};
 
 use crate::round::{HoldWrites, Member, Round, Sealed};
@@ -50,6 +51,9 @@ pub struct Target {
     /// The bandwidth limit (`--bandwidth`): the link's limiter, shared with
     /// the other disks of the agent, and this disk's time waited on it.
     pub throttle: Option<vault::throttle::Throttle>,
+    /// The home's index caches (`HOME/cache/index`, see
+    /// `vault::index_cache`); `None`: every cycle rebuilds the vault's index.
+    pub index_cache: Option<PathBuf>,
 }
 
 /// Why a cycle did not commit.
@@ -125,14 +129,23 @@ struct Throttled {
 impl Target {
     /// Opens the disk's vault and checks that it takes this key.
     pub fn open_vault(&self) -> Result<Vault, CycleError> {
+        self.open_counted().map(|(vault, _)| vault)
+    }
+
+    /// Opens the disk's vault like [`Target::open_vault`], counting its
+    /// backend requests from here on (requests the limiter delays count
+    /// once, like any other).
+    fn open_counted(&self) -> Result<(Vault, Arc<RequestCount>), CycleError> {
         let fail = |source| CycleError::Vault { location: self.vault.clone(), source: Box::new(source) };
-        let mut backend = self.opener.open(&self.vault).map_err(fail)?;
+        let mut backend: Box<dyn vault::Backend> = self.opener.open(&self.vault).map_err(fail)?;
         if let Some(t) = &self.throttle {
             backend = t.wrap(backend);
         }
-        let vault = Vault::open(backend).map_err(fail)?;
+        let backend = Counting::new(backend);
+        let count = backend.count();
+        let vault = Vault::open(Box::new(backend)).map_err(fail)?;
         vault.check_key(&self.keys).map_err(fail)?;
-        Ok(vault)
+        Ok((vault, count))
     }
 
     /// Runs one cycle and records its outcome (committed or failed) in the
@@ -148,7 +161,10 @@ impl Target {
     ) -> Result<(CycleReport, Vault), CycleError> {
         let started_ns = system::clock::now_ns();
         let waited_before = self.throttle.as_ref().map(|t| t.waited.get());
-        let vault = self.open_vault();
+        let (vault, count) = match self.open_counted() {
+            Ok((v, c)) => (Ok(v), Some(c)),
+            Err(e) => (Err(e), None),
+        };
         let vm = recovery::VmDefinition::of_disk(&self.vms_dir, &self.name);
         let mut hooks = match (&vault, &vm) {
             (Ok(v), Ok(Some(vm))) => self.app_hooks(v, vm),
@@ -177,9 +193,13 @@ impl Target {
                     cancel,
                     extension: &extension,
                     cut_hook: hook,
+                    index_cache: self.index_cache.as_deref(),
                     ..CycleOptions::new(&self.name, self.disk_id)
                 };
-                run_cycle(source, &v, &self.keys, &opts, progress).map(|r| (r, v)).map_err(CycleError::from)
+                let requests = || count.as_ref().map(|c| c.get().total);
+                run_cycle(source, &v, &self.keys, &opts, progress)
+                    .map(|r| (CycleReport { requests: requests(), ..r }, v))
+                    .map_err(CycleError::from)
             }
             (Err(e), _, _) => Err(e),
             (_, Err(e), _) => Err(e.into()),

@@ -201,7 +201,7 @@ impl Home {
     /// nobody else can reach below it. A vault server's files are the
     /// site's: only vault directories are looked at.
     pub fn make_private(&self, vaults: &[&vault::Location]) -> Result<Vec<recovery::trust::Tightened>> {
-        const HOME_ENTRIES: [&str; 5] = ["disks", "vms", "failovers", "plans", "audit"];
+        const HOME_ENTRIES: [&str; 6] = ["disks", "vms", "failovers", "plans", "audit", "cache"];
         let mut changed = Vec::new();
         for sub in HOME_ENTRIES {
             let dir = self.root.join(sub);
@@ -241,6 +241,12 @@ impl Home {
 
     pub fn disk_dir(&self, name: &str) -> PathBuf {
         self.root.join("disks").join(name)
+    }
+
+    /// Where the vaults' index caches live (`vault::index_cache`): a hint
+    /// kept on this host so that a cycle need not read every pack's index.
+    pub fn index_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("index")
     }
 
     /// Where VM definitions live.

@@ -29,6 +29,7 @@ pub fn load(home: &Home, name: &str) -> Result<(DiskEntry, Target)> {
         audit_dir: crate::cmd::audit::audit_dir(home),
         vms_dir: home.vms_dir(),
         throttle: None,
+        index_cache: Some(home.index_cache_dir()),
     };
     Ok((entry, target))
 }

@@ -5,13 +5,14 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use disk_format::ids::{BlockId, PageId, RootId};
+use disk_format::ids::{BlockId, PackId, PageId, RootId};
 use disk_format::keys::Keys;
 use disk_format::map_page::MapBuilder;
 use disk_format::pack::{FinishedPack, PackWriter};
 use disk_format::point::{Consistency, Root};
 use disk_format::{Geometry, LastPoint};
 use filter::{CutInfo, CutKind};
+use vault::index_cache::{IndexCache, Opened};
 use vault::{BlockIndex, Vault};
 
 use crate::chain::{self, Base, Break};
@@ -45,6 +46,15 @@ pub struct CycleOptions<'a> {
     pub extension: &'a [u8],
     /// Quiesces the guest around the cut, for an app-consistent point.
     pub cut_hook: Option<&'a dyn CutHook>,
+    /// The directory of this host's index caches (`vault::index_cache`,
+    /// normally `HOME/cache/index`): the cycle deduplicates against the
+    /// vault's index kept there, and its requests grow with what changed,
+    /// not with the vault. `None`: the index is rebuilt from every pack's
+    /// tail, as before.
+    pub index_cache: Option<&'a std::path::Path>,
+    /// With an index cache: committed cycles between two full listings of
+    /// the vault's packs ([`vault::index_cache::RELIST_EVERY`]).
+    pub relist_every: u32,
 }
 
 /// Why a [`CutHook`] could not quiesce or resume: the implementation's own
@@ -87,6 +97,8 @@ impl<'a> CycleOptions<'a> {
             clock: &system_clock,
             extension: &[],
             cut_hook: None,
+            index_cache: None,
+            relist_every: vault::index_cache::RELIST_EVERY,
         }
     }
 }
@@ -145,6 +157,12 @@ pub struct CycleReport {
     /// Why the cycle could not build on the vault's newest point, when the
     /// dirty maps were not relative to it (also among the `warnings`).
     pub chain_break: Option<Break>,
+    /// Backend requests the cycle made, when its caller counted them
+    /// (`vault::counting`); `None` otherwise.
+    pub requests: Option<u64>,
+    /// With an index cache: the cycle listed the vault's packs (a full
+    /// listing was due, or the cache was new or discarded).
+    pub index_listed: bool,
 }
 
 impl CycleReport {
@@ -166,6 +184,8 @@ impl CycleReport {
             app_consistent: false,
             root_id: RootId::ZERO,
             chain_break: None,
+            requests: None,
+            index_listed: false,
         }
     }
 }
@@ -208,7 +228,19 @@ pub fn run_cycle(
     let own_chain = Vault::chain_of(keys, &opts.disk_id);
     let _cycle = vault.begin_cycle(&own_chain)?;
     let geometry = source.geometry();
-    let mut cycle = Cycle { source, vault, keys, opts, progress, own_chain, geometry, warnings: Vec::new() };
+    let mut cycle = Cycle {
+        source,
+        vault,
+        keys,
+        opts,
+        progress,
+        own_chain,
+        geometry,
+        warnings: Vec::new(),
+        cache: None,
+        written: Vec::new(),
+        index_listed: false,
+    };
     let Newest { previous, previous_id, last_sequence, base, recorded } = cycle.newest()?;
     let chain_break = match base {
         Base::Broken(b) => {
@@ -232,6 +264,8 @@ pub fn run_cycle(
     // The previous root's id is the hash of its stored bytes, read above.
     let root = cycle.root(&cut, sequence, previous_id, pages, report.bytes_shipped);
     let root_id = cycle.commit(&root, &mut report)?;
+    cycle.save_cache();
+    report.index_listed = cycle.index_listed;
     // The point is durable; the state records it as the one its dirty maps
     // are relative to, and the cut's blocks are no longer needed.
     let point = LastPoint { vault_id, sequence, root_id, cut_generation: cut.info.generation };
@@ -268,6 +302,29 @@ struct Cycle<'c, 'o> {
     geometry: Geometry,
     /// What the operator should know about the cycle (into the report).
     warnings: Vec<String>,
+    /// The index cache, once opened (with `CycleOptions::index_cache`).
+    cache: Option<IndexCache>,
+    /// The packs this cycle stored, for the index cache.
+    written: Vec<FinishedPack<()>>,
+    /// The index cache listed the vault's packs.
+    index_listed: bool,
+}
+
+/// What a cycle deduplicates against.
+enum Known {
+    /// The index rebuilt from the vault's packs.
+    Vault(BlockIndex),
+    /// The host's index cache.
+    Cache(IndexCache),
+}
+
+impl Known {
+    fn index(&self) -> &BlockIndex {
+        match self {
+            Known::Vault(i) => i,
+            Known::Cache(c) => c.index(),
+        }
+    }
 }
 
 /// The point a cycle may build on.
@@ -368,9 +425,22 @@ impl Cycle<'_, '_> {
     /// Ships the cut's blocks, building on `reuse`'s map unless the cut is
     /// full. If that map turns out to be unusable, the cut is replaced by a
     /// full one and shipped again. On an error the cut is aborted.
+    ///
+    /// If the index cache named packs the vault no longer has, the cut is
+    /// taken again and shipped against the corrected cache (a cut's blocks
+    /// can be read only once, so those found in the gone packs cannot be
+    /// read again from this one).
     fn ship_cut(&mut self, mut cut: Cut, reuse: Option<&Root>) -> Result<(Cut, CycleReport, Vec<PageId>), ShipError> {
         // A full cycle sets every block: it never needs the previous map.
         let mut shipped = self.ship(reuse.filter(|_| !cut.full), cut.full);
+        if let Err(e @ ShipError::IndexCacheStale { .. }) = &shipped {
+            self.warnings.push(format!("{e}; the cut was taken again and shipped against the corrected cache"));
+            self.source.abort()?;
+            let info = self.source.cut(if cut.full { CutKind::Full } else { CutKind::Dirty })?;
+            let time_ns = (self.opts.clock)();
+            cut = Cut { info, time_ns, consistency: Consistency::Crash, full: cut.full, recut: true };
+            shipped = self.ship(reuse.filter(|_| !cut.full), cut.full);
+        }
         if let Err(e) = &shipped {
             if !cut.full && previous_map_unusable(e) {
                 // Building on a damaged map would fail every cycle from now on
@@ -462,7 +532,7 @@ impl Cycle<'_, '_> {
             Some(r) => MapBuilder::from_previous(&r.pages, geometry)?,
             None => MapBuilder::new(geometry),
         };
-        let known = self.vault.block_index()?;
+        let mut known = self.known()?;
         // Packs stream to the vault in aligned chunks (`pack_out`): the writer
         // thread fills them, the storer thread writes them and commits each pack
         // under its id, so the pipeline keeps sealing while a pack is written
@@ -478,7 +548,7 @@ impl Cycle<'_, '_> {
                 .name("ship-store".into())
                 .spawn_scoped(s, move || store_packs(vault, storer_rx, free_tx))
                 .expect("spawning the pack storer");
-            let read = Packer::new(&free_rx, &to_storer, map, full).and_then(|p| self.read(p, &blocks, &known));
+            let read = Packer::new(&free_rx, &to_storer, map, full).and_then(|p| self.read(p, &blocks, &mut known));
             drop(to_storer);
             // The map's pages do not depend on the packs: they are built and
             // stored while the storer finishes the last pack. The root still
@@ -491,6 +561,9 @@ impl Cycle<'_, '_> {
             (read, pages, stored_packs)
         });
         // A storer error is the cause; the reader's "storer stopped" is its echo.
+        if let Known::Cache(cache) = known {
+            self.cache = Some(cache);
+        }
         let stored_packs = stored_packs??;
         let mut report = read?;
         let (pages, page_bytes, new_pages) = pages.expect("built when the read succeeded")?;
@@ -500,17 +573,81 @@ impl Cycle<'_, '_> {
         }
         report.bytes_shipped += page_bytes;
         report.pages += new_pages;
+        self.written.extend(stored_packs);
         Ok((report, pages))
+    }
+
+    /// The index to deduplicate against: the host's index cache, brought up
+    /// to date if a full listing is due, or else the index rebuilt from the
+    /// vault.
+    fn known(&mut self) -> Result<Known, ShipError> {
+        let Some(dir) = self.opts.index_cache else {
+            return Ok(Known::Vault(self.vault.block_index()?));
+        };
+        let mut cache = match self.cache.take() {
+            Some(c) => c,
+            None => {
+                let (cache, opened) = IndexCache::open(dir, self.vault, self.keys);
+                if let Opened::Discarded(why) = opened {
+                    tracing::warn!("lifeboat: warning: {why}; it is rebuilt from the vault");
+                }
+                cache
+            }
+        };
+        cache.relist_every = self.opts.relist_every;
+        let synced = cache.sync(self.vault)?;
+        self.index_listed |= synced.listed;
+        Ok(Known::Cache(cache))
+    }
+
+    /// Records the committed cycle's packs in the index cache, durably. A
+    /// cache that cannot be written is a warning: the point is committed,
+    /// and the next cycle starts from the old cache (still a correct hint)
+    /// or rebuilds it.
+    fn save_cache(&mut self) {
+        let Some(cache) = self.cache.as_mut() else { return };
+        let written: Vec<(PackId, u64, &disk_format::PackIndex)> =
+            self.written.iter().map(|p| (p.id, p.len, &p.index)).collect();
+        if let Err(e) = cache.commit(&written) {
+            self.warnings.push(format!("the index cache could not be saved ({e}); the next cycle may list the vault"));
+        }
     }
 
     /// Runs `blocks` through the read pipeline into `packer`; returns the
     /// new map and the counts.
+    ///
+    /// With an index cache, the packs the cycle deduplicated against are
+    /// confirmed present in one request before the point can reference
+    /// them. If some are gone (garbage-collected at the site behind the
+    /// cache's back), the cache drops them (durably) and the cycle fails
+    /// with [`ShipError::IndexCacheStale`]: the blocks found in them were
+    /// released from the cut and cannot be read again, so [`Cycle::ship_cut`]
+    /// takes the cut again.
     fn read(
         &mut self,
         mut packer: Packer<'_>,
         blocks: &[u64],
-        known: &BlockIndex,
+        known: &mut Known,
     ) -> Result<(MapBuilder, CycleReport), ShipError> {
+        packer.track_known = matches!(known, Known::Cache(_));
+        let cached = self.run_pipeline(&mut packer, blocks, known.index())?;
+        if let Known::Cache(cache) = known {
+            let found_in = std::mem::take(&mut packer.known_in);
+            let gone = cache.confirm(self.vault, &found_in.keys().copied().collect())?;
+            if !gone.is_empty() {
+                let blocks = found_in.iter().filter(|(p, _)| gone.contains(p)).map(|(_, n)| n).sum();
+                if let Err(e) = cache.save() {
+                    tracing::warn!("lifeboat: warning: the index cache could not be saved: {e}");
+                }
+                return Err(ShipError::IndexCacheStale { packs: gone.len(), blocks });
+            }
+        }
+        packer.finish(blocks.len() as u64, cached)
+    }
+
+    /// Runs `blocks` through the read pipeline into `packer`, deduplicating
+    /// against `known`; returns how many the page cache served.
+    fn run_pipeline(&mut self, packer: &mut Packer<'_>, blocks: &[u64], known: &BlockIndex) -> Result<u64, ShipError> {
         let job = pipeline::Job {
             runs: &runs(blocks),
             geometry: self.geometry,
@@ -523,8 +660,7 @@ impl Cycle<'_, '_> {
             cache_first: !packer.report.full,
         };
         let progress = &mut *self.progress;
-        let cached = pipeline::run(&mut *self.source, &job, &mut |s| packer.take(s), &mut |n| progress.advance(n))?;
-        packer.finish(blocks.len() as u64, cached)
+        pipeline::run(&mut *self.source, &job, &mut |s| packer.take(s), &mut |n| progress.advance(n))
     }
 }
 
@@ -573,6 +709,10 @@ struct Packer<'p> {
     stored: HashSet<BlockId>,
     map: MapBuilder,
     report: CycleReport,
+    /// Record which packs the known blocks were found in (`known_in`).
+    track_known: bool,
+    /// How many blocks were deduplicated against each pack of the index.
+    known_in: HashMap<PackId, u64>,
 }
 
 impl<'p> Packer<'p> {
@@ -584,7 +724,17 @@ impl<'p> Packer<'p> {
     ) -> Result<Packer<'p>, ShipError> {
         let pack = Packer::open(free, to_storer, 0)?;
         let report = CycleReport::empty(full);
-        Ok(Packer { free, to_storer, pack, number: 0, stored: HashSet::new(), map, report })
+        Ok(Packer {
+            free,
+            to_storer,
+            pack,
+            number: 0,
+            stored: HashSet::new(),
+            map,
+            report,
+            track_known: false,
+            known_in: HashMap::new(),
+        })
     }
 
     /// Starts pack `number`.
@@ -615,8 +765,11 @@ impl<'p> Packer<'p> {
                 self.report.zero_blocks += 1;
                 self.set(*index, BlockId::ZERO)
             }
-            Sealed::Known { index, id, .. } => {
+            Sealed::Known { index, id, pack, .. } => {
                 self.report.known_blocks += 1;
+                if self.track_known {
+                    *self.known_in.entry(*pack).or_default() += 1;
+                }
                 self.set(*index, *id)
             }
             Sealed::New { index, id, buf, blob_len, checksum } => {

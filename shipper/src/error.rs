@@ -96,6 +96,20 @@ pub enum ShipError {
     /// The cycle was asked to stop (the agent is shutting down).
     #[error("the cycle was cancelled (Lifeboat is stopping); its changes stay marked dirty")]
     Cancelled,
+    /// Packs the host's index cache named, and that blocks of the cut were
+    /// deduplicated against, are gone from the vault (garbage-collected at
+    /// the site since the cache last listed it). Nothing was committed; the
+    /// cache no longer names them, and the cycle cuts and ships again.
+    #[error(
+        "{packs} pack(s) the host's index cache named are gone from the vault (garbage-collected at the site?): \
+         {blocks} block(s) of the cut were found in them"
+    )]
+    IndexCacheStale {
+        /// Packs gone.
+        packs: usize,
+        /// Blocks of the cut deduplicated against them.
+        blocks: u64,
+    },
     /// A worker thread panicked.
     #[error("internal error: a shipper thread panicked")]
     Panic,

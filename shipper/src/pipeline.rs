@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
-use disk_format::ids::BlockId;
+use disk_format::ids::{BlockId, PackId};
 use disk_format::keys::{Keys, NONCE_LEN};
 use disk_format::pack::blob_checksum;
 use disk_format::Geometry;
@@ -43,8 +43,9 @@ const READ_BATCH: u64 = 8 << 20;
 pub(crate) enum Sealed {
     /// All zero: not stored.
     Zero { index: u64, buf: BlockBuf },
-    /// The vault already holds a block with this id.
-    Known { index: u64, id: BlockId, buf: BlockBuf },
+    /// The vault already holds a block with this id, in pack `pack` (as the
+    /// index says).
+    Known { index: u64, id: BlockId, pack: PackId, buf: BlockBuf },
     /// New data: `buf[..blob_len]` is the sealed blob, `checksum` its CRC-32
     /// for the pack index (computed by the worker, while the blob is hot).
     New { index: u64, id: BlockId, buf: BlockBuf, blob_len: usize, checksum: u32 },
@@ -293,8 +294,8 @@ fn seal_worker(rx: &Receiver<Plain>, tx: &Sender<Result<Sealed, ShipError>>, key
             Ok(Sealed::Zero { index, buf })
         } else {
             let id = keys.block_id(plain);
-            if known.contains(&id) {
-                Ok(Sealed::Known { index, id, buf })
+            if let Some(loc) = known.get(&id) {
+                Ok(Sealed::Known { index, id, pack: loc.pack, buf })
             } else {
                 match keys.seal_in_place(&id, &mut buf, len) {
                     Ok(blob_len) => {

@@ -238,3 +238,59 @@ impl ObjectWriter for Buffered<'_> {
         self.backend.put(self.kind, name, &self.data)
     }
 }
+
+/// A boxed backend is a backend (so decorators such as
+/// [`crate::counting::Counting`] wrap whatever an `Opener` returned). Every
+/// method forwards, the provided ones too, so the box never falls back to a
+/// default the backend inside overrides.
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        (**self).put(kind, name, data)
+    }
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<Version, VaultError> {
+        (**self).create(kind, name, data)
+    }
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, Version), VaultError> {
+        (**self).get_versioned(kind, name)
+    }
+    fn replace_if(&self, kind: Kind, name: &str, data: &[u8], version: &Version) -> Result<Version, VaultError> {
+        (**self).replace_if(kind, name, data, version)
+    }
+    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
+        (**self).get(kind, name)
+    }
+    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
+        (**self).get_range(kind, name, offset, len)
+    }
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
+        (**self).size(kind, name)
+    }
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
+        (**self).list(kind, prefix)
+    }
+    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        (**self).delete(kind, name)
+    }
+    fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        (**self).discard(kind, name)
+    }
+    fn empty_trash(&self) -> Result<(u64, u64), VaultError> {
+        (**self).empty_trash()
+    }
+    fn missing(&self, kind: Kind, names: &[String]) -> Result<Vec<String>, VaultError> {
+        (**self).missing(kind, names)
+    }
+    fn location(&self) -> String {
+        (**self).location()
+    }
+    fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
+        (**self).writer(kind)
+    }
+    fn sweep_unfinished(
+        &self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<(String, u64)>, VaultError> {
+        (**self).sweep_unfinished(older_than, dry_run)
+    }
+}

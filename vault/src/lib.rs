@@ -6,7 +6,8 @@
 //! `disk-format` defines — the vault config, packs of sealed blocks, map
 //! pages and point roots — under the names FORMAT.md gives them
 //! ([`store`]); rebuilds the [`BlockIndex`] from the packs' own indexes
-//! ([`index`]); restores a point to a raw image, verifying every object it
+//! ([`index`]), or keeps it on the host between cycles ([`index_cache`]);
+//! restores a point to a raw image, verifying every object it
 //! reads ([`restore`]); and scrubs the whole vault, with or without the key
 //! ([`check`]). Recovery points are pruned by a retention ladder
 //! ([`retention`]: roots only) and what no root references is removed by
@@ -25,10 +26,12 @@
 
 pub mod backend;
 pub mod check;
+pub mod counting;
 pub mod disks;
 pub mod error;
 pub mod gc;
 pub mod index;
+pub mod index_cache;
 pub mod lease;
 pub mod local;
 pub mod location;
@@ -47,6 +50,7 @@ pub use disks::{DiskChoice, DiskPoints, Disks, UnreadableChain};
 pub use error::{Damage, VaultError};
 pub use gc::{GarbagePack, GcReport};
 pub use index::{BlockIndex, BlockLocation, UnreadablePack};
+pub use index_cache::IndexCache;
 pub use lease::{Hold, HostIdentity, LeaseInfo, Liveness, Purpose};
 pub use local::LocalBackend;
 pub use location::{Location, LocationError};

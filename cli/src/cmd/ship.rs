@@ -99,6 +99,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
                 "bytes_shipped": r.bytes_shipped, "packs": r.packs, "pages": r.pages, "millis": r.millis,
                 "warnings": r.warnings, "root": r.root_id.to_string(),
                 "chain_break": r.chain_break.as_ref().map(|b| b.describe(&a.name)),
+                "requests": r.requests, "index_listed": r.index_listed,
             })
         );
     } else {

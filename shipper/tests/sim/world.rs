@@ -905,6 +905,8 @@ impl Sim {
             clock: &clock_fn,
             extension: &[],
             cut_hook: None,
+            index_cache: None,
+            relist_every: vault::index_cache::RELIST_EVERY,
         };
         let mut src = CycleSource {
             disk: &mut self.disk,
@@ -1440,6 +1442,8 @@ fn clean_cycle(
         clock: &clock_fn,
         extension: &[],
         cut_hook: None,
+        index_cache: None,
+        relist_every: vault::index_cache::RELIST_EVERY,
     };
     let mut src = CycleSource {
         disk,

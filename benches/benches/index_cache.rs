@@ -1,0 +1,251 @@
+//! An incremental cycle into a vault of 50,000 packs against the same cycle
+//! into an empty vault, side by side (issue 14, point 5: "A cycle whose cost
+//! does not grow with the vault"; target: time and backend requests within
+//! 1.5×).
+//!
+//! `cargo bench -p benches --bench index_cache`
+//!
+//! Three identical disks of `LIFEBOAT_IDX_DISK_MIB` (default 64) MiB, 64 KiB
+//! blocks, get the same writes. Disk A replicates into an empty vault, disk B
+//! into a vault that also holds `LIFEBOAT_IDX_PACKS` (default 50,000) small
+//! synthetic packs of another host (one sealed block each, written straight
+//! into the vault directory with the pack writer, without fsync), both with
+//! the host's index cache. Disk C replicates into B's vault without the
+//! cache (the index rebuilt from every pack's tail, as before issue 14).
+//! After a first full cycle each, `ROUNDS` (default 5) rounds write
+//! `LIFEBOAT_IDX_CHANGED` (default 128) random blocks to every disk and run
+//! one incremental cycle of each; the medians of the wall time and of the
+//! backend requests (counted by `vault::counting`, as the vault server would
+//! see them: one per 10,000 names listed) are printed with the ratios. Then
+//! the cost of the periodic full listing (every 32 cycles) of B's vault is
+//! printed too. Not a test: it asserts only that every point is committed.
+
+#![allow(clippy::cast_possible_truncation)] // bench sizes fit usize
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use disk_format::keys::{Keys, MasterKey};
+use disk_format::pack::PackWriter;
+use disk_format::Geometry;
+use filter::disk::DiskPaths;
+use filter::nbd::Export;
+use filter::{Disk, StateFile};
+use shipper::{run_cycle, CycleOptions, LocalSource};
+use vault::counting::{Counting, RequestCount};
+use vault::index_cache::IndexCache;
+use vault::{LocalBackend, Vault};
+
+const BS: u64 = 64 * 1024;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn keys() -> Keys {
+    MasterKey::from_bytes([7; 32]).keys()
+}
+
+/// A vault counting its requests.
+fn counted_vault(dir: &Path, init: bool) -> (Vault, Arc<RequestCount>) {
+    let backend = if init { LocalBackend::create(dir) } else { LocalBackend::open(dir) };
+    let backend = Counting::new(backend.unwrap());
+    let count = backend.count();
+    let vault = if init { Vault::init(Box::new(backend), &keys()) } else { Vault::open(Box::new(backend)) };
+    (vault.unwrap(), count)
+}
+
+/// Writes `n` synthetic one-block packs straight into the local vault at `dir`.
+fn synthetic_packs(dir: &Path, n: u64) {
+    let k = keys();
+    let items: Vec<u64> = (0..n).collect();
+    vault::par::map(&items, |&i| {
+        let data = format!("another host's block {i}").into_bytes();
+        let id = k.block_id(&data);
+        let mut w = PackWriter::new(Vec::new()).unwrap();
+        w.add_blob(&id, &k.seal_block(&id, &data).unwrap()).unwrap();
+        let done = w.finish().unwrap();
+        let name = done.id.to_string();
+        let sub = dir.join("packs").join(&name[..2]);
+        std::fs::create_dir_all(&sub)?;
+        std::fs::write(sub.join(name), &done.out)
+    })
+    .unwrap();
+}
+
+struct Lane {
+    name: &'static str,
+    paths: DiskPaths,
+    disk_id: [u8; 16],
+    vault: Vault,
+    count: Arc<RequestCount>,
+    cache: Option<PathBuf>,
+    times: Vec<Duration>,
+    requests: Vec<u64>,
+}
+
+impl Lane {
+    fn new(name: &'static str, dir: &Path, image: &[u8], vault: (Vault, Arc<RequestCount>), cache: bool) -> Lane {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let paths = DiskPaths { image: d.join("disk.img"), state: d.join("state"), scratch: d.join("scratch") };
+        std::fs::write(&paths.image, image).unwrap();
+        let disk_id = [name.as_bytes()[0]; 16];
+        StateFile::create(&paths.state, Geometry::new(image.len() as u64, BS).unwrap(), disk_id, false).unwrap();
+        let cache = cache.then(|| d.join("cache"));
+        Lane { name, paths, disk_id, vault: vault.0, count: vault.1, cache, times: Vec::new(), requests: Vec::new() }
+    }
+
+    fn write(&self, writes: &[(u64, Vec<u8>)]) {
+        let d = Disk::open(self.paths.clone()).unwrap();
+        for (block, data) in writes {
+            d.write_at(data, block * BS, false).unwrap();
+        }
+        d.close().unwrap();
+    }
+
+    /// One cycle; records its time and requests when `measure`.
+    fn cycle(&mut self, measure: bool) {
+        let before = self.count.get().total;
+        let t = Instant::now();
+        let mut src = LocalSource::open(self.paths.clone()).unwrap();
+        let opts = CycleOptions {
+            workers: 2,
+            index_cache: self.cache.as_deref(),
+            ..CycleOptions::new(self.name, self.disk_id)
+        };
+        let r = run_cycle(&mut src, &self.vault, &keys(), &opts, &mut ()).unwrap();
+        src.close().unwrap();
+        let took = t.elapsed();
+        assert!(r.sequence > 0);
+        if measure {
+            self.times.push(took);
+            self.requests.push(self.count.get().total - before);
+        }
+    }
+
+    fn median(&self) -> (Duration, u64) {
+        let mut t = self.times.clone();
+        let mut r = self.requests.clone();
+        t.sort();
+        r.sort_unstable();
+        (t[t.len() / 2], r[r.len() / 2])
+    }
+}
+
+/// A small deterministic generator (xorshift), so every lane gets the same writes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n.div_ceil(8)).flat_map(|_| self.next().to_le_bytes()).take(n).collect()
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench` / nextest discovery: nothing to list.
+    }
+    let disk_mib = env_u64("LIFEBOAT_IDX_DISK_MIB", 64);
+    let packs = env_u64("LIFEBOAT_IDX_PACKS", 50_000);
+    let changed = env_u64("LIFEBOAT_IDX_CHANGED", 128);
+    let rounds = env_u64("ROUNDS", 5);
+    let work = tempfile::Builder::new().prefix("lb-idxbench-").tempdir_in("/var/tmp").unwrap();
+    let dir = work.path();
+    let mut rng = Rng(0x1400_0005);
+    let blocks = disk_mib * 1024 * 1024 / BS;
+    let image = rng.bytes((disk_mib << 20) as usize);
+
+    let t = Instant::now();
+    let empty = counted_vault(&dir.join("vault-empty"), true);
+    let big_dir = dir.join("vault-big");
+    drop(counted_vault(&big_dir, true));
+    synthetic_packs(&big_dir, packs);
+    eprintln!("index_cache bench: {packs} synthetic packs written in {:.1} s", t.elapsed().as_secs_f64());
+    let mut lanes = [
+        Lane::new("a-empty", dir, &image, empty, true),
+        Lane::new("b-big", dir, &image, counted_vault(&big_dir, false), true),
+        Lane::new("c-big-uncached", dir, &image, counted_vault(&big_dir, false), false),
+    ];
+    for lane in &mut lanes {
+        let t = Instant::now();
+        lane.cycle(false);
+        eprintln!("{}: first (full) cycle {:.2} s", lane.name, t.elapsed().as_secs_f64());
+    }
+    for round in 0..rounds {
+        let mut picked = std::collections::BTreeSet::new();
+        while (picked.len() as u64) < changed {
+            picked.insert(rng.next() % blocks);
+        }
+        let writes: Vec<(u64, Vec<u8>)> = picked.into_iter().map(|b| (b, rng.bytes(BS as usize))).collect();
+        for lane in &mut lanes {
+            lane.write(&writes);
+            lane.cycle(true);
+        }
+        let line: Vec<String> = lanes
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {:.1} ms / {} req",
+                    l.name,
+                    l.times[round as usize].as_secs_f64() * 1e3,
+                    l.requests[round as usize]
+                )
+            })
+            .collect();
+        eprintln!("round {round}: {}", line.join(", "));
+    }
+
+    // Loading the cache, alone; then the periodic full listing of the big
+    // vault (every 32 cycles).
+    let (big, count) = counted_vault(&big_dir, false);
+    let t = Instant::now();
+    let (mut cache, _) = IndexCache::open(lanes[1].cache.as_deref().unwrap(), &big, &keys());
+    let load = t.elapsed();
+    cache.relist_every = 0;
+    let before = count.get();
+    let t = Instant::now();
+    let synced = cache.sync(&big).unwrap();
+    let listing = (t.elapsed(), count.get() - before);
+
+    let (ta, ra) = lanes[0].median();
+    let (tb, rb) = lanes[1].median();
+    let (tc, rc) = lanes[2].median();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "incremental cycle of {changed} changed 64 KiB blocks ({} MiB), {disk_mib} MiB disk, median of {rounds}:",
+        (changed * BS) >> 20
+    );
+    println!("  {:<44} {:>10} {:>10}", "", "time ms", "requests");
+    println!("  {:<44} {:>10.1} {:>10}", "empty vault, index cache", ms(ta), ra);
+    println!("  {:<44} {:>10.1} {:>10}", format!("{packs} packs, index cache"), ms(tb), rb);
+    println!("  {:<44} {:>10.1} {:>10}", format!("{packs} packs, no cache (every tail read)"), ms(tc), rc);
+    println!(
+        "  ratio with cache (target <= 1.5):  time {:.2}x, requests {:.2}x",
+        ms(tb) / ms(ta),
+        rb as f64 / ra as f64
+    );
+    println!(
+        "  ratio without cache:               time {:.2}x, requests {:.2}x",
+        ms(tc) / ms(ta),
+        rc as f64 / ra as f64
+    );
+    println!(
+        "  the full listing every 32 cycles: {:.1} ms, {} requests ({} LIST pages), {} tails read, {} packs cached",
+        ms(listing.0),
+        listing.1.total,
+        listing.1.lists,
+        synced.read,
+        cache.index().pack_count()
+    );
+    let file = IndexCache::path_in(lanes[1].cache.as_deref().unwrap(), &big);
+    let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    println!("  loading the cache of {packs} packs ({len} bytes): {:.1} ms", ms(load));
+}
