@@ -4,3 +4,5 @@
 //! "The vault server" in docs/DESIGN-NOTES.md for the design.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod pki;
