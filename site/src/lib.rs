@@ -5,4 +5,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod enroll;
 pub mod pki;
+pub mod site_dir;

@@ -262,6 +262,12 @@ impl HostKey {
     }
 }
 
+/// Whether `der` is a public key [`Ca::issue_host`] signs (a P-256
+/// SubjectPublicKeyInfo).
+pub fn check_public_key(der: &[u8]) -> Result<(), PkiError> {
+    P256PublicKey::from_der(der).map(|_| ())
+}
+
 /// BLAKE3 of a certificate's DER: how the server knows a host.
 pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     *blake3::hash(cert_der).as_bytes()
