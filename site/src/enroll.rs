@@ -156,7 +156,10 @@ impl Site {
         let token = pki::hex(&token);
         let now = jiff::Timestamp::now();
         let span = jiff::SignedDuration::try_from(valid_for).map_err(|e| damaged(self.dir(), e))?;
-        let expires = now.checked_add(span).map_err(|e| damaged(self.dir(), e))?.to_string();
+        // Whole seconds, rounded down: never later than asked.
+        let expires = now.checked_add(span).map_err(|e| damaged(self.dir(), e))?;
+        let expires =
+            jiff::Timestamp::from_second(expires.as_second()).map_err(|e| damaged(self.dir(), e))?.to_string();
         let record = TokenRecord {
             host: host.to_owned(),
             vaults: vaults.to_vec(),
