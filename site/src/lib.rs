@@ -7,6 +7,7 @@
 
 pub mod checks;
 pub mod client;
+pub mod pki;
 pub mod protocol;
 pub mod rights;
 pub mod server;
