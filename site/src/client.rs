@@ -23,14 +23,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
 use vault::backend::check_name;
 use vault::{Backend, Kind, ObjectWriter, VaultError, Version};
 
 use crate::protocol::{
     self, etag, object_lines, object_path, parse_etag, parse_names, parse_object_lines, ErrorBody, ErrorCode,
-    MORE_HEADER, NAME_TRAILER,
+    MORE_HEADER, NAME_TRAILER, SIZE_HEADER,
 };
 use crate::server::{ChanBody, OutBody, CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tls::{classify, client_config, server_name, TlsError};
@@ -65,7 +65,17 @@ pub struct RemoteBackend {
     vault: String,
     tls: Arc<rustls::ClientConfig>,
     /// The connection, and how many were made (to reconnect once per break).
-    conn: Mutex<(Option<SendRequest<OutBody>>, u64)>,
+    conn: Mutex<(Option<Live>, u64)>,
+    /// What ended the last connection that failed on TLS (a refused host
+    /// certificate shows only there, after the handshake).
+    cause: Arc<Mutex<Option<TlsError>>>,
+}
+
+/// A connection: its request handle and a flag its driver sets when it ends.
+#[derive(Clone)]
+struct Live {
+    send: SendRequest<OutBody>,
+    ended: watch::Receiver<bool>,
 }
 
 /// A request's failure before any answer.
@@ -104,12 +114,17 @@ impl RemoteBackend {
             vault: vault.to_string(),
             tls,
             conn: Mutex::new((None, 0)),
+            cause: Arc::new(Mutex::new(None)),
         };
         // One request at once: TLS 1.3 delivers the server's verdict on the
         // host's certificate only after the handshake, and the server
         // answers for revocation and enrollment.
         let path = format!("/v1/vaults/{vault}/list/config?prefix=config");
-        b.call(Method::GET, &path, HeaderMap::new(), Bytes::new(), true, "connecting")?;
+        let what = "connecting";
+        let (status, h, body) = b.call(Method::GET, &path, HeaderMap::new(), Bytes::new(), true, what)?;
+        if !status.is_success() {
+            return Err(b.error(Kind::Config, "config", what, status, &h, &body));
+        }
         Ok(b)
     }
 
@@ -117,7 +132,7 @@ impl RemoteBackend {
         format!("lifeboat://{}:{}/{}", self.host, self.port, self.vault)
     }
 
-    async fn dial(&self) -> Result<SendRequest<OutBody>, VaultError> {
+    async fn dial(&self) -> Result<Live, VaultError> {
         let peer = format!("{}:{}", self.host, self.port);
         let unreachable = |e: TlsError| VaultError::Unreachable { location: self.location_of(), source: Box::new(e) };
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| VaultError::Unreachable {
@@ -147,20 +162,26 @@ impl RemoteBackend {
             location: self.location_of(),
             source: Box::new(e),
         })?;
+        let (done, ended) = watch::channel(false);
+        let (cause, peer, host) = (self.cause.clone(), peer.clone(), self.host.clone());
         let _ = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "vault server connection ended");
+                if let Some(t) = tls_cause(&peer, &host, &e) {
+                    *cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+                }
             }
+            let _ = done.send(true);
         });
-        Ok(send)
+        Ok(Live { send, ended })
     }
 
     /// The current connection (made if there is none), and its number.
-    async fn sender(&self) -> Result<(SendRequest<OutBody>, u64), VaultError> {
+    async fn sender(&self) -> Result<(Live, u64), VaultError> {
         {
             let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             if let (Some(s), n) = &*guard {
-                if !s.is_closed() {
+                if !s.send.is_closed() {
                     return Ok((s.clone(), *n));
                 }
             }
@@ -181,22 +202,20 @@ impl RemoteBackend {
 
     /// Why a request failed before an answer: the TLS or I/O cause when
     /// there is one (a refused certificate shows here, after the handshake).
-    fn transport(&self, e: &hyper::Error) -> Transport {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(c) = cause {
-            if let Some(io) = c.downcast_ref::<std::io::Error>() {
-                let peer = format!("{}:{}", self.host, self.port);
-                let t = classify(&peer, &self.host, io);
-                if !matches!(t, TlsError::Other { .. } | TlsError::NotTls { .. }) {
-                    return Transport::Connect(VaultError::Unreachable {
-                        location: self.location_of(),
-                        source: Box::new(t),
-                    });
-                }
+    async fn transport(&self, e: &hyper::Error, mut ended: watch::Receiver<bool>) -> Transport {
+        let peer = format!("{}:{}", self.host, self.port);
+        let t = match tls_cause(&peer, &self.host, e) {
+            Some(t) => Some(t),
+            None => {
+                // The connection's own error says why (its driver is ending).
+                let _ = tokio::time::timeout(Duration::from_secs(5), ended.wait_for(|e| *e)).await;
+                self.cause.lock().unwrap_or_else(|p| p.into_inner()).take()
             }
-            cause = c.source();
+        };
+        match t {
+            Some(t) => Transport::Connect(VaultError::Unreachable { location: self.location_of(), source: Box::new(t) }),
+            None => Transport::Broken(e.to_string()),
         }
-        Transport::Broken(e.to_string())
     }
 
     async fn send_once(
@@ -206,7 +225,8 @@ impl RemoteBackend {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), Transport> {
-        let (mut s, n) = self.sender().await.map_err(Transport::Connect)?;
+        let (live, n) = self.sender().await.map_err(Transport::Connect)?;
+        let mut s = live.send.clone();
         let mut req = Request::builder()
             .method(method.clone())
             .uri(format!("https://{}:{}{path}", self.host, self.port))
@@ -215,13 +235,13 @@ impl RemoteBackend {
         *req.headers_mut() = headers.clone();
         if let Err(e) = s.ready().await {
             self.forget(n);
-            return Err(self.transport(&e));
+            return Err(self.transport(&e, live.ended.clone()).await);
         }
         let resp = match s.send_request(req).await {
             Ok(r) => r,
             Err(e) => {
                 self.forget(n);
-                return Err(self.transport(&e));
+                return Err(self.transport(&e, live.ended.clone()).await);
             }
         };
         let (parts, body) = resp.into_parts();
@@ -229,7 +249,7 @@ impl RemoteBackend {
             Ok(c) => Ok((parts.status, parts.headers, c.to_bytes())),
             Err(e) => {
                 self.forget(n);
-                Err(self.transport(&e))
+                Err(self.transport(&e, live.ended).await)
             }
         }
     }
@@ -423,7 +443,7 @@ impl Backend for RemoteBackend {
         if !status.is_success() {
             return Err(self.error(kind, name, &what, status, &h, &body));
         }
-        h.get(http::header::CONTENT_LENGTH)
+        h.get(SIZE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .map(Some)
@@ -513,7 +533,8 @@ impl Backend for RemoteBackend {
         let path = format!("/v1/vaults/{}/{}", self.vault, kind.prefix());
         let uri = format!("https://{}:{}{path}", self.host, self.port);
         let sender = self.rt.block_on(self.sender());
-        let (mut s, n) = sender?;
+        let (live, n) = sender?;
+        let (mut s, ended) = (live.send, live.ended);
         let _ = self.rt.spawn(async move {
             let req = Request::builder()
                 .method(Method::POST)
@@ -533,7 +554,7 @@ impl Backend for RemoteBackend {
             };
             let _ = done_tx.send(r);
         });
-        Ok(Some(Box::new(RemoteWriter { backend: self, tx: Some(tx), done: Some(done_rx), conn: n, kind })))
+        Ok(Some(Box::new(RemoteWriter { backend: self, tx: Some(tx), done: Some(done_rx), conn: n, ended, kind })))
     }
 }
 
@@ -543,6 +564,7 @@ struct RemoteWriter<'a> {
     tx: Option<mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>>,
     done: Option<oneshot::Receiver<Result<(StatusCode, HeaderMap, Bytes), hyper::Error>>>,
     conn: u64,
+    ended: watch::Receiver<bool>,
     kind: Kind,
 }
 
@@ -556,7 +578,8 @@ impl RemoteWriter<'_> {
             Ok(Ok((status, h, body))) => Err(self.backend.error(self.kind, name, what, status, &h, &body)),
             Ok(Err(e)) => {
                 self.backend.forget(self.conn);
-                Err(match self.backend.transport(&e) {
+                let t = self.backend.rt.block_on(self.backend.transport(&e, self.ended.clone()));
+                Err(match t {
                     Transport::Connect(e) => e,
                     Transport::Broken(why) => VaultError::Unreachable {
                         location: self.backend.location_of(),
@@ -608,4 +631,20 @@ impl Drop for RemoteWriter<'_> {
             let _ = tx.try_send(Err(std::io::Error::other("the pack was abandoned")));
         }
     }
+}
+
+/// The TLS failure behind `e`, if it is one with a cause a host can act on.
+fn tls_cause(peer: &str, host: &str, e: &(dyn std::error::Error + 'static)) -> Option<TlsError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let io = c.downcast_ref::<std::io::Error>().or_else(|| c.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        if let Some(io) = io {
+            let t = classify(peer, host, io);
+            if !matches!(t, TlsError::Other { .. } | TlsError::NotTls { .. }) {
+                return Some(t);
+            }
+        }
+        cause = c.source();
+    }
+    None
 }

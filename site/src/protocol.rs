@@ -13,6 +13,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const ALPN_H2: &[u8] = b"h2";
 /// Trailer that names a streamed object (`POST /v1/vaults/VAULT/KIND`).
 pub const NAME_TRAILER: &str = "lifeboat-name";
+/// Header of a `HEAD` answer: the object's size (not `Content-Length`,
+/// which HTTP/2 checks against the answer's empty body).
+pub const SIZE_HEADER: &str = "lifeboat-size";
+/// Header of a failed `HEAD` answer (which has no body): the error code.
+pub const ERROR_HEADER: &str = "lifeboat-error";
 /// Header on a list answer when more names follow.
 pub const MORE_HEADER: &str = "lifeboat-more";
 

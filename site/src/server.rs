@@ -43,7 +43,7 @@ use vault::{Backend, Kind, LocalBackend, VaultError, Version};
 use crate::checks::{check_object, check_staged_pack, CheckError};
 use crate::protocol::{
     self, etag, parse_condition, parse_object_lines, parse_range, parse_route, Condition, EnrollRequest,
-    ErrorBody, ErrorCode, ProtocolError, Route, VersionAnswer, LIST_PAGE, MAX_HEADER_LIST, MORE_HEADER, NAME_TRAILER,
+    ErrorBody, ErrorCode, ProtocolError, Route, VersionAnswer, LIST_PAGE, MAX_HEADER_LIST, ERROR_HEADER, MORE_HEADER, NAME_TRAILER, SIZE_HEADER,
 };
 use crate::rights::{Grants, GrantsError, Op, Refusal};
 use crate::tls::fingerprint;
@@ -475,6 +475,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Fail> + Send 
 
 async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) -> Response<OutBody> {
     let what = format!("{} {}", req.method(), req.uri().path_and_query().map_or("", |p| p.as_str()));
+    let is_head = req.method() == Method::HEAD;
     let mut host = None;
     match route(&shared, &peer, req, &mut host).await {
         Ok(r) => r,
@@ -489,7 +490,13 @@ async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) ->
                     "refused"
                 );
             }
-            fail_response(&f)
+            let mut r = fail_response(&f);
+            if is_head {
+                // A HEAD answer has no body: the code goes in a header.
+                *r.body_mut() = OutBody::Full(Full::new(Bytes::new()));
+                let _ = r.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(f.code.as_str()));
+            }
+            r
         }
     }
 }
@@ -686,7 +693,8 @@ async fn head(ctx: Ctx, kind: Kind, name: String) -> Result<Response<OutBody>, F
             let (_, v) = ctx.backend.get_versioned(kind, &name)?;
             r = with_etag(r, &v);
         }
-        let _ = r.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(size));
+        // Not Content-Length: HTTP/2 checks that against the (empty) body.
+        let _ = r.headers_mut().insert(SIZE_HEADER, HeaderValue::from(size));
         Ok(r)
     })
     .await

@@ -176,6 +176,18 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// 1.3 delivers the server's verdict on the host's certificate) means.
 pub fn classify(peer: &str, server_host: &str, e: &io::Error) -> TlsError {
     let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        // Past the handshake, tokio-rustls hands the alert on as text.
+        let text = e.to_string();
+        if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+            return match alert {
+                "CertificateExpired" => TlsError::HostCertificateExpired,
+                "NoApplicationProtocol" => TlsError::NoH2 { peer: peer.into() },
+                "UnknownCA" | "BadCertificate" | "CertificateRevoked" | "CertificateUnknown" | "DecryptError" => {
+                    TlsError::HostCertificateRefused { alert: alert.into() }
+                }
+                _ => TlsError::Other { peer: peer.into(), why: text.clone() },
+            };
+        }
         return match e.kind() {
             io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => TlsError::NotTls {
                 peer: peer.into(),
