@@ -101,8 +101,8 @@ pub struct RedeemRequest {
     pub public_key_der: Vec<u8>,
 }
 
-/// Why a redemption was refused. The server answers `403` to the token
-/// errors, without saying which (a guesser learns nothing); its log says.
+/// Why a redemption was refused (the server answers `403` with the
+/// message: only the holder of a token learns what is wrong with it).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedeemError {
@@ -249,16 +249,7 @@ impl Site {
     }
 }
 
-/// A host's credentials for one site: what the client presents and trusts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// The site's CA certificate, PEM.
-    pub ca_pem: String,
-    /// The host's certificate, PEM.
-    pub cert_pem: String,
-    /// The host's private key, PEM.
-    pub key_pem: String,
-}
+pub use crate::client::Credentials;
 
 /// `HOME/sites/HOST_PORT/site.toml`: what a host knows of a site it joined.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

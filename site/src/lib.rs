@@ -5,6 +5,12 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod checks;
+pub mod client;
 pub mod enroll;
 pub mod pki;
+pub mod protocol;
+pub mod rights;
+pub mod server;
 pub mod site_dir;
+pub mod tls;

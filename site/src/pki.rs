@@ -299,6 +299,14 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// The bytes of lower-case or upper-case hex `text`, if it is hex.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// A P-256 public key checked against the one SubjectPublicKeyInfo form
 /// P-256 keys take (rcgen's own parser needs x509-parser, a dependency
 /// tree this would be its only user of).

@@ -555,3 +555,37 @@ fn new_generation() -> Result<String, SiteError> {
     getrandom::fill(&mut bytes).map_err(|e| SiteError::Pki(PkiError::Random(e)))?;
     Ok(pki::hex(&bytes))
 }
+
+/// The vault server's view of the site (`lifeboat vault serve --site DIR`).
+impl crate::server::HostDirectory for Site {
+    fn lookup(&self, fingerprint: &str) -> crate::server::HostStatus {
+        use crate::server::HostStatus;
+        match Site::lookup(self, fingerprint) {
+            Ok(Lookup::Enrolled { host, vaults }) => HostStatus::Enrolled { host, vaults },
+            Ok(Lookup::Revoked { host }) => HostStatus::Revoked { host },
+            Ok(Lookup::Unknown) => HostStatus::Unknown,
+            // Fail closed: a site whose host list cannot be read lets no one in.
+            Err(e) => {
+                tracing::error!("site {}: cannot read the hosts, refusing the certificate: {e}", self.dir.display());
+                HostStatus::Unknown
+            }
+        }
+    }
+
+    fn redeem(&self, request: &crate::protocol::EnrollRequest) -> Result<String, String> {
+        let public_key_der = pki::from_hex(&request.public_key)
+            .ok_or_else(|| "the public key is not hex (SubjectPublicKeyInfo DER)".to_owned())?;
+        let request =
+            crate::enroll::RedeemRequest { token: request.token.clone(), host: request.host.clone(), public_key_der };
+        Site::redeem(self, &request).map_err(|e| {
+            tracing::warn!("site {}: enrollment of host {:?} refused: {e}", self.dir.display(), request.host);
+            e.to_string()
+        })
+    }
+
+    fn record_contact(&self, host: &str, bytes: u64) {
+        if let Err(e) = Site::record_contact(self, host, bytes) {
+            tracing::warn!("site {}: recording contact of {host}: {e}", self.dir.display());
+        }
+    }
+}

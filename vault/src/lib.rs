@@ -43,7 +43,7 @@ pub use error::{Damage, VaultError};
 pub use gc::{GarbagePack, GcReport};
 pub use index::{BlockIndex, BlockLocation, UnreadablePack};
 pub use lease::{Hold, HostIdentity, LeaseInfo, Liveness, Purpose};
-pub use local::LocalBackend;
+pub use local::{LocalBackend, StagedObject};
 pub use point_reader::PointReader;
 pub use progress::{Callback, Progress};
 pub use restore::RestoreReport;
