@@ -149,3 +149,51 @@ fn errors_say_what_to_do() {
     let out = s.home.run(&["site", "enroll", "web1", "--out", out_file.to_str().unwrap(), "--site", site]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn join_through_the_binary_gets_a_certificate_from_a_real_server() {
+    let s = Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), "lb-site-join-");
+    let dir = s.path("site");
+    let site_arg = dir.to_str().unwrap();
+    s.home.run_ok(&["site", "init", site_arg, "--address", "localhost:8443"]);
+    // The vault server, in this process, over the site directory.
+    let site = Site::open(&dir).unwrap();
+    let (cert, key) = site.server_pem().unwrap();
+    let vault_dir = s.path("main");
+    let _ = vault::LocalBackend::create(&vault_dir).unwrap();
+    let config = site::server::ServerConfig {
+        tls: site::tls::server_config(&site.ca_pem().unwrap(), &cert, &key).unwrap(),
+        vaults: vec![("main".to_owned(), vault_dir)],
+        grants: site.grants_dir(),
+        hosts: std::sync::Arc::new(site),
+    };
+    let server = site::server::Server::start("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let port = server.local_addr().port();
+
+    let file = s.path("web1.enroll");
+    s.home.run_ok(&["site", "enroll", "web1", "--vault", "main", "--out", file.to_str().unwrap(), "--site", site_arg]);
+    // The server listens on a port chosen now: point the file at it.
+    let mut enrollment = EnrollmentFile::read(&file).unwrap();
+    enrollment.addresses = vec![format!("localhost:{port}")];
+    enrollment.write(&file).unwrap();
+    let copy = s.path("copy.enroll");
+    std::fs::copy(&file, &copy).unwrap();
+
+    let host = vm_tests::lifeboat::Home::new(env!("CARGO_BIN_EXE_lifeboat"), s.path("host-home"));
+    let out = host.run_ok(&["site", "join", file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("lifeboat://localhost:{port}/main")), "{stdout}");
+    assert!(!file.exists(), "the used enrollment file is deleted");
+    let joined = s.path(&format!("host-home/sites/localhost_{port}"));
+    assert_eq!(std::fs::metadata(joined.join("host.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    let creds = site::enroll::credentials_for(&s.path("host-home"), "localhost", port).unwrap();
+    let _ = site::client::RemoteBackend::connect("localhost", port, "main", &creds).unwrap();
+    let hosts = hosts_json(&s, site_arg);
+    assert_eq!(hosts[0]["host"], "web1");
+
+    // A second join with the same token: refused, saying why.
+    let out = host.run(&["site", "join", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("used already") && stderr(&out).contains("new enrollment file"), "{}", stderr(&out));
+    drop(server);
+}

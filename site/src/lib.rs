@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod client;
 pub mod enroll;
+pub mod enroll_client;
 pub mod pki;
 pub mod protocol;
 pub mod rights;

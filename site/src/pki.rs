@@ -301,10 +301,13 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The bytes of lower-case or upper-case hex `text`, if it is hex.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(u8::try_from((char::from(*hi).to_digit(16)? << 4) | char::from(*lo).to_digit(16)?).ok()?),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A P-256 public key checked against the one SubjectPublicKeyInfo form

@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use site::enroll::{self, EnrollmentFile, RedeemRequest};
+use site::enroll::{self, EnrollmentFile};
 use site::site_dir::{HostInfo, Site};
 
 /// Where the site directory is unless `--site` says: `$LIFEBOAT_SITE`, or
@@ -90,8 +90,11 @@ pub enum Command {
     ///
     /// Makes the host's key pair (the private key is written 0600 under
     /// HOME/sites/HOST_PORT/ and never leaves the host), sends the token and
-    /// the public key to the site's server (checked against the site's CA in
-    /// the file), and stores the certificate it gets back.
+    /// the public key to the site's server at the file's first address
+    /// (checked against the site's CA in the file, so the token goes to no
+    /// other server), and stores the certificate it gets back with the CA.
+    /// The used file is then deleted. Vaults of the site are then reached
+    /// as lifeboat://HOST:PORT/VAULT.
     Join {
         /// The enrollment file from `lifeboat site enroll`.
         file: PathBuf,
@@ -144,7 +147,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
         Command::Join { file } => {
             let path = file;
             let file = EnrollmentFile::read(&path)?;
-            let dir = enroll::join(&file, home.root(), send)?;
+            let dir = enroll::join(&file, home.root(), site::enroll_client::post_enroll)?;
             tracing::info!("lifeboat site: joined site {:?} as host {:?}", file.site, file.host);
             outln!("joined site {:?} as {}: credentials in {}", file.site, file.host, dir.display());
             outln!(
@@ -181,15 +184,6 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Sends the enrollment request to the site's server.
-fn send(file: &EnrollmentFile, _request: &RedeemRequest) -> Result<String> {
-    bail!(
-        "this build cannot reach the vault server at {} yet (the site client is not wired in): \
-         enroll through the server once `lifeboat vault serve` ships",
-        file.addresses.join(", ")
-    )
 }
 
 fn print_hosts(hosts: &[HostInfo]) {
