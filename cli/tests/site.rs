@@ -67,8 +67,12 @@ fn init_enroll_revoke_and_hosts_through_the_binary() {
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0]["host"], "web1");
     assert_eq!(hosts[0]["vaults"], serde_json::json!(["main", "db"]));
+    // Every field present, null when there is nothing.
     assert_eq!(hosts[0]["revoked"], serde_json::Value::Null);
     assert_eq!(hosts[0]["last_contact"], serde_json::Value::Null);
+    let fields: Vec<&str> = hosts[0].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(fields.len(), 8, "{fields:?}");
+    assert!(fields.contains(&"revoked") && fields.contains(&"last_contact"), "{fields:?}");
     assert_eq!(hosts[0]["bytes_received"], 0);
     let table = String::from_utf8(s.home.run_ok(&["site", "hosts", "--site", site]).stdout).unwrap();
     assert!(table.contains("web1") && table.contains("enrolled") && table.contains("never"), "{table}");
@@ -182,6 +186,8 @@ fn join_through_the_binary_gets_a_certificate_from_a_real_server() {
     let host = vm_tests::lifeboat::Home::new(env!("CARGO_BIN_EXE_lifeboat"), s.path("host-home"));
     let out = host.run_ok(&["site", "join", file.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let ca = site::pki::hex(&site::pki::fingerprint_pem(&enrollment.ca).unwrap());
+    assert!(stdout.contains(&ca), "{stdout}");
     assert!(stdout.contains(&format!("lifeboat://localhost:{port}/main")), "{stdout}");
     assert!(!file.exists(), "the used enrollment file is deleted");
     let joined = s.path(&format!("host-home/sites/localhost_{port}"));

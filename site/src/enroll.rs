@@ -258,6 +258,9 @@ pub struct JoinedSite {
     pub site: String,
     /// The address joined through, `HOST:PORT`.
     pub address: String,
+    /// Every address of the site (credentials are found under any of them).
+    #[serde(default)]
+    pub addresses: Vec<String>,
     /// This host's name at the site.
     pub host: String,
     /// The vaults it may use.
@@ -327,6 +330,7 @@ where
     let joined = JoinedSite {
         site: file.site.clone(),
         address: address.clone(),
+        addresses: file.addresses.clone(),
         host: file.host.clone(),
         vaults: file.vaults.clone(),
     };
@@ -336,26 +340,47 @@ where
     Ok(dir)
 }
 
-/// This host's credentials for the site at `host:port` (joined earlier).
+/// The directory of the joined site reached at `host:port`: the one named
+/// after it, or else the one whose site lists it among its addresses (a
+/// site joined through another of its addresses).
+pub fn joined_dir(home: &Path, host: &str, port: u16) -> Result<PathBuf, SiteError> {
+    let named = site_dir(home, host, port);
+    let not_joined = || SiteError::NotJoined { address: format!("{host}:{port}"), dir: named.clone() };
+    if named.join("site.toml").exists() {
+        return Ok(named);
+    }
+    let sites = home.join("sites");
+    let entries = match fs::read_dir(&sites) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_joined()),
+        Err(e) => return Err(SiteError::Io { path: sites, source: e }),
+    };
+    for entry in entries {
+        let dir = entry.map_err(io_at(&sites))?.path();
+        let Ok(text) = fs::read_to_string(dir.join("site.toml")) else { continue };
+        let Ok(joined) = toml::from_str::<JoinedSite>(&text) else { continue };
+        let want = (host.to_owned(), port);
+        if joined.addresses.iter().any(|a| split_address(a).is_ok_and(|hp| hp == want)) {
+            return Ok(dir);
+        }
+    }
+    Err(not_joined())
+}
+
+/// This host's credentials for the site at `host:port` (joined earlier,
+/// through that address or another of the site's).
 pub fn credentials_for(home: &Path, host: &str, port: u16) -> Result<Credentials, SiteError> {
-    let dir = site_dir(home, host, port);
+    let dir = joined_dir(home, host, port)?;
     let read = |name: &str| {
         let path = dir.join(name);
-        fs::read_to_string(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => SiteError::NotJoined { address: format!("{host}:{port}"), dir: dir.clone() },
-            _ => SiteError::Io { path, source: e },
-        })
+        fs::read_to_string(&path).map_err(io_at(&path))
     };
     Ok(Credentials { ca_pem: read("ca.pem")?, cert_pem: read("host.pem")?, key_pem: read("host.key")? })
 }
 
 /// What this host knows of the site at `host:port`.
 pub fn joined_site(home: &Path, host: &str, port: u16) -> Result<JoinedSite, SiteError> {
-    let dir = site_dir(home, host, port);
-    let path = dir.join("site.toml");
-    let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => SiteError::NotJoined { address: format!("{host}:{port}"), dir: dir.clone() },
-        _ => SiteError::Io { path: path.clone(), source: e },
-    })?;
+    let path = joined_dir(home, host, port)?.join("site.toml");
+    let text = fs::read_to_string(&path).map_err(io_at(&path))?;
     toml::from_str(&text).map_err(|e| damaged(&path, e))
 }

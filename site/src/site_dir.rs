@@ -154,16 +154,44 @@ pub struct ContactRecord {
     pub bytes_received: u64,
 }
 
-/// A host as `site hosts` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A host as `site hosts` lists it (in JSON: the record's fields, every
+/// one present, `revoked` and `last_contact` null when there is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostInfo {
     /// The host's record.
-    #[serde(flatten)]
     pub record: HostRecord,
     /// Its last contact, RFC 3339, if it ever made one.
     pub last_contact: Option<String>,
     /// Bytes received from it.
     pub bytes_received: u64,
+}
+
+impl Serialize for HostInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            host: &'a str,
+            vaults: &'a [String],
+            fingerprint: &'a str,
+            enrolled: &'a str,
+            revoked: Option<&'a str>,
+            superseded: &'a [String],
+            last_contact: Option<&'a str>,
+            bytes_received: u64,
+        }
+        let r = &self.record;
+        Json {
+            host: &r.host,
+            vaults: &r.vaults,
+            fingerprint: &r.fingerprint,
+            enrolled: &r.enrolled,
+            revoked: r.revoked.as_deref(),
+            superseded: &r.superseded,
+            last_contact: self.last_contact.as_deref(),
+            bytes_received: self.bytes_received,
+        }
+        .serialize(s)
+    }
 }
 
 /// What a certificate's fingerprint says about its holder.

@@ -274,6 +274,9 @@ fn join_stores_credentials_and_never_sends_the_private_key() {
     let joined = enroll::joined_site(&home, "vault.example", 8443).unwrap();
     assert_eq!((joined.site.as_str(), joined.vaults), ("dr-east", vaults()));
     assert!(matches!(enroll::credentials_for(&home, "other", 1), Err(SiteError::NotJoined { .. })));
+    // The site's other address finds the same credentials.
+    assert_eq!(enroll::credentials_for(&home, "::1", 8443).unwrap().cert_pem, creds.cert_pem);
+    assert!(matches!(enroll::credentials_for(&home, "::1", 8444), Err(SiteError::NotJoined { .. })));
 
     // A refused join stores nothing.
     let home2 = tmp.path().join("home2");

@@ -126,7 +126,8 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             let name = name.unwrap_or_else(system::host::hostname);
             let site = Site::init(&dir, &name, &addresses)?;
             tracing::info!("lifeboat site: site {name:?} made in {} for {}", dir.display(), addresses.join(", "));
-            outln!("site {name:?} made in {}", site.dir().display());
+            let ca = site::pki::hex(&site::pki::fingerprint_pem(&site.ca_pem()?)?);
+            outln!("site {name:?} made in {} (CA fingerprint {ca})", site.dir().display());
             outln!("the server's certificate names {}", addresses.join(", "));
             outln!("next: `lifeboat site enroll HOST --vault VAULT --out FILE --site {}`", dir.display());
             Ok(())
@@ -149,7 +150,9 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             let file = EnrollmentFile::read(&path)?;
             let dir = enroll::join(&file, home.root(), site::enroll_client::post_enroll)?;
             tracing::info!("lifeboat site: joined site {:?} as host {:?}", file.site, file.host);
+            let ca = site::pki::hex(&site::pki::fingerprint_pem(&file.ca)?);
             outln!("joined site {:?} as {}: credentials in {}", file.site, file.host, dir.display());
+            outln!("the site's CA fingerprint is {ca}: `lifeboat site init` printed it at the site");
             outln!(
                 "vaults: {}",
                 file.vaults
