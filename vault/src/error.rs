@@ -282,6 +282,28 @@ pub enum VaultError {
         /// What is wrong, and what to do.
         detail: String,
     },
+    /// The vault server refused the request: this host has no right to it
+    /// (see "Rights" in FORMAT.md), or its certificate was revoked.
+    #[error("the vault server at {location} refused {request}: {why}")]
+    Refused {
+        /// The vault's URL.
+        location: String,
+        /// The request, e.g. "deleting packs/ab12…".
+        request: String,
+        /// Why, and what to do.
+        why: String,
+    },
+    /// The vault server could not be reached or spoke no Lifeboat protocol
+    /// (a TLS failure, a broken connection); `source` is the typed cause
+    /// (`site::tls::TlsError` for a TLS failure).
+    #[error("cannot reach the vault server at {location}: {source}")]
+    Unreachable {
+        /// The vault's URL.
+        location: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Writing the restored image failed.
     #[error("writing the restored image ({what}): {source}")]
     Output {

@@ -52,7 +52,7 @@ pub use gc::{GarbagePack, GcReport};
 pub use index::{BlockIndex, BlockLocation, UnreadablePack};
 pub use index_cache::IndexCache;
 pub use lease::{Hold, HostIdentity, LeaseInfo, Liveness, Purpose};
-pub use local::LocalBackend;
+pub use local::{LocalBackend, StagedObject};
 pub use location::{Location, LocationError};
 pub use open::{LocalOpener, Opener};
 pub use point_reader::PointReader;

@@ -448,6 +448,64 @@ fn remove_unless_gone(path: &Path, what: &'static str) -> Result<bool, VaultErro
     }
 }
 
+/// An object streamed into the vault's `tmp/` that its writer reads back
+/// and checks before it gets a name: the vault server's path for an upload
+/// (`site/src/checks.rs`), so nothing unchecked is ever visible. Dropped
+/// without [`StagedObject::create`], it leaves nothing behind.
+pub struct StagedObject<'a> {
+    writer: LocalWriter<'a>,
+    reader: Option<File>,
+}
+
+impl LocalBackend {
+    /// Starts a [`StagedObject`] of `kind` in `tmp/`.
+    pub fn stage(&self, kind: Kind) -> Result<StagedObject<'_>, VaultError> {
+        Ok(StagedObject { writer: self.local_writer(kind)?, reader: None })
+    }
+}
+
+impl StagedObject<'_> {
+    /// Appends `data` (as [`ObjectWriter::write`]).
+    pub fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
+        self.writer.write(data)
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.writer.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.writer.len == 0
+    }
+
+    /// Reads `buf.len()` bytes written at `offset`.
+    pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), VaultError> {
+        let tmp = self.writer.tmp.clone();
+        if self.reader.is_none() {
+            self.reader = Some(File::open(&tmp).map_err(VaultError::io("reading temporary vault object", &tmp))?);
+        }
+        let f = self.reader.as_ref().expect("opened above");
+        f.read_exact_at(buf, offset).map_err(VaultError::io("reading temporary vault object", &tmp))
+    }
+
+    /// Makes the object durable as `name` only if no object of that name
+    /// exists (link(2), as [`Backend::create`]): [`VaultError::AlreadyExists`]
+    /// otherwise, and the temporary is removed.
+    pub fn create(mut self, name: &str) -> Result<(), VaultError> {
+        self.writer.finish(name, Commit::Create)
+    }
+
+    /// Makes the object durable as `name`, replacing one of that name
+    /// (taking the directory's lock like [`Backend::put`]).
+    pub fn replace(mut self, name: &str) -> Result<(), VaultError> {
+        let path = self.writer.backend.path(self.writer.kind, name)?;
+        let _lock = self.writer.backend.lock_mutable(self.writer.kind, &path)?;
+        self.writer.finish(name, Commit::Replace)
+    }
+}
+
 /// An object being written to `tmp/` (see [`LocalBackend::local_writer`]).
 struct LocalWriter<'a> {
     backend: &'a LocalBackend,
