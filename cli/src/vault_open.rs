@@ -53,13 +53,13 @@ impl Opener for CliOpener {
 }
 
 /// Connects to vault `vault` served at `host`:`port` with this home's
-/// credentials (see "Vault server protocol" in disk-format/FORMAT.md).
+/// credentials (`lifeboat site join`; see "Vault server protocol" in
+/// disk-format/FORMAT.md). A home that never joined that site is told how.
 pub fn open_server(home: &Path, host: &str, port: u16, vault: &str) -> Result<Box<dyn Backend>, VaultError> {
-    let _ = home;
-    Err(VaultError::Unreachable {
-        location: Location::Server { host: host.to_string(), port, vault: vault.to_string() }.to_string(),
-        why: "this build cannot reach vault servers yet; use a vault directory".to_string(),
-    })
+    let location = Location::Server { host: host.to_string(), port, vault: vault.to_string() }.to_string();
+    let creds = site::enroll::credentials_for(home, host, port)
+        .map_err(|e| VaultError::Unsupported { location: location.clone(), why: e.to_string() })?;
+    Ok(Box::new(site::client::RemoteBackend::connect(host, port, vault, &creds)?))
 }
 
 /// Opens the existing vault at `at`.

@@ -17,7 +17,7 @@ use vm_tests::lifeboat::Scratch;
 use vm_tests::replicate::arg;
 
 const URL: &str = "lifeboat://127.0.0.1:1/v";
-const CANNOT_REACH: &str = "this build cannot reach vault servers yet";
+const CANNOT_REACH: &str = "this host has not joined the site at 127.0.0.1:1";
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -133,7 +133,7 @@ pub enum VaultError {
     /// A vault this build (or this opener) cannot reach: a vault server
     /// without the client, for example.
     #[error("vault {location}: {why}")]
-    Unreachable {
+    Unsupported {
         /// The vault's location.
         location: String,
         /// Why, and what to do instead.

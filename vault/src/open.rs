@@ -34,7 +34,7 @@ pub struct LocalOpener;
 
 impl LocalOpener {
     fn path_of(at: &Location) -> Result<&std::path::Path, VaultError> {
-        at.path().ok_or_else(|| VaultError::Unreachable {
+        at.path().ok_or_else(|| VaultError::Unsupported {
             location: at.to_string(),
             why: "only vault directories can be opened here, not vault servers".to_string(),
         })
@@ -71,7 +71,7 @@ mod tests {
         let at: Location = "lifeboat://127.0.0.1:1/v".parse().unwrap();
         for e in [LocalOpener.open(&at).err().unwrap(), LocalOpener.create(&at).err().unwrap()] {
             assert!(
-                matches!(&e, VaultError::Unreachable { location, .. } if location == "lifeboat://127.0.0.1:1/v"),
+                matches!(&e, VaultError::Unsupported { location, .. } if location == "lifeboat://127.0.0.1:1/v"),
                 "{e}"
             );
         }
