@@ -42,8 +42,9 @@ use vault::{Backend, Kind, LocalBackend, VaultError, Version};
 
 use crate::checks::{check_object, check_staged_pack, CheckError};
 use crate::protocol::{
-    self, etag, parse_condition, parse_object_lines, parse_range, parse_route, Condition, EnrollRequest,
-    ErrorBody, ErrorCode, ProtocolError, Route, VersionAnswer, LIST_PAGE, MAX_HEADER_LIST, ERROR_HEADER, MORE_HEADER, NAME_TRAILER, SIZE_HEADER,
+    self, etag, parse_condition, parse_object_lines, parse_range, parse_route, Condition, EnrollRequest, ErrorBody,
+    ErrorCode, ProtocolError, Route, VersionAnswer, ERROR_HEADER, LIST_PAGE, MAX_HEADER_LIST, MORE_HEADER,
+    NAME_TRAILER, SIZE_HEADER,
 };
 use crate::rights::{Grants, GrantsError, Op, Refusal};
 use crate::tls::fingerprint;
@@ -123,7 +124,7 @@ pub enum ServerError {
         name: String,
         /// Why.
         #[source]
-        source: VaultError,
+        source: Box<VaultError>,
     },
     /// A vault name that is not one name part.
     #[error("vault name: {0}")]
@@ -168,7 +169,8 @@ impl Server {
         let mut vaults = HashMap::new();
         for (name, dir) in &config.vaults {
             protocol::check_vault_name(name)?;
-            let b = LocalBackend::open(dir).map_err(|source| ServerError::Vault { name: name.clone(), source })?;
+            let b = LocalBackend::open(dir)
+                .map_err(|source| ServerError::Vault { name: name.clone(), source: Box::new(source) })?;
             let _ = vaults.insert(name.clone(), Arc::new(b));
         }
         let shared = Arc::new(Shared {
@@ -183,9 +185,8 @@ impl Server {
             .enable_all()
             .build()
             .map_err(ServerError::Runtime)?;
-        let listener = rt
-            .block_on(TcpListener::bind(listen))
-            .map_err(|source| ServerError::Bind { addr: listen, source })?;
+        let listener =
+            rt.block_on(TcpListener::bind(listen)).map_err(|source| ServerError::Bind { addr: listen, source })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: listen, source })?;
         let (tx, rx) = watch::channel(false);
         let thread = std::thread::Builder::new()
@@ -305,7 +306,7 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         .max_concurrent_streams(MAX_STREAMS)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_send_buf_size(CHUNK as usize)
+        .max_send_buf_size(1 << 20)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(30));
     let conn = builder.serve_connection(TokioIo::new(tls), svc);
@@ -361,7 +362,7 @@ impl Body for OutBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             OutBody::Full(f) => f.size_hint(),
-            OutBody::Chan(c) => c.hint.clone(),
+            OutBody::Chan(c) => c.hint,
         }
     }
 }
@@ -377,11 +378,14 @@ pub(crate) struct ChanBody {
 impl Body for ChanBody {
     type Data = Bytes;
     type Error = std::io::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.rx.poll_recv(cx)
     }
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -470,7 +474,9 @@ fn fail_response(f: &Fail) -> Response<OutBody> {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Fail> + Send + 'static) -> Result<T, Fail> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(Fail::new(ErrorCode::Io, format!("a task failed: {e}"))))
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Fail::new(ErrorCode::Io, format!("a task failed: {e}"))))
 }
 
 async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) -> Response<OutBody> {
@@ -515,7 +521,7 @@ async fn small_body(body: Incoming, limit: u64) -> Result<Bytes, Fail> {
     }
 }
 
-fn header<'a>(h: &'a HeaderMap, name: impl http::header::AsHeaderName) -> Result<Option<&'a str>, Fail> {
+fn header(h: &HeaderMap, name: impl http::header::AsHeaderName) -> Result<Option<&str>, Fail> {
     match h.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| Fail::new(ErrorCode::BadRequest, "a header is not ASCII")),
@@ -570,7 +576,7 @@ async fn route(
     }
     let vault_name = route.vault().expect("every other route names a vault").to_string();
     let backend = match shared.vaults.get(&vault_name) {
-        Some(b) if vaults.iter().any(|v| *v == vault_name) => b.clone(),
+        Some(b) if vaults.contains(&vault_name) => b.clone(),
         _ => {
             return Err(Fail::new(
                 ErrorCode::NotEnrolled,
@@ -581,7 +587,9 @@ async fn route(
     let ctx = Ctx { shared: shared.clone(), host, vault: vault_name, backend };
     let received = body.size_hint().exact().unwrap_or(0);
     let answer = match route {
-        Route::Get { kind, name, .. } => get(ctx.clone(), kind, name, header(&parts.headers, http::header::RANGE)?).await,
+        Route::Get { kind, name, .. } => {
+            get(ctx.clone(), kind, name, header(&parts.headers, http::header::RANGE)?).await
+        }
         Route::Head { kind, name, .. } => head(ctx.clone(), kind, name).await,
         Route::Put { kind, name, .. } => {
             let cond = parse_condition(
@@ -603,7 +611,7 @@ async fn route(
     };
     let hosts = ctx.shared.hosts.clone();
     let h = ctx.host.clone();
-    let _ = tokio::task::spawn_blocking(move || hosts.record_contact(&h, received));
+    drop(tokio::task::spawn_blocking(move || hosts.record_contact(&h, received)));
     answer
 }
 
@@ -663,7 +671,7 @@ async fn get(ctx: Ctx, kind: Kind, name: String, range: Option<&str>) -> Result<
     };
     let (tx, rx) = mpsc::channel(2);
     let backend = ctx.backend.clone();
-    let _ = tokio::task::spawn_blocking(move || {
+    drop(tokio::task::spawn_blocking(move || {
         let mut at = offset;
         while at < offset + len {
             let n = CHUNK.min(offset + len - at);
@@ -677,7 +685,7 @@ async fn get(ctx: Ctx, kind: Kind, name: String, range: Option<&str>) -> Result<
             }
             at += n;
         }
-    });
+    }));
     let mut r = Response::new(OutBody::Chan(ChanBody { rx, hint: SizeHint::with_exact(len) }));
     *r.status_mut() = status;
     let _ = r.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -687,7 +695,8 @@ async fn get(ctx: Ctx, kind: Kind, name: String, range: Option<&str>) -> Result<
 async fn head(ctx: Ctx, kind: Kind, name: String) -> Result<Response<OutBody>, Fail> {
     blocking(move || {
         ctx.allow_read(kind, &name)?;
-        let size = ctx.backend.size(kind, &name)?.ok_or(Fail::from(VaultError::NotFound { kind, name: name.clone() }))?;
+        let size =
+            ctx.backend.size(kind, &name)?.ok_or(Fail::from(VaultError::NotFound { kind, name: name.clone() }))?;
         let mut r = full(StatusCode::OK, Bytes::new());
         if kind != Kind::Pack {
             let (_, v) = ctx.backend.get_versioned(kind, &name)?;
@@ -840,7 +849,9 @@ fn put_small(ctx: &Ctx, kind: Kind, name: &str, cond: Condition, data: &[u8]) ->
                 _ => b.create(kind, name, data).map_err(|e| match e {
                     VaultError::AlreadyExists { .. } => Fail::new(
                         ErrorCode::Forbidden,
-                        format!("{kind}/{name} exists and hosts may not replace it; the vault is append-only for hosts"),
+                        format!(
+                            "{kind}/{name} exists and hosts may not replace it; the vault is append-only for hosts"
+                        ),
                     ),
                     other => other.into(),
                 })?,
