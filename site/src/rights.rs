@@ -213,6 +213,8 @@ pub fn decide(
         }
         (Kind::Lease, Op::Read | Op::Create) => Ok(()),
         (Kind::Lease, Op::Put) if !exists => Ok(()),
+        // The store answers: a replacement of no object is a conflict.
+        (Kind::Lease, Op::Replace) if !exists => Ok(()),
         (Kind::Lease, _) if mine => Ok(()),
         (Kind::Lease, _) => {
             refuse(format!("{object} is another host's lease (or the site's); a host changes only its own"))

@@ -23,6 +23,8 @@
 
 pub mod backend;
 pub mod check;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod disks;
 pub mod error;
 pub mod gc;
