@@ -585,7 +585,7 @@ async fn route(
         }
     };
     let ctx = Ctx { shared: shared.clone(), host, vault: vault_name, backend };
-    let received = body.size_hint().exact().unwrap_or(0);
+    let mut received = body.size_hint().exact().unwrap_or(0);
     let answer = match route {
         Route::Get { kind, name, .. } => {
             get(ctx.clone(), kind, name, header(&parts.headers, http::header::RANGE)?).await
@@ -596,13 +596,13 @@ async fn route(
                 header(&parts.headers, http::header::IF_NONE_MATCH)?,
                 header(&parts.headers, http::header::IF_MATCH)?,
             )?;
-            put(ctx.clone(), kind, Some(name), cond, body).await
+            put(ctx.clone(), kind, Some(name), cond, body, &mut received).await
         }
         Route::Stream { kind, .. } => {
             if kind != Kind::Pack {
                 return Err(Fail::new(ErrorCode::BadRequest, "only packs are streamed; PUT other objects by name"));
             }
-            put(ctx.clone(), kind, None, Condition::None, body).await
+            put(ctx.clone(), kind, None, Condition::None, body, &mut received).await
         }
         Route::List { kind, prefix, after, .. } => list(ctx.clone(), kind, prefix, after).await,
         Route::Missing { .. } => missing(ctx.clone(), body).await,
@@ -611,7 +611,8 @@ async fn route(
     };
     let hosts = ctx.shared.hosts.clone();
     let h = ctx.host.clone();
-    drop(tokio::task::spawn_blocking(move || hosts.record_contact(&h, received)));
+    // Before the answer: `lifeboat site hosts` counts what was acknowledged.
+    let _ = tokio::task::spawn_blocking(move || hosts.record_contact(&h, received)).await;
     answer
 }
 
@@ -715,6 +716,7 @@ async fn put(
     name: Option<String>,
     cond: Condition,
     body: Incoming,
+    counted: &mut u64,
 ) -> Result<Response<OutBody>, Fail> {
     let limit = protocol::max_object(kind);
     if kind != Kind::Pack {
@@ -785,6 +787,7 @@ async fn put(
         }
     };
     drop(tx);
+    *counted = received;
     let final_name = match (&broken, name, trailer_name) {
         (Some(_), _, _) => None,
         (None, Some(n), _) => Some(n),
