@@ -37,6 +37,7 @@ mod cmd {
     pub mod prune;
     pub mod restore;
     pub mod ship;
+    pub mod site;
     pub mod snapshot;
     pub mod status;
     pub mod vault;
@@ -198,6 +199,11 @@ enum Command {
     /// VMs in parallel, scripts and manual steps between them).
     #[command(subcommand)]
     Plan(cmd::plan::Command),
+    /// The recovery site: make its CA (`site init`), let protected hosts in
+    /// (`site enroll` there, `site join` on the host), cut them off (`site
+    /// revoke`), list them (`site hosts`).
+    #[command(subcommand)]
+    Site(cmd::site::Command),
     /// (Internal) serve a recovery point for `lifeboat failover --instant`.
     #[command(hide = true)]
     InstantServe(cmd::instant::Args),
@@ -244,6 +250,7 @@ fn main() -> ExitCode {
         Command::Failover(a) => cmd::failover::run(&home, a),
         Command::Failback(a) => cmd::failback::run(&home, a),
         Command::Plan(c) => cmd::plan::run(&home, c),
+        Command::Site(c) => cmd::site::run(&home, c),
         Command::InstantServe(a) => cmd::instant::run(&home, a),
         Command::GuestThaw { socket, after } => {
             std::thread::sleep(std::time::Duration::from_secs(after));

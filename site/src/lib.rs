@@ -7,8 +7,11 @@
 
 pub mod checks;
 pub mod client;
+pub mod enroll;
+pub mod enroll_client;
 pub mod pki;
 pub mod protocol;
 pub mod rights;
 pub mod server;
+pub mod site_dir;
 pub mod tls;

@@ -262,6 +262,12 @@ impl HostKey {
     }
 }
 
+/// Whether `der` is a public key [`Ca::issue_host`] signs (a P-256
+/// SubjectPublicKeyInfo).
+pub fn check_public_key(der: &[u8]) -> Result<(), PkiError> {
+    P256PublicKey::from_der(der).map(|_| ())
+}
+
 /// BLAKE3 of a certificate's DER: how the server knows a host.
 pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     *blake3::hash(cert_der).as_bytes()
@@ -291,6 +297,17 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// The bytes of lower-case or upper-case hex `text`, if it is hex.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(u8::try_from((char::from(*hi).to_digit(16)? << 4) | char::from(*lo).to_digit(16)?).ok()?),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A P-256 public key checked against the one SubjectPublicKeyInfo form

@@ -107,3 +107,13 @@ fn fingerprint_is_blake3_of_the_der() {
     assert_eq!(fp, *blake3::hash(ca.cert_der()).as_bytes());
     assert_eq!(pki::hex(&fp).len(), 64);
 }
+
+#[test]
+fn hex_round_trips_and_refuses_what_is_not_hex() {
+    let bytes: Vec<u8> = (0..=255).collect();
+    assert_eq!(pki::from_hex(&pki::hex(&bytes)).unwrap(), bytes);
+    assert_eq!(pki::from_hex("0A0b").unwrap(), [10, 11]);
+    for bad in ["0", "0g", "+1", "abc"] {
+        assert_eq!(pki::from_hex(bad), None, "{bad}");
+    }
+}
