@@ -169,7 +169,7 @@ impl RemoteBackend {
         let (cause, peer, host) = (self.cause.clone(), peer.clone(), self.host.clone());
         drop(tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "vault server connection ended");
+                tracing::debug!(error = %e, "lifeboat: the vault server connection ended: {e}");
                 if let Some(t) = tls_cause(&peer, &host, &e) {
                     *cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
                 }
@@ -278,7 +278,7 @@ impl RemoteBackend {
                     Ok(r) => return Ok(r),
                     Err(Transport::Connect(e)) => return Err(e),
                     Err(Transport::Broken(why)) if idempotent && tries < READ_TRIES => {
-                        tracing::debug!(%why, "vault server connection broke; trying the read again");
+                        tracing::debug!(%why, "lifeboat: the vault server connection broke ({why}); trying the read again");
                     }
                     Err(Transport::Broken(why)) => {
                         return Err(VaultError::Unreachable {

@@ -196,7 +196,7 @@ impl Server {
                 rt.shutdown_timeout(Duration::from_secs(5));
             })
             .map_err(ServerError::Runtime)?;
-        tracing::info!(%addr, "vault server listening");
+        tracing::info!(%addr, "lifeboat vault serve: listening on {addr}");
         Ok(Server { addr, stop: Shutdown(Arc::new(tx)), thread: Some(thread) })
     }
 
@@ -241,7 +241,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     let _ = conns.spawn(serve_connection(tcp, peer, shared.clone(), stop.clone()));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tracing::warn!(error = %e, "lifeboat vault serve: accepting a connection failed: {e}");
                     // Out of file descriptors, say: back off rather than spin.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -251,7 +251,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
-    tracing::info!("vault server stopped");
+    tracing::info!("lifeboat vault serve: stopped");
 }
 
 /// The connection's client, as far as TLS told.
@@ -276,23 +276,24 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         Ok(Ok(1)) if first[0] == 0x16 => {}
         Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
         Ok(Ok(_)) => {
-            tracing::info!(peer = %addr, "refused a connection: a plain-TCP (not TLS) client");
+            tracing::info!(peer = %addr, "lifeboat vault serve: refused {addr}: a plain-TCP (not TLS) client");
             return;
         }
     }
     let tls = match tokio::time::timeout(Duration::from_secs(30), shared.tls.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::info!(peer = %addr, error = %e, "refused a connection: TLS handshake failed");
+            tracing::info!(peer = %addr, error = %e, "lifeboat vault serve: refused {addr}: TLS handshake failed: {e}");
             return;
         }
         Err(_) => {
-            tracing::info!(peer = %addr, "refused a connection: no TLS handshake within 30 s");
+            tracing::info!(peer = %addr, "lifeboat vault serve: refused {addr}: no TLS handshake within 30 s");
             return;
         }
     };
     let fp = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| fingerprint(c));
-    tracing::info!(peer = %addr, host = %describe(&shared, fp.as_deref()), "connection");
+    let who = describe(&shared, fp.as_deref());
+    tracing::info!(peer = %addr, host = %who, "lifeboat vault serve: connection from {addr}: {who}");
     let peer = Arc::new(Peer { addr, fingerprint: fp.clone() });
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| {
@@ -317,7 +318,7 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::info!(peer = %addr, error = %e, "connection closed on an error");
+                    tracing::info!(peer = %addr, error = %e, "lifeboat vault serve: connection from {addr} closed on an error: {e}");
                 }
                 return;
             }
@@ -328,7 +329,8 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             _ = sweep.tick(), if !closing => {
                 if let Some(fp) = &fp {
                     if matches!(shared.hosts.lookup(fp), HostStatus::Revoked { .. }) {
-                        tracing::info!(peer = %addr, host = %describe(&shared, Some(fp)), "closing a revoked host's connection");
+                        let who = describe(&shared, Some(fp));
+                        tracing::info!(peer = %addr, host = %who, "lifeboat vault serve: closing the connection from {addr} of {who}");
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -487,13 +489,17 @@ async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) ->
         Ok(r) => r,
         Err(f) => {
             if f.code != ErrorCode::NotFound {
+                let who = host.as_deref().unwrap_or("-");
                 tracing::info!(
                     peer = %peer.addr,
-                    host = host.as_deref().unwrap_or("-"),
+                    host = who,
                     request = %what,
                     code = f.code.as_str(),
                     why = %f.message,
-                    "refused"
+                    "lifeboat vault serve: refused {what} from {who} at {}: {} ({})",
+                    peer.addr,
+                    f.message,
+                    f.code.as_str()
                 );
             }
             let mut r = fail_response(&f);

@@ -58,10 +58,9 @@ pub fn serve(a: Args) -> Result<()> {
     let config = site::server::ServerConfig { tls, vaults: vaults.clone(), grants, hosts: Arc::new(site) };
     let server = site::server::Server::start(listen, config)?;
     let names: Vec<&str> = vaults.iter().map(|(n, _)| n.as_str()).collect();
-    tracing::info!(addr = %server.local_addr(), vaults = ?names, "serving");
-    eprintln!("lifeboat vault serve: listening on {} for vaults {}", server.local_addr(), names.join(", "));
+    tracing::info!("lifeboat vault serve: serving vaults {}", names.join(", "));
     let signal = signals::wait_termination();
-    tracing::info!(signal, "stopping: finishing requests in flight");
+    tracing::info!("lifeboat vault serve: {signal}: finishing requests in flight, then stopping");
     server.shutdown_handle().shutdown();
     server.wait();
     Ok(())
