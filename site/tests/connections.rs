@@ -65,7 +65,7 @@ fn http1_over_tls_is_refused() {
     let mut http1 = (*host_config(&creds)).clone();
     http1.alpn_protocols = vec![b"http/1.1".to_vec()];
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let e = tls_connect(&rt, site.port, Arc::new(http1)).err().expect("an HTTP/1.1 client was let in");
+    let Err(e) = tls_connect(&rt, site.port, Arc::new(http1)) else { panic!("an HTTP/1.1 client was let in") };
     assert!(e.to_string().contains("NoApplicationProtocol"), "{e}");
 }
 
