@@ -68,6 +68,10 @@ seed() {
             printf 'finish %s\n' "$point" >"$dir/finish"
             printf 'finish verified %s\nabort\n' "$point" >"$dir/finish-verified"
             ;;
+        site_request)
+            printf 'GET /v1/vaults/v/packs/abcdef\nbytes=0-99\n"b3-00ff"\npacks/abcdef\nroots/web/00000000000000000001\n' >"$dir/get"
+            printf 'GET /v1/vaults/v/list/roots?prefix=web/&after=web/1\n\n\n' >"$dir/list"
+            ;;
         nbd_request)
             # NBD_REQUEST_MAGIC, flags 0, type READ, cookie, offset 0, length 4096, then a size.
             printf '\x25\x60\x95\x13\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x10\x00\x00' >"$dir/read"
@@ -91,7 +95,7 @@ for target in "${targets[@]}"; do
     case $target in
         # The filter reads request lines of at most 256 bytes; a few lines per
         # input is plenty, and 4 KiB inputs of garbage ran ~10x slower.
-        control_request) extra+=(-max_len=1024) ;;
+        control_request | site_request) extra+=(-max_len=1024) ;;
     esac
     if [ -n "${FUZZ_MAX_SECONDS:-}" ]; then
         extra+=("-max_total_time=$FUZZ_MAX_SECONDS")

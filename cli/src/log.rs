@@ -34,7 +34,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 use crate::time::{now_ns, rfc3339};
@@ -214,7 +215,31 @@ pub fn connect_journal(path: &Path) -> io::Result<UnixDatagram> {
     Ok(socket)
 }
 
+/// Crates of the network stack (the vault server and its client) whose
+/// debug and trace events are their own internals (every HTTP/2 frame):
+/// never built, let alone written. Their warnings and errors still show.
+const QUIET_BELOW_INFO: [&str; 6] = ["h2", "hyper", "hyper_util", "rustls", "tokio_rustls", "tokio"];
+
+fn is_dependency_chatter(m: &Metadata<'_>) -> bool {
+    *m.level() > Level::INFO
+        && QUIET_BELOW_INFO
+            .iter()
+            .any(|c| m.target().strip_prefix(c).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")))
+}
+
 impl<S: Subscriber> Layer<S> for LogLayer {
+    fn register_callsite(&self, m: &'static Metadata<'static>) -> Interest {
+        if is_dependency_chatter(m) {
+            Interest::never()
+        } else {
+            Interest::always()
+        }
+    }
+
+    fn enabled(&self, m: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        !is_dependency_chatter(m)
+    }
+
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
@@ -373,6 +398,25 @@ mod tests {
         let (stamp, msg) = lines[1].split_once(' ').unwrap();
         assert!(is_stamp(stamp), "{stamp:?}");
         assert_eq!(msg, "lifeboat: warning: web1: vault slow");
+    }
+
+    #[test]
+    fn the_network_stacks_debug_chatter_is_not_written_but_its_warnings_are() {
+        let (sub, buf) = captured();
+        tracing::subscriber::with_default(sub, || {
+            tracing::trace!(target: "h2::codec", "decoding frame from 33B");
+            tracing::debug!(target: "hyper_util::client", "connecting");
+            tracing::warn!(target: "rustls::conn", "a warning from rustls");
+            tracing::debug!(target: "h2o", "a crate whose name only starts like one");
+            tracing::debug!("lifeboat: a debug line of our own");
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        assert_eq!(
+            lines,
+            ["a warning from rustls", "a crate whose name only starts like one", "lifeboat: a debug line of our own"],
+            "{text}"
+        );
     }
 
     #[test]

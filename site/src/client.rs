@@ -52,6 +52,9 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// An answer: status, headers, body.
+type Answer = (StatusCode, HeaderMap, Bytes);
+
 /// Reads are tried this many times across broken connections.
 const READ_TRIES: u32 = 3;
 /// Pieces of a streamed pack queued ahead of the connection.
@@ -135,18 +138,18 @@ impl RemoteBackend {
     async fn dial(&self) -> Result<Live, VaultError> {
         let peer = format!("{}:{}", self.host, self.port);
         let unreachable = |e: TlsError| VaultError::Unreachable { location: self.location_of(), source: Box::new(e) };
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| VaultError::Unreachable {
-            location: self.location_of(),
-            source: Box::new(e),
-        })?;
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| VaultError::Unreachable { location: self.location_of(), source: Box::new(e) })?;
         let _ = tcp.set_nodelay(true);
         let name = server_name(&self.host).map_err(unreachable)?;
-        let tls = tokio::time::timeout(Duration::from_secs(30), TlsConnector::from(self.tls.clone()).connect(name, tcp))
-            .await
-            .map_err(|_| {
-                unreachable(TlsError::NotTls { peer: peer.clone(), why: "no TLS handshake within 30 s".into() })
-            })?
-            .map_err(|e| unreachable(classify(&peer, &self.host, &e)))?;
+        let tls =
+            tokio::time::timeout(Duration::from_secs(30), TlsConnector::from(self.tls.clone()).connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    unreachable(TlsError::NotTls { peer: peer.clone(), why: "no TLS handshake within 30 s".into() })
+                })?
+                .map_err(|e| unreachable(classify(&peer, &self.host, &e)))?;
         if tls.get_ref().1.alpn_protocol() != Some(protocol::ALPN_H2) {
             return Err(unreachable(TlsError::NoH2 { peer }));
         }
@@ -158,21 +161,21 @@ impl RemoteBackend {
             .max_header_list_size(protocol::MAX_HEADER_LIST)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(30));
-        let (send, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(|e| VaultError::Unreachable {
-            location: self.location_of(),
-            source: Box::new(e),
-        })?;
+        let (send, conn) = builder
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| VaultError::Unreachable { location: self.location_of(), source: Box::new(e) })?;
         let (done, ended) = watch::channel(false);
         let (cause, peer, host) = (self.cause.clone(), peer.clone(), self.host.clone());
-        let _ = tokio::spawn(async move {
+        drop(tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "vault server connection ended");
+                tracing::debug!(error = %e, "lifeboat: the vault server connection ended: {e}");
                 if let Some(t) = tls_cause(&peer, &host, &e) {
                     *cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
                 }
             }
             let _ = done.send(true);
-        });
+        }));
         Ok(Live { send, ended })
     }
 
@@ -213,7 +216,9 @@ impl RemoteBackend {
             }
         };
         match t {
-            Some(t) => Transport::Connect(VaultError::Unreachable { location: self.location_of(), source: Box::new(t) }),
+            Some(t) => {
+                Transport::Connect(VaultError::Unreachable { location: self.location_of(), source: Box::new(t) })
+            }
             None => Transport::Broken(e.to_string()),
         }
     }
@@ -273,14 +278,18 @@ impl RemoteBackend {
                     Ok(r) => return Ok(r),
                     Err(Transport::Connect(e)) => return Err(e),
                     Err(Transport::Broken(why)) if idempotent && tries < READ_TRIES => {
-                        tracing::debug!(%why, "vault server connection broke; trying the read again");
+                        tracing::debug!(%why, "lifeboat: the vault server connection broke ({why}); trying the read again");
                     }
                     Err(Transport::Broken(why)) => {
                         return Err(VaultError::Unreachable {
                             location: self.location_of(),
                             source: format!(
                                 "the connection broke while {what}{}: {why}",
-                                if idempotent { "" } else { " (not retried: it may have been done; check, then retry)" }
+                                if idempotent {
+                                    ""
+                                } else {
+                                    " (not retried: it may have been done; check, then retry)"
+                                }
                             )
                             .into(),
                         })
@@ -291,7 +300,15 @@ impl RemoteBackend {
     }
 
     /// Maps an error answer onto a [`VaultError`].
-    fn error(&self, kind: Kind, name: &str, what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> VaultError {
+    fn error(
+        &self,
+        kind: Kind,
+        name: &str,
+        what: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> VaultError {
         let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
         let message = parsed.as_ref().map_or_else(|| String::from_utf8_lossy(body).into_owned(), |b| b.message.clone());
         let code = parsed.as_ref().and_then(|b| ErrorCode::from_code(&b.error));
@@ -310,8 +327,12 @@ impl RemoteBackend {
                 let (offset, end) = parse_what_range(what);
                 VaultError::ShortObject { kind, name: name.into(), size, offset, end }
             }
-            (400, Some(ErrorCode::BadName)) => VaultError::BadName { name: name.into(), why: "refused by the vault server" },
-            (401 | 403, _) => VaultError::Refused { location: self.location_of(), request: what.to_string(), why: message },
+            (400, Some(ErrorCode::BadName)) => {
+                VaultError::BadName { name: name.into(), why: "refused by the vault server" }
+            }
+            (401 | 403, _) => {
+                VaultError::Refused { location: self.location_of(), request: what.to_string(), why: message }
+            }
             (413 | 422, _) => VaultError::Invalid { object, detail: format!("the vault server refused it: {message}") },
             (507, _) => VaultError::Io {
                 what: "storing on the vault server",
@@ -346,11 +367,18 @@ impl RemoteBackend {
             })
     }
 
-    fn put_with(&self, kind: Kind, name: &str, data: &[u8], cond: Option<(&'static str, String)>) -> Result<Version, VaultError> {
+    fn put_with(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: &[u8],
+        cond: Option<(&'static str, String)>,
+    ) -> Result<Version, VaultError> {
         Self::local_name_check(kind, name)?;
         let mut headers = HeaderMap::new();
         if let Some((h, v)) = cond {
-            let _ = headers.insert(h, HeaderValue::from_str(&v).map_err(|_| VaultError::Conflict { kind, name: name.into() })?);
+            let _ = headers
+                .insert(h, HeaderValue::from_str(&v).map_err(|_| VaultError::Conflict { kind, name: name.into() })?);
         }
         let what = format!("storing {}/{name}", kind.prefix());
         let path = object_path(&self.vault, kind, name);
@@ -427,7 +455,13 @@ impl Backend for RemoteBackend {
             return Err(self.error(kind, name, &what, status, &h, &body));
         }
         if body.len() as u64 != len {
-            return Err(VaultError::ShortObject { kind, name: name.into(), size: offset + body.len() as u64, offset, end });
+            return Err(VaultError::ShortObject {
+                kind,
+                name: name.into(),
+                size: offset + body.len() as u64,
+                offset,
+                end,
+            });
         }
         Ok(body.to_vec())
     }
@@ -443,14 +477,12 @@ impl Backend for RemoteBackend {
         if !status.is_success() {
             return Err(self.error(kind, name, &what, status, &h, &body));
         }
-        h.get(SIZE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .map(Some)
-            .ok_or_else(|| VaultError::Invalid {
+        h.get(SIZE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).map(Some).ok_or_else(|| {
+            VaultError::Invalid {
                 object: format!("{}/{name}", kind.prefix()),
                 detail: "the vault server answered without a size".into(),
-            })
+            }
+        })
     }
 
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
@@ -507,7 +539,8 @@ impl Backend for RemoteBackend {
             let body = object_lines(batch.iter().map(|n| (kind, n.as_str())));
             let path = format!("/v1/vaults/{}/missing", self.vault);
             let what = format!("asking which {} are missing", kind.prefix());
-            let (status, h, answer) = self.call(Method::POST, &path, HeaderMap::new(), Bytes::from(body), true, &what)?;
+            let (status, h, answer) =
+                self.call(Method::POST, &path, HeaderMap::new(), Bytes::from(body), true, &what)?;
             if !status.is_success() {
                 return Err(self.error(kind, "", &what, status, &h, &answer));
             }
@@ -535,7 +568,7 @@ impl Backend for RemoteBackend {
         let sender = self.rt.block_on(self.sender());
         let (live, n) = sender?;
         let (mut s, ended) = (live.send, live.ended);
-        let _ = self.rt.spawn(async move {
+        drop(self.rt.spawn(async move {
             let req = Request::builder()
                 .method(Method::POST)
                 .uri(uri)
@@ -553,7 +586,7 @@ impl Backend for RemoteBackend {
                 Err(e) => Err(e),
             };
             let _ = done_tx.send(r);
-        });
+        }));
         Ok(Some(Box::new(RemoteWriter { backend: self, tx: Some(tx), done: Some(done_rx), conn: n, ended, kind })))
     }
 }
@@ -562,7 +595,7 @@ impl Backend for RemoteBackend {
 struct RemoteWriter<'a> {
     backend: &'a RemoteBackend,
     tx: Option<mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>>,
-    done: Option<oneshot::Receiver<Result<(StatusCode, HeaderMap, Bytes), hyper::Error>>>,
+    done: Option<oneshot::Receiver<Result<Answer, hyper::Error>>>,
     conn: u64,
     ended: watch::Receiver<bool>,
     kind: Kind,
@@ -637,7 +670,8 @@ impl Drop for RemoteWriter<'_> {
 fn tls_cause(peer: &str, host: &str, e: &(dyn std::error::Error + 'static)) -> Option<TlsError> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        let io = c.downcast_ref::<std::io::Error>().or_else(|| c.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        let io =
+            c.downcast_ref::<std::io::Error>().or_else(|| c.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
         if let Some(io) = io {
             let t = classify(peer, host, io);
             if !matches!(t, TlsError::Other { .. } | TlsError::NotTls { .. }) {

@@ -213,7 +213,10 @@ fn parse_query(query: &str) -> Result<(String, String), ProtocolError> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
-            return Err(ProtocolError::BadName { name: cut(v), why: "query values are object names or prefixes".into() });
+            return Err(ProtocolError::BadName {
+                name: cut(v),
+                why: "query values are object names or prefixes".into(),
+            });
         }
         match k {
             "prefix" => prefix = v.to_string(),
@@ -343,9 +346,11 @@ pub fn parse_object_lines(body: &[u8]) -> Result<Vec<(Kind, String)>, ProtocolEr
         if out.len() == MAX_MISSING {
             return Err(ProtocolError::BadBody { why: format!("more than {MAX_MISSING} objects") });
         }
-        let (kind, name) =
-            line.split_once('/').ok_or_else(|| ProtocolError::BadBody { why: format!("{:?} is not KIND/NAME", cut(line)) })?;
-        let kind = kind_of(kind).ok_or_else(|| ProtocolError::BadBody { why: format!("unknown kind {:?}", cut(kind)) })?;
+        let (kind, name) = line
+            .split_once('/')
+            .ok_or_else(|| ProtocolError::BadBody { why: format!("{:?} is not KIND/NAME", cut(line)) })?;
+        let kind =
+            kind_of(kind).ok_or_else(|| ProtocolError::BadBody { why: format!("unknown kind {:?}", cut(kind)) })?;
         name_ok(name)?;
         out.push((kind, name.to_string()));
     }

@@ -105,7 +105,8 @@ impl Grants {
             let text = fs::read_to_string(&path).map_err(|source| GrantsError { path: path.clone(), source })?;
             let set = g.by_host.entry(host.clone()).or_default();
             // A torn last line (a crash mid-append) was never acknowledged.
-            let complete = if text.ends_with('\n') { &text[..] } else { &text[..text.rfind('\n').map_or(0, |i| i + 1)] };
+            let complete =
+                if text.ends_with('\n') { &text[..] } else { &text[..text.rfind('\n').map_or(0, |i| i + 1)] };
             for line in complete.lines() {
                 if let Some(root) = line.strip_prefix("roots/") {
                     let _ = g.chain_owner.entry(chain_of(root).to_string()).or_insert_with(|| host.clone());
@@ -171,7 +172,9 @@ impl Grants {
                     .open(&path)
                     .map_err(|source| GrantsError { path: path.clone(), source })?;
                 // The new journal's directory entry, durable before its first grant.
-                File::open(&dir).and_then(|d| d.sync_all()).map_err(|source| GrantsError { path: dir.clone(), source })?;
+                File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|source| GrantsError { path: dir.clone(), source })?;
                 let _ = g.files.insert(host.to_string(), f);
             }
             let f = g.files.get_mut(host).expect("opened above");
@@ -205,16 +208,23 @@ pub fn decide(
         (Kind::Config, Op::Read) => Ok(()),
         (Kind::Config, Op::Create) => Ok(()),
         (Kind::Config, Op::Put) if !exists => Ok(()),
-        (Kind::Config, _) => refuse(format!("hosts may not replace the vault config {object}; it is changed at the site")),
+        (Kind::Config, _) => {
+            refuse(format!("hosts may not replace the vault config {object}; it is changed at the site"))
+        }
         (Kind::Lease, Op::Read | Op::Create) => Ok(()),
         (Kind::Lease, Op::Put) if !exists => Ok(()),
+        // The store answers: a replacement of no object is a conflict.
+        (Kind::Lease, Op::Replace) if !exists => Ok(()),
         (Kind::Lease, _) if mine => Ok(()),
-        (Kind::Lease, _) => refuse(format!("{object} is another host's lease (or the site's); a host changes only its own")),
+        (Kind::Lease, _) => {
+            refuse(format!("{object} is another host's lease (or the site's); a host changes only its own"))
+        }
         (Kind::Root, Op::Read) if mine || owner == Some(host) => Ok(()),
         (Kind::Root, Op::Read) => refuse(format!("{object} is a point of another host's disk chain")),
-        (Kind::Root, Op::Create | Op::Put) if owner.is_some_and(|o| o != host) => {
-            refuse(format!("disk chain {:?} belongs to another host; a host writes only its own chains", chain_of(name)))
-        }
+        (Kind::Root, Op::Create | Op::Put) if owner.is_some_and(|o| o != host) => refuse(format!(
+            "disk chain {:?} belongs to another host; a host writes only its own chains",
+            chain_of(name)
+        )),
         (Kind::Root, Op::Create) => Ok(()),
         (Kind::Root, Op::Put) if !exists => Ok(()),
         (Kind::Root, _) => refuse(format!("hosts never replace a point's root ({object}); {APPEND_ONLY}")),

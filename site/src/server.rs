@@ -42,8 +42,9 @@ use vault::{Backend, Kind, LocalBackend, VaultError, Version};
 
 use crate::checks::{check_object, check_staged_pack, CheckError};
 use crate::protocol::{
-    self, etag, parse_condition, parse_object_lines, parse_range, parse_route, Condition, EnrollRequest,
-    ErrorBody, ErrorCode, ProtocolError, Route, VersionAnswer, LIST_PAGE, MAX_HEADER_LIST, ERROR_HEADER, MORE_HEADER, NAME_TRAILER, SIZE_HEADER,
+    self, etag, parse_condition, parse_object_lines, parse_range, parse_route, Condition, EnrollRequest, ErrorBody,
+    ErrorCode, ProtocolError, Route, VersionAnswer, ERROR_HEADER, LIST_PAGE, MAX_HEADER_LIST, MORE_HEADER,
+    NAME_TRAILER, SIZE_HEADER,
 };
 use crate::rights::{Grants, GrantsError, Op, Refusal};
 use crate::tls::fingerprint;
@@ -123,7 +124,7 @@ pub enum ServerError {
         name: String,
         /// Why.
         #[source]
-        source: VaultError,
+        source: Box<VaultError>,
     },
     /// A vault name that is not one name part.
     #[error("vault name: {0}")]
@@ -168,7 +169,8 @@ impl Server {
         let mut vaults = HashMap::new();
         for (name, dir) in &config.vaults {
             protocol::check_vault_name(name)?;
-            let b = LocalBackend::open(dir).map_err(|source| ServerError::Vault { name: name.clone(), source })?;
+            let b = LocalBackend::open(dir)
+                .map_err(|source| ServerError::Vault { name: name.clone(), source: Box::new(source) })?;
             let _ = vaults.insert(name.clone(), Arc::new(b));
         }
         let shared = Arc::new(Shared {
@@ -183,9 +185,8 @@ impl Server {
             .enable_all()
             .build()
             .map_err(ServerError::Runtime)?;
-        let listener = rt
-            .block_on(TcpListener::bind(listen))
-            .map_err(|source| ServerError::Bind { addr: listen, source })?;
+        let listener =
+            rt.block_on(TcpListener::bind(listen)).map_err(|source| ServerError::Bind { addr: listen, source })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: listen, source })?;
         let (tx, rx) = watch::channel(false);
         let thread = std::thread::Builder::new()
@@ -195,7 +196,7 @@ impl Server {
                 rt.shutdown_timeout(Duration::from_secs(5));
             })
             .map_err(ServerError::Runtime)?;
-        tracing::info!(%addr, "vault server listening");
+        tracing::info!(%addr, "lifeboat vault serve: listening on {addr}");
         Ok(Server { addr, stop: Shutdown(Arc::new(tx)), thread: Some(thread) })
     }
 
@@ -240,7 +241,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     let _ = conns.spawn(serve_connection(tcp, peer, shared.clone(), stop.clone()));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tracing::warn!(error = %e, "lifeboat vault serve: accepting a connection failed: {e}");
                     // Out of file descriptors, say: back off rather than spin.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -250,7 +251,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
-    tracing::info!("vault server stopped");
+    tracing::info!("lifeboat vault serve: stopped");
 }
 
 /// The connection's client, as far as TLS told.
@@ -275,23 +276,27 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         Ok(Ok(1)) if first[0] == 0x16 => {}
         Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
         Ok(Ok(_)) => {
-            tracing::info!(peer = %addr, "refused a connection: a plain-TCP (not TLS) client");
+            tracing::info!(peer = %addr, "lifeboat vault serve: refused {addr}: a plain-TCP (not TLS) client");
             return;
         }
     }
+    // Answers go out as written: with Nagle's algorithm a ranged read's last
+    // segment waited for the host's delayed ACK (~20 ms a read measured).
+    let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(Duration::from_secs(30), shared.tls.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::info!(peer = %addr, error = %e, "refused a connection: TLS handshake failed");
+            tracing::info!(peer = %addr, error = %e, "lifeboat vault serve: refused {addr}: TLS handshake failed: {e}");
             return;
         }
         Err(_) => {
-            tracing::info!(peer = %addr, "refused a connection: no TLS handshake within 30 s");
+            tracing::info!(peer = %addr, "lifeboat vault serve: refused {addr}: no TLS handshake within 30 s");
             return;
         }
     };
     let fp = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| fingerprint(c));
-    tracing::info!(peer = %addr, host = %describe(&shared, fp.as_deref()), "connection");
+    let who = describe(&shared, fp.as_deref());
+    tracing::info!(peer = %addr, host = %who, "lifeboat vault serve: connection from {addr}: {who}");
     let peer = Arc::new(Peer { addr, fingerprint: fp.clone() });
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| {
@@ -305,7 +310,7 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         .max_concurrent_streams(MAX_STREAMS)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_send_buf_size(CHUNK as usize)
+        .max_send_buf_size(1 << 20)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(30));
     let conn = builder.serve_connection(TokioIo::new(tls), svc);
@@ -316,7 +321,7 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::info!(peer = %addr, error = %e, "connection closed on an error");
+                    tracing::info!(peer = %addr, error = %e, "lifeboat vault serve: connection from {addr} closed on an error: {e}");
                 }
                 return;
             }
@@ -327,7 +332,8 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             _ = sweep.tick(), if !closing => {
                 if let Some(fp) = &fp {
                     if matches!(shared.hosts.lookup(fp), HostStatus::Revoked { .. }) {
-                        tracing::info!(peer = %addr, host = %describe(&shared, Some(fp)), "closing a revoked host's connection");
+                        let who = describe(&shared, Some(fp));
+                        tracing::info!(peer = %addr, host = %who, "lifeboat vault serve: closing the connection from {addr} of {who}");
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -361,7 +367,7 @@ impl Body for OutBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             OutBody::Full(f) => f.size_hint(),
-            OutBody::Chan(c) => c.hint.clone(),
+            OutBody::Chan(c) => c.hint,
         }
     }
 }
@@ -377,11 +383,14 @@ pub(crate) struct ChanBody {
 impl Body for ChanBody {
     type Data = Bytes;
     type Error = std::io::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.rx.poll_recv(cx)
     }
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -470,7 +479,9 @@ fn fail_response(f: &Fail) -> Response<OutBody> {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Fail> + Send + 'static) -> Result<T, Fail> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(Fail::new(ErrorCode::Io, format!("a task failed: {e}"))))
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Fail::new(ErrorCode::Io, format!("a task failed: {e}"))))
 }
 
 async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) -> Response<OutBody> {
@@ -481,13 +492,17 @@ async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) ->
         Ok(r) => r,
         Err(f) => {
             if f.code != ErrorCode::NotFound {
+                let who = host.as_deref().unwrap_or("-");
                 tracing::info!(
                     peer = %peer.addr,
-                    host = host.as_deref().unwrap_or("-"),
+                    host = who,
                     request = %what,
                     code = f.code.as_str(),
                     why = %f.message,
-                    "refused"
+                    "lifeboat vault serve: refused {what} from {who} at {}: {} ({})",
+                    peer.addr,
+                    f.message,
+                    f.code.as_str()
                 );
             }
             let mut r = fail_response(&f);
@@ -515,7 +530,7 @@ async fn small_body(body: Incoming, limit: u64) -> Result<Bytes, Fail> {
     }
 }
 
-fn header<'a>(h: &'a HeaderMap, name: impl http::header::AsHeaderName) -> Result<Option<&'a str>, Fail> {
+fn header(h: &HeaderMap, name: impl http::header::AsHeaderName) -> Result<Option<&str>, Fail> {
     match h.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| Fail::new(ErrorCode::BadRequest, "a header is not ASCII")),
@@ -570,7 +585,7 @@ async fn route(
     }
     let vault_name = route.vault().expect("every other route names a vault").to_string();
     let backend = match shared.vaults.get(&vault_name) {
-        Some(b) if vaults.iter().any(|v| *v == vault_name) => b.clone(),
+        Some(b) if vaults.contains(&vault_name) => b.clone(),
         _ => {
             return Err(Fail::new(
                 ErrorCode::NotEnrolled,
@@ -579,22 +594,24 @@ async fn route(
         }
     };
     let ctx = Ctx { shared: shared.clone(), host, vault: vault_name, backend };
-    let received = body.size_hint().exact().unwrap_or(0);
+    let mut received = body.size_hint().exact().unwrap_or(0);
     let answer = match route {
-        Route::Get { kind, name, .. } => get(ctx.clone(), kind, name, header(&parts.headers, http::header::RANGE)?).await,
+        Route::Get { kind, name, .. } => {
+            get(ctx.clone(), kind, name, header(&parts.headers, http::header::RANGE)?).await
+        }
         Route::Head { kind, name, .. } => head(ctx.clone(), kind, name).await,
         Route::Put { kind, name, .. } => {
             let cond = parse_condition(
                 header(&parts.headers, http::header::IF_NONE_MATCH)?,
                 header(&parts.headers, http::header::IF_MATCH)?,
             )?;
-            put(ctx.clone(), kind, Some(name), cond, body).await
+            put(ctx.clone(), kind, Some(name), cond, body, &mut received).await
         }
         Route::Stream { kind, .. } => {
             if kind != Kind::Pack {
                 return Err(Fail::new(ErrorCode::BadRequest, "only packs are streamed; PUT other objects by name"));
             }
-            put(ctx.clone(), kind, None, Condition::None, body).await
+            put(ctx.clone(), kind, None, Condition::None, body, &mut received).await
         }
         Route::List { kind, prefix, after, .. } => list(ctx.clone(), kind, prefix, after).await,
         Route::Missing { .. } => missing(ctx.clone(), body).await,
@@ -603,7 +620,8 @@ async fn route(
     };
     let hosts = ctx.shared.hosts.clone();
     let h = ctx.host.clone();
-    let _ = tokio::task::spawn_blocking(move || hosts.record_contact(&h, received));
+    // Before the answer: `lifeboat site hosts` counts what was acknowledged.
+    let _ = tokio::task::spawn_blocking(move || hosts.record_contact(&h, received)).await;
     answer
 }
 
@@ -663,7 +681,7 @@ async fn get(ctx: Ctx, kind: Kind, name: String, range: Option<&str>) -> Result<
     };
     let (tx, rx) = mpsc::channel(2);
     let backend = ctx.backend.clone();
-    let _ = tokio::task::spawn_blocking(move || {
+    drop(tokio::task::spawn_blocking(move || {
         let mut at = offset;
         while at < offset + len {
             let n = CHUNK.min(offset + len - at);
@@ -677,7 +695,7 @@ async fn get(ctx: Ctx, kind: Kind, name: String, range: Option<&str>) -> Result<
             }
             at += n;
         }
-    });
+    }));
     let mut r = Response::new(OutBody::Chan(ChanBody { rx, hint: SizeHint::with_exact(len) }));
     *r.status_mut() = status;
     let _ = r.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -687,7 +705,8 @@ async fn get(ctx: Ctx, kind: Kind, name: String, range: Option<&str>) -> Result<
 async fn head(ctx: Ctx, kind: Kind, name: String) -> Result<Response<OutBody>, Fail> {
     blocking(move || {
         ctx.allow_read(kind, &name)?;
-        let size = ctx.backend.size(kind, &name)?.ok_or(Fail::from(VaultError::NotFound { kind, name: name.clone() }))?;
+        let size =
+            ctx.backend.size(kind, &name)?.ok_or(Fail::from(VaultError::NotFound { kind, name: name.clone() }))?;
         let mut r = full(StatusCode::OK, Bytes::new());
         if kind != Kind::Pack {
             let (_, v) = ctx.backend.get_versioned(kind, &name)?;
@@ -706,6 +725,7 @@ async fn put(
     name: Option<String>,
     cond: Condition,
     body: Incoming,
+    counted: &mut u64,
 ) -> Result<Response<OutBody>, Fail> {
     let limit = protocol::max_object(kind);
     if kind != Kind::Pack {
@@ -776,6 +796,7 @@ async fn put(
         }
     };
     drop(tx);
+    *counted = received;
     let final_name = match (&broken, name, trailer_name) {
         (Some(_), _, _) => None,
         (None, Some(n), _) => Some(n),
@@ -840,7 +861,9 @@ fn put_small(ctx: &Ctx, kind: Kind, name: &str, cond: Condition, data: &[u8]) ->
                 _ => b.create(kind, name, data).map_err(|e| match e {
                     VaultError::AlreadyExists { .. } => Fail::new(
                         ErrorCode::Forbidden,
-                        format!("{kind}/{name} exists and hosts may not replace it; the vault is append-only for hosts"),
+                        format!(
+                            "{kind}/{name} exists and hosts may not replace it; the vault is append-only for hosts"
+                        ),
                     ),
                     other => other.into(),
                 })?,

@@ -132,10 +132,7 @@ pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs_from_pem("the server certificate", cert_pem)?,
-            key_from_pem("the server key", key_pem)?,
-        )
+        .with_single_cert(certs_from_pem("the server certificate", cert_pem)?, key_from_pem("the server key", key_pem)?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
@@ -150,10 +147,7 @@ pub fn client_config(ca_pem: &str, cert_and_key: Option<(&str, &str)>) -> Result
         .with_root_certificates(roots(ca_pem)?);
     let mut config = match cert_and_key {
         Some((cert, key)) => builder
-            .with_client_auth_cert(
-                certs_from_pem("the host certificate", cert)?,
-                key_from_pem("the host key", key)?,
-            )
+            .with_client_auth_cert(certs_from_pem("the host certificate", cert)?, key_from_pem("the host key", key)?)
             .map_err(|e| TlsError::Config(e.to_string()))?,
         None => builder.with_no_client_auth(),
     };

@@ -102,7 +102,8 @@ impl fmt::Display for Version {
 /// A store of whole objects, keyed by kind and name.
 ///
 /// Contract (checked for every implementation by the conformance suite in
-/// `tests/conformance.rs`):
+/// `conformance.rs`, feature `conformance`, run by `tests/conformance.rs` and
+/// by the vault server's tests in `site/tests/conformance.rs`):
 /// - `put` is atomic and durable: when it returns, the whole object survives a
 ///   crash of the host; before, a reader sees the old object or none, never a
 ///   part. Putting an existing name replaces it atomically.

@@ -27,6 +27,8 @@
 pub mod backend;
 pub mod check;
 pub mod counting;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod disks;
 pub mod error;
 pub mod gc;

@@ -1,6 +1,6 @@
 //! A vault server in-process on a loopback port, with real TLS and real
 //! certificates from `site::pki`, hosts kept in a map.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::cast_possible_truncation, clippy::type_complexity)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use disk_format::{BlockId, Consistency, Geometry, Keys, MasterKey, PackWriter, PageId, Root};
 use site::client::{Credentials, RemoteBackend};
-use site::pki::{hex, fingerprint_pem, Ca, HostKey};
+use site::pki::{fingerprint_pem, hex, Ca, HostKey};
 use site::protocol::EnrollRequest;
 use site::server::{HostDirectory, HostStatus, Server, ServerConfig};
 use vault::LocalBackend;
@@ -79,8 +79,7 @@ impl TestSite {
         let key = HostKey::generate().unwrap();
         let cert = self.ca.issue_host(host, &key.public_key_der(), Duration::from_secs(3600)).unwrap();
         let fp = hex(&fingerprint_pem(&cert).unwrap());
-        self.hosts
-            .lock_insert(fp, host, vaults);
+        self.hosts.lock_insert(fp, host, vaults);
         Credentials { ca_pem: self.ca.cert_pem().to_string(), cert_pem: cert, key_pem: key.key_pem() }
     }
 
@@ -177,11 +176,13 @@ pub fn raw_request(
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-        let _ = tokio::spawn(conn);
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        drop(tokio::spawn(conn));
         let mut req = http::Request::builder().method(method).uri(format!("https://localhost:{port}{path}"));
         for (k, v) in headers {
             req = req.header(*k, v.as_str());
