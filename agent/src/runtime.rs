@@ -209,7 +209,13 @@ fn log_commit(name: &str, disk: &filter::Disk, r: &shipper::CycleReport, took: D
 
 /// Applies the disk's retention ladder after a committed cycle; how many
 /// points it pruned (0 when pruning failed: they are kept until the next try).
+///
+/// Not on a vault server: it is append-only for the hosts (a stolen host
+/// cannot delete points), and retention runs at the site, by path.
 fn prune(t: &Target, vault: &Vault) -> usize {
+    if t.vault.is_server() {
+        return 0;
+    }
     let name = &t.name;
     match vault.prune_disk(&t.keys, name, &t.disk_id, &t.retention, system::clock::now_ns()) {
         Ok(r) if r.pruned.is_empty() => 0,
@@ -233,7 +239,13 @@ fn prune(t: &Target, vault: &Vault) -> usize {
 /// Collects the vault's garbage. Under its lease (a cycle of any disk on the
 /// vault that starts meanwhile backs off) the collection only discards; the
 /// space is freed on a thread of its own, so the next cycle starts on time.
+///
+/// On a vault server the site collects (by path); the agent has nothing to
+/// do, which counts as done.
 fn collect(t: &Target, vault: Vault) -> GcEnd {
+    if t.vault.is_server() {
+        return GcEnd::Collected;
+    }
     let name = &t.name;
     let started = Instant::now();
     match vault.collect(false) {

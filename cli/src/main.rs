@@ -37,6 +37,7 @@ mod cmd {
     pub mod protect;
     pub mod prune;
     pub mod restore;
+    pub mod serve;
     pub mod ship;
     pub mod site;
     pub mod snapshot;

@@ -77,6 +77,20 @@ pub fn open_limited(home: &Home, at: &Location, throttle: Option<&vault::throttl
     Ok(Vault::open(backend)?)
 }
 
+/// Refuses `what` (prune, gc) on a vault server, saying where it runs: the
+/// server is append-only for protected hosts, so that a stolen host cannot
+/// delete the recovery site's points.
+pub fn refuse_on_server(at: &Location, what: &str) -> Result<()> {
+    if at.is_server() {
+        anyhow::bail!(
+            "`lifeboat {what}` cannot run through the vault server {at}: it is append-only for protected hosts (a \
+             stolen host cannot delete points); {what} runs at the site, by path: `lifeboat {what} VAULT-DIR` on the \
+             recovery site's host"
+        );
+    }
+    Ok(())
+}
+
 /// The `--bandwidth` argument: a rate or a weekly schedule of rates.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct BandwidthArg {

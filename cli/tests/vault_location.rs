@@ -63,16 +63,12 @@ fn every_command_that_names_a_vault_takes_a_server_url_and_says_it_cannot_reach_
         &["vault", "init", URL, "--key", k],
         &["vault", "check", URL],
         &["vault", "check", URL, "--read-data", "--key", k],
-        &["vault", "gc", URL, "--dry-run"],
         &["points", "--vault", URL, "--key", k],
         &["points", "d1", "--vault", URL, "--key", k],
         // The disk's own vault, from disk.toml.
         &["points", "d1"],
         &["restore", "d1", "--out", o, "--vault", URL, "--key", k],
         &["restore", "d1", "--out", o],
-        &["prune", "d1", "--vault", URL, "--key", k],
-        &["prune", "d1"],
-        &["prune", "--all", "--vault", URL],
         &["ship", "d1", "--once"],
         &["failover", "web", "--unplanned", "--vault", URL, "--key", k],
         &["failover", "web", "--test", "--instant", "--vault", URL, "--key", k],
@@ -110,6 +106,20 @@ fn every_command_that_names_a_vault_takes_a_server_url_and_says_it_cannot_reach_
         assert!(!r.status.success(), "{what} succeeded");
         assert_eq!(r.status.code(), Some(1), "{what}: {}", stderr(&r));
         assert_cannot_reach(&what, &stderr(&r));
+    }
+    // What deletes runs at the site, by path: refused before connecting.
+    let deleting: &[&[&str]] = &[
+        &["vault", "gc", URL, "--dry-run"],
+        &["prune", "d1", "--vault", URL, "--key", k],
+        &["prune", "d1"],
+        &["prune", "--all", "--vault", URL],
+    ];
+    for args in deleting {
+        let r = s.home.command().current_dir(s.dir()).args(*args).output().unwrap();
+        let what = format!("lifeboat {}", args.join(" "));
+        assert_eq!(r.status.code(), Some(1), "{what}: {}", stderr(&r));
+        let e = stderr(&r);
+        assert!(e.contains("append-only") && e.contains("at the site, by path") && e.contains(URL), "{what}: {e}");
     }
     // The failed cycle is recorded with the same cause.
     // (`status` exits 3: a disk is failing.)

@@ -26,9 +26,9 @@
 
 pub mod backend;
 pub mod check;
-pub mod counting;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod counting;
 pub mod disks;
 pub mod error;
 pub mod gc;

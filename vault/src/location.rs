@@ -86,6 +86,12 @@ impl Location {
         matches!(self, Location::Path(_))
     }
 
+    /// Whether it names a vault server (`lifeboat://`), which is
+    /// append-only for protected hosts: prune and gc run at the site.
+    pub fn is_server(&self) -> bool {
+        matches!(self, Location::Server { .. })
+    }
+
     /// The same location with its path made absolute against the current
     /// directory, as [`std::path::absolute`] does (links are not resolved;
     /// the path as it is if that fails); a URL as it is. For locations

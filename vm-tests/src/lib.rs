@@ -41,6 +41,7 @@ pub mod process;
 pub mod qemu;
 pub mod replicate;
 pub mod serial;
+pub mod site;
 
 use std::ops::RangeInclusive;
 

@@ -53,6 +53,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
              chain without the key: --all --vault DIR)"
         ),
     };
+    crate::vault_open::refuse_on_server(&dir, "prune")?;
     let vault = super::vault::open(home, &dir)?;
     let keys = crate::keyfile::load(&key)?;
     let policy = policy(&a, settings.map(|s| s.retention).unwrap_or_default());
@@ -93,6 +94,7 @@ fn now() -> u64 {
 /// `--all`: every chain, keyless (the vault cannot tell which disk a chain is).
 fn prune_all(home: &Home, a: &Args) -> Result<()> {
     let dir = a.vault.clone().expect("clap requires --vault with --all");
+    crate::vault_open::refuse_on_server(&dir, "prune")?;
     let vault = super::vault::open(home, &dir)?;
     let policy = policy(a, crate::home::Retention::default());
     let (mut kept, mut pruned, mut held) = (0, 0, 0);

@@ -1,9 +1,6 @@
 //! `lifeboat vault serve`: the recovery site's vault server, in the
 //! foreground (systemd-friendly). SIGTERM or SIGINT stops accepting, lets
 //! requests in flight finish, and exits 0.
-//!
-//! Not wired yet: the integrator adds `Serve(serve::Args)` to `vault.rs`'s
-//! subcommands, `mod serve;` to `cmd`, and `site` to cli's dependencies.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,10 +12,10 @@ use crate::signals;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The site directory (`lifeboat site init DIR`): its CA, the server's
+    /// The site directory (`lifeboat site init`): its CA, the server's
     /// certificate, the enrolled hosts and the grants journal.
-    #[arg(long)]
-    pub site: PathBuf,
+    #[command(flatten)]
+    pub site: super::site::SiteDir,
     /// Address to listen on; by default every interface on the port of the
     /// first address in the site's site.toml.
     #[arg(long)]
@@ -36,17 +33,19 @@ fn parse_vault(spec: &str) -> Result<(String, PathBuf)> {
     Ok((name.to_string(), PathBuf::from(path)))
 }
 
-pub fn serve(a: Args) -> Result<()> {
+pub fn serve(home: &crate::home::Home, a: Args) -> Result<()> {
     // Before any thread starts: the server's threads inherit the mask, and
     // only the waiting thread below receives the signals.
     signals::block_termination().context("blocking SIGTERM/SIGINT")?;
     let vaults = a.vaults.iter().map(|v| parse_vault(v)).collect::<Result<Vec<_>>>()?;
-    let site = site::site_dir::Site::open(&a.site).with_context(|| format!("opening site {}", a.site.display()))?;
+    let site_path = a.site.path(home);
+    let site =
+        site::site_dir::Site::open(&site_path).with_context(|| format!("opening site {}", site_path.display()))?;
     let listen = match a.listen {
         Some(l) => l,
         None => {
             let Some(first) = site.config().addresses.first() else {
-                bail!("site {} lists no address in site.toml; give --listen ADDR:PORT", a.site.display());
+                bail!("site {} lists no address in site.toml; give --listen ADDR:PORT", site_path.display());
             };
             let (_, port) = site::site_dir::split_address(first)?;
             SocketAddr::from(([0, 0, 0, 0], port))

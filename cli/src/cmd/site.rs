@@ -26,7 +26,7 @@ pub struct SiteDir {
 }
 
 impl SiteDir {
-    fn path(&self, home: &crate::home::Home) -> PathBuf {
+    pub fn path(&self, home: &crate::home::Home) -> PathBuf {
         self.site.clone().unwrap_or_else(|| home.root().join("site"))
     }
 

@@ -53,6 +53,17 @@ pub enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// At the recovery site: serve vault directories to the protected hosts
+    /// enrolled in the site (`lifeboat site enroll`), over HTTP/2 on TLS 1.3
+    /// with mutual authentication. Runs in the foreground (for systemd);
+    /// SIGTERM or SIGINT stops accepting, finishes the requests in flight and
+    /// exits 0. Hosts reach a vault as lifeboat://HOST:PORT/NAME. The server
+    /// never sees the customer key: it checks every object's name against
+    /// its bytes before it becomes visible, lets a host write only its own
+    /// disks' objects, and never lets a host delete or replace a point:
+    /// prune and gc run here, by path. Example:
+    /// `lifeboat vault serve prod=/srv/vaults/prod`.
+    Serve(super::serve::Args),
 }
 
 pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
@@ -67,6 +78,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Gc { dir, dry_run } => {
+            crate::vault_open::refuse_on_server(&dir, "vault gc")?;
             let r = open(home, &dir)?.gc(dry_run)?;
             let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
             outln!(
@@ -102,6 +114,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Serve(a) => super::serve::serve(home, a),
         Command::Check { dir, read_data, key } => {
             let v = open(home, &dir)?;
             let keys = match (&key, read_data) {
