@@ -48,14 +48,14 @@ fn a_host_replicates_restores_and_lists_points_through_a_real_vault_server() {
     assert_eq!((first.sequence, first.full), (1, true));
     // Change three blocks through the filter: the incremental ships only those.
     let mut bytes = fs::read(&image).unwrap();
-    let writes: Vec<(u64, Vec<u8>)> =
-        [0usize, 3 * MIB, 7 * MIB + 4096].iter().map(|&at| (at as u64, Rng::new(at as u64).bytes(4096))).collect();
+    let writes: Vec<(usize, Vec<u8>)> =
+        [0usize, 3 * MIB, 7 * MIB + 4096].iter().map(|&at| (at, Rng::new(at as u64).bytes(4096))).collect();
     for (at, data) in &writes {
-        bytes[*at as usize..*at as usize + data.len()].copy_from_slice(data);
+        bytes[*at..*at + data.len()].copy_from_slice(data);
     }
     let sock = s.path("d1.sock");
     let filter = host.filter("d1", &sock);
-    let plan: Vec<(u64, &[u8])> = writes.iter().map(|(at, d)| (*at, d.as_slice())).collect();
+    let plan: Vec<(u64, &[u8])> = writes.iter().map(|(at, d)| (*at as u64, d.as_slice())).collect();
     nbd_write(s.dir(), &nbd_uri("d1", &sock), &plan);
     filter.stop();
     let second = ShipReport::parse(&host.run_ok(&["ship", "d1", "--once", "--json"]).stdout);
