@@ -17,7 +17,9 @@
 #   8. restores the latest point and checks it byte for byte against the disk,
 #      then scrubs the vault with the key (`lifeboat vault check --read-data`),
 #   9. stops the agent with SIGTERM (clean shutdown),
-#  10. prints what to try next.
+#  10. sets up a recovery site on localhost (site init, enroll, join, vault
+#      serve), ships a disk to it through lifeboat://, restores it back,
+#  11. prints what to try next.
 #
 # Demo home: $LIFEBOAT_HOME, else ./.demo in the repo. Re-running replaces the
 # demo disk (only a home this script created is ever cleaned).
@@ -199,6 +201,34 @@ lifeboat dirty "$name" --json | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 print("after the stop: %d dirty blocks (kept for the next cycle), suspect: %s" % (d["dirty_count"], d["suspect"]))'
+
+step "A recovery site on localhost: lifeboat site init / enroll / join, lifeboat vault serve"
+# In real life the site is another machine; here it is a second home on
+# loopback. The server never sees the key; the host reaches it as lifeboat://.
+site_home=$home/site-home
+rm -rf "$site_home" "$home/sites" "$home/remote.img" "$home/disks/remote"
+mkdir -p "$site_home/vaults/main"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+site_lb() { "$lb" --home "$site_home" "$@"; }
+site_lb site init "$site_home/site" --address "127.0.0.1:$port"
+site_lb site enroll demo-host --vault main --out "$home/demo-host.enroll" --site "$site_home/site"
+site_lb vault serve --site "$site_home/site" --listen "127.0.0.1:$port" main="$site_home/vaults/main" \
+  2>"$site_home/serve.log" &
+serve_pid=$!
+for _ in $(seq 100); do grep -q 'serving vaults' "$site_home/serve.log" && break; sleep 0.1; done
+grep -q 'serving vaults' "$site_home/serve.log" || die "vault serve did not start: $(cat "$site_home/serve.log")"
+lifeboat site join "$home/demo-host.enroll"
+url="lifeboat://127.0.0.1:$port/main"
+lifeboat vault init "$url" --key "$key"
+cp "$home/restored-latest.raw" "$home/remote.img"
+lifeboat protect remote --image "$home/remote.img" --vault "$url" --key "$key"
+lifeboat ship remote --once --bandwidth 400MB/s
+lifeboat restore remote --point latest --out "$home/restored-remote.raw"
+cmp "$home/restored-remote.raw" "$home/remote.img" && echo "restored through the vault server: byte-identical"
+site_lb site hosts --site "$site_home/site"
+kill -TERM "$serve_pid"
+wait "$serve_pid" && echo "vault serve exited 0 on SIGTERM"
+rm -f "$home/restored-remote.raw"
 
 step "Try next"
 cat <<EOF

@@ -42,10 +42,22 @@ impl Site {
     /// `lifeboat site init DIR --address 127.0.0.1:PORT` in a new site home
     /// under `root`.
     pub fn init(bin: &Path, root: &Path) -> Site {
+        Site::init_on(bin, root, free_port(), &[])
+    }
+
+    /// [`Site::init`] with the server on `port`, the site also reachable at
+    /// `127.0.0.1:PORT` for each
+    /// of `extra_ports` (a fault proxy's port: the server's certificate
+    /// names 127.0.0.1 either way, and a joined host finds its credentials
+    /// under any of the site's addresses).
+    pub fn init_on(bin: &Path, root: &Path, port: u16, extra_ports: &[u16]) -> Site {
         let home = Home::new(bin, root.join("site-home"));
         let dir = root.join("site");
-        let port = free_port();
-        home.run_ok(&["site", "init", path(&dir), "--address", &format!("127.0.0.1:{port}")]);
+        let mut args = vec!["site".to_string(), "init".into(), path(&dir).into()];
+        for p in std::iter::once(port).chain(extra_ports.iter().copied()) {
+            args.extend(["--address".to_string(), format!("127.0.0.1:{p}")]);
+        }
+        home.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         Site { home, dir, port, server: None }
     }
 
