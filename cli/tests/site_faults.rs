@@ -1,6 +1,6 @@
 //! Faults between a protected host and its vault server (issue 14, point 4),
 //! with real processes: the server SIGKILLed mid-pack, `lifeboat ship`
-//! SIGKILLed mid-pack, connections reset mid-pack and a link that stalls.
+//! SIGKILLed mid-pack, connections reset mid-pack and refused.
 //! Traffic goes through a fault-injecting proxy, and each kill waits for a
 //! given number of bytes of the pack to have crossed it, never for a time.
 //! After every fault: the failed cycle keeps its changes dirty, no partial
@@ -57,7 +57,16 @@ impl World {
         let image = s.path("disk.img");
         let mut rng = Rng::new(41);
         fs::write(&image, rng.bytes(DISK)).unwrap();
-        host.run_ok(&["protect", "d1", "--image", image.to_str().unwrap(), "--vault", &url, "--key", key.to_str().unwrap()]);
+        host.run_ok(&[
+            "protect",
+            "d1",
+            "--image",
+            image.to_str().unwrap(),
+            "--vault",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+        ]);
         let first = ShipReport::parse(&host.run_ok(&["ship", "d1", "--once", "--json"]).stdout);
         assert_eq!(first.sequence, 1);
         World { s, site, proxy, host, vault_dir, key, image, rng }
@@ -76,7 +85,14 @@ impl World {
     }
 
     fn points(&self) -> Vec<u64> {
-        let out = self.host.run_ok(&["points", "d1", "--json"]);
+        let out = self.host.run(&["points", "d1", "--json"]);
+        let alive = self.site.server_pid().map(system::process::stat);
+        assert!(
+            out.status.success(),
+            "points: {}\nserver (pid state {alive:?}) log:\n{}",
+            stderr(&out),
+            self.site.log().join("\n")
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
     }
@@ -136,8 +152,8 @@ fn the_server_sigkilled_mid_pack_ten_times_loses_nothing() {
         assert!(w.proxy.wait_up(at, Duration::from_secs(120)), "{what}: the pack never started");
         w.site.kill();
         let o = ship.wait_with_output().unwrap();
-        assert_failed_cleanly(&w, &o, &points, dirty, &what);
         w.site.serve(&[("main", &w.vault_dir.clone())]);
+        assert_failed_cleanly(&w, &o, &points, dirty, &what);
         w.ship_and_verify(&what);
     }
     w.scrub();
@@ -163,7 +179,7 @@ fn ship_sigkilled_mid_pack_ten_times_loses_nothing() {
 }
 
 #[test]
-fn resets_mid_pack_and_a_stalled_link_fail_the_cycle_cleanly_and_the_next_commits() {
+fn resets_mid_pack_and_refused_connections_fail_the_cycle_cleanly_and_the_next_commits() {
     let mut w = World::new("lb-site-reset-");
     // Reset every connection once 512 KiB more have gone up.
     for round in 0..3 {
@@ -177,15 +193,15 @@ fn resets_mid_pack_and_a_stalled_link_fail_the_cycle_cleanly_and_the_next_commit
         assert_failed_cleanly(&w, &o, &points, dirty, &what);
         w.ship_and_verify(&what);
     }
-    // A link that takes connections and then refuses them: a clear error,
+    // A link that takes connections and closes them at once: a clear error,
     // then the next cycle commits.
     w.write(8);
     let (points, dirty) = (w.points(), w.dirty());
     w.proxy.set(Fault::Refuse);
     let o = w.host.run(&["ship", "d1", "--once"]);
+    w.proxy.set(Fault::None);
     assert_failed_cleanly(&w, &o, &points, dirty, "refused");
     assert!(stderr(&o).contains("127.0.0.1"), "the error names the server: {}", stderr(&o));
-    w.proxy.set(Fault::None);
     w.ship_and_verify("after refusals");
     w.scrub();
 }

@@ -276,10 +276,16 @@ fn pump(mut from: TcpStream, to: TcpStream, up: bool, epoch: u64, shared: &Share
             Err(_) => break false,
         };
         // A reset due within this chunk forwards only the bytes before it.
+        // Checked and counted under one lock, so that of two connections
+        // crossing the mark at once exactly one fires.
         let mut len = n;
         let mut fire = false;
         {
             let mut s = shared.lock();
+            if s.epoch != epoch {
+                drop(s);
+                break false;
+            }
             if up {
                 if let Some(at) = s.reset_at {
                     let left = at.saturating_sub(s.up);
