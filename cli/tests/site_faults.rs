@@ -145,7 +145,7 @@ fn the_server_sigkilled_mid_pack_ten_times_loses_nothing() {
         let what = format!("round {round}");
         w.write(48);
         let (points, dirty) = (w.points(), w.dirty());
-        let mut ship = w.host.spawn_ship("d1");
+        let ship = w.host.spawn_ship("d1");
         // Kill the server once 1 MiB (plus the round's offset) of this
         // cycle's pack has crossed the link.
         let at = w.proxy.up() + (1 << 20) + round * 65536;
