@@ -532,7 +532,7 @@ impl Cycle<'_, '_> {
             Some(r) => MapBuilder::from_previous(&r.pages, geometry)?,
             None => MapBuilder::new(geometry),
         };
-        let mut known = self.known()?;
+        let mut known = self.known(full)?;
         // Packs stream to the vault in aligned chunks (`pack_out`): the writer
         // thread fills them, the storer thread writes them and commits each pack
         // under its id, so the pipeline keeps sealing while a pack is written
@@ -579,8 +579,11 @@ impl Cycle<'_, '_> {
 
     /// The index to deduplicate against: the host's index cache, brought up
     /// to date if a full listing is due, or else the index rebuilt from the
-    /// vault.
-    fn known(&mut self) -> Result<Known, ShipError> {
+    /// vault. A `full` cycle always lists: it reads the whole disk anyway,
+    /// and it is the cycle that follows another writer's work on this disk
+    /// (a failback, a replaced state file), whose packs it must find to
+    /// send nothing the vault holds.
+    fn known(&mut self, full: bool) -> Result<Known, ShipError> {
         let Some(dir) = self.opts.index_cache else {
             return Ok(Known::Vault(self.vault.block_index()?));
         };
@@ -595,6 +598,9 @@ impl Cycle<'_, '_> {
             }
         };
         cache.relist_every = self.opts.relist_every;
+        if full {
+            cache.require_listing();
+        }
         let synced = cache.sync(self.vault)?;
         self.index_listed |= synced.listed;
         Ok(Known::Cache(cache))

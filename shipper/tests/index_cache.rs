@@ -233,6 +233,23 @@ fn another_writers_packs_are_found_at_the_next_listing() {
 }
 
 #[test]
+fn a_full_cycle_lists_and_sends_nothing_another_writer_stored() {
+    let f = Fixture::new();
+    f.write(&[(0, 1)]);
+    f.ship(1000);
+    // The failover side stores the disk's new blocks (as a failback does),
+    // and the state here is replaced: the next cycle verifies every block.
+    other_writers_packs(&f.vault, 2, |i| block_of(20 + i as u8));
+    f.write(&[(5, 20), (6, 21)]);
+    std::fs::remove_file(&f.paths.state).unwrap();
+    StateFile::create(&f.paths.state, Geometry::new(BLOCKS * BS, BS).unwrap(), DISK_ID, true).unwrap();
+    let (r, _) = f.ship(1000);
+    assert!(r.full && r.index_listed, "{r:?}");
+    assert_eq!((r.new_blocks, r.known_blocks), (0, 3), "{r:?}");
+    f.restores_to_the_disk(r.sequence);
+}
+
+#[test]
 fn a_cache_dir_that_cannot_be_written_is_a_warning_not_a_failure() {
     let f = Fixture::new();
     std::fs::write(&f.cache, b"a file where the directory should be").unwrap();

@@ -24,7 +24,10 @@
 //!   from a cycle that failed after storing them) and drops packs no longer
 //!   listed. In between no LIST is made: another writer's packs are missed
 //!   for a while (its blocks are shipped again, stored twice until GC), and a
-//!   garbage-collected pack is caught by the `missing` check.
+//!   garbage-collected pack is caught by the `missing` check. A full cycle
+//!   (a first cycle, a suspect state, the verify after a failback) always
+//!   lists: it reads the whole disk anyway, and must find the packs the
+//!   other side of a failback wrote.
 //! - **Verifiable.** Every record carries a MAC (keyed BLAKE3, 128 bits,
 //!   under a key derived from the customer key) over the vault's identity
 //!   and the record, and the header names the vault id and key fingerprint:
@@ -232,6 +235,12 @@ impl IndexCache {
     /// Whether the next [`IndexCache::sync`] lists the vault's packs.
     pub fn listing_due(&self) -> bool {
         self.cycles_since_list >= self.relist_every
+    }
+
+    /// Makes the next [`IndexCache::sync`] list the vault's packs, whatever
+    /// the count of cycles since the last listing.
+    pub fn require_listing(&mut self) {
+        self.cycles_since_list = self.cycles_since_list.max(self.relist_every);
     }
 
     /// Brings the cache up to date with the vault's packs when a full
