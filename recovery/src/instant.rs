@@ -147,19 +147,48 @@ impl InstantDisk {
         Ok(())
     }
 
-    /// Copies every block not yet present, in order, until done or `stop`
-    /// is set; `progress(present, total)` after each block. Returns whether
-    /// every block is present.
-    pub fn background_copy(&self, stop: &AtomicBool, progress: &mut dyn FnMut(u64, u64)) -> io::Result<bool> {
+    /// Copies every block not yet present, in block order, until done or
+    /// `stop` is set; `progress(blocks_done, total)` after each block (from
+    /// the copying threads). As many fetches are in flight as the vault
+    /// wants ([`vault::PointReader::reads_in_flight`]: one for a local
+    /// vault, 16 for a vault server, whose round trip would otherwise bound
+    /// the copy to a block per round trip). Reads and writes the VM makes
+    /// meanwhile are served first: they fetch what they need themselves.
+    /// Returns whether every block is present; on an error the first is
+    /// returned once the other threads have stopped.
+    pub fn background_copy(&self, stop: &AtomicBool, progress: &(dyn Fn(u64, u64) + Sync)) -> io::Result<bool> {
         let total = self.geometry.block_count;
-        for b in 0..total {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(false);
+        let next = AtomicU64::new(0);
+        let done = AtomicU64::new(0);
+        let failed = AtomicBool::new(false);
+        let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
+        let threads = self.reader.reads_in_flight().max(1);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let b = next.fetch_add(1, Ordering::Relaxed);
+                    if b >= total {
+                        return;
+                    }
+                    if !self.is_present(b) {
+                        if let Err(e) = self.ensure(b, false) {
+                            failed.store(true, Ordering::Relaxed);
+                            first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(e);
+                            return;
+                        }
+                    }
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                });
             }
-            if !self.is_present(b) {
-                self.ensure(b, false)?;
-                progress(b + 1, total);
-            }
+        });
+        if let Some(e) = first_error.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return Err(e);
+        }
+        if stop.load(Ordering::Relaxed) && done.load(Ordering::Relaxed) < total {
+            return Ok(false);
         }
         self.image.sync_data()?;
         self.bitmap.sync_data()?;
@@ -250,7 +279,7 @@ pub fn serve(
     let stop_copy = Arc::new(AtomicBool::new(false));
     let copier = {
         let (disk, stop) = (Arc::clone(&disk), Arc::clone(&stop_copy));
-        std::thread::spawn(move || disk.background_copy(&stop, &mut |_, _| {}))
+        std::thread::spawn(move || disk.background_copy(&stop, &|_, _| {}))
     };
     ready(server.shutdown_handle());
     let result = server.run();

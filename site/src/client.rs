@@ -556,6 +556,12 @@ impl Backend for RemoteBackend {
     fn location(&self) -> String {
         self.location_of()
     }
+    /// Ranged reads share the one connection as HTTP/2 streams: at a
+    /// round trip of 20 ms, 16 streams of a 1 MiB window each keep about
+    /// 800 MB/s in flight.
+    fn reads_in_flight(&self) -> usize {
+        16
+    }
 
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         if kind != Kind::Pack {

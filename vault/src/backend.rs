@@ -182,6 +182,14 @@ pub trait Backend: Send + Sync {
     }
     /// Where the vault is, for messages (a path or URL, never a secret).
     fn location(&self) -> String;
+    /// Reads worth keeping in flight at once for throughput (restore,
+    /// instant recovery's background copy, failback's fetches), beyond
+    /// what the readers' own threads give. A local directory: 1 (the
+    /// default; a restore still runs a thread per core); a remote vault
+    /// hides its round trip behind more.
+    fn reads_in_flight(&self) -> usize {
+        1
+    }
     /// A writer that streams one object of `kind` to the store piece by
     /// piece and names it when complete, for objects too large to hold
     /// twice (packs). `None` (the default) means this backend has no such
@@ -283,6 +291,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn location(&self) -> String {
         (**self).location()
+    }
+    fn reads_in_flight(&self) -> usize {
+        (**self).reads_in_flight()
     }
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         (**self).writer(kind)

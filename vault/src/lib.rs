@@ -32,6 +32,8 @@ pub mod counting;
 pub mod disks;
 pub mod error;
 pub mod gc;
+#[cfg(feature = "conformance")]
+pub mod in_flight;
 pub mod index;
 pub mod index_cache;
 pub mod lease;

@@ -54,6 +54,12 @@ impl Vault {
 }
 
 impl PointReader {
+    /// Reads worth keeping in flight from this point's vault
+    /// ([`crate::Backend::reads_in_flight`]).
+    pub fn reads_in_flight(&self) -> usize {
+        self.vault.backend().reads_in_flight()
+    }
+
     /// The disk's geometry at the point's cut.
     pub fn geometry(&self) -> Geometry {
         self.geometry

@@ -25,7 +25,10 @@
 //! by ranges is not hashed as a whole; each blob read from it is still
 //! authenticated on its own, and `check` verifies every pack's name.
 //!
-//! Packs are processed by up to four threads (never more than the cores);
+//! Packs are processed by up to four threads (never more than the cores),
+//! or by as many as the backend wants reads in flight
+//! ([`crate::Backend::reads_in_flight`]: 16 for a vault server, whose round
+//! trip the extra threads hide);
 //! `progress` is called on the caller's thread. Zero blocks are not written
 //! to a regular file (it is truncated and re-extended, so they read as
 //! zeros and stay sparse); on a block device they are written as zeros.
@@ -147,7 +150,11 @@ impl Vault {
             bytes_read: AtomicU64::new(0),
             reads: AtomicU64::new(0),
         };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS).min(jobs.len());
+        // As many threads as cores (up to MAX_THREADS) to open and write, or
+        // more where the vault wants more reads in flight (a remote one:
+        // each thread has one ranged read outstanding at a time).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
+        let threads = cores.max(self.backend().reads_in_flight()).min(jobs.len());
         let next = AtomicUsize::new(0);
         let first_error: Mutex<Option<(usize, VaultError)>> = Mutex::new(None);
         let (tx, rx) = mpsc::channel::<u64>();

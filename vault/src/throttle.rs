@@ -528,6 +528,9 @@ impl Backend for Throttled {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn reads_in_flight(&self) -> usize {
+        self.inner.reads_in_flight()
+    }
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         Ok(self
             .inner

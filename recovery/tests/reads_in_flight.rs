@@ -1,0 +1,72 @@
+//! Instant recovery's background copy and failback's fetches keep many
+//! reads in flight when the vault wants them (a vault server over a WAN,
+//! stood in for by `vault::in_flight::InFlight`), and still end byte for
+//! byte (issue 14: "restore and instant recovery keep several ranged reads
+//! in flight").
+
+#[path = "../../vault/tests/common/mod.rs"]
+mod vault_fixture;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use recovery::instant::InstantDisk;
+use vault::in_flight::{InFlight, Seen};
+use vault::{BlockIndex, LocalBackend, PointReader, Vault};
+use vault_fixture::{master, new_vault, test_host, Disk, Rng};
+
+/// A point of 256 random 64 KiB blocks (16 packs of 1 MiB), and a reader of
+/// it through a probe asking for 16 reads in flight that counts block reads
+/// (not the 256 KiB pack tail reads).
+fn point(dir: &Path) -> (Disk, PointReader, Seen) {
+    let keys = master().keys();
+    let vault = new_vault(dir);
+    let mut disk = Disk::new("d", 256 << 16, 65536, 16);
+    Rng(11).fill(&mut disk.image);
+    let blocks: Vec<u64> = (0..256).collect();
+    disk.ship(&vault, &keys, &mut BlockIndex::new(), &blocks);
+    drop(vault);
+    let probe = InFlight::new(
+        LocalBackend::open(&dir.join("vault")).unwrap(),
+        16,
+        8,
+        65536..(128 << 10),
+        Duration::from_secs(3),
+    );
+    let seen = probe.seen();
+    let vault = Arc::new(Vault::open(Box::new(probe)).unwrap().with_host_identity(test_host()));
+    let reader = Vault::point_reader(&vault, &disk.chain(&keys), 1, &Arc::new(keys)).unwrap();
+    (disk, reader, seen)
+}
+
+#[test]
+fn the_instant_background_copy_keeps_many_reads_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, reader, seen) = point(dir.path());
+    let image = dir.path().join("instant.img");
+    let d = InstantDisk::open(reader, &image, &dir.path().join("instant.bitmap")).unwrap();
+    assert!(d.background_copy(&AtomicBool::new(false), &|_, _| {}).unwrap(), "the copy did not finish");
+    assert_eq!(d.present_blocks(), (256, 256));
+    assert!(std::fs::read(&image).unwrap() == disk.image, "the copied image differs from the point");
+    assert!(seen.max() >= 8, "at most {} block reads were in flight at once", seen.max());
+}
+
+#[test]
+fn failback_fetches_what_differs_with_many_reads_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, reader, seen) = point(dir.path());
+    let path = dir.path().join("local.img");
+    let mut local = disk.image.clone();
+    // Every other block differs here: 128 to fetch.
+    for b in (0..256).step_by(2) {
+        local[b * 65536] ^= 0xff;
+    }
+    std::fs::write(&path, &local).unwrap();
+    let image = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let report = recovery::failback::converge(&reader, &master().keys(), &image, &mut ()).unwrap();
+    assert_eq!((report.fetched_blocks, report.fetched_bytes), (128, 128 * 65536));
+    assert!(std::fs::read(&path).unwrap() == disk.image, "the converged image differs from the point");
+    assert!(seen.max() >= 8, "at most {} block reads were in flight at once", seen.max());
+}
