@@ -169,6 +169,8 @@ impl Site {
         let path = self.token_path(&token, "toml");
         let text = toml::to_string(&record).map_err(|e| damaged(&path, e))?;
         write(&path, text.as_bytes())?;
+        self.audit()?
+            .record("site.enroll", serde_json::json!({ "host": host, "vaults": vaults, "expires": expires }))?;
         Ok(EnrollmentFile {
             format: ENROLLMENT_FORMAT,
             site: self.config().name.clone(),
@@ -217,13 +219,19 @@ impl Site {
             self.write_host(&HostRecord {
                 host: record.host.clone(),
                 vaults: record.vaults.clone(),
-                fingerprint,
+                fingerprint: fingerprint.clone(),
                 enrolled: jiff::Timestamp::now().to_string(),
                 revoked: None,
                 superseded,
             })
         })?;
         tracing::info!(host = %record.host, vaults = ?record.vaults, "host enrolled");
+        // The certificate is issued: a log that cannot be written is the
+        // site's problem to see (warned), not the host's.
+        let joined = serde_json::json!({ "host": record.host, "vaults": record.vaults, "fingerprint": fingerprint });
+        if let Err(e) = self.audit().and_then(|a| a.record("site.join", joined)) {
+            tracing::warn!("site {}: the audit log: {e}", self.dir().display());
+        }
         Ok(cert)
     }
 

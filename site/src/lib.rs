@@ -13,5 +13,6 @@ pub mod pki;
 pub mod protocol;
 pub mod rights;
 pub mod server;
+pub mod site_audit;
 pub mod site_dir;
 pub mod tls;

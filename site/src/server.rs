@@ -90,6 +90,13 @@ pub trait HostDirectory: Send + Sync + 'static {
     fn redeem(&self, request: &EnrollRequest) -> Result<String, String>;
     /// Notes that `host` made contact and sent `bytes` of request bodies.
     fn record_contact(&self, host: &str, bytes: u64);
+    /// Records a refusal in the site's audit log: `who` is the host, or the
+    /// peer's IP address before a host is known; `code` the protocol's
+    /// error code (or `tls`). Called on a blocking thread. The default
+    /// records nothing.
+    fn record_refusal(&self, who: &str, code: &str, details: serde_json::Value) {
+        let _ = (who, code, details);
+    }
 }
 
 /// What the server serves, and to whom.
@@ -269,6 +276,25 @@ fn describe(shared: &Shared, fp: Option<&str>) -> String {
     }
 }
 
+/// Records a refusal in the site's audit log off the async threads (the
+/// log is fsynced); the directory rate-limits per `who` and `code`.
+fn audit_refusal(shared: &Shared, who: String, code: &'static str, details: serde_json::Value) {
+    let hosts = shared.hosts.clone();
+    drop(tokio::task::spawn_blocking(move || hosts.record_refusal(&who, code, details)));
+}
+
+/// Refusals worth the audit log: who was kept out, and uploads that lied.
+fn audited(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NoCertificate
+            | ErrorCode::Forbidden
+            | ErrorCode::Revoked
+            | ErrorCode::NotEnrolled
+            | ErrorCode::NameMismatch
+    )
+}
+
 async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     // A TLS client speaks first, with a handshake record (0x16).
     let mut first = [0u8; 1];
@@ -277,6 +303,13 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
         Ok(Ok(_)) => {
             tracing::info!(peer = %addr, "lifeboat vault serve: refused {addr}: a plain-TCP (not TLS) client");
+            let why = "a plain-TCP (not TLS) client";
+            audit_refusal(
+                &shared,
+                addr.ip().to_string(),
+                "tls",
+                serde_json::json!({ "peer": addr.to_string(), "why": why }),
+            );
             return;
         }
     }
@@ -287,6 +320,13 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(peer = %addr, error = %e, "lifeboat vault serve: refused {addr}: TLS handshake failed: {e}");
+            let why = format!("TLS handshake failed: {e}");
+            audit_refusal(
+                &shared,
+                addr.ip().to_string(),
+                "tls",
+                serde_json::json!({ "peer": addr.to_string(), "why": why }),
+            );
             return;
         }
         Err(_) => {
@@ -491,6 +531,17 @@ async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, req: Request<Incoming>) ->
     match route(&shared, &peer, req, &mut host).await {
         Ok(r) => r,
         Err(f) => {
+            if audited(f.code) {
+                let who = host.clone().unwrap_or_else(|| peer.addr.ip().to_string());
+                let details = serde_json::json!({
+                    "host": host,
+                    "peer": peer.addr.to_string(),
+                    "request": what,
+                    "code": f.code.as_str(),
+                    "why": f.message,
+                });
+                audit_refusal(&shared, who, f.code.as_str(), details);
+            }
             if f.code != ErrorCode::NotFound {
                 let who = host.as_deref().unwrap_or("-");
                 tracing::info!(

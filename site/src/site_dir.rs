@@ -12,6 +12,8 @@
 //!   enroll/ID.used       its redemption (created once, atomically)
 //!   grants/VAULT/HOST    what each host wrote (the server's rights journal)
 //!   contact/HOST.json    last contact and bytes received (the server, every few seconds)
+//!   audit.key            the key the site's audit log is MAC'd under (0600)
+//!   audit/FP.log         the site's audit log (`site_audit`; `lifeboat site audit`)
 //!   lock                 serializes changes to hosts/ between processes
 //! ```
 //!
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::pki::{self, Ca, PkiError};
+use crate::site_audit::SiteAudit;
 
 /// How often a host's contact file is rewritten at most, per host.
 pub const CONTACT_WRITE_INTERVAL: Duration = Duration::from_secs(5);
@@ -234,6 +237,7 @@ pub struct Site {
     config: SiteConfig,
     cache: Mutex<Cache>,
     contacts: Mutex<HashMap<String, Contact>>,
+    audit: std::sync::OnceLock<SiteAudit>,
 }
 
 impl std::fmt::Debug for Site {
@@ -286,7 +290,13 @@ impl Site {
         let text = toml::to_string(&config).map_err(|e| damaged(&dir.join("site.toml"), e))?;
         write(&dir.join("site.toml"), text.as_bytes())?;
         sync_dir(dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
-        Ok(Site::with(dir, config))
+        let site = Site::with(dir, config);
+        let ca_fingerprint = pki::hex(&pki::fingerprint_pem(ca.cert_pem())?);
+        site.audit()?.record(
+            "site.init",
+            serde_json::json!({ "name": name, "addresses": addresses, "ca_fingerprint": ca_fingerprint }),
+        )?;
+        Ok(site)
     }
 
     /// Opens the site in `dir`.
@@ -310,7 +320,22 @@ impl Site {
     }
 
     fn with(dir: &Path, config: SiteConfig) -> Site {
-        Site { dir: dir.to_path_buf(), config, cache: Mutex::default(), contacts: Mutex::default() }
+        Site {
+            dir: dir.to_path_buf(),
+            config,
+            cache: Mutex::default(),
+            contacts: Mutex::default(),
+            audit: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The site's audit log ([`crate::site_audit`]).
+    pub fn audit(&self) -> Result<&SiteAudit, SiteError> {
+        if let Some(a) = self.audit.get() {
+            return Ok(a);
+        }
+        let a = SiteAudit::open(&self.dir)?;
+        Ok(self.audit.get_or_init(|| a))
     }
 
     /// The site directory.
@@ -411,6 +436,10 @@ impl Site {
             if record.revoked.is_none() {
                 record.revoked = Some(jiff::Timestamp::now().to_string());
                 self.write_host(&record)?;
+                self.audit()?.record(
+                    "site.revoke",
+                    serde_json::json!({ "host": host, "fingerprint": record.fingerprint, "vaults": record.vaults }),
+                )?;
             }
             Ok(record)
         })
@@ -614,6 +643,13 @@ impl crate::server::HostDirectory for Site {
     fn record_contact(&self, host: &str, bytes: u64) {
         if let Err(e) = Site::record_contact(self, host, bytes) {
             tracing::warn!("site {}: recording contact of {host}: {e}", self.dir.display());
+        }
+    }
+
+    fn record_refusal(&self, who: &str, code: &str, details: serde_json::Value) {
+        match self.audit() {
+            Ok(a) => a.refusal(who, code, details),
+            Err(e) => tracing::warn!("site {}: the audit log: {e}", self.dir.display()),
         }
     }
 }

@@ -54,13 +54,19 @@ pub fn serve(home: &crate::home::Home, a: Args) -> Result<()> {
     let (cert, key) = site.server_pem()?;
     let tls = site::tls::server_config(&site.ca_pem()?, &cert, &key)?;
     let grants = site.grants_dir();
-    let config = site::server::ServerConfig { tls, vaults: vaults.clone(), grants, hosts: Arc::new(site) };
+    let site = Arc::new(site);
+    let audit = site.audit()?;
+    let config = site::server::ServerConfig { tls, vaults: vaults.clone(), grants, hosts: site.clone() };
     let server = site::server::Server::start(listen, config)?;
     let names: Vec<&str> = vaults.iter().map(|(n, _)| n.as_str()).collect();
+    let served: Vec<serde_json::Value> =
+        vaults.iter().map(|(n, p)| serde_json::json!({ "vault": n, "path": p.display().to_string() })).collect();
+    audit.record("serve.start", serde_json::json!({ "listen": server.local_addr().to_string(), "vaults": served }))?;
     tracing::info!("lifeboat vault serve: serving vaults {}", names.join(", "));
     let signal = signals::wait_termination();
     tracing::info!("lifeboat vault serve: {signal}: finishing requests in flight, then stopping");
     server.shutdown_handle().shutdown();
     server.wait();
+    audit.record("serve.stop", serde_json::json!({ "signal": signal.to_string() }))?;
     Ok(())
 }

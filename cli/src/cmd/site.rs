@@ -1,10 +1,11 @@
 //! `lifeboat site`: the recovery site's CA, and the hosts it lets in.
 //!
 //! Every command is a library method of `site::site_dir::Site` or
-//! `site::enroll`; this file parses, prints and logs. Site actions are not
-//! in the audit log: the audit log is sealed with the customer key, and a
-//! site administrator enrolling hosts has none. Each action is logged
-//! instead (one line on stderr, or the journal under systemd).
+//! `site::enroll`; this file parses, prints and logs. Site actions go to
+//! the site's own audit log (`site::site_audit`: the hosts' format, under
+//! the site's key, since the site has no customer key), listed and verified
+//! by `lifeboat site audit`; each is also logged (one line on stderr, or the
+//! journal under systemd).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -107,6 +108,22 @@ pub enum Command {
         #[command(flatten)]
         site: SiteDir,
     },
+    /// List and verify the site's audit log: what the site did (init,
+    /// enroll, join, revoke, server start and stop) and what its server
+    /// refused (a revoked or unknown host, a forbidden request, an upload
+    /// whose bytes do not match its name, a failed TLS handshake; at most one
+    /// record per host and cause a minute, with a count).
+    ///
+    /// The log (SITE/audit/) is hash-chained and each record MAC'd under the
+    /// site's audit.key: an edited, dropped or reordered record is reported
+    /// and the command exits 1.
+    Audit {
+        /// Print JSON lines (one record each) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        site: SiteDir,
+    },
     /// List the enrolled hosts: vaults, when enrolled, revoked or not, last
     /// contact and bytes received.
     Hosts {
@@ -175,6 +192,47 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 "host {host} revoked at {}: the server refuses its certificate from its next request on",
                 record.revoked.unwrap_or_default()
             );
+            Ok(())
+        }
+        Command::Audit { json, site } => {
+            let site = site.open(home)?;
+            let audit = site.audit()?;
+            let path = audit.path();
+            if !path.exists() {
+                anyhow::bail!(
+                    "site {} has no audit log yet ({} is missing); it starts with the site's next action",
+                    site.dir().display(),
+                    path.display()
+                );
+            }
+            let (records, report) = audit::read_records(&path, audit.keys())
+                .with_context(|| format!("reading the site's audit log {}", path.display()))?;
+            for r in &records {
+                let Some(b) = &r.body else { continue };
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({ "seq": b.seq, "time": b.time, "kind": b.kind, "user": b.user,
+                        "authentic": r.authentic, "details": b.details })
+                    );
+                } else {
+                    let mark = if r.authentic { "" } else { "  [NOT AUTHENTIC]" };
+                    outln!("{:>6}  {}  {:<14} {}{mark}", b.seq, short_time(&b.time), b.kind, b.details);
+                }
+            }
+            if !report.is_ok() {
+                for p in &report.problems {
+                    eprintln!("lifeboat site audit: {p}");
+                }
+                anyhow::bail!(
+                    "the site's audit log {} failed verification ({} problems): it was changed after it was written",
+                    path.display(),
+                    report.problems.len()
+                );
+            }
+            if !json {
+                outln!("{} records, verified", report.records);
+            }
             Ok(())
         }
         Command::Hosts { json, site } => {
