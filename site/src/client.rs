@@ -158,6 +158,7 @@ impl RemoteBackend {
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(crate::server::MAX_FRAME)
             .max_header_list_size(protocol::MAX_HEADER_LIST)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(30));

@@ -21,6 +21,25 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Starts writing `len` bytes of `file` from `offset` back to the device
+/// without waiting for them (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so
+/// that a later fsync has little left to do and the device works while the
+/// writer still receives. A hint, not a durability point: only fsync is.
+#[allow(unsafe_code)]
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let too_far = |_| io::Error::from(io::ErrorKind::InvalidInput);
+    let (offset, len) = (i64::try_from(offset).map_err(too_far)?, i64::try_from(len).map_err(too_far)?);
+    // SAFETY: the descriptor is `file`'s, open for the whole call; the other
+    // arguments are integers. The call reads or writes none of our memory.
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The temporary a replacement of `path` writes first: `NAME.tmp` beside it.
 pub fn temporary(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();

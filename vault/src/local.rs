@@ -455,19 +455,34 @@ fn remove_unless_gone(path: &Path, what: &'static str) -> Result<bool, VaultErro
 pub struct StagedObject<'a> {
     writer: LocalWriter<'a>,
     reader: Option<File>,
+    /// Bytes whose writeback was started ([`WRITEBACK_STEP`]).
+    written_back: u64,
 }
+
+/// A staged object's writeback is started every this many bytes: the data
+/// arrives in pieces too small and unaligned for O_DIRECT, goes through
+/// the page cache (where the checks read it back), and reaches the device
+/// while the rest is still arriving, instead of all at the final fsync.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl LocalBackend {
     /// Starts a [`StagedObject`] of `kind` in `tmp/`.
     pub fn stage(&self, kind: Kind) -> Result<StagedObject<'_>, VaultError> {
-        Ok(StagedObject { writer: self.local_writer(kind)?, reader: None })
+        Ok(StagedObject { writer: self.local_writer(kind)?, reader: None, written_back: 0 })
     }
 }
 
 impl StagedObject<'_> {
     /// Appends `data` (as [`ObjectWriter::write`]).
     pub fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
-        self.writer.write(data)
+        self.writer.write(data)?;
+        let len = self.writer.len;
+        if len - self.written_back >= WRITEBACK_STEP {
+            // A hint: an error here shows again at the fsync of `create`.
+            let _ = system::file::start_writeback(&self.writer.file, self.written_back, len - self.written_back);
+            self.written_back = len;
+        }
+        Ok(())
     }
 
     /// Bytes written so far.
