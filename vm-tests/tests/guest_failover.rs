@@ -684,7 +684,7 @@ fn instant_case(served: bool) {
 #[test]
 #[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
 fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
-    failback_case(false);
+    failback_case(false, false);
 }
 
 /// The same after an instant recovery: `--prepare` waits for the local copy
@@ -692,14 +692,26 @@ fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
 #[test]
 #[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
 fn failback_after_instant_recovery_ends_byte_identical() {
-    failback_case(true);
+    failback_case(true, false);
 }
 
-fn failback_case(instant: bool) {
+/// The same with the vault behind a real `lifeboat vault serve` (issue 14):
+/// the recovery site's home is enrolled as the protected host for the
+/// failover and `--prepare` (a host reads only what it wrote, so the copy it
+/// ships back must be the host's), then the original home enrolls again and
+/// fetches that copy through the server.
+#[test]
+#[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
+fn failback_through_a_vault_server_ends_byte_identical() {
+    failback_case(false, true);
+}
+
+fn failback_case(instant: bool, served: bool) {
     let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vmfb-");
     let dir = scratch.dir();
     let home = &scratch.home;
-    let vault = TestVault::dir(dir);
+    let vault = TestVault::new(served, &paths::lifeboat_bin(), dir);
+    vault.join("vmfb", home);
     let (image, key) = round_one_disk(dir, home, "f-root", &vault);
     // The recovered guest checks its files, then writes 256 KiB of new data.
     let writer = CHECKER.replace(
@@ -727,6 +739,7 @@ fn failback_case(instant: bool) {
 
     // Unplanned failover at the recovery site, committed.
     let site = Home::new(paths::lifeboat_bin(), dir.join("site"));
+    vault.join("vmfb", &site);
     let _reaper = Reaper(dir.join("site/failovers"));
     let kv = ["--vault", vault.location(), "--key", arg(&key)];
     let mut args = vec!["failover", "f", "--unplanned", "--json"];
@@ -772,6 +785,8 @@ fn failback_case(instant: bool) {
         DISK_SIZE / MIB
     );
 
+    // The original site takes its identity back (a served vault).
+    vault.join("vmfb", home);
     let out = home.run(&["failback", "f", "--json"]);
     assert!(out.status.success(), "failback: {}", String::from_utf8_lossy(&out.stderr));
     let done = json(&out);
@@ -791,4 +806,5 @@ fn failback_case(instant: bool) {
     site.run_ok(&["failover", "cleanup", "f"]);
     assert!(!dir.join("site/failovers/f").exists() && !dir.join("site/disks/f-root").exists());
     eprintln!("failback: {shipped} bytes shipped back, {fetched} bytes fetched at the original site");
+    vault.finish();
 }
