@@ -158,6 +158,100 @@ impl Site {
     }
 }
 
+/// Where a test keeps its vault: a directory named by its path (what the
+/// tests always did), or the same kind of directory served as vault `main`
+/// by a real `lifeboat vault serve` on loopback, named by its
+/// `lifeboat://` URL. One test body runs against both (issue 14: "the
+/// existing replicate, restore, failover and crash tests pass against a real
+/// `lifeboat vault serve`"): it names the vault by [`TestVault::location`]
+/// and lets every home that uses it [`TestVault::join`] first.
+pub enum TestVault {
+    /// A vault directory on this host.
+    Dir(PathBuf),
+    /// A vault directory behind a site's server.
+    Served {
+        /// The site, its server running.
+        site: Site,
+        /// The served directory.
+        dir: PathBuf,
+        /// `lifeboat://127.0.0.1:PORT/main`.
+        url: String,
+    },
+}
+
+impl TestVault {
+    /// `ROOT/vault`, not made yet (`vault init` makes it).
+    pub fn dir(root: &Path) -> TestVault {
+        TestVault::Dir(root.join("vault"))
+    }
+
+    /// A site in `ROOT/vault-site/` (`site init`: its home and directory
+    /// there) serving the empty directory `ROOT/vault-site/vaults/main` as
+    /// `main`.
+    pub fn served(bin: &Path, root: &Path) -> TestVault {
+        let root = root.join("vault-site");
+        std::fs::create_dir(&root).unwrap_or_else(|e| panic!("creating {}: {e}", root.display()));
+        let mut site = Site::init(bin, &root);
+        let dir = root.join("vaults/main");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        site.serve(&[("main", &dir)]);
+        let url = site.url("main");
+        TestVault::Served { site, dir, url }
+    }
+
+    /// [`TestVault::served`] if `served`, else [`TestVault::dir`].
+    pub fn new(served: bool, bin: &Path, root: &Path) -> TestVault {
+        if served {
+            TestVault::served(bin, root)
+        } else {
+            TestVault::dir(root)
+        }
+    }
+
+    /// How commands name the vault: its path or its URL.
+    pub fn location(&self) -> &str {
+        match self {
+            TestVault::Dir(dir) => path(dir),
+            TestVault::Served { url, .. } => url,
+        }
+    }
+
+    /// The vault's directory (served or not), to look at as files.
+    pub fn path(&self) -> &Path {
+        match self {
+            TestVault::Dir(dir) | TestVault::Served { dir, .. } => dir,
+        }
+    }
+
+    /// Lets `home` use the vault: for a served one, `site enroll HOST` and
+    /// `site join` in `home` (enrolling a host again supersedes its earlier
+    /// certificate, as a rebuilt or recovering site does); nothing for a
+    /// directory.
+    pub fn join(&self, host_name: &str, home: &Home) {
+        if let TestVault::Served { site, .. } = self {
+            site.join(host_name, &["main"], home);
+        }
+    }
+
+    /// At the end of a test: a served vault's server is SIGTERMed and must
+    /// exit 0 (it finished every request in flight).
+    pub fn finish(self) {
+        if let TestVault::Served { mut site, .. } = self {
+            let log = site.log().join("\n");
+            let status = site.stop();
+            assert!(status.success(), "lifeboat vault serve exited with {status}:\n{log}");
+        }
+    }
+
+    /// The site, for a served vault.
+    pub fn site(&self) -> Option<&Site> {
+        match self {
+            TestVault::Dir(_) => None,
+            TestVault::Served { site, .. } => Some(site),
+        }
+    }
+}
+
 impl Drop for Site {
     fn drop(&mut self) {
         self.kill();

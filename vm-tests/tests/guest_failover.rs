@@ -34,6 +34,7 @@ use vm_tests::lifeboat::{Home, Scratch};
 use vm_tests::process::{assert_ok, json, pid_alive};
 use vm_tests::qemu::Vm;
 use vm_tests::replicate::{arg, PointInfo};
+use vm_tests::site::TestVault;
 use vm_tests::{paths, pseudo_random};
 
 const KIB: u64 = 1024;
@@ -116,9 +117,9 @@ fn host_round(home: &Home, disk: &str, point: u64, dir: &Path) -> u64 {
 }
 
 /// An ext4 disk made on the host holding round 1 of the workload (files and
-/// manifest), protected as `disk` with a new key and vault. Returns the
-/// image, key and vault paths.
-fn round_one_disk(dir: &Path, home: &Home, disk: &str) -> (PathBuf, PathBuf, PathBuf) {
+/// manifest), protected as `disk` with a new key into `vault` (made here).
+/// Returns the image and key paths.
+fn round_one_disk(dir: &Path, home: &Home, disk: &str, vault: &TestVault) -> (PathBuf, PathBuf) {
     let root = dir.join("root/lb");
     fs::create_dir_all(&root).unwrap();
     for w in ["a", "b"] {
@@ -131,11 +132,12 @@ fn round_one_disk(dir: &Path, home: &Home, disk: &str) -> (PathBuf, PathBuf, Pat
     let mkfs =
         Command::new(paths::tool("mkfs.ext4")).args(["-q", "-F", "-d"]).arg(dir.join("root")).arg(&image).output();
     assert_ok(&mkfs.unwrap(), "mkfs.ext4 -d");
-    let (key, vault) = (dir.join("k.key"), dir.join("vault"));
+    let key = dir.join("k.key");
     home.key_new(&key);
-    home.vault_init(&vault, &key);
-    home.protect_replicated(disk, &image, 64 * KIB, &vault, &key);
-    (image, key, vault)
+    home.run_ok(&["vault", "init", vault.location(), "--key", arg(&key)]);
+    let protect = ["protect", disk, "--image", arg(&image), "--block-size", "64KiB", "--vault", vault.location()];
+    home.run_ok(&[&protect[..], &["--key", arg(&key)]].concat());
+    (image, key)
 }
 
 /// The round the recovered guest printed on its console.
@@ -610,10 +612,26 @@ fn planned_failover_fails_and_boots_nothing_when_the_guest_ignores_the_power_but
 #[test]
 #[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
 fn instant_recovery_boots_from_the_vault_without_restoring_first() {
+    instant_case(false);
+}
+
+/// The same with the vault behind a real `lifeboat vault serve` (issue 14):
+/// the recovery site's home is enrolled as the protected host (a host reads
+/// only what it wrote) and the instant server fetches every block it serves
+/// through the server.
+#[test]
+#[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
+fn instant_recovery_through_a_vault_server_boots_without_restoring_first() {
+    instant_case(true);
+}
+
+fn instant_case(served: bool) {
     let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vminst-");
     let dir = scratch.dir();
     let home = &scratch.home;
-    let (_, key, vault) = round_one_disk(dir, home, "i-root");
+    let vault = TestVault::new(served, &paths::lifeboat_bin(), dir);
+    vault.join("vminst", home);
+    let (_, key) = round_one_disk(dir, home, "i-root", &vault);
     let kernel = paths::kernel();
     let checker = initramfs::build(&kernel, dir, CHECKER, &[]);
     home.run_ok(&[
@@ -634,8 +652,10 @@ fn instant_recovery_boots_from_the_vault_without_restoring_first() {
     home.ship("i-root");
 
     let site = Home::new(paths::lifeboat_bin(), dir.join("site"));
+    vault.join("vminst", &site);
     let _reaper = Reaper(dir.join("site/failovers"));
-    let out = site.run(&["failover", "i", "--test", "--instant", "--json", "--vault", arg(&vault), "--key", arg(&key)]);
+    let out =
+        site.run(&["failover", "i", "--test", "--instant", "--json", "--vault", vault.location(), "--key", arg(&key)]);
     assert!(out.status.success(), "instant failover: {}", String::from_utf8_lossy(&out.stderr));
     let job = json(&out);
     assert_eq!(job["health"].as_str(), Some("passed"), "{job}");
@@ -650,6 +670,7 @@ fn instant_recovery_boots_from_the_vault_without_restoring_first() {
     site.run_ok(&["failover", "cleanup", "i"]);
     assert!(!pid_alive(server) && !pid_alive(vm_pid), "cleanup left the server or the VM running");
     assert!(!dir.join("site/failovers/i").exists());
+    vault.finish();
 }
 
 /// Failback (issue 4, "Failback / reprotect"): after an unplanned failover,
@@ -663,7 +684,7 @@ fn instant_recovery_boots_from_the_vault_without_restoring_first() {
 #[test]
 #[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
 fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
-    failback_case(false);
+    failback_case(false, false);
 }
 
 /// The same after an instant recovery: `--prepare` waits for the local copy
@@ -671,14 +692,27 @@ fn failback_ships_and_fetches_only_what_changed_and_ends_byte_identical() {
 #[test]
 #[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
 fn failback_after_instant_recovery_ends_byte_identical() {
-    failback_case(true);
+    failback_case(true, false);
 }
 
-fn failback_case(instant: bool) {
+/// The same with the vault behind a real `lifeboat vault serve` (issue 14):
+/// the recovery site's home is enrolled as the protected host for the
+/// failover and `--prepare` (a host reads only what it wrote, so the copy it
+/// ships back must be the host's), then the original home enrolls again and
+/// fetches that copy through the server.
+#[test]
+#[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
+fn failback_through_a_vault_server_ends_byte_identical() {
+    failback_case(false, true);
+}
+
+fn failback_case(instant: bool, served: bool) {
     let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vmfb-");
     let dir = scratch.dir();
     let home = &scratch.home;
-    let (image, key, vault) = round_one_disk(dir, home, "f-root");
+    let vault = TestVault::new(served, &paths::lifeboat_bin(), dir);
+    vault.join("vmfb", home);
+    let (image, key) = round_one_disk(dir, home, "f-root", &vault);
     // The recovered guest checks its files, then writes 256 KiB of new data.
     let writer = CHECKER.replace(
         "sleep 3600",
@@ -705,8 +739,9 @@ fn failback_case(instant: bool) {
 
     // Unplanned failover at the recovery site, committed.
     let site = Home::new(paths::lifeboat_bin(), dir.join("site"));
+    vault.join("vmfb", &site);
     let _reaper = Reaper(dir.join("site/failovers"));
-    let kv = ["--vault", arg(&vault), "--key", arg(&key)];
+    let kv = ["--vault", vault.location(), "--key", arg(&key)];
     let mut args = vec!["failover", "f", "--unplanned", "--json"];
     args.extend(kv);
     if instant {
@@ -750,6 +785,8 @@ fn failback_case(instant: bool) {
         DISK_SIZE / MIB
     );
 
+    // The original site takes its identity back (a served vault).
+    vault.join("vmfb", home);
     let out = home.run(&["failback", "f", "--json"]);
     assert!(out.status.success(), "failback: {}", String::from_utf8_lossy(&out.stderr));
     let done = json(&out);
@@ -769,4 +806,5 @@ fn failback_case(instant: bool) {
     site.run_ok(&["failover", "cleanup", "f"]);
     assert!(!dir.join("site/failovers/f").exists() && !dir.join("site/disks/f-root").exists());
     eprintln!("failback: {shipped} bytes shipped back, {fetched} bytes fetched at the original site");
+    vault.finish();
 }

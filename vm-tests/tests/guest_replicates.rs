@@ -21,6 +21,11 @@
 //! point cut after the guest powered off must hold every round and be exactly
 //! the image.
 //!
+//! The case runs twice: with the vault a directory, and with the same
+//! directory behind a real `lifeboat vault serve` on loopback
+//! ([`vm_tests::site::TestVault`]), where every cycle, listing and restore
+//! goes through the server.
+//!
 //! Boots a VM, so `#[ignore]`d in the quick pass; `scripts/test.sh --full`
 //! runs it.
 
@@ -38,6 +43,7 @@ use vm_tests::lifeboat::Scratch;
 use vm_tests::process::assert_ok;
 use vm_tests::qemu::Vm;
 use vm_tests::replicate::{arg, PointInfo};
+use vm_tests::site::TestVault;
 use vm_tests::{paths, pseudo_random};
 
 const KIB: u64 = 1024;
@@ -146,9 +152,24 @@ fn check_point(image: &Path, id: u64, dir: &Path) -> u64 {
 #[test]
 #[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
 fn guest_workload_replicated_by_the_agent_restores_clean_at_every_point() {
+    replicate_case(false);
+}
+
+/// The same with the vault behind a real `lifeboat vault serve` on loopback
+/// (issue 14): every cycle, point listing and restore goes through the
+/// server, over TLS with the certificates `site enroll` / `site join` made.
+#[test]
+#[ignore = "boots a VM (full pass only): scripts/test.sh --full"]
+fn guest_workload_replicated_through_a_vault_server_restores_clean_at_every_point() {
+    replicate_case(true);
+}
+
+fn replicate_case(served: bool) {
     let scratch = Scratch::new(paths::lifeboat_bin(), "lb-vmrep-");
     let dir = scratch.dir();
     let home = &scratch.home;
+    let vault = TestVault::new(served, &paths::lifeboat_bin(), dir);
+    vault.join("vmrep", home);
     let image = dir.join("disk.img");
     fs::File::create(&image).unwrap().set_len(DISK_SIZE).unwrap();
     let mkfs = Command::new(paths::tool("mkfs.ext4"))
@@ -158,9 +179,9 @@ fn guest_workload_replicated_by_the_agent_restores_clean_at_every_point() {
         .output()
         .unwrap();
     assert_ok(&mkfs, "mkfs.ext4");
-    let (key, vault, sock) = (dir.join("k.key"), dir.join("vault"), dir.join("vm.sock"));
+    let (key, sock) = (dir.join("k.key"), dir.join("vm.sock"));
     home.key_new(&key);
-    home.vault_init(&vault, &key);
+    home.run_ok(&["vault", "init", vault.location(), "--key", arg(&key)]);
     home.run_ok(&[
         "protect",
         "vm",
@@ -169,7 +190,7 @@ fn guest_workload_replicated_by_the_agent_restores_clean_at_every_point() {
         "--block-size",
         "64KiB",
         "--vault",
-        arg(&vault),
+        vault.location(),
         "--key",
         arg(&key),
         "--rpo",
@@ -243,4 +264,8 @@ fn guest_workload_replicated_by_the_agent_restores_clean_at_every_point() {
     assert!(fs::read(&copy).unwrap() == fs::read(&image).unwrap(), "the last point differs from the image");
     assert_eq!(check_point(&copy, last.id, dir), ROUNDS, "the last point lacks the last round");
     eprintln!("{} points, rounds seen {rounds:?}", points.len());
+    if let Some(site) = vault.site() {
+        assert!(site.log().iter().any(|l| l.contains("vmrep")), "the server never served the host:\n{:#?}", site.log());
+    }
+    vault.finish();
 }

@@ -271,7 +271,7 @@ fn failover(home: &Home, site: &Site, a: RunArgs) -> Result<()> {
             choice.disk_id = def.disks.first().and_then(|d| crate::disk_pick::own_identity(home, d));
         }
     }
-    let serve = super::instant::launcher(vault_dir.absolute(), absolute(&key_path));
+    let serve = super::instant::launcher(home, vault_dir.absolute(), absolute(&key_path));
     let origin = match (a.vault.clone(), a.key.clone()) {
         (Some(vault), Some(key)) => Some(recovery::failover::Origin { vault: vault.absolute(), key: absolute(&key) }),
         _ => None,

@@ -89,13 +89,16 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
 }
 
 /// What `lifeboat failover --instant` uses to start one server per disk:
-/// this binary's `instant-serve`, detached in its own process group with
-/// its output in `IMAGE.log`; returns its pid once its socket accepts
-/// connections (or the reason it did not start).
+/// this binary's `instant-serve` in `home` (a `lifeboat://` vault is
+/// reached with the credentials `site join` stored there), detached in its
+/// own process group with its output in `IMAGE.log`; returns its pid once
+/// its socket accepts connections (or the reason it did not start).
 pub fn launcher(
+    home: &Home,
     vault: vault::Location,
     key: PathBuf,
 ) -> impl Fn(&recovery::failover::DiskPoint, &Path, &Path, &Path) -> Result<u32, String> + Sync {
+    let home = super::failover::absolute(home.root());
     move |p, image, bitmap, socket| {
         let disk = p.disk.as_str();
         let exe = std::env::current_exe().map_err(|e| format!("finding the lifeboat binary: {e}"))?;
@@ -104,6 +107,8 @@ pub fn launcher(
             recovery::trust::private_file(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let _ = std::fs::remove_file(socket);
         let mut child = Command::new(exe)
+            .arg("--home")
+            .arg(&home)
             .arg("instant-serve")
             .arg("--vault")
             .arg(match &vault {

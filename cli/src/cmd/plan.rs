@@ -217,7 +217,7 @@ fn execute(home: &Home, plans: &Plans, plan: &Plan, how: How, site_args: SiteArg
     let networks = super::failover::parse_networks(&site_args.networks)?;
     let (vault_dir, key_path) = super::failover::site_paths(home, &first, site_args.vault, site_args.key)?;
     let (keys, vault) = super::failover::keys_for(home, &first, Some(vault_dir.clone()), Some(key_path.clone()))?;
-    let serve = super::instant::launcher(vault_dir.absolute(), super::failover::absolute(&key_path));
+    let serve = super::instant::launcher(home, vault_dir.absolute(), super::failover::absolute(&key_path));
     let qemu = QemuConfig::default();
     let template = Request {
         vm: &first,
