@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The vault server against a local vault, side by side in one run (issue 14):
+#
+#   1. Pipeline: the full sync of one SIZE image (`lifeboat ship --once`, no
+#      filter running) into a vault directory, and the same into a vault
+#      server on loopback whose vault directory is on the same device
+#      (lifeboat vault serve: HTTP/2 over TLS 1.3, mutual authentication).
+#      Target: the server run at >= 90% of the local run's MB/s.
+#   2. Restore: `lifeboat restore --point latest` from the server directly,
+#      and through a delay line adding ONE_WAY_MS each way (a 2 x ONE_WAY_MS
+#      round trip; vm-tests' delay_proxy, since this kernel has no netem).
+#      Target: the delayed restore at >= 50% of the undelayed one.
+#
+# Page cache dropped before every timed run (`sync; echo 3 >
+# /proc/sys/vm/drop_caches`), so each figure is cold; the local run is the
+# floor the server run is measured against. Prints a table and the ratios.
+#
+#   benches/site-bench.sh                 # SIZE=1G ONE_WAY_MS=10
+#   SIZE=4G benches/site-bench.sh
+#
+# Environment: SIZE (default 1G), ONE_WAY_MS (default 10), BENCH_DIR (default
+# /var/tmp/lifeboat-site-bench), LIFEBOAT_BIN (default: build release).
+# Needs root (drop_caches).
+set -euo pipefail
+
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+size=${SIZE:-1G}
+one_way=${ONE_WAY_MS:-10}
+dir=${BENCH_DIR:-/var/tmp/lifeboat-site-bench}
+
+if [ -z "${LIFEBOAT_BIN:-}" ]; then
+  cargo build --release -p cli -q
+  LIFEBOAT_BIN=${CARGO_TARGET_DIR:-$repo/target}/release/lifeboat
+fi
+cargo build --release -p vm-tests --example delay_proxy -q
+proxy_bin=${CARGO_TARGET_DIR:-$repo/target}/release/examples/delay_proxy
+
+rm -rf "$dir"
+mkdir -p "$dir"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+host() { "$LIFEBOAT_BIN" --home "$dir/host" "$@"; }
+site() { "$LIFEBOAT_BIN" --home "$dir/site-home" "$@"; }
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+mbs() { python3 -c "import sys; b,t=float(sys.argv[1]),float(sys.argv[2]); print(f'{b/t/1e6:.0f}')" "$1" "$2"; }
+
+bytes=$(numfmt --from=iec "$size")
+echo "image: $size of incompressible random bytes in $dir (device: $(df --output=source "$dir" | tail -1))"
+head -c "$bytes" /dev/urandom > "$dir/disk.img"
+host key new --out "$dir/k.key" > /dev/null
+
+# The site, on a free loopback port.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$dir/vaults/main"
+site site init "$dir/site" --address "127.0.0.1:$port" > /dev/null
+site site enroll bench --vault main --out "$dir/bench.enroll" --site "$dir/site" > /dev/null
+site vault serve --site "$dir/site" --listen "127.0.0.1:$port" main="$dir/vaults/main" 2> "$dir/serve.log" &
+pids+=($!)
+for _ in $(seq 200); do grep -q 'serving vaults' "$dir/serve.log" && break; sleep 0.05; done
+host site join "$dir/bench.enroll" > /dev/null
+url="lifeboat://127.0.0.1:$port/main"
+host vault init "$url" --key "$dir/k.key" > /dev/null
+host vault init "$dir/local-vault" --key "$dir/k.key" > /dev/null
+
+# 1. Pipeline: the same image, protected twice under two names.
+cp --reflink=auto "$dir/disk.img" "$dir/disk2.img"
+host protect local --image "$dir/disk.img" --vault "$dir/local-vault" --key "$dir/k.key" > /dev/null
+host protect remote --image "$dir/disk2.img" --vault "$url" --key "$dir/k.key" > /dev/null
+cold; t0=$(now); host ship local --once > /dev/null; t1=$(now)
+local_s=$(python3 -c "print($t1-$t0)")
+cold; t0=$(now); host ship remote --once > /dev/null; t1=$(now)
+remote_s=$(python3 -c "print($t1-$t0)")
+
+# 2. Restore from the server, then through the delay line.
+"$proxy_bin" "$port" "$one_way" > "$dir/proxy.port" &
+pids+=($!)
+for _ in $(seq 200); do [ -s "$dir/proxy.port" ] && break; sleep 0.05; done
+proxy_port=$(cat "$dir/proxy.port")
+cold; t0=$(now); host restore remote --point latest --out "$dir/r0.raw" > /dev/null; t1=$(now)
+restore_s=$(python3 -c "print($t1-$t0)")
+cmp "$dir/r0.raw" "$dir/disk2.img"
+rm -f "$dir/r0.raw"
+# The host reaches the site through the delay line with the same
+# credentials (same CA, same server name 127.0.0.1).
+cp -r "$dir/host/sites/127.0.0.1_$port" "$dir/host/sites/127.0.0.1_$proxy_port"
+delayed_url="lifeboat://127.0.0.1:$proxy_port/main"
+cold; t0=$(now); host restore remote --point latest --vault "$delayed_url" --key "$dir/k.key" --out "$dir/r1.raw" > /dev/null; t1=$(now)
+delayed_s=$(python3 -c "print($t1-$t0)")
+cmp "$dir/r1.raw" "$dir/disk2.img"
+rm -f "$dir/r1.raw"
+
+printf '\n%-44s %10s %10s\n' "run ($size, cold cache)" seconds MB/s
+printf '%-44s %10.2f %10s\n' "full sync into a local vault (floor)" "$local_s" "$(mbs "$bytes" "$local_s")"
+printf '%-44s %10.2f %10s\n' "full sync into the vault server (loopback)" "$remote_s" "$(mbs "$bytes" "$remote_s")"
+printf '%-44s %10.2f %10s\n' "restore from the vault server" "$restore_s" "$(mbs "$bytes" "$restore_s")"
+printf '%-44s %10.2f %10s\n' "restore through a $((2 * one_way)) ms round trip" "$delayed_s" "$(mbs "$bytes" "$delayed_s")"
+python3 - "$local_s" "$remote_s" "$restore_s" "$delayed_s" <<'EOF'
+import sys
+l, r, rs, d = map(float, sys.argv[1:])
+print(f"\nserver pipeline / local pipeline: {l / r:.2f}  (target >= 0.90)")
+print(f"restore with delay / without:     {rs / d:.2f}  (target >= 0.50)")
+EOF
