@@ -10,6 +10,10 @@
 #      and through a delay line adding ONE_WAY_MS each way (a 2 x ONE_WAY_MS
 #      round trip; vm-tests' delay_proxy, since this kernel has no netem).
 #      Target: the delayed restore at >= 50% of the undelayed one.
+#   3. Bandwidth limit: the full sync of a fresh BW_SECS-second image (at
+#      BANDWIDTH) into the server with `ship --bandwidth BANDWIDTH`; the rate
+#      (bytes shipped / wall time of the whole command) against the limit.
+#      Target: within +-10% over at least 30 s.
 #
 # Page cache dropped before every timed run (`sync; echo 3 >
 # /proc/sys/vm/drop_caches`), so each figure is cold; the local run is the
@@ -18,7 +22,8 @@
 #   benches/site-bench.sh                 # SIZE=1G ONE_WAY_MS=10
 #   SIZE=4G benches/site-bench.sh
 #
-# Environment: SIZE (default 1G), ONE_WAY_MS (default 10), BENCH_DIR (default
+# Environment: SIZE (default 1G), ONE_WAY_MS (default 10), BANDWIDTH (default
+# 100Mbit), BW_SECS (default 30), BENCH_DIR (default
 # /var/tmp/lifeboat-site-bench), LIFEBOAT_BIN (default: build release).
 # Needs root (drop_caches).
 set -euo pipefail
@@ -32,6 +37,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 size=${SIZE:-1G}
 one_way=${ONE_WAY_MS:-10}
+bandwidth=${BANDWIDTH:-100Mbit}
+bw_secs=${BW_SECS:-30}
 dir=${BENCH_DIR:-/var/tmp/lifeboat-site-bench}
 
 if [ -z "${LIFEBOAT_BIN:-}" ]; then
@@ -98,14 +105,29 @@ delayed_s=$(python3 -c "print($t1-$t0)")
 cmp "$dir/r1.raw" "$dir/disk2.img"
 rm -f "$dir/r1.raw"
 
+# 3. Bandwidth limit: BW_SECS worth of new data at the limit, into the server.
+limit_bps=$(python3 -c "
+import re,sys
+m=re.fullmatch(r'(\d+(?:\.\d+)?)\s*([KMG]?)(bit|B)', sys.argv[1])
+n=float(m.group(1))*{'':1,'K':1e3,'M':1e6,'G':1e9}[m.group(2)]
+print(n/8 if m.group(3)=='bit' else n)" "$bandwidth")
+bw_bytes=$(python3 -c "print(int($limit_bps*$bw_secs)//65536*65536)")
+head -c "$bw_bytes" /dev/urandom > "$dir/bw.img"
+host protect bw --image "$dir/bw.img" --vault "$url" --key "$dir/k.key" > /dev/null
+cold; t0=$(now); host ship bw --once --json --bandwidth "$bandwidth" > "$dir/bw.json"; t1=$(now)
+bw_s=$(python3 -c "print($t1-$t0)")
+bw_shipped=$(python3 -c "import json; print(json.load(open('$dir/bw.json'))['bytes_shipped'])")
+
 printf '\n%-44s %10s %10s\n' "run ($size, cold cache)" seconds MB/s
 printf '%-44s %10.2f %10s\n' "full sync into a local vault (floor)" "$local_s" "$(mbs "$bytes" "$local_s")"
 printf '%-44s %10.2f %10s\n' "full sync into the vault server (loopback)" "$remote_s" "$(mbs "$bytes" "$remote_s")"
 printf '%-44s %10.2f %10s\n' "restore from the vault server" "$restore_s" "$(mbs "$bytes" "$restore_s")"
 printf '%-44s %10.2f %10s\n' "restore through a $((2 * one_way)) ms round trip" "$delayed_s" "$(mbs "$bytes" "$delayed_s")"
-python3 - "$local_s" "$remote_s" "$restore_s" "$delayed_s" <<'EOF'
+printf '%-44s %10.2f %10s\n' "full sync at --bandwidth $bandwidth" "$bw_s" "$(mbs "$bw_shipped" "$bw_s")"
+python3 - "$local_s" "$remote_s" "$restore_s" "$delayed_s" "$bw_shipped" "$bw_s" "$limit_bps" <<'EOF'
 import sys
-l, r, rs, d = map(float, sys.argv[1:])
+l, r, rs, d, bb, bs, lim = map(float, sys.argv[1:])
 print(f"\nserver pipeline / local pipeline: {l / r:.2f}  (target >= 0.90)")
 print(f"restore with delay / without:     {rs / d:.2f}  (target >= 0.50)")
+print(f"rate / bandwidth limit:           {bb / bs / lim:.2f}  over {bs:.0f} s (target 0.90 to 1.10)")
 EOF
