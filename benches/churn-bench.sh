@@ -20,7 +20,13 @@
 # Printed per rate: rate asked, rate fio achieved, cycles, mean and max cycle
 # time, mean MB shipped per cycle, max RPO age, overruns, HOLDS.
 #
-# Environment: RATES, DURATION (s, default 600), SIZE (default 8G),
+# SERVER=1 puts the vault behind a `lifeboat vault serve` on loopback (TLS
+# 1.3, site made by `site init`/`enroll`/`join` in BENCH_DIR; the vault's
+# files on the same device): the agent replicates to lifeboat://127.0.0.1:PORT/
+# churn, and retention runs at the site as it would there (`prune --all` and
+# `vault gc` by path every 30 s; the agent leaves them to the site).
+#
+# Environment: RATES, DURATION (s, default 600), SIZE (default 8G), SERVER,
 # BENCH_DIR (default /var/tmp/lifeboat-churn; disk-backed, needs about 4x SIZE
 # free), KEEP=1 keeps the work directory. The writer, the NBD server and the
 # shipper share the machine's cores: run it alone.
@@ -47,11 +53,14 @@ cargo build --release -p cli >&2
 lb=${CARGO_TARGET_DIR:-$repo/target}/release/lifeboat
 
 agent_pid=
+serve_pid=
+site_loop=
 cleanup() {
   if [ -n "$agent_pid" ] && kill -0 "$agent_pid" 2>/dev/null; then
     kill -TERM "$agent_pid" 2>/dev/null || true
     wait "$agent_pid" 2>/dev/null || true
   fi
+  for p in $site_loop $serve_pid; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   [ "${KEEP:-0}" = 1 ] || rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -64,8 +73,27 @@ for rate in $rates; do
   lbh() { "$lb" --home "$home" "$@"; }
   truncate -s "$size" "$dir/disk.img"
   lbh key new --out "$dir/k.key" >/dev/null
-  lbh vault init "$dir/vault" --key "$dir/k.key" >/dev/null
-  lbh protect churn --image "$dir/disk.img" --vault "$dir/vault" --key "$dir/k.key" \
+  vault=$dir/vault
+  if [ "${SERVER:-0}" = 1 ]; then
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    site() { "$lb" --home "$dir/site-home" "$@"; }
+    mkdir -p "$dir/vault"
+    site site init "$dir/site" --address "127.0.0.1:$port" >/dev/null
+    site site enroll bench --vault churn --out "$dir/bench.enroll" --site "$dir/site" >/dev/null
+    site vault serve --site "$dir/site" --listen "127.0.0.1:$port" churn="$dir/vault" 2>"$dir/serve.log" &
+    serve_pid=$!
+    for _ in $(seq 200); do grep -q 'serving vaults' "$dir/serve.log" && break; sleep 0.05; done
+    lbh site join "$dir/bench.enroll" >/dev/null
+    vault=lifeboat://127.0.0.1:$port/churn
+    # Retention at the site, by path, without the key.
+    ( while sleep 30; do
+        site prune --all --vault "$dir/vault" --recent 1m --hourly 0 >/dev/null 2>&1
+        site vault gc "$dir/vault" >/dev/null 2>&1
+      done ) &
+    site_loop=$!
+  fi
+  lbh vault init "$vault" --key "$dir/k.key" >/dev/null
+  lbh protect churn --image "$dir/disk.img" --vault "$vault" --key "$dir/k.key" \
     --rpo 30s --keep-recent 1m --keep-hourly 0 --keep-daily 0 >/dev/null
   log=$dir/agent.log
   "$lb" --home "$home" agent --gc-every 1m 2>"$log" &
@@ -100,6 +128,8 @@ PY
   kill -TERM "$agent_pid"
   wait "$agent_pid" || { cat "$log" >&2; say "the agent did not stop cleanly"; exit 1; }
   agent_pid=
+  for p in $site_loop $serve_pid; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  site_loop= serve_pid=
   row=$(python3 - "$rate" "$dir/fio.json" "$log" "$dir/rpo.txt" <<'PY'
 import json, re, sys
 rate, fio, log, rpo = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -124,7 +154,8 @@ PY
 done
 
 echo
-echo "Sustained churn through lifeboat agent, 30 s RPO, ${duration} s per rate, ${size} disk, sequential 1 MiB writes"
+where="a vault directory"; [ "${SERVER:-0}" = 1 ] && where="a vault server on loopback (vault files in $dir)"
+echo "Sustained churn through lifeboat agent into $where, 30 s RPO, ${duration} s per rate, ${size} disk, sequential 1 MiB writes"
 printf '%-9s %-9s %-7s %-11s %-10s %-12s %-11s %-16s %s\n' "asked MB/s" "fio MB/s" cycles "mean cycle s" "max cycle s" "MB/cycle" "max RPO s" "overrun+failed" HOLDS
 for r in "${rows[@]}"; do
   IFS=$'\t' read -r a b c d e f g h i <<<"$r"
