@@ -87,8 +87,8 @@ for rate in $rates; do
     vault=lifeboat://127.0.0.1:$port/churn
     # Retention at the site, by path, without the key.
     ( while sleep 30; do
-        site prune --all --vault "$dir/vault" --recent 1m --hourly 0 >/dev/null 2>&1
-        site vault gc "$dir/vault" >/dev/null 2>&1
+        site prune --all --vault "$dir/vault" --recent 1m --hourly 0 >>"$dir/site-retention.log" 2>&1
+        site vault gc "$dir/vault" >>"$dir/site-retention.log" 2>&1
       done ) &
     site_loop=$!
   fi
