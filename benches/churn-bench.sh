@@ -80,7 +80,7 @@ for rate in $rates; do
     mkdir -p "$dir/vault"
     site site init "$dir/site" --address "127.0.0.1:$port" >/dev/null
     site site enroll bench --vault churn --out "$dir/bench.enroll" --site "$dir/site" >/dev/null
-    site vault serve --site "$dir/site" --listen "127.0.0.1:$port" churn="$dir/vault" 2>"$dir/serve.log" &
+    "$lb" --home "$dir/site-home" vault serve --site "$dir/site" --listen "127.0.0.1:$port" churn="$dir/vault" 2>"$dir/serve.log" &
     serve_pid=$!
     for _ in $(seq 200); do grep -q 'serving vaults' "$dir/serve.log" && break; sleep 0.05; done
     lbh site join "$dir/bench.enroll" >/dev/null

@@ -70,7 +70,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 mkdir -p "$dir/vaults/main"
 site site init "$dir/site" --address "127.0.0.1:$port" > /dev/null
 site site enroll bench --vault main --out "$dir/bench.enroll" --site "$dir/site" > /dev/null
-site vault serve --site "$dir/site" --listen "127.0.0.1:$port" main="$dir/vaults/main" 2> "$dir/serve.log" &
+"$LIFEBOAT_BIN" --home "$dir/site-home" vault serve --site "$dir/site" --listen "127.0.0.1:$port" main="$dir/vaults/main" 2> "$dir/serve.log" &
 pids+=($!)
 for _ in $(seq 200); do grep -q 'serving vaults' "$dir/serve.log" && break; sleep 0.05; done
 host site join "$dir/bench.enroll" > /dev/null
