@@ -24,7 +24,8 @@
 # 1.3, site made by `site init`/`enroll`/`join` in BENCH_DIR; the vault's
 # files on the same device): the agent replicates to lifeboat://127.0.0.1:PORT/
 # churn, and retention runs at the site as it would there (`prune --all` and
-# `vault gc` by path every 30 s; the agent leaves them to the site).
+# `vault gc` by path every 17 s, not a divisor of the 30 s interval, or GC
+# always meets a cycle's lease; the agent leaves them to the site).
 #
 # Environment: RATES, DURATION (s, default 600), SIZE (default 8G), SERVER,
 # BENCH_DIR (default /var/tmp/lifeboat-churn; disk-backed, needs about 4x SIZE
@@ -88,7 +89,7 @@ for rate in $rates; do
     # Retention at the site, by path, without the key. GC is refused while
     # a cycle runs (its lease): the next round tries again (`|| true`, or
     # `set -e` would end the loop at the first refusal).
-    ( while sleep 30; do
+    ( while sleep 17; do
         site prune --all --vault "$dir/vault" --recent 1m --hourly 0 >>"$dir/site-retention.log" 2>&1 || true
         site vault gc "$dir/vault" >>"$dir/site-retention.log" 2>&1 || true
       done ) &
