@@ -59,7 +59,23 @@ pub fn open_server(home: &Path, host: &str, port: u16, vault: &str) -> Result<Bo
     let location = Location::Server { host: host.to_string(), port, vault: vault.to_string() }.to_string();
     let creds = site::enroll::credentials_for(home, host, port)
         .map_err(|e| VaultError::Unsupported { location: location.clone(), why: e.to_string() })?;
-    Ok(Box::new(site::client::RemoteBackend::connect(host, port, vault, &creds)?))
+    let timeouts = timeouts().map_err(|why| VaultError::Unsupported { location: location.clone(), why })?;
+    Ok(Box::new(site::client::RemoteBackend::connect_with(host, port, vault, &creds, timeouts)?))
+}
+
+/// The environment variable that sets how long, in seconds, a host waits on
+/// a vault server: to connect, and with no byte moving during a request.
+pub const TIMEOUT_ENV: &str = "LIFEBOAT_VAULT_TIMEOUT";
+
+/// The vault server timeouts: [`TIMEOUT_ENV`] seconds, or 60 s.
+fn timeouts() -> Result<site::client::Timeouts, String> {
+    match std::env::var(TIMEOUT_ENV) {
+        Err(_) => Ok(site::client::Timeouts::default()),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(site::client::Timeouts::secs(secs)),
+            _ => Err(format!("{TIMEOUT_ENV}={v:?} is not a whole number of seconds above 0 (unset it for 60 s)")),
+        },
+    }
 }
 
 /// Opens the existing vault at `at`.

@@ -60,15 +60,51 @@ const READ_TRIES: u32 = 3;
 /// Pieces of a streamed pack queued ahead of the connection.
 const WRITE_QUEUE: usize = 4;
 
+/// How long a host waits on a vault server before it calls the link broken.
+///
+/// A stalled link (packets dropped, no reset) otherwise holds a cycle until
+/// the kernel gives up on the TCP connection, which takes many minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To make a connection: TCP connect plus the TLS and HTTP/2 handshakes.
+    pub connect: Duration,
+    /// No byte received for this long while requests are open fails them:
+    /// after half of it the host pings the server (HTTP/2 PING), and a ping
+    /// unanswered for the other half closes the connection. A slow link
+    /// that moves bytes is not cut off.
+    pub progress: Duration,
+}
+
+impl Timeouts {
+    /// Both limits at `secs` seconds (at least one).
+    pub fn secs(secs: u64) -> Timeouts {
+        let d = Duration::from_secs(secs.max(1));
+        Timeouts { connect: d, progress: d }
+    }
+}
+
+impl Default for Timeouts {
+    /// 60 s each: generous for a WAN round trip, short enough that a dead
+    /// link fails a cycle within about a minute.
+    fn default() -> Timeouts {
+        Timeouts::secs(60)
+    }
+}
+
 /// A vault on a vault server; see the module documentation.
 pub struct RemoteBackend {
     rt: tokio::runtime::Runtime,
+    timeouts: Timeouts,
     host: String,
     port: u16,
     vault: String,
     tls: Arc<rustls::ClientConfig>,
     /// The connection, and how many were made (to reconnect once per break).
     conn: Mutex<(Option<Live>, u64)>,
+    /// When the last connection attempt timed out, and why: requests within
+    /// the connect timeout after it fail at once instead of each waiting it
+    /// out again on a dead link.
+    dial_failed: Mutex<Option<(std::time::Instant, String)>>,
     /// What ended the last connection that failed on TLS (a refused host
     /// certificate shows only there, after the handshake).
     cause: Arc<Mutex<Option<TlsError>>>,
@@ -96,6 +132,17 @@ impl RemoteBackend {
     /// [`VaultError::Unreachable`] (its source a [`TlsError`]) or
     /// [`VaultError::Refused`] (revoked, not enrolled for the vault).
     pub fn connect(url_host: &str, port: u16, vault: &str, creds: &Credentials) -> Result<RemoteBackend, VaultError> {
+        RemoteBackend::connect_with(url_host, port, vault, creds, Timeouts::default())
+    }
+
+    /// [`RemoteBackend::connect`] with explicit [`Timeouts`].
+    pub fn connect_with(
+        url_host: &str,
+        port: u16,
+        vault: &str,
+        creds: &Credentials,
+        timeouts: Timeouts,
+    ) -> Result<RemoteBackend, VaultError> {
         let location = format!("lifeboat://{url_host}:{port}/{vault}");
         let unreachable = |source: Box<dyn std::error::Error + Send + Sync>| VaultError::Unreachable {
             location: location.clone(),
@@ -112,11 +159,13 @@ impl RemoteBackend {
             .map_err(|e| unreachable(Box::new(e)))?;
         let b = RemoteBackend {
             rt,
+            timeouts,
             host: url_host.to_string(),
             port,
             vault: vault.to_string(),
             tls,
             conn: Mutex::new((None, 0)),
+            dial_failed: Mutex::new(None),
             cause: Arc::new(Mutex::new(None)),
         };
         // One request at once: TLS 1.3 delivers the server's verdict on the
@@ -138,18 +187,29 @@ impl RemoteBackend {
     async fn dial(&self) -> Result<Live, VaultError> {
         let peer = format!("{}:{}", self.host, self.port);
         let unreachable = |e: TlsError| VaultError::Unreachable { location: self.location_of(), source: Box::new(e) };
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        let limit = self.timeouts.connect;
+        let tcp = tokio::time::timeout(limit, TcpStream::connect((self.host.as_str(), self.port)))
             .await
+            .map_err(|_| {
+                self.timed_out(format!(
+                    "no TCP connection within {} s: check the network path to the site and that `lifeboat vault \
+                     serve` runs there",
+                    limit.as_secs()
+                ))
+            })?
             .map_err(|e| VaultError::Unreachable { location: self.location_of(), source: Box::new(e) })?;
         let _ = tcp.set_nodelay(true);
         let name = server_name(&self.host).map_err(unreachable)?;
-        let tls =
-            tokio::time::timeout(Duration::from_secs(30), TlsConnector::from(self.tls.clone()).connect(name, tcp))
-                .await
-                .map_err(|_| {
-                    unreachable(TlsError::NotTls { peer: peer.clone(), why: "no TLS handshake within 30 s".into() })
-                })?
-                .map_err(|e| unreachable(classify(&peer, &self.host, &e)))?;
+        let tls = tokio::time::timeout(limit, TlsConnector::from(self.tls.clone()).connect(name, tcp))
+            .await
+            .map_err(|_| {
+                self.timed_out(format!(
+                    "no TLS handshake with {peer} within {} s: a stalled link, or not a vault server; check the \
+                     network path to the site",
+                    limit.as_secs()
+                ))
+            })?
+            .map_err(|e| unreachable(classify(&peer, &self.host, &e)))?;
         if tls.get_ref().1.alpn_protocol() != Some(protocol::ALPN_H2) {
             return Err(unreachable(TlsError::NoH2 { peer }));
         }
@@ -160,11 +220,11 @@ impl RemoteBackend {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(crate::server::MAX_FRAME)
             .max_header_list_size(protocol::MAX_HEADER_LIST)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(30));
-        let (send, conn) = builder
-            .handshake(TokioIo::new(tls))
+            .keep_alive_interval(self.timeouts.progress / 2)
+            .keep_alive_timeout(self.timeouts.progress / 2);
+        let (send, conn) = tokio::time::timeout(limit, builder.handshake(TokioIo::new(tls)))
             .await
+            .map_err(|_| self.timed_out(format!("no HTTP/2 handshake within {} s: a stalled link", limit.as_secs())))?
             .map_err(|e| VaultError::Unreachable { location: self.location_of(), source: Box::new(e) })?;
         let (done, ended) = watch::channel(false);
         let (cause, peer, host) = (self.cause.clone(), peer.clone(), self.host.clone());
@@ -180,6 +240,12 @@ impl RemoteBackend {
         Ok(Live { send, ended })
     }
 
+    /// A connection attempt that timed out: remembered (see `dial_failed`).
+    fn timed_out(&self, why: String) -> VaultError {
+        *self.dial_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), why.clone()));
+        VaultError::Unreachable { location: self.location_of(), source: why.into() }
+    }
+
     /// The current connection (made if there is none), and its number.
     async fn sender(&self) -> Result<(Live, u64), VaultError> {
         {
@@ -190,7 +256,16 @@ impl RemoteBackend {
                 }
             }
         }
+        if let Some((at, why)) = &*self.dial_failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < self.timeouts.connect {
+                return Err(VaultError::Unreachable {
+                    location: self.location_of(),
+                    source: format!("{why} (a moment ago; not tried again yet)").into(),
+                });
+            }
+        }
         let s = self.dial().await?;
+        *self.dial_failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         guard.1 += 1;
         guard.0 = Some(s.clone());
@@ -282,22 +357,31 @@ impl RemoteBackend {
                         tracing::debug!(%why, "lifeboat: the vault server connection broke ({why}); trying the read again");
                     }
                     Err(Transport::Broken(why)) => {
-                        return Err(VaultError::Unreachable {
-                            location: self.location_of(),
-                            source: format!(
-                                "the connection broke while {what}{}: {why}",
-                                if idempotent {
-                                    ""
-                                } else {
-                                    " (not retried: it may have been done; check, then retry)"
-                                }
-                            )
-                            .into(),
-                        })
+                        let what = if idempotent {
+                            what.to_string()
+                        } else {
+                            format!("{what} (not retried: it may have been done; check, then retry)")
+                        };
+                        return Err(self.broken(&what, &why));
                     }
                 }
             }
         })
+    }
+
+    /// A connection that broke (reset, closed, or silent past the progress
+    /// timeout) while doing `what`: says what to do.
+    fn broken(&self, what: &str, why: &str) -> VaultError {
+        VaultError::Unreachable {
+            location: self.location_of(),
+            source: format!(
+                "the connection broke while {what}: {why} (a link that moves no byte for {} s counts as broken; \
+                 LIFEBOAT_VAULT_TIMEOUT sets that limit); check the network path to the site and that `lifeboat \
+                 vault serve` runs there: the next cycle sends what the vault still lacks",
+                self.timeouts.progress.as_secs()
+            )
+            .into(),
+        }
     }
 
     /// Maps an error answer onto a [`VaultError`].
@@ -336,7 +420,8 @@ impl RemoteBackend {
             }
             (413 | 422, _) => VaultError::Invalid { object, detail: format!("the vault server refused it: {message}") },
             (507, _) => VaultError::Io {
-                what: "storing on the vault server",
+                what: "storing on the vault server (the recovery site's disk is full: free space or grow the \
+                       vault's filesystem at the site, e.g. `lifeboat vault gc` there; the next cycle retries)",
                 path: PathBuf::from(self.location_of()),
                 source: std::io::Error::from_raw_os_error(libc::ENOSPC),
             },
@@ -621,10 +706,7 @@ impl RemoteWriter<'_> {
                 let t = self.backend.rt.block_on(self.backend.transport(&e, self.ended.clone()));
                 Err(match t {
                     Transport::Connect(e) => e,
-                    Transport::Broken(why) => VaultError::Unreachable {
-                        location: self.backend.location_of(),
-                        source: format!("the connection broke while {what}: {why}").into(),
-                    },
+                    Transport::Broken(why) => self.backend.broken(what, &why),
                 })
             }
             Err(_) => Err(VaultError::Unreachable {

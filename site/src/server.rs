@@ -477,7 +477,9 @@ impl From<ProtocolError> for Fail {
 
 impl From<GrantsError> for Fail {
     fn from(e: GrantsError) -> Fail {
-        Fail::new(ErrorCode::Io, e.to_string())
+        // A full disk shows first in the grants journal for small objects.
+        let code = if e.source.raw_os_error() == Some(libc::ENOSPC) { ErrorCode::NoSpace } else { ErrorCode::Io };
+        Fail::new(code, e.to_string())
     }
 }
 

@@ -30,6 +30,9 @@ pub enum Fault {
     ResetAfterUp(u64),
     /// Forwards at most this many bytes per second each way.
     Slow(u64),
+    /// Forwards this many more bytes client → server, then becomes
+    /// [`Fault::Stall`] (a link that dies mid-transfer without a reset).
+    StallAfterUp(u64),
 }
 
 #[derive(Debug)]
@@ -44,6 +47,8 @@ struct State {
     epoch: u64,
     /// Bytes up at which a `ResetAfterUp` fires.
     reset_at: Option<u64>,
+    /// Bytes up at which a `StallAfterUp` stalls the link.
+    stall_at: Option<u64>,
     /// One-way delay added to every byte, each way (half a round trip).
     delay: Duration,
     stopped: bool,
@@ -82,6 +87,7 @@ impl FaultProxy {
                 resets: 0,
                 epoch: 0,
                 reset_at: None,
+                stall_at: None,
                 delay: Duration::ZERO,
                 stopped: false,
             }),
@@ -105,6 +111,10 @@ impl FaultProxy {
         s.fault = fault;
         s.reset_at = match fault {
             Fault::ResetAfterUp(n) => Some(s.up + n),
+            _ => None,
+        };
+        s.stall_at = match fault {
+            Fault::StallAfterUp(n) => Some(s.up + n),
             _ => None,
         };
         self.shared.changed.notify_all();
@@ -246,6 +256,8 @@ fn pump(mut from: TcpStream, to: TcpStream, up: bool, epoch: u64, shared: &Share
         })
     };
     let mut buf = vec![0u8; 64 << 10];
+    // Bytes read past a `StallAfterUp` mark, forwarded once the stall lifts.
+    let mut held: Vec<u8> = Vec::new();
     let ended_cleanly = loop {
         // Wait while stalled; leave on a reset or a stop.
         let (fault, delay) = {
@@ -265,6 +277,9 @@ fn pump(mut from: TcpStream, to: TcpStream, up: bool, epoch: u64, shared: &Share
             }
             (s.fault, s.delay)
         };
+        if !held.is_empty() && tx.send((Instant::now() + delay, std::mem::take(&mut held))).is_err() {
+            break false;
+        }
         let want = match fault {
             Fault::Slow(rate) => buf.len().min(usize::try_from(rate / 20).unwrap_or(usize::MAX).max(1)),
             _ => buf.len(),
@@ -292,6 +307,15 @@ fn pump(mut from: TcpStream, to: TcpStream, up: bool, epoch: u64, shared: &Share
                     if (n as u64) >= left {
                         len = usize::try_from(left).unwrap_or(n);
                         fire = true;
+                    }
+                }
+                if let Some(at) = s.stall_at {
+                    let left = at.saturating_sub(s.up);
+                    if (n as u64) >= left {
+                        len = usize::try_from(left).unwrap_or(n);
+                        held = buf[len..n].to_vec();
+                        s.stall_at = None;
+                        s.fault = Fault::Stall;
                     }
                 }
                 s.up += len as u64;
