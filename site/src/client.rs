@@ -763,7 +763,7 @@ fn tls_cause(peer: &str, host: &str, e: &(dyn std::error::Error + 'static)) -> O
             c.downcast_ref::<std::io::Error>().or_else(|| c.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
         if let Some(io) = io {
             let t = classify(peer, host, io);
-            if !matches!(t, TlsError::Other { .. } | TlsError::NotTls { .. }) {
+            if !matches!(t, TlsError::Other { .. } | TlsError::NotTls { .. } | TlsError::Closed { .. }) {
                 return Some(t);
             }
         }

@@ -70,6 +70,20 @@ pub enum TlsError {
         /// The TLS alert received.
         alert: String,
     },
+    /// The connection closed in the middle of the handshake: a server
+    /// stopping or overloaded, a link cut by a firewall or proxy, or a
+    /// service on that port that is not a vault server.
+    #[error(
+        "the connection to the vault server at {peer} closed during the TLS handshake ({why}): the server may be \
+         stopping or overloaded, or the link cut between here and there; check that `lifeboat vault serve` runs \
+         there and the network path is open"
+    )]
+    Closed {
+        /// The address.
+        peer: String,
+        /// The OS error.
+        why: String,
+    },
     /// The peer does not speak TLS (a plain TCP service on that port).
     #[error("the server at {peer} is not a Lifeboat vault server speaking TLS ({why})")]
     NotTls {
@@ -183,10 +197,9 @@ pub fn classify(peer: &str, server_host: &str, e: &io::Error) -> TlsError {
             };
         }
         return match e.kind() {
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => TlsError::NotTls {
-                peer: peer.into(),
-                why: format!("it closed the connection during the TLS handshake: {e}"),
-            },
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                TlsError::Closed { peer: peer.into(), why: e.to_string() }
+            }
             _ => TlsError::Other { peer: peer.into(), why: e.to_string() },
         };
     };
@@ -218,5 +231,21 @@ pub fn classify(peer: &str, server_host: &str, e: &io::Error) -> TlsError {
             TlsError::NotTls { peer: peer.into(), why: tls.to_string() }
         }
         other => TlsError::Other { peer: peer.into(), why: other.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_closed_mid_handshake_says_so_not_that_the_server_is_another_service() {
+        for kind in [io::ErrorKind::UnexpectedEof, io::ErrorKind::ConnectionReset] {
+            let t = classify("127.0.0.1:7443", "127.0.0.1", &io::Error::new(kind, "gone"));
+            assert!(matches!(t, TlsError::Closed { .. }), "{t:?}");
+            let text = t.to_string();
+            assert!(text.contains("closed during the TLS handshake") && text.contains("vault serve"), "{text}");
+            assert!(!text.contains("not a Lifeboat vault server"), "{text}");
+        }
     }
 }
