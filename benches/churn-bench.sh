@@ -24,8 +24,8 @@
 # 1.3, site made by `site init`/`enroll`/`join` in BENCH_DIR; the vault's
 # files on the same device): the agent replicates to lifeboat://127.0.0.1:PORT/
 # churn, and retention runs at the site as it would there (`prune --all` and
-# `vault gc` by path every 17 s, not a divisor of the 30 s interval, or GC
-# always meets a cycle's lease; the agent leaves them to the site).
+# `vault gc --wait` by path, every 17 s: a collection waits for the next gap
+# between cycles; the agent leaves them to the site).
 #
 # Environment: RATES, DURATION (s, default 600), SIZE (default 8G), SERVER,
 # BENCH_DIR (default /var/tmp/lifeboat-churn; disk-backed, needs about 4x SIZE
@@ -86,12 +86,12 @@ for rate in $rates; do
     for _ in $(seq 200); do grep -q 'serving vaults' "$dir/serve.log" && break; sleep 0.05; done
     lbh site join "$dir/bench.enroll" >/dev/null
     vault=lifeboat://127.0.0.1:$port/churn
-    # Retention at the site, by path, without the key. GC is refused while
-    # a cycle runs (its lease): the next round tries again (`|| true`, or
-    # `set -e` would end the loop at the first refusal).
+    # Retention at the site, by path, without the key. GC waits for a gap
+    # between cycles (its lease and theirs exclude each other); a round that
+    # still fails tries again (`|| true`, or `set -e` would end the loop).
     ( while sleep 17; do
         site prune --all --vault "$dir/vault" --recent 1m --hourly 0 >>"$dir/site-retention.log" 2>&1 || true
-        site vault gc "$dir/vault" >>"$dir/site-retention.log" 2>&1 || true
+        site vault gc "$dir/vault" --wait 5m >>"$dir/site-retention.log" 2>&1 || true
       done ) &
     site_loop=$!
   fi

@@ -723,6 +723,56 @@ fn prune_then_gc_frees_old_points_and_keeps_the_newest_exact() {
     assert!(o.status.success(), "scrub after gc: {}", String::from_utf8_lossy(&o.stdout));
 }
 
+/// A recovery site's scheduled collection on a vault its hosts replicate to
+/// continuously: `vault gc` refuses at once while a cycle holds the vault,
+/// naming the cycle, and deletes nothing; `vault gc --wait` says what it
+/// waits for, deletes nothing while the cycle runs, and collects as soon as
+/// the cycle ends; a wait that runs out is refused naming how long it waited.
+/// The cycle is a real cycle lease (`Vault::begin_cycle`), taken by this
+/// process, so it is live until dropped.
+#[test]
+fn gc_waits_for_the_cycle_in_its_way_and_collects_in_the_gap() {
+    use std::io::{BufRead, BufReader};
+    let t = two_points();
+    let home = &t.s.home;
+    // Point 2 gone (as prune would drop it): its one pack and page are garbage.
+    fs::remove_file(Object::Root.path(&t.vault, &home.root_name(DISK, 2))).unwrap();
+    let garbage = [Object::Pack.path(&t.vault, &t.packs[1]), Object::Page.path(&t.vault, &t.pages[1])];
+    let v = vault::Vault::open(Box::new(vault::LocalBackend::open(&t.vault).unwrap())).unwrap();
+    let cycle = v.begin_cycle("d0").unwrap();
+
+    let o = home.run(&["vault", "gc", arg(&t.vault)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("cycle/d0"), "gc beside a cycle: {err}");
+    assert!(garbage.iter().all(|p| p.exists()), "a refused gc deleted something");
+
+    let o = home.run(&["vault", "gc", arg(&t.vault), "--wait", "1s"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("after waiting 1s") && err.contains("cycle/d0"), "{err}");
+    assert!(garbage.iter().all(|p| p.exists()), "a gc whose wait ran out deleted something");
+
+    let mut gc = home
+        .command()
+        .args(["vault", "gc", arg(&t.vault), "--wait", "10m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(gc.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("gc --wait said nothing").unwrap();
+    assert!(first.contains("waiting up to 600s") && first.contains("cycle/d0"), "{first}");
+    assert!(garbage.iter().all(|p| p.exists()), "gc --wait deleted something while the cycle ran");
+    assert!(gc.try_wait().unwrap().is_none(), "gc --wait ended while the cycle still held the vault");
+    drop(cycle);
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let o = gc.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "gc --wait after the cycle: {rest:?}");
+    assert!(out.contains("deleted 1 packs") && out.contains("and 1 pages"), "{out}");
+    assert!(garbage.iter().all(|p| !p.exists()), "gc --wait left the garbage");
+    assert_eq!(home.restore(DISK, "1", &t.s.path("one.img")), t.images[0], "point 1 after gc");
+}
+
 #[test]
 fn ship_names_the_disk_when_the_process_serving_it_hangs_up_at_once() {
     // A peer on the disk's control socket that closes every connection

@@ -73,6 +73,7 @@
 //! now.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use disk_format::{BlockId, MapPage, PackId, PageId};
 
@@ -143,6 +144,11 @@ impl GcReport {
     }
 }
 
+/// How often a waiting garbage collection looks whether the cycles in its
+/// way are over ([`Vault::gc_within`]): a list of the lease directory, so
+/// cheap, and a gap between cycles lasts seconds.
+const GC_POLL: Duration = Duration::from_secs(1);
+
 /// How old an object that was never committed must be before garbage
 /// collection removes it: far longer than any write takes (a pack streams
 /// in seconds), so a writer still at work is never touched, also on a share
@@ -153,7 +159,25 @@ impl Vault {
     /// Collects garbage (see the module documentation) and frees its space.
     /// `dry_run` deletes nothing and reports what would be deleted.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport, VaultError> {
-        let mut report = self.collect(dry_run)?;
+        self.gc_within(dry_run, Duration::ZERO, &mut |_| {})
+    }
+
+    /// [`Vault::gc`] that, while replication cycles (or another collection)
+    /// hold the vault, waits up to `wait` for a gap between them instead of
+    /// refusing at once, looking once a second. `waiting` hears each
+    /// refusal that starts a wait, naming the lease in the way. This is what
+    /// a recovery site's scheduled collection runs: hosts that replicate
+    /// every 30 s leave gaps of seconds, which a collection that refuses at
+    /// once meets only by luck (and never when its period is in step with
+    /// the cycles').
+    pub fn gc_within(
+        &self,
+        dry_run: bool,
+        wait: Duration,
+        waiting: &mut dyn FnMut(&VaultError),
+    ) -> Result<GcReport, VaultError> {
+        let lease = if dry_run { None } else { Some(self.begin_gc_within(wait, GC_POLL, waiting)?) };
+        let mut report = self.collect_under(dry_run, lease)?;
         if !dry_run {
             report.trash_freed = self.empty_trash()?;
         }
@@ -166,7 +190,13 @@ impl Vault {
     /// [`Vault::empty_trash`], which the caller runs when it likes — after
     /// the lease is released, alongside the next cycle.
     pub fn collect(&self, dry_run: bool) -> Result<GcReport, VaultError> {
-        let _lease = if dry_run { None } else { Some(self.begin_gc()?) };
+        let lease = if dry_run { None } else { Some(self.begin_gc()?) };
+        self.collect_under(dry_run, lease)
+    }
+
+    /// The collection itself, under `_lease` (none for a dry run), which it
+    /// releases when done.
+    fn collect_under(&self, dry_run: bool, _lease: Option<crate::lease::Hold<'_>>) -> Result<GcReport, VaultError> {
         let location = self.backend().location();
         let mut report = GcReport { dry_run, ..GcReport::default() };
 

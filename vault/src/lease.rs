@@ -62,6 +62,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::backend::Kind;
 use crate::error::VaultError;
@@ -483,10 +484,7 @@ impl Vault {
     pub(crate) fn begin_gc(&self) -> Result<Hold<'_>, VaultError> {
         let hold = self.take_lease("gc/", "gc")?;
         let leases = self.leases("")?;
-        let blocking = leases
-            .iter()
-            .find(|l| l.is_live() && l.name != hold.name && matches!(l.purpose, Purpose::Cycle { .. } | Purpose::Gc));
-        if let Some(l) = blocking {
+        if let Some(l) = leases.iter().find(|l| l.name != hold.name && blocks_gc(l)) {
             return Err(VaultError::Busy {
                 location: self.backend().location(),
                 action: "garbage collection".into(),
@@ -498,6 +496,55 @@ impl Vault {
         }
         Ok(hold)
     }
+
+    /// Takes the garbage-collection lease like [`Vault::begin_gc`], but while
+    /// a cycle (or another collection) holds the vault, waits up to `wait`
+    /// for it to end, looking once every `poll`. `waiting` hears each
+    /// refusal that starts a wait (a new holder, not every look).
+    ///
+    /// While it waits it only *looks* (lists leases, writes none), and it
+    /// takes its lease only when it sees none in its way, so a waiting
+    /// collection refuses a cycle only in the instant of the handshake — the
+    /// same race any collection has. On a vault that cycles continuously
+    /// (a 30 s interval, cycles of a few seconds) the wait ends at the next
+    /// gap between cycles.
+    pub(crate) fn begin_gc_within(
+        &self,
+        wait: Duration,
+        poll: Duration,
+        waiting: &mut dyn FnMut(&VaultError),
+    ) -> Result<Hold<'_>, VaultError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let busy = match self.begin_gc() {
+                Err(e @ VaultError::Busy { .. }) => e,
+                other => return other,
+            };
+            if Instant::now() >= deadline {
+                return Err(match busy {
+                    VaultError::Busy { location, action, lease, next } if !wait.is_zero() => VaultError::Busy {
+                        location,
+                        action: format!("{action} (after waiting {}s)", wait.as_secs()),
+                        lease,
+                        next,
+                    },
+                    e => e,
+                });
+            }
+            waiting(&busy);
+            while Instant::now() < deadline {
+                std::thread::sleep(poll.min(deadline.saturating_duration_since(Instant::now())));
+                if !self.leases("")?.iter().any(blocks_gc) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A live cycle's lease, or another collection's: garbage collection waits.
+fn blocks_gc(l: &LeaseInfo) -> bool {
+    l.is_live() && matches!(l.purpose, Purpose::Cycle { .. } | Purpose::Gc)
 }
 
 #[cfg(test)]

@@ -27,14 +27,25 @@ pub enum Command {
     },
     /// Delete the map pages and packs no point uses any more (after `lifeboat
     /// prune`), and objects a process killed mid-write left unfinished more
-    /// than a day ago. Needs no key. Refuses while a replication cycle runs.
+    /// than a day ago. Needs no key. A replication cycle and a collection
+    /// never run at once: without --wait, gc refuses while a cycle runs. At a
+    /// recovery site whose hosts replicate continuously, schedule
+    /// `lifeboat prune …` then `lifeboat vault gc VAULT-DIR --wait 10m`.
     Gc {
-        /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault server.
+        /// VAULT: a directory (at a recovery site, the served vault's
+        /// directory: hosts cannot delete through the server).
         #[arg(value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
         dir: Location,
         /// Report what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// While replication cycles hold the vault, wait up to DURATION
+        /// (`10m`, `1h`) for a gap between them, looking once a second,
+        /// instead of refusing at once. Cycles that start while the
+        /// collection runs back off and run again a few seconds later;
+        /// nothing they hold is lost.
+        #[arg(long, value_name = "DURATION", value_parser = crate::size::parse_duration)]
+        wait: Option<u64>,
     },
     /// Scrub a vault: the structure and name of every object and the CRC of
     /// every block in every pack (no key needed: a damaged block is named with
@@ -77,9 +88,22 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             super::audit::record(&super::audit::audit_dir(home), &keys, Some(&v), "vault.init", None, details)?;
             Ok(())
         }
-        Command::Gc { dir, dry_run } => {
+        Command::Gc { dir, dry_run, wait } => {
             crate::vault_open::refuse_on_server(&dir, "vault gc")?;
-            let r = open(home, &dir)?.gc(dry_run)?;
+            let wait = std::time::Duration::from_secs(wait.unwrap_or(0));
+            let mut last = String::new();
+            let mut waiting = |busy: &vault::VaultError| {
+                if let vault::VaultError::Busy { lease, .. } = busy {
+                    if *lease != last {
+                        tracing::info!(
+                            "lifeboat vault gc: waiting up to {}s for {lease} to end; collecting in the next gap",
+                            wait.as_secs()
+                        );
+                        last.clone_from(lease);
+                    }
+                }
+            };
+            let r = open(home, &dir)?.gc_within(dry_run, wait, &mut waiting)?;
             let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
             outln!(
                 "{}{} packs ({:.1} MiB) and {} pages ({:.1} MiB) no point uses; {} packs ({:.1} MiB) kept",
