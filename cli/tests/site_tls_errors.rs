@@ -2,9 +2,9 @@
 //! CLI (issue 14, point 4), with real processes and the certificates a real
 //! site makes (`site init` / `enroll` / `join`): each is a clear error that
 //! names its cause and says what to do, exit status 1, and the server logs
-//! one line for the refusal and keeps serving. (An expired host certificate
-//! is covered at the library level, `site/tests/server.rs`: the CLI has no
-//! way to issue one.)
+//! one line for the refusal and keeps serving. The CLI issues no expired
+//! certificate, so that test signs one with the site's own CA through the
+//! `site` library and puts it where `site join` put the host's.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -140,4 +140,27 @@ fn a_plain_tcp_client_is_refused_and_logged_and_the_server_keeps_serving() {
     assert!(w.site.wait_log("a plain-TCP (not TLS) client", Duration::from_secs(10)), "{:?}", w.site.log());
     assert_eq!(w.refusals(), before + 1, "one log line per refusal: {:?}", w.site.log());
     w.still_serves();
+}
+
+#[test]
+fn an_expired_host_certificate_is_told_to_join_again() {
+    let w = World::new("lb-tls-expired-");
+    w.host.run_ok(&["vault", "init", &w.site.url("main"), "--key", &w.key]);
+    // web1's credentials, replaced by a certificate of the same site's CA
+    // that expired an hour ago (and its key).
+    let ca = site::site_dir::Site::open(&w.site.dir).unwrap().ca().unwrap();
+    let key = site::pki::HostKey::generate().unwrap();
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let cert =
+        ca.issue_host_between("web1", &key.public_key_der(), long_ago, long_ago + Duration::from_secs(3600)).unwrap();
+    let creds = w.host.dir.join(format!("sites/127.0.0.1_{}", w.site.port));
+    fs::write(creds.join("host.pem"), cert).unwrap();
+    fs::write(creds.join("host.key"), key.key_pem()).unwrap();
+    let before = w.refusals();
+    let err = w.init_fails(&w.host, &w.site.url("main"), "expired");
+    assert!(err.contains("refused this host's certificate as expired"), "{err}");
+    assert!(err.contains("lifeboat site join"), "the error says what to do: {err}");
+    assert!(err.contains(&w.site.url("main")), "the error names the server: {err}");
+    assert!(w.site.wait_log("TLS handshake failed", Duration::from_secs(10)), "{:?}", w.site.log());
+    assert_eq!(w.refusals(), before + 1, "one log line per refusal: {:?}", w.site.log());
 }
