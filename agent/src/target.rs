@@ -54,6 +54,9 @@ pub struct Target {
     /// The home's index caches (`HOME/cache/index`, see
     /// `vault::index_cache`); `None`: every cycle rebuilds the vault's index.
     pub index_cache: Option<PathBuf>,
+    /// The index cache kept in memory from one cycle to the next (loading
+    /// it is the one cost of a cycle that grows with the vault).
+    pub warm_index: vault::index_cache::WarmIndex,
 }
 
 /// Why a cycle did not commit.
@@ -194,6 +197,7 @@ impl Target {
                     extension: &extension,
                     cut_hook: hook,
                     index_cache: self.index_cache.as_deref(),
+                    warm_index: Some(&self.warm_index),
                     ..CycleOptions::new(&self.name, self.disk_id)
                 };
                 let requests = || count.as_ref().map(|c| c.get().total);

@@ -30,6 +30,7 @@ pub fn load(home: &Home, name: &str) -> Result<(DiskEntry, Target)> {
         vms_dir: home.vms_dir(),
         throttle: None,
         index_cache: Some(home.index_cache_dir()),
+        warm_index: Default::default(),
     };
     Ok((entry, target))
 }

@@ -55,6 +55,12 @@ pub struct CycleOptions<'a> {
     /// With an index cache: committed cycles between two full listings of
     /// the vault's packs ([`vault::index_cache::RELIST_EVERY`]).
     pub relist_every: u32,
+    /// With an index cache: where a process that runs cycle after cycle
+    /// (the agent) keeps it in memory between them. The cycle takes it from
+    /// here instead of loading the file when the file is unchanged
+    /// ([`vault::index_cache::IndexCache::is_current`]), and puts it back
+    /// when it ends, committed or not. `None`: loaded from the file.
+    pub warm_index: Option<&'a vault::index_cache::WarmIndex>,
 }
 
 /// Why a [`CutHook`] could not quiesce or resume: the implementation's own
@@ -99,6 +105,7 @@ impl<'a> CycleOptions<'a> {
             cut_hook: None,
             index_cache: None,
             relist_every: vault::index_cache::RELIST_EVERY,
+            warm_index: None,
         }
     }
 }
@@ -274,7 +281,7 @@ pub fn run_cycle(
     report.root_id = root_id;
     report.chain_break = chain_break;
     report.app_consistent = cut.consistency == Consistency::App;
-    report.warnings = cycle.warnings;
+    report.warnings = std::mem::take(&mut cycle.warnings);
     report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
 }
@@ -308,6 +315,18 @@ struct Cycle<'c, 'o> {
     written: Vec<FinishedPack<()>>,
     /// The index cache listed the vault's packs.
     index_listed: bool,
+}
+
+impl Drop for Cycle<'_, '_> {
+    /// Hands the index cache back for the process's next cycle (see
+    /// [`CycleOptions::warm_index`]), whether this one committed or not:
+    /// what it learnt (a listing, packs found gone) is still true, and its
+    /// records not yet saved are saved by the next commit.
+    fn drop(&mut self) {
+        if let (Some(slot), Some(cache)) = (self.opts.warm_index, self.cache.take()) {
+            *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cache);
+        }
+    }
 }
 
 /// What a cycle deduplicates against.
@@ -587,7 +606,12 @@ impl Cycle<'_, '_> {
         let Some(dir) = self.opts.index_cache else {
             return Ok(Known::Vault(self.vault.block_index()?));
         };
-        let mut cache = match self.cache.take() {
+        let warm = || {
+            let slot = self.opts.warm_index?;
+            let cache = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()?;
+            cache.is_current(dir, self.vault).then_some(cache)
+        };
+        let mut cache = match self.cache.take().or_else(warm) {
             Some(c) => c,
             None => {
                 let (cache, opened) = IndexCache::open(dir, self.vault, self.keys);

@@ -17,7 +17,7 @@ use filter::nbd::Export;
 use filter::{Disk, StateFile};
 use shipper::{run_cycle, CycleOptions, CycleReport, LocalSource};
 use vault::counting::{Counting, RequestCount};
-use vault::index_cache::{IndexCache, Opened};
+use vault::index_cache::{IndexCache, Opened, WarmIndex};
 use vault::{Kind, LocalBackend, Vault};
 
 const BS: u64 = 65536;
@@ -63,12 +63,19 @@ impl Fixture {
     /// One cycle with the index cache (`relist_every` cycles between
     /// listings), and the requests it made.
     fn ship(&self, relist_every: u32) -> (CycleReport, u64) {
+        self.ship_with(relist_every, None)
+    }
+
+    /// [`Fixture::ship`], keeping the cache in memory in `warm` between
+    /// cycles, as the agent does.
+    fn ship_with(&self, relist_every: u32, warm: Option<&WarmIndex>) -> (CycleReport, u64) {
         let before = self.count.get().total;
         let mut src = LocalSource::open(self.paths.clone()).unwrap();
         let opts = CycleOptions {
             workers: 2,
             index_cache: Some(&self.cache),
             relist_every,
+            warm_index: warm,
             ..CycleOptions::new("disk1", DISK_ID)
         };
         let r = run_cycle(&mut src, &self.vault, &keys(), &opts, &mut ()).unwrap();
@@ -258,4 +265,54 @@ fn a_cache_dir_that_cannot_be_written_is_a_warning_not_a_failure() {
     assert!(r.warnings.iter().any(|w| w.contains("index cache could not be saved")), "{:?}", r.warnings);
     f.restores_to_the_disk(r.sequence);
     let _ = Path::new(&f.cache);
+}
+
+/// The agent keeps the cache in memory between cycles: the next cycle uses
+/// it without reading the file, as long as the file is as the cache left
+/// it. Shown by damaging the file in place (same inode, same length): the
+/// warm cycle neither notices nor lists, where a cycle that loads the file
+/// discards it and lists.
+#[test]
+fn the_agents_cache_stays_in_memory_while_its_file_is_unchanged() {
+    let f = Fixture::new();
+    let warm = WarmIndex::default();
+    f.write(&[(0, 1)]);
+    f.ship_with(1000, Some(&warm));
+    assert!(warm.lock().unwrap().is_some(), "the cycle handed its cache back");
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(f.cache_file()).unwrap();
+        let at = file.metadata().unwrap().len() - 20;
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, at).unwrap();
+        file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    }
+    f.write(&[(1, 1)]);
+    let (r, _) = f.ship_with(1000, Some(&warm));
+    assert_eq!((r.index_listed, r.new_blocks, r.known_blocks), (false, 0, 1), "the warm cache: {r:?}");
+    assert!(r.warnings.is_empty(), "the damaged file was read: {:?}", r.warnings);
+    // A cycle of another process loads the file: damaged, so it lists.
+    f.write(&[(2, 1)]);
+    let (r, _) = f.ship(1000);
+    assert!(r.index_listed, "a cycle loading the damaged file lists: {r:?}");
+    f.restores_to_the_disk(r.sequence);
+}
+
+/// When another process committed a cycle meanwhile (`ship --once`, a
+/// failback), its records are in the file and not in the agent's memory:
+/// the agent's next cycle loads the file again and deduplicates against
+/// them, without a listing.
+#[test]
+fn the_agent_reloads_a_cache_another_process_changed() {
+    let f = Fixture::new();
+    let warm = WarmIndex::default();
+    f.write(&[(0, 1)]);
+    f.ship_with(1000, Some(&warm));
+    f.write(&[(5, 7)]);
+    let (other, _) = f.ship(1000);
+    assert_eq!(other.new_blocks, 1, "{other:?}");
+    f.write(&[(6, 7)]);
+    let (r, _) = f.ship_with(1000, Some(&warm));
+    assert_eq!((r.index_listed, r.new_blocks, r.known_blocks), (false, 0, 1), "{r:?}");
+    f.restores_to_the_disk(r.sequence);
 }

@@ -174,7 +174,18 @@ pub struct IndexCache {
     pending: Vec<u8>,
     /// Committed cycles between two full listings ([`RELIST_EVERY`]).
     pub relist_every: u32,
+    /// The file as this cache last read or wrote it: device, inode and
+    /// length. Another process that appended to it or rewrote it since
+    /// changes one of them ([`IndexCache::is_current`]).
+    stamp: Option<(u64, u64, u64)>,
 }
+
+/// A cache kept in memory between the cycles of one process (the agent):
+/// the next cycle of the same vault takes it instead of loading the file,
+/// if the file is still as the cache left it ([`IndexCache::is_current`]).
+/// Loading is the one cost of a cached cycle that grows with the vault
+/// (about 0.5 µs per pack: 25 ms at 50,000 packs).
+pub type WarmIndex = std::sync::Mutex<Option<IndexCache>>;
 
 impl std::fmt::Debug for IndexCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,12 +216,16 @@ impl IndexCache {
             rewrite: true,
             pending: Vec::new(),
             relist_every: RELIST_EVERY,
+            stamp: None,
         };
-        let opened = match std::fs::read(&cache.path) {
+        let opened = match read_stamped(&cache.path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Opened::New,
             Err(source) => Opened::Discarded(CacheProblem::Io { path: cache.path.clone(), source }),
-            Ok(bytes) => match cache.load(&bytes) {
-                Ok(()) => Opened::Loaded { packs: cache.index.pack_count() },
+            Ok((bytes, stamp)) => match cache.load(&bytes) {
+                Ok(()) => {
+                    cache.stamp = Some(stamp);
+                    Opened::Loaded { packs: cache.index.pack_count() }
+                }
                 Err(problem) => Opened::Discarded(problem),
             },
         };
@@ -220,6 +235,17 @@ impl IndexCache {
             cache.rewrite = true;
         }
         (cache, opened)
+    }
+
+    /// Whether this cache, kept in memory since it was loaded or saved, is
+    /// still the one to use for `vault` with the caches in `dir`: its file,
+    /// and the file has not changed since (another process, `ship --once`
+    /// or a failback, appended to it or rewrote it). A `false` means load
+    /// it again. Either way it stays a hint that every cycle confirms.
+    pub fn is_current(&self, dir: &Path, vault: &Vault) -> bool {
+        self.path == IndexCache::path_in(dir, vault)
+            && self.stamp.is_some()
+            && self.stamp == std::fs::metadata(&self.path).ok().map(|m| stamp_of(&m, m.len()))
     }
 
     /// The cached index.
@@ -334,9 +360,12 @@ impl IndexCache {
             self.rewrite_whole(&dir)?;
         } else {
             let mut f = OpenOptions::new().append(true).open(&self.path).map_err(io("opening", &self.path))?;
+            self.stamp = None;
             f.write_all(&self.pending).map_err(io("appending to", &self.path))?;
             f.sync_data().map_err(io("syncing", &self.path))?;
             self.file_len = on_disk + self.pending.len() as u64;
+            let m = f.metadata().map_err(io("reading the metadata of", &self.path))?;
+            self.stamp = Some(stamp_of(&m, m.len()));
         }
         self.pending.clear();
         Ok(())
@@ -368,16 +397,22 @@ impl IndexCache {
         }
         self.push_record(&mut out, KIND_CYCLES, &[&self.cycles_since_list.to_le_bytes()]);
         let tmp = self.path.with_extension(format!("idx.tmp{}", std::process::id()));
+        self.stamp = None;
         let written = (|| {
             let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
             f.write_all(&out)?;
             f.sync_all()?;
+            let m = f.metadata()?;
             std::fs::rename(&tmp, &self.path)?;
-            File::open(dir)?.sync_all()
+            File::open(dir)?.sync_all()?;
+            Ok::<_, io::Error>(stamp_of(&m, m.len()))
         })();
-        if let Err(source) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(VaultError::Io { what: "rewriting", path: self.path.clone(), source });
+        match written {
+            Err(source) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(VaultError::Io { what: "rewriting", path: self.path.clone(), source });
+            }
+            Ok(stamp) => self.stamp = Some(stamp),
         }
         self.file_len = out.len() as u64;
         self.rewrite = false;
@@ -541,6 +576,23 @@ impl IndexCache {
             _ => false,
         }
     }
+}
+
+/// The file at `path`, read whole, and its stamp (device, inode, the length
+/// read) taken from the same open file.
+fn read_stamped(path: &Path) -> io::Result<(Vec<u8>, (u64, u64, u64))> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let m = f.metadata()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(m.len()).unwrap_or(0));
+    f.read_to_end(&mut bytes)?;
+    let len = bytes.len() as u64;
+    Ok((bytes, stamp_of(&m, len)))
+}
+
+fn stamp_of(m: &std::fs::Metadata, len: u64) -> (u64, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino(), len)
 }
 
 fn encode_pack_head(out: &mut Vec<u8>, pack: &PackId, len: u64, count: usize) {

@@ -907,6 +907,7 @@ impl Sim {
             cut_hook: None,
             index_cache: None,
             relist_every: vault::index_cache::RELIST_EVERY,
+            warm_index: None,
         };
         let mut src = CycleSource {
             disk: &mut self.disk,
@@ -1444,6 +1445,7 @@ fn clean_cycle(
         cut_hook: None,
         index_cache: None,
         relist_every: vault::index_cache::RELIST_EVERY,
+        warm_index: None,
     };
     let mut src = CycleSource {
         disk,
