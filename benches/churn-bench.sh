@@ -29,12 +29,15 @@
 #
 # Environment: RATES, DURATION (s, default 600), SIZE (default 8G), SERVER,
 # BENCH_DIR (default /var/tmp/lifeboat-churn; disk-backed, needs about 4x SIZE
-# free), KEEP=1 keeps the work directory. The writer, the NBD server and the
+# free), VAULT_DIR (default BENCH_DIR/vault: where the vault's files go; a
+# directory on another device, or /dev/shm/... to stand for a recovery site
+# whose disks are not the protected host's; needs about 4x SIZE),
+# KEEP=1 keeps the work directory. The writer, the NBD server and the
 # shipper share the machine's cores: run it alone.
 set -euo pipefail
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -62,7 +65,7 @@ cleanup() {
     wait "$agent_pid" 2>/dev/null || true
   fi
   for p in $site_loop $serve_pid; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  [ "${KEEP:-0}" = 1 ] || rm -rf "$dir"
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$dir" ${VAULT_DIR:+"$VAULT_DIR"}
 }
 trap cleanup EXIT
 
@@ -74,14 +77,16 @@ for rate in $rates; do
   lbh() { "$lb" --home "$home" "$@"; }
   truncate -s "$size" "$dir/disk.img"
   lbh key new --out "$dir/k.key" >/dev/null
-  vault=$dir/vault
+  vault_dir=${VAULT_DIR:-$dir/vault}
+  rm -rf "$vault_dir"
+  vault=$vault_dir
   if [ "${SERVER:-0}" = 1 ]; then
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     site() { "$lb" --home "$dir/site-home" "$@"; }
-    mkdir -p "$dir/vault"
+    mkdir -p "$vault_dir"
     site site init "$dir/site" --address "127.0.0.1:$port" >/dev/null
     site site enroll bench --vault churn --out "$dir/bench.enroll" --site "$dir/site" >/dev/null
-    "$lb" --home "$dir/site-home" vault serve --site "$dir/site" --listen "127.0.0.1:$port" churn="$dir/vault" 2>"$dir/serve.log" &
+    "$lb" --home "$dir/site-home" vault serve --site "$dir/site" --listen "127.0.0.1:$port" churn="$vault_dir" 2>"$dir/serve.log" &
     serve_pid=$!
     for _ in $(seq 200); do grep -q 'serving vaults' "$dir/serve.log" && break; sleep 0.05; done
     lbh site join "$dir/bench.enroll" >/dev/null
@@ -90,8 +95,8 @@ for rate in $rates; do
     # between cycles (its lease and theirs exclude each other); a round that
     # still fails tries again (`|| true`, or `set -e` would end the loop).
     ( while sleep 17; do
-        site prune --all --vault "$dir/vault" --recent 1m --hourly 0 >>"$dir/site-retention.log" 2>&1 || true
-        site vault gc "$dir/vault" --wait 5m >>"$dir/site-retention.log" 2>&1 || true
+        site prune --all --vault "$vault_dir" --recent 1m --hourly 0 >>"$dir/site-retention.log" 2>&1 || true
+        site vault gc "$vault_dir" --wait 5m >>"$dir/site-retention.log" 2>&1 || true
       done ) &
     site_loop=$!
   fi
@@ -157,7 +162,10 @@ PY
 done
 
 echo
-where="a vault directory"; [ "${SERVER:-0}" = 1 ] && where="a vault server on loopback (vault files in $dir)"
+vault_files=${VAULT_DIR:-$dir/vault}
+vault_fs=$(df --output=source,fstype "$(dirname "$vault_files")" | tail -1 | tr -s ' ')
+where="a vault directory ($vault_files on $vault_fs)"
+[ "${SERVER:-0}" = 1 ] && where="a vault server on loopback (vault files in $vault_files on $vault_fs)"
 echo "Sustained churn through lifeboat agent into $where, 30 s RPO, ${duration} s per rate, ${size} disk, sequential 1 MiB writes"
 printf '%-9s %-9s %-7s %-11s %-10s %-12s %-11s %-16s %s\n' "asked MB/s" "fio MB/s" cycles "mean cycle s" "max cycle s" "MB/cycle" "max RPO s" "overrun+failed" HOLDS
 for r in "${rows[@]}"; do
