@@ -395,7 +395,17 @@ impl RemoteBackend {
         body: &[u8],
     ) -> VaultError {
         let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
-        let message = parsed.as_ref().map_or_else(|| String::from_utf8_lossy(body).into_owned(), |b| b.message.clone());
+        let mut message =
+            parsed.as_ref().map_or_else(|| String::from_utf8_lossy(body).into_owned(), |b| b.message.clone());
+        if message.trim().is_empty() {
+            // A HEAD answer has no body to say why.
+            message = match status.as_u16() {
+                403 => "HTTP 403: the server's rights refuse it (a host reads only the objects it wrote; a GET of \
+                        the same object says more)"
+                    .into(),
+                s => format!("HTTP {s}, no reason given"),
+            };
+        }
         let code = parsed.as_ref().and_then(|b| ErrorCode::from_code(&b.error));
         let object = format!("{}/{name}", kind.prefix());
         match (status.as_u16(), code) {

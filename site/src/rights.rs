@@ -8,7 +8,8 @@
 //! at the site, by path.
 //!
 //! What a host wrote is journaled in `GRANTS/VAULT/HOST`, one `KIND/NAME` a
-//! line, appended and fdatasync'ed before the write is acknowledged; the
+//! line, appended and fdatasync'ed before the object becomes visible (so
+//! before the write is acknowledged); the
 //! server loads a vault's journals the first time it serves that vault. A
 //! chain (`DISK` of a root `DISK/SEQUENCE`) belongs to the first host whose
 //! root named it.

@@ -814,13 +814,14 @@ async fn put(
         };
         check_staged_pack(&mut staged, &name)?;
         c.allow(if want_version { Op::Create } else { Op::Put }, kind, &name, false)?;
+        // The grant before the object (see `put_small`).
+        c.record(kind, &name)?;
         match staged.create(&name) {
             Ok(()) => {}
             // Content-addressed: the same name is the same (checked) object.
             Err(VaultError::AlreadyExists { .. }) if !want_version => {}
             Err(e) => return Err(e.into()),
         }
-        c.record(kind, &name)?;
         let r = full(StatusCode::OK, Bytes::new());
         Ok(match hasher {
             Some(h) => with_etag(r, &Version::new(format!("b3-{}", &h.finalize().to_hex()[..32]))),
@@ -884,13 +885,22 @@ fn put_small(ctx: &Ctx, kind: Kind, name: &str, cond: Condition, data: &[u8]) ->
     check_object(kind, name, data)?;
     let b = &ctx.backend;
     let exists = b.size(kind, name)?.is_some();
+    let op = match cond {
+        Condition::Absent => Op::Create,
+        Condition::Matches(_) => Op::Replace,
+        Condition::None => Op::Put,
+    };
+    ctx.allow(op, kind, name, exists)?;
+    // The grant is durable before the object is visible. A server killed
+    // between the two then leaves a grant of an object that is not there
+    // (harmless: reading it is a 404, and the host's next cycle writes it),
+    // never an object its writer may not read back: a page or pack stored
+    // without its grant made every later cycle of that host fail, refused
+    // when it asked whether the object was there.
+    ctx.record(kind, name)?;
     let version = match cond {
-        Condition::Absent => {
-            ctx.allow(Op::Create, kind, name, exists)?;
-            b.create(kind, name, data)?
-        }
+        Condition::Absent => b.create(kind, name, data)?,
         Condition::Matches(tag) => {
-            ctx.allow(Op::Replace, kind, name, exists)?;
             let tag = Version::new(tag);
             if kind == Kind::Audit {
                 extends(ctx, kind, name, data, Some(&tag))?;
@@ -898,7 +908,6 @@ fn put_small(ctx: &Ctx, kind: Kind, name: &str, cond: Condition, data: &[u8]) ->
             b.replace_if(kind, name, data, &tag)?
         }
         Condition::None => {
-            ctx.allow(Op::Put, kind, name, exists)?;
             match kind {
                 // Never replaced: a create, and the same name is the same object.
                 Kind::Page => match b.create(kind, name, data) {
@@ -927,7 +936,6 @@ fn put_small(ctx: &Ctx, kind: Kind, name: &str, cond: Condition, data: &[u8]) ->
             }
         }
     };
-    ctx.record(kind, name)?;
     Ok(with_etag(full(StatusCode::OK, Bytes::new()), &version))
 }
 

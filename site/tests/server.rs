@@ -386,3 +386,37 @@ fn shutdown_finishes_uploads_in_flight_then_stops() {
     assert!(vault::LocalBackend::open(&site.vault_dir("v")).unwrap().get(Kind::Pack, &p).unwrap() == bytes);
     assert!(RemoteBackend::connect("localhost", site.port, "v", &creds).is_err());
 }
+
+/// A host's grant is durable before its object is visible: a server that
+/// cannot record the grant (or is killed before it does) leaves nothing
+/// the host may not read back. (Stored first and granted after, a SIGKILL in
+/// between left a page its writer was refused reading, and every later
+/// cycle of that host failed asking whether it was there.) Beta's journal
+/// cannot be opened here: a directory stands where it goes.
+#[test]
+fn an_object_never_becomes_visible_without_its_writers_grant() {
+    let site = TestSite::start(&["v"]);
+    let alpha = site.connect(&site.enroll("alpha", &["v"]), "v");
+    let (a, abytes) = page(20);
+    alpha.put(Kind::Page, &a, &abytes).unwrap(); // the vault's grants are loaded
+    let beta = site.connect(&site.enroll("beta", &["v"]), "v");
+    let journal = site.dir.path().join("grants/v/beta");
+    std::fs::create_dir_all(&journal).unwrap();
+    let (g, gbytes) = page(21);
+    let (p, pbytes) = pack(22, 2, 1000);
+    assert!(beta.put(Kind::Page, &g, &gbytes).is_err(), "a page stored without its grant");
+    assert!(beta.create(Kind::Pack, &p, &pbytes).is_err(), "a pack stored without its grant");
+    let local = vault::LocalBackend::open(&site.vault_dir("v")).unwrap();
+    assert_eq!(local.size(Kind::Page, &g).unwrap(), None, "the page became visible without its grant");
+    assert_eq!(local.size(Kind::Pack, &p).unwrap(), None, "the pack became visible without its grant");
+    // Once the journal can be written, the same writes land and read back.
+    std::fs::remove_dir(&journal).unwrap();
+    beta.put(Kind::Page, &g, &gbytes).unwrap();
+    beta.create(Kind::Pack, &p, &pbytes).unwrap();
+    assert_eq!(beta.get(Kind::Page, &g).unwrap(), gbytes);
+    assert_eq!(beta.get(Kind::Pack, &p).unwrap(), pbytes);
+    // Alpha's page is not beta's to read, and a HEAD's refusal says why
+    // though the answer has no body.
+    let e = beta.size(Kind::Page, &a).unwrap_err();
+    assert!(matches!(&e, VaultError::Refused { .. }) && e.to_string().contains("HTTP 403: the server's rights"), "{e}");
+}
