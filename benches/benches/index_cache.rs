@@ -106,7 +106,9 @@ impl Lane {
         std::fs::create_dir_all(&d).unwrap();
         let paths = DiskPaths { image: d.join("disk.img"), state: d.join("state"), scratch: d.join("scratch") };
         std::fs::write(&paths.image, image).unwrap();
-        let disk_id = [name.as_bytes()[0]; 16];
+        // One chain per lane (two lanes into one vault with one disk id
+        // would each see the other's points as a chain moved under them).
+        let disk_id: [u8; 16] = blake3::hash(name.as_bytes()).as_bytes()[..16].try_into().unwrap();
         StateFile::create(&paths.state, Geometry::new(image.len() as u64, BS).unwrap(), disk_id, false).unwrap();
         let warm = (cache == Cache::Warm).then(WarmIndex::default);
         let cache = (cache != Cache::None).then(|| d.join("cache"));
@@ -146,6 +148,18 @@ impl Lane {
         src.close().unwrap();
         let took = t.elapsed();
         assert!(r.sequence > 0);
+        if std::env::var_os("LIFEBOAT_IDX_VERBOSE").is_some() {
+            eprintln!(
+                "  {}: {:.1} ms, new {} known {} listed {} packs {} pages {}",
+                self.name,
+                took.as_secs_f64() * 1e3,
+                r.new_blocks,
+                r.known_blocks,
+                r.index_listed,
+                r.packs,
+                r.pages
+            );
+        }
         if measure {
             self.times.push(took);
             self.requests.push(self.count.get().total - before);
