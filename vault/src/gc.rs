@@ -38,7 +38,7 @@
 //!
 //! - a cycle writes `leases/cycle/DISK/TOKEN` ([`Vault::begin_cycle`]), *then*
 //!   lists `leases/gc/`; if a live GC lease is there it removes its own lease
-//!   and fails with [`VaultError::Busy`] (the cycle runs at its next interval;
+//!   and fails with [`VaultError::Busy`] (the agent retries it within seconds;
 //!   its blocks stay dirty, nothing is lost);
 //! - GC writes `leases/gc/TOKEN`, *then* lists all leases; if a live cycle
 //!   lease (or another GC's) is there it removes its own and refuses with

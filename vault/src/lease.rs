@@ -473,7 +473,9 @@ impl Vault {
                 location: self.backend().location(),
                 action: format!("a replication cycle of disk {disk}"),
                 lease: gc.describe(),
-                next: "the cycle will run again at its next interval; nothing is lost".into(),
+                next: "its changes stay marked dirty and nothing is lost; the agent runs the cycle again within \
+                       seconds (its retry delay), `ship --once` when run again"
+                    .into(),
             });
         }
         Ok(hold)
