@@ -162,5 +162,11 @@ fn an_expired_host_certificate_is_told_to_join_again() {
     assert!(err.contains("lifeboat site join"), "the error says what to do: {err}");
     assert!(err.contains(&w.site.url("main")), "the error names the server: {err}");
     assert!(w.site.wait_log("TLS handshake failed", Duration::from_secs(10)), "{:?}", w.site.log());
-    assert_eq!(w.refusals(), before + 1, "one log line per refusal: {:?}", w.site.log());
+    // In TLS 1.3 the server judges the client's certificate after the
+    // client has finished its handshake: the client's first read may see
+    // the connection close before the alert and try the read again (reads
+    // are tried up to 3 times across a broken connection), so the server
+    // refuses each of those connections once, and logs each.
+    let refused = w.refusals() - before;
+    assert!((1..=3).contains(&refused), "one log line per refused connection: {:?}", w.site.log());
 }
