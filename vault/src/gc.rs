@@ -176,8 +176,7 @@ impl Vault {
         wait: Duration,
         waiting: &mut dyn FnMut(&VaultError),
     ) -> Result<GcReport, VaultError> {
-        let lease = if dry_run { None } else { Some(self.begin_gc_within(wait, GC_POLL, waiting)?) };
-        let mut report = self.collect_under(dry_run, lease)?;
+        let mut report = self.collect_within(dry_run, wait, waiting)?;
         if !dry_run {
             report.trash_freed = self.empty_trash()?;
         }
@@ -190,13 +189,18 @@ impl Vault {
     /// [`Vault::empty_trash`], which the caller runs when it likes — after
     /// the lease is released, alongside the next cycle.
     pub fn collect(&self, dry_run: bool) -> Result<GcReport, VaultError> {
-        let lease = if dry_run { None } else { Some(self.begin_gc()?) };
-        self.collect_under(dry_run, lease)
+        self.collect_within(dry_run, Duration::ZERO, &mut |_| {})
     }
 
-    /// The collection itself, under `_lease` (none for a dry run), which it
-    /// releases when done.
-    fn collect_under(&self, dry_run: bool, _lease: Option<crate::lease::Hold<'_>>) -> Result<GcReport, VaultError> {
+    /// [`Vault::collect`], waiting for the cycles in its way as
+    /// [`Vault::gc_within`] does (a zero `wait` refuses at once).
+    fn collect_within(
+        &self,
+        dry_run: bool,
+        wait: Duration,
+        waiting: &mut dyn FnMut(&VaultError),
+    ) -> Result<GcReport, VaultError> {
+        let _lease = if dry_run { None } else { Some(self.begin_gc_within(wait, GC_POLL, waiting)?) };
         let location = self.backend().location();
         let mut report = GcReport { dry_run, ..GcReport::default() };
 

@@ -483,7 +483,7 @@ impl Vault {
 
     /// Takes the garbage-collection lease; refuses while any live cycle
     /// lease or other garbage collection exists.
-    pub(crate) fn begin_gc(&self) -> Result<Hold<'_>, VaultError> {
+    fn begin_gc(&self) -> Result<Hold<'_>, VaultError> {
         let hold = self.take_lease("gc/", "gc")?;
         let leases = self.leases("")?;
         if let Some(l) = leases.iter().find(|l| l.name != hold.name && blocks_gc(l)) {
