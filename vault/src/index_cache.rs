@@ -166,8 +166,6 @@ pub struct IndexCache {
     fingerprint: [u8; 16],
     index: BlockIndex,
     cycles_since_list: u32,
-    /// Bytes of the file that held valid records when loaded.
-    file_len: u64,
     /// The file must be rewritten whole (none, discarded, or torn at its end).
     rewrite: bool,
     /// Records to append at the next commit.
@@ -212,7 +210,6 @@ impl IndexCache {
             fingerprint: config.key_fingerprint.0,
             index: BlockIndex::new(),
             cycles_since_list: 0,
-            file_len: 0,
             rewrite: true,
             pending: Vec::new(),
             relist_every: RELIST_EVERY,
@@ -244,8 +241,7 @@ impl IndexCache {
     /// it again. Either way it stays a hint that every cycle confirms.
     pub fn is_current(&self, dir: &Path, vault: &Vault) -> bool {
         self.path == IndexCache::path_in(dir, vault)
-            && self.stamp.is_some()
-            && self.stamp == std::fs::metadata(&self.path).ok().map(|m| stamp_of(&m, m.len()))
+            && self.stamp.is_some_and(|s| std::fs::metadata(&self.path).is_ok_and(|m| stamp_of(&m, m.len()) == s))
     }
 
     /// The cached index.
@@ -363,7 +359,6 @@ impl IndexCache {
             self.stamp = None;
             f.write_all(&self.pending).map_err(io("appending to", &self.path))?;
             f.sync_data().map_err(io("syncing", &self.path))?;
-            self.file_len = on_disk + self.pending.len() as u64;
             let m = f.metadata().map_err(io("reading the metadata of", &self.path))?;
             self.stamp = Some(stamp_of(&m, m.len()));
         }
@@ -414,7 +409,6 @@ impl IndexCache {
             }
             Ok(stamp) => self.stamp = Some(stamp),
         }
-        self.file_len = out.len() as u64;
         self.rewrite = false;
         Ok(())
     }
@@ -521,7 +515,6 @@ impl IndexCache {
             }
             at += record.len();
         }
-        self.file_len = at as u64;
         // A record cut short by a crash is ignored, and the file rewritten
         // at the next commit (appending after it would bury later records).
         self.rewrite = torn;
