@@ -21,6 +21,8 @@
 //! see them: one per 10,000 names listed) are printed with the ratios. Then
 //! the cost of the periodic full listing (every 32 cycles) of B's vault is
 //! printed too. Not a test: it asserts only that every point is committed.
+//! `LIFEBOAT_IDX_VERBOSE=1` prints each cycle's counts (new and known
+//! blocks, listed or not, packs and pages stored), to see what a lane did.
 
 #![allow(clippy::cast_possible_truncation)] // bench sizes fit usize
 
