@@ -696,8 +696,77 @@ impl Cycle<'_, '_> {
 
 /// The storer thread: writes the chunks it is sent to the vault, pack after
 /// pack, and commits each pack under its id once its last chunk is written;
-/// hands each written chunk back to `free`. Returns the packs stored.
+/// hands each written chunk back to `free`. Returns the packs stored, in
+/// the order they were built.
+///
+/// A backend that takes several streamed objects at once
+/// ([`vault::Backend::writes_in_flight`], a vault server) gets that many
+/// lanes: pack `n` goes to lane `n % lanes`, so the next pack streams while
+/// the one before waits for the server's fsyncs. Every lane has committed
+/// (or failed) before this returns, and the root is written only after, so
+/// a point never names a pack that is not durable.
 fn store_packs(
+    vault: &Vault,
+    chunks: Receiver<ToStorer>,
+    free: Sender<Chunk>,
+) -> Result<Vec<FinishedPack<()>>, ShipError> {
+    let lanes = vault.backend().writes_in_flight().max(1);
+    if lanes == 1 {
+        return store_lane(vault, chunks, free);
+    }
+    std::thread::scope(|s| {
+        let mut senders = Vec::with_capacity(lanes);
+        let mut handles = Vec::with_capacity(lanes);
+        for n in 0..lanes {
+            let (tx, rx) = bounded::<ToStorer>(CHUNKS);
+            let free = free.clone();
+            let lane = std::thread::Builder::new()
+                .name(format!("ship-store-{n}"))
+                .spawn_scoped(s, move || store_lane(vault, rx, free))
+                .expect("spawning a pack storer lane");
+            senders.push(tx);
+            handles.push(lane);
+        }
+        drop(free);
+        let mut lane = 0;
+        for msg in chunks {
+            let end = matches!(msg, ToStorer::End(_));
+            // A lane that stopped has failed: its error is the cause, and
+            // dropping `chunks` stops the packer.
+            if senders[lane].send(msg).is_err() {
+                break;
+            }
+            if end {
+                lane = (lane + 1) % lanes;
+            }
+        }
+        drop(senders);
+        // Every lane is joined before any error is returned. Only a lane
+        // that failed has one: the others end cleanly when the router
+        // stops, dropping a half-sent pack (which leaves nothing behind).
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().map_err(|_| ShipError::Panic)).collect();
+        let mut stored = Vec::with_capacity(lanes);
+        for r in results {
+            stored.push(r??);
+        }
+        // Back into build order: lane `n` holds packs n, n + lanes, ...
+        let mut lanes: Vec<_> = stored.into_iter().map(Vec::into_iter).collect();
+        let mut done = Vec::new();
+        'merge: loop {
+            for l in &mut lanes {
+                match l.next() {
+                    Some(p) => done.push(p),
+                    None => break 'merge,
+                }
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// One lane of [`store_packs`]: the packs whose chunks it is sent, one
+/// after the other.
+fn store_lane(
     vault: &Vault,
     chunks: Receiver<ToStorer>,
     free: Sender<Chunk>,

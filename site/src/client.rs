@@ -658,6 +658,11 @@ impl Backend for RemoteBackend {
     fn reads_in_flight(&self) -> usize {
         16
     }
+    /// Two packs: the server syncs one (the object, its directory, the
+    /// writer's grant) while the next streams in.
+    fn writes_in_flight(&self) -> usize {
+        2
+    }
 
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         if kind != Kind::Pack {

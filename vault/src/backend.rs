@@ -190,6 +190,15 @@ pub trait Backend: Send + Sync {
     fn reads_in_flight(&self) -> usize {
         1
     }
+    /// Streamed objects ([`Backend::writer`]) worth having in flight at
+    /// once: a cycle streams the next pack while this many before it are
+    /// still being committed. A local directory: 1 (the default; its
+    /// writes go straight to the device, and a commit is two quick
+    /// flushes); a vault server: 2, so that its fsyncs of one pack overlap
+    /// the transfer of the next instead of stopping the stream.
+    fn writes_in_flight(&self) -> usize {
+        1
+    }
     /// A writer that streams one object of `kind` to the store piece by
     /// piece and names it when complete, for objects too large to hold
     /// twice (packs). `None` (the default) means this backend has no such
@@ -294,6 +303,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn reads_in_flight(&self) -> usize {
         (**self).reads_in_flight()
+    }
+    fn writes_in_flight(&self) -> usize {
+        (**self).writes_in_flight()
     }
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         (**self).writer(kind)

@@ -175,6 +175,9 @@ impl<B: Backend> Backend for Counting<B> {
     fn reads_in_flight(&self) -> usize {
         self.inner.reads_in_flight()
     }
+    fn writes_in_flight(&self) -> usize {
+        self.inner.writes_in_flight()
+    }
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         Ok(self.inner.writer(kind)?.map(|inner| Box::new(CountedWriter { inner, count: &self.count }) as Box<_>))
     }

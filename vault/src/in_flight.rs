@@ -128,6 +128,9 @@ impl<B: Backend> Backend for InFlight<B> {
     fn reads_in_flight(&self) -> usize {
         self.asks
     }
+    fn writes_in_flight(&self) -> usize {
+        self.inner.writes_in_flight()
+    }
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         self.inner.writer(kind)
     }

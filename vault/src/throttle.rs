@@ -531,6 +531,9 @@ impl Backend for Throttled {
     fn reads_in_flight(&self) -> usize {
         self.inner.reads_in_flight()
     }
+    fn writes_in_flight(&self) -> usize {
+        self.inner.writes_in_flight()
+    }
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         Ok(self
             .inner
