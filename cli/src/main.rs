@@ -230,6 +230,7 @@ fn main() -> ExitCode {
     // explicit private modes; this is the second layer.
     // Called before any thread exists.
     system::host::set_umask(0o077);
+    system::host::tune_allocator();
     // Every log line of the libraries and of this binary goes through it.
     log::install();
     let cli = Cli::parse();

@@ -49,6 +49,29 @@ pub fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// Tunes the C allocator (glibc) for a process that moves data in
+/// megabyte pieces through several threads, as the agent, `ship` and
+/// `vault serve` do: allocations up to 32 MiB come from the heap rather than
+/// fresh mappings, and up to 128 MiB of freed heap is kept for the next
+/// piece instead of being handed back to the kernel at once. Each handing
+/// back and taking again costs page faults and zeroing, and on a virtual
+/// machine whose freed memory goes back to the hypervisor several times
+/// that: `vault serve` receiving a 2 GiB full sync spent 0.6 s of 3.2 s of
+/// CPU on it. Call it early, before the threads start; elsewhere than glibc
+/// it does nothing.
+#[allow(unsafe_code)]
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only sets allocator parameters; it takes two
+        // integers and touches none of our memory.
+        unsafe {
+            let _ = libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            let _ = libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -509,7 +509,9 @@ impl StagedObject<'_> {
     /// exists (link(2), as [`Backend::create`]): [`VaultError::AlreadyExists`]
     /// otherwise, and the temporary is removed.
     pub fn create(mut self, name: &str) -> Result<(), VaultError> {
-        self.writer.finish(name, Commit::Create)
+        self.writer.finish(name, Commit::Create)?;
+        self.drop_cached();
+        Ok(())
     }
 
     /// Makes the object durable as `name`, replacing one of that name
@@ -517,7 +519,20 @@ impl StagedObject<'_> {
     pub fn replace(mut self, name: &str) -> Result<(), VaultError> {
         let path = self.writer.backend.path(self.writer.kind, name)?;
         let _lock = self.writer.backend.lock_mutable(self.writer.kind, &path)?;
-        self.writer.finish(name, Commit::Replace)
+        self.writer.finish(name, Commit::Replace)?;
+        self.drop_cached();
+        Ok(())
+    }
+
+    /// Once the object is durable, its pages leave the page cache: a
+    /// server receives object after object that nobody reads soon, and the
+    /// memory they held is the next upload's at once. (Memory never
+    /// touched, or handed back to a hypervisor, costs several times more
+    /// to write into: on this project's test VMs a first 2 GiB buffered
+    /// write spent 5.4 s in the kernel, a second one into freed pages 0.6
+    /// s.)
+    fn drop_cached(&self) {
+        let _ = system::file::drop_cached(&self.writer.file);
     }
 }
 
