@@ -18,7 +18,9 @@
 # --json`) is sampled. A rate HOLDS when no cycle overran its 30 s interval and
 # the newest point was never older than 60 s (one interval plus one cycle).
 # Printed per rate: rate asked, rate fio achieved, cycles, mean and max cycle
-# time, mean MB shipped per cycle, max RPO age, overruns, HOLDS.
+# time, mean MB shipped per cycle, max RPO age, the vault's largest size on
+# disk (sampled with the RPO: retention and GC keep it bounded), overruns,
+# HOLDS.
 #
 # SERVER=1 puts the vault behind a `lifeboat vault serve` on loopback (TLS
 # 1.3, site made by `site init`/`enroll`/`join` in BENCH_DIR; the vault's
@@ -37,7 +39,7 @@
 set -euo pipefail
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -114,14 +116,23 @@ for rate in $rates; do
   grep -q "point 1 committed" "$log" || { cat "$log" >&2; say "no first point within 60 s"; exit 1; }
   sock=$home/disks/churn/nbd.sock
   say "rate ${rate} MB/s for ${duration} s on a ${size} disk (load: $(cut -d' ' -f1-3 /proc/loadavg))"
-  python3 - "$lb" "$home" "$duration" >"$dir/rpo.txt" <<'PY' &
-import json, subprocess, sys, time
-lb, home, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
+  python3 - "$lb" "$home" "$duration" "$vault_dir" >"$dir/rpo.txt" <<'PY' &
+import json, os, subprocess, sys, time
+lb, home, duration, vault_dir = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+def used(top):
+    n = 0
+    for root, _, files in os.walk(top):
+        for f in files:
+            try:
+                n += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return n
 end = time.time() + duration + 35
 while time.time() < end:
     out = subprocess.run([lb, "--home", home, "status", "churn", "--json"], capture_output=True, text=True).stdout
     try:
-        print(json.loads(out)[0].get("rpo_seconds"), flush=True)
+        print(json.loads(out)[0].get("rpo_seconds"), used(vault_dir), flush=True)
     except Exception:
         pass
     time.sleep(1)
@@ -146,14 +157,16 @@ cycles = [(float(m.group(2)), int(m.group(1)))
           for m in re.finditer(r"point \d+ committed \(incremental\): .*? (\d+) bytes shipped in ([\d.]+) s", open(log).read())]
 overruns = open(log).read().count("longer than the")
 failed = open(log).read().count("cycle failed")
-ages = [float(x) for x in open(rpo).read().split() if x not in ("None", "null")]
+samples = [line.split() for line in open(rpo) if len(line.split()) == 2]
+ages = [float(a) for a, _ in samples if a not in ("None", "null")]
+max_vault = max((int(b) for _, b in samples), default=0) / 1e9
 n = len(cycles)
 mean_t = sum(t for t, _ in cycles) / n if n else 0
 max_t = max((t for t, _ in cycles), default=0)
 mean_mb = sum(b for _, b in cycles) / n / 1e6 if n else 0
 max_age = max(ages, default=float("nan"))
 holds = n > 0 and overruns == 0 and failed == 0 and max_age <= 60
-print(f"{rate}\t{bw:.0f}\t{n}\t{mean_t:.1f}\t{max_t:.1f}\t{mean_mb:.0f}\t{max_age:.1f}\t{overruns}+{failed}\t{'yes' if holds else 'NO'}")
+print(f"{rate}\t{bw:.0f}\t{n}\t{mean_t:.1f}\t{max_t:.1f}\t{mean_mb:.0f}\t{max_age:.1f}\t{max_vault:.1f}\t{overruns}+{failed}\t{'yes' if holds else 'NO'}")
 PY
 )
   rows+=("$row")
@@ -167,8 +180,8 @@ vault_fs=$(df --output=source,fstype "$(dirname "$vault_files")" | tail -1 | tr 
 where="a vault directory ($vault_files on $vault_fs)"
 [ "${SERVER:-0}" = 1 ] && where="a vault server on loopback (vault files in $vault_files on $vault_fs)"
 echo "Sustained churn through lifeboat agent into $where, 30 s RPO, ${duration} s per rate, ${size} disk, sequential 1 MiB writes"
-printf '%-9s %-9s %-7s %-11s %-10s %-12s %-11s %-16s %s\n' "asked MB/s" "fio MB/s" cycles "mean cycle s" "max cycle s" "MB/cycle" "max RPO s" "overrun+failed" HOLDS
+printf '%-9s %-9s %-7s %-11s %-10s %-12s %-11s %-13s %-16s %s\n' "asked MB/s" "fio MB/s" cycles "mean cycle s" "max cycle s" "MB/cycle" "max RPO s" "max vault GB" "overrun+failed" HOLDS
 for r in "${rows[@]}"; do
-  IFS=$'\t' read -r a b c d e f g h i <<<"$r"
-  printf '%-10s %-9s %-7s %-12s %-11s %-12s %-11s %-16s %s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i"
+  IFS=$'\t' read -r a b c d e f g h i j <<<"$r"
+  printf '%-10s %-9s %-7s %-12s %-11s %-12s %-11s %-13s %-16s %s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j"
 done

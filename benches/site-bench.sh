@@ -17,7 +17,11 @@
 #
 # Page cache dropped before every timed run (`sync; echo 3 >
 # /proc/sys/vm/drop_caches`), so each figure is cold; the local run is the
-# floor the server run is measured against. Prints a table and the ratios.
+# floor the server run is measured against. Prints a table and the ratios,
+# and the CPU seconds of both full syncs (host command, and server process):
+# on loopback host and server share the machine's cores, so where the local
+# run is CPU-bound the TLS and copying on both ends cap the ratio, and the
+# bench prints that cap beside it.
 #
 #   benches/site-bench.sh                 # SIZE=1G ONE_WAY_MS=10
 #   SIZE=4G benches/site-bench.sh
@@ -82,10 +86,20 @@ host vault init "$dir/local-vault" --key "$dir/k.key" > /dev/null
 cp --reflink=auto "$dir/disk.img" "$dir/disk2.img"
 host protect local --image "$dir/disk.img" --vault "$dir/local-vault" --key "$dir/k.key" > /dev/null
 host protect remote --image "$dir/disk2.img" --vault "$url" --key "$dir/k.key" > /dev/null
-cold; t0=$(now); host ship local --once > /dev/null; t1=$(now)
+# CPU seconds (user + system) of the host's command (bash's `time`) and of
+# the server process (/proc/PID/stat, in clock ticks) for each run.
+TIMEFORMAT='%U %S'
+cpu_of() { tail -1 "$1" | awk '{print $1 + $2}'; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+cold; t0=$(now); { time host ship local --once > /dev/null 2>> "$dir/ship.log"; } 2> "$dir/local.cpu"; t1=$(now)
 local_s=$(python3 -c "print($t1-$t0)")
-cold; t0=$(now); host ship remote --once > /dev/null; t1=$(now)
+local_cpu=$(cpu_of "$dir/local.cpu")
+cold; s0=$(ticks "${pids[0]}"); t0=$(now); { time host ship remote --once > /dev/null 2>> "$dir/ship.log"; } 2> "$dir/remote.cpu"; t1=$(now)
+s1=$(ticks "${pids[0]}")
 remote_s=$(python3 -c "print($t1-$t0)")
+remote_cpu=$(cpu_of "$dir/remote.cpu")
+server_cpu=$(python3 -c "print(($s1-$s0)/$hz)")
 
 # 2. Restore from the server, then through the delay line.
 "$proxy_bin" "$port" "$one_way" > "$dir/proxy.port" &
@@ -124,9 +138,13 @@ printf '%-44s %10.2f %10s\n' "full sync into the vault server (loopback)" "$remo
 printf '%-44s %10.2f %10s\n' "restore from the vault server" "$restore_s" "$(mbs "$bytes" "$restore_s")"
 printf '%-44s %10.2f %10s\n' "restore through a $((2 * one_way)) ms round trip" "$delayed_s" "$(mbs "$bytes" "$delayed_s")"
 printf '%-44s %10.2f %10s\n' "full sync at --bandwidth $bandwidth" "$bw_s" "$(mbs "$bw_shipped" "$bw_s")"
-python3 - "$local_s" "$remote_s" "$restore_s" "$delayed_s" "$bw_shipped" "$bw_s" "$limit_bps" <<'EOF'
+python3 - "$local_s" "$remote_s" "$restore_s" "$delayed_s" "$bw_shipped" "$bw_s" "$limit_bps" \
+  "$local_cpu" "$remote_cpu" "$server_cpu" "$(nproc)" <<'EOF'
 import sys
-l, r, rs, d, bb, bs, lim = map(float, sys.argv[1:])
+l, r, rs, d, bb, bs, lim, lc, rc, sc, cores = map(float, sys.argv[1:])
+print(f"\nCPU seconds of the full syncs: local vault {lc:.2f} (ship); vault server {rc:.2f} (ship) + {sc:.2f} (serve)")
+print(f"  so on these {cores:.0f} cores, sharing them, the server run takes at least {(rc + sc) / cores:.2f} s:")
+print(f"  the CPU allows server / local at most {min(1.0, l / ((rc + sc) / cores)):.2f}")
 print(f"\nserver pipeline / local pipeline: {l / r:.2f}  (target >= 0.90)")
 print(f"restore with delay / without:     {rs / d:.2f}  (target >= 0.50)")
 print(f"rate / bandwidth limit:           {bb / bs / lim:.2f}  over {bs:.0f} s (target 0.90 to 1.10)")

@@ -20,7 +20,11 @@
 //! backend requests (counted by `vault::counting`, as the vault server would
 //! see them: one per 10,000 names listed) are printed with the ratios. Then
 //! the cost of the periodic full listing (every 32 cycles) of B's vault is
-//! printed too. Not a test: it asserts only that every point is committed.
+//! printed too. Two more lanes run the agent's case through a vault server
+//! on loopback (`site::server`, real TLS and certificates): one into an
+//! empty vault, one into a vault of as many packs, all this host's (granted
+//! to it in the site's journal, since a host lists only what it wrote).
+//! Not a test: it asserts only that every point is committed.
 //! `LIFEBOAT_IDX_VERBOSE=1` prints each cycle's counts (new and known
 //! blocks, listed or not, packs and pages stored), to see what a lane did.
 
@@ -37,6 +41,10 @@ use filter::disk::DiskPaths;
 use filter::nbd::Export;
 use filter::{Disk, StateFile};
 use shipper::{run_cycle, CycleOptions, LocalSource};
+use site::client::{Credentials, RemoteBackend};
+use site::pki::{fingerprint_pem, hex, Ca, HostKey};
+use site::protocol::EnrollRequest;
+use site::server::{HostDirectory, HostStatus, Server, ServerConfig};
 use vault::counting::{Counting, RequestCount};
 use vault::index_cache::{IndexCache, WarmIndex};
 use vault::{LocalBackend, Vault};
@@ -60,8 +68,9 @@ fn counted_vault(dir: &Path, init: bool) -> (Vault, Arc<RequestCount>) {
     (vault.unwrap(), count)
 }
 
-/// Writes `n` synthetic one-block packs straight into the local vault at `dir`.
-fn synthetic_packs(dir: &Path, n: u64) {
+/// Writes `n` synthetic one-block packs straight into the local vault at
+/// `dir`; returns their names.
+fn synthetic_packs(dir: &Path, n: u64) -> Vec<String> {
     let k = keys();
     let items: Vec<u64> = (0..n).collect();
     vault::par::map(&items, |&i| {
@@ -73,9 +82,56 @@ fn synthetic_packs(dir: &Path, n: u64) {
         let name = done.id.to_string();
         let sub = dir.join("packs").join(&name[..2]);
         std::fs::create_dir_all(&sub)?;
-        std::fs::write(sub.join(name), &done.out)
+        std::fs::write(sub.join(&name), &done.out)?;
+        Ok::<_, std::io::Error>(name)
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// The bench's site: one host, enrolled for every vault.
+struct OneHost {
+    fingerprint: String,
+    vaults: Vec<String>,
+}
+
+impl HostDirectory for OneHost {
+    fn lookup(&self, fingerprint: &str) -> HostStatus {
+        if fingerprint == self.fingerprint {
+            HostStatus::Enrolled { host: "bench".into(), vaults: self.vaults.clone() }
+        } else {
+            HostStatus::Unknown
+        }
+    }
+    fn redeem(&self, _: &EnrollRequest) -> Result<String, String> {
+        Err("no enrollment in the bench".into())
+    }
+    fn record_contact(&self, _: &str, _: u64) {}
+}
+
+/// A vault server on loopback (real TLS, certificates from `site::pki`)
+/// serving `vaults` (name, directory), and the one host's credentials.
+fn start_site(dir: &Path, vaults: Vec<(String, PathBuf)>) -> (Server, Credentials) {
+    let ca = Ca::new("bench").unwrap();
+    let (cert, key) = ca.issue_server(&["localhost".to_string()]).unwrap();
+    let tls = site::tls::server_config(ca.cert_pem(), &cert, &key).unwrap();
+    let host_key = HostKey::generate().unwrap();
+    let host_cert = ca.issue_host("bench", &host_key.public_key_der(), Duration::from_secs(86_400)).unwrap();
+    let hosts = OneHost {
+        fingerprint: hex(&fingerprint_pem(&host_cert).unwrap()),
+        vaults: vaults.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    let config = ServerConfig { tls, vaults, grants: dir.join("grants"), hosts: Arc::new(hosts) };
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let creds = Credentials { ca_pem: ca.cert_pem().to_string(), cert_pem: host_cert, key_pem: host_key.key_pem() };
+    (server, creds)
+}
+
+/// A vault through the server, counting its requests.
+fn counted_remote(port: u16, vault: &str, creds: &Credentials, init: bool) -> (Vault, Arc<RequestCount>) {
+    let backend = Counting::new(RemoteBackend::connect("localhost", port, vault, creds).unwrap());
+    let count = backend.count();
+    let vault = if init { Vault::init(Box::new(backend), &keys()) } else { Vault::open(Box::new(backend)) };
+    (vault.unwrap(), count)
 }
 
 /// How a lane keeps its index.
@@ -211,12 +267,28 @@ fn main() {
     let big_dir = dir.join("vault-big");
     drop(counted_vault(&big_dir, true));
     synthetic_packs(&big_dir, packs);
-    eprintln!("index_cache bench: {packs} synthetic packs written in {:.1} s", t.elapsed().as_secs_f64());
+    // The same through a vault server, where a host lists only what it
+    // wrote: the big vault's packs are this host's (granted to it in the
+    // site's journal, as its earlier cycles would have left them).
+    let srv_big = dir.join("srv-big");
+    drop(counted_vault(&srv_big, true));
+    let names = synthetic_packs(&srv_big, packs);
+    let journal = dir.join("grants/big");
+    std::fs::create_dir_all(&journal).unwrap();
+    let lines: String = names.iter().map(|n| format!("packs/{n}\n")).collect();
+    std::fs::write(journal.join("bench"), lines).unwrap();
+    let srv_empty = dir.join("srv-empty");
+    LocalBackend::create(&srv_empty).unwrap();
+    eprintln!("index_cache bench: {packs} synthetic packs written twice in {:.1} s", t.elapsed().as_secs_f64());
+    let (server, creds) = start_site(dir, vec![("empty".into(), srv_empty), ("big".into(), srv_big)]);
+    let port = server.local_addr().port();
     let mut lanes = [
         Lane::new("a-empty", dir, &image, empty, Cache::Warm),
         Lane::new("b-big", dir, &image, counted_vault(&big_dir, false), Cache::Warm),
         Lane::new("b-big-loaded", dir, &image, counted_vault(&big_dir, false), Cache::File),
         Lane::new("c-big-uncached", dir, &image, counted_vault(&big_dir, false), Cache::None),
+        Lane::new("d-server-empty", dir, &image, counted_remote(port, "empty", &creds, true), Cache::Warm),
+        Lane::new("e-server-big", dir, &image, counted_remote(port, "big", &creds, false), Cache::Warm),
     ];
     for lane in &mut lanes {
         let t = Instant::now();
@@ -263,6 +335,8 @@ fn main() {
     let (tb, rb) = lanes[1].median();
     let (tl, rl) = lanes[2].median();
     let (tc, rc) = lanes[3].median();
+    let (tse, rse) = lanes[4].median();
+    let (tsb, rsb) = lanes[5].median();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "incremental cycle of {changed} changed 64 KiB blocks ({} MiB), {disk_mib} MiB disk, median of {rounds}:",
@@ -273,10 +347,17 @@ fn main() {
     println!("  {:<52} {:>10.1} {:>10}", format!("{packs} packs, index cache (agent)"), ms(tb), rb);
     println!("  {:<52} {:>10.1} {:>10}", format!("{packs} packs, index cache loaded (ship --once)"), ms(tl), rl);
     println!("  {:<52} {:>10.1} {:>10}", format!("{packs} packs, no cache (every tail read)"), ms(tc), rc);
+    println!("  {:<52} {:>10.1} {:>10}", "vault server, empty vault, index cache (agent)", ms(tse), rse);
+    println!("  {:<52} {:>10.1} {:>10}", format!("vault server, {packs} packs, index cache (agent)"), ms(tsb), rsb);
     println!(
         "  ratio with cache (target <= 1.5):  time {:.2}x, requests {:.2}x",
         ms(tb) / ms(ta),
         rb as f64 / ra as f64
+    );
+    println!(
+        "  ratio through the vault server:    time {:.2}x, requests {:.2}x",
+        ms(tsb) / ms(tse),
+        rsb as f64 / rse as f64
     );
     println!(
         "  ratio, cache loaded per cycle:      time {:.2}x, requests {:.2}x",
