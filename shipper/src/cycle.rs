@@ -717,22 +717,40 @@ fn store_packs(
     std::thread::scope(|s| {
         let mut senders = Vec::with_capacity(lanes);
         let mut handles = Vec::with_capacity(lanes);
+        // A lane that fails says so at once: the router may be waiting for
+        // the packer, and the packer for a free chunk that will never come
+        // back (the failed lane's queued chunks died with its channel).
+        let (failed_tx, failed) = bounded::<()>(lanes);
         for n in 0..lanes {
             let (tx, rx) = bounded::<ToStorer>(CHUNKS);
             let free = free.clone();
+            let failed_tx = failed_tx.clone();
             let lane = std::thread::Builder::new()
                 .name(format!("ship-store-{n}"))
-                .spawn_scoped(s, move || store_lane(vault, rx, free))
+                .spawn_scoped(s, move || {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store_lane(vault, rx, free)))
+                        .unwrap_or(Err(ShipError::Panic));
+                    if r.is_err() {
+                        let _ = failed_tx.send(());
+                    }
+                    r
+                })
                 .expect("spawning a pack storer lane");
             senders.push(tx);
             handles.push(lane);
         }
-        drop(free);
+        drop((free, failed_tx));
         let mut lane = 0;
-        for msg in chunks {
+        loop {
+            let msg = crossbeam_channel::select! {
+                recv(chunks) -> msg => match msg {
+                    Ok(msg) => msg,
+                    Err(_) => break, // the packer is done
+                },
+                recv(failed) -> _ => break,
+            };
             let end = matches!(msg, ToStorer::End(_));
-            // A lane that stopped has failed: its error is the cause, and
-            // dropping `chunks` stops the packer.
+            // A lane that stopped has failed: its error is the cause.
             if senders[lane].send(msg).is_err() {
                 break;
             }
@@ -740,7 +758,11 @@ fn store_packs(
                 lane = (lane + 1) % lanes;
             }
         }
-        drop(senders);
+        // The lanes' channels close: a healthy lane drops its half-sent
+        // pack and ends, and with the last lane the last sender of `free`
+        // goes, so a packer waiting for a chunk stops, as does one sending
+        // to `chunks`, dropped here.
+        drop((senders, chunks));
         // Every lane is joined before any error is returned. Only a lane
         // that failed has one: the others end cleanly when the router
         // stops, dropping a half-sent pack (which leaves nothing behind).
@@ -935,6 +957,140 @@ fn store_pages(vault: &Vault, map: MapBuilder) -> Result<(Vec<PageId>, u64, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local vault taking two packs at once, whose commit of the pack
+    /// `hold` waits for the test to `release` it and then fails.
+    struct HeldCommit {
+        inner: vault::LocalBackend,
+        hold: String,
+        release: Receiver<()>,
+    }
+
+    struct HeldWriter<'a> {
+        inner: Box<dyn vault::ObjectWriter + 'a>,
+        backend: &'a HeldCommit,
+    }
+
+    impl vault::ObjectWriter for HeldWriter<'_> {
+        fn write(&mut self, data: &[u8]) -> Result<(), vault::VaultError> {
+            self.inner.write(data)
+        }
+        fn commit(self: Box<Self>, name: &str) -> Result<(), vault::VaultError> {
+            if name != self.backend.hold {
+                return self.inner.commit(name);
+            }
+            let _ = self.backend.release.recv();
+            Err(vault::VaultError::Io {
+                what: "injected failure committing",
+                path: name.into(),
+                source: std::io::Error::other("the link went down"),
+            })
+        }
+    }
+
+    impl vault::Backend for HeldCommit {
+        fn put(&self, kind: vault::Kind, name: &str, data: &[u8]) -> Result<(), vault::VaultError> {
+            self.inner.put(kind, name, data)
+        }
+        fn create(&self, kind: vault::Kind, name: &str, data: &[u8]) -> Result<vault::Version, vault::VaultError> {
+            self.inner.create(kind, name, data)
+        }
+        fn get_versioned(&self, kind: vault::Kind, name: &str) -> Result<(Vec<u8>, vault::Version), vault::VaultError> {
+            self.inner.get_versioned(kind, name)
+        }
+        fn replace_if(
+            &self,
+            kind: vault::Kind,
+            name: &str,
+            data: &[u8],
+            version: &vault::Version,
+        ) -> Result<vault::Version, vault::VaultError> {
+            self.inner.replace_if(kind, name, data, version)
+        }
+        fn get(&self, kind: vault::Kind, name: &str) -> Result<Vec<u8>, vault::VaultError> {
+            self.inner.get(kind, name)
+        }
+        fn get_range(
+            &self,
+            kind: vault::Kind,
+            name: &str,
+            offset: u64,
+            len: u64,
+        ) -> Result<Vec<u8>, vault::VaultError> {
+            self.inner.get_range(kind, name, offset, len)
+        }
+        fn size(&self, kind: vault::Kind, name: &str) -> Result<Option<u64>, vault::VaultError> {
+            self.inner.size(kind, name)
+        }
+        fn list(&self, kind: vault::Kind, prefix: &str) -> Result<Vec<String>, vault::VaultError> {
+            self.inner.list(kind, prefix)
+        }
+        fn delete(&self, kind: vault::Kind, name: &str) -> Result<(), vault::VaultError> {
+            self.inner.delete(kind, name)
+        }
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn writes_in_flight(&self) -> usize {
+            2
+        }
+        fn writer(&self, kind: vault::Kind) -> Result<Option<Box<dyn vault::ObjectWriter + '_>>, vault::VaultError> {
+            let inner = self.inner.writer(kind)?.expect("a local vault streams packs");
+            Ok(Some(Box::new(HeldWriter { inner, backend: self })))
+        }
+    }
+
+    /// The end of a pack: an id of its own, and `out` as its last chunk.
+    fn end(seed: u8, out: Chunk) -> ToStorer {
+        let keys = disk_format::keys::MasterKey::from_bytes([5; 32]).keys();
+        let id = keys.block_id(&[seed]);
+        let mut w = PackWriter::new(Vec::new()).unwrap();
+        w.add_blob(&id, &keys.seal_block(&id, &[seed]).unwrap()).unwrap();
+        let done = w.finish().unwrap();
+        ToStorer::End(FinishedPack { id: PackId([seed; 32]), len: done.len, index: done.index, out })
+    }
+
+    /// A lane that fails while every chunk waits in its queue: the storer
+    /// stops at once, so the packer, waiting for a free chunk that will
+    /// never come back, is told (the free channel closes) instead of
+    /// waiting for ever; and the lane's error is the storer's.
+    #[test]
+    fn a_lane_failing_with_the_chunks_in_its_queue_stops_the_packer() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = disk_format::keys::MasterKey::from_bytes([5; 32]).keys();
+        let (release_tx, release) = bounded::<()>(1);
+        let held = PackId([0; 32]).to_string();
+        let backend = HeldCommit { inner: vault::LocalBackend::create(dir.path()).unwrap(), hold: held, release };
+        let vault = Vault::init(Box::new(backend), &keys).unwrap();
+        let (free_tx, free_rx) = bounded::<Chunk>(CHUNKS);
+        for _ in 0..CHUNKS {
+            free_tx.send(Chunk::new()).unwrap();
+        }
+        let (to_storer, storer_rx) = bounded::<ToStorer>(CHUNKS);
+        std::thread::scope(|s| {
+            let storer = s.spawn(|| store_packs(&vault, storer_rx, free_tx));
+            // Pack 0 to lane 0, whose commit is held; pack 1 to lane 1.
+            to_storer.send(end(0, free_rx.recv().unwrap())).unwrap();
+            to_storer.send(end(1, free_rx.recv().unwrap())).unwrap();
+            // Pack 2's first pieces, every chunk there is, to lane 0.
+            for _ in 0..CHUNKS {
+                to_storer.send(ToStorer::Piece(free_rx.recv().unwrap())).unwrap();
+            }
+            while !to_storer.is_empty() {
+                std::thread::yield_now();
+            }
+            release_tx.send(()).unwrap();
+            // The packer asks for a chunk: the storer has stopped.
+            let got = free_rx.recv_timeout(std::time::Duration::from_secs(60));
+            assert!(
+                matches!(got, Err(crossbeam_channel::RecvTimeoutError::Disconnected)),
+                "the packer was left waiting for a chunk"
+            );
+            drop(to_storer);
+            let e = storer.join().unwrap().unwrap_err();
+            assert!(e.to_string().contains("injected failure committing"), "{e}");
+        });
+    }
     use crate::engine::BlockPool;
     use disk_format::map_page::PageError;
     use std::error::Error;
