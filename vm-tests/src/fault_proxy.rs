@@ -301,6 +301,12 @@ fn pump(mut from: TcpStream, to: TcpStream, up: bool, epoch: u64, shared: &Share
                 drop(s);
                 break false;
             }
+            // Stalled while this read waited: the bytes are held, like those
+            // past a `StallAfterUp` mark, and cross once the stall lifts.
+            if s.fault == Fault::Stall {
+                held.extend_from_slice(&buf[..n]);
+                continue;
+            }
             if up {
                 if let Some(at) = s.reset_at {
                     let left = at.saturating_sub(s.up);
