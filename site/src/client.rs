@@ -85,7 +85,8 @@ impl Timeouts {
 
 impl Default for Timeouts {
     /// 60 s each: generous for a WAN round trip, short enough that a dead
-    /// link fails a cycle within about a minute.
+    /// link fails a cycle within about three minutes (the stalled request,
+    /// then a retried read and one more request each wait out a limit).
     fn default() -> Timeouts {
         Timeouts::secs(60)
     }
