@@ -4,9 +4,8 @@
 #![allow(clippy::cast_possible_truncation)] // test sizes are small
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use disk_format::keys::{Keys, MasterKey};
 use disk_format::Geometry;
@@ -14,6 +13,7 @@ use filter::disk::DiskPaths;
 use filter::nbd::Export;
 use filter::{Disk, StateFile};
 use shipper::{run_cycle, CycleOptions, LocalSource, ShipError};
+use vault::in_flight::{InFlight, Seen};
 use vault::{Backend, Kind, LocalBackend, ObjectWriter, Vault, VaultError};
 
 const BS: u64 = 65536;
@@ -198,14 +198,14 @@ struct Failing {
 impl Failing {
     /// Fails a write of this backend's kind once its successes are used up.
     fn fail(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.fail_as(kind, name, "injected failure writing")
+    }
+
+    fn fail_as(&self, kind: Kind, name: &str, what: &'static str) -> Result<(), VaultError> {
         if kind == self.kind
             && self.allow.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
         {
-            return Err(VaultError::Io {
-                what: "injected failure writing",
-                path: name.into(),
-                source: std::io::Error::other("disk full"),
-            });
+            return Err(VaultError::Io { what, path: name.into(), source: std::io::Error::other("disk full") });
         }
         Ok(())
     }
@@ -250,6 +250,26 @@ impl Backend for Failing {
     }
     fn location(&self) -> String {
         self.inner.location()
+    }
+    fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
+        Ok(self.inner.writer(kind)?.map(|inner| Box::new(FailingWriter { inner, kind, backend: self }) as Box<_>))
+    }
+}
+
+/// A streamed object of a [`Failing`] backend: its commit counts as a write.
+struct FailingWriter<'a> {
+    inner: Box<dyn ObjectWriter + 'a>,
+    kind: Kind,
+    backend: &'a Failing,
+}
+
+impl ObjectWriter for FailingWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
+        self.inner.write(data)
+    }
+    fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError> {
+        self.backend.fail_as(self.kind, name, "injected failure committing")?;
+        self.inner.commit(name)
     }
 }
 
@@ -504,131 +524,15 @@ fn the_first_cycle_after_the_upgrade_builds_on_the_format_1_point_on_record() {
     assert_eq!((d.disk_id, d.points.len()), ([3; 16], 2));
 }
 
-/// Commits of streamed packs under way at once, as [`Overlapping`] saw them.
-#[derive(Default)]
-struct Commits {
-    /// (now, most seen, open): the gate opens once two are under way.
-    state: Mutex<(usize, usize, bool)>,
-    changed: Condvar,
-}
-
-/// A backend that takes `lanes` streamed packs at once, as a vault server
-/// does ([`Backend::writes_in_flight`]), and holds each pack's commit until
-/// another pack's commit is under way too (or `patience` has passed once,
-/// after which the gate stays open): a storer that does overlap its packs
-/// is seen to, however fast the disk. With `fail_first`, the first commit
-/// fails once the second is under way.
-struct Overlapping {
-    inner: Box<dyn Backend>,
-    lanes: usize,
-    commits: Arc<Commits>,
-    fail_first: AtomicBool,
-    /// How long a commit waits for another before the gate opens.
-    patience: Duration,
-}
-
-impl Overlapping {
-    fn new(inner: Box<dyn Backend>, lanes: usize, fail_first: bool) -> (Overlapping, Arc<Commits>) {
-        let commits = Arc::default();
-        let patience = Duration::from_secs(if lanes > 1 { 20 } else { 1 });
-        (Overlapping { inner, lanes, commits: Arc::clone(&commits), fail_first: fail_first.into(), patience }, commits)
-    }
-}
-
-impl Commits {
-    /// The most commits seen under way at once.
-    fn most(&self) -> usize {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).1
-    }
-}
-
-struct OverlappingWriter<'a> {
-    inner: Box<dyn ObjectWriter + 'a>,
-    backend: &'a Overlapping,
-}
-
-impl ObjectWriter for OverlappingWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
-        self.inner.write(data)
-    }
-    fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError> {
-        let c = &self.backend.commits;
-        {
-            let mut g = c.state.lock().unwrap_or_else(PoisonError::into_inner);
-            g.0 += 1;
-            g.1 = g.1.max(g.0);
-            if g.0 >= 2 {
-                g.2 = true;
-            }
-            c.changed.notify_all();
-            let deadline = Instant::now() + self.backend.patience;
-            while !g.2 {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    g.2 = true;
-                    break;
-                }
-                g = c.changed.wait_timeout(g, left).unwrap_or_else(PoisonError::into_inner).0;
-            }
-        }
-        let r = if self.backend.fail_first.swap(false, Ordering::SeqCst) {
-            Err(VaultError::Io {
-                what: "injected failure committing",
-                path: name.into(),
-                source: std::io::Error::other("the link went down"),
-            })
-        } else {
-            self.inner.commit(name)
-        };
-        c.state.lock().unwrap_or_else(PoisonError::into_inner).0 -= 1;
-        r
-    }
-}
-
-impl Backend for Overlapping {
-    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
-        self.inner.put(kind, name, data)
-    }
-    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
-        self.inner.create(kind, name, data)
-    }
-    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
-        self.inner.get_versioned(kind, name)
-    }
-    fn replace_if(
-        &self,
-        kind: Kind,
-        name: &str,
-        data: &[u8],
-        version: &vault::Version,
-    ) -> Result<vault::Version, VaultError> {
-        self.inner.replace_if(kind, name, data, version)
-    }
-    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
-        self.inner.get(kind, name)
-    }
-    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
-        self.inner.get_range(kind, name, offset, len)
-    }
-    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
-        self.inner.size(kind, name)
-    }
-    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
-        self.inner.list(kind, prefix)
-    }
-    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
-        self.inner.delete(kind, name)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn writes_in_flight(&self) -> usize {
-        self.lanes
-    }
-    fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
-        let inner = self.inner.writer(kind)?.expect("a local vault streams packs");
-        Ok(Some(Box::new(OverlappingWriter { inner, backend: self })))
-    }
+/// `inner` taking `lanes` streamed packs at once, as a vault server does
+/// ([`Backend::writes_in_flight`]), holding each pack's commit until a
+/// second is under way (or, once, until its patience ran out), so that a
+/// storer that does overlap its packs is seen to, however fast the disk.
+fn overlapping(inner: Box<dyn Backend>, lanes: usize) -> (InFlight<Box<dyn Backend>>, Seen) {
+    let patience = Duration::from_secs(if lanes > 1 { 20 } else { 1 });
+    let backend = InFlight::new(inner, 1, 1, 0..0, patience).with_commits(lanes, 2);
+    let seen = backend.seen();
+    (backend, seen)
 }
 
 /// A disk of 100 MiB of distinct bytes (its first, full cycle fills four
@@ -656,18 +560,18 @@ fn busy_disk() -> Fixture {
 #[test]
 fn a_cycle_streams_the_next_pack_while_the_last_commits() {
     let f = busy_disk();
-    let (backend, commits) = Overlapping::new(local(f.dir.path()), 2, false);
+    let (backend, commits) = overlapping(local(f.dir.path()), 2);
     let vault = f.vault(Box::new(backend));
     let r = f.ship(&vault).unwrap();
     assert!(r.packs >= 4, "the disk fills at least four packs: {}", r.packs);
-    assert_eq!(commits.most(), 2, "a pack's commit waited for the one before it");
+    assert_eq!(commits.max_commits(), 2, "a pack's commit waited for the one before it");
     assert_eq!(f.restore(&vault, 1), std::fs::read(&f.paths.image).unwrap());
     // A backend that takes one at a time is given one at a time.
     let g = busy_disk();
-    let (backend, commits) = Overlapping::new(local(g.dir.path()), 1, false);
+    let (backend, commits) = overlapping(local(g.dir.path()), 1);
     let vault = g.vault(Box::new(backend));
     let _ = g.ship(&vault).unwrap();
-    assert_eq!(commits.most(), 1, "two packs committed at once against a backend that takes one");
+    assert_eq!(commits.max_commits(), 1, "two packs committed at once against a backend that takes one");
 }
 
 /// A pack that fails to commit while the next is in flight fails the cycle:
@@ -675,11 +579,15 @@ fn a_cycle_streams_the_next_pack_while_the_last_commits() {
 #[test]
 fn a_pack_failing_beside_another_in_flight_fails_the_cycle() {
     let f = busy_disk();
-    let (backend, _) = Overlapping::new(local(f.dir.path()), 2, true);
+    let failing = Failing { inner: local(f.dir.path()), kind: Kind::Pack, allow: AtomicU32::new(0) };
+    let (backend, _) = overlapping(Box::new(failing), 2);
     let vault = f.vault(Box::new(backend));
     let e = f.ship(&vault).unwrap_err();
     assert!(e.to_string().contains("injected failure committing"), "{e}");
     assert!(vault.points(&chain([3; 16])).unwrap().is_empty(), "a failed cycle left a point");
+    // The link back: the same vault, without the failure.
+    drop(vault);
+    let vault = Vault::open(Box::new(LocalBackend::open(&f.dir.path().join("vault")).unwrap())).unwrap();
     let r = f.ship(&vault).unwrap();
     assert!(r.full && r.sequence == 1, "{r:?}");
     assert_eq!(f.restore(&vault, 1), std::fs::read(&f.paths.image).unwrap());

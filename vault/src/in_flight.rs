@@ -1,6 +1,7 @@
 //! A backend decorator for tests that measures how many ranged reads a
 //! reader keeps in flight at once (restore, instant recovery's background
-//! copy, failback's fetches).
+//! copy, failback's fetches), and, with [`InFlight::with_commits`], how many
+//! streamed objects (packs) a writer commits at once.
 //!
 //! Only reads whose length is in `counted` count (so that, say, the tail
 //! reads an index is built from do not). Each such `get_range` holds until `want` reads are outstanding together (or
@@ -9,6 +10,7 @@
 //! inner backend answers; a reader that does not costs the test `patience`
 //! once, not once per read. [`Backend::reads_in_flight`] answers what the
 //! wrapped backend asks for, so a test can stand in for a remote vault.
+//! Commits of streamed objects pass a gate of their own, the same way.
 
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -18,16 +20,53 @@ use crate::backend::{Backend, Kind, ObjectWriter, Version};
 use crate::error::VaultError;
 
 #[derive(Default)]
-struct Gate {
+struct Count {
     now: usize,
     max: usize,
     open: bool,
 }
 
+/// Holds whoever enters until `want` are inside together, or until
+/// `patience` has passed once (it then stays open).
+#[derive(Default)]
+struct Gate {
+    count: Mutex<Count>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn enter(&self, want: usize, patience: Duration) {
+        let mut g = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        g.now += 1;
+        g.max = g.max.max(g.now);
+        if g.now >= want {
+            g.open = true;
+        }
+        self.changed.notify_all();
+        let deadline = Instant::now() + patience;
+        while !g.open {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                g.open = true;
+                break;
+            }
+            g = self.changed.wait_timeout(g, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    fn leave(&self) {
+        self.count.lock().unwrap_or_else(PoisonError::into_inner).now -= 1;
+    }
+
+    fn max(&self) -> usize {
+        self.count.lock().unwrap_or_else(PoisonError::into_inner).max
+    }
+}
+
 #[derive(Default)]
 struct Shared {
-    gate: Mutex<Gate>,
-    changed: Condvar,
+    reads: Gate,
+    commits: Gate,
 }
 
 /// See the module documentation.
@@ -37,6 +76,9 @@ pub struct InFlight<B> {
     want: usize,
     counted: Range<u64>,
     patience: Duration,
+    /// With [`InFlight::with_commits`]: what [`Backend::writes_in_flight`]
+    /// answers, and how many commits the commit gate waits for.
+    commits: Option<(usize, usize)>,
     shared: Arc<Shared>,
 }
 
@@ -47,7 +89,12 @@ pub struct Seen(Arc<Shared>);
 impl Seen {
     /// The most ranged reads seen outstanding at once.
     pub fn max(&self) -> usize {
-        self.0.gate.lock().unwrap_or_else(PoisonError::into_inner).max
+        self.0.reads.max()
+    }
+
+    /// The most commits of streamed objects seen under way at once.
+    pub fn max_commits(&self) -> usize {
+        self.0.commits.max()
     }
 }
 
@@ -56,12 +103,40 @@ impl<B: Backend> InFlight<B> {
     /// holding ranged reads of a length in `counted` until `want` are
     /// outstanding or `patience` passed.
     pub fn new(inner: B, asks: usize, want: usize, counted: Range<u64>, patience: Duration) -> InFlight<B> {
-        InFlight { inner, asks, want, counted, patience, shared: Arc::default() }
+        InFlight { inner, asks, want, counted, patience, commits: None, shared: Arc::default() }
+    }
+
+    /// Also answers [`Backend::writes_in_flight`] with `lanes`, and holds
+    /// each streamed object's commit until `want` commits are under way or
+    /// `patience` passed.
+    pub fn with_commits(self, lanes: usize, want: usize) -> InFlight<B> {
+        InFlight { commits: Some((lanes, want)), ..self }
     }
 
     /// A handle on what it sees.
     pub fn seen(&self) -> Seen {
         Seen(Arc::clone(&self.shared))
+    }
+}
+
+/// A streamed object whose commit passes the commit gate.
+struct GatedWriter<'a> {
+    inner: Box<dyn ObjectWriter + 'a>,
+    shared: &'a Shared,
+    want: usize,
+    patience: Duration,
+}
+
+impl ObjectWriter for GatedWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
+        self.inner.write(data)
+    }
+    fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError> {
+        let GatedWriter { inner, shared, want, patience } = *self;
+        shared.commits.enter(want, patience);
+        let r = inner.commit(name);
+        shared.commits.leave();
+        r
     }
 }
 
@@ -85,26 +160,9 @@ impl<B: Backend> Backend for InFlight<B> {
         if !self.counted.contains(&len) {
             return self.inner.get_range(kind, name, offset, len);
         }
-        {
-            let mut g = self.shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
-            g.now += 1;
-            g.max = g.max.max(g.now);
-            if g.now >= self.want {
-                g.open = true;
-            }
-            self.shared.changed.notify_all();
-            let deadline = Instant::now() + self.patience;
-            while !g.open {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    g.open = true;
-                    break;
-                }
-                g = self.shared.changed.wait_timeout(g, left).unwrap_or_else(PoisonError::into_inner).0;
-            }
-        }
+        self.shared.reads.enter(self.want, self.patience);
         let r = self.inner.get_range(kind, name, offset, len);
-        self.shared.gate.lock().unwrap_or_else(PoisonError::into_inner).now -= 1;
+        self.shared.reads.leave();
         r
     }
     fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
@@ -129,9 +187,15 @@ impl<B: Backend> Backend for InFlight<B> {
         self.asks
     }
     fn writes_in_flight(&self) -> usize {
-        self.inner.writes_in_flight()
+        self.commits.map_or_else(|| self.inner.writes_in_flight(), |(lanes, _)| lanes)
     }
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
-        self.inner.writer(kind)
+        let inner = self.inner.writer(kind)?;
+        Ok(match (inner, self.commits) {
+            (Some(inner), Some((_, want))) => {
+                Some(Box::new(GatedWriter { inner, shared: &self.shared, want, patience: self.patience }))
+            }
+            (inner, _) => inner,
+        })
     }
 }
