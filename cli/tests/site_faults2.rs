@@ -158,24 +158,32 @@ fn assert_failed_cleanly(w: &World, o: &Output, points_before: &[u64], dirty_bef
     assert!(w.dirty() >= dirty_before, "{what}: dirty bits lost ({} < {dirty_before})", w.dirty());
 }
 
-#[test]
-fn a_link_stalled_mid_pack_fails_the_cycle_within_the_timeout_and_the_next_commits() {
-    let s = Scratch::new(BIN, "lb-site-stall-");
+/// A world whose link dies (no reset, nothing moves either way) once 512
+/// KiB of a cycle have gone up: mid-pack, since the pack is ~3 MiB. Runs
+/// `ship d1 --once` as `ship` makes it, and returns the world, the
+/// command's output, the time from the stall to its exit, and the points
+/// and dirty count from before.
+fn stall_mid_pack(prefix: &str, ship: impl FnOnce(&World) -> Command) -> (World, Output, Duration, Vec<u64>, usize) {
+    let s = Scratch::new(BIN, prefix);
     let vault = s.path("vaults/main");
     let mut w = World::new(s, None, vault, 16 * MIB, "1h");
     w.ship_and_verify("first point");
     w.write(48);
     let (points, dirty) = (w.points(), w.dirty());
-    // The link dies (no reset, nothing moves either way) once 512 KiB of
-    // this cycle have gone up: mid-pack, since the pack is ~3 MiB.
     w.proxy.set(Fault::StallAfterUp(512 << 10));
     let up = w.proxy.up();
-    let ship = w.host_cmd(&["ship", "d1", "--once"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = ship(&w).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     assert!(w.proxy.wait_up(up + (512 << 10), Duration::from_secs(60)), "the pack never started");
     let stalled = Instant::now();
-    let o = ship.wait_with_output().unwrap();
+    let o = child.wait_with_output().unwrap();
     let took = stalled.elapsed();
     assert_eq!(w.proxy.up(), up + (512 << 10), "bytes crossed a stalled link");
+    (w, o, took, points, dirty)
+}
+
+#[test]
+fn a_link_stalled_mid_pack_fails_the_cycle_within_the_timeout_and_the_next_commits() {
+    let (w, o, took, points, dirty) = stall_mid_pack("lb-site-stall-", |w| w.host_cmd(&["ship", "d1", "--once"]));
     // Without the progress timeout this would take minutes (HTTP/2
     // keep-alive of 30 s + 30 s, then TCP's own retries).
     assert!(took < Duration::from_secs(3 * TIMEOUT + 8), "a stalled link held the cycle for {took:?}");
@@ -197,23 +205,12 @@ fn a_link_stalled_mid_pack_fails_the_cycle_within_the_timeout_and_the_next_commi
 #[test]
 #[ignore = "waits out the default 60 s vault-server timeout: run with --full"]
 fn a_link_stalled_mid_pack_fails_the_cycle_within_three_minutes_by_default() {
-    let s = Scratch::new(BIN, "lb-site-stall-default-");
-    let vault = s.path("vaults/main");
-    let mut w = World::new(s, None, vault, 16 * MIB, "1h");
-    w.ship_and_verify("first point");
-    w.write(48);
-    let (points, dirty) = (w.points(), w.dirty());
-    w.proxy.set(Fault::StallAfterUp(512 << 10));
-    let up = w.proxy.up();
-    let mut cmd = w.host.command();
-    let _ = cmd.args(["ship", "d1", "--once"]).env_remove("LIFEBOAT_VAULT_TIMEOUT");
-    let ship = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    assert!(w.proxy.wait_up(up + (512 << 10), Duration::from_secs(60)), "the pack never started");
-    let stalled = Instant::now();
-    let o = ship.wait_with_output().unwrap();
-    let took = stalled.elapsed();
+    let (w, o, took, points, dirty) = stall_mid_pack("lb-site-stall-default-", |w| {
+        let mut cmd = w.host.command();
+        let _ = cmd.args(["ship", "d1", "--once"]).env_remove("LIFEBOAT_VAULT_TIMEOUT");
+        cmd
+    });
     eprintln!("a stalled link failed the cycle after {took:?} with the default timeout");
-    assert_eq!(w.proxy.up(), up + (512 << 10), "bytes crossed a stalled link");
     assert!(took >= Duration::from_secs(55), "the default timeout is 60 s, yet the cycle failed after {took:?}");
     assert!(took < Duration::from_secs(200), "a stalled link held the cycle for {took:?}, not about three minutes");
     let err = stderr(&o);
