@@ -766,20 +766,15 @@ fn store_packs(
         // Every lane is joined before any error is returned. Only a lane
         // that failed has one: the others end cleanly when the router
         // stops, dropping a half-sent pack (which leaves nothing behind).
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().map_err(|_| ShipError::Panic)).collect();
-        let mut stored = Vec::with_capacity(lanes);
-        for r in results {
-            stored.push(r??);
-        }
+        // (A lane's panic is its `Err(Panic)` already.)
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap_or(Err(ShipError::Panic))).collect();
+        let mut stored = results.into_iter().map(|r| r.map(Vec::into_iter)).collect::<Result<Vec<_>, _>>()?;
         // Back into build order: lane `n` holds packs n, n + lanes, ...
-        let mut lanes: Vec<_> = stored.into_iter().map(Vec::into_iter).collect();
         let mut done = Vec::new();
-        'merge: loop {
-            for l in &mut lanes {
-                match l.next() {
-                    Some(p) => done.push(p),
-                    None => break 'merge,
-                }
+        for n in 0.. {
+            match stored[n % lanes].next() {
+                Some(p) => done.push(p),
+                None => break,
             }
         }
         Ok(done)
