@@ -435,12 +435,15 @@ mod tests {
 
     #[test]
     fn a_stderr_that_blocks_never_blocks_the_thread_that_logs() {
-        // The writer blocks on every line until `release` is dropped.
+        // The writer blocks on every line until `release` is dropped, and
+        // says when it has taken one.
         let (release, blocked) = mpsc::channel::<()>();
         let blocked = Mutex::new(blocked);
+        let (took_tx, took) = mpsc::channel::<()>();
         let written = Arc::new(Mutex::new(Vec::new()));
         let out = Arc::clone(&written);
         let sink = Sink::Lines(Box::new(move |line| {
+            let _ = took_tx.send(());
             let _ = blocked.lock().unwrap().recv();
             out.lock().unwrap().extend_from_slice(line);
             Ok(())
@@ -448,7 +451,11 @@ mod tests {
         let (layer, pending) = LogLayer::queued(sink, 4).unwrap();
         let before = filter::log::dropped();
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
-            for n in 0..10 {
+            // The writer holds line 0 before the rest come (else which
+            // lines fit depends on when its thread first runs).
+            tracing::info!("line 0");
+            took.recv_timeout(Duration::from_secs(30)).expect("the writer took the first line");
+            for n in 1..10 {
                 tracing::info!("line {n}");
             }
         });
