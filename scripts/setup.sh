@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Installs every system package Lifeboat's build, tests and benchmarks need, and
-# unpacks the Debian cloud kernel that the vm-tests boot. Idempotent: a second
-# run installs nothing and finishes in about a second.
+# Installs every system package Lifeboat's build, tests and benchmarks need,
+# unpacks the Debian cloud kernel that the vm-tests boot, and installs the
+# cloud-storage emulators the cloud-vault tests run against
+# (vm-tests/src/cloud_servers.rs): Azurite (Azure Blob, from npm) and moto's
+# server (S3, from PyPI), both pinned and kept in the cache, nothing global.
+# Idempotent: a second run installs nothing and finishes in about a second.
 #
 #   scripts/setup.sh            packages for build + tests + vm-tests + benches
 #                               (restic, borgbackup, rsync: benches/replicate-bench.sh)
 #
 # Environment:
-#   LIFEBOAT_CACHE   where the unpacked guest kernel lives (default: .cache/ in the repo)
+#   LIFEBOAT_CACHE   where the unpacked guest kernel and the emulators live
+#                    (default: .cache/ in the repo): kernel/, qga/, azurite/,
+#                    node/ (only if the host's Node.js is too old), moto-venv/
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,8 +27,12 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # on PATH may be another interpreter without the nbd module).
 # restic, borgbackup, rsync: the peers of benches/replicate-bench.sh.
 # openssl: cli/tests/nbd_tls.rs makes its CA and certificates with it.
+# python3-venv: the venv of moto's server (below) is made with Debian's python3.
 base_pkgs=(libnbd-bin python3-libnbd nbdkit fio busybox-static cpio e2fsprogs gzip iproute2 python3 openssl
-  restic borgbackup rsync)
+  restic borgbackup rsync python3-venv)
+# npm fetches Azurite (below). A host without it gets Debian's nodejs and npm:
+# that Node.js (18) is too old to run Azurite, but npm is all it is needed for.
+command -v npm >/dev/null 2>&1 || base_pkgs+=(nodejs npm)
 # QEMU must come from bookworm-backports: bookworm's qemu-system-x86 7.2 would
 # replace the backports qemu-utils 10.x (qemu-img, qemu-io, qemu-nbd) with 7.2.
 bpo_pkgs=(qemu-system-x86 qemu-utils)
@@ -74,6 +83,56 @@ if [ ! -x "$qdir/usr/sbin/qemu-ga" ]; then
     $SUDO apt-get update -qq && apt-get download -t bookworm-backports qemu-guest-agent; })
   dpkg-deb -x "$cache"/deb/qemu-guest-agent_*.deb "$qdir"
 fi
+# Azurite, the Azure Blob emulator, from npm into the cache. Azurite 3.36 and
+# later need Node.js 22 or newer (Debian 12's nodejs is 18): when the node on
+# PATH is older, npm's node-linux-* package (the official Node.js binary) is
+# unpacked into $cache/node. The harness runs $cache/azurite/azurite-blob, a
+# wrapper written here that names the node Azurite runs on.
+azurite_version=3.37.0
+node_version=22.23.5 # used only when the host's node is older than 22
+adir=$cache/azurite
+awrap=$adir/azurite-blob
+amain=$adir/node_modules/azurite/dist/src/blob/main.js
+anode=$(sed -n 's/^node=//p' "$awrap" 2>/dev/null || true)
+if ! grep -qsx "# azurite $azurite_version" "$awrap" || [ ! -x "$anode" ] || [ ! -f "$amain" ]; then
+  anode=$(command -v node || true)
+  major=0
+  [ -z "$anode" ] || major=$("$anode" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -lt 22 ]; then
+    case $(uname -m) in
+      x86_64) narch=x64 ;;
+      aarch64) narch=arm64 ;;
+      *) say "npm has no Node.js package for $(uname -m): install Node.js >= 22, then run this again"; exit 1 ;;
+    esac
+    anode=$cache/node/node_modules/node-linux-$narch/bin/node
+    if [ ! -x "$anode" ] || [ "$("$anode" --version)" != "v$node_version" ]; then
+      say "installing Node.js $node_version from npm into $cache/node (the host's node is older than 22)"
+      npm install --prefix "$cache/node" --save-exact --no-audit --no-fund --ignore-scripts --loglevel=error \
+        "node-linux-$narch@$node_version"
+    fi
+  fi
+  say "installing azurite $azurite_version from npm into $adir (to run on $anode, $("$anode" --version))"
+  # --ignore-scripts: no install script of its ~450 dependencies runs; Azurite needs none.
+  npm install --prefix "$adir" --save-exact --no-audit --no-fund --ignore-scripts --loglevel=error "azurite@$azurite_version"
+  printf '%s\n' '#!/bin/sh' "# azurite $azurite_version" \
+    '# Written by scripts/setup.sh: the Azurite Blob service on the Node.js it needs.' \
+    "node=$anode" "exec \"\$node\" \"$amain\" \"\$@\"" >"$awrap"
+  chmod +x "$awrap"
+fi
+
+# moto's server, the S3 emulator, from PyPI into a venv in the cache. The venv
+# is made with Debian's python3 (the python3 first on PATH may be another
+# interpreter), as Debian forbids pip installs into its own python (PEP 668).
+moto_version=5.2.6
+mvenv=$cache/moto-venv
+if [ ! -x "$mvenv/bin/moto_server" ] ||
+  ! ls -d "$mvenv"/lib/python3*/site-packages/moto-"$moto_version".dist-info >/dev/null 2>&1; then
+  say "installing moto[server] $moto_version from PyPI into $mvenv"
+  # A venv whose python is gone (Debian's python3 upgraded) is made anew.
+  "$mvenv/bin/python" -c '' 2>/dev/null || /usr/bin/python3 -m venv --clear "$mvenv"
+  "$mvenv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
+fi
+
 # The test runner. The machine image ships it; a machine without it gets it from crates.io.
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest from crates.io"
@@ -88,3 +147,4 @@ if [ ! -s /etc/machine-id ]; then
 fi
 
 say "ok: $(qemu-system-x86_64 --version | head -1); kernel $(ls "$kdir"/boot/vmlinuz-* | head -1)"
+say "ok: azurite $azurite_version ($awrap), moto $moto_version ($mvenv/bin/moto_server)"
