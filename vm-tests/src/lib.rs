@@ -7,13 +7,17 @@
 //! and the VM tests in `tests/` here (they find the binary with
 //! [`paths::lifeboat_bin`]). It owns:
 //!
-//! * [`paths`]: where the `lifeboat` binary, the cache, the guest kernel and
-//!   host tools are (`LIFEBOAT_BIN`, `LIFEBOAT_CACHE`; `scripts/setup.sh`
-//!   unpacks the Debian cloud kernel into `.cache/kernel`),
+//! * [`paths`]: where the `lifeboat` binary, the cache, the guest kernel, the
+//!   cloud emulators and host tools are (`LIFEBOAT_BIN`, `LIFEBOAT_CACHE`;
+//!   `scripts/setup.sh` unpacks the Debian cloud kernel into `.cache/kernel`),
 //! * [`lifeboat`]: a scratch directory with a lifeboat home, `lifeboat
 //!   protect` / `dirty --json`, and the `lifeboat filter` child process, killed
 //!   and reaped on drop,
 //! * [`clients`]: the host NBD clients (`qemu-io`, libnbd's Python module),
+//! * [`cloud_servers`]: the cloud-storage emulators for the cloud-vault
+//!   tests, Azurite (Azure Blob) and moto's server (S3), each in memory on a
+//!   free loopback port, killed and reaped on drop (`scripts/setup.sh`
+//!   installs both into `.cache/`),
 //! * [`replicate`]: key files, vaults, `ship` / `points` / `restore` /
 //!   `snapshot`, block writes and a recorded writer through libnbd, and the
 //!   vault directory as files to list, copy and damage,
@@ -28,11 +32,12 @@
 //!
 //! It must not: skip when a tool is missing (it fails saying "run
 //! scripts/setup.sh"), run a booting test in the default quick pass (those are
-//! `#[ignore]`d and run by `scripts/test.sh --full`), or leave a QEMU or filter
-//! process behind when a test fails.
+//! `#[ignore]`d and run by `scripts/test.sh --full`), or leave a QEMU, filter
+//! or emulator process behind when a test fails.
 #![deny(missing_docs)]
 
 pub mod clients;
+pub mod cloud_servers;
 pub mod fault_proxy;
 pub mod initramfs;
 pub mod lifeboat;

@@ -1,5 +1,5 @@
 //! Where things are: the workspace, the `lifeboat` binary, the cache, the guest
-//! kernel and its modules, and host tools.
+//! kernel and its modules, the cloud-storage emulators, and host tools.
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +64,21 @@ pub fn kernel() -> Kernel {
 pub fn qemu_ga() -> PathBuf {
     let p = cache().join("qga/usr/sbin/qemu-ga");
     assert!(p.is_file(), "{} is missing: run scripts/setup.sh", p.display());
+    p
+}
+
+/// Azurite's Blob service: the wrapper scripts/setup.sh writes into the
+/// cache, which runs the pinned Azurite (npm) on a Node.js new enough for it.
+pub fn azurite_blob() -> PathBuf {
+    let p = cache().join("azurite/azurite-blob");
+    assert!(p.is_file(), "{} is missing (Azurite, the Azure Blob emulator): run scripts/setup.sh", p.display());
+    p
+}
+
+/// moto's S3 server, from the venv scripts/setup.sh makes in the cache.
+pub fn moto_server() -> PathBuf {
+    let p = cache().join("moto-venv/bin/moto_server");
+    assert!(p.is_file(), "{} is missing (moto's server, the S3 emulator): run scripts/setup.sh", p.display());
     p
 }
 
