@@ -219,12 +219,16 @@ pub fn connect_journal(path: &Path) -> io::Result<UnixDatagram> {
 /// debug and trace events are their own internals (every HTTP/2 frame):
 /// never built, let alone written. Their warnings and errors still show.
 const QUIET_BELOW_INFO: [&str; 6] = ["h2", "hyper", "hyper_util", "rustls", "tokio_rustls", "tokio"];
+/// The cloud vaults' client crates, whose info events are chatter too
+/// ("Using Static credential provider" at every open); their warnings (a
+/// retried request) still show.
+const QUIET_BELOW_WARN: [&str; 2] = ["object_store", "reqwest"];
 
 fn is_dependency_chatter(m: &Metadata<'_>) -> bool {
-    *m.level() > Level::INFO
-        && QUIET_BELOW_INFO
-            .iter()
-            .any(|c| m.target().strip_prefix(c).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")))
+    let of = |crates: &[&str]| {
+        crates.iter().any(|c| m.target().strip_prefix(c).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")))
+    };
+    (*m.level() > Level::INFO && of(&QUIET_BELOW_INFO)) || (*m.level() > Level::WARN && of(&QUIET_BELOW_WARN))
 }
 
 impl<S: Subscriber> Layer<S> for LogLayer {
@@ -408,13 +412,20 @@ mod tests {
             tracing::debug!(target: "hyper_util::client", "connecting");
             tracing::warn!(target: "rustls::conn", "a warning from rustls");
             tracing::debug!(target: "h2o", "a crate whose name only starts like one");
+            tracing::info!(target: "object_store::aws::builder", "Using Static credential provider");
+            tracing::warn!(target: "object_store::client::retry", "Encountered transport error, retrying");
             tracing::debug!("lifeboat: a debug line of our own");
         });
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
         assert_eq!(
             lines,
-            ["a warning from rustls", "a crate whose name only starts like one", "lifeboat: a debug line of our own"],
+            [
+                "a warning from rustls",
+                "a crate whose name only starts like one",
+                "Encountered transport error, retrying",
+                "lifeboat: a debug line of our own"
+            ],
             "{text}"
         );
     }

@@ -376,7 +376,7 @@ fn check_replication(
         Location::Path(dir) => Location::Path(std::fs::canonicalize(dir).with_context(|| {
             format!("vault {} does not exist; create it with `lifeboat vault init`", dir.display())
         })?),
-        server @ Location::Server { .. } => server.clone(),
+        url => url.clone(),
     };
     crate::vault_open::open(home, &vault)?.check_key(&keys)?;
     Ok(Replication { vault, key, rpo_seconds, retention })

@@ -1,7 +1,9 @@
 //! Opening vaults by [`Location`] for the `lifeboat` command: a directory
 //! with the local backend, a vault server (`lifeboat://HOST:PORT/VAULT`)
-//! through [`open_server`], the one place that knows how to reach one. The
-//! agent and the recovery code get this opener and never name a backend.
+//! through [`open_server`], the one place that knows how to reach one, and a
+//! cloud vault (`az://`, `s3://`) with the `cloud` crate and the settings
+//! of this process's environment. The agent and the recovery code get this
+//! opener and never name a backend.
 //!
 //! Also the command line's parser of vault arguments: a path that is not
 //! UTF-8 stays a path, as it was when `--vault` was a `PathBuf`.
@@ -39,6 +41,7 @@ impl Opener for CliOpener {
         match at {
             Location::Path(_) => LocalOpener.open(at),
             Location::Server { host, port, vault } => open_server(&self.home, host, *port, vault),
+            Location::Azure { .. } | Location::S3 { .. } => open_cloud(at),
         }
     }
 
@@ -48,8 +51,18 @@ impl Opener for CliOpener {
             // The server's vault directory exists; `Vault::init` creates
             // its config there (if the site lets this host).
             Location::Server { host, port, vault } => open_server(&self.home, host, *port, vault),
+            // The bucket or container exists (Lifeboat never creates one:
+            // its settings, such as Object Lock, are the owner's);
+            // `Vault::init` creates the config there.
+            Location::Azure { .. } | Location::S3 { .. } => open_cloud(at),
         }
     }
+}
+
+/// Opens the cloud vault at `at` with this process's settings (see
+/// `cloud::Settings`: the AWS_* and AZURE_* variables, ~/.aws).
+pub fn open_cloud(at: &Location) -> Result<Box<dyn Backend>, VaultError> {
+    Ok(Box::new(cloud::CloudBackend::open(at, &cloud::Settings::from_env())?))
 }
 
 /// Connects to vault `vault` served at `host`:`port` with this home's

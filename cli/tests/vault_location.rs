@@ -4,9 +4,9 @@
 //! * Every command that names a vault takes a server URL as a vault, and
 //!   fails with the one clear error of the opener (this build has no vault
 //!   client yet), never with a path error about a directory of that name.
-//! * `az://` and `s3://` are refused as cloud vaults (issue 15), another
-//!   scheme by its name, a malformed URL with what is wrong, before anything
-//!   runs.
+//! * A malformed `az://` or `s3://` URL (issue 15) is refused with the
+//!   form it takes, another scheme by its name, a malformed URL with what
+//!   is wrong, before anything runs.
 //! * A `disk.toml` written when vaults were only paths loads and replicates,
 //!   and a vault's path is stored exactly as before.
 
@@ -137,12 +137,12 @@ fn every_command_that_names_a_vault_takes_a_server_url_and_says_it_cannot_reach_
 }
 
 #[test]
-fn cloud_schemes_unknown_schemes_and_malformed_urls_are_refused_by_name() {
+fn malformed_cloud_urls_unknown_schemes_and_malformed_urls_are_refused_by_name() {
     let s = Scratch::new(env!("CARGO_BIN_EXE_lifeboat"), "lb-vault-url-bad-");
     let run = |args: &[&str]| s.home.command().current_dir(s.dir()).args(args).output().unwrap();
     for (url, says) in [
-        ("az://account/container", "cloud vaults are not supported yet (issue 15)"),
-        ("s3://bucket/prefix", "cloud vaults are not supported yet (issue 15)"),
+        ("az://Account/container", "write az://ACCOUNT/CONTAINER[/PREFIX]"),
+        ("s3://b/prefix", "write s3://BUCKET[/PREFIX]"),
         ("https://dr1/v", "unknown vault URL scheme \"https\""),
         ("lifeboat://dr1/v", "no :PORT after the host"),
         ("lifeboat://dr1:7443", "no /VAULT after the port"),

@@ -400,6 +400,7 @@ mod tests {
                 "lifeboat://[::1]:7443/main",
                 vault::Location::Server { host: "::1".into(), port: 7443, vault: "main".into() },
             ),
+            ("s3://dr-vaults/web", vault::Location::S3 { bucket: "dr-vaults".into(), prefix: "web".into() }),
         ] {
             let text = old_job().replacen("{\n", "{\n  \"format_version\": 1,\n", 1).replace(
                 "\"origin\": null",
@@ -412,9 +413,9 @@ mod tests {
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the bytes on disk changed");
         }
         let (_dir, path) =
-            write(&old_job().replace("\"origin\": null", "\"origin\": {\"vault\": \"az://a/b\", \"key\": \"/k\"}"));
+            write(&old_job().replace("\"origin\": null", "\"origin\": {\"vault\": \"az://A/b\", \"key\": \"/k\"}"));
         let msg = load_job(&path).unwrap_err().to_string();
-        assert!(msg.contains("is damaged") && msg.contains("cloud vaults are not supported yet"), "{msg}");
+        assert!(msg.contains("is damaged") && msg.contains("not a cloud vault URL"), "{msg}");
     }
 
     #[test]

@@ -356,12 +356,17 @@ fn streamed_objects(b: &dyn Backend, p: Profile) {
     assert_eq!(b.get(Kind::Pack, &name).unwrap(), data);
 
     if p == Profile::Store {
-        // A commit replaces an object of that name whole.
+        // A commit over an existing name succeeds and leaves one whole
+        // object: the new one (the local directory replaces it) or the one
+        // already there (a cloud store creates a streamed object only where
+        // none is: its name is its contents' hash, so that is the same
+        // object). Never a mix of the two.
         let mut w = b.writer(Kind::Pack).unwrap().unwrap();
         let (a, at) = aligned_copy(&data[..4096]);
         w.write(&a[at..at + 4096]).unwrap();
         w.commit(&name).unwrap();
-        assert_eq!(b.get(Kind::Pack, &name).unwrap(), &data[..4096]);
+        let now = b.get(Kind::Pack, &name).unwrap();
+        assert!(now == data || now == data[..4096], "a commit over {name} left {} bytes", now.len());
     }
 
     // Dropped, or committed under a bad name: nothing appears.

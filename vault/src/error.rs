@@ -304,6 +304,18 @@ pub enum VaultError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A cloud store (S3, Azure Blob) failed a request with an error the
+    /// contract has no kind for, or could not be reached, after its
+    /// client's own retries; `source` is the client's error (it never holds
+    /// a credential).
+    #[error("the cloud store of vault {location} failed: {source}")]
+    Cloud {
+        /// The vault's URL.
+        location: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Writing the restored image failed.
     #[error("writing the restored image ({what}): {source}")]
     Output {

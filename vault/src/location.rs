@@ -9,8 +9,9 @@
 //!
 //! A string is a URL when it begins with a scheme and `://`; anything else is
 //! a path (an absolute path never looks like a URL: `/` cannot begin a
-//! scheme). `az://` and `s3://` are recognised and refused until cloud vaults
-//! exist (issue 15); any other scheme is refused by name.
+//! scheme). Cloud vaults are `az://ACCOUNT/CONTAINER[/PREFIX]` (Azure Blob
+//! storage) and `s3://BUCKET[/PREFIX]` (S3 and S3-compatible stores); any
+//! other scheme is refused by name.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -35,22 +36,47 @@ pub enum Location {
         /// The name of the vault on that server.
         vault: String,
     },
+    /// A vault in an Azure Blob storage container:
+    /// `az://ACCOUNT/CONTAINER[/PREFIX]`.
+    Azure {
+        /// The storage account.
+        account: String,
+        /// The container.
+        container: String,
+        /// Where in the container the vault's objects are: `/`-separated
+        /// parts, without a leading or trailing `/`; empty for the whole
+        /// container.
+        prefix: String,
+    },
+    /// A vault in an S3 bucket (AWS or an S3-compatible store; the endpoint
+    /// comes from the environment): `s3://BUCKET[/PREFIX]`.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Where in the bucket the vault's objects are, as for
+        /// [`Location::Azure`].
+        prefix: String,
+    },
 }
 
 /// Why a string is not a vault location.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LocationError {
-    /// An `az://` or `s3://` URL: cloud vaults are the next issue.
-    #[error("{url}: cloud vaults are not supported yet (issue 15); use a directory or lifeboat://HOST:PORT/VAULT")]
-    Cloud {
+    /// An `az://` or `s3://` URL that is not well formed.
+    #[error("{url}: not a cloud vault URL ({why}); write {form}")]
+    BadCloudUrl {
         /// The URL given.
         url: String,
+        /// What is wrong with it.
+        why: &'static str,
+        /// The form the scheme takes, with an example.
+        form: &'static str,
     },
     /// A URL with a scheme Lifeboat does not know.
     #[error(
-        "{url}: unknown vault URL scheme {scheme:?}; a vault is a directory or lifeboat://HOST:PORT/VAULT (a vault \
-         server)"
+        "{url}: unknown vault URL scheme {scheme:?}; a vault is a directory, lifeboat://HOST:PORT/VAULT (a vault \
+         server), az://ACCOUNT/CONTAINER[/PREFIX] (Azure Blob) or s3://BUCKET[/PREFIX] (S3)"
     )]
     UnknownScheme {
         /// The URL given.
@@ -68,7 +94,7 @@ pub enum LocationError {
         why: &'static str,
     },
     /// An empty string.
-    #[error("an empty vault location; give a directory or lifeboat://HOST:PORT/VAULT")]
+    #[error("an empty vault location; give a directory or a vault URL (lifeboat://, az://, s3://)")]
     Empty,
 }
 
@@ -77,7 +103,7 @@ impl Location {
     pub fn path(&self) -> Option<&Path> {
         match self {
             Location::Path(p) => Some(p),
-            Location::Server { .. } => None,
+            _ => None,
         }
     }
 
@@ -90,6 +116,11 @@ impl Location {
     /// append-only for protected hosts: prune and gc run at the site.
     pub fn is_server(&self) -> bool {
         matches!(self, Location::Server { .. })
+    }
+
+    /// Whether it names a cloud vault (`az://`, `s3://`).
+    pub fn is_cloud(&self) -> bool {
+        matches!(self, Location::Azure { .. } | Location::S3 { .. })
     }
 
     /// The same location with its path made absolute against the current
@@ -197,6 +228,75 @@ fn parse_server(url: &str, rest: &str) -> Result<Location, LocationError> {
     Ok(Location::Server { host: host.to_string(), port, vault: vault.to_string() })
 }
 
+const AZURE_FORM: &str = "az://ACCOUNT/CONTAINER[/PREFIX], e.g. az://drsite/vaults/web";
+const S3_FORM: &str = "s3://BUCKET[/PREFIX], e.g. s3://dr-vaults/web";
+
+/// A prefix inside a container or bucket: object-name parts (see
+/// [`crate::backend::check_name`]), a trailing `/` dropped.
+fn cloud_prefix(rest: Option<&str>) -> Result<String, &'static str> {
+    let Some(p) = rest.map(|p| p.strip_suffix('/').unwrap_or(p)).filter(|p| !p.is_empty()) else {
+        return Ok(String::new());
+    };
+    if p.len() > 200 {
+        return Err("the prefix is over 200 characters");
+    }
+    for part in p.split('/') {
+        if part.is_empty() || part.starts_with('.') {
+            return Err("the prefix's parts may not be empty or start with '.'");
+        }
+        if !part.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err("the prefix has only letters, digits, '.', '_', '-' and '/'");
+        }
+    }
+    Ok(p.to_string())
+}
+
+fn parse_azure(url: &str, rest: &str) -> Result<Location, LocationError> {
+    let bad = |why| LocationError::BadCloudUrl { url: url.to_string(), why, form: AZURE_FORM };
+    let mut parts = rest.splitn(3, '/');
+    let account = parts.next().unwrap_or_default();
+    let container = parts.next().ok_or_else(|| bad("no /CONTAINER after the account"))?;
+    // Azure's rules: an account is 3-24 lower-case letters and digits; a
+    // container 3-63 of lower-case letters, digits and single hyphens, not
+    // starting or ending with one.
+    if !(3..=24).contains(&account.len()) || !account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        return Err(bad("the account is 3 to 24 lower-case letters and digits"));
+    }
+    if !(3..=63).contains(&container.len())
+        || !container.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || container.starts_with('-')
+        || container.ends_with('-')
+        || container.contains("--")
+    {
+        return Err(bad("the container is 3 to 63 lower-case letters, digits and single hyphens"));
+    }
+    let prefix = cloud_prefix(parts.next()).map_err(bad)?;
+    Ok(Location::Azure { account: account.to_string(), container: container.to_string(), prefix })
+}
+
+fn parse_s3(url: &str, rest: &str) -> Result<Location, LocationError> {
+    let bad = |why| LocationError::BadCloudUrl { url: url.to_string(), why, form: S3_FORM };
+    let (bucket, prefix) = match rest.split_once('/') {
+        Some((b, p)) => (b, Some(p)),
+        None => (rest, None),
+    };
+    // S3's rules for a bucket: 3-63 lower-case letters, digits, '.' and
+    // '-', beginning and ending with a letter or digit.
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if bucket.is_empty() {
+        return Err(bad("no bucket"));
+    }
+    if !(3..=63).contains(&bucket.len())
+        || !bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c))
+        || !edge_ok(bucket.chars().next())
+        || !edge_ok(bucket.chars().last())
+    {
+        return Err(bad("the bucket is 3 to 63 lower-case letters, digits, '.' and '-'"));
+    }
+    let prefix = cloud_prefix(prefix).map_err(bad)?;
+    Ok(Location::S3 { bucket: bucket.to_string(), prefix })
+}
+
 impl FromStr for Location {
     type Err = LocationError;
 
@@ -210,7 +310,8 @@ impl FromStr for Location {
         let rest = &s[scheme.len() + 3..];
         match scheme.to_ascii_lowercase().as_str() {
             SCHEME => parse_server(s, rest),
-            "az" | "s3" => Err(LocationError::Cloud { url: s.to_string() }),
+            "az" => parse_azure(s, rest),
+            "s3" => parse_s3(s, rest),
             _ => Err(LocationError::UnknownScheme { url: s.to_string(), scheme: scheme.to_string() }),
         }
     }
@@ -224,6 +325,12 @@ impl fmt::Display for Location {
                 write!(f, "{SCHEME}://[{host}]:{port}/{vault}")
             }
             Location::Server { host, port, vault } => write!(f, "{SCHEME}://{host}:{port}/{vault}"),
+            Location::Azure { account, container, prefix } if prefix.is_empty() => {
+                write!(f, "az://{account}/{container}")
+            }
+            Location::Azure { account, container, prefix } => write!(f, "az://{account}/{container}/{prefix}"),
+            Location::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -237,7 +344,7 @@ impl serde::Serialize for Location {
                 Some(text) => s.serialize_str(text),
                 None => Err(serde::ser::Error::custom("path contains invalid UTF-8 characters")),
             },
-            Location::Server { .. } => s.collect_str(self),
+            _ => s.collect_str(self),
         }
     }
 }
@@ -303,16 +410,65 @@ mod tests {
         }
     }
 
+    fn azure(account: &str, container: &str, prefix: &str) -> Location {
+        Location::Azure { account: account.into(), container: container.into(), prefix: prefix.into() }
+    }
+
+    fn s3(bucket: &str, prefix: &str) -> Location {
+        Location::S3 { bucket: bucket.into(), prefix: prefix.into() }
+    }
+
     #[test]
-    fn cloud_and_unknown_schemes_are_refused() {
-        for url in ["az://account/container", "s3://bucket/prefix", "S3://b"] {
-            let e = url.parse::<Location>().unwrap_err();
-            assert_eq!(e, LocationError::Cloud { url: url.into() });
-            assert!(e.to_string().contains("cloud vaults are not supported yet (issue 15)"), "{e}");
+    fn cloud_urls() {
+        for (url, at, printed) in [
+            ("az://drsite/vaults", azure("drsite", "vaults", ""), "az://drsite/vaults"),
+            ("az://drsite/vaults/", azure("drsite", "vaults", ""), "az://drsite/vaults"),
+            ("AZ://drsite/vaults/web/a_b.c", azure("drsite", "vaults", "web/a_b.c"), "az://drsite/vaults/web/a_b.c"),
+            ("s3://dr-vaults", s3("dr-vaults", ""), "s3://dr-vaults"),
+            ("s3://dr.vaults.1/web/", s3("dr.vaults.1", "web"), "s3://dr.vaults.1/web"),
+            ("S3://b12/x/y", s3("b12", "x/y"), "s3://b12/x/y"),
+        ] {
+            let parsed = url.parse::<Location>().unwrap();
+            assert_eq!(parsed, at, "{url}");
+            assert_eq!(parsed.to_string(), printed);
+            assert!(parsed.is_cloud() && !parsed.is_path() && !parsed.is_server());
+            assert_eq!(parsed.path(), None);
         }
+    }
+
+    #[test]
+    fn bad_cloud_urls_say_what_is_wrong() {
+        for (url, why) in [
+            ("az://drsite", "no /CONTAINER after the account"),
+            ("az://Dr/vaults", "the account is 3 to 24 lower-case letters and digits"),
+            ("az://drsite/Vaults", "the container is 3 to 63 lower-case letters, digits and single hyphens"),
+            ("az://drsite/a--b", "the container is 3 to 63 lower-case letters, digits and single hyphens"),
+            ("az://drsite/vaults/a//b", "the prefix's parts may not be empty or start with '.'"),
+            ("az://drsite/vaults/../b", "the prefix's parts may not be empty or start with '.'"),
+            ("s3://", "no bucket"),
+            ("s3:///x", "no bucket"),
+            ("s3://B1/x", "the bucket is 3 to 63 lower-case letters, digits, '.' and '-'"),
+            ("s3://-ab/x", "the bucket is 3 to 63 lower-case letters, digits, '.' and '-'"),
+            ("s3://bucket/a b", "the prefix has only letters, digits, '.', '_', '-' and '/'"),
+            ("s3://bucket/.hidden", "the prefix's parts may not be empty or start with '.'"),
+        ] {
+            match url.parse::<Location>().unwrap_err() {
+                LocationError::BadCloudUrl { url: u, why: w, form } => {
+                    assert_eq!((u.as_str(), w), (url, why), "{url}");
+                    assert!(form.starts_with(if url.to_lowercase().starts_with("az") { "az://" } else { "s3://" }));
+                }
+                e => panic!("{url}: {e}"),
+            }
+        }
+        let e = "s3://B1".parse::<Location>().unwrap_err().to_string();
+        assert!(e.contains("s3://B1") && e.contains("write s3://BUCKET[/PREFIX]"), "{e}");
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused() {
         let e = "https://x/y".parse::<Location>().unwrap_err();
         assert_eq!(e, LocationError::UnknownScheme { url: "https://x/y".into(), scheme: "https".into() });
-        assert!(e.to_string().contains("\"https\""), "{e}");
+        assert!(e.to_string().contains("\"https\"") && e.to_string().contains("s3://BUCKET"), "{e}");
         assert_eq!("".parse::<Location>().unwrap_err(), LocationError::Empty);
     }
 
@@ -334,8 +490,12 @@ mod tests {
         let text = serde_json::to_string(&url).unwrap();
         assert_eq!(text, r#"{"vault":"lifeboat://[::1]:7443/v"}"#);
         assert_eq!(serde_json::from_str::<New>(&text).unwrap(), url);
-        let e = serde_json::from_str::<New>(r#"{"vault":"s3://b/p"}"#).unwrap_err();
-        assert!(e.to_string().contains("cloud vaults are not supported yet"), "{e}");
+        let cloud = New { vault: s3("bucket", "p/q") };
+        let text = serde_json::to_string(&cloud).unwrap();
+        assert_eq!(text, r#"{"vault":"s3://bucket/p/q"}"#);
+        assert_eq!(serde_json::from_str::<New>(&text).unwrap(), cloud);
+        let e = serde_json::from_str::<New>(r#"{"vault":"s3://B/p"}"#).unwrap_err();
+        assert!(e.to_string().contains("not a cloud vault URL"), "{e}");
     }
 
     #[test]
@@ -358,6 +518,14 @@ mod tests {
         prop_oneof![
             (any_host(), 1..=u16::MAX, "[A-Za-z0-9_-][A-Za-z0-9._-]{0,20}")
                 .prop_map(|(host, port, vault)| Location::Server { host, port, vault }),
+            (
+                "[a-z0-9]{3,24}",
+                "[a-z0-9]([a-z0-9]|-[a-z0-9]){2,20}",
+                "([a-z0-9_-][a-z0-9._-]{0,8}(/[A-Z0-9_-]{1,5}){0,2})?"
+            )
+                .prop_map(|(account, container, prefix)| Location::Azure { account, container, prefix }),
+            ("[a-z0-9][a-z0-9.-]{1,30}[a-z0-9]", "([a-z0-9_-][a-z0-9._-]{0,8}(/[A-Z0-9_-]{1,5}){0,2})?")
+                .prop_map(|(bucket, prefix)| Location::S3 { bucket, prefix }),
             // Any path that does not begin like a URL.
             "(/|\\.{1,2}/)?[^\\x00]{1,40}"
                 .prop_filter("a path that reads as a URL", |p| scheme_of(p).is_none())

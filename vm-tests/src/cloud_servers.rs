@@ -79,6 +79,19 @@ impl Azurite {
         format!("http://127.0.0.1:{}/{}", self.server.port, Azurite::ACCOUNT)
     }
 
+    /// The environment a user would export to reach it (Lifeboat's cloud
+    /// settings: `AZURE_STORAGE_ENDPOINT`, the account key, plain HTTP).
+    pub fn vars(&self) -> Vec<(String, String)> {
+        [
+            ("AZURE_STORAGE_ENDPOINT", self.endpoint()),
+            ("AZURE_STORAGE_ACCOUNT_KEY", Azurite::KEY.to_string()),
+            ("AZURE_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// The loopback port it listens on.
     pub fn port(&self) -> u16 {
         self.server.port
@@ -132,6 +145,21 @@ impl Moto {
     /// (`http://127.0.0.1:PORT/BUCKET/KEY`): `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.server.port)
+    }
+
+    /// The environment a user would export to reach it (the AWS
+    /// variables: endpoint, region, credentials, plain HTTP).
+    pub fn vars(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", Moto::REGION.to_string()),
+            ("AWS_ACCESS_KEY_ID", Moto::ACCESS_KEY_ID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", Moto::SECRET_ACCESS_KEY.to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     /// The loopback port it listens on.

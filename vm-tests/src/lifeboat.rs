@@ -48,6 +48,8 @@ pub struct Home {
     /// The home directory.
     pub dir: PathBuf,
     bin: PathBuf,
+    /// Variables set for every command (a cloud vault's settings).
+    env: Vec<(String, String)>,
 }
 
 /// The parsed output of `lifeboat dirty NAME --json`.
@@ -97,13 +99,22 @@ pub fn unix_listen(sock: &Path) -> String {
 impl Home {
     /// A home at `dir`, driven by the `lifeboat` binary at `bin`.
     pub fn new(bin: impl Into<PathBuf>, dir: PathBuf) -> Home {
-        Home { dir, bin: bin.into() }
+        Home { dir, bin: bin.into(), env: Vec::new() }
+    }
+
+    /// The same home with `vars` set in the environment of every command it
+    /// runs (a cloud vault's endpoint and credentials, as a user exports
+    /// them).
+    pub fn with_env(mut self, vars: &[(String, String)]) -> Home {
+        self.env.extend(vars.iter().cloned());
+        self
     }
 
     /// `lifeboat --home DIR`, to add arguments to and run.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--home").arg(&self.dir);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

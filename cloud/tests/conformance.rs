@@ -1,0 +1,136 @@
+//! The backend conformance suite (`vault::conformance`) against real
+//! servers: Azurite's Blob service and moto's S3, each a process of this
+//! test's own on loopback (`vm_tests::cloud_servers`), reached with the
+//! settings a user would export. Also: multipart uploads, two vaults in one
+//! bucket, and the protection a bucket reports.
+
+use cloud::{CloudBackend, LockMode, Protection, Settings};
+use vault::conformance::{suite, Profile};
+use vault::{Backend, Kind, Location, VaultError};
+use vm_tests::cloud_servers::{Azurite, Moto};
+
+fn open(vars: &[(String, String)], url: &str) -> CloudBackend {
+    let at: Location = url.parse().unwrap();
+    CloudBackend::open(&at, &Settings::from_vars(vars.iter().cloned())).unwrap()
+}
+
+#[test]
+fn s3_conforms() {
+    let moto = Moto::start();
+    let b = open(&moto.vars(), "s3://lb-conformance/vaults/one");
+    b.create_bucket(None).unwrap();
+    suite(&b, Profile::Store);
+}
+
+#[test]
+fn azure_conforms() {
+    let azurite = Azurite::start();
+    let b = open(&azurite.vars(), "az://devstoreaccount1/lb-conformance/vaults/one");
+    b.create_bucket(None).unwrap();
+    suite(&b, Profile::Store);
+}
+
+/// A streamed object above the multipart threshold goes up in parts and
+/// reads back whole; nothing is visible before the commit; a second commit
+/// of the name leaves the first object (packs are created where absent).
+fn multipart(b: CloudBackend) {
+    let b = b.with_multipart_above(1 << 20);
+    let data: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]).collect();
+    let mut w = b.writer(Kind::Pack).unwrap().unwrap();
+    for piece in data.chunks(4 << 20) {
+        w.write(piece).unwrap();
+    }
+    assert_eq!(b.list(Kind::Pack, "").unwrap(), Vec::<String>::new());
+    w.commit("abc123").unwrap();
+    assert_eq!(b.size(Kind::Pack, "abc123").unwrap(), Some(data.len() as u64));
+    assert!(b.get(Kind::Pack, "abc123").unwrap() == data, "the multipart object reads back different");
+    assert_eq!(b.get_range(Kind::Pack, "abc123", 17 << 20, 5).unwrap(), &data[17 << 20..(17 << 20) + 5]);
+    let mut w = b.writer(Kind::Pack).unwrap().unwrap();
+    w.write(b"something else").unwrap();
+    w.commit("abc123").unwrap();
+    assert_eq!(b.size(Kind::Pack, "abc123").unwrap(), Some(data.len() as u64), "the existing pack was replaced");
+}
+
+#[test]
+fn s3_multipart_uploads() {
+    let moto = Moto::start();
+    let b = open(&moto.vars(), "s3://lb-multipart");
+    b.create_bucket(None).unwrap();
+    multipart(b);
+}
+
+#[test]
+fn azure_multipart_uploads() {
+    let azurite = Azurite::start();
+    let b = open(&azurite.vars(), "az://devstoreaccount1/lb-multipart");
+    b.create_bucket(None).unwrap();
+    multipart(b);
+}
+
+/// Two prefixes of one bucket are two vaults: neither lists, reads or
+/// deletes the other's objects.
+#[test]
+fn vaults_under_two_prefixes_of_one_bucket_are_separate() {
+    let moto = Moto::start();
+    let a = open(&moto.vars(), "s3://lb-shared/site-a");
+    a.create_bucket(None).unwrap();
+    let b = open(&moto.vars(), "s3://lb-shared/site-a2");
+    let whole = open(&moto.vars(), "s3://lb-shared");
+    a.put(Kind::Root, "web/1", b"a's").unwrap();
+    b.put(Kind::Root, "web/1", b"b's").unwrap();
+    assert_eq!(a.get(Kind::Root, "web/1").unwrap(), b"a's");
+    assert_eq!(b.get(Kind::Root, "web/1").unwrap(), b"b's");
+    assert_eq!(a.list(Kind::Root, "").unwrap(), vec!["web/1".to_string()]);
+    assert_eq!(whole.list(Kind::Root, "").unwrap(), Vec::<String>::new(), "the bucket's root holds no vault");
+    b.delete(Kind::Root, "web/1").unwrap();
+    assert_eq!(a.get(Kind::Root, "web/1").unwrap(), b"a's");
+    assert_eq!(a.location(), "s3://lb-shared/site-a");
+}
+
+/// A bucket that does not exist, and credentials the store refuses, are
+/// errors that name the vault; nothing is created.
+#[test]
+fn a_missing_bucket_and_wrong_credentials_are_named() {
+    let azurite = Azurite::start();
+    let b = open(&azurite.vars(), "az://devstoreaccount1/no-such-container");
+    let e = b.get(Kind::Config, "config").unwrap_err();
+    // A missing container reads as a missing object; opening a vault then
+    // says there is no vault there (vault::Vault::open).
+    assert!(matches!(e, VaultError::NotFound { .. }), "{e:?}");
+    let e = b.put(Kind::Config, "config", b"x").unwrap_err().to_string();
+    assert!(e.contains("az://devstoreaccount1/no-such-container") && e.contains("does not exist; create it"), "{e}");
+    let s3 = Moto::start();
+    let e = open(&s3.vars(), "s3://no-such-bucket/v").create(Kind::Config, "config", b"x").unwrap_err().to_string();
+    assert!(e.contains("s3://no-such-bucket/v") && e.contains("does not exist; create it"), "{e}");
+
+    let mut wrong = azurite.vars();
+    wrong.retain(|(k, _)| k != "AZURE_STORAGE_ACCOUNT_KEY");
+    wrong.push(("AZURE_STORAGE_ACCOUNT_KEY".into(), "d3Jvbmcga2V5IG9mIDMyIGJ5dGVzIGxvbmcgZm9yIHRoaXM=".into()));
+    let ok = open(&azurite.vars(), "az://devstoreaccount1/lb-creds");
+    ok.create_bucket(None).unwrap();
+    let bad = open(&wrong, "az://devstoreaccount1/lb-creds");
+    let e = bad.put(Kind::Lease, "l", b"x").unwrap_err();
+    assert!(matches!(e, VaultError::Refused { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("az://devstoreaccount1/lb-creds") && text.contains("credentials"), "{text}");
+    assert!(!text.contains("d3Jvbmcga2V5"), "the key is in the message: {text}");
+    assert_eq!(ok.list(Kind::Lease, "").unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn the_protection_is_what_the_bucket_has() {
+    let moto = Moto::start();
+    let plain = open(&moto.vars(), "s3://lb-plain");
+    plain.create_bucket(None).unwrap();
+    assert_eq!(plain.protection().unwrap(), Protection::None);
+    let locked = open(&moto.vars(), "s3://lb-locked/v");
+    locked.create_bucket(Some((LockMode::Compliance, 3))).unwrap();
+    assert_eq!(locked.protection().unwrap(), Protection::ObjectLock { mode: LockMode::Compliance, days: 3 });
+
+    let azurite = Azurite::start();
+    let c = open(&azurite.vars(), "az://devstoreaccount1/lb-plain");
+    c.create_bucket(None).unwrap();
+    // Azurite has no immutability policies (it ignores them): a container
+    // there is never protected.
+    assert_eq!(c.protection().unwrap(), Protection::None);
+}
