@@ -8,7 +8,8 @@
 
 use std::fs;
 
-use cloud::{CloudBackend, Settings};
+use cloud::{CloudBackend, LockMode, Settings};
+use vault::Backend;
 use vm_tests::clients::nbd_uri;
 use vm_tests::cloud_servers::{Azurite, Moto};
 use vm_tests::lifeboat::{Home, Scratch};
@@ -111,4 +112,98 @@ fn a_missing_bucket_and_a_bad_url_are_explained() {
     let o = host.run(&["vault", "init", "s3://Bad_Bucket/v", "--key", key.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
     assert!(stderr(&o).contains("s3://BUCKET[/PREFIX]"), "{}", stderr(&o));
+}
+
+fn backend(vars: &[(String, String)], url: &str) -> CloudBackend {
+    CloudBackend::open(&url.parse().unwrap(), &Settings::from_vars(vars.iter().cloned())).unwrap()
+}
+
+/// `vault init --immutable DAYS` (issue 15, point 3): refused, creating
+/// nothing, unless the bucket itself locks every object at least DAYS days;
+/// then every upload goes into the locked bucket, and `vault check` says
+/// what protects the vault, and when the bucket's retention is lowered
+/// below what the vault was made with.
+#[test]
+fn an_immutable_vault_needs_a_locked_bucket_and_check_says_what_protects_it() {
+    let moto = Moto::start();
+    let vars = moto.vars();
+    let s = Scratch::new(BIN, "lb-cloud-immutable-");
+    let host = Home::new(BIN, s.path("home")).with_env(&vars);
+    let key = s.path("k.key");
+    let k = key.to_str().unwrap();
+    host.run_ok(&["key", "new", "--out", k]);
+
+    // A bucket without Object Lock, and one locked for fewer days.
+    backend(&vars, "s3://lb-plain").create_bucket(None).unwrap();
+    backend(&vars, "s3://lb-short").create_bucket(Some((LockMode::Compliance, 3))).unwrap();
+    for (url, says) in [("s3://lb-plain/v", "none ("), ("s3://lb-short/v", "locked for 3 days")] {
+        let o = host.run(&["vault", "init", url, "--key", k, "--immutable", "7"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(&format!("{url} cannot be an immutable vault of 7 days")) && e.contains(says), "{e}");
+        assert!(e.contains("Object Lock and a default retention of at least 7 days"), "{e}");
+        assert_eq!(backend(&vars, url).size(vault::Kind::Config, "config").unwrap(), None, "{url}: a config");
+    }
+    // Not for a directory (nor a vault server): say why.
+    let o = host.run(&["vault", "init", s.path("dir").to_str().unwrap(), "--key", k, "--immutable", "7"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--immutable is for a cloud vault"), "{}", stderr(&o));
+
+    // A bucket locked for 7 days, COMPLIANCE: the vault is made, replicates
+    // (every upload says its checksum, as a locked bucket requires) and
+    // restores; check reports the lock.
+    let url = "s3://lb-locked/v";
+    backend(&vars, "s3://lb-locked").create_bucket(Some((LockMode::Compliance, 7))).unwrap();
+    let o = host.run_ok(&["vault", "init", url, "--key", k, "--immutable", "7"]);
+    assert!(stdout(&o).contains("immutable: S3 Object Lock, COMPLIANCE mode, every object locked for 7 days"));
+    let image = s.path("disk.img");
+    let data = Rng::new(5).bytes(4 * MIB);
+    fs::write(&image, &data).unwrap();
+    host.run_ok(&["protect", "d1", "--image", image.to_str().unwrap(), "--vault", url, "--key", k]);
+    host.run_ok(&["ship", "d1", "--once"]);
+    let out = s.path("r.raw");
+    host.run_ok(&["restore", "d1", "--out", out.to_str().unwrap()]);
+    assert!(fs::read(&out).unwrap() == data);
+    let o = host.run_ok(&["vault", "check", url]);
+    assert!(stdout(&o).contains("protection: S3 Object Lock, COMPLIANCE mode, every object locked for 7 days"));
+    assert!(stdout(&o).contains("no problems found"), "{}", stdout(&o));
+
+    // A careless (or hostile) owner lowers a bucket's retention below what
+    // its vault was made with: check says so, and fails. (moto refuses to
+    // change the Object Lock configuration of a bucket that holds objects,
+    // which AWS allows; so the vault here was made --immutable 7 while its
+    // bucket said 7, and the bucket says 1 day now.)
+    let lowered = backend(&vars, "s3://lb-lowered");
+    lowered.create_bucket(Some((LockMode::Compliance, 7))).unwrap();
+    host.run_ok(&["vault", "init", "s3://lb-lowered/v", "--key", k, "--immutable", "7"]);
+    let fresh = backend(&vars, "s3://lb-lowered2");
+    fresh.create_bucket(Some((LockMode::Governance, 1))).unwrap();
+    for name in ["config", "protection"] {
+        let bytes = backend(&vars, "s3://lb-lowered/v").get(vault::Kind::Config, name).unwrap();
+        backend(&vars, "s3://lb-lowered2/v").create(vault::Kind::Config, name, &bytes).unwrap();
+    }
+    let o = host.run(&["vault", "check", "s3://lb-lowered2/v"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let text = stdout(&o);
+    assert!(text.contains("PROBLEM config/protection: the vault was created --immutable 7"), "{text}");
+    assert!(text.contains("GOVERNANCE mode, every object locked for 1 days"), "{text}");
+
+    // Azure: Azurite has no immutability policies, so a container there is
+    // refused as unprotected.
+    let azurite = Azurite::start();
+    let az = azurite.vars();
+    backend(&az, "az://devstoreaccount1/lb-plain").create_bucket(None).unwrap();
+    let host = Home::new(BIN, s.path("home-az")).with_env(&az);
+    host.run_ok(&["key", "new", "--out", s.path("a.key").to_str().unwrap()]);
+    let o = host.run(&[
+        "vault",
+        "init",
+        "az://devstoreaccount1/lb-plain",
+        "--key",
+        s.path("a.key").to_str().unwrap(),
+        "--immutable",
+        "7",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("container with a time-based immutability policy"), "{}", stderr(&o));
 }

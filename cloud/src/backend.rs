@@ -24,11 +24,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3ConfigKey, Checksum};
 use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use vault::backend::check_name;
 use vault::{Backend, Kind, Location, ObjectWriter, VaultError, Version};
 
+use crate::s3_checksum::ChecksumConnector;
 use crate::service::Service;
 use crate::settings::Settings;
 
@@ -94,10 +96,24 @@ impl CloudBackend {
         let _in_runtime = rt.enter();
         let (store, service, prefix): (Arc<dyn ObjectStore>, Service, &str) = match at {
             Location::S3 { bucket, prefix } => {
-                let builder = settings.s3(bucket, client_options());
-                let s3 = Arc::new(builder.clone().build().map_err(|e| {
+                let builder = settings.s3(bucket, client_options()).with_checksum_algorithm(Checksum::SHA256);
+                let bad = |e: object_store::Error| {
                     unsupported(format!("the S3 settings (AWS_* variables, ~/.aws files) are not usable: {e}"))
-                })?);
+                };
+                // Built twice: the first store's credential provider signs
+                // the checksum header again (`s3_checksum.rs`), and the
+                // second store shares it.
+                let credentials = Arc::clone(builder.clone().build().map_err(bad)?.credentials());
+                let region = builder.get_config_value(&AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+                let connector = ChecksumConnector { credentials: Arc::clone(&credentials), region };
+                let s3 = Arc::new(
+                    builder
+                        .clone()
+                        .with_credentials(credentials)
+                        .with_http_connector(connector)
+                        .build()
+                        .map_err(bad)?,
+                );
                 (s3.clone(), Service::s3(&builder, s3, bucket), prefix)
             }
             Location::Azure { account, container, prefix } => {
@@ -355,6 +371,20 @@ impl Backend for CloudBackend {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn protection(&self) -> Result<vault::Protection, VaultError> {
+        use crate::protection::BucketProtection as B;
+        Ok(match self.bucket_protection()? {
+            B::None => vault::Protection::None {
+                why: "the bucket has no Object Lock and the container no immutability policy: credentials that may \
+                      delete objects can delete points"
+                    .into(),
+            },
+            p @ B::ObjectLockWithoutDefault => vault::Protection::None { why: p.to_string() },
+            p @ B::ObjectLock { days, .. } => vault::Protection::Retention { days: Some(days), detail: p.to_string() },
+            p @ B::AzureImmutable => vault::Protection::Retention { days: None, detail: p.to_string() },
+        })
     }
 
     fn reads_in_flight(&self) -> usize {

@@ -18,9 +18,10 @@
 
 mod backend;
 mod protection;
+mod s3_checksum;
 mod service;
 mod settings;
 
 pub use backend::CloudBackend;
-pub use protection::{LockMode, Protection};
+pub use protection::{BucketProtection, LockMode};
 pub use settings::Settings;

@@ -32,7 +32,7 @@ impl fmt::Display for LockMode {
 
 /// The protection a bucket or container has, as its service reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Protection {
+pub enum BucketProtection {
     /// None: a credential that may delete objects can delete the vault.
     None,
     /// S3 Object Lock is on, but without a default retention: objects are
@@ -52,19 +52,19 @@ pub enum Protection {
     AzureImmutable,
 }
 
-impl fmt::Display for Protection {
+impl fmt::Display for BucketProtection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Protection::None => {
+            BucketProtection::None => {
                 f.write_str("none: whoever holds credentials that may delete objects can delete points")
             }
-            Protection::ObjectLockWithoutDefault => {
+            BucketProtection::ObjectLockWithoutDefault => {
                 f.write_str("S3 Object Lock is enabled but has no default retention, so objects are not locked")
             }
-            Protection::ObjectLock { mode, days } => {
+            BucketProtection::ObjectLock { mode, days } => {
                 write!(f, "S3 Object Lock, {mode} mode, every object locked for {days} days from its write")
             }
-            Protection::AzureImmutable => f.write_str("an Azure immutability policy on the container"),
+            BucketProtection::AzureImmutable => f.write_str("an Azure immutability policy on the container"),
         }
     }
 }
@@ -77,21 +77,21 @@ fn xml_field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
 }
 
 /// Parses an S3 `ObjectLockConfiguration`.
-fn parse_object_lock(xml: &str) -> Protection {
+fn parse_object_lock(xml: &str) -> BucketProtection {
     if xml_field(xml, "ObjectLockEnabled") != Some("Enabled") {
-        return Protection::None;
+        return BucketProtection::None;
     }
     let mode = match xml_field(xml, "Mode") {
         Some("COMPLIANCE") => LockMode::Compliance,
         Some("GOVERNANCE") => LockMode::Governance,
-        _ => return Protection::ObjectLockWithoutDefault,
+        _ => return BucketProtection::ObjectLockWithoutDefault,
     };
     let days = xml_field(xml, "Days")
         .and_then(|d| d.parse::<u32>().ok())
         .or_else(|| xml_field(xml, "Years").and_then(|y| y.parse::<u32>().ok()).map(|y| y.saturating_mul(365)));
     match days {
-        Some(days) => Protection::ObjectLock { mode, days },
-        None => Protection::ObjectLockWithoutDefault,
+        Some(days) => BucketProtection::ObjectLock { mode, days },
+        None => BucketProtection::ObjectLockWithoutDefault,
     }
 }
 
@@ -101,7 +101,7 @@ impl CloudBackend {
     }
 
     /// The protection the bucket or container has now, asked of the service.
-    pub fn protection(&self) -> Result<Protection, VaultError> {
+    pub fn bucket_protection(&self) -> Result<BucketProtection, VaultError> {
         let (query, what) = match &self.service {
             Service::S3 { .. } => ("?object-lock", "reading the bucket's Object Lock configuration"),
             Service::Azure { .. } => ("?restype=container", "reading the container's properties"),
@@ -117,14 +117,14 @@ impl CloudBackend {
                 if reply.status == http::StatusCode::NOT_FOUND
                     && reply.text().contains("ObjectLockConfigurationNotFound") =>
             {
-                Ok(Protection::None)
+                Ok(BucketProtection::None)
             }
             Service::Azure { .. } if reply.status.is_success() => {
                 let on = |h: &str| reply.header(h).is_some_and(|v| v.eq_ignore_ascii_case("true"));
                 Ok(if on("x-ms-has-immutability-policy") || on("x-ms-immutable-storage-with-versioning-enabled") {
-                    Protection::AzureImmutable
+                    BucketProtection::AzureImmutable
                 } else {
-                    Protection::None
+                    BucketProtection::None
                 })
             }
             _ => Err(self.service_error(what, format!("{} {}", reply.status, reply.text().trim()))),
@@ -158,17 +158,34 @@ impl CloudBackend {
             (Service::S3 { .. }, Some((mode, days))) => {
                 let headers = [("x-amz-bucket-object-lock-enabled", "true".to_string())];
                 check(send(http::Method::PUT, "", &headers, Bytes::new())?)?;
-                let xml = format!(
-                    "<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ObjectLockEnabled>\
-                     Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>{mode}</Mode><Days>{days}</Days>\
-                     </DefaultRetention></Rule></ObjectLockConfiguration>"
-                );
-                use base64::Engine as _;
-                use md5::Digest as _;
-                let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
-                let headers = [("content-md5", md5)];
-                check(send(http::Method::PUT, "?object-lock", &headers, Bytes::from(xml))?)
+                self.set_default_retention(mode, days)
             }
+        }
+    }
+
+    /// Sets an S3 bucket's default Object Lock retention (the bucket was
+    /// made with Object Lock): for tests and benchmarks, as
+    /// [`CloudBackend::create_bucket`].
+    pub fn set_default_retention(&self, mode: LockMode, days: u32) -> Result<(), VaultError> {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let xml = format!(
+            "<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ObjectLockEnabled>Enabled\
+             </ObjectLockEnabled><Rule><DefaultRetention><Mode>{mode}</Mode><Days>{days}</Days></DefaultRetention>\
+             </Rule></ObjectLockConfiguration>"
+        );
+        // S3 requires the configuration's MD5.
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
+        let headers = [("content-md5", md5)];
+        let what = "setting the bucket's Object Lock retention";
+        let reply = self
+            .rt()
+            .block_on(self.service.send(&self.client, http::Method::PUT, "?object-lock", &headers, Bytes::from(xml)))
+            .map_err(|e| self.service_error(what, e))?;
+        if reply.status.is_success() {
+            Ok(())
+        } else {
+            Err(self.service_error(what, format!("{} {}", reply.status, reply.text().trim())))
         }
     }
 }
@@ -188,13 +205,13 @@ mod tests {
         let rule = |inner: &str| format!("<Rule><DefaultRetention>{inner}</DefaultRetention></Rule>");
         assert_eq!(
             parse_object_lock(&cfg(&rule("<Mode>COMPLIANCE</Mode><Days>30</Days>"))),
-            Protection::ObjectLock { mode: LockMode::Compliance, days: 30 }
+            BucketProtection::ObjectLock { mode: LockMode::Compliance, days: 30 }
         );
         assert_eq!(
             parse_object_lock(&cfg(&rule("<Mode>GOVERNANCE</Mode><Years>2</Years>"))),
-            Protection::ObjectLock { mode: LockMode::Governance, days: 730 }
+            BucketProtection::ObjectLock { mode: LockMode::Governance, days: 730 }
         );
-        assert_eq!(parse_object_lock(&cfg("")), Protection::ObjectLockWithoutDefault);
-        assert_eq!(parse_object_lock("<ObjectLockConfiguration/>"), Protection::None);
+        assert_eq!(parse_object_lock(&cfg("")), BucketProtection::ObjectLockWithoutDefault);
+        assert_eq!(parse_object_lock("<ObjectLockConfiguration/>"), BucketProtection::None);
     }
 }

@@ -653,6 +653,10 @@ impl Backend for RemoteBackend {
     fn location(&self) -> String {
         self.location_of()
     }
+    /// The server refuses every delete and replacement from a host.
+    fn protection(&self) -> Result<vault::backend::Protection, VaultError> {
+        Ok(vault::backend::Protection::AppendOnly)
+    }
     /// Ranged reads share the one connection as HTTP/2 streams: at a
     /// round trip of 20 ms, 16 streams of a 1 MiB window each keep about
     /// 800 MB/s in flight.

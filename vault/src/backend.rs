@@ -99,6 +99,42 @@ impl fmt::Display for Version {
     }
 }
 
+/// What keeps a vault's objects from being deleted or overwritten, as its
+/// store reports it (`lifeboat vault check` shows it; `vault init
+/// --immutable` requires [`Protection::Retention`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    /// Nothing beyond access control: whoever may delete objects there can
+    /// delete points. `why` says what the store is.
+    None {
+        /// What the store is and why it protects nothing by itself.
+        why: String,
+    },
+    /// Protected hosts may not delete or replace anything (a vault server):
+    /// only the site can.
+    AppendOnly,
+    /// The store itself keeps every object for at least `days` after it is
+    /// written, whoever asks to delete it (S3 Object Lock's default
+    /// retention, an Azure immutability policy). `days` is `None` when the
+    /// store does not say (Azure's period is set in its management plane).
+    Retention {
+        /// The retention in days, if the store reports it.
+        days: Option<u32>,
+        /// How, in the store's terms.
+        detail: String,
+    },
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protection::None { why } => write!(f, "none ({why})"),
+            Protection::AppendOnly => f.write_str("append-only for protected hosts (only the site deletes)"),
+            Protection::Retention { detail, .. } => f.write_str(detail),
+        }
+    }
+}
+
 /// A store of whole objects, keyed by kind and name.
 ///
 /// Contract (checked for every implementation by the conformance suite in
@@ -182,6 +218,12 @@ pub trait Backend: Send + Sync {
     }
     /// Where the vault is, for messages (a path or URL, never a secret).
     fn location(&self) -> String;
+    /// What protects the objects against deletion, asked of the store now
+    /// (see [`Protection`]). The default, a store that says nothing, is
+    /// [`Protection::None`].
+    fn protection(&self) -> Result<Protection, VaultError> {
+        Ok(Protection::None { why: "the store reports no protection".into() })
+    }
     /// Reads worth keeping in flight at once for throughput (restore,
     /// instant recovery's background copy, failback's fetches), beyond
     /// what the readers' own threads give. A local directory: 1 (the
@@ -300,6 +342,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn location(&self) -> String {
         (**self).location()
+    }
+    fn protection(&self) -> Result<Protection, VaultError> {
+        (**self).protection()
     }
     fn reads_in_flight(&self) -> usize {
         (**self).reads_in_flight()

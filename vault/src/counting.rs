@@ -172,6 +172,9 @@ impl<B: Backend> Backend for Counting<B> {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn protection(&self) -> Result<crate::backend::Protection, VaultError> {
+        self.inner.protection()
+    }
     fn reads_in_flight(&self) -> usize {
         self.inner.reads_in_flight()
     }

@@ -183,6 +183,9 @@ impl<B: Backend> Backend for InFlight<B> {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn protection(&self) -> Result<crate::backend::Protection, VaultError> {
+        self.inner.protection()
+    }
     fn reads_in_flight(&self) -> usize {
         self.asks
     }

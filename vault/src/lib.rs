@@ -32,6 +32,7 @@ pub mod counting;
 pub mod disks;
 pub mod error;
 pub mod gc;
+pub mod immutability;
 #[cfg(feature = "conformance")]
 pub mod in_flight;
 pub mod index;
@@ -48,7 +49,7 @@ pub mod retention;
 pub mod store;
 pub mod throttle;
 
-pub use backend::{Backend, Kind, ObjectWriter, Version, DIRECT_ALIGN};
+pub use backend::{Backend, Kind, ObjectWriter, Protection, Version, DIRECT_ALIGN};
 pub use check::{CheckReport, Problem};
 pub use disks::{DiskChoice, DiskPoints, Disks, UnreadableChain};
 pub use error::{Damage, VaultError};

@@ -400,6 +400,14 @@ impl Backend for LocalBackend {
         self.root.display().to_string()
     }
 
+    fn protection(&self) -> Result<crate::backend::Protection, VaultError> {
+        Ok(crate::backend::Protection::None {
+            why: "a directory: whoever can write it can delete points; replicate to a vault server or a locked \
+                  bucket for protection from a stolen host"
+                .into(),
+        })
+    }
+
     fn sweep_unfinished(
         &self,
         older_than: std::time::Duration,

@@ -528,6 +528,9 @@ impl Backend for Throttled {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn protection(&self) -> Result<crate::backend::Protection, VaultError> {
+        self.inner.protection()
+    }
     fn reads_in_flight(&self) -> usize {
         self.inner.reads_in_flight()
     }

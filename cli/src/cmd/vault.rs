@@ -13,17 +13,26 @@ use crate::keyfile;
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a vault in a directory (a local disk or a mounted share at the
-    /// recovery site), or in a vault server's vault. The vault stores only the
-    /// key's fingerprint, never the key.
+    /// recovery site), in a vault server's vault, or in a cloud bucket or
+    /// container (which must exist). The vault stores only the key's
+    /// fingerprint, never the key.
     Init {
-        /// VAULT: a directory, or lifeboat://HOST:PORT/VAULT for a vault
-        /// server. A directory is created if missing; an existing one must be
-        /// empty.
+        /// VAULT: a directory, lifeboat://HOST:PORT/VAULT for a vault
+        /// server, s3://BUCKET[/PREFIX] or az://ACCOUNT/CONTAINER[/PREFIX]. A
+        /// directory is created if missing; an existing one must be empty.
         #[arg(value_name = "VAULT", value_parser = crate::vault_open::location_parser())]
         dir: Location,
         /// The customer key file the vault will accept.
         #[arg(long)]
         key: PathBuf,
+        /// Against ransomware: refuse unless the store itself keeps every
+        /// object at least DAYS days after it is written, whoever asks to
+        /// delete it: an S3 bucket with Object Lock and a default retention
+        /// of at least DAYS days, or an Azure container with an immutability
+        /// policy. Recorded in the vault; `vault check` says when the
+        /// store's protection falls below it.
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+        immutable: Option<u32>,
     },
     /// Delete the map pages and packs no point uses any more (after `lifeboat
     /// prune`), and objects a process killed mid-write left unfinished more
@@ -79,12 +88,48 @@ pub enum Command {
 
 pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
     match cmd {
-        Command::Init { dir, key } => {
+        Command::Init { dir, key, immutable } => {
             let keys = keyfile::load(&key)?;
+            if immutable.is_some() && !dir.is_cloud() {
+                anyhow::bail!(
+                    "--immutable is for a cloud vault (s3:// or az://), whose store can lock objects: {dir} is {}",
+                    if dir.is_server() {
+                        "a vault server, already append-only for protected hosts (only the site deletes)"
+                    } else {
+                        "a directory, which cannot keep its files from whoever may write it"
+                    }
+                );
+            }
             let backend = crate::vault_open::CliOpener::new(home).create(&dir)?;
+            if let Some(days) = immutable {
+                let now = backend.protection()?;
+                if !vault::immutability::holds(&now, days) {
+                    anyhow::bail!(
+                        "{dir} cannot be an immutable vault of {days} days: its store reports {now}. {}; nothing was \
+                         created",
+                        if matches!(dir, Location::S3 { .. }) {
+                            format!(
+                                "Use a bucket made with Object Lock and a default retention of at least {days} days \
+                                 (aws s3api create-bucket --object-lock-enabled-for-bucket, then put-object-lock-\
+                                 configuration with Mode COMPLIANCE and Days {days})"
+                            )
+                        } else {
+                            "Use a container with a time-based immutability policy (set in the Azure portal or with \
+                             az storage container immutability-policy create)"
+                                .to_string()
+                        }
+                    );
+                }
+            }
             let v = Vault::init(backend, &keys)?;
+            if let Some(days) = immutable {
+                v.promise_immutability(days)?;
+            }
             outln!("vault created in {dir} (accepts key {})", v.config().key_fingerprint);
-            let details = serde_json::json!({ "location": v.backend().location() });
+            if let Some(days) = immutable {
+                outln!("immutable: {}; kept at least {days} days", v.backend().protection()?);
+            }
+            let details = serde_json::json!({ "location": v.backend().location(), "immutable_days": immutable });
             super::audit::record(&super::audit::audit_dir(home), &keys, Some(&v), "vault.init", None, details)?;
             Ok(())
         }
@@ -150,6 +195,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             }
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let report = v.check(keys.as_ref(), &mut crate::progress::Reporter::counting("", tty))?;
+            let (protection, below_promise) = v.protection_now()?;
             // With the key: the points and the audit copies vouch for each
             // other (issue 12, hole 8): lost roots or lost audit segments.
             let links = match &keys {
@@ -184,11 +230,16 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                     l.commits
                 );
             }
+            outln!("protection: {protection}");
             let link_problems = links.map(|l| l.problems).unwrap_or_default();
             for p in &link_problems {
                 outln!("PROBLEM {p}");
             }
-            if report.problems.is_empty() && link_problems.is_empty() {
+            if let Some(p) = &below_promise {
+                outln!("PROBLEM config/{}: {p}", vault::immutability::PROMISE_NAME);
+            }
+            let others = link_problems.len() + usize::from(below_promise.is_some());
+            if report.problems.is_empty() && others == 0 {
                 outln!("no problems found");
                 return Ok(());
             }
@@ -200,7 +251,7 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
                 }
                 outln!("PROBLEM {at}: {}", p.detail);
             }
-            anyhow::bail!("{} problem(s) found in vault {dir}", report.problems.len() + link_problems.len())
+            anyhow::bail!("{} problem(s) found in vault {dir}", report.problems.len() + others)
         }
     }
 }
