@@ -255,7 +255,8 @@ fn collect(t: &Target, vault: Vault) -> GcEnd {
             let freed = r.pack_bytes_deleted + r.page_bytes_deleted + unfinished;
             let details = serde_json::json!({
                 "packs_deleted": r.packs_deleted.len(), "pages_deleted": r.pages_deleted.len(),
-                "unfinished_deleted": r.unfinished_removed.len(), "bytes_freed": freed, "by": "agent",
+                "unfinished_deleted": r.unfinished_removed.len(), "bytes_freed": freed,
+                "locks_extended": r.locks_extended, "by": "agent",
             });
             if let Err(e) = t.record(Some(&vault), "gc", details) {
                 tracing::warn!("lifeboat agent: warning: {name}: {}", chain(&e));

@@ -23,5 +23,5 @@ mod service;
 mod settings;
 
 pub use backend::CloudBackend;
-pub use protection::{BucketProtection, LockMode};
+pub use protection::{BucketProtection, LockMode, ObjectLock};
 pub use settings::Settings;

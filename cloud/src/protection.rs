@@ -215,3 +215,138 @@ mod tests {
         assert_eq!(parse_object_lock("<ObjectLockConfiguration/>"), BucketProtection::None);
     }
 }
+
+/// The store's time now, from an answer's `Date` header (so that no lock is
+/// judged by this host's clock).
+fn store_now(reply: &crate::service::Reply) -> Option<jiff::Timestamp> {
+    let date = reply.header("date")?;
+    jiff::fmt::rfc2822::parse(date).ok().map(|z| z.timestamp())
+}
+
+/// A timestamp as S3 writes one (`2026-12-13T05:36:32Z`).
+fn iso(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// An object's lock as S3 reports it, with the store's time of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// The lock's mode, `None` if the object is not locked.
+    pub mode: Option<LockMode>,
+    /// Until when, if locked.
+    pub until: Option<jiff::Timestamp>,
+    /// The store's time when it answered.
+    pub now: jiff::Timestamp,
+}
+
+impl CloudBackend {
+    /// The lock of `kind/name` (S3 only; an Azure container's policy is
+    /// not per object here).
+    pub fn object_lock(&self, kind: vault::Kind, name: &str) -> Result<ObjectLock, VaultError> {
+        self.rt().block_on(self.object_lock_async(kind, name))
+    }
+
+    async fn object_lock_async(&self, kind: vault::Kind, name: &str) -> Result<ObjectLock, VaultError> {
+        let key = self.key_of(kind, name)?;
+        let what = format!("reading the lock of {kind}/{name}");
+        let reply = self
+            .service
+            .send(&self.client, http::Method::HEAD, &format!("/{key}"), &[], Bytes::new())
+            .await
+            .map_err(|e| self.service_error(&what, e))?;
+        if !reply.status.is_success() {
+            return Err(if reply.status == http::StatusCode::NOT_FOUND {
+                VaultError::NotFound { kind, name: name.to_string() }
+            } else {
+                self.service_error(&what, reply.status)
+            });
+        }
+        let now = store_now(&reply).ok_or_else(|| self.service_error(&what, "the answer has no Date header"))?;
+        let mode = match reply.header("x-amz-object-lock-mode") {
+            Some("COMPLIANCE") => Some(LockMode::Compliance),
+            Some("GOVERNANCE") => Some(LockMode::Governance),
+            _ => None,
+        };
+        let until = reply.header("x-amz-object-lock-retain-until-date").and_then(|t| t.parse().ok());
+        Ok(ObjectLock { mode, until, now })
+    }
+
+    /// Locks `kind/name` in `mode` until `until` (S3's PutObjectRetention):
+    /// for [`vault::Backend::extend_locks`], and for tests.
+    pub fn set_object_lock(
+        &self,
+        kind: vault::Kind,
+        name: &str,
+        mode: LockMode,
+        until: jiff::Timestamp,
+    ) -> Result<(), VaultError> {
+        self.rt().block_on(self.set_object_lock_async(kind, name, mode, until))
+    }
+
+    async fn set_object_lock_async(
+        &self,
+        kind: vault::Kind,
+        name: &str,
+        mode: LockMode,
+        until: jiff::Timestamp,
+    ) -> Result<(), VaultError> {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let key = self.key_of(kind, name)?;
+        let xml = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode><RetainUntilDate>{}\
+             </RetainUntilDate></Retention>",
+            iso(until)
+        );
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
+        let what = format!("extending the lock of {kind}/{name}");
+        let reply = self
+            .service
+            .send(&self.client, http::Method::PUT, &format!("/{key}?retention"), &[("content-md5", md5)], xml.into())
+            .await
+            .map_err(|e| self.service_error(&what, e))?;
+        if reply.status.is_success() {
+            Ok(())
+        } else {
+            Err(self.service_error(&what, format!("{} {}", reply.status, reply.text().trim())))
+        }
+    }
+
+    /// [`vault::Backend::extend_locks`] on S3: each object's lock is read
+    /// (32 at a time) and, where it ends within `min_days` of the store's
+    /// now, extended to `days` from then in the bucket's default mode.
+    pub(crate) fn extend_s3_locks(
+        &self,
+        objects: &[(vault::Kind, String)],
+        min_days: u32,
+        days: u32,
+    ) -> Result<u64, VaultError> {
+        let mode = match self.bucket_protection()? {
+            BucketProtection::ObjectLock { mode, .. } => mode,
+            // No default retention: nothing locks, nothing to extend.
+            _ => return Ok(0),
+        };
+        let span = |d: u32| jiff::SignedDuration::from_hours(i64::from(d) * 24);
+        let extended: Vec<bool> = self.rt().block_on(async {
+            use futures_util::{StreamExt as _, TryStreamExt as _};
+            futures_util::stream::iter(objects.iter().map(|(kind, name)| async move {
+                let lock = match self.object_lock_async(*kind, name).await {
+                    Ok(lock) => lock,
+                    // Deleted since it was marked (a prune): nothing to keep.
+                    Err(VaultError::NotFound { .. }) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                let ends_soon = lock.until.is_none_or(|u| u < lock.now + span(min_days));
+                if !ends_soon {
+                    return Ok(false);
+                }
+                self.set_object_lock_async(*kind, name, lock.mode.unwrap_or(mode), lock.now + span(days)).await?;
+                Ok(true)
+            }))
+            .buffer_unordered(32)
+            .try_collect()
+            .await
+        })?;
+        Ok(extended.into_iter().filter(|e| *e).count() as u64)
+    }
+}

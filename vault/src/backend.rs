@@ -224,6 +224,18 @@ pub trait Backend: Send + Sync {
     fn protection(&self) -> Result<Protection, VaultError> {
         Ok(Protection::None { why: "the store reports no protection".into() })
     }
+    /// For a store that locks each object for a time after its write
+    /// ([`Protection::Retention`]): makes sure each of `objects` stays
+    /// locked at least `min_days` more days, extending a lock that ends
+    /// sooner to `days` days from now (the store's now, not this host's).
+    /// Returns how many locks were extended. Garbage collection calls it
+    /// with every object a point uses, so that a point stays protected
+    /// however old the packs it shares are. The default, a store without
+    /// locks, extends nothing.
+    fn extend_locks(&self, objects: &[(Kind, String)], min_days: u32, days: u32) -> Result<u64, VaultError> {
+        let _ = (objects, min_days, days);
+        Ok(0)
+    }
     /// Reads worth keeping in flight at once for throughput (restore,
     /// instant recovery's background copy, failback's fetches), beyond
     /// what the readers' own threads give. A local directory: 1 (the
@@ -345,6 +357,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn protection(&self) -> Result<Protection, VaultError> {
         (**self).protection()
+    }
+    fn extend_locks(&self, objects: &[(Kind, String)], min_days: u32, days: u32) -> Result<u64, VaultError> {
+        (**self).extend_locks(objects, min_days, days)
     }
     fn reads_in_flight(&self) -> usize {
         (**self).reads_in_flight()

@@ -175,6 +175,9 @@ impl<B: Backend> Backend for Counting<B> {
     fn protection(&self) -> Result<crate::backend::Protection, VaultError> {
         self.inner.protection()
     }
+    fn extend_locks(&self, objects: &[(Kind, String)], min_days: u32, days: u32) -> Result<u64, VaultError> {
+        self.inner.extend_locks(objects, min_days, days)
+    }
     fn reads_in_flight(&self) -> usize {
         self.inner.reads_in_flight()
     }

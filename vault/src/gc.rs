@@ -135,6 +135,11 @@ pub struct GcReport {
     /// Unfinished objects (a writer killed mid-write) older than
     /// [`UNFINISHED_AGE`] removed (or that would be), with their sizes.
     pub unfinished_removed: Vec<(String, u64)>,
+    /// In an immutable vault: objects whose lock was extended (see
+    /// [`crate::Backend::extend_locks`]).
+    pub locks_extended: u64,
+    /// Every object a point uses (marked; handed to `extend_locks`).
+    pub(crate) live: Vec<(Kind, String)>,
 }
 
 impl GcReport {
@@ -193,8 +198,32 @@ impl Vault {
     }
 
     /// [`Vault::collect`], waiting for the cycles in its way as
-    /// [`Vault::gc_within`] does (a zero `wait` refuses at once).
+    /// [`Vault::gc_within`] does (a zero `wait` refuses at once). In an
+    /// immutable vault ([`crate::immutability`]), once the lease is
+    /// released, every object a point uses is kept locked for at least half
+    /// the vault's immutable days more ([`crate::Backend::extend_locks`]):
+    /// the packs a point shares with older points were locked from *their*
+    /// write. Outside the lease because it asks the store about every live
+    /// object, and a lock extended while a cycle runs harms nothing.
     fn collect_within(
+        &self,
+        dry_run: bool,
+        wait: Duration,
+        waiting: &mut dyn FnMut(&VaultError),
+    ) -> Result<GcReport, VaultError> {
+        let mut report = self.sweep(dry_run, wait, waiting)?;
+        let live = std::mem::take(&mut report.live);
+        if !dry_run {
+            if let Some(days) = self.immutability_promised()? {
+                report.locks_extended = self.backend().extend_locks(&live, days.div_ceil(2), days)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Marks and sweeps under the GC lease; `report.live` lists every
+    /// object a point uses.
+    fn sweep(
         &self,
         dry_run: bool,
         wait: Duration,
@@ -298,6 +327,11 @@ impl Vault {
         }
         report.live_pages = live_pages.len() as u64;
         report.live_blocks = live_blocks.len() as u64;
+        report.live.extend(roots.iter().map(|n| (Kind::Root, n.clone())));
+        report.live.extend(live_pages.iter().map(|p| (Kind::Page, p.to_string())));
+        for name in [crate::store::CONFIG_NAME, crate::immutability::PROMISE_NAME] {
+            report.live.push((Kind::Config, name.to_string()));
+        }
 
         // Sweep pages.
         for name in &page_names {
@@ -336,6 +370,7 @@ impl Vault {
                 entries.iter().filter(|e| !live_blocks.contains(&e.id)).map(|e| u64::from(e.blob_len)).sum();
             let total: u64 = entries.iter().map(|e| u64::from(e.blob_len)).sum();
             if entries.iter().any(|e| live_blocks.contains(&e.id)) {
+                report.live.push((Kind::Pack, name.clone()));
                 report.packs_kept += 1;
                 report.pack_bytes_kept += tail.len;
                 if garbage.saturating_mul(MOSTLY_GARBAGE_DIVISOR) >= total && garbage > 0 {

@@ -531,6 +531,9 @@ impl Backend for Throttled {
     fn protection(&self) -> Result<crate::backend::Protection, VaultError> {
         self.inner.protection()
     }
+    fn extend_locks(&self, objects: &[(Kind, String)], min_days: u32, days: u32) -> Result<u64, VaultError> {
+        self.inner.extend_locks(objects, min_days, days)
+    }
     fn reads_in_flight(&self) -> usize {
         self.inner.reads_in_flight()
     }

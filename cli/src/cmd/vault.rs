@@ -181,6 +181,13 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             if !r.mostly_garbage.is_empty() {
                 outln!("{} kept packs are mostly unused (repacking is not implemented yet)", r.mostly_garbage.len());
             }
+            if r.locks_extended > 0 {
+                outln!(
+                    "immutable vault: extended the locks of {} objects points use, which ended within half the \
+                     vault's immutable days",
+                    r.locks_extended
+                );
+            }
             Ok(())
         }
         Command::Serve(a) => super::serve::serve(home, a),
