@@ -72,6 +72,10 @@ pub struct CycleOutcome {
     /// Bytes written to the vault.
     #[serde(default)]
     pub bytes_shipped: u64,
+    /// Requests the cycle made to the vault's store (its cost on a cloud
+    /// vault: it grows with what changed, not with the vault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
     /// Time the cycle waited for the bandwidth limit, milliseconds: a cycle
     /// late or slow *because of* `--bandwidth` says so in `status`.
     #[serde(default, skip_serializing_if = "is_zero")]

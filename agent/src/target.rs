@@ -241,10 +241,12 @@ impl Target {
                 outcome.blocks_read = r.blocks_read;
                 outcome.new_blocks = r.new_blocks;
                 outcome.bytes_shipped = r.bytes_shipped;
+                outcome.requests = r.requests;
                 outcome.warnings = r.warnings.clone();
                 let d = json!({
                     "point": r.sequence, "full": r.full, "blocks_read": r.blocks_read, "new_blocks": r.new_blocks,
-                    "bytes_shipped": r.bytes_shipped, "millis": r.millis, "late_ms": late_ms, "warnings": r.warnings,
+                    "bytes_shipped": r.bytes_shipped, "requests": r.requests, "millis": r.millis, "late_ms": late_ms,
+                    "warnings": r.warnings,
                     "app_consistent": r.app_consistent, "root": r.root_id.to_string(),
                     "vault": vault.config().vault_id.to_string(),
                     // The dirty map was not relative to the vault's newest

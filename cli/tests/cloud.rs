@@ -69,6 +69,14 @@ fn replicate_and_restore(vars: Vec<(String, String)>, url: &str, prefix: &str) {
     let second = ShipReport::parse(&host.run_ok(&["ship", "d1", "--once", "--json"]).stdout);
     assert_eq!((second.sequence, second.full, second.new_blocks), (2, false, 3), "{second:?}");
 
+    // The cycle's requests to the store, in `status` (what a cloud vault
+    // costs grows with what changed).
+    let st: serde_json::Value = serde_json::from_slice(&host.run_ok(&["status", "--json"]).stdout).unwrap();
+    let requests = st[0]["last_cycle"]["requests"].as_u64().expect("requests in status --json");
+    assert!((3..200).contains(&requests), "{requests} requests for 3 changed blocks");
+    let text = stdout(&host.run_ok(&["status", "d1"]));
+    assert!(text.contains(&format!("in {requests} vault requests")), "{text}");
+
     let out = s.path("restored.raw");
     host.run_ok(&["restore", "d1", "--out", out.to_str().unwrap()]);
     assert!(fs::read(&out).unwrap() == bytes, "the restore from {url} differs from the disk");
@@ -109,6 +117,13 @@ fn a_missing_bucket_and_a_bad_url_are_explained() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("s3://no-such-bucket/v") && e.contains("does not exist; create it first"), "{e}");
+    // Credentials forgotten: said, with where they come from.
+    let mut none = moto.vars();
+    none.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
+    let bare = Home::new(BIN, s.path("home")).with_env(&none);
+    let o = bare.command().env("HOME", s.dir()).args(["vault", "check", "s3://lb-any/v"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no S3 credentials were given (AWS_ACCESS_KEY_ID"), "{}", stderr(&o));
     let o = host.run(&["vault", "init", "s3://Bad_Bucket/v", "--key", key.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
     assert!(stderr(&o).contains("s3://BUCKET[/PREFIX]"), "{}", stderr(&o));

@@ -53,6 +53,9 @@ pub struct CloudBackend {
     multipart_above: usize,
     /// Requests about the bucket or container itself (`service.rs`).
     pub(crate) service: Service,
+    /// Said with a failure when no credentials were named (see
+    /// `Settings::implicit_credentials`).
+    implicit_credentials: Option<&'static str>,
     pub(crate) client: reqwest::Client,
 }
 
@@ -133,7 +136,17 @@ impl CloudBackend {
             .map_err(|e| unsupported(format!("cannot make an HTTP client: {e}")))?;
         let root = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
         drop(_in_runtime);
-        Ok(CloudBackend { rt, store, root, location, multipart_above: MULTIPART_ABOVE, service, client })
+        let implicit_credentials = settings.implicit_credentials(matches!(at, Location::S3 { .. }));
+        Ok(CloudBackend {
+            rt,
+            store,
+            root,
+            location,
+            multipart_above: MULTIPART_ABOVE,
+            service,
+            client,
+            implicit_credentials,
+        })
     }
 
     /// Runs `f` on the backend's runtime. A failure the contract has no
@@ -217,7 +230,13 @@ impl CloudBackend {
                      that they may {what} objects there"
                 ),
             },
-            other => VaultError::Cloud { location: self.location.clone(), source: Box::new(other) },
+            other => match self.implicit_credentials {
+                Some(hint) => VaultError::Cloud {
+                    location: self.location.clone(),
+                    source: format!("{hint}, and it failed: {other}").into(),
+                },
+                None => VaultError::Cloud { location: self.location.clone(), source: Box::new(other) },
+            },
         }
     }
 

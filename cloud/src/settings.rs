@@ -71,6 +71,46 @@ impl Settings {
         s
     }
 
+    /// Where the store's credentials come from when the settings name none:
+    /// the instance's identity (S3: the EC2/ECS role; Azure: a managed
+    /// identity), said in an error that follows. `None` when they name one.
+    pub(crate) fn implicit_credentials(&self, s3: bool) -> Option<&'static str> {
+        let named: &[&str] = if s3 {
+            &[
+                "AWS_ACCESS_KEY_ID",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_SKIP_SIGNATURE",
+            ]
+        } else {
+            &[
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                "AZURE_STORAGE_ACCESS_KEY",
+                "AZURE_STORAGE_MASTER_KEY",
+                "AZURE_STORAGE_SAS_KEY",
+                "AZURE_STORAGE_SAS_TOKEN",
+                "AZURE_STORAGE_TOKEN",
+                "AZURE_CLIENT_ID",
+                "AZURE_STORAGE_CLIENT_ID",
+                "AZURE_USE_AZURE_CLI",
+                "AZURE_STORAGE_USE_EMULATOR",
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "AZURE_SKIP_SIGNATURE",
+            ]
+        };
+        if named.iter().any(|n| self.get(n).is_some()) {
+            return None;
+        }
+        Some(if s3 {
+            "no S3 credentials were given (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials), so the \
+             instance's role was asked (the metadata service)"
+        } else {
+            "no Azure credentials were given (AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, a service principal \
+             or AZURE_USE_AZURE_CLI=true), so a managed identity was asked (the metadata service)"
+        })
+    }
+
     /// The value of variable `name`, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())

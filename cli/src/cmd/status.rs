@@ -84,6 +84,7 @@ fn cycle_json(c: &CycleOutcome, interval_s: Option<u64>) -> Value {
         "blocks_read": c.blocks_read,
         "new_blocks": c.new_blocks,
         "bytes_shipped": c.bytes_shipped,
+        "requests": c.requests,
         "error": c.error,
         "warnings": c.warnings,
         "throttled_ms": c.throttled_ms,
@@ -190,11 +191,12 @@ fn print_human(v: &Value) {
         let secs = c["millis"].as_u64().unwrap_or(0) as f64 / 1000.0;
         if c["committed"].as_bool() == Some(true) {
             outln!(
-                "  last cycle: point {} ({}), {:.1} s, {} bytes shipped, ended {}{}",
+                "  last cycle: point {} ({}), {:.1} s, {} bytes shipped{}, ended {}{}",
                 c["sequence"],
                 if c["full"].as_bool() == Some(true) { "full sync" } else { "incremental" },
                 secs,
                 c["bytes_shipped"],
+                c["requests"].as_u64().map(|n| format!(" in {n} vault requests")).unwrap_or_default(),
                 c["ended"].as_str().unwrap_or("?"),
                 if c["delayed"].as_bool() == Some(true) { "; took longer than the RPO interval" } else { "" }
             );
