@@ -411,6 +411,35 @@ impl Backend for CloudBackend {
         })
     }
 
+    /// S3: multipart uploads under the vault's prefix that a crash left
+    /// open (never completed nor aborted), started more than `older_than`
+    /// ago by the store's clock, are aborted; they are returned as
+    /// `multipart upload of KEY (id ID)` with size 0 (their parts' sizes
+    /// would cost a request each). Azure discards a blob's uncommitted
+    /// blocks itself after 7 days: nothing to do.
+    fn sweep_unfinished(
+        &self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<(String, u64)>, VaultError> {
+        if let Service::Azure { .. } = self.service {
+            return Ok(Vec::new());
+        }
+        let failed = |e: crate::service::RequestFailed| VaultError::Unsupported {
+            location: self.location.clone(),
+            why: format!("collecting unfinished uploads: {e}"),
+        };
+        let (uploads, now) = self.rt.block_on(self.service.open_uploads(&self.client, &self.root)).map_err(failed)?;
+        let mut swept = Vec::new();
+        for u in abandoned(uploads, now, older_than, &self.root) {
+            if !dry_run {
+                self.rt.block_on(self.service.abort_upload(&self.client, &u.key, &u.id)).map_err(failed)?;
+            }
+            swept.push((format!("multipart upload of {} (id {})", u.key, u.id), 0));
+        }
+        Ok(swept)
+    }
+
     fn extend_locks(&self, objects: &[(Kind, String)], min_days: u32, days: u32) -> Result<u64, VaultError> {
         match self.service {
             Service::S3 { .. } => self.extend_s3_locks(objects, min_days, days),
@@ -433,6 +462,24 @@ impl Backend for CloudBackend {
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         Ok(Some(Box::new(CloudWriter { backend: self, kind, pieces: Vec::new(), len: 0 })))
     }
+}
+
+/// Of `uploads` (listed at the store's time `now`), those of the vault's
+/// own keys (under `root`, in a kind's directory: a bucket may hold others'
+/// uploads) started more than `older_than` before `now`.
+fn abandoned(
+    uploads: Vec<crate::service::OpenUpload>,
+    now: jiff::Timestamp,
+    older_than: std::time::Duration,
+    root: &str,
+) -> Vec<crate::service::OpenUpload> {
+    let age = jiff::SignedDuration::try_from(older_than).unwrap_or(jiff::SignedDuration::MAX);
+    let ours = |key: &str| {
+        key.strip_prefix(root)
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(dir, _)| Kind::ALL.iter().any(|k| k.prefix() == dir))
+    };
+    uploads.into_iter().filter(|u| ours(&u.key) && now.duration_since(u.initiated) > age).collect()
 }
 
 /// A streamed object on its way up; see the module documentation.
@@ -500,4 +547,32 @@ async fn multipart(store: &dyn ObjectStore, key: &Key, payload: PutPayload) -> R
         return Err(e);
     }
     upload.complete().await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::OpenUpload;
+
+    #[test]
+    fn abandoned_uploads() {
+        let now: jiff::Timestamp = "2026-12-06T12:00:00Z".parse().unwrap();
+        let up = |key: &str, at: &str| OpenUpload { key: key.into(), id: "i".into(), initiated: at.parse().unwrap() };
+        let uploads = vec![
+            up("v/packs/old", "2026-12-04T12:00:00Z"),
+            up("v/packs/new", "2026-12-06T11:00:00Z"),
+            up("v/notours/old", "2026-12-01T00:00:00Z"),
+            up("other/packs/old", "2026-12-01T00:00:00Z"),
+            up("v2/packs/old", "2026-12-01T00:00:00Z"),
+        ];
+        let day = std::time::Duration::from_secs(86_400);
+        let keys = |v: Vec<OpenUpload>| v.into_iter().map(|u| u.key).collect::<Vec<_>>();
+        assert_eq!(keys(abandoned(uploads.clone(), now, day, "v/")), ["v/packs/old"]);
+        assert_eq!(
+            keys(abandoned(uploads.clone(), now, std::time::Duration::ZERO, "v/")),
+            ["v/packs/old", "v/packs/new"]
+        );
+        // A vault at the bucket's root: only keys in its kinds' directories.
+        assert_eq!(keys(abandoned(uploads, now, day, "")), Vec::<String>::new());
+    }
 }

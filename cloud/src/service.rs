@@ -171,3 +171,109 @@ mod tests {
         assert_eq!(httpdate(at(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
     }
 }
+
+/// A multipart upload not completed nor aborted: its key, its id, and when
+/// it started (by the store's clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OpenUpload {
+    pub key: String,
+    pub id: String,
+    pub initiated: jiff::Timestamp,
+}
+
+/// `s` percent-encoded for a URL's query or path (RFC 3986 unreserved
+/// characters kept).
+pub(crate) fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Every `<tag>...</tag>` field's text in `xml`, in order.
+pub(crate) fn xml_fields<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(at) = rest.find(&open) {
+        let after = &rest[at + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        out.push(&after[..end]);
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+impl Service {
+    /// S3's multipart uploads under `prefix` that were started and never
+    /// completed nor aborted, and the store's time now (ListMultipartUploads,
+    /// every page).
+    pub(crate) async fn open_uploads(
+        &self,
+        client: &reqwest::Client,
+        prefix: &str,
+    ) -> Result<(Vec<OpenUpload>, jiff::Timestamp), RequestFailed> {
+        let mut uploads = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = format!("?uploads&prefix={}", encode(prefix));
+            if let Some((key, id)) = &markers {
+                query.push_str(&format!("&key-marker={}&upload-id-marker={}", encode(key), encode(id)));
+            }
+            let reply = self.send(client, http::Method::GET, &query, &[], Bytes::new()).await?;
+            if !reply.status.is_success() {
+                return Err(RequestFailed(format!("listing multipart uploads: {} {}", reply.status, reply.text())));
+            }
+            let now = reply
+                .header("date")
+                .and_then(|d| jiff::fmt::rfc2822::parse(d).ok())
+                .map(|z| z.timestamp())
+                .ok_or_else(|| RequestFailed("listing multipart uploads: the answer has no Date header".into()))?;
+            let text = reply.text();
+            for upload in xml_fields(&text, "Upload") {
+                let field = |t| xml_fields(upload, t).first().map(|s| s.trim().to_string());
+                let (Some(key), Some(id), Some(initiated)) = (field("Key"), field("UploadId"), field("Initiated"))
+                else {
+                    continue;
+                };
+                let Ok(initiated) = initiated.parse::<jiff::Timestamp>() else { continue };
+                uploads.push(OpenUpload { key, id, initiated });
+            }
+            let truncated = xml_fields(&text, "IsTruncated").first().is_some_and(|t| t.trim() == "true");
+            let next = (
+                xml_fields(&text, "NextKeyMarker").first().map(|s| s.trim().to_string()),
+                xml_fields(&text, "NextUploadIdMarker").first().map(|s| s.trim().to_string()),
+            );
+            match (truncated, next) {
+                (true, (Some(k), Some(i))) if markers.as_ref() != Some(&(k.clone(), i.clone())) => {
+                    markers = Some((k, i))
+                }
+                _ => return Ok((uploads, now)),
+            }
+        }
+    }
+
+    /// Aborts S3 multipart upload `id` of `key` (the parts it holds are
+    /// freed).
+    pub(crate) async fn abort_upload(
+        &self,
+        client: &reqwest::Client,
+        key: &str,
+        id: &str,
+    ) -> Result<(), RequestFailed> {
+        let path: Vec<String> = key.split('/').map(encode).collect();
+        let query = format!("/{}?uploadId={}", path.join("/"), encode(id));
+        let reply = self.send(client, http::Method::DELETE, &query, &[], Bytes::new()).await?;
+        // Gone already (another collection aborted it): as good.
+        if reply.status.is_success() || reply.status == http::StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(RequestFailed(format!("aborting upload {id} of {key}: {} {}", reply.status, reply.text())))
+        }
+    }
+}

@@ -149,3 +149,46 @@ fn the_protection_is_what_the_bucket_has() {
     // there is never protected.
     assert_eq!(c.bucket_protection().unwrap(), BucketProtection::None);
 }
+
+/// Multipart uploads a crash left open (started, never completed) are
+/// found and aborted by the sweep garbage collection runs, by the store's
+/// clock; an upload outside the vault's keys is left alone.
+#[test]
+fn s3_uploads_a_crash_left_open_are_aborted() {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::path::Path;
+    use object_store::{ObjectStoreExt as _, PutPayload};
+
+    let moto = Moto::start();
+    let b = open(&moto.vars(), "s3://lb-uploads/v");
+    b.create_bucket(None).unwrap();
+    let mut raw = AmazonS3Builder::new().with_bucket_name("lb-uploads");
+    for (k, v) in moto.vars() {
+        if let Ok(key) = k.to_ascii_lowercase().parse() {
+            raw = raw.with_config(key, v);
+        }
+    }
+    let raw = raw.build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (crashed, mut foreign) = rt.block_on(async {
+        let mut ours = raw.put_multipart(&Path::from("v/packs/abc123")).await.unwrap();
+        ours.put_part(PutPayload::from(vec![7u8; 5 << 20])).await.unwrap();
+        let mut theirs = raw.put_multipart(&Path::from("elsewhere/big.iso")).await.unwrap();
+        theirs.put_part(PutPayload::from(vec![8u8; 5 << 20])).await.unwrap();
+        (ours, theirs)
+    });
+    // The vault's upload is never completed nor aborted: a crashed writer.
+    std::mem::forget(crashed);
+    // (Which uploads are old enough is judged by the store's clock, and
+    // moto reports every upload as initiated in 2010: that rule has its
+    // unit test, `backend::tests::abandoned_uploads`.)
+    // Any age: the vault's one is found (a dry run keeps it), then aborted.
+    let found = b.sweep_unfinished(std::time::Duration::ZERO, true).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].0.starts_with("multipart upload of v/packs/abc123"), "{found:?}");
+    assert_eq!(b.sweep_unfinished(std::time::Duration::ZERO, false).unwrap().len(), 1);
+    assert_eq!(b.sweep_unfinished(std::time::Duration::ZERO, true).unwrap(), vec![]);
+    // The one outside the vault's keys is still open: it completes.
+    rt.block_on(foreign.complete()).unwrap();
+    assert_eq!(open(&moto.vars(), "s3://lb-uploads/elsewhere").size(vault::Kind::Config, "x").unwrap(), None);
+}
