@@ -243,3 +243,75 @@ fn an_immutable_vault_needs_a_locked_bucket_and_check_says_what_protects_it() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("container with a time-based immutability policy"), "{}", stderr(&o));
 }
+
+/// The least-privilege credentials of a protected host: no right to delete
+/// anything but its own leases. The README gives the policy for AWS
+/// (`s3:ListBucket` and `s3:GetBucketObjectLockConfiguration` on the bucket,
+/// `s3:GetObject` and `s3:PutObject` on the vault's keys, `s3:DeleteObject`
+/// on its leases only); moto names some requests' actions differently from
+/// AWS (a HEAD is `s3:HeadObject`, not `s3:GetObject`), so this policy
+/// grants every read, list and put by wildcard, and still no delete.
+const HOST_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": [
+  {"Effect": "Allow", "Action": ["s3:List*", "s3:Get*", "s3:Head*", "s3:Put*"],
+   "Resource": ["arn:aws:s3:::lb-least", "arn:aws:s3:::lb-least/main/*"]},
+  {"Effect": "Allow", "Action": ["s3:DeleteObject"], "Resource": "arn:aws:s3:::lb-least/main/leases/*"}
+]}"#;
+
+/// A host holding only HOST_POLICY's rights (moto enforcing IAM)
+/// replicates, incrementally too, and restores; it cannot delete a point
+/// (prune and gc are refused, naming the credentials, and nothing is lost),
+/// and a thief with its key cannot delete an object by hand either.
+#[test]
+fn a_host_that_may_write_but_not_delete_replicates_and_cannot_delete_points() {
+    // Free requests: the bucket, then the user, its policy and its key.
+    let moto = Moto::start_with_iam(4);
+    make_bucket(&moto.vars(), "s3://lb-least");
+    let mut vars = moto.user_vars("web1", HOST_POLICY);
+    // moto checks the signature of a GET or HEAD wrongly when its payload
+    // hash is signed (it hashes the query as a form body); an unsigned
+    // payload, a setting S3 accepts, avoids that.
+    vars.push(("AWS_UNSIGNED_PAYLOAD".into(), "true".into()));
+    let url = "s3://lb-least/main";
+    let s = Scratch::new(BIN, "lb-cloud-least-");
+    let host = Home::new(BIN, s.path("home")).with_env(&vars);
+    let key = s.path("k.key");
+    let k = key.to_str().unwrap();
+    host.run_ok(&["key", "new", "--out", k]);
+    host.run_ok(&["vault", "init", url, "--key", k]);
+    let image = s.path("disk.img");
+    let original = Rng::new(8).bytes(4 * MIB);
+    fs::write(&image, &original).unwrap();
+    host.run_ok(&["protect", "d1", "--image", image.to_str().unwrap(), "--vault", url, "--key", k]);
+    host.run_ok(&["ship", "d1", "--once"]);
+    let change = Rng::new(9).bytes(4096);
+    let sock = s.path("d1.sock");
+    let filter = host.filter("d1", &sock);
+    nbd_write(s.dir(), &nbd_uri("d1", &sock), &[(MIB as u64, change.as_slice())]);
+    filter.stop();
+    let second = ShipReport::parse(&host.run_ok(&["ship", "d1", "--once", "--json"]).stdout);
+    assert_eq!((second.sequence, second.new_blocks), (2, 1), "{second:?}");
+    let mut now = original.clone();
+    now[MIB..MIB + 4096].copy_from_slice(&change);
+    let out = s.path("r.raw");
+    host.run_ok(&["restore", "d1", "--out", out.to_str().unwrap()]);
+    assert!(fs::read(&out).unwrap() == now);
+    // Its cycles' leases were deleted (it may delete those): none is left.
+    let as_host = backend(&vars, url);
+    assert_eq!(as_host.list(vault::Kind::Lease, "").unwrap(), Vec::<String>::new());
+
+    // Collecting garbage needs delete rights: refused, naming them, and
+    // nothing is lost. (A stray page, which the host may write, is the
+    // garbage.)
+    as_host.put(vault::Kind::Page, &"ab".repeat(32), b"not a page any point uses").unwrap();
+    let o = host.run(&["vault", "gc", url]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(e.contains("refused delete") && e.contains("credentials"), "{e}");
+    let roots = as_host.list(vault::Kind::Root, "").unwrap();
+    assert_eq!(roots.len(), 2, "{roots:?}");
+    // By hand, with the host's credentials: refused.
+    let e = as_host.delete(vault::Kind::Root, &roots[0]).unwrap_err();
+    assert!(matches!(e, vault::VaultError::Refused { .. }), "{e:?}");
+    host.run_ok(&["restore", "d1", "--point", "1", "--out", out.to_str().unwrap(), "--force"]);
+    assert!(fs::read(&out).unwrap() == original);
+}

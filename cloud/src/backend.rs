@@ -99,7 +99,15 @@ impl CloudBackend {
         let _in_runtime = rt.enter();
         let (store, service, prefix): (Arc<dyn ObjectStore>, Service, &str) = match at {
             Location::S3 { bucket, prefix } => {
-                let builder = settings.s3(bucket, client_options()).with_checksum_algorithm(Checksum::SHA256);
+                // One DELETE per object, not the bulk DeleteObjects POST:
+                // Lifeboat deletes one object at a time, and the bulk call
+                // is authorized differently by some S3-compatible stores
+                // (moto checks it against the bucket, not the key, so a
+                // host allowed to delete only its leases could not).
+                let builder = settings
+                    .s3(bucket, client_options())
+                    .with_checksum_algorithm(Checksum::SHA256)
+                    .with_disable_bulk_delete(true);
                 let bad = |e: object_store::Error| {
                     unsupported(format!("the S3 settings (AWS_* variables, ~/.aws files) are not usable: {e}"))
                 };

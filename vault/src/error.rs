@@ -282,9 +282,10 @@ pub enum VaultError {
         /// What is wrong, and what to do.
         detail: String,
     },
-    /// The vault server refused the request: this host has no right to it
-    /// (see "Rights" in FORMAT.md), or its certificate was revoked.
-    #[error("the vault server at {location} refused {request}: {why}")]
+    /// The store refused the request: this host has no right to it (a vault
+    /// server: see "Rights" in FORMAT.md, or its certificate was revoked; a
+    /// cloud store: its credentials may not do that).
+    #[error("vault {location} refused {request}: {why}")]
     Refused {
         /// The vault's URL.
         location: String,

@@ -19,7 +19,8 @@
 //! the test's own thread and keep it there (not in a `static` that several
 //! tests share).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -139,6 +140,70 @@ impl Moto {
             |port| format!("Running on http://127.0.0.1:{port}"),
         );
         Moto { server }
+    }
+
+    /// Starts moto enforcing IAM: the first `free` requests need no
+    /// credentials (an administrator's set-up: a bucket, and for each user
+    /// [`Moto::user_vars`]'s three), and every later one is allowed only by
+    /// the IAM policy of its access key (`INITIAL_NO_AUTH_ACTION_COUNT`).
+    pub fn start_with_iam(free: u32) -> Moto {
+        let server = Server::start(
+            "moto_server",
+            &paths::moto_server(),
+            |cmd, port| {
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .env("PYTHONUNBUFFERED", "1")
+                    .env("INITIAL_NO_AUTH_ACTION_COUNT", free.to_string());
+            },
+            |port| format!("Running on http://127.0.0.1:{port}"),
+        );
+        Moto { server }
+    }
+
+    /// Makes IAM user `name` with the inline policy `policy` (JSON) and an
+    /// access key (three requests: CreateUser, PutUserPolicy,
+    /// CreateAccessKey), and returns [`Moto::vars`] with that key.
+    pub fn user_vars(&self, name: &str, policy: &str) -> Vec<(String, String)> {
+        let iam = |form: &str| {
+            let (status, _, body) = http(
+                self.server.port,
+                "POST",
+                "/",
+                &[
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    // moto finds the service in the signature's scope; a
+                    // free request's signature is not checked.
+                    (
+                        "Authorization",
+                        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, \
+                         SignedHeaders=host, Signature=0",
+                    ),
+                ],
+                form.as_bytes(),
+            );
+            assert_eq!(status, 200, "IAM {form}: {body}");
+            body
+        };
+        iam(&format!("Action=CreateUser&UserName={name}&Version=2010-05-08"));
+        iam(&format!(
+            "Action=PutUserPolicy&UserName={name}&PolicyName=lifeboat&PolicyDocument={}&Version=2010-05-08",
+            form_encode(policy)
+        ));
+        let key = iam(&format!("Action=CreateAccessKey&UserName={name}&Version=2010-05-08"));
+        let field = |tag: &str| {
+            let open = format!("<{tag}>");
+            let start = key.find(&open).unwrap_or_else(|| panic!("no {tag} in {key}")) + open.len();
+            key[start..start + key[start..].find('<').expect("a closing tag")].to_string()
+        };
+        let (id, secret) = (field("AccessKeyId"), field("SecretAccessKey"));
+        self.vars()
+            .into_iter()
+            .map(|(k, v)| match k.as_str() {
+                "AWS_ACCESS_KEY_ID" => (k, id.clone()),
+                "AWS_SECRET_ACCESS_KEY" => (k, secret.clone()),
+                _ => (k, v),
+            })
+            .collect()
     }
 
     /// The S3 endpoint, for path-style requests
@@ -383,38 +448,53 @@ impl Log {
     }
 }
 
+/// One HTTP/1.0 request (so the answer is not chunked and the server
+/// closes the connection after it): the status, the head, the body.
+pub(crate) fn http(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap_or_else(|e| panic!("{method} {target}: reading the answer: {e}"));
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let status = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status line in {head:?}"));
+    (status, head.to_string(), body.to_string())
+}
+
+/// `s` encoded for an `application/x-www-form-urlencoded` body.
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Azurite, Moto, Server};
+    use super::{http, Azurite, Moto, Server};
     use crate::process::pid_alive;
-    use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::path::Path;
     use std::time::{Duration, Instant};
-
-    /// One HTTP/1.0 request (so the answer is not chunked and the server
-    /// closes the connection after it): the status, the head, the body.
-    fn http(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to {port}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut req = format!("{method} {target} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        s.write_all(req.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer).unwrap_or_else(|e| panic!("{method} {target}: reading the answer: {e}"));
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
-        let status = head
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.get(2..5))
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP status line in {head:?}"));
-        (status, head.to_string(), body.to_string())
-    }
 
     fn refuses(port: u16) -> bool {
         TcpStream::connect(("127.0.0.1", port)).is_err()
