@@ -53,6 +53,22 @@ fn the_instant_background_copy_keeps_many_reads_in_flight() {
     assert!(seen.max() >= 8, "at most {} block reads were in flight at once", seen.max());
 }
 
+/// A guest's read of a cold range fetches its missing blocks together: a
+/// 1 MiB read of 16 blocks keeps 8 or more reads in flight (one round trip
+/// to a cloud vault, not 16), and reads the point's bytes.
+#[test]
+fn a_guest_read_of_a_cold_range_fetches_its_blocks_at_once() {
+    use filter::nbd::Export;
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, reader, seen) = point(dir.path());
+    let d = InstantDisk::open(reader, &dir.path().join("instant.img"), &dir.path().join("instant.bitmap")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    d.read_at(&mut buf, 32 << 16).unwrap();
+    assert!(buf == disk.image[32 << 16..(32 << 16) + (1 << 20)], "the read differs from the point");
+    assert_eq!(d.fetched(), (16, 16));
+    assert!(seen.max() >= 8, "at most {} block reads were in flight at once", seen.max());
+}
+
 #[test]
 fn failback_fetches_what_differs_with_many_reads_in_flight() {
     let dir = tempfile::tempdir().unwrap();
