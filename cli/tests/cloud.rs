@@ -314,4 +314,24 @@ fn a_host_that_may_write_but_not_delete_replicates_and_cannot_delete_points() {
     assert!(matches!(e, vault::VaultError::Refused { .. }), "{e:?}");
     host.run_ok(&["restore", "d1", "--point", "1", "--out", out.to_str().unwrap(), "--force"]);
     assert!(fs::read(&out).unwrap() == original);
+
+    // No secret is written anywhere: not in the home (disk.toml, the audit
+    // log, the status files), not in any object of the vault.
+    let secret = vars.iter().find(|(k, _)| k == "AWS_SECRET_ACCESS_KEY").map(|(_, v)| v.clone()).unwrap();
+    assert!(secret.len() >= 20, "moto made a real-looking secret: {secret}");
+    let mut files = vec![s.path("home")];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if p.is_file() {
+            let bytes = fs::read(&p).unwrap();
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds the secret", p.display());
+        }
+    }
+    for kind in vault::Kind::ALL {
+        for name in as_host.list(kind, "").unwrap() {
+            let bytes = as_host.get(kind, &name).unwrap();
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{kind}/{name} holds the secret");
+        }
+    }
 }
