@@ -213,7 +213,7 @@ fn log_commit(name: &str, disk: &filter::Disk, r: &shipper::CycleReport, took: D
 /// Not on a vault server: it is append-only for the hosts (a stolen host
 /// cannot delete points), and retention runs at the site, by path.
 fn prune(t: &Target, vault: &Vault) -> usize {
-    if t.vault.is_server() {
+    if t.vault.is_server() || t.deletes_refused.load(std::sync::atomic::Ordering::Relaxed) {
         return 0;
     }
     let name = &t.name;
@@ -226,6 +226,10 @@ fn prune(t: &Target, vault: &Vault) -> usize {
             }
             tracing::info!("lifeboat agent: {name}: pruned {} point(s) past the retention ladder", r.pruned.len());
             r.pruned.len()
+        }
+        Err(e @ VaultError::Refused { .. }) => {
+            refused_deletes(t, &e);
+            0
         }
         Err(e) => {
             tracing::warn!(
@@ -243,7 +247,7 @@ fn prune(t: &Target, vault: &Vault) -> usize {
 /// On a vault server the site collects (by path); the agent has nothing to
 /// do, which counts as done.
 fn collect(t: &Target, vault: Vault) -> GcEnd {
-    if t.vault.is_server() {
+    if t.vault.is_server() || t.deletes_refused.load(std::sync::atomic::Ordering::Relaxed) {
         return GcEnd::Collected;
     }
     let name = &t.name;
@@ -276,10 +280,32 @@ fn collect(t: &Target, vault: Vault) -> GcEnd {
         }
         // Another disk's cycle on the same vault: collect after a later cycle.
         Err(VaultError::Busy { .. }) => GcEnd::Busy,
+        Err(e @ VaultError::Refused { .. }) => {
+            refused_deletes(t, &e);
+            GcEnd::Collected
+        }
         Err(e) => {
             tracing::warn!("lifeboat agent: warning: {name}: garbage collection failed: {e}");
             GcEnd::Failed
         }
+    }
+}
+
+/// The vault's store refused this host a delete: its credentials may not
+/// delete (a protected host's least-privilege credentials, as the README
+/// advises). Said once; retention and collection of this disk are then
+/// left to a machine that may delete, and not tried again by this agent.
+fn refused_deletes(t: &Target, e: &VaultError) {
+    if !t.deletes_refused.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "lifeboat agent: {}: the vault's store refuses this host's deletes ({e}); this agent no longer prunes \
+             or collects garbage in {}: run `lifeboat prune --all --vault {}` and `lifeboat vault gc {}` from a \
+             machine that may delete",
+            t.name,
+            t.vault,
+            t.vault,
+            t.vault
+        );
     }
 }
 

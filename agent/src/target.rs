@@ -57,6 +57,11 @@ pub struct Target {
     /// The index cache kept in memory from one cycle to the next (loading
     /// it is the one cost of a cycle that grows with the vault).
     pub warm_index: vault::index_cache::WarmIndex,
+    /// Set once the vault's store refused this host a delete (pruning or
+    /// collecting): its credentials may not delete, as a protected host's
+    /// least-privilege credentials should not. Retention and collection
+    /// then run elsewhere, and the agent stops trying them.
+    pub deletes_refused: std::sync::atomic::AtomicBool,
 }
 
 /// Why a cycle did not commit.

@@ -7,6 +7,7 @@
 //! filter), restore byte for byte, points, check with the key.
 
 use std::fs;
+use std::time::Duration;
 
 use cloud::{CloudBackend, LockMode, Settings};
 use vault::Backend;
@@ -334,4 +335,38 @@ fn a_host_that_may_write_but_not_delete_replicates_and_cannot_delete_points() {
             assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{kind}/{name} holds the secret");
         }
     }
+}
+
+/// The agent of a host whose credentials may not delete (HOST_POLICY):
+/// its retention is refused by the store; it says so once, naming where
+/// retention must run, stops trying, and keeps replicating.
+#[test]
+fn an_agent_that_may_not_delete_says_so_once_and_keeps_replicating() {
+    let moto = Moto::start_with_iam(4);
+    make_bucket(&moto.vars(), "s3://lb-least");
+    let mut vars = moto.user_vars("web1", HOST_POLICY);
+    vars.push(("AWS_UNSIGNED_PAYLOAD".into(), "true".into()));
+    let url = "s3://lb-least/main";
+    let s = Scratch::new(BIN, "lb-cloud-least-agent-");
+    let host = Home::new(BIN, s.path("home")).with_env(&vars);
+    let key = s.path("k.key");
+    let k = key.to_str().unwrap();
+    host.run_ok(&["key", "new", "--out", k]);
+    host.run_ok(&["vault", "init", url, "--key", k]);
+    let image = s.path("disk.img");
+    fs::write(&image, Rng::new(12).bytes(2 * MIB)).unwrap();
+    // Every point but the newest is past retention a second after its cut.
+    let img = image.to_str().unwrap();
+    let retention = ["--rpo", "1s", "--keep-recent", "1s", "--keep-hourly", "0"];
+    host.run_ok(&[&["protect", "d1", "--image", img, "--vault", url, "--key", k][..], &retention[..]].concat());
+    let mut agent = host.agent(&[], &["d1"]);
+    agent.wait_line("refuses this host's deletes", Duration::from_secs(60));
+    let later = agent.wait_line("committed", Duration::from_secs(60));
+    agent.wait_line("committed", Duration::from_secs(60));
+    let log = agent.log();
+    agent.stop();
+    assert_eq!(log.matches("refuses this host's deletes").count(), 1, "{log}");
+    assert!(log.contains(&format!("lifeboat prune --all --vault {url}")), "{log}");
+    assert!(!log.contains("pruning old points failed"), "{log}");
+    assert!(later.contains("point"), "{later}");
 }
