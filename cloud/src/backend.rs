@@ -386,7 +386,15 @@ impl Backend for CloudBackend {
             if self.head(kind, name).await?.is_none() {
                 return Err(VaultError::NotFound { kind, name: name.to_string() });
             }
-            self.store.delete(&key).await.map_err(|e| self.error(kind, name, "delete", e))
+            match self.store.delete(&key).await {
+                Ok(()) => Ok(()),
+                // 409 to a delete: Azure's answer for a blob an
+                // immutability policy keeps (S3 makes a delete marker).
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    Err(VaultError::Locked { location: self.location.clone(), kind, name: name.to_string() })
+                }
+                Err(e) => Err(self.error(kind, name, "delete", e)),
+            }
         })
     }
 

@@ -305,6 +305,22 @@ pub enum VaultError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store keeps the object under a lock or an immutability policy
+    /// (an immutable vault, see `crate::immutability`): it cannot be deleted
+    /// before the lock ends. Garbage collection keeps such objects and
+    /// collects them once their lock has ended.
+    #[error(
+        "vault {location} keeps {kind}/{name} under a lock or immutability policy: it cannot be deleted before that \
+         ends"
+    )]
+    Locked {
+        /// The vault's URL.
+        location: String,
+        /// Its kind.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
     /// A cloud store (S3, Azure Blob) failed a request with an error the
     /// contract has no kind for, or could not be reached, after its
     /// client's own retries; `source` is the client's error (it never holds

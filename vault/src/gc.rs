@@ -138,6 +138,10 @@ pub struct GcReport {
     /// In an immutable vault: objects whose lock was extended (see
     /// [`crate::Backend::extend_locks`]).
     pub locks_extended: u64,
+    /// Garbage the store still keeps under a lock or immutability policy
+    /// ([`VaultError::Locked`]), as `KIND/NAME`: kept, and collected by a
+    /// later collection once the lock has ended.
+    pub locked_kept: Vec<String>,
     /// Every object a point uses (marked; handed to `extend_locks`).
     pub(crate) live: Vec<(Kind, String)>,
 }
@@ -345,6 +349,10 @@ impl Vault {
             if !dry_run {
                 match self.backend().discard(Kind::Page, name) {
                     Ok(()) | Err(VaultError::NotFound { .. }) => {}
+                    Err(VaultError::Locked { .. }) => {
+                        report.locked_kept.push(format!("pages/{name}"));
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -385,6 +393,10 @@ impl Vault {
             if !dry_run {
                 match self.backend().discard(Kind::Pack, name) {
                     Ok(()) | Err(VaultError::NotFound { .. }) => {}
+                    Err(VaultError::Locked { .. }) => {
+                        report.locked_kept.push(format!("packs/{name}"));
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }

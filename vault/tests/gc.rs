@@ -298,3 +298,89 @@ fn collect_hides_garbage_under_the_lease_and_frees_it_later() {
     }
     check_clean(&vault);
 }
+
+/// A store that keeps some objects under a lock (an Azure immutability
+/// policy): deleting them is [`VaultError::Locked`] until `unlocked`.
+struct Locking {
+    inner: LocalBackend,
+    locked: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl vault::Backend for Locking {
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        self.inner.put(kind, name, data)
+    }
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
+        self.inner.create(kind, name, data)
+    }
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
+        self.inner.get_versioned(kind, name)
+    }
+    fn replace_if(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: &[u8],
+        v: &vault::Version,
+    ) -> Result<vault::Version, VaultError> {
+        self.inner.replace_if(kind, name, data, v)
+    }
+    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
+        self.inner.size(kind, name)
+    }
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
+        self.inner.list(kind, prefix)
+    }
+    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        if self.locked.lock().unwrap().contains(&format!("{kind}/{name}")) {
+            return Err(VaultError::Locked { location: self.location(), kind, name: name.to_string() });
+        }
+        self.inner.delete(kind, name)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// Garbage the store still locks is kept (and reported), the rest is
+/// collected, and every remaining point restores; once the lock ends, the
+/// next collection takes it.
+#[test]
+fn gc_keeps_garbage_the_store_still_locks_and_collects_it_once_unlocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = new_vault(dir.path());
+    let (web, images, _) = fixture(&probe);
+    keep_newest(&probe, &web);
+    let (packs, _) = objects(&probe, Kind::Pack);
+    let (live_packs, _) = referenced(&probe);
+    let dead: Vec<String> = packs.difference(&live_packs).cloned().collect();
+    assert!(dead.len() >= 2, "the fixture leaves garbage packs");
+    drop(probe);
+    let locked: BTreeSet<String> = [format!("packs/{}", dead[0])].into();
+    let backend =
+        Locking { inner: LocalBackend::open(&dir.path().join("vault")).unwrap(), locked: locked.clone().into() };
+    let vault = Vault::open(Box::new(backend)).unwrap().with_host_identity(test_host());
+
+    let report = vault.gc(false).unwrap();
+    assert_eq!(report.locked_kept, vec![format!("packs/{}", dead[0])]);
+    assert!(!report.packs_deleted.contains(&dead[0]) && report.packs_deleted.contains(&dead[1]), "{report:?}");
+    assert!(vault.backend().size(Kind::Pack, &dead[0]).unwrap().is_some(), "the locked pack is gone");
+    for s in 6..=8u64 {
+        assert!(restore_bytes(&vault, dir.path(), "web", s).unwrap() == images[s as usize], "web/{s}");
+    }
+    drop(vault);
+
+    // The lock ended: the next collection takes it.
+    let backend =
+        Locking { inner: LocalBackend::open(&dir.path().join("vault")).unwrap(), locked: BTreeSet::new().into() };
+    let vault = Vault::open(Box::new(backend)).unwrap().with_host_identity(test_host());
+    let report = vault.gc(false).unwrap();
+    assert_eq!(report.packs_deleted, vec![dead[0].clone()]);
+    assert!(report.locked_kept.is_empty());
+}

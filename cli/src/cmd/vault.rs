@@ -181,6 +181,13 @@ pub fn run(home: &crate::home::Home, cmd: Command) -> Result<()> {
             if !r.mostly_garbage.is_empty() {
                 outln!("{} kept packs are mostly unused (repacking is not implemented yet)", r.mostly_garbage.len());
             }
+            if !r.locked_kept.is_empty() {
+                outln!(
+                    "{} unused objects are kept by the store's lock or immutability policy; a later collection \
+                     frees them once it ends",
+                    r.locked_kept.len()
+                );
+            }
             if r.locks_extended > 0 {
                 outln!(
                     "immutable vault: extended the locks of {} objects points use, which ended within half the \
