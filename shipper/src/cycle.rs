@@ -938,12 +938,10 @@ fn store_pages(vault: &Vault, map: MapBuilder) -> Result<(Vec<PageId>, u64, u64)
     })?;
     // New pages are stored together too; each put is durable on its own, and
     // the root that names them is written only after all have returned.
+    // Created where absent: one request each (a page already stored, named
+    // by the same contents, is the same page).
     let stored = vault::par::map(&built.new_pages, |(id, bytes)| {
-        if vault.has_page(id)? {
-            return Ok(0);
-        }
-        vault.put_page(id, bytes)?;
-        Ok::<_, vault::VaultError>(bytes.len() as u64)
+        Ok::<_, vault::VaultError>(if vault.create_page(id, bytes)? { bytes.len() as u64 } else { 0 })
     })?;
     let new = stored.iter().filter(|&&n| n > 0).count() as u64;
     Ok((built.pages, stored.iter().sum(), new))

@@ -232,6 +232,23 @@ impl Vault {
         self.backend.put(Kind::Page, &id.to_string(), bytes)
     }
 
+    /// Stores map page `id` where it is not stored yet (create-if-absent:
+    /// one request to a cloud vault, where asking first and then writing
+    /// is two); whether it was written. Checked as [`Vault::put_page`].
+    pub fn create_page(&self, id: &PageId, bytes: &[u8]) -> Result<bool, VaultError> {
+        let invalid = |detail: String| VaultError::Invalid { object: format!("pages/{id}"), detail };
+        if !id.matches(bytes) {
+            return Err(invalid(format!("the page hashes to {}, not to its id", PageId::of(bytes))));
+        }
+        MapPage::decode(bytes).map_err(|e| invalid(e.to_string()))?;
+        match self.backend.create(Kind::Page, &id.to_string(), bytes) {
+            Ok(_) => Ok(true),
+            // A page is named by its contents: the one there is this one.
+            Err(VaultError::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the map page `id` is stored.
     pub fn has_page(&self, id: &PageId) -> Result<bool, VaultError> {
         Ok(self.backend.size(Kind::Page, &id.to_string())?.is_some())
