@@ -353,6 +353,36 @@ impl Backend for CloudBackend {
         self.run(self.head(kind, name))
     }
 
+    /// S3: one GET with a suffix range, the tail and (from the answer) the
+    /// object's size. Azure has no suffix ranges (`object_store` refuses
+    /// them): the size, then the range.
+    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+        let key = self.key(kind, name)?;
+        if max_len == 0 || matches!(self.service, Service::Azure { .. }) {
+            let Some(len) = self.size(kind, name)? else { return Ok(None) };
+            let n = len.min(max_len);
+            return match self.get_range(kind, name, len - n, n) {
+                Ok(bytes) => Ok(Some((bytes, len))),
+                Err(VaultError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        self.run(async {
+            let options = GetOptions { range: Some(GetRange::Suffix(max_len)), ..GetOptions::default() };
+            let got = match self.store.get_opts(&key, options).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.error(kind, name, "read", e)),
+            };
+            let size = got.meta.size;
+            let bytes = got.bytes().await.map_err(|e| self.error(kind, name, "read", e))?;
+            if bytes.len() as u64 != size.min(max_len) {
+                return Err(Self::short(kind, name, size, size.saturating_sub(max_len), max_len));
+            }
+            Ok(Some((bytes.to_vec(), size)))
+        })
+    }
+
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
         // List from the deepest whole directory of the prefix: object
         // stores list by key prefix, `object_store` by directory.

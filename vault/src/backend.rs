@@ -182,6 +182,20 @@ pub trait Backend: Send + Sync {
     fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError>;
     /// The object's size, or `None` if it does not exist.
     fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError>;
+    /// The last `max_len` bytes of the object (all of it if shorter) and
+    /// its whole size, or `None` if it does not exist: a pack's index and
+    /// trailer. The default asks [`Backend::size`], then reads the range;
+    /// a cloud store answers both with one suffix-range request.
+    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+        let Some(len) = self.size(kind, name)? else { return Ok(None) };
+        let n = len.min(max_len);
+        match self.get_range(kind, name, len - n, n) {
+            Ok(bytes) => Ok(Some((bytes, len))),
+            // Gone between the two requests.
+            Err(VaultError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
     /// Names of all objects of `kind` whose name starts with `prefix`, sorted.
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError>;
     /// Removes the object.
@@ -336,6 +350,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
         (**self).size(kind, name)
+    }
+    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+        (**self).get_tail(kind, name, max_len)
     }
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
         (**self).list(kind, prefix)

@@ -415,6 +415,10 @@ fn ranges(b: &dyn Backend, p: Profile) {
     );
     assert!(e.to_string().contains(&name), "error names the object: {e}");
     assert!(matches!(b.get_range(Kind::Pack, &name, u64::MAX, 2), Err(VaultError::ShortObject { .. })));
+    // The tail: the last bytes and the whole size, in one call.
+    assert_eq!(b.get_tail(Kind::Pack, &name, 5).unwrap(), Some((data[data.len() - 5..].to_vec(), len)));
+    assert_eq!(b.get_tail(Kind::Pack, &name, len + 100).unwrap(), Some((data.clone(), len)));
+    assert_eq!(b.get_tail(Kind::Pack, &"ab".repeat(32), 5).unwrap(), None);
 }
 
 fn replace_is_whole(b: &dyn Backend, p: Profile) {

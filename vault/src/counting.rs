@@ -146,6 +146,10 @@ impl<B: Backend> Backend for Counting<B> {
         self.read();
         self.inner.size(kind, name)
     }
+    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+        self.read();
+        self.inner.get_tail(kind, name, max_len)
+    }
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
         let names = self.inner.list(kind, prefix)?;
         let pages = (names.len() as u64).div_ceil(LIST_PAGE).max(1);

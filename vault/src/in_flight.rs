@@ -168,6 +168,9 @@ impl<B: Backend> Backend for InFlight<B> {
     fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
         self.inner.size(kind, name)
     }
+    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+        self.inner.get_tail(kind, name, max_len)
+    }
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
         self.inner.list(kind, prefix)
     }

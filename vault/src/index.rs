@@ -210,20 +210,20 @@ pub(crate) struct PackTail {
 /// for a pack that is damaged, truncated or vanished; `Err` for a backend
 /// failure.
 pub(crate) fn read_pack_tail(backend: &dyn Backend, name: &str) -> Result<Result<PackTail, String>, VaultError> {
-    let Some(len) = backend.size(Kind::Pack, name)? else {
-        return Ok(Err("the pack vanished while its index was read".to_string()));
+    // One request for the size and the tail (a suffix range on a cloud
+    // store).
+    let (tail, len) = match backend.get_tail(Kind::Pack, name, TAIL_READ) {
+        Ok(Some(got)) => got,
+        Ok(None) => return Ok(Err("the pack vanished while its index was read".to_string())),
+        Err(e @ VaultError::ShortObject { .. }) => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e),
     };
     let read = |offset: u64, n: u64| match backend.get_range(Kind::Pack, name, offset, n) {
         Ok(b) => Ok(Ok(b)),
         Err(e @ (VaultError::NotFound { .. } | VaultError::ShortObject { .. })) => Ok(Err(e.to_string())),
         Err(e) => Err(e),
     };
-    let tail_len = len.min(TAIL_READ);
-    let tail_at = len - tail_len;
-    let tail = match read(tail_at, tail_len)? {
-        Ok(t) => t,
-        Err(why) => return Ok(Err(why)),
-    };
+    let tail_at = len - tail.len() as u64;
     let trailer = match PackIndex::parse_trailer(&tail, len) {
         Ok(t) => t,
         Err(e) => return Ok(Err(format!("{e} (a truncated or damaged pack)"))),

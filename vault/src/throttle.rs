@@ -510,6 +510,13 @@ impl Backend for Throttled {
     fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
         self.inner.size(kind, name)
     }
+    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+        let got = self.inner.get_tail(kind, name, max_len)?;
+        if let Some((bytes, _)) = &got {
+            self.take(len(bytes));
+        }
+        Ok(got)
+    }
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
         self.inner.list(kind, prefix)
     }
