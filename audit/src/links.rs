@@ -131,12 +131,18 @@ pub fn check_links(vault: &Vault, keys: &Keys) -> Result<LinkReport, AuditError>
             if want.is_some_and(|w| ids.contains(&w)) {
                 continue; // the very root the record names
             }
+            // Pruned on record first: a root found under the same name and
+            // sequence is then another disk's of that name (another host's
+            // `d1`, whose chain has its own point of that sequence), not
+            // this record's point replaced.
+            if pruned.contains(&(disk.clone(), point)) {
+                continue;
+            }
             let kind = match roots.get(&(disk.clone(), point)) {
                 Some(found) if want.is_some_and(|w| !found.contains(&w)) => ProblemKind::PointDiffers { disk, point },
                 Some(_) => continue,
                 // Present but damaged: the vault check's to report.
                 None if undecodable.contains(&point) => continue,
-                None if pruned.contains(&(disk.clone(), point)) => continue,
                 None => ProblemKind::LostPoint { disk, point },
             };
             report.problems.push(Problem { place: place.clone(), seq: Some(r.seq), offset: Some(r.offset), kind });
