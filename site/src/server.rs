@@ -298,6 +298,27 @@ fn audited(code: ErrorCode) -> bool {
     )
 }
 
+/// Closes a connection whose TLS handshake failed so that the client reads
+/// the alert that says why. In TLS 1.3 a client whose certificate is
+/// refused has already sent its first request; closing a socket with unread
+/// bytes makes the kernel reset it, and a reset can discard the alert before
+/// the client reads it (it then saw only "connection reset"). So: finish
+/// sending (FIN after the alert), and read what the client sent until it
+/// closes, for at most 2 s.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     // A TLS client speaks first, with a handshake record (0x16).
     let mut first = [0u8; 1];
@@ -319,9 +340,9 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
     // Answers go out as written: with Nagle's algorithm a ranged read's last
     // segment waited for the host's delayed ACK (~20 ms a read measured).
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(Duration::from_secs(30), shared.tls.accept(tcp)).await {
+    let tls = match tokio::time::timeout(Duration::from_secs(30), shared.tls.accept(tcp).into_fallible()).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+        Ok(Err((e, tcp))) => {
             tracing::info!(peer = %addr, error = %e, "lifeboat vault serve: refused {addr}: TLS handshake failed: {e}");
             let why = format!("TLS handshake failed: {e}");
             audit_refusal(
@@ -330,6 +351,7 @@ async fn serve_connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
                 "tls",
                 serde_json::json!({ "peer": addr.to_string(), "why": why }),
             );
+            linger(tcp).await;
             return;
         }
         Err(_) => {

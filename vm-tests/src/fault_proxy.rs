@@ -295,7 +295,9 @@ fn pump(mut from: TcpStream, to: TcpStream, up: bool, epoch: u64, shared: &Share
         // crossing the mark at once exactly one fires.
         let mut len = n;
         let mut fire = false;
-        {
+        // The delay as it is now: it may have been set while the read
+        // waited (a test sets it after connecting).
+        let delay = {
             let mut s = shared.lock();
             if s.epoch != epoch {
                 drop(s);
@@ -335,7 +337,8 @@ fn pump(mut from: TcpStream, to: TcpStream, up: bool, epoch: u64, shared: &Share
                 s.resets += 1;
             }
             shared.changed.notify_all();
-        }
+            s.delay
+        };
         if len > 0 && tx.send((Instant::now() + delay, buf[..len].to_vec())).is_err() {
             break false;
         }
