@@ -79,6 +79,7 @@ filter_pid=$!
 cleanup() {
   if kill -0 "$filter_pid" 2>/dev/null; then kill -KILL "$filter_pid" 2>/dev/null || true; wait "$filter_pid" 2>/dev/null || true; fi
   [ -n "${writer_pid:-}" ] && kill "$writer_pid" 2>/dev/null || true
+  [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
 for _ in $(seq 300); do
@@ -212,8 +213,11 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 site_lb() { "$lb" --home "$site_home" "$@"; }
 site_lb site init "$site_home/site" --address "127.0.0.1:$port"
 site_lb site enroll demo-host --vault main --out "$home/demo-host.enroll" --site "$site_home/site"
-site_lb vault serve --site "$site_home/site" --listen "127.0.0.1:$port" main="$site_home/vaults/main" \
-  2>"$site_home/serve.log" &
+# The binary itself in the background, as for the agent above: through the
+# shell function, $! was a subshell's pid, SIGTERM stopped only the subshell,
+# and the server outlived the demo.
+"$lb" --home "$site_home" vault serve --site "$site_home/site" --listen "127.0.0.1:$port" \
+  main="$site_home/vaults/main" 2>"$site_home/serve.log" &
 serve_pid=$!
 for _ in $(seq 100); do grep -q 'serving vaults' "$site_home/serve.log" && break; sleep 0.1; done
 grep -q 'serving vaults' "$site_home/serve.log" || die "vault serve did not start: $(cat "$site_home/serve.log")"
@@ -227,7 +231,8 @@ lifeboat restore remote --point latest --out "$home/restored-remote.raw"
 cmp "$home/restored-remote.raw" "$home/remote.img" && echo "restored through the vault server: byte-identical"
 site_lb site hosts --site "$site_home/site"
 kill -TERM "$serve_pid"
-wait "$serve_pid" && echo "vault serve exited 0 on SIGTERM"
+wait "$serve_pid" || die "vault serve did not exit 0 on SIGTERM: $(cat "$site_home/serve.log")"
+echo "vault serve exited 0 on SIGTERM"
 rm -f "$home/restored-remote.raw"
 
 step "Try next"
