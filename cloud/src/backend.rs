@@ -359,13 +359,7 @@ impl Backend for CloudBackend {
     fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
         let key = self.key(kind, name)?;
         if max_len == 0 || matches!(self.service, Service::Azure { .. }) {
-            let Some(len) = self.size(kind, name)? else { return Ok(None) };
-            let n = len.min(max_len);
-            return match self.get_range(kind, name, len - n, n) {
-                Ok(bytes) => Ok(Some((bytes, len))),
-                Err(VaultError::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            };
+            return vault::backend::tail_by_size(self, kind, name, max_len);
         }
         self.run(async {
             let options = GetOptions { range: Some(GetRange::Suffix(max_len)), ..GetOptions::default() };

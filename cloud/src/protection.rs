@@ -69,11 +69,9 @@ impl fmt::Display for BucketProtection {
     }
 }
 
-/// The text between `<tag>` and `</tag>`, the first such.
+/// The text of the first `<tag>...</tag>` in `xml`, trimmed.
 fn xml_field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
-    let end = start + xml[start..].find(&format!("</{tag}>"))?;
-    Some(xml[start..end].trim())
+    crate::service::xml_fields(xml, tag).first().map(|s| s.trim())
 }
 
 /// Parses an S3 `ObjectLockConfiguration`.
@@ -167,20 +165,25 @@ impl CloudBackend {
     /// made with Object Lock): for tests and benchmarks, as
     /// [`CloudBackend::create_bucket`].
     pub fn set_default_retention(&self, mode: LockMode, days: u32) -> Result<(), VaultError> {
-        use base64::Engine as _;
-        use md5::Digest as _;
         let xml = format!(
             "<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ObjectLockEnabled>Enabled\
              </ObjectLockEnabled><Rule><DefaultRetention><Mode>{mode}</Mode><Days>{days}</Days></DefaultRetention>\
              </Rule></ObjectLockConfiguration>"
         );
-        // S3 requires the configuration's MD5.
+        self.rt().block_on(self.put_xml("?object-lock", xml, "setting the bucket's Object Lock retention"))
+    }
+
+    /// PUTs the XML document `xml` to the bucket's URL followed by `path`
+    /// (a configuration, an object's retention), with the `Content-MD5` S3
+    /// requires of them.
+    async fn put_xml(&self, path: &str, xml: String, what: &str) -> Result<(), VaultError> {
+        use base64::Engine as _;
+        use md5::Digest as _;
         let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
-        let headers = [("content-md5", md5)];
-        let what = "setting the bucket's Object Lock retention";
         let reply = self
-            .rt()
-            .block_on(self.service.send(&self.client, http::Method::PUT, "?object-lock", &headers, Bytes::from(xml)))
+            .service
+            .send(&self.client, http::Method::PUT, path, &[("content-md5", md5)], Bytes::from(xml))
+            .await
             .map_err(|e| self.service_error(what, e))?;
         if reply.status.is_success() {
             Ok(())
@@ -214,13 +217,6 @@ mod tests {
         assert_eq!(parse_object_lock(&cfg("")), BucketProtection::ObjectLockWithoutDefault);
         assert_eq!(parse_object_lock("<ObjectLockConfiguration/>"), BucketProtection::None);
     }
-}
-
-/// The store's time now, from an answer's `Date` header (so that no lock is
-/// judged by this host's clock).
-fn store_now(reply: &crate::service::Reply) -> Option<jiff::Timestamp> {
-    let date = reply.header("date")?;
-    jiff::fmt::rfc2822::parse(date).ok().map(|z| z.timestamp())
 }
 
 /// A timestamp as S3 writes one (`2026-12-13T05:36:32Z`).
@@ -261,7 +257,7 @@ impl CloudBackend {
                 self.service_error(&what, reply.status)
             });
         }
-        let now = store_now(&reply).ok_or_else(|| self.service_error(&what, "the answer has no Date header"))?;
+        let now = reply.date().ok_or_else(|| self.service_error(&what, "the answer has no Date header"))?;
         let mode = match reply.header("x-amz-object-lock-mode") {
             Some("COMPLIANCE") => Some(LockMode::Compliance),
             Some("GOVERNANCE") => Some(LockMode::Governance),
@@ -290,26 +286,13 @@ impl CloudBackend {
         mode: LockMode,
         until: jiff::Timestamp,
     ) -> Result<(), VaultError> {
-        use base64::Engine as _;
-        use md5::Digest as _;
         let key = self.key_of(kind, name)?;
         let xml = format!(
             "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode><RetainUntilDate>{}\
              </RetainUntilDate></Retention>",
             iso(until)
         );
-        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
-        let what = format!("extending the lock of {kind}/{name}");
-        let reply = self
-            .service
-            .send(&self.client, http::Method::PUT, &format!("/{key}?retention"), &[("content-md5", md5)], xml.into())
-            .await
-            .map_err(|e| self.service_error(&what, e))?;
-        if reply.status.is_success() {
-            Ok(())
-        } else {
-            Err(self.service_error(&what, format!("{} {}", reply.status, reply.text().trim())))
-        }
+        self.put_xml(&format!("/{key}?retention"), xml, &format!("extending the lock of {kind}/{name}")).await
     }
 
     /// [`vault::Backend::extend_locks`] on S3: each object's lock is read

@@ -47,6 +47,12 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The store's time when it answered, from the `Date` header (so that
+    /// no lock or age is judged by this host's clock).
+    pub fn date(&self) -> Option<jiff::Timestamp> {
+        self.header("date").and_then(|d| jiff::fmt::rfc2822::parse(d).ok()).map(|z| z.timestamp())
+    }
+
     /// A header's value as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -230,9 +236,7 @@ impl Service {
                 return Err(RequestFailed(format!("listing multipart uploads: {} {}", reply.status, reply.text())));
             }
             let now = reply
-                .header("date")
-                .and_then(|d| jiff::fmt::rfc2822::parse(d).ok())
-                .map(|z| z.timestamp())
+                .date()
                 .ok_or_else(|| RequestFailed("listing multipart uploads: the answer has no Date header".into()))?;
             let text = reply.text();
             for upload in xml_fields(&text, "Upload") {

@@ -187,14 +187,7 @@ pub trait Backend: Send + Sync {
     /// trailer. The default asks [`Backend::size`], then reads the range;
     /// a cloud store answers both with one suffix-range request.
     fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
-        let Some(len) = self.size(kind, name)? else { return Ok(None) };
-        let n = len.min(max_len);
-        match self.get_range(kind, name, len - n, n) {
-            Ok(bytes) => Ok(Some((bytes, len))),
-            // Gone between the two requests.
-            Err(VaultError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        tail_by_size(self, kind, name, max_len)
     }
     /// Names of all objects of `kind` whose name starts with `prefix`, sorted.
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError>;
@@ -288,6 +281,24 @@ pub trait Backend: Send + Sync {
     ) -> Result<Vec<(String, u64)>, VaultError> {
         let _ = (older_than, dry_run);
         Ok(Vec::new())
+    }
+}
+
+/// [`Backend::get_tail`] in two requests: the size, then the range (the
+/// default, and a store without suffix ranges).
+pub fn tail_by_size<B: Backend + ?Sized>(
+    b: &B,
+    kind: Kind,
+    name: &str,
+    max_len: u64,
+) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+    let Some(len) = b.size(kind, name)? else { return Ok(None) };
+    let n = len.min(max_len);
+    match b.get_range(kind, name, len - n, n) {
+        Ok(bytes) => Ok(Some((bytes, len))),
+        // Gone between the two requests.
+        Err(VaultError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

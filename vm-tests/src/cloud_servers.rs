@@ -131,15 +131,7 @@ impl Moto {
     /// waits until it listens. Fails with its output if it exits or does not
     /// listen within a minute.
     pub fn start() -> Moto {
-        let server = Server::start(
-            "moto_server",
-            &paths::moto_server(),
-            |cmd, port| {
-                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).env("PYTHONUNBUFFERED", "1");
-            },
-            |port| format!("Running on http://127.0.0.1:{port}"),
-        );
-        Moto { server }
+        Moto::launch(&[])
     }
 
     /// Starts moto enforcing IAM: the first `free` requests need no
@@ -147,13 +139,17 @@ impl Moto {
     /// [`Moto::user_vars`]'s three), and every later one is allowed only by
     /// the IAM policy of its access key (`INITIAL_NO_AUTH_ACTION_COUNT`).
     pub fn start_with_iam(free: u32) -> Moto {
+        Moto::launch(&[("INITIAL_NO_AUTH_ACTION_COUNT", free.to_string())])
+    }
+
+    /// `moto_server` on a free loopback port with `env` set.
+    fn launch(env: &[(&str, String)]) -> Moto {
         let server = Server::start(
             "moto_server",
             &paths::moto_server(),
             |cmd, port| {
-                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                    .env("PYTHONUNBUFFERED", "1")
-                    .env("INITIAL_NO_AUTH_ACTION_COUNT", free.to_string());
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).env("PYTHONUNBUFFERED", "1");
+                cmd.envs(env.iter().map(|(k, v)| (k, v)));
             },
             |port| format!("Running on http://127.0.0.1:{port}"),
         );
