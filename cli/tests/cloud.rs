@@ -258,12 +258,12 @@ const HOST_POLICY: &str = r#"{"Version": "2012-10-17", "Statement": [
   {"Effect": "Allow", "Action": ["s3:DeleteObject"], "Resource": "arn:aws:s3:::lb-least/main/leases/*"}
 ]}"#;
 
-/// A host holding only HOST_POLICY's rights (moto enforcing IAM)
-/// replicates, incrementally too, and restores; it cannot delete a point
-/// (prune and gc are refused, naming the credentials, and nothing is lost),
-/// and a thief with its key cannot delete an object by hand either.
-#[test]
-fn a_host_that_may_write_but_not_delete_replicates_and_cannot_delete_points() {
+/// The vault the least-privilege hosts replicate into.
+const LEAST_URL: &str = "s3://lb-least/main";
+
+/// moto enforcing IAM, and a host's home holding only HOST_POLICY's rights
+/// (its variables too), with a key `k.key` and the vault LEAST_URL made.
+fn least_privilege_host(prefix: &str) -> (Moto, Vec<(String, String)>, Scratch, Home) {
     // Free requests: the bucket, then the user, its policy and its key.
     let moto = Moto::start_with_iam(4);
     make_bucket(&moto.vars(), "s3://lb-least");
@@ -272,13 +272,23 @@ fn a_host_that_may_write_but_not_delete_replicates_and_cannot_delete_points() {
     // hash is signed (it hashes the query as a form body); an unsigned
     // payload, a setting S3 accepts, avoids that.
     vars.push(("AWS_UNSIGNED_PAYLOAD".into(), "true".into()));
-    let url = "s3://lb-least/main";
-    let s = Scratch::new(BIN, "lb-cloud-least-");
+    let s = Scratch::new(BIN, prefix);
     let host = Home::new(BIN, s.path("home")).with_env(&vars);
     let key = s.path("k.key");
+    host.run_ok(&["key", "new", "--out", key.to_str().unwrap()]);
+    host.run_ok(&["vault", "init", LEAST_URL, "--key", key.to_str().unwrap()]);
+    (moto, vars, s, host)
+}
+
+/// A host holding only HOST_POLICY's rights (moto enforcing IAM)
+/// replicates, incrementally too, and restores; it cannot delete a point
+/// (prune and gc are refused, naming the credentials, and nothing is lost),
+/// and a thief with its key cannot delete an object by hand either.
+#[test]
+fn a_host_that_may_write_but_not_delete_replicates_and_cannot_delete_points() {
+    let (_moto, vars, s, host) = least_privilege_host("lb-cloud-least-");
+    let (url, key) = (LEAST_URL, s.path("k.key"));
     let k = key.to_str().unwrap();
-    host.run_ok(&["key", "new", "--out", k]);
-    host.run_ok(&["vault", "init", url, "--key", k]);
     let image = s.path("disk.img");
     let original = Rng::new(8).bytes(4 * MIB);
     fs::write(&image, &original).unwrap();
@@ -342,17 +352,9 @@ fn a_host_that_may_write_but_not_delete_replicates_and_cannot_delete_points() {
 /// retention must run, stops trying, and keeps replicating.
 #[test]
 fn an_agent_that_may_not_delete_says_so_once_and_keeps_replicating() {
-    let moto = Moto::start_with_iam(4);
-    make_bucket(&moto.vars(), "s3://lb-least");
-    let mut vars = moto.user_vars("web1", HOST_POLICY);
-    vars.push(("AWS_UNSIGNED_PAYLOAD".into(), "true".into()));
-    let url = "s3://lb-least/main";
-    let s = Scratch::new(BIN, "lb-cloud-least-agent-");
-    let host = Home::new(BIN, s.path("home")).with_env(&vars);
-    let key = s.path("k.key");
+    let (_moto, _vars, s, host) = least_privilege_host("lb-cloud-least-agent-");
+    let (url, key) = (LEAST_URL, s.path("k.key"));
     let k = key.to_str().unwrap();
-    host.run_ok(&["key", "new", "--out", k]);
-    host.run_ok(&["vault", "init", url, "--key", k]);
     let image = s.path("disk.img");
     fs::write(&image, Rng::new(12).bytes(2 * MIB)).unwrap();
     // Every point but the newest is past retention a second after its cut.
