@@ -57,6 +57,7 @@ seed() {
     case $target in
         pack) cp "$fixtures"/vault-v1/*.pack "$dir"/ ;;
         map_page) cp "$fixtures"/vault-v1/*.page "$dir"/ ;;
+        page_pack) cp "$fixtures"/vault-v1/*.pagepack "$dir"/ ;;
         root | root_ext) cp "$fixtures"/vault-v1/*.root "$dir"/ ;;
         key_file) cp "$fixtures"/vault-v1/*.key "$dir"/ ;;
         control_request)

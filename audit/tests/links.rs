@@ -39,6 +39,8 @@ fn commit_of(vault: &Vault, log: &audit::AuditLog<'_>, keys: &Keys, disk_id: [u8
         bytes_shipped: 0,
         parent: None,
         pages: vec![PageId::ZERO],
+        page_packs: Vec::new(),
+        page_pack_of: Vec::new(),
         extension: ext.encode(keys).unwrap(),
     };
     let bytes = root.encode(keys).unwrap();

@@ -21,6 +21,7 @@ pub mod key_file;
 pub mod keys;
 pub mod map_page;
 pub mod pack;
+pub mod page_pack;
 pub mod point;
 pub mod root_ext;
 pub mod state;
@@ -33,7 +34,8 @@ pub use key_file::{KdfParams, KeyFile, KeyFileDamage, KeyFileError, KEY_FILE_LEN
 pub use keys::{CryptoError, Keys, MasterKey, SealFrame, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
 pub use map_page::{BuiltMap, MapBuilder, MapPage, PageError, PAGE_ENTRIES};
 pub use pack::{FinishedPack, Pack, PackEntry, PackError, PackIndex, PackTrailer, PackWriteError, PackWriter};
-pub use point::{namespace_hex, Consistency, Root, RootError};
+pub use page_pack::{PagePack, PagePackEntry, PagePackError, MAX_PACK_PAGES};
+pub use point::{namespace_hex, Consistency, Root, RootError, NO_PAGE_PACK};
 pub use root_ext::{AuditHead, CutGroup, ExtError, RootExtension};
 pub use state::{HeaderError, LastPoint, StateFlags, StateHeader, HEADER_PAGE, SLOT_SIZE, STATE_MAGIC};
 pub use vault_config::{VaultConfig, VaultConfigError};

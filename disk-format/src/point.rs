@@ -27,8 +27,12 @@ use crate::map_page::{page_blocks, page_count, MapPage, PageError};
 
 /// First 8 bytes of BLAKE3("lifeboat point root v1").
 pub const ROOT_MAGIC: [u8; 8] = [0x40, 0x55, 0xd8, 0xfc, 0x4f, 0xb8, 0x31, 0x66];
-/// The root format this code writes.
-pub const ROOT_VERSION: u16 = 2;
+/// The root format this code writes (format 2 for a point whose pages are
+/// all stored alone: see [`Root::page_packs`]).
+pub const ROOT_VERSION: u16 = 3;
+/// [`Root::page_pack_of`] for a page not in a page pack: an all-zero page,
+/// or one stored alone as `pages/ID`.
+pub const NO_PAGE_PACK: u32 = u32::MAX;
 /// Length of the disk metadata a format-2 root seals (before sealing).
 pub const METADATA_LEN: usize = 160;
 /// Length of the sealed metadata after a format-2 root's header.
@@ -100,7 +104,7 @@ pub enum RootError {
     #[error("not a Lifeboat point root (wrong magic)")]
     BadMagic,
     /// A version this build does not know.
-    #[error("point root format version {0} is not supported by this build (it knows versions 1 and 2)")]
+    #[error("point root format version {0} is not supported by this build (it knows versions 1 to 3)")]
     UnsupportedVersion(u16),
     /// The length does not match the page count and extension length.
     #[error(
@@ -179,16 +183,26 @@ pub struct Root {
     pub parent: Option<RootId>,
     /// One id per map page (`ceil(block_count / 512)`), zero for all-zero pages.
     pub pages: Vec<PageId>,
+    /// Format 3: the page packs (named like pages, BLAKE3 of their bytes)
+    /// that hold this point's pages, each at least once. Empty: every page
+    /// is stored alone as `pages/ID` (format 1 and 2).
+    pub page_packs: Vec<PageId>,
+    /// Format 3: for each page, the index in `page_packs` of the pack that
+    /// holds it, or [`NO_PAGE_PACK`] (an all-zero page, or one stored alone).
+    /// Empty exactly when `page_packs` is.
+    pub page_pack_of: Vec<u32>,
     /// Opaque extension blob (empty in v1 writers).
     pub extension: Vec<u8>,
 }
 
 impl Root {
-    /// Serializes and MACs the root, in format 2: the namespace is derived
-    /// from `disk_id` under `keys` (the `namespace` field is ignored), and
-    /// name, identity, host and cut generation are sealed.
+    /// Serializes and MACs the root, in format 3 (format 2 when no page is
+    /// in a page pack): the namespace is derived from `disk_id` under `keys`
+    /// (the `namespace` field is ignored), and name, identity, host and cut
+    /// generation are sealed.
     pub fn encode(&self, keys: &Keys) -> Result<Vec<u8>, RootError> {
-        let mut b = self.encode_unmacced(2, Some(keys))?;
+        let version = if self.page_packs.is_empty() { 2 } else { 3 };
+        let mut b = self.encode_unmacced(version, Some(keys))?;
         let mac = keys.root_mac(&b);
         b.extend_from_slice(mac.as_bytes());
         Ok(b)
@@ -248,6 +262,15 @@ impl Root {
             why: "more than 2^32 - 1 pages: use a larger block size".to_string(),
         })?;
         let metadata = self.metadata()?; // checks name and host lengths for both versions
+        if version == 3 {
+            check_page_packs(&self.pages, &self.page_packs, &self.page_pack_of)?;
+        } else if !self.page_packs.is_empty() || !self.page_pack_of.is_empty() {
+            return Err(RootError::BadField {
+                field: "page_pack_count",
+                value: self.page_packs.len() as u64,
+                why: format!("format {version} has no page packs"),
+            });
+        }
         let ext_len = u32::try_from(self.extension.len())
             .ok()
             .filter(|&l| l <= MAX_EXTENSION)
@@ -263,7 +286,15 @@ impl Root {
         put_u32(&mut b, AT_BLOCK_SIZE, self.geometry.block_size);
         put_u64(&mut b, AT_BYTES_SHIPPED, self.bytes_shipped);
         b[AT_PARENT..AT_PARENT + 32].copy_from_slice(&self.parent.unwrap_or(RootId::ZERO).0);
-        b.reserve(SEALED_METADATA_LEN + self.pages.len() * 32 + 4 + self.extension.len() + MAC_LEN);
+        b.reserve(
+            SEALED_METADATA_LEN
+                + self.pages.len() * 36
+                + 4
+                + self.page_packs.len() * 32
+                + 4
+                + self.extension.len()
+                + MAC_LEN,
+        );
         match keys {
             Some(keys) => {
                 b[AT_NAMESPACE..AT_NAME].copy_from_slice(&keys.disk_namespace(&self.disk_id));
@@ -281,6 +312,16 @@ impl Root {
         }
         for p in &self.pages {
             b.extend_from_slice(&p.0);
+        }
+        if version == 3 {
+            let count = u32::try_from(self.page_packs.len()).expect("at most one per page, checked");
+            b.extend_from_slice(&count.to_le_bytes());
+            for p in &self.page_packs {
+                b.extend_from_slice(&p.0);
+            }
+            for slot in &self.page_pack_of {
+                b.extend_from_slice(&slot.to_le_bytes());
+            }
         }
         b.extend_from_slice(&ext_len.to_le_bytes());
         b.extend_from_slice(&self.extension);
@@ -326,6 +367,13 @@ impl Root {
         parse_fields(bytes, body_len)
     }
 
+    /// The page pack that holds page `index` (format 3), or `None`: the
+    /// page is all zero or stored alone as `pages/ID`.
+    pub fn page_pack(&self, index: u64) -> Option<&PageId> {
+        let slot = *usize::try_from(index).ok().and_then(|i| self.page_pack_of.get(i))?;
+        self.page_packs.get(slot as usize)
+    }
+
     /// The blocks map page `index` covers.
     pub fn page_blocks(&self, index: u64) -> Range<u64> {
         page_blocks(&self.geometry, index)
@@ -349,11 +397,20 @@ fn frame(b: &[u8]) -> Result<usize, RootError> {
         return Err(RootError::BadMagic);
     }
     let version = u16::from_le_bytes([b[AT_VERSION], b[AT_VERSION + 1]]);
-    if version != 1 && version != 2 {
+    if !(1..=3).contains(&version) {
         return Err(RootError::UnsupportedVersion(version));
     }
-    let pages_end = pages_start(version) as u64 + 32 * u64::from(get_u32(b, AT_PAGE_COUNT));
+    let page_count = u64::from(get_u32(b, AT_PAGE_COUNT));
+    let mut pages_end = pages_start(version) as u64 + 32 * page_count;
     let mismatch = |expected: u64| RootError::LengthMismatch { len: b.len(), expected };
+    if version == 3 {
+        // The page pack section: count, pack ids, one slot per page.
+        if pages_end + 4 > b.len() as u64 {
+            return Err(mismatch(pages_end + 4 + 4 * page_count + 4 + MAC_LEN as u64));
+        }
+        let packs = u64::from(get_u32(b, to_usize(pages_end)));
+        pages_end += 4 + 32 * packs + 4 * page_count;
+    }
     if pages_end + 4 + MAC_LEN as u64 > b.len() as u64 {
         return Err(mismatch(pages_end + 4 + MAC_LEN as u64));
     }
@@ -368,8 +425,42 @@ fn frame(b: &[u8]) -> Result<usize, RootError> {
     Ok(b.len() - MAC_LEN)
 }
 
-/// Where the page ids start: after the header, and in format 2 after the
-/// sealed metadata.
+/// Checks a format-3 page pack section: at least one pack, no pack twice,
+/// each named by some page, one slot per page in range, and a zero page in
+/// none.
+fn check_page_packs(pages: &[PageId], packs: &[PageId], slots: &[u32]) -> Result<(), RootError> {
+    let bad = |field: &'static str, value: u64, why: String| RootError::BadField { field, value, why };
+    if packs.is_empty() {
+        return Err(bad("page_pack_count", 0, "format 3 names at least one page pack (else it is format 2)".into()));
+    }
+    if slots.len() != pages.len() {
+        return Err(bad("page_pack_of", slots.len() as u64, format!("one per page: {}", pages.len())));
+    }
+    let mut used = vec![false; packs.len()];
+    for (p, (&slot, id)) in slots.iter().zip(pages).enumerate() {
+        if slot == NO_PAGE_PACK {
+            continue;
+        }
+        if id.is_zero() {
+            return Err(bad("page_pack_of", u64::from(slot), format!("page {p} is all zero and stored nowhere")));
+        }
+        match used.get_mut(slot as usize) {
+            Some(u) => *u = true,
+            None => return Err(bad("page_pack_of", u64::from(slot), format!("page {p}: {} packs", packs.len()))),
+        }
+    }
+    if let Some(unused) = used.iter().position(|u| !u) {
+        return Err(bad("page_packs", unused as u64, "a page pack no page is in".into()));
+    }
+    let distinct: std::collections::HashSet<&PageId> = packs.iter().collect();
+    if distinct.len() != packs.len() {
+        return Err(bad("page_packs", packs.len() as u64, "a page pack is named twice".into()));
+    }
+    Ok(())
+}
+
+/// Where the page ids start: after the header, and in formats 2 and 3
+/// after the sealed metadata.
 fn pages_start(version: u16) -> usize {
     if version == 1 {
         ROOT_HEADER_LEN
@@ -472,8 +563,17 @@ fn parse_fields(b: &[u8], body_len: usize) -> Result<Root, RootError> {
         });
     }
     let start = pages_start(version);
-    let pages_end = start + 32 * count as usize;
-    let pages = b[start..pages_end].chunks_exact(32).map(|c| PageId(get_array(c, 0))).collect();
+    let mut pages_end = start + 32 * count as usize;
+    let pages: Vec<PageId> = b[start..pages_end].chunks_exact(32).map(|c| PageId(get_array(c, 0))).collect();
+    let (mut page_packs, mut page_pack_of) = (Vec::new(), Vec::new());
+    if version == 3 {
+        let packs = get_u32(b, pages_end) as usize;
+        let ids_end = pages_end + 4 + 32 * packs;
+        page_packs = b[pages_end + 4..ids_end].chunks_exact(32).map(|c| PageId(get_array(c, 0))).collect();
+        pages_end = ids_end + 4 * count as usize;
+        page_pack_of = b[ids_end..pages_end].chunks_exact(4).map(|c| get_u32(c, 0)).collect();
+        check_page_packs(&pages, &page_packs, &page_pack_of)?;
+    }
     let parent = RootId(get_array(b, AT_PARENT));
     Ok(Root {
         consistency,
@@ -488,6 +588,8 @@ fn parse_fields(b: &[u8], body_len: usize) -> Result<Root, RootError> {
         bytes_shipped: get_u64(b, AT_BYTES_SHIPPED),
         parent: (!parent.is_zero()).then_some(parent),
         pages,
+        page_packs,
+        page_pack_of,
         extension: b[pages_end + 4..body_len].to_vec(),
     })
 }
@@ -524,7 +626,7 @@ pub fn fuzz_root_bytes(data: &[u8]) -> bool {
         };
         assert_eq!(sealed_fields_cleared, root, "the keyless decode disagrees with the keyed one");
         if r.namespace.is_some() {
-            assert_eq!(r.encode(&keys).expect("an authentic root encodes"), data, "format-2 round trip");
+            assert_eq!(r.encode(&keys).expect("an authentic root encodes"), data, "format-2/3 round trip");
         }
     }
     true
@@ -557,6 +659,8 @@ mod tests {
             bytes_shipped: 123_456,
             parent: Some(RootId([9; 32])),
             pages: vec![PageId([1; 32]), PageId::ZERO, PageId([3; 32]), PageId([4; 32])],
+            page_packs: Vec::new(),
+            page_pack_of: Vec::new(),
             extension: b"ext".to_vec(),
         }
     }
@@ -678,6 +782,63 @@ mod tests {
         assert!(matches!(Root::decode(&c, &k), Err(RootError::BadField { field: "consistency", value: 3, .. })));
     }
 
+    /// `sample` with pages 0 and 3 in one page pack, page 2 stored alone.
+    fn in_page_packs() -> Root {
+        Root {
+            page_packs: vec![PageId([7; 32]), PageId([8; 32])],
+            page_pack_of: vec![1, NO_PAGE_PACK, NO_PAGE_PACK, 0],
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn format_3_names_the_page_pack_of_each_page() {
+        let (k, r) = (keys(1), in_page_packs());
+        let b = r.encode(&k).unwrap();
+        assert_eq!(u16::from_le_bytes([b[8], b[9]]), 3);
+        assert_eq!(b.len(), sample().encode(&k).unwrap().len() + 4 + 2 * 32 + 4 * 4);
+        let back = Root::decode(&b, &k).unwrap();
+        assert_eq!(back, as_read(&r, &k));
+        assert_eq!(back.page_pack(0), Some(&PageId([8; 32])));
+        assert_eq!(back.page_pack(2), None);
+        assert_eq!(back.page_pack(3), Some(&PageId([7; 32])));
+        let keyless = Root::decode_unauthenticated(&b).unwrap();
+        assert_eq!((keyless.page_packs, keyless.page_pack_of), (r.page_packs.clone(), r.page_pack_of.clone()));
+        assert!(fuzz_root_bytes(&b));
+        // Every flipped bit of the section is refused (MAC, or framing).
+        let section = ROOT_HEADER_LEN + SEALED_METADATA_LEN + 4 * 32;
+        for bit in section * 8..(section + 4 + 64 + 16) * 8 {
+            let mut c = b.clone();
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(Root::decode(&c, &k).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn a_page_pack_section_that_does_not_add_up_is_refused() {
+        let k = keys(1);
+        let field = |r: Root| match r.encode(&k) {
+            Err(RootError::BadField { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let r = in_page_packs();
+        assert_eq!(field(Root { page_pack_of: vec![1, NO_PAGE_PACK, NO_PAGE_PACK], ..r.clone() }), "page_pack_of");
+        assert_eq!(field(Root { page_pack_of: vec![1, 0, NO_PAGE_PACK, 0], ..r.clone() }), "page_pack_of"); // zero page
+        assert_eq!(field(Root { page_pack_of: vec![2, NO_PAGE_PACK, NO_PAGE_PACK, 0], ..r.clone() }), "page_pack_of");
+        assert_eq!(field(Root { page_pack_of: vec![1, NO_PAGE_PACK, NO_PAGE_PACK, 1], ..r.clone() }), "page_packs");
+        let twice = Root { page_packs: vec![PageId([7; 32]), PageId([7; 32])], ..r.clone() };
+        assert_eq!(field(twice), "page_packs");
+        // An empty section is written as format 2, and a format-3 root without one is refused.
+        let mut b = sample().encode_unmacced(2, Some(&k)).unwrap();
+        b[8] = 3;
+        let at = ROOT_HEADER_LEN + SEALED_METADATA_LEN + 4 * 32;
+        b.splice(at..at, [0u8; 4 + 16]);
+        let mac = k.root_mac(&b);
+        b.extend_from_slice(mac.as_bytes());
+        assert!(matches!(Root::decode(&b, &k), Err(RootError::BadField { field: "page_pack_count", .. })));
+        assert!(matches!(r.encode_version_1_for_tests(&k), Err(RootError::BadField { .. })));
+    }
+
     #[test]
     fn check_page_uses_the_roots_page_id() {
         let k = keys(1);
@@ -730,7 +891,26 @@ mod tests {
                 bytes_shipped: shipped,
                 parent: (seq % 2 == 0).then_some(RootId([seq as u8 | 1; 32])),
                 pages: (0..n).map(|i| if i % 3 == 0 { PageId::ZERO } else { PageId([i as u8; 32]) }).collect(),
+                page_packs: Vec::new(),
+                page_pack_of: Vec::new(),
                 extension: ext,
+            };
+            // Odd sequences: every other non-zero page in one of two page packs (format 3).
+            let r = if seq % 2 == 1 && n > 1 {
+                let slots: Vec<u32> = (0..n).map(|i| if i % 3 == 0 { NO_PAGE_PACK } else { (i % 2) as u32 }).collect();
+                let used: Vec<PageId> = [PageId([0xa0; 32]), PageId([0xa1; 32])]
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(k, _)| slots.contains(&(*k as u32)))
+                    .map(|(_, id)| id)
+                    .collect();
+                let renumber: Vec<u32> = slots
+                    .iter()
+                    .map(|&s| if s == NO_PAGE_PACK || used.len() == 2 { s } else { 0 })
+                    .collect();
+                Root { page_packs: used, page_pack_of: renumber, ..r }
+            } else {
+                r
             };
             let k = keys(7);
             let b = r.encode(&k).unwrap();

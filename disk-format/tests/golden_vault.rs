@@ -34,7 +34,7 @@ use disk_format::pack::PackVersion;
 use disk_format::pack::PackWriter;
 use disk_format::{
     BlockId, Consistency, CryptoError, Geometry, KdfParams, KeyFile, KeyFileError, Keys, MapBuilder, MapPage,
-    MasterKey, Pack, PackError, PackId, PackIndex, PageError, PageId, Root, RootError, RootId, VaultConfig,
+    MasterKey, Pack, PackError, PackId, PackIndex, PageError, PageId, PagePack, Root, RootError, RootId, VaultConfig,
     VaultConfigError, VaultId, NONCE_LEN,
 };
 
@@ -147,6 +147,8 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
         bytes_shipped: 0,
         parent: None,
         pages: map1.pages.clone(),
+        page_packs: Vec::new(),
+        page_pack_of: Vec::new(),
         extension: Vec::new(),
     };
     let root1_bytes = root1.encode(&keys).unwrap();
@@ -173,6 +175,28 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
     files.push(("point-2.page-1", map2.new_pages[0].1.clone()));
     files.push(("v2-point-2.root", root2.encode(&keys).unwrap()));
     files.push(("v2-point-1.root", root1_bytes));
+
+    // Format 3: each point's new pages in a page pack; point 2 keeps page 2
+    // in point 1's pack.
+    let pack_of = |pages: &[(PageId, Vec<u8>)]| {
+        let refs: Vec<(PageId, &[u8])> = pages.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        PagePack::encode(&refs).unwrap()
+    };
+    let (pack1, pack2) = (pack_of(&map1.new_pages), pack_of(&map2.new_pages));
+    let (id1, id2) = (PageId::of(&pack1), PageId::of(&pack2));
+    let none = disk_format::NO_PAGE_PACK;
+    let v3_root1 =
+        Root { page_packs: vec![id1], page_pack_of: vec![none, 0, 0], ..root1.clone() }.encode(&keys).unwrap();
+    let v3_root2 = Root {
+        parent: Some(RootId::of(&v3_root1)),
+        page_packs: vec![id2, id1],
+        page_pack_of: vec![none, 0, 1],
+        ..root2.clone()
+    };
+    files.push(("v3-point-1.pagepack", pack1));
+    files.push(("v3-point-2.pagepack", pack2));
+    files.push(("v3-point-2.root", v3_root2.encode(&keys).unwrap()));
+    files.push(("v3-point-1.root", v3_root1));
 
     // Corrupt fixtures.
     let mut out = corrupt(&files, &root2);
@@ -345,7 +369,11 @@ fn vault_config_decodes_and_refuses_damage_and_the_wrong_key() {
 #[test]
 fn golden_points_restore_to_the_expected_disks() {
     for packs in [["golden-v2.pack", "other-v2.pack"], ["golden.pack", "other.pack"]] {
-        for roots in [["v2-point-1.root", "v2-point-2.root"], ["point-1.root", "point-2.root"]] {
+        for roots in [
+            ["v3-point-1.root", "v3-point-2.root"],
+            ["v2-point-1.root", "v2-point-2.root"],
+            ["point-1.root", "point-2.root"],
+        ] {
             restore_golden_points(packs, roots);
         }
     }
@@ -374,6 +402,16 @@ fn restore_golden_points(packs: [&str; 2], roots: [&str; 2]) {
             (PageId::of(&b), b)
         })
         .collect();
+    // Format 3 roots find their pages in the page packs they name.
+    let page_packs: HashMap<PageId, Vec<u8>> = ["v3-point-1.pagepack", "v3-point-2.pagepack"]
+        .iter()
+        .map(|n| {
+            let b = read(n);
+            let id = PageId::of(&b);
+            PagePack::verify(&b, &id).unwrap();
+            (id, b)
+        })
+        .collect();
     let root1 = read(roots[0]);
     for (name, point, written) in [(roots[0], 1, &POINT1[..]), (roots[1], 2, &[600, 601, 700, 1023, 1030, 1099][..])] {
         let root = Root::decode(&read(name), &keys).unwrap();
@@ -381,7 +419,8 @@ fn restore_golden_points(packs: [&str; 2], roots: [&str; 2]) {
             (root.disk_name.as_str(), root.disk_id, root.cut_generation),
             ("golden", *b"golden-disk-0001", point)
         );
-        let format_2 = name.starts_with("v2-");
+        let format_2 = name.starts_with("v2-") || name.starts_with("v3-");
+        assert_eq!(root.page_packs.len(), if name.starts_with("v3-") { point as usize } else { 0 }, "{name}");
         assert_eq!(root.host, if format_2 { "golden-host" } else { "" }, "{name}");
         assert_eq!((root.sequence, root.geometry, root.pages.len()), (point, g, 3));
         assert_eq!(root.parent, (point == 2).then(|| RootId::of(&root1)));
@@ -390,7 +429,14 @@ fn restore_golden_points(packs: [&str; 2], roots: [&str; 2]) {
             if pid.is_zero() {
                 continue;
             }
-            let page = root.check_page(i as u64, &pages[pid]).unwrap();
+            let bytes = match root.page_pack(i as u64) {
+                Some(pack) => {
+                    let b = &page_packs[pack];
+                    PagePack::parse(b).unwrap().find(pid).expect("the page is in its pack").bytes(b).to_vec()
+                }
+                None => pages[pid].clone(),
+            };
+            let page = root.check_page(i as u64, &bytes).unwrap();
             for (blk, id) in page_blocks(&g, i as u64).zip(&page.entries) {
                 if !id.is_zero() {
                     let data = keys.open_block(id, &blobs[id]).unwrap();

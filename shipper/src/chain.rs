@@ -255,6 +255,8 @@ mod tests {
             bytes_shipped: 0,
             parent,
             pages: Vec::new(),
+            page_packs: Vec::new(),
+            page_pack_of: Vec::new(),
             extension: Vec::new(),
         }
     }

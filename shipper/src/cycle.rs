@@ -449,7 +449,7 @@ impl Cycle<'_, '_> {
     /// taken again and shipped against the corrected cache (a cut's blocks
     /// can be read only once, so those found in the gone packs cannot be
     /// read again from this one).
-    fn ship_cut(&mut self, mut cut: Cut, reuse: Option<&Root>) -> Result<(Cut, CycleReport, Vec<PageId>), ShipError> {
+    fn ship_cut(&mut self, mut cut: Cut, reuse: Option<&Root>) -> Result<(Cut, CycleReport, PointMap), ShipError> {
         // A full cycle sets every block: it never needs the previous map.
         let mut shipped = self.ship(reuse.filter(|_| !cut.full), cut.full);
         if let Err(e @ ShipError::IndexCacheStale { .. }) = &shipped {
@@ -485,7 +485,7 @@ impl Cycle<'_, '_> {
     }
 
     /// The new point's root.
-    fn root(&self, cut: &Cut, sequence: u64, parent: Option<RootId>, pages: Vec<PageId>, bytes_shipped: u64) -> Root {
+    fn root(&self, cut: &Cut, sequence: u64, parent: Option<RootId>, map: PointMap, bytes_shipped: u64) -> Root {
         let opts = self.opts;
         Root {
             consistency: cut.consistency,
@@ -499,7 +499,9 @@ impl Cycle<'_, '_> {
             geometry: self.geometry,
             bytes_shipped,
             parent,
-            pages,
+            pages: map.pages,
+            page_packs: map.page_packs,
+            page_pack_of: map.page_pack_of,
             extension: opts
                 .cut_hook
                 .filter(|_| !cut.recut)
@@ -542,7 +544,7 @@ impl Cycle<'_, '_> {
     /// Reads, seals and stores the cut's blocks (every block when `full`),
     /// and the new point's map pages, built on `previous`'s. Returns the
     /// counts and the new point's page ids.
-    fn ship(&mut self, previous: Option<&Root>, full: bool) -> Result<(CycleReport, Vec<PageId>), ShipError> {
+    fn ship(&mut self, previous: Option<&Root>, full: bool) -> Result<(CycleReport, PointMap), ShipError> {
         let geometry = self.geometry;
         let blocks: Vec<u64> = if full { (0..geometry.block_count).collect() } else { self.source.blocks()? };
         let total: u64 = blocks.iter().map(|&b| geometry.block_len(b) as u64).sum();
@@ -573,7 +575,7 @@ impl Cycle<'_, '_> {
             // stored while the storer finishes the last pack. The root still
             // waits for both.
             let (read, pages) = match read {
-                Ok((map, report)) => (Ok(report), Some(store_pages(vault, map))),
+                Ok((map, report)) => (Ok(report), Some(store_pages(vault, map, previous))),
                 Err(e) => (Err(e), None),
             };
             let stored_packs = storer.join().map_err(|_| ShipError::Panic);
@@ -925,26 +927,72 @@ impl<'p> Packer<'p> {
     }
 }
 
+/// A new point's map: every page's id, and the page packs that hold them
+/// (the root's fields of the same names).
+struct PointMap {
+    pages: Vec<PageId>,
+    page_packs: Vec<PageId>,
+    page_pack_of: Vec<u32>,
+}
+
 /// Builds the point's map pages on the previous point's and stores the new
-/// ones: returns every page id of the point, the bytes stored and how many.
-fn store_pages(vault: &Vault, map: MapBuilder) -> Result<(Vec<PageId>, u64, u64), ShipError> {
-    // The previous pages this point changes, fetched together (vault/src/par.rs).
+/// ones as page packs (one per [`disk_format::MAX_PACK_PAGES`] pages: one
+/// request for most cycles, where a page each was most of an incremental's
+/// requests). Returns the point's map, the bytes stored and the pages stored.
+fn store_pages(vault: &Vault, map: MapBuilder, previous: Option<&Root>) -> Result<(PointMap, u64, u64), ShipError> {
+    // The previous pages this point changes, fetched together: each page
+    // pack's index once, then runs of pages (vault/src/pages.rs).
     let wanted = map.pages_to_load();
-    let fetched = vault::par::map(&wanted, |(_, id)| vault.get_page(id).map(|b| (*id, b)))?;
-    let mut fetched: HashMap<PageId, Vec<u8>> = fetched.into_iter().collect();
+    let mut fetched: HashMap<PageId, Vec<u8>> = match previous {
+        Some(prev) => {
+            let label = format!("{}/{}", prev.chain(), prev.sequence);
+            let indexes: Vec<u64> = wanted.iter().map(|(p, _)| *p).collect();
+            let mut by_index = vault.load_pages(&label, prev, &indexes)?;
+            wanted.iter().filter_map(|(p, id)| Some((*id, by_index.remove(p)?))).collect()
+        }
+        None => HashMap::new(),
+    };
     let built = map.finish(|id| match fetched.remove(id) {
         Some(bytes) => Ok(bytes),
         None => vault.get_page(id).map_err(ShipError::from),
     })?;
-    // New pages are stored together too; each put is durable on its own, and
-    // the root that names them is written only after all have returned.
-    // Created where absent: one request each (a page already stored, named
-    // by the same contents, is the same page).
-    let stored = vault::par::map(&built.new_pages, |(id, bytes)| {
-        Ok::<_, vault::VaultError>(if vault.create_page(id, bytes)? { bytes.len() as u64 } else { 0 })
+    // The new pages go into page packs; the root that names them is written
+    // only after every pack has returned. A pack is created where absent (one
+    // already stored, named by the same contents, is the same pack).
+    let chunks: Vec<&[(PageId, Vec<u8>)]> = built.new_pages.chunks(disk_format::MAX_PACK_PAGES).collect();
+    let stored = vault::par::map(&chunks, |chunk| {
+        let refs: Vec<(PageId, &[u8])> = chunk.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        vault.create_page_pack(&refs)
     })?;
-    let new = stored.iter().filter(|&&n| n > 0).count() as u64;
-    Ok((built.pages, stored.iter().sum(), new))
+    // Each page's home: the pack it was just stored in, or, unchanged, the
+    // previous point's (a page stored alone stays alone).
+    let mut home: HashMap<PageId, PageId> = HashMap::new();
+    for (chunk, (pack, _)) in chunks.iter().zip(&stored) {
+        home.extend(chunk.iter().map(|(id, _)| (*id, *pack)));
+    }
+    let mut page_packs: Vec<PageId> = Vec::new();
+    let mut slot_of: HashMap<PageId, u32> = HashMap::new();
+    let mut page_pack_of = Vec::with_capacity(built.pages.len());
+    for (p, id) in (0u64..).zip(&built.pages) {
+        let pack = if id.is_zero() {
+            None
+        } else {
+            home.get(id).copied().or_else(|| previous.and_then(|r| r.page_pack(p).copied()))
+        };
+        page_pack_of.push(match pack {
+            None => disk_format::NO_PAGE_PACK,
+            Some(pack) => *slot_of.entry(pack).or_insert_with(|| {
+                page_packs.push(pack);
+                u32::try_from(page_packs.len() - 1).expect("at most one pack per page")
+            }),
+        });
+    }
+    if page_packs.is_empty() {
+        page_pack_of.clear(); // every page alone or zero: a format-2 root
+    }
+    let bytes = stored.iter().map(|(_, n)| n).sum();
+    let new = chunks.iter().zip(&stored).filter(|(_, (_, n))| *n > 0).map(|(c, _)| c.len() as u64).sum();
+    Ok((PointMap { pages: built.pages, page_packs, page_pack_of }, bytes, new))
 }
 
 #[cfg(test)]

@@ -489,7 +489,14 @@ fn the_first_cycle_after_the_upgrade_builds_on_the_format_1_point_on_record() {
     // and recorded so in the state file.
     let ns = chain([3; 16]);
     let v2 = vault.backend().get(Kind::Root, &vault::root_name(&ns, 1)).unwrap();
-    let v1 = Root::decode(&v2, &k).unwrap().encode_version_1_for_tests(&k).unwrap();
+    let mut old = Root::decode(&v2, &k).unwrap();
+    // An older Lifeboat stored each map page alone, not in page packs.
+    let all: Vec<u64> = (0..old.pages.len() as u64).collect();
+    for bytes in vault.load_pages("disk1/1", &old, &all).unwrap().into_values() {
+        vault.put_page(&disk_format::PageId::of(&bytes), &bytes).unwrap();
+    }
+    (old.page_packs, old.page_pack_of) = (Vec::new(), Vec::new());
+    let v1 = old.encode_version_1_for_tests(&k).unwrap();
     vault.put_root("disk1", 1, &v1).unwrap();
     vault.delete_root(&ns, 1).unwrap();
     {
@@ -591,4 +598,76 @@ fn a_pack_failing_beside_another_in_flight_fails_the_cycle() {
     let r = f.ship(&vault).unwrap();
     assert!(r.full && r.sequence == 1, "{r:?}");
     assert_eq!(f.restore(&vault, 1), std::fs::read(&f.paths.image).unwrap());
+}
+
+/// Issue 17 point 0: a cycle stores the map pages it changed as one page
+/// pack; the next point keeps its unchanged pages where they are and names
+/// both packs. A damaged page in a pack is named with its pack, and a lost
+/// pack makes the next cycle verify the whole disk instead of failing.
+#[test]
+fn a_cycle_stores_its_changed_map_pages_as_one_page_pack() {
+    use disk_format::PagePack;
+    let f = Fixture::sized(1100); // three map pages
+    let vault = f.vault(local(f.dir.path()));
+    let (k, ns) = (keys(), chain([3; 16]));
+    let page_objects = || vault.backend().list(Kind::Page, "").unwrap();
+    f.write(&[(1, 1), (600, 2), (1050, 3)]);
+    f.ship(&vault).unwrap();
+    let r1 = vault.load_root(&ns, 1, Some(&k)).unwrap();
+    assert_eq!((r1.page_packs.len(), r1.page_pack_of.clone()), (1, vec![0, 0, 0]));
+    assert_eq!(page_objects(), [r1.page_packs[0].to_string()], "three pages, one object");
+
+    f.write(&[(700, 4)]);
+    let r = f.ship(&vault).unwrap();
+    assert_eq!(r.pages, 1);
+    let r2 = vault.load_root(&ns, 2, Some(&k)).unwrap();
+    let (old, new) = (r1.page_packs[0], *r2.page_pack(1).unwrap());
+    assert_ne!(old, new);
+    assert_eq!((r2.page_pack(0), r2.page_pack(2)), (Some(&old), Some(&old)), "unchanged pages stay put");
+    assert_eq!((r2.pages[0], r2.pages[2]), (r1.pages[0], r1.pages[2]));
+    let new_pack = PagePack::parse(&vault.backend().get(Kind::Page, &new.to_string()).unwrap()).unwrap();
+    assert_eq!(new_pack.entries.len(), 1, "the new pack holds the one changed page");
+    assert_eq!(page_objects().len(), 2);
+    let image = std::fs::read(&f.paths.image).unwrap();
+    assert_eq!(f.restore(&vault, 2), image);
+
+    // A bit flipped in page 0 inside the first pack: both points name it.
+    let object = f.dir.path().join("vault/pages").join(&old.to_string()[..2]).join(old.to_string());
+    let mut bytes = std::fs::read(&object).unwrap();
+    let page0 = PagePack::parse(&bytes).unwrap().entries[0].range.clone();
+    bytes[page0.start as usize + 40] ^= 1;
+    std::fs::write(&object, &bytes).unwrap();
+    let out = std::fs::File::create(f.dir.path().join("r.img")).unwrap();
+    match vault.restore(&ns, 2, &k, &out, &mut ()) {
+        Err(VaultError::Damaged { object, damage: vault::Damage::Corrupt, .. }) => {
+            assert_eq!(object, format!("pages/{old}"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let report = vault.check(None, &mut ()).unwrap();
+    assert!(report.problems.iter().any(|p| p.object == format!("pages/{old}")), "{report:?}");
+    assert!(
+        !report.problems.iter().any(|p| p.detail.contains(&r2.pages[2].to_string())),
+        "page 2 of the same pack is sound and not blamed: {report:?}"
+    );
+    bytes[page0.start as usize + 40] ^= 1;
+    std::fs::write(&object, &bytes).unwrap();
+
+    // The second pack lost: point 2 is missing a page, point 1 restores,
+    // and the next cycle, which changes that page and so cannot build on
+    // point 2's, verifies the whole disk.
+    vault.backend().delete(Kind::Page, &new.to_string()).unwrap();
+    match vault.restore(&ns, 2, &k, &out, &mut ()) {
+        Err(VaultError::Damaged { object, damage: vault::Damage::Missing, .. }) => {
+            assert_eq!(object, format!("pages/{new}"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let out1 = f.dir.path().join("r1.img");
+    vault.restore(&ns, 1, &k, &std::fs::File::create(&out1).unwrap(), &mut ()).unwrap();
+    let _ = r1; // point 1's blocks are all it names
+    f.write(&[(701, 6)]);
+    let r = f.ship(&vault).unwrap();
+    assert!(r.full && r.warnings.iter().any(|w| w.contains("cannot be built on")), "{r:?}");
+    assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
 }

@@ -3,9 +3,12 @@
 //! Without the key (anyone holding the vault can run it):
 //! - the config decodes;
 //! - every pack's index parses and its bytes hash to its name;
-//! - every map page hashes to its name and decodes;
+//! - every map page hashes to its name and decodes; every page pack hashes to
+//!   its name, its index parses, and each page in it hashes to its own id and
+//!   decodes;
 //! - every root decodes (unauthenticated) and is stored under its own disk and
-//!   sequence; every page it names exists, is sound and covers the blocks the
+//!   sequence; every page it names exists (alone, or in the page pack the root
+//!   says), is sound and covers the blocks the
 //!   root needs there; every block a page names is in some pack, with the
 //!   length the disk's geometry gives the block.
 //!
@@ -22,7 +25,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 
-use disk_format::{BlockId, Keys, MapPage, Pack, PackError, PackId, PageId};
+use disk_format::page_pack::is_page_pack;
+use disk_format::{BlockId, Keys, MapPage, Pack, PackError, PackId, PageId, PagePack};
 
 use crate::backend::Kind;
 use crate::error::VaultError;
@@ -88,6 +92,15 @@ impl CheckReport {
 
 /// Blocks whose blob does not open: the pack and what was wrong.
 type BadBlocks = HashMap<BlockId, (PackId, String)>;
+
+/// What the page pass found: each page by (the object holding it, its id);
+/// a page stored alone is its own holder.
+#[derive(Default)]
+struct Pages {
+    found: HashMap<(PageId, PageId), Result<PageInfo, String>>,
+    /// Page packs whose index does not parse, with why.
+    broken_packs: HashMap<PageId, String>,
+}
 
 /// What the page pass learnt about one stored page.
 struct PageInfo {
@@ -213,8 +226,8 @@ impl Vault {
         bad_blocks: &BadBlocks,
         report: &mut CheckReport,
         progress: &mut dyn Progress,
-    ) -> Result<HashMap<PageId, Result<PageInfo, String>>, VaultError> {
-        let mut pages = HashMap::new();
+    ) -> Result<Pages, VaultError> {
+        let mut pages = Pages::default();
         let names = self.backend().list(Kind::Page, "")?;
         progress.start("checking map pages", names.len() as u64);
         for name in &names {
@@ -228,6 +241,10 @@ impl Vault {
                 Err(VaultError::NotFound { .. }) => continue,
                 other => other?,
             };
+            if is_page_pack(&bytes) {
+                self.check_page_pack(id, &bytes, index, bad_blocks, report, &mut pages);
+                continue;
+            }
             report.pages += 1;
             let page = if id.matches(&bytes) {
                 MapPage::decode(&bytes).map_err(|e| e.to_string())
@@ -241,9 +258,52 @@ impl Vault {
                     Err(detail)
                 }
             };
-            pages.insert(id, info);
+            pages.found.insert((id, id), info);
         }
         Ok(pages)
+    }
+
+    /// A page pack: its name and index, then each page inside on its own
+    /// (named by its own hash, a page is sound even when a neighbour is not).
+    fn check_page_pack(
+        &self,
+        id: PageId,
+        bytes: &[u8],
+        index: &BlockIndex,
+        bad_blocks: &BadBlocks,
+        report: &mut CheckReport,
+        pages: &mut Pages,
+    ) {
+        let object = format!("pages/{id}");
+        if !id.matches(bytes) {
+            let got = PageId::of(bytes);
+            report.problem(object.clone(), None, None, format!("the page pack hashes to {got}, not to its name"));
+        }
+        let pack = match PagePack::parse(bytes) {
+            Ok(pack) => pack,
+            Err(e) => {
+                report.problem(object, None, None, format!("the page pack is unreadable: {e}"));
+                pages.broken_packs.insert(id, e.to_string());
+                return;
+            }
+        };
+        for (i, e) in pack.entries.iter().enumerate() {
+            report.pages += 1;
+            let b = e.bytes(bytes);
+            let page = if e.id.matches(b) {
+                MapPage::decode(b).map_err(|err| err.to_string())
+            } else {
+                Err(format!("page {i} ({}) of the page pack hashes to {} (damaged)", e.id, PageId::of(b)))
+            };
+            let info = match page {
+                Ok(page) => Ok(page_info(&page, index, bad_blocks)),
+                Err(detail) => {
+                    report.problem(object.clone(), None, None, detail.clone());
+                    Err(detail)
+                }
+            };
+            pages.found.insert((id, e.id), info);
+        }
     }
 
     /// Reads every root and checks what each point needs against what the
@@ -252,7 +312,7 @@ impl Vault {
         &self,
         roots: &[String],
         keys: Option<&Keys>,
-        pages: &HashMap<PageId, Result<PageInfo, String>>,
+        pages: &Pages,
         report: &mut CheckReport,
         progress: &mut dyn Progress,
     ) -> Result<(), VaultError> {
@@ -297,8 +357,17 @@ impl Vault {
                     continue;
                 }
                 let want = root.page_blocks(p);
-                let object = format!("pages/{page_id}");
-                let info = match pages.get(page_id) {
+                let home = *root.page_pack(p).unwrap_or(page_id);
+                let object = format!("pages/{home}");
+                let info = match pages.found.get(&(home, *page_id)) {
+                    None if home != *page_id => {
+                        let why = match pages.broken_packs.get(&home) {
+                            Some(e) => format!("its page pack is unreadable: {e}"),
+                            None => format!("page {page_id} is not in page pack {home}, or the pack is missing"),
+                        };
+                        note(report, object, want.start, format!("map page {p} (blocks {want:?}): {why}"));
+                        continue;
+                    }
                     None => {
                         note(report, object, want.start, format!("map page {p} (blocks {want:?}) is missing"));
                         continue;

@@ -112,6 +112,8 @@ fn root(p: Profile, disk: &str, sequence: u64, variant: usize, plain: &[u8]) -> 
         bytes_shipped: variant as u64,
         parent: None,
         pages: vec![PageId([0u8; 32])],
+        page_packs: Vec::new(),
+        page_pack_of: Vec::new(),
         extension: Vec::new(),
     };
     let keys = Keys::derive(&MasterKey::from_bytes([5u8; 32]));

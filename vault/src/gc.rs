@@ -275,6 +275,8 @@ impl Vault {
         let unsafe_ =
             |object: String, detail: String| VaultError::GcUnsafe { location: location.clone(), object, detail };
         let mut live_pages: HashSet<PageId> = HashSet::new();
+        let mut live_page_packs: HashSet<PageId> = HashSet::new();
+        let mut live_alone: HashSet<PageId> = HashSet::new(); // pages stored as objects of their own
         let mut live_blocks: HashSet<BlockId> = HashSet::new();
         for name in &roots {
             let object = format!("roots/{name}");
@@ -295,25 +297,39 @@ impl Vault {
                 unsafe_(object.clone(), format!("is {damage} ({detail}), so what it references is unknown"))
             })?;
             report.roots += 1;
-            for (p, id) in (0u64..).zip(&root.pages) {
-                if id.is_zero() || !live_pages.insert(*id) {
-                    continue;
-                }
-                let page_object = format!("pages/{id}");
-                let bytes = match self.get_page(id) {
-                    Err(VaultError::NotFound { .. }) => {
-                        return Err(unsafe_(
-                            page_object,
-                            format!(
-                                "(map page {p} of {object}) is missing, so the blocks it named are unknown; run \
-                                 `lifeboat vault check` and prune the damaged point"
-                            ),
-                        ))
-                    }
-                    other => other?,
+            live_page_packs.extend(root.page_packs.iter().copied());
+            live_alone.extend(
+                (0u64..)
+                    .zip(&root.pages)
+                    .filter(|(p, id)| !id.is_zero() && root.page_pack(*p).is_none())
+                    .map(|(_, id)| *id),
+            );
+            // The pages no root read so far named, fetched together (from
+            // page packs: an index read per pack, a read per run of pages).
+            let new: Vec<u64> = (0u64..)
+                .zip(&root.pages)
+                .filter(|(_, id)| !id.is_zero() && live_pages.insert(**id))
+                .map(|(p, _)| p)
+                .collect();
+            let fetched = self.load_pages(&object, &root, &new).map_err(|e| match e {
+                VaultError::Damaged { object: page_object, detail, .. } => unsafe_(
+                    page_object,
+                    format!(
+                        "({detail}, for {object}) cannot be read, so the blocks it named are unknown; run `lifeboat \
+                         vault check` and prune the damaged point"
+                    ),
+                ),
+                other => other,
+            })?;
+            for p in new {
+                let id = root.pages[crate::pages::ix(p)];
+                let bytes = &fetched[&p];
+                let page_object = match root.page_pack(p) {
+                    Some(pack) => format!("pages/{pack}"),
+                    None => format!("pages/{id}"),
                 };
-                let page = if id.matches(&bytes) {
-                    MapPage::decode(&bytes).map_err(|e| e.to_string())
+                let page = if id.matches(bytes) {
+                    MapPage::decode(bytes).map_err(|e| e.to_string())
                 } else {
                     Err("its contents do not hash to its name".to_string())
                 };
@@ -332,7 +348,8 @@ impl Vault {
         report.live_pages = live_pages.len() as u64;
         report.live_blocks = live_blocks.len() as u64;
         report.live.extend(roots.iter().map(|n| (Kind::Root, n.clone())));
-        report.live.extend(live_pages.iter().map(|p| (Kind::Page, p.to_string())));
+        report.live.extend(live_alone.iter().chain(&live_page_packs).map(|p| (Kind::Page, p.to_string())));
+        live_pages.extend(live_page_packs); // a page pack is kept like a page
         for name in [crate::store::CONFIG_NAME, crate::immutability::PROMISE_NAME] {
             report.live.push((Kind::Config, name.to_string()));
         }

@@ -41,6 +41,7 @@ pub mod lease;
 pub mod local;
 pub mod location;
 pub mod open;
+pub mod pages;
 pub mod par;
 pub mod point_reader;
 pub mod progress;

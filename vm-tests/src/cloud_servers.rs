@@ -108,6 +108,13 @@ impl Azurite {
     pub fn log(&self) -> String {
         self.server.log.text()
     }
+
+    /// Whether a line containing `marker` is in the log, waiting up to 10 s
+    /// for it: the server logs a request after answering it, so a client
+    /// that has its answer may look before the line is written.
+    pub fn logged(&self, marker: &str) -> bool {
+        self.server.log.wait_for(marker, Duration::from_secs(10))
+    }
 }
 
 /// moto's server (its S3 service; it serves the other AWS services too), in
@@ -237,6 +244,13 @@ impl Moto {
     /// request), for a failure message.
     pub fn log(&self) -> String {
         self.server.log.text()
+    }
+
+    /// Whether a line containing `marker` is in the log, waiting up to 10 s
+    /// for it: the server logs a request after answering it, so a client
+    /// that has its answer may look before the line is written.
+    pub fn logged(&self, marker: &str) -> bool {
+        self.server.log.wait_for(marker, Duration::from_secs(10))
     }
 }
 
@@ -409,6 +423,22 @@ struct LogState {
 }
 
 impl Log {
+    /// Whether a line containing `marker` arrives within `limit`.
+    fn wait_for(&self, marker: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if state.lines.iter().any(|l| l.contains(marker)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || state.open_streams == 0 {
+                return false;
+            }
+            state = self.changed.wait_timeout(state, left).unwrap().0;
+        }
+    }
+
     /// Reads `stream` line by line into the log on a thread of its own,
     /// until it closes.
     fn read_from(self: &Arc<Self>, stream: impl Read + Send + 'static) {
@@ -519,7 +549,7 @@ mod tests {
         // Unsigned is anonymous: the object is private.
         let (status, _, _) = http(moto.port(), "GET", "/lifeboat-test/a/key", &[], b"");
         assert_eq!(status, 403, "{}", moto.log());
-        assert!(moto.log().contains("PUT /lifeboat-test/a/key"), "the log misses the request:\n{}", moto.log());
+        assert!(moto.logged("PUT /lifeboat-test/a/key"), "the log misses the request:\n{}", moto.log());
     }
 
     #[test]
@@ -537,7 +567,7 @@ mod tests {
         assert!(head.contains("x-ms-error-code: AuthorizationFailure"), "{head}");
         assert!(body.contains("<Code>AuthorizationFailure</Code>"), "{body}");
         assert!(
-            azurite.log().contains("PUT /devstoreaccount1/lifeboat?restype=container"),
+            azurite.logged("PUT /devstoreaccount1/lifeboat?restype=container"),
             "the log misses the request:\n{}",
             azurite.log()
         );

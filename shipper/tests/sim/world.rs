@@ -1130,7 +1130,8 @@ impl Sim {
     }
 
     /// After a complete GC: every pack holds a block some point uses, and
-    /// every page is named by some point (computed from the model, not by GC's code).
+    /// every page or page pack is named by some point (computed from the
+    /// model, not by GC's code).
     fn check_no_garbage(&mut self) -> Check {
         if self.corrupted() {
             return Ok(());
@@ -1146,7 +1147,7 @@ impl Sim {
             }
             let root = self.store.raw_get(Kind::Root, &vault::root_name(&chain(), *seq)).ok_or("root vanished")?;
             let root = Root::decode(&root, &self.keys).map_err(|e| format!("root {seq}: {e}"))?;
-            pages.extend(root.pages.iter().filter(|p| !p.is_zero()));
+            pages.extend(root.pages.iter().chain(&root.page_packs).filter(|p| !p.is_zero()));
         }
         if let Some(o) = &self.other {
             let p = &o.point;
@@ -1158,7 +1159,7 @@ impl Sim {
             }
             let root = self.store.raw_get(Kind::Root, &vault::root_name(&other_chain(), 1)).ok_or("root vanished")?;
             let root = Root::decode(&root, &self.keys).map_err(|e| format!("root {OTHER}/1: {e}"))?;
-            pages.extend(root.pages.iter().filter(|p| !p.is_zero()));
+            pages.extend(root.pages.iter().chain(&root.page_packs).filter(|p| !p.is_zero()));
         }
         for name in self.store.names(Kind::Pack) {
             let bytes = self.store.raw_get(Kind::Pack, &name).expect("listed");

@@ -147,6 +147,8 @@ pub fn root(disk: &str, sequence: u64, variant: u8) -> Vec<u8> {
         bytes_shipped: u64::from(variant),
         parent: None,
         pages: vec![PageId([0u8; 32])],
+        page_packs: Vec::new(),
+        page_pack_of: Vec::new(),
         extension: Vec::new(),
     };
     root.encode_version_1_for_tests(&keys()).unwrap()

@@ -149,6 +149,8 @@ impl Disk {
             bytes_shipped: shipped,
             parent: self.previous.as_ref().map(|(_, r)| *r),
             pages: built.pages.clone(),
+            page_packs: Vec::new(),
+            page_pack_of: Vec::new(),
             extension: Vec::new(),
         };
         let bytes = if self.format == 1 { root.encode_version_1_for_tests(keys) } else { root.encode(keys) }.unwrap();
