@@ -353,6 +353,26 @@ fn the_vault_copy_round_trips_and_copies_only_what_is_new() {
     assert_eq!(not_copied(&home, &vaults[0]), 1);
 }
 
+/// The copy is on every cycle's path, so on a cloud vault its requests are
+/// part of each cycle's bill and wall time (issue 15): nothing to copy asks
+/// nothing, and a new record costs two probes and one create-if-absent.
+#[test]
+fn a_copy_asks_the_vault_only_what_it_must() {
+    let (tmp, path, k) = log_with(3);
+    let v = vault::counting::Counting::new(vault(&tmp));
+    let count = v.count();
+    let log = AuditLog::open(path.parent().unwrap(), &k).unwrap();
+    log.sync_to(&v).unwrap();
+    let before = count.get();
+    assert_eq!(log.sync_to(&v).unwrap().vault_last, 3);
+    assert_eq!((count.get() - before).total, 0, "nothing to copy asks the vault nothing");
+    log.append(&event(4)).unwrap();
+    let before = count.get();
+    assert_eq!(log.sync_to(&v).unwrap().vault_last, 4);
+    let spent = count.get() - before;
+    assert_eq!((spent.reads, spent.writes, spent.lists), (2, 1, 0), "{spent:?}");
+}
+
 #[test]
 fn the_copy_survives_a_lost_or_stale_sync_state() {
     let (tmp, path, k) = log_with(3);

@@ -422,6 +422,21 @@ impl Backend for CloudBackend {
         })
     }
 
+    fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        let key = self.key(kind, name)?;
+        self.run(async {
+            // No question first: S3 deletes a missing key with success, and
+            // Azure's 404 is what `remove` ignores.
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    Err(VaultError::Locked { location: self.location.clone(), kind, name: name.to_string() })
+                }
+                Err(e) => Err(self.error(kind, name, "delete", e)),
+            }
+        })
+    }
+
     fn missing(&self, kind: Kind, names: &[String]) -> Result<Vec<String>, VaultError> {
         // One existence check per name, many in flight: the cost is
         // O(names), never O(vault) as a listing would be.

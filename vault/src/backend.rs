@@ -193,6 +193,17 @@ pub trait Backend: Send + Sync {
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError>;
     /// Removes the object.
     fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError>;
+    /// Deletes the object if it is there; a missing object is not an error.
+    /// For objects whose owner only needs them gone (a released lease): on
+    /// an object store, whose delete succeeds for a missing key, it is one
+    /// request where `delete` needs two (it asks first, to say `NotFound`).
+    /// The default deletes and ignores `NotFound`.
+    fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        match self.delete(kind, name) {
+            Ok(()) | Err(VaultError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
     /// Removes the object from the vault's namespace at once — like
     /// `delete`, it is no longer listed or readable, and a missing object is
     /// `NotFound` — but may leave freeing its space to [`Backend::empty_trash`].
@@ -370,6 +381,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         (**self).delete(kind, name)
+    }
+    fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        (**self).remove(kind, name)
     }
     fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         (**self).discard(kind, name)

@@ -402,6 +402,11 @@ fn missing_objects(b: &dyn Backend, p: Profile) {
         Profile::Server => refused(b.delete(Kind::Page, "ffee"), "a host deleting a page"),
     }
     assert!(matches!(b.delete(Kind::Lease, "no-such-lease"), Err(VaultError::NotFound { .. })));
+    b.remove(Kind::Lease, "no-such-lease").expect("removing a missing object is not an error");
+    b.create(Kind::Lease, "removed-lease", b"held").unwrap();
+    b.remove(Kind::Lease, "removed-lease").unwrap();
+    assert!(matches!(b.get(Kind::Lease, "removed-lease"), Err(VaultError::NotFound { .. })));
+    assert!(!b.list(Kind::Lease, "").unwrap().contains(&"removed-lease".to_string()));
 }
 
 fn ranges(b: &dyn Backend, p: Profile) {

@@ -160,6 +160,10 @@ impl<B: Backend> Backend for Counting<B> {
         self.write();
         self.inner.delete(kind, name)
     }
+    fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.write();
+        self.inner.remove(kind, name)
+    }
     fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.write();
         self.inner.discard(kind, name)

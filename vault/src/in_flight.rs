@@ -177,6 +177,9 @@ impl<B: Backend> Backend for InFlight<B> {
     fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.inner.delete(kind, name)
     }
+    fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.inner.remove(kind, name)
+    }
     fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.inner.discard(kind, name)
     }

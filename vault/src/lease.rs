@@ -200,21 +200,18 @@ impl Hold<'_> {
     /// process no longer holds it (see the module documentation).
     pub fn release(mut self) -> Result<(), VaultError> {
         self.released = true;
-        let deleted = self.vault.backend().delete(Kind::Lease, &self.name);
-        // Deleted or not, this process no longer holds it: a leftover object
+        let removed = self.vault.backend().remove(Kind::Lease, &self.name);
+        // Removed or not, this process no longer holds it: a leftover object
         // is stale from now on (see the module documentation).
         held().remove(&self.name);
-        match deleted {
-            Ok(()) | Err(VaultError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        removed
     }
 }
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
         if !self.released {
-            let _ = self.vault.backend().delete(Kind::Lease, &self.name);
+            let _ = self.vault.backend().remove(Kind::Lease, &self.name);
             held().remove(&self.name);
         }
     }

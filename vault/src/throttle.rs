@@ -523,6 +523,9 @@ impl Backend for Throttled {
     fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.inner.delete(kind, name)
     }
+    fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.inner.remove(kind, name)
+    }
     fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.inner.discard(kind, name)
     }
