@@ -30,8 +30,8 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, P
 use vault::backend::check_name;
 use vault::{Backend, Kind, Location, ObjectWriter, VaultError, Version};
 
-use crate::s3_checksum::ChecksumConnector;
-use crate::service::Service;
+use crate::s3_checksum::{ChecksumConnector, SharedConnector};
+use crate::service::{LazyClient, Service};
 use crate::settings::Settings;
 
 /// A streamed object above this many bytes goes up as a multipart upload,
@@ -56,7 +56,7 @@ pub struct CloudBackend {
     /// Said with a failure when no credentials were named (see
     /// `Settings::implicit_credentials`).
     implicit_credentials: Option<&'static str>,
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: LazyClient,
 }
 
 impl std::fmt::Debug for CloudBackend {
@@ -114,9 +114,13 @@ impl CloudBackend {
                 // Built twice: the first store's credential provider signs
                 // the checksum header again (`s3_checksum.rs`), and the
                 // second store shares it.
-                let credentials = Arc::clone(builder.clone().build().map_err(bad)?.credentials());
+                // Both builds share one HTTP client (`SharedConnector`).
+                let shared = SharedConnector::default();
+                let credentials = Arc::clone(
+                    builder.clone().with_http_connector(shared.clone()).build().map_err(bad)?.credentials(),
+                );
                 let region = builder.get_config_value(&AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
-                let connector = ChecksumConnector { credentials: Arc::clone(&credentials), region };
+                let connector = ChecksumConnector { credentials: Arc::clone(&credentials), region, shared };
                 let s3 = Arc::new(
                     builder
                         .clone()
@@ -137,11 +141,6 @@ impl CloudBackend {
             }
             _ => return Err(unsupported("not a cloud vault (az:// or s3://)".into())),
         };
-        let client = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(120))
-            .build()
-            .map_err(|e| unsupported(format!("cannot make an HTTP client: {e}")))?;
         let root = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
         drop(_in_runtime);
         let implicit_credentials = settings.implicit_credentials(matches!(at, Location::S3 { .. }));
@@ -152,7 +151,7 @@ impl CloudBackend {
             location,
             multipart_above: MULTIPART_ABOVE,
             service,
-            client,
+            client: LazyClient::default(),
             implicit_credentials,
         })
     }

@@ -14,7 +14,7 @@
 //! adds the header to every PUT that carries the checksum and signs the
 //! request again with the store's own credentials.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::{
@@ -26,16 +26,42 @@ const CHECKSUM: &str = "x-amz-checksum-sha256";
 const ALGORITHM: &str = "x-amz-sdk-checksum-algorithm";
 const CONTENT_SHA256: &str = "x-amz-content-sha256";
 
+/// reqwest clients shared by the stores built with this connector: one per
+/// distinct set of options. `object_store` makes a client for every store it
+/// builds, and making one loads the system's root certificates (hundreds of
+/// files; with a cold page cache, tens of milliseconds of every command).
+/// The S3 store is built twice (see `CloudBackend::open`): the second build
+/// reuses the first's client. Options are told apart by their `Debug` form,
+/// which shows every field (`ClientOptions` has no `Eq`): the metadata
+/// service's options differ from the store's, and get a client of their own.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedConnector(Arc<Mutex<Vec<(String, HttpClient)>>>);
+
+impl HttpConnector for SharedConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let key = format!("{options:?}");
+        let mut made = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, client)) = made.iter().find(|(k, _)| *k == key) {
+            return Ok(client.clone());
+        }
+        let client = ReqwestConnector::default().connect(options)?;
+        made.push((key, client.clone()));
+        Ok(client)
+    }
+}
+
 /// The connector of an S3 store whose uploads say their checksum algorithm.
 #[derive(Debug)]
 pub(crate) struct ChecksumConnector {
     pub credentials: AwsCredentialProvider,
     pub region: String,
+    /// Where the HTTP client underneath comes from.
+    pub shared: SharedConnector,
 }
 
 impl HttpConnector for ChecksumConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        let inner = ReqwestConnector::default().connect(options)?;
+        let inner = self.shared.connect(options)?;
         Ok(HttpClient::new(ChecksumService {
             inner,
             credentials: Arc::clone(&self.credentials),

@@ -5,7 +5,7 @@
 //! crash left behind. Signed with `object_store`'s own signers and the
 //! store's own credentials, sent with reqwest.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
@@ -59,6 +59,26 @@ impl Reply {
     }
 }
 
+/// The HTTP client of the service requests, made at the first of them:
+/// making one loads the system's root certificates (hundreds of files,
+/// tens of milliseconds with a cold page cache), and a replication cycle
+/// sends no service request.
+#[derive(Debug, Default)]
+pub(crate) struct LazyClient(OnceLock<reqwest::Client>);
+
+impl LazyClient {
+    fn get(&self) -> Result<&reqwest::Client, reqwest::Error> {
+        if let Some(c) = self.0.get() {
+            return Ok(c);
+        }
+        let c = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(120))
+            .build()?;
+        Ok(self.0.get_or_init(|| c))
+    }
+}
+
 /// Why a request got no answer, or could not be made.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -95,7 +115,7 @@ impl Service {
     /// and `body`.
     pub(crate) async fn send(
         &self,
-        client: &reqwest::Client,
+        client: &LazyClient,
         method: http::Method,
         query: &str,
         headers: &[(&str, String)],
@@ -134,6 +154,8 @@ impl Service {
         }
         let (parts, _) = req.into_parts();
         let r = client
+            .get()
+            .map_err(|e| failed("making an HTTP client", &e))?
             .request(parts.method, parts.uri.to_string())
             .headers(parts.headers)
             .body(body)
@@ -149,7 +171,7 @@ impl Service {
 impl Service {
     /// Whether the bucket or container exists (a HEAD of the bucket, the
     /// container's properties): `Ok(false)` only on a 404.
-    pub(crate) async fn bucket_exists(&self, client: &reqwest::Client) -> Result<bool, RequestFailed> {
+    pub(crate) async fn bucket_exists(&self, client: &LazyClient) -> Result<bool, RequestFailed> {
         let (method, query) = match self {
             Service::S3 { .. } => (http::Method::HEAD, ""),
             Service::Azure { .. } => (http::Method::GET, "?restype=container"),
@@ -221,7 +243,7 @@ impl Service {
     /// every page).
     pub(crate) async fn open_uploads(
         &self,
-        client: &reqwest::Client,
+        client: &LazyClient,
         prefix: &str,
     ) -> Result<(Vec<OpenUpload>, jiff::Timestamp), RequestFailed> {
         let mut uploads = Vec::new();
@@ -266,7 +288,7 @@ impl Service {
     /// freed).
     pub(crate) async fn abort_upload(
         &self,
-        client: &reqwest::Client,
+        client: &LazyClient,
         key: &str,
         id: &str,
     ) -> Result<(), RequestFailed> {
