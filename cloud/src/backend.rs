@@ -25,6 +25,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3ConfigKey, Checksum};
+use object_store::azure::AzureConfigKey;
+use object_store::ClientConfigKey;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use vault::backend::check_name;
@@ -71,6 +73,12 @@ fn install_crypto_provider() {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Set for a vault reached only over plain HTTP (`Settings::plain_http_only`,
+/// an emulator or a store on the site's own network): its client loads no
+/// root certificates, which costs tens of milliseconds a command with a
+/// cold page cache and would never be used.
+const NO_ROOTS: ClientConfigKey = ClientConfigKey::NoSystemCertificates;
+
 /// The HTTP client's limits. `object_store`'s default request timeout
 /// (30 s) cannot carry a 32 MiB pack over a slow link; a request may take
 /// up to 10 minutes, and a connection that moves no byte for 60 s fails
@@ -104,10 +112,14 @@ impl CloudBackend {
                 // is authorized differently by some S3-compatible stores
                 // (moto checks it against the bucket, not the key, so a
                 // host allowed to delete only its leases could not).
-                let builder = settings
+                let mut builder = settings
                     .s3(bucket, client_options())
                     .with_checksum_algorithm(Checksum::SHA256)
                     .with_disable_bulk_delete(true);
+                let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+                if settings.plain_http_only(true, endpoint.as_deref()) {
+                    builder = builder.with_config(AmazonS3ConfigKey::Client(NO_ROOTS), "true");
+                }
                 let bad = |e: object_store::Error| {
                     unsupported(format!("the S3 settings (AWS_* variables, ~/.aws files) are not usable: {e}"))
                 };
@@ -132,7 +144,11 @@ impl CloudBackend {
                 (s3.clone(), Service::s3(&builder, s3, bucket), prefix)
             }
             Location::Azure { account, container, prefix } => {
-                let builder = settings.azure(account, container, client_options());
+                let mut builder = settings.azure(account, container, client_options());
+                let endpoint = builder.get_config_value(&AzureConfigKey::Endpoint);
+                if settings.plain_http_only(false, endpoint.as_deref()) {
+                    builder = builder.with_config(AzureConfigKey::Client(NO_ROOTS), "true");
+                }
                 let az =
                     Arc::new(builder.clone().build().map_err(|e| {
                         unsupported(format!("the Azure settings (AZURE_* variables) are not usable: {e}"))

@@ -111,6 +111,35 @@ impl Settings {
         })
     }
 
+    /// Whether every request this vault makes is plain HTTP to `endpoint`:
+    /// the endpoint says `http://`, and the credentials are a key or token
+    /// these settings hold (no token service, which is HTTPS, is asked).
+    /// Then no TLS certificate is ever checked, and the client does not
+    /// load the system's roots (`CloudBackend::open`): a request redirected
+    /// to HTTPS fails, for want of a trusted root, rather than succeeding.
+    pub(crate) fn plain_http_only(&self, s3: bool, endpoint: Option<&str>) -> bool {
+        let plain = endpoint.is_some_and(|e| e.len() > 7 && e[..7].eq_ignore_ascii_case("http://"));
+        let own_key = if s3 {
+            self.get("AWS_ACCESS_KEY_ID").is_some()
+                && self.get("AWS_SECRET_ACCESS_KEY").is_some()
+                && self.get("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
+        } else {
+            [
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                "AZURE_STORAGE_ACCESS_KEY",
+                "AZURE_STORAGE_MASTER_KEY",
+                "AZURE_STORAGE_SAS_KEY",
+                "AZURE_STORAGE_SAS_TOKEN",
+            ]
+            .iter()
+            .any(|n| self.get(n).is_some())
+                && ["AZURE_CLIENT_ID", "AZURE_STORAGE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI"]
+                    .iter()
+                    .all(|n| self.get(n).is_none())
+        };
+        plain && own_key
+    }
+
     /// The value of variable `name`, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -260,5 +289,32 @@ mod tests {
         let s = Settings::from_vars_and_files(vec![], Some(Path::new("/nonexistent-home")));
         assert_eq!(format!("{s:?}"), "[]");
         assert!(Settings::from_vars_and_files(vec![], None).get("AWS_REGION").is_none());
+    }
+
+    #[test]
+    fn roots_are_skipped_only_when_no_request_can_be_https() {
+        let keys = [("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")];
+        let s3 = Settings::from_vars(keys);
+        assert!(s3.plain_http_only(true, Some("http://127.0.0.1:9000")));
+        assert!(s3.plain_http_only(true, Some("HTTP://minio.lan")));
+        assert!(!s3.plain_http_only(true, Some("https://s3.example")), "TLS needs the roots");
+        assert!(!s3.plain_http_only(true, None), "the default endpoint is AWS, over TLS");
+        assert!(!s3.plain_http_only(true, Some("http://")));
+        // Credentials from a token service (HTTPS) need the roots too.
+        let sts = Settings::from_vars([("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "r")]);
+        assert!(!sts.plain_http_only(true, Some("http://127.0.0.1:9000")));
+        let both = Settings::from_vars(keys.into_iter().chain([("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")]));
+        assert!(!both.plain_http_only(true, Some("http://127.0.0.1:9000")));
+        let role = Settings::from_vars([("AWS_REGION", "us-east-1")]);
+        assert!(!role.plain_http_only(true, Some("http://127.0.0.1:9000")), "the instance role: who knows");
+
+        let az = Settings::from_vars([("AZURE_STORAGE_ACCOUNT_KEY", "k")]);
+        assert!(az.plain_http_only(false, Some("http://127.0.0.1:10000/devstoreaccount1")));
+        assert!(!az.plain_http_only(false, Some("https://acct.blob.core.windows.net")));
+        let sp = Settings::from_vars([("AZURE_STORAGE_ACCOUNT_KEY", "k"), ("AZURE_CLIENT_ID", "c")]);
+        assert!(!sp.plain_http_only(false, Some("http://127.0.0.1:10000/devstoreaccount1")), "Entra is HTTPS");
+        // An S3 key says nothing of Azure, and the other way round.
+        assert!(!s3.plain_http_only(false, Some("http://127.0.0.1:10000")));
+        assert!(!az.plain_http_only(true, Some("http://127.0.0.1:9000")));
     }
 }
