@@ -463,6 +463,10 @@ impl Backend for CloudBackend {
         Ok(names.iter().zip(found).filter(|(_, size)| size.is_none()).map(|(n, _)| n.clone()).collect())
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }

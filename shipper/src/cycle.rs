@@ -232,8 +232,15 @@ pub fn run_cycle(
     // The disk's points live under its namespace; before root format 2 they
     // lived under its name, and the first cycle after the upgrade builds on
     // the newest of those that is this disk's.
+    //
+    // On a remote vault (`Backend::remote`), the lease's two requests
+    // (write it, then look for a GC's) and the newest point's two (list the
+    // chain, read its root) go at once: two round trips instead of four. Reading the root
+    // early is safe: a GC that could change it is either seen running (and
+    // the cycle stops, its reads unused) or over before the lease is
+    // looked at, and no GC removes a chain's newest root.
     let own_chain = Vault::chain_of(keys, &opts.disk_id);
-    let _cycle = vault.begin_cycle(&own_chain)?;
+    let lease_chain = own_chain.clone();
     let geometry = source.geometry();
     let mut cycle = Cycle {
         source,
@@ -248,7 +255,19 @@ pub fn run_cycle(
         written: Vec::new(),
         index_listed: false,
     };
-    let Newest { previous, previous_id, last_sequence, base, recorded } = cycle.newest()?;
+    let (lease, newest) = if vault.backend().remote() {
+        std::thread::scope(|s| {
+            let lease = s.spawn(|| vault.begin_cycle(&lease_chain));
+            let newest = cycle.newest();
+            (lease.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), newest)
+        })
+    } else {
+        let lease = vault.begin_cycle(&lease_chain)?;
+        (Ok(lease), cycle.newest())
+    };
+    // A busy vault is said first: the newest point's failure may be its GC's.
+    let _cycle = lease?;
+    let Newest { previous, previous_id, last_sequence, base, recorded } = newest?;
     let chain_break = match base {
         Base::Broken(b) => {
             cycle.warnings.push(format!(

@@ -671,3 +671,95 @@ fn a_cycle_stores_its_changed_map_pages_as_one_page_pack() {
     assert!(r.full && r.warnings.iter().any(|w| w.contains("cannot be built on")), "{r:?}");
     assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
 }
+
+/// A local vault that says it is remote (`Backend::remote`): taking a
+/// cycle lease waits, up to 10 s, until the newest point's roots have been
+/// listed, which only a cycle that sends the two at once does.
+struct Remote {
+    inner: Box<dyn Backend>,
+    seen: std::sync::Arc<Overlap>,
+}
+
+#[derive(Default)]
+struct Overlap {
+    roots_listed: std::sync::Mutex<bool>,
+    listed: std::sync::Condvar,
+    /// Cycle leases taken while the roots were being listed.
+    leases: AtomicU32,
+}
+
+impl Backend for Remote {
+    fn remote(&self) -> bool {
+        true
+    }
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        self.inner.put(kind, name, data)
+    }
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
+        if kind == Kind::Lease && name.starts_with("cycle/") {
+            let seen = &self.seen;
+            let listed = seen.roots_listed.lock().unwrap();
+            let (listed, _) = seen.listed.wait_timeout_while(listed, Duration::from_secs(10), |l| !*l).unwrap();
+            if *listed {
+                seen.leases.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.inner.create(kind, name, data)
+    }
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
+        self.inner.get_versioned(kind, name)
+    }
+    fn replace_if(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: &[u8],
+        version: &vault::Version,
+    ) -> Result<vault::Version, VaultError> {
+        self.inner.replace_if(kind, name, data, version)
+    }
+    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
+        self.inner.size(kind, name)
+    }
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
+        let names = self.inner.list(kind, prefix);
+        if kind == Kind::Root {
+            *self.seen.roots_listed.lock().unwrap() = true;
+            self.seen.listed.notify_all();
+        }
+        names
+    }
+    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.inner.delete(kind, name)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+#[test]
+fn a_remote_vault_takes_the_lease_while_the_newest_point_is_read() {
+    let f = Fixture::new();
+    let seen = std::sync::Arc::new(Overlap::default());
+    let vault = f.vault(Box::new(Remote { inner: local(f.dir.path()), seen: seen.clone() }));
+    // Each cycle must list the roots itself (a cycle lists them again as it
+    // commits).
+    let ship = |f: &Fixture| {
+        *seen.roots_listed.lock().unwrap() = false;
+        f.ship(&vault).unwrap()
+    };
+    f.write(&[(1, 1), (2, 2)]);
+    ship(&f);
+    f.write(&[(2, 3), (30, 4)]);
+    let r = ship(&f);
+    assert_eq!((r.sequence, r.blocks_read), (2, 2));
+    assert_eq!(seen.leases.load(Ordering::SeqCst), 2, "each cycle's lease went out while its roots were listed");
+    assert!(vault.leases("").unwrap().is_empty(), "both cycles released their leases");
+    assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+}

@@ -650,6 +650,10 @@ impl Backend for RemoteBackend {
         Ok(names.iter().filter(|n| missing.contains(*n)).cloned().collect())
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn location(&self) -> String {
         self.location_of()
     }

@@ -204,6 +204,15 @@ pub trait Backend: Send + Sync {
             Err(e) => Err(e),
         }
     }
+    /// Whether each request is a network round trip (an object store, the
+    /// vault server). Callers then send independent requests at once: a
+    /// cycle takes its lease while it reads the newest point. The default,
+    /// `false`, is for a local directory, whose requests are system calls
+    /// taking microseconds; there callers keep their requests in one order,
+    /// which the shipper's seeded simulation replays.
+    fn remote(&self) -> bool {
+        false
+    }
     /// Removes the object from the vault's namespace at once — like
     /// `delete`, it is no longer listed or readable, and a missing object is
     /// `NotFound` — but may leave freeing its space to [`Backend::empty_trash`].
@@ -384,6 +393,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         (**self).remove(kind, name)
+    }
+    fn remote(&self) -> bool {
+        (**self).remote()
     }
     fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         (**self).discard(kind, name)

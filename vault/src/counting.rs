@@ -164,6 +164,9 @@ impl<B: Backend> Backend for Counting<B> {
         self.write();
         self.inner.remove(kind, name)
     }
+    fn remote(&self) -> bool {
+        self.inner.remote()
+    }
     fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.write();
         self.inner.discard(kind, name)

@@ -180,6 +180,9 @@ impl<B: Backend> Backend for InFlight<B> {
     fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.inner.remove(kind, name)
     }
+    fn remote(&self) -> bool {
+        self.inner.remote()
+    }
     fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.inner.discard(kind, name)
     }

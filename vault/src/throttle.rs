@@ -526,6 +526,9 @@ impl Backend for Throttled {
     fn remove(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.inner.remove(kind, name)
     }
+    fn remote(&self) -> bool {
+        self.inner.remote()
+    }
     fn discard(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
         self.inner.discard(kind, name)
     }
