@@ -97,11 +97,14 @@ pub fn read(path: &Path) -> DiskStatus {
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
-/// Replaces the status atomically and durably (`system::file::replace`).
+/// Replaces the status atomically, not durably
+/// (`system::file::replace_unsynced`): it summarises what the vault and the
+/// state file keep durably, [`read`] takes an unreadable file for a fresh
+/// status, and a cycle does not wait for two device flushes to say so.
 pub fn write(path: &Path, status: &DiskStatus) -> Result<(), StatusError> {
     let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::from);
     bytes
-        .and_then(|b| system::file::replace(path, &b))
+        .and_then(|b| system::file::replace_unsynced(path, &b))
         .map_err(|source| StatusError { path: path.to_path_buf(), source })
 }
 

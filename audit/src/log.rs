@@ -587,7 +587,9 @@ impl<'k> AuditLog<'k> {
     fn write_sync_state(&self, state: &SyncState) -> Result<(), AuditError> {
         let path = self.sync_state_path();
         let bytes = serde_json::to_vec_pretty(state).expect("the sync state serializes");
-        system::file::replace(&path, &bytes).map_err(AuditError::io("writing audit sync state", &path))
+        // Not durable: a lost or emptied state only makes the next copy
+        // ask the vault again (`read_sync_state` takes it for none).
+        system::file::replace_unsynced(&path, &bytes).map_err(AuditError::io("writing audit sync state", &path))
     }
 }
 

@@ -1,6 +1,5 @@
 //! Replacing a file atomically and durably, with one policy for every file
-//! Lifeboat keeps (`disk.toml`, the status file, VM definitions, failover
-//! jobs, plan runs, the audit log's sync state):
+//! Lifeboat keeps (`disk.toml`, VM definitions, failover jobs, plan runs):
 //!
 //! 1. write the new contents to a private temporary beside the file
 //!    (`NAME.tmp`, mode 0600 whatever the umask),
@@ -15,6 +14,11 @@
 //! back, which is safe, but the caller was told it was written). The steps
 //! go through [`Steps`], so a test can crash between any two of them
 //! ([`replace_with`] and the model in this module's tests).
+//!
+//! Files that only summarise what is kept durably elsewhere (the status
+//! file, the audit log's sync state) skip the two fsyncs
+//! ([`replace_unsynced`]): a crash may leave them old, new or empty, and
+//! their readers take an unreadable file for an absent one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -113,6 +117,39 @@ pub fn replace_with(steps: &mut dyn Steps, path: &Path, bytes: &[u8]) -> io::Res
     let tmp = temporary(path);
     steps.write_new(&tmp, bytes)?;
     install_with(steps, &tmp, path).map_err(|e| e.source)
+}
+
+/// Replaces `path` with `bytes` atomically but not durably: [`replace`]
+/// without its two fsyncs (private temporary, rename). For files that only
+/// repeat or summarise what is kept durably elsewhere (the status file, the
+/// audit log's sync state), whose readers take an unreadable file for an
+/// absent one. After a crash the file may hold the old contents, the new,
+/// or nothing (an empty file, or none), never a mixture. Each fsync left
+/// out is a device flush a replication cycle does not wait for.
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_unsynced_with(&mut RealFs, path, bytes)
+}
+
+/// [`replace_unsynced`] through `steps`.
+pub fn replace_unsynced_with(steps: &mut dyn Steps, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temporary(path);
+    steps.write_new(&tmp, bytes)?;
+    steps.rename(&tmp, path)
+}
+
+/// Links `tmp`, a new file written in full, to `path` only if nothing is
+/// there yet, as [`install_new`] does, but without its directory fsync: for
+/// objects that live no longer than their writer (a local vault's leases,
+/// which a crash of their holder makes stale anyway). The file itself is
+/// fsynced first, so a name that survives a crash names whole contents (a
+/// lease whose holder cannot be read would count as live, and hold off
+/// garbage collection until broken by hand); the name alone may be lost.
+pub fn install_new_keeping_dir(tmp: &Path, path: &Path) -> Result<(), InstallError> {
+    let failed = |step: Step| move |source| InstallError { step, dir: parent_dir(path), source };
+    RealFs.sync_file(tmp).map_err(failed(Step::SyncFile))?;
+    std::fs::hard_link(tmp, path).map_err(failed(Step::Rename))?;
+    let _ = std::fs::remove_file(tmp);
+    Ok(())
 }
 
 /// The step of a replacement that failed.
@@ -310,6 +347,22 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn an_unsynced_replacement_leaves_old_new_or_nothing_and_never_syncs() {
+        let path = Path::new("/home/disks/d1/status.json");
+        let (old, new) = (b"{\"old\": 1}".to_vec(), b"{\"new\": 2}".to_vec());
+        for budget in 0..=2 {
+            let mut fs = CrashFs { budget, ..CrashFs::with_file(path, &old) };
+            let _ = replace_unsynced_with(&mut fs, path, &new);
+            let allowed: BTreeSet<_> = [Some(old.clone()), Some(new.clone()), Some(Vec::new()), None].into();
+            assert!(fs.after_crash(path).is_subset(&allowed), "after {budget} steps");
+        }
+        // Two steps, neither a sync: a third would find the budget spent.
+        let mut fs = CrashFs { budget: 2, ..CrashFs::with_file(path, &old) };
+        replace_unsynced_with(&mut fs, path, &new).unwrap();
+        assert_eq!(fs.names.get(path).map(|i| fs.data[i].0.clone()), Some(new));
     }
 
     #[test]
