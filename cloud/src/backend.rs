@@ -26,8 +26,8 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3ConfigKey, Checksum};
 use object_store::azure::AzureConfigKey;
-use object_store::ClientConfigKey;
 use object_store::path::Path as Key;
+use object_store::ClientConfigKey;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use vault::backend::check_name;
 use vault::{Backend, Kind, Location, ObjectWriter, VaultError, Version};
@@ -128,9 +128,8 @@ impl CloudBackend {
                 // second store shares it.
                 // Both builds share one HTTP client (`SharedConnector`).
                 let shared = SharedConnector::default();
-                let credentials = Arc::clone(
-                    builder.clone().with_http_connector(shared.clone()).build().map_err(bad)?.credentials(),
-                );
+                let credentials =
+                    Arc::clone(builder.clone().with_http_connector(shared.clone()).build().map_err(bad)?.credentials());
                 let region = builder.get_config_value(&AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
                 let connector = ChecksumConnector { credentials: Arc::clone(&credentials), region, shared };
                 let s3 = Arc::new(

@@ -286,12 +286,7 @@ impl Service {
 
     /// Aborts S3 multipart upload `id` of `key` (the parts it holds are
     /// freed).
-    pub(crate) async fn abort_upload(
-        &self,
-        client: &LazyClient,
-        key: &str,
-        id: &str,
-    ) -> Result<(), RequestFailed> {
+    pub(crate) async fn abort_upload(&self, client: &LazyClient, key: &str, id: &str) -> Result<(), RequestFailed> {
         let path: Vec<String> = key.split('/').map(encode).collect();
         let query = format!("/{}?uploadId={}", path.join("/"), encode(id));
         let reply = self.send(client, http::Method::DELETE, &query, &[], Bytes::new()).await?;
