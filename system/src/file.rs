@@ -137,21 +137,6 @@ pub fn replace_unsynced_with(steps: &mut dyn Steps, path: &Path, bytes: &[u8]) -
     steps.rename(&tmp, path)
 }
 
-/// Links `tmp`, a new file written in full, to `path` only if nothing is
-/// there yet, as [`install_new`] does, but without its directory fsync: for
-/// objects that live no longer than their writer (a local vault's leases,
-/// which a crash of their holder makes stale anyway). The file itself is
-/// fsynced first, so a name that survives a crash names whole contents (a
-/// lease whose holder cannot be read would count as live, and hold off
-/// garbage collection until broken by hand); the name alone may be lost.
-pub fn install_new_keeping_dir(tmp: &Path, path: &Path) -> Result<(), InstallError> {
-    let failed = |step: Step| move |source| InstallError { step, dir: parent_dir(path), source };
-    RealFs.sync_file(tmp).map_err(failed(Step::SyncFile))?;
-    std::fs::hard_link(tmp, path).map_err(failed(Step::Rename))?;
-    let _ = std::fs::remove_file(tmp);
-    Ok(())
-}
-
 /// The step of a replacement that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {

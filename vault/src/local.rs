@@ -360,10 +360,6 @@ impl Backend for LocalBackend {
             Err(Some(e)) => return Err(e),
         };
         match fs::remove_file(&path) {
-            // A released lease need not stay released across a crash (see
-            // `finish`): one back after a crash names its holder's old boot,
-            // and is judged stale.
-            Ok(()) if kind == Kind::Lease => Ok(()),
             Ok(()) => sync_dir(path.parent().expect("object paths have a parent")),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(Self::not_found(kind, name)),
             Err(e) => Err(VaultError::Io { what: "deleting vault object", path, source: e }),
@@ -646,14 +642,12 @@ impl LocalWriter<'_> {
         let path = self.backend.path(self.kind, name)?;
         let dir = path.parent().expect("object paths have a parent").to_owned();
         self.backend.make_dirs(&dir)?;
-        // A lease lives no longer than its holder, and a crash of the
-        // machine makes it stale anyway: its name need not be durable, only
-        // its contents if the name survives (two fsyncs a cycle fewer, with
-        // its release).
-        let installed = match (how, self.kind) {
-            (Commit::Create, Kind::Lease) => system::file::install_new_keeping_dir(&self.tmp, &path),
-            (Commit::Replace, _) => system::file::install(&self.tmp, &path),
-            (Commit::Create, _) => system::file::install_new(&self.tmp, &path),
+        // Leases too are durable: the vault server keeps its hosts' leases
+        // in a local backend, and a lease lost in a crash of the site would
+        // let a GC there delete the packs of a host's cycle still running.
+        let installed = match how {
+            Commit::Replace => system::file::install(&self.tmp, &path),
+            Commit::Create => system::file::install_new(&self.tmp, &path),
         };
         let e = match installed {
             Ok(()) => {
