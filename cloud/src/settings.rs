@@ -44,6 +44,29 @@ fn relevant(name: &str) -> bool {
     name.starts_with("AWS_") || name.starts_with("AZURE_") || name == "AZURITE_BLOB_STORAGE_URL"
 }
 
+/// The variables that name where S3 credentials come from.
+const AWS_NAMED: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SKIP_SIGNATURE",
+];
+/// Azure variables that hold the key or token itself (Shared Key, SAS).
+const AZURE_KEYS: &[&str] = &[
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_MASTER_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+];
+/// Azure variables that send the client to a token service (Entra, over
+/// HTTPS) or to the Azure CLI for its credentials.
+const AZURE_TOKEN_SERVICES: &[&str] =
+    &["AZURE_CLIENT_ID", "AZURE_STORAGE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI"];
+/// The other Azure variables that name credentials (or their absence).
+const AZURE_OTHER: &[&str] = &["AZURE_STORAGE_TOKEN", "AZURE_STORAGE_USE_EMULATOR", "AZURE_SKIP_SIGNATURE"];
+
 impl Settings {
     /// This process's environment and, for S3, the AWS shared files under
     /// `$HOME` (see the module documentation).
@@ -75,31 +98,8 @@ impl Settings {
     /// the instance's identity (S3: the EC2/ECS role; Azure: a managed
     /// identity), said in an error that follows. `None` when they name one.
     pub(crate) fn implicit_credentials(&self, s3: bool) -> Option<&'static str> {
-        let named: &[&str] = if s3 {
-            &[
-                "AWS_ACCESS_KEY_ID",
-                "AWS_WEB_IDENTITY_TOKEN_FILE",
-                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                "AWS_SKIP_SIGNATURE",
-            ]
-        } else {
-            &[
-                "AZURE_STORAGE_ACCOUNT_KEY",
-                "AZURE_STORAGE_ACCESS_KEY",
-                "AZURE_STORAGE_MASTER_KEY",
-                "AZURE_STORAGE_SAS_KEY",
-                "AZURE_STORAGE_SAS_TOKEN",
-                "AZURE_STORAGE_TOKEN",
-                "AZURE_CLIENT_ID",
-                "AZURE_STORAGE_CLIENT_ID",
-                "AZURE_USE_AZURE_CLI",
-                "AZURE_STORAGE_USE_EMULATOR",
-                "AZURE_FEDERATED_TOKEN_FILE",
-                "AZURE_SKIP_SIGNATURE",
-            ]
-        };
-        if named.iter().any(|n| self.get(n).is_some()) {
+        let named: &[&[&str]] = if s3 { &[AWS_NAMED] } else { &[AZURE_KEYS, AZURE_TOKEN_SERVICES, AZURE_OTHER] };
+        if named.iter().any(|names| self.any_set(names)) {
             return None;
         }
         Some(if s3 {
@@ -120,24 +120,18 @@ impl Settings {
     pub(crate) fn plain_http_only(&self, s3: bool, endpoint: Option<&str>) -> bool {
         let plain = endpoint.is_some_and(|e| e.len() > 7 && e[..7].eq_ignore_ascii_case("http://"));
         let own_key = if s3 {
-            self.get("AWS_ACCESS_KEY_ID").is_some()
-                && self.get("AWS_SECRET_ACCESS_KEY").is_some()
-                && self.get("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
+            self.any_set(&["AWS_ACCESS_KEY_ID"])
+                && self.any_set(&["AWS_SECRET_ACCESS_KEY"])
+                && !self.any_set(&["AWS_WEB_IDENTITY_TOKEN_FILE"])
         } else {
-            [
-                "AZURE_STORAGE_ACCOUNT_KEY",
-                "AZURE_STORAGE_ACCESS_KEY",
-                "AZURE_STORAGE_MASTER_KEY",
-                "AZURE_STORAGE_SAS_KEY",
-                "AZURE_STORAGE_SAS_TOKEN",
-            ]
-            .iter()
-            .any(|n| self.get(n).is_some())
-                && ["AZURE_CLIENT_ID", "AZURE_STORAGE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI"]
-                    .iter()
-                    .all(|n| self.get(n).is_none())
+            self.any_set(AZURE_KEYS) && !self.any_set(AZURE_TOKEN_SERVICES)
         };
         plain && own_key
+    }
+
+    /// Whether any of the variables `names` is set.
+    fn any_set(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| self.get(n).is_some())
     }
 
     /// The value of variable `name`, if set.

@@ -235,10 +235,10 @@ pub fn run_cycle(
     //
     // On a remote vault (`Backend::remote`), the lease's two requests
     // (write it, then look for a GC's) and the newest point's two (list the
-    // chain, read its root) go at once: two round trips instead of four. Reading the root
-    // early is safe: a GC that could change it is either seen running (and
-    // the cycle stops, its reads unused) or over before the lease is
-    // looked at, and no GC removes a chain's newest root.
+    // chain, read its root) go at once: two round trips instead of four.
+    // Reading the root early is safe: a GC that could change it is either
+    // seen running (and the cycle stops, its reads unused) or over before
+    // the lease is looked at, and no GC removes a chain's newest root.
     let own_chain = Vault::chain_of(keys, &opts.disk_id);
     let lease_chain = own_chain.clone();
     let geometry = source.geometry();
