@@ -118,7 +118,8 @@ impl Settings {
     /// load the system's roots (`CloudBackend::open`): a request redirected
     /// to HTTPS fails, for want of a trusted root, rather than succeeding.
     pub(crate) fn plain_http_only(&self, s3: bool, endpoint: Option<&str>) -> bool {
-        let plain = endpoint.is_some_and(|e| e.len() > 7 && e[..7].eq_ignore_ascii_case("http://"));
+        let plain =
+            endpoint.is_some_and(|e| e.len() > 7 && e.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")));
         let own_key = if s3 {
             self.any_set(&["AWS_ACCESS_KEY_ID"])
                 && self.any_set(&["AWS_SECRET_ACCESS_KEY"])
@@ -294,6 +295,8 @@ mod tests {
         assert!(!s3.plain_http_only(true, Some("https://s3.example")), "TLS needs the roots");
         assert!(!s3.plain_http_only(true, None), "the default endpoint is AWS, over TLS");
         assert!(!s3.plain_http_only(true, Some("http://")));
+        // A value with a multibyte character across the scheme's end.
+        assert!(!s3.plain_http_only(true, Some("http:/\u{e9}minio.lan")));
         // Credentials from a token service (HTTPS) need the roots too.
         let sts = Settings::from_vars([("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "r")]);
         assert!(!sts.plain_http_only(true, Some("http://127.0.0.1:9000")));
