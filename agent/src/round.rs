@@ -273,6 +273,8 @@ impl CutHook for Member<'_> {
             vm_definition: self.definition.clone(),
             cut_group: self.grouped().then_some(CutGroup { id: self.round.id, members }),
             audit_head: self.audit_head,
+            // The shipper adds the vault's cipher.
+            block_cipher: None,
         };
         ext.encode(self.keys).ok()
     }

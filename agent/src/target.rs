@@ -306,7 +306,7 @@ impl Target {
         vm_definition: Option<Vec<u8>>,
         audit_head: Option<disk_format::AuditHead>,
     ) -> Result<Vec<u8>, CycleError> {
-        let ext = disk_format::RootExtension { vm_definition, cut_group: None, audit_head };
+        let ext = disk_format::RootExtension { vm_definition, audit_head, ..Default::default() };
         ext.encode(&self.keys).map_err(|source| CycleError::Extension { disk: self.name.clone(), source })
     }
 

@@ -77,7 +77,7 @@ fn synthetic_packs(dir: &Path, n: u64) -> Vec<String> {
         let data = format!("another host's block {i}").into_bytes();
         let id = k.block_id(&data);
         let mut w = PackWriter::new(Vec::new()).unwrap();
-        w.add_blob(&id, &k.seal_block(&id, &data).unwrap()).unwrap();
+        w.add_blob(&id, &k.seal_block(disk_format::Cipher::XChaCha20Poly1305, &id, &data).unwrap()).unwrap();
         let done = w.finish().unwrap();
         let name = done.id.to_string();
         let sub = dir.join("packs").join(&name[..2]);

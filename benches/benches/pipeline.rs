@@ -1,14 +1,24 @@
 //! The shipper's pipeline against its crypto floor, side by side.
 //!
-//! - **floor**: keyed BLAKE3 block id + XChaCha20-Poly1305 seal in place,
-//!   nothing else, over the same data in the same pool buffers, on 1 and 2
-//!   threads (each thread a share of the blocks).
+//! - **floor**: keyed BLAKE3 block id + seal in place, nothing else, over
+//!   the same data in the same pool buffers, on 1 and 2 threads (each thread
+//!   a share of the blocks), for each cipher (AES-256-GCM and
+//!   XChaCha20-Poly1305).
 //! - **pipeline**: whole full cycles through the public API (`run_cycle` on a
 //!   fresh `LocalSource` over a protected image, into a fresh local vault):
 //!   cut, read (io_uring or sync engine, `LIFEBOAT_IO_ENGINE`), zero check,
 //!   id, dedup check, seal, pack, store (fsync per pack), map pages, root.
 //!   Image and vault on disk (`/var/tmp`) and in memory (`/dev/shm`), 1 and
-//!   2 workers.
+//!   2 workers, into a vault of each cipher; %floor is against that
+//!   cipher's floor.
+//! - **device peer** (issue 17): the same device, the image read whole with
+//!   io_uring O_DIRECT while another thread writes a file of the same size
+//!   in 32 MiB pieces, each fsynced (the pipeline's pack writes), with no
+//!   Lifeboat in between: what the device gives that mixed load. The
+//!   AES-256-GCM pipeline on disk is printed as a share of it.
+//!
+//! Targets (printed with PASS or MISS): AES-256-GCM, vault on /dev/shm, 2
+//! workers: >= 1200 MB/s; vault on the image's device: >= 90% of the peer.
 //!
 //! Prints MB/s (10^6 bytes of plaintext per second) and pipeline/floor
 //! ratios. The data is random (nothing is zero or deduplicated), so every
@@ -31,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use disk_format::ids::BlockId;
-use disk_format::keys::{Keys, MasterKey, NONCE_LEN, SEAL_OVERHEAD};
+use disk_format::keys::{Cipher, Keys, MasterKey, NONCE_LEN, SEAL_OVERHEAD};
 use disk_format::pack::PackWriter;
 use disk_format::Geometry;
 use filter::disk::DiskPaths;
@@ -123,14 +133,14 @@ fn packs(bufs: &[BlockBuf], how: PackBuild) {
 }
 
 /// The crypto floor: id + seal of every buffer, split over `threads`.
-fn floor(keys: &Keys, bufs: &mut [BlockBuf], threads: usize) {
+fn floor(keys: &Keys, cipher: Cipher, bufs: &mut [BlockBuf], threads: usize) {
     let per = bufs.len().div_ceil(threads);
     std::thread::scope(|s| {
         for share in bufs.chunks_mut(per) {
             s.spawn(move || {
                 for buf in share {
                     let id = keys.block_id(&buf[NONCE_LEN..NONCE_LEN + BS]);
-                    let n = keys.seal_in_place(&id, buf, BS).unwrap();
+                    let n = keys.seal_in_place(cipher, &id, buf, BS).unwrap();
                     std::hint::black_box(n);
                 }
             });
@@ -227,13 +237,13 @@ impl Place {
 
     /// One full cycle into a fresh vault (packs dropped if `!store`): wall
     /// and CPU time of `run_cycle`.
-    fn cycle(&self, keys: &Keys, engine: &str, workers: usize, store: bool) -> (Duration, Duration) {
+    fn cycle(&self, keys: &Keys, cipher: Cipher, engine: &str, workers: usize, store: bool) -> (Duration, Duration) {
         std::env::set_var(ENGINE_ENV, engine);
         let vault_dir = self.dir.join("vault");
         let _ = std::fs::remove_dir_all(&vault_dir);
         let local = LocalBackend::create(&vault_dir).unwrap();
         let backend: Box<dyn Backend> = if store { Box::new(local) } else { Box::new(NoPacks(local)) };
-        let vault = Vault::init(backend, keys).unwrap();
+        let vault = Vault::init_with_cipher(backend, keys, cipher).unwrap();
         let mut src = LocalSource::open(self.paths.clone()).unwrap();
         let opts = CycleOptions { workers, ..CycleOptions::new("bench", [4; 16]) };
         let mut report = None;
@@ -243,6 +253,32 @@ impl Place {
         assert!(report.full && report.zero_blocks == 0 && report.known_blocks == 0, "{report:?}");
         drop(vault);
         let _ = std::fs::remove_dir_all(&vault_dir);
+        t
+    }
+
+    /// The device peer: the image read whole (io_uring, O_DIRECT) while
+    /// another thread writes `size` bytes to a file on the same device in
+    /// 32 MiB pieces, fsyncing each, as the pipeline's packs are written.
+    fn mixed_peer(&self, size: u64) -> (Duration, Duration) {
+        let out = self.dir.join("peer.out");
+        let t = timed(&mut || {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    use std::io::Write;
+                    let piece = vec![0x5au8; 32 << 20];
+                    let mut f = std::fs::File::create(&out).unwrap();
+                    let mut left = size;
+                    while left > 0 {
+                        let n = left.min(piece.len() as u64) as usize;
+                        f.write_all(&piece[..n]).unwrap();
+                        f.sync_data().unwrap();
+                        left -= n as u64;
+                    }
+                });
+                self.read_only(EngineChoice::Uring, size);
+            });
+        });
+        let _ = std::fs::remove_file(&out);
         t
     }
 
@@ -322,16 +358,19 @@ fn main() {
         let engine = std::env::var("LIFEBOAT_BENCH_ENGINE").unwrap_or_else(|_| "uring".into());
         let workers = std::env::var("LIFEBOAT_BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
         for _ in 0..6 {
-            let (w, c) = places[place].cycle(&keys, &engine, workers, what == "store");
+            let (w, c) = places[place].cycle(&keys, Cipher::preferred(), &engine, workers, what == "store");
             println!("{what}: {:.0} MB/s, cpu {:?}", mbps(size, w), c);
         }
         return;
     }
     let threads = [1usize, 2];
+    let ciphers = [Cipher::Aes256Gcm, Cipher::XChaCha20Poly1305];
     // Best of n by wall time.
     let best = |f: &mut dyn FnMut() -> (Duration, Duration), n: usize| (0..n).map(|_| f()).min().unwrap();
-    let floors: Vec<(Duration, Duration)> =
-        threads.iter().map(|&t| best(&mut || timed(&mut || floor(&keys, &mut bufs, t)), 3)).collect();
+    let floors: Vec<Vec<(Duration, Duration)>> = ciphers
+        .iter()
+        .map(|&c| threads.iter().map(|&t| best(&mut || timed(&mut || floor(&keys, c, &mut bufs, t)), 3)).collect())
+        .collect();
     // The buffers now hold sealed blobs: pack them (writer-side cost).
     let pack_fresh = best(&mut || timed(&mut || packs(&bufs, PackBuild::Fresh)), 2);
     let pack_reused = best(&mut || timed(&mut || packs(&bufs, PackBuild::Reused)), 2);
@@ -343,24 +382,27 @@ fn main() {
     println!(
         "pipeline bench: {mib} MiB image, 64 KiB blocks, random data (all sealed and stored); load before: {load_before}"
     );
+    println!("  this CPU accelerates AES (AES-NI and PCLMULQDQ or the ARMv8 pair): {}", Cipher::aes_is_fast_here());
     for p in &places {
         let (pool, _b) = BlockPool::new(BS, 1).unwrap();
         let e = Engine::open_path(EngineChoice::Uring, &p.paths.image, &pool, 8).unwrap();
         println!("  {}: io_uring reads O_DIRECT: {}, registered buffers: {}", p.name, e.direct(), e.registered());
     }
-    let (fw, fc) = floors[0];
-    println!(
-        "  crypto floor per core: {:.0} MB per CPU-second ({:.0} MB/s wall on one thread)",
-        mbps(size, fc),
-        mbps(size, fw)
-    );
-    println!("  MB/s = plaintext MB per wall second (best of 2-3); %floor = MB/s against the crypto floor on as many");
-    println!("  threads; cpu% = the same ratio per CPU-second (less sensitive to other load on the machine)");
+    for (c, f) in ciphers.iter().zip(&floors) {
+        let (fw, fc) = f[0];
+        println!(
+            "  {c} crypto floor per core: {:.0} MB per CPU-second ({:.0} MB/s wall on one thread)",
+            mbps(size, fc),
+            mbps(size, fw)
+        );
+    }
+    println!("  MB/s = plaintext MB per wall second (best of 2-3); %floor = MB/s against the crypto floor of the same");
+    println!("  cipher on as many threads; cpu% = the same ratio per CPU-second (less sensitive to other load)");
     println!();
-    println!("{:<40} {:^26} {:^26}", "", "1 thread / worker", "2 threads / workers");
-    println!("{:<40} {:>9} {:>7} {:>7}  {:>9} {:>7} {:>7}", "", "MB/s", "%floor", "cpu%", "MB/s", "%floor", "cpu%");
-    let row = |name: &str, cells: &[(Duration, Duration)]| {
-        let mut line = format!("{name:<40}");
+    println!("{:<48} {:^26} {:^26}", "", "1 thread / worker", "2 threads / workers");
+    println!("{:<48} {:>9} {:>7} {:>7}  {:>9} {:>7} {:>7}", "", "MB/s", "%floor", "cpu%", "MB/s", "%floor", "cpu%");
+    let row = |name: &str, floors: &[(Duration, Duration)], cells: &[(Duration, Duration)]| {
+        let mut line = format!("{name:<48}");
         for (i, &(wall, cpu)) in cells.iter().enumerate() {
             let (fw, fc) = floors[i.min(floors.len() - 1)];
             let m = mbps(size, wall);
@@ -370,25 +412,57 @@ fn main() {
         }
         println!("{line}");
     };
-    row("crypto floor (id + seal)", &floors);
-    for p in &places {
-        for engine in ["uring", "sync"] {
-            let cells: Vec<_> = threads.iter().map(|&w| best(&mut || p.cycle(&keys, engine, w, true), 2)).collect();
-            row(&format!("pipeline {engine:<5} {}", p.name), &cells);
+    // (cipher, place, a cell per worker count)
+    type Cells = Vec<(Duration, Duration)>;
+    let mut pipelines: Vec<(Cipher, usize, Cells)> = Vec::new();
+    for (ci, &c) in ciphers.iter().enumerate() {
+        row(&format!("crypto floor {c} (id + seal)"), &floors[ci], &floors[ci]);
+        for (pi, p) in places.iter().enumerate() {
+            let cells: Vec<_> = threads.iter().map(|&w| best(&mut || p.cycle(&keys, c, "uring", w, true), 2)).collect();
+            row(&format!("pipeline {c} uring {}", p.name), &floors[ci], &cells);
+            pipelines.push((c, pi, cells));
         }
     }
-    println!("diagnostics:");
-    row("  packs (copy + CRC), a fresh Vec per pack", &[pack_fresh]);
-    row("  packs (copy + CRC), one Vec reused", &[pack_reused]);
-    row("  copy to a Vec + BLAKE3 per pack (v1 name)", &[pack_hash_at_end]);
+    let aes = &floors[0];
     for p in &places {
-        let cells: Vec<_> = threads.iter().map(|&w| best(&mut || p.cycle(&keys, "uring", w, false), 2)).collect();
-        row(&format!("  uring, packs not stored, {}", p.name), &cells);
+        let cells: Vec<_> =
+            threads.iter().map(|&w| best(&mut || p.cycle(&keys, Cipher::Aes256Gcm, "sync", w, true), 2)).collect();
+        row(&format!("pipeline aes-256-gcm sync {}", p.name), aes, &cells);
+    }
+    let peer = best(&mut || places[0].mixed_peer(size), 2);
+    println!();
+    println!("targets (issue 17):");
+    let two = |c: Cipher, place: usize| pipelines.iter().find(|(pc, pi, _)| *pc == c && *pi == place).unwrap().2[1].0;
+    let shm = mbps(size, two(Cipher::Aes256Gcm, 1));
+    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+    println!(
+        "  aes-256-gcm, vault on {}, 2 workers: {shm:.0} MB/s (target >= 1200): {}",
+        places[1].name,
+        verdict(shm >= 1200.0)
+    );
+    let (disk, peer_mbps) = (mbps(size, two(Cipher::Aes256Gcm, 0)), mbps(size, peer.0));
+    println!(
+        "  aes-256-gcm, vault on the image's device ({}), 2 workers: {disk:.0} MB/s; the device peer (read the image \
+         and write as much, no lifeboat): {peer_mbps:.0} MB/s; ratio {:.2} (target >= 0.90): {}",
+        places[0].name,
+        disk / peer_mbps,
+        verdict(disk / peer_mbps >= 0.90)
+    );
+    let (xs, xf) = (mbps(size, two(Cipher::XChaCha20Poly1305, 1)), mbps(size, floors[1][1].0));
+    println!("  xchacha20-poly1305, {}, 2 workers: {xs:.0} MB/s, {:.0}% of its floor", places[1].name, 100.0 * xs / xf);
+    println!("diagnostics:");
+    row("  packs (copy + CRC), a fresh Vec per pack", aes, &[pack_fresh]);
+    row("  packs (copy + CRC), one Vec reused", aes, &[pack_reused]);
+    row("  copy to a Vec + BLAKE3 per pack (v1 name)", aes, &[pack_hash_at_end]);
+    for p in &places {
+        let cells: Vec<_> =
+            threads.iter().map(|&w| best(&mut || p.cycle(&keys, Cipher::Aes256Gcm, "uring", w, false), 2)).collect();
+        row(&format!("  aes uring, packs not stored, {}", p.name), aes, &cells);
     }
     for p in &places {
         for (engine, choice) in [("uring", EngineChoice::Uring), ("sync", EngineChoice::Sync)] {
             let t = best(&mut || p.read_only(choice, size), 2);
-            row(&format!("  read only, {engine:<5} {}", p.name), &[t]);
+            row(&format!("  read only, {engine:<5} {}", p.name), aes, &[t]);
         }
     }
     println!();

@@ -1,5 +1,6 @@
 //! The customer key: the 32-byte master key, the subkeys derived from it, and
-//! block sealing (keyed block ids and XChaCha20-Poly1305).
+//! block sealing (keyed block ids, and XChaCha20-Poly1305 or AES-256-GCM: a
+//! vault's [`Cipher`]).
 //!
 //! Every subkey is `blake3::derive_key(context, master)` with a context string
 //! that names its one use, so no key is ever used for two purposes:
@@ -8,15 +9,20 @@
 //! |-------------------|----------------------------------|----------|
 //! | block id          | `lifeboat v1 block id`           | BLAKE3 keyed hash of a block's plaintext: its [`BlockId`] |
 //! | block encryption  | `lifeboat v1 block encryption`   | XChaCha20-Poly1305 of block contents, AAD = block id |
+//! | AES block keys    | `lifeboat v1 block encryption aes-256-gcm` | BLAKE3 key deriving each blob's AES-256-GCM key from its nonce |
 //! | root MAC          | `lifeboat v1 point root mac`     | BLAKE3 keyed hash authenticating a point root |
 //! | audit MAC         | `lifeboat v1 audit mac`          | the audit log's hash chain |
 //! | audit sealing     | `lifeboat v1 audit seal`         | XChaCha20-Poly1305 of an audit record's body, AAD = its header |
 //! | audit nonce       | `lifeboat v1 audit nonce`        | BLAKE3 keyed hash of header and body: the body's synthetic nonce |
 //! | (fingerprint)     | `lifeboat v1 key fingerprint`    | first 16 bytes identify the key; not a key |
 //!
-//! A sealed block ("blob") is `nonce (24) ‖ ciphertext ‖ tag (16)`. Nonces are
-//! 192 random bits from the operating system for every seal (FORMAT.md argues
-//! why they never repeat under one key). Opening a blob checks the tag *and*
+//! A sealed block ("blob") is `nonce (24) ‖ ciphertext ‖ tag (16)` in both
+//! ciphers. Nonces are 192 random bits from the operating system for every
+//! seal (FORMAT.md argues why they never repeat under one key). AES-256-GCM
+//! takes only 96-bit nonces, so an AES blob's 192-bit nonce instead picks its
+//! own key: BLAKE3 keyed with the AES subkey over the nonce, used for that one
+//! blob with the all-zero GCM nonce. No two blobs share a key unless two
+//! 192-bit random nonces collide, the same bound as XChaCha20's. Opening a blob checks the tag *and*
 //! that the plaintext's keyed hash is the block id, so a swapped, moved or
 //! forged blob is refused, never returned.
 //!
@@ -29,6 +35,7 @@
 
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::Zeroize;
 
 use crate::ids::{BlockId, KeyFingerprint};
@@ -46,6 +53,8 @@ pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 pub const CONTEXT_BLOCK_ID: &str = "lifeboat v1 block id";
 /// Context of the block encryption subkey.
 pub const CONTEXT_BLOCK_ENCRYPTION: &str = "lifeboat v1 block encryption";
+/// Context of the subkey from which each AES-256-GCM blob's key is derived.
+pub const CONTEXT_BLOCK_ENCRYPTION_AES: &str = "lifeboat v1 block encryption aes-256-gcm";
 /// Context of the point root MAC subkey.
 pub const CONTEXT_ROOT_MAC: &str = "lifeboat v1 point root mac";
 /// Context of the audit log MAC subkey.
@@ -109,6 +118,86 @@ pub enum CryptoError {
 /// Fills `buf` from the operating system's random source.
 pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(buf).map_err(|e| CryptoError::Random(e.to_string()))
+}
+
+/// The AEAD that seals a vault's blocks, chosen once per vault at `vault
+/// init` and recorded in its config (and in each pack it seals, from
+/// pack version 3). Every build reads both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cipher {
+    /// XChaCha20-Poly1305: fast in software, the suite of every vault made
+    /// before AES-256-GCM existed (code 1).
+    XChaCha20Poly1305,
+    /// AES-256-GCM with a key per blob derived from its 192-bit nonce: about
+    /// six times faster on a CPU with AES and carry-less multiply
+    /// instructions (code 2).
+    Aes256Gcm,
+}
+
+impl Cipher {
+    /// Both ciphers, in code order.
+    pub const ALL: [Cipher; 2] = [Cipher::XChaCha20Poly1305, Cipher::Aes256Gcm];
+
+    /// The name `vault init --cipher` takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::XChaCha20Poly1305 => "xchacha20-poly1305",
+            Cipher::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// The cipher named `name` (as [`Cipher::name`] prints it).
+    pub fn from_name(name: &str) -> Option<Cipher> {
+        Cipher::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The byte that records the cipher in a vault config and a pack.
+    pub fn code(self) -> u8 {
+        match self {
+            Cipher::XChaCha20Poly1305 => 1,
+            Cipher::Aes256Gcm => 2,
+        }
+    }
+
+    /// The cipher recorded as `code`, if there is one.
+    pub fn from_code(code: u8) -> Option<Cipher> {
+        Cipher::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// Whether this CPU has the instructions that make AES-256-GCM fast
+    /// (x86-64: AES-NI and PCLMULQDQ; AArch64: AES and PMULL). Without them
+    /// AES runs in constant-time software several times slower than
+    /// XChaCha20-Poly1305.
+    pub fn aes_is_fast_here() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull")
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    }
+
+    /// The default for a new vault on this machine: AES-256-GCM where the
+    /// CPU accelerates it, otherwise XChaCha20-Poly1305.
+    pub fn preferred() -> Cipher {
+        if Cipher::aes_is_fast_here() {
+            Cipher::Aes256Gcm
+        } else {
+            Cipher::XChaCha20Poly1305
+        }
+    }
+}
+
+impl std::fmt::Display for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The 256-bit customer key. Zeroized when dropped; `Debug` shows only the
@@ -175,6 +264,7 @@ pub struct SealFrame {
 pub struct Keys {
     id_key: [u8; 32],
     aead: XChaCha20Poly1305,
+    aes_blob_key: [u8; 32],
     root_mac_key: [u8; 32],
     audit_mac_key: [u8; 32],
     audit_aead: XChaCha20Poly1305,
@@ -189,6 +279,7 @@ impl Drop for Keys {
     fn drop(&mut self) {
         // The AEAD zeroizes its own key (chacha20poly1305's `zeroize` feature).
         self.id_key.zeroize();
+        self.aes_blob_key.zeroize();
         self.root_mac_key.zeroize();
         self.audit_mac_key.zeroize();
         self.audit_nonce_key.zeroize();
@@ -218,6 +309,7 @@ impl Keys {
         Keys {
             id_key: blake3::derive_key(CONTEXT_BLOCK_ID, &master.0),
             aead,
+            aes_blob_key: blake3::derive_key(CONTEXT_BLOCK_ENCRYPTION_AES, &master.0),
             root_mac_key: blake3::derive_key(CONTEXT_ROOT_MAC, &master.0),
             audit_mac_key: blake3::derive_key(CONTEXT_AUDIT_MAC, &master.0),
             audit_aead,
@@ -239,7 +331,8 @@ impl Keys {
         BlockId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
     }
 
-    /// Seals a block in place, in a buffer laid out as the blob will be.
+    /// Seals a block in place with `cipher`, in a buffer laid out as the
+    /// blob will be.
     ///
     /// On entry `buf[NONCE_LEN .. NONCE_LEN + plain_len]` holds the plaintext
     /// and `buf` has at least `plain_len + SEAL_OVERHEAD` bytes. On return
@@ -247,27 +340,33 @@ impl Keys {
     /// length. Nothing is copied: a shipper whose reads must land at an
     /// aligned address (O_DIRECT) reads to `pool[4096..]` and passes
     /// `&mut pool[4096 - NONCE_LEN..]`.
-    pub fn seal_in_place(&self, id: &BlockId, buf: &mut [u8], plain_len: usize) -> Result<usize, CryptoError> {
+    pub fn seal_in_place(
+        &self,
+        cipher: Cipher,
+        id: &BlockId,
+        buf: &mut [u8],
+        plain_len: usize,
+    ) -> Result<usize, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
-        self.seal_in_place_inner(id, buf, plain_len, nonce)
+        self.seal_in_place_inner(cipher, id, buf, plain_len, nonce)
     }
 
-    /// Encrypts `data` in place and returns the nonce and tag that frame it,
-    /// for a caller that writes the three parts itself (see
+    /// Encrypts `data` in place with `cipher` and returns the nonce and tag
+    /// that frame it, for a caller that writes the three parts itself (see
     /// [`crate::pack::PackWriter::add_sealed`]).
-    pub fn seal_detached(&self, id: &BlockId, data: &mut [u8]) -> Result<SealFrame, CryptoError> {
+    pub fn seal_detached(&self, cipher: Cipher, id: &BlockId, data: &mut [u8]) -> Result<SealFrame, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
-        Ok(self.seal_detached_inner(id, data, nonce))
+        Ok(self.seal_detached_inner(cipher, id, data, nonce))
     }
 
     /// Seals a copy of `plaintext` into a new blob (convenience; the shipper
     /// uses the in-place forms).
-    pub fn seal_block(&self, id: &BlockId, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal_block(&self, cipher: Cipher, id: &BlockId, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
-        Ok(self.seal_block_inner(id, plaintext, nonce))
+        Ok(self.seal_block_inner(cipher, id, plaintext, nonce))
     }
 
     /// [`Keys::seal_block`] with a caller-chosen nonce. **Tests only** (golden
@@ -277,20 +376,47 @@ impl Keys {
     /// itself enables (for `tests/golden_vault.rs`).
     #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
-    pub fn seal_block_with_nonce_for_tests(&self, id: &BlockId, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
-        self.seal_block_inner(id, plaintext, nonce)
+    pub fn seal_block_with_nonce_for_tests(
+        &self,
+        cipher: Cipher,
+        id: &BlockId,
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Vec<u8> {
+        self.seal_block_inner(cipher, id, plaintext, nonce)
     }
 
-    fn seal_detached_inner(&self, id: &BlockId, data: &mut [u8], nonce: [u8; NONCE_LEN]) -> SealFrame {
-        let tag = self
-            .aead
-            .encrypt_inout_detached(&XNonce::from(nonce), &id.0, data.into())
-            .expect("XChaCha20-Poly1305 seals any message below 256 GiB");
-        SealFrame { nonce, tag: tag.as_slice().try_into().expect("16-byte tag") }
+    /// The AES-256-GCM key of the blob whose nonce is `nonce`: BLAKE3 keyed
+    /// with the AES subkey over the nonce. Each key seals one blob, under
+    /// the all-zero 96-bit GCM nonce.
+    fn aes_key(&self, nonce: &[u8; NONCE_LEN]) -> LessSafeKey {
+        let mut k = *blake3::keyed_hash(&self.aes_blob_key, nonce).as_bytes();
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).expect("a 32-byte AES-256 key"));
+        k.zeroize();
+        key
+    }
+
+    fn seal_detached_inner(&self, cipher: Cipher, id: &BlockId, data: &mut [u8], nonce: [u8; NONCE_LEN]) -> SealFrame {
+        let tag: [u8; TAG_LEN] = match cipher {
+            Cipher::XChaCha20Poly1305 => self
+                .aead
+                .encrypt_inout_detached(&XNonce::from(nonce), &id.0, data.into())
+                .expect("XChaCha20-Poly1305 seals any message below 256 GiB")
+                .into(),
+            Cipher::Aes256Gcm => self
+                .aes_key(&nonce)
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&id.0), data)
+                .expect("AES-256-GCM seals any message below 64 GiB")
+                .as_ref()
+                .try_into()
+                .expect("16-byte tag"),
+        };
+        SealFrame { nonce, tag }
     }
 
     fn seal_in_place_inner(
         &self,
+        cipher: Cipher,
         id: &BlockId,
         buf: &mut [u8],
         plain_len: usize,
@@ -302,33 +428,52 @@ impl Keys {
         if buf.len() < need {
             return Err(CryptoError::BufferTooSmall { need, have: buf.len() });
         }
-        let frame = self.seal_detached_inner(id, &mut buf[NONCE_LEN..NONCE_LEN + plain_len], nonce);
+        let frame = self.seal_detached_inner(cipher, id, &mut buf[NONCE_LEN..NONCE_LEN + plain_len], nonce);
         buf[..NONCE_LEN].copy_from_slice(&frame.nonce);
         buf[NONCE_LEN + plain_len..need].copy_from_slice(&frame.tag);
         Ok(need)
     }
 
-    fn seal_block_inner(&self, id: &BlockId, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+    fn seal_block_inner(&self, cipher: Cipher, id: &BlockId, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         let mut blob = vec![0u8; plaintext.len() + SEAL_OVERHEAD];
         blob[NONCE_LEN..NONCE_LEN + plaintext.len()].copy_from_slice(plaintext);
-        self.seal_in_place_inner(id, &mut blob, plaintext.len(), nonce).expect("sized for the blob");
+        self.seal_in_place_inner(cipher, id, &mut blob, plaintext.len(), nonce).expect("sized for the blob");
         blob
     }
 
-    /// Opens a blob in place: verifies the tag (AAD = `id`), decrypts, and
-    /// checks that the plaintext hashes to `id`. Returns the plaintext, a
-    /// sub-slice of `blob`. On error the blob's contents are unspecified.
-    pub fn open_in_place<'a>(&self, id: &BlockId, blob: &'a mut [u8]) -> Result<&'a mut [u8], CryptoError> {
+    /// Opens a blob sealed with `cipher` in place: verifies the tag (AAD =
+    /// `id`), decrypts, and checks that the plaintext hashes to `id`.
+    /// Returns the plaintext, a sub-slice of `blob`. On error the blob's
+    /// contents are unspecified. A blob opened with the other cipher than
+    /// the one that sealed it is *Inauthentic*: the two use different keys.
+    pub fn open_in_place<'a>(
+        &self,
+        cipher: Cipher,
+        id: &BlockId,
+        blob: &'a mut [u8],
+    ) -> Result<&'a mut [u8], CryptoError> {
         let len = blob.len();
         if len < SEAL_OVERHEAD {
             return Err(CryptoError::BlobTooShort { id: *id, len });
         }
-        let nonce = XNonce::try_from(&blob[..NONCE_LEN]).expect("24 bytes");
-        let tag = chacha20poly1305::Tag::try_from(&blob[len - TAG_LEN..]).expect("16 bytes");
-        let data = &mut blob[NONCE_LEN..len - TAG_LEN];
-        self.aead
-            .decrypt_inout_detached(&nonce, &id.0, (&mut *data).into(), &tag)
-            .map_err(|_| CryptoError::Inauthentic { id: *id })?;
+        let (nonce, rest) = blob.split_at_mut(NONCE_LEN);
+        let (data, tag) = rest.split_at_mut(len - SEAL_OVERHEAD);
+        let authentic = match cipher {
+            Cipher::XChaCha20Poly1305 => {
+                let nonce = XNonce::try_from(&*nonce).expect("24 bytes");
+                let tag = chacha20poly1305::Tag::try_from(&*tag).expect("16 bytes");
+                self.aead.decrypt_inout_detached(&nonce, &id.0, (&mut *data).into(), &tag).is_ok()
+            }
+            Cipher::Aes256Gcm => {
+                let key = self.aes_key(&(*nonce).try_into().expect("24 bytes"));
+                let tag = ring::aead::Tag::try_from(&*tag).expect("16 bytes");
+                key.open_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&id.0), tag, data, 0..)
+                    .is_ok()
+            }
+        };
+        if !authentic {
+            return Err(CryptoError::Inauthentic { id: *id });
+        }
         if blake3::keyed_hash(&self.id_key, data) != blake3::Hash::from(id.0) {
             return Err(CryptoError::IdMismatch { id: *id });
         }
@@ -336,9 +481,9 @@ impl Keys {
     }
 
     /// Opens a copy of `blob`; see [`Keys::open_in_place`].
-    pub fn open_block(&self, id: &BlockId, blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open_block(&self, cipher: Cipher, id: &BlockId, blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut buf = blob.to_vec();
-        let plain = self.open_in_place(id, &mut buf)?.len();
+        let plain = self.open_in_place(cipher, id, &mut buf)?.len();
         buf.copy_within(NONCE_LEN..NONCE_LEN + plain, 0);
         buf.truncate(plain);
         Ok(buf)
@@ -478,25 +623,77 @@ mod tests {
         let k = keys(1);
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let id = k.block_id(&data);
-        let blob = k.seal_block(&id, &data).unwrap();
-        assert_eq!(blob.len(), data.len() + SEAL_OVERHEAD);
-        assert_eq!(k.open_block(&id, &blob).unwrap(), data);
+        for c in Cipher::ALL {
+            let blob = k.seal_block(c, &id, &data).unwrap();
+            assert_eq!(blob.len(), data.len() + SEAL_OVERHEAD);
+            assert_ne!(&blob[NONCE_LEN..NONCE_LEN + data.len()], &data[..], "{c}: encrypted");
+            assert_eq!(k.open_block(c, &id, &blob).unwrap(), data, "{c}");
 
-        // In place, with headroom in front as an aligned reader would leave it.
-        let mut pool = vec![0u8; 4096 + data.len() + 4096];
-        pool[4096..4096 + data.len()].copy_from_slice(&data);
-        let n = k.seal_in_place(&id, &mut pool[4096 - NONCE_LEN..], data.len()).unwrap();
-        let blob2 = pool[4096 - NONCE_LEN..4096 - NONCE_LEN + n].to_vec();
-        assert_ne!(blob2, blob, "fresh nonce each time");
-        assert_eq!(k.open_block(&id, &blob2).unwrap(), data);
+            // In place, with headroom in front as an aligned reader would leave it.
+            let mut pool = vec![0u8; 4096 + data.len() + 4096];
+            pool[4096..4096 + data.len()].copy_from_slice(&data);
+            let n = k.seal_in_place(c, &id, &mut pool[4096 - NONCE_LEN..], data.len()).unwrap();
+            let blob2 = pool[4096 - NONCE_LEN..4096 - NONCE_LEN + n].to_vec();
+            assert_ne!(blob2, blob, "{c}: fresh nonce each time");
+            assert_eq!(k.open_block(c, &id, &blob2).unwrap(), data, "{c}");
 
-        // Detached.
-        let mut buf = data.clone();
-        let frame = k.seal_detached(&id, &mut buf).unwrap();
-        let mut blob3 = frame.nonce.to_vec();
-        blob3.extend_from_slice(&buf);
-        blob3.extend_from_slice(&frame.tag);
-        assert_eq!(k.open_in_place(&id, &mut blob3).unwrap(), &data[..]);
+            // Detached.
+            let mut buf = data.clone();
+            let frame = k.seal_detached(c, &id, &mut buf).unwrap();
+            let mut blob3 = frame.nonce.to_vec();
+            blob3.extend_from_slice(&buf);
+            blob3.extend_from_slice(&frame.tag);
+            assert_eq!(k.open_in_place(c, &id, &mut blob3).unwrap(), &data[..], "{c}");
+        }
+    }
+
+    #[test]
+    fn a_blob_opens_only_with_the_cipher_that_sealed_it() {
+        let k = keys(6);
+        let data = b"sealed with one cipher, opened with the other".to_vec();
+        let id = k.block_id(&data);
+        for c in Cipher::ALL {
+            let other = Cipher::ALL.into_iter().find(|o| *o != c).unwrap();
+            let blob = k.seal_block(c, &id, &data).unwrap();
+            assert_eq!(k.open_block(other, &id, &blob), Err(CryptoError::Inauthentic { id }), "{c} opened as {other}");
+            assert_eq!(k.open_block(c, &id, &blob).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn an_aes_blob_is_aes_256_gcm_under_the_key_its_nonce_derives() {
+        // Checks the construction FORMAT.md states against ring's AES-256-GCM
+        // used directly: key = BLAKE3-keyed(AES subkey, nonce), GCM nonce 0.
+        let master = MasterKey::from_bytes([9; 32]);
+        let k = master.keys();
+        let data = b"the per-blob key construction".to_vec();
+        let id = k.block_id(&data);
+        let nonce = [0x42; NONCE_LEN];
+        let blob = k.seal_block_with_nonce_for_tests(Cipher::Aes256Gcm, &id, &data, nonce);
+        let subkey = blake3::derive_key("lifeboat v1 block encryption aes-256-gcm", &[9; 32]);
+        let key = blake3::keyed_hash(&subkey, &nonce);
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_bytes()).unwrap());
+        let mut expect = data.clone();
+        let tag = key.seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&id.0), &mut expect);
+        expect.extend_from_slice(tag.unwrap().as_ref());
+        assert_eq!(&blob[..NONCE_LEN], &nonce);
+        assert_eq!(&blob[NONCE_LEN..], &expect[..]);
+        // Another nonce, another key: the same plaintext seals differently
+        // beyond what a changed GCM nonce alone would give.
+        let blob2 = k.seal_block_with_nonce_for_tests(Cipher::Aes256Gcm, &id, &data, [0x43; NONCE_LEN]);
+        assert_ne!(blob2[NONCE_LEN..], blob[NONCE_LEN..]);
+    }
+
+    #[test]
+    fn cipher_names_and_codes_round_trip() {
+        for c in Cipher::ALL {
+            assert_eq!(Cipher::from_name(c.name()), Some(c));
+            assert_eq!(Cipher::from_code(c.code()), Some(c));
+            assert_eq!(c.to_string(), c.name());
+        }
+        assert_eq!(Cipher::from_code(0), None);
+        assert_eq!(Cipher::from_name("aes-128-gcm"), None);
+        assert_eq!(Cipher::preferred() == Cipher::Aes256Gcm, Cipher::aes_is_fast_here());
     }
 
     #[test]
@@ -504,7 +701,7 @@ mod tests {
         let k = keys(1);
         let mut buf = [0u8; 50];
         assert_eq!(
-            k.seal_in_place(&BlockId::ZERO, &mut buf, 11),
+            k.seal_in_place(Cipher::Aes256Gcm, &BlockId::ZERO, &mut buf, 11),
             Err(CryptoError::BufferTooSmall { need: 51, have: 50 })
         );
     }
@@ -514,16 +711,18 @@ mod tests {
         let (k, other) = (keys(1), keys(2));
         let (a, b) = (b"block a".to_vec(), b"block b".to_vec());
         let (ida, idb) = (k.block_id(&a), k.block_id(&b));
-        let blob_a = k.seal_block(&ida, &a).unwrap();
-        let blob_b = k.seal_block(&idb, &b).unwrap();
-        // Blob of b presented as a: the AAD differs.
-        assert_eq!(k.open_block(&ida, &blob_b), Err(CryptoError::Inauthentic { id: ida }));
-        // The right blob under another key.
-        assert_eq!(other.open_block(&ida, &blob_a), Err(CryptoError::Inauthentic { id: ida }));
-        // A key holder sealing b's data under a's id: tag fine, id check fails.
-        let forged = k.seal_block_with_nonce_for_tests(&ida, &b, [9; 24]);
-        assert_eq!(k.open_block(&ida, &forged), Err(CryptoError::IdMismatch { id: ida }));
-        assert_eq!(k.open_block(&ida, &blob_a[..39]), Err(CryptoError::BlobTooShort { id: ida, len: 39 }));
+        for c in Cipher::ALL {
+            let blob_a = k.seal_block(c, &ida, &a).unwrap();
+            let blob_b = k.seal_block(c, &idb, &b).unwrap();
+            // Blob of b presented as a: the AAD differs.
+            assert_eq!(k.open_block(c, &ida, &blob_b), Err(CryptoError::Inauthentic { id: ida }));
+            // The right blob under another key.
+            assert_eq!(other.open_block(c, &ida, &blob_a), Err(CryptoError::Inauthentic { id: ida }));
+            // A key holder sealing b's data under a's id: tag fine, id check fails.
+            let forged = k.seal_block_with_nonce_for_tests(c, &ida, &b, [9; 24]);
+            assert_eq!(k.open_block(c, &ida, &forged), Err(CryptoError::IdMismatch { id: ida }));
+            assert_eq!(k.open_block(c, &ida, &blob_a[..39]), Err(CryptoError::BlobTooShort { id: ida, len: 39 }));
+        }
     }
 
     #[test]
@@ -531,19 +730,22 @@ mod tests {
         let k = keys(3);
         let data = b"a short block of data for bit flipping".to_vec();
         let id = k.block_id(&data);
-        let blob = k.seal_block(&id, &data).unwrap();
-        for byte in 0..blob.len() {
-            for bit in 0..8 {
-                let mut c = blob.clone();
-                c[byte] ^= 1 << bit;
-                assert_eq!(k.open_block(&id, &c), Err(CryptoError::Inauthentic { id }), "byte {byte} bit {bit}");
+        for cipher in Cipher::ALL {
+            let blob = k.seal_block(cipher, &id, &data).unwrap();
+            for byte in 0..blob.len() {
+                for bit in 0..8 {
+                    let mut c = blob.clone();
+                    c[byte] ^= 1 << bit;
+                    let got = k.open_block(cipher, &id, &c);
+                    assert_eq!(got, Err(CryptoError::Inauthentic { id }), "{cipher} byte {byte} bit {bit}");
+                }
             }
-        }
-        // And a flipped bit of the id it is opened under.
-        for bit in 0..256 {
-            let mut other = id;
-            other.0[bit / 8] ^= 1 << (bit % 8);
-            assert!(k.open_block(&other, &blob).is_err());
+            // And a flipped bit of the id it is opened under.
+            for bit in 0..256 {
+                let mut other = id;
+                other.0[bit / 8] ^= 1 << (bit % 8);
+                assert!(k.open_block(cipher, &other, &blob).is_err());
+            }
         }
     }
 
@@ -562,8 +764,10 @@ mod tests {
         fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..5000), seed in any::<u8>()) {
             let k = keys(seed);
             let id = k.block_id(&data);
-            let blob = k.seal_block(&id, &data).unwrap();
-            prop_assert_eq!(k.open_block(&id, &blob).unwrap(), data);
+            for c in Cipher::ALL {
+                let blob = k.seal_block(c, &id, &data).unwrap();
+                prop_assert_eq!(&k.open_block(c, &id, &blob).unwrap(), &data);
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ pub mod vault_config;
 pub use geometry::{blocks_touched, Geometry, GeometryError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 pub use ids::{BlockId, KeyFingerprint, PackId, PageId, RootId, VaultId};
 pub use key_file::{KdfParams, KeyFile, KeyFileDamage, KeyFileError, KEY_FILE_LEN};
-pub use keys::{CryptoError, Keys, MasterKey, SealFrame, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
+pub use keys::{Cipher, CryptoError, Keys, MasterKey, SealFrame, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
 pub use map_page::{BuiltMap, MapBuilder, MapPage, PageError, PAGE_ENTRIES};
 pub use pack::{FinishedPack, Pack, PackEntry, PackError, PackIndex, PackTrailer, PackWriteError, PackWriter};
 pub use page_pack::{PagePack, PagePackEntry, PagePackError, MAX_PACK_PAGES};

@@ -19,6 +19,10 @@
 //!   CRC, any other change fails the name. CRC-32 runs at ~15 GB/s here,
 //!   where hashing every byte with BLAKE3 cost the shipper a second pass as
 //!   dear as a third of its crypto (FORMAT.md, "Why version 2").
+//! - **version 3** (written for AES-256-GCM vaults): version 2 with the
+//!   [`Cipher`] of its blobs in the trailer. A version 2 pack's blobs are
+//!   XChaCha20-Poly1305; XChaCha packs are still written as version 2, byte
+//!   for byte what earlier builds wrote, so hosts not yet upgraded read them.
 //! - **version 1** (read): 48-byte entries without a CRC; the name is BLAKE3
 //!   of all the pack's bytes.
 //!
@@ -30,13 +34,14 @@ use std::ops::Range;
 use crate::codec::{first_nonzero, get_array, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64, to_usize};
 use crate::geometry::MAX_BLOCK_SIZE;
 use crate::ids::{BlockId, PackId};
-use crate::keys::SEAL_OVERHEAD;
+use crate::keys::{Cipher, SEAL_OVERHEAD};
 
 /// First 8 bytes of BLAKE3("lifeboat pack v1"); at the start of the header and
 /// the end of the trailer (of every version).
 pub const PACK_MAGIC: [u8; 8] = [0x7e, 0x19, 0xcf, 0x13, 0xd3, 0x08, 0x2f, 0x09];
-/// The pack format this code writes.
-pub const PACK_VERSION: u16 = 2;
+/// The newest pack format this code writes (for AES-256-GCM; XChaCha20-Poly1305
+/// packs are written as version 2).
+pub const PACK_VERSION: u16 = 3;
 /// Size of the pack header.
 pub const PACK_HEADER_LEN: usize = 32;
 /// Size of the pack trailer.
@@ -52,8 +57,10 @@ pub enum PackVersion {
     /// Named by BLAKE3 of all its bytes; 48-byte entries.
     V1,
     /// Named by BLAKE3 of header, index and trailer; 56-byte entries with a
-    /// CRC-32 of each blob.
+    /// CRC-32 of each blob. Its blobs are XChaCha20-Poly1305.
     V2,
+    /// Version 2 with the cipher of its blobs in the trailer.
+    V3,
 }
 
 impl TryFrom<u16> for PackVersion {
@@ -62,6 +69,7 @@ impl TryFrom<u16> for PackVersion {
         match v {
             1 => Ok(PackVersion::V1),
             2 => Ok(PackVersion::V2),
+            3 => Ok(PackVersion::V3),
             other => Err(other),
         }
     }
@@ -72,7 +80,7 @@ impl PackVersion {
     pub fn entry_len(self) -> usize {
         match self {
             PackVersion::V1 => INDEX_ENTRY_LEN_V1,
-            PackVersion::V2 => INDEX_ENTRY_LEN,
+            PackVersion::V2 | PackVersion::V3 => INDEX_ENTRY_LEN,
         }
     }
 
@@ -81,7 +89,13 @@ impl PackVersion {
         match self {
             PackVersion::V1 => 1,
             PackVersion::V2 => 2,
+            PackVersion::V3 => 3,
         }
+    }
+
+    /// Whether index entries carry a CRC-32 of their blob (versions 2 and 3).
+    pub fn has_checksums(self) -> bool {
+        self != PackVersion::V1
     }
 }
 
@@ -100,6 +114,8 @@ const _: () = assert!(OVERHEAD as usize == SEAL_OVERHEAD);
 const T_INDEX_OFFSET: usize = 0;
 const T_COUNT: usize = 8;
 const T_VERSION: usize = 12;
+/// Version 3: the cipher's code ([`Cipher::code`]); reserved before.
+const T_CIPHER: usize = 14;
 const T_INDEX_HASH: usize = 16;
 const T_MAGIC: usize = 56;
 const _: () = assert!(T_INDEX_HASH + 32 + 8 == T_MAGIC && T_MAGIC + 8 == PACK_TRAILER_LEN);
@@ -135,7 +151,10 @@ pub enum PackError {
         offset: u64,
     },
     /// A version this build does not know.
-    #[error("pack format version {version} in the {place} is not supported by this build (it knows versions 1 and 2)")]
+    #[error(
+        "pack format version {version} in the {place} is not supported by this build (it knows versions 1 to 3); \
+         use a newer lifeboat"
+    )]
     UnsupportedVersion {
         /// `header` or `trailer`.
         place: &'static str,
@@ -300,6 +319,16 @@ pub enum PackError {
     /// More blobs than a pack can index (2^32 - 1).
     #[error("a pack holds at most 4294967295 blobs")]
     TooManyEntries,
+    /// A version 3 trailer names no cipher this build knows.
+    #[error(
+        "the pack trailer names cipher {code} at byte {offset}, which this build does not know (1 and 2 are known)"
+    )]
+    UnknownCipher {
+        /// The code found.
+        code: u8,
+        /// Byte offset of the code in the pack.
+        offset: u64,
+    },
     /// A blob read by range has the wrong length.
     #[error("index entry {entry}: read {got} bytes at byte {offset}, the index says {want}")]
     BlobLength {
@@ -350,7 +379,7 @@ impl PackEntry {
             offset: get_u64(b, 32),
             blob_len: get_u32(b, 40),
             plain_len: get_u32(b, 44),
-            checksum: (version == PackVersion::V2).then(|| get_u32(b, E_CHECKSUM)),
+            checksum: version.has_checksums().then(|| get_u32(b, E_CHECKSUM)),
         }
     }
 
@@ -398,6 +427,9 @@ impl PackEntry {
 pub struct PackTrailer {
     /// The pack's format version.
     pub version: PackVersion,
+    /// The cipher its blobs are sealed with (XChaCha20-Poly1305 before
+    /// version 3).
+    pub cipher: Cipher,
     /// Byte offset of the index.
     pub index_offset: u64,
     /// Number of index entries (blobs).
@@ -417,6 +449,7 @@ impl PackTrailer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackIndex {
     version: PackVersion,
+    cipher: Cipher,
     entries: Vec<PackEntry>,
     index_offset: u64,
 }
@@ -433,8 +466,18 @@ pub fn header_bytes(version: PackVersion) -> [u8; PACK_HEADER_LEN] {
 /// bytes from the index on): BLAKE3 of its header, index and trailer. The
 /// blobs are not hashed; their CRCs in the index are.
 pub fn v2_pack_id(tail: &[u8]) -> PackId {
+    tail_pack_id(PackVersion::V2, tail)
+}
+
+/// The name of a version 2 or 3 pack from its tail (see [`v2_pack_id`]); a
+/// version 1 pack's name needs every byte (`None`).
+pub fn pack_id_from_tail(version: PackVersion, tail: &[u8]) -> Option<PackId> {
+    (version != PackVersion::V1).then(|| tail_pack_id(version, tail))
+}
+
+fn tail_pack_id(version: PackVersion, tail: &[u8]) -> PackId {
     let mut h = blake3::Hasher::new();
-    h.update(&header_bytes(PackVersion::V2));
+    h.update(&header_bytes(version));
     h.update(tail);
     PackId(*h.finalize().as_bytes())
 }
@@ -462,10 +505,20 @@ impl PackIndex {
         }
         let version = PackVersion::try_from(get_u16(t, T_VERSION))
             .map_err(|version| PackError::UnsupportedVersion { place: "trailer", version })?;
-        check_reserved(t, T_VERSION + 2..T_INDEX_HASH, "trailer", base)?;
+        let cipher = if version == PackVersion::V3 {
+            let code = t[T_CIPHER];
+            let cipher =
+                Cipher::from_code(code).ok_or(PackError::UnknownCipher { code, offset: base + T_CIPHER as u64 })?;
+            check_reserved(t, T_CIPHER + 1..T_INDEX_HASH, "trailer", base)?;
+            cipher
+        } else {
+            check_reserved(t, T_VERSION + 2..T_INDEX_HASH, "trailer", base)?;
+            Cipher::XChaCha20Poly1305
+        };
         check_reserved(t, T_INDEX_HASH + 32..T_MAGIC, "trailer", base)?;
         let trailer = PackTrailer {
             version,
+            cipher,
             index_offset: get_u64(t, T_INDEX_OFFSET),
             count: get_u32(t, T_COUNT),
             index_hash: get_array(t, T_INDEX_HASH),
@@ -501,7 +554,7 @@ impl PackIndex {
         let mut seen: HashMap<BlockId, u32> = HashMap::with_capacity(entries.capacity());
         let mut expected = HEADER;
         for (n, raw) in (0u32..).zip(index.chunks_exact(entry_len)) {
-            if version == PackVersion::V2 {
+            if version.has_checksums() {
                 let base = trailer.index_offset + u64::from(n) * entry_len as u64;
                 check_reserved(raw, E_CHECKSUM + 4..INDEX_ENTRY_LEN, "index entry", base)?;
             }
@@ -532,12 +585,18 @@ impl PackIndex {
         if expected != trailer.index_offset {
             return Err(PackError::Unaccounted { from: expected, to: trailer.index_offset });
         }
-        Ok(PackIndex { version, entries, index_offset: trailer.index_offset })
+        Ok(PackIndex { version, cipher: trailer.cipher, entries, index_offset: trailer.index_offset })
     }
 
     /// The pack's format version.
     pub fn version(&self) -> PackVersion {
         self.version
+    }
+
+    /// The cipher the pack's blobs are sealed with: pass it to
+    /// [`crate::keys::Keys::open_in_place`].
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
     }
 
     /// The entries, in pack order.
@@ -621,7 +680,9 @@ impl<'a> Pack<'a> {
     pub fn id(&self) -> PackId {
         match self.index.version {
             PackVersion::V1 => PackId::of(self.bytes),
-            PackVersion::V2 => v2_pack_id(&self.bytes[to_usize(self.index.index_offset)..]),
+            v @ (PackVersion::V2 | PackVersion::V3) => {
+                tail_pack_id(v, &self.bytes[to_usize(self.index.index_offset)..])
+            }
         }
     }
 
@@ -651,7 +712,8 @@ impl<'a> Pack<'a> {
         &self.index
     }
 
-    /// The sealed blob of entry `n`, to open with `Keys::open_block(&entry.id, blob)`.
+    /// The sealed blob of entry `n`, to open with
+    /// `Keys::open_block(index.cipher(), &entry.id, blob)`.
     pub fn blob(&self, n: usize) -> Result<(&PackEntry, &'a [u8]), PackError> {
         let e =
             self.index.entries.get(n).ok_or(PackError::NoSuchEntry { entry: n, count: self.index.entries.len() })?;
@@ -670,7 +732,13 @@ pub fn fuzz_pack_bytes(data: &[u8]) -> usize {
     let trailer = PackIndex::parse_trailer(data, data.len() as u64);
     let Ok(pack) = Pack::parse(data) else { return 0 };
     assert!(trailer.is_ok(), "a parsed pack has a valid trailer");
-    let mut w = PackWriter::new(Vec::with_capacity(data.len())).expect("Vec output");
+    let version = pack.index().version();
+    let cipher = pack.index().cipher();
+    let mut w = match version {
+        PackVersion::V3 => PackWriter::v3(Vec::with_capacity(data.len()), cipher),
+        _ => PackWriter::new(Vec::with_capacity(data.len())),
+    }
+    .expect("Vec output");
     for n in 0..pack.index().entries().len() {
         let (e, blob) = pack.blob(n).expect("entry in range");
         let checksum = e.checksum.unwrap_or_else(|| blob_checksum(blob));
@@ -679,8 +747,9 @@ pub fn fuzz_pack_bytes(data: &[u8]) -> usize {
     let done = w.finish().expect("Vec output");
     let again = Pack::parse(&done.out).expect("what the writer writes parses");
     assert_eq!(again.id(), done.id);
-    match pack.index().version() {
-        PackVersion::V2 => {
+    assert_eq!(again.index().cipher(), cipher);
+    match version {
+        PackVersion::V2 | PackVersion::V3 => {
             assert_eq!(done.out, data, "pack round trip");
             assert_eq!(done.id, pack.id());
             assert_eq!(&done.index, pack.index());

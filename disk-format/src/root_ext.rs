@@ -16,7 +16,12 @@ use crate::codec::{get_array, get_u16, get_u32, put_u16, put_u32};
 use crate::ids::BlockId;
 #[cfg(test)]
 use crate::keys::NONCE_LEN;
-use crate::keys::{CryptoError, Keys, SEAL_OVERHEAD};
+use crate::keys::{Cipher, CryptoError, Keys, SEAL_OVERHEAD};
+
+/// The cipher of the sealed VM definition, whatever the vault's block
+/// cipher: the extension format fixes it (a few KiB per point, so speed does
+/// not matter, and a reader needs no other context to open it).
+const DEFINITION_CIPHER: Cipher = Cipher::XChaCha20Poly1305;
 
 /// First 8 bytes of BLAKE3("lifeboat root extension v1").
 pub const EXT_MAGIC: [u8; 8] = [0x76, 0x5e, 0x58, 0x4b, 0xd1, 0x98, 0xe5, 0x00];
@@ -36,6 +41,10 @@ pub const CUT_GROUP_LEN: usize = 20;
 pub const TAG_AUDIT_HEAD: u16 = 3;
 /// Length of an audit-head entry: log id (16), seq (u64), MAC (32).
 pub const AUDIT_HEAD_LEN: usize = 56;
+/// Entry tag of the block cipher: the vault's cipher when the point was cut,
+/// one byte ([`Cipher::code`]); written only for a cipher other than
+/// XChaCha20-Poly1305, which its absence means.
+pub const TAG_BLOCK_CIPHER: u16 = 4;
 /// Largest VM definition plaintext, in bytes.
 pub const MAX_VM_DEFINITION: usize = 64 << 10;
 
@@ -84,6 +93,10 @@ pub struct RootExtension {
     /// cut (authenticated by the root's MAC, not secret). A vault whose copy
     /// of that log ends before it lost audit segments (issue 12, hole 8).
     pub audit_head: Option<AuditHead>,
+    /// The vault's block cipher when the point was cut, if not
+    /// XChaCha20-Poly1305 (authenticated by the root's MAC): a vault config
+    /// that names another cipher later was replaced.
+    pub block_cipher: Option<Cipher>,
 }
 
 /// Where an audit log stood: its id, the newest record's seq and MAC.
@@ -116,7 +129,7 @@ impl RootExtension {
                 return Err(ExtError::DefinitionTooLarge { len: def.len() });
             }
             let id = keys.block_id(def);
-            let sealed = keys.seal_block(&id, def).map_err(ExtError::Crypto)?;
+            let sealed = keys.seal_block(DEFINITION_CIPHER, &id, def).map_err(ExtError::Crypto)?;
             entries.push((TAG_VM_DEFINITION, [&id.0[..], &sealed].concat()));
         }
         if let Some(g) = &self.cut_group {
@@ -124,6 +137,9 @@ impl RootExtension {
         }
         if let Some(h) = &self.audit_head {
             entries.push((TAG_AUDIT_HEAD, [&h.log_id[..], &h.seq.to_le_bytes(), &h.mac[..]].concat()));
+        }
+        if let Some(c) = self.block_cipher.filter(|&c| c != Cipher::XChaCha20Poly1305) {
+            entries.push((TAG_BLOCK_CIPHER, vec![c.code()]));
         }
         Ok(frame_entries(&entries))
     }
@@ -134,7 +150,7 @@ impl RootExtension {
     pub(crate) fn encode_with_nonce_for_tests(&self, keys: &Keys, nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         let def = self.vm_definition.as_deref().unwrap_or_default();
         let id = keys.block_id(def);
-        frame(&id, &keys.seal_block_with_nonce_for_tests(&id, def, nonce))
+        frame(&id, &keys.seal_block_with_nonce_for_tests(DEFINITION_CIPHER, &id, def, nonce))
     }
 
     /// Decodes an extension and opens its sealed entries with `keys`. No
@@ -215,6 +231,10 @@ impl RootExtension {
                     }
                     ext.audit_head = Some(AuditHead { log_id: get_array(value, 0), seq, mac: get_array(value, 24) });
                 }
+                TAG_BLOCK_CIPHER if ext.block_cipher.is_some() => {
+                    return Err(ExtError::Malformed("two block ciphers".into()))
+                }
+                TAG_BLOCK_CIPHER => ext.block_cipher = Some(block_cipher(value)?),
                 other => return Err(ExtError::UnknownEntry(other)),
             }
             at = start + len;
@@ -241,6 +261,63 @@ pub fn cut_group_unauthenticated(b: &[u8]) -> Option<CutGroup> {
         let value = b.get(at + ENTRY_HEADER_LEN..(at + ENTRY_HEADER_LEN).checked_add(len)?)?;
         if tag == TAG_CUT_GROUP && value.len() == CUT_GROUP_LEN {
             return Some(CutGroup { id: get_array(value, 0), members: get_u32(value, 16) });
+        }
+        at += ENTRY_HEADER_LEN + len;
+    }
+    None
+}
+
+/// The value of a block-cipher entry: one byte naming a cipher other than
+/// XChaCha20-Poly1305 (whose absence of an entry is its one spelling).
+fn block_cipher(value: &[u8]) -> Result<Cipher, ExtError> {
+    match value {
+        [code] => match Cipher::from_code(*code) {
+            Some(c) if c != Cipher::XChaCha20Poly1305 => Ok(c),
+            _ => Err(ExtError::Malformed(format!("the block cipher entry names cipher {code}"))),
+        },
+        _ => Err(ExtError::Malformed(format!("the block cipher entry is {} bytes, not 1", value.len()))),
+    }
+}
+
+/// Extension bytes `ext` (as encoded, sealed entries and all) with a
+/// block-cipher entry for `cipher` appended: the shipper records the vault's
+/// cipher in every point without opening what the caller sealed. Unchanged
+/// for XChaCha20-Poly1305 (recorded by absence) and for bytes that already
+/// name a cipher; entries stay in tag order because the tag is the highest.
+pub fn with_block_cipher(ext: &[u8], cipher: Cipher) -> Vec<u8> {
+    if cipher == Cipher::XChaCha20Poly1305 || block_cipher_unauthenticated(ext).is_some() {
+        return ext.to_vec();
+    }
+    let mut b = ext.to_vec();
+    if b.is_empty() {
+        b.resize(EXT_HEADER_LEN, 0);
+        b[..8].copy_from_slice(&EXT_MAGIC);
+        b[8] = EXT_VERSION;
+    }
+    let count = get_u32(&b, 12);
+    put_u32(&mut b, 12, count + 1);
+    let mut head = [0u8; ENTRY_HEADER_LEN];
+    put_u16(&mut head, 0, TAG_BLOCK_CIPHER);
+    put_u32(&mut head, 4, 1);
+    b.extend_from_slice(&head);
+    b.push(cipher.code());
+    b
+}
+
+/// The block cipher an extension names, read **without** the key: `None`
+/// when it names none (XChaCha20-Poly1305) or does not frame. Trust it only
+/// from a root whose MAC was verified.
+pub fn block_cipher_unauthenticated(b: &[u8]) -> Option<Cipher> {
+    if b.len() < EXT_HEADER_LEN || b[..8] != EXT_MAGIC || b[8] != EXT_VERSION {
+        return None;
+    }
+    let mut at = EXT_HEADER_LEN;
+    for _ in 0..get_u32(b, 12) {
+        let head = b.get(at..at.checked_add(ENTRY_HEADER_LEN)?)?;
+        let (tag, len) = (get_u16(head, 0), get_u32(head, 4) as usize);
+        let value = b.get(at + ENTRY_HEADER_LEN..(at + ENTRY_HEADER_LEN).checked_add(len)?)?;
+        if tag == TAG_BLOCK_CIPHER {
+            return block_cipher(value).ok();
         }
         at += ENTRY_HEADER_LEN + len;
     }
@@ -277,7 +354,7 @@ fn open_definition(value: &[u8], keys: &Keys) -> Result<Vec<u8>, ExtError> {
         return Err(ExtError::Malformed(format!("the VM definition entry is only {} bytes", value.len())));
     }
     let id = BlockId(get_array(value, 0));
-    let plain = keys.open_block(&id, &value[32..]).map_err(ExtError::Crypto)?;
+    let plain = keys.open_block(DEFINITION_CIPHER, &id, &value[32..]).map_err(ExtError::Crypto)?;
     if plain.len() > MAX_VM_DEFINITION {
         return Err(ExtError::DefinitionTooLarge { len: plain.len() });
     }
@@ -299,6 +376,7 @@ mod tests {
             vm_definition: Some(b"name = \"web1\"\ndisks = [\"web1-root\"]\n".to_vec()),
             cut_group: None,
             audit_head: None,
+            block_cipher: None,
         }
     }
 
@@ -336,6 +414,40 @@ mod tests {
         assert!(matches!(RootExtension::decode(&one, &k), Err(ExtError::Malformed(_))), "a group of one disk");
         one.truncate(one.len() - 1);
         assert!(RootExtension::decode(&one, &k).is_err());
+    }
+
+    #[test]
+    fn the_block_cipher_entry_is_appended_read_and_checked() {
+        let k = keys(1);
+        let h = AuditHead { log_id: [3; 16], seq: 9, mac: [4; 32] };
+        for base in [RootExtension::default(), ext(), RootExtension { audit_head: Some(h), ..ext() }] {
+            let bytes = base.encode(&k).unwrap();
+            assert_eq!(block_cipher_unauthenticated(&bytes), None);
+            assert_eq!(with_block_cipher(&bytes, Cipher::XChaCha20Poly1305), bytes, "recorded by absence");
+            let aes = with_block_cipher(&bytes, Cipher::Aes256Gcm);
+            assert_eq!(block_cipher_unauthenticated(&aes), Some(Cipher::Aes256Gcm));
+            assert_eq!(with_block_cipher(&aes, Cipher::Aes256Gcm), aes, "appended once");
+            let want = RootExtension { block_cipher: Some(Cipher::Aes256Gcm), ..base.clone() };
+            assert_eq!(RootExtension::decode(&aes, &k).unwrap(), want);
+            // Sealed entries get fresh nonces, so compare the tail only.
+            assert_eq!(want.encode(&k).unwrap().len(), aes.len(), "appending and encoding agree");
+        }
+        // One spelling: XChaCha20-Poly1305 named, an unknown code, two entries.
+        let aes = with_block_cipher(&[], Cipher::Aes256Gcm);
+        assert_eq!(
+            aes,
+            RootExtension { block_cipher: Some(Cipher::Aes256Gcm), ..Default::default() }.encode(&k).unwrap()
+        );
+        for code in [0u8, 1, 9] {
+            let mut b = aes.clone();
+            *b.last_mut().unwrap() = code;
+            assert!(matches!(RootExtension::decode(&b, &k), Err(ExtError::Malformed(_))), "code {code}");
+            assert_eq!(block_cipher_unauthenticated(&b), None);
+        }
+        let mut two = aes.clone();
+        put_u32(&mut two, 12, 2);
+        two.extend_from_slice(&aes[EXT_HEADER_LEN..]);
+        assert!(matches!(RootExtension::decode(&two, &k), Err(ExtError::Malformed(_))));
     }
 
     #[test]

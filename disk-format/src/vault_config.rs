@@ -1,19 +1,23 @@
-//! The vault config object: which vault this is and which key its data is
-//! sealed with (by fingerprint only: the vault never stores the key). See
-//! FORMAT.md, "Vault config".
+//! The vault config object: which vault this is, which key its data is
+//! sealed with (by fingerprint only: the vault never stores the key) and
+//! with which cipher. See FORMAT.md, "Vault config".
 
 use crate::codec::{first_nonzero, get_array, get_u16, get_u64, put_u16, put_u64};
 use crate::ids::{KeyFingerprint, VaultId};
-use crate::keys::Keys;
+use crate::keys::{Cipher, Keys};
 
 /// Size of the vault config object.
 pub const VAULT_CONFIG_LEN: usize = 128;
 /// First 8 bytes of BLAKE3("lifeboat vault config v1").
 pub const VAULT_CONFIG_MAGIC: [u8; 8] = [0xa8, 0x79, 0xd9, 0xad, 0x3e, 0x6e, 0xc4, 0xf3];
-/// The vault config format this code writes.
-pub const VAULT_CONFIG_VERSION: u16 = 1;
+/// The newest vault config format this code writes: version 2, for a vault
+/// whose cipher is not XChaCha20-Poly1305. An XChaCha20-Poly1305 vault's
+/// config is written as version 1, which every earlier build reads.
+pub const VAULT_CONFIG_VERSION: u16 = 2;
 
 const AT_VERSION: usize = 8;
+/// Version 2: the cipher's code; reserved in version 1.
+const AT_CIPHER: usize = 10;
 const AT_VAULT_ID: usize = 16;
 const AT_CREATED: usize = 32;
 const AT_FINGERPRINT: usize = 40;
@@ -32,7 +36,8 @@ pub enum VaultConfigError {
     BadMagic,
     /// A version this build does not know.
     #[error(
-        "vault config format version {0} is not supported by this build (it knows version 1); use a newer lifeboat"
+        "vault config format version {0} is not supported by this build (it knows versions 1 and 2); use a newer \
+         lifeboat"
     )]
     UnsupportedVersion(u16),
     /// The checksum does not match.
@@ -46,6 +51,11 @@ pub enum VaultConfigError {
         /// The byte found.
         value: u8,
     },
+    /// A version 2 config names a cipher this build does not know.
+    #[error(
+        "the vault config names cipher {0}, which this build does not know (1 and 2 are known); use a newer lifeboat"
+    )]
+    UnknownCipher(u8),
     /// The key given is not the vault's key.
     #[error(
         "this vault was created with another key: the vault's key fingerprint is {vault}, the key given has \
@@ -68,6 +78,8 @@ pub struct VaultConfig {
     pub created_unix: u64,
     /// Fingerprint of the key every object in the vault is sealed with.
     pub key_fingerprint: KeyFingerprint,
+    /// The cipher every block stored in the vault is sealed with.
+    pub cipher: Cipher,
 }
 
 impl VaultConfig {
@@ -75,7 +87,12 @@ impl VaultConfig {
     pub fn encode(&self) -> [u8; VAULT_CONFIG_LEN] {
         let mut b = [0u8; VAULT_CONFIG_LEN];
         b[..8].copy_from_slice(&VAULT_CONFIG_MAGIC);
-        put_u16(&mut b, AT_VERSION, VAULT_CONFIG_VERSION);
+        if self.cipher == Cipher::XChaCha20Poly1305 {
+            put_u16(&mut b, AT_VERSION, 1);
+        } else {
+            put_u16(&mut b, AT_VERSION, 2);
+            b[AT_CIPHER] = self.cipher.code();
+        }
         b[AT_VAULT_ID..AT_VAULT_ID + 16].copy_from_slice(&self.vault_id.0);
         put_u64(&mut b, AT_CREATED, self.created_unix);
         b[AT_FINGERPRINT..AT_FINGERPRINT + 16].copy_from_slice(&self.key_fingerprint.0);
@@ -93,13 +110,23 @@ impl VaultConfig {
             return Err(VaultConfigError::BadMagic);
         }
         let version = get_u16(b, AT_VERSION);
-        if version != VAULT_CONFIG_VERSION {
+        if version != 1 && version != 2 {
             return Err(VaultConfigError::UnsupportedVersion(version));
         }
         if blake3::hash(&b[..AT_CHECKSUM]) != blake3::Hash::from(get_array::<32>(b, AT_CHECKSUM)) {
             return Err(VaultConfigError::ChecksumMismatch);
         }
-        for range in [AT_VERSION + 2..AT_VAULT_ID, AT_FINGERPRINT + 16..AT_CHECKSUM] {
+        // Version 1 is XChaCha20-Poly1305 and reserves byte 10; version 2
+        // names any other cipher there (one encoding per config).
+        let (cipher, reserved_from) = if version == 1 {
+            (Cipher::XChaCha20Poly1305, AT_CIPHER)
+        } else {
+            match Cipher::from_code(b[AT_CIPHER]) {
+                Some(c) if c != Cipher::XChaCha20Poly1305 => (c, AT_CIPHER + 1),
+                _ => return Err(VaultConfigError::UnknownCipher(b[AT_CIPHER])),
+            }
+        };
+        for range in [reserved_from..AT_VAULT_ID, AT_FINGERPRINT + 16..AT_CHECKSUM] {
             if let Some(at) = first_nonzero(b, range) {
                 return Err(VaultConfigError::Reserved { offset: at, value: b[at] });
             }
@@ -108,6 +135,7 @@ impl VaultConfig {
             vault_id: VaultId(get_array(b, AT_VAULT_ID)),
             created_unix: get_u64(b, AT_CREATED),
             key_fingerprint: KeyFingerprint(get_array(b, AT_FINGERPRINT)),
+            cipher,
         })
     }
 
@@ -132,6 +160,7 @@ mod tests {
             vault_id: VaultId(*b"vault-identity-1"),
             created_unix: 1_790_000_000,
             key_fingerprint: key.fingerprint(),
+            cipher: Cipher::XChaCha20Poly1305,
         }
     }
 
@@ -154,13 +183,35 @@ mod tests {
     }
 
     #[test]
+    fn the_cipher_round_trips_and_xchacha_keeps_version_1() {
+        let x = sample();
+        let b = x.encode();
+        assert_eq!(get_u16(&b, AT_VERSION), 1, "an XChaCha20-Poly1305 config is what earlier builds wrote");
+        assert_eq!(b[AT_CIPHER], 0);
+        let a = VaultConfig { cipher: Cipher::Aes256Gcm, ..x };
+        let b = a.encode();
+        assert_eq!((get_u16(&b, AT_VERSION), b[AT_CIPHER]), (2, 2));
+        assert_eq!(VaultConfig::decode(&b).unwrap(), a);
+        // Version 2 naming XChaCha (a second encoding) or no known cipher.
+        for code in [0u8, 1, 3, 0xff] {
+            let mut c = b;
+            c[AT_CIPHER] = code;
+            let sum = blake3::hash(&c[..AT_CHECKSUM]);
+            c[AT_CHECKSUM..].copy_from_slice(sum.as_bytes());
+            assert_eq!(VaultConfig::decode(&c), Err(VaultConfigError::UnknownCipher(code)));
+        }
+    }
+
+    #[test]
     fn every_flipped_bit_is_refused() {
-        let b = sample().encode();
-        for byte in 0..VAULT_CONFIG_LEN {
-            for bit in 0..8 {
-                let mut c = b;
-                c[byte] ^= 1 << bit;
-                assert!(VaultConfig::decode(&c).is_err(), "flip of byte {byte} bit {bit} accepted");
+        for cipher in Cipher::ALL {
+            let b = VaultConfig { cipher, ..sample() }.encode();
+            for byte in 0..VAULT_CONFIG_LEN {
+                for bit in 0..8 {
+                    let mut c = b;
+                    c[byte] ^= 1 << bit;
+                    assert!(VaultConfig::decode(&c).is_err(), "{cipher}: flip of byte {byte} bit {bit} accepted");
+                }
             }
         }
     }
@@ -173,8 +224,8 @@ mod tests {
         c[3] ^= 1;
         assert_eq!(VaultConfig::decode(&c), Err(VaultConfigError::BadMagic));
         let mut c = b;
-        c[AT_VERSION] = 2;
-        assert_eq!(VaultConfig::decode(&c), Err(VaultConfigError::UnsupportedVersion(2)));
+        c[AT_VERSION] = 3;
+        assert_eq!(VaultConfig::decode(&c), Err(VaultConfigError::UnsupportedVersion(3)));
         let mut c = b;
         c[AT_CREATED] ^= 1;
         assert_eq!(VaultConfig::decode(&c), Err(VaultConfigError::ChecksumMismatch));

@@ -32,6 +32,7 @@ use disk_format::key_file::{KeyFileDamage, SALT_LEN};
 use disk_format::map_page::page_blocks;
 use disk_format::pack::PackVersion;
 use disk_format::pack::PackWriter;
+use disk_format::Cipher;
 use disk_format::{
     BlockId, Consistency, CryptoError, Geometry, KdfParams, KeyFile, KeyFileError, Keys, MapBuilder, MapPage,
     MasterKey, Pack, PackError, PackId, PackIndex, PageError, PageId, PagePack, Root, RootError, RootId, VaultConfig,
@@ -80,7 +81,11 @@ const POINT2: [u64; 2] = [601, 700];
 
 /// Seals `blocks` of `point` into a pack, nonces `first_nonce, first_nonce + 1, …`.
 fn pack(keys: &Keys, blocks: &[u64], point: u32, first_nonce: u8) -> (PackId, Vec<u8>) {
-    let mut w = PackWriter::new(Vec::new()).unwrap();
+    pack_with(keys, Cipher::XChaCha20Poly1305, blocks, point, first_nonce)
+}
+
+fn pack_with(keys: &Keys, cipher: Cipher, blocks: &[u64], point: u32, first_nonce: u8) -> (PackId, Vec<u8>) {
+    let mut w = PackWriter::for_cipher(Vec::new(), cipher).unwrap();
     let mut nonce = first_nonce;
     for &b in blocks {
         let data = contents(b, point);
@@ -88,7 +93,7 @@ fn pack(keys: &Keys, blocks: &[u64], point: u32, first_nonce: u8) -> (PackId, Ve
         if w.contains(&id) {
             continue; // dedup within the pack
         }
-        w.add_blob(&id, &keys.seal_block_with_nonce_for_tests(&id, &data, [nonce; NONCE_LEN])).unwrap();
+        w.add_blob(&id, &keys.seal_block_with_nonce_for_tests(cipher, &id, &data, [nonce; NONCE_LEN])).unwrap();
         nonce += 1;
     }
     let done = w.finish().unwrap();
@@ -118,8 +123,12 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
         vault_id: VaultId(*b"golden-vault-001"),
         created_unix: 1_790_000_000,
         key_fingerprint: keys.fingerprint(),
+        cipher: Cipher::XChaCha20Poly1305,
     };
     files.push(("vault.config", config.encode().to_vec()));
+    let aes = VaultConfig { vault_id: VaultId(*b"golden-vault-aes"), cipher: Cipher::Aes256Gcm, ..config };
+    files.push(("aes-vault.config", aes.encode().to_vec()));
+    files.push(("golden-v3-aes.pack", pack_with(&keys, Cipher::Aes256Gcm, &POINT1, 1, 21).1));
 
     let (_, golden_pack) = pack(&keys, &POINT1, 1, 1);
     let (_, other_pack) = pack(&keys, &POINT2, 2, 11);
@@ -439,7 +448,7 @@ fn restore_golden_points(packs: [&str; 2], roots: [&str; 2]) {
             let page = root.check_page(i as u64, &bytes).unwrap();
             for (blk, id) in page_blocks(&g, i as u64).zip(&page.entries) {
                 if !id.is_zero() {
-                    let data = keys.open_block(id, &blobs[id]).unwrap();
+                    let data = keys.open_block(Cipher::XChaCha20Poly1305, id, &blobs[id]).unwrap();
                     let r = g.block_range(blk);
                     disk[r.start as usize..r.end as usize].copy_from_slice(&data);
                 }
@@ -557,9 +566,10 @@ fn corrupt_packs_refused(good_name: &str, names: PackNames) {
         }
         let pack = Pack::parse(&bytes).unwrap();
         let (e, blob) = pack.blob(1).unwrap();
-        assert_eq!(keys.open_block(&e.id, blob), Err(CryptoError::Inauthentic { id: e.id }), "{name}");
+        let cipher = pack.index().cipher();
+        assert_eq!(keys.open_block(cipher, &e.id, blob), Err(CryptoError::Inauthentic { id: e.id }), "{name}");
         let (e, blob) = pack.blob(0).unwrap();
-        keys.open_block(&e.id, blob).unwrap();
+        keys.open_block(cipher, &e.id, blob).unwrap();
     }
     // Field offsets as FORMAT.md gives them.
     assert_eq!(&good[0..8], &disk_format::pack::PACK_MAGIC);
@@ -595,4 +605,31 @@ fn corrupt_roots_refused(v: &str) {
     assert_eq!(Root::decode(&read("point-2.root"), &other_master().keys()), Err(RootError::BadMac));
     // Without the key, GC can still follow the other-key root's pages.
     assert_eq!(Root::decode_unauthenticated(&read("other-key.root")).unwrap().pages, root.pages);
+}
+
+/// The AES-256-GCM fixtures: a version 2 vault config naming the cipher,
+/// and point 1's blocks as a version 3 pack. Each blob opens with AES-256-GCM
+/// to the block written, and with XChaCha20-Poly1305 not at all.
+#[test]
+fn aes_256_gcm_config_and_pack() {
+    let keys = master().keys();
+    let c = VaultConfig::decode(&read("aes-vault.config")).unwrap();
+    assert_eq!((c.cipher, c.vault_id), (Cipher::Aes256Gcm, VaultId(*b"golden-vault-aes")));
+    assert_eq!(&read("aes-vault.config")[8..11], &[2, 0, 2], "version 2, cipher 2");
+    assert_eq!(VaultConfig::decode(&read("vault.config")).unwrap().cipher, Cipher::XChaCha20Poly1305);
+
+    let bytes = read("golden-v3-aes.pack");
+    let pack = Pack::parse(&bytes).unwrap();
+    pack.check_checksums().is_empty().then_some(()).expect("every CRC matches");
+    assert_eq!((pack.index().version(), pack.index().cipher()), (PackVersion::V3, Cipher::Aes256Gcm));
+    let mut opened = 0;
+    for n in 0..pack.index().entries().len() {
+        let (e, blob) = pack.blob(n).unwrap();
+        assert_eq!(&blob[..NONCE_LEN], &[21 + n as u8; NONCE_LEN]);
+        let data = keys.open_block(Cipher::Aes256Gcm, &e.id, blob).unwrap();
+        assert!(POINT1.iter().any(|&b| contents(b, 1) == data), "entry {n} is one of point 1's blocks");
+        assert!(keys.open_block(Cipher::XChaCha20Poly1305, &e.id, blob).is_err());
+        opened += 1;
+    }
+    assert_eq!(opened, 4, "five blocks written, two with the same contents");
 }

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use disk_format::ids::{BlockId, PackId, PageId, RootId};
-use disk_format::keys::Keys;
+use disk_format::keys::{Cipher, Keys};
 use disk_format::map_page::MapBuilder;
 use disk_format::pack::{FinishedPack, PackWriter};
 use disk_format::point::{Consistency, Root};
+use disk_format::root_ext::{block_cipher_unauthenticated, with_block_cipher};
 use disk_format::{Geometry, LastPoint};
 use filter::{CutInfo, CutKind};
 use vault::index_cache::{IndexCache, Opened};
@@ -408,6 +409,17 @@ impl Cycle<'_, '_> {
             }
             (seq, _) => vault.load_root_with_id(own_chain, seq, Some(keys)).map(Some),
         };
+        // The newest point (its MAC verified) names the cipher the vault had
+        // when it was cut; a config naming another was replaced since (a
+        // downgrade, or a copy of another vault's config): ship nothing.
+        if let Ok(Some((root, _))) = &latest {
+            let was = block_cipher_unauthenticated(&root.extension).unwrap_or(Cipher::XChaCha20Poly1305);
+            let now = vault.config().cipher;
+            if was != now {
+                let location = vault.backend().location();
+                return Err(ShipError::CipherChanged { location, sequence: root.sequence, was, now });
+            }
+        }
         let (previous, previous_id, base) = match latest {
             // Only the point the dirty maps are relative to can be built on
             // (`chain`): anything else gets a full verify, and says why.
@@ -521,11 +533,17 @@ impl Cycle<'_, '_> {
             pages: map.pages,
             page_packs: map.page_packs,
             page_pack_of: map.page_pack_of,
-            extension: opts
-                .cut_hook
-                .filter(|_| !cut.recut)
-                .and_then(|h| h.root_extension())
-                .unwrap_or_else(|| opts.extension.to_vec()),
+            // The vault's cipher goes into every point (one that is not
+            // XChaCha20-Poly1305 as an extension entry), under the root's
+            // MAC: a config replaced later cannot change it unnoticed.
+            extension: with_block_cipher(
+                &opts
+                    .cut_hook
+                    .filter(|_| !cut.recut)
+                    .and_then(|h| h.root_extension())
+                    .unwrap_or_else(|| opts.extension.to_vec()),
+                self.vault.config().cipher,
+            ),
         }
     }
 
@@ -588,7 +606,9 @@ impl Cycle<'_, '_> {
                 .name("ship-store".into())
                 .spawn_scoped(s, move || store_packs(vault, storer_rx, free_tx))
                 .expect("spawning the pack storer");
-            let read = Packer::new(&free_rx, &to_storer, map, full).and_then(|p| self.read(p, &blocks, &mut known));
+            let cipher = self.vault.config().cipher;
+            let read =
+                Packer::new(&free_rx, &to_storer, map, full, cipher).and_then(|p| self.read(p, &blocks, &mut known));
             drop(to_storer);
             // The map's pages do not depend on the packs: they are built and
             // stored while the storer finishes the last pack. The root still
@@ -703,6 +723,7 @@ impl Cycle<'_, '_> {
             runs: &runs(blocks),
             geometry: self.geometry,
             keys: self.keys,
+            cipher: packer.cipher,
             known,
             workers: self.opts.workers,
             cancel: self.opts.cancel,
@@ -850,6 +871,8 @@ struct Packer<'p> {
     track_known: bool,
     /// How many blocks were deduplicated against each pack of the index.
     known_in: HashMap<PackId, u64>,
+    /// The vault's cipher: every block is sealed with it, every pack names it.
+    cipher: Cipher,
 }
 
 impl<'p> Packer<'p> {
@@ -858,8 +881,9 @@ impl<'p> Packer<'p> {
         to_storer: &'p Sender<ToStorer>,
         map: MapBuilder,
         full: bool,
+        cipher: Cipher,
     ) -> Result<Packer<'p>, ShipError> {
-        let pack = Packer::open(free, to_storer, 0)?;
+        let pack = Packer::open(free, to_storer, 0, cipher)?;
         let report = CycleReport::empty(full);
         Ok(Packer {
             free,
@@ -871,6 +895,7 @@ impl<'p> Packer<'p> {
             report,
             track_known: false,
             known_in: HashMap::new(),
+            cipher,
         })
     }
 
@@ -879,9 +904,10 @@ impl<'p> Packer<'p> {
         free: &'p Receiver<Chunk>,
         to_storer: &'p Sender<ToStorer>,
         number: u64,
+        cipher: Cipher,
     ) -> Result<PackWriter<ChunkOut<'p>>, ShipError> {
         let out = ChunkOut::new(free, to_storer).map_err(|source| ShipError::PackOut { pack: number, source })?;
-        PackWriter::new(out).map_err(|source| ShipError::Pack { pack: number, block: None, source })
+        PackWriter::for_cipher(out, cipher).map_err(|source| ShipError::Pack { pack: number, block: None, source })
     }
 
     /// Ends pack `number`: its index and trailer go to the storer, which commits it.
@@ -921,7 +947,7 @@ impl<'p> Packer<'p> {
                     .add_blob_with_checksum(id, &buf[..*blob_len], *checksum)
                     .map_err(|source| ShipError::Pack { pack: number, block: Some(*index), source })?;
                 if self.pack.bytes_written() >= PACK_TARGET {
-                    let next = Packer::open(self.free, self.to_storer, number + 1)?;
+                    let next = Packer::open(self.free, self.to_storer, number + 1, self.cipher)?;
                     Packer::end(std::mem::replace(&mut self.pack, next), number)?;
                     self.number = number + 1;
                 }
@@ -1105,7 +1131,7 @@ mod tests {
         let keys = disk_format::keys::MasterKey::from_bytes([5; 32]).keys();
         let id = keys.block_id(&[seed]);
         let mut w = PackWriter::new(Vec::new()).unwrap();
-        w.add_blob(&id, &keys.seal_block(&id, &[seed]).unwrap()).unwrap();
+        w.add_blob(&id, &keys.seal_block(disk_format::Cipher::XChaCha20Poly1305, &id, &[seed]).unwrap()).unwrap();
         let done = w.finish().unwrap();
         ToStorer::End(FinishedPack { id: PackId([seed; 32]), len: done.len, index: done.index, out })
     }
@@ -1155,6 +1181,8 @@ mod tests {
     use disk_format::map_page::PageError;
     use std::error::Error;
 
+    const CIPHER: Cipher = Cipher::Aes256Gcm;
+
     fn chunks() -> (Sender<Chunk>, Receiver<Chunk>, Sender<ToStorer>, Receiver<ToStorer>) {
         let (free_tx, free_rx) = bounded::<Chunk>(CHUNKS);
         free_tx.send(Chunk::new()).unwrap();
@@ -1166,7 +1194,7 @@ mod tests {
     fn a_block_the_new_map_refuses_is_named_and_is_not_taken_for_a_damaged_previous_map() {
         let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
         let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
-        let mut packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false).unwrap();
+        let mut packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false, CIPHER).unwrap();
         let (_pool, mut bufs) = BlockPool::new(1 << 20, 1).unwrap();
         let e = packer.take(&Sealed::Zero { index: 8, buf: bufs.pop().unwrap() }).unwrap_err();
         let ShipError::MapEntry { block: 8, source: PageError::BlockOutOfRange { block: 8, block_count: 8 } } = &e
@@ -1185,7 +1213,7 @@ mod tests {
     fn blocks_lost_in_the_pipeline_and_a_stopped_storer_are_typed_with_the_old_messages() {
         let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
         let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
-        let packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true).unwrap();
+        let packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER).unwrap();
         let e = packer.finish(5, 0).map(drop).unwrap_err();
         assert!(matches!(e, ShipError::BlocksLost { shipped: 0, blocks: 5 }), "{e:?}");
         assert_eq!(e.to_string(), "building the point: internal error: 0 of 5 blocks went through the pipeline");
@@ -1194,7 +1222,7 @@ mod tests {
         let (free_tx, free_rx, to_storer, _storer_rx) = chunks();
         drop(free_tx);
         let _first = free_rx.recv().unwrap();
-        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true).map(drop).unwrap_err();
+        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER).map(drop).unwrap_err();
         assert!(
             matches!(&e, ShipError::PackOut { pack: 0, source } if source.to_string() == "the pack storer stopped")
         );

@@ -110,6 +110,26 @@ pub enum ShipError {
         /// Blocks of the cut deduplicated against them.
         blocks: u64,
     },
+    /// The vault's config names another cipher than the disk's newest point,
+    /// whose root (authenticated with the key) records the cipher the vault
+    /// had when it was cut. A vault's cipher never changes: the config was
+    /// replaced. Nothing was shipped.
+    #[error(
+        "the vault at {location} says its blocks are sealed with {now}, but point {sequence} of this disk, \
+         authenticated with the key, was cut when the vault's cipher was {was}: the vault config was replaced (a \
+         downgrade, or another vault's config). Nothing was shipped; restore the vault's config object from a \
+         backup of the vault"
+    )]
+    CipherChanged {
+        /// The vault.
+        location: String,
+        /// The newest point.
+        sequence: u64,
+        /// Its cipher.
+        was: disk_format::Cipher,
+        /// The cipher the config names.
+        now: disk_format::Cipher,
+    },
     /// A worker thread panicked.
     #[error("internal error: a shipper thread panicked")]
     Panic,

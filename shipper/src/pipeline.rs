@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use disk_format::ids::{BlockId, PackId};
-use disk_format::keys::{Keys, NONCE_LEN};
+use disk_format::keys::{Cipher, Keys, NONCE_LEN};
 use disk_format::pack::blob_checksum;
 use disk_format::Geometry;
 use vault::BlockIndex;
@@ -65,6 +65,8 @@ pub(crate) struct Job<'a> {
     pub geometry: Geometry,
     /// Subkeys for ids and sealing.
     pub keys: &'a Keys,
+    /// The cipher new blocks are sealed with (the vault's).
+    pub cipher: Cipher,
     /// Block ids the vault already holds (not sealed again).
     pub known: &'a BlockIndex,
     /// Hashing and sealing threads.
@@ -85,7 +87,7 @@ pub(crate) fn run(
     sink: &mut (dyn FnMut(&Sealed) -> Result<(), ShipError> + Send),
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, ShipError> {
-    let Job { runs, geometry, keys, known, workers, cancel, cache_first } = *job;
+    let Job { runs, geometry, keys, cipher, known, workers, cancel, cache_first } = *job;
     let bs = geometry.block_size as usize;
     let workers = workers.max(1);
     let choice = if source.direct().is_some() { Some(EngineChoice::from_env()?) } else { None };
@@ -118,7 +120,7 @@ pub(crate) fn run(
         for n in 0..workers {
             let (rx, tx) = (work_rx.clone(), done_tx.clone());
             let _ = named(&format!("ship-seal-{n}"))
-                .spawn_scoped(s, move || seal_worker(&rx, &tx, keys, known))
+                .spawn_scoped(s, move || seal_worker(&rx, &tx, keys, cipher, known))
                 .expect("spawning a sealing thread");
         }
         drop((work_rx, done_tx));
@@ -287,7 +289,13 @@ fn is_zero(data: &[u8]) -> bool {
     tail_zero && chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-fn seal_worker(rx: &Receiver<Plain>, tx: &Sender<Result<Sealed, ShipError>>, keys: &Keys, known: &BlockIndex) {
+fn seal_worker(
+    rx: &Receiver<Plain>,
+    tx: &Sender<Result<Sealed, ShipError>>,
+    keys: &Keys,
+    cipher: Cipher,
+    known: &BlockIndex,
+) {
     for Plain { index, len, mut buf } in rx {
         let plain = &buf[NONCE_LEN..NONCE_LEN + len];
         let out = if is_zero(plain) {
@@ -297,7 +305,7 @@ fn seal_worker(rx: &Receiver<Plain>, tx: &Sender<Result<Sealed, ShipError>>, key
             if let Some(loc) = known.get(&id) {
                 Ok(Sealed::Known { index, id, pack: loc.pack, buf })
             } else {
-                match keys.seal_in_place(&id, &mut buf, len) {
+                match keys.seal_in_place(cipher, &id, &mut buf, len) {
                     Ok(blob_len) => {
                         let checksum = blob_checksum(&buf[..blob_len]);
                         Ok(Sealed::New { index, id, buf, blob_len, checksum })

@@ -104,7 +104,7 @@ fn other_writers_packs(vault: &Vault, n: u32, data: impl Fn(u32) -> Vec<u8>) {
         let block = data(i);
         let id = k.block_id(&block);
         let mut w = PackWriter::new(Vec::new()).unwrap();
-        w.add_blob(&id, &k.seal_block(&id, &block).unwrap()).unwrap();
+        w.add_blob(&id, &k.seal_block(disk_format::Cipher::XChaCha20Poly1305, &id, &block).unwrap()).unwrap();
         let done = w.finish().unwrap();
         vault.put_pack(&done.id, &done.out).unwrap();
     }

@@ -15,7 +15,7 @@
 //! are known only from the index at its end, so their CRCs cannot be taken
 //! on the way in.
 
-use disk_format::pack::{check_header, v2_pack_id, PackIndex, PackVersion, PACK_HEADER_LEN, PACK_TRAILER_LEN};
+use disk_format::pack::{check_header, pack_id_from_tail, PackIndex, PackVersion, PACK_HEADER_LEN, PACK_TRAILER_LEN};
 use disk_format::{PackId, PageId, Root};
 use vault::store::parse_root_name;
 use vault::{Kind, StagedObject, VaultError};
@@ -102,7 +102,7 @@ pub fn check_staged_pack(staged: &mut StagedObject<'_>, name: &str) -> Result<()
     let index_len = to_usize(r.end - r.start);
     let index = PackIndex::parse_index(&tail[..index_len], &t).map_err(|e| mismatch(kind, name, e.to_string()))?;
     let got = match t.version {
-        PackVersion::V2 => v2_pack_id(&tail),
+        v @ (PackVersion::V2 | PackVersion::V3) => pack_id_from_tail(v, &tail).expect("named by its tail"),
         PackVersion::V1 => {
             let mut h = blake3::Hasher::new();
             let mut buf = vec![0u8; 1 << 20];

@@ -201,7 +201,7 @@ impl Vault {
             for (entry, e) in (0u32..).zip(entries.entries()) {
                 let r = e.range();
                 let blob = &mut bytes[usize::try_from(r.start).expect("in memory")..usize::try_from(r.end).expect("")];
-                match keys.open_in_place(&e.id, blob) {
+                match keys.open_in_place(entries.cipher(), &e.id, blob) {
                     Ok(_) => report.blocks_verified += 1,
                     Err(err) => {
                         let detail = format!("entry {entry} does not open: {err}");

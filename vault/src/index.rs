@@ -14,7 +14,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 
 use disk_format::pack::{INDEX_ENTRY_LEN, PACK_TRAILER_LEN};
-use disk_format::{BlockId, PackId, PackIndex};
+use disk_format::{BlockId, Cipher, PackId, PackIndex};
 
 use crate::backend::{Backend, Kind};
 use crate::error::VaultError;
@@ -35,6 +35,8 @@ pub struct BlockLocation {
     pub range: Range<u64>,
     /// Length of the block's plaintext.
     pub plain_len: u32,
+    /// The cipher the pack's blobs are sealed with.
+    pub cipher: Cipher,
 }
 
 /// A pack whose index could not be read: its blocks are not in the index.
@@ -84,7 +86,8 @@ type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 #[derive(Debug, Clone, Default)]
 pub struct BlockIndex {
     blocks: IdMap<BlockId, BlockLocation>,
-    pack_lens: IdMap<PackId, u64>,
+    /// Each pack's length and cipher.
+    pack_lens: IdMap<PackId, (u64, Cipher)>,
     unreadable: Vec<UnreadablePack>,
 }
 
@@ -113,7 +116,7 @@ impl BlockIndex {
     /// keeps its first location.
     pub fn add_pack(&mut self, pack: &PackId, index: &PackIndex) {
         let len = index.index_offset() + (INDEX_ENTRY_LEN * index.entries().len() + PACK_TRAILER_LEN) as u64;
-        self.pack_lens.insert(*pack, len);
+        self.pack_lens.insert(*pack, (len, index.cipher()));
         self.blocks.reserve(index.entries().len());
         for (entry, e) in (0u32..).zip(index.entries()) {
             self.blocks.entry(e.id).or_insert_with(|| BlockLocation {
@@ -121,6 +124,7 @@ impl BlockIndex {
                 entry,
                 range: e.range(),
                 plain_len: e.plain_len,
+                cipher: index.cipher(),
             });
         }
     }
@@ -140,9 +144,14 @@ impl BlockIndex {
         self.pack_lens.len()
     }
 
+    /// The cipher of an added pack's blobs.
+    pub fn pack_cipher(&self, pack: &PackId) -> Option<Cipher> {
+        self.pack_lens.get(pack).map(|&(_, cipher)| cipher)
+    }
+
     /// The length of an added pack (from its index and trailer).
     pub fn pack_len(&self, pack: &PackId) -> Option<u64> {
-        self.pack_lens.get(pack).copied()
+        self.pack_lens.get(pack).map(|&(len, _)| len)
     }
 
     /// The stored id (key) and location of block `id`.
@@ -174,8 +183,8 @@ impl BlockIndex {
     /// Records pack `pack`, of `len` bytes, as added, with no blocks of its
     /// own yet (they follow with [`BlockIndex::insert`]): for an index
     /// loaded from elsewhere than the packs (`index_cache`).
-    pub fn add_pack_len(&mut self, pack: PackId, len: u64) {
-        self.pack_lens.insert(pack, len);
+    pub fn add_pack_len(&mut self, pack: PackId, len: u64, cipher: Cipher) {
+        self.pack_lens.insert(pack, (len, cipher));
     }
 
     /// Makes room for `blocks` more blocks in `packs` more packs.

@@ -53,12 +53,12 @@
 //! gets a new cache.
 //!
 //! File layout (all integers little-endian). Header, 64 bytes: magic (the
-//! first 8 bytes of BLAKE3("lifeboat index cache v1")), version u16 = 1, 6
+//! first 8 bytes of BLAKE3("lifeboat index cache v1")), version u16 = 2, 6
 //! reserved zero bytes, vault id (16), key fingerprint (16), MAC (16) of the
 //! first 48 bytes. Then records: payload length u32, kind u8, 3 reserved
 //! zero bytes, the payload, and a MAC (16) of `vault id ‖ the record's first
 //! 8 bytes ‖ payload`. Kinds: 1 = packs, back to back (each: id 32, length u64,
-//! count u32, then per block: id 32, entry u32, range start u64, range end
+//! count u32, cipher code u8, 3 reserved zero bytes, then per block: id 32, entry u32, range start u64, range end
 //! u64, plaintext length u32); 2 = packs dropped (their ids, 32 each); 3 = cycles since the last full
 //! listing (u32). Records apply in order.
 
@@ -69,7 +69,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use disk_format::keys::Keys;
-use disk_format::{BlockId, PackId, PackIndex};
+use disk_format::{BlockId, Cipher, PackId, PackIndex};
 
 use crate::backend::Kind;
 use crate::error::VaultError;
@@ -79,14 +79,14 @@ use crate::store::Vault;
 /// Committed cycles between two full listings of the vault's packs.
 pub const RELIST_EVERY: u32 = 32;
 
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 const HEADER_LEN: usize = 64;
 const MAC_LEN: usize = 16;
 const RECORD_HEAD: usize = 8;
 const KIND_PACK: u8 = 1;
 const KIND_DROP: u8 = 2;
 const KIND_CYCLES: u8 = 3;
-const PACK_HEAD: usize = 44;
+const PACK_HEAD: usize = 48;
 const ENTRY_LEN: usize = 56;
 /// Bytes of packs a rewritten file puts in one record, at least.
 const BATCH: usize = 1 << 20;
@@ -378,7 +378,8 @@ impl IndexCache {
         // Many packs to a record, so that loading hashes long runs of bytes.
         for (pack, mut blocks) in by_pack {
             blocks.sort_by_key(|(_, l)| l.entry);
-            encode_pack_head(&mut payload, &pack, self.index.pack_len(&pack).unwrap_or(0), blocks.len());
+            let (len, cipher) = (self.index.pack_len(&pack), self.index.pack_cipher(&pack));
+            encode_pack_head(&mut payload, &pack, len.unwrap_or(0), cipher, blocks.len());
             for (id, loc) in blocks {
                 encode_entry(&mut payload, id, loc);
             }
@@ -424,9 +425,10 @@ impl IndexCache {
     fn add(&mut self, id: &PackId, len: u64, index: &PackIndex) {
         self.index.add_pack(id, index);
         let mut payload = Vec::with_capacity(PACK_HEAD + ENTRY_LEN * index.entries().len());
-        encode_pack_head(&mut payload, id, len, index.entries().len());
+        encode_pack_head(&mut payload, id, len, Some(index.cipher()), index.entries().len());
         for (entry, e) in (0u32..).zip(index.entries()) {
-            let loc = BlockLocation { pack: *id, entry, range: e.range(), plain_len: e.plain_len };
+            let loc =
+                BlockLocation { pack: *id, entry, range: e.range(), plain_len: e.plain_len, cipher: index.cipher() };
             encode_entry(&mut payload, &e.id, &loc);
         }
         self.record(KIND_PACK, &[&payload]);
@@ -528,9 +530,10 @@ impl IndexCache {
         let pack = PackId(head[..32].try_into().expect("32 bytes"));
         let len = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes"));
         let count = u32::from_le_bytes(head[40..44].try_into().expect("4 bytes")) as usize;
+        let cipher = Cipher::from_code(head[44]).filter(|_| head[45..48] == [0, 0, 0])?;
         let used = PACK_HEAD + count.checked_mul(ENTRY_LEN)?;
         let entries = p.get(PACK_HEAD..used)?;
-        self.index.add_pack_len(pack, len);
+        self.index.add_pack_len(pack, len, cipher);
         for e in entries.chunks_exact(ENTRY_LEN) {
             let u64_at = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8 bytes"));
             let u32_at = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
@@ -540,7 +543,8 @@ impl IndexCache {
                 return None;
             }
             if !self.index.contains(&id) {
-                self.index.insert(id, BlockLocation { pack, entry: u32_at(32), range, plain_len: u32_at(52) });
+                let loc = BlockLocation { pack, entry: u32_at(32), range, plain_len: u32_at(52), cipher };
+                self.index.insert(id, loc);
             }
         }
         Some(used)
@@ -588,10 +592,13 @@ fn stamp_of(m: &std::fs::Metadata, len: u64) -> (u64, u64, u64) {
     (m.dev(), m.ino(), len)
 }
 
-fn encode_pack_head(out: &mut Vec<u8>, pack: &PackId, len: u64, count: usize) {
+fn encode_pack_head(out: &mut Vec<u8>, pack: &PackId, len: u64, cipher: Option<Cipher>, count: usize) {
     out.extend_from_slice(&pack.0);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&u32::try_from(count).expect("a pack's blocks fit a u32").to_le_bytes());
+    // Every pack the index holds was added with its cipher.
+    let code = cipher.map_or(Cipher::XChaCha20Poly1305.code(), Cipher::code);
+    out.extend_from_slice(&[code, 0, 0, 0]);
 }
 
 fn encode_entry(out: &mut Vec<u8>, id: &BlockId, loc: &BlockLocation) {
@@ -631,7 +638,7 @@ mod tests {
         for i in 0..n {
             let data = format!("block {seed} {i}").into_bytes();
             let id = keys.block_id(&data);
-            w.add_blob(&id, &keys.seal_block(&id, &data).unwrap()).unwrap();
+            w.add_blob(&id, &keys.seal_block(disk_format::Cipher::XChaCha20Poly1305, &id, &data).unwrap()).unwrap();
         }
         let done = w.finish().unwrap();
         vault.put_pack(&done.id, &done.out).unwrap();

@@ -101,7 +101,7 @@ impl PointReader {
                 VaultError::ShortObject { .. } => damaged(Damage::Corrupt, "the pack is truncated".into()),
                 other => other,
             })?;
-        let plain = self.keys.open_in_place(id, &mut blob).map_err(|e| {
+        let plain = self.keys.open_in_place(loc.cipher, id, &mut blob).map_err(|e| {
             let damage = match e {
                 CryptoError::Inauthentic { .. } | CryptoError::IdMismatch { .. } => Damage::Inauthentic,
                 _ => Damage::Corrupt,

@@ -48,7 +48,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 
-use disk_format::pack::{v2_pack_id, PackVersion};
+use disk_format::pack::{pack_id_from_tail, PackVersion};
 use disk_format::{BlockId, CryptoError, Geometry, Keys, PackId, PageError, Root, SEAL_OVERHEAD};
 
 use crate::backend::Kind;
@@ -416,7 +416,7 @@ impl Run<'_> {
     /// plaintext's range in `buf`.
     fn open(&self, buf: &mut [u8], at: usize, item: &Item<'_>) -> Result<Range<usize>, VaultError> {
         let len = usize::try_from(item.loc.range.end - item.loc.range.start).expect("a blob fits in memory");
-        let plain = self.keys.open_in_place(item.id, &mut buf[at..at + len]).map_err(|e| {
+        let plain = self.keys.open_in_place(item.loc.cipher, item.id, &mut buf[at..at + len]).map_err(|e| {
             let damage = match e {
                 CryptoError::Inauthentic { .. } | CryptoError::IdMismatch { .. } => Damage::Inauthentic,
                 _ => Damage::Corrupt,
@@ -482,8 +482,8 @@ impl Run<'_> {
         };
         let mut hasher = match tail.index.version() {
             PackVersion::V1 => Some(blake3::Hasher::new()),
-            PackVersion::V2 => {
-                let got = v2_pack_id(&tail.bytes);
+            v @ (PackVersion::V2 | PackVersion::V3) => {
+                let got = pack_id_from_tail(v, &tail.bytes).expect("named by its tail");
                 if got != job.pack {
                     return Err(misnamed(got));
                 }

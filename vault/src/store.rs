@@ -23,7 +23,9 @@
 //! ([`Vault::points`], garbage collection, [`Vault::check`] without a key)
 //! trusts nothing it says beyond listing.
 
-use disk_format::{Consistency, Keys, MapPage, Pack, PackId, PageId, Root, RootError, RootId, VaultConfig, VaultId};
+use disk_format::{
+    Cipher, Consistency, Keys, MapPage, Pack, PackId, PageId, Root, RootError, RootId, VaultConfig, VaultId,
+};
 
 use crate::backend::{check_name, Backend, Buffered, Kind, ObjectWriter};
 use crate::error::{Damage, VaultError};
@@ -122,7 +124,16 @@ impl Vault {
     /// ([`VaultError::AlreadyAVault`]). A later change of the config must go
     /// through [`Backend::replace_if`] from the version read, so that two
     /// writers never overwrite each other.
+    ///
+    /// The vault's blocks are sealed with [`Cipher::preferred`] on this
+    /// machine; [`Vault::init_with_cipher`] chooses.
     pub fn init(backend: Box<dyn Backend>, keys: &Keys) -> Result<Vault, VaultError> {
+        Vault::init_with_cipher(backend, keys, Cipher::preferred())
+    }
+
+    /// [`Vault::init`], sealing the vault's blocks with `cipher` (recorded
+    /// in the config: every host protecting into the vault uses it).
+    pub fn init_with_cipher(backend: Box<dyn Backend>, keys: &Keys, cipher: Cipher) -> Result<Vault, VaultError> {
         let location = backend.location();
         if backend.size(Kind::Config, CONFIG_NAME)?.is_some() {
             return Err(VaultError::AlreadyAVault { location });
@@ -139,7 +150,8 @@ impl Vault {
             source: std::io::Error::other(e.to_string()),
         })?;
         let created_unix = system::clock::now_ns() / 1_000_000_000;
-        let config = VaultConfig { vault_id: VaultId(vault_id), created_unix, key_fingerprint: keys.fingerprint() };
+        let config =
+            VaultConfig { vault_id: VaultId(vault_id), created_unix, key_fingerprint: keys.fingerprint(), cipher };
         // Created, never overwritten: of two inits racing on one location,
         // one writes the config and the other is refused.
         match backend.create(Kind::Config, CONFIG_NAME, &config.encode()) {

@@ -515,7 +515,7 @@ fn objects_that_would_make_the_vault_invalid_are_not_stored() {
     let mut w = disk_format::PackWriter::new(Vec::new()).unwrap();
     let block = b"a block for a pack stored under the wrong name";
     let id = f.keys.block_id(block);
-    w.add_blob(&id, &f.keys.seal_block(&id, block).unwrap()).unwrap();
+    w.add_blob(&id, &f.keys.seal_block(disk_format::Cipher::XChaCha20Poly1305, &id, block).unwrap()).unwrap();
     let done = w.finish().unwrap();
     let wrong = PackId([3; 32]);
     let e = f.vault.put_pack(&wrong, &done.out).unwrap_err();

@@ -122,7 +122,7 @@ fn restore_throughput() {
     let mut opened = 0u64;
     for i in 0..pack.index().entries().len() {
         let (e, blob) = pack.blob(i).unwrap();
-        opened += keys.open_block(&e.id, blob).unwrap().len() as u64;
+        opened += keys.open_block(pack.index().cipher(), &e.id, blob).unwrap().len() as u64;
     }
     println!("open_block (AEAD + id), one pack:    {}", mbs(opened, t.elapsed().as_secs_f64()));
     // The keyless scrub of one pack: its name (BLAKE3 of header, index and

@@ -2,7 +2,7 @@
 //! the fuzz harness on pseudo-random input.
 #![allow(clippy::cast_possible_truncation)] // test sizes are small
 use super::*;
-use crate::keys::{Keys, MasterKey};
+use crate::keys::{Cipher, CryptoError, Keys, MasterKey};
 use proptest::prelude::*;
 
 fn keys() -> Keys {
@@ -10,14 +10,19 @@ fn keys() -> Keys {
 }
 
 fn build(k: &Keys, blocks: &[Vec<u8>]) -> FinishedPack<Vec<u8>> {
-    let mut w = PackWriter::new(Vec::new()).unwrap();
+    build_with(k, Cipher::XChaCha20Poly1305, blocks)
+}
+
+fn build_with(k: &Keys, cipher: Cipher, blocks: &[Vec<u8>]) -> FinishedPack<Vec<u8>> {
+    let mut w = PackWriter::for_cipher(Vec::new(), cipher).unwrap();
+    assert_eq!(w.cipher(), cipher);
     for (i, b) in blocks.iter().enumerate() {
         let id = k.block_id(b);
         if i % 2 == 0 {
-            w.add_blob(&id, &k.seal_block(&id, b).unwrap()).unwrap();
+            w.add_blob(&id, &k.seal_block(cipher, &id, b).unwrap()).unwrap();
         } else {
             let mut buf = b.clone();
-            let frame = k.seal_detached(&id, &mut buf).unwrap();
+            let frame = k.seal_detached(cipher, &id, &mut buf).unwrap();
             w.add_sealed(&id, &frame, &buf).unwrap();
         }
     }
@@ -69,7 +74,7 @@ fn write_parse_open() {
     assert_eq!(pack.id(), done.id);
     for (n, b) in blocks.iter().enumerate() {
         let (e, blob) = pack.blob(n).unwrap();
-        assert_eq!(&k.open_block(&e.id, blob).unwrap(), b);
+        assert_eq!(&k.open_block(pack.index().cipher(), &e.id, blob).unwrap(), b);
         assert_eq!(pack.index().find(&e.id).unwrap().0 as usize, n);
         assert_eq!(e.checksum, Some(crc32fast::hash(blob)), "entry {n}: the blob's CRC-32, also for add_sealed");
     }
@@ -134,7 +139,10 @@ fn keyless_verification_names_the_blob_or_the_pack() {
     assert_eq!(Pack::parse(&p).unwrap_err(), PackError::VersionMismatch { header: 1, trailer: 2 });
     let mut p = done.out.clone();
     put_u16(&mut p, 8, 3);
-    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::UnsupportedVersion { place: "header", version: 3 });
+    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::VersionMismatch { header: 3, trailer: 2 });
+    let mut p = done.out.clone();
+    put_u16(&mut p, 8, 4);
+    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::UnsupportedVersion { place: "header", version: 4 });
 }
 
 /// Version 1 packs (48-byte entries, named by all their bytes) still parse,
@@ -150,7 +158,7 @@ fn version_1_packs_are_still_read() {
     for (n, b) in blocks.iter().enumerate() {
         let (e, blob) = pack.blob(n).unwrap();
         assert_eq!(e.checksum, None);
-        assert_eq!(&k.open_block(&e.id, blob).unwrap(), b);
+        assert_eq!(&k.open_block(pack.index().cipher(), &e.id, blob).unwrap(), b);
     }
     let t = PackIndex::parse_trailer(&v1[v1.len() - 64..], v1.len() as u64).unwrap();
     assert_eq!((t.version, t.index_range().end - t.index_range().start), (PackVersion::V1, 3 * 48));
@@ -162,12 +170,57 @@ fn version_1_packs_are_still_read() {
     assert_eq!(fuzz_pack_bytes(&v1), 3);
 }
 
+/// An AES-256-GCM pack is version 3 and names its cipher in the trailer;
+/// it verifies, opens and round-trips like version 2, and a changed cipher
+/// byte is caught without the key (the name) and with it (the AEAD).
+#[test]
+fn version_3_packs_record_their_cipher() {
+    let k = keys();
+    let blocks = sample_blocks();
+    let done = build_with(&k, Cipher::Aes256Gcm, &blocks);
+    let pack = Pack::verify(&done.out, &done.id).unwrap();
+    assert_eq!((pack.index().version(), pack.index().cipher()), (PackVersion::V3, Cipher::Aes256Gcm));
+    assert_eq!(&done.out[..10], &[&PACK_MAGIC[..], &[3, 0]].concat()[..]);
+    let t_at = done.out.len() - PACK_TRAILER_LEN;
+    assert_eq!(done.out[t_at + T_CIPHER], 2);
+    let tail = &done.out[done.index.index_offset() as usize..];
+    assert_eq!(pack_id_from_tail(PackVersion::V3, tail), Some(done.id));
+    assert_ne!(v2_pack_id(tail), done.id, "the header's version is part of the name");
+    for (n, b) in blocks.iter().enumerate() {
+        let (e, blob) = pack.blob(n).unwrap();
+        assert_eq!(&k.open_block(Cipher::Aes256Gcm, &e.id, blob).unwrap(), b);
+        assert!(k.open_block(Cipher::XChaCha20Poly1305, &e.id, blob).is_err());
+    }
+    assert_eq!(fuzz_pack_bytes(&done.out), 3);
+
+    // The cipher byte set to XChaCha20-Poly1305 (a downgrade): the name no
+    // longer matches, and a reader that trusted it could not open a blob.
+    let mut p = done.out.clone();
+    p[t_at + T_CIPHER] = Cipher::XChaCha20Poly1305.code();
+    assert!(matches!(Pack::verify(&p, &done.id), Err(PackError::IdMismatch { .. })));
+    let forged = Pack::parse(&p).unwrap();
+    assert_eq!(forged.index().cipher(), Cipher::XChaCha20Poly1305);
+    let (e, blob) = forged.blob(0).unwrap();
+    assert_eq!(k.open_block(forged.index().cipher(), &e.id, blob), Err(CryptoError::Inauthentic { id: e.id }));
+    // No cipher, or one this build does not know.
+    for code in [0u8, 3, 0xff] {
+        let mut p = done.out.clone();
+        p[t_at + T_CIPHER] = code;
+        assert_eq!(Pack::parse(&p).unwrap_err(), PackError::UnknownCipher { code, offset: (t_at + T_CIPHER) as u64 });
+    }
+    // A version 2 trailer keeps the byte reserved.
+    let v2 = build(&k, &blocks).out;
+    let mut p = v2.clone();
+    p[v2.len() - PACK_TRAILER_LEN + T_CIPHER] = 2;
+    assert!(matches!(Pack::parse(&p).unwrap_err(), PackError::Reserved { place: "trailer", .. }));
+}
+
 #[test]
 fn writer_refuses_bad_blobs() {
     let k = keys();
     let mut w = PackWriter::new(Vec::new()).unwrap();
     let id = k.block_id(b"x");
-    let blob = k.seal_block(&id, b"x").unwrap();
+    let blob = k.seal_block(Cipher::XChaCha20Poly1305, &id, b"x").unwrap();
     w.add_blob(&id, &blob).unwrap();
     assert!(w.contains(&id));
     assert!(matches!(
@@ -277,7 +330,7 @@ fn every_flipped_bit_is_detected() {
             let keyed_ok = Pack::parse(&p).is_ok_and(|pack| {
                 (0..pack.index().entries().len()).all(|n| {
                     let (e, blob) = pack.blob(n).unwrap();
-                    k.open_block(&e.id, blob).is_ok()
+                    k.open_block(pack.index().cipher(), &e.id, blob).is_ok()
                 })
             });
             assert!(!keyed_ok, "keyed: byte {byte} bit {bit}");
@@ -311,7 +364,7 @@ proptest! {
         prop_assert_eq!(pack.index().entries().len(), blocks.len());
         for (n, b) in blocks.iter().enumerate() {
             let (e, blob) = pack.blob(n).unwrap();
-            prop_assert_eq!(&k.open_block(&e.id, blob).unwrap(), b);
+            prop_assert_eq!(&k.open_block(pack.index().cipher(), &e.id, blob).unwrap(), b);
         }
         prop_assert_eq!(fuzz_pack_bytes(&done.out), blocks.len());
     }

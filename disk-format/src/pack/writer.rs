@@ -1,20 +1,22 @@
 //! Streaming pack writer: header, then each sealed blob as it comes, then
-//! index and trailer. Writes version 2: each blob's CRC-32 goes into its
-//! index entry, and the pack id is BLAKE3 of header, index and trailer, so
-//! the blobs themselves are never hashed here.
+//! index and trailer. Writes version 2 (XChaCha20-Poly1305 blobs) or 3 (the
+//! cipher in the trailer): each blob's CRC-32 goes into its index entry, and
+//! the pack id is BLAKE3 of header, index and trailer, so the blobs
+//! themselves are never hashed here.
 
 use std::collections::HashMap;
 use std::io::Write;
 
 use super::{
-    blob_checksum, header_bytes, v2_pack_id, PackEntry, PackError, PackIndex, PackVersion, HEADER, INDEX_ENTRY_LEN,
-    OVERHEAD, PACK_MAGIC, PACK_TRAILER_LEN, PACK_VERSION, T_COUNT, T_INDEX_HASH, T_INDEX_OFFSET, T_MAGIC, T_VERSION,
+    blob_checksum, header_bytes, tail_pack_id, PackEntry, PackError, PackIndex, PackVersion, HEADER, INDEX_ENTRY_LEN,
+    OVERHEAD, PACK_MAGIC, PACK_TRAILER_LEN, PACK_VERSION, T_CIPHER, T_COUNT, T_INDEX_HASH, T_INDEX_OFFSET, T_MAGIC,
+    T_VERSION,
 };
 use crate::codec::{put_u16, put_u32, put_u64};
 use crate::ids::{BlockId, PackId};
-use crate::keys::{SealFrame, SEAL_OVERHEAD};
+use crate::keys::{Cipher, SealFrame, SEAL_OVERHEAD};
 
-const _: () = assert!(PACK_VERSION == 2);
+const _: () = assert!(PACK_VERSION == 3);
 
 /// Why a pack could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -47,16 +49,42 @@ pub struct FinishedPack<W> {
 #[derive(Debug)]
 pub struct PackWriter<W: Write> {
     out: W,
+    version: PackVersion,
+    cipher: Cipher,
     entries: Vec<PackEntry>,
     seen: HashMap<BlockId, u32>,
     offset: u64,
 }
 
 impl<W: Write> PackWriter<W> {
-    /// Starts a pack: writes the header.
-    pub fn new(mut out: W) -> Result<PackWriter<W>, PackWriteError> {
-        out.write_all(&header_bytes(PackVersion::V2))?;
-        Ok(PackWriter { out, entries: Vec::new(), seen: HashMap::new(), offset: HEADER })
+    /// Starts a pack of XChaCha20-Poly1305 blobs (version 2): writes the header.
+    pub fn new(out: W) -> Result<PackWriter<W>, PackWriteError> {
+        PackWriter::start(out, PackVersion::V2, Cipher::XChaCha20Poly1305)
+    }
+
+    /// Starts a pack of blobs sealed with `cipher`: version 2 for
+    /// XChaCha20-Poly1305 (readable by builds that predate AES-256-GCM),
+    /// version 3 for AES-256-GCM.
+    pub fn for_cipher(out: W, cipher: Cipher) -> Result<PackWriter<W>, PackWriteError> {
+        match cipher {
+            Cipher::XChaCha20Poly1305 => PackWriter::new(out),
+            Cipher::Aes256Gcm => PackWriter::v3(out, cipher),
+        }
+    }
+
+    /// Starts a version 3 pack naming `cipher` (whichever it is).
+    pub(crate) fn v3(out: W, cipher: Cipher) -> Result<PackWriter<W>, PackWriteError> {
+        PackWriter::start(out, PackVersion::V3, cipher)
+    }
+
+    fn start(mut out: W, version: PackVersion, cipher: Cipher) -> Result<PackWriter<W>, PackWriteError> {
+        out.write_all(&header_bytes(version))?;
+        Ok(PackWriter { out, version, cipher, entries: Vec::new(), seen: HashMap::new(), offset: HEADER })
+    }
+
+    /// The cipher the pack records for its blobs: seal with it.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
     }
 
     /// Bytes written so far (header and blobs): compare with the target pack
@@ -159,7 +187,10 @@ impl<W: Write> PackWriter<W> {
         let mut t = [0u8; PACK_TRAILER_LEN];
         put_u64(&mut t, T_INDEX_OFFSET, self.offset);
         put_u32(&mut t, T_COUNT, count);
-        put_u16(&mut t, T_VERSION, PACK_VERSION);
+        put_u16(&mut t, T_VERSION, self.version.number());
+        if self.version == PackVersion::V3 {
+            t[T_CIPHER] = self.cipher.code();
+        }
         t[T_INDEX_HASH..T_INDEX_HASH + 32].copy_from_slice(blake3::hash(&index).as_bytes());
         t[T_MAGIC..].copy_from_slice(&PACK_MAGIC);
         // The tail (index ‖ trailer) is written in one piece and names the pack.
@@ -169,9 +200,9 @@ impl<W: Write> PackWriter<W> {
         self.out.flush()?;
         let index_offset = self.offset;
         Ok(FinishedPack {
-            id: v2_pack_id(&tail),
+            id: tail_pack_id(self.version, &tail),
             len: index_offset + tail.len() as u64,
-            index: PackIndex { version: PackVersion::V2, entries: self.entries, index_offset },
+            index: PackIndex { version: self.version, cipher: self.cipher, entries: self.entries, index_offset },
             out: self.out,
         })
     }

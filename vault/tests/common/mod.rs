@@ -122,7 +122,7 @@ impl Disk {
                 continue;
             }
             let w = writer.get_or_insert_with(|| PackWriter::new(Vec::new()).unwrap());
-            w.add_blob(&id, &keys.seal_block(&id, &data).unwrap()).unwrap();
+            w.add_blob(&id, &keys.seal_block(disk_format::Cipher::XChaCha20Poly1305, &id, &data).unwrap()).unwrap();
             if w.count() >= self.pack_blobs {
                 flush(writer.take().unwrap(), index, &mut shipped);
             }
