@@ -62,6 +62,8 @@ pub struct Target {
     /// least-privilege credentials should not. Retention and collection
     /// then run elsewhere, and the agent stops trying them.
     pub deletes_refused: std::sync::atomic::AtomicBool,
+    /// Compress blocks before sealing (disk.toml `compress`, on by default).
+    pub compress: bool,
 }
 
 /// Why a cycle did not commit.
@@ -203,6 +205,7 @@ impl Target {
                     cut_hook: hook,
                     index_cache: self.index_cache.as_deref(),
                     warm_index: Some(&self.warm_index),
+                    compress: self.compress,
                     ..CycleOptions::new(&self.name, self.disk_id)
                 };
                 let requests = || count.as_ref().map(|c| c.get().total);

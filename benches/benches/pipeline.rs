@@ -132,6 +132,45 @@ fn packs(bufs: &[BlockBuf], how: PackBuild) {
     std::hint::black_box(pack.count());
 }
 
+/// What compression costs on one thread, in plaintext MB/s: the decision on
+/// random blocks (the sample rejects them), a full zstd attempt at them (what
+/// the sample saves), and compressing text.
+fn compression(bufs: &[BlockBuf]) -> Vec<(&'static str, f64)> {
+    let n = bufs.len().min(4096);
+    let bytes = (n * BS) as u64;
+    let mut c = vault::compress::Compressor::new().unwrap();
+    let mut out = vec![0u8; BS];
+    let mut z = zstd::bulk::Compressor::new(vault::compress::LEVEL).unwrap();
+    let decide = timed(&mut || {
+        for b in &bufs[..n] {
+            assert!(c.compress(b.data(), &mut out).is_none(), "random data does not compress");
+        }
+    });
+    let full = timed(&mut || {
+        for b in &bufs[..n] {
+            std::hint::black_box(z.compress_to_buffer(b.data(), &mut out[..BS * 7 / 8]).is_ok());
+        }
+    });
+    let text: Vec<u8> = b"2026-12-06T23:50:01Z lifeboat: cycle committed, 3 blocks shipped\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(BS)
+        .collect();
+    let texts = timed(&mut || {
+        for i in 0..n {
+            let mut t = text.clone();
+            t[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            assert!(c.compress(&t, &mut out).is_some());
+        }
+    });
+    vec![
+        ("random data: decided by the sample, stored as it is", mbps(bytes, decide.0)),
+        ("random data: a full zstd-1 attempt (what the sample saves)", mbps(bytes, full.0)),
+        ("log-like text: compressed whole", mbps(bytes, texts.0)),
+    ]
+}
+
 /// The crypto floor: id + seal of every buffer, split over `threads`.
 fn floor(keys: &Keys, cipher: Cipher, bufs: &mut [BlockBuf], threads: usize) {
     let per = bufs.len().div_ceil(threads);
@@ -371,6 +410,7 @@ fn main() {
         .iter()
         .map(|&c| threads.iter().map(|&t| best(&mut || timed(&mut || floor(&keys, c, &mut bufs, t)), 3)).collect())
         .collect();
+    let squeeze = compression(&bufs);
     // The buffers now hold sealed blobs: pack them (writer-side cost).
     let pack_fresh = best(&mut || timed(&mut || packs(&bufs, PackBuild::Fresh)), 2);
     let pack_reused = best(&mut || timed(&mut || packs(&bufs, PackBuild::Reused)), 2);
@@ -450,6 +490,10 @@ fn main() {
     );
     let (xs, xf) = (mbps(size, two(Cipher::XChaCha20Poly1305, 1)), mbps(size, floors[1][1].0));
     println!("  xchacha20-poly1305, {}, 2 workers: {xs:.0} MB/s, {:.0}% of its floor", places[1].name, 100.0 * xs / xf);
+    println!("compression (one thread, 64 KiB blocks; plaintext MB/s):");
+    for (what, mbs) in &squeeze {
+        println!("  {what:<66} {mbs:>7.0}");
+    }
     println!("diagnostics:");
     row("  packs (copy + CRC), a fresh Vec per pack", aes, &[pack_fresh]);
     row("  packs (copy + CRC), one Vec reused", aes, &[pack_reused]);

@@ -126,6 +126,18 @@ pub struct Replication {
     /// The retention ladder the agent applies after each cycle.
     #[serde(default)]
     pub retention: Retention,
+    /// Compress blocks before sealing; written only when off.
+    #[serde(default = "compress_default", skip_serializing_if = "is_true")]
+    pub compress: bool,
+}
+
+fn compress_default() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Which points the agent keeps (see `vault::retention::Policy`).

@@ -55,6 +55,8 @@ pub struct Replicate {
     pub rpo_seconds: u64,
     /// The retention ladder.
     pub retention: Retention,
+    /// Compress blocks before sealing (`--no-compress` turns it off).
+    pub compress: bool,
 }
 
 impl Request {
@@ -81,6 +83,7 @@ impl Replicate {
             key: key.to_path_buf(),
             rpo_seconds: DEFAULT_RPO_SECONDS,
             retention: Retention::default(),
+            compress: true,
         }
     }
 }
@@ -192,7 +195,10 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
     let conf = dir.join("disk.toml");
     let existing = conf.exists();
     let replication = match &a.replicate {
-        Some(r) => Some(check_replication(home, &r.vault, &r.key, r.rpo_seconds, r.retention.clone())?),
+        Some(r) => Some(Replication {
+            compress: r.compress,
+            ..check_replication(home, &r.vault, &r.key, r.rpo_seconds, r.retention.clone())?
+        }),
         None => None,
     };
     let tls_creds = match &a.tls_creds {
@@ -379,7 +385,7 @@ fn check_replication(
         url => url.clone(),
     };
     crate::vault_open::open(home, &vault)?.check_key(&keys)?;
-    Ok(Replication { vault, key, rpo_seconds, retention })
+    Ok(Replication { vault, key, rpo_seconds, retention, compress: true })
 }
 
 /// Takes the exclusive lock a filter or cycle holds on a state file;

@@ -32,6 +32,7 @@ pub fn load(home: &Home, name: &str) -> Result<(DiskEntry, Target)> {
         index_cache: Some(home.index_cache_dir()),
         warm_index: Default::default(),
         deletes_refused: Default::default(),
+        compress: settings.compress,
     };
     Ok((entry, target))
 }

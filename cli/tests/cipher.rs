@@ -1,9 +1,10 @@
-//! The vault's cipher end to end, through the real `lifeboat` binary (issue
-//! 17, point 1): `vault init --cipher` for each of the two, a full and an
-//! incremental cycle, every point restored byte for byte, the packs written
-//! in the format of their cipher, `vault check --read-data` opening every
-//! block, and a config whose cipher was changed after points were cut
-//! refused before anything is shipped.
+//! The vault's cipher and block compression end to end, through the real
+//! `lifeboat` binary (issue 17, points 1 and 2): `vault init --cipher` for
+//! each of the two, a full and an incremental cycle, every point restored
+//! byte for byte, the packs written in format 3, `vault check --read-data`
+//! opening every block, a config whose cipher was changed after points were
+//! cut refused before anything is shipped; text shipped compressed to under a
+//! quarter of its size and restored exactly, and `protect --no-compress`.
 
 // Test code for 64-bit hosts: offsets and sizes fit usize.
 #![allow(clippy::cast_possible_truncation)]
@@ -47,7 +48,8 @@ fn pack_versions(vault: &Path) -> Vec<u16> {
 
 #[test]
 fn both_ciphers_replicate_and_restore_exactly() {
-    for (cipher, version) in [("aes-256-gcm", 3u16), ("xchacha20-poly1305", 2)] {
+    // Compression (on by default) needs pack format 3 whatever the cipher.
+    for (cipher, version) in [("aes-256-gcm", 3u16), ("xchacha20-poly1305", 3)] {
         let sc = scratch();
         let home = &sc.home;
         let bs = 64 * KIB;
@@ -156,4 +158,63 @@ fn a_config_whose_cipher_was_replaced_is_refused_and_nothing_is_shipped() {
         fs::write(&path, &good).unwrap();
         assert_eq!(home.ship("d").sequence, 2, "{made}: after the config was restored");
     }
+}
+
+/// `lifeboat ship --once --json`, parsed.
+fn ship_json(home: &vm_tests::lifeboat::Home, name: &str) -> serde_json::Value {
+    let o = home.run_ok(&["ship", name, "--once", "--json"]);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Compression (issue 17 point 2) through the binary: a disk of text ships
+/// compressed and restores exactly, `vault check --read-data` inflates and
+/// verifies every block, and `protect --no-compress` stores blocks as they
+/// are (recorded in disk.toml).
+#[test]
+fn text_ships_compressed_and_no_compress_stores_blocks_as_they_are() {
+    let sc = scratch();
+    let home = &sc.home;
+    let (key, vault) = (sc.path("k.key"), sc.path("vault"));
+    home.key_new(&key);
+    let (k, v) = (key.to_str().unwrap(), vault.to_str().unwrap());
+    home.run_ok(&["vault", "init", v, "--key", k]);
+    // 4 MiB of log-like text with a counter, so no two blocks are equal.
+    let text_from = |mut n: u64| {
+        let mut text = Vec::new();
+        while text.len() < 4 * MIB as usize {
+            text.extend_from_slice(format!("{n:>10} lifeboat: cycle committed, 3 blocks shipped\n").as_bytes());
+            n += 1;
+        }
+        text.truncate(4 * MIB as usize);
+        text
+    };
+    for (name, extra, first) in [("on", &[][..], 0), ("off", &["--no-compress"][..], 1 << 40)] {
+        // Each disk its own text: no block of one deduplicates against the other's.
+        let text = text_from(first);
+        let image = sc.path(&format!("{name}.img"));
+        fs::write(&image, &text).unwrap();
+        home.protect_replicated_with(name, &image, 64 * KIB, &vault, &key, extra);
+        let r = ship_json(home, name);
+        let (new, compressed) = (r["new_blocks"].as_u64().unwrap(), r["compressed_blocks"].as_u64().unwrap());
+        let (shipped, plain) = (r["bytes_shipped"].as_u64().unwrap(), r["new_bytes"].as_u64().unwrap());
+        assert_eq!((new, plain), (64, 4 * MIB), "{name}: {r}");
+        if name == "on" {
+            assert_eq!(compressed, 64, "{r}");
+            assert!(shipped * 4 < plain, "text shrinks to less than a quarter: {r}");
+        } else {
+            assert_eq!(compressed, 0, "{r}");
+            assert!(shipped > plain, "{r}");
+            let conf = fs::read_to_string(home.dir.join("disks").join(name).join("disk.toml")).unwrap();
+            assert!(conf.contains("compress = false"), "{conf}");
+        }
+        let back = home.restore(name, "latest", &sc.path(&format!("{name}.back")));
+        assert!(back == text, "{name}: the restored image differs");
+    }
+    let o = home.run_ok(&["vault", "check", v, "--read-data", "--key", k]);
+    let t = text_of(&o);
+    assert!(t.contains("128 blocks decrypted and verified") && t.contains("no problems found"), "{t}");
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    text(o)
 }

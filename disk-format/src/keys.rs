@@ -452,6 +452,21 @@ impl Keys {
         id: &BlockId,
         blob: &'a mut [u8],
     ) -> Result<&'a mut [u8], CryptoError> {
+        let data = self.decrypt_in_place(cipher, id, blob)?;
+        self.check_block_id(id, data)?;
+        Ok(data)
+    }
+
+    /// The first half of [`Keys::open_in_place`]: verifies the tag (AAD =
+    /// `id`) and decrypts, **without** checking that the result hashes to
+    /// `id`. For a blob that holds its block compressed: inflate what this
+    /// returns, then [`Keys::check_block_id`] the block.
+    pub fn decrypt_in_place<'a>(
+        &self,
+        cipher: Cipher,
+        id: &BlockId,
+        blob: &'a mut [u8],
+    ) -> Result<&'a mut [u8], CryptoError> {
         let len = blob.len();
         if len < SEAL_OVERHEAD {
             return Err(CryptoError::BlobTooShort { id: *id, len });
@@ -474,10 +489,16 @@ impl Keys {
         if !authentic {
             return Err(CryptoError::Inauthentic { id: *id });
         }
-        if blake3::keyed_hash(&self.id_key, data) != blake3::Hash::from(id.0) {
+        Ok(data)
+    }
+
+    /// Checks that `plain` hashes to `id` (*IdMismatch* otherwise): a blob a
+    /// key holder sealed under the wrong id.
+    pub fn check_block_id(&self, id: &BlockId, plain: &[u8]) -> Result<(), CryptoError> {
+        if blake3::keyed_hash(&self.id_key, plain) != blake3::Hash::from(id.0) {
             return Err(CryptoError::IdMismatch { id: *id });
         }
-        Ok(data)
+        Ok(())
     }
 
     /// Opens a copy of `blob`; see [`Keys::open_in_place`].

@@ -19,8 +19,9 @@
 //!   CRC, any other change fails the name. CRC-32 runs at ~15 GB/s here,
 //!   where hashing every byte with BLAKE3 cost the shipper a second pass as
 //!   dear as a third of its crypto (FORMAT.md, "Why version 2").
-//! - **version 3** (written for AES-256-GCM vaults): version 2 with the
-//!   [`Cipher`] of its blobs in the trailer. A version 2 pack's blobs are
+//! - **version 3** (written for AES-256-GCM vaults and for compressed
+//!   blocks): version 2 with the [`Cipher`] of its blobs in the trailer and,
+//!   per index entry, whether the blob holds the block compressed. A version 2 pack's blobs are
 //!   XChaCha20-Poly1305; XChaCha packs are still written as version 2, byte
 //!   for byte what earlier builds wrote, so hosts not yet upgraded read them.
 //! - **version 1** (read): 48-byte entries without a CRC; the name is BLAKE3
@@ -122,6 +123,8 @@ const _: () = assert!(T_INDEX_HASH + 32 + 8 == T_MAGIC && T_MAGIC + 8 == PACK_TR
 const _: () = assert!(32 + 8 + 4 + 4 == INDEX_ENTRY_LEN_V1 && PACK_HEADER_LEN == 8 + 2 + 22);
 // Version 2 entry: the v1 fields, then the blob's CRC-32 and 4 reserved bytes.
 const E_CHECKSUM: usize = 48;
+/// Version 3: 1 if the blob holds the block zstd-compressed, else 0.
+const E_ENCODING: usize = 52;
 const _: () = assert!(E_CHECKSUM + 4 + 4 == INDEX_ENTRY_LEN);
 
 /// Why a pack (or part of one) was refused. Every variant names the place:
@@ -329,6 +332,17 @@ pub enum PackError {
         /// Byte offset of the code in the pack.
         offset: u64,
     },
+    /// A version 3 entry's encoding byte is neither 0 (stored) nor 1 (zstd),
+    /// or a compressed blob was given to a version 2 pack's writer.
+    #[error("index entry {entry} (blob at byte {offset}): encoding {value} is not 0 (stored) or 1 (zstd), or its pack version cannot record it")]
+    BadEncoding {
+        /// Entry number.
+        entry: u32,
+        /// Blob offset.
+        offset: u64,
+        /// The byte found.
+        value: u8,
+    },
     /// A blob read by range has the wrong length.
     #[error("index entry {entry}: read {got} bytes at byte {offset}, the index says {want}")]
     BlobLength {
@@ -352,10 +366,14 @@ pub struct PackEntry {
     pub offset: u64,
     /// Length of the blob (`plain_len + 40`).
     pub blob_len: u32,
-    /// Length of the block's plaintext.
+    /// Length of what was sealed: the block's plaintext, or its compressed
+    /// form when `compressed`.
     pub plain_len: u32,
     /// CRC-32 of the blob ([`blob_checksum`]); `None` in a version 1 pack.
     pub checksum: Option<u32>,
+    /// The blob holds the block zstd-compressed (version 3 only); opened, it
+    /// inflates to the block's length.
+    pub compressed: bool,
 }
 
 impl PackEntry {
@@ -371,6 +389,7 @@ impl PackEntry {
         put_u32(out, 40, self.blob_len);
         put_u32(out, 44, self.plain_len);
         put_u32(out, E_CHECKSUM, self.checksum.unwrap_or(0));
+        out[E_ENCODING] = u8::from(self.compressed);
     }
 
     fn decode(b: &[u8], version: PackVersion) -> PackEntry {
@@ -380,6 +399,7 @@ impl PackEntry {
             blob_len: get_u32(b, 40),
             plain_len: get_u32(b, 44),
             checksum: version.has_checksums().then(|| get_u32(b, E_CHECKSUM)),
+            compressed: version == PackVersion::V3 && b[E_ENCODING] == 1,
         }
     }
 
@@ -556,7 +576,12 @@ impl PackIndex {
         for (n, raw) in (0u32..).zip(index.chunks_exact(entry_len)) {
             if version.has_checksums() {
                 let base = trailer.index_offset + u64::from(n) * entry_len as u64;
-                check_reserved(raw, E_CHECKSUM + 4..INDEX_ENTRY_LEN, "index entry", base)?;
+                let from = if version == PackVersion::V3 { E_ENCODING + 1 } else { E_ENCODING };
+                check_reserved(raw, from..INDEX_ENTRY_LEN, "index entry", base)?;
+                if version == PackVersion::V3 && raw[E_ENCODING] > 1 {
+                    let offset = get_u64(raw, 32);
+                    return Err(PackError::BadEncoding { entry: n, offset, value: raw[E_ENCODING] });
+                }
             }
             let e = PackEntry::decode(raw, version);
             e.check(n)?;
@@ -742,7 +767,7 @@ pub fn fuzz_pack_bytes(data: &[u8]) -> usize {
     for n in 0..pack.index().entries().len() {
         let (e, blob) = pack.blob(n).expect("entry in range");
         let checksum = e.checksum.unwrap_or_else(|| blob_checksum(blob));
-        w.add_blob_with_checksum(&e.id, blob, checksum).expect("an accepted entry is accepted again");
+        w.add_encoded(&e.id, blob, checksum, e.compressed).expect("an accepted entry is accepted again");
     }
     let done = w.finish().expect("Vec output");
     let again = Pack::parse(&done.out).expect("what the writer writes parses");

@@ -37,6 +37,9 @@ pub struct CycleOptions<'a> {
     pub host: String,
     /// Hashing and sealing threads.
     pub workers: usize,
+    /// Compress new blocks (zstd, kept when it saves an eighth; packs are
+    /// then written in format 3). On by default.
+    pub compress: bool,
     /// Set from another thread to stop the cycle early (it is aborted and
     /// fails with [`ShipError::Cancelled`]; its blocks stay dirty).
     pub cancel: Option<&'a AtomicBool>,
@@ -100,6 +103,7 @@ impl<'a> CycleOptions<'a> {
             disk_id,
             host: host_name(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            compress: true,
             cancel: None,
             clock: &system_clock,
             extension: &[],
@@ -145,6 +149,11 @@ pub struct CycleReport {
     pub known_blocks: u64,
     /// Blocks sealed and stored.
     pub new_blocks: u64,
+    /// Of those, blocks stored compressed.
+    pub compressed_blocks: u64,
+    /// Plaintext bytes of the blocks stored (what `bytes_shipped`'s packs
+    /// hold before compression and sealing).
+    pub new_bytes: u64,
     /// Blocks the page cache served (read engine "page cache first", used
     /// by incremental cycles; the rest came from the device).
     pub cached_blocks: u64,
@@ -183,6 +192,8 @@ impl CycleReport {
             zero_blocks: 0,
             known_blocks: 0,
             new_blocks: 0,
+            compressed_blocks: 0,
+            new_bytes: 0,
             cached_blocks: 0,
             bytes_shipped: 0,
             packs: 0,
@@ -607,8 +618,8 @@ impl Cycle<'_, '_> {
                 .spawn_scoped(s, move || store_packs(vault, storer_rx, free_tx))
                 .expect("spawning the pack storer");
             let cipher = self.vault.config().cipher;
-            let read =
-                Packer::new(&free_rx, &to_storer, map, full, cipher).and_then(|p| self.read(p, &blocks, &mut known));
+            let read = Packer::new(&free_rx, &to_storer, map, full, cipher, self.opts.compress)
+                .and_then(|p| self.read(p, &blocks, &mut known));
             drop(to_storer);
             // The map's pages do not depend on the packs: they are built and
             // stored while the storer finishes the last pack. The root still
@@ -724,6 +735,7 @@ impl Cycle<'_, '_> {
             geometry: self.geometry,
             keys: self.keys,
             cipher: packer.cipher,
+            compress: packer.compress,
             known,
             workers: self.opts.workers,
             cancel: self.opts.cancel,
@@ -873,6 +885,8 @@ struct Packer<'p> {
     known_in: HashMap<PackId, u64>,
     /// The vault's cipher: every block is sealed with it, every pack names it.
     cipher: Cipher,
+    /// New blocks are compressed, and packs written in format 3.
+    compress: bool,
 }
 
 impl<'p> Packer<'p> {
@@ -882,8 +896,9 @@ impl<'p> Packer<'p> {
         map: MapBuilder,
         full: bool,
         cipher: Cipher,
+        compress: bool,
     ) -> Result<Packer<'p>, ShipError> {
-        let pack = Packer::open(free, to_storer, 0, cipher)?;
+        let pack = Packer::open(free, to_storer, 0, cipher, compress)?;
         let report = CycleReport::empty(full);
         Ok(Packer {
             free,
@@ -896,6 +911,7 @@ impl<'p> Packer<'p> {
             track_known: false,
             known_in: HashMap::new(),
             cipher,
+            compress,
         })
     }
 
@@ -905,9 +921,13 @@ impl<'p> Packer<'p> {
         to_storer: &'p Sender<ToStorer>,
         number: u64,
         cipher: Cipher,
+        compress: bool,
     ) -> Result<PackWriter<ChunkOut<'p>>, ShipError> {
         let out = ChunkOut::new(free, to_storer).map_err(|source| ShipError::PackOut { pack: number, source })?;
-        PackWriter::for_cipher(out, cipher).map_err(|source| ShipError::Pack { pack: number, block: None, source })
+        // Only format 3 records compressed blobs; without compression an
+        // XChaCha20-Poly1305 pack stays format 2, as earlier builds wrote.
+        let pack = if compress { PackWriter::v3(out, cipher) } else { PackWriter::for_cipher(out, cipher) };
+        pack.map_err(|source| ShipError::Pack { pack: number, block: None, source })
     }
 
     /// Ends pack `number`: its index and trailer go to the storer, which commits it.
@@ -935,19 +955,21 @@ impl<'p> Packer<'p> {
                 }
                 self.set(*index, *id)
             }
-            Sealed::New { index, id, buf, blob_len, checksum } => {
+            Sealed::New { index, id, buf, blob_len, checksum, compressed, len } => {
                 self.set(*index, *id)?;
                 if !self.stored.insert(*id) {
                     self.report.known_blocks += 1;
                     return Ok(());
                 }
                 self.report.new_blocks += 1;
+                self.report.compressed_blocks += u64::from(*compressed);
+                self.report.new_bytes += *len as u64;
                 let number = self.number;
                 self.pack
-                    .add_blob_with_checksum(id, &buf[..*blob_len], *checksum)
+                    .add_encoded(id, &buf[..*blob_len], *checksum, *compressed)
                     .map_err(|source| ShipError::Pack { pack: number, block: Some(*index), source })?;
                 if self.pack.bytes_written() >= PACK_TARGET {
-                    let next = Packer::open(self.free, self.to_storer, number + 1, self.cipher)?;
+                    let next = Packer::open(self.free, self.to_storer, number + 1, self.cipher, self.compress)?;
                     Packer::end(std::mem::replace(&mut self.pack, next), number)?;
                     self.number = number + 1;
                 }
@@ -1194,7 +1216,7 @@ mod tests {
     fn a_block_the_new_map_refuses_is_named_and_is_not_taken_for_a_damaged_previous_map() {
         let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
         let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
-        let mut packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false, CIPHER).unwrap();
+        let mut packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false, CIPHER, true).unwrap();
         let (_pool, mut bufs) = BlockPool::new(1 << 20, 1).unwrap();
         let e = packer.take(&Sealed::Zero { index: 8, buf: bufs.pop().unwrap() }).unwrap_err();
         let ShipError::MapEntry { block: 8, source: PageError::BlockOutOfRange { block: 8, block_count: 8 } } = &e
@@ -1213,7 +1235,7 @@ mod tests {
     fn blocks_lost_in_the_pipeline_and_a_stopped_storer_are_typed_with_the_old_messages() {
         let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
         let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
-        let packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER).unwrap();
+        let packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true).unwrap();
         let e = packer.finish(5, 0).map(drop).unwrap_err();
         assert!(matches!(e, ShipError::BlocksLost { shipped: 0, blocks: 5 }), "{e:?}");
         assert_eq!(e.to_string(), "building the point: internal error: 0 of 5 blocks went through the pipeline");
@@ -1222,7 +1244,7 @@ mod tests {
         let (free_tx, free_rx, to_storer, _storer_rx) = chunks();
         drop(free_tx);
         let _first = free_rx.recv().unwrap();
-        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER).map(drop).unwrap_err();
+        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true).map(drop).unwrap_err();
         assert!(
             matches!(&e, ShipError::PackOut { pack: 0, source } if source.to_string() == "the pack storer stopped")
         );

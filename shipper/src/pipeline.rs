@@ -47,8 +47,9 @@ pub(crate) enum Sealed {
     /// index says).
     Known { index: u64, id: BlockId, pack: PackId, buf: BlockBuf },
     /// New data: `buf[..blob_len]` is the sealed blob, `checksum` its CRC-32
-    /// for the pack index (computed by the worker, while the blob is hot).
-    New { index: u64, id: BlockId, buf: BlockBuf, blob_len: usize, checksum: u32 },
+    /// for the pack index (computed by the worker, while the blob is hot);
+    /// `compressed`: the blob holds the block (of `len` bytes) zstd-compressed.
+    New { index: u64, id: BlockId, buf: BlockBuf, blob_len: usize, checksum: u32, compressed: bool, len: usize },
 }
 
 struct Plain {
@@ -67,6 +68,8 @@ pub(crate) struct Job<'a> {
     pub keys: &'a Keys,
     /// The cipher new blocks are sealed with (the vault's).
     pub cipher: Cipher,
+    /// Compress new blocks that shrink by an eighth or more (`vault::compress`).
+    pub compress: bool,
     /// Block ids the vault already holds (not sealed again).
     pub known: &'a BlockIndex,
     /// Hashing and sealing threads.
@@ -87,7 +90,7 @@ pub(crate) fn run(
     sink: &mut (dyn FnMut(&Sealed) -> Result<(), ShipError> + Send),
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, ShipError> {
-    let Job { runs, geometry, keys, cipher, known, workers, cancel, cache_first } = *job;
+    let Job { runs, geometry, keys, cipher, compress, known, workers, cancel, cache_first } = *job;
     let bs = geometry.block_size as usize;
     let workers = workers.max(1);
     let choice = if source.direct().is_some() { Some(EngineChoice::from_env()?) } else { None };
@@ -120,7 +123,7 @@ pub(crate) fn run(
         for n in 0..workers {
             let (rx, tx) = (work_rx.clone(), done_tx.clone());
             let _ = named(&format!("ship-seal-{n}"))
-                .spawn_scoped(s, move || seal_worker(&rx, &tx, keys, cipher, known))
+                .spawn_scoped(s, move || seal_worker(&rx, &tx, keys, cipher, compress, known))
                 .expect("spawning a sealing thread");
         }
         drop((work_rx, done_tx));
@@ -294,8 +297,12 @@ fn seal_worker(
     tx: &Sender<Result<Sealed, ShipError>>,
     keys: &Keys,
     cipher: Cipher,
+    compress: bool,
     known: &BlockIndex,
 ) {
+    // Each worker compresses with a context and a buffer of its own.
+    let mut compressor = compress.then(vault::compress::Compressor::new).and_then(Result::ok);
+    let mut squeezed = Vec::new();
     for Plain { index, len, mut buf } in rx {
         let plain = &buf[NONCE_LEN..NONCE_LEN + len];
         let out = if is_zero(plain) {
@@ -305,10 +312,21 @@ fn seal_worker(
             if let Some(loc) = known.get(&id) {
                 Ok(Sealed::Known { index, id, pack: loc.pack, buf })
             } else {
-                match keys.seal_in_place(cipher, &id, &mut buf, len) {
+                // Compressed (after the id: dedup and the id are about the
+                // plaintext), the block replaces its plaintext in the buffer.
+                let mut sealed_len = len;
+                let mut compressed = false;
+                if let Some(c) = compressor.as_mut() {
+                    squeezed.resize(len, 0);
+                    if let Some(n) = c.compress(&buf[NONCE_LEN..NONCE_LEN + len], &mut squeezed) {
+                        buf[NONCE_LEN..NONCE_LEN + n].copy_from_slice(&squeezed[..n]);
+                        (sealed_len, compressed) = (n, true);
+                    }
+                }
+                match keys.seal_in_place(cipher, &id, &mut buf, sealed_len) {
                     Ok(blob_len) => {
                         let checksum = blob_checksum(&buf[..blob_len]);
-                        Ok(Sealed::New { index, id, buf, blob_len, checksum })
+                        Ok(Sealed::New { index, id, buf, blob_len, checksum, compressed, len })
                     }
                     Err(source) => Err(ShipError::Seal { block: index, source }),
                 }

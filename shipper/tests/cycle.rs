@@ -763,3 +763,75 @@ fn a_remote_vault_takes_the_lease_while_the_newest_point_is_read() {
     assert!(vault.leases("").unwrap().is_empty(), "both cycles released their leases");
     assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
 }
+
+/// Compression (issue 17 point 2): blocks that shrink by an eighth are
+/// stored compressed, random ones as they are, and every path that reads a
+/// block back (restore, the point reader of instant recovery and failback,
+/// `vault check` with the key) returns it exactly; with compression off
+/// nothing is compressed and the same points restore.
+#[test]
+fn compressible_blocks_are_stored_compressed_and_every_reader_inflates_them() {
+    let f = Fixture::new();
+    let d = Disk::open(f.paths.clone()).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    // Blocks 0-3: text (compressible); 10-13: random; the last (short): text.
+    let text: Vec<u8> = b"a line of a log file, repeated; ".iter().copied().cycle().take(BS as usize).collect();
+    for b in 0..4 {
+        d.write_at(&text, b * BS, false).unwrap();
+    }
+    for b in 10..14 {
+        d.write_at(&random(BS as usize), b * BS, false).unwrap();
+    }
+    let last = BLOCKS - 1;
+    d.write_at(&text[..d.geometry().block_len(last)], last * BS, false).unwrap();
+    d.close().unwrap();
+
+    let vault = std::sync::Arc::new(f.vault(local(f.dir.path())));
+    let r = f.ship(&vault).unwrap();
+    // Blocks 0-3 are one block stored once; the short last block is another.
+    assert_eq!((r.new_blocks, r.compressed_blocks), (6, 2), "{r:?}");
+    assert_eq!(r.new_bytes, 5 * BS + d_len(last), "{r:?}");
+    assert!(r.bytes_shipped < 4 * BS + BS / 2, "compressed blocks take little room: {r:?}");
+    let image = std::fs::read(&f.paths.image).unwrap();
+    assert_eq!(f.restore(&vault, 1), image);
+
+    let keys = std::sync::Arc::new(keys());
+    let reader = Vault::point_reader(&vault, &chain([3; 16]), 1, &keys).unwrap();
+    for b in [0, 2, 10, 13, 20, last] {
+        let len = reader.geometry().block_len(b);
+        let mut out = vec![0xffu8; len];
+        reader.read_block(b, &mut out).unwrap();
+        assert!(out[..] == image[(b * BS) as usize..(b * BS) as usize + len], "block {b}");
+    }
+    let check = vault.check(Some(&keys), &mut ()).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(check.blocks_verified, 6);
+
+    // Compression off: the next blocks are stored as they are.
+    let d = Disk::open(f.paths.clone()).unwrap();
+    let text2: Vec<u8> = b"another compressible line. ".iter().copied().cycle().take(BS as usize).collect();
+    d.write_at(&text2, 30 * BS, false).unwrap();
+    d.close().unwrap();
+    let mut src = LocalSource::open(f.paths.clone()).unwrap();
+    let opts = CycleOptions { workers: 2, compress: false, ..CycleOptions::new("disk1", [3; 16]) };
+    let r2 = run_cycle(&mut src, &vault, &keys, &opts, &mut ()).unwrap();
+    src.close().unwrap();
+    assert_eq!((r2.new_blocks, r2.compressed_blocks), (1, 0), "{r2:?}");
+    assert!(r2.bytes_shipped > BS, "{r2:?}");
+    assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+}
+
+/// The length of the fixture disk's block `b`.
+fn d_len(b: u64) -> u64 {
+    Geometry::new(BLOCKS * BS - 1000, BS).unwrap().block_len(b) as u64
+}

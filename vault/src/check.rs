@@ -198,11 +198,21 @@ impl Vault {
             }
             index.add_pack(&id, &entries);
             let Some(keys) = keys else { continue };
+            let mut inflated = vec![0u8; disk_format::MAX_BLOCK_SIZE as usize];
             for (entry, e) in (0u32..).zip(entries.entries()) {
                 let r = e.range();
                 let blob = &mut bytes[usize::try_from(r.start).expect("in memory")..usize::try_from(r.end).expect("")];
-                match keys.open_in_place(entries.cipher(), &e.id, blob) {
-                    Ok(_) => report.blocks_verified += 1,
+                let opened = match e.compressed {
+                    false => keys.open_in_place(entries.cipher(), &e.id, blob).map(drop).map_err(|e| e.to_string()),
+                    true => keys.decrypt_in_place(entries.cipher(), &e.id, blob).map_err(|e| e.to_string()).and_then(
+                        |sealed| {
+                            let n = crate::compress::inflate(sealed, &mut inflated)?;
+                            keys.check_block_id(&e.id, &inflated[..n]).map_err(|e| e.to_string())
+                        },
+                    ),
+                };
+                match opened {
+                    Ok(()) => report.blocks_verified += 1,
                     Err(err) => {
                         let detail = format!("entry {entry} does not open: {err}");
                         report.problem(object.clone(), None, None, detail.clone());
@@ -398,7 +408,7 @@ impl Vault {
                     let stored =
                         info.odd_lens.iter().find(|(o, _)| usize::from(*o) == s).map_or(info.usual_len, |x| x.1);
                     let block = want.start + slot;
-                    if stored as usize != g.block_len(block) {
+                    if stored != COMPRESSED && stored as usize != g.block_len(block) {
                         let detail =
                             format!("stored with {stored} bytes; this block of the disk is {}", g.block_len(block));
                         note(report, object.clone(), block, detail);
@@ -433,6 +443,9 @@ impl Vault {
     }
 }
 
+/// The stored length `page_info` records for a compressed blob.
+const COMPRESSED: u32 = u32::MAX;
+
 /// Looks up every block a sound page names.
 fn page_info(page: &MapPage, index: &BlockIndex, bad_blocks: &BadBlocks) -> PageInfo {
     let mut info =
@@ -457,7 +470,9 @@ fn page_info(page: &MapPage, index: &BlockIndex, bad_blocks: &BadBlocks) -> Page
             (Some(_), Some((pack, detail))) => info.bad.push((slot, format!("packs/{pack}"), detail.clone())),
             (Some(loc), None) => {
                 info.located[usize::from(slot) / 64] |= 1 << (slot % 64);
-                lens.push((slot, loc.plain_len));
+                // A compressed blob's length says nothing of its block's
+                // (the key opens and inflates it to check that).
+                lens.push((slot, if loc.compressed { COMPRESSED } else { loc.plain_len }));
             }
         }
     }

@@ -37,6 +37,9 @@ pub struct BlockLocation {
     pub plain_len: u32,
     /// The cipher the pack's blobs are sealed with.
     pub cipher: Cipher,
+    /// The blob holds the block zstd-compressed (`plain_len` is then the
+    /// compressed length; the block's is the geometry's).
+    pub compressed: bool,
 }
 
 /// A pack whose index could not be read: its blocks are not in the index.
@@ -125,6 +128,7 @@ impl BlockIndex {
                 range: e.range(),
                 plain_len: e.plain_len,
                 cipher: index.cipher(),
+                compressed: e.compressed,
             });
         }
     }

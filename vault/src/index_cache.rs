@@ -59,7 +59,7 @@
 //! zero bytes, the payload, and a MAC (16) of `vault id ‖ the record's first
 //! 8 bytes ‖ payload`. Kinds: 1 = packs, back to back (each: id 32, length u64,
 //! count u32, cipher code u8, 3 reserved zero bytes, then per block: id 32, entry u32, range start u64, range end
-//! u64, plaintext length u32); 2 = packs dropped (their ids, 32 each); 3 = cycles since the last full
+//! u64, sealed length u32, flags u32: 1 = compressed); 2 = packs dropped (their ids, 32 each); 3 = cycles since the last full
 //! listing (u32). Records apply in order.
 
 use std::collections::{HashMap, HashSet};
@@ -87,7 +87,7 @@ const KIND_PACK: u8 = 1;
 const KIND_DROP: u8 = 2;
 const KIND_CYCLES: u8 = 3;
 const PACK_HEAD: usize = 48;
-const ENTRY_LEN: usize = 56;
+const ENTRY_LEN: usize = 60;
 /// Bytes of packs a rewritten file puts in one record, at least.
 const BATCH: usize = 1 << 20;
 /// A record longer than this is damage, not data (a pack of 1 GiB of index).
@@ -427,8 +427,14 @@ impl IndexCache {
         let mut payload = Vec::with_capacity(PACK_HEAD + ENTRY_LEN * index.entries().len());
         encode_pack_head(&mut payload, id, len, Some(index.cipher()), index.entries().len());
         for (entry, e) in (0u32..).zip(index.entries()) {
-            let loc =
-                BlockLocation { pack: *id, entry, range: e.range(), plain_len: e.plain_len, cipher: index.cipher() };
+            let loc = BlockLocation {
+                pack: *id,
+                entry,
+                range: e.range(),
+                plain_len: e.plain_len,
+                cipher: index.cipher(),
+                compressed: e.compressed,
+            };
             encode_entry(&mut payload, &e.id, &loc);
         }
         self.record(KIND_PACK, &[&payload]);
@@ -543,7 +549,12 @@ impl IndexCache {
                 return None;
             }
             if !self.index.contains(&id) {
-                let loc = BlockLocation { pack, entry: u32_at(32), range, plain_len: u32_at(52), cipher };
+                let flags = u32_at(56);
+                if flags > 1 {
+                    return None;
+                }
+                let compressed = flags == 1;
+                let loc = BlockLocation { pack, entry: u32_at(32), range, plain_len: u32_at(52), cipher, compressed };
                 self.index.insert(id, loc);
             }
         }
@@ -607,6 +618,7 @@ fn encode_entry(out: &mut Vec<u8>, id: &BlockId, loc: &BlockLocation) {
     out.extend_from_slice(&loc.range.start.to_le_bytes());
     out.extend_from_slice(&loc.range.end.to_le_bytes());
     out.extend_from_slice(&loc.plain_len.to_le_bytes());
+    out.extend_from_slice(&u32::from(loc.compressed).to_le_bytes());
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -26,6 +26,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod compress;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod counting;

@@ -101,13 +101,20 @@ impl PointReader {
                 VaultError::ShortObject { .. } => damaged(Damage::Corrupt, "the pack is truncated".into()),
                 other => other,
             })?;
-        let plain = self.keys.open_in_place(loc.cipher, id, &mut blob).map_err(|e| {
+        let crypto = |e: CryptoError| {
             let damage = match e {
                 CryptoError::Inauthentic { .. } | CryptoError::IdMismatch { .. } => Damage::Inauthentic,
                 _ => Damage::Corrupt,
             };
             damaged(damage, format!("entry {}: {e}", loc.entry))
-        })?;
+        };
+        if loc.compressed {
+            let sealed = self.keys.decrypt_in_place(loc.cipher, id, &mut blob).map_err(crypto)?;
+            crate::compress::decompress(sealed, out)
+                .map_err(|detail| damaged(Damage::Inauthentic, format!("entry {}: {detail}", loc.entry)))?;
+            return self.keys.check_block_id(id, out).map_err(crypto);
+        }
+        let plain = self.keys.open_in_place(loc.cipher, id, &mut blob).map_err(crypto)?;
         if plain.len() != want {
             return Err(damaged(
                 Damage::Misplaced,

@@ -259,7 +259,11 @@ impl Vault {
                     continue;
                 };
                 let want = g.block_len(block);
-                if loc.plain_len as usize != want {
+                // Stored as it is, the blob holds the whole block; compressed,
+                // less of it.
+                let fits =
+                    if loc.compressed { (loc.plain_len as usize) < want } else { loc.plain_len as usize == want };
+                if !fits {
                     return Err(damaged(
                         block,
                         format!("packs/{}", loc.pack),
@@ -294,6 +298,24 @@ impl Vault {
             .collect();
         jobs.sort_unstable_by_key(|j| j.items.iter().map(|i| i.block).min());
         Ok((jobs, zeros))
+    }
+}
+
+/// Where an opened block's plaintext is.
+#[derive(Clone)]
+enum Plain {
+    /// In the read buffer, where the blob was decrypted.
+    At(Range<usize>),
+    /// Inflated from a compressed blob.
+    Inflated(std::sync::Arc<[u8]>),
+}
+
+impl Plain {
+    fn bytes<'b>(&'b self, buf: &'b [u8]) -> &'b [u8] {
+        match self {
+            Plain::At(r) => &buf[r.clone()],
+            Plain::Inflated(b) => b,
+        }
     }
 }
 
@@ -412,19 +434,31 @@ impl Run<'_> {
         Ok(bytes)
     }
 
-    /// Opens the blob at `buf[at..at + len]` for `item` in place; returns the
-    /// plaintext's range in `buf`.
-    fn open(&self, buf: &mut [u8], at: usize, item: &Item<'_>) -> Result<Range<usize>, VaultError> {
+    /// Opens the blob at `buf[at..at + len]` for `item` in place; returns
+    /// where its block's plaintext is: in `buf`, or inflated beside it.
+    fn open(&self, buf: &mut [u8], at: usize, item: &Item<'_>) -> Result<Plain, VaultError> {
         let len = usize::try_from(item.loc.range.end - item.loc.range.start).expect("a blob fits in memory");
-        let plain = self.keys.open_in_place(item.loc.cipher, item.id, &mut buf[at..at + len]).map_err(|e| {
+        let crypto = |e: CryptoError| {
             let damage = match e {
                 CryptoError::Inauthentic { .. } | CryptoError::IdMismatch { .. } => Damage::Inauthentic,
                 _ => Damage::Corrupt,
             };
             self.damaged(item.block, &item.loc.pack, damage, format!("entry {}: {e}", item.loc.entry))
+        };
+        let sealed = self.keys.decrypt_in_place(item.loc.cipher, item.id, &mut buf[at..at + len]).map_err(crypto)?;
+        debug_assert_eq!(sealed.len() + SEAL_OVERHEAD, len);
+        if !item.loc.compressed {
+            self.keys.check_block_id(item.id, sealed).map_err(crypto)?;
+            return Ok(Plain::At(at + disk_format::NONCE_LEN..at + disk_format::NONCE_LEN + sealed.len()));
+        }
+        let r = self.geometry.block_range(item.block);
+        let mut block = vec![0u8; usize::try_from(r.end - r.start).expect("a block fits in memory")];
+        crate::compress::decompress(sealed, &mut block).map_err(|detail| {
+            // Authenticated yet not a compressed block: a key holder's forgery.
+            self.damaged(item.block, &item.loc.pack, Damage::Inauthentic, format!("entry {}: {detail}", item.loc.entry))
         })?;
-        debug_assert_eq!(plain.len() + SEAL_OVERHEAD, len);
-        Ok(at + disk_format::NONCE_LEN..at + disk_format::NONCE_LEN + plain.len())
+        self.keys.check_block_id(item.id, &block).map_err(crypto)?;
+        Ok(Plain::Inflated(block.into()))
     }
 
     fn write(&self, block: u64, plain: &[u8], tx: &mpsc::Sender<u64>) -> Result<(), VaultError> {
@@ -521,7 +555,7 @@ impl Run<'_> {
             if let Some(h) = hasher.as_mut() {
                 let _ = h.update(&buf);
             }
-            let mut last: Option<(u32, Range<usize>)> = None;
+            let mut last: Option<(u32, Plain)> = None;
             while let Some(item) = items.next_if(|i| i.loc.range.end <= end) {
                 let plain = match &last {
                     Some((entry, plain)) if *entry == item.loc.entry => plain.clone(),
@@ -532,7 +566,7 @@ impl Run<'_> {
                         plain
                     }
                 };
-                self.write(item.block, &buf[plain], tx)?;
+                self.write(item.block, plain.bytes(&buf), tx)?;
             }
             at = end;
         }
@@ -565,7 +599,7 @@ impl Run<'_> {
                 j += 1;
             }
             let mut buf = self.read(&job.pack, job.items[i].block, start, end - start)?;
-            let mut last: Option<(u32, Range<usize>)> = None;
+            let mut last: Option<(u32, Plain)> = None;
             for item in &job.items[i..j] {
                 let plain = match &last {
                     Some((entry, plain)) if *entry == item.loc.entry => plain.clone(),
@@ -576,7 +610,7 @@ impl Run<'_> {
                         plain
                     }
                 };
-                self.write(item.block, &buf[plain], tx)?;
+                self.write(item.block, plain.bytes(&buf), tx)?;
             }
             i = j;
         }

@@ -42,6 +42,14 @@ pub struct Args {
     /// Then keep the newest point of each of this many days (15 or more for a long ladder).
     #[arg(long, default_value_t = 0)]
     keep_daily: u32,
+    /// Store every block as it is. By default a block is compressed (zstd,
+    /// level 1) before it is sealed when that saves at least an eighth of
+    /// it; blocks that do not compress (media, encrypted or compressed
+    /// files) are recognised from a small sample and cost little. Turn it
+    /// off to save the CPU on a disk known not to compress. Recorded in
+    /// disk.toml (`compress = false`).
+    #[arg(long, requires = "vault")]
+    no_compress: bool,
     /// Where `lifeboat agent` serves the disk over NBD: unix:PATH or
     /// tcp:HOST:PORT; repeat for several. Default: unix:HOME/disks/NAME/nbd.sock.
     /// A TCP address must be loopback (127.0.0.1, ::1) unless --tls-creds or
@@ -81,6 +89,7 @@ impl From<Args> for Request {
                 key,
                 rpo_seconds: a.rpo,
                 retention: Retention { recent_seconds: a.keep_recent, hourly: a.keep_hourly, daily: a.keep_daily },
+                compress: !a.no_compress,
             }),
             _ => None,
         };
@@ -159,6 +168,7 @@ mod tests {
                 key: "/k".into(),
                 rpo_seconds: 30,
                 retention: Retention { recent_seconds: 7200, hourly: 3, daily: 4 },
+                compress: true,
             })
         );
         assert_eq!(r.listen.len(), 1);

@@ -95,6 +95,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             serde_json::json!({
                 "disk": a.name, "sequence": r.sequence, "full": r.full, "blocks_read": r.blocks_read,
                 "zero_blocks": r.zero_blocks, "known_blocks": r.known_blocks, "new_blocks": r.new_blocks,
+                "compressed_blocks": r.compressed_blocks, "new_bytes": r.new_bytes,
                 "cached_blocks": r.cached_blocks,
                 "bytes_shipped": r.bytes_shipped, "packs": r.packs, "pages": r.pages, "millis": r.millis,
                 "warnings": r.warnings, "root": r.root_id.to_string(),
@@ -104,12 +105,14 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         );
     } else {
         outln!(
-            "{}: point {} committed ({}): {} blocks read, {} new, {} already in the vault, {} zero; {} bytes shipped in {:.1} s",
+            "{}: point {} committed ({}): {} blocks read, {} new ({} compressed), {} already in the vault, {} zero; {} \
+             bytes shipped in {:.1} s",
             a.name,
             r.sequence,
             if r.full { "full sync" } else { "incremental" },
             r.blocks_read,
             r.new_blocks,
+            r.compressed_blocks,
             r.known_blocks,
             r.zero_blocks,
             r.bytes_shipped,

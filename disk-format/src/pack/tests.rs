@@ -215,6 +215,50 @@ fn version_3_packs_record_their_cipher() {
     assert!(matches!(Pack::parse(&p).unwrap_err(), PackError::Reserved { place: "trailer", .. }));
 }
 
+/// Version 3 entries say which blobs hold their block compressed; the flag
+/// round-trips, is covered by the index hash and the name, and a version 2
+/// writer cannot record it.
+#[test]
+fn version_3_entries_record_compression() {
+    let k = keys();
+    let mut w = PackWriter::v3(Vec::new(), Cipher::XChaCha20Poly1305).unwrap();
+    for (i, b) in sample_blocks().iter().enumerate() {
+        let id = k.block_id(b);
+        let blob = k.seal_block(Cipher::XChaCha20Poly1305, &id, b).unwrap();
+        w.add_encoded(&id, &blob, blob_checksum(&blob), i == 1).unwrap();
+    }
+    let done = w.finish().unwrap();
+    let pack = Pack::verify(&done.out, &done.id).unwrap();
+    assert_eq!((pack.index().version(), pack.index().cipher()), (PackVersion::V3, Cipher::XChaCha20Poly1305));
+    let flags: Vec<bool> = pack.index().entries().iter().map(|e| e.compressed).collect();
+    assert_eq!(flags, [false, true, false]);
+    assert_eq!(fuzz_pack_bytes(&done.out), 3);
+    // The flag is a byte of the index: flipping it fails the index hash;
+    // with the hash recomputed, the name.
+    let at = entry_at(&done.out, 1) + E_ENCODING;
+    assert_eq!(done.out[at], 1);
+    let mut p = done.out.clone();
+    p[at] = 0;
+    assert!(matches!(Pack::parse(&p), Err(PackError::IndexHashMismatch { .. })));
+    rehash_index(&mut p);
+    assert!(!Pack::parse(&p).unwrap().index().entries()[1].compressed);
+    assert!(matches!(Pack::verify(&p, &done.id), Err(PackError::IdMismatch { .. })));
+    // No encoding but 0 and 1.
+    let mut p = done.out.clone();
+    p[at] = 2;
+    rehash_index(&mut p);
+    let offset = pack.index().entries()[1].offset;
+    assert_eq!(Pack::parse(&p).unwrap_err(), PackError::BadEncoding { entry: 1, offset, value: 2 });
+    // A version 2 pack cannot say a blob is compressed.
+    let mut v2 = PackWriter::new(Vec::new()).unwrap();
+    let id = k.block_id(b"x");
+    let blob = k.seal_block(Cipher::XChaCha20Poly1305, &id, b"x").unwrap();
+    assert!(matches!(
+        v2.add_encoded(&id, &blob, blob_checksum(&blob), true),
+        Err(PackWriteError::Invalid(PackError::BadEncoding { entry: 0, value: 1, .. }))
+    ));
+}
+
 #[test]
 fn writer_refuses_bad_blobs() {
     let k = keys();

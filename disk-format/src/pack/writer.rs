@@ -72,8 +72,9 @@ impl<W: Write> PackWriter<W> {
         }
     }
 
-    /// Starts a version 3 pack naming `cipher` (whichever it is).
-    pub(crate) fn v3(out: W, cipher: Cipher) -> Result<PackWriter<W>, PackWriteError> {
+    /// Starts a version 3 pack naming `cipher` (whichever it is): the
+    /// version that can record compressed blocks ([`PackWriter::add_encoded`]).
+    pub fn v3(out: W, cipher: Cipher) -> Result<PackWriter<W>, PackWriteError> {
         PackWriter::start(out, PackVersion::V3, cipher)
     }
 
@@ -112,6 +113,7 @@ impl<W: Write> PackWriter<W> {
             blob_len: plain.saturating_add(OVERHEAD),
             plain_len: plain,
             checksum: Some(checksum),
+            compressed: false,
         };
         entry.check(n)?;
         if n == u32::MAX {
@@ -146,13 +148,31 @@ impl<W: Write> PackWriter<W> {
     /// it was still in that core's cache. The writer does not recompute it:
     /// a wrong one makes a pack that `Pack::verify` refuses at this blob.
     pub fn add_blob_with_checksum(&mut self, id: &BlockId, blob: &[u8], checksum: u32) -> Result<(), PackWriteError> {
+        self.add_encoded(id, blob, checksum, false)
+    }
+
+    /// [`PackWriter::add_blob_with_checksum`] for a blob that holds its
+    /// block zstd-compressed when `compressed` (recorded in its index
+    /// entry). Only a version 3 pack records it: a version 2 writer refuses
+    /// a compressed blob (*BadEncoding*).
+    pub fn add_encoded(
+        &mut self,
+        id: &BlockId,
+        blob: &[u8],
+        checksum: u32,
+        compressed: bool,
+    ) -> Result<(), PackWriteError> {
+        if compressed && self.version != PackVersion::V3 {
+            let entry = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+            return Err(PackError::BadEncoding { entry, offset: self.offset, value: 1 }.into());
+        }
         let plain = blob.len().checked_sub(SEAL_OVERHEAD).ok_or_else(|| PackError::BadLength {
             entry: u32::try_from(self.entries.len()).unwrap_or(u32::MAX),
             offset: self.offset,
             blob_len: u32::try_from(blob.len()).unwrap_or(u32::MAX),
             plain_len: 0,
         })?;
-        let entry = self.admit(id, plain, checksum)?;
+        let entry = PackEntry { compressed, ..self.admit(id, plain, checksum)? };
         self.put(blob)?;
         self.record(entry);
         Ok(())
