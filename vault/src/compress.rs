@@ -10,7 +10,7 @@
 //!
 //! **The fast path for incompressible data.** Most of a disk that does not
 //! compress (media, encrypted files, already-compressed archives) is
-//! recognised from a sample before any real work: four 1 KiB pieces spread
+//! recognised from a sample before any real work: four 512-byte pieces spread
 //! over the block are compressed together, and if they do not shrink by an
 //! eighth the block is stored as it is. On random data that costs a small
 //! fraction of compressing the block (measured in the compression test of this module and in the README).
@@ -28,7 +28,7 @@ pub const LEVEL: i32 = 1;
 const SAMPLE_FROM: usize = 16 << 10;
 /// The sample: this many pieces of [`PIECE`] bytes, spread evenly.
 const PIECES: usize = 4;
-const PIECE: usize = 1024;
+const PIECE: usize = 512;
 
 /// What a block must shrink to (at most this share of its length, in
 /// eighths) for its compressed form to be stored.
@@ -72,7 +72,7 @@ impl Compressor {
         }
     }
 
-    /// Whether four 1 KiB pieces spread over `block` shrink by an eighth.
+    /// Whether the four sampled pieces of `block` shrink by an eighth.
     fn sample_shrinks(&mut self, block: &[u8]) -> bool {
         self.sample.clear();
         let stride = block.len() / PIECES;
