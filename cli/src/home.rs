@@ -150,18 +150,34 @@ pub struct Retention {
     pub hourly: u32,
     /// Then the newest point of each of this many days.
     pub daily: u32,
+    /// Thin the recent points older than a minute to one per this many
+    /// seconds (0, the default: keep every recent point). `protect` sets 30
+    /// for an RPO under 30 s.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub thin_seconds: u64,
 }
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// With thinning, every point of this last stretch is kept.
+pub const THIN_DENSE_SECONDS: u64 = 60;
 
 impl Default for Retention {
     fn default() -> Retention {
-        Retention { recent_seconds: 3600, hourly: 24, daily: 0 }
+        Retention { recent_seconds: 3600, hourly: 24, daily: 0, thin_seconds: 0 }
     }
 }
 
 impl Retention {
     pub fn policy(&self) -> vault::retention::Policy {
+        let secs = std::time::Duration::from_secs;
         vault::retention::Policy {
-            recent: std::time::Duration::from_secs(self.recent_seconds),
+            recent: secs(self.recent_seconds),
+            thin: (self.thin_seconds > 0)
+                .then(|| vault::Thin { dense: secs(THIN_DENSE_SECONDS), step: secs(self.thin_seconds) }),
             hourly: self.hourly,
             daily: self.daily,
         }

@@ -65,5 +65,5 @@ pub use open::{LocalOpener, Opener};
 pub use point_reader::PointReader;
 pub use progress::{Callback, Progress};
 pub use restore::RestoreReport;
-pub use retention::{select, Policy, PruneReport, Selection};
+pub use retention::{select, Policy, PruneReport, Selection, Thin};
 pub use store::{root_name, PointSummary, Vault};

@@ -8,7 +8,12 @@
 //!
 //! 1. **Recent**: every point with `cut >= recent_start` is kept (its age is
 //!    at most `recent`; a point cut "in the future", from a clock that ran
-//!    ahead, counts as recent).
+//!    ahead, counts as recent), unless the policy **thins** the recent rung
+//!    ([`Thin`]: for a seconds-level RPO). Then only the recent points with
+//!    `cut >= now - dense` are all kept; the older recent ones are put in
+//!    clock buckets of `step`, `cut / step`, and the newest of each bucket is
+//!    kept. A day of 5 s points then costs about what a day of 30 s points
+//!    did: a minute of every point, then one per 30 s.
 //! 2. **Hourly**: the older points are put in *clock-hour* buckets,
 //!    `cut / 1 h`. Let `c` be the hour holding the instant `recent_start - 1`
 //!    (the youngest instant that is no longer recent). The hourly rung is the
@@ -52,6 +57,8 @@ const DAY_NS: i128 = 24 * HOUR_NS;
 pub struct Policy {
     /// Keep every point whose cut is at most this old. Default 1 hour.
     pub recent: Duration,
+    /// Thin the recent rung: `None` (the default) keeps every recent point.
+    pub thin: Option<Thin>,
     /// Then the newest point of each of this many clock hours. Default 24.
     pub hourly: u32,
     /// Then the newest point of each of this many UTC days. Default 0.
@@ -60,8 +67,18 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Policy {
-        Policy { recent: Duration::from_secs(3_600), hourly: 24, daily: 0 }
+        Policy { recent: Duration::from_secs(3_600), thin: None, hourly: 24, daily: 0 }
     }
+}
+
+/// How the recent rung is thinned (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thin {
+    /// Every point at most this old is kept.
+    pub dense: Duration,
+    /// Older recent points: the newest of each clock bucket of this length.
+    /// Zero keeps every one (no thinning).
+    pub step: Duration,
 }
 
 /// Which points to keep and which to prune: a partition of the input's
@@ -78,6 +95,7 @@ pub struct Selection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Rung {
     Recent,
+    Step(i128),
     Hour(i128),
     Day(i128),
     Beyond,
@@ -86,6 +104,9 @@ enum Rung {
 /// Where the rungs start, for a policy at `now_ns`.
 struct Ladder {
     recent_start: i128,
+    /// With thinning: where every recent point is kept from, and the bucket.
+    dense_start: i128,
+    step: i128,
     hours: std::ops::RangeInclusive<i128>,
     hourly_start: i128,
     days: std::ops::RangeInclusive<i128>,
@@ -103,13 +124,24 @@ impl Ladder {
         let hourly_start = (c - hourly + 1) * HOUR_NS;
         let e = (hourly_start - 1).div_euclid(DAY_NS);
         let days = e - i128::from(policy.daily) + 1..=e;
-        Ladder { recent_start, hours, hourly_start, days }
+        let (dense_start, step) = match policy.thin {
+            Some(t) if !t.step.is_zero() => {
+                let dense = i128::try_from(t.dense.as_nanos()).unwrap_or(i128::MAX / 4).min(i128::MAX / 4);
+                let step = i128::try_from(t.step.as_nanos()).unwrap_or(i128::MAX / 4).min(i128::MAX / 4);
+                ((i128::from(now_ns) - dense).max(recent_start), step)
+            }
+            _ => (recent_start, 0),
+        };
+        Ladder { recent_start, dense_start, step, hours, hourly_start, days }
     }
 
     fn rung(&self, cut_ns: u64) -> Rung {
         let cut = i128::from(cut_ns);
-        if cut >= self.recent_start {
+        if cut >= self.dense_start {
             return Rung::Recent;
+        }
+        if cut >= self.recent_start {
+            return Rung::Step(cut.div_euclid(self.step));
         }
         if cut >= self.hourly_start {
             let h = cut.div_euclid(HOUR_NS);
@@ -138,7 +170,7 @@ pub fn select(points: &[PointSummary], now_ns: u64, policy: &Policy, held: &Hash
     let mut best: HashMap<Rung, (u64, u64)> = HashMap::new();
     for p in points {
         let rung = ladder.rung(p.cut_time_ns);
-        if matches!(rung, Rung::Hour(_) | Rung::Day(_)) {
+        if matches!(rung, Rung::Step(_) | Rung::Hour(_) | Rung::Day(_)) {
             let key = (p.cut_time_ns, p.sequence);
             let slot = best.entry(rung).or_insert(key);
             if key > *slot {
@@ -273,7 +305,7 @@ mod tests {
             points.swap(i, (i * 7919 + 13) % n);
         }
         let now = 48 * H + 24 * 20 * H + H / 2;
-        let policy = Policy { recent: Duration::from_secs(3_600), hourly: 24, daily: 15 };
+        let policy = Policy { recent: Duration::from_secs(3_600), thin: None, hourly: 24, daily: 15 };
         let sel = select(&points, now, &policy, &HashSet::new());
         // 1 recent + 24 hourly + 15 daily.
         assert_eq!(sel.keep.len(), 1 + 24 + 15, "{:?}", sel.keep);

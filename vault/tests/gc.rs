@@ -72,7 +72,7 @@ fn referenced(vault: &Vault) -> (BTreeSet<String>, BTreeSet<String>) {
 
 fn keep_newest(vault: &Vault, disk: &Disk) {
     let now = disk.cut_base_ns + 9 * disk.cut_interval_ns;
-    let policy = Policy { recent: Duration::from_secs(3 * 3_600), hourly: 0, daily: 0 };
+    let policy = Policy { recent: Duration::from_secs(3 * 3_600), thin: None, hourly: 0, daily: 0 };
     let report = vault.prune("web", &policy, now).unwrap();
     assert_eq!(report.kept, vec![6, 7, 8]);
 }

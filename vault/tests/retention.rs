@@ -52,16 +52,38 @@ fn points() -> impl Strategy<Value = Vec<PointSummary>> {
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
-    (0u64..4 * 3_600, 0u32..30, 0u32..20).prop_map(|(recent, hourly, daily)| Policy {
+    (0u64..4 * 3_600, 0u32..30, 0u32..20, thin()).prop_map(|(recent, hourly, daily, thin)| Policy {
         recent: Duration::from_secs(recent),
+        thin,
         hourly,
         daily,
+    })
+}
+
+/// No thinning, or a dense window and a bucket (zero included: no thinning).
+fn thin() -> impl Strategy<Value = Option<vault::Thin>> {
+    prop::option::of((0u64..2 * 3_600, prop::sample::select(vec![0u64, 1, 5, 30, 60, 600]))).prop_map(|t| {
+        t.map(|(dense, step)| vault::Thin { dense: Duration::from_secs(dense), step: Duration::from_secs(step) })
+    })
+}
+
+/// Points of the last two hours (and a little ahead), where thinning acts.
+fn recent_points() -> impl Strategy<Value = Vec<PointSummary>> {
+    prop::collection::vec((0u64..1_000, -2 * HOUR..HOUR / 60), 0..200).prop_map(|v| {
+        let mut seen = HashSet::new();
+        v.into_iter()
+            .filter(|(s, _)| seen.insert(*s))
+            .map(|(s, off)| summary(s, u64::try_from(i128::from(NOW) + off).unwrap()))
+            .collect()
     })
 }
 
 /// The rungs, recomputed from the documented rules.
 struct Rungs {
     recent_start: i128,
+    /// Recent points older than this are thinned into buckets of `step`.
+    dense_start: i128,
+    step: i128,
     hours: std::ops::RangeInclusive<i128>,
     hourly_start: i128,
     days: std::ops::RangeInclusive<i128>,
@@ -73,7 +95,13 @@ fn rungs(p: &Policy, now: u64) -> Rungs {
     let hours = c - i128::from(p.hourly) + 1..=c;
     let hourly_start = *hours.start() * HOUR;
     let e = (hourly_start - 1).div_euclid(DAY);
-    Rungs { recent_start, hours, hourly_start, days: e - i128::from(p.daily) + 1..=e }
+    let (dense_start, step) = match p.thin {
+        Some(t) if t.step.as_nanos() > 0 => {
+            ((i128::from(now) - t.dense.as_nanos() as i128).max(recent_start), t.step.as_nanos() as i128)
+        }
+        _ => (recent_start, 0),
+    };
+    Rungs { recent_start, dense_start, step, hours, hourly_start, days: e - i128::from(p.daily) + 1..=e }
 }
 
 proptest! {
@@ -81,8 +109,27 @@ proptest! {
 
     #[test]
     fn the_ladder_holds(points in points(), policy in policy(), held_bits in any::<u64>(), now_off in 0u64..HOUR as u64) {
-        let now = NOW + now_off;
-        let held: HashSet<u64> = points.iter().map(|p| p.sequence).filter(|s| held_bits & (1 << (s % 64)) != 0).collect();
+        ladder_holds(&points, &policy, held_bits, NOW + now_off)?;
+    }
+
+    #[test]
+    fn the_thinned_recent_rung_holds(
+        points in recent_points(),
+        recent in 0u64..3 * 3_600,
+        thin in thin(),
+        held_bits in any::<u64>(),
+        now_off in 0u64..60_000_000_000,
+    ) {
+        let policy = Policy { recent: Duration::from_secs(recent), thin, hourly: 3, daily: 1 };
+        ladder_holds(&points, &policy, held_bits, NOW + now_off)?;
+    }
+}
+
+fn ladder_holds(points: &[PointSummary], policy: &Policy, held_bits: u64, now: u64) -> Result<(), TestCaseError> {
+    {
+        let (points, policy) = (points.to_vec(), *policy);
+        let held: HashSet<u64> =
+            points.iter().map(|p| p.sequence).filter(|s| held_bits & (1 << (s % 64)) != 0).collect();
         let sel = select(&points, now, &policy, &held);
 
         // A partition of the input, sorted.
@@ -110,6 +157,8 @@ proptest! {
         }
 
         let r = rungs(&policy, now);
+        let mut step_kept: BTreeMap<i128, Vec<u64>> = BTreeMap::new();
+        let mut step_newest: BTreeMap<i128, (u64, u64)> = BTreeMap::new();
         let mut hour_kept: BTreeMap<i128, Vec<u64>> = BTreeMap::new();
         let mut day_kept: BTreeMap<i128, Vec<u64>> = BTreeMap::new();
         let mut hour_newest: BTreeMap<i128, (u64, u64)> = BTreeMap::new();
@@ -117,12 +166,22 @@ proptest! {
         for p in &points {
             let cut = i128::from(p.cut_time_ns);
             let special = Some(p.sequence) == newest || held.contains(&p.sequence);
-            if cut >= r.recent_start {
-                // Every point within `recent` is kept.
+            let key = (p.cut_time_ns, p.sequence);
+            if cut >= r.dense_start {
+                // Every point within `recent` (within `dense`, when thinned) is kept.
                 prop_assert!(kept.contains(&p.sequence), "recent point {} pruned", p.sequence);
                 continue;
             }
-            let key = (p.cut_time_ns, p.sequence);
+            if cut >= r.recent_start {
+                // Thinned: at most one per bucket of `step`, its newest.
+                let b = cut.div_euclid(r.step);
+                let e = step_newest.entry(b).or_insert(key);
+                *e = (*e).max(key);
+                if kept.contains(&p.sequence) && !special {
+                    step_kept.entry(b).or_default().push(p.sequence);
+                }
+                continue;
+            }
             if cut >= r.hourly_start {
                 let h = cut.div_euclid(HOUR);
                 prop_assert!(r.hours.contains(&h));
@@ -148,20 +207,24 @@ proptest! {
         for (h, v) in &hour_kept {
             prop_assert!(v.len() <= 1, "hour {} keeps {:?}", h, v);
         }
+        for (b, v) in &step_kept {
+            prop_assert!(v.len() <= 1, "bucket {} keeps {:?}", b, v);
+        }
         for (d, v) in &day_kept {
             prop_assert!(v.len() <= 1, "day {} keeps {:?}", d, v);
         }
-        for (_, (_, s)) in hour_newest.iter().chain(&day_newest) {
+        for (_, (_, s)) in hour_newest.iter().chain(&day_newest).chain(&step_newest) {
             prop_assert!(kept.contains(s), "newest point {} of its bucket pruned", s);
         }
     }
+    Ok(())
 }
 
 #[test]
 fn stable_under_repeated_pruning() {
     // A point every 5 minutes for 3 days, pruned after every cycle: the
     // survivors are the same as one prune at the end (fixed buckets).
-    let policy = Policy { recent: Duration::from_secs(3_600), hourly: 24, daily: 15 };
+    let policy = Policy { recent: Duration::from_secs(3_600), thin: None, hourly: 24, daily: 15 };
     let step = 300_000_000_000u64;
     let mut alive: Vec<PointSummary> = Vec::new();
     let mut all = Vec::new();
@@ -177,6 +240,64 @@ fn stable_under_repeated_pruning() {
     assert_eq!(alive, once.keep);
     // 12 recent, 24 hourly, and the newest point of 2 earlier days.
     assert!(alive.len() >= 12 + 24 + 2, "{} kept", alive.len());
+}
+
+/// A day of 5 s points (`--rpo 5s`), pruned after every cycle with the
+/// thinned ladder (a minute of every point, then one per 30 s for the rest
+/// of the hour): the survivors are what one prune at the end keeps, one per
+/// 30 s bucket in the thinned stretch, and as many as a day of 30 s points
+/// keeps under the plain ladder, within 10%.
+#[test]
+fn a_day_of_5s_points_thinned_costs_about_a_day_of_30s_points() {
+    let thin = Some(vault::Thin { dense: Duration::from_secs(60), step: Duration::from_secs(30) });
+    let thinned = Policy { recent: Duration::from_secs(3_600), thin, hourly: 24, daily: 0 };
+    let step = 5_000_000_000u64;
+    let n = 24 * 720u64;
+    let mut alive: Vec<PointSummary> = Vec::new();
+    let mut all = Vec::new();
+    for s in 1..=n {
+        let p = summary(s, NOW + s * step);
+        alive.push(p.clone());
+        all.push(p);
+        let Selection { keep, .. } = select(&alive, NOW + s * step + 1, &thinned, &HashSet::new());
+        alive.retain(|p| keep.contains(&p.sequence));
+    }
+    let now = NOW + n * step + 1;
+    let once = select(&all, now, &thinned, &HashSet::new());
+    let kept: Vec<u64> = alive.iter().map(|p| p.sequence).collect();
+    // Pruning after every cycle keeps what one prune keeps, but for the
+    // hour that is crossing out of the recent window: there one prune keeps
+    // the point that just crossed, repeated pruning the newest of the 30 s
+    // buckets that crossed before (the one that just crossed was thinned
+    // away inside the window). Either is one point for that hour.
+    let only_repeated: Vec<u64> = kept.iter().filter(|s| !once.keep.contains(s)).copied().collect();
+    let only_once: Vec<u64> = once.keep.iter().filter(|s| !kept.contains(s)).copied().collect();
+    assert_eq!(kept.len(), once.keep.len());
+    assert!(only_repeated.len() <= 1 && only_once.len() <= 1, "{only_repeated:?} {only_once:?}");
+    let hour_of = |s: &u64| i128::from(NOW + s * step).div_euclid(HOUR);
+    let crossing = (i128::from(now) - HOUR - 1).div_euclid(HOUR);
+    assert!(only_repeated.iter().chain(&only_once).all(|s| hour_of(s) == crossing));
+    // In the thinned stretch (older than a minute, within the hour), one
+    // point per 30 s clock bucket, and it is the bucket's last.
+    let (dense_start, recent_start) = (i128::from(now) - 60_000_000_000, i128::from(now) - HOUR);
+    let mut buckets = BTreeMap::new();
+    for p in &alive {
+        let cut = i128::from(p.cut_time_ns);
+        if cut >= recent_start && cut < dense_start {
+            *buckets.entry(cut.div_euclid(30_000_000_000)).or_insert(0) += 1;
+        }
+    }
+    assert!(buckets.len() >= 110 && buckets.values().all(|&c| c == 1), "{buckets:?}");
+
+    // A day of 30 s points under the default ladder.
+    let plain = Policy::default();
+    let every30: Vec<PointSummary> = (1..=n / 6).map(|s| summary(s, NOW + s * 6 * step)).collect();
+    let plain_kept = select(&every30, now, &plain, &HashSet::new()).keep.len();
+    let thinned_kept = kept.len();
+    assert!(
+        thinned_kept * 10 <= plain_kept * 11,
+        "5 s points thinned keep {thinned_kept}, 30 s points keep {plain_kept}"
+    );
 }
 
 /// Ships `n` points of a small disk, one every 20 minutes, each rewriting a
@@ -213,7 +334,7 @@ fn prune_deletes_roots_only_and_kept_points_restore_byte_for_byte() {
     let (packs, pack_bytes) = common::objects(&vault, Kind::Pack);
     let (pages, _) = common::objects(&vault, Kind::Page);
     let now = disk.cut_base_ns + 12 * disk.cut_interval_ns + 1;
-    let policy = Policy { recent: Duration::from_secs(3_600), hourly: 2, daily: 0 };
+    let policy = Policy { recent: Duration::from_secs(3_600), thin: None, hourly: 2, daily: 0 };
     let expected = select(&vault.points("web").unwrap(), now, &policy, &HashSet::new());
     let report = vault.prune("web", &policy, now).unwrap();
     assert_eq!(report.kept, expected.keep);
@@ -241,7 +362,7 @@ fn a_held_point_is_never_pruned() {
     let vault = new_vault(dir.path());
     let (disk, images) = shipped(&vault, 4);
     let now = disk.cut_base_ns + 4 * disk.cut_interval_ns + 10 * 3_600_000_000_000;
-    let keep_newest = Policy { recent: Duration::ZERO, hourly: 0, daily: 0 };
+    let keep_newest = Policy { recent: Duration::ZERO, thin: None, hourly: 0, daily: 0 };
 
     let hold = vault.hold("web", 2, "test restore").unwrap();
     let report = vault.prune("web", &keep_newest, now).unwrap();
@@ -289,7 +410,7 @@ fn a_lease_from_another_host_is_respected_and_a_stale_one_is_removed() {
     let vault = new_vault(dir.path());
     let (disk, _) = shipped(&vault, 3);
     let now = disk.cut_base_ns + 3 * disk.cut_interval_ns + 10 * 3_600_000_000_000;
-    let keep_newest = Policy { recent: Duration::ZERO, hourly: 0, daily: 0 };
+    let keep_newest = Policy { recent: Duration::ZERO, thin: None, hourly: 0, daily: 0 };
     let other_host =
         "lifeboat lease v1\nholder=restore\nhost=far\nmachine=another-machine\nboot=b\npid=1\nstart=5\ncreated_ns=0\n";
     vault.backend().put(Kind::Lease, "point/web/00000000000000000001/00aa", other_host.as_bytes()).unwrap();

@@ -84,6 +84,8 @@ fn policy(a: &Args, base: crate::home::Retention) -> Policy {
         recent: Duration::from_secs(a.recent.unwrap_or(base.recent_seconds)),
         hourly: a.hourly.unwrap_or(base.hourly),
         daily: a.daily.unwrap_or(base.daily),
+        // As the disk's settings say (`protect --thin-recent`).
+        ..base.policy()
     }
 }
 

@@ -1477,6 +1477,7 @@ fn random_policy(r: &mut Rng) -> Policy {
     let recent = [0, 60, 600, 3600, 3 * 3600][ix(r.below(5))];
     Policy {
         recent: Duration::from_secs(recent),
+        thin: None,
         hourly: u32::try_from(r.below(5)).expect("small"),
         daily: u32::try_from(r.below(3)).expect("small"),
     }
