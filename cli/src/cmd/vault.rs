@@ -37,10 +37,10 @@ pub enum Command {
         /// the vault's life: aes-256-gcm (about six times faster where the
         /// CPU has AES and carry-less multiply instructions: x86-64 with
         /// AES-NI and PCLMULQDQ, ARMv8 with AES and PMULL) or
-        /// xchacha20-poly1305 (fast in software; vaults made before
-        /// lifeboat offered a choice use it, and builds that predate the
-        /// choice can read only those). Both are 256-bit authenticated
-        /// encryption, and every lifeboat since restores both. [default:
+        /// xchacha20-poly1305 (fast in software; the cipher of vaults made
+        /// before lifeboat offered a choice). Both are 256-bit
+        /// authenticated encryption, and every lifeboat since restores
+        /// both. [default:
         /// aes-256-gcm where this CPU accelerates it, else xchacha20-poly1305]
         #[arg(long, value_name = "CIPHER", value_parser = parse_cipher)]
         cipher: Option<disk_format::Cipher>,
