@@ -482,15 +482,10 @@ pub fn header_bytes(version: PackVersion) -> [u8; PACK_HEADER_LEN] {
     h
 }
 
-/// The name of a version 2 pack from its tail (index and trailer, the last
-/// bytes from the index on): BLAKE3 of its header, index and trailer. The
-/// blobs are not hashed; their CRCs in the index are.
-pub fn v2_pack_id(tail: &[u8]) -> PackId {
-    tail_pack_id(PackVersion::V2, tail)
-}
-
-/// The name of a version 2 or 3 pack from its tail (see [`v2_pack_id`]); a
-/// version 1 pack's name needs every byte (`None`).
+/// The name of a version 2 or 3 pack from its tail (index and trailer, the
+/// last bytes from the index on): BLAKE3 of its header, index and trailer.
+/// The blobs are not hashed; their CRCs in the index are. A version 1
+/// pack's name needs every byte (`None`).
 pub fn pack_id_from_tail(version: PackVersion, tail: &[u8]) -> Option<PackId> {
     (version != PackVersion::V1).then(|| tail_pack_id(version, tail))
 }

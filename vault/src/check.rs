@@ -155,6 +155,8 @@ impl Vault {
         let mut bad_blocks = HashMap::new();
         let names = self.backend().list(Kind::Pack, "")?;
         progress.start("checking packs", names.len() as u64);
+        // Where compressed blocks are inflated to be checked (with the key).
+        let mut inflated = if keys.is_some() { vec![0u8; disk_format::MAX_BLOCK_SIZE as usize] } else { Vec::new() };
         for name in &names {
             progress.advance(1);
             let object = format!("packs/{name}");
@@ -198,7 +200,6 @@ impl Vault {
             }
             index.add_pack(&id, &entries);
             let Some(keys) = keys else { continue };
-            let mut inflated = vec![0u8; disk_format::MAX_BLOCK_SIZE as usize];
             for (entry, e) in (0u32..).zip(entries.entries()) {
                 let r = e.range();
                 let blob = &mut bytes[usize::try_from(r.start).expect("in memory")..usize::try_from(r.end).expect("")];

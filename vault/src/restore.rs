@@ -302,12 +302,11 @@ impl Vault {
 }
 
 /// Where an opened block's plaintext is.
-#[derive(Clone)]
 enum Plain {
     /// In the read buffer, where the blob was decrypted.
     At(Range<usize>),
     /// Inflated from a compressed blob.
-    Inflated(std::sync::Arc<[u8]>),
+    Inflated(Vec<u8>),
 }
 
 impl Plain {
@@ -434,6 +433,21 @@ impl Run<'_> {
         Ok(bytes)
     }
 
+    /// [`Run::open`], once per blob: consecutive items of one entry
+    /// (equal blocks of the point) share what `last` holds.
+    fn open_once<'l>(
+        &self,
+        buf: &mut [u8],
+        at: usize,
+        item: &Item<'_>,
+        last: &'l mut Option<(u32, Plain)>,
+    ) -> Result<&'l Plain, VaultError> {
+        if last.as_ref().is_none_or(|(entry, _)| *entry != item.loc.entry) {
+            *last = Some((item.loc.entry, self.open(buf, at, item)?));
+        }
+        Ok(&last.as_ref().expect("set above").1)
+    }
+
     /// Opens the blob at `buf[at..at + len]` for `item` in place; returns
     /// where its block's plaintext is: in `buf`, or inflated beside it.
     fn open(&self, buf: &mut [u8], at: usize, item: &Item<'_>) -> Result<Plain, VaultError> {
@@ -458,7 +472,7 @@ impl Run<'_> {
             self.damaged(item.block, &item.loc.pack, Damage::Inauthentic, format!("entry {}: {detail}", item.loc.entry))
         })?;
         self.keys.check_block_id(item.id, &block).map_err(crypto)?;
-        Ok(Plain::Inflated(block.into()))
+        Ok(Plain::Inflated(block))
     }
 
     fn write(&self, block: u64, plain: &[u8], tx: &mpsc::Sender<u64>) -> Result<(), VaultError> {
@@ -557,15 +571,8 @@ impl Run<'_> {
             }
             let mut last: Option<(u32, Plain)> = None;
             while let Some(item) = items.next_if(|i| i.loc.range.end <= end) {
-                let plain = match &last {
-                    Some((entry, plain)) if *entry == item.loc.entry => plain.clone(),
-                    _ => {
-                        let from = usize::try_from(item.loc.range.start - at).expect("inside the chunk");
-                        let plain = self.open(&mut buf, from, item)?;
-                        last = Some((item.loc.entry, plain.clone()));
-                        plain
-                    }
-                };
+                let from = usize::try_from(item.loc.range.start - at).expect("inside the chunk");
+                let plain = self.open_once(&mut buf, from, item, &mut last)?;
                 self.write(item.block, plain.bytes(&buf), tx)?;
             }
             at = end;
@@ -601,15 +608,8 @@ impl Run<'_> {
             let mut buf = self.read(&job.pack, job.items[i].block, start, end - start)?;
             let mut last: Option<(u32, Plain)> = None;
             for item in &job.items[i..j] {
-                let plain = match &last {
-                    Some((entry, plain)) if *entry == item.loc.entry => plain.clone(),
-                    _ => {
-                        let at = usize::try_from(item.loc.range.start - start).expect("inside the read");
-                        let plain = self.open(&mut buf, at, item)?;
-                        last = Some((item.loc.entry, plain.clone()));
-                        plain
-                    }
-                };
+                let at = usize::try_from(item.loc.range.start - start).expect("inside the read");
+                let plain = self.open_once(&mut buf, at, item, &mut last)?;
                 self.write(item.block, plain.bytes(&buf), tx)?;
             }
             i = j;
