@@ -14,7 +14,7 @@ use std::path::Path;
 
 use vm_tests::clients::{nbd_uri, qemu_io};
 use vm_tests::lifeboat::Scratch;
-use vm_tests::replicate::first_difference;
+use vm_tests::replicate::{first_difference, tree};
 use vm_tests::Rng;
 
 const KIB: u64 = 1024;
@@ -30,20 +30,14 @@ fn text(o: &std::process::Output) -> String {
 
 /// The format version in the header of every pack in `vault`.
 fn pack_versions(vault: &Path) -> Vec<u16> {
-    let mut out = Vec::new();
-    let mut dirs = vec![vault.join("packs")];
-    while let Some(d) = dirs.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
-                let b = fs::read(&p).unwrap();
-                out.push(u16::from_le_bytes([b[8], b[9]]));
-            }
-        }
-    }
-    out
+    tree(vault)
+        .into_keys()
+        .filter(|rel| rel.starts_with("packs/") && !rel.rsplit('/').next().unwrap().starts_with('.'))
+        .map(|rel| {
+            let b = fs::read(vault.join(rel)).unwrap();
+            u16::from_le_bytes([b[8], b[9]])
+        })
+        .collect()
 }
 
 #[test]
@@ -106,18 +100,8 @@ fn an_unknown_cipher_is_refused_with_the_names_that_work() {
 
 /// The config file of the local vault at `vault`.
 fn config_path(vault: &Path) -> std::path::PathBuf {
-    let mut dirs = vec![vault.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.file_name().unwrap() == "config" && fs::metadata(&p).unwrap().len() == 128 {
-                return p;
-            }
-        }
-    }
-    panic!("no vault config under {}", vault.display());
+    let rel = tree(vault).into_iter().find(|(rel, (len, _))| rel.rsplit('/').next() == Some("config") && *len == 128);
+    vault.join(rel.unwrap_or_else(|| panic!("no vault config under {}", vault.display())).0)
 }
 
 /// A replaced config (the same vault and key, another cipher) is refused by
@@ -211,10 +195,6 @@ fn text_ships_compressed_and_no_compress_stores_blocks_as_they_are() {
         assert!(back == text, "{name}: the restored image differs");
     }
     let o = home.run_ok(&["vault", "check", v, "--read-data", "--key", k]);
-    let t = text_of(&o);
+    let t = text(&o);
     assert!(t.contains("128 blocks decrypted and verified") && t.contains("no problems found"), "{t}");
-}
-
-fn text_of(o: &std::process::Output) -> String {
-    text(o)
 }

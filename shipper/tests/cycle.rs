@@ -547,17 +547,16 @@ fn overlapping(inner: Box<dyn Backend>, lanes: usize) -> (InFlight<Box<dyn Backe
 fn busy_disk() -> Fixture {
     let blocks = 1600;
     let f = Fixture::sized(blocks);
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    let data: Vec<u8> = (0..(blocks * BS - 1000) / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
-    std::fs::write(&f.paths.image, &data).unwrap();
+    std::fs::write(&f.paths.image, random_bytes((blocks * BS - 1000) as usize, 1)).unwrap();
     f
+}
+
+/// `n` bytes that do not compress and never repeat a block, the same for
+/// the same `seed` (BLAKE3's output stream).
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    out
 }
 
 /// Against a backend that takes two streamed packs at once (a vault
@@ -773,34 +772,23 @@ fn a_remote_vault_takes_the_lease_while_the_newest_point_is_read() {
 fn compressible_blocks_are_stored_compressed_and_every_reader_inflates_them() {
     let f = Fixture::new();
     let d = Disk::open(f.paths.clone()).unwrap();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
     // Blocks 0-3: text (compressible); 10-13: random; the last (short): text.
     let text: Vec<u8> = b"a line of a log file, repeated; ".iter().copied().cycle().take(BS as usize).collect();
     for b in 0..4 {
         d.write_at(&text, b * BS, false).unwrap();
     }
     for b in 10..14 {
-        d.write_at(&random(BS as usize), b * BS, false).unwrap();
+        d.write_at(&random_bytes(BS as usize, b), b * BS, false).unwrap();
     }
-    let last = BLOCKS - 1;
-    d.write_at(&text[..d.geometry().block_len(last)], last * BS, false).unwrap();
+    let (last, last_len) = (BLOCKS - 1, d.geometry().block_len(BLOCKS - 1));
+    d.write_at(&text[..last_len], last * BS, false).unwrap();
     d.close().unwrap();
 
     let vault = std::sync::Arc::new(f.vault(local(f.dir.path())));
     let r = f.ship(&vault).unwrap();
     // Blocks 0-3 are one block stored once; the short last block is another.
     assert_eq!((r.new_blocks, r.compressed_blocks), (6, 2), "{r:?}");
-    assert_eq!(r.new_bytes, 5 * BS + d_len(last), "{r:?}");
+    assert_eq!(r.new_bytes, 5 * BS + last_len as u64, "{r:?}");
     assert!(r.bytes_shipped < 4 * BS + BS / 2, "compressed blocks take little room: {r:?}");
     let image = std::fs::read(&f.paths.image).unwrap();
     assert_eq!(f.restore(&vault, 1), image);
@@ -829,9 +817,4 @@ fn compressible_blocks_are_stored_compressed_and_every_reader_inflates_them() {
     assert_eq!((r2.new_blocks, r2.compressed_blocks), (1, 0), "{r2:?}");
     assert!(r2.bytes_shipped > BS, "{r2:?}");
     assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
-}
-
-/// The length of the fixture disk's block `b`.
-fn d_len(b: u64) -> u64 {
-    Geometry::new(BLOCKS * BS - 1000, BS).unwrap().block_len(b) as u64
 }
