@@ -56,43 +56,24 @@ command -v fio >/dev/null || die "fio is missing: run scripts/setup.sh"
 $py -c 'import nbd' 2>/dev/null || die "python3-libnbd is missing: run scripts/setup.sh"
 [[ $rounds =~ ^[1-9][0-9]*$ ]] && [ $((rounds % 2)) -eq 0 ] || die "ROUNDS must be a positive even number"
 [ $((size % (4 << 20))) -eq 0 ] && [ "$size" -gt 0 ] || die "SIZE must be a positive multiple of 4 MiB"
-if [ -e "$dir" ] && [ ! -e "$dir/.cold-read" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
-  die "$dir exists, is not empty and was not made by this script: set BENCH_DIR"
-fi
-rm -rf "${dir:?}"/* && mkdir -p "$dir" && touch "$dir/.cold-read"
-
-if [ -n "${LIFEBOAT_BIN:-}" ]; then
-  lb=$LIFEBOAT_BIN
-else
-  (cd "$repo" && cargo build --release -p cli >&2) || die "cargo build --release -p cli failed"
-  lb=$repo/target/release/lifeboat
-fi
-export LIFEBOAT_HOME=$dir/home
 img=$dir/image.img
+source "$repo/benches/lib.sh"
+bench_workdir .cold-read
+bench_lifeboat
+export LIFEBOAT_HOME=$dir/home
 filter_pid=
-cleanup() {
-  [ -n "$filter_pid" ] && kill "$filter_pid" 2>/dev/null || true
-  [ "${KEEP:-0}" = 1 ] || rm -rf "${dir:?}"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 evict() { $py -c 'import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$img"; }
 
 say "image: $(numfmt --to=iec "$size"), seed $seed"
 $py "$helper" gen-image "$img" "$size" "$seed" >&2
-"$lb" key new --out "$dir/k.key" >/dev/null
-"$lb" vault init "$dir/vault" --key "$dir/k.key" >/dev/null
-"$lb" protect bench --image "$img" --vault "$dir/vault" --key "$dir/k.key" --block-size 64KiB >/dev/null
-"$lb" ship bench --once --json >/dev/null 2>"$dir/full.log" || die "the full sync failed: $(tail -3 "$dir/full.log")"
+bench_protect
 
 declare -a cold_ms warm_ms
 for round in $(seq "$rounds"); do
   sock=$dir/filter.sock
-  rm -f "$sock"
-  "$lb" filter bench --listen "unix:$sock" 2>"$dir/filter.log" &
-  filter_pid=$!
-  for _ in $(seq 300); do grep -q "listening on" "$dir/filter.log" && break; sleep 0.1; done
-  grep -q "listening on" "$dir/filter.log" || die "the filter did not start: $(tail -3 "$dir/filter.log")"
+  bench_filter "$sock"
   $py "$helper" change "nbd+unix:///bench?socket=$sock" "$size" "$pct" 1 $((seed * 100 + round)) "$dir/change.json" 2>/dev/null >&2
   kill -TERM "$filter_pid" && wait "$filter_pid" || true
   filter_pid=
@@ -127,7 +108,6 @@ for _ in 1 2 3; do
   floor_ms+=("$($py -c 'import json,sys; print(json.load(open(sys.argv[1]))["jobs"][0]["read"]["runtime"])' "$dir/fio.json")")
 done
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 cold=$(median "${cold_ms[@]}")
 warm=$(median "${warm_ms[@]}")
 floor=$(median "${floor_ms[@]}")

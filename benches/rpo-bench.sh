@@ -49,38 +49,20 @@ die() { say "error: $*"; exit 1; }
 $py -c 'import nbd' 2>/dev/null || die "python3-libnbd is missing: run scripts/setup.sh"
 [[ $cycles =~ ^[1-9][0-9]*$ ]] || die "CYCLES must be a positive number"
 [ $((size % (4 << 20))) -eq 0 ] && [ "$size" -gt 0 ] || die "SIZE must be a positive multiple of 4 MiB"
-if [ -e "$dir" ] && [ ! -e "$dir/.rpo-bench" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
-  die "$dir exists, is not empty and was not made by this script: set BENCH_DIR"
-fi
-rm -rf "${dir:?}"/* && mkdir -p "$dir" && touch "$dir/.rpo-bench"
-
-if [ -n "${LIFEBOAT_BIN:-}" ]; then
-  lb=$LIFEBOAT_BIN
-else
-  (cd "$repo" && cargo build --release -p cli >&2) || die "cargo build --release -p cli failed"
-  lb=$repo/target/release/lifeboat
-fi
-export LIFEBOAT_HOME=$dir/home
 img=$dir/image.img
+source "$repo/benches/lib.sh"
+bench_workdir .rpo-bench
+bench_lifeboat
+export LIFEBOAT_HOME=$dir/home
 filter_pid=
-cleanup() {
-  [ -n "$filter_pid" ] && kill "$filter_pid" 2>/dev/null || true
-  [ "${KEEP:-0}" = 1 ] || rm -rf "${dir:?}"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 say "image: $(numfmt --to=iec "$size"), seed $seed"
 $py "$helper" gen-image "$img" "$size" "$seed" >&2
-"$lb" key new --out "$dir/k.key" >/dev/null
-"$lb" vault init "$dir/vault" --key "$dir/k.key" >/dev/null
-"$lb" protect bench --image "$img" --vault "$dir/vault" --key "$dir/k.key" --block-size 64KiB --rpo 5s >/dev/null
-"$lb" ship bench --once --json >/dev/null 2>"$dir/full.log" || die "the full sync failed: $(tail -3 "$dir/full.log")"
+bench_protect --rpo 5s
 
 sock=$dir/filter.sock
-"$lb" filter bench --listen "unix:$sock" 2>"$dir/filter.log" &
-filter_pid=$!
-for _ in $(seq 300); do grep -q "listening on" "$dir/filter.log" && break; sleep 0.1; done
-grep -q "listening on" "$dir/filter.log" || die "the filter did not start: $(tail -3 "$dir/filter.log")"
+bench_filter "$sock"
 
 # 10 blocks of the disk, as a percentage for bench.py change.
 pct=$($py -c "import sys; print(10 * 100 / (int(sys.argv[1]) // 65536))" "$size")
@@ -125,7 +107,6 @@ print(f"{statistics.median(t):.2f}")
 PY
 )
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 $py - "$(median "${idle_ms[@]}")" "$(median "${idle_wall[@]}")" "$(median "${ten_ms[@]}")" \
   "$(median "${ten_wall[@]}")" "$floor" <<'PY'
 import sys
