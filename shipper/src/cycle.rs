@@ -734,7 +734,8 @@ impl Cycle<'_, '_> {
             runs: &runs(blocks),
             geometry: self.geometry,
             keys: self.keys,
-            cipher: packer.cipher,
+            // Every pack of the cycle names the vault's cipher.
+            cipher: packer.pack.cipher(),
             compress: packer.compress,
             known,
             workers: self.opts.workers,
@@ -883,8 +884,6 @@ struct Packer<'p> {
     track_known: bool,
     /// How many blocks were deduplicated against each pack of the index.
     known_in: HashMap<PackId, u64>,
-    /// The vault's cipher: every block is sealed with it, every pack names it.
-    cipher: Cipher,
     /// New blocks are compressed, and packs written in format 3.
     compress: bool,
 }
@@ -910,7 +909,6 @@ impl<'p> Packer<'p> {
             report,
             track_known: false,
             known_in: HashMap::new(),
-            cipher,
             compress,
         })
     }
@@ -969,7 +967,7 @@ impl<'p> Packer<'p> {
                     .add_encoded(id, &buf[..*blob_len], *checksum, *compressed)
                     .map_err(|source| ShipError::Pack { pack: number, block: Some(*index), source })?;
                 if self.pack.bytes_written() >= PACK_TARGET {
-                    let next = Packer::open(self.free, self.to_storer, number + 1, self.cipher, self.compress)?;
+                    let next = Packer::open(self.free, self.to_storer, number + 1, self.pack.cipher(), self.compress)?;
                     Packer::end(std::mem::replace(&mut self.pack, next), number)?;
                     self.number = number + 1;
                 }
