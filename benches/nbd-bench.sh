@@ -8,7 +8,9 @@
 #
 # Servers (each on a unix socket, each serving a fresh sparse 1 GiB raw image):
 #   lifeboat   `lifeboat protect` (default 64 KiB blocks) + `lifeboat filter`
-#              (release build)
+#              (release build); PROFILE=off protects with `--profile off`
+#              (no churn profile recorded: what recording costs is the
+#              difference between a run with and one without)
 #   qemu-nbd   `qemu-nbd -f raw -t -k SOCK IMG`, its defaults otherwise:
 #              cache=writeback (page cache, flushes on FLUSH), aio=threads,
 #              one client at a time (no multi-conn), no discard
@@ -22,7 +24,7 @@
 # Each metric is the median over REPS repetitions; the server order alternates
 # between repetitions so neither always runs on a warmer machine.
 #
-# Environment: REPS (default 2), FIO_RUNTIME seconds (default 8), SIZE_MIB
+# Environment: PROFILE (on or off, default on), REPS (default 2), FIO_RUNTIME seconds (default 8), SIZE_MIB
 # (default 1024), BENCH_DIR (default target/nbd-bench). About 2-3 minutes with
 # the defaults. Other load on the machine skews the figures: run it alone.
 set -euo pipefail
@@ -78,7 +80,7 @@ start_server() { # NAME -> sets server_pid, sock
   case $name in
     lifeboat)
       rm -rf "$dir/home"
-      "$lb" --home "$dir/home" protect bench --image "$img" >/dev/null
+      "$lb" --home "$dir/home" protect bench --image "$img" --profile "${PROFILE:-on}" >/dev/null
       "$lb" --home "$dir/home" filter bench --listen "unix:$sock" 2>>"$dir/lifeboat.log" &
       ;;
     qemu-nbd)

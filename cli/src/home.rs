@@ -77,6 +77,19 @@ pub struct DiskConfig {
     /// Replication settings, once the disk has a vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<Replication>,
+    /// Record the churn profile while the disk is served (`lifeboat profile
+    /// show`); `protect --profile off` writes `profile = false`.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub profile: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 impl DiskConfig {

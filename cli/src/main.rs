@@ -34,6 +34,7 @@ mod cmd {
     pub mod key;
     pub mod plan;
     pub mod points;
+    pub mod profile;
     pub mod protect;
     pub mod prune;
     pub mod restore;
@@ -166,6 +167,10 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Show each protected disk's replication health: RPO, last cycle, errors.
     Status(cmd::status::Args),
+    /// What a disk's writes would cost to replicate: the churn profile the
+    /// filter records while it serves the disk (see `profile show --help`).
+    #[command(subcommand)]
+    Profile(cmd::profile::Command),
     /// Inspect and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
@@ -248,6 +253,7 @@ fn main() -> ExitCode {
         Command::Prune(a) => cmd::prune::run(&home, a),
         Command::Agent(a) => cmd::agent::run(&home, a),
         Command::Status(a) => cmd::status::run(&home, a),
+        Command::Profile(c) => cmd::profile::run(&home, c),
         Command::Audit(c) => cmd::audit::run(&home, c),
         Command::Vm(c) => cmd::vm::run(&home, c),
         Command::Failover(a) => cmd::failover::run(&home, a),

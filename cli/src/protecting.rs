@@ -42,6 +42,9 @@ pub struct Request {
     pub insecure_tcp: bool,
     /// Replace the disk's state file with one that marks every block to verify.
     pub reset_state: bool,
+    /// Record the churn profile while the disk is served (None: unchanged
+    /// for a disk already protected, on for a new one).
+    pub profile: Option<bool>,
 }
 
 /// Where and how often a disk replicates, as asked.
@@ -71,6 +74,7 @@ impl Request {
             tls_creds: None,
             insecure_tcp: false,
             reset_state: false,
+            profile: None,
         }
     }
 }
@@ -214,7 +218,7 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
         refuse_exposed(&a.name, &a.listen, "lifeboat protect")?;
     }
     let listen: Vec<String> = a.listen.iter().map(|l| l.to_string()).collect();
-    if existing && !a.reset_state && (replication.is_some() || !listen.is_empty()) {
+    if existing && !a.reset_state && (replication.is_some() || !listen.is_empty() || a.profile.is_some()) {
         let mut old = home.disk(&a.name)?;
         if old.config.image != image {
             bail!("disk {:?} protects {}, not {}", a.name, old.config.image.display(), image.display());
@@ -236,6 +240,15 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
             old.config.tls_creds.clone_from(&tls_creds);
             writeln!(out, "{}: the agent will serve it on {}", a.name, old.config.listen.join(" "))?;
         }
+        if let Some(on) = a.profile {
+            old.config.profile = on;
+            writeln!(
+                out,
+                "{}: churn profile {} (from the next start of its filter or the agent)",
+                a.name,
+                if on { "on" } else { "off" }
+            )?;
+        }
         old.config.write(&conf)?;
         return Ok(());
     }
@@ -254,8 +267,10 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
     let mut listen = listen;
     let mut insecure_tcp = a.insecure_tcp;
     let mut tls_creds = tls_creds;
+    let mut profile = a.profile.unwrap_or(true);
     let disk_id = if existing {
         let old = home.disk(&a.name)?;
+        profile = a.profile.unwrap_or(old.config.profile);
         // --reset-state replaces the state, not the replication settings.
         replication = replication.or(old.config.replication.clone());
         if listen.is_empty() {
@@ -313,6 +328,7 @@ pub fn protect(home: &Home, a: &Request, out: &mut dyn std::io::Write) -> Result
         insecure_tcp,
         tls_creds,
         replication,
+        profile,
     };
     config.write(&conf)?;
     writeln!(

@@ -125,6 +125,8 @@ fn under_umask_000_the_home_the_vault_and_the_sockets_are_private() {
     let home = s.path("home");
     let (nbd, control) = (home.join("disks/d/nbd.sock"), home.join("disks/d/control.sock"));
     assert!(nbd.exists() && control.exists(), "the agent's sockets are not where the test looks");
+    // The churn profile the agent records is in the walk below too.
+    assert!(home.join("disks/d/churn.profile").exists(), "the agent records no churn profile");
 
     let mut loose = loose_entries(&home);
     loose.extend(loose_entries(&vault));

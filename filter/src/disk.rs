@@ -38,11 +38,12 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 
 use disk_format::{blocks_touched, Geometry, LastPoint};
 
@@ -73,6 +74,15 @@ pub struct CutInfo {
     pub dirty_blocks: u64,
     /// Blocks the reader may read (the preserve set).
     pub readable_blocks: u64,
+}
+
+/// Told of every write a client makes, once it has reached the image: the
+/// churn profile (issue 16) counts them. Called on the NBD worker's thread,
+/// so an implementation must be cheap and must never block.
+pub trait WriteObserver: Send + Sync {
+    /// `len` bytes were written over `blocks`; `zeroes` when the request was
+    /// a write-zeroes or trim (its data is known to be zero).
+    fn wrote(&self, blocks: Range<u64>, len: u64, zeroes: bool);
 }
 
 /// Paths of a protected disk's files.
@@ -128,6 +138,8 @@ pub struct Disk {
     held: AtomicBool,
     hold_lock: Mutex<()>,
     hold_wake: Condvar,
+    /// Told of each write once it is in the image ([`Disk::observe`]).
+    observer: OnceLock<Arc<dyn WriteObserver>>,
 }
 
 fn image_size(path: &Path, f: &File) -> Result<u64, FilterError> {
@@ -189,8 +201,29 @@ impl Disk {
             hold_wake: Condvar::new(),
             scratch_stale: AtomicBool::new(false),
             scratch_clear: Mutex::new(()),
+            observer: OnceLock::new(),
             paths,
         })
+    }
+
+    /// Has `observer` told of every write from now on. A disk takes one
+    /// observer: false (and nothing changes) if it has one already.
+    pub fn observe(&self, observer: Arc<dyn WriteObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// The open image again, read-only, for reading it beside the server
+    /// (the churn profile's sampler): the same file whatever the image's
+    /// path names now, opened anew through `/proc/self/fd` so that it holds
+    /// none of the image's locks and keeps none alive after [`Disk::close`].
+    pub fn image_reader(&self) -> io::Result<File> {
+        File::open(format!("/proc/self/fd/{}", self.image.as_raw_fd()))
+    }
+
+    fn observed(&self, offset: u64, len: u64, zeroes: bool) {
+        if let Some(o) = self.observer.get() {
+            o.wrote(blocks_touched(offset, len, self.geometry.block_size), len, zeroes);
+        }
     }
 
     /// The disk's geometry.
@@ -591,6 +624,7 @@ impl Export for Disk {
         if fua {
             self.image.sync_data()?;
         }
+        self.observed(offset, data.len() as u64, false);
         Ok(())
     }
 
@@ -606,6 +640,7 @@ impl Export for Disk {
         if fua {
             self.image.sync_data()?;
         }
+        self.observed(offset, len, true);
         Ok(())
     }
 
@@ -617,6 +652,7 @@ impl Export for Disk {
         if fua {
             self.image.sync_data()?;
         }
+        self.observed(offset, len, true);
         Ok(())
     }
 }

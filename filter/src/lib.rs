@@ -35,7 +35,7 @@ pub mod nbd;
 pub mod state_file;
 mod sys;
 
-pub use disk::{CutInfo, CutKind, Disk};
+pub use disk::{CutInfo, CutKind, Disk, WriteObserver};
 pub use error::FilterError;
 pub use image::ImageId;
 pub use state_file::{DirtyReport, StateFile};

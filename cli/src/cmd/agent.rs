@@ -61,6 +61,8 @@ pub struct Args {
 struct Served {
     name: String,
     disk: Arc<Disk>,
+    /// Records the disk's churn profile while it is served.
+    profiler: Option<profile::Profiler>,
     control: ControlServer,
     target: Option<Target>,
     status_path: std::path::PathBuf,
@@ -160,6 +162,9 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     });
     for s in served {
         s.control.stop();
+        if let Some(p) = s.profiler {
+            p.stop();
+        }
         if let Some(t) = &s.target {
             if let Err(e) = t.record(None, "agent.stop", serde_json::json!({ "pid": std::process::id() })) {
                 tracing::warn!("lifeboat agent: warning: {}: {e:#}", s.name);
@@ -269,6 +274,7 @@ fn open(
             "lifeboat agent: {name}: the previous run stopped without a clean shutdown; its bitmaps are intact"
         );
     }
+    let profiler = crate::cmd::profile::start(&entry, &disk, name);
     let disk = Arc::new(disk);
     let control = match ControlServer::start(&entry.control_path(), disk.clone())
         .with_context(|| format!("starting the control socket {}", entry.control_path().display()))
@@ -324,5 +330,5 @@ fn open(
             serde_json::json!({ "pid": std::process::id(), "listen": addrs, "rpo_seconds": t.rpo.as_secs() }),
         )?;
     }
-    Ok((Served { name: name.to_string(), disk, control, target, status_path }, server))
+    Ok((Served { name: name.to_string(), disk, profiler, control, target, status_path }, server))
 }

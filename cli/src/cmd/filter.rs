@@ -127,6 +127,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
             a.name
         );
     }
+    let profiler = crate::cmd::profile::start(&entry, &disk, &a.name);
     let disk = Arc::new(disk);
     let status_path = entry.status_path();
     let _ = status_file::record_log_drops(&status_path);
@@ -164,6 +165,10 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     tracing::info!(disk = a.name, "filter {} listening on {}", a.name, addrs.join(" "));
     let served = server.run();
     control.stop();
+    // The last interval, up to now, before the disk closes.
+    if let Some(p) = profiler {
+        p.stop();
+    }
     let disk =
         Arc::try_unwrap(disk).map_err(|_| anyhow::anyhow!("internal error: disk still referenced at shutdown"))?;
     disk.close()?;

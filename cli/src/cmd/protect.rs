@@ -82,6 +82,21 @@ pub struct Args {
     /// state.replaced-<time>.
     #[arg(long)]
     reset_state: bool,
+    /// Record the disk's churn profile while it is served (`lifeboat
+    /// profile show NAME`): on or off. On by default for a new disk; given
+    /// for one already protected, changes only this. Recorded in disk.toml
+    /// (`profile = false` when off).
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    profile: Option<bool>,
+}
+
+/// `on` or `off`.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: say on or off")),
+    }
 }
 
 /// `--thin-recent`: a duration, or `off`/`0` (seconds; 0 is off).
@@ -122,6 +137,7 @@ impl From<Args> for Request {
             tls_creds: a.tls_creds,
             insecure_tcp: a.insecure_tcp,
             reset_state: a.reset_state,
+            profile: a.profile,
         }
     }
 }
