@@ -21,7 +21,9 @@
 //!   zstd attempt at them, and text compressed whole, on one thread.
 //!
 //! Targets (printed with PASS or MISS): AES-256-GCM, vault on /dev/shm, 2
-//! workers: >= 1200 MB/s; vault on the image's device: >= 90% of the peer.
+//! workers: >= 1200 MB/s; vault on the image's device: >= 90% of the peer;
+//! on random data, compression on >= 95% of compression off (/dev/shm, in
+//! three alternating pairs).
 //!
 //! Prints MB/s (10^6 bytes of plaintext per second) and pipeline/floor
 //! ratios. The data is random (nothing is zero or deduplicated), so every
@@ -279,7 +281,15 @@ impl Place {
 
     /// One full cycle into a fresh vault (packs dropped if `!store`): wall
     /// and CPU time of `run_cycle`.
-    fn cycle(&self, keys: &Keys, cipher: Cipher, engine: &str, workers: usize, store: bool) -> (Duration, Duration) {
+    fn cycle(
+        &self,
+        keys: &Keys,
+        cipher: Cipher,
+        engine: &str,
+        workers: usize,
+        store: bool,
+        compress: bool,
+    ) -> (Duration, Duration) {
         std::env::set_var(ENGINE_ENV, engine);
         let vault_dir = self.dir.join("vault");
         let _ = std::fs::remove_dir_all(&vault_dir);
@@ -287,7 +297,7 @@ impl Place {
         let backend: Box<dyn Backend> = if store { Box::new(local) } else { Box::new(NoPacks(local)) };
         let vault = Vault::init_with_cipher(backend, keys, cipher).unwrap();
         let mut src = LocalSource::open(self.paths.clone()).unwrap();
-        let opts = CycleOptions { workers, ..CycleOptions::new("bench", [4; 16]) };
+        let opts = CycleOptions { workers, compress, ..CycleOptions::new("bench", [4; 16]) };
         let mut report = None;
         let t = timed(&mut || report = Some(run_cycle(&mut src, &vault, keys, &opts, &mut ()).unwrap()));
         src.close().unwrap();
@@ -411,7 +421,7 @@ fn main() {
         let engine = std::env::var("LIFEBOAT_BENCH_ENGINE").unwrap_or_else(|_| "uring".into());
         let workers = std::env::var("LIFEBOAT_BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
         for _ in 0..6 {
-            let (w, c) = places[place].cycle(&keys, Cipher::preferred(), &engine, workers, what == "store");
+            let (w, c) = places[place].cycle(&keys, Cipher::preferred(), &engine, workers, what == "store", true);
             println!("{what}: {:.0} MB/s, cpu {:?}", mbps(size, w), c);
         }
         return;
@@ -472,24 +482,37 @@ fn main() {
     for (ci, &c) in ciphers.iter().enumerate() {
         row(&format!("crypto floor {c} (id + seal)"), &floors[ci], &floors[ci]);
         for (pi, p) in places.iter().enumerate() {
-            let cells: Vec<_> = threads.iter().map(|&w| best(&mut || p.cycle(&keys, c, "uring", w, true), 2)).collect();
+            let cells: Vec<_> =
+                threads.iter().map(|&w| best(&mut || p.cycle(&keys, c, "uring", w, true, true), 2)).collect();
             row(&format!("pipeline {c} uring {}", p.name), &floors[ci], &cells);
             pipelines.push((c, pi, cells));
         }
     }
     let aes = &floors[0];
     for p in &places {
-        let cells: Vec<_> =
-            threads.iter().map(|&w| best(&mut || p.cycle(&keys, Cipher::Aes256Gcm, "sync", w, true), 2)).collect();
+        let cells: Vec<_> = threads
+            .iter()
+            .map(|&w| best(&mut || p.cycle(&keys, Cipher::Aes256Gcm, "sync", w, true, true), 2))
+            .collect();
         row(&format!("pipeline aes-256-gcm sync {}", p.name), aes, &cells);
     }
     // The device's speed drifts by 2x within minutes on some machines:
     // the pipeline and its peer alternate, and each pair gives a ratio.
     let pairs: Vec<(f64, f64)> = (0..3)
         .map(|_| {
-            let pipe = places[0].cycle(&keys, Cipher::Aes256Gcm, "uring", 2, true);
+            let pipe = places[0].cycle(&keys, Cipher::Aes256Gcm, "uring", 2, true, true);
             let peer = places[0].mixed_peer(size);
             (mbps(size, pipe.0), mbps(size, peer.0))
+        })
+        .collect();
+    // Compression on random data: the sample rejects every block, and the
+    // pipeline must lose no more than 5% to it (issue 17). Alternating
+    // pairs, as for the device.
+    let squeeze_pairs: Vec<(f64, f64)> = (0..3)
+        .map(|_| {
+            let on = places[1].cycle(&keys, Cipher::Aes256Gcm, "uring", 2, true, true);
+            let off = places[1].cycle(&keys, Cipher::Aes256Gcm, "uring", 2, true, false);
+            (mbps(size, on.0), mbps(size, off.0))
         })
         .collect();
     println!();
@@ -513,6 +536,17 @@ fn main() {
         ratios[1],
         verdict(ratios[1] >= 0.90)
     );
+    let mut squeeze_ratios: Vec<f64> = squeeze_pairs.iter().map(|(on, off)| on / off).collect();
+    squeeze_ratios.sort_by(f64::total_cmp);
+    let cells: Vec<String> = squeeze_pairs.iter().map(|(on, off)| format!("{on:.0}/{off:.0}")).collect();
+    println!(
+        "  aes-256-gcm, {}, 2 workers, random data, compression on / off, MB/s in alternating pairs: {}; median \
+         ratio {:.2} (target >= 0.95): {}",
+        places[1].name,
+        cells.join(", "),
+        squeeze_ratios[1],
+        verdict(squeeze_ratios[1] >= 0.95)
+    );
     let (xs, xf) = (mbps(size, two(Cipher::XChaCha20Poly1305, 1)), mbps(size, floors[1][1].0));
     println!("  xchacha20-poly1305, {}, 2 workers: {xs:.0} MB/s, {:.0}% of its floor", places[1].name, 100.0 * xs / xf);
     println!("compression (one thread, 64 KiB blocks; plaintext MB/s):");
@@ -524,8 +558,10 @@ fn main() {
     row("  packs (copy + CRC), one Vec reused", aes, &[pack_reused]);
     row("  copy to a Vec + BLAKE3 per pack (v1 name)", aes, &[pack_hash_at_end]);
     for p in &places {
-        let cells: Vec<_> =
-            threads.iter().map(|&w| best(&mut || p.cycle(&keys, Cipher::Aes256Gcm, "uring", w, false), 2)).collect();
+        let cells: Vec<_> = threads
+            .iter()
+            .map(|&w| best(&mut || p.cycle(&keys, Cipher::Aes256Gcm, "uring", w, false, true), 2))
+            .collect();
         row(&format!("  aes uring, packs not stored, {}", p.name), aes, &cells);
     }
     for p in &places {
