@@ -28,8 +28,10 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # restic, borgbackup, rsync: the peers of benches/replicate-bench.sh.
 # openssl: cli/tests/nbd_tls.rs makes its CA and certificates with it.
 # python3-venv: the venv of moto's server (below) is made with Debian's python3.
+# debootstrap: benches/compress-bench.sh builds a Debian system to compress.
+# chromium: cli/tests/profile.rs renders the capacity plan's HTML report headless.
 base_pkgs=(libnbd-bin python3-libnbd nbdkit fio busybox-static cpio e2fsprogs gzip iproute2 python3 openssl
-  restic borgbackup rsync python3-venv)
+  restic borgbackup rsync python3-venv debootstrap chromium)
 # npm fetches Azurite (below). A host without it gets Debian's nodejs and npm:
 # that Node.js (18) is too old to run Azurite, but npm is all it is needed for.
 command -v npm >/dev/null 2>&1 || base_pkgs+=(nodejs npm)

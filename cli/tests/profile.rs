@@ -154,3 +154,145 @@ fn recording_turned_off_writes_nothing_and_show_says_why() {
     let out = s.home.run(&["protect", "vm1", "--image", img, "--profile", "maybe"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("say on or off"));
 }
+
+/// Writes a day of 30 s records for disk `name` into its churn profile, as
+/// the filter would have: 100 distinct blocks in every 30 s window, 500 in
+/// every 5 min window and 1,000 in every 15 min window, each 30 s
+/// interval writing 10 MB in 100 requests.
+fn a_day_of_churn(home: &Home, name: &str, block_count: u64) {
+    use profile::{Record, Series, SeriesShape, DEFAULT_CAPACITY};
+    let shape = SeriesShape { capacity: DEFAULT_CAPACITY, interval: 30, block_size: 65536, block_count };
+    let path = home.dir.join(format!("disks/{name}/churn.profile"));
+    let (mut series, _) = Series::open_or_create(&path, shape).unwrap();
+    let t0 = 1_800_000_000i64; // a multiple of 900
+    for i in 0..2880i64 {
+        let start = t0 + 30 * i;
+        // Running counts: the 5 min window grows by 50 blocks an interval to
+        // 500 at its end, the 15 min one by 100/3 to 1,000.
+        let in5 = u32::try_from(i % 10 + 1).unwrap();
+        let in15 = u32::try_from(i % 30 + 1).unwrap();
+        series
+            .append(Record {
+                start,
+                seconds: 30,
+                bytes_written: 10_000_000,
+                writes: 100,
+                distinct: [100, 50 * in5, (1000 * in15) / 30],
+                since: t0,
+                ..Record::default()
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn plan_capacity_reads_real_profiles_and_says_what_a_link_cannot_hold() {
+    let s = scratch();
+    let image = s.path("disk.img");
+    // A 1 GiB image holding 256 MiB: what an initial sync reads.
+    let f = fs::File::create(&image).unwrap();
+    f.set_len(1 << 30).unwrap();
+    drop(f);
+    let data = vm_tests::pseudo_random(256 << 20, 5);
+    fs::write(&image, &data).unwrap();
+    fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(1 << 30).unwrap();
+    s.home.protect("vm1", &image, BS);
+    let out = s.home.run(&["plan-capacity"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has a churn profile yet"), "{out:?}");
+    a_day_of_churn(&s.home, "vm1", 16_384);
+
+    let out = s.home.run_ok(&["plan-capacity", "--rpo", "5m", "--link", "100Mbit", "--keep-daily", "15", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &v["disks"][0];
+    assert_eq!(d["name"], "vm1");
+    // 5 min at p95: 500 blocks (the 5 min window beats ten 30 s ones), all
+    // shipped (no sample), 30% headroom, in 300 s.
+    let want = 500.0 * 65536.0 * 1.3 / 300.0;
+    assert!((d["bandwidth_p95"].as_f64().unwrap() - want).abs() < 1e-6, "{d}");
+    // Initial sync: the 256 MiB the image holds over 12.5 MB/s.
+    let sync = d["initial_sync_seconds"].as_f64().unwrap();
+    assert!((sync - 268_435_456.0 / 12.5e6).abs() < 0.01 * sync, "{sync}");
+    assert_eq!(d["achievable_rpo"], 5.0, "100 Mbit/s holds even 5 s");
+    assert!(d["problems"].as_array().unwrap().is_empty(), "{d}");
+    assert_eq!(v["host"]["storage_by_day"].as_array().unwrap().len(), 17);
+
+    // A link too slow for any RPO, and a synthetic disk beside the real one.
+    let out = s.home.run_ok(&[
+        "plan-capacity",
+        "vm1",
+        "--synthetic",
+        "db:size=100G,churn=1MB/s,burst=3,ships=0.5",
+        "--rpo",
+        "5m",
+        "--link",
+        "1Mbit",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("cannot be protected at this target"), "{text}");
+    assert!(text.contains("db: its churn exceeds the link at any RPO"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("vm1 ")) && text.lines().any(|l| l.starts_with("host ")), "{text}");
+    // A malformed spec is a usage error that shows the form.
+    let out = s.home.run(&["plan-capacity", "--synthetic", "db:size=1G"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("churn= is missing"), "{out:?}");
+}
+
+#[test]
+fn the_html_report_renders_its_charts_in_a_headless_browser() {
+    let s = scratch();
+    let image = s.path("disk.img");
+    fs::write(&image, vec![0u8; 16 * BSZ]).unwrap();
+    s.home.protect("vm1", &image, BS);
+    a_day_of_churn(&s.home, "vm1", 16);
+    let report = s.path("plan.html");
+    s.home.run_ok(&[
+        "plan-capacity",
+        "--synthetic",
+        "db:size=100G,churn=1MB/s",
+        "vm1",
+        "--link",
+        "10Mbit",
+        "--keep-daily",
+        "15",
+        "--html",
+        report.to_str().unwrap(),
+    ]);
+    let html = fs::read_to_string(&report).unwrap();
+    // Self-contained: nothing fetched from elsewhere.
+    for outside in ["<link", " src=", "url(", "@import", "https://", "http://cdn"] {
+        assert!(!html.contains(outside), "the report refers to something outside it: {outside}");
+    }
+    let chromium = vm_tests::paths::tool("chromium");
+    let url = format!("file://{}", report.display());
+    let browse = |extra: &[&str]| {
+        std::process::Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"])
+            .arg("--virtual-time-budget=10000")
+            .arg(format!("--user-data-dir={}", s.path("chromium-profile").display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("run chromium")
+    };
+    let dom = browse(&["--dump-dom"]);
+    let (out, err) = (String::from_utf8_lossy(&dom.stdout), String::from_utf8_lossy(&dom.stderr));
+    assert!(dom.status.success(), "chromium failed: {err}");
+    // Three charts: churn (vm1), the RPO curve (host), storage (vm1, db, host).
+    let rendered: usize = out
+        .split("data-rendered=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the page's check did not run:\n{out}\n{err}"));
+    assert_eq!(rendered, 5, "chart lines drawn with a size");
+    assert!(out.matches("<svg class=\"chart\"").count() == 3, "{out}");
+    assert!(!err.contains("CONSOLE") && !err.contains("Uncaught"), "the page logged to the console: {err}");
+    // A screenshot of it: a PNG of the window's size with something on it.
+    let shot = s.path("plan.png");
+    let out = browse(&[&format!("--screenshot={}", shot.display()), "--window-size=1000,1800"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+    assert_eq!((be(16), be(20)), (1000, 1800), "IHDR width and height");
+    assert!(png.len() > 20_000, "a nearly blank screenshot: {} bytes", png.len());
+}

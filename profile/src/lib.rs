@@ -7,12 +7,16 @@
 //!   blocks back to tell zero, repeated and compressible data;
 //! - [`series`]: the bounded time series on disk, one record per interval;
 //! - [`summary`]: what `lifeboat profile show` prints;
+//! - [`plan`]: the capacity plan's arithmetic (`lifeboat plan-capacity`),
+//!   and [`report`], its HTML page with charts;
 //! - [`Profiler`]: the recorder, the sampler and the thread that closes an
 //!   interval every 30 s on the wall clock, for one served disk.
 
 #![deny(missing_docs)]
 
+pub mod plan;
 pub mod recorder;
+pub mod report;
 pub mod series;
 pub mod summary;
 

@@ -11,6 +11,8 @@ pub struct WindowChurn {
     pub seconds: u32,
     /// Whole windows recorded.
     pub windows: usize,
+    /// Mean bytes of distinct blocks changed in a window.
+    pub mean_bytes: f64,
     /// Bytes of distinct blocks changed in a window: median, 95th and 99th
     /// percentile (nearest rank) and the largest.
     pub p50_bytes: u64,
@@ -116,6 +118,7 @@ impl Summary {
                 WindowChurn {
                     seconds: WINDOWS[w],
                     windows: v.len(),
+                    mean_bytes: if v.is_empty() { 0.0 } else { ratio(v.iter().sum(), v.len() as u64) },
                     p50_bytes: percentile(&v, 0.50),
                     p95_bytes: percentile(&v, 0.95),
                     p99_bytes: percentile(&v, 0.99),
@@ -189,6 +192,7 @@ mod tests {
         assert!((s.p95_iops - 10.0).abs() < 1e-9 && (s.peak_iops - 10.0).abs() < 1e-9);
         let w30 = &s.windows[0];
         assert_eq!((w30.windows, w30.p50_bytes, w30.p95_bytes, w30.max_bytes), (10, 5 * 65536, 10 * 65536, 10 * 65536));
+        assert!((w30.mean_bytes - 5.5 * 65536.0).abs() < 1e-6);
         let w5 = &s.windows[1];
         assert_eq!((w5.windows, w5.max_bytes), (1, 40 * 65536), "only the interval ending at 300 ends it");
         assert_eq!(s.windows[2].windows, 0, "no 15 min window ended");

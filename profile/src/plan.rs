@@ -1,0 +1,556 @@
+//! Capacity planning arithmetic (issue 16, part 3): from each disk's churn
+//! (a recorded profile, or a synthetic spec) and the targets, what the RPO
+//! needs and what a link allows. Pure arithmetic, no I/O: `lifeboat
+//! plan-capacity` gathers the inputs and prints the result.
+//!
+//! **Changed data in a window of any length.** A profile counts distinct
+//! blocks in 30 s, 5 min and 15 min windows. For another length `R` the
+//! plan takes the smallest of two upper bounds over the recorded windows
+//! `W`: monotony (`D(R) <= D(W)` for `W >= R`) and subadditivity (`D(R) <=
+//! ceil(R / W) * D(W)`, as a longer window is covered by shorter ones), and
+//! never more than the disk. Both are bounds, so every figure derived from
+//! them errs towards more bandwidth and more storage, never less.
+//!
+//! **What holds an RPO.** Lifeboat cuts a point every `R` and a cycle must
+//! ship its window's changes before the next cut, so the link must carry
+//! `D(R) x ships / R` at the percentile chosen (p95 or p99 of the windows),
+//! times the growth headroom (ASR's planner adds 30%). The RPO achievable on
+//! a link is the shortest candidate interval whose p95 need fits.
+//!
+//! **Storage** over the retention ladder is the first full copy plus, for
+//! each kept point, the changes it holds that its predecessor does not: the
+//! recent points one interval each, the hourly ones an hour each, the daily
+//! ones a day each (the mean window, not a percentile: the vault sums many).
+
+use serde::Serialize;
+
+use crate::series::WINDOWS;
+use crate::summary::Summary;
+
+/// Changed bytes in one window length: the mean and the percentiles.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WindowLoad {
+    /// Window length, seconds.
+    pub seconds: u32,
+    /// Mean changed bytes per window.
+    pub mean: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// One disk's churn as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskLoad {
+    /// The disk's name.
+    pub name: String,
+    /// Its size, bytes.
+    pub disk_bytes: f64,
+    /// What an initial sync reads and ships before compression: the data
+    /// on the disk (allocated bytes of a sparse image), bytes.
+    pub used_bytes: f64,
+    /// The recorded windows (those with at least one whole window).
+    pub windows: Vec<WindowLoad>,
+    /// Shipped bytes per changed byte (zero and repeated blocks removed,
+    /// the rest compressed).
+    pub ships: f64,
+    /// Stored bytes per byte of data on the initial sync (compression).
+    pub initial_ships: f64,
+    /// The busiest interval's write rate, bytes a second.
+    pub peak_write_rate: f64,
+    /// Seconds of churn recorded (0 for a synthetic spec).
+    pub recorded_seconds: u64,
+}
+
+impl DiskLoad {
+    /// A disk's load from its recorded profile.
+    pub fn from_profile(name: &str, s: &Summary, disk_bytes: f64, used_bytes: f64) -> DiskLoad {
+        #[allow(clippy::cast_precision_loss)]
+        let windows = s
+            .windows
+            .iter()
+            .filter(|w| w.windows > 0)
+            .map(|w| WindowLoad {
+                seconds: w.seconds,
+                mean: w.mean_bytes,
+                p95: w.p95_bytes as f64,
+                p99: w.p99_bytes as f64,
+            })
+            .collect();
+        DiskLoad {
+            name: name.to_string(),
+            disk_bytes,
+            used_bytes,
+            windows,
+            ships: s.ships_ratio,
+            initial_ships: s.compressed_ratio,
+            peak_write_rate: s.peak_write_rate,
+            recorded_seconds: s.seconds,
+        }
+    }
+
+    /// A disk not yet profiled: `size` bytes holding `used` bytes, changing
+    /// `rate` distinct bytes a second on average, its busy windows (p95 and
+    /// p99) `burst` times the mean, shipping `ships` of each changed byte.
+    pub fn synthetic(name: &str, size: f64, used: f64, rate: f64, burst: f64, ships: f64) -> DiskLoad {
+        let windows = WINDOWS
+            .iter()
+            .map(|&w| {
+                let mean = (rate * f64::from(w)).min(size);
+                WindowLoad { seconds: w, mean, p95: (mean * burst).min(size), p99: (mean * burst).min(size) }
+            })
+            .collect();
+        DiskLoad {
+            name: name.to_string(),
+            disk_bytes: size,
+            used_bytes: used,
+            windows,
+            ships,
+            initial_ships: ships,
+            peak_write_rate: rate * burst,
+            recorded_seconds: 0,
+        }
+    }
+
+    /// Changed bytes in a window of `seconds` (see the module's bounds),
+    /// by `pick` (the mean or a percentile); `None` without any recorded
+    /// window.
+    pub fn changed(&self, seconds: f64, pick: fn(&WindowLoad) -> f64) -> Option<f64> {
+        self.windows
+            .iter()
+            .map(|w| {
+                let len = f64::from(w.seconds);
+                if len >= seconds {
+                    pick(w)
+                } else {
+                    (seconds / len).ceil() * pick(w)
+                }
+            })
+            .reduce(f64::min)
+            .map(|b| b.min(self.disk_bytes))
+    }
+
+    /// The link rate, bytes a second, that ships each `rpo` window's changes
+    /// within the window at `pick`, with `growth` headroom.
+    pub fn bandwidth(&self, rpo: f64, pick: fn(&WindowLoad) -> f64, growth: f64) -> Option<f64> {
+        Some(self.changed(rpo, pick)? * self.ships * (1.0 + growth) / rpo)
+    }
+}
+
+/// The retention ladder: every point of the last `recent` seconds, then
+/// one an hour for `hourly` hours, then one a day for `daily` days.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ladder {
+    /// Seconds of recent points kept whole.
+    pub recent: f64,
+    /// Hourly points.
+    pub hourly: u32,
+    /// Daily points.
+    pub daily: u32,
+}
+
+/// What this host measured of itself (`lifeboat bench`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Machine {
+    /// Bytes a second one core takes through read, hash, compress and seal.
+    pub pipeline_per_core: f64,
+    /// Cores on the host.
+    pub cores: u32,
+}
+
+/// What to plan for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Targets {
+    /// The RPO, seconds.
+    pub rpo: f64,
+    /// The link to the vault, bytes a second, if given.
+    pub link: Option<f64>,
+    /// Headroom for growth on the churn (0.3: 30%).
+    pub growth: f64,
+    /// The retention ladder.
+    pub ladder: Ladder,
+    /// This host's measured ceilings, if known.
+    pub machine: Option<Machine>,
+}
+
+/// The intervals the planner tries when it looks for the RPO a link
+/// allows, seconds.
+pub const CANDIDATE_RPOS: [f64; 10] = [5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0];
+
+/// One disk's plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskPlan {
+    /// The disk.
+    pub name: String,
+    /// Link rate that holds the RPO at the p95 window, with headroom, bytes/s.
+    pub bandwidth_p95: Option<f64>,
+    /// The same at p99.
+    pub bandwidth_p99: Option<f64>,
+    /// The shortest candidate RPO the link holds at p95 (seconds), if a link
+    /// was given and one does.
+    pub achievable_rpo: Option<f64>,
+    /// Seconds the initial sync takes over the link (or the pipeline, if
+    /// slower), if either is known.
+    pub initial_sync_seconds: Option<f64>,
+    /// Vault bytes once the ladder is full.
+    pub storage_bytes: Option<f64>,
+    /// Vault bytes at the end of each day, from day 1 until the ladder is
+    /// full (at least 15 days).
+    pub storage_by_day: Vec<f64>,
+    /// Cores the pipeline needs to read a p95 window within the RPO.
+    pub cores: Option<f64>,
+    /// Copy-before-write memory at the peak: what the VM can overwrite
+    /// while a p95 cycle reads, bounded by the window's blocks.
+    pub copy_memory_bytes: Option<f64>,
+    /// Why this disk cannot be protected at the target, if it cannot.
+    pub problems: Vec<String>,
+    /// Remarks that do not stop it (a short profile).
+    pub notes: Vec<String>,
+}
+
+/// What the host's disks need at one candidate RPO.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CurvePoint {
+    /// The RPO, seconds.
+    pub rpo: f64,
+    /// Link rate that holds it at p95 with headroom, bytes a second.
+    pub bandwidth_p95: Option<f64>,
+}
+
+/// The whole host's plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The targets planned for.
+    pub targets: Targets,
+    /// Each disk.
+    pub disks: Vec<DiskPlan>,
+    /// The host: sums over the disks (their busy windows taken as
+    /// coinciding, which errs high), and the RPO the link holds for all.
+    pub host: DiskPlan,
+    /// The host's need at each of [`CANDIDATE_RPOS`] (the chart of the RPO
+    /// a link holds against its bandwidth).
+    pub host_curve: Vec<CurvePoint>,
+}
+
+fn mbit(bytes_per_second: f64) -> String {
+    format!("{:.1} Mbit/s", bytes_per_second * 8.0 / 1e6)
+}
+
+fn secs(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.0} s")
+    } else if s < 7200.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+const DAY: f64 = 86_400.0;
+const HOUR: f64 = 3_600.0;
+
+/// Vault bytes at the end of day `day` (from 1) and when the ladder is full.
+fn storage(d: &DiskLoad, l: Ladder, rpo: f64) -> Option<(Vec<f64>, f64)> {
+    let mean = |w: &WindowLoad| w.mean;
+    let base = d.used_bytes * d.initial_ships;
+    let recent_points = (l.recent / rpo).floor();
+    let recent = recent_points * d.changed(rpo, mean)? * d.ships;
+    let per_hour = d.changed(HOUR, mean)? * d.ships;
+    let per_day = d.changed(DAY, mean)? * d.ships;
+    let span_days = (l.recent / DAY + f64::from(l.hourly) / 24.0 + f64::from(l.daily)).ceil().max(15.0);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let days = span_days as usize;
+    let at = |t: f64| {
+        // Points older than the recent stretch: hourly ones until the
+        // hourly stretch is full, then daily ones.
+        let past_recent = (t - l.recent).max(0.0);
+        let hours = (past_recent / HOUR).floor().min(f64::from(l.hourly));
+        let past_hourly = (past_recent - f64::from(l.hourly) * HOUR).max(0.0);
+        let daily = (past_hourly / DAY).floor().min(f64::from(l.daily));
+        let recent_now = (t.min(l.recent) / rpo).floor() * d.changed(rpo, mean).unwrap_or(0.0) * d.ships;
+        base + recent_now + hours * per_hour + daily * per_day
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let by_day: Vec<f64> = (1..=days).map(|day| at(day as f64 * DAY)).collect();
+    let full = base + recent + f64::from(l.hourly) * per_hour + f64::from(l.daily) * per_day;
+    Some((by_day, full))
+}
+
+/// Plans one disk.
+pub fn plan_disk(d: &DiskLoad, t: &Targets) -> DiskPlan {
+    let p95 = |w: &WindowLoad| w.p95;
+    let p99 = |w: &WindowLoad| w.p99;
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    if d.windows.is_empty() {
+        problems.push(format!(
+            "{}: no whole window of churn recorded yet: serve it for at least 15 minutes (a day or more for \
+             percentiles that mean something)",
+            d.name
+        ));
+    } else if d.recorded_seconds > 0 && (d.recorded_seconds as f64) < DAY {
+        #[allow(clippy::cast_precision_loss)]
+        let h = d.recorded_seconds as f64 / HOUR;
+        notes.push(format!(
+            "{}: profiled for {h:.1} h only: the percentiles stand for a whole day or week only if this was typical",
+            d.name
+        ));
+    }
+    let bandwidth_p95 = d.bandwidth(t.rpo, p95, t.growth);
+    let bandwidth_p99 = d.bandwidth(t.rpo, p99, t.growth);
+    let achievable_rpo = t.link.and_then(|link| {
+        CANDIDATE_RPOS.iter().copied().find(|&r| d.bandwidth(r, p95, t.growth).is_some_and(|b| b <= link))
+    });
+    if let (Some(link), Some(need)) = (t.link, bandwidth_p95) {
+        if need > link {
+            let sustained = d.bandwidth(CANDIDATE_RPOS[CANDIDATE_RPOS.len() - 1], p95, t.growth).unwrap_or(need);
+            problems.push(match achievable_rpo {
+                Some(r) => format!(
+                    "{}: an RPO of {} needs {} at p95 with {:.0}% headroom; the link has {}: the shortest RPO it holds \
+                     is {}",
+                    d.name,
+                    secs(t.rpo),
+                    mbit(need),
+                    t.growth * 100.0,
+                    mbit(link),
+                    secs(r)
+                ),
+                None => format!(
+                    "{}: its churn exceeds the link at any RPO: even hourly points need {} at p95, the link has {}",
+                    d.name,
+                    mbit(sustained),
+                    mbit(link)
+                ),
+            });
+        }
+    }
+    // The pipeline's rate: the cores it may use, or the link if slower.
+    let pipeline = t.machine.map(|m| m.pipeline_per_core * f64::from(m.cores));
+    let read = d.changed(t.rpo, p95);
+    let cores = match (t.machine, read) {
+        (Some(m), Some(read)) => Some(read * (1.0 + t.growth) / t.rpo / m.pipeline_per_core),
+        _ => None,
+    };
+    if let (Some(m), Some(c)) = (t.machine, cores) {
+        if c > f64::from(m.cores) {
+            problems.push(format!(
+                "{}: reading a p95 window within {} takes {c:.1} cores of this host's pipeline; it has {}",
+                d.name,
+                secs(t.rpo),
+                m.cores
+            ));
+        }
+    }
+    let ship_rate = match (t.link, pipeline) {
+        (Some(l), Some(p)) => Some(l.min(p / d.ships.max(1e-9))),
+        (Some(l), None) => Some(l),
+        (None, Some(p)) => Some(p / d.ships.max(1e-9)),
+        (None, None) => None,
+    };
+    let initial_sync_seconds = ship_rate.map(|r| d.used_bytes * d.initial_ships / r);
+    // A cycle of a p95 window takes its shipped bytes over the ship rate;
+    // meanwhile the VM may overwrite blocks not yet read, each copied aside
+    // once: at most the window's blocks, at most the peak write rate times
+    // the cycle.
+    let copy_memory_bytes = match (read, ship_rate) {
+        (Some(read), Some(rate)) => Some(read.min(d.peak_write_rate * (read * d.ships / rate))),
+        (Some(read), None) => Some(read),
+        _ => None,
+    };
+    let (storage_by_day, storage_bytes) = match storage(d, t.ladder, t.rpo) {
+        Some((by_day, full)) => (by_day, Some(full)),
+        None => (Vec::new(), None),
+    };
+    DiskPlan {
+        name: d.name.clone(),
+        bandwidth_p95,
+        bandwidth_p99,
+        achievable_rpo,
+        initial_sync_seconds,
+        storage_bytes,
+        storage_by_day,
+        cores,
+        copy_memory_bytes,
+        problems,
+        notes,
+    }
+}
+
+/// Plans every disk and the host.
+pub fn plan(disks: &[DiskLoad], t: &Targets) -> Plan {
+    let plans: Vec<DiskPlan> = disks.iter().map(|d| plan_disk(d, t)).collect();
+    let sum = |f: fn(&DiskPlan) -> Option<f64>| plans.iter().map(f).sum::<Option<f64>>();
+    let p95 = |w: &WindowLoad| w.p95;
+    let host_need = |r: f64| disks.iter().map(|d| d.bandwidth(r, p95, t.growth)).sum::<Option<f64>>();
+    let achievable_rpo =
+        t.link.and_then(|link| CANDIDATE_RPOS.iter().copied().find(|&r| host_need(r).is_some_and(|b| b <= link)));
+    let mut problems = Vec::new();
+    if let (Some(link), Some(need)) = (t.link, sum(|p| p.bandwidth_p95)) {
+        if need > link && plans.iter().all(|p| p.problems.is_empty()) {
+            problems.push(format!(
+                "together the disks need {} at p95 for an RPO of {}; the link has {}{}",
+                mbit(need),
+                secs(t.rpo),
+                mbit(link),
+                achievable_rpo
+                    .map(|r| format!(": the shortest RPO it holds for all is {}", secs(r)))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if let (Some(m), Some(c)) = (t.machine, sum(|p| p.cores)) {
+        if c > f64::from(m.cores) && plans.iter().all(|p| p.problems.is_empty()) {
+            problems.push(format!("together the disks need {c:.1} cores of this host's pipeline; it has {}", m.cores));
+        }
+    }
+    let days = plans.iter().map(|p| p.storage_by_day.len()).max().unwrap_or(0);
+    let storage_by_day = (0..days)
+        .map(|i| {
+            plans.iter().map(|p| p.storage_by_day.get(i).or(p.storage_by_day.last()).copied().unwrap_or(0.0)).sum()
+        })
+        .collect();
+    let host = DiskPlan {
+        name: "host".into(),
+        bandwidth_p95: sum(|p| p.bandwidth_p95),
+        bandwidth_p99: sum(|p| p.bandwidth_p99),
+        achievable_rpo,
+        initial_sync_seconds: sum(|p| p.initial_sync_seconds),
+        storage_bytes: sum(|p| p.storage_bytes),
+        storage_by_day,
+        cores: sum(|p| p.cores),
+        copy_memory_bytes: sum(|p| p.copy_memory_bytes),
+        problems,
+        notes: Vec::new(),
+    };
+    let host_curve = CANDIDATE_RPOS.iter().map(|&rpo| CurvePoint { rpo, bandwidth_p95: host_need(rpo) }).collect();
+    Plan { targets: t.clone(), disks: plans, host, host_curve }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: f64 = 1e6;
+
+    /// A disk whose windows change 30, 200 and 400 MB at p95 (mean half).
+    fn disk() -> DiskLoad {
+        let w = |seconds, p95: f64| WindowLoad { seconds, mean: p95 / 2.0, p95, p99: p95 * 1.5 };
+        DiskLoad {
+            name: "db".into(),
+            disk_bytes: 100e9,
+            used_bytes: 40e9,
+            windows: vec![w(30, 30.0 * MB), w(300, 200.0 * MB), w(900, 400.0 * MB)],
+            ships: 0.5,
+            initial_ships: 0.6,
+            peak_write_rate: 10.0 * MB,
+            recorded_seconds: 7 * 86_400,
+        }
+    }
+
+    fn targets(rpo: f64, link: Option<f64>) -> Targets {
+        Targets {
+            rpo,
+            link,
+            growth: 0.3,
+            ladder: Ladder { recent: 3600.0, hourly: 24, daily: 15 },
+            machine: Some(Machine { pipeline_per_core: 500.0 * MB, cores: 2 }),
+        }
+    }
+
+    #[test]
+    fn windows_of_other_lengths_take_the_tightest_bound() {
+        let d = disk();
+        let p95 = |w: &WindowLoad| w.p95;
+        // 60 s: two 30 s windows (60 MB) beat the 5 min window (200 MB).
+        assert_eq!(d.changed(60.0, p95), Some(60.0 * MB));
+        // 45 s takes two 30 s windows too: a part window counts whole.
+        assert_eq!(d.changed(45.0, p95), Some(60.0 * MB));
+        // 600 s: the 15 min window (400) beats two 5 min (400) and 20 x 30 s (600): 400.
+        assert_eq!(d.changed(600.0, p95), Some(400.0 * MB));
+        // An hour: four 15 min windows.
+        assert_eq!(d.changed(3600.0, p95), Some(1600.0 * MB));
+        // A day: 96 x 400 MB = 38.4 GB, under the 100 GB disk.
+        assert_eq!(d.changed(86_400.0, p95), Some(38_400.0 * MB));
+        // Never more than the disk.
+        assert_eq!(d.changed(7.0 * 86_400.0, p95), Some(100e9));
+    }
+
+    #[test]
+    fn a_hand_computed_plan() {
+        let d = disk();
+        let p = plan_disk(&d, &targets(300.0, Some(125e6))); // 1 Gbit/s
+                                                             // 5 min at p95: 200 MB changed, half ships, 30% headroom: 130 MB in 300 s.
+        let want = 200.0 * MB * 0.5 * 1.3 / 300.0;
+        assert!((p.bandwidth_p95.unwrap() - want).abs() < 1e-6);
+        assert!((p.bandwidth_p99.unwrap() - want * 1.5).abs() < 1e-6);
+        // Cores: 200 MB x 1.3 in 300 s at 500 MB/s a core.
+        assert!((p.cores.unwrap() - 200.0 * 1.3 / 300.0 / 500.0).abs() < 1e-9);
+        // Initial sync: 40 GB x 0.6 over min(link 125 MB/s, pipeline 1000 / 0.5).
+        assert!((p.initial_sync_seconds.unwrap() - 40e9 * 0.6 / 125e6).abs() < 1e-6);
+        // Storage when the ladder is full, from the means (half the p95s):
+        // base 24 GB; 12 recent 5 min points of 100 MB x 0.5; 24 hourly of
+        // 4 x 200 MB x 0.5; 15 daily of 96 x 200 MB x 0.5 (9.6 GB each).
+        let full = 24e9 + 12.0 * 50.0 * MB + 24.0 * 400.0 * MB + 15.0 * 9600.0 * MB;
+        assert!((p.storage_bytes.unwrap() - full).abs() < 1.0, "{:?}", p.storage_bytes);
+        // The ladder is full after 1 h + 24 h + 15 days: 17 days listed, the last one full.
+        assert_eq!(p.storage_by_day.len(), 17);
+        assert!((p.storage_by_day[16] - full).abs() < 1.0);
+        assert!(p.storage_by_day.windows(2).all(|w| w[1] >= w[0]));
+        // Copy memory: the 200 MB window shipped at 125 MB/s takes 0.8 s;
+        // 10 MB/s of writes meanwhile: 8 MB.
+        assert!((p.copy_memory_bytes.unwrap() - 8.0 * MB).abs() < 1.0);
+        assert!(p.problems.is_empty() && p.notes.is_empty(), "{p:?}");
+        assert_eq!(p.achievable_rpo, Some(5.0), "5 s: the 30 s window's 30 MB x 0.5 x 1.3 in 5 s = 3.9 MB/s fits");
+    }
+
+    #[test]
+    fn churn_beyond_the_link_is_said_and_no_number_is_promised() {
+        let d = disk();
+        // 1 Mbit/s = 125 kB/s; hourly points need 1600 MB x 0.5 x 1.3 / 3600 = 289 kB/s.
+        let p = plan_disk(&d, &targets(300.0, Some(125_000.0)));
+        assert_eq!(p.achievable_rpo, None);
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        assert!(p.problems[0].contains("exceeds the link at any RPO"), "{}", p.problems[0]);
+        // 5 Mbit/s = 625 kB/s. 30 s needs 30 MB x 0.65 / 30 s = 650 kB/s;
+        // 1 and 2 min the same (two and four 30 s windows); 5 min needs
+        // 200 MB x 0.65 / 300 s = 433 kB/s: the shortest that fits.
+        let p = plan_disk(&d, &targets(30.0, Some(625_000.0)));
+        assert_eq!(p.achievable_rpo, Some(300.0));
+        assert!(p.problems[0].contains("the shortest RPO it holds is 5 min"), "{}", p.problems[0]);
+    }
+
+    #[test]
+    fn the_host_sums_its_disks_and_finds_the_rpo_for_all() {
+        let (a, mut b) = (disk(), disk());
+        b.name = "web".into();
+        let t = targets(30.0, Some(1_000_000.0));
+        let p = plan(&[a, b], &t);
+        let one = plan_disk(&disk(), &t);
+        assert!((p.host.bandwidth_p95.unwrap() - 2.0 * one.bandwidth_p95.unwrap()).abs() < 1e-6);
+        // Each alone holds 30 s (650 kB/s of 1 MB/s); together they need
+        // 1.3 MB/s up to 2 min, and 2 x 433 kB/s at 5 min, which fits.
+        assert_eq!(one.achievable_rpo, Some(30.0));
+        assert_eq!(p.host.achievable_rpo, Some(300.0));
+        assert!(p.host.problems[0].contains("together the disks need"), "{:?}", p.host.problems);
+        assert_eq!(p.host.storage_by_day.len(), 17);
+    }
+
+    #[test]
+    fn a_synthetic_disk_and_a_short_or_empty_profile() {
+        // 50 GB disk, 20 GB used, 1 MB/s, bursts 3x, ships 0.6.
+        let d = DiskLoad::synthetic("new", 50e9, 20e9, 1.0 * MB, 3.0, 0.6);
+        let t = targets(300.0, None);
+        let p = plan_disk(&d, &t);
+        // 5 min: 300 MB mean, 900 MB p95; x 0.6 x 1.3 / 300 s = 2.34 MB/s.
+        assert!((p.bandwidth_p95.unwrap() - 900.0 * MB * 0.6 * 1.3 / 300.0).abs() < 1e-6);
+        assert_eq!(p.achievable_rpo, None, "no link given");
+        let mut short = disk();
+        short.recorded_seconds = 2 * 3600;
+        assert!(plan_disk(&short, &t).notes[0].contains("profiled for 2.0 h only"));
+        let mut empty = disk();
+        empty.windows.clear();
+        let p = plan_disk(&empty, &t);
+        assert!(p.bandwidth_p95.is_none() && p.problems[0].contains("no whole window"));
+    }
+}
