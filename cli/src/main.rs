@@ -26,6 +26,7 @@ mod vault_open;
 mod cmd {
     pub mod agent;
     pub mod audit;
+    pub mod bench;
     pub mod dirty;
     pub mod failback;
     pub mod failover;
@@ -187,6 +188,15 @@ enum Command {
     /// number. Example: `lifeboat plan-capacity --rpo 5m --link 100Mbit
     /// --keep-daily 15`.
     PlanCapacity(cmd::plan_capacity::Args),
+    /// Measure this host's own ceilings, each beside its floor, in well
+    /// under a minute: the cycle's read engine against O_DIRECT reads of
+    /// the same image, whole cycles into a local vault on 1..N workers
+    /// against block id and seal alone on as many threads, and a restore
+    /// against a sequential write. Writes HOME/machine.json, from which
+    /// `plan-capacity` counts the cores a disk needs. Run it with --dir on
+    /// the file system the images (or a local vault) live on, while the
+    /// host is otherwise quiet.
+    Bench(cmd::bench::Args),
     /// Inspect and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
@@ -271,6 +281,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(&home, a),
         Command::Profile(c) => cmd::profile::run(&home, c),
         Command::PlanCapacity(a) => cmd::plan_capacity::run(&home, a),
+        Command::Bench(a) => cmd::bench::run(&home, a),
         Command::Audit(c) => cmd::audit::run(&home, c),
         Command::Vm(c) => cmd::vm::run(&home, c),
         Command::Failover(a) => cmd::failover::run(&home, a),

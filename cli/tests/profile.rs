@@ -296,3 +296,41 @@ fn the_html_report_renders_its_charts_in_a_headless_browser() {
     assert_eq!((be(16), be(20)), (1000, 1800), "IHDR width and height");
     assert!(png.len() > 20_000, "a nearly blank screenshot: {} bytes", png.len());
 }
+
+#[test]
+fn bench_measures_this_host_and_plan_capacity_counts_cores_from_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = scratch();
+    let dir = s.path("bench-dir");
+    let out = s.home.run_ok(&["bench", "--dir", dir.to_str().unwrap(), "--size", "32MiB", "--json"]);
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cores = m["cores"].as_u64().unwrap();
+    assert!(cores >= 1);
+    for list in ["pipeline", "crypto"] {
+        let l = m[list].as_array().unwrap();
+        let threads: Vec<u64> = l.iter().map(|x| x["threads"].as_u64().unwrap()).collect();
+        assert_eq!(threads, (1..=cores).collect::<Vec<_>>(), "{list}: one per thread count");
+        assert!(l.iter().all(|x| x["bytes_per_second"].as_f64().unwrap() > 0.0), "{list}");
+    }
+    for k in ["device_read", "engine_read", "device_write", "restore"] {
+        assert!(m[k].as_f64().unwrap() > 0.0, "{k}: {m}");
+    }
+    assert_eq!(m["pipeline_per_core"], m["pipeline"][0]["bytes_per_second"]);
+    // Nothing is left in --dir; the profile is in the home, private.
+    assert!(fs::read_dir(&dir).unwrap().next().is_none(), "the bench left files in {}", dir.display());
+    let saved = s.home.dir.join("machine.json");
+    assert_eq!(fs::metadata(&saved).unwrap().permissions().mode() & 0o777, 0o600);
+    let saved: Value = serde_json::from_slice(&fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(saved["pipeline_per_core"], m["pipeline_per_core"]);
+
+    // plan-capacity counts cores from it: 5 min at p95 (twice the mean of
+    // 300 MB) with 30% headroom, over one worker's rate.
+    let out = s.home.run_ok(&["plan-capacity", "--synthetic", "db:size=10G,churn=1MB/s", "--json"]);
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = 600e6 * 1.3 / 300.0 / m["pipeline_per_core"].as_f64().unwrap();
+    let got = plan["disks"][0]["cores"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
+    // A size the bench cannot use is refused with the rule.
+    let out = s.home.run(&["bench", "--dir", dir.to_str().unwrap(), "--size", "1MiB"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 MiB"), "{out:?}");
+}

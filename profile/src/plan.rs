@@ -9,7 +9,10 @@
 //! `W`: monotony (`D(R) <= D(W)` for `W >= R`) and subadditivity (`D(R) <=
 //! ceil(R / W) * D(W)`, as a longer window is covered by shorter ones), and
 //! never more than the disk. Both are bounds, so every figure derived from
-//! them errs towards more bandwidth and more storage, never less.
+//! them errs towards more bandwidth and more storage, never less. Below the
+//! shortest recorded window (a seconds-level RPO), the bytes written in `R`
+//! seconds at the intervals' write rate (same percentile) are taken when
+//! smaller: that one assumes writes spread evenly within a 30 s interval.
 //!
 //! **What holds an RPO.** Lifeboat cuts a point every `R` and a cycle must
 //! ship its window's changes before the next cut, so the link must carry
@@ -59,6 +62,9 @@ pub struct DiskLoad {
     pub initial_ships: f64,
     /// The busiest interval's write rate, bytes a second.
     pub peak_write_rate: f64,
+    /// The intervals' write rates (bytes a second; `seconds` is 1): what
+    /// bounds windows shorter than the shortest recorded.
+    pub write_rate: WindowLoad,
     /// Seconds of churn recorded (0 for a synthetic spec).
     pub recorded_seconds: u64,
 }
@@ -86,6 +92,12 @@ impl DiskLoad {
             ships: s.ships_ratio,
             initial_ships: s.compressed_ratio,
             peak_write_rate: s.peak_write_rate,
+            write_rate: WindowLoad {
+                seconds: 1,
+                mean: s.mean_write_rate,
+                p95: s.p95_write_rate,
+                p99: s.p99_write_rate,
+            },
             recorded_seconds: s.seconds,
         }
     }
@@ -109,6 +121,7 @@ impl DiskLoad {
             ships,
             initial_ships: ships,
             peak_write_rate: rate * burst,
+            write_rate: WindowLoad { seconds: 1, mean: rate, p95: rate * burst, p99: rate * burst },
             recorded_seconds: 0,
         }
     }
@@ -117,7 +130,9 @@ impl DiskLoad {
     /// by `pick` (the mean or a percentile); `None` without any recorded
     /// window.
     pub fn changed(&self, seconds: f64, pick: fn(&WindowLoad) -> f64) -> Option<f64> {
-        self.windows
+        let shortest = self.windows.iter().map(|w| f64::from(w.seconds)).reduce(f64::min)?;
+        let bound = self
+            .windows
             .iter()
             .map(|w| {
                 let len = f64::from(w.seconds);
@@ -127,8 +142,9 @@ impl DiskLoad {
                     (seconds / len).ceil() * pick(w)
                 }
             })
-            .reduce(f64::min)
-            .map(|b| b.min(self.disk_bytes))
+            .reduce(f64::min)?;
+        let bound = if seconds < shortest { bound.min(seconds * pick(&self.write_rate)) } else { bound };
+        Some(bound.min(self.disk_bytes))
     }
 
     /// The link rate, bytes a second, that ships each `rpo` window's changes
@@ -444,6 +460,7 @@ mod tests {
             ships: 0.5,
             initial_ships: 0.6,
             peak_write_rate: 10.0 * MB,
+            write_rate: WindowLoad { seconds: 1, mean: 1.0 * MB, p95: 2.0 * MB, p99: 3.0 * MB },
             recorded_seconds: 7 * 86_400,
         }
     }
@@ -474,6 +491,10 @@ mod tests {
         assert_eq!(d.changed(86_400.0, p95), Some(38_400.0 * MB));
         // Never more than the disk.
         assert_eq!(d.changed(7.0 * 86_400.0, p95), Some(100e9));
+        // Under 30 s the write rate bounds it too when smaller: 5 s at
+        // 2 MB/s is 10 MB; 20 s would be 40 MB, more than the 30 s window's 30.
+        assert_eq!(d.changed(5.0, p95), Some(10.0 * MB));
+        assert_eq!(d.changed(20.0, p95), Some(30.0 * MB));
     }
 
     #[test]
@@ -501,7 +522,7 @@ mod tests {
         // 10 MB/s of writes meanwhile: 8 MB.
         assert!((p.copy_memory_bytes.unwrap() - 8.0 * MB).abs() < 1.0);
         assert!(p.problems.is_empty() && p.notes.is_empty(), "{p:?}");
-        assert_eq!(p.achievable_rpo, Some(5.0), "5 s: the 30 s window's 30 MB x 0.5 x 1.3 in 5 s = 3.9 MB/s fits");
+        assert_eq!(p.achievable_rpo, Some(5.0), "5 s: 10 MB x 0.5 x 1.3 in 5 s = 1.3 MB/s fits");
     }
 
     #[test]

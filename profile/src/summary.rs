@@ -48,6 +48,10 @@ pub struct Summary {
     pub mean_write_rate: f64,
     /// The busiest interval's write rate, bytes a second.
     pub peak_write_rate: f64,
+    /// 95th percentile of the intervals' write rates, bytes a second.
+    pub p95_write_rate: f64,
+    /// 99th percentile.
+    pub p99_write_rate: f64,
     /// Mean write requests a second.
     pub mean_iops: f64,
     /// 95th percentile of the intervals' write requests a second.
@@ -95,6 +99,7 @@ impl Summary {
         let sum = |f: fn(&Record) -> u64| records.iter().map(f).sum::<u64>();
         let rate = |r: &Record, v: u64| if r.seconds == 0 { 0.0 } else { ratio(v, u64::from(r.seconds)) };
         let mut iops: Vec<u64> = Vec::new();
+        let mut rates: Vec<u64> = Vec::new();
         let mut peak_write_rate: f64 = 0.0;
         let mut peak_iops: f64 = 0.0;
         for r in records.iter().filter(|r| r.seconds > 0) {
@@ -103,8 +108,11 @@ impl Summary {
             // Per-second rates to the millisecond, as integers for the percentile.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             iops.push((rate(r, r.writes) * 1000.0) as u64);
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            rates.push(rate(r, r.bytes_written) as u64);
         }
         iops.sort_unstable();
+        rates.sort_unstable();
         #[allow(clippy::cast_precision_loss)]
         let p95_iops = percentile(&iops, 0.95) as f64 / 1000.0;
         let windows = (0..WINDOWS.len())
@@ -143,6 +151,8 @@ impl Summary {
             writes: sum(|r| r.writes),
             mean_write_rate: ratio(sum(|r| r.bytes_written), seconds),
             peak_write_rate,
+            p95_write_rate: percentile(&rates, 0.95) as f64,
+            p99_write_rate: percentile(&rates, 0.99) as f64,
             mean_iops: ratio(sum(|r| r.writes), seconds),
             p95_iops,
             peak_iops,

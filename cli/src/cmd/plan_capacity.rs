@@ -50,11 +50,11 @@ pub struct Args {
     keep_daily: u32,
     /// What one core of this host takes through the pipeline (read, hash,
     /// compress, seal), e.g. 500MB/s: the plan then says the cores a disk
-    /// needs and whether the host has them (see `cargo bench -p benches
-    /// --bench pipeline`).
+    /// needs and whether the host has them. Default: what `lifeboat bench`
+    /// measured (HOME/machine.json), if it ran.
     #[arg(long, value_name = "RATE")]
     pipeline_per_core: Option<vault::throttle::Rate>,
-    /// Cores the pipeline may use (default: this host's).
+    /// Cores the pipeline may use (default: the machine profile's, else this host's).
     #[arg(long)]
     cores: Option<u32>,
     /// Print the plan as JSON (bytes, bytes a second and seconds as numbers).
@@ -148,15 +148,16 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     if !(a.growth.is_finite() && a.growth >= 0.0) {
         bail!("--growth {}: a percentage, 0 or more", a.growth);
     }
-    let cores = a.cores.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-    });
+    let measured = crate::cmd::bench::load_machine(home)?;
+    let here = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    let cores = a.cores.or(measured.as_ref().map(|m| m.cores)).unwrap_or(here);
+    let per_core = a.pipeline_per_core.map(|r| r.get() as f64).or(measured.as_ref().map(|m| m.pipeline_per_core));
     let targets = Targets {
         rpo: a.rpo.max(1) as f64,
         link: a.link.map(|r| r.get() as f64),
         growth: a.growth / 100.0,
         ladder: Ladder { recent: a.keep_recent as f64, hourly: a.keep_hourly, daily: a.keep_daily },
-        machine: a.pipeline_per_core.map(|r| Machine { pipeline_per_core: r.get() as f64, cores }),
+        machine: per_core.map(|pipeline_per_core| Machine { pipeline_per_core, cores }),
     };
     let p = plan::plan(&disks, &targets);
     if let Some(path) = &a.html {
