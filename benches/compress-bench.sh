@@ -12,7 +12,9 @@
 #
 # - os: a Debian 12 system in a 4 GiB ext4 file system, made by
 #   `debootstrap --variant=minbase` with the cloud kernel, systemd, openssh,
-#   apt's package lists and a few common tools (what a cloud image holds),
+#   cloud-init, apt's package lists and a few common tools (what a cloud image
+#   holds; python3-cffi-backend named because debootstrap does not resolve
+#   the virtual package cloud-init needs through it),
 #   then `mkfs.ext4 -d`. The root file system is built once and kept in
 #   .cache/compress-rootfs (LIFEBOAT_CACHE). One full cycle.
 # - db: a 2 GiB ext4 data disk holding a SQLite database in pgbench's shape
@@ -72,7 +74,7 @@ if [ ! -e "$rootfs/.complete" ]; then
   rm -rf "$rootfs"
   mkdir -p "$rootfs"
   debootstrap --variant=minbase \
-    --include=linux-image-cloud-amd64,systemd-sysv,openssh-server,apt-utils,ca-certificates,curl,less,nano,iproute2,ifupdown,cloud-init,unattended-upgrades \
+    --include=linux-image-cloud-amd64,systemd-sysv,openssh-server,apt-utils,ca-certificates,curl,less,nano,iproute2,ifupdown,cloud-init,python3-cffi-backend,unattended-upgrades \
     bookworm "$rootfs" "$mirror" >"$dir/debootstrap.log" 2>&1 ||
     die "debootstrap failed: $(tail -3 "$dir/debootstrap.log")"
   # apt's package lists, as a cloud image ships them.

@@ -65,7 +65,7 @@ fn a_real_client_s_writes_are_counted_exactly() {
     assert_eq!(r["writes"], 6);
     assert_eq!(r["bytes_written"].as_u64().unwrap(), 4 * BS + 4096);
     assert_eq!(r["bytes_zeroed"].as_u64().unwrap(), 2 * BS);
-    assert_eq!(r["distinct"], serde_json::json!([6, 6, 6]), "blocks 0, 1, 2, 3, 10 and 11");
+    assert_eq!(r["distinct"], serde_json::json!([6, 6, 6, 6, 6]), "blocks 0, 1, 2, 3, 10 and 11");
     // Every data write's blocks read back: 0 zero; 1 new; 2 a repeat of 1;
     // 3 new; 3 again a repeat. Zeroes and trims are not sampled.
     assert_eq!(
@@ -157,8 +157,8 @@ fn recording_turned_off_writes_nothing_and_show_says_why() {
 
 /// Writes a day of 30 s records for disk `name` into its churn profile, as
 /// the filter would have: 100 distinct blocks in every 30 s window, 500 in
-/// every 5 min window and 1,000 in every 15 min window, each 30 s
-/// interval writing 10 MB in 100 requests.
+/// every 5 min window, 1,000 in every 15 min window, 2,000 an hour and
+/// 5,000 a day, each 30 s interval writing 10 MB in 100 requests.
 fn a_day_of_churn(home: &Home, name: &str, block_count: u64) {
     use profile::{Record, Series, SeriesShape, DEFAULT_CAPACITY};
     let shape = SeriesShape { capacity: DEFAULT_CAPACITY, interval: 30, block_size: 65536, block_count };
@@ -171,13 +171,14 @@ fn a_day_of_churn(home: &Home, name: &str, block_count: u64) {
         // 500 at its end, the 15 min one by 100/3 to 1,000.
         let in5 = u32::try_from(i % 10 + 1).unwrap();
         let in15 = u32::try_from(i % 30 + 1).unwrap();
+        let (in_hour, in_day) = (u32::try_from(i % 120 + 1).unwrap(), u32::try_from(i + 1).unwrap());
         series
             .append(Record {
                 start,
                 seconds: 30,
                 bytes_written: 10_000_000,
                 writes: 100,
-                distinct: [100, 50 * in5, (1000 * in15) / 30],
+                distinct: [100, 50 * in5, (1000 * in15) / 30, (2000 * in_hour) / 120, (5000 * in_day) / 2880],
                 since: t0,
                 ..Record::default()
             })

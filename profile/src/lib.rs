@@ -161,5 +161,6 @@ mod tests {
         // Each 5 min window saw 10 distinct blocks (i mod 100, ten in a row).
         assert_eq!((s.windows[1].p50_bytes, s.windows[1].max_bytes), (10 * 65536, 10 * 65536));
         assert_eq!(s.windows[2].max_bytes, 30 * 65536);
+        assert_eq!((s.windows[3].max_bytes, s.windows[4].max_bytes), (100 * 65536, 100 * 65536), "all of i mod 100");
     }
 }

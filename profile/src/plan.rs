@@ -103,14 +103,25 @@ impl DiskLoad {
     }
 
     /// A disk not yet profiled: `size` bytes holding `used` bytes, changing
-    /// `rate` distinct bytes a second on average, its busy windows (p95 and
-    /// p99) `burst` times the mean, shipping `ships` of each changed byte.
-    pub fn synthetic(name: &str, size: f64, used: f64, rate: f64, burst: f64, ships: f64) -> DiskLoad {
+    /// `rate` distinct bytes a second on average and at most `daily` in a
+    /// day (rewrites of the same blocks; the disk if not known), its busy
+    /// windows (p95 and p99) `burst` times the mean, shipping `ships` of
+    /// each changed byte.
+    pub fn synthetic(
+        name: &str,
+        size: f64,
+        used: f64,
+        rate: f64,
+        daily: Option<f64>,
+        burst: f64,
+        ships: f64,
+    ) -> DiskLoad {
+        let cap = daily.unwrap_or(size).min(size);
         let windows = WINDOWS
             .iter()
             .map(|&w| {
-                let mean = (rate * f64::from(w)).min(size);
-                WindowLoad { seconds: w, mean, p95: (mean * burst).min(size), p99: (mean * burst).min(size) }
+                let mean = (rate * f64::from(w)).min(cap);
+                WindowLoad { seconds: w, mean, p95: (mean * burst).min(cap), p99: (mean * burst).min(cap) }
             })
             .collect();
         DiskLoad {
@@ -560,12 +571,18 @@ mod tests {
     #[test]
     fn a_synthetic_disk_and_a_short_or_empty_profile() {
         // 50 GB disk, 20 GB used, 1 MB/s, bursts 3x, ships 0.6.
-        let d = DiskLoad::synthetic("new", 50e9, 20e9, 1.0 * MB, 3.0, 0.6);
+        let d = DiskLoad::synthetic("new", 50e9, 20e9, 1.0 * MB, None, 3.0, 0.6);
         let t = targets(300.0, None);
         let p = plan_disk(&d, &t);
         // 5 min: 300 MB mean, 900 MB p95; x 0.6 x 1.3 / 300 s = 2.34 MB/s.
         assert!((p.bandwidth_p95.unwrap() - 900.0 * MB * 0.6 * 1.3 / 300.0).abs() < 1e-6);
         assert_eq!(p.achievable_rpo, None, "no link given");
+        // A day's changes: 86.4 GB at 1 MB/s, more than the disk; with
+        // daily=5 GB the day's points hold 5 GB each (x 0.6 shipped).
+        assert_eq!(d.changed(86_400.0, |w| w.mean), Some(50e9));
+        let d = DiskLoad::synthetic("new", 50e9, 20e9, 1.0 * MB, Some(5e9), 3.0, 0.6);
+        assert_eq!(d.changed(86_400.0, |w| w.mean), Some(5e9));
+        assert_eq!(d.changed(300.0, |w| w.mean), Some(300.0 * MB), "short windows unchanged");
         let mut short = disk();
         short.recorded_seconds = 2 * 3600;
         assert!(plan_disk(&short, &t).notes[0].contains("profiled for 2.0 h only"));

@@ -113,7 +113,7 @@ struct SampleStats {
 /// Counts one disk's writes into intervals ([`Recorder::roll`]).
 pub struct Recorder {
     geometry: Geometry,
-    windows: [Window; 3],
+    windows: [Window; WINDOWS.len()],
     bytes_written: AtomicU64,
     bytes_zeroed: AtomicU64,
     writes: AtomicU64,
@@ -136,7 +136,7 @@ impl Recorder {
     pub fn new(geometry: Geometry, now: i64) -> Recorder {
         Recorder {
             geometry,
-            windows: [(); 3].map(|()| Window::new(geometry.block_count)),
+            windows: [(); WINDOWS.len()].map(|()| Window::new(geometry.block_count)),
             bytes_written: AtomicU64::new(0),
             bytes_zeroed: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -188,7 +188,7 @@ impl Recorder {
             bytes_written: take(&self.bytes_written),
             bytes_zeroed: take(&self.bytes_zeroed),
             writes: take(&self.writes),
-            distinct: [0, 1, 2].map(|w| small(self.windows[w].count.load(Relaxed))),
+            distinct: std::array::from_fn(|w| small(self.windows[w].count.load(Relaxed))),
             sampled: small(take(&self.stats.sampled)),
             sampled_zero: small(take(&self.stats.zero)),
             sampled_repeat: small(take(&self.stats.repeat)),
@@ -362,25 +362,25 @@ mod tests {
         let first = r.roll(30);
         assert_eq!((first.start, first.seconds), (0, 30));
         assert_eq!((first.bytes_written, first.bytes_zeroed, first.writes), (8192 + 10 * BS, 2 * BS, 4));
-        assert_eq!(first.distinct, [11, 11, 11]);
+        assert_eq!(first.distinct, [11; 5]);
         assert_eq!(first.flags, 0, "recorded since 0: whole windows");
         // Next 30 s: block 0 again and block 99 (the last).
         r.wrote(0..1, BS, false);
         r.wrote(99..100, BS, false);
         let second = r.roll(60);
-        assert_eq!(second.distinct, [2, 12, 12], "30 s window restarted; 5 and 15 min go on");
+        assert_eq!(second.distinct, [2, 12, 12, 12, 12], "30 s window restarted; the longer ones go on");
         // Skip to the interval that ends the first 5 min window.
         for t in (90..=300).step_by(30) {
             r.wrote(5..6, BS, false);
             let rec = r.roll(t);
             if t == 300 {
                 assert!(rec.ends_window(1) && !rec.ends_window(2));
-                assert_eq!(rec.distinct, [1, 13, 13]);
+                assert_eq!(rec.distinct, [1, 13, 13, 13, 13]);
             }
         }
         r.wrote(7..8, BS, false);
         let after = r.roll(330);
-        assert_eq!(after.distinct, [1, 1, 14], "the 5 min window started again at 300");
+        assert_eq!(after.distinct, [1, 1, 14, 14, 14], "the 5 min window started again at 300");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! kernel, and a power cut may lose the last intervals. A record torn by a
 //! crash fails its CRC and is skipped; the newest valid record is found by
 //! reading every slot when the file is opened (a month of 30 s intervals is
-//! 9 MB).
+//! 10 MB).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -33,10 +33,11 @@ pub const HEADER_LEN: u64 = HEADER as u64;
 const HEADER: usize = 64;
 /// Bytes of one record.
 pub const RECORD_LEN: usize = RECORD_LEN_U32 as usize;
-const RECORD_LEN_U32: u32 = 104;
+const RECORD_LEN_U32: u32 = 112;
 /// The windows a record counts distinct blocks over, in seconds: the
-/// candidate RPOs (30 s, 5 min, 15 min).
-pub const WINDOWS: [u32; 3] = [30, 300, 900];
+/// candidate RPOs (30 s, 5 min, 15 min), and the hour and the day between
+/// the hourly and daily points the retention ladder keeps.
+pub const WINDOWS: [u32; 5] = [30, 300, 900, 3_600, 86_400];
 /// A month of 30 s intervals (31 days).
 pub const DEFAULT_CAPACITY: u32 = 31 * 24 * 120;
 /// Set on a record whose windows began before the recording did (the first
@@ -88,7 +89,7 @@ pub struct Record {
     /// Distinct blocks changed in each of [`WINDOWS`] so far: in the window
     /// that this interval ends (or is in), from the window's start (or the
     /// recording's) to this interval's end.
-    pub distinct: [u32; 3],
+    pub distinct: [u32; 5],
     /// Written blocks read back and analysed (a sample).
     pub sampled: u32,
     /// Of those, all zero.
@@ -149,14 +150,14 @@ impl Record {
         for (i, d) in self.distinct.iter().enumerate() {
             b[48 + 4 * i..52 + 4 * i].copy_from_slice(&d.to_le_bytes());
         }
-        b[60..64].copy_from_slice(&self.sampled.to_le_bytes());
-        b[64..68].copy_from_slice(&self.sampled_zero.to_le_bytes());
-        b[68..72].copy_from_slice(&self.sampled_repeat.to_le_bytes());
-        b[72..80].copy_from_slice(&self.sampled_bytes.to_le_bytes());
-        b[80..88].copy_from_slice(&self.sampled_stored.to_le_bytes());
-        b[88..96].copy_from_slice(&self.since.to_le_bytes());
-        let crc = crc32fast::hash(&b[..96]);
-        b[96..100].copy_from_slice(&crc.to_le_bytes());
+        b[68..72].copy_from_slice(&self.sampled.to_le_bytes());
+        b[72..76].copy_from_slice(&self.sampled_zero.to_le_bytes());
+        b[76..80].copy_from_slice(&self.sampled_repeat.to_le_bytes());
+        b[80..88].copy_from_slice(&self.sampled_bytes.to_le_bytes());
+        b[88..96].copy_from_slice(&self.sampled_stored.to_le_bytes());
+        b[96..104].copy_from_slice(&self.since.to_le_bytes());
+        let crc = crc32fast::hash(&b[..104]);
+        b[104..108].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
@@ -165,7 +166,7 @@ impl Record {
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let seq = u64_at(0);
-        if seq == 0 || u32_at(96) != crc32fast::hash(&b[..96]) {
+        if seq == 0 || u32_at(104) != crc32fast::hash(&b[..104]) {
             return None;
         }
         Some(Record {
@@ -176,13 +177,13 @@ impl Record {
             bytes_written: u64_at(24),
             bytes_zeroed: u64_at(32),
             writes: u64_at(40),
-            distinct: [u32_at(48), u32_at(52), u32_at(56)],
-            sampled: u32_at(60),
-            sampled_zero: u32_at(64),
-            sampled_repeat: u32_at(68),
-            sampled_bytes: u64_at(72),
-            sampled_stored: u64_at(80),
-            since: u64_at(88).cast_signed(),
+            distinct: [u32_at(48), u32_at(52), u32_at(56), u32_at(60), u32_at(64)],
+            sampled: u32_at(68),
+            sampled_zero: u32_at(72),
+            sampled_repeat: u32_at(76),
+            sampled_bytes: u64_at(80),
+            sampled_stored: u64_at(88),
+            since: u64_at(96).cast_signed(),
         })
     }
 }
@@ -360,7 +361,7 @@ mod tests {
     }
 
     fn record(start: i64) -> Record {
-        Record { start, seconds: 30, bytes_written: 7, distinct: [1, 2, 3], since: 0, ..Record::default() }
+        Record { start, seconds: 30, bytes_written: 7, distinct: [1, 2, 3, 4, 5], since: 0, ..Record::default() }
     }
 
     #[test]

@@ -173,6 +173,7 @@ mod tests {
     const SHAPE: SeriesShape = SeriesShape { capacity: 100, interval: 30, block_size: 65536, block_count: 1000 };
 
     fn rec(start: i64, distinct: [u32; 3], bytes: u64, writes: u64) -> Record {
+        let distinct = [distinct[0], distinct[1], distinct[2], distinct[2], distinct[2]];
         Record { start, seconds: 30, bytes_written: bytes, writes, distinct, since: 0, ..Record::default() }
     }
 

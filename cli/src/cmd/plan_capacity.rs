@@ -20,12 +20,14 @@ pub struct Args {
     /// when only --synthetic disks are given).
     names: Vec<String>,
     /// A disk not yet profiled:
-    /// NAME:size=SIZE,churn=RATE[,used=SIZE][,burst=X][,ships=X]. churn is
-    /// the mean rate of distinct changed data (2MB/s, 10Mbit); the busiest
-    /// windows (p95, p99) are burst times the mean (default 2); used is the
-    /// data an initial sync reads (default size); ships is the share of
-    /// changed bytes that ships after zeros, repeats and compression
-    /// (default 1). Repeat for several.
+    /// NAME:size=SIZE,churn=RATE[,daily=SIZE][,used=SIZE][,burst=X][,ships=X].
+    /// churn is the mean rate of distinct changed data (2MB/s, 10Mbit);
+    /// daily the distinct data changed in a day (the daily change rate a
+    /// storage array reports; default: the disk); the busiest windows (p95,
+    /// p99) are burst times the mean (default 2); used is the data an
+    /// initial sync reads (default size); ships is the share of changed
+    /// bytes that ships after zeros, repeats and compression (default 1).
+    /// Repeat for several.
     #[arg(long, value_name = "SPEC", value_parser = parse_synthetic)]
     synthetic: Vec<Synthetic>,
     /// The recovery point objective to plan for: 30s, 5m, 15m or any duration.
@@ -73,16 +75,18 @@ pub struct Synthetic(DiskLoad);
 
 #[allow(clippy::cast_precision_loss)]
 fn parse_synthetic(s: &str) -> Result<Synthetic, String> {
-    let usage = "NAME:size=SIZE,churn=RATE[,used=SIZE][,burst=X][,ships=X], e.g. db:size=200G,churn=2MB/s,burst=3";
+    let usage = "NAME:size=SIZE,churn=RATE[,daily=SIZE][,used=SIZE][,burst=X][,ships=X], e.g. \
+                 db:size=200G,churn=2MB/s,daily=20G,burst=3";
     let (name, spec) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected {usage}"))?;
     crate::home::check_name(name).map_err(|e| format!("{e:#}"))?;
-    let (mut size, mut used, mut churn, mut burst, mut ships) = (None, None, None, 2.0, 1.0);
+    let (mut size, mut used, mut churn, mut daily, mut burst, mut ships) = (None, None, None, None, 2.0, 1.0);
     for kv in spec.split(',') {
         let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?}: expected KEY=VALUE in {usage}"))?;
         let num = |v: &str| v.parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0);
         match k {
             "size" => size = Some(parse_size(v)? as f64),
             "used" => used = Some(parse_size(v)? as f64),
+            "daily" => daily = Some(parse_size(v)? as f64),
             "churn" => churn = Some(v.parse::<vault::throttle::Rate>()?.get() as f64),
             "burst" => burst = num(v).filter(|b| *b >= 1.0).ok_or_else(|| format!("burst={v}: a number >= 1"))?,
             "ships" => ships = num(v).filter(|x| *x <= 1.0).ok_or_else(|| format!("ships={v}: a number in (0, 1]"))?,
@@ -92,7 +96,7 @@ fn parse_synthetic(s: &str) -> Result<Synthetic, String> {
     let size = size.ok_or_else(|| format!("{name}: size= is missing ({usage})"))?;
     let churn = churn.ok_or_else(|| format!("{name}: churn= is missing ({usage})"))?;
     let used = used.unwrap_or(size).min(size);
-    Ok(Synthetic(DiskLoad::synthetic(name, size, used, churn, burst, ships)))
+    Ok(Synthetic(DiskLoad::synthetic(name, size, used, churn, daily, burst, ships)))
 }
 
 /// A protected disk's load from its profile: its size from the profile,

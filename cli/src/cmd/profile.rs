@@ -10,21 +10,22 @@ use crate::home::{DiskEntry, Home};
 pub enum Command {
     /// Summarise a disk's churn profile: how much it writes, how many
     /// distinct blocks change within 30 s, 5 min and 15 min (what a cycle at
-    /// that RPO would read), at the median, 95th and 99th percentile and the
-    /// peak, and what a sample of the written blocks says about zeros,
-    /// repeats and compression.
+    /// that RPO would read) and within an hour and a day (what the retention
+    /// ladder's hourly and daily points hold), at the median, 95th and 99th
+    /// percentile and the peak, and what a sample of the written blocks says
+    /// about zeros, repeats and compression.
     ///
     /// The profile is recorded by `lifeboat filter` and `lifeboat agent`
     /// whenever they serve the disk, with or without a vault (protect a disk
     /// without --vault to profile it before replicating it): one record
-    /// every 30 s in HOME/disks/NAME/churn.profile, a month at most (about 9
-    /// MB; older records are overwritten). Only windows recorded whole count
+    /// every 30 s in HOME/disks/NAME/churn.profile, a month at most (10 MB;
+    /// older records are overwritten). Only windows recorded whole count
     /// in the percentiles. Turn recording off with `protect NAME --profile off`.
     Show(ShowArgs),
     /// Print a disk's churn profile record by record, oldest first, one JSON
     /// object a line: each interval's start (Unix seconds), length, bytes
     /// written and zeroed, requests, distinct blocks so far in its 30 s,
-    /// 5 min and 15 min windows, and its sample counts (see FORMAT.md,
+    /// 5 min, 15 min, 1 h and 1 day windows, and its sample counts (see FORMAT.md,
     /// "Churn profile"), for your own analysis.
     Export(ExportArgs),
 }
@@ -134,7 +135,11 @@ fn show(home: &Home, a: &ShowArgs) -> Result<()> {
         "p95 MB/s"
     );
     for w in &s.windows {
-        let label = if w.seconds < 60 { format!("{} s", w.seconds) } else { format!("{} min", w.seconds / 60) };
+        let label = match w.seconds {
+            s if s < 60 => format!("{s} s"),
+            s if s < 3600 => format!("{} min", s / 60),
+            s => format!("{} h", s / 3600),
+        };
         outln!(
             "  {:<8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>14}",
             label,
