@@ -15,10 +15,12 @@
 //! before (a keyed BLAKE3 of the contents under a key made for this process
 //! and never stored, so no hash on disk can be matched against known data);
 //! or new, with the bytes the vault would store for it (the vault's own
-//! compression rule). It analyses at most `budget` blocks a second, so a
-//! burst of churn costs a bounded share of a core; what it skips is not
-//! counted. Repeats are found among the blocks it analysed, so under heavy
+//! compression rule). It analyses at most `budget` blocks a second (256 by
+//! default), so a burst of churn costs a bounded share of a core; what it
+//! skips is not counted. Repeats are found among the blocks it analysed, so under heavy
 //! churn, when it samples, a block repeating one it skipped counts as new.
+//! It looks at its queue every 50 ms rather than waiting in `recv`, so that
+//! no write ever has to wake it.
 //!
 //! **Intervals.** [`Recorder::roll`] closes an interval at a given time and
 //! returns its [`Record`]; the caller's clock decides when (the
@@ -47,10 +49,15 @@ const QUEUE: usize = 1024;
 /// Distinct block hashes the sampler remembers; it forgets them all when
 /// this many are held (about 10 MB).
 const REMEMBERED: usize = 1 << 20;
-/// The sampler's default budget, blocks a second: 2,048 blocks (128 MiB of
-/// 64 KiB blocks) is about 3% of one core on the machine this was measured
-/// on (BLAKE3, the compression rule and a read from the page cache).
-pub const DEFAULT_BUDGET: u32 = 2048;
+/// The sampler's default budget, blocks a second: 256 (16 MiB of 64 KiB
+/// blocks through BLAKE3, the compression rule and a read from the page
+/// cache, well under 1% of a core), 22 million blocks a day. At 2,048 it
+/// cost `benches/nbd-bench.sh` measurable write throughput on 2 cores.
+pub const DEFAULT_BUDGET: u32 = 256;
+/// How often the sampler looks at its queue. It never sleeps in `recv`:
+/// a sampler blocked there is woken by every write's offer, a futex call
+/// per write on the VM's write path (tens of thousands a second).
+const POLL: Duration = Duration::from_millis(50);
 
 /// What the write path and the profiler hand the sampler.
 enum Offer {
@@ -276,24 +283,30 @@ impl Sampler {
         let rate = f64::from(self.budget.max(1));
         let mut tokens = rate;
         let mut last = Instant::now();
-        while let Ok(offer) = self.offers.recv() {
-            let range = match offer {
-                Offer::Blocks(r) => r,
-                Offer::Flush(done) => {
-                    let _ = done.try_send(());
-                    continue;
+        loop {
+            // Everything queued since the last look; what the budget does
+            // not cover is dropped.
+            loop {
+                match self.offers.try_recv() {
+                    Ok(Offer::Blocks(range)) => {
+                        for b in range {
+                            let now = Instant::now();
+                            tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+                            last = now;
+                            if tokens >= 1.0 {
+                                tokens -= 1.0;
+                                self.analyse(b);
+                            }
+                        }
+                    }
+                    Ok(Offer::Flush(done)) => {
+                        let _ = done.try_send(());
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
                 }
-            };
-            for b in range {
-                let now = Instant::now();
-                tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
-                last = now;
-                if tokens < 1.0 {
-                    continue;
-                }
-                tokens -= 1.0;
-                self.analyse(b);
             }
+            std::thread::sleep(POLL);
         }
     }
 
