@@ -101,12 +101,16 @@ fn show(home: &Home, a: &ShowArgs) -> Result<()> {
     let when = |t: i64| crate::time::rfc3339(u64::try_from(t).unwrap_or(0) * 1_000_000_000);
     match (s.from, s.to) {
         (Some(from), Some(to)) => outln!(
-            "{}: churn profile from {} to {}: {} intervals, {:.1} h recorded{}",
+            "{}: churn profile from {} to {}: {} intervals, {} recorded{}",
             a.name,
             when(from),
             when(to),
             s.intervals,
-            s.seconds as f64 / 3600.0,
+            if s.seconds < 7200 {
+                format!("{:.1} min", s.seconds as f64 / 60.0)
+            } else {
+                format!("{:.1} h", s.seconds as f64 / 3600.0)
+            },
             if entry.config.profile { "" } else { " (recording is off)" }
         ),
         _ => {
@@ -140,6 +144,10 @@ fn show(home: &Home, a: &ShowArgs) -> Result<()> {
             s if s < 3600 => format!("{} min", s / 60),
             s => format!("{} h", s / 3600),
         };
+        if w.windows == 0 {
+            outln!("  {:<8} {:>8}   (no whole window recorded yet)", label, 0);
+            continue;
+        }
         outln!(
             "  {:<8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>14}",
             label,
