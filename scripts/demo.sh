@@ -16,7 +16,8 @@
 #      and `lifeboat points demo`,
 #   8. restores the latest point and checks it byte for byte against the disk,
 #      then scrubs the vault with the key (`lifeboat vault check --read-data`),
-#   9. stops the agent with SIGTERM (clean shutdown),
+#   9. stops the agent with SIGTERM (clean shutdown), shows the churn profile it
+#      recorded meanwhile (`lifeboat profile show demo`),
 #  10. sets up a recovery site on localhost (site init, enroll, join, vault
 #      serve), ships a disk to it through lifeboat://, restores it back,
 #  11. prints what to try next.
@@ -203,6 +204,9 @@ import json, sys
 d = json.load(sys.stdin)
 print("after the stop: %d dirty blocks (kept for the next cycle), suspect: %s" % (d["dirty_count"], d["suspect"]))'
 
+step "lifeboat profile show $name   (the churn the agent recorded while it served the disk)"
+lifeboat profile show "$name"
+
 step "A recovery site on localhost: lifeboat site init / enroll / join, lifeboat vault serve"
 # In real life the site is another machine; here it is a second home on
 # loopback. The server never sees the key; the host reaches it as lifeboat://.
@@ -246,6 +250,9 @@ cat <<EOF
   $lb status --json                         # RPO achieved, last cycle, errors
   $lb points $name --json
   $lb restore $name --point 1 --out /tmp/demo-point-1.raw
+  $lb profile show $name                    # the disk's churn, as the filter recorded it
+  $lb bench --dir /var/tmp                  # this host's ceilings beside their floors, ~10 s
+  $lb plan-capacity --rpo 5m --link 100Mbit --html /tmp/plan.html   # bandwidth, RPO, storage
   nbdinfo '$uri'
   # boot a VM on it:
   #   qemu-system-x86_64 ... -blockdev driver=nbd,node-name=d0,server.type=unix,server.path=$sock,export=$name \\
