@@ -22,8 +22,8 @@
 #      serve), ships a disk to it through lifeboat://, restores it back,
 #  11. prints what to try next.
 #
-# Demo home: $LIFEBOAT_HOME, else ./.demo in the repo. Re-running replaces the
-# demo disk (only a home this script created is ever cleaned).
+# Demo home: $LIFEBOAT_HOME, else ./.demo in the repo. Re-running starts a
+# home this script created over (only such a home is ever cleaned).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,9 +51,13 @@ lifeboat() { "$lb" --home "$home" "$@"; }
 
 step "Creating a ${size_mib} MiB demo image in $home"
 mkdir -p "$home"
-if [ -e "$home/disks/$name" ]; then
-  [ -e "$home/.lifeboat-demo" ] || die "$home/disks/$name exists and was not made by this demo; set LIFEBOAT_HOME to another folder"
-  rm -rf "${home:?}/disks/$name" "$image" "$snap" "$key" "$vault" "$home"/restored-*.raw
+if [ -e "$home/disks/$name" ] && [ ! -e "$home/.lifeboat-demo" ]; then
+  die "$home/disks/$name exists and was not made by this demo; set LIFEBOAT_HOME to another folder"
+fi
+if [ -e "$home/.lifeboat-demo" ]; then
+  # A home an earlier run made: start it over whole (its second disk, the
+  # recovery site's, would otherwise be served again with no server to reach).
+  find "${home:?}" -mindepth 1 -delete
 fi
 touch "$home/.lifeboat-demo"
 truncate -s "${size_mib}M" "$image"
