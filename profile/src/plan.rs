@@ -230,6 +230,14 @@ pub struct DiskPlan {
     /// Copy-before-write memory at the peak: what the VM can overwrite
     /// while a p95 cycle reads, bounded by the window's blocks.
     pub copy_memory_bytes: Option<f64>,
+    /// Seconds a cycle of a mean, a p95 and a p99 window takes: its changes
+    /// read through the pipeline and shipped over the link, whichever is
+    /// slower (both overlap), if either is known.
+    pub cycle_seconds: Option<[f64; 3]>,
+    /// The oldest the newest point gets: one interval plus a p99 cycle, if
+    /// that cycle fits in the interval (a longer one delays the next cut,
+    /// and the RPO then grows while the burst lasts).
+    pub max_rpo_seconds: Option<f64>,
     /// Why this disk cannot be protected at the target, if it cannot.
     pub problems: Vec<String>,
     /// Remarks that do not stop it (a short profile).
@@ -376,6 +384,22 @@ pub fn plan_disk(d: &DiskLoad, t: &Targets) -> DiskPlan {
         (None, None) => None,
     };
     let initial_sync_seconds = ship_rate.map(|r| d.used_bytes * d.initial_ships / r);
+    let cycle = |pick: fn(&WindowLoad) -> f64| Some(d.changed(t.rpo, pick)? * d.ships / ship_rate?);
+    let cycle_seconds = match (cycle(|w| w.mean), cycle(p95), cycle(p99)) {
+        (Some(a), Some(b), Some(c)) => Some([a, b, c]),
+        _ => None,
+    };
+    let max_rpo_seconds = cycle_seconds.and_then(|[_, _, c]| (c <= t.rpo).then_some(t.rpo + c));
+    if let Some([_, _, c]) = cycle_seconds {
+        if c > t.rpo {
+            notes.push(format!(
+                "{}: a cycle of a p99 window takes {}, longer than the RPO: at the busiest times the points fall \
+                 behind and the achieved RPO grows until the burst passes",
+                d.name,
+                secs(c)
+            ));
+        }
+    }
     // A cycle of a p95 window takes its shipped bytes over the ship rate;
     // meanwhile the VM may overwrite blocks not yet read, each copied aside
     // once: at most the window's blocks, at most the peak write rate times
@@ -399,6 +423,8 @@ pub fn plan_disk(d: &DiskLoad, t: &Targets) -> DiskPlan {
         storage_by_day,
         cores,
         copy_memory_bytes,
+        cycle_seconds,
+        max_rpo_seconds,
         problems,
         notes,
     }
@@ -447,6 +473,9 @@ pub fn plan(disks: &[DiskLoad], t: &Targets) -> Plan {
         storage_by_day,
         cores: sum(|p| p.cores),
         copy_memory_bytes: sum(|p| p.copy_memory_bytes),
+        // The disks share the link: their cycles are not the host's.
+        cycle_seconds: None,
+        max_rpo_seconds: plans.iter().map(|p| p.max_rpo_seconds).reduce(|a, b| Some(a?.max(b?))).flatten(),
         problems,
         notes: Vec::new(),
     };
@@ -532,6 +561,12 @@ mod tests {
         // Copy memory: the 200 MB window shipped at 125 MB/s takes 0.8 s;
         // 10 MB/s of writes meanwhile: 8 MB.
         assert!((p.copy_memory_bytes.unwrap() - 8.0 * MB).abs() < 1.0);
+        // Cycles: the mean, p95 and p99 windows (100, 200, 300 MB) shipped
+        // at half over 125 MB/s (the link is slower than the pipeline's
+        // 1000 MB/s): 0.4, 0.8 and 1.2 s; the newest point at most 301.2 s old.
+        let [a, b, c] = p.cycle_seconds.unwrap();
+        assert!((a - 0.4).abs() < 1e-9 && (b - 0.8).abs() < 1e-9 && (c - 1.2).abs() < 1e-9, "{a} {b} {c}");
+        assert!((p.max_rpo_seconds.unwrap() - 301.2).abs() < 1e-9);
         assert!(p.problems.is_empty() && p.notes.is_empty(), "{p:?}");
         assert_eq!(p.achievable_rpo, Some(5.0), "5 s: 10 MB x 0.5 x 1.3 in 5 s = 1.3 MB/s fits");
     }
@@ -543,6 +578,9 @@ mod tests {
         let p = plan_disk(&d, &targets(300.0, Some(125_000.0)));
         assert_eq!(p.achievable_rpo, None);
         assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        // A p99 cycle: 300 MB x 0.5 over 125 kB/s = 1200 s, past the 300 s RPO.
+        assert_eq!(p.max_rpo_seconds, None);
+        assert!(p.notes[0].contains("longer than the RPO"), "{:?}", p.notes);
         assert!(p.problems[0].contains("exceeds the link at any RPO"), "{}", p.problems[0]);
         // 5 Mbit/s = 625 kB/s. 30 s needs 30 MB x 0.65 / 30 s = 650 kB/s;
         // 1 and 2 min the same (two and four 30 s windows); 5 min needs

@@ -138,11 +138,13 @@ fn row(d: &DiskPlan) -> String {
     let gb = |b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}", b / 1e9));
     let s = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.0}"));
     format!(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         esc(&d.name),
         mbit(d.bandwidth_p95),
         mbit(d.bandwidth_p99),
         s(d.achievable_rpo),
+        d.cycle_seconds.map_or("-".into(), |c| format!("{:.1}", c[1])),
+        s(d.max_rpo_seconds),
         s(d.initial_sync_seconds),
         gb(d.storage_bytes),
         d.cores.map_or("-".into(), |c| format!("{c:.2}")),
@@ -169,7 +171,7 @@ td:first-child,th:first-child{text-align:left}.problem{color:#b00}figure{margin:
         t.ladder.hourly,
         t.ladder.daily
     );
-    page.push_str("<table><tr><th>disk</th><th>bandwidth p95 (Mbit/s)</th><th>p99 (Mbit/s)</th><th>RPO on link (s)</th><th>initial sync (s)</th><th>vault (GB)</th><th>cores</th><th>copy memory (GB)</th></tr>");
+    page.push_str("<table><tr><th>disk</th><th>bandwidth p95 (Mbit/s)</th><th>p99 (Mbit/s)</th><th>RPO on link (s)</th><th>cycle p95 (s)</th><th>max RPO (s)</th><th>initial sync (s)</th><th>vault (GB)</th><th>cores</th><th>copy memory (GB)</th></tr>");
     for d in plan.disks.iter().chain(std::iter::once(&plan.host)) {
         page.push_str(&row(d));
     }

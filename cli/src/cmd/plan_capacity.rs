@@ -205,11 +205,13 @@ fn print_table(p: &Plan) {
         t.ladder.daily
     );
     outln!(
-        "{:<12} {:>14} {:>14} {:>11} {:>12} {:>12} {:>7} {:>11}",
+        "{:<12} {:>14} {:>14} {:>11} {:>10} {:>8} {:>12} {:>12} {:>7} {:>11}",
         "disk",
         "bandwidth p95",
         "p99",
         "RPO on link",
+        "cycle p95",
+        "max RPO",
         "initial sync",
         "vault",
         "cores",
@@ -217,18 +219,23 @@ fn print_table(p: &Plan) {
     );
     for d in p.disks.iter().chain(std::iter::once(&p.host)) {
         outln!(
-            "{:<12} {:>14} {:>14} {:>11} {:>12} {:>12} {:>7} {:>11}",
+            "{:<12} {:>14} {:>14} {:>11} {:>10} {:>8} {:>12} {:>12} {:>7} {:>11}",
             d.name,
             mbit(d.bandwidth_p95),
             mbit(d.bandwidth_p99),
             if t.link.is_none() { "-".into() } else { d.achievable_rpo.map_or("none".into(), |r| dur(Some(r))) },
+            d.cycle_seconds.map_or("-".into(), |c| format!("{:.1} s", c[1])),
+            dur(d.max_rpo_seconds),
             dur(d.initial_sync_seconds),
             gb(d.storage_bytes),
             d.cores.map_or("-".into(), |c| format!("{c:.2}")),
             gb(d.copy_memory_bytes)
         );
     }
-    outln!("(vault: once the retention ladder is full; bandwidth: to ship each RPO window's changes within it)");
+    outln!(
+        "(bandwidth: to ship each RPO window's changes within it; cycle: a p95 window read and shipped; max RPO: \
+         an interval plus a p99 cycle; vault: once the retention ladder is full)"
+    );
     let problems: Vec<&String> = p.disks.iter().chain(std::iter::once(&p.host)).flat_map(|d| &d.problems).collect();
     if problems.is_empty() {
         outln!("every disk can be protected at this target");
