@@ -118,6 +118,51 @@ fn drop_cache(path: &Path) -> Result<()> {
     system::file::drop_cached(&f).with_context(|| format!("dropping {} from the page cache", path.display()))
 }
 
+/// Which way [`device_floor`] moves the data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// The device's rate for `size` bytes of `f` moved in 4 MiB pieces from
+/// four threads, each taking every fourth piece (16 MiB in flight, like the
+/// engine's 64 blocks of 64 KiB); writes are fsynced before the clock stops.
+fn device_floor(f: &File, size: u64, way: Direction) -> Result<f64> {
+    const THREADS: u64 = 4;
+    const PIECE: u64 = 4 << 20;
+    let (_pool, bigs) = BlockPool::new(usize::try_from(PIECE).expect("4 MiB"), usize::try_from(THREADS).expect("4"))?;
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let movers: Vec<_> = bigs
+            .into_iter()
+            .zip(0..THREADS)
+            .map(|(mut big, n)| {
+                s.spawn(move || -> std::io::Result<()> {
+                    let mut at = n * PIECE;
+                    while at < size {
+                        let len = usize::try_from(PIECE.min(size - at)).expect("4 MiB");
+                        match way {
+                            Direction::Read => f.read_exact_at(&mut big.data_mut()[..len], at)?,
+                            Direction::Write => f.write_all_at(&big.data()[..len], at)?,
+                        }
+                        at += THREADS * PIECE;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for m in movers {
+            m.join().expect("device floor thread")?;
+        }
+        Ok(())
+    })?;
+    if way == Direction::Write {
+        f.sync_all()?;
+    }
+    Ok(rate(size, t))
+}
+
 #[allow(clippy::cast_precision_loss, clippy::too_many_lines)]
 pub fn run(home: &Home, a: Args) -> Result<()> {
     if a.size < (16 << 20) || !a.size.is_multiple_of(BS as u64) {
@@ -186,73 +231,15 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
     drop(bufs);
     say("crypto floor measured; reading the image");
 
-    // The device alone: O_DIRECT reads of 4 MiB from four threads, each
-    // taking every fourth piece (16 MiB in flight, like the engine's 64
-    // blocks of 64 KiB).
-    const READERS: u64 = 4;
-    const PIECE: u64 = 4 << 20;
+    // The device alone: O_DIRECT reads of the image, then writes of a new
+    // file as large (fsynced), each from four threads of 4 MiB pieces.
     let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&image).or_else(|_| File::open(&image))?;
-    let (_pool, bigs) = BlockPool::new(usize::try_from(PIECE).expect("4 MiB"), usize::try_from(READERS).expect("4"))?;
-    let t = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let f = &f;
-        let size = a.size;
-        let readers: Vec<_> = bigs
-            .into_iter()
-            .zip(0..READERS)
-            .map(|(mut big, r)| {
-                s.spawn(move || -> std::io::Result<()> {
-                    let mut at = r * PIECE;
-                    while at < size {
-                        f.read_exact_at(
-                            &mut big.data_mut()[..usize::try_from(PIECE.min(size - at)).expect("4 MiB")],
-                            at,
-                        )?;
-                        at += READERS * PIECE;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for r in readers {
-            r.join().expect("reader thread")?;
-        }
-        Ok(())
-    })?;
-    let device_read = rate(a.size, t);
+    let device_read = device_floor(&f, a.size, Direction::Read)?;
     drop(f);
-
-    // And writing: a new file as large, the same way (O_DIRECT, four
-    // threads of 4 MiB pieces), then fsynced.
     let floor_path = work.0.join("write-floor");
     let out =
         OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_DIRECT).open(&floor_path)?;
-    let (_pool, bigs) = BlockPool::new(usize::try_from(PIECE).expect("4 MiB"), usize::try_from(READERS).expect("4"))?;
-    let t = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let out = &out;
-        let size = a.size;
-        let writers: Vec<_> = bigs
-            .into_iter()
-            .zip(0..READERS)
-            .map(|(big, r)| {
-                s.spawn(move || -> std::io::Result<()> {
-                    let mut at = r * PIECE;
-                    while at < size {
-                        out.write_all_at(&big.data()[..usize::try_from(PIECE.min(size - at)).expect("4 MiB")], at)?;
-                        at += READERS * PIECE;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for w in writers {
-            w.join().expect("writer thread")?;
-        }
-        Ok(())
-    })?;
-    out.sync_all()?;
-    let device_write = rate(a.size, t);
+    let device_write = device_floor(&out, a.size, Direction::Write)?;
     drop(out);
     std::fs::remove_file(&floor_path)?;
 
