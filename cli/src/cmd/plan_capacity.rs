@@ -41,15 +41,9 @@ pub struct Args {
     /// Headroom added to the churn for growth, percent (ASR's planner adds 30).
     #[arg(long, default_value_t = 30.0, value_name = "PERCENT")]
     growth: f64,
-    /// Retention to plan the vault's storage for: every point cut within this long...
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
-    keep_recent: u64,
-    /// ...then one for each of this many hours...
-    #[arg(long, default_value_t = 24)]
-    keep_hourly: u32,
-    /// ...then one for each of this many days.
-    #[arg(long, default_value_t = 0)]
-    keep_daily: u32,
+    /// The retention ladder the vault's storage is planned for (as `protect` takes it).
+    #[command(flatten)]
+    ladder: crate::cmd::protect::LadderArgs,
     /// What one core of this host takes through the pipeline (read, hash,
     /// compress, seal), e.g. 500MB/s: the plan then says the cores a disk
     /// needs and whether the host has them. Default: what `lifeboat bench`
@@ -160,7 +154,11 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
         rpo: a.rpo.max(1) as f64,
         link: a.link.map(|r| r.get() as f64),
         growth: a.growth / 100.0,
-        ladder: Ladder { recent: a.keep_recent as f64, hourly: a.keep_hourly, daily: a.keep_daily },
+        ladder: Ladder {
+            recent: a.ladder.keep_recent as f64,
+            hourly: a.ladder.keep_hourly,
+            daily: a.ladder.keep_daily,
+        },
         machine: per_core.map(|pipeline_per_core| Machine { pipeline_per_core, cores }),
     };
     let p = plan::plan(&disks, &targets);

@@ -33,15 +33,8 @@ pub struct Args {
     /// Cycle interval, the recovery point objective: 30s, 5m, 15m or any duration.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     rpo: u64,
-    /// Keep every point cut within this long (the bottom of the retention ladder).
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
-    keep_recent: u64,
-    /// Then keep the newest point of each of this many clock hours.
-    #[arg(long, default_value_t = 24)]
-    keep_hourly: u32,
-    /// Then keep the newest point of each of this many days (15 or more for a long ladder).
-    #[arg(long, default_value_t = 0)]
-    keep_daily: u32,
+    #[command(flatten)]
+    ladder: LadderArgs,
     /// Thin the --keep-recent stretch for a seconds-level RPO: every point of
     /// the last minute is kept, older recent points only as the newest of
     /// each DURATION (clock buckets), so a day of 5 s points costs about
@@ -90,6 +83,21 @@ pub struct Args {
     profile: Option<bool>,
 }
 
+/// The retention ladder's flags, shared by `protect` (what a disk keeps)
+/// and `plan-capacity` (what its vault storage is planned for).
+#[derive(clap::Args)]
+pub struct LadderArgs {
+    /// Keep every point cut within this long (the bottom of the retention ladder).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub keep_recent: u64,
+    /// Then keep the newest point of each of this many clock hours.
+    #[arg(long, default_value_t = 24)]
+    pub keep_hourly: u32,
+    /// Then keep the newest point of each of this many days (15 or more for a long ladder).
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+}
+
 /// `on` or `off`.
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -119,9 +127,9 @@ impl From<Args> for Request {
                 key,
                 rpo_seconds: a.rpo,
                 retention: Retention {
-                    recent_seconds: a.keep_recent,
-                    hourly: a.keep_hourly,
-                    daily: a.keep_daily,
+                    recent_seconds: a.ladder.keep_recent,
+                    hourly: a.ladder.keep_hourly,
+                    daily: a.ladder.keep_daily,
                     thin_seconds: a.thin_recent.unwrap_or(if a.rpo < 30 { 30 } else { 0 }),
                 },
                 compress: !a.no_compress,
