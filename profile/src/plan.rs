@@ -268,11 +268,13 @@ pub struct Plan {
     pub host_curve: Vec<CurvePoint>,
 }
 
-fn mbit(bytes_per_second: f64) -> String {
+/// A rate in bytes a second as people size links: `12.5 Mbit/s`.
+pub fn mbit(bytes_per_second: f64) -> String {
     format!("{:.1} Mbit/s", bytes_per_second * 8.0 / 1e6)
 }
 
-fn secs(s: f64) -> String {
+/// A duration in seconds, in the unit that reads best: `45 s`, `5 min`, `2.5 h`.
+pub fn secs(s: f64) -> String {
     if s < 120.0 {
         format!("{s:.0} s")
     } else if s < 7200.0 {

@@ -175,7 +175,7 @@ pub fn run(home: &Home, a: Args) -> Result<()> {
 }
 
 fn mbit(b: Option<f64>) -> String {
-    b.map_or("-".into(), |b| format!("{:.1} Mbit/s", b * 8.0 / 1e6))
+    b.map_or("-".into(), plan::mbit)
 }
 
 fn gb(b: Option<f64>) -> String {
@@ -183,12 +183,7 @@ fn gb(b: Option<f64>) -> String {
 }
 
 fn dur(s: Option<f64>) -> String {
-    match s {
-        None => "-".into(),
-        Some(s) if s < 120.0 => format!("{s:.0} s"),
-        Some(s) if s < 7200.0 => format!("{:.0} min", s / 60.0),
-        Some(s) => format!("{:.1} h", s / 3600.0),
-    }
+    s.map_or("-".into(), plan::secs)
 }
 
 fn print_table(p: &Plan) {
