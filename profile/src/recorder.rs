@@ -340,9 +340,11 @@ impl Sampler {
         self.stats.stored.fetch_add(stored as u64, Relaxed);
     }
 
-    /// Analyses every offer already queued, without a budget (for tests,
-    /// and for the last interval before a stop).
-    pub fn drain(&mut self) {
+    /// Analyses every offer already queued, without a budget: what the
+    /// tests use in place of [`Sampler::run`]'s clock. (A stop uses
+    /// [`Recorder::flush`], which the running sampler answers.)
+    #[cfg(test)]
+    fn drain(&mut self) {
         while let Ok(offer) = self.offers.try_recv() {
             match offer {
                 Offer::Blocks(range) => range.for_each(|b| self.analyse(b)),
