@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use anyhow::{bail, Context, Result};
 use profile::plan::{self, DiskLoad, Ladder, Machine, Plan, Targets};
 use profile::report::ChurnSeries;
-use profile::{Series, Summary};
+use profile::Summary;
 
 use crate::home::Home;
 use crate::size::{parse_duration, parse_size};
@@ -97,11 +97,7 @@ fn parse_synthetic(s: &str) -> Result<Synthetic, String> {
 /// the data an initial sync reads from the image's allocated bytes.
 #[allow(clippy::cast_precision_loss)]
 fn load_disk(home: &Home, name: &str) -> Result<(DiskLoad, ChurnSeries)> {
-    let entry = home.disk(name)?;
-    let path = crate::cmd::profile::path(&entry);
-    let (shape, records) = Series::read(&path).with_context(|| {
-        format!("disk {name:?}: reading its churn profile (it is recorded while the filter or agent serves the disk)")
-    })?;
+    let (entry, shape, records) = crate::cmd::profile::read(home, name)?;
     let s = Summary::of(shape, &records);
     let disk_bytes = (shape.block_count * u64::from(shape.block_size)) as f64;
     let used = match std::fs::metadata(&entry.config.image) {

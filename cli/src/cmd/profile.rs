@@ -54,7 +54,7 @@ pub fn run(home: &Home, c: Command) -> Result<()> {
 }
 
 /// The disk's profile, or an error that says how one gets recorded.
-fn read(home: &Home, name: &str) -> Result<(DiskEntry, profile::SeriesShape, Vec<profile::Record>)> {
+pub fn read(home: &Home, name: &str) -> Result<(DiskEntry, profile::SeriesShape, Vec<profile::Record>)> {
     let entry = home.disk(name)?;
     let path = path(&entry);
     match Series::read(&path) {
