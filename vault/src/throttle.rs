@@ -299,6 +299,9 @@ impl Pace for RealPace {
 /// pauses between pieces does not fall behind the rate.
 const BURST: Duration = Duration::from_millis(100);
 
+/// The most a transfer reserves of the link at once (26 ms at 10 MB/s).
+pub const SLICE: u64 = 256 << 10;
+
 /// Paces transfers to a schedule; shared by every thread of one link.
 pub struct Limiter {
     schedule: Schedule,
@@ -343,9 +346,26 @@ impl Limiter {
     }
 
     /// Accounts for `n` bytes, waiting first as long as the rate requires;
-    /// returns how long it waited.
+    /// returns how long it waited. A transfer larger than [`SLICE`] is paid
+    /// for a slice at a time, so that the other transfers sharing the link
+    /// take their turns between its slices instead of waiting behind all of
+    /// it: a disk's small cycle beside another's 4 MiB pack pieces waited
+    /// about 0.4 s a piece for each of its objects (`benches/plan-validate.sh`).
     pub fn take(&self, n: u64) -> Duration {
         self.bytes.fetch_add(n, Ordering::Relaxed);
+        let mut waited = Duration::ZERO;
+        let mut left = n;
+        loop {
+            let slice = left.min(SLICE);
+            waited += self.take_slice(slice);
+            left -= slice;
+            if left == 0 {
+                return waited;
+            }
+        }
+    }
+
+    fn take_slice(&self, n: u64) -> Duration {
         let Some(rate) = self.rate_now() else { return Duration::ZERO };
         let now = self.pace.now();
         let cost = Duration::from_secs_f64(n as f64 / rate.get() as f64);
@@ -720,6 +740,54 @@ mod tests {
         let before = pace.now();
         l.take(100_000_000);
         assert_eq!(pace.now(), before, "unlimited after 18:00");
+    }
+
+    /// A virtual clock that, the first time the limiter makes a transfer
+    /// wait, starts another small one on the same link (another disk's
+    /// cycle) and notes how long that one waited.
+    struct Interrupting {
+        clock: Arc<Virtual>,
+        limiter: std::sync::OnceLock<std::sync::Weak<Limiter>>,
+        small: Mutex<Option<Duration>>,
+        inside: std::sync::atomic::AtomicBool,
+    }
+
+    impl Pace for Interrupting {
+        fn now(&self) -> Duration {
+            self.clock.now()
+        }
+        fn week_time(&self) -> WeekTime {
+            self.clock.week_time()
+        }
+        fn sleep(&self, d: Duration) {
+            if !self.inside.swap(true, Ordering::SeqCst) {
+                let l = self.limiter.get().unwrap().upgrade().unwrap();
+                let start = self.clock.now();
+                l.take(10_000);
+                *self.small.lock().unwrap() = Some(self.clock.now() - start);
+            }
+            self.clock.advance(d);
+        }
+    }
+
+    #[test]
+    fn a_small_transfer_waits_for_a_slice_of_a_large_one_not_all_of_it() {
+        let pace = Arc::new(Interrupting {
+            clock: Virtual::at(0, 0),
+            limiter: std::sync::OnceLock::new(),
+            small: Mutex::new(None),
+            inside: std::sync::atomic::AtomicBool::new(false),
+        });
+        let l = Arc::new(Limiter::with_pace(sched("10MB/s"), pace.clone()));
+        pace.limiter.set(Arc::downgrade(&l)).unwrap();
+        // A 4 MiB pack piece (0.42 s of this link) after an idle hour.
+        pace.clock.advance(Duration::from_secs(3600));
+        l.take(4 << 20);
+        // The small one went after the big one's first slice (26 ms), not
+        // after all of it.
+        let small = pace.small.lock().unwrap().unwrap();
+        assert!(small < Duration::from_millis(30), "the small transfer waited {small:?}");
+        assert_eq!(l.bytes(), (4 << 20) + 10_000);
     }
 
     #[test]
