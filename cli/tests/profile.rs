@@ -66,11 +66,12 @@ fn a_real_client_s_writes_are_counted_exactly() {
     assert_eq!(r["bytes_written"].as_u64().unwrap(), 4 * BS + 4096);
     assert_eq!(r["bytes_zeroed"].as_u64().unwrap(), 2 * BS);
     assert_eq!(r["distinct"], serde_json::json!([6, 6, 6, 6, 6]), "blocks 0, 1, 2, 3, 10 and 11");
-    // Every data write's blocks read back: 0 zero; 1 new; 2 a repeat of 1;
-    // 3 new; 3 again a repeat. Zeroes and trims are not sampled.
+    // The window's changed blocks read back at its end (the stop), each
+    // once: 0, 10 (write-zeroes) and 11 (trimmed) zero; 1 new; 2 a repeat
+    // of 1; 3 new, however often it was written.
     assert_eq!(
         (r["sampled"].as_u64(), r["sampled_zero"].as_u64(), r["sampled_repeat"].as_u64()),
-        (Some(5), Some(1), Some(2))
+        (Some(6), Some(3), Some(1))
     );
     assert_eq!(r["sampled_bytes"].as_u64().unwrap(), 2 * BS);
     let stored = r["sampled_stored"].as_u64().unwrap();
@@ -80,11 +81,11 @@ fn a_real_client_s_writes_are_counted_exactly() {
     let v: Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!((v["disk"].as_str(), v["intervals"].as_u64(), v["writes"].as_u64()), (Some("vm1"), Some(1), Some(6)));
     assert!(
-        (v["zero_share"].as_f64().unwrap() - 0.2).abs() < 1e-9
-            && (v["repeat_share"].as_f64().unwrap() - 0.4).abs() < 1e-9
+        (v["zero_share"].as_f64().unwrap() - 0.5).abs() < 1e-9
+            && (v["repeat_share"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-9
     );
     let text = String::from_utf8(s.home.run_ok(&["profile", "show", "vm1"]).stdout).unwrap();
-    assert!(text.contains("distinct blocks changed per window") && text.contains("5 read back: 20.0% zero"), "{text}");
+    assert!(text.contains("distinct blocks changed per window") && text.contains("6 read back: 50.0% zero"), "{text}");
 }
 
 #[test]
@@ -190,11 +191,13 @@ fn a_day_of_churn(home: &Home, name: &str, block_count: u64) {
 fn plan_capacity_reads_real_profiles_and_says_what_a_link_cannot_hold() {
     let s = scratch();
     let image = s.path("disk.img");
-    // A 1 GiB image holding 256 MiB: what an initial sync reads.
+    // A 1 GiB image holding 256 MiB: what an initial sync reads. Half of
+    // it is random, half text, which the vault stores at a sliver.
     let f = fs::File::create(&image).unwrap();
     f.set_len(1 << 30).unwrap();
     drop(f);
-    let data = vm_tests::pseudo_random(256 << 20, 5);
+    let mut data = vm_tests::pseudo_random(128 << 20, 5);
+    data.extend(b"lifeboat keeps a ladder of recovery points. ".iter().cycle().take(128 << 20));
     fs::write(&image, &data).unwrap();
     fs::OpenOptions::new().write(true).open(&image).unwrap().set_len(1 << 30).unwrap();
     s.home.protect("vm1", &image, BS);
@@ -210,9 +213,13 @@ fn plan_capacity_reads_real_profiles_and_says_what_a_link_cannot_hold() {
     // shipped (no sample), 30% headroom, in 300 s.
     let want = 500.0 * 65536.0 * 1.3 / 300.0;
     assert!((d["bandwidth_p95"].as_f64().unwrap() - want).abs() < 1e-6, "{d}");
-    // Initial sync: the 256 MiB the image holds over 12.5 MB/s.
+    // Initial sync: of the 256 MiB the image holds, what a sample of it
+    // says the vault stores (the random half; the churn's sample, empty
+    // here, would have said all of it), over 12.5 MB/s. 256 blocks sampled:
+    // within 15%.
     let sync = d["initial_sync_seconds"].as_f64().unwrap();
-    assert!((sync - 268_435_456.0 / 12.5e6).abs() < 0.01 * sync, "{sync}");
+    let half = 134_217_728.0 / 12.5e6;
+    assert!((sync - half).abs() < 0.15 * half, "{sync} s, not about {half} s");
     assert_eq!(d["achievable_rpo"], 5.0, "100 Mbit/s holds even 5 s");
     assert!(d["problems"].as_array().unwrap().is_empty(), "{d}");
     assert_eq!(v["host"]["storage_by_day"].as_array().unwrap().len(), 17);

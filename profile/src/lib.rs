@@ -7,6 +7,7 @@
 //!   blocks back to tell zero, repeated and compressible data;
 //! - [`series`]: the bounded time series on disk, one record per interval;
 //! - [`summary`]: what `lifeboat profile show` prints;
+//! - [`data`]: a sample of an image's data, for the initial sync;
 //! - [`plan`]: the capacity plan's arithmetic (`lifeboat plan-capacity`),
 //!   and [`report`], its HTML page with charts;
 //! - [`Profiler`]: the recorder, the sampler and the thread that closes an
@@ -14,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod data;
 pub mod plan;
 pub mod recorder;
 pub mod report;
@@ -85,7 +87,9 @@ impl Profiler {
                 let (at, last) = match stopped.recv_timeout(wait) {
                     Err(RecvTimeoutError::Timeout) => (i64::try_from(boundary).unwrap_or(i64::MAX), false),
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                        // The last interval: with what the sampler still holds.
+                        // The last interval: its window's picks analysed
+                        // now, with what the sampler still holds.
+                        recorder.offer_window();
                         recorder.flush(Duration::from_secs(2));
                         (secs(unix_now()), true)
                     }

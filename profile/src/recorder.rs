@@ -1,26 +1,31 @@
 //! Counting a disk's writes as the filter serves them, and the sampler that
-//! reads written blocks back to see what they would cost to ship.
+//! reads changed blocks back to see what they would cost to ship.
 //!
 //! **On the write path** ([`Recorder::wrote`], a [`WriteObserver`]) there
 //! are only atomics: three counters and, for each candidate RPO window, one
 //! bit per block in memory, set with `fetch_or` (after a plain load finds
 //! it clear) so a block counts once per window however often it is
-//! rewritten. Then the written range is offered to the sampler with a
-//! `try_send` on a bounded queue: a full queue drops the offer, and the
-//! write never waits.
+//! rewritten. Nothing else: no queue, no wake-up.
 //!
-//! **The sampler** is a thread of its own. It reads each offered block back
-//! from the image (through the filter's own open file, so the page cache
-//! usually has it) and classifies it: all zero; a repeat of a block it saw
-//! before (a keyed BLAKE3 of the contents under a key made for this process
-//! and never stored, so no hash on disk can be matched against known data);
-//! or new, with the bytes the vault would store for it (the vault's own
-//! compression rule). It analyses at most `budget` blocks a second (256 by
-//! default), so a burst of churn costs a bounded share of a core; what it
-//! skips is not counted. Repeats are found among the blocks it analysed, so under heavy
-//! churn, when it samples, a block repeating one it skipped counts as new.
-//! It looks at its queue every 50 ms rather than waiting in `recv`, so that
-//! no write ever has to wake it.
+//! **The sampler** is a thread of its own. When a 30 s window ends, the
+//! recorder picks up to `budget` x 30 of the blocks it changed, at random
+//! ([`Recorder::offer_window`]): the blocks a 30 s cycle would read, as
+//! they stand when it would read them. (The first sampler took each write's
+//! blocks as the write went by. Under sub-block writes that sees a block
+//! after its first 4 KiB changed, not after all of them: for fio's 4 KiB
+//! random writes it said 0.30 of the changed bytes would ship where cycles
+//! shipped 0.37, `benches/plan-validate.sh`.) The sampler reads each picked
+//! block back from the image (through the filter's own open file, so the
+//! page cache usually has it) and classifies it: all zero (written, zeroed
+//! or trimmed: nothing ships); a repeat of a block it saw before (a keyed
+//! BLAKE3 of the contents under a key made for this process and never
+//! stored, so no hash on disk can be matched against known data); or new,
+//! with the bytes the vault would store for it (the vault's own compression
+//! rule). It analyses at most `budget` blocks a second (256 by default), so
+//! a burst of churn costs a bounded share of a core; a window's picks it has
+//! not reached when the next window's arrive are dropped. Repeats are found
+//! among the blocks it analysed, so a block repeating one it did not pick
+//! counts as new. It looks for picks every 50 ms.
 //!
 //! **Intervals.** [`Recorder::roll`] closes an interval at a given time and
 //! returns its [`Record`]; the caller's clock decides when (the
@@ -28,7 +33,9 @@
 //! injected clock). Windows are aligned to their length on the Unix clock,
 //! so a 5 min window is 00:00-00:05, 00:05-00:10, ...: a window's count is
 //! cleared by the roll whose interval ends it. A write that races the
-//! clearing of its window's bits may be counted in both windows.
+//! clearing of its window's bits may be counted in both windows. A record's
+//! sample counts are what the sampler analysed during its interval, that
+//! is, mostly the previous window's picks.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -44,8 +51,8 @@ use filter::WriteObserver;
 
 use crate::series::{Record, FLAG_PARTIAL, WINDOWS};
 
-/// Ranges offered to the sampler and not yet taken; more are dropped.
-const QUEUE: usize = 1024;
+/// Windows' picks offered to the sampler and not yet taken; more are dropped.
+const QUEUE: usize = 2;
 /// Distinct block hashes the sampler remembers; it forgets them all when
 /// this many are held (about 10 MB).
 const REMEMBERED: usize = 1 << 20;
@@ -54,15 +61,13 @@ const REMEMBERED: usize = 1 << 20;
 /// cache, well under 1% of a core), 22 million blocks a day. At 2,048 it
 /// cost `benches/nbd-bench.sh` measurable write throughput on 2 cores.
 pub const DEFAULT_BUDGET: u32 = 256;
-/// How often the sampler looks at its queue. It never sleeps in `recv`:
-/// a sampler blocked there is woken by every write's offer, a futex call
-/// per write on the VM's write path (tens of thousands a second).
+/// How often the sampler looks for picks and analyses its budget's worth.
 const POLL: Duration = Duration::from_millis(50);
 
-/// What the write path and the profiler hand the sampler.
+/// What the recorder hands the sampler.
 enum Offer {
-    /// Blocks just written.
-    Blocks(Range<u64>),
+    /// Blocks a window changed, picked at random.
+    Blocks(Vec<u64>),
     /// Analyse everything offered before this, then say so.
     Flush(SyncSender<()>),
 }
@@ -99,6 +104,33 @@ impl Window {
         }
     }
 
+    /// Up to `want` of the window's blocks, each set block as likely as
+    /// any other (reservoir sampling; `rng` is an xorshift64 state).
+    fn pick(&self, want: usize, rng: &mut u64) -> Vec<u64> {
+        let mut picked = Vec::with_capacity(want.min(usize::try_from(self.count.load(Relaxed)).unwrap_or(want)));
+        let mut seen = 0u64;
+        for (i, w) in self.bits.iter().enumerate() {
+            let mut word = w.load(Relaxed);
+            while word != 0 {
+                let b = i as u64 * 64 + u64::from(word.trailing_zeros());
+                word &= word - 1;
+                if picked.len() < want {
+                    picked.push(b);
+                } else {
+                    *rng ^= *rng << 13;
+                    *rng ^= *rng >> 7;
+                    *rng ^= *rng << 17;
+                    let j = *rng % (seen + 1);
+                    if let Some(slot) = usize::try_from(j).ok().and_then(|j| picked.get_mut(j)) {
+                        *slot = b;
+                    }
+                }
+                seen += 1;
+            }
+        }
+        picked
+    }
+
     fn clear(&self) {
         self.count.store(0, Relaxed);
         for w in &self.bits {
@@ -125,6 +157,10 @@ pub struct Recorder {
     bytes_zeroed: AtomicU64,
     writes: AtomicU64,
     offers: Option<SyncSender<Offer>>,
+    /// Blocks a second the sampler analyses: a window's picks are 30 s of it.
+    budget: u32,
+    /// The picks' xorshift64 state.
+    rng: Mutex<u64>,
     stats: Arc<SampleStats>,
     /// Start of the open interval, Unix seconds.
     start: Mutex<i64>,
@@ -148,13 +184,15 @@ impl Recorder {
             bytes_zeroed: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             offers: None,
+            budget: 0,
+            rng: Mutex::new(0x9e37_79b9_7f4a_7c15),
             stats: Arc::new(SampleStats::default()),
             start: Mutex::new(now),
             since: now,
         }
     }
 
-    /// A recorder whose written blocks are read back from `image` and
+    /// A recorder whose changed blocks are read back from `image` and
     /// analysed, at most `budget` a second, by the [`Sampler`] returned (to
     /// run on a thread of its own: [`Sampler::run`], which ends when the
     /// recorder is dropped).
@@ -167,13 +205,32 @@ impl Recorder {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let mut r = Recorder::new(geometry, now);
         r.offers = Some(tx);
+        r.budget = budget.max(1);
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(std::io::Error::other)?;
+        r.rng = Mutex::new(u64::from_le_bytes(seed) | 1);
         let sampler = Sampler::new(geometry, image, Arc::clone(&r.stats), rx, budget)?;
         Ok((r, sampler))
     }
 
+    /// Offers the sampler up to `budget` x 30 blocks picked at random among
+    /// those the 30 s window changed so far ([`Recorder::roll`] does when
+    /// the window ends; a stop, before [`Recorder::flush`]).
+    pub fn offer_window(&self) {
+        let Some(tx) = &self.offers else { return };
+        let want = usize::try_from(u64::from(self.budget) * u64::from(WINDOWS[0])).unwrap_or(usize::MAX);
+        let picks = self.windows[0].pick(want, &mut self.rng.lock().expect("recorder rng"));
+        if !picks.is_empty() {
+            match tx.try_send(Offer::Blocks(picks)) {
+                Ok(()) | Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
     /// Waits, up to `limit`, until the sampler has analysed every block
-    /// offered so far (before the last interval of a stop, so that its
-    /// counts are complete). False if it did not finish in time.
+    /// offered so far, without its budget (before the last interval of a
+    /// stop, so that its counts are complete). False if it did not finish
+    /// in time.
     pub fn flush(&self, limit: Duration) -> bool {
         let Some(offers) = &self.offers else { return true };
         let (done, wait) = std::sync::mpsc::sync_channel(1);
@@ -206,6 +263,9 @@ impl Recorder {
         if (0..WINDOWS.len()).any(|w| !record.window_whole(w)) {
             record.flags |= FLAG_PARTIAL;
         }
+        if record.ends_window(0) {
+            self.offer_window();
+        }
         for (w, window) in self.windows.iter().enumerate() {
             if record.ends_window(w) {
                 window.clear();
@@ -227,13 +287,6 @@ impl WriteObserver for Recorder {
         let blocks = blocks.start..blocks.end.min(self.geometry.block_count);
         for w in &self.windows {
             w.mark(blocks.clone());
-        }
-        if !zeroes {
-            if let Some(tx) = &self.offers {
-                match tx.try_send(Offer::Blocks(blocks)) {
-                    Ok(()) | Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
-                }
-            }
         }
     }
 }
@@ -277,34 +330,33 @@ impl Sampler {
         })
     }
 
-    /// Analyses offered blocks until the recorder is gone, at most
-    /// `budget` a second (a token bucket holding a second's worth).
+    /// Analyses offered picks until the recorder is gone, at most `budget`
+    /// a second (a token bucket holding a second's worth). A window's picks
+    /// replace what is left of the previous window's.
     pub fn run(mut self) {
         let rate = f64::from(self.budget.max(1));
-        let mut tokens = rate;
+        let mut pending: Vec<u64> = Vec::new();
+        let mut tokens = 0.0;
         let mut last = Instant::now();
         loop {
-            // Everything queued since the last look; what the budget does
-            // not cover is dropped.
             loop {
                 match self.offers.try_recv() {
-                    Ok(Offer::Blocks(range)) => {
-                        for b in range {
-                            let now = Instant::now();
-                            tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
-                            last = now;
-                            if tokens >= 1.0 {
-                                tokens -= 1.0;
-                                self.analyse(b);
-                            }
-                        }
-                    }
+                    Ok(Offer::Blocks(picks)) => pending = picks,
                     Ok(Offer::Flush(done)) => {
+                        pending.drain(..).for_each(|b| self.analyse(b));
                         let _ = done.try_send(());
                     }
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
                 }
+            }
+            let now = Instant::now();
+            tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+            last = now;
+            while tokens >= 1.0 {
+                let Some(b) = pending.pop() else { break };
+                tokens -= 1.0;
+                self.analyse(b);
             }
             std::thread::sleep(POLL);
         }
@@ -347,7 +399,7 @@ impl Sampler {
     fn drain(&mut self) {
         while let Ok(offer) = self.offers.try_recv() {
             match offer {
-                Offer::Blocks(range) => range.for_each(|b| self.analyse(b)),
+                Offer::Blocks(picks) => picks.into_iter().for_each(|b| self.analyse(b)),
                 Offer::Flush(done) => {
                     let _ = done.try_send(());
                 }
@@ -430,15 +482,45 @@ mod tests {
         std::fs::write(&path, &img).unwrap();
         let (r, mut s) = Recorder::with_sampler(geometry(blocks), 0, File::open(&path).unwrap(), 1).unwrap();
         r.wrote(0..6, 6 * BS, false);
+        // Nothing is offered as the writes go by: the window's end picks.
         s.drain();
-        let rec = r.roll(30);
+        assert_eq!(r.roll(30).sampled, 0);
+        s.drain();
+        let rec = r.roll(60);
         assert_eq!((rec.sampled, rec.sampled_zero, rec.sampled_repeat), (6, 1, 2));
         assert_eq!(rec.sampled_bytes, 3 * BS, "random 1, text, random 2");
         let text_stored = rec.sampled_stored - 2 * BS;
         assert!(text_stored > 0 && text_stored < BS / 8, "text compresses: {text_stored}");
-        // Zeroes are not offered to the sampler: they are counted as such.
-        r.wrote(0..6, 6 * BS, true);
+        // A block rewritten many times in a window is read once, as it
+        // stands at the window's end (a repeat of what was analysed before).
+        for _ in 0..10 {
+            r.wrote(4..5, 4096, false);
+        }
+        r.offer_window();
         s.drain();
-        assert_eq!(r.roll(60).sampled, 0);
+        assert_eq!((r.roll(90).sampled, r.roll(120).sampled), (1, 0));
+    }
+
+    #[test]
+    fn a_window_s_picks_are_its_blocks_at_random_up_to_thirty_seconds_of_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::write(&path, vec![1u8; usize::try_from(1000 * BS).unwrap()]).unwrap();
+        // Budget 1 a second: 30 of a window's 500 blocks, all different,
+        // all among those written (the even ones).
+        let (r, mut s) = Recorder::with_sampler(geometry(1000), 0, File::open(&path).unwrap(), 1).unwrap();
+        for b in (0..1000).step_by(2) {
+            r.wrote(b..b + 1, BS, false);
+        }
+        let picks = r.windows[0].pick(30, &mut r.rng.lock().unwrap());
+        assert_eq!(picks.len(), 30);
+        assert!(picks.iter().all(|b| b % 2 == 0));
+        assert_eq!(picks.iter().collect::<HashSet<_>>().len(), 30);
+        // Spread over the window, not its first 30 blocks.
+        assert!(picks.iter().any(|&b| b > 500), "{picks:?}");
+        r.roll(30);
+        s.drain();
+        let rec = r.roll(60);
+        assert_eq!((rec.sampled, rec.sampled_repeat), (30, 29), "one content, thirty blocks");
     }
 }
