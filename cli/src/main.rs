@@ -185,8 +185,12 @@ enum Command {
     /// a window the profile did not record is bounded from the 30 s, 5 min
     /// and 15 min windows it did (never under-estimated), and a disk whose
     /// churn the link cannot carry at any RPO is said to be, never given a
-    /// number. Example: `lifeboat plan-capacity --rpo 5m --link 100Mbit
-    /// --keep-daily 15`.
+    /// number. Disks cut together share the link: a disk's cycles are slowed
+    /// by the others' busy windows that coincide with its own (as the
+    /// profiles recorded them; a synthetic disk's are taken as coinciding).
+    /// The initial sync is planned from a sample of the data on each image.
+    /// `benches/plan-validate.sh` checks the plan against a real agent.
+    /// Example: `lifeboat plan-capacity --rpo 5m --link 100Mbit --keep-daily 15`.
     PlanCapacity(cmd::plan_capacity::Args),
     /// Measure this host's own ceilings, each beside its floor, in well
     /// under a minute: the cycle's read engine against O_DIRECT reads of

@@ -27,7 +27,7 @@
 
 use serde::Serialize;
 
-use crate::series::WINDOWS;
+use crate::series::{Record, SeriesShape, WINDOWS};
 use crate::summary::Summary;
 
 /// Changed bytes in one window length: the mean and the percentiles.
@@ -41,6 +41,63 @@ pub struct WindowLoad {
     pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
+}
+
+/// One recorded window of a disk: when it ended and what changed in it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    /// When the window ended, Unix seconds.
+    pub end: i64,
+    /// Its length, seconds (one of [`WINDOWS`]).
+    pub seconds: u32,
+    /// Bytes of distinct blocks changed in it.
+    pub bytes: f64,
+    /// Shipped bytes per changed byte in it, from the sampler's picks of
+    /// its blocks, if it analysed any.
+    pub ships: Option<f64>,
+}
+
+/// Every whole window of every length in a profile's records, oldest first:
+/// what lets the planner see which disks were busy at the same time, and
+/// what each busy window's own blocks ship (a burst of fresh data and a
+/// trickle of small writes ship at different ratios).
+///
+/// The sampler analyses a 30 s window's picks during the interval after
+/// it, so a window's sample is in the records that end within one interval
+/// after each of its 30 s parts: those ending in `(end - len + interval,
+/// end + interval]`.
+pub fn series(shape: &SeriesShape, records: &[Record]) -> Vec<Sample> {
+    let bs = f64::from(shape.block_size);
+    let step = i64::from(shape.interval.max(1));
+    let ends: Vec<i64> = records.iter().map(Record::end).collect();
+    let ships = |from: i64, to: i64| {
+        let (a, b) = (ends.partition_point(|&e| e <= from), ends.partition_point(|&e| e <= to));
+        let rs = &records[a..b.max(a)];
+        let sum = |f: fn(&Record) -> u64| rs.iter().map(f).sum::<u64>();
+        let sampled = sum(|r| u64::from(r.sampled));
+        #[allow(clippy::cast_precision_loss)]
+        (sampled > 0).then(|| {
+            let new = sampled - sum(|r| u64::from(r.sampled_zero)) - sum(|r| u64::from(r.sampled_repeat));
+            let (bytes, stored) = (sum(|r| r.sampled_bytes), sum(|r| r.sampled_stored));
+            let compressed = if bytes == 0 { 1.0 } else { stored as f64 / bytes as f64 };
+            new as f64 / sampled as f64 * compressed
+        })
+    };
+    let mut out = Vec::new();
+    for r in records {
+        for (w, &seconds) in WINDOWS.iter().enumerate() {
+            if r.ends_window(w) && r.window_whole(w) {
+                let end = r.end();
+                out.push(Sample {
+                    end,
+                    seconds,
+                    bytes: f64::from(r.distinct[w]) * bs,
+                    ships: ships(end - i64::from(seconds) + step, end + step),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// One disk's churn as the planner sees it.
@@ -67,11 +124,16 @@ pub struct DiskLoad {
     pub write_rate: WindowLoad,
     /// Seconds of churn recorded (0 for a synthetic spec).
     pub recorded_seconds: u64,
+    /// The recorded windows one by one ([`series`]; empty for a synthetic
+    /// spec): with every disk's, the plan sees whose busy windows coincide.
+    #[serde(skip)]
+    pub series: Vec<Sample>,
 }
 
 impl DiskLoad {
-    /// A disk's load from its recorded profile.
-    pub fn from_profile(name: &str, s: &Summary, disk_bytes: f64, used_bytes: f64) -> DiskLoad {
+    /// A disk's load from its recorded profile: `s` summarises it, `series`
+    /// lists its windows ([`series`]).
+    pub fn from_profile(name: &str, s: &Summary, series: Vec<Sample>, disk_bytes: f64, used_bytes: f64) -> DiskLoad {
         #[allow(clippy::cast_precision_loss)]
         let windows = s
             .windows
@@ -99,6 +161,7 @@ impl DiskLoad {
                 p99: s.p99_write_rate,
             },
             recorded_seconds: s.seconds,
+            series,
         }
     }
 
@@ -134,6 +197,7 @@ impl DiskLoad {
             peak_write_rate: rate * burst,
             write_rate: WindowLoad { seconds: 1, mean: rate, p95: rate * burst, p99: rate * burst },
             recorded_seconds: 0,
+            series: Vec::new(),
         }
     }
 
@@ -158,10 +222,33 @@ impl DiskLoad {
         Some(bound.min(self.disk_bytes))
     }
 
+    /// Bytes shipped for a window of `seconds`, by `pick`. When the profile
+    /// recorded windows of that length one by one with their own samples,
+    /// from those (each window's changes at its own ratio: a burst of fresh
+    /// data and a trickle of small writes ship differently, and the busy
+    /// windows are the bursts); otherwise the changed bytes at the
+    /// profile's mean ratio.
+    pub fn shipped(&self, seconds: f64, pick: fn(&WindowLoad) -> f64) -> Option<f64> {
+        let mut v: Vec<f64> = self
+            .series
+            .iter()
+            .filter(|s| f64::from(s.seconds) == seconds)
+            .map(|s| s.bytes.min(self.disk_bytes) * s.ships.unwrap_or(self.ships))
+            .collect();
+        if v.is_empty() {
+            return Some(self.changed(seconds, pick)? * self.ships);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let (p95, p99) = (nearest_rank(&mut v, 0.95), nearest_rank(&mut v, 0.99));
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(pick(&WindowLoad { seconds: seconds as u32, mean, p95, p99 }))
+    }
+
     /// The link rate, bytes a second, that ships each `rpo` window's changes
     /// within the window at `pick`, with `growth` headroom.
     pub fn bandwidth(&self, rpo: f64, pick: fn(&WindowLoad) -> f64, growth: f64) -> Option<f64> {
-        Some(self.changed(rpo, pick)? * self.ships * (1.0 + growth) / rpo)
+        Some(self.shipped(rpo, pick)? * (1.0 + growth) / rpo)
     }
 }
 
@@ -222,6 +309,10 @@ pub struct DiskPlan {
     pub initial_sync_seconds: Option<f64>,
     /// Vault bytes once the ladder is full.
     pub storage_bytes: Option<f64>,
+    /// Vault bytes each point adds while it is a recent one: a mean
+    /// window's changes as shipped (how fast the vault grows in the first
+    /// stretch of the ladder, before points are thinned).
+    pub point_bytes: Option<f64>,
     /// Vault bytes at the end of each day, from day 1 until the ladder is
     /// full (at least 15 days).
     pub storage_by_day: Vec<f64>,
@@ -292,9 +383,9 @@ fn storage(d: &DiskLoad, l: Ladder, rpo: f64) -> Option<(Vec<f64>, f64)> {
     let mean = |w: &WindowLoad| w.mean;
     let base = d.used_bytes * d.initial_ships;
     let recent_points = (l.recent / rpo).floor();
-    let recent = recent_points * d.changed(rpo, mean)? * d.ships;
-    let per_hour = d.changed(HOUR, mean)? * d.ships;
-    let per_day = d.changed(DAY, mean)? * d.ships;
+    let recent = recent_points * d.shipped(rpo, mean)?;
+    let per_hour = d.shipped(HOUR, mean)?;
+    let per_day = d.shipped(DAY, mean)?;
     let span_days = (l.recent / DAY + f64::from(l.hourly) / 24.0 + f64::from(l.daily)).ceil().max(15.0);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let days = span_days as usize;
@@ -305,7 +396,7 @@ fn storage(d: &DiskLoad, l: Ladder, rpo: f64) -> Option<(Vec<f64>, f64)> {
         let hours = (past_recent / HOUR).floor().min(f64::from(l.hourly));
         let past_hourly = (past_recent - f64::from(l.hourly) * HOUR).max(0.0);
         let daily = (past_hourly / DAY).floor().min(f64::from(l.daily));
-        let recent_now = (t.min(l.recent) / rpo).floor() * d.changed(rpo, mean).unwrap_or(0.0) * d.ships;
+        let recent_now = (t.min(l.recent) / rpo).floor() * d.shipped(rpo, mean).unwrap_or(0.0);
         base + recent_now + hours * per_hour + daily * per_day
     };
     #[allow(clippy::cast_precision_loss)]
@@ -314,8 +405,161 @@ fn storage(d: &DiskLoad, l: Ladder, rpo: f64) -> Option<(Vec<f64>, f64)> {
     Some((by_day, full))
 }
 
-/// Plans one disk.
+/// The rate a disk's changes ship at, bytes (as shipped) a second: the link,
+/// or the pipeline (the cores it may use) if slower, if either is known.
+fn ship_rate(d: &DiskLoad, t: &Targets) -> Option<f64> {
+    let pipeline = t.machine.map(|m| m.pipeline_per_core * f64::from(m.cores));
+    match (t.link, pipeline) {
+        (Some(l), Some(p)) => Some(l.min(p / d.ships.max(1e-9))),
+        (Some(l), None) => Some(l),
+        (None, Some(p)) => Some(p / d.ships.max(1e-9)),
+        (None, None) => None,
+    }
+}
+
+/// Seconds a cycle of the mean, p95 and p99 window takes with the link and
+/// the pipeline to itself.
+fn alone(d: &DiskLoad, t: &Targets) -> Option<[f64; 3]> {
+    let rate = ship_rate(d, t)?;
+    let cycle = |pick: fn(&WindowLoad) -> f64| Some(d.shipped(t.rpo, pick)? / rate);
+    Some([cycle(|w| w.mean)?, cycle(|w| w.p95)?, cycle(|w| w.p99)?])
+}
+
+/// The oldest the newest point gets: an interval plus a p99 cycle, if
+/// that cycle fits in the interval.
+fn max_rpo(cycles: Option<[f64; 3]>, rpo: f64) -> Option<f64> {
+    cycles.and_then(|[_, _, c]| (c <= rpo).then_some(rpo + c))
+}
+
+fn overrun_note(name: &str, cycles: Option<[f64; 3]>, rpo: f64) -> Option<String> {
+    let [_, _, c] = cycles?;
+    (c > rpo).then(|| {
+        format!(
+            "{name}: a cycle of a p99 window takes {}, longer than the RPO: at the busiest times the points fall \
+             behind and the achieved RPO grows until the burst passes",
+            secs(c)
+        )
+    })
+}
+
+/// One cycle's time when the disks of a round share the link and the
+/// pipeline: `own` seconds alone, `others` the other disks' seconds alone
+/// in the same round. The link serves the cycles in flight in turn (each
+/// transfer reserves its share of the rate), so until this disk's cycle
+/// ends each other disk takes as much as it does, up to its own need.
+fn shared(own: f64, others: impl Iterator<Item = f64>) -> f64 {
+    own + others.map(|o| o.min(own)).sum::<f64>()
+}
+
+/// Nearest-rank percentile `q` of `v` (sorted here).
+fn nearest_rank(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Each disk's cycles, and the host's rounds (every disk's cycle of one
+/// cut), when the disks share the link: `[mean, p95, p99]` seconds.
+///
+/// The agent cuts every disk of one RPO at the same moments, so their
+/// cycles overlap. When every disk's profile recorded windows of the RPO's
+/// length, the windows that ended together (within half a window) are one
+/// round, each window's changes ship at its own sampled ratio, and each
+/// disk's cycle in it is [`shared`] with the others' of the same round:
+/// busy windows that did not coincide do not slow each other.
+/// Otherwise (a synthetic disk, an RPO no profile records) every disk's
+/// mean, p95 and p99 windows are taken as coinciding, which errs long.
+fn shared_cycles(disks: &[DiskLoad], t: &Targets) -> (Vec<Option<[f64; 3]>>, Option<[f64; 3]>) {
+    let rates: Option<Vec<f64>> = disks.iter().map(|d| ship_rate(d, t)).collect();
+    let Some(rates) = rates else {
+        return (disks.iter().map(|_| None).collect(), None);
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let len = t.rpo as u32;
+    let of_len = |d: &DiskLoad| d.series.iter().filter(|s| s.seconds == len).copied().collect::<Vec<_>>();
+    let joint =
+        (f64::from(len) == t.rpo && disks.iter().all(|d| d.series.iter().any(|s| s.seconds == len))).then(|| {
+            // Rounds: windows whose ends lie within half a window of the
+            // round's first; seconds alone per disk (0 if it had none).
+            let mut ends: Vec<(i64, usize, f64)> = disks
+                .iter()
+                .enumerate()
+                .flat_map(|(i, d)| {
+                    let rate = rates[i];
+                    of_len(d)
+                        .into_iter()
+                        .map(move |s| (s.end, i, s.bytes.min(d.disk_bytes) * s.ships.unwrap_or(d.ships) / rate))
+                })
+                .collect();
+            ends.sort_by_key(|e| e.0);
+            let mut rounds: Vec<Vec<Option<f64>>> = Vec::new();
+            let mut first = i64::MIN;
+            for (end, i, secs) in ends {
+                if rounds.is_empty() || end - first > i64::from(len / 2) || rounds.last().unwrap()[i].is_some() {
+                    rounds.push(vec![None; disks.len()]);
+                    first = end;
+                }
+                rounds.last_mut().unwrap()[i] = Some(secs);
+            }
+            rounds
+        });
+    if let Some(rounds) = joint {
+        let stats = |mut v: Vec<f64>| {
+            #[allow(clippy::cast_precision_loss)]
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            [mean, nearest_rank(&mut v, 0.95), nearest_rank(&mut v, 0.99)]
+        };
+        let per_disk = (0..disks.len())
+            .map(|i| {
+                let v: Vec<f64> = rounds
+                    .iter()
+                    .filter_map(|r| {
+                        let own = r[i]?;
+                        Some(shared(own, r.iter().enumerate().filter(|(j, _)| *j != i).filter_map(|(_, o)| *o)))
+                    })
+                    .collect();
+                Some(stats(v))
+            })
+            .collect();
+        let host = stats(rounds.iter().map(|r| r.iter().flatten().sum()).collect());
+        return (per_disk, Some(host));
+    }
+    let own: Option<Vec<[f64; 3]>> = disks.iter().map(|d| alone(d, t)).collect();
+    let Some(own) = own else {
+        return (disks.iter().map(|_| None).collect(), None);
+    };
+    let per_disk = (0..own.len())
+        .map(|i| {
+            Some(
+                [0, 1, 2]
+                    .map(|k| shared(own[i][k], own.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, o)| o[k]))),
+            )
+        })
+        .collect();
+    let host = [0, 1, 2].map(|k| own.iter().map(|o| o[k]).sum());
+    (per_disk, Some(host))
+}
+
+/// Plans one disk, as if it had the link and the pipeline to itself
+/// ([`plan`] shares them among the host's disks).
 pub fn plan_disk(d: &DiskLoad, t: &Targets) -> DiskPlan {
+    let mut p = plan_disk_but_cycles(d, t);
+    set_cycles(&mut p, alone(d, t), t.rpo);
+    p
+}
+
+/// A disk's cycles, the oldest its newest point gets, and a note if its
+/// p99 cycle overruns the interval.
+fn set_cycles(p: &mut DiskPlan, cycles: Option<[f64; 3]>, rpo: f64) {
+    p.cycle_seconds = cycles;
+    p.max_rpo_seconds = max_rpo(cycles, rpo);
+    p.notes.extend(overrun_note(&p.name, cycles, rpo));
+}
+
+/// Everything of a disk's plan but its cycles (which depend on the disks
+/// it shares the link with).
+fn plan_disk_but_cycles(d: &DiskLoad, t: &Targets) -> DiskPlan {
     let p95 = |w: &WindowLoad| w.p95;
     let p99 = |w: &WindowLoad| w.p99;
     let mut problems = Vec::new();
@@ -362,8 +606,6 @@ pub fn plan_disk(d: &DiskLoad, t: &Targets) -> DiskPlan {
             });
         }
     }
-    // The pipeline's rate: the cores it may use, or the link if slower.
-    let pipeline = t.machine.map(|m| m.pipeline_per_core * f64::from(m.cores));
     let read = d.changed(t.rpo, p95);
     let cores = match (t.machine, read) {
         (Some(m), Some(read)) => Some(read * (1.0 + t.growth) / t.rpo / m.pipeline_per_core),
@@ -379,29 +621,8 @@ pub fn plan_disk(d: &DiskLoad, t: &Targets) -> DiskPlan {
             ));
         }
     }
-    let ship_rate = match (t.link, pipeline) {
-        (Some(l), Some(p)) => Some(l.min(p / d.ships.max(1e-9))),
-        (Some(l), None) => Some(l),
-        (None, Some(p)) => Some(p / d.ships.max(1e-9)),
-        (None, None) => None,
-    };
+    let ship_rate = ship_rate(d, t);
     let initial_sync_seconds = ship_rate.map(|r| d.used_bytes * d.initial_ships / r);
-    let cycle = |pick: fn(&WindowLoad) -> f64| Some(d.changed(t.rpo, pick)? * d.ships / ship_rate?);
-    let cycle_seconds = match (cycle(|w| w.mean), cycle(p95), cycle(p99)) {
-        (Some(a), Some(b), Some(c)) => Some([a, b, c]),
-        _ => None,
-    };
-    let max_rpo_seconds = cycle_seconds.and_then(|[_, _, c]| (c <= t.rpo).then_some(t.rpo + c));
-    if let Some([_, _, c]) = cycle_seconds {
-        if c > t.rpo {
-            notes.push(format!(
-                "{}: a cycle of a p99 window takes {}, longer than the RPO: at the busiest times the points fall \
-                 behind and the achieved RPO grows until the burst passes",
-                d.name,
-                secs(c)
-            ));
-        }
-    }
     // A cycle of a p95 window takes its shipped bytes over the ship rate;
     // meanwhile the VM may overwrite blocks not yet read, each copied aside
     // once: at most the window's blocks, at most the peak write rate times
@@ -422,11 +643,12 @@ pub fn plan_disk(d: &DiskLoad, t: &Targets) -> DiskPlan {
         achievable_rpo,
         initial_sync_seconds,
         storage_bytes,
+        point_bytes: d.shipped(t.rpo, |w| w.mean),
         storage_by_day,
         cores,
         copy_memory_bytes,
-        cycle_seconds,
-        max_rpo_seconds,
+        cycle_seconds: None,
+        max_rpo_seconds: None,
         problems,
         notes,
     }
@@ -434,7 +656,11 @@ pub fn plan_disk(d: &DiskLoad, t: &Targets) -> DiskPlan {
 
 /// Plans every disk and the host.
 pub fn plan(disks: &[DiskLoad], t: &Targets) -> Plan {
-    let plans: Vec<DiskPlan> = disks.iter().map(|d| plan_disk(d, t)).collect();
+    let mut plans: Vec<DiskPlan> = disks.iter().map(|d| plan_disk_but_cycles(d, t)).collect();
+    let (cycles, host_cycles) = shared_cycles(disks, t);
+    for (p, c) in plans.iter_mut().zip(cycles) {
+        set_cycles(p, c, t.rpo);
+    }
     let sum = |f: fn(&DiskPlan) -> Option<f64>| plans.iter().map(f).sum::<Option<f64>>();
     let p95 = |w: &WindowLoad| w.p95;
     let host_need = |r: f64| disks.iter().map(|d| d.bandwidth(r, p95, t.growth)).sum::<Option<f64>>();
@@ -472,11 +698,12 @@ pub fn plan(disks: &[DiskLoad], t: &Targets) -> Plan {
         achievable_rpo,
         initial_sync_seconds: sum(|p| p.initial_sync_seconds),
         storage_bytes: sum(|p| p.storage_bytes),
+        point_bytes: sum(|p| p.point_bytes),
         storage_by_day,
         cores: sum(|p| p.cores),
         copy_memory_bytes: sum(|p| p.copy_memory_bytes),
-        // The disks share the link: their cycles are not the host's.
-        cycle_seconds: None,
+        // A round: every disk's cycle of one cut.
+        cycle_seconds: host_cycles,
         max_rpo_seconds: plans.iter().map(|p| p.max_rpo_seconds).reduce(|a, b| Some(a?.max(b?))).flatten(),
         problems,
         notes: Vec::new(),
@@ -504,6 +731,7 @@ mod tests {
             peak_write_rate: 10.0 * MB,
             write_rate: WindowLoad { seconds: 1, mean: 1.0 * MB, p95: 2.0 * MB, p99: 3.0 * MB },
             recorded_seconds: 7 * 86_400,
+            series: Vec::new(),
         }
     }
 
@@ -560,6 +788,8 @@ mod tests {
         assert_eq!(p.storage_by_day.len(), 17);
         assert!((p.storage_by_day[16] - full).abs() < 1.0);
         assert!(p.storage_by_day.windows(2).all(|w| w[1] >= w[0]));
+        // Each recent point: the mean 5 min window, 100 MB, half shipped.
+        assert!((p.point_bytes.unwrap() - 50.0 * MB).abs() < 1e-6);
         // Copy memory: the 200 MB window shipped at 125 MB/s takes 0.8 s;
         // 10 MB/s of writes meanwhile: 8 MB.
         assert!((p.copy_memory_bytes.unwrap() - 8.0 * MB).abs() < 1.0);
@@ -630,5 +860,115 @@ mod tests {
         empty.windows.clear();
         let p = plan_disk(&empty, &t);
         assert!(p.bandwidth_p95.is_none() && p.problems[0].contains("no whole window"));
+    }
+
+    /// A disk whose 30 s windows, ending at `start + 30 k`, change `mb[k]` MB,
+    /// all of it shipped: its summary windows from the same numbers.
+    fn recorded(name: &str, start: i64, mb: &[f64]) -> DiskLoad {
+        let mut v: Vec<f64> = mb.iter().map(|m| m * MB).collect();
+        let series = v
+            .iter()
+            .enumerate()
+            .map(|(k, &bytes)| Sample { end: start + 30 * (k as i64 + 1), seconds: 30, bytes, ships: None })
+            .collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let (p95, p99) = (nearest_rank(&mut v, 0.95), nearest_rank(&mut v, 0.99));
+        DiskLoad {
+            name: name.into(),
+            disk_bytes: 1e9,
+            used_bytes: 0.0,
+            windows: vec![WindowLoad { seconds: 30, mean, p95, p99 }],
+            ships: 1.0,
+            initial_ships: 1.0,
+            peak_write_rate: 10.0 * MB,
+            write_rate: WindowLoad { seconds: 1, mean: 1.0 * MB, p95: 2.0 * MB, p99: 2.0 * MB },
+            recorded_seconds: 120,
+            series,
+        }
+    }
+
+    fn close(got: [f64; 3], want: [f64; 3]) -> bool {
+        got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9)
+    }
+
+    #[test]
+    fn disks_sharing_the_link_slow_each_other_only_when_busy_together() {
+        // 10 MB/s, no pipeline limit. a bursts in the first round, b in the
+        // third; their profiles' intervals are 7 s apart.
+        let a = recorded("a", 1_000, &[30.0, 1.0, 1.0, 1.0]);
+        let b = recorded("b", 1_007, &[1.0, 1.0, 50.0, 1.0]);
+        let mut t = targets(30.0, Some(10.0 * MB));
+        t.machine = None;
+        let p = plan(&[a.clone(), b.clone()], &t);
+        // a's cycles: 3 s + 0.1 s of b's (b needs less than a), then 0.1 +
+        // 0.1, then 0.1 + 0.1 (b's burst takes only what a takes), 0.2.
+        let [ca, cb] = [p.disks[0].cycle_seconds.unwrap(), p.disks[1].cycle_seconds.unwrap()];
+        assert!(close(ca, [3.7 / 4.0, 3.1, 3.1]), "{ca:?}");
+        assert!(close(cb, [5.7 / 4.0, 5.1, 5.1]), "{cb:?}");
+        assert!((p.disks[0].max_rpo_seconds.unwrap() - 33.1).abs() < 1e-9);
+        assert!((p.disks[1].max_rpo_seconds.unwrap() - 35.1).abs() < 1e-9);
+        // The host's rounds: 3.1, 0.2, 5.1 and 0.2 s.
+        assert!(close(p.host.cycle_seconds.unwrap(), [8.6 / 4.0, 5.1, 5.1]), "{:?}", p.host.cycle_seconds);
+        // Alone, a disk's cycles are its own windows.
+        assert!(close(plan_disk(&a, &t).cycle_seconds.unwrap(), [3.3 / 4.0, 3.0, 3.0]));
+
+        // Without the windows one by one (as for a synthetic spec), the
+        // busiest windows are taken as coinciding: a's p95 3 s + 3 s of
+        // b's 5 s; b's 5 s + all of a's 3 s.
+        let (mut a2, mut b2) = (a, b);
+        a2.series.clear();
+        b2.series.clear();
+        let p = plan(&[a2, b2], &t);
+        let [ca, cb] = [p.disks[0].cycle_seconds.unwrap(), p.disks[1].cycle_seconds.unwrap()];
+        assert!((ca[1] - 6.0).abs() < 1e-9 && (cb[1] - 8.0).abs() < 1e-9, "{ca:?} {cb:?}");
+        assert!((p.host.cycle_seconds.unwrap()[1] - 8.0).abs() < 1e-9);
+        // An RPO no profile records whole (60 s) falls back the same way.
+        let p = plan(
+            &[recorded("a", 0, &[30.0, 1.0, 1.0, 1.0]), recorded("b", 0, &[1.0, 1.0, 50.0, 1.0])],
+            &Targets { rpo: 60.0, ..t },
+        );
+        assert!(p.disks[0].cycle_seconds.unwrap()[1] > 6.0, "{:?}", p.disks[0].cycle_seconds);
+    }
+
+    #[test]
+    fn a_window_ships_at_the_ratio_its_own_blocks_were_sampled_at() {
+        // Five 30 s records; each carries the sample of the window before
+        // it. Window 2 (ending at 60) is a burst of fresh data that stores
+        // at half; the others store at a tenth.
+        let shape = SeriesShape { capacity: 10, interval: 30, block_size: 65536, block_count: 10_000 };
+        let rec = |k: u32, distinct: u32, stored_tenths: u64| Record {
+            seq: u64::from(k) + 1,
+            start: 30 * i64::from(k),
+            seconds: 30,
+            distinct: [distinct; 5],
+            sampled: if k == 0 { 0 } else { 10 },
+            sampled_bytes: if k == 0 { 0 } else { 10 * 65536 },
+            sampled_stored: stored_tenths * 65536,
+            since: 0,
+            ..Record::default()
+        };
+        let records = [rec(0, 100, 0), rec(1, 1000, 1), rec(2, 100, 5), rec(3, 100, 1), rec(4, 100, 1)];
+        let s = series(&shape, &records);
+        let thirty: Vec<Option<f64>> = s.iter().filter(|s| s.seconds == 30).map(|s| s.ships).collect();
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(close(thirty[0], 0.1) && close(thirty[1], 0.5) && close(thirty[2], 0.1), "{thirty:?}");
+        assert_eq!(thirty[4], None, "the last window's sample is not in yet");
+        // The burst's cycle ships at its own half, not the profile's mean.
+        let mut d = recorded("a", 0, &[6.5536, 65.536, 6.5536, 6.5536, 6.5536]);
+        d.ships = 0.2;
+        d.series = s;
+        let mut t = targets(30.0, Some(10.0 * MB));
+        t.machine = None;
+        let p = plan(&[d], &t);
+        let [_, _, p99] = p.disks[0].cycle_seconds.unwrap();
+        assert!((p99 - 65.536 * 0.5 / 10.0).abs() < 1e-9, "{p99}");
+        // So does the link it needs (30% headroom), and each point's growth
+        // is the windows' mean as shipped: (4 x 0.65536 + 32.768) / 5 MB
+        // (the last window at the profile's 0.2).
+        let bw = p.disks[0].bandwidth_p99.unwrap();
+        assert!((bw - 65.536 * MB * 0.5 * 1.3 / 30.0).abs() < 1e-6, "{bw}");
+        let point = p.disks[0].point_bytes.unwrap();
+        let want = (3.0 * 0.65536 + 32.768 + 6.5536 * 0.2) * MB / 5.0;
+        assert!((point - want).abs() < 1e-6, "{point} {want}");
     }
 }

@@ -93,8 +93,12 @@ fn parse_synthetic(s: &str) -> Result<Synthetic, String> {
     Ok(Synthetic(DiskLoad::synthetic(name, size, used, churn, daily, burst, ships)))
 }
 
+/// How long plan-capacity reads a disk's image for its initial sync's sample.
+const SAMPLE_TIME: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A protected disk's load from its profile: its size from the profile,
-/// the data an initial sync reads from the image's allocated bytes.
+/// the data an initial sync reads from the image's allocated bytes, what
+/// of it ships from a sample of the image.
 #[allow(clippy::cast_precision_loss)]
 fn load_disk(home: &Home, name: &str) -> Result<(DiskLoad, ChurnSeries)> {
     let (entry, shape, records) = crate::cmd::profile::read(home, name)?;
@@ -106,10 +110,28 @@ fn load_disk(home: &Home, name: &str) -> Result<(DiskLoad, ChurnSeries)> {
     };
     let bs = f64::from(shape.block_size);
     let points = records.iter().map(|r| (r.start, f64::from(r.distinct[0]) * bs)).collect();
-    Ok((
-        DiskLoad::from_profile(name, &s, disk_bytes, used.min(disk_bytes)),
-        ChurnSeries { name: name.to_string(), points },
-    ))
+    let mut load = DiskLoad::from_profile(name, &s, plan::series(&shape, &records), disk_bytes, used.min(disk_bytes));
+    // The initial sync ships the data on the image, which may compress
+    // unlike the writes the profile sampled: read a sample of it.
+    let sample = std::fs::File::open(&entry.config.image).and_then(|f| {
+        profile::data::sample_image(
+            &f,
+            shape.block_count * u64::from(shape.block_size),
+            shape.block_size,
+            256,
+            SAMPLE_TIME,
+        )
+    });
+    match sample.map(|s| s.ships()) {
+        Ok(Some(ships)) => load.initial_ships = ships,
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            "lifeboat plan-capacity: note: {name}: could not sample the data on {} ({e}); its initial sync is \
+             planned with the compression of its writes",
+            entry.config.image.display()
+        ),
+    }
+    Ok((load, ChurnSeries { name: name.to_string(), points }))
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -222,8 +244,9 @@ fn print_table(p: &Plan) {
         );
     }
     outln!(
-        "(bandwidth: to ship each RPO window's changes within it; cycle: a p95 window read and shipped; max RPO: \
-         an interval plus a p99 cycle; vault: once the retention ladder is full)"
+        "(bandwidth: to ship each RPO window's changes within it; cycle: a p95 window read and shipped beside the \
+         other disks' cycles of the same cut (host: a whole cut); max RPO: an interval plus a p99 cycle; vault: once \
+         the retention ladder is full)"
     );
     let problems: Vec<&String> = p.disks.iter().chain(std::iter::once(&p.host)).flat_map(|d| &d.problems).collect();
     if problems.is_empty() {
