@@ -32,6 +32,7 @@ use disk_format::key_file::{KeyFileDamage, SALT_LEN};
 use disk_format::map_page::page_blocks;
 use disk_format::pack::PackVersion;
 use disk_format::pack::PackWriter;
+use disk_format::page_pack::Hints;
 use disk_format::Cipher;
 use disk_format::{
     BlockId, Consistency, CryptoError, Geometry, KdfParams, KeyFile, KeyFileError, Keys, MapBuilder, MapPage,
@@ -130,8 +131,8 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
     files.push(("aes-vault.config", aes.encode().to_vec()));
     files.push(("golden-v3-aes.pack", pack_with(&keys, Cipher::Aes256Gcm, &POINT1, 1, 21).1));
 
-    let (_, golden_pack) = pack(&keys, &POINT1, 1, 1);
-    let (_, other_pack) = pack(&keys, &POINT2, 2, 11);
+    let (golden_id, golden_pack) = pack(&keys, &POINT1, 1, 1);
+    let (other_id, other_pack) = pack(&keys, &POINT2, 2, 11);
     files.push(("golden-v2.pack", golden_pack));
     files.push(("other-v2.pack", other_pack));
 
@@ -189,7 +190,7 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
     // in point 1's pack.
     let pack_of = |pages: &[(PageId, Vec<u8>)]| {
         let refs: Vec<(PageId, &[u8])> = pages.iter().map(|(id, b)| (*id, b.as_slice())).collect();
-        PagePack::encode(&refs).unwrap()
+        PagePack::encode(&refs, None).unwrap()
     };
     let (pack1, pack2) = (pack_of(&map1.new_pages), pack_of(&map2.new_pages));
     let (id1, id2) = (PageId::of(&pack1), PageId::of(&pack2));
@@ -202,6 +203,11 @@ fn golden() -> Vec<(&'static str, Vec<u8>)> {
         page_pack_of: vec![none, 0, 1],
         ..root2.clone()
     };
+    // Page pack version 2: point 2's page with the packs of its blocks
+    // (600 and 1023 in point 1's pack, 601 and 700 in point 2's).
+    let refs: Vec<(PageId, &[u8])> = map2.new_pages.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+    let hints = Hints::from_sets(&[Some(vec![other_id, golden_id])]).unwrap();
+    files.push(("v2-hints.pagepack", PagePack::encode(&refs, Some(&hints)).unwrap()));
     files.push(("v3-point-1.pagepack", pack1));
     files.push(("v3-point-2.pagepack", pack2));
     files.push(("v3-point-2.root", v3_root2.encode(&keys).unwrap()));
@@ -322,6 +328,29 @@ fn fixtures_are_the_bytes_the_code_writes() {
         let on_disk = read(name);
         assert!(on_disk == bytes, "{name} differs from what the code writes: the format changed");
     }
+}
+
+#[test]
+fn a_version_2_page_pack_hints_the_packs_of_its_pages_blocks() {
+    let b = read("v2-hints.pagepack");
+    let pack = PagePack::verify(&b, &PageId::of(&b)).unwrap();
+    let hints = pack.hints(&b, b.len() as u64).unwrap().unwrap().expect("version 2 has hints");
+    let mut named: Vec<PackId> = hints.of_page(0).unwrap().copied().collect();
+    let mut want: Vec<PackId> = ["golden-v2.pack", "other-v2.pack"]
+        .iter()
+        .map(|n| {
+            let bytes = read(n);
+            Pack::parse(&bytes).unwrap().id()
+        })
+        .collect();
+    named.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(named, want, "point 2's page 1: 600 and 1023 in point 1's pack, 601 and 700 in point 2's");
+    // The same page, in the same place, as in the version 1 pack.
+    let v1 = read("v3-point-2.pagepack");
+    let old = PagePack::parse(&v1).unwrap();
+    assert_eq!(pack.entries, old.entries);
+    assert_eq!(pack.entries[0].bytes(&b), old.entries[0].bytes(&v1));
 }
 
 #[test]

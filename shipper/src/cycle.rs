@@ -1,6 +1,6 @@
 //! One replication cycle, from cut to committed point.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -625,7 +625,9 @@ impl Cycle<'_, '_> {
             // stored while the storer finishes the last pack. The root still
             // waits for both.
             let (read, pages) = match read {
-                Ok((map, report)) => (Ok(report), Some(store_pages(vault, map, previous))),
+                Ok((map, placed, report)) => {
+                    (Ok(report), Some(store_pages(vault, map, previous, &placed, known.index())))
+                }
                 Err(e) => (Err(e), None),
             };
             let stored_packs = storer.join().map_err(|_| ShipError::Panic);
@@ -710,7 +712,7 @@ impl Cycle<'_, '_> {
         mut packer: Packer<'_>,
         blocks: &[u64],
         known: &mut Known,
-    ) -> Result<(MapBuilder, CycleReport), ShipError> {
+    ) -> Result<(MapBuilder, Placed, CycleReport), ShipError> {
         packer.track_known = matches!(known, Known::Cache(_));
         let cached = self.run_pipeline(&mut packer, blocks, known.index())?;
         if let Known::Cache(cache) = known {
@@ -876,8 +878,11 @@ struct Packer<'p> {
     /// The pack being filled, and its number in this cycle (from 0).
     pack: PackWriter<ChunkOut<'p>>,
     number: u64,
-    /// Blocks put in a pack by this cycle (a block sealed twice is stored once).
-    stored: HashSet<BlockId>,
+    /// Blocks put in a pack by this cycle (a block sealed twice is stored
+    /// once), with that pack's number.
+    stored: HashMap<BlockId, u32>,
+    /// The ids of the packs ended so far, by number.
+    ended: Vec<PackId>,
     map: MapBuilder,
     report: CycleReport,
     /// Record which packs the known blocks were found in (`known_in`).
@@ -904,7 +909,8 @@ impl<'p> Packer<'p> {
             to_storer,
             pack,
             number: 0,
-            stored: HashSet::new(),
+            stored: HashMap::new(),
+            ended: Vec::new(),
             map,
             report,
             track_known: false,
@@ -928,10 +934,13 @@ impl<'p> Packer<'p> {
         pack.map_err(|source| ShipError::Pack { pack: number, block: None, source })
     }
 
-    /// Ends pack `number`: its index and trailer go to the storer, which commits it.
-    fn end(pack: PackWriter<ChunkOut<'p>>, number: u64) -> Result<(), ShipError> {
+    /// Ends pack `number`: its index and trailer go to the storer, which
+    /// commits it. Returns its id.
+    fn end(pack: PackWriter<ChunkOut<'p>>, number: u64) -> Result<PackId, ShipError> {
         let finished = pack.finish().map_err(|source| ShipError::Pack { pack: number, block: None, source })?;
-        ChunkOut::end(finished).map_err(|source| ShipError::PackOut { pack: number, source })
+        let id = finished.id;
+        ChunkOut::end(finished).map_err(|source| ShipError::PackOut { pack: number, source })?;
+        Ok(id)
     }
 
     fn set(&mut self, block: u64, id: BlockId) -> Result<(), ShipError> {
@@ -955,7 +964,8 @@ impl<'p> Packer<'p> {
             }
             Sealed::New { index, id, buf, blob_len, checksum, compressed, len } => {
                 self.set(*index, *id)?;
-                if !self.stored.insert(*id) {
+                let number = u32::try_from(self.number).expect("fewer than 2^32 packs a cycle");
+                if self.stored.insert(*id, number).is_some() {
                     self.report.known_blocks += 1;
                     return Ok(());
                 }
@@ -968,7 +978,7 @@ impl<'p> Packer<'p> {
                     .map_err(|source| ShipError::Pack { pack: number, block: Some(*index), source })?;
                 if self.pack.bytes_written() >= PACK_TARGET {
                     let next = Packer::open(self.free, self.to_storer, number + 1, self.pack.cipher(), self.compress)?;
-                    Packer::end(std::mem::replace(&mut self.pack, next), number)?;
+                    self.ended.push(Packer::end(std::mem::replace(&mut self.pack, next), number)?);
                     self.number = number + 1;
                 }
                 Ok(())
@@ -977,18 +987,49 @@ impl<'p> Packer<'p> {
     }
 
     /// Ends the last pack, after the pipeline said `cached` of the
-    /// `blocks` it was given came from the page cache; returns the new map
-    /// and the counts.
-    fn finish(self, blocks: u64, cached: u64) -> Result<(MapBuilder, CycleReport), ShipError> {
-        let Packer { pack, number, map, mut report, .. } = self;
+    /// `blocks` it was given came from the page cache; returns the new map,
+    /// where the cycle stored its new blocks, and the counts.
+    fn finish(self, blocks: u64, cached: u64) -> Result<(MapBuilder, Placed, CycleReport), ShipError> {
+        let Packer { pack, number, map, mut report, stored, mut ended, .. } = self;
         report.cached_blocks = cached;
         if report.blocks_read != blocks {
             return Err(ShipError::BlocksLost { shipped: report.blocks_read, blocks });
         }
         if pack.count() > 0 {
-            Packer::end(pack, number)?;
+            ended.push(Packer::end(pack, number)?);
         }
-        Ok((map, report))
+        Ok((map, Placed { stored, packs: ended }, report))
+    }
+}
+
+/// The packs a cycle stored its new blocks in.
+struct Placed {
+    /// Each new block's pack, by number.
+    stored: HashMap<BlockId, u32>,
+    /// The packs' ids, by number.
+    packs: Vec<PackId>,
+}
+
+impl Placed {
+    /// The packs holding the blocks of map page `bytes`, for its page pack's
+    /// hints: this cycle's, or where `known` has them. `None` if a block is
+    /// in neither (the hint would lead a restore astray) or the page does
+    /// not decode.
+    fn hint(&self, bytes: &[u8], known: &BlockIndex) -> Option<Vec<PackId>> {
+        let page = disk_format::MapPage::decode(bytes).ok()?;
+        let mut packs = Vec::new();
+        for id in page.entries.iter().filter(|id| !id.is_zero()) {
+            let pack = match self.stored.get(id) {
+                Some(&n) => self.packs[n as usize],
+                None => known.get(id)?.pack,
+            };
+            if packs.last() != Some(&pack) {
+                packs.push(pack);
+            }
+        }
+        packs.sort_unstable();
+        packs.dedup();
+        Some(packs)
     }
 }
 
@@ -1004,7 +1045,15 @@ struct PointMap {
 /// ones as page packs (one per [`disk_format::MAX_PACK_PAGES`] pages: one
 /// request for most cycles, where a page each was most of an incremental's
 /// requests). Returns the point's map, the bytes stored and the pages stored.
-fn store_pages(vault: &Vault, map: MapBuilder, previous: Option<&Root>) -> Result<(PointMap, u64, u64), ShipError> {
+/// Each page pack hints where its pages' blocks are (`placed` by this cycle,
+/// or in `known`), so that a restore reads those packs' indexes only.
+fn store_pages(
+    vault: &Vault,
+    map: MapBuilder,
+    previous: Option<&Root>,
+    placed: &Placed,
+    known: &BlockIndex,
+) -> Result<(PointMap, u64, u64), ShipError> {
     // The previous pages this point changes, fetched together: each page
     // pack's index once, then runs of pages (vault/src/pages.rs).
     let wanted = map.pages_to_load();
@@ -1027,7 +1076,8 @@ fn store_pages(vault: &Vault, map: MapBuilder, previous: Option<&Root>) -> Resul
     let chunks: Vec<&[(PageId, Vec<u8>)]> = built.new_pages.chunks(disk_format::MAX_PACK_PAGES).collect();
     let stored = vault::par::map(&chunks, |chunk| {
         let refs: Vec<(PageId, &[u8])> = chunk.iter().map(|(id, b)| (*id, b.as_slice())).collect();
-        vault.create_page_pack(&refs)
+        let hints: Vec<Option<Vec<PackId>>> = chunk.iter().map(|(_, b)| placed.hint(b, known)).collect();
+        vault.create_page_pack(&refs, &hints)
     })?;
     // Each page's home: the pack it was just stored in, or, unchanged, the
     // previous point's (a page stored alone stays alone).

@@ -671,6 +671,59 @@ fn a_cycle_stores_its_changed_map_pages_as_one_page_pack() {
     assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
 }
 
+#[test]
+fn a_restore_reads_the_indexes_of_the_packs_its_pages_hint_at() {
+    use disk_format::PagePack;
+    let a = Fixture::sized(1100); // three map pages
+    let vault = a.vault(local(a.dir.path()));
+    let (k, ns) = (keys(), chain([3; 16]));
+    a.write(&[(1, 1), (600, 2), (1050, 3)]);
+    a.ship(&vault).unwrap();
+    // Another disk of the same vault ships five points, a pack each.
+    let b = Fixture::sized(BLOCKS);
+    std::fs::remove_file(&b.paths.state).unwrap();
+    StateFile::create(&b.paths.state, Geometry::new(BLOCKS * BS - 1000, BS).unwrap(), [4; 16], false).unwrap();
+    for round in 0..5u8 {
+        b.write(&[(u64::from(round), 10 + round)]);
+        let mut src = LocalSource::open(b.paths.clone()).unwrap();
+        let opts = CycleOptions { workers: 2, ..CycleOptions::new("disk2", [4; 16]) };
+        run_cycle(&mut src, &vault, &k, &opts, &mut ()).unwrap();
+        src.close().unwrap();
+    }
+    let packs = vault.backend().list(Kind::Pack, "").unwrap();
+    assert_eq!(packs.len(), 6);
+    let image = std::fs::read(&a.paths.image).unwrap();
+    let restore = |name: &str| {
+        let out = a.dir.path().join(name);
+        let report = vault.restore(&ns, 1, &k, &std::fs::File::create(&out).unwrap(), &mut ()).unwrap();
+        assert!(std::fs::read(&out).unwrap() == image, "{name} differs from the disk");
+        report
+    };
+    assert_eq!(restore("hinted.img").packs_indexed, 1, "only the pack the pages hint at");
+
+    // A vault that lies: the page pack's hints rewritten to name another
+    // disk's pack (the pages, checked against the root, are untouched). The
+    // blocks are not there, so the restore looks in every pack, and still
+    // restores exactly; the scrub names the page pack.
+    let r1 = vault.load_root(&ns, 1, Some(&k)).unwrap();
+    let page_pack = r1.page_packs[0].to_string();
+    let object = a.dir.path().join("vault/pages").join(&page_pack[..2]).join(&page_pack);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let hints = PagePack::parse(&bytes).unwrap().hints_range.expect("version 2");
+    let at = usize::try_from(hints.start).unwrap() + 8;
+    let ours = hex(&bytes[at..at + 32]);
+    let other = packs.iter().find(|p| **p != ours).unwrap();
+    bytes[at..at + 32].copy_from_slice(&disk_format::PackId::from_hex(other).unwrap().0);
+    std::fs::write(&object, &bytes).unwrap();
+    assert_eq!(restore("lied-to.img").packs_indexed, 6, "every pack, once the hints led nowhere");
+    let report = vault.check(None, &mut ()).unwrap();
+    assert!(report.problems.iter().any(|p| p.object == format!("pages/{page_pack}")), "{report:?}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// A local vault that says it is remote (`Backend::remote`): taking a
 /// cycle lease waits, up to 10 s, until the newest point's roots have been
 /// listed, which only a cycle that sends the two at once does.

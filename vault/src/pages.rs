@@ -7,16 +7,26 @@
 //! needs with one ranged read per run of nearby pages, every pack at once
 //! ([`crate::par`]). Pages of points written before page packs (root
 //! formats 1 and 2) are objects of their own and are read as before.
+//!
+//! A page pack also says, for each page, which packs held its blocks when it
+//! was written (page pack version 2, [`disk_format::page_pack::Hints`]):
+//! [`Vault::hinted_index`] reads only those packs' indexes, where a restore
+//! once read every pack's in the vault.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use disk_format::page_pack::PAGE_PACK_MAX_TAIL;
-use disk_format::{PageId, PagePack, Root};
+use disk_format::page_pack::{Hints, PAGE_PACK_MAX_TAIL};
+use disk_format::{PackId, PageId, PagePack, Root};
 
 use crate::backend::Kind;
 use crate::error::{Damage, VaultError};
+use crate::index::{read_tails, BlockIndex};
 use crate::store::Vault;
+
+/// How much of a page pack's end [`Vault::hinted_index`] reads at once: the
+/// index, the trailer and, for most packs, the hints before them.
+const HINTS_TAIL: u64 = 128 << 10;
 
 /// Pages closer than this in a pack are read with one request, the gap
 /// with them: a request costs more than 64 KiB on every store we support.
@@ -24,12 +34,22 @@ const COALESCE_GAP: u64 = 64 << 10;
 
 impl Vault {
     /// Stores encoded map pages (id, bytes; at most [`disk_format::MAX_PACK_PAGES`]) as
-    /// one page pack, created where absent. Returns its id and the bytes
-    /// written (0 when an identical pack was already stored). Each page must
-    /// hash to its id and decode.
-    pub fn create_page_pack(&self, pages: &[(PageId, &[u8])]) -> Result<(PageId, u64), VaultError> {
-        let bytes = PagePack::encode(pages)
-            .map_err(|e| VaultError::Invalid { object: "a page pack".into(), detail: e.to_string() })?;
+    /// one page pack, created where absent, with each page's block-pack
+    /// hints (`packs`: one per page, the packs holding its blocks, `None`
+    /// where not known). Returns its id and the bytes written (0 when an
+    /// identical pack was already stored). Each page must hash to its id
+    /// and decode.
+    pub fn create_page_pack(
+        &self,
+        pages: &[(PageId, &[u8])],
+        packs: &[Option<Vec<PackId>>],
+    ) -> Result<(PageId, u64), VaultError> {
+        let invalid =
+            |e: disk_format::PagePackError| VaultError::Invalid { object: "a page pack".into(), detail: e.to_string() };
+        // Past the most packs a page pack names, none are hinted: a reader
+        // then looks in every pack, as for a page pack of version 1.
+        let hints = Hints::from_sets(packs).or_else(|_| Hints::from_sets(&vec![None; pages.len()])).map_err(invalid)?;
+        let bytes = PagePack::encode(pages, Some(&hints)).map_err(invalid)?;
         let id = PageId::of(&bytes);
         match self.backend().create(Kind::Page, &id.to_string(), &bytes) {
             Ok(_) => Ok((id, bytes.len() as u64)),
@@ -66,6 +86,72 @@ impl Vault {
             Some(pack) => self.load_from_pack(point, root, pack, pages),
         })?;
         Ok(fetched.into_iter().flatten().collect())
+    }
+
+    /// The block index of the packs `root`'s pages are hinted to (see the
+    /// module documentation): their indexes only, read together. `None`
+    /// when some page has no hints (stored alone, in a page pack of version
+    /// 1, or written without them), or a page pack cannot be read: the
+    /// caller then builds the index from every pack ([`Vault::block_index`]).
+    /// Hints are not trusted: a block they lead nowhere is for the caller to
+    /// look for in every pack.
+    pub fn hinted_index(&self, root: &Root) -> Result<Option<BlockIndex>, VaultError> {
+        let mut used: BTreeMap<PageId, Vec<PageId>> = BTreeMap::new();
+        for (p, id) in (0u64..).zip(&root.pages) {
+            if id.is_zero() {
+                continue;
+            }
+            let Some(pack) = root.page_pack(p) else { return Ok(None) };
+            used.entry(*pack).or_default().push(*id);
+        }
+        let jobs: Vec<(PageId, Vec<PageId>)> = used.into_iter().collect();
+        let hinted = crate::par::map(&jobs, |(pack, pages)| self.page_hints(pack, pages))?;
+        let Some(sets) = hinted.into_iter().collect::<Option<Vec<Vec<PackId>>>>() else { return Ok(None) };
+        let mut packs: Vec<PackId> = sets.into_iter().flatten().collect();
+        packs.sort_unstable();
+        packs.dedup();
+        let names: Vec<String> = packs.iter().map(ToString::to_string).collect();
+        let tails = read_tails(self.backend(), &names)?;
+        let mut index = BlockIndex::new();
+        for (name, tail) in names.into_iter().zip(tails) {
+            match tail {
+                Ok((id, tail)) => index.add_pack(&id, &tail.index),
+                Err(detail) => index.note_unreadable(name, detail),
+            }
+        }
+        Ok(Some(index))
+    }
+
+    /// The packs page pack `pack` hints for pages `pages`, or `None` if it
+    /// has no hints for one of them or cannot be read.
+    fn page_hints(&self, pack: &PageId, pages: &[PageId]) -> Result<Option<Vec<PackId>>, VaultError> {
+        let name = pack.to_string();
+        let Some((mut tail, len)) = self.backend().get_tail(Kind::Page, &name, HINTS_TAIL)? else { return Ok(None) };
+        let hints = loop {
+            let index = match PagePack::parse_tail(&tail, len) {
+                Ok(Ok(index)) => index,
+                Ok(Err(needed)) if (tail.len() as u64) < needed => {
+                    tail = self.backend().get_range(Kind::Page, &name, len - needed, needed)?;
+                    continue;
+                }
+                Ok(Err(_)) | Err(_) => return Ok(None),
+            };
+            match index.hints(&tail, len) {
+                Ok(Ok(Some(hints))) => break (index, hints),
+                Ok(Err(needed)) if (tail.len() as u64) < needed => {
+                    tail = self.backend().get_range(Kind::Page, &name, len - needed, needed)?;
+                }
+                Ok(Ok(None) | Err(_)) | Err(_) => return Ok(None),
+            }
+        };
+        let (index, hints): (PagePack, Hints) = hints;
+        let mut out = Vec::new();
+        for id in pages {
+            let Some(i) = index.entries.iter().position(|e| e.id == *id) else { return Ok(None) };
+            let Some(packs) = hints.of_page(i) else { return Ok(None) };
+            out.extend(packs.copied());
+        }
+        Ok(Some(out))
     }
 
     fn load_alone(&self, point: &str, root: &Root, p: u64) -> Result<Vec<u8>, VaultError> {

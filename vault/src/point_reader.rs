@@ -42,8 +42,21 @@ impl Vault {
         let root = vault.load_root(disk, sequence, Some(keys))?;
         // Named by the disk the key shows (its chain is a keyed id).
         let point = point_label(&root.disk_name, sequence);
-        let index = vault.block_index()?;
-        let (jobs, _) = vault.plan(&point, &root, &index)?;
+        // The packs the point's page packs hint at, or else every pack (see
+        // `Vault::hinted_index`): a cold start reads a few indexes, not the vault's.
+        let hinted = vault.hinted_index(&root)?;
+        let planned = match &hinted {
+            Some(index) => vault.plan_within(&point, &root, index)?.ok(),
+            None => None,
+        };
+        let every;
+        let (jobs, _) = match planned {
+            Some(p) => p,
+            None => {
+                every = vault.block_index()?;
+                vault.plan(&point, &root, &every)?
+            }
+        };
         let count = usize::try_from(root.geometry.block_count).expect("a block map fits in memory");
         let mut blocks = vec![None; count];
         for item in jobs.iter().flat_map(|j| &j.items) {

@@ -84,6 +84,10 @@ pub struct RestoreReport {
     pub pack_bytes_read: u64,
     /// Backend calls that read pack data.
     pub pack_reads: u64,
+    /// Packs whose index was read to find the point's blocks: those its
+    /// page packs hint at, or every pack in the vault (see
+    /// [`Vault::hinted_index`]).
+    pub packs_indexed: u64,
 }
 
 /// One block to write: where it goes and where its blob is.
@@ -100,6 +104,13 @@ pub(crate) struct PackJob<'a> {
     pub(crate) items: Vec<Item<'a>>,
     whole: bool,
 }
+
+/// A restore's per-pack jobs and its count of zero blocks.
+pub(crate) type Plan<'a> = (Vec<PackJob<'a>>, u64);
+
+/// The first block of a point no pack of an index holds (block, id), and
+/// how many such blocks there are.
+pub(crate) type Unplaced = (u64, BlockId, u64);
 
 /// State shared by the restore threads.
 struct Run<'a> {
@@ -136,8 +147,19 @@ impl Vault {
         let root = self.load_root(disk, sequence, Some(keys))?;
         // Named by the disk the key shows (its chain is a keyed id).
         let point = point_label(&root.disk_name, sequence);
-        let index = self.block_index()?;
-        let (jobs, zeros) = self.plan(&point, &root, &index)?;
+        let hinted = self.hinted_index(&root)?;
+        let planned = match &hinted {
+            Some(index) => self.plan_within(&point, &root, index)?.ok().map(|p| (p, index.pack_count())),
+            None => None,
+        };
+        let every;
+        let ((jobs, zeros), packs_indexed) = match planned {
+            Some(p) => p,
+            None => {
+                every = self.block_index()?;
+                (self.plan(&point, &root, &every)?, every.pack_count())
+            }
+        };
         let geometry = root.geometry;
         let sparse = prepare_output(out, geometry.disk_size)?;
         let total: u64 = jobs.iter().flat_map(|j| &j.items).map(|i| geometry.block_len(i.block) as u64).sum();
@@ -199,18 +221,33 @@ impl Vault {
             packs_read: jobs.len() as u64,
             pack_bytes_read: run.bytes_read.into_inner(),
             pack_reads: run.reads.into_inner(),
+            packs_indexed: packs_indexed as u64,
         })
     }
 
     /// Loads and checks the point's pages and locates every non-zero block.
     /// Returns the per-pack jobs, ordered by the first block each writes, and
-    /// the number of zero blocks.
+    /// the number of zero blocks. A block in no pack of `index` is
+    /// [`VaultError::Damaged`] (missing).
     pub(crate) fn plan<'a>(
         &self,
         point: &str,
         root: &Root,
         index: &'a BlockIndex,
     ) -> Result<(Vec<PackJob<'a>>, u64), VaultError> {
+        self.plan_within(point, root, index)?
+            .map_err(|(block, id, count)| missing_block(point, block, &id, count, index))
+    }
+
+    /// [`Vault::plan`], but a block in no pack of `index` is `Ok(Err((block,
+    /// id, blocks missing)))`: for an index of some packs only
+    /// ([`Vault::hinted_index`]), where the caller looks in every pack next.
+    pub(crate) fn plan_within<'a>(
+        &self,
+        point: &str,
+        root: &Root,
+        index: &'a BlockIndex,
+    ) -> Result<Result<Plan<'a>, Unplaced>, VaultError> {
         let g = root.geometry;
         let damaged = |block: u64, object: String, damage: Damage, detail: String| VaultError::Damaged {
             point: point.to_string(),
@@ -278,7 +315,7 @@ impl Vault {
             }
         }
         if let Some((block, id)) = missing {
-            return Err(missing_block(point, block, &id, missing_count, index));
+            return Ok(Err((block, id, missing_count)));
         }
         let mut jobs: Vec<PackJob<'a>> = by_pack
             .into_iter()
@@ -297,7 +334,7 @@ impl Vault {
             })
             .collect();
         jobs.sort_unstable_by_key(|j| j.items.iter().map(|i| i.block).min());
-        Ok((jobs, zeros))
+        Ok(Ok((jobs, zeros)))
     }
 }
 
