@@ -16,13 +16,18 @@
 //!
 //! When every block is present the image is a complete local copy and the
 //! vault is no longer needed.
+//!
+//! The guest comes first: while a read or write of the VM is fetching
+//! blocks, the background copy starts no new fetch (it finishes the ones in
+//! flight), so the guest's fetches have the vault's link to themselves, not
+//! one share in seventeen.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use disk_format::Geometry;
 use filter::nbd::Export;
@@ -42,6 +47,30 @@ pub struct InstantDisk {
     stripes: Vec<Mutex<()>>,
     fetched: AtomicU64,
     fetched_on_demand: AtomicU64,
+    /// Reads and writes of the VM fetching blocks now; the background copy
+    /// waits on `demand_done` while any are.
+    demand: Mutex<u64>,
+    demand_done: Condvar,
+    /// Background fetchers waiting for the VM's fetches now.
+    yielding: AtomicU64,
+}
+
+/// One read or write of the VM fetching: the background copy holds back
+/// until it is dropped.
+struct Demand<'a>(&'a InstantDisk);
+
+impl Drop for Demand<'_> {
+    fn drop(&mut self) {
+        let mut n = lock(&self.0.demand);
+        *n -= 1;
+        if *n == 0 {
+            self.0.demand_done.notify_all();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn word_bit(block: u64) -> (usize, u64) {
@@ -87,6 +116,9 @@ impl InstantDisk {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             fetched: AtomicU64::new(0),
             fetched_on_demand: AtomicU64::new(0),
+            demand: Mutex::new(0),
+            demand_done: Condvar::new(),
+            yielding: AtomicU64::new(0),
         };
         // Zero blocks are present in a sparse image already.
         for b in 0..geometry.block_count {
@@ -146,6 +178,11 @@ impl InstantDisk {
         }
         let bs = u64::from(self.geometry.block_size);
         let missing: Vec<u64> = (offset / bs..=(offset + len - 1) / bs).filter(|b| !self.is_present(*b)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        *lock(&self.demand) += 1;
+        let _demand = Demand(self);
         let lanes = self.reader.reads_in_flight().max(1).min(missing.len());
         if lanes <= 1 {
             return missing.iter().try_for_each(|b| self.ensure(*b, true));
@@ -178,7 +215,8 @@ impl InstantDisk {
     /// wants ([`vault::PointReader::reads_in_flight`]: one for a local
     /// vault, 16 for a vault server, whose round trip would otherwise bound
     /// the copy to a block per round trip). Reads and writes the VM makes
-    /// meanwhile are served first: they fetch what they need themselves.
+    /// meanwhile are served first: they fetch what they need themselves,
+    /// and no copying thread starts a fetch while they do.
     /// Returns whether every block is present; on an error the first is
     /// returned once the other threads have stopped.
     pub fn background_copy(&self, stop: &AtomicBool, progress: &(dyn Fn(u64, u64) + Sync)) -> io::Result<bool> {
@@ -199,6 +237,7 @@ impl InstantDisk {
                         return;
                     }
                     if !self.is_present(b) {
+                        self.yield_to_guest();
                         if let Err(e) = self.ensure(b, false) {
                             failed.store(true, Ordering::Relaxed);
                             first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(e);
@@ -218,6 +257,24 @@ impl InstantDisk {
         self.image.sync_data()?;
         self.bitmap.sync_data()?;
         Ok(true)
+    }
+
+    /// Waits while a read or write of the VM is fetching.
+    fn yield_to_guest(&self) {
+        let mut n = lock(&self.demand);
+        if *n == 0 {
+            return;
+        }
+        self.yielding.fetch_add(1, Ordering::Relaxed);
+        while *n > 0 {
+            n = self.demand_done.wait(n).unwrap_or_else(PoisonError::into_inner);
+        }
+        self.yielding.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Background copying threads holding back for the VM's fetches now.
+    pub fn yielding(&self) -> u64 {
+        self.yielding.load(Ordering::Relaxed)
     }
 
     /// Blocks present so far, of all.

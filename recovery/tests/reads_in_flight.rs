@@ -86,3 +86,61 @@ fn failback_fetches_what_differs_with_many_reads_in_flight() {
     assert!(std::fs::read(&path).unwrap() == disk.image, "the converged image differs from the point");
     assert!(seen.max() >= 8, "at most {} block reads were in flight at once", seen.max());
 }
+
+/// The guest comes first (issue 15: "ordered so that a cold instant-recovery
+/// boot reads what the guest asks for first"): while a read of the VM is
+/// fetching, the background copy finishes the fetches it has in flight and
+/// starts no new one, so the guest's fetch does not queue behind sixteen.
+#[test]
+fn the_background_copy_starts_no_fetch_while_a_guest_read_waits() {
+    use filter::nbd::Export;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = master().keys();
+    let vault = new_vault(dir.path());
+    let mut disk = Disk::new("d", 256 << 16, 65536, 16);
+    Rng(12).fill(&mut disk.image);
+    disk.ship(&vault, &keys, &mut BlockIndex::new(), &(0..256).collect::<Vec<u64>>());
+    drop(vault);
+    let held = InFlight::held(LocalBackend::open(&dir.path().join("vault")).unwrap(), 4, 65536..(128 << 10));
+    let seen = held.seen();
+    let vault = Arc::new(Vault::open(Box::new(held)).unwrap().with_host_identity(test_host()));
+    let reader = Vault::point_reader(&vault, &disk.chain(&keys), 1, &Arc::new(keys)).unwrap();
+    let image = dir.path().join("instant.img");
+    let d = Arc::new(InstantDisk::open(reader, &image, &dir.path().join("instant.bitmap")).unwrap());
+    let gate = seen.turnstile().unwrap();
+    let long = Duration::from_secs(20);
+    // A failed assertion must not leave the threads waiting at the gate.
+    struct OpenOnDrop<'a>(&'a vault::in_flight::Turnstile);
+    impl Drop for OpenOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    std::thread::scope(|s| {
+        let _open = OpenOnDrop(gate);
+        let copy = s.spawn(|| d.background_copy(&AtomicBool::new(false), &|_, _| {}));
+        assert_eq!(gate.wait_arrived(4, long), 4, "the copy keeps four fetches in flight");
+        // The guest reads block 200, which the copy (in block order) is far from.
+        let guest = s.spawn(|| {
+            let mut buf = vec![0u8; 4096];
+            d.read_at(&mut buf, 200 << 16).map(|()| buf)
+        });
+        assert_eq!(gate.wait_arrived(5, long), 5, "the guest's fetch is the fifth");
+        // The copy's four finish; none of its threads may start another
+        // until the guest's fetch is done.
+        gate.admit(0..4);
+        let deadline = std::time::Instant::now() + long;
+        while d.yielding() < 4 && gate.arrived() == 5 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(gate.arrived(), 5, "a background fetch started while the guest's waited");
+        assert_eq!(d.yielding(), 4, "every copying thread holds back for the guest");
+        gate.admit([4]);
+        let buf = guest.join().unwrap().unwrap();
+        assert!(buf == disk.image[200 << 16..(200 << 16) + 4096], "the guest read differs from the point");
+        gate.open();
+        assert!(copy.join().unwrap().unwrap(), "the copy did not finish");
+    });
+    assert!(std::fs::read(&image).unwrap() == disk.image, "the copied image differs from the point");
+    assert_eq!(d.fetched(), (256, 1));
+}

@@ -11,6 +11,10 @@
 //! once, not once per read. [`Backend::reads_in_flight`] answers what the
 //! wrapped backend asks for, so a test can stand in for a remote vault.
 //! Commits of streamed objects pass a gate of their own, the same way.
+//!
+//! With [`InFlight::held`], counted reads also wait at a [`Turnstile`]
+//! until the test lets each through by its arrival number: a test can then
+//! say which of several readers goes first, and see who asked meanwhile.
 
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -67,6 +71,63 @@ impl Gate {
 struct Shared {
     reads: Gate,
     commits: Gate,
+    turnstile: Option<Turnstile>,
+}
+
+#[derive(Default)]
+struct Arrivals {
+    /// Reads that reached the turnstile, numbered from 0 in order.
+    arrived: u64,
+    /// Arrival numbers let through (or about to be).
+    admitted: std::collections::HashSet<u64>,
+    /// Every read passes.
+    open: bool,
+}
+
+/// Where counted reads of an [`InFlight::held`] backend wait to be let
+/// through (see the module documentation).
+#[derive(Default)]
+pub struct Turnstile {
+    state: Mutex<Arrivals>,
+    changed: Condvar,
+}
+
+impl Turnstile {
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = s.arrived;
+        s.arrived += 1;
+        self.changed.notify_all();
+        while !s.open && !s.admitted.contains(&ticket) {
+            s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Reads that reached the turnstile so far.
+    pub fn arrived(&self) -> u64 {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).arrived
+    }
+
+    /// Waits until `n` reads have reached the turnstile, for at most
+    /// `timeout`; returns how many had.
+    pub fn wait_arrived(&self, n: u64, timeout: Duration) -> u64 {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (s, _) =
+            self.changed.wait_timeout_while(s, timeout, |s| s.arrived < n).unwrap_or_else(PoisonError::into_inner);
+        s.arrived
+    }
+
+    /// Lets the reads of arrival numbers `tickets` through.
+    pub fn admit(&self, tickets: impl IntoIterator<Item = u64>) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).admitted.extend(tickets);
+        self.changed.notify_all();
+    }
+
+    /// Lets every read through, now and later.
+    pub fn open(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).open = true;
+        self.changed.notify_all();
+    }
 }
 
 /// See the module documentation.
@@ -96,6 +157,11 @@ impl Seen {
     pub fn max_commits(&self) -> usize {
         self.0.commits.max()
     }
+
+    /// The turnstile of an [`InFlight::held`] backend.
+    pub fn turnstile(&self) -> Option<&Turnstile> {
+        self.0.turnstile.as_ref()
+    }
 }
 
 impl<B: Backend> InFlight<B> {
@@ -111,6 +177,14 @@ impl<B: Backend> InFlight<B> {
     /// `patience` passed.
     pub fn with_commits(self, lanes: usize, want: usize) -> InFlight<B> {
         InFlight { commits: Some((lanes, want)), ..self }
+    }
+
+    /// Wraps `inner`, answering [`Backend::reads_in_flight`] with `asks`;
+    /// every ranged read of a length in `counted` waits at a [`Turnstile`]
+    /// ([`Seen::turnstile`]) until it is let through.
+    pub fn held(inner: B, asks: usize, counted: Range<u64>) -> InFlight<B> {
+        let shared = Arc::new(Shared { turnstile: Some(Turnstile::default()), ..Shared::default() });
+        InFlight { inner, asks, want: 1, counted, patience: Duration::ZERO, commits: None, shared }
     }
 
     /// A handle on what it sees.
@@ -159,6 +233,9 @@ impl<B: Backend> Backend for InFlight<B> {
     fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
         if !self.counted.contains(&len) {
             return self.inner.get_range(kind, name, offset, len);
+        }
+        if let Some(t) = &self.shared.turnstile {
+            t.pass();
         }
         self.shared.reads.enter(self.want, self.patience);
         let r = self.inner.get_range(kind, name, offset, len);
