@@ -36,10 +36,11 @@
 #      does), and then a CHANGE_PCT% incremental is measured. Target: its
 #      requests at PACKS_LARGE / at PACKS_SMALL = 1.00 (+-5%). Printed
 #      beside it, informational: the relist cycle's cost, and a restore of
-#      another 4 KiB disk (one block) at each size: restore builds the block
-#      index from every pack's tail (vault/src/restore.rs), so its cost
-#      follows the vault's pack count, not the point's size (also timed
-#      through the delay line at PACKS_SMALL). Runs last: it grows the S3
+#      another 4 KiB disk (one block) at each size: restore reads the
+#      indexes of the packs its page packs hint at (vault/src/pages.rs,
+#      `hinted_index`), so its requests should not follow the vault's pack
+#      count (also timed through the delay line at PACKS_SMALL; before the
+#      hints it read every pack's tail). Runs last: it grows the S3
 #      vault, whose restore section 3 measures.
 #   3. Restore throughput: `lifeboat restore NAME --point latest` of the
 #      incremental's point from each server directly, and through a delay
@@ -348,7 +349,7 @@ def report(path):
       f"seconds x{num('secs.probe.large') / num('secs.probe.small'):.1f} from {r['packs.small']} to "
       f"{r['packs.large']} packs; at {r['packs.small']} packs through the {2 * int(r['one_way'])} ms delay line: "
       f"{num('secs.probe.small.delayed'):.2f} s (direct {num('secs.probe.small'):.2f} s). Informational: restore"
-      f" reads every pack's tail")
+      f" reads the indexes of the packs its page packs hint at")
 
     P(f"\n3. Restore of the {r['size_h']} point, direct and through a {2 * int(r['one_way'])} ms round trip "
       f"({r['one_way']} ms added each way)")

@@ -222,19 +222,25 @@ impl Target {
             waited: t.waited.get().saturating_sub(before),
             limit: t.limiter.rate_now().map_or_else(|| "unlimited".to_string(), |r| r.to_string()),
         });
-        self.record_outcome(started_ns, late_ms, throttled, &result);
-        result
+        self.record_outcome(started_ns, late_ms, throttled, &result, count.as_deref());
+        // The count goes on to the outcome's audit record and its copy to
+        // the vault: what the cycle cost the vault, all of it.
+        let total = count.map(|c| c.get().total);
+        result.map(|(r, v)| (CycleReport { requests: total.or(r.requests), ..r }, v))
     }
 
     /// Records a cycle's outcome in the status file and the audit log. The
     /// outcome stands either way: a log that cannot be appended to must not
-    /// stop replication, but it must be seen.
+    /// stop replication, but it must be seen. The status's request count is
+    /// `count`'s after the audit record was copied to the vault (the
+    /// record's own figure cannot include its copy).
     fn record_outcome(
         &self,
         started_ns: u64,
         late_ms: u64,
         throttled: Option<Throttled>,
         result: &Result<(CycleReport, Vault), CycleError>,
+        count: Option<&RequestCount>,
     ) {
         let mut outcome =
             CycleOutcome { started_ns, ended_ns: system::clock::now_ns(), late_ms, ..CycleOutcome::default() };
@@ -271,6 +277,9 @@ impl Target {
         };
         if let Err(e) = self.record(vault, kind, details) {
             tracing::warn!("lifeboat: warning: {}: {}", self.name, chain(&e));
+        }
+        if outcome.requests.is_some() {
+            outcome.requests = count.map(|c| c.get().total);
         }
         if let Err(e) = status::record_cycle(&self.status_path, outcome) {
             tracing::warn!(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use cloud::{CloudBackend, LockMode, Settings};
 use vault::Backend;
 use vm_tests::clients::nbd_uri;
-use vm_tests::cloud_servers::{Azurite, Moto};
+use vm_tests::cloud_servers::{Azurite, Moto, RequestLog};
 use vm_tests::lifeboat::{Home, Scratch};
 use vm_tests::replicate::{nbd_write, ShipReport};
 use vm_tests::Rng;
@@ -34,7 +34,7 @@ fn make_bucket(vars: &[(String, String)], url: &str) {
     CloudBackend::open(&at, &Settings::from_vars(vars.iter().cloned())).unwrap().create_bucket(None).unwrap();
 }
 
-fn replicate_and_restore(vars: Vec<(String, String)>, url: &str, prefix: &str) {
+fn replicate_and_restore(vars: Vec<(String, String)>, url: &str, prefix: &str, server: &dyn RequestLog) {
     let s = Scratch::new(BIN, prefix);
     make_bucket(&vars, url);
     let host = Home::new(BIN, s.path("home")).with_env(&vars);
@@ -67,14 +67,27 @@ fn replicate_and_restore(vars: Vec<(String, String)>, url: &str, prefix: &str) {
     let plan: Vec<(u64, &[u8])> = writes.iter().map(|(at, d)| (*at as u64, d.as_slice())).collect();
     nbd_write(s.dir(), &nbd_uri("d1", &sock), &plan);
     filter.stop();
+    let before = server.requests_logged();
     let second = ShipReport::parse(&host.run_ok(&["ship", "d1", "--once", "--json"]).stdout);
     assert_eq!((second.sequence, second.full, second.new_blocks), (2, false, 3), "{second:?}");
+    // A request of the test's own after the cycle's: once it is logged, so
+    // are theirs (each is logged when answered, and all were answered).
+    let marker = format!("{}/after-the-cycle", std::process::id());
+    let at: vault::Location = url.parse().unwrap();
+    let probe = CloudBackend::open(&at, &Settings::from_vars(vars.iter().cloned())).unwrap();
+    assert_eq!(probe.size(vault::Kind::Audit, &marker).unwrap(), None);
+    assert!(server.logged(&marker), "the probe's request was never logged");
+    let logged = (server.requests_logged() - before - 1) as u64;
 
     // The cycle's requests to the store, in `status` (what a cloud vault
-    // costs grows with what changed).
+    // costs grows with what changed), are what the store was sent: the
+    // audit record of the cycle, its listing pages and, on Azure, the two
+    // requests of each tail read included.
     let st: serde_json::Value = serde_json::from_slice(&host.run_ok(&["status", "--json"]).stdout).unwrap();
     let requests = st[0]["last_cycle"]["requests"].as_u64().expect("requests in status --json");
     assert!((3..200).contains(&requests), "{requests} requests for 3 changed blocks");
+    assert_eq!(requests, logged, "requests counted against requests the server logged");
+    assert_eq!(second.requests, Some(requests), "ship --json and status agree");
     let text = stdout(&host.run_ok(&["status", "d1"]));
     assert!(text.contains(&format!("in {requests} vault requests")), "{text}");
 
@@ -96,13 +109,13 @@ fn replicate_and_restore(vars: Vec<(String, String)>, url: &str, prefix: &str) {
 #[test]
 fn a_host_replicates_to_s3_and_restores() {
     let moto = Moto::start();
-    replicate_and_restore(moto.vars(), "s3://lb-e2e/vaults/main", "lb-cloud-s3-");
+    replicate_and_restore(moto.vars(), "s3://lb-e2e/vaults/main", "lb-cloud-s3-", &moto);
 }
 
 #[test]
 fn a_host_replicates_to_azure_blob_and_restores() {
     let azurite = Azurite::start();
-    replicate_and_restore(azurite.vars(), "az://devstoreaccount1/lb-e2e/vaults/main", "lb-cloud-az-");
+    replicate_and_restore(azurite.vars(), "az://devstoreaccount1/lb-e2e/vaults/main", "lb-cloud-az-", &azurite);
 }
 
 /// A vault named in a bucket that does not exist: `vault init` says so and

@@ -466,6 +466,29 @@ impl Backend for CloudBackend {
         true
     }
 
+    /// What a listing page holds: S3's ListObjectsV2 returns 1,000 keys at
+    /// most, Azure's List Blobs 5,000.
+    fn list_page(&self) -> u64 {
+        match self.service {
+            Service::S3 { .. } => 1_000,
+            Service::Azure { .. } => 5_000,
+        }
+    }
+
+    /// S3 answers a suffix range with the object's size; Azure has none,
+    /// and a tail is a HEAD and a range.
+    fn tail_requests(&self) -> u64 {
+        match self.service {
+            Service::S3 { .. } => 1,
+            Service::Azure { .. } => 2,
+        }
+    }
+
+    /// `missing` sends one HEAD per name.
+    fn missing_batch(&self) -> u64 {
+        1
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }

@@ -263,6 +263,25 @@ pub trait Backend: Send + Sync {
         let _ = (objects, min_days, days);
         Ok(0)
     }
+    /// Requests one [`Backend::get_tail`] sends, for counting requests: 1
+    /// where the store answers a suffix range with the object's size (the
+    /// default; S3, the vault server), 2 where it needs the size first
+    /// (Azure: a HEAD, then the range).
+    fn tail_requests(&self) -> u64 {
+        1
+    }
+    /// Names one listing request returns at most, for counting requests
+    /// ([`crate::counting`]): the vault server's page, 10,000 (the default);
+    /// S3 pages at 1,000 and Azure at 5,000.
+    fn list_page(&self) -> u64 {
+        crate::counting::LIST_PAGE
+    }
+    /// Names one [`Backend::missing`] request asks about at most, for
+    /// counting requests: the vault server's batch, 100,000 (the default);
+    /// a cloud store sends one HEAD per name (1).
+    fn missing_batch(&self) -> u64 {
+        crate::counting::MISSING_PAGE
+    }
     /// Reads worth keeping in flight at once for throughput (restore,
     /// instant recovery's background copy, failback's fetches), beyond
     /// what the readers' own threads give. A local directory: 1 (the
@@ -414,6 +433,15 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn extend_locks(&self, objects: &[(Kind, String)], min_days: u32, days: u32) -> Result<u64, VaultError> {
         (**self).extend_locks(objects, min_days, days)
+    }
+    fn tail_requests(&self) -> u64 {
+        (**self).tail_requests()
+    }
+    fn list_page(&self) -> u64 {
+        (**self).list_page()
+    }
+    fn missing_batch(&self) -> u64 {
+        (**self).missing_batch()
     }
     fn reads_in_flight(&self) -> usize {
         (**self).reads_in_flight()

@@ -275,6 +275,15 @@ impl<B: Backend> Backend for InFlight<B> {
     fn extend_locks(&self, objects: &[(Kind, String)], min_days: u32, days: u32) -> Result<u64, VaultError> {
         self.inner.extend_locks(objects, min_days, days)
     }
+    fn tail_requests(&self) -> u64 {
+        self.inner.tail_requests()
+    }
+    fn list_page(&self) -> u64 {
+        self.inner.list_page()
+    }
+    fn missing_batch(&self) -> u64 {
+        self.inner.missing_batch()
+    }
     fn reads_in_flight(&self) -> usize {
         self.asks
     }

@@ -117,6 +117,15 @@ impl Azurite {
     }
 }
 
+impl RequestLog for Azurite {
+    fn requests_logged(&self) -> usize {
+        self.server.log.count(HTTP_LINE)
+    }
+    fn logged(&self, marker: &str) -> bool {
+        self.server.log.wait_for(marker, Duration::from_secs(10))
+    }
+}
+
 /// moto's server (its S3 service; it serves the other AWS services too), in
 /// memory, on `127.0.0.1:PORT`. It checks no signature, so any credentials
 /// do; but a request must be signed: an unsigned one is anonymous, and
@@ -250,6 +259,15 @@ impl Moto {
     /// for it: the server logs a request after answering it, so a client
     /// that has its answer may look before the line is written.
     pub fn logged(&self, marker: &str) -> bool {
+        self.server.log.wait_for(marker, Duration::from_secs(10))
+    }
+}
+
+impl RequestLog for Moto {
+    fn requests_logged(&self) -> usize {
+        self.server.log.count(HTTP_LINE)
+    }
+    fn logged(&self, marker: &str) -> bool {
         self.server.log.wait_for(marker, Duration::from_secs(10))
     }
 }
@@ -472,6 +490,21 @@ impl Log {
     fn text(&self) -> String {
         self.state.lock().unwrap().lines.join("\n")
     }
+
+    fn count(&self, marker: &str) -> usize {
+        self.state.lock().unwrap().lines.iter().filter(|l| l.contains(marker)).count()
+    }
+}
+
+/// What both servers log for every request they answer (an access-log line).
+const HTTP_LINE: &str = " HTTP/1.";
+
+/// A server's access log, to set a client's count of its requests against.
+pub trait RequestLog {
+    /// Requests logged so far (one line each, written after the answer).
+    fn requests_logged(&self) -> usize;
+    /// Whether a line containing `marker` is in the log, waiting up to 10 s.
+    fn logged(&self, marker: &str) -> bool;
 }
 
 /// One HTTP/1.0 request (so the answer is not chunked and the server

@@ -48,6 +48,8 @@ pub struct ShipReport {
     pub bytes_shipped: u64,
     /// Blocks the page cache served (incremental cycles ask it first).
     pub cached_blocks: u64,
+    /// Requests the cycle made of the vault, when counted.
+    pub requests: Option<u64>,
 }
 
 impl ShipReport {
@@ -62,6 +64,7 @@ impl ShipReport {
             sequence: num("sequence"),
             full: v["full"].as_bool().unwrap_or_else(|| panic!("`full` missing in {text}")),
             blocks_read: num("blocks_read"),
+            requests: v["requests"].as_u64(),
             zero_blocks: num("zero_blocks"),
             known_blocks: num("known_blocks"),
             new_blocks: num("new_blocks"),
