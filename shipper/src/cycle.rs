@@ -965,9 +965,15 @@ impl<'p> Packer<'p> {
             Sealed::New { index, id, buf, blob_len, checksum, compressed, len } => {
                 self.set(*index, *id)?;
                 let number = u32::try_from(self.number).expect("fewer than 2^32 packs a cycle");
-                if self.stored.insert(*id, number).is_some() {
-                    self.report.known_blocks += 1;
-                    return Ok(());
+                // A block sealed twice stays in the pack it went into first.
+                match self.stored.entry(*id) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        self.report.known_blocks += 1;
+                        return Ok(());
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(number);
+                    }
                 }
                 self.report.new_blocks += 1;
                 self.report.compressed_blocks += u64::from(*compressed);
