@@ -96,7 +96,7 @@ enum PackBuild {
 
 /// Building packs from the sealed buffers, as the cycle's writer does.
 fn packs(bufs: &[BlockBuf], how: PackBuild) {
-    let target = shipper::cycle::PACK_TARGET as usize;
+    let target = shipper::cycle::PACK_MAX as usize;
     let capacity = target + 2 * (BS + 64) + (1 << 20);
     if how == PackBuild::HashAtEnd {
         let mut out = Vec::with_capacity(capacity);
@@ -127,7 +127,7 @@ fn packs(bufs: &[BlockBuf], how: PackBuild) {
         let mut id = [0u8; 32];
         id[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
         pack.add_blob(&BlockId(id), &b[..BS + SEAL_OVERHEAD]).unwrap();
-        if pack.bytes_written() >= target as u64 {
+        if pack.len_with(BS + SEAL_OVERHEAD) > target as u64 {
             let full = std::mem::replace(&mut pack, start(&mut spare));
             let done = full.finish().unwrap();
             std::hint::black_box(&done.id);

@@ -580,6 +580,28 @@ fn a_cycle_streams_the_next_pack_while_the_last_commits() {
     assert_eq!(commits.max_commits(), 1, "two packs committed at once against a backend that takes one");
 }
 
+/// No pack is larger than `PACK_MAX`, index and trailer included, and
+/// every pack but the last is as full as a block more would not make it.
+#[test]
+fn packs_end_before_a_block_would_take_them_past_the_largest_size() {
+    let f = busy_disk();
+    let vault = f.vault(local(f.dir.path()));
+    let r = f.ship(&vault).unwrap();
+    let mut sizes: Vec<u64> = vault
+        .backend()
+        .list(Kind::Pack, "")
+        .unwrap()
+        .iter()
+        .map(|p| vault.backend().size(Kind::Pack, p).unwrap().unwrap())
+        .collect();
+    assert_eq!(sizes.len() as u64, r.packs);
+    sizes.sort_unstable();
+    assert!(sizes.iter().all(|&s| s <= shipper::cycle::PACK_MAX), "a pack above 32 MiB: {sizes:?}");
+    let blob = BS + 40 + 56; // a sealed block and its index entry
+    assert!(sizes[1..].iter().all(|&s| s > shipper::cycle::PACK_MAX - blob), "a pack ended early: {sizes:?}");
+    assert_eq!(f.restore(&vault, 1), std::fs::read(&f.paths.image).unwrap());
+}
+
 /// A pack that fails to commit while the next is in flight fails the cycle:
 /// no point names either pack, and the next cycle ships the disk whole.
 #[test]

@@ -260,6 +260,21 @@ fn version_3_entries_record_compression() {
 }
 
 #[test]
+fn len_with_is_the_finished_length_one_blob_on() {
+    let k = keys();
+    let blocks = sample_blocks();
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    for (n, b) in blocks.iter().enumerate() {
+        let id = k.block_id(b);
+        let blob = k.seal_block(Cipher::XChaCha20Poly1305, &id, b).unwrap();
+        let predicted = w.len_with(blob.len());
+        w.add_blob(&id, &blob).unwrap();
+        let done = build(&k, &blocks[..=n]);
+        assert_eq!((predicted, done.out.len() as u64), (done.len, done.len), "after blob {n}");
+    }
+}
+
+#[test]
 fn writer_refuses_bad_blobs() {
     let k = keys();
     let mut w = PackWriter::new(Vec::new()).unwrap();

@@ -94,6 +94,14 @@ impl<W: Write> PackWriter<W> {
         self.offset
     }
 
+    /// The pack's whole length once finished (header, blobs, index and
+    /// trailer) if one more blob of `blob_len` bytes were added: compare
+    /// with the largest pack wanted before adding it.
+    pub fn len_with(&self, blob_len: usize) -> u64 {
+        let entries = self.entries.len() as u64 + 1;
+        self.offset + blob_len as u64 + entries * INDEX_ENTRY_LEN as u64 + PACK_TRAILER_LEN as u64
+    }
+
     /// Blobs added so far.
     pub fn count(&self) -> usize {
         self.entries.len()
