@@ -61,8 +61,8 @@
 #      and both tools wait on it), and restic against lifeboat's local-vault
 #      runs, for scale. And moto's own floor, what no client could beat on
 #      this machine: the full sync's bytes PUT by a stdlib client in objects
-#      of the packs' mean size, two in flight, with the SHA-256 checksum
-#      lifeboat sends; for the incremental, a cold `lifeboat --version`, one
+#      of the packs' mean size, two in flight, with a checksum header as
+#      lifeboat sends one; for the incremental, a cold `lifeboat --version`, one
 #      PUT of its pack's size and a HEAD round trip for each of its other
 #      requests, one after another. restic / floor is printed as
 #      information, a bound on what the emulator allows: the first leaves
@@ -252,7 +252,7 @@ def main(cmd, *a):
         if status != 200:
             sys.exit(f"creating bucket {bucket}: HTTP {status}: {data[:300]!r}")
         body = os.urandom(size)
-        # The checksum lifeboat sends with every PUT (moto checks it).
+        # A checksum header, as lifeboat sends one with every PUT (moto keeps it and never checks it: its cost is the same whatever the algorithm).
         checksum = {"x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(body).digest()).decode(),
                     "x-amz-sdk-checksum-algorithm": "SHA256"}
         todo, errors = queue.Queue(), []
@@ -434,7 +434,7 @@ def report(path):
       f"added {int(r['restic.incr.added']) / 1e6:.1f} MB (lifeboat shipped {int(r['bytes.incr.s3']) / 1e6:.1f} MB)")
     floor_full = num("floor.full")
     floor_incr = num("floor.start") + num("floor.incr") + (int(r["http.incr.s3"]) - 1) * num("floor.rtt")
-    P(f"   moto's own floor (a stdlib client, the checksum lifeboat sends): the full sync's "
+    P(f"   moto's own floor (a stdlib client, a checksum header as lifeboat's): the full sync's "
       f"{int(r['bytes.full.s3']) / 1e6:.0f} MB in as many PUTs as its packs, 2 in flight: "
       f"{floor_full:.2f} s, restic / that = {num('secs.restic.full') / floor_full:.1f}x; "
       f"the incremental as a cold process start ({num('floor.start') * 1000:.0f} ms), its pack's PUT "
@@ -661,7 +661,7 @@ restic_backup incr
 # ---- 4: the emulator's floor, for the restic targets ----
 # What moto itself needs, with no client work but the socket's: the full
 # sync's bytes in objects of its packs' mean size, two PUTs in flight, with
-# the checksum lifeboat sends; the incremental's pack as one PUT; a request
+# a checksum header as lifeboat sends one; the incremental's pack as one PUT; a request
 # round trip; and a cold process start.
 say "4. moto's own floor: the same bytes from a minimal client"
 full_packs=$(h field "$logs/ship-full.s3.out" packs)

@@ -114,7 +114,8 @@ impl CloudBackend {
                 // host allowed to delete only its leases could not).
                 let mut builder = settings
                     .s3(bucket, client_options())
-                    .with_checksum_algorithm(Checksum::SHA256)
+                    .with_checksum_algorithm(Checksum::CRC64NVME)
+                    .with_unsigned_payload(true)
                     .with_disable_bulk_delete(true);
                 let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
                 if settings.plain_http_only(true, endpoint.as_deref()) {

@@ -34,6 +34,68 @@ fn s3_with_object_lock_conforms() {
     suite(&b, Profile::Store);
 }
 
+/// CRC-64/NVME (reflected, polynomial 0xAD93D23594C93659, all ones in and
+/// out), bit by bit: the checksum S3 is sent, computed apart from the
+/// client's table-driven one.
+fn crc64nvme(data: &[u8]) -> u64 {
+    let mut crc = u64::MAX;
+    for &b in data {
+        crc ^= u64::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x9A6C_9329_AC4B_C9B5 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// Every S3 upload says its CRC64NVME (what the store checks it against,
+/// the payload going unsigned): moto keeps the value it was sent and gives
+/// it back to a GET that asks (`x-amz-checksum-mode: ENABLED`).
+#[test]
+fn s3_uploads_carry_the_crc64nvme_of_their_bytes() {
+    use std::io::{Read as _, Write as _};
+    assert_eq!(crc64nvme(b"123456789"), 0xAE8B_1486_0A79_9888, "the check value of CRC-64/NVME");
+    let moto = Moto::start();
+    let b = open(&moto.vars(), "s3://lb-checksums/v");
+    b.create_bucket(None).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    b.put(Kind::Pack, "abc123", &data).unwrap();
+    let mut w = b.writer(Kind::Pack).unwrap().unwrap();
+    w.write(&data[..1000]).unwrap();
+    w.write(&data[1000..]).unwrap();
+    w.commit("abc124").unwrap();
+    for name in ["abc123", "abc124"] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", moto.port())).unwrap();
+        write!(
+            c,
+            "GET /lb-checksums/v/packs/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             x-amz-checksum-mode: ENABLED\r\nAuthorization: AWS4-HMAC-SHA256 \
+             Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).unwrap();
+        let head = String::from_utf8_lossy(&reply[..reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]);
+        let sent = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-amz-checksum-crc64nvme: "))
+            .unwrap_or_else(|| panic!("{name}: no CRC64NVME recorded: {head}"));
+        let ours = crc64nvme(&data).to_be_bytes();
+        let b64 = |b: &[u8]| {
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut out = String::new();
+            for c in b.chunks(3) {
+                let n = c.iter().enumerate().fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
+                for i in 0..4 {
+                    out.push(if i <= c.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+                }
+            }
+            out
+        };
+        assert_eq!(sent.trim(), b64(&ours), "{name}: the checksum sent is not the bytes' CRC64NVME");
+    }
+}
+
 #[test]
 fn azure_conforms() {
     let azurite = Azurite::start();
