@@ -36,6 +36,26 @@ use crate::source::CutSource;
 /// most 32 MiB").
 pub const PACK_MAX: u64 = 32 << 20;
 
+/// The smallest pack a cycle's new blocks are split into to keep every
+/// upload lane busy ([`pack_limit`]): below it a PUT is mostly round trip.
+pub const PACK_SPLIT_MIN: u64 = 4 << 20;
+
+/// The largest pack of a cycle that reads `blocks` blocks of `block_size`
+/// into a backend taking `lanes` packs at once
+/// ([`vault::Backend::writes_in_flight`]): its blocks split evenly across
+/// the lanes (sealed, with their index entries), so that an incremental
+/// cycle's first pack is sent while the rest is still read and the packs go
+/// up side by side, instead of one pack sent alone after the last block;
+/// never below [`PACK_SPLIT_MIN`] nor above [`PACK_MAX`]. Blocks found zero,
+/// known or compressed make the packs smaller, never more of them.
+pub fn pack_limit(blocks: u64, block_size: u32, lanes: usize) -> u64 {
+    use disk_format::pack::{INDEX_ENTRY_LEN, PACK_HEADER_LEN, PACK_TRAILER_LEN};
+    let per_block = u64::from(block_size) + (disk_format::SEAL_OVERHEAD + INDEX_ENTRY_LEN) as u64;
+    let share = blocks.div_ceil(lanes.max(1) as u64);
+    let bytes = share.saturating_mul(per_block).saturating_add((PACK_HEADER_LEN + PACK_TRAILER_LEN) as u64);
+    bytes.clamp(PACK_SPLIT_MIN, PACK_MAX)
+}
+
 /// How a cycle runs.
 pub struct CycleOptions<'a> {
     /// The disk's name, sealed in every root (format-1 points, from before
@@ -629,7 +649,8 @@ impl Cycle<'_, '_> {
                 .spawn_scoped(s, move || store_packs(vault, storer_rx, free_tx))
                 .expect("spawning the pack storer");
             let cipher = self.vault.config().cipher;
-            let read = Packer::new(&free_rx, &to_storer, map, full, cipher, self.opts.compress)
+            let limit = pack_limit(blocks.len() as u64, geometry.block_size, vault.backend().writes_in_flight());
+            let read = Packer::new(&free_rx, &to_storer, map, full, cipher, self.opts.compress, limit)
                 .and_then(|p| self.read(p, &blocks, &mut known));
             drop(to_storer);
             // The map's pages do not depend on the packs: they are built and
@@ -902,6 +923,8 @@ struct Packer<'p> {
     known_in: HashMap<PackId, u64>,
     /// New blocks are compressed, and packs written in format 3.
     compress: bool,
+    /// The largest pack of this cycle ([`pack_limit`]).
+    limit: u64,
 }
 
 impl<'p> Packer<'p> {
@@ -912,6 +935,7 @@ impl<'p> Packer<'p> {
         full: bool,
         cipher: Cipher,
         compress: bool,
+        limit: u64,
     ) -> Result<Packer<'p>, ShipError> {
         let pack = Packer::open(free, to_storer, 0, cipher, compress)?;
         let report = CycleReport::empty(full);
@@ -927,6 +951,7 @@ impl<'p> Packer<'p> {
             track_known: false,
             known_in: HashMap::new(),
             compress,
+            limit,
         })
     }
 
@@ -989,7 +1014,7 @@ impl<'p> Packer<'p> {
                     self.report.known_blocks += 1;
                     return Ok(());
                 }
-                if self.pack.count() > 0 && self.pack.len_with(*blob_len) > PACK_MAX {
+                if self.pack.count() > 0 && self.pack.len_with(*blob_len) > self.limit {
                     self.next_pack()?;
                 }
                 let number = self.number;
@@ -1000,7 +1025,7 @@ impl<'p> Packer<'p> {
                 self.pack
                     .add_encoded(id, &buf[..*blob_len], *checksum, *compressed)
                     .map_err(|source| ShipError::Pack { pack: number, block: Some(*index), source })?;
-                if self.pack.len_with(*blob_len) > PACK_MAX {
+                if self.pack.len_with(*blob_len) > self.limit {
                     self.next_pack()?;
                 }
                 Ok(())
@@ -1135,6 +1160,19 @@ fn store_pages(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packs_split_across_lanes_within_their_bounds() {
+        // A sealed 64 KiB block and its index entry: 65,632 bytes; a pack's
+        // header and trailer: 96.
+        assert_eq!(pack_limit(160, 65536, 2), 96 + 80 * 65_632, "a 10 MiB cycle, two lanes: two packs");
+        assert_eq!(pack_limit(160, 65536, 1), 96 + 160 * 65_632, "one lane: one pack");
+        assert_eq!(pack_limit(161, 65536, 2), 96 + 81 * 65_632, "the odd block goes in the first");
+        assert_eq!(pack_limit(40, 65536, 2), PACK_SPLIT_MIN, "never below 4 MiB");
+        assert_eq!(pack_limit(16_384, 65536, 2), PACK_MAX, "a full sync: packs of 32 MiB");
+        assert_eq!(pack_limit(0, 65536, 0), PACK_SPLIT_MIN);
+        assert_eq!(pack_limit(u64::MAX, 32 << 20, 1), PACK_MAX);
+    }
 
     /// A local vault taking two packs at once, whose commit of the pack
     /// `hold` waits for the test to `release` it and then fails.
@@ -1286,7 +1324,7 @@ mod tests {
     fn a_block_the_new_map_refuses_is_named_and_is_not_taken_for_a_damaged_previous_map() {
         let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
         let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
-        let mut packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false, CIPHER, true).unwrap();
+        let mut packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false, CIPHER, true, PACK_MAX).unwrap();
         let (_pool, mut bufs) = BlockPool::new(1 << 20, 1).unwrap();
         let e = packer.take(&Sealed::Zero { index: 8, buf: bufs.pop().unwrap() }).unwrap_err();
         let ShipError::MapEntry { block: 8, source: PageError::BlockOutOfRange { block: 8, block_count: 8 } } = &e
@@ -1305,7 +1343,7 @@ mod tests {
     fn blocks_lost_in_the_pipeline_and_a_stopped_storer_are_typed_with_the_old_messages() {
         let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
         let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
-        let packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true).unwrap();
+        let packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true, PACK_MAX).unwrap();
         let e = packer.finish(5, 0).map(drop).unwrap_err();
         assert!(matches!(e, ShipError::BlocksLost { shipped: 0, blocks: 5 }), "{e:?}");
         assert_eq!(e.to_string(), "building the point: internal error: 0 of 5 blocks went through the pipeline");
@@ -1314,7 +1352,7 @@ mod tests {
         let (free_tx, free_rx, to_storer, _storer_rx) = chunks();
         drop(free_tx);
         let _first = free_rx.recv().unwrap();
-        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true).map(drop).unwrap_err();
+        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true, PACK_MAX).map(drop).unwrap_err();
         assert!(
             matches!(&e, ShipError::PackOut { pack: 0, source } if source.to_string() == "the pack storer stopped")
         );

@@ -602,6 +602,37 @@ fn packs_end_before_a_block_would_take_them_past_the_largest_size() {
     assert_eq!(f.restore(&vault, 1), std::fs::read(&f.paths.image).unwrap());
 }
 
+/// An incremental cycle's new blocks are split evenly across the packs a
+/// backend takes at once, so that the first is sent while the rest is
+/// read; a cycle of under 8 MiB stays one pack, and a backend that takes one
+/// pack at a time gets one.
+#[test]
+fn an_incremental_fills_every_upload_lane_but_not_with_small_packs() {
+    let two_lanes = |f: &Fixture| {
+        let b = InFlight::new(local(f.dir.path()), 1, 1, 0..0, Duration::ZERO).with_commits(2, 1);
+        f.vault(Box::new(b))
+    };
+    let ten_mib: Vec<(u64, u8)> = (0..160).map(|i| (i * 10, 1 + (i % 200) as u8)).collect();
+    let f = busy_disk();
+    let vault = two_lanes(&f);
+    f.ship(&vault).unwrap();
+    f.write(&ten_mib);
+    let r = f.ship(&vault).unwrap();
+    assert_eq!((r.new_blocks, r.packs), (160, 2), "{r:?}");
+    let few: Vec<(u64, u8)> = ten_mib[..40].iter().map(|&(b, fill)| (b, fill + 1)).collect();
+    f.write(&few);
+    let r = f.ship(&vault).unwrap();
+    assert_eq!((r.new_blocks, r.packs), (40, 1), "{r:?}");
+    assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
+
+    let g = busy_disk();
+    let vault = g.vault(local(g.dir.path()));
+    g.ship(&vault).unwrap();
+    g.write(&ten_mib);
+    let r = g.ship(&vault).unwrap();
+    assert_eq!((r.new_blocks, r.packs), (160, 1), "{r:?}");
+}
+
 /// A pack that fails to commit while the next is in flight fails the cycle:
 /// no point names either pack, and the next cycle ships the disk whole.
 #[test]
