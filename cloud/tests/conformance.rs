@@ -58,7 +58,7 @@ fn s3_uploads_carry_the_crc64nvme_of_their_bytes() {
     let moto = Moto::start();
     let b = open(&moto.vars(), "s3://lb-checksums/v");
     b.create_bucket(None).unwrap();
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11).to_le_bytes()[0]).collect();
     b.put(Kind::Pack, "abc123", &data).unwrap();
     let mut w = b.writer(Kind::Pack).unwrap().unwrap();
     w.write(&data[..1000]).unwrap();

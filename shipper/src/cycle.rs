@@ -648,6 +648,16 @@ impl Cycle<'_, '_> {
                 .name("ship-store".into())
                 .spawn_scoped(s, move || store_packs(vault, storer_rx, free_tx))
                 .expect("spawning the pack storer");
+            // The previous point's pages this cycle's blocks fall in are
+            // fetched while the blocks are read: they wait for nothing but
+            // the list of blocks, and would otherwise cost their round trips
+            // after the read, on the way to the root.
+            let prefetch = previous.map(|prev| {
+                let mut wanted: Vec<u64> = blocks.iter().map(|b| b / disk_format::PAGE_ENTRIES as u64).collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                s.spawn(move || vault.load_pages(&point_label(prev), prev, &wanted))
+            });
             let cipher = self.vault.config().cipher;
             let limit = pack_limit(blocks.len() as u64, geometry.block_size, vault.backend().writes_in_flight());
             let read = Packer::new(&free_rx, &to_storer, map, full, cipher, self.opts.compress, limit)
@@ -658,7 +668,8 @@ impl Cycle<'_, '_> {
             // waits for both.
             let (read, pages) = match read {
                 Ok((map, placed, report)) => {
-                    (Ok(report), Some(store_pages(vault, map, previous, &placed, known.index())))
+                    let prefetched = prefetch.map(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                    (Ok(report), Some(store_pages(vault, map, previous, prefetched, &placed, known.index())))
                 }
                 Err(e) => (Err(e), None),
             };
@@ -1094,10 +1105,19 @@ struct PointMap {
 /// requests). Returns the point's map, the bytes stored and the pages stored.
 /// Each page pack hints where its pages' blocks are (`placed` by this cycle,
 /// or in `known`), so that a restore reads those packs' indexes only.
+/// How a point is named in errors about its pages.
+fn point_label(root: &Root) -> String {
+    format!("{}/{}", root.chain(), root.sequence)
+}
+
+/// Builds the new point's map pages on `previous`'s and stores the changed
+/// ones. `prefetched`: the previous pages fetched while the blocks were read
+/// (by page index); any other page the map needs is fetched here.
 fn store_pages(
     vault: &Vault,
     map: MapBuilder,
     previous: Option<&Root>,
+    prefetched: Option<Result<HashMap<u64, Vec<u8>>, vault::VaultError>>,
     placed: &Placed,
     known: &BlockIndex,
 ) -> Result<(PointMap, u64, u64), ShipError> {
@@ -1106,9 +1126,11 @@ fn store_pages(
     let wanted = map.pages_to_load();
     let mut fetched: HashMap<PageId, Vec<u8>> = match previous {
         Some(prev) => {
-            let label = format!("{}/{}", prev.chain(), prev.sequence);
-            let indexes: Vec<u64> = wanted.iter().map(|(p, _)| *p).collect();
-            let mut by_index = vault.load_pages(&label, prev, &indexes)?;
+            let mut by_index = prefetched.transpose()?.unwrap_or_default();
+            let missing: Vec<u64> = wanted.iter().map(|(p, _)| *p).filter(|p| !by_index.contains_key(p)).collect();
+            if !missing.is_empty() {
+                by_index.extend(vault.load_pages(&point_label(prev), prev, &missing)?);
+            }
             wanted.iter().filter_map(|(p, id)| Some((*id, by_index.remove(p)?))).collect()
         }
         None => HashMap::new(),

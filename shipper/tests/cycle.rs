@@ -633,6 +633,113 @@ fn an_incremental_fills_every_upload_lane_but_not_with_small_packs() {
     assert_eq!((r.new_blocks, r.packs), (160, 1), "{r:?}");
 }
 
+/// Whether a map page has been read, and whether a pack commit waiting for
+/// one ran out of patience.
+#[derive(Default)]
+struct PageGate {
+    page_read: std::sync::Mutex<bool>,
+    read: std::sync::Condvar,
+    waited_out: std::sync::atomic::AtomicBool,
+}
+
+/// A local vault whose pack commits wait, up to 10 s, until a map page has
+/// been read (`PageGate`): a cycle that reads the previous point's pages
+/// only after its blocks stalls on it (its packer waits for the storer's
+/// chunks), and the wait running out is recorded.
+struct PagesFirst {
+    inner: Box<dyn Backend>,
+    gate: std::sync::Arc<PageGate>,
+}
+
+impl PagesFirst {
+    fn saw(&self, kind: Kind) {
+        if kind == Kind::Page {
+            *self.gate.page_read.lock().unwrap() = true;
+            self.gate.read.notify_all();
+        }
+    }
+}
+
+impl Backend for PagesFirst {
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        self.inner.put(kind, name, data)
+    }
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
+        self.inner.create(kind, name, data)
+    }
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
+        self.inner.get_versioned(kind, name)
+    }
+    fn replace_if(&self, kind: Kind, name: &str, data: &[u8], v: &vault::Version) -> Result<vault::Version, VaultError> {
+        self.inner.replace_if(kind, name, data, v)
+    }
+    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
+        self.saw(kind);
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
+        self.saw(kind);
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
+        self.inner.size(kind, name)
+    }
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
+        self.inner.list(kind, prefix)
+    }
+    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.inner.delete(kind, name)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
+        Ok(self.inner.writer(kind)?.map(|inner| Box::new(AfterPages { inner, kind, gate: &self.gate }) as Box<_>))
+    }
+}
+
+struct AfterPages<'a> {
+    inner: Box<dyn ObjectWriter + 'a>,
+    kind: Kind,
+    gate: &'a PageGate,
+}
+
+impl ObjectWriter for AfterPages<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
+        self.inner.write(data)
+    }
+    fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError> {
+        if self.kind == Kind::Pack {
+            let read = self.gate.page_read.lock().unwrap();
+            let (read, _) = self.gate.read.wait_timeout_while(read, Duration::from_secs(10), |r| !*r).unwrap();
+            if !*read {
+                self.gate.waited_out.store(true, Ordering::SeqCst);
+            }
+        }
+        self.inner.commit(name)
+    }
+}
+
+/// An incremental cycle fetches the previous point's map pages while it
+/// reads its blocks, not after: its first pack's commit, held until a page
+/// has been read, goes through at once.
+#[test]
+fn the_previous_pages_are_fetched_while_the_blocks_are_read() {
+    let f = busy_disk();
+    let gate = std::sync::Arc::new(PageGate::default());
+    *gate.page_read.lock().unwrap() = true; // a full sync reads no page
+    let vault = f.vault(Box::new(PagesFirst { inner: local(f.dir.path()), gate: gate.clone() }));
+    f.ship(&vault).unwrap();
+    *gate.page_read.lock().unwrap() = false;
+    // 50 MiB changed: two packs, the second larger than the storer's chunks.
+    let changes: Vec<(u64, u8)> = (0..800).map(|i| (i * 2, 1 + (i % 200) as u8)).collect();
+    f.write(&changes);
+    let r = f.ship(&vault).unwrap();
+    assert!(r.packs >= 2 && r.new_blocks == 800, "{r:?}");
+    assert!(!gate.waited_out.load(Ordering::SeqCst), "a pack's commit waited 10 s for the pages to be read");
+    assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+}
+
 /// A pack that fails to commit while the next is in flight fails the cycle:
 /// no point names either pack, and the next cycle ships the disk whole.
 #[test]
