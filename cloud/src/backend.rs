@@ -112,11 +112,14 @@ impl CloudBackend {
                 // is authorized differently by some S3-compatible stores
                 // (moto checks it against the bucket, not the key, so a
                 // host allowed to delete only its leases could not).
-                let mut builder = settings
-                    .s3(bucket, client_options())
-                    .with_checksum_algorithm(Checksum::CRC64NVME)
-                    .with_unsigned_payload(true)
-                    .with_disable_bulk_delete(true);
+                let mut builder = settings.s3(bucket, client_options()).with_disable_bulk_delete(true);
+                // Uploads carry a CRC64NVME over an unsigned payload
+                // (`s3_checksum.rs`), unless AWS_CHECKSUM_ALGORITHM says
+                // otherwise: `sha256` for a store that predates CRC64NVME
+                // (the payload is then signed too).
+                if builder.get_config_value(&AmazonS3ConfigKey::Checksum).is_none() {
+                    builder = builder.with_checksum_algorithm(Checksum::CRC64NVME).with_unsigned_payload(true);
+                }
                 let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
                 if settings.plain_http_only(true, endpoint.as_deref()) {
                     builder = builder.with_config(AmazonS3ConfigKey::Client(NO_ROOTS), "true");

@@ -17,7 +17,9 @@
 //! checksum but not that header, and S3 refuses any `x-amz-*` header that
 //! is not signed. So this HTTP service, between `object_store` and reqwest,
 //! adds the header to every PUT that carries the checksum and signs the
-//! request again with the store's own credentials.
+//! request again with the store's own credentials. `AWS_CHECKSUM_ALGORITHM=sha256`
+//! (for a store that predates CRC64NVME) sends a SHA-256 instead, the
+//! payload signed with it, as before 2026-12-07.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -27,7 +29,8 @@ use object_store::client::{
 };
 use object_store::ClientOptions;
 
-const CHECKSUM: &str = "x-amz-checksum-crc64nvme";
+/// The checksum headers `object_store` sends, with the algorithm each names.
+const CHECKSUMS: [(&str, &str); 2] = [("x-amz-checksum-crc64nvme", "CRC64NVME"), ("x-amz-checksum-sha256", "SHA256")];
 const ALGORITHM: &str = "x-amz-sdk-checksum-algorithm";
 const CONTENT_SHA256: &str = "x-amz-content-sha256";
 
@@ -99,12 +102,12 @@ fn signed_digest(req: &HttpRequest) -> Option<[u8; 32]> {
 #[async_trait::async_trait]
 impl HttpService for ChecksumService {
     async fn call(&self, mut req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        if req.method() == http::Method::PUT
-            && req.headers().contains_key(CHECKSUM)
-            && !req.headers().contains_key(ALGORITHM)
+        let algorithm = CHECKSUMS.iter().find(|(header, _)| req.headers().contains_key(*header)).map(|(_, a)| *a);
+        if let Some(algorithm) =
+            algorithm.filter(|_| req.method() == http::Method::PUT && !req.headers().contains_key(ALGORITHM))
         {
             let digest = signed_digest(&req);
-            req.headers_mut().insert(ALGORITHM, http::HeaderValue::from_static("CRC64NVME"));
+            req.headers_mut().insert(ALGORITHM, http::HeaderValue::from_static(algorithm));
             req.headers_mut().remove(http::header::AUTHORIZATION);
             let cred =
                 self.credentials.get_credential().await.map_err(|e| HttpError::new(HttpErrorKind::Unknown, e))?;

@@ -48,12 +48,45 @@ fn crc64nvme(data: &[u8]) -> u64 {
     !crc
 }
 
+/// The checksum header moto recorded for object `key` of `bucket` (it
+/// keeps what it was sent and gives it back to a GET that asks,
+/// `x-amz-checksum-mode: ENABLED`), as (header, value).
+fn recorded_checksum(moto: &Moto, bucket: &str, key: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", moto.port())).unwrap();
+    write!(
+        c,
+        "GET /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         x-amz-checksum-mode: ENABLED\r\nAuthorization: AWS4-HMAC-SHA256 \
+         Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply).unwrap();
+    let head = String::from_utf8_lossy(&reply[..reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]).to_string();
+    head.lines()
+        .filter_map(|l| l.split_once(": "))
+        .find(|(h, _)| h.starts_with("x-amz-checksum-") && *h != "x-amz-checksum-type")
+        .map(|(h, v)| (h.to_string(), v.trim().to_string()))
+        .unwrap_or_else(|| panic!("{key}: no checksum recorded: {head}"))
+}
+
+fn base64(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = c.iter().enumerate().fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= c.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
 /// Every S3 upload says its CRC64NVME (what the store checks it against,
-/// the payload going unsigned): moto keeps the value it was sent and gives
-/// it back to a GET that asks (`x-amz-checksum-mode: ENABLED`).
+/// the payload going unsigned), put whole or streamed.
 #[test]
 fn s3_uploads_carry_the_crc64nvme_of_their_bytes() {
-    use std::io::{Read as _, Write as _};
     assert_eq!(crc64nvme(b"123456789"), 0xAE8B_1486_0A79_9888, "the check value of CRC-64/NVME");
     let moto = Moto::start();
     let b = open(&moto.vars(), "s3://lb-checksums/v");
@@ -65,35 +98,25 @@ fn s3_uploads_carry_the_crc64nvme_of_their_bytes() {
     w.write(&data[1000..]).unwrap();
     w.commit("abc124").unwrap();
     for name in ["abc123", "abc124"] {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", moto.port())).unwrap();
-        write!(
-            c,
-            "GET /lb-checksums/v/packs/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             x-amz-checksum-mode: ENABLED\r\nAuthorization: AWS4-HMAC-SHA256 \
-             Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\r\n"
-        )
-        .unwrap();
-        let mut reply = Vec::new();
-        c.read_to_end(&mut reply).unwrap();
-        let head = String::from_utf8_lossy(&reply[..reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]);
-        let sent = head
-            .lines()
-            .find_map(|l| l.strip_prefix("x-amz-checksum-crc64nvme: "))
-            .unwrap_or_else(|| panic!("{name}: no CRC64NVME recorded: {head}"));
-        let ours = crc64nvme(&data).to_be_bytes();
-        let b64 = |b: &[u8]| {
-            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            let mut out = String::new();
-            for c in b.chunks(3) {
-                let n = c.iter().enumerate().fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
-                for i in 0..4 {
-                    out.push(if i <= c.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-                }
-            }
-            out
-        };
-        assert_eq!(sent.trim(), b64(&ours), "{name}: the checksum sent is not the bytes' CRC64NVME");
+        let sent = recorded_checksum(&moto, "lb-checksums", &format!("v/packs/{name}"));
+        let expected = ("x-amz-checksum-crc64nvme".to_string(), base64(&crc64nvme(&data).to_be_bytes()));
+        assert_eq!(sent, expected, "{name}: the checksum sent is not the bytes' CRC64NVME");
     }
+}
+
+/// `AWS_CHECKSUM_ALGORITHM=sha256`, for a store that predates CRC64NVME:
+/// uploads carry a SHA-256 instead, and still say which, so a bucket with
+/// Object Lock takes them.
+#[test]
+fn s3_uploads_carry_a_sha256_when_the_settings_ask() {
+    let moto = Moto::start();
+    let mut vars = moto.vars();
+    vars.push(("AWS_CHECKSUM_ALGORITHM".into(), "sha256".into()));
+    let b = open(&vars, "s3://lb-sha256/v");
+    b.create_bucket(Some((LockMode::Compliance, 1))).unwrap();
+    b.put(Kind::Pack, "abc123", b"some pack").unwrap();
+    let (header, _) = recorded_checksum(&moto, "lb-sha256", "v/packs/abc123");
+    assert_eq!(header, "x-amz-checksum-sha256");
 }
 
 #[test]

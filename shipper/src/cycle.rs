@@ -668,7 +668,8 @@ impl Cycle<'_, '_> {
             // waits for both.
             let (read, pages) = match read {
                 Ok((map, placed, report)) => {
-                    let prefetched = prefetch.map(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                    let prefetched =
+                        prefetch.map(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
                     (Ok(report), Some(store_pages(vault, map, previous, prefetched, &placed, known.index())))
                 }
                 Err(e) => (Err(e), None),
@@ -1346,7 +1347,8 @@ mod tests {
     fn a_block_the_new_map_refuses_is_named_and_is_not_taken_for_a_damaged_previous_map() {
         let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
         let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
-        let mut packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false, CIPHER, true, PACK_MAX).unwrap();
+        let mut packer =
+            Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), false, CIPHER, true, PACK_MAX).unwrap();
         let (_pool, mut bufs) = BlockPool::new(1 << 20, 1).unwrap();
         let e = packer.take(&Sealed::Zero { index: 8, buf: bufs.pop().unwrap() }).unwrap_err();
         let ShipError::MapEntry { block: 8, source: PageError::BlockOutOfRange { block: 8, block_count: 8 } } = &e
@@ -1365,7 +1367,8 @@ mod tests {
     fn blocks_lost_in_the_pipeline_and_a_stopped_storer_are_typed_with_the_old_messages() {
         let geometry = Geometry::new(8 << 20, 1 << 20).unwrap();
         let (_free_tx, free_rx, to_storer, _storer_rx) = chunks();
-        let packer = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true, PACK_MAX).unwrap();
+        let packer =
+            Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true, PACK_MAX).unwrap();
         let e = packer.finish(5, 0).map(drop).unwrap_err();
         assert!(matches!(e, ShipError::BlocksLost { shipped: 0, blocks: 5 }), "{e:?}");
         assert_eq!(e.to_string(), "building the point: internal error: 0 of 5 blocks went through the pipeline");
@@ -1374,7 +1377,9 @@ mod tests {
         let (free_tx, free_rx, to_storer, _storer_rx) = chunks();
         drop(free_tx);
         let _first = free_rx.recv().unwrap();
-        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true, PACK_MAX).map(drop).unwrap_err();
+        let e = Packer::new(&free_rx, &to_storer, MapBuilder::new(geometry), true, CIPHER, true, PACK_MAX)
+            .map(drop)
+            .unwrap_err();
         assert!(
             matches!(&e, ShipError::PackOut { pack: 0, source } if source.to_string() == "the pack storer stopped")
         );

@@ -670,7 +670,13 @@ impl Backend for PagesFirst {
     fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
         self.inner.get_versioned(kind, name)
     }
-    fn replace_if(&self, kind: Kind, name: &str, data: &[u8], v: &vault::Version) -> Result<vault::Version, VaultError> {
+    fn replace_if(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: &[u8],
+        v: &vault::Version,
+    ) -> Result<vault::Version, VaultError> {
         self.inner.replace_if(kind, name, data, v)
     }
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
