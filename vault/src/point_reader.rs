@@ -42,26 +42,16 @@ impl Vault {
         let root = vault.load_root(disk, sequence, Some(keys))?;
         // Named by the disk the key shows (its chain is a keyed id).
         let point = point_label(&root.disk_name, sequence);
-        // The packs the point's page packs hint at, or else every pack (see
-        // `Vault::hinted_index`): a cold start reads a few indexes, not the vault's.
-        let hinted = vault.hinted_index(&root)?;
-        let planned = match &hinted {
-            Some(index) => vault.plan_within(&point, &root, index)?.ok(),
-            None => None,
-        };
-        let every;
-        let (jobs, _) = match planned {
-            Some(p) => p,
-            None => {
-                every = vault.block_index()?;
-                vault.plan(&point, &root, &every)?
-            }
-        };
+        // Planned against the packs the point's page packs hint at where
+        // they can be: a cold start reads a few indexes, not the vault's.
         let count = usize::try_from(root.geometry.block_count).expect("a block map fits in memory");
-        let mut blocks = vec![None; count];
-        for item in jobs.iter().flat_map(|j| &j.items) {
-            blocks[usize::try_from(item.block).expect("fits")] = Some((*item.id, item.loc.clone()));
-        }
+        let blocks = vault.with_plan(&point, &root, |(jobs, _), _| {
+            let mut blocks = vec![None; count];
+            for item in jobs.iter().flat_map(|j| &j.items) {
+                blocks[usize::try_from(item.block).expect("fits")] = Some((*item.id, item.loc.clone()));
+            }
+            Ok(blocks)
+        })?;
         Ok(PointReader { vault: Arc::clone(vault), keys: Arc::clone(keys), point, geometry: root.geometry, blocks })
     }
 }

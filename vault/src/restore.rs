@@ -147,82 +147,91 @@ impl Vault {
         let root = self.load_root(disk, sequence, Some(keys))?;
         // Named by the disk the key shows (its chain is a keyed id).
         let point = point_label(&root.disk_name, sequence);
-        let hinted = self.hinted_index(&root)?;
-        let planned = match &hinted {
-            Some(index) => self.plan_within(&point, &root, index)?.ok().map(|p| (p, index.pack_count())),
-            None => None,
-        };
-        let every;
-        let ((jobs, zeros), packs_indexed) = match planned {
-            Some(p) => p,
-            None => {
-                every = self.block_index()?;
-                (self.plan(&point, &root, &every)?, every.pack_count())
-            }
-        };
-        let geometry = root.geometry;
-        let sparse = prepare_output(out, geometry.disk_size)?;
-        let total: u64 = jobs.iter().flat_map(|j| &j.items).map(|i| geometry.block_len(i.block) as u64).sum();
-        let blocks: u64 = jobs.iter().map(|j| j.items.len() as u64).sum();
-        progress.start("restoring", total);
+        self.with_plan(&point, &root, |(jobs, zeros), packs_indexed| {
+            let geometry = root.geometry;
+            let sparse = prepare_output(out, geometry.disk_size)?;
+            let total: u64 = jobs.iter().flat_map(|j| &j.items).map(|i| geometry.block_len(i.block) as u64).sum();
+            let blocks: u64 = jobs.iter().map(|j| j.items.len() as u64).sum();
+            progress.start("restoring", total);
 
-        let run = Run {
-            vault: self,
-            keys,
-            out,
-            geometry,
-            point,
-            stop: AtomicBool::new(false),
-            bytes_read: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-        };
-        // As many threads as cores (up to MAX_THREADS) to open and write, or
-        // more where the vault wants more reads in flight (a remote one:
-        // each thread has one ranged read outstanding at a time).
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
-        let threads = cores.max(self.backend().reads_in_flight()).min(jobs.len());
-        let next = AtomicUsize::new(0);
-        let first_error: Mutex<Option<(usize, VaultError)>> = Mutex::new(None);
-        let (tx, rx) = mpsc::channel::<u64>();
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                let tx = tx.clone();
-                let (run, jobs, next, first_error) = (&run, &jobs, &next, &first_error);
-                s.spawn(move || {
-                    while !run.stop.load(Ordering::Relaxed) {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(job) = jobs.get(n) else { break };
-                        if let Err(e) = run.job(job, &tx) {
-                            run.stop.store(true, Ordering::Relaxed);
-                            let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                            if slot.as_ref().is_none_or(|(m, _)| n < *m) {
-                                *slot = Some((n, e));
+            let run = Run {
+                vault: self,
+                keys,
+                out,
+                geometry,
+                point: point.clone(),
+                stop: AtomicBool::new(false),
+                bytes_read: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
+            };
+            // As many threads as cores (up to MAX_THREADS) to open and write, or
+            // more where the vault wants more reads in flight (a remote one:
+            // each thread has one ranged read outstanding at a time).
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
+            let threads = cores.max(self.backend().reads_in_flight()).min(jobs.len());
+            let next = AtomicUsize::new(0);
+            let first_error: Mutex<Option<(usize, VaultError)>> = Mutex::new(None);
+            let (tx, rx) = mpsc::channel::<u64>();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    let tx = tx.clone();
+                    let (run, jobs, next, first_error) = (&run, &jobs, &next, &first_error);
+                    s.spawn(move || {
+                        while !run.stop.load(Ordering::Relaxed) {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(job) = jobs.get(n) else { break };
+                            if let Err(e) = run.job(job, &tx) {
+                                run.stop.store(true, Ordering::Relaxed);
+                                let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                                if slot.as_ref().is_none_or(|(m, _)| n < *m) {
+                                    *slot = Some((n, e));
+                                }
                             }
                         }
-                    }
-                });
+                    });
+                }
+                drop(tx);
+                for bytes in rx {
+                    progress.advance(bytes);
+                }
+            });
+            if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                return Err(e);
             }
-            drop(tx);
-            for bytes in rx {
-                progress.advance(bytes);
+            if !sparse {
+                write_zero_blocks(out, &geometry, &jobs)?;
             }
-        });
-        if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
-        if !sparse {
-            write_zero_blocks(out, &geometry, &jobs)?;
-        }
-        out.sync_all().map_err(|source| VaultError::Output { what: "syncing the image".to_string(), source })?;
-        Ok(RestoreReport {
-            blocks_written: blocks,
-            zero_blocks: zeros,
-            bytes_written: total,
-            packs_read: jobs.len() as u64,
-            pack_bytes_read: run.bytes_read.into_inner(),
-            pack_reads: run.reads.into_inner(),
-            packs_indexed: packs_indexed as u64,
+            out.sync_all().map_err(|source| VaultError::Output { what: "syncing the image".to_string(), source })?;
+            Ok(RestoreReport {
+                blocks_written: blocks,
+                zero_blocks: zeros,
+                bytes_written: total,
+                packs_read: jobs.len() as u64,
+                pack_bytes_read: run.bytes_read.into_inner(),
+                pack_reads: run.reads.into_inner(),
+                packs_indexed: packs_indexed as u64,
+            })
         })
+    }
+
+    /// Plans the reading of `root`'s blocks against the packs its page packs
+    /// hint at ([`Vault::hinted_index`]), or, where a page has no hints or
+    /// the hinted packs lack a block, against every pack; hands the plan, and
+    /// how many packs' indexes it was made from, to `then` (the plan borrows
+    /// the index).
+    pub(crate) fn with_plan<R>(
+        &self,
+        point: &str,
+        root: &Root,
+        then: impl FnOnce(Plan<'_>, usize) -> Result<R, VaultError>,
+    ) -> Result<R, VaultError> {
+        if let Some(index) = self.hinted_index(root)? {
+            if let Ok(plan) = self.plan_within(point, root, &index)? {
+                return then(plan, index.pack_count());
+            }
+        }
+        let every = self.block_index()?;
+        then(self.plan(point, root, &every)?, every.pack_count())
     }
 
     /// Loads and checks the point's pages and locates every non-zero block.
