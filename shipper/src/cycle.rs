@@ -1,5 +1,6 @@
 //! One replication cycle, from cut to committed point.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -656,7 +657,7 @@ impl Cycle<'_, '_> {
                 let mut wanted: Vec<u64> = blocks.iter().map(|b| b / disk_format::PAGE_ENTRIES as u64).collect();
                 wanted.sort_unstable();
                 wanted.dedup();
-                s.spawn(move || vault.load_pages(&point_label(prev), prev, &wanted))
+                s.spawn(move || vault.load_pages(&format!("{}/{}", prev.chain(), prev.sequence), prev, &wanted))
             });
             let cipher = self.vault.config().cipher;
             let limit = pack_limit(blocks.len() as u64, geometry.block_size, vault.backend().writes_in_flight());
@@ -668,9 +669,14 @@ impl Cycle<'_, '_> {
             // waits for both.
             let (read, pages) = match read {
                 Ok((map, placed, report)) => {
-                    let prefetched =
-                        prefetch.map(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
-                    (Ok(report), Some(store_pages(vault, map, previous, prefetched, &placed, known.index())))
+                    let previous_pages = prefetch
+                        .map(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                        .transpose()
+                        .map_err(ShipError::from);
+                    let pages = previous_pages.and_then(|pages| {
+                        store_pages(vault, map, previous, pages.unwrap_or_default(), &placed, known.index())
+                    });
+                    (Ok(report), Some(pages))
                 }
                 Err(e) => (Err(e), None),
             };
@@ -1021,16 +1027,20 @@ impl<'p> Packer<'p> {
             }
             Sealed::New { index, id, buf, blob_len, checksum, compressed, len } => {
                 self.set(*index, *id)?;
-                // A block sealed twice stays in the pack it went into first.
-                if self.stored.contains_key(id) {
-                    self.report.known_blocks += 1;
-                    return Ok(());
-                }
-                if self.pack.count() > 0 && self.pack.len_with(*blob_len) > self.limit {
+                // A block sealed twice stays in the pack it went into first;
+                // a new one goes in the next pack if this one has no room.
+                let full = self.pack.count() > 0 && self.pack.len_with(*blob_len) > self.limit;
+                let number = self.number + u64::from(full);
+                match self.stored.entry(*id) {
+                    Entry::Occupied(_) => {
+                        self.report.known_blocks += 1;
+                        return Ok(());
+                    }
+                    Entry::Vacant(v) => v.insert(u32::try_from(number).expect("fewer than 2^32 packs a cycle")),
+                };
+                if full {
                     self.next_pack()?;
                 }
-                let number = self.number;
-                self.stored.insert(*id, u32::try_from(number).expect("fewer than 2^32 packs a cycle"));
                 self.report.new_blocks += 1;
                 self.report.compressed_blocks += u64::from(*compressed);
                 self.report.new_bytes += *len as u64;
@@ -1106,36 +1116,20 @@ struct PointMap {
 /// requests). Returns the point's map, the bytes stored and the pages stored.
 /// Each page pack hints where its pages' blocks are (`placed` by this cycle,
 /// or in `known`), so that a restore reads those packs' indexes only.
-/// How a point is named in errors about its pages.
-fn point_label(root: &Root) -> String {
-    format!("{}/{}", root.chain(), root.sequence)
-}
-
-/// Builds the new point's map pages on `previous`'s and stores the changed
-/// ones. `prefetched`: the previous pages fetched while the blocks were read
-/// (by page index); any other page the map needs is fetched here.
+/// `previous_pages`: `previous`'s pages that the cycle's blocks fall in, by
+/// page index, fetched while the blocks were read (each page pack's index
+/// once, then runs of pages: vault/src/pages.rs); a page the map needs and
+/// they lack is read alone.
 fn store_pages(
     vault: &Vault,
     map: MapBuilder,
     previous: Option<&Root>,
-    prefetched: Option<Result<HashMap<u64, Vec<u8>>, vault::VaultError>>,
+    mut previous_pages: HashMap<u64, Vec<u8>>,
     placed: &Placed,
     known: &BlockIndex,
 ) -> Result<(PointMap, u64, u64), ShipError> {
-    // The previous pages this point changes, fetched together: each page
-    // pack's index once, then runs of pages (vault/src/pages.rs).
-    let wanted = map.pages_to_load();
-    let mut fetched: HashMap<PageId, Vec<u8>> = match previous {
-        Some(prev) => {
-            let mut by_index = prefetched.transpose()?.unwrap_or_default();
-            let missing: Vec<u64> = wanted.iter().map(|(p, _)| *p).filter(|p| !by_index.contains_key(p)).collect();
-            if !missing.is_empty() {
-                by_index.extend(vault.load_pages(&point_label(prev), prev, &missing)?);
-            }
-            wanted.iter().filter_map(|(p, id)| Some((*id, by_index.remove(p)?))).collect()
-        }
-        None => HashMap::new(),
-    };
+    let mut fetched: HashMap<PageId, Vec<u8>> =
+        map.pages_to_load().into_iter().filter_map(|(p, id)| Some((id, previous_pages.remove(&p)?))).collect();
     let built = map.finish(|id| match fetched.remove(id) {
         Some(bytes) => Ok(bytes),
         None => vault.get_page(id).map_err(ShipError::from),
