@@ -633,12 +633,31 @@ fn an_incremental_fills_every_upload_lane_but_not_with_small_packs() {
     assert_eq!((r.new_blocks, r.packs), (160, 1), "{r:?}");
 }
 
+/// A flag one thread raises and another waits for, for a while.
+#[derive(Default)]
+struct Flag {
+    up: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Flag {
+    fn set(&self, up: bool) {
+        *self.up.lock().unwrap() = up;
+        self.changed.notify_all();
+    }
+
+    /// Waits up to 10 s for the flag to be up; whether it is.
+    fn wait(&self) -> bool {
+        let up = self.up.lock().unwrap();
+        *self.changed.wait_timeout_while(up, Duration::from_secs(10), |up| !*up).unwrap().0
+    }
+}
+
 /// Whether a map page has been read, and whether a pack commit waiting for
 /// one ran out of patience.
 #[derive(Default)]
 struct PageGate {
-    page_read: std::sync::Mutex<bool>,
-    read: std::sync::Condvar,
+    page_read: Flag,
     waited_out: std::sync::atomic::AtomicBool,
 }
 
@@ -654,8 +673,7 @@ struct PagesFirst {
 impl PagesFirst {
     fn saw(&self, kind: Kind) {
         if kind == Kind::Page {
-            *self.gate.page_read.lock().unwrap() = true;
-            self.gate.read.notify_all();
+            self.gate.page_read.set(true);
         }
     }
 }
@@ -715,12 +733,8 @@ impl ObjectWriter for AfterPages<'_> {
         self.inner.write(data)
     }
     fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError> {
-        if self.kind == Kind::Pack {
-            let read = self.gate.page_read.lock().unwrap();
-            let (read, _) = self.gate.read.wait_timeout_while(read, Duration::from_secs(10), |r| !*r).unwrap();
-            if !*read {
-                self.gate.waited_out.store(true, Ordering::SeqCst);
-            }
+        if self.kind == Kind::Pack && !self.gate.page_read.wait() {
+            self.gate.waited_out.store(true, Ordering::SeqCst);
         }
         self.inner.commit(name)
     }
@@ -733,10 +747,10 @@ impl ObjectWriter for AfterPages<'_> {
 fn the_previous_pages_are_fetched_while_the_blocks_are_read() {
     let f = busy_disk();
     let gate = std::sync::Arc::new(PageGate::default());
-    *gate.page_read.lock().unwrap() = true; // a full sync reads no page
+    gate.page_read.set(true); // a full sync reads no page
     let vault = f.vault(Box::new(PagesFirst { inner: local(f.dir.path()), gate: gate.clone() }));
     f.ship(&vault).unwrap();
-    *gate.page_read.lock().unwrap() = false;
+    gate.page_read.set(false);
     // 50 MiB changed: two packs, the second larger than the storer's chunks.
     let changes: Vec<(u64, u8)> = (0..800).map(|i| (i * 2, 1 + (i % 200) as u8)).collect();
     f.write(&changes);
@@ -932,8 +946,7 @@ struct Remote {
 
 #[derive(Default)]
 struct Overlap {
-    roots_listed: std::sync::Mutex<bool>,
-    listed: std::sync::Condvar,
+    roots_listed: Flag,
     /// Cycle leases taken while the roots were being listed.
     leases: AtomicU32,
 }
@@ -946,13 +959,8 @@ impl Backend for Remote {
         self.inner.put(kind, name, data)
     }
     fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
-        if kind == Kind::Lease && name.starts_with("cycle/") {
-            let seen = &self.seen;
-            let listed = seen.roots_listed.lock().unwrap();
-            let (listed, _) = seen.listed.wait_timeout_while(listed, Duration::from_secs(10), |l| !*l).unwrap();
-            if *listed {
-                seen.leases.fetch_add(1, Ordering::SeqCst);
-            }
+        if kind == Kind::Lease && name.starts_with("cycle/") && self.seen.roots_listed.wait() {
+            self.seen.leases.fetch_add(1, Ordering::SeqCst);
         }
         self.inner.create(kind, name, data)
     }
@@ -980,8 +988,7 @@ impl Backend for Remote {
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
         let names = self.inner.list(kind, prefix);
         if kind == Kind::Root {
-            *self.seen.roots_listed.lock().unwrap() = true;
-            self.seen.listed.notify_all();
+            self.seen.roots_listed.set(true);
         }
         names
     }
@@ -1001,7 +1008,7 @@ fn a_remote_vault_takes_the_lease_while_the_newest_point_is_read() {
     // Each cycle must list the roots itself (a cycle lists them again as it
     // commits).
     let ship = |f: &Fixture| {
-        *seen.roots_listed.lock().unwrap() = false;
+        seen.roots_listed.set(false);
         f.ship(&vault).unwrap()
     };
     f.write(&[(1, 1), (2, 2)]);
