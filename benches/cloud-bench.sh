@@ -177,10 +177,38 @@ S3_AUTH = ("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_reque
            "SignedHeaders=host, Signature=00")
 
 
-def s3(c, method, path, body=b""):
-    c.request(method, path, body=body, headers={"Authorization": S3_AUTH, "Content-Length": str(len(body))})
+def s3(c, method, path, body=b"", headers=None):
+    c.request(method, path, body=body,
+              headers={"Authorization": S3_AUTH, "Content-Length": str(len(body)), **(headers or {})})
     r = c.getresponse()
     return r.status, r.read()
+
+
+def put_each(port, paths, body, threads, headers=None):
+    """PUTs `body` at every path of `paths` over `threads` connections at once;
+    exits with the first failure."""
+    q, errors = queue.Queue(), []
+    for path in paths:
+        q.put(path)
+
+    def work():
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while not errors:
+            try:
+                path = q.get_nowait()
+            except queue.Empty:
+                return
+            status, data = s3(c, "PUT", path, body, headers)
+            if status != 200:
+                errors.append(f"PUT {path}: HTTP {status}: {data[:200]!r}")
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        sys.exit(errors[0])
 
 
 def s3_keys(port, bucket, prefix):
@@ -224,28 +252,7 @@ def main(cmd, *a):
         if status != 200:
             sys.exit(f"reading {src}: HTTP {status}")
         todo = total - len(s3_keys(port, bucket, "packs/"))
-        q, errors = queue.Queue(), []
-        for _ in range(max(0, todo)):
-            q.put(os.urandom(32).hex())
-
-        def work():
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-            while not errors:
-                try:
-                    name = q.get_nowait()
-                except queue.Empty:
-                    return
-                status, data = s3(c, "PUT", f"/{bucket}/packs/{name}", body)
-                if status != 200:
-                    errors.append(f"PUT packs/{name}: HTTP {status}: {data[:200]!r}")
-
-        threads = [threading.Thread(target=work) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            sys.exit(errors[0])
+        put_each(port, [f"/{bucket}/packs/{os.urandom(32).hex()}" for _ in range(max(0, todo))], body, 8)
         print(len(s3_keys(port, bucket, "packs/")))
     elif cmd == "intake":  # PORT BUCKET OBJECTS SIZE INFLIGHT: seconds for moto to take OBJECTS x SIZE random bytes
         port, bucket, objects, size, inflight = int(a[0]), a[1], int(a[2]), int(a[3]), int(a[4])
@@ -256,31 +263,9 @@ def main(cmd, *a):
         # A checksum header, as lifeboat sends one with every PUT (moto keeps it and never checks it: its cost is the same whatever the algorithm).
         checksum = {"x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(body).digest()).decode(),
                     "x-amz-sdk-checksum-algorithm": "SHA256"}
-        todo, errors = queue.Queue(), []
-        for i in range(objects):
-            todo.put(i)
-
-        def put_all():
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-            while True:
-                try:
-                    i = todo.get_nowait()
-                except queue.Empty:
-                    return
-                c.request("PUT", f"/{bucket}/floor/{i:064x}", body=body,
-                          headers={"Authorization": S3_AUTH, "Content-Length": str(len(body)), **checksum})
-                r = c.getresponse()
-                r.read()
-                if r.status != 200:
-                    errors.append(f"PUT floor/{i}: HTTP {r.status}")
+        paths = [f"/{bucket}/floor/{i:064x}" for i in range(objects)]
         t0 = time.time()
-        threads = [threading.Thread(target=put_all) for _ in range(inflight)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            sys.exit(errors[0])
+        put_each(port, paths, body, inflight, checksum)
         print(time.time() - t0)
     elif cmd == "rtt":  # PORT: median seconds of 41 HEADs of a missing object, one connection
         c = http.client.HTTPConnection("127.0.0.1", int(a[0]), timeout=60)
