@@ -58,6 +58,9 @@ pub struct CloudBackend {
     /// Said with a failure when no credentials were named (see
     /// `Settings::implicit_credentials`).
     implicit_credentials: Option<&'static str>,
+    /// Uploads carry a CRC64NVME (S3 without `AWS_CHECKSUM_ALGORITHM`): an
+    /// upload refused over its checksum says how to send a SHA-256 instead.
+    crc64nvme: bool,
     pub(crate) client: LazyClient,
 }
 
@@ -105,6 +108,7 @@ impl CloudBackend {
             .build()
             .map_err(|e| unsupported(format!("cannot start the cloud client's threads: {e}")))?;
         let _in_runtime = rt.enter();
+        let mut crc64nvme = false;
         let (store, service, prefix): (Arc<dyn ObjectStore>, Service, &str) = match at {
             Location::S3 { bucket, prefix } => {
                 // One DELETE per object, not the bulk DeleteObjects POST:
@@ -119,6 +123,7 @@ impl CloudBackend {
                 // (the payload is then signed too).
                 if builder.get_config_value(&AmazonS3ConfigKey::Checksum).is_none() {
                     builder = builder.with_checksum_algorithm(Checksum::CRC64NVME).with_unsigned_payload(true);
+                    crc64nvme = true;
                 }
                 let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
                 if settings.plain_http_only(true, endpoint.as_deref()) {
@@ -172,6 +177,7 @@ impl CloudBackend {
             service,
             client: LazyClient::default(),
             implicit_credentials,
+            crc64nvme,
         })
     }
 
@@ -256,6 +262,24 @@ impl CloudBackend {
                      that they may {what} objects there"
                 ),
             },
+            // A store from before 2025 may not know CRC64NVME (MinIO and
+            // Ceph RGW learnt it that year): its refusal names the checksum
+            // header, or the functionality the header implies.
+            other
+                if self.crc64nvme
+                    && matches!(what, "write" | "create" | "replace")
+                    && refuses_checksum(&other.to_string()) =>
+            {
+                VaultError::Cloud {
+                    location: self.location.clone(),
+                    source: format!(
+                        "{other}; the store may not know CRC64NVME upload checksums (S3-compatible stores from before \
+                         2025): set AWS_CHECKSUM_ALGORITHM=sha256 to send a SHA-256 instead (README, \"Replicate to \
+                         Azure Blob or S3\")"
+                    )
+                    .into(),
+                }
+            }
             other => match self.implicit_credentials {
                 Some(hint) => VaultError::Cloud {
                     location: self.location.clone(),
@@ -562,6 +586,15 @@ impl Backend for CloudBackend {
     fn writer(&self, kind: Kind) -> Result<Option<Box<dyn ObjectWriter + '_>>, VaultError> {
         Ok(Some(Box::new(CloudWriter { backend: self, kind, pieces: Vec::new(), len: 0 })))
     }
+}
+
+/// Whether a failed upload's error text (which holds the store's answer)
+/// reads as the store refusing its checksum: it names a checksum or CRC64,
+/// or says a header implies something not implemented (S3's
+/// `NotImplemented`).
+fn refuses_checksum(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("checksum") || t.contains("crc64") || t.contains("notimplemented") || t.contains("not implemented")
 }
 
 /// Of `uploads` (listed at the store's time `now`), those of the vault's

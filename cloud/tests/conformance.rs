@@ -277,3 +277,104 @@ fn s3_uploads_a_crash_left_open_are_aborted() {
     rt.block_on(foreign.complete()).unwrap();
     assert_eq!(open(&moto.vars(), "s3://lb-uploads/elsewhere").size(vault::Kind::Config, "x").unwrap(), None);
 }
+
+/// An S3-compatible store from before CRC64NVME, in front of moto: it
+/// answers any request carrying `x-amz-checksum-crc64nvme` as AWS answers
+/// an algorithm it does not know, and passes every other request on.
+struct OldStore {
+    addr: std::net::SocketAddr,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl OldStore {
+    fn start(upstream: u16) -> OldStore {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = std::sync::Arc::clone(&refused);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let count = std::sync::Arc::clone(&count);
+                std::thread::spawn(move || {
+                    if OldStore::serve(client, upstream).unwrap_or(false) {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        OldStore { addr, refused }
+    }
+
+    /// Serves one request on `client`, then closes it; whether it refused it.
+    fn serve(mut client: std::net::TcpStream, upstream: u16) -> std::io::Result<bool> {
+        use std::io::{Read, Write};
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if client.read(&mut byte)? == 0 {
+                return Ok(false);
+            }
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        let mut body = vec![0u8; length];
+        client.read_exact(&mut body)?;
+        if text.contains("x-amz-checksum-crc64nvme") {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidRequest</Code><Message>Value \
+                       for x-amz-sdk-checksum-algorithm header is invalid.</Message></Error>";
+            write!(
+                client,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: \
+                 close\r\n\r\n{xml}",
+                xml.len()
+            )?;
+            return Ok(true);
+        }
+        // Everything else goes to moto, one connection a request.
+        let kept: Vec<&str> = std::str::from_utf8(&head)
+            .unwrap()
+            .trim_end()
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+            .collect();
+        let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+        write!(up, "{}\r\nConnection: close\r\n\r\n", kept.join("\r\n"))?;
+        up.write_all(&body)?;
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer)?;
+        client.write_all(&answer)?;
+        Ok(false)
+    }
+}
+
+/// A store that refuses CRC64NVME checksums (a careless admin's old MinIO
+/// or Ceph): the failed upload says so and names the setting that fixes it,
+/// and with that setting the same store takes the upload.
+#[test]
+fn a_store_that_refuses_crc64nvme_names_the_setting_that_fixes_it() {
+    let moto = Moto::start();
+    open(&moto.vars(), "s3://lb-old-store/v").create_bucket(None).unwrap();
+    let old = OldStore::start(moto.port());
+    let mut vars: Vec<(String, String)> = moto.vars().into_iter().filter(|(k, _)| k != "AWS_ENDPOINT_URL").collect();
+    vars.push(("AWS_ENDPOINT_URL".into(), format!("http://{}", old.addr)));
+    let b = open(&vars, "s3://lb-old-store/v");
+    let e = b.put(Kind::Pack, "abc123", b"some pack").unwrap_err().to_string();
+    assert!(e.contains("s3://lb-old-store/v") && e.contains("AWS_CHECKSUM_ALGORITHM=sha256"), "{e}");
+    let mut w = b.writer(Kind::Pack).unwrap().unwrap();
+    w.write(b"a streamed pack").unwrap();
+    let e = w.commit("abc124").unwrap_err().to_string();
+    assert!(e.contains("AWS_CHECKSUM_ALGORITHM=sha256"), "{e}");
+    assert_eq!(old.refused.load(std::sync::atomic::Ordering::SeqCst), 2, "both uploads reached the old store");
+
+    vars.push(("AWS_CHECKSUM_ALGORITHM".into(), "sha256".into()));
+    let b = open(&vars, "s3://lb-old-store/v");
+    b.put(Kind::Pack, "abc123", b"some pack").unwrap();
+    assert_eq!(b.get(Kind::Pack, "abc123").unwrap(), b"some pack");
+    assert_eq!(old.refused.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
