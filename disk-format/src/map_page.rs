@@ -264,6 +264,19 @@ impl MapBuilder {
         Ok(MapBuilder { geometry, previous: previous.to_vec(), drafts: BTreeMap::new() })
     }
 
+    /// Puts the previous point's pages under a builder made with
+    /// [`MapBuilder::new`], once they are known (a cycle that cut before
+    /// the vault named its newest point): the blocks set so far stay set,
+    /// and the result is [`MapBuilder::from_previous`]'s with those blocks.
+    pub fn set_previous(&mut self, previous: &[PageId]) -> Result<(), PageError> {
+        let want = page_count(&self.geometry);
+        if previous.len() as u64 != want {
+            return Err(PageError::PageCount { got: previous.len(), want });
+        }
+        self.previous = previous.to_vec();
+        Ok(())
+    }
+
     /// Records that `block` now holds the block named `id` (`BlockId::ZERO`
     /// for a zero or trimmed block).
     pub fn set(&mut self, block: u64, id: BlockId) -> Result<(), PageError> {
@@ -391,6 +404,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A builder given the previous pages after its blocks were set builds
+    /// the same map as one that started from them.
+    #[test]
+    fn previous_pages_given_late_build_the_same_map() {
+        let g = Geometry::new(4 * 512 * 4096 - 4096, 4096).unwrap();
+        let mut b = MapBuilder::new(g);
+        for blk in [0, 600, 1200, 2046] {
+            b.set(blk, id(blk)).unwrap();
+        }
+        let first = b.finish(|_| -> Result<Vec<u8>, PageError> { unreachable!() }).unwrap();
+        let store: HashMap<PageId, Vec<u8>> = first.new_pages.into_iter().collect();
+        let load = |pid: &PageId| Ok::<_, PageError>(store[pid].clone());
+        let changes = |b: &mut MapBuilder| {
+            b.set(601, id(601)).unwrap();
+            b.set(2046, BlockId::ZERO).unwrap();
+        };
+        let mut late = MapBuilder::new(g);
+        changes(&mut late);
+        assert_eq!(late.set_previous(&first.pages[..3]), Err(PageError::PageCount { got: 3, want: 4 }));
+        late.set_previous(&first.pages).unwrap();
+        let mut from = MapBuilder::from_previous(&first.pages, g).unwrap();
+        changes(&mut from);
+        assert_eq!(late.pages_to_load(), from.pages_to_load());
+        let (late, from) = (late.finish(load).unwrap(), from.finish(load).unwrap());
+        assert_eq!(late, from);
+        assert_eq!(late.pages[0], first.pages[0], "the untouched page is the previous one");
     }
 
     #[test]

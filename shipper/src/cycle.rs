@@ -255,9 +255,20 @@ fn runs(blocks: &[u64]) -> Vec<(u64, u64)> {
 
 /// The sequences of this disk's format-1 points (stored under its name
 /// before root format 2), ascending; empty when there are none.
-fn format_1_points(vault: &Vault, opts: &CycleOptions<'_>) -> Result<Vec<u64>, ShipError> {
-    let points = vault.format_1_points(opts.disk_name)?;
-    Ok(points.iter().filter(|p| p.damage.is_none() && p.disk_id == opts.disk_id).map(|p| p.sequence).collect())
+fn format_1_points(vault: &Vault, disk: &Disk<'_>) -> Result<Vec<u64>, ShipError> {
+    let points = vault.format_1_points(disk.name)?;
+    Ok(points.iter().filter(|p| p.damage.is_none() && p.disk_id == disk.id).map(|p| p.sequence).collect())
+}
+
+/// Whose points a cycle looks for: the disk's name (of its format-1
+/// points), identity and namespace. Shared with the thread that asks the
+/// vault while the cut is read ([`CycleOptions`] holds a clock that need
+/// not be shared).
+#[derive(Clone, Copy)]
+struct Disk<'a> {
+    name: &'a str,
+    id: [u8; 16],
+    chain: &'a str,
 }
 
 /// Runs one cycle: cut, ship, commit. On any error the cut is aborted (its
@@ -272,19 +283,12 @@ pub fn run_cycle(
     let started = Instant::now();
     vault.check_key(keys)?;
     // A cycle and a garbage collection never overlap (vault/src/gc.rs): the
-    // lease is taken before the cut, so a busy vault costs nothing to undo.
-    // The disk's points live under its namespace; before root format 2 they
-    // lived under its name, and the first cycle after the upgrade builds on
-    // the newest of those that is this disk's.
-    //
-    // On a remote vault (`Backend::remote`), the lease's two requests
-    // (write it, then look for a GC's) and the newest point's two (list the
-    // chain, read its root) go at once: two round trips instead of four.
-    // Reading the root early is safe: a GC that could change it is either
-    // seen running (and the cycle stops, its reads unused) or over before
-    // the lease is looked at, and no GC removes a chain's newest root.
+    // cycle writes nothing before it holds its lease. The disk's points
+    // live under its namespace; before root format 2 they lived under its
+    // name, and the first cycle after the upgrade builds on the newest of
+    // those that is this disk's.
     let own_chain = Vault::chain_of(keys, &opts.disk_id);
-    let lease_chain = own_chain.clone();
+    let disk = Disk { name: opts.disk_name, id: opts.disk_id, chain: &own_chain };
     let geometry = source.geometry();
     let mut cycle = Cycle {
         source,
@@ -292,40 +296,92 @@ pub fn run_cycle(
         keys,
         opts,
         progress,
-        own_chain,
+        own_chain: own_chain.clone(),
         geometry,
         warnings: Vec::new(),
         cache: None,
         written: Vec::new(),
         index_listed: false,
     };
-    let (lease, newest) = if vault.backend().remote() {
-        std::thread::scope(|s| {
-            let lease = s.spawn(|| vault.begin_cycle(&lease_chain));
-            let newest = cycle.newest();
-            (lease.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), newest)
-        })
+    let mut warnings = Vec::new();
+    let (lease, newest, early_ship) = if !vault.backend().remote() {
+        // Into a local vault the lease is taken before the filter is asked anything.
+        let lease = vault.begin_cycle(disk.chain)?;
+        let recorded = cycle.source.last_point()?;
+        (Ok(lease), newest(vault, keys, disk, recorded, &mut warnings), None)
     } else {
-        let lease = vault.begin_cycle(&lease_chain)?;
-        (Ok(lease), cycle.newest())
+        // On a remote vault, the lease's two requests (write it, then look
+        // for a GC's) and the newest point's two (list the chain, read its
+        // root) go at once: two round trips instead of four. Reading the
+        // root early is safe: a GC that could change it is either seen
+        // running (and the cycle stops, its reads unused) or over before
+        // the lease is looked at, and no GC removes a chain's newest root.
+        //
+        // And when the dirty maps are relative to a point of this vault,
+        // the cut is taken before those round trips and its blocks are read
+        // and sealed meanwhile: nothing leaves the host until the lease is
+        // held and the newest point is the one the maps are relative to
+        // (`Gate`). If it is not, or the vault is busy, the cut is handed
+        // back (its blocks stay dirty) and the cycle goes on as the answers
+        // say. Not with a cut hook: the guest would be quiesced twice.
+        let recorded = cycle.source.last_point()?;
+        let early = opts.cut_hook.is_none()
+            && recorded.is_some_and(|r| r.vault_id == vault.config().vault_id)
+            && !cycle.source.suspect()?;
+        if early {
+            let cut = cycle.cut(false)?;
+            let gate = Gate::default();
+            std::thread::scope(|s| {
+                let answers = s.spawn(|| {
+                    let _answered = AnswerOnDrop(&gate);
+                    let lease = s.spawn(|| vault.begin_cycle(disk.chain));
+                    let mut warnings = Vec::new();
+                    let newest = newest(vault, keys, disk, recorded, &mut warnings);
+                    let lease = lease.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    let previous = match (&lease, &newest) {
+                        (Ok(_), Ok(n)) => n.reusable(geometry).cloned(),
+                        _ => None,
+                    };
+                    gate.answer(previous);
+                    (lease, newest, warnings)
+                });
+                let shipped = cycle.ship_cut(cut, Prev::Pending(&gate));
+                let (lease, newest, said) = answers.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                warnings = said;
+                (lease, newest, Some(shipped))
+            })
+        } else {
+            std::thread::scope(|s| {
+                let lease = s.spawn(|| vault.begin_cycle(disk.chain));
+                let newest = newest(vault, keys, disk, recorded, &mut warnings);
+                (lease.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), newest, None)
+            })
+        }
     };
+    cycle.warnings.append(&mut warnings);
     // A busy vault is said first: the newest point's failure may be its GC's.
     let _cycle = lease?;
-    let Newest { previous, previous_id, last_sequence, base, recorded } = newest?;
-    let chain_break = match base {
+    let newest = newest?;
+    let chain_break = match &newest.base {
         Base::Broken(b) => {
             cycle.warnings.push(format!(
                 "{}; this cycle reads and verifies the whole disk (blocks the vault holds are not sent again)",
                 b.describe(opts.disk_name)
             ));
-            Some(b)
+            Some(b.clone())
         }
         _ => None,
     };
-    let reuse = previous.as_ref().filter(|r| r.geometry == geometry && chain_break.is_none());
-    let full = reuse.is_none() || cycle.source.suspect()?;
-    let cut = cycle.cut(full)?;
-    let (cut, mut report, pages) = cycle.ship_cut(cut, reuse)?;
+    let (cut, mut report, pages) = match early_ship {
+        Some(Err(ShipError::EarlyCutUndone)) | None => {
+            let reuse = newest.reusable(geometry);
+            let full = reuse.is_none() || cycle.source.suspect()?;
+            let cut = cycle.cut(full)?;
+            cycle.ship_cut(cut, Prev::Known(reuse))?
+        }
+        Some(shipped) => shipped?,
+    };
+    let Newest { previous_id, last_sequence, recorded, .. } = newest;
     // A sequence number this host committed is never used again for another
     // point, even if the vault lost it (rolled back).
     let vault_id = vault.config().vault_id;
@@ -347,6 +403,117 @@ pub fn run_cycle(
     report.warnings = std::mem::take(&mut cycle.warnings);
     report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
+}
+
+/// The vault's answers a cut taken before them waits for before anything
+/// of it leaves the host (see [`run_cycle`]): the point to build on, once
+/// the lease is held and the vault's newest point is the one the dirty maps
+/// are relative to; or none, and the cut is handed back.
+#[derive(Default)]
+struct Gate {
+    answer: std::sync::OnceLock<Option<Root>>,
+    lock: std::sync::Mutex<()>,
+    answered: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Gives the answers (only the first counts).
+    fn answer(&self, previous: Option<Root>) {
+        let _lock = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _first = self.answer.set(previous);
+        self.answered.notify_all();
+    }
+
+    /// Waits for the answers: the point to build on, if the cut may go.
+    fn wait(&self) -> Option<&Root> {
+        let mut lock = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while self.answer.get().is_none() {
+            lock = self.answered.wait(lock).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        drop(lock);
+        self.answer.get().and_then(Option::as_ref)
+    }
+
+    /// Waits for the answers; an error if the cut may not be shipped.
+    fn go(&self) -> Result<(), ShipError> {
+        self.wait().map(|_| ()).ok_or(ShipError::EarlyCutUndone)
+    }
+}
+
+/// Answers a [`Gate`] "no" when dropped unanswered (its answering thread
+/// panicked), so that nothing waits for it forever.
+struct AnswerOnDrop<'g>(&'g Gate);
+
+impl Drop for AnswerOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.answer(None);
+    }
+}
+
+/// The point a cycle's new map builds on.
+#[derive(Clone, Copy)]
+enum Prev<'a> {
+    /// Known before the blocks are read (`None`: nothing to build on).
+    Known(Option<&'a Root>),
+    /// Known once the vault has answered (a cut taken before).
+    Pending(&'a Gate),
+}
+
+/// Finds the newest point of `disk` in the vault, and judges it against
+/// `recorded`, the point the filter's state says its dirty maps are
+/// relative to. What the operator should know goes to `warnings`.
+fn newest(
+    vault: &Vault,
+    keys: &Keys,
+    disk: Disk<'_>,
+    recorded: Option<LastPoint>,
+    warnings: &mut Vec<String>,
+) -> Result<Newest, ShipError> {
+    let own_chain = disk.chain;
+    let mut last_sequence = vault.sequences(own_chain)?.last().copied().unwrap_or(0);
+    let legacy = if last_sequence == 0 { format_1_points(vault, &disk)? } else { Vec::new() };
+    let latest = match (last_sequence, legacy.last()) {
+        (0, None) => Ok(None),
+        (0, Some(&seq)) => {
+            last_sequence = seq;
+            vault.load_root_with_id(disk.name, seq, Some(keys)).map(Some)
+        }
+        (seq, _) => vault.load_root_with_id(own_chain, seq, Some(keys)).map(Some),
+    };
+    // The newest point (its MAC verified) names the cipher the vault had
+    // when it was cut; a config naming another was replaced since (a
+    // downgrade, or a copy of another vault's config): ship nothing.
+    if let Ok(Some((root, _))) = &latest {
+        let was = block_cipher_unauthenticated(&root.extension).unwrap_or(Cipher::XChaCha20Poly1305);
+        let now = vault.config().cipher;
+        if was != now {
+            let location = vault.backend().location();
+            return Err(ShipError::CipherChanged { location, sequence: root.sequence, was, now });
+        }
+    }
+    let (previous, previous_id, base) = match latest {
+        // Only the point the dirty maps are relative to can be built on
+        // (`chain`): anything else gets a full verify, and says why.
+        Ok(newest) => {
+            let mut point = |seq: u64| match legacy.contains(&seq) {
+                true => vault.load_root_with_id(disk.name, seq, Some(keys)).ok(),
+                false => vault.load_root_with_id(own_chain, seq, Some(keys)).ok(),
+            };
+            let newest_ref = newest.as_ref().map(|(r, id)| (r, *id));
+            let vault_id = vault.config().vault_id;
+            let base = chain::judge(recorded.as_ref(), vault_id, disk.id, newest_ref, &mut point);
+            let id = newest.as_ref().map(|(_, id)| *id);
+            (newest.map(|(root, _)| root), id, base)
+        }
+        // The newest point cannot be built on: verify the whole disk instead,
+        // as for a first cycle, and number the new point after it.
+        Err(e @ vault::VaultError::Damaged { .. }) => {
+            warnings.push(format!("{e}; this cycle reads and verifies the whole disk instead of building on it"));
+            (None, None, Base::First)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Newest { previous, previous_id, last_sequence, base, recorded })
 }
 
 /// The error says the previous point's map pages are missing or damaged.
@@ -423,6 +590,17 @@ struct Newest {
     recorded: Option<LastPoint>,
 }
 
+impl Newest {
+    /// The point whose map the cycle builds on: the newest one, when the
+    /// dirty maps are relative to it and the disk kept its geometry.
+    fn reusable(&self, geometry: Geometry) -> Option<&Root> {
+        match self.base {
+            Base::Broken(_) => None,
+            _ => self.previous.as_ref().filter(|r| r.geometry == geometry),
+        }
+    }
+}
+
 /// The cut a cycle ships.
 struct Cut {
     info: CutInfo,
@@ -437,58 +615,6 @@ struct Cut {
 }
 
 impl Cycle<'_, '_> {
-    /// Finds the newest point in the vault, and what the filter's state says
-    /// its dirty maps are relative to.
-    fn newest(&mut self) -> Result<Newest, ShipError> {
-        let (vault, keys, opts, own_chain) = (self.vault, self.keys, self.opts, self.own_chain.as_str());
-        let recorded = self.source.last_point()?;
-        let mut last_sequence = vault.sequences(own_chain)?.last().copied().unwrap_or(0);
-        let legacy = if last_sequence == 0 { format_1_points(vault, opts)? } else { Vec::new() };
-        let latest = match (last_sequence, legacy.last()) {
-            (0, None) => Ok(None),
-            (0, Some(&seq)) => {
-                last_sequence = seq;
-                vault.load_root_with_id(opts.disk_name, seq, Some(keys)).map(Some)
-            }
-            (seq, _) => vault.load_root_with_id(own_chain, seq, Some(keys)).map(Some),
-        };
-        // The newest point (its MAC verified) names the cipher the vault had
-        // when it was cut; a config naming another was replaced since (a
-        // downgrade, or a copy of another vault's config): ship nothing.
-        if let Ok(Some((root, _))) = &latest {
-            let was = block_cipher_unauthenticated(&root.extension).unwrap_or(Cipher::XChaCha20Poly1305);
-            let now = vault.config().cipher;
-            if was != now {
-                let location = vault.backend().location();
-                return Err(ShipError::CipherChanged { location, sequence: root.sequence, was, now });
-            }
-        }
-        let (previous, previous_id, base) = match latest {
-            // Only the point the dirty maps are relative to can be built on
-            // (`chain`): anything else gets a full verify, and says why.
-            Ok(newest) => {
-                let mut point = |seq: u64| match legacy.contains(&seq) {
-                    true => vault.load_root_with_id(opts.disk_name, seq, Some(keys)).ok(),
-                    false => vault.load_root_with_id(own_chain, seq, Some(keys)).ok(),
-                };
-                let newest_ref = newest.as_ref().map(|(r, id)| (r, *id));
-                let vault_id = vault.config().vault_id;
-                let base = chain::judge(recorded.as_ref(), vault_id, opts.disk_id, newest_ref, &mut point);
-                let id = newest.as_ref().map(|(_, id)| *id);
-                (newest.map(|(root, _)| root), id, base)
-            }
-            // The newest point cannot be built on: verify the whole disk instead,
-            // as for a first cycle, and number the new point after it.
-            Err(e @ vault::VaultError::Damaged { .. }) => {
-                self.warnings
-                    .push(format!("{e}; this cycle reads and verifies the whole disk instead of building on it"));
-                (None, None, Base::First)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Newest { previous, previous_id, last_sequence, base, recorded })
-    }
-
     /// Takes the cut (of every block when `full`), around the cut hook if
     /// there is one.
     fn cut(&mut self, full: bool) -> Result<Cut, ShipError> {
@@ -515,24 +641,43 @@ impl Cycle<'_, '_> {
         Ok(Cut { info: cut?, time_ns: at, consistency, full, recut: false })
     }
 
-    /// Ships the cut's blocks, building on `reuse`'s map unless the cut is
-    /// full. If that map turns out to be unusable, the cut is replaced by a
-    /// full one and shipped again. On an error the cut is aborted.
+    /// Ships the cut's blocks, building on `previous`'s map unless the cut
+    /// is full. If that map turns out to be unusable, the cut is replaced by
+    /// a full one and shipped again. On an error the cut is aborted; a cut
+    /// taken before the vault answered that the answers do not allow fails
+    /// with [`ShipError::EarlyCutUndone`].
     ///
     /// If the index cache named packs the vault no longer has, the cut is
     /// taken again and shipped against the corrected cache (a cut's blocks
     /// can be read only once, so those found in the gone packs cannot be
     /// read again from this one).
-    fn ship_cut(&mut self, mut cut: Cut, reuse: Option<&Root>) -> Result<(Cut, CycleReport, PointMap), ShipError> {
+    fn ship_cut(&mut self, mut cut: Cut, previous: Prev<'_>) -> Result<(Cut, CycleReport, PointMap), ShipError> {
         // A full cycle sets every block: it never needs the previous map.
-        let mut shipped = self.ship(reuse.filter(|_| !cut.full), cut.full);
+        let first = match previous {
+            Prev::Known(p) => Prev::Known(p.filter(|_| !cut.full)),
+            pending => pending,
+        };
+        let mut shipped = self.ship(first, cut.full);
+        // What a second attempt builds on: after a cut taken early, the
+        // point the vault named, if its answers allow the cut at all.
+        let reuse = match previous {
+            Prev::Known(p) => p,
+            Prev::Pending(_) if shipped.is_ok() => None,
+            Prev::Pending(gate) => {
+                let Some(answered) = gate.wait() else {
+                    let _ = self.source.abort();
+                    return Err(ShipError::EarlyCutUndone);
+                };
+                Some(answered)
+            }
+        };
         if let Err(e @ ShipError::IndexCacheStale { .. }) = &shipped {
             self.warnings.push(format!("{e}; the cut was taken again and shipped against the corrected cache"));
             self.source.abort()?;
             let info = self.source.cut(if cut.full { CutKind::Full } else { CutKind::Dirty })?;
             let time_ns = (self.opts.clock)();
             cut = Cut { info, time_ns, consistency: Consistency::Crash, full: cut.full, recut: true };
-            shipped = self.ship(reuse.filter(|_| !cut.full), cut.full);
+            shipped = self.ship(Prev::Known(reuse.filter(|_| !cut.full)), cut.full);
         }
         if let Err(e) = &shipped {
             if !cut.full && previous_map_unusable(e) {
@@ -545,7 +690,7 @@ impl Cycle<'_, '_> {
                 let info = self.source.cut(CutKind::Full)?;
                 let time_ns = (self.opts.clock)();
                 cut = Cut { info, time_ns, consistency: Consistency::Crash, full: true, recut: true };
-                shipped = self.ship(None, true);
+                shipped = self.ship(Prev::Known(None), true);
             }
         }
         match shipped {
@@ -623,15 +768,19 @@ impl Cycle<'_, '_> {
 
     /// Reads, seals and stores the cut's blocks (every block when `full`),
     /// and the new point's map pages, built on `previous`'s. Returns the
-    /// counts and the new point's page ids.
-    fn ship(&mut self, previous: Option<&Root>, full: bool) -> Result<(CycleReport, PointMap), ShipError> {
+    /// counts and the new point's page ids. With a pending previous point
+    /// (a cut taken early), the blocks are read and sealed at once, and
+    /// nothing is written before the vault's answers let the cut go.
+    fn ship(&mut self, previous: Prev<'_>, full: bool) -> Result<(CycleReport, PointMap), ShipError> {
         let geometry = self.geometry;
         let blocks: Vec<u64> = if full { (0..geometry.block_count).collect() } else { self.source.blocks()? };
         let total: u64 = blocks.iter().map(|&b| geometry.block_len(b) as u64).sum();
         self.progress.start(if full { "full sync" } else { "changes" }, total);
-        let map = match previous {
-            Some(r) => MapBuilder::from_previous(&r.pages, geometry)?,
-            None => MapBuilder::new(geometry),
+        let (map, gate) = match previous {
+            Prev::Known(Some(r)) => (MapBuilder::from_previous(&r.pages, geometry)?, None),
+            Prev::Known(None) => (MapBuilder::new(geometry), None),
+            // The previous pages go under the map once the vault names them.
+            Prev::Pending(gate) => (MapBuilder::new(geometry), Some(gate)),
         };
         let mut known = self.known(full)?;
         // Packs stream to the vault in aligned chunks (`pack_out`): the writer
@@ -647,34 +796,51 @@ impl Cycle<'_, '_> {
         let (read, pages, stored_packs) = std::thread::scope(|s| {
             let storer = std::thread::Builder::new()
                 .name("ship-store".into())
-                .spawn_scoped(s, move || store_packs(vault, storer_rx, free_tx))
+                .spawn_scoped(s, move || store_packs(vault, storer_rx, free_tx, gate))
                 .expect("spawning the pack storer");
             // The previous point's pages this cycle's blocks fall in are
             // fetched while the blocks are read: they wait for nothing but
             // the list of blocks, and would otherwise cost their round trips
             // after the read, on the way to the root.
-            let prefetch = previous.map(|prev| {
+            let prefetch = (!matches!(previous, Prev::Known(None))).then(|| {
                 let mut wanted: Vec<u64> = blocks.iter().map(|b| b / disk_format::PAGE_ENTRIES as u64).collect();
                 wanted.sort_unstable();
                 wanted.dedup();
-                s.spawn(move || vault.load_pages(&format!("{}/{}", prev.chain(), prev.sequence), prev, &wanted))
+                s.spawn(move || {
+                    let prev = match previous {
+                        Prev::Known(prev) => prev,
+                        Prev::Pending(gate) => gate.wait(),
+                    };
+                    match prev {
+                        Some(prev) => vault.load_pages(&format!("{}/{}", prev.chain(), prev.sequence), prev, &wanted),
+                        None => Ok(Default::default()),
+                    }
+                })
             });
             let cipher = self.vault.config().cipher;
             let limit = pack_limit(blocks.len() as u64, geometry.block_size, vault.backend().writes_in_flight());
             let read = Packer::new(&free_rx, &to_storer, map, full, cipher, self.opts.compress, limit)
-                .and_then(|p| self.read(p, &blocks, &mut known));
+                .and_then(|p| self.read(p, &blocks, &mut known, gate));
             drop(to_storer);
             // The map's pages do not depend on the packs: they are built and
             // stored while the storer finishes the last pack. The root still
             // waits for both.
             let (read, pages) = match read {
-                Ok((map, placed, report)) => {
+                Ok((mut map, placed, report)) => {
+                    let previous = match previous {
+                        Prev::Known(p) => Ok(p),
+                        Prev::Pending(gate) => gate.wait().ok_or(ShipError::EarlyCutUndone).and_then(|r| {
+                            map.set_previous(&r.pages)?;
+                            Ok(Some(r))
+                        }),
+                    };
                     let previous_pages = prefetch
                         .map(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                         .transpose()
                         .map_err(ShipError::from);
-                    let pages = previous_pages.and_then(|pages| {
-                        store_pages(vault, map, previous, pages.unwrap_or_default(), &placed, known.index())
+                    let pages = previous.and_then(|previous| {
+                        let pages = previous_pages?.unwrap_or_default();
+                        store_pages(vault, map, previous, pages, &placed, known.index())
                     });
                     (Ok(report), Some(pages))
                 }
@@ -762,10 +928,15 @@ impl Cycle<'_, '_> {
         mut packer: Packer<'_>,
         blocks: &[u64],
         known: &mut Known,
+        gate: Option<&Gate>,
     ) -> Result<(MapBuilder, Placed, CycleReport), ShipError> {
         packer.track_known = matches!(known, Known::Cache(_));
         let cached = self.run_pipeline(&mut packer, blocks, known.index())?;
         if let Known::Cache(cache) = known {
+            // Packs confirmed present stay so only while the lease is held.
+            if let Some(gate) = gate {
+                gate.go()?;
+            }
             let found_in = std::mem::take(&mut packer.known_in);
             let gone = cache.confirm(self.vault, &found_in.keys().copied().collect())?;
             if !gone.is_empty() {
@@ -812,14 +983,18 @@ impl Cycle<'_, '_> {
 /// the one before waits for the server's fsyncs. Every lane has committed
 /// (or failed) before this returns, and the root is written only after, so
 /// a point never names a pack that is not durable.
+///
+/// With a `gate` (a cut taken before the vault answered), no lane starts
+/// its first pack before the answers let the cut go.
 fn store_packs(
     vault: &Vault,
     chunks: Receiver<ToStorer>,
     free: Sender<Chunk>,
+    gate: Option<&Gate>,
 ) -> Result<Vec<FinishedPack<()>>, ShipError> {
     let lanes = vault.backend().writes_in_flight().max(1);
     if lanes == 1 {
-        return store_lane(vault, chunks, free);
+        return store_lane(vault, chunks, free, gate);
     }
     std::thread::scope(|s| {
         let mut senders = Vec::with_capacity(lanes);
@@ -835,8 +1010,9 @@ fn store_packs(
             let lane = std::thread::Builder::new()
                 .name(format!("ship-store-{n}"))
                 .spawn_scoped(s, move || {
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store_lane(vault, rx, free)))
-                        .unwrap_or(Err(ShipError::Panic));
+                    let r =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store_lane(vault, rx, free, gate)))
+                            .unwrap_or(Err(ShipError::Panic));
                     if r.is_err() {
                         let _ = failed_tx.send(());
                     }
@@ -894,6 +1070,7 @@ fn store_lane(
     vault: &Vault,
     chunks: Receiver<ToStorer>,
     free: Sender<Chunk>,
+    gate: Option<&Gate>,
 ) -> Result<Vec<FinishedPack<()>>, ShipError> {
     let mut done = Vec::new();
     let mut current = None;
@@ -906,7 +1083,13 @@ fn store_lane(
         };
         let writer = match &mut current {
             Some(w) => w,
-            None => current.insert(vault.pack_writer()?),
+            None => {
+                // A pack writer may start sending (to a vault server) at once.
+                if let Some(gate) = gate {
+                    gate.go()?;
+                }
+                current.insert(vault.pack_writer()?)
+            }
         };
         writer.write(chunk.bytes())?;
         let _ = free.send(chunk.cleared());
@@ -1301,7 +1484,7 @@ mod tests {
         }
         let (to_storer, storer_rx) = bounded::<ToStorer>(CHUNKS);
         std::thread::scope(|s| {
-            let storer = s.spawn(|| store_packs(&vault, storer_rx, free_tx));
+            let storer = s.spawn(|| store_packs(&vault, storer_rx, free_tx, None));
             // Pack 0 to lane 0, whose commit is held; pack 1 to lane 1.
             to_storer.send(end(0, free_rx.recv().unwrap())).unwrap();
             to_storer.send(end(1, free_rx.recv().unwrap())).unwrap();

@@ -96,6 +96,13 @@ pub enum ShipError {
     /// The cycle was asked to stop (the agent is shutting down).
     #[error("the cycle was cancelled (Lifeboat is stopping); its changes stay marked dirty")]
     Cancelled,
+    /// A cut taken before the vault answered (a cycle into a remote vault
+    /// cuts while it takes the lease and finds the newest point) cannot be
+    /// shipped: the vault is busy, or the point is not the one the dirty
+    /// maps are relative to. Nothing was written; the cut was handed back
+    /// and the cycle goes on as the vault's answers say.
+    #[error("the cut taken while the vault was asked was handed back: the vault's answers do not let it be shipped")]
+    EarlyCutUndone,
     /// Packs the host's index cache named, and that blocks of the cut were
     /// deduplicated against, are gone from the vault (garbage-collected at
     /// the site since the cache last listed it). Nothing was committed; the

@@ -938,7 +938,9 @@ fn hex(b: &[u8]) -> String {
 
 /// A local vault that says it is remote (`Backend::remote`): taking a
 /// cycle lease waits, up to 10 s, until the newest point's roots have been
-/// listed, which only a cycle that sends the two at once does.
+/// listed, which only a cycle that sends the two at once does; or, with
+/// `Overlap::after_blocks`, until the cut's blocks are being read
+/// (`Reading`), which only a cycle that cuts before the vault answers does.
 struct Remote {
     inner: Box<dyn Backend>,
     seen: std::sync::Arc<Overlap>,
@@ -949,6 +951,23 @@ struct Overlap {
     roots_listed: Flag,
     /// Cycle leases taken while the roots were being listed.
     leases: AtomicU32,
+    /// Cycle leases wait for blocks read instead.
+    after_blocks: std::sync::atomic::AtomicBool,
+    blocks_read: Flag,
+    /// A cycle lease waited 10 s for blocks read, in vain.
+    waited_out: std::sync::atomic::AtomicBool,
+}
+
+/// A cycle's progress that raises a flag once blocks have been read.
+struct Reading<'a>(&'a Flag);
+
+impl vault::Progress for Reading<'_> {
+    fn start(&mut self, _: &str, _: u64) {}
+    fn advance(&mut self, units: u64) {
+        if units > 0 {
+            self.0.set(true);
+        }
+    }
 }
 
 impl Backend for Remote {
@@ -959,8 +978,14 @@ impl Backend for Remote {
         self.inner.put(kind, name, data)
     }
     fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
-        if kind == Kind::Lease && name.starts_with("cycle/") && self.seen.roots_listed.wait() {
-            self.seen.leases.fetch_add(1, Ordering::SeqCst);
+        if kind == Kind::Lease && name.starts_with("cycle/") {
+            if self.seen.after_blocks.load(Ordering::SeqCst) {
+                if !self.seen.blocks_read.wait() {
+                    self.seen.waited_out.store(true, Ordering::SeqCst);
+                }
+            } else if self.seen.roots_listed.wait() {
+                self.seen.leases.fetch_add(1, Ordering::SeqCst);
+            }
         }
         self.inner.create(kind, name, data)
     }
@@ -1019,6 +1044,101 @@ fn a_remote_vault_takes_the_lease_while_the_newest_point_is_read() {
     assert_eq!(seen.leases.load(Ordering::SeqCst), 2, "each cycle's lease went out while its roots were listed");
     assert!(vault.leases("").unwrap().is_empty(), "both cycles released their leases");
     assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+}
+
+/// The objects of a vault's packs, pages and roots.
+fn stored(vault: &Vault) -> Vec<String> {
+    let b = vault.backend();
+    [Kind::Pack, Kind::Page, Kind::Root]
+        .iter()
+        .flat_map(|&k| b.list(k, "").unwrap().into_iter().map(move |n| format!("{}/{n}", k.prefix())))
+        .collect()
+}
+
+/// A remote vault whose cycle leases answer only once blocks are being read.
+fn early_fixture() -> (Fixture, std::sync::Arc<Overlap>, Vault) {
+    let f = Fixture::new();
+    let seen = std::sync::Arc::new(Overlap::default());
+    seen.roots_listed.set(true);
+    let vault = f.vault(Box::new(Remote { inner: local(f.dir.path()), seen: seen.clone() }));
+    (f, seen, vault)
+}
+
+impl Fixture {
+    fn ship_reading(&self, vault: &Vault, seen: &Overlap) -> Result<shipper::CycleReport, ShipError> {
+        seen.blocks_read.set(false);
+        let mut src = LocalSource::open(self.paths.clone()).unwrap();
+        let opts = CycleOptions { workers: 2, ..CycleOptions::new("disk1", [3; 16]) };
+        let r = run_cycle(&mut src, vault, &keys(), &opts, &mut Reading(&seen.blocks_read));
+        src.close().unwrap();
+        r
+    }
+}
+
+/// Into a remote vault, an incremental cycle cuts before the vault answers
+/// and reads its blocks while the lease and the newest point are asked for:
+/// a lease held back until blocks are read goes through at once. (The
+/// first cycle has no point to build on and cuts after the answers.)
+#[test]
+fn a_remote_vault_is_asked_while_the_cut_is_read() {
+    let (f, seen, vault) = early_fixture();
+    f.write(&[(1, 1), (2, 2)]);
+    let r = f.ship_reading(&vault, &seen).unwrap();
+    assert!(r.full && r.sequence == 1, "{r:?}");
+    seen.after_blocks.store(true, Ordering::SeqCst);
+    f.write(&[(2, 3), (30, 4)]);
+    let r = f.ship_reading(&vault, &seen).unwrap();
+    assert!(!r.full && (r.sequence, r.blocks_read, r.new_blocks) == (2, 2, 2), "{r:?}");
+    assert!(!seen.waited_out.load(Ordering::SeqCst), "the lease waited 10 s for the cut to be read");
+    assert!(vault.leases("").unwrap().is_empty(), "the cycle released its lease");
+    assert!(f.dirty().is_empty());
+    assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+}
+
+/// A cut taken before the vault answered, when a GC holds the vault: the
+/// cycle is refused as before, nothing of the cut reaches the vault (no
+/// pack, page or root), and its blocks stay dirty for the next cycle.
+#[test]
+fn an_early_cut_writes_nothing_into_a_busy_vault() {
+    let (f, seen, vault) = early_fixture();
+    f.write(&[(1, 1), (2, 2)]);
+    f.ship_reading(&vault, &seen).unwrap();
+    let before = stored(&vault);
+    let gc = "lifeboat lease v1\nholder=gc\nhost=far\nmachine=another-machine\nboot=b\npid=7\nstart=9\ncreated_ns=0\n";
+    vault.backend().put(Kind::Lease, "gc/0011223344556677", gc.as_bytes()).unwrap();
+    f.write(&[(2, 3), (30, 4)]);
+    let e = f.ship_reading(&vault, &seen).unwrap_err();
+    assert!(matches!(&e, ShipError::Vault(VaultError::Busy { .. })), "{e:?}");
+    assert!(seen.blocks_read.wait(), "the cut was read while the vault was asked");
+    assert_eq!(stored(&vault), before, "the refused cycle wrote into the vault");
+    assert_eq!(f.dirty(), vec![2, 30], "the cut's blocks stay dirty");
+    assert_eq!(vault.leases("").unwrap().len(), 1, "only the GC's lease is left");
+    vault.break_lease("gc/0011223344556677").unwrap();
+    let r = f.ship_reading(&vault, &seen).unwrap();
+    assert!(!r.full && (r.sequence, r.blocks_read) == (2, 2), "{r:?}");
+    assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+}
+
+/// A cut taken before the vault answered, when the vault lost the point the
+/// dirty maps are relative to (rolled back): the cut is handed back, and the
+/// cycle verifies the whole disk and says why, as before; the new point
+/// restores byte for byte.
+#[test]
+fn an_early_cut_on_a_rolled_back_vault_becomes_a_full_verify() {
+    let (f, seen, vault) = early_fixture();
+    f.write(&[(1, 1), (2, 2)]);
+    f.ship_reading(&vault, &seen).unwrap();
+    f.write(&[(2, 3), (30, 4)]);
+    f.ship_reading(&vault, &seen).unwrap();
+    let ns = chain([3; 16]);
+    vault.backend().delete(Kind::Root, &format!("{ns}/{:020}", 2)).unwrap();
+    assert_eq!(vault.points(&ns).unwrap().len(), 1, "the vault is back at point 1");
+    f.write(&[(5, 5)]);
+    let r = f.ship_reading(&vault, &seen).unwrap();
+    assert!(r.full && r.sequence == 3, "{r:?}");
+    assert!(r.chain_break.is_some() && r.warnings.iter().any(|w| w.contains("verifies the whole disk")), "{r:?}");
+    assert!(f.dirty().is_empty());
+    assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
 }
 
 /// Compression (issue 17 point 2): blocks that shrink by an eighth are
