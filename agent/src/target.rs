@@ -57,6 +57,10 @@ pub struct Target {
     /// The index cache kept in memory from one cycle to the next (loading
     /// it is the one cost of a cycle that grows with the vault).
     pub warm_index: vault::index_cache::WarmIndex,
+    /// The home's copies of its disks' newest map pages (`HOME/cache/pages`,
+    /// see `shipper::CycleOptions::page_cache`); `None`: every incremental
+    /// cycle reads the pages it builds on from the vault.
+    pub page_cache: Option<PathBuf>,
     /// Set once the vault's store refused this host a delete (pruning or
     /// collecting): its credentials may not delete, as a protected host's
     /// least-privilege credentials should not. Retention and collection
@@ -205,6 +209,7 @@ impl Target {
                     cut_hook: hook,
                     index_cache: self.index_cache.as_deref(),
                     warm_index: Some(&self.warm_index),
+                    page_cache: self.page_cache.as_deref(),
                     compress: self.compress,
                     ..CycleOptions::new(&self.name, self.disk_id)
                 };

@@ -290,6 +290,13 @@ impl Home {
         self.root.join("cache").join("index")
     }
 
+    /// Where the host keeps a copy of each disk's newest map pages
+    /// (`shipper::CycleOptions::page_cache`): built here, checked against
+    /// the root before use, so a cycle need not read them back.
+    pub fn page_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("pages")
+    }
+
     /// Where VM definitions live.
     pub fn vms_dir(&self) -> PathBuf {
         self.root.join("vms")

@@ -31,6 +31,7 @@ pub fn load(home: &Home, name: &str) -> Result<(DiskEntry, Target)> {
         throttle: None,
         index_cache: Some(home.index_cache_dir()),
         warm_index: Default::default(),
+        page_cache: Some(home.page_cache_dir()),
         deletes_refused: Default::default(),
         compress: settings.compress,
     };

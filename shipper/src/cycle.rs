@@ -20,6 +20,7 @@ use vault::{BlockIndex, Vault};
 use crate::chain::{self, Base, Break};
 use crate::error::ShipError;
 use crate::pack_out::{Chunk, ChunkOut, ToStorer, CHUNKS};
+use crate::page_copy::PageCopy;
 use crate::pipeline::{self, Sealed};
 use crate::source::CutSource;
 
@@ -97,6 +98,11 @@ pub struct CycleOptions<'a> {
     /// ([`vault::index_cache::IndexCache::is_current`]), and puts it back
     /// when it ends, committed or not. `None`: loaded from the file.
     pub warm_index: Option<&'a vault::index_cache::WarmIndex>,
+    /// Where the host keeps a copy of each disk's newest map pages
+    /// (`page_copy`, normally `HOME/cache/pages`): an incremental cycle
+    /// builds on them instead of reading them back from the vault. `None`:
+    /// they are read from the vault.
+    pub page_cache: Option<&'a std::path::Path>,
 }
 
 /// Why a [`CutHook`] could not quiesce or resume: the implementation's own
@@ -143,6 +149,7 @@ impl<'a> CycleOptions<'a> {
             index_cache: None,
             relist_every: vault::index_cache::RELIST_EVERY,
             warm_index: None,
+            page_cache: None,
         }
     }
 }
@@ -372,7 +379,7 @@ pub fn run_cycle(
         }
         _ => None,
     };
-    let (cut, mut report, pages) = match early_ship {
+    let (cut, mut report, mut pages) = match early_ship {
         Some(Err(ShipError::EarlyCutUndone)) | None => {
             let reuse = newest.reusable(geometry);
             let full = reuse.is_none() || cycle.source.suspect()?;
@@ -388,9 +395,11 @@ pub fn run_cycle(
     let committed_here = recorded.filter(|r| r.vault_id == vault_id).map_or(0, |r| r.sequence);
     let sequence = last_sequence.max(committed_here) + 1;
     // The previous root's id is the hash of its stored bytes, read above.
+    let (new_pages, built_on) = (std::mem::take(&mut pages.new_pages), pages.built_on.take());
     let root = cycle.root(&cut, sequence, previous_id, pages, report.bytes_shipped);
     let root_id = cycle.commit(&root, &mut report)?;
     cycle.save_cache();
+    cycle.keep_pages(&root.pages, &new_pages, built_on.as_deref());
     report.index_listed = cycle.index_listed;
     // The point is durable; the state records it as the one its dirty maps
     // are relative to, and the cut's blocks are no longer needed.
@@ -802,6 +811,7 @@ impl Cycle<'_, '_> {
             // fetched while the blocks are read: they wait for nothing but
             // the list of blocks, and would otherwise cost their round trips
             // after the read, on the way to the root.
+            let copy = self.page_copy();
             let prefetch = (!matches!(previous, Prev::Known(None))).then(|| {
                 let mut wanted: Vec<u64> = blocks.iter().map(|b| b / disk_format::PAGE_ENTRIES as u64).collect();
                 wanted.sort_unstable();
@@ -811,10 +821,17 @@ impl Cycle<'_, '_> {
                         Prev::Known(prev) => prev,
                         Prev::Pending(gate) => gate.wait(),
                     };
-                    match prev {
-                        Some(prev) => vault.load_pages(&format!("{}/{}", prev.chain(), prev.sequence), prev, &wanted),
-                        None => Ok(Default::default()),
+                    let Some(prev) = prev else { return Ok::<_, vault::VaultError>(HashMap::new()) };
+                    // The host's copies first; the vault for the rest.
+                    let (mut have, missing) = match &copy {
+                        Some(copy) => copy.load(prev, &wanted),
+                        None => (HashMap::new(), wanted),
+                    };
+                    if !missing.is_empty() {
+                        let point = format!("{}/{}", prev.chain(), prev.sequence);
+                        have.extend(vault.load_pages(&point, prev, &missing)?);
                     }
+                    Ok(have)
                 })
             });
             let cipher = self.vault.config().cipher;
@@ -898,6 +915,24 @@ impl Cycle<'_, '_> {
         let synced = cache.sync(self.vault)?;
         self.index_listed |= synced.listed;
         Ok(Known::Cache(cache))
+    }
+
+    /// The host's copy of this disk's newest map pages, if it keeps one.
+    fn page_copy(&self) -> Option<PageCopy> {
+        let base = self.opts.page_cache?;
+        Some(PageCopy::new(base, &self.vault.config().vault_id.to_string(), &self.own_chain))
+    }
+
+    /// Keeps the committed point's map pages in the host's copy (`pages`:
+    /// the root's list). A copy that cannot be written is a warning: the
+    /// next cycle reads what it lacks from the vault.
+    fn keep_pages(&mut self, pages: &[PageId], new: &[(PageId, Vec<u8>)], built_on: Option<&[PageId]>) {
+        let Some(copy) = self.page_copy() else { return };
+        if let Err(e) = copy.keep(new, pages, built_on) {
+            self.warnings.push(format!(
+                "the host's copy of the map pages could not be written ({e}); the next cycle reads them from the vault"
+            ));
+        }
     }
 
     /// Records the committed cycle's packs in the index cache, durably. A
@@ -1291,6 +1326,10 @@ struct PointMap {
     pages: Vec<PageId>,
     page_packs: Vec<PageId>,
     page_pack_of: Vec<u32>,
+    /// The pages this point stored, for the host's copy.
+    new_pages: Vec<(PageId, Vec<u8>)>,
+    /// The previous point's page ids, when the map was built on one.
+    built_on: Option<Vec<PageId>>,
 }
 
 /// Builds the point's map pages on the previous point's and stores the new
@@ -1354,7 +1393,9 @@ fn store_pages(
     }
     let bytes = stored.iter().map(|(_, n)| n).sum();
     let new = chunks.iter().zip(&stored).filter(|(_, (_, n))| *n > 0).map(|(c, _)| c.len() as u64).sum();
-    Ok((PointMap { pages: built.pages, page_packs, page_pack_of }, bytes, new))
+    let built_on = previous.map(|r| r.pages.clone());
+    let new_pages = built.new_pages;
+    Ok((PointMap { pages: built.pages, page_packs, page_pack_of, new_pages, built_on }, bytes, new))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod cycle;
 pub mod engine;
 pub mod error;
 mod pack_out;
+mod page_copy;
 mod pipeline;
 pub mod source;
 

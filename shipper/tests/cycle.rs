@@ -1141,6 +1141,125 @@ fn an_early_cut_on_a_rolled_back_vault_becomes_a_full_verify() {
     assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
 }
 
+/// A local vault that counts the reads of map page objects.
+struct PageReads {
+    inner: Box<dyn Backend>,
+    reads: std::sync::Arc<AtomicU32>,
+}
+
+impl PageReads {
+    fn count(&self, kind: Kind) {
+        if kind == Kind::Page {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Backend for PageReads {
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
+        self.inner.put(kind, name, data)
+    }
+    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
+        self.inner.create(kind, name, data)
+    }
+    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
+        self.count(kind);
+        self.inner.get_versioned(kind, name)
+    }
+    fn replace_if(
+        &self,
+        kind: Kind,
+        name: &str,
+        data: &[u8],
+        version: &vault::Version,
+    ) -> Result<vault::Version, VaultError> {
+        self.inner.replace_if(kind, name, data, version)
+    }
+    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
+        self.count(kind);
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
+        self.count(kind);
+        self.inner.get_range(kind, name, offset, len)
+    }
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
+        self.count(kind);
+        self.inner.size(kind, name)
+    }
+    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+        self.count(kind);
+        self.inner.get_tail(kind, name, max_len)
+    }
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
+        self.inner.list(kind, prefix)
+    }
+    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
+        self.inner.delete(kind, name)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// The files under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in entries.map(Result::unwrap) {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// The host keeps a copy of the newest point's map pages
+/// (`CycleOptions::page_cache`), and an incremental cycle builds on it,
+/// reading no page from the vault. Copies that do not check against the
+/// root (damaged here) and a lost copy are read from the vault instead:
+/// the points are right either way, and no cycle turns into a full verify.
+#[test]
+fn an_incremental_builds_on_the_hosts_copy_of_the_map_pages() {
+    let f = Fixture::sized(1100); // three map pages
+    let reads = std::sync::Arc::new(AtomicU32::new(0));
+    let vault = f.vault(Box::new(PageReads { inner: local(f.dir.path()), reads: reads.clone() }));
+    let copies = f.dir.path().join("pages");
+    let ship = |writes: &[(u64, u8)]| {
+        f.write(writes);
+        reads.store(0, Ordering::SeqCst);
+        let mut src = LocalSource::open(f.paths.clone()).unwrap();
+        let opts = CycleOptions { workers: 2, page_cache: Some(&copies), ..CycleOptions::new("disk1", [3; 16]) };
+        let r = run_cycle(&mut src, &vault, &keys(), &opts, &mut ()).unwrap();
+        let page_reads = reads.load(Ordering::SeqCst);
+        src.close().unwrap();
+        assert_eq!(f.restore(&vault, r.sequence), std::fs::read(&f.paths.image).unwrap(), "point {}", r.sequence);
+        assert!(r.warnings.is_empty(), "{r:?}");
+        (r, page_reads)
+    };
+    let (r, _) = ship(&[(1, 1), (600, 2), (1050, 3)]);
+    assert!(r.full);
+    assert_eq!(files_under(&copies).len(), 3, "a copy of each page");
+    let (r, page_reads) = ship(&[(5, 4), (601, 5)]);
+    assert!(!r.full && r.pages == 2, "{r:?}");
+    assert_eq!(page_reads, 0, "the incremental read pages from the vault");
+    assert_eq!(files_under(&copies).len(), 3, "the two replaced pages' copies are gone");
+
+    for file in files_under(&copies) {
+        std::fs::write(file, b"not a map page").unwrap();
+    }
+    let (r, page_reads) = ship(&[(602, 6)]);
+    assert!(!r.full && page_reads > 0, "{r:?}, {page_reads} page reads");
+    std::fs::remove_dir_all(&copies).unwrap();
+    let (r, page_reads) = ship(&[(1051, 7)]);
+    assert!(!r.full && page_reads > 0, "{r:?}, {page_reads} page reads");
+    assert_eq!(files_under(&copies).len(), 1, "only the page this point wrote");
+    let (_, page_reads) = ship(&[(1052, 8)]);
+    assert_eq!(page_reads, 0);
+}
+
 /// Compression (issue 17 point 2): blocks that shrink by an eighth are
 /// stored compressed, random ones as they are, and every path that reads a
 /// block back (restore, the point reader of instant recovery and failback,

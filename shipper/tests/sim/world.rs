@@ -909,6 +909,7 @@ impl Sim {
             index_cache: None,
             relist_every: vault::index_cache::RELIST_EVERY,
             warm_index: None,
+            page_cache: None,
         };
         let mut src = CycleSource {
             disk: &mut self.disk,
@@ -1449,6 +1450,7 @@ fn clean_cycle(
         index_cache: None,
         relist_every: vault::index_cache::RELIST_EVERY,
         warm_index: None,
+        page_cache: None,
     };
     let mut src = CycleSource {
         disk,
