@@ -1260,6 +1260,33 @@ fn an_incremental_builds_on_the_hosts_copy_of_the_map_pages() {
     assert_eq!(page_reads, 0);
 }
 
+/// A page copy that cannot be written (here a file stands where its
+/// directory goes, as a full disk would fail it) is a warning on the point,
+/// which commits; the next incremental reads the pages from the vault.
+#[test]
+fn a_page_copy_that_cannot_be_written_is_a_warning() {
+    let f = Fixture::new();
+    let vault = f.vault(local(f.dir.path()));
+    let copies = f.dir.path().join("pages");
+    std::fs::write(&copies, b"in the way").unwrap();
+    let ship = || {
+        let mut src = LocalSource::open(f.paths.clone()).unwrap();
+        let opts = CycleOptions { workers: 2, page_cache: Some(&copies), ..CycleOptions::new("disk1", [3; 16]) };
+        let r = run_cycle(&mut src, &vault, &keys(), &opts, &mut ()).unwrap();
+        src.close().unwrap();
+        r
+    };
+    f.write(&[(1, 1)]);
+    let r = ship();
+    assert!(r.full && r.sequence == 1, "{r:?}");
+    assert!(r.warnings.iter().any(|w| w.contains("copy of the map pages could not be written")), "{r:?}");
+    f.write(&[(2, 2)]);
+    let r = ship();
+    assert!(!r.full && r.sequence == 2, "{r:?}");
+    assert!(f.dirty().is_empty());
+    assert_eq!(f.restore(&vault, 2), std::fs::read(&f.paths.image).unwrap());
+}
+
 /// Compression (issue 17 point 2): blocks that shrink by an eighth are
 /// stored compressed, random ones as they are, and every path that reads a
 /// block back (restore, the point reader of instant recovery and failback,
