@@ -303,19 +303,19 @@ pub fn run_cycle(
         keys,
         opts,
         progress,
-        own_chain: own_chain.clone(),
+        own_chain: &own_chain,
         geometry,
         warnings: Vec::new(),
         cache: None,
         written: Vec::new(),
         index_listed: false,
     };
-    let mut warnings = Vec::new();
-    let (lease, newest, early_ship) = if !vault.backend().remote() {
+    let (lease, newest, warnings, early_ship) = if !vault.backend().remote() {
         // Into a local vault the lease is taken before the filter is asked anything.
         let lease = vault.begin_cycle(disk.chain)?;
         let recorded = cycle.source.last_point()?;
-        (Ok(lease), newest(vault, keys, disk, recorded, &mut warnings), None)
+        let mut warnings = Vec::new();
+        (Ok(lease), newest(vault, keys, disk, recorded, &mut warnings), warnings, None)
     } else {
         // On a remote vault, the lease's two requests (write it, then look
         // for a GC's) and the newest point's two (list the chain, read its
@@ -341,10 +341,7 @@ pub fn run_cycle(
             std::thread::scope(|s| {
                 let answers = s.spawn(|| {
                     let _answered = AnswerOnDrop(&gate);
-                    let lease = s.spawn(|| vault.begin_cycle(disk.chain));
-                    let mut warnings = Vec::new();
-                    let newest = newest(vault, keys, disk, recorded, &mut warnings);
-                    let lease = lease.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    let (lease, newest, warnings) = ask(vault, keys, disk, recorded);
                     let previous = match (&lease, &newest) {
                         (Ok(_), Ok(n)) => n.reusable(geometry).cloned(),
                         _ => None,
@@ -353,19 +350,15 @@ pub fn run_cycle(
                     (lease, newest, warnings)
                 });
                 let shipped = cycle.ship_cut(cut, Prev::Pending(&gate));
-                let (lease, newest, said) = answers.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                warnings = said;
-                (lease, newest, Some(shipped))
+                let (lease, newest, warnings) = answers.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (lease, newest, warnings, Some(shipped))
             })
         } else {
-            std::thread::scope(|s| {
-                let lease = s.spawn(|| vault.begin_cycle(disk.chain));
-                let newest = newest(vault, keys, disk, recorded, &mut warnings);
-                (lease.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), newest, None)
-            })
+            let (lease, newest, warnings) = ask(vault, keys, disk, recorded);
+            (lease, newest, warnings, None)
         }
     };
-    cycle.warnings.append(&mut warnings);
+    cycle.warnings.extend(warnings);
     // A busy vault is said first: the newest point's failure may be its GC's.
     let _cycle = lease?;
     let newest = newest?;
@@ -395,11 +388,13 @@ pub fn run_cycle(
     let committed_here = recorded.filter(|r| r.vault_id == vault_id).map_or(0, |r| r.sequence);
     let sequence = last_sequence.max(committed_here) + 1;
     // The previous root's id is the hash of its stored bytes, read above.
-    let (new_pages, built_on) = (std::mem::take(&mut pages.new_pages), pages.built_on.take());
+    let new_pages = std::mem::take(&mut pages.new_pages);
     let root = cycle.root(&cut, sequence, previous_id, pages, report.bytes_shipped);
     let root_id = cycle.commit(&root, &mut report)?;
     cycle.save_cache();
-    cycle.keep_pages(&root.pages, &new_pages, built_on.as_deref());
+    // An incremental cut's map was built on the newest point's.
+    let built_on = newest.reusable(geometry).filter(|_| !cut.full);
+    cycle.keep_pages(&root.pages, &new_pages, built_on.map(|r| r.pages.as_slice()));
     report.index_listed = cycle.index_listed;
     // The point is durable; the state records it as the one its dirty maps
     // are relative to, and the cut's blocks are no longer needed.
@@ -466,6 +461,22 @@ enum Prev<'a> {
     Known(Option<&'a Root>),
     /// Known once the vault has answered (a cut taken before).
     Pending(&'a Gate),
+}
+
+/// Takes the cycle lease of `disk` and finds its newest point at once (see
+/// [`run_cycle`]); with what the operator should know of the newest point.
+fn ask<'v>(
+    vault: &'v Vault,
+    keys: &Keys,
+    disk: Disk<'_>,
+    recorded: Option<LastPoint>,
+) -> (Result<vault::Hold<'v>, vault::VaultError>, Result<Newest, ShipError>, Vec<String>) {
+    std::thread::scope(|s| {
+        let lease = s.spawn(|| vault.begin_cycle(disk.chain));
+        let mut warnings = Vec::new();
+        let newest = newest(vault, keys, disk, recorded, &mut warnings);
+        (lease.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), newest, warnings)
+    })
 }
 
 /// Finds the newest point of `disk` in the vault, and judges it against
@@ -543,7 +554,7 @@ struct Cycle<'c, 'o> {
     opts: &'c CycleOptions<'o>,
     progress: &'c mut dyn Progress,
     /// The disk's namespace in the vault, where its new root goes.
-    own_chain: String,
+    own_chain: &'c str,
     /// The disk's geometry, as the source reports it.
     geometry: Geometry,
     /// What the operator should know about the cycle (into the report).
@@ -751,7 +762,7 @@ impl Cycle<'_, '_> {
         let committed =
             root.encode(self.keys).map_err(|source| ShipError::EncodeRoot { sequence, source }).and_then(|bytes| {
                 report.bytes_shipped += bytes.len() as u64;
-                self.vault.put_root(&self.own_chain, sequence, &bytes)?;
+                self.vault.put_root(self.own_chain, sequence, &bytes)?;
                 Ok(RootId::of(&bytes))
             });
         if committed.is_err() {
@@ -920,7 +931,7 @@ impl Cycle<'_, '_> {
     /// The host's copy of this disk's newest map pages, if it keeps one.
     fn page_copy(&self) -> Option<PageCopy> {
         let base = self.opts.page_cache?;
-        Some(PageCopy::new(base, &self.vault.config().vault_id.to_string(), &self.own_chain))
+        Some(PageCopy::new(base, &self.vault.config().vault_id.to_string(), self.own_chain))
     }
 
     /// Keeps the committed point's map pages in the host's copy (`pages`:
@@ -1328,8 +1339,6 @@ struct PointMap {
     page_pack_of: Vec<u32>,
     /// The pages this point stored, for the host's copy.
     new_pages: Vec<(PageId, Vec<u8>)>,
-    /// The previous point's page ids, when the map was built on one.
-    built_on: Option<Vec<PageId>>,
 }
 
 /// Builds the point's map pages on the previous point's and stores the new
@@ -1393,9 +1402,7 @@ fn store_pages(
     }
     let bytes = stored.iter().map(|(_, n)| n).sum();
     let new = chunks.iter().zip(&stored).filter(|(_, (_, n))| *n > 0).map(|(c, _)| c.len() as u64).sum();
-    let built_on = previous.map(|r| r.pages.clone());
-    let new_pages = built.new_pages;
-    Ok((PointMap { pages: built.pages, page_packs, page_pack_of, new_pages, built_on }, bytes, new))
+    Ok((PointMap { pages: built.pages, page_packs, page_pack_of, new_pages: built.new_pages }, bytes, new))
 }
 
 #[cfg(test)]
