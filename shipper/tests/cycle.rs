@@ -653,32 +653,36 @@ impl Flag {
     }
 }
 
-/// Whether a map page has been read, and whether a pack commit waiting for
-/// one ran out of patience.
+/// Whether map pages have been read and how often, and, with `hold_packs`,
+/// whether a pack commit waiting for one ran out of patience.
 #[derive(Default)]
 struct PageGate {
     page_read: Flag,
+    reads: AtomicU32,
+    hold_packs: std::sync::atomic::AtomicBool,
     waited_out: std::sync::atomic::AtomicBool,
 }
 
-/// A local vault whose pack commits wait, up to 10 s, until a map page has
-/// been read (`PageGate`): a cycle that reads the previous point's pages
-/// only after its blocks stalls on it (its packer waits for the storer's
-/// chunks), and the wait running out is recorded.
-struct PagesFirst {
+/// A local vault that watches the reads of map page objects (`PageGate`).
+/// With `hold_packs`, its pack commits wait, up to 10 s, until a page has
+/// been read: a cycle that reads the previous point's pages only after its
+/// blocks stalls on it (its packer waits for the storer's chunks), and the
+/// wait running out is recorded.
+struct PageWatch {
     inner: Box<dyn Backend>,
     gate: std::sync::Arc<PageGate>,
 }
 
-impl PagesFirst {
+impl PageWatch {
     fn saw(&self, kind: Kind) {
         if kind == Kind::Page {
+            self.gate.reads.fetch_add(1, Ordering::SeqCst);
             self.gate.page_read.set(true);
         }
     }
 }
 
-impl Backend for PagesFirst {
+impl Backend for PageWatch {
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
         self.inner.put(kind, name, data)
     }
@@ -686,6 +690,7 @@ impl Backend for PagesFirst {
         self.inner.create(kind, name, data)
     }
     fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
+        self.saw(kind);
         self.inner.get_versioned(kind, name)
     }
     fn replace_if(
@@ -706,7 +711,12 @@ impl Backend for PagesFirst {
         self.inner.get_range(kind, name, offset, len)
     }
     fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
+        self.saw(kind);
         self.inner.size(kind, name)
+    }
+    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
+        self.saw(kind);
+        self.inner.get_tail(kind, name, max_len)
     }
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
         self.inner.list(kind, prefix)
@@ -733,7 +743,8 @@ impl ObjectWriter for AfterPages<'_> {
         self.inner.write(data)
     }
     fn commit(self: Box<Self>, name: &str) -> Result<(), VaultError> {
-        if self.kind == Kind::Pack && !self.gate.page_read.wait() {
+        let hold = self.gate.hold_packs.load(Ordering::SeqCst);
+        if self.kind == Kind::Pack && hold && !self.gate.page_read.wait() {
             self.gate.waited_out.store(true, Ordering::SeqCst);
         }
         self.inner.commit(name)
@@ -747,10 +758,10 @@ impl ObjectWriter for AfterPages<'_> {
 fn the_previous_pages_are_fetched_while_the_blocks_are_read() {
     let f = busy_disk();
     let gate = std::sync::Arc::new(PageGate::default());
-    gate.page_read.set(true); // a full sync reads no page
-    let vault = f.vault(Box::new(PagesFirst { inner: local(f.dir.path()), gate: gate.clone() }));
-    f.ship(&vault).unwrap();
+    let vault = f.vault(Box::new(PageWatch { inner: local(f.dir.path()), gate: gate.clone() }));
+    f.ship(&vault).unwrap(); // a full sync reads no page
     gate.page_read.set(false);
+    gate.hold_packs.store(true, Ordering::SeqCst);
     // 50 MiB changed: two packs, the second larger than the storer's chunks.
     let changes: Vec<(u64, u8)> = (0..800).map(|i| (i * 2, 1 + (i % 200) as u8)).collect();
     f.write(&changes);
@@ -1141,67 +1152,6 @@ fn an_early_cut_on_a_rolled_back_vault_becomes_a_full_verify() {
     assert_eq!(f.restore(&vault, 3), std::fs::read(&f.paths.image).unwrap());
 }
 
-/// A local vault that counts the reads of map page objects.
-struct PageReads {
-    inner: Box<dyn Backend>,
-    reads: std::sync::Arc<AtomicU32>,
-}
-
-impl PageReads {
-    fn count(&self, kind: Kind) {
-        if kind == Kind::Page {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Backend for PageReads {
-    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<(), VaultError> {
-        self.inner.put(kind, name, data)
-    }
-    fn create(&self, kind: Kind, name: &str, data: &[u8]) -> Result<vault::Version, VaultError> {
-        self.inner.create(kind, name, data)
-    }
-    fn get_versioned(&self, kind: Kind, name: &str) -> Result<(Vec<u8>, vault::Version), VaultError> {
-        self.count(kind);
-        self.inner.get_versioned(kind, name)
-    }
-    fn replace_if(
-        &self,
-        kind: Kind,
-        name: &str,
-        data: &[u8],
-        version: &vault::Version,
-    ) -> Result<vault::Version, VaultError> {
-        self.inner.replace_if(kind, name, data, version)
-    }
-    fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>, VaultError> {
-        self.count(kind);
-        self.inner.get(kind, name)
-    }
-    fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, VaultError> {
-        self.count(kind);
-        self.inner.get_range(kind, name, offset, len)
-    }
-    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>, VaultError> {
-        self.count(kind);
-        self.inner.size(kind, name)
-    }
-    fn get_tail(&self, kind: Kind, name: &str, max_len: u64) -> Result<Option<(Vec<u8>, u64)>, VaultError> {
-        self.count(kind);
-        self.inner.get_tail(kind, name, max_len)
-    }
-    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<String>, VaultError> {
-        self.inner.list(kind, prefix)
-    }
-    fn delete(&self, kind: Kind, name: &str) -> Result<(), VaultError> {
-        self.inner.delete(kind, name)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-}
-
 /// The files under `dir`, at any depth.
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
@@ -1224,16 +1174,16 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn an_incremental_builds_on_the_hosts_copy_of_the_map_pages() {
     let f = Fixture::sized(1100); // three map pages
-    let reads = std::sync::Arc::new(AtomicU32::new(0));
-    let vault = f.vault(Box::new(PageReads { inner: local(f.dir.path()), reads: reads.clone() }));
+    let watch = std::sync::Arc::new(PageGate::default());
+    let vault = f.vault(Box::new(PageWatch { inner: local(f.dir.path()), gate: watch.clone() }));
     let copies = f.dir.path().join("pages");
     let ship = |writes: &[(u64, u8)]| {
         f.write(writes);
-        reads.store(0, Ordering::SeqCst);
+        watch.reads.store(0, Ordering::SeqCst);
         let mut src = LocalSource::open(f.paths.clone()).unwrap();
         let opts = CycleOptions { workers: 2, page_cache: Some(&copies), ..CycleOptions::new("disk1", [3; 16]) };
         let r = run_cycle(&mut src, &vault, &keys(), &opts, &mut ()).unwrap();
-        let page_reads = reads.load(Ordering::SeqCst);
+        let page_reads = watch.reads.load(Ordering::SeqCst);
         src.close().unwrap();
         assert_eq!(f.restore(&vault, r.sequence), std::fs::read(&f.paths.image).unwrap(), "point {}", r.sequence);
         assert!(r.warnings.is_empty(), "{r:?}");
